@@ -38,7 +38,12 @@ pub trait LoadBalancer: Send + Sync + Debug + 'static {
     async fn register(&self, instance: &Instance) -> Result<(), BackendError>;
 
     /// Takes `instance` out of rotation, draining for at most `drain`.
-    async fn deregister(&self, app: &AppId, instance: &InstanceId, drain: Duration) -> Result<(), BackendError>;
+    async fn deregister(
+        &self,
+        app: &AppId,
+        instance: &InstanceId,
+        drain: Duration,
+    ) -> Result<(), BackendError>;
 
     /// The instances of `pool` in rotation, sorted by id.
     async fn members(&self, app: &AppId, pool: &Pool) -> Result<Vec<InstanceId>, BackendError>;

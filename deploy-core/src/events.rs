@@ -106,7 +106,11 @@ impl DeploymentEvent {
             DeploymentEventKind::TrafficShifted { split } => {
                 tracing::info!(app, revision, %split, "traffic shifted");
             }
-            DeploymentEventKind::AnalysisCompleted { step, outcome, summary } => {
+            DeploymentEventKind::AnalysisCompleted {
+                step,
+                outcome,
+                summary,
+            } => {
                 tracing::info!(app, revision, step, ?outcome, summary, "analysis completed");
             }
             DeploymentEventKind::Paused { reason } => tracing::info!(app, revision, reason, "paused"),
@@ -118,7 +122,9 @@ impl DeploymentEvent {
             DeploymentEventKind::Completed { version } => {
                 tracing::info!(app, revision, %version, "deployment completed");
             }
-            DeploymentEventKind::Failed { reason } => tracing::warn!(app, revision, reason, "deployment failed"),
+            DeploymentEventKind::Failed { reason } => {
+                tracing::warn!(app, revision, reason, "deployment failed")
+            }
         }
     }
 }

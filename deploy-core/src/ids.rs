@@ -16,8 +16,8 @@ pub const MAX_NAME_LEN: usize = 128;
 fn validate_name(kind: &'static str, value: &str) -> Result<(), ValidationError> {
     validate_length(kind, value)?;
     for (position, character) in value.chars().enumerate() {
-        let allowed = character.is_ascii_alphanumeric()
-            || (position > 0 && matches!(character, '-' | '_' | '.'));
+        let allowed =
+            character.is_ascii_alphanumeric() || (position > 0 && matches!(character, '-' | '_' | '.'));
         if !allowed {
             return Err(ValidationError::InvalidCharacter {
                 kind,
@@ -269,10 +269,7 @@ mod tests {
 
     #[test]
     fn names_reject_empty_long_and_odd_characters() {
-        assert_eq!(
-            AppId::new(""),
-            Err(ValidationError::Empty { kind: "app id" })
-        );
+        assert_eq!(AppId::new(""), Err(ValidationError::Empty { kind: "app id" }));
         let long = "a".repeat(MAX_NAME_LEN + 1);
         assert_eq!(
             InstanceId::new(long),
@@ -284,11 +281,19 @@ mod tests {
         );
         assert!(matches!(
             Pool::new("can ary"),
-            Err(ValidationError::InvalidCharacter { character: ' ', position: 3, .. })
+            Err(ValidationError::InvalidCharacter {
+                character: ' ',
+                position: 3,
+                ..
+            })
         ));
         assert!(matches!(
             AppId::new("-leading-dash"),
-            Err(ValidationError::InvalidCharacter { character: '-', position: 0, .. })
+            Err(ValidationError::InvalidCharacter {
+                character: '-',
+                position: 0,
+                ..
+            })
         ));
         assert!(AppId::new("a/b").is_err());
         assert!(AppId::new("checkout_api.v2-eu").is_ok());

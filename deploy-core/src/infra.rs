@@ -56,7 +56,8 @@ pub struct Artifact {
 /// # Contract
 /// - `provision` creates `count` new instances of `version` in `pool` and returns them once
 ///   started (state [`InstanceState::Running`], or `Starting` for backends that start
-///   asynchronously). New instances are not registered with any load balancer.
+///   asynchronously). New instances are not registered with any load balancer. A `count`
+///   of 0 is [`BackendError::Rejected`].
 /// - `list_instances` returns every instance of the app that exists, in any state, and
 ///   [`BackendError::NotFound`] is never returned for an app with no instances (the list is
 ///   empty instead).

@@ -75,12 +75,13 @@ pub use ids::{AppId, InstanceId, MAX_NAME_LEN, MetricName, Pool, Revision, Versi
 pub use infra::{Artifact, DynInfraManager, InfraManager, Instance, InstanceState};
 pub use metrics::{DynMetricsSource, MetricQuery, MetricTarget, MetricsSource, Sample, Series};
 pub use notify::{
-    Delivery, DynNotifier, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN, Notification, NotificationAction, Notifier,
-    Severity,
+    Delivery, DynNotifier, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN, Notification, NotificationAction,
+    Notifier, Severity,
 };
 pub use store::{
-    DynLeaseStore, DynRecordStore, DynStore, Fence, FencingToken, Lease, LeaseStore, MemoryStore, Precondition,
-    Record, RecordStore, RecordStoreExt, RecordVersion, Store, WatchEvent, WatchStream, WriteOptions,
+    DynLeaseStore, DynRecordStore, DynStore, Fence, FencingToken, Lease, LeaseStore, MemoryStore,
+    Precondition, Record, RecordStore, RecordStoreExt, RecordVersion, Store, WatchEvent, WatchStream,
+    WriteOptions,
 };
 pub use traffic::{TrafficSplit, Weight};
 

@@ -247,3 +247,57 @@ pub trait MetricsSource: Send + Sync + Debug + 'static {
 
 /// A shared, type-erased metrics source.
 pub type DynMetricsSource = dyn MetricsSource;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> MetricTarget {
+        MetricTarget::Version {
+            app: AppId::new("shop").unwrap(),
+            version: Version::new("2.0.0").unwrap(),
+        }
+    }
+
+    #[test]
+    fn queries_reject_zero_windows_and_steps() {
+        let window = Duration::from_secs(60);
+        assert_eq!(
+            MetricQuery::new(MetricName::requests(), target(), Duration::ZERO),
+            Err(ValidationError::ZeroDuration { field: "window" })
+        );
+        let query = MetricQuery::new(MetricName::requests(), target(), window).unwrap();
+        assert_eq!(
+            query.with_step(Duration::ZERO),
+            Err(ValidationError::ZeroDuration { field: "step" })
+        );
+    }
+
+    #[test]
+    fn series_rejects_non_finite_and_unordered_samples() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let at = |s: u64, value: f64| Sample {
+            at: t0 + Duration::from_secs(s),
+            value,
+        };
+        assert_eq!(
+            Series::new(vec![at(0, 1.0), at(1, f64::INFINITY)]),
+            Err(ValidationError::NonFiniteSample {
+                index: 1,
+                value: f64::INFINITY
+            })
+        );
+        assert_eq!(
+            Series::new(vec![at(5, 1.0), at(4, 2.0)]),
+            Err(ValidationError::UnorderedSamples { index: 1 })
+        );
+        let series = Series::new(vec![at(0, 1.0), at(0, 3.0), at(2, 5.0)]).unwrap();
+        assert_eq!(
+            (series.len(), series.mean(), series.last().map(|s| s.value)),
+            (3, Some(3.0), Some(5.0))
+        );
+        assert_eq!(Series::empty().mean(), None);
+        let json = serde_json::to_string(&series).unwrap();
+        assert_eq!(serde_json::from_str::<Series>(&json).unwrap(), series);
+    }
+}

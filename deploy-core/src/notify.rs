@@ -179,10 +179,17 @@ mod tests {
 
     #[test]
     fn idempotency_keys_are_bounded_and_printable() {
-        assert!(matches!(IdempotencyKey::new(""), Err(ValidationError::Empty { .. })));
+        assert!(matches!(
+            IdempotencyKey::new(""),
+            Err(ValidationError::Empty { .. })
+        ));
         assert!(matches!(
             IdempotencyKey::new("k".repeat(256)),
-            Err(ValidationError::TooLong { len: 256, max: 255, .. })
+            Err(ValidationError::TooLong {
+                len: 256,
+                max: 255,
+                ..
+            })
         ));
         assert!(IdempotencyKey::new("k".repeat(255)).is_ok());
         assert!(matches!(

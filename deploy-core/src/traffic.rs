@@ -235,11 +235,17 @@ mod tests {
         assert_eq!(Weight::from_basis_points(10_000), Ok(Weight::FULL));
         assert!(matches!(
             Weight::from_basis_points(10_001),
-            Err(ValidationError::WeightOutOfRange { basis_points: 10_001, .. })
+            Err(ValidationError::WeightOutOfRange {
+                basis_points: 10_001,
+                ..
+            })
         ));
         assert!(matches!(
             Weight::from_percent(101.0),
-            Err(ValidationError::WeightOutOfRange { basis_points: 10_100, .. })
+            Err(ValidationError::WeightOutOfRange {
+                basis_points: 10_100,
+                ..
+            })
         ));
         assert!(Weight::from_percent(-0.5).is_err());
         assert!(matches!(
@@ -264,22 +270,24 @@ mod tests {
             })
         );
         let over = TrafficSplit::new([(Pool::blue(), pct(60.0)), (Pool::green(), pct(41.0))]);
-        assert!(matches!(over, Err(ValidationError::SplitSum { total_basis_points: 10_100 })));
+        assert!(matches!(
+            over,
+            Err(ValidationError::SplitSum {
+                total_basis_points: 10_100
+            })
+        ));
         assert!(matches!(
             TrafficSplit::new([]),
-            Err(ValidationError::SplitSum { total_basis_points: 0 })
+            Err(ValidationError::SplitSum {
+                total_basis_points: 0
+            })
         ));
     }
 
     #[test]
     fn split_rejects_duplicate_pools() {
         let dup = TrafficSplit::new([(Pool::blue(), pct(50.0)), (Pool::blue(), pct(50.0))]);
-        assert_eq!(
-            dup,
-            Err(ValidationError::DuplicatePool {
-                pool: "blue".into()
-            })
-        );
+        assert_eq!(dup, Err(ValidationError::DuplicatePool { pool: "blue".into() }));
         assert!(TrafficSplit::canary(Pool::blue(), Pool::blue(), pct(10.0)).is_err());
     }
 

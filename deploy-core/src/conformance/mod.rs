@@ -1,1 +1,28 @@
-//! Contract suites.
+//! Contract suites: public async functions that check an implementation of a core trait
+//! against the `# Contract` its docs state.
+//!
+//! Every implementation in the workspace runs them (the in-memory store, the simulated
+//! fleet, the SQL stores, the real-component adapters), directly and through `Arc<dyn _>`.
+//! A violation panics with a message that names the broken rule, so they are meant for
+//! tests:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::sync::Arc;
+//! use deploy_core::{conformance, DynStore, MemoryStore};
+//!
+//! let store: Arc<DynStore> = Arc::new(MemoryStore::new());
+//! conformance::record_store(store.as_ref(), "conformance/").await;
+//! conformance::lease_store(store.as_ref(), "conformance/").await;
+//! # }
+//! ```
+//!
+//! Each suite takes a namespace (a key or name prefix) so it can run against a shared
+//! backend without touching anything else in it; use a fresh namespace per run.
+
+mod backends;
+mod store;
+
+pub use backends::{BalancerFixture, health_checker, infra_manager, load_balancer, metrics_source, notifier};
+pub use store::{lease_expiry, lease_store, record_store, record_store_concurrency, record_store_watch};

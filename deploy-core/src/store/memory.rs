@@ -26,17 +26,15 @@ const WATCH_BUFFER: usize = 4096;
 ///
 /// ```
 /// # use deploy_core::{MemoryStore, RecordStore, StoreError};
-/// # tokio_test_block_on(async {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), StoreError> {
 /// let store = MemoryStore::new();
 /// let v1 = store.create("apps/shop", "v1".into()).await?;
 /// let v2 = store.compare_and_swap("apps/shop", v1, "v2".into()).await?;
 /// // A writer that still thinks the record is at v1 loses, and learns why.
 /// let lost = store.compare_and_swap("apps/shop", v1, "v3".into()).await;
 /// assert!(matches!(lost, Err(StoreError::Conflict { actual: Some(v), .. }) if v == v2));
-/// # Ok::<(), StoreError>(())
-/// # }).unwrap();
-/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
-/// #     tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
+/// # Ok(())
 /// # }
 /// ```
 #[derive(Debug, Clone)]
@@ -196,7 +194,12 @@ impl RecordStore for MemoryStore {
             .collect())
     }
 
-    async fn put_opts(&self, key: &str, value: Bytes, opts: WriteOptions) -> Result<RecordVersion, StoreError> {
+    async fn put_opts(
+        &self,
+        key: &str,
+        value: Bytes,
+        opts: WriteOptions,
+    ) -> Result<RecordVersion, StoreError> {
         let mut state = self.state();
         state.check_write(key, &opts)?;
         let version = state.next_version();

@@ -172,7 +172,12 @@ pub trait RecordStore: Send + Sync + Debug + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<Record>, StoreError>;
 
     /// Writes `value` at `key` if `opts` allow; returns the new version.
-    async fn put_opts(&self, key: &str, value: Bytes, opts: WriteOptions) -> Result<RecordVersion, StoreError>;
+    async fn put_opts(
+        &self,
+        key: &str,
+        value: Bytes,
+        opts: WriteOptions,
+    ) -> Result<RecordVersion, StoreError>;
 
     /// Deletes `key` if `opts` allow; returns whether a record was deleted.
     async fn delete_opts(&self, key: &str, opts: WriteOptions) -> Result<bool, StoreError>;
@@ -187,7 +192,8 @@ pub trait RecordStore: Send + Sync + Debug + 'static {
 
     /// Writes only if `key` is absent.
     async fn create(&self, key: &str, value: Bytes) -> Result<RecordVersion, StoreError> {
-        self.put_opts(key, value, WriteOptions::when(Precondition::Absent)).await
+        self.put_opts(key, value, WriteOptions::when(Precondition::Absent))
+            .await
     }
 
     /// Writes only if `key` is at `expected`.
@@ -287,7 +293,10 @@ pub trait RecordStoreExt: RecordStore {
     ///
     /// # Errors
     /// The store's errors, or [`StoreError::Codec`] when the record is not a `T`.
-    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, RecordVersion)>, StoreError> {
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, RecordVersion)>, StoreError> {
         let Some(record) = self.get(key).await? else {
             return Ok(None);
         };
