@@ -23,6 +23,9 @@ pub struct BalancerFixture {
     pub secondary: (Pool, Vec<Instance>),
 }
 
+/// Whether a metric value is in its documented range.
+type ValueCheck = fn(f64) -> bool;
+
 fn sorted_ids(instances: &[Instance]) -> Vec<InstanceId> {
     let mut ids: Vec<InstanceId> = instances.iter().map(|i| i.id.clone()).collect();
     ids.sort();
@@ -226,7 +229,7 @@ pub async fn metrics_source(source: &DynMetricsSource, with_data: &MetricQuery, 
         Err(err) => panic!("no traffic is an empty series, not an error: {err}"),
     }
 
-    let checks: [(MetricName, fn(f64) -> bool); 4] = [
+    let checks: [(MetricName, ValueCheck); 4] = [
         (MetricName::requests(), |v| v >= 0.0),
         (MetricName::error_rate(), |v| (0.0..=1.0).contains(&v)),
         (MetricName::latency_p50_ms(), |v| v >= 0.0),
