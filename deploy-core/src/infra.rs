@@ -9,7 +9,7 @@ use crate::error::BackendError;
 use crate::ids::{AppId, InstanceId, Pool, Version};
 
 /// Where an instance is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum InstanceState {

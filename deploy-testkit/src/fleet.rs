@@ -1,0 +1,509 @@
+//! [`SimFleet`]: one simulated fleet behind the four backend traits.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use deploy_core::{
+    AppId, Artifact, BackendError, HealthChecker, HealthStatus, InfraManager, Instance, InstanceId,
+    InstanceState, LoadBalancer, MetricQuery, MetricsSource, Pool, Series, TrafficSplit, Version,
+};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::fault::{Fault, Operation};
+use crate::invariants::{Violation, evaluate_end};
+use crate::profile::VersionProfile;
+use crate::state::{BACKEND, FleetState, Membership, SimInstance};
+use crate::traffic::TrafficReport;
+
+/// Seconds after the Unix epoch where simulated wall-clock time starts: metric samples are
+/// stamped `epoch + (tokio time since the fleet was built)`, so runs are reproducible.
+pub const SIM_EPOCH_SECS: u64 = 1_800_000_000;
+
+/// A simulated fleet: apps, pools, instances with versions and lifecycle states, a load
+/// balancer with routing and draining, health that follows the instances, and metrics
+/// produced by simulated traffic.
+///
+/// It implements [`LoadBalancer`], [`InfraManager`], [`HealthChecker`] and
+/// [`MetricsSource`] over one shared state, so a deployer under test sees a coherent world:
+/// an instance that is stopped fails its health check and the requests routed to it.
+/// Clones share the state. All waiting goes through `tokio::time`, so it runs under a
+/// paused clock.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use deploy_core::{AppId, InfraManager, LoadBalancer, Pool, TrafficSplit, Version, Weight};
+/// # use deploy_testkit::{SimFleet, VersionProfile};
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let app = AppId::new("shop")?;
+/// let (v1, v2) = (Version::new("1.0")?, Version::new("2.0")?);
+/// let fleet = SimFleet::builder()
+///     .version_profile(&app, &v2, VersionProfile::new(0.05, Duration::from_millis(40), Duration::from_millis(300))?)
+///     .build();
+///
+/// for (pool, version) in [(Pool::stable(), &v1), (Pool::canary(), &v2)] {
+///     for instance in fleet.provision(&app, &pool, version, 2).await? {
+///         fleet.register(&instance).await?;
+///     }
+/// }
+/// fleet.set_routing(&app, &TrafficSplit::canary(Pool::stable(), Pool::canary(), Weight::from_percent(50.0)?)?).await?;
+/// let report = fleet.send_requests(&app, 10_000);
+/// let canary = report.by_pool[&Pool::canary()];
+/// assert_eq!(canary.requests, 5_000);
+/// assert!(canary.errors > 150 && canary.errors < 350, "about 5% of 5000");
+/// assert_eq!(report.by_pool[&Pool::stable()].errors, 0);
+/// assert!(fleet.violations().is_empty());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SimFleet {
+    state: Arc<Mutex<FleetState>>,
+}
+
+/// Builds a [`SimFleet`].
+#[derive(Debug)]
+pub struct SimFleetBuilder {
+    state: FleetState,
+}
+
+impl SimFleetBuilder {
+    /// Seeds the random source (errors and latencies), for reproducible runs. Default 0.
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        let fresh = FleetState::new(seed);
+        self.state.rng = fresh.rng;
+        self
+    }
+
+    /// How `version` of `app` behaves under traffic (default: [`VersionProfile::default`]).
+    #[must_use]
+    pub fn version_profile(mut self, app: &AppId, version: &Version, profile: VersionProfile) -> Self {
+        self.state
+            .profiles
+            .insert((app.clone(), version.clone()), profile);
+        self
+    }
+
+    /// How long `operation` takes (default: no time).
+    #[must_use]
+    pub fn latency(mut self, operation: Operation, latency: Duration) -> Self {
+        self.state.latencies.insert(operation, latency);
+        self
+    }
+
+    /// The least number of healthy instances `app` must keep in rotation; dropping below is
+    /// recorded as a violation. Default 0 (not checked).
+    #[must_use]
+    pub fn capacity_floor(mut self, app: &AppId, floor: usize) -> Self {
+        self.state.app_mut(app).capacity_floor = floor;
+        self
+    }
+
+    /// The fleet.
+    pub fn build(mut self) -> SimFleet {
+        self.state.started = Instant::now();
+        SimFleet {
+            state: Arc::new(Mutex::new(self.state)),
+        }
+    }
+}
+
+impl Default for SimFleet {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl SimFleet {
+    /// A builder with defaults: seed 0, good versions, no latency, no capacity floor.
+    pub fn builder() -> SimFleetBuilder {
+        SimFleetBuilder {
+            state: FleetState::new(0),
+        }
+    }
+
+    /// An empty fleet with defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, FleetState> {
+        // Every mutation validates first and then applies, so state behind a poisoned lock
+        // is consistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits as `operation` takes: forever under [`Fault::Hang`], else its latency.
+    async fn delay(&self, operation: Operation) {
+        let (hang, latency) = {
+            let mut state = self.state();
+            let hang = state.faults.fire(|f| *f == Fault::Hang(operation));
+            (hang, state.latencies.get(&operation).copied().unwrap_or_default())
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
+    /// Runs a mutation under the lock, then re-checks the invariants.
+    fn mutate<T>(
+        &self,
+        change: impl FnOnce(&mut FleetState) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let mut state = self.state();
+        let result = change(&mut state);
+        state.check_invariants();
+        result
+    }
+
+    /// Injects `fault` until [`clear_faults`](Self::clear_faults).
+    pub fn inject(&self, fault: Fault) {
+        self.state().faults.inject(fault, None);
+    }
+
+    /// Injects `fault` for its next `times` firings. Faults that describe a state rather
+    /// than an event ([`Fault::UnhealthyVersion`], [`Fault::FlappingHealth`]) hold until
+    /// cleared, whatever `times` says.
+    pub fn inject_times(&self, fault: Fault, times: u32) {
+        if times > 0 {
+            self.state().faults.inject(fault, Some(times));
+        }
+    }
+
+    /// Removes every injection of `fault`.
+    pub fn clear_fault(&self, fault: &Fault) {
+        let mut state = self.state();
+        state.faults.remove(fault);
+        state.check_invariants();
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        let mut state = self.state();
+        state.faults.clear();
+        state.check_invariants();
+    }
+
+    /// Changes how `version` of `app` behaves from now on.
+    pub fn set_version_profile(&self, app: &AppId, version: &Version, profile: VersionProfile) {
+        self.state()
+            .profiles
+            .insert((app.clone(), version.clone()), profile);
+    }
+
+    /// Changes how long `operation` takes from now on.
+    pub fn set_latency(&self, operation: Operation, latency: Duration) {
+        self.state().latencies.insert(operation, latency);
+    }
+
+    /// Changes the capacity floor of `app` from now on.
+    pub fn set_capacity_floor(&self, app: &AppId, floor: usize) {
+        let mut state = self.state();
+        state.app_mut(app).capacity_floor = floor;
+        state.check_invariants();
+    }
+
+    /// Sends `requests` simulated requests to `app` now: split by its routing (exactly, by
+    /// largest remainder), round-robin over each pool's members in rotation; each fails
+    /// with its version's error rate, or always if its instance is down. The metrics
+    /// source reports what they did.
+    pub fn send_requests(&self, app: &AppId, requests: u64) -> TrafficReport {
+        let mut state = self.state();
+        let report = state.serve(app, requests);
+        state.check_invariants();
+        report
+    }
+
+    /// Sends `requests_per_tick` requests to `app` every `tick` in a background task, until
+    /// the returned handle is dropped or stopped.
+    pub fn generate_traffic(&self, app: &AppId, requests_per_tick: u64, tick: Duration) -> TrafficHandle {
+        let fleet = self.clone();
+        let app = app.clone();
+        let tick = tick.max(Duration::from_millis(1));
+        let task = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                fleet.send_requests(&app, requests_per_tick);
+            }
+        });
+        TrafficHandle { task }
+    }
+
+    /// Every violation recorded so far, in order.
+    pub fn violations(&self) -> Vec<Violation> {
+        self.state().invariants.history().to_vec()
+    }
+
+    /// Ends a run: checks that no instance is running outside rotation or left stopped or
+    /// failed, records what is found, and returns every violation of the run.
+    pub fn finish(&self) -> Vec<Violation> {
+        let mut state = self.state();
+        state.check_invariants();
+        let at = Instant::now().saturating_duration_since(state.started);
+        let findings = evaluate_end(&state);
+        state.invariants.record_final(at, findings);
+        state.invariants.history().to_vec()
+    }
+
+    /// Instances of `app` in `pool` running `version`, for assertions.
+    pub fn count_running(&self, app: &AppId, pool: &Pool, version: &Version) -> usize {
+        self.state().app(app).map_or(0, |a| {
+            a.instances
+                .values()
+                .filter(|i| &i.pool == pool && &i.version == version && i.state == InstanceState::Running)
+                .count()
+        })
+    }
+
+    /// How many installs (update steps) have been attempted, failed ones included.
+    pub fn installs_attempted(&self) -> u32 {
+        self.state().installs
+    }
+}
+
+/// A background traffic generator; stops when dropped.
+#[derive(Debug)]
+pub struct TrafficHandle {
+    task: JoinHandle<()>,
+}
+
+impl TrafficHandle {
+    /// Stops the traffic.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for TrafficHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[async_trait]
+impl LoadBalancer for SimFleet {
+    async fn register(&self, instance: &Instance) -> Result<(), BackendError> {
+        self.delay(Operation::Register).await;
+        self.mutate(|state| {
+            state.instance(&instance.app, &instance.id)?;
+            state
+                .app_mut(&instance.app)
+                .members
+                .insert(instance.id.clone(), Membership::Active);
+            Ok(())
+        })
+    }
+
+    async fn deregister(
+        &self,
+        app: &AppId,
+        instance: &InstanceId,
+        drain: Duration,
+    ) -> Result<(), BackendError> {
+        self.delay(Operation::Deregister).await;
+        let was_member = self.mutate(|state| {
+            let members = &mut state.app_mut(app).members;
+            Ok(members
+                .get_mut(instance)
+                .map(|m| *m = Membership::Draining)
+                .is_some())
+        })?;
+        if !was_member {
+            return Ok(());
+        }
+        tokio::time::sleep(drain).await;
+        self.mutate(|state| {
+            let members = &mut state.app_mut(app).members;
+            // Re-registered while draining: it stays.
+            if members.get(instance) == Some(&Membership::Draining) {
+                members.remove(instance);
+            }
+            Ok(())
+        })
+    }
+
+    async fn members(&self, app: &AppId, pool: &Pool) -> Result<Vec<InstanceId>, BackendError> {
+        self.delay(Operation::Members).await;
+        let state = self.state();
+        Ok(state
+            .app(app)
+            .map(|a| a.active_members(pool).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn routing(&self, app: &AppId) -> Result<Option<TrafficSplit>, BackendError> {
+        self.delay(Operation::ReadRouting).await;
+        Ok(self.state().app(app).and_then(|a| a.routing.clone()))
+    }
+
+    async fn set_routing(&self, app: &AppId, split: &TrafficSplit) -> Result<(), BackendError> {
+        self.delay(Operation::SetRouting).await;
+        self.mutate(|state| {
+            if state.faults.fire(|f| *f == Fault::SetRoutingFails) {
+                return Err(BackendError::unavailable(
+                    BACKEND,
+                    "injected fault: set_routing fails",
+                ));
+            }
+            if state.faults.fire(|f| *f == Fault::SetRoutingIgnored) {
+                tracing::debug!(%app, %split, "injected fault: set_routing silently ignored");
+                return Ok(());
+            }
+            state.app_mut(app).routing = Some(split.clone());
+            Ok(())
+        })
+    }
+}
+
+#[async_trait]
+impl InfraManager for SimFleet {
+    async fn list_instances(&self, app: &AppId) -> Result<Vec<Instance>, BackendError> {
+        self.delay(Operation::ListInstances).await;
+        let state = self.state();
+        let ids: Vec<InstanceId> = state
+            .app(app)
+            .map(|a| a.instances.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.iter().map(|id| state.describe(app, id)).collect()
+    }
+
+    async fn provision(
+        &self,
+        app: &AppId,
+        pool: &Pool,
+        version: &Version,
+        count: usize,
+    ) -> Result<Vec<Instance>, BackendError> {
+        if count == 0 {
+            return Err(BackendError::Rejected {
+                operation: "provision",
+                reason: "count must be at least 1".into(),
+            });
+        }
+        self.delay(Operation::Provision).await;
+        self.mutate(|state| {
+            (0..count)
+                .map(|_| {
+                    let id = state.next_instance_id(app, pool);
+                    let sim = SimInstance {
+                        pool: pool.clone(),
+                        version: version.clone(),
+                        state: InstanceState::Running,
+                    };
+                    state.app_mut(app).instances.insert(id.clone(), sim);
+                    state.describe(app, &id)
+                })
+                .collect()
+        })
+    }
+
+    async fn fetch_artifact(&self, app: &AppId, version: &Version) -> Result<Artifact, BackendError> {
+        self.delay(Operation::FetchArtifact).await;
+        Ok(Artifact {
+            version: version.clone(),
+            location: format!("sim://{app}/artifacts/{version}"),
+            digest: None,
+        })
+    }
+
+    async fn stop_instance(&self, app: &AppId, instance: &InstanceId) -> Result<(), BackendError> {
+        self.delay(Operation::StopInstance).await;
+        self.mutate(|state| {
+            state.instance_mut(app, instance)?.state = InstanceState::Stopped;
+            Ok(())
+        })
+    }
+
+    async fn install(
+        &self,
+        app: &AppId,
+        instance: &InstanceId,
+        artifact: &Artifact,
+    ) -> Result<(), BackendError> {
+        self.delay(Operation::Install).await;
+        self.mutate(|state| {
+            if state.instance(app, instance)?.state == InstanceState::Running {
+                return Err(BackendError::Rejected {
+                    operation: "install",
+                    reason: format!("instance '{instance}' is running; stop it first"),
+                });
+            }
+            state.installs += 1;
+            let nth = state.installs;
+            let failed = state.faults.fire(|f| match f {
+                Fault::FailUpdateOf(id) => id == instance,
+                Fault::FailNthUpdate(k) => *k == nth,
+                _ => false,
+            });
+            if failed {
+                return Err(BackendError::failed(
+                    "install",
+                    format!(
+                        "injected fault: install of {} on '{instance}' failed",
+                        artifact.version
+                    ),
+                ));
+            }
+            state.instance_mut(app, instance)?.version = artifact.version.clone();
+            Ok(())
+        })
+    }
+
+    async fn start_instance(&self, app: &AppId, instance: &InstanceId) -> Result<Instance, BackendError> {
+        self.delay(Operation::StartInstance).await;
+        self.mutate(|state| {
+            state.instance_mut(app, instance)?.state = InstanceState::Running;
+            state.describe(app, instance)
+        })
+    }
+
+    async fn decommission(&self, app: &AppId, instance: &InstanceId) -> Result<(), BackendError> {
+        self.delay(Operation::Decommission).await;
+        self.mutate(|state| {
+            state.instance(app, instance)?;
+            let app_state = state.app_mut(app);
+            app_state.instances.remove(instance);
+            app_state.members.remove(instance);
+            Ok(())
+        })
+    }
+}
+
+#[async_trait]
+impl HealthChecker for SimFleet {
+    async fn check(&self, instance: &Instance) -> Result<HealthStatus, BackendError> {
+        self.delay(Operation::HealthCheck).await;
+        let state = self.state();
+        let sim = state.instance(&instance.app, &instance.id)?;
+        Ok(state.health(sim, &instance.id, Instant::now()))
+    }
+}
+
+#[async_trait]
+impl MetricsSource for SimFleet {
+    async fn query(&self, query: &MetricQuery) -> Result<Series, BackendError> {
+        self.delay(Operation::MetricsQuery).await;
+        let mut state = self.state();
+        if state.faults.fire(|f| *f == Fault::MetricsDown) {
+            return Err(BackendError::unavailable(
+                BACKEND,
+                "injected fault: metrics source is down",
+            ));
+        }
+        if state.faults.fire(|f| *f == Fault::MetricsNoData) {
+            return Ok(Series::empty());
+        }
+        state.query(
+            query,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(SIM_EPOCH_SECS),
+        )
+    }
+}

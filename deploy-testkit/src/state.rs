@@ -1,0 +1,177 @@
+//! The fleet's shared state and the synchronous logic over it. The trait impls in
+//! `fleet.rs` wait (latency, hangs, drains) outside the lock and call in here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use deploy_core::{
+    AppId, BackendError, HealthStatus, Instance, InstanceId, InstanceState, Pool, TrafficSplit, Version,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::time::Instant;
+
+use crate::fault::{Fault, FaultPlan};
+use crate::invariants::InvariantChecker;
+use crate::profile::VersionProfile;
+use crate::traffic::TrafficLog;
+
+/// Backend name used in errors.
+pub(crate) const BACKEND: &str = "sim-fleet";
+
+#[derive(Debug, Clone)]
+pub(crate) struct SimInstance {
+    pub(crate) pool: Pool,
+    pub(crate) version: Version,
+    pub(crate) state: InstanceState,
+}
+
+/// Whether a member takes new traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Membership {
+    Active,
+    Draining,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct AppState {
+    pub(crate) instances: BTreeMap<InstanceId, SimInstance>,
+    pub(crate) members: BTreeMap<InstanceId, Membership>,
+    pub(crate) routing: Option<TrafficSplit>,
+    pub(crate) capacity_floor: usize,
+    pub(crate) traffic: TrafficLog,
+}
+
+impl AppState {
+    /// Active members of `pool`, in id order.
+    pub(crate) fn active_members<'a>(&'a self, pool: &'a Pool) -> impl Iterator<Item = &'a InstanceId> + 'a {
+        self.members.iter().filter_map(move |(id, membership)| {
+            let in_pool = self.instances.get(id).is_some_and(|i| &i.pool == pool);
+            (in_pool && *membership == Membership::Active).then_some(id)
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct FleetState {
+    pub(crate) apps: BTreeMap<AppId, AppState>,
+    pub(crate) profiles: HashMap<(AppId, Version), VersionProfile>,
+    pub(crate) faults: FaultPlan,
+    pub(crate) latencies: HashMap<crate::Operation, Duration>,
+    pub(crate) installs: u32,
+    pub(crate) next_instance: u64,
+    pub(crate) rng: StdRng,
+    pub(crate) started: Instant,
+    pub(crate) invariants: InvariantChecker,
+}
+
+impl FleetState {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            apps: BTreeMap::new(),
+            profiles: HashMap::new(),
+            faults: FaultPlan::default(),
+            latencies: HashMap::new(),
+            installs: 0,
+            next_instance: 0,
+            rng: StdRng::seed_from_u64(seed),
+            started: Instant::now(),
+            invariants: InvariantChecker::default(),
+        }
+    }
+
+    pub(crate) fn app(&self, app: &AppId) -> Option<&AppState> {
+        self.apps.get(app)
+    }
+
+    pub(crate) fn app_mut(&mut self, app: &AppId) -> &mut AppState {
+        self.apps.entry(app.clone()).or_default()
+    }
+
+    pub(crate) fn instance(&self, app: &AppId, id: &InstanceId) -> Result<&SimInstance, BackendError> {
+        self.app(app)
+            .and_then(|a| a.instances.get(id))
+            .ok_or_else(|| BackendError::not_found("instance", id.to_string()))
+    }
+
+    pub(crate) fn instance_mut(
+        &mut self,
+        app: &AppId,
+        id: &InstanceId,
+    ) -> Result<&mut SimInstance, BackendError> {
+        self.apps
+            .get_mut(app)
+            .and_then(|a| a.instances.get_mut(id))
+            .ok_or_else(|| BackendError::not_found("instance", id.to_string()))
+    }
+
+    pub(crate) fn describe(&self, app: &AppId, id: &InstanceId) -> Result<Instance, BackendError> {
+        let sim = self.instance(app, id)?;
+        Ok(Instance {
+            id: id.clone(),
+            app: app.clone(),
+            pool: sim.pool.clone(),
+            version: sim.version.clone(),
+            state: sim.state,
+            address: Some(format!("sim://{app}/{id}")),
+        })
+    }
+
+    pub(crate) fn profile(&self, app: &AppId, version: &Version) -> VersionProfile {
+        self.profiles
+            .get(&(app.clone(), version.clone()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The ground truth of an instance's health, as a check at `now` would see it.
+    pub(crate) fn health(&self, sim: &SimInstance, id: &InstanceId, now: Instant) -> HealthStatus {
+        match sim.state {
+            InstanceState::Running => {}
+            InstanceState::Starting => return HealthStatus::unknown("starting"),
+            InstanceState::Stopped => return HealthStatus::unhealthy("stopped"),
+            _ => return HealthStatus::unhealthy("failed"),
+        }
+        if self
+            .faults
+            .find(|f| matches!(f, Fault::UnhealthyVersion(v) if *v == sim.version))
+            .is_some()
+        {
+            return HealthStatus::unhealthy(format!("version {} fails its health check", sim.version));
+        }
+        let flapping = self
+            .faults
+            .find(|f| matches!(f, Fault::FlappingHealth { instance, .. } if instance == id));
+        if let Some(active) = flapping
+            && let Fault::FlappingHealth { period, .. } = active.fault
+        {
+            let phase = now.saturating_duration_since(active.since).as_nanos() / period.as_nanos().max(1);
+            if phase % 2 == 1 {
+                return HealthStatus::unhealthy("health flapping: down phase");
+            }
+        }
+        HealthStatus::Healthy
+    }
+
+    pub(crate) fn is_healthy(&self, app: &AppId, id: &InstanceId, now: Instant) -> bool {
+        self.instance(app, id)
+            .is_ok_and(|sim| self.health(sim, id, now).is_healthy())
+    }
+
+    /// Re-evaluates the invariants after a change.
+    pub(crate) fn check_invariants(&mut self) {
+        let now = Instant::now();
+        let findings = crate::invariants::evaluate(self, now);
+        let at = now.saturating_duration_since(self.started);
+        self.invariants.record(at, findings);
+    }
+
+    pub(crate) fn next_instance_id(&mut self, app: &AppId, pool: &Pool) -> InstanceId {
+        self.next_instance += 1;
+        // App and pool names are valid ids and the suffix adds only digits and dashes; an
+        // over-long name falls back to a short form.
+        InstanceId::new(format!("{app}-{pool}-{}", self.next_instance))
+            .or_else(|_| InstanceId::new(format!("i-{}", self.next_instance)))
+            .unwrap_or_else(|_| unreachable!("'i-<n>' is a valid instance id"))
+    }
+}
