@@ -7,7 +7,7 @@ use std::time::Duration;
 use deploy_core::{AppId, InstanceId, InstanceState, Pool, Weight};
 use tokio::time::Instant;
 
-use crate::state::{FleetState, Membership};
+use crate::state::{AppState, FleetState, Membership};
 
 /// One broken rule.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,6 +75,20 @@ impl fmt::Display for ViolationKind {
     }
 }
 
+impl ViolationKind {
+    /// Which condition this is, apart from the measured values: a floor breach that goes
+    /// from 1 healthy instance to 0 is the same ongoing condition.
+    fn condition(&self) -> String {
+        match self {
+            Self::RoutingSum { .. } => "routing-sum".to_owned(),
+            Self::PoolWithoutHealthyMember { pool, .. } => format!("empty-pool:{pool}"),
+            Self::BelowCapacityFloor { .. } => "capacity-floor".to_owned(),
+            Self::RunningButNotRegistered { instance } => format!("unregistered:{instance}"),
+            Self::HalfUpdated { instance, .. } => format!("half-updated:{instance}"),
+        }
+    }
+}
+
 /// A broken rule, when it broke and for which app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -96,21 +110,22 @@ impl fmt::Display for Violation {
 /// again until it has cleared.
 #[derive(Debug, Default)]
 pub(crate) struct InvariantChecker {
-    ongoing: BTreeSet<(AppId, ViolationKind)>,
+    ongoing: BTreeSet<(AppId, String)>,
     history: Vec<Violation>,
 }
 
 impl InvariantChecker {
-    pub(crate) fn record(&mut self, at: Duration, findings: BTreeSet<(AppId, ViolationKind)>) {
-        for (app, kind) in findings.difference(&self.ongoing) {
-            tracing::warn!(%app, violation = %kind, "fleet invariant violated");
-            self.history.push(Violation {
-                at,
-                app: app.clone(),
-                kind: kind.clone(),
-            });
+    pub(crate) fn record(&mut self, at: Duration, findings: Vec<(AppId, ViolationKind)>) {
+        let mut now_ongoing = BTreeSet::new();
+        for (app, kind) in findings {
+            let condition = (app.clone(), kind.condition());
+            if !self.ongoing.contains(&condition) {
+                tracing::warn!(%app, violation = %kind, "fleet invariant violated");
+                self.history.push(Violation { at, app, kind });
+            }
+            now_ongoing.insert(condition);
         }
-        self.ongoing = findings;
+        self.ongoing = now_ongoing;
     }
 
     /// Records end-of-run findings (which are not "ongoing": the run is over).
@@ -125,20 +140,34 @@ impl InvariantChecker {
     }
 }
 
+/// Healthy instances of `app` in rotation.
+pub(crate) fn healthy_in_rotation(
+    state: &FleetState,
+    app: &AppId,
+    app_state: &AppState,
+    now: Instant,
+) -> usize {
+    app_state
+        .members
+        .iter()
+        .filter(|(id, m)| **m == Membership::Active && state.is_healthy(app, id, now))
+        .count()
+}
+
 /// The continuous rules: routing sums to 100%, weighted pools have a healthy member in
-/// rotation, capacity stays at or above the floor.
-pub(crate) fn evaluate(state: &FleetState, now: Instant) -> BTreeSet<(AppId, ViolationKind)> {
-    let mut findings = BTreeSet::new();
+/// rotation, capacity stays at or above the floor once it has been reached.
+pub(crate) fn evaluate(state: &FleetState, now: Instant) -> Vec<(AppId, ViolationKind)> {
+    let mut findings = Vec::new();
     for (app, app_state) in &state.apps {
         if let Some(split) = &app_state.routing {
             let total_basis_points = split.total_basis_points();
             if total_basis_points != u64::from(Weight::MAX_BASIS_POINTS) {
-                findings.insert((app.clone(), ViolationKind::RoutingSum { total_basis_points }));
+                findings.push((app.clone(), ViolationKind::RoutingSum { total_basis_points }));
             }
             for (pool, weight) in split.iter() {
                 let mut members = app_state.active_members(pool);
                 if !members.any(|id| state.is_healthy(app, id, now)) {
-                    findings.insert((
+                    findings.push((
                         app.clone(),
                         ViolationKind::PoolWithoutHealthyMember {
                             pool: pool.clone(),
@@ -149,14 +178,10 @@ pub(crate) fn evaluate(state: &FleetState, now: Instant) -> BTreeSet<(AppId, Vio
             }
         }
         let floor = app_state.capacity_floor;
-        if floor > 0 {
-            let healthy = app_state
-                .members
-                .iter()
-                .filter(|(id, m)| **m == Membership::Active && state.is_healthy(app, id, now))
-                .count();
+        if app_state.floor_reached {
+            let healthy = healthy_in_rotation(state, app, app_state, now);
             if healthy < floor {
-                findings.insert((app.clone(), ViolationKind::BelowCapacityFloor { healthy, floor }));
+                findings.push((app.clone(), ViolationKind::BelowCapacityFloor { healthy, floor }));
             }
         }
     }

@@ -39,6 +39,9 @@ pub(crate) struct AppState {
     pub(crate) members: BTreeMap<InstanceId, Membership>,
     pub(crate) routing: Option<TrafficSplit>,
     pub(crate) capacity_floor: usize,
+    /// Whether the app has had `capacity_floor` healthy instances in rotation yet; the
+    /// floor is enforced from then on, so bringing an app up is not a violation.
+    pub(crate) floor_reached: bool,
     pub(crate) traffic: TrafficLog,
 }
 
@@ -161,6 +164,19 @@ impl FleetState {
     /// Re-evaluates the invariants after a change.
     pub(crate) fn check_invariants(&mut self) {
         let now = Instant::now();
+        let reached: Vec<AppId> = self
+            .apps
+            .iter()
+            .filter(|(app, a)| {
+                a.capacity_floor > 0
+                    && !a.floor_reached
+                    && crate::invariants::healthy_in_rotation(self, app, a, now) >= a.capacity_floor
+            })
+            .map(|(app, _)| app.clone())
+            .collect();
+        for app in reached {
+            self.app_mut(&app).floor_reached = true;
+        }
         let findings = crate::invariants::evaluate(self, now);
         let at = now.saturating_duration_since(self.started);
         self.invariants.record(at, findings);

@@ -63,6 +63,14 @@ impl Bucket {
         }
     }
 
+    /// Whether the bucket's traffic belongs to `target` (its app is checked by the caller).
+    fn serves(&self, target: &MetricTarget) -> bool {
+        match target {
+            MetricTarget::Pool { pool, .. } => &self.pool == pool,
+            MetricTarget::Version { version, .. } => self.version.as_ref() == Some(version),
+        }
+    }
+
     fn add(&mut self, failed: bool, latency_ms: f64) {
         self.requests += 1;
         self.errors += u64::from(failed);
@@ -201,11 +209,8 @@ impl FleetState {
             return Err(BackendError::not_found("metric", metric.to_string()));
         };
 
-        let (app, matches): (&AppId, Box<dyn Fn(&Bucket) -> bool + '_>) = match query.target() {
-            MetricTarget::Pool { app, pool } => (app, Box::new(move |b| &b.pool == pool)),
-            MetricTarget::Version { app, version } => {
-                (app, Box::new(move |b| b.version.as_ref() == Some(version)))
-            }
+        let app = match query.target() {
+            MetricTarget::Pool { app, .. } | MetricTarget::Version { app, .. } => app,
         };
         let Some(log) = self.app(app).map(|a| &a.traffic) else {
             return Ok(Series::empty());
@@ -218,7 +223,7 @@ impl FleetState {
         for bucket in log
             .buckets
             .iter()
-            .filter(|b| b.at > window_start && b.at <= now && matches(b))
+            .filter(|b| b.at > window_start && b.at <= now && b.serves(query.target()))
         {
             let offset = bucket.at.saturating_duration_since(window_start);
             // Steps are (start, end] intervals counted from the window's start, so the last
