@@ -8,6 +8,8 @@ use deploy_core::{
     AppId, Artifact, BackendError, HealthChecker, HealthStatus, InfraManager, Instance, InstanceId,
     InstanceState, LoadBalancer, MetricQuery, MetricsSource, Pool, Series, TrafficSplit, Version,
 };
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -73,8 +75,7 @@ impl SimFleetBuilder {
     /// Seeds the random source (errors and latencies), for reproducible runs. Default 0.
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
-        let fresh = FleetState::new(seed);
-        self.state.rng = fresh.rng;
+        self.state.rng = StdRng::seed_from_u64(seed);
         self
     }
 
@@ -310,11 +311,8 @@ impl LoadBalancer for SimFleet {
     ) -> Result<(), BackendError> {
         self.delay(Operation::Deregister).await;
         let was_member = self.mutate(|state| {
-            let members = &mut state.app_mut(app).members;
-            Ok(members
-                .get_mut(instance)
-                .map(|m| *m = Membership::Draining)
-                .is_some())
+            let member = state.apps.get_mut(app).and_then(|a| a.members.get_mut(instance));
+            Ok(member.map(|m| *m = Membership::Draining).is_some())
         })?;
         if !was_member {
             return Ok(());
