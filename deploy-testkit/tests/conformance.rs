@@ -6,10 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{app, pool_of, v};
+use common::*;
 use deploy_core::{
     AppId, DynHealthChecker, DynInfraManager, DynLoadBalancer, DynMetricsSource, DynNotifier, InfraManager,
-    LoadBalancer, MetricName, MetricQuery, MetricTarget, Pool, TrafficSplit, conformance,
+    MetricName, MetricQuery, MetricTarget, Pool, conformance,
 };
 use deploy_testkit::{RecordingNotifier, SimFleet};
 
@@ -59,25 +59,13 @@ async fn health_checker_contract() {
 #[tokio::test(start_paused = true)]
 async fn metrics_source_contract() {
     let fleet = SimFleet::new();
-    pool_of(&fleet, Pool::stable(), "1.0", 2).await;
-    fleet
-        .set_routing(&app(), &TrafficSplit::all_to(Pool::stable()))
-        .await
-        .unwrap();
+    serving_pool(&fleet, Pool::stable(), "1.0", 2).await;
     fleet.send_requests(&app(), 500);
     tokio::time::advance(Duration::from_secs(10)).await;
     fleet.send_requests(&app(), 500);
 
     let window = Duration::from_secs(60);
-    let served = MetricQuery::new(
-        MetricName::error_rate(),
-        MetricTarget::Pool {
-            app: app(),
-            pool: Pool::stable(),
-        },
-        window,
-    )
-    .unwrap();
+    let served = pool_query(MetricName::error_rate(), Pool::stable(), window);
     let idle = MetricQuery::new(
         MetricName::error_rate(),
         MetricTarget::Version {

@@ -4,10 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{app, pool_of, v};
+use common::*;
 use deploy_core::{
     BackendError, HealthChecker, InfraManager, InstanceState, LoadBalancer, LoadBalancerExt, MetricName,
-    MetricQuery, MetricTarget, MetricsSource, Pool, TrafficSplit, Weight,
+    MetricsSource, Pool, TrafficSplit, Weight,
 };
 use deploy_testkit::{Fault, Operation, SimFleet};
 
@@ -118,11 +118,7 @@ async fn an_unhealthy_version_fails_checks_and_requests_until_cleared() {
 #[tokio::test(start_paused = true)]
 async fn health_flaps_with_its_period() {
     let fleet = SimFleet::new();
-    let instance = fleet
-        .provision(&app(), &Pool::stable(), &v("1.0"), 1)
-        .await
-        .unwrap()
-        .remove(0);
+    let instance = one_instance(&fleet, Pool::stable(), "1.0").await;
     fleet.inject(Fault::FlappingHealth {
         instance: instance.id.clone(),
         period: Duration::from_secs(5),
@@ -169,21 +165,9 @@ async fn set_routing_can_fail_loudly_or_silently() {
 #[tokio::test(start_paused = true)]
 async fn metrics_can_have_no_data_or_be_down() {
     let fleet = SimFleet::new();
-    pool_of(&fleet, Pool::stable(), "1.0", 1).await;
-    fleet
-        .set_routing(&app(), &TrafficSplit::all_to(Pool::stable()))
-        .await
-        .unwrap();
+    serving_pool(&fleet, Pool::stable(), "1.0", 1).await;
     fleet.send_requests(&app(), 10);
-    let query = MetricQuery::new(
-        MetricName::requests(),
-        MetricTarget::Pool {
-            app: app(),
-            pool: Pool::stable(),
-        },
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let query = pool_query(MetricName::requests(), Pool::stable(), Duration::from_secs(60));
     assert!(!fleet.query(&query).await.unwrap().is_empty());
 
     fleet.inject_times(Fault::MetricsNoData, 1);
@@ -202,11 +186,7 @@ async fn metrics_can_have_no_data_or_be_down() {
 #[tokio::test(start_paused = true)]
 async fn a_hung_operation_never_returns_and_callers_time_out() {
     let fleet = SimFleet::new();
-    let instance = fleet
-        .provision(&app(), &Pool::stable(), &v("1.0"), 1)
-        .await
-        .unwrap()
-        .remove(0);
+    let instance = one_instance(&fleet, Pool::stable(), "1.0").await;
     fleet.inject_times(Fault::Hang(Operation::HealthCheck), 1);
     let hung = tokio::time::timeout(Duration::from_secs(3600), fleet.check(&instance)).await;
     assert!(hung.is_err(), "the check hangs past any deadline");
@@ -247,11 +227,7 @@ async fn operations_take_their_configured_time() {
 #[tokio::test(start_paused = true)]
 async fn install_refuses_a_running_instance() {
     let fleet = SimFleet::new();
-    let instance = fleet
-        .provision(&app(), &Pool::stable(), &v("1.0"), 1)
-        .await
-        .unwrap()
-        .remove(0);
+    let instance = one_instance(&fleet, Pool::stable(), "1.0").await;
     let artifact = fleet.fetch_artifact(&app(), &v("2.0")).await.unwrap();
     let err = fleet.install(&app(), &instance.id, &artifact).await.unwrap_err();
     assert!(

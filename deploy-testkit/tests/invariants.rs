@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{app, pool_of, v};
+use common::*;
 use deploy_core::{InfraManager, InstanceState, LoadBalancer, Pool, TrafficSplit, Weight};
 use deploy_testkit::{SimFleet, ViolationKind};
 
@@ -15,11 +15,7 @@ fn kinds(fleet: &SimFleet) -> Vec<ViolationKind> {
 #[tokio::test(start_paused = true)]
 async fn a_careful_rolling_update_is_clean() {
     let fleet = SimFleet::builder().capacity_floor(&app(), 2).build();
-    let instances = pool_of(&fleet, Pool::stable(), "1.0", 3).await;
-    fleet
-        .set_routing(&app(), &TrafficSplit::all_to(Pool::stable()))
-        .await
-        .unwrap();
+    let instances = serving_pool(&fleet, Pool::stable(), "1.0", 3).await;
     for instance in &instances {
         fleet
             .deregister(&app(), &instance.id, Duration::from_secs(10))
@@ -39,11 +35,7 @@ async fn a_careful_rolling_update_is_clean() {
 #[tokio::test(start_paused = true)]
 async fn dropping_below_the_floor_is_recorded_once_with_its_time() {
     let fleet = SimFleet::builder().capacity_floor(&app(), 2).build();
-    let instances = pool_of(&fleet, Pool::stable(), "1.0", 3).await;
-    fleet
-        .set_routing(&app(), &TrafficSplit::all_to(Pool::stable()))
-        .await
-        .unwrap();
+    let instances = serving_pool(&fleet, Pool::stable(), "1.0", 3).await;
     tokio::time::advance(Duration::from_secs(42)).await;
     // Two at once: one too many.
     fleet
@@ -117,11 +109,7 @@ async fn routing_to_a_pool_with_no_healthy_member_is_recorded() {
 #[tokio::test(start_paused = true)]
 async fn the_end_check_finds_leaked_and_half_updated_instances() {
     let fleet = SimFleet::new();
-    let instances = pool_of(&fleet, Pool::stable(), "1.0", 3).await;
-    fleet
-        .set_routing(&app(), &TrafficSplit::all_to(Pool::stable()))
-        .await
-        .unwrap();
+    let instances = serving_pool(&fleet, Pool::stable(), "1.0", 3).await;
     // One left running out of rotation, one left stopped mid-update.
     fleet
         .deregister(&app(), &instances[0].id, Duration::ZERO)

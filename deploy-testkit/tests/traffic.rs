@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{app, pool_of, v};
+use common::*;
 use deploy_core::{
     InfraManager, LoadBalancer, MetricName, MetricQuery, MetricTarget, MetricsSource, Pool, TrafficSplit,
     Weight,
@@ -131,11 +131,7 @@ async fn a_bad_version_shows_in_its_own_metrics_only() {
 #[tokio::test(start_paused = true)]
 async fn windows_and_steps_select_and_group_samples() {
     let fleet = SimFleet::new();
-    pool_of(&fleet, Pool::stable(), "1.0", 1).await;
-    fleet
-        .set_routing(&app(), &TrafficSplit::all_to(Pool::stable()))
-        .await
-        .unwrap();
+    serving_pool(&fleet, Pool::stable(), "1.0", 1).await;
     for _ in 0..6 {
         tokio::time::advance(Duration::from_secs(20)).await;
         fleet.send_requests(&app(), 10);
@@ -189,11 +185,7 @@ async fn requests_without_a_way_in_fail() {
 #[tokio::test(start_paused = true)]
 async fn draining_and_stopped_instances_take_no_successful_traffic() {
     let fleet = SimFleet::new();
-    let instances = pool_of(&fleet, Pool::stable(), "1.0", 2).await;
-    fleet
-        .set_routing(&app(), &TrafficSplit::all_to(Pool::stable()))
-        .await
-        .unwrap();
+    let instances = serving_pool(&fleet, Pool::stable(), "1.0", 2).await;
 
     // While one instance drains, the other takes everything.
     let draining = {
@@ -219,11 +211,7 @@ async fn draining_and_stopped_instances_take_no_successful_traffic() {
 #[tokio::test(start_paused = true)]
 async fn background_traffic_runs_on_tokio_time() {
     let fleet = SimFleet::new();
-    pool_of(&fleet, Pool::stable(), "1.0", 1).await;
-    fleet
-        .set_routing(&app(), &TrafficSplit::all_to(Pool::stable()))
-        .await
-        .unwrap();
+    serving_pool(&fleet, Pool::stable(), "1.0", 1).await;
     let traffic = fleet.generate_traffic(&app(), 25, Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(9_500)).await;
     traffic.stop();

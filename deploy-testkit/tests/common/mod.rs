@@ -2,7 +2,12 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use deploy_core::{AppId, InfraManager, Instance, LoadBalancer, Pool, Version};
+use std::time::Duration;
+
+use deploy_core::{
+    AppId, InfraManager, Instance, LoadBalancer, MetricName, MetricQuery, MetricTarget, Pool, TrafficSplit,
+    Version,
+};
 use deploy_testkit::SimFleet;
 
 pub fn app() -> AppId {
@@ -20,4 +25,25 @@ pub async fn pool_of(fleet: &SimFleet, pool: Pool, version: &str, count: usize) 
         fleet.register(instance).await.unwrap();
     }
     instances
+}
+
+/// Provisions one unregistered instance.
+pub async fn one_instance(fleet: &SimFleet, pool: Pool, version: &str) -> Instance {
+    let mut instances = fleet.provision(&app(), &pool, &v(version), 1).await.unwrap();
+    instances.remove(0)
+}
+
+/// A registered pool of `count` instances that takes all of the app's traffic.
+pub async fn serving_pool(fleet: &SimFleet, pool: Pool, version: &str, count: usize) -> Vec<Instance> {
+    let instances = pool_of(fleet, pool.clone(), version, count).await;
+    fleet
+        .set_routing(&app(), &TrafficSplit::all_to(pool))
+        .await
+        .unwrap();
+    instances
+}
+
+/// `metric` of `pool` over the last `window`.
+pub fn pool_query(metric: MetricName, pool: Pool, window: Duration) -> MetricQuery {
+    MetricQuery::new(metric, MetricTarget::Pool { app: app(), pool }, window).unwrap()
 }
