@@ -1,0 +1,569 @@
+//! Analysis: is the new version good enough to go on?
+//!
+//! An [`AnalysisSpec`] lists metrics, each with a [`Check`]: a [`Threshold`] on the new
+//! version's series, or a [`Judge`] that compares it with the baseline (the version being
+//! replaced) by a Mann-Whitney U test and a Hodges-Lehmann shift estimate. Each metric is
+//! measured `count` times, `interval` apart; Argo Rollouts' limits decide the run:
+//!
+//! - more than `failure_limit` failed measurements fail the metric;
+//! - more than `consecutive_error_limit` errors in a row (the source down, a bad query) make it
+//!   an error;
+//! - more than `inconclusive_limit` inconclusive measurements make it inconclusive (the
+//!   rollout pauses for a human).
+//!
+//! The run's outcome is the worst of its metrics, except that `dry_run` metrics are measured
+//! and reported but never decide anything.
+
+mod stats;
+
+use std::time::Duration;
+
+use deploy_core::{AnalysisOutcome, MetricName, MetricQuery, MetricTarget, MetricsSource, Series};
+use serde::{Deserialize, Serialize};
+
+pub use stats::Comparison;
+
+use crate::error::SpecError;
+
+/// How a metric's samples are reduced to one value for a threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// The mean of the samples.
+    #[default]
+    Mean,
+    /// The largest sample.
+    Max,
+    /// The latest sample.
+    Last,
+}
+
+/// A bound on the new version's metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Threshold {
+    /// Fails above this.
+    pub max: Option<f64>,
+    /// Fails below this.
+    pub min: Option<f64>,
+    /// How samples are reduced.
+    pub aggregation: Aggregation,
+}
+
+/// Which way is bad, for a [`Judge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Higher is worse (error rate, latency).
+    Increase,
+    /// Lower is worse (throughput, conversions).
+    Decrease,
+    /// Any change is bad.
+    Either,
+}
+
+/// Baseline-vs-canary comparison of a metric's samples.
+///
+/// The shift `canary - baseline` is estimated by Hodges-Lehmann with a `confidence`
+/// interval. A measurement fails when the Mann-Whitney test finds the canary worse at
+/// significance `1 - confidence` and the estimated shift is beyond `tolerance` in the bad
+/// direction; it succeeds when the whole interval is within `tolerance`; anything else is
+/// inconclusive (not enough evidence either way).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judge {
+    /// Which way is bad.
+    pub direction: Direction,
+    /// How much worse than the baseline is still fine, in the metric's unit.
+    pub tolerance: f64,
+    /// Confidence level in (0, 1); 0.98 by default.
+    pub confidence: f64,
+}
+
+impl Judge {
+    /// A judge for "higher is worse" with `tolerance` and 98% confidence.
+    pub fn increase(tolerance: f64) -> Self {
+        Self {
+            direction: Direction::Increase,
+            tolerance,
+            confidence: 0.98,
+        }
+    }
+
+    /// Judges samples of the canary against the baseline.
+    pub fn evaluate(&self, baseline: &[f64], canary: &[f64]) -> (AnalysisOutcome, Comparison) {
+        let result = stats::compare(baseline, canary, self.confidence);
+        let alpha = 1.0 - self.confidence;
+        let tol = self.tolerance;
+        let (significant, beyond, within) = match self.direction {
+            Direction::Increase => (
+                result.p_greater < alpha,
+                result.shift > tol,
+                result.shift_high <= tol,
+            ),
+            Direction::Decrease => (
+                result.p_less < alpha,
+                result.shift < -tol,
+                result.shift_low >= -tol,
+            ),
+            Direction::Either => (
+                result.p_two_sided() < alpha,
+                result.shift.abs() > tol,
+                result.shift_low >= -tol && result.shift_high <= tol,
+            ),
+        };
+        let outcome = if significant && beyond {
+            AnalysisOutcome::Failed
+        } else if within {
+            AnalysisOutcome::Successful
+        } else {
+            AnalysisOutcome::Inconclusive
+        };
+        (outcome, result)
+    }
+}
+
+/// What a metric is checked against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// A bound on the new version alone.
+    Threshold(Threshold),
+    /// A comparison with the baseline.
+    Judge(Judge),
+}
+
+/// What to do when a measurement finds no data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoDataPolicy {
+    /// No data is inconclusive (the default: nobody can tell).
+    #[default]
+    Inconclusive,
+    /// No data fails the measurement.
+    Fail,
+    /// No data passes the measurement (for metrics that only exist when something is wrong).
+    Pass,
+}
+
+/// One metric of an analysis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisMetric {
+    /// A name for reports ("error-rate", "p99").
+    pub name: String,
+    /// The metric queried.
+    pub metric: MetricName,
+    /// How far back each measurement looks.
+    pub window: Duration,
+    /// The check.
+    pub check: Check,
+    /// What no data means.
+    pub no_data: NoDataPolicy,
+    /// Fewer samples than this (per side, for a judge) count as no data.
+    pub min_samples: usize,
+    /// Reported, never decides.
+    pub dry_run: bool,
+}
+
+impl AnalysisMetric {
+    /// Fails when the new version's mean `metric` over `window` exceeds `max`.
+    pub fn max_mean(name: &str, metric: MetricName, window: Duration, max: f64) -> Self {
+        Self::new(
+            name,
+            metric,
+            window,
+            Check::Threshold(Threshold {
+                max: Some(max),
+                min: None,
+                aggregation: Aggregation::Mean,
+            }),
+        )
+    }
+
+    /// Judges `metric` over `window` against the baseline.
+    pub fn judged(name: &str, metric: MetricName, window: Duration, judge: Judge) -> Self {
+        Self::new(name, metric, window, Check::Judge(judge))
+    }
+
+    fn new(name: &str, metric: MetricName, window: Duration, check: Check) -> Self {
+        Self {
+            name: name.to_owned(),
+            metric,
+            window,
+            check,
+            no_data: NoDataPolicy::default(),
+            min_samples: 1,
+            dry_run: false,
+        }
+    }
+
+    /// Sets the no-data policy.
+    #[must_use]
+    pub fn on_no_data(mut self, policy: NoDataPolicy) -> Self {
+        self.no_data = policy;
+        self
+    }
+
+    /// Sets the minimum sample count.
+    #[must_use]
+    pub fn min_samples(mut self, min_samples: usize) -> Self {
+        self.min_samples = min_samples;
+        self
+    }
+
+    /// Makes the metric report-only.
+    #[must_use]
+    pub fn dry_run(mut self) -> Self {
+        self.dry_run = true;
+        self
+    }
+}
+
+/// An analysis: metrics, how often to measure, and the limits that decide.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisSpec {
+    /// The metrics.
+    pub metrics: Vec<AnalysisMetric>,
+    /// Time between measurements (and before the first).
+    pub interval: Duration,
+    /// Measurements per metric.
+    pub count: u32,
+    /// Failed measurements tolerated per metric (default 0).
+    pub failure_limit: u32,
+    /// Errors in a row tolerated per metric (default 4).
+    pub consecutive_error_limit: u32,
+    /// Inconclusive measurements tolerated per metric (default 0).
+    pub inconclusive_limit: u32,
+}
+
+impl AnalysisSpec {
+    /// An analysis of `metrics`, measured `count` times `interval` apart, with default limits.
+    pub fn new(metrics: Vec<AnalysisMetric>, interval: Duration, count: u32) -> Self {
+        Self {
+            metrics,
+            interval,
+            count,
+            failure_limit: 0,
+            consecutive_error_limit: 4,
+            inconclusive_limit: 0,
+        }
+    }
+
+    /// Checks the spec.
+    ///
+    /// # Errors
+    /// [`SpecError`] naming the field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.metrics.is_empty() {
+            return Err(SpecError::new(
+                "analysis.metrics",
+                "at least one metric is required",
+            ));
+        }
+        if self.count == 0 {
+            return Err(SpecError::new("analysis.count", "must be at least 1"));
+        }
+        if self.interval.is_zero() {
+            return Err(SpecError::new("analysis.interval", "must be longer than zero"));
+        }
+        for metric in &self.metrics {
+            let field = |f: &str| format!("analysis.metrics[{}].{f}", metric.name);
+            if metric.window.is_zero() {
+                return Err(SpecError::new(field("window"), "must be longer than zero"));
+            }
+            match &metric.check {
+                Check::Threshold(t) => {
+                    if t.max.is_none() && t.min.is_none() {
+                        return Err(SpecError::new(field("check"), "a threshold needs a min or a max"));
+                    }
+                    if [t.max, t.min].into_iter().flatten().any(|v| !v.is_finite()) {
+                        return Err(SpecError::new(field("check"), "bounds must be finite"));
+                    }
+                }
+                Check::Judge(j) => {
+                    if !(j.confidence > 0.0 && j.confidence < 1.0) {
+                        return Err(SpecError::new(
+                            field("confidence"),
+                            "must be strictly between 0 and 1",
+                        ));
+                    }
+                    if !(j.tolerance.is_finite() && j.tolerance >= 0.0) {
+                        return Err(SpecError::new(field("tolerance"), "must be a finite number >= 0"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One measurement of one metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Its verdict.
+    pub outcome: AnalysisOutcome,
+    /// What was seen ("mean 0.081 > max 0.02", "shift +12.0 [9.1, 14.8], p=0.0001").
+    pub detail: String,
+}
+
+/// One metric's result over a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricResult {
+    /// The metric's name.
+    pub name: String,
+    /// Its verdict.
+    pub outcome: AnalysisOutcome,
+    /// Whether it was report-only.
+    pub dry_run: bool,
+    /// Every measurement, in order.
+    pub measurements: Vec<Measurement>,
+}
+
+/// The result of an analysis run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisResult {
+    /// The verdict that counts.
+    pub outcome: AnalysisOutcome,
+    /// Per metric.
+    pub metrics: Vec<MetricResult>,
+}
+
+impl AnalysisResult {
+    /// A one-line summary: each metric's verdict and last measurement.
+    pub fn summary(&self) -> String {
+        self.metrics
+            .iter()
+            .map(|m| {
+                let last = m
+                    .measurements
+                    .last()
+                    .map_or("no measurement", |x| x.detail.as_str());
+                let dry = if m.dry_run { " (dry run)" } else { "" };
+                format!("{}{dry}: {:?} ({last})", m.name, m.outcome)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Whose metrics an analysis reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalysisTargets {
+    /// The new version.
+    pub canary: MetricTarget,
+    /// The version being replaced, for judges; `None` when there is none (a first deploy).
+    pub baseline: Option<MetricTarget>,
+}
+
+/// Per-metric bookkeeping while a run goes on.
+#[derive(Debug, Default)]
+struct Tally {
+    failed: u32,
+    inconclusive: u32,
+    consecutive_errors: u32,
+    measurements: Vec<Measurement>,
+    verdict: Option<AnalysisOutcome>,
+}
+
+impl Tally {
+    fn record(&mut self, spec: &AnalysisSpec, measurement: Measurement) {
+        match measurement.outcome {
+            AnalysisOutcome::Failed => self.failed += 1,
+            AnalysisOutcome::Inconclusive => self.inconclusive += 1,
+            AnalysisOutcome::Error => self.consecutive_errors += 1,
+            AnalysisOutcome::Successful => {}
+        }
+        if measurement.outcome != AnalysisOutcome::Error {
+            self.consecutive_errors = 0;
+        }
+        self.measurements.push(measurement);
+        if self.failed > spec.failure_limit {
+            self.verdict = Some(AnalysisOutcome::Failed);
+        } else if self.consecutive_errors > spec.consecutive_error_limit {
+            self.verdict = Some(AnalysisOutcome::Error);
+        }
+    }
+
+    fn finish(&self, spec: &AnalysisSpec) -> AnalysisOutcome {
+        if let Some(verdict) = self.verdict {
+            verdict
+        } else if self.inconclusive > spec.inconclusive_limit {
+            AnalysisOutcome::Inconclusive
+        } else if self
+            .measurements
+            .iter()
+            .all(|m| m.outcome == AnalysisOutcome::Error)
+        {
+            // Nothing but errors, within the limit: still nothing was learned.
+            AnalysisOutcome::Error
+        } else {
+            AnalysisOutcome::Successful
+        }
+    }
+}
+
+/// Severity order for combining verdicts: the worst wins.
+fn severity(outcome: AnalysisOutcome) -> u8 {
+    match outcome {
+        AnalysisOutcome::Successful => 0,
+        AnalysisOutcome::Inconclusive => 1,
+        AnalysisOutcome::Error => 2,
+        AnalysisOutcome::Failed => 3,
+    }
+}
+
+/// Runs `spec` against `source`: waits `interval`, measures every metric, and repeats
+/// `count` times, stopping early once a (non-dry-run) metric has failed or errored past its
+/// limit. All waiting uses `tokio::time`.
+pub async fn run_analysis(
+    spec: &AnalysisSpec,
+    targets: &AnalysisTargets,
+    source: &dyn MetricsSource,
+) -> AnalysisResult {
+    let mut tallies: Vec<Tally> = spec.metrics.iter().map(|_| Tally::default()).collect();
+    for _ in 0..spec.count {
+        tokio::time::sleep(spec.interval).await;
+        for (metric, tally) in spec.metrics.iter().zip(&mut tallies) {
+            if tally.verdict.is_none() {
+                let measurement = measure(metric, targets, source).await;
+                tally.record(spec, measurement);
+            }
+        }
+        let decided = spec
+            .metrics
+            .iter()
+            .zip(&tallies)
+            .any(|(metric, tally)| !metric.dry_run && tally.verdict.is_some());
+        if decided {
+            break;
+        }
+    }
+    let metrics: Vec<MetricResult> = spec
+        .metrics
+        .iter()
+        .zip(tallies)
+        .map(|(metric, tally)| MetricResult {
+            name: metric.name.clone(),
+            outcome: tally.finish(spec),
+            dry_run: metric.dry_run,
+            measurements: tally.measurements,
+        })
+        .collect();
+    let outcome = metrics
+        .iter()
+        .filter(|m| !m.dry_run)
+        .map(|m| m.outcome)
+        .max_by_key(|o| severity(*o))
+        .unwrap_or(AnalysisOutcome::Successful);
+    AnalysisResult { outcome, metrics }
+}
+
+async fn fetch(
+    metric: &AnalysisMetric,
+    target: &MetricTarget,
+    source: &dyn MetricsSource,
+) -> Result<Series, String> {
+    let query =
+        MetricQuery::new(metric.metric.clone(), target.clone(), metric.window).map_err(|e| e.to_string())?;
+    source.query(&query).await.map_err(|e| e.to_string())
+}
+
+fn no_data(metric: &AnalysisMetric, what: &str) -> Measurement {
+    let outcome = match metric.no_data {
+        NoDataPolicy::Inconclusive => AnalysisOutcome::Inconclusive,
+        NoDataPolicy::Fail => AnalysisOutcome::Failed,
+        NoDataPolicy::Pass => AnalysisOutcome::Successful,
+    };
+    Measurement {
+        outcome,
+        detail: format!("no data: {what}"),
+    }
+}
+
+fn error(detail: String) -> Measurement {
+    Measurement {
+        outcome: AnalysisOutcome::Error,
+        detail,
+    }
+}
+
+/// One measurement of one metric.
+async fn measure(
+    metric: &AnalysisMetric,
+    targets: &AnalysisTargets,
+    source: &dyn MetricsSource,
+) -> Measurement {
+    let canary = match fetch(metric, &targets.canary, source).await {
+        Ok(series) => series,
+        Err(e) => return error(e),
+    };
+    let min = metric.min_samples.max(1);
+    if canary.len() < min {
+        return no_data(
+            metric,
+            &format!("{} of {min} samples from the new version", canary.len()),
+        );
+    }
+    match &metric.check {
+        Check::Threshold(threshold) => check_threshold(threshold, &canary),
+        Check::Judge(judge) => {
+            let Some(baseline_target) = &targets.baseline else {
+                return no_data(metric, "no baseline to compare with");
+            };
+            let baseline = match fetch(metric, baseline_target, source).await {
+                Ok(series) => series,
+                Err(e) => return error(e),
+            };
+            if baseline.len() < min {
+                return no_data(
+                    metric,
+                    &format!("{} of {min} samples from the baseline", baseline.len()),
+                );
+            }
+            let baseline: Vec<f64> = baseline.values().collect();
+            let canary: Vec<f64> = canary.values().collect();
+            let (outcome, c) = judge.evaluate(&baseline, &canary);
+            Measurement {
+                outcome,
+                detail: format!(
+                    "shift {:+.4} [{:+.4}, {:+.4}] vs tolerance {}, p(two-sided) {:.4}, n={}/{}",
+                    c.shift,
+                    c.shift_low,
+                    c.shift_high,
+                    judge.tolerance,
+                    c.p_two_sided(),
+                    baseline.len(),
+                    canary.len()
+                ),
+            }
+        }
+    }
+}
+
+fn check_threshold(threshold: &Threshold, series: &Series) -> Measurement {
+    let value = match threshold.aggregation {
+        Aggregation::Mean => series.mean(),
+        Aggregation::Max => series.values().reduce(f64::max),
+        Aggregation::Last => series.last().map(|s| s.value),
+    }
+    .unwrap_or(f64::NAN);
+    let name = format!("{:?}", threshold.aggregation).to_lowercase();
+    if let Some(max) = threshold.max
+        && value > max
+    {
+        return Measurement {
+            outcome: AnalysisOutcome::Failed,
+            detail: format!("{name} {value:.4} > max {max}"),
+        };
+    }
+    if let Some(min) = threshold.min
+        && value < min
+    {
+        return Measurement {
+            outcome: AnalysisOutcome::Failed,
+            detail: format!("{name} {value:.4} < min {min}"),
+        };
+    }
+    Measurement {
+        outcome: AnalysisOutcome::Successful,
+        detail: format!("{name} {value:.4} within bounds"),
+    }
+}

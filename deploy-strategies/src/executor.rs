@@ -1,0 +1,325 @@
+//! How each [`Step`](crate::plan::Step) touches the backends. Every function converges on
+//! an absolute target, so running it again (after a crash) is safe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy_core::{
+    AppId, BackendError, DynHealthChecker, DynInfraManager, DynLoadBalancer, DynMetricsSource, HealthStatus,
+    Instance, InstanceId, InstanceState, LoadBalancerExt, Pool, TrafficSplit, Version,
+};
+use futures::stream::{self, StreamExt};
+
+/// The backends a rollout drives, as trait objects.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// Routing and pool membership.
+    pub load_balancer: Arc<DynLoadBalancer>,
+    /// Instances.
+    pub infra: Arc<DynInfraManager>,
+    /// Health checks.
+    pub health: Arc<DynHealthChecker>,
+    /// Metrics for analysis.
+    pub metrics: Arc<DynMetricsSource>,
+}
+
+impl Backends {
+    /// All four backends from one value that implements them all (such as the testkit's
+    /// simulated fleet).
+    pub fn from_one<T>(backend: T) -> Self
+    where
+        T: deploy_core::LoadBalancer
+            + deploy_core::InfraManager
+            + deploy_core::HealthChecker
+            + deploy_core::MetricsSource
+            + Clone,
+    {
+        Self {
+            load_balancer: Arc::new(backend.clone()),
+            infra: Arc::new(backend.clone()),
+            health: Arc::new(backend.clone()),
+            metrics: Arc::new(backend),
+        }
+    }
+}
+
+/// Timing and limits of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutOptions {
+    /// Instances the new version runs on; by default as many as the pool serving traffic has
+    /// (required for a first deployment).
+    pub replicas: Option<usize>,
+    /// An infrastructure step (provisioning, routing, an update batch) that makes no
+    /// progress for this long aborts the rollout. Time paused by an operator does not count.
+    pub progress_deadline: Duration,
+    /// How long an instance may take to become healthy.
+    pub health_timeout: Duration,
+    /// Time between health checks while waiting.
+    pub poll_interval: Duration,
+    /// How long deregistered instances drain.
+    pub drain: Duration,
+    /// Lease time-to-live; the lease is renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Attempts for a retryable backend error before a step fails.
+    pub attempts: u32,
+}
+
+impl Default for RolloutOptions {
+    fn default() -> Self {
+        Self {
+            replicas: None,
+            progress_deadline: Duration::from_secs(600),
+            health_timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(2),
+            drain: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(30),
+            attempts: 3,
+        }
+    }
+}
+
+/// Why a step could not finish.
+pub(crate) type StepResult<T = ()> = Result<T, String>;
+
+/// Step implementations over the backends.
+#[derive(Debug)]
+pub(crate) struct Executor {
+    pub(crate) backends: Backends,
+    pub(crate) options: RolloutOptions,
+}
+
+fn describe(operation: &str, err: &BackendError) -> String {
+    format!("{operation}: {err}")
+}
+
+impl Executor {
+    /// Runs `call` until it succeeds, fails for good, or runs out of attempts; retryable
+    /// errors back off 1 s, 2 s, 4 s... on tokio time.
+    async fn retry<T, F, Fut>(&self, operation: &str, mut call: F) -> StepResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let mut backoff = Duration::from_secs(1);
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(err) if err.is_retryable() && attempt < self.options.attempts.max(1) => {
+                    tracing::debug!(operation, %err, attempt, "retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                    attempt += 1;
+                }
+                Err(err) => return Err(describe(operation, &err)),
+            }
+        }
+    }
+
+    /// Polls `instance` until healthy or the health timeout.
+    pub(crate) async fn wait_healthy(&self, instance: &Instance) -> StepResult {
+        let deadline = tokio::time::Instant::now() + self.options.health_timeout;
+        loop {
+            let last = match self.backends.health.check(instance).await {
+                Ok(status) if status.is_healthy() => return Ok(()),
+                Ok(status) => status,
+                Err(err) if err.is_retryable() => HealthStatus::unknown(err.to_string()),
+                Err(err) => return Err(describe("health check", &err)),
+            };
+            if tokio::time::Instant::now() + self.options.poll_interval > deadline {
+                return Err(format!(
+                    "instance '{}' not healthy within {:?}: {last}",
+                    instance.id, self.options.health_timeout
+                ));
+            }
+            tokio::time::sleep(self.options.poll_interval).await;
+        }
+    }
+
+    async fn instances(&self, app: &AppId) -> StepResult<Vec<Instance>> {
+        self.retry("list instances", || self.backends.infra.list_instances(app))
+            .await
+    }
+
+    async fn members(&self, app: &AppId, pool: &Pool) -> StepResult<Vec<InstanceId>> {
+        self.retry("list members", || self.backends.load_balancer.members(app, pool))
+            .await
+    }
+
+    async fn retire(&self, app: &AppId, instance: &InstanceId) -> StepResult {
+        let lb = &self.backends.load_balancer;
+        self.retry("deregister", || lb.deregister(app, instance, self.options.drain))
+            .await?;
+        match self.backends.infra.decommission(app, instance).await {
+            Ok(()) | Err(BackendError::NotFound { .. }) => Ok(()),
+            Err(err) => Err(describe("decommission", &err)),
+        }
+    }
+
+    /// `pool` gets at least `count` healthy, registered instances of `version`: broken ones
+    /// are removed, missing ones provisioned, all are health-checked before registering.
+    pub(crate) async fn ensure_pool(
+        &self,
+        app: &AppId,
+        pool: &Pool,
+        version: &Version,
+        count: usize,
+    ) -> StepResult {
+        let existing: Vec<Instance> = self
+            .instances(app)
+            .await?
+            .into_iter()
+            .filter(|i| &i.pool == pool && &i.version == version)
+            .collect();
+        let (usable, broken): (Vec<Instance>, Vec<Instance>) = existing
+            .into_iter()
+            .partition(|i| matches!(i.state, InstanceState::Running | InstanceState::Starting));
+        for instance in &broken {
+            self.retire(app, &instance.id).await?;
+        }
+        let mut good = Vec::new();
+        for (instance, verdict) in self.check_all(usable).await {
+            match verdict {
+                Ok(()) => good.push(instance),
+                Err(reason) => {
+                    tracing::warn!(%app, instance = %instance.id, reason, "replacing an unhealthy instance");
+                    self.retire(app, &instance.id).await?;
+                }
+            }
+        }
+        if good.len() < count {
+            let missing = count - good.len();
+            let infra = &self.backends.infra;
+            let fresh = self
+                .retry("provision", || infra.provision(app, pool, version, missing))
+                .await?;
+            for (instance, verdict) in self.check_all(fresh).await {
+                match verdict {
+                    Ok(()) => good.push(instance),
+                    Err(reason) => {
+                        // Do not leave a broken new instance behind.
+                        self.retire(app, &instance.id).await?;
+                        return Err(reason);
+                    }
+                }
+            }
+        }
+        let members = self.members(app, pool).await?;
+        for instance in good.iter().filter(|i| !members.contains(&i.id)) {
+            self.retry("register", || self.backends.load_balancer.register(instance))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every instance's health at once, so a pool costs one timeout, not one per
+    /// instance.
+    async fn check_all(&self, instances: Vec<Instance>) -> Vec<(Instance, StepResult)> {
+        let checks = instances.into_iter().map(|instance| async move {
+            let verdict = self.wait_healthy(&instance).await;
+            (instance, verdict)
+        });
+        futures::future::join_all(checks).await
+    }
+
+    /// Sets and verifies routing, retrying a set that failed or did not stick.
+    pub(crate) async fn route(&self, app: &AppId, split: &TrafficSplit) -> StepResult {
+        let lb = &self.backends.load_balancer;
+        self.retry("set routing", || lb.set_routing_verified(app, split))
+            .await
+    }
+
+    /// Takes a whole pool out of rotation and decommissions it.
+    pub(crate) async fn retire_pool(&self, app: &AppId, pool: &Pool) -> StepResult<Vec<InstanceId>> {
+        let doomed: Vec<InstanceId> = self
+            .instances(app)
+            .await?
+            .into_iter()
+            .filter(|i| &i.pool == pool)
+            .map(|i| i.id)
+            .collect();
+        self.retire_all(app, &doomed).await?;
+        Ok(doomed)
+    }
+
+    /// Retires `instances` concurrently (drains overlap).
+    pub(crate) async fn retire_all(&self, app: &AppId, instances: &[InstanceId]) -> StepResult {
+        let results = futures::future::join_all(instances.iter().map(|id| self.retire(app, id))).await;
+        results.into_iter().collect()
+    }
+
+    /// Instances of `pool` that are not in `keep`.
+    pub(crate) async fn extras(
+        &self,
+        app: &AppId,
+        pool: &Pool,
+        keep: &[InstanceId],
+    ) -> StepResult<Vec<InstanceId>> {
+        Ok(self
+            .instances(app)
+            .await?
+            .into_iter()
+            .filter(|i| &i.pool == pool && !keep.contains(&i.id))
+            .map(|i| i.id)
+            .collect())
+    }
+
+    /// Brings each of `ids` to `version`, running and in rotation, at most `concurrency` at
+    /// a time: drain, update, wait healthy, register. Instances already there are left
+    /// alone. Every instance is attempted; the first failure is returned.
+    pub(crate) async fn converge_instances(
+        &self,
+        app: &AppId,
+        ids: &[InstanceId],
+        version: &Version,
+        concurrency: usize,
+    ) -> StepResult {
+        let current = self.instances(app).await?;
+        let pool_members: Vec<InstanceId> = match current.iter().find(|i| ids.contains(&i.id)) {
+            Some(first) => self.members(app, &first.pool).await?,
+            None => Vec::new(),
+        };
+        let work: Vec<(Instance, bool)> = ids
+            .iter()
+            .filter_map(|id| current.iter().find(|i| &i.id == id))
+            .map(|i| (i.clone(), pool_members.contains(&i.id)))
+            .collect();
+        let results: Vec<StepResult> = stream::iter(work)
+            .map(|(instance, registered)| self.converge_one(app, instance, registered, version))
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    async fn converge_one(
+        &self,
+        app: &AppId,
+        instance: Instance,
+        registered: bool,
+        version: &Version,
+    ) -> StepResult {
+        let lb = &self.backends.load_balancer;
+        let infra = &self.backends.infra;
+        let there = &instance.version == version && instance.state == InstanceState::Running;
+        let instance = if there {
+            instance
+        } else {
+            if registered {
+                self.retry("deregister", || {
+                    lb.deregister(app, &instance.id, self.options.drain)
+                })
+                .await?;
+            }
+            infra
+                .update_instance(app, &instance.id, version)
+                .await
+                .map_err(|e| describe(&format!("update of '{}' to {version}", instance.id), &e))?
+        };
+        self.wait_healthy(&instance).await?;
+        if !registered || !there {
+            self.retry("register", || lb.register(&instance)).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+//! Getting a version out safely, or back: rolling, blue-green and canary rollouts with
+//! metric analysis, automatic rollback, live control and a crash-safe journal.
+//!
+//! A [`Rollout`] composes a [`Strategy`] with [`Backends`] (`Arc<dyn>` load balancer,
+//! infrastructure, health checker and metrics source), a record store and hooks.
+//! [`Rollout::start`] returns a [`RolloutHandle`] for status, events, pause, resume, abort
+//! and promote, and [`RolloutHandle::wait`] gives the [`RolloutReport`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use deploy_core::{AppId, DynStore, InfraManager, LoadBalancer, MemoryStore, MetricName, Pool, TrafficSplit, Version};
+//! use deploy_strategies::{
+//!     AnalysisMetric, AnalysisSpec, Backends, CanarySpec, Rollout, RolloutOutcome, Strategy,
+//! };
+//! use deploy_testkit::{SimFleet, VersionProfile};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = AppId::new("shop")?;
+//! let bad = Version::new("2.0")?;
+//! let fleet = SimFleet::builder()
+//!     .version_profile(&app, &bad, VersionProfile::new(0.10, Duration::from_millis(30), Duration::from_millis(90))?)
+//!     .build();
+//! for instance in fleet.provision(&app, &Pool::stable(), &Version::new("1.0")?, 4).await? {
+//!     fleet.register(&instance).await?;
+//! }
+//! fleet.set_routing(&app, &TrafficSplit::all_to(Pool::stable())).await?;
+//! let _traffic = fleet.generate_traffic(&app, 200, Duration::from_secs(1));
+//!
+//! // 10% steps every minute, each checked: error rate must stay under 2%.
+//! let analysis = AnalysisSpec::new(
+//!     vec![AnalysisMetric::max_mean("errors", MetricName::error_rate(), Duration::from_secs(60), 0.02)],
+//!     Duration::from_secs(60),
+//!     1,
+//! );
+//! let strategy = Strategy::Canary(CanarySpec::linear(10.0, Duration::from_secs(60), Some(analysis))?);
+//! let store: Arc<DynStore> = Arc::new(MemoryStore::new());
+//! let rollout = Rollout::builder(strategy, Backends::from_one(fleet.clone()), store).build()?;
+//!
+//! let report = rollout.start(&app, &bad).await?.wait().await?;
+//! assert!(matches!(report.outcome, RolloutOutcome::RolledBack { .. }));
+//! assert_eq!(fleet.routing(&app).await?, Some(TrafficSplit::all_to(Pool::stable())));
+//! assert!(fleet.finish().is_empty(), "no moment without a healthy pool behind traffic");
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod analysis;
+mod error;
+mod executor;
+mod handle;
+mod hooks;
+mod plan;
+mod runtime;
+mod spec;
+
+pub use analysis::{
+    AnalysisMetric, AnalysisResult, AnalysisSpec, AnalysisTargets, Check, Direction, Judge, NoDataPolicy,
+    Threshold, run_analysis,
+};
+pub use error::{RolloutError, SpecError};
+pub use executor::{Backends, RolloutOptions};
+pub use handle::{RolloutHandle, RolloutOutcome, RolloutReport, RolloutStatus};
+pub use hooks::{Hook, HookContext, HookOutcome, HookPoint};
+pub use plan::{AnalysisRecord, Phase, TimelineEntry};
+pub use runtime::{ResumePolicy, Rollout, RolloutBuilder};
+pub use spec::{BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity, RollingSpec, Strategy};
