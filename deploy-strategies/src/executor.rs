@@ -284,11 +284,20 @@ impl Executor {
             .filter_map(|id| current.iter().find(|i| &i.id == id))
             .map(|i| (i.clone(), pool_members.contains(&i.id)))
             .collect();
-        let results: Vec<StepResult> = stream::iter(work)
-            .map(|(instance, registered)| self.converge_one(app, instance, registered, version))
-            .buffer_unordered(concurrency.max(1))
-            .collect()
-            .await;
+        // Instances already out of rotation (a failed update left them stopped) cost no
+        // capacity: they all go first, together. Serving ones follow, `concurrency` at a time.
+        let (serving, idle): (Vec<_>, Vec<_>) = work
+            .into_iter()
+            .partition(|(i, registered)| *registered && i.state == InstanceState::Running);
+        let mut results = Vec::new();
+        for (wave, limit) in [(idle, usize::MAX), (serving, concurrency.max(1))] {
+            let wave_results: Vec<StepResult> = stream::iter(wave)
+                .map(|(instance, registered)| self.converge_one(app, instance, registered, version))
+                .buffer_unordered(limit)
+                .collect()
+                .await;
+            results.extend(wave_results);
+        }
         results.into_iter().collect()
     }
 

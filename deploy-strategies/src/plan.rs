@@ -317,10 +317,10 @@ impl Journal {
         let previous = self.previous.clone().unwrap_or_else(|| self.version.clone());
         let mut steps = match &self.strategy {
             Strategy::Rolling(_) => vec![
-                // Surge instances run the new version: they go first, then every updated
-                // instance comes back.
-                Step::RemoveExtras { pool: stable },
+                // Every updated (or half-updated) instance comes back first, while the surge
+                // instances still carry capacity; then the surge goes.
                 Step::RestoreInstances,
+                Step::RemoveExtras { pool: stable },
             ],
             Strategy::Canary(_) | Strategy::BlueGreen(_) => vec![
                 // Capacity first: the stable pool is made whole and healthy before traffic

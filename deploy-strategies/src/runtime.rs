@@ -759,6 +759,8 @@ impl Runner {
         };
         self.journal.cursor = 0;
         self.journal.pending = None;
+        // Going back overrides any hold: a paused rollout that is aborted rolls back now.
+        self.paused = None;
         self.save().await?;
         self.emit(DeploymentEventKind::RollbackStarted { reason });
         Ok(())

@@ -1,0 +1,273 @@
+//! A simulated world for rollout tests: a fleet serving v1 under steady traffic, a store,
+//! strategies, and the check that a rollout left the fleet fully on one version.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deploy_core::{
+    AppId, DynStore, InfraManager, InstanceState, Lease, LeaseStore, LoadBalancer, MemoryStore, MetricName,
+    Pool, Record, RecordStore, RecordVersion, StoreError, TrafficSplit, Version, WatchStream, WriteOptions,
+};
+use deploy_strategies::{
+    AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity,
+    RollingSpec, Rollout, RolloutOptions, RolloutOutcome, RolloutReport, Strategy,
+};
+use deploy_testkit::{SimFleet, TrafficHandle, VersionProfile};
+
+pub const REPLICAS: usize = 4;
+
+pub struct World {
+    pub fleet: SimFleet,
+    pub store: Arc<CrashingStore>,
+    pub app: AppId,
+    pub v1: Version,
+    pub v2: Version,
+    pub traffic: TrafficHandle,
+}
+
+pub fn v(s: &str) -> Version {
+    Version::new(s).unwrap()
+}
+
+/// Four v1 instances in pool "stable" taking all traffic, 100 requests/s.
+pub async fn world(floor: usize) -> World {
+    world_with(floor, |b| b).await
+}
+
+pub async fn world_with(
+    floor: usize,
+    configure: impl FnOnce(deploy_testkit::SimFleetBuilder) -> deploy_testkit::SimFleetBuilder,
+) -> World {
+    let app = AppId::new("shop").unwrap();
+    let fleet = configure(SimFleet::builder().seed(11).capacity_floor(&app, floor)).build();
+    for instance in fleet
+        .provision(&app, &Pool::stable(), &v("1.0"), REPLICAS)
+        .await
+        .unwrap()
+    {
+        fleet.register(&instance).await.unwrap();
+    }
+    fleet
+        .set_routing(&app, &TrafficSplit::all_to(Pool::stable()))
+        .await
+        .unwrap();
+    let traffic = fleet.generate_traffic(&app, 100, Duration::from_secs(1));
+    World {
+        fleet,
+        store: Arc::new(CrashingStore::default()),
+        app,
+        v1: v("1.0"),
+        v2: v("2.0"),
+        traffic,
+    }
+}
+
+impl World {
+    /// Makes v2 bad: 10% errors.
+    pub fn make_v2_bad(&self) {
+        let profile =
+            VersionProfile::new(0.10, Duration::from_millis(30), Duration::from_millis(120)).unwrap();
+        self.fleet.set_version_profile(&self.app, &self.v2, profile);
+    }
+
+    pub fn rollout(&self, strategy: Strategy) -> Rollout {
+        self.rollout_as(strategy, "deployer-a")
+    }
+
+    pub fn rollout_as(&self, strategy: Strategy, holder: &str) -> Rollout {
+        let store: Arc<DynStore> = self.store.clone();
+        Rollout::builder(strategy, Backends::from_one(self.fleet.clone()), store)
+            .options(options())
+            .holder(holder)
+            .build()
+            .unwrap()
+    }
+
+    /// The rollout left the fleet fully on one version: the new one if it completed, the old
+    /// one otherwise; all instances of that version running, healthy and in rotation in the
+    /// one pool that takes all traffic, nothing else left; no invariant ever broken.
+    pub async fn assert_settled(&self, report: &RolloutReport) {
+        let expected = match report.outcome {
+            RolloutOutcome::Completed => &self.v2,
+            RolloutOutcome::RolledBack { .. } => &self.v1,
+            RolloutOutcome::Failed { ref reason } => panic!("rollout failed: {reason}\n{report:#?}"),
+        };
+        self.fleet.clear_faults();
+        let routing = self.fleet.routing(&self.app).await.unwrap().expect("routing");
+        let pools: Vec<&Pool> = routing.pools().collect();
+        assert_eq!(pools.len(), 1, "all traffic on one pool: {routing}");
+        let pool = pools[0].clone();
+        let instances = self.fleet.list_instances(&self.app).await.unwrap();
+        assert_eq!(
+            instances.len(),
+            REPLICAS,
+            "exactly the replicas remain: {instances:#?}\n{report:#?}"
+        );
+        let mut members = self.fleet.members(&self.app, &pool).await.unwrap();
+        members.sort();
+        let mut ids: Vec<_> = instances.iter().map(|i| i.id.clone()).collect();
+        ids.sort();
+        assert_eq!(members, ids, "every instance is in rotation");
+        for instance in &instances {
+            assert_eq!(
+                (&instance.pool, &instance.version, instance.state),
+                (&pool, expected, InstanceState::Running),
+                "{report:#?}"
+            );
+        }
+        let violations = self.fleet.finish();
+        assert!(
+            violations.is_empty(),
+            "invariant violations: {violations:#?}\n{report:#?}"
+        );
+    }
+}
+
+pub fn options() -> RolloutOptions {
+    RolloutOptions {
+        replicas: None,
+        progress_deadline: Duration::from_secs(180),
+        health_timeout: Duration::from_secs(30),
+        poll_interval: Duration::from_secs(1),
+        drain: Duration::from_secs(5),
+        lease_ttl: Duration::from_secs(30),
+        attempts: 3,
+    }
+}
+
+/// Error rate at most 5%, measured twice a minute apart.
+pub fn analysis() -> AnalysisSpec {
+    AnalysisSpec::new(
+        vec![AnalysisMetric::max_mean(
+            "error-rate",
+            MetricName::error_rate(),
+            Duration::from_secs(60),
+            0.05,
+        )],
+        Duration::from_secs(60),
+        2,
+    )
+}
+
+pub fn canary() -> Strategy {
+    let steps = [20.0, 50.0, 100.0]
+        .into_iter()
+        .map(|p| CanaryStep::percent(p, Pause::For(Duration::from_secs(120))).unwrap())
+        .collect();
+    Strategy::Canary(CanarySpec {
+        steps,
+        analysis: Some(analysis()),
+    })
+}
+
+pub fn blue_green() -> Strategy {
+    Strategy::BlueGreen(BlueGreenSpec {
+        pre_promotion: None,
+        post_promotion: Some(analysis()),
+        manual_promotion: false,
+        scale_down_delay: Duration::from_secs(60),
+    })
+}
+
+pub fn rolling() -> Strategy {
+    Strategy::Rolling(RollingSpec {
+        batch: Quantity::Count(1),
+        max_unavailable: Quantity::Count(1),
+        max_surge: Quantity::Count(1),
+        analysis: Some(analysis()),
+    })
+}
+
+/// The capacity floor each strategy promises for a fleet of four: canary and blue-green
+/// never take the stable pool down; rolling takes at most one out.
+pub fn floor_for(strategy: &Strategy) -> usize {
+    match strategy {
+        Strategy::Rolling(_) => REPLICAS - 1,
+        _ => REPLICAS,
+    }
+}
+
+pub fn all_strategies() -> Vec<Strategy> {
+    vec![canary(), blue_green(), rolling()]
+}
+
+/// A store that "crashes" the deployer right after its n-th journal write commits: the
+/// write lands, and the call never returns.
+#[derive(Debug, Default)]
+pub struct CrashingStore {
+    inner: MemoryStore,
+    journal_writes: AtomicUsize,
+    crash_after: AtomicUsize,
+}
+
+impl CrashingStore {
+    pub fn crash_after(&self, writes: usize) {
+        self.journal_writes.store(0, Ordering::SeqCst);
+        self.crash_after.store(writes, Ordering::SeqCst);
+    }
+
+    pub fn crashed(&self) -> bool {
+        let limit = self.crash_after.load(Ordering::SeqCst);
+        limit > 0 && self.journal_writes.load(Ordering::SeqCst) >= limit
+    }
+
+    pub fn disarm(&self) {
+        self.crash_after.store(0, Ordering::SeqCst);
+    }
+
+    pub fn journal_writes(&self) -> usize {
+        self.journal_writes.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl RecordStore for CrashingStore {
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<Record>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn put_opts(
+        &self,
+        key: &str,
+        value: Bytes,
+        opts: WriteOptions,
+    ) -> Result<RecordVersion, StoreError> {
+        let result = self.inner.put_opts(key, value, opts).await;
+        if key.ends_with("/journal") && result.is_ok() {
+            let n = self.journal_writes.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == self.crash_after.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+        }
+        result
+    }
+    async fn delete_opts(&self, key: &str, opts: WriteOptions) -> Result<bool, StoreError> {
+        self.inner.delete_opts(key, opts).await
+    }
+    async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
+        self.inner.watch(prefix).await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for CrashingStore {
+    async fn acquire(&self, name: &str, holder: &str, ttl: Duration) -> Result<Lease, StoreError> {
+        self.inner.acquire(name, holder, ttl).await
+    }
+    async fn renew(&self, lease: &Lease) -> Result<Lease, StoreError> {
+        self.inner.renew(lease).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.inner.release(lease).await
+    }
+    async fn holder(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        self.inner.holder(name).await
+    }
+}
