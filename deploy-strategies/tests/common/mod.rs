@@ -203,6 +203,7 @@ pub struct CrashingStore {
     inner: MemoryStore,
     journal_writes: AtomicUsize,
     crash_after: AtomicUsize,
+    refused_renewals: AtomicUsize,
 }
 
 impl CrashingStore {
@@ -218,6 +219,12 @@ impl CrashingStore {
 
     pub fn disarm(&self) {
         self.crash_after.store(0, Ordering::SeqCst);
+    }
+
+    /// Makes the next `count` lease renewals fail (a deployer cut off from the store), so
+    /// its lease lapses.
+    pub fn refuse_renewals(&self, count: usize) {
+        self.refused_renewals.store(count, Ordering::SeqCst);
     }
 
     pub fn journal_writes(&self) -> usize {
@@ -262,6 +269,15 @@ impl LeaseStore for CrashingStore {
         self.inner.acquire(name, holder, ttl).await
     }
     async fn renew(&self, lease: &Lease) -> Result<Lease, StoreError> {
+        let refused = self.refused_renewals.load(Ordering::SeqCst);
+        if refused > 0 {
+            self.refused_renewals.store(refused - 1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable {
+                backend: "test".into(),
+                message: "partitioned".into(),
+                source: None,
+            });
+        }
         self.inner.renew(lease).await
     }
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
