@@ -4,6 +4,8 @@
 //! name (all on by default):
 //!
 //! - [`core`]: the vocabulary: value types, backend traits, persistence, errors, events.
+//! - [`strategies`] (feature `strategies`): rolling, blue-green and canary rollouts with
+//!   analysis, automatic rollback, live control and a crash-safe journal.
 //! - [`testkit`] (feature `testkit`): a simulated fleet with fault injection and an
 //!   invariant checker, the embedded default for examples and tests.
 //!
@@ -14,6 +16,9 @@
 //! ```
 
 pub use deploy_core as core;
+
+#[cfg(feature = "strategies")]
+pub use deploy_strategies as strategies;
 
 #[cfg(feature = "testkit")]
 pub use deploy_testkit as testkit;

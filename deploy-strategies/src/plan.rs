@@ -101,7 +101,13 @@ impl Step {
                 Pause::For(d) => format!("pause {d:?}"),
                 Pause::UntilPromoted => "pause until promoted".to_owned(),
             },
-            Self::Analyze { kind } => format!("{kind:?} analysis").to_lowercase(),
+            Self::Analyze { kind } => match kind {
+                AnalysisKind::Canary => "canary analysis",
+                AnalysisKind::PrePromotion => "pre-promotion analysis",
+                AnalysisKind::PostPromotion => "post-promotion analysis",
+                AnalysisKind::Rolling => "batch analysis",
+            }
+            .to_owned(),
             Self::Hook { point } => format!("{point:?} hooks"),
             Self::UpdateBatch { from, to } => format!("update instances {}..={}", from + 1, to),
             Self::RestoreInstances => "restore every updated instance".to_owned(),

@@ -584,13 +584,25 @@ impl Runner {
                     .clone()
                     .map(|version| MetricTarget::Version { app, version }),
             },
-            (_, stable) => AnalysisTargets {
-                canary: MetricTarget::Pool {
-                    app: app.clone(),
-                    pool: self.journal.target.clone(),
-                },
-                baseline: stable.clone().map(|pool| MetricTarget::Pool { app, pool }),
-            },
+            (_, stable) => {
+                // A baseline that serves no traffic has nothing to compare with.
+                let routing = self.journal.current_split();
+                let serving = |pool: &Pool| {
+                    routing
+                        .as_ref()
+                        .is_none_or(|split| !split.weight_of(pool).is_zero())
+                };
+                AnalysisTargets {
+                    canary: MetricTarget::Pool {
+                        app: app.clone(),
+                        pool: self.journal.target.clone(),
+                    },
+                    baseline: stable
+                        .clone()
+                        .filter(serving)
+                        .map(|pool| MetricTarget::Pool { app, pool }),
+                }
+            }
         }
     }
 
@@ -718,7 +730,7 @@ impl Runner {
                 outcome: result.outcome,
                 summary: summary.clone(),
             });
-            let step_name = format!("{kind:?} analysis at step {step}").to_lowercase();
+            let step_name = format!("{} at step {step}", Step::Analyze { kind }.describe());
             self.journal.analyses.push(AnalysisRecord {
                 step: step_name,
                 result: result.clone(),
@@ -726,9 +738,8 @@ impl Runner {
             match result.outcome {
                 AnalysisOutcome::Successful => return Ok(summary),
                 AnalysisOutcome::Failed | AnalysisOutcome::Error => {
-                    return Err(Interrupt::Failed(
-                        format!("analysis {:?}: {summary}", result.outcome).to_lowercase(),
-                    ));
+                    let verdict = format!("{:?}", result.outcome).to_lowercase();
+                    return Err(Interrupt::Failed(format!("{verdict}: {summary}")));
                 }
                 AnalysisOutcome::Inconclusive => {
                     // A human decides: promote accepts, abort rolls back, resume measures again.

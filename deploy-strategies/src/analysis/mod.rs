@@ -349,7 +349,8 @@ impl AnalysisResult {
 pub struct AnalysisTargets {
     /// The new version.
     pub canary: MetricTarget,
-    /// The version being replaced, for judges; `None` when there is none (a first deploy).
+    /// The version being replaced, for judges; `None` when there is none serving traffic
+    /// (a first deployment, or a canary at 100%), in which case judges are skipped.
     pub baseline: Option<MetricTarget>,
 }
 
@@ -506,7 +507,12 @@ async fn measure(
         Check::Threshold(threshold) => check_threshold(threshold, &canary),
         Check::Judge(judge) => {
             let Some(baseline_target) = &targets.baseline else {
-                return no_data(metric, "no baseline to compare with");
+                // Nothing to judge against (a first deployment, or the baseline takes no
+                // traffic any more): the judge does not apply; thresholds still do.
+                return Measurement {
+                    outcome: AnalysisOutcome::Successful,
+                    detail: "skipped: no baseline serving traffic".into(),
+                };
             };
             let baseline = match fetch(metric, baseline_target, source).await {
                 Ok(series) => series,
