@@ -1,6 +1,7 @@
 //! How each [`Step`](crate::plan::Step) touches the backends. Every function converges on
 //! an absolute target, so running it again (after a crash) is safe.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -204,7 +205,7 @@ impl Executor {
                 }
             }
         }
-        let members = self.members(app, pool).await?;
+        let members: HashSet<InstanceId> = self.members(app, pool).await?.into_iter().collect();
         for instance in good.iter().filter(|i| !members.contains(&i.id)) {
             self.retry("register", || self.backends.load_balancer.register(instance))
                 .await?;
@@ -255,6 +256,7 @@ impl Executor {
         pool: &Pool,
         keep: &[InstanceId],
     ) -> StepResult<Vec<InstanceId>> {
+        let keep: HashSet<&InstanceId> = keep.iter().collect();
         Ok(self
             .instances(app)
             .await?
@@ -274,14 +276,19 @@ impl Executor {
         version: &Version,
         concurrency: usize,
     ) -> StepResult {
-        let current = self.instances(app).await?;
-        let pool_members: Vec<InstanceId> = match current.iter().find(|i| ids.contains(&i.id)) {
-            Some(first) => self.members(app, &first.pool).await?,
-            None => Vec::new(),
+        let current: HashMap<InstanceId, Instance> = self
+            .instances(app)
+            .await?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        let pool_members: HashSet<InstanceId> = match ids.iter().find_map(|id| current.get(id)) {
+            Some(first) => self.members(app, &first.pool).await?.into_iter().collect(),
+            None => HashSet::new(),
         };
         let work: Vec<(Instance, bool)> = ids
             .iter()
-            .filter_map(|id| current.iter().find(|i| &i.id == id))
+            .filter_map(|id| current.get(id))
             .map(|i| (i.clone(), pool_members.contains(&i.id)))
             .collect();
         // Instances already out of rotation (a failed update left them stopped) cost no

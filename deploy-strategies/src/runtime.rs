@@ -1,14 +1,15 @@
 //! The rollout runtime: [`Rollout`] starts and resumes rollouts; a runner task executes the
 //! journal's plan step by step, journaling intent before each step and confirmation after.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
     AnalysisOutcome, AppId, ChannelSink, DeploymentEvent, DeploymentEventKind, DynEventSink, DynStore,
-    EventSinkExt, InstanceState, Lease, MetricTarget, Pool, Precondition, RecordStoreExt, RecordVersion,
-    Revision, StoreError, TrafficSplit, Version, WriteOptions,
+    EventSinkExt, InstanceId, InstanceState, Lease, MetricTarget, Pool, Precondition, RecordStoreExt,
+    RecordVersion, Revision, StoreError, TrafficSplit, Version, WriteOptions,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -242,9 +243,10 @@ impl Rollout {
                 .members(app, pool)
                 .await
                 .map_err(backend_error)?;
+            let members: HashSet<&InstanceId> = stable_ids.iter().collect();
             previous = instances
                 .iter()
-                .find(|i| stable_ids.contains(&i.id) && i.state == InstanceState::Running)
+                .find(|i| members.contains(&i.id) && i.state == InstanceState::Running)
                 .map(|i| i.version.clone());
         }
         let replicas = match self.inner.executor.options.replicas {

@@ -103,6 +103,14 @@ impl SimFleetBuilder {
         self
     }
 
+    /// Whether invariants are checked after every operation (default on). Checking costs
+    /// O(fleet size) per operation; turn it off only to measure orchestration at scale.
+    #[must_use]
+    pub fn check_invariants(mut self, on: bool) -> Self {
+        self.state.checking = on;
+        self
+    }
+
     /// The fleet.
     pub fn build(mut self) -> SimFleet {
         self.state.started = Instant::now();
@@ -317,7 +325,9 @@ impl LoadBalancer for SimFleet {
         if !was_member {
             return Ok(());
         }
-        tokio::time::sleep(drain).await;
+        if !drain.is_zero() {
+            tokio::time::sleep(drain).await;
+        }
         self.mutate(|state| {
             let members = &mut state.app_mut(app).members;
             // Re-registered while draining: it stays.

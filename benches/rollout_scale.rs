@@ -1,0 +1,137 @@
+//! How rollout orchestration scales.
+//!
+//! - `zero_latency/{1k,10k,100k}`: a rolling update (10% batches) over simulated instances
+//!   whose operations take no time, so what is measured is deploykit's own overhead per
+//!   instance (plus the simulator's bookkeeping). Criterion reports elements per second.
+//! - `latency_5ms/200`: the same with every backend operation taking 5 ms of real time;
+//!   compare the measured wall time with the ideal printed at start, `batches x per-batch
+//!   critical path` (list instances, list members, then per instance deregister, fetch,
+//!   stop, install, start, health check, register: 9 sequential operations = 45 ms).
+
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use deploykit::core::{
+    AppId, DynStore, InfraManager, LoadBalancer, MemoryStore, Pool, TrafficSplit, Version,
+};
+use deploykit::strategies::{
+    Backends, Quantity, RollingSpec, Rollout, RolloutOptions, RolloutOutcome, Strategy,
+};
+use deploykit::testkit::{Operation, SimFleet};
+
+const OPERATIONS: [Operation; 9] = [
+    Operation::ListInstances,
+    Operation::Members,
+    Operation::Deregister,
+    Operation::FetchArtifact,
+    Operation::StopInstance,
+    Operation::Install,
+    Operation::StartInstance,
+    Operation::HealthCheck,
+    Operation::Register,
+];
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn app() -> AppId {
+    AppId::new("shop").expect("valid")
+}
+
+/// A fleet of `n` instances of 1.0, and a rolling rollout ready to take it to 2.0.
+async fn setup(n: usize, latency: Duration) -> (SimFleet, Rollout) {
+    let fleet = SimFleet::builder().check_invariants(false).build();
+    let instances = fleet
+        .provision(&app(), &Pool::stable(), &Version::new("1.0").expect("valid"), n)
+        .await
+        .expect("provision");
+    for instance in &instances {
+        fleet.register(instance).await.expect("register");
+    }
+    fleet
+        .set_routing(&app(), &TrafficSplit::all_to(Pool::stable()))
+        .await
+        .expect("route");
+    for operation in OPERATIONS {
+        fleet.set_latency(operation, latency);
+    }
+    let strategy = Strategy::Rolling(RollingSpec {
+        batch: Quantity::Percent(10.0),
+        max_unavailable: Quantity::Percent(10.0),
+        max_surge: Quantity::Count(0),
+        analysis: None,
+    });
+    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
+    let options = RolloutOptions {
+        drain: Duration::ZERO,
+        poll_interval: Duration::from_millis(1),
+        progress_deadline: Duration::from_secs(3600),
+        ..RolloutOptions::default()
+    };
+    let rollout = Rollout::builder(strategy, Backends::from_one(fleet.clone()), store)
+        .options(options)
+        .build()
+        .expect("valid strategy");
+    (fleet, rollout)
+}
+
+async fn roll(rollout: &Rollout) {
+    let report = rollout
+        .start(&app(), &Version::new("2.0").expect("valid"))
+        .await
+        .expect("start")
+        .wait()
+        .await
+        .expect("rollout");
+    assert_eq!(report.outcome, RolloutOutcome::Completed);
+}
+
+fn zero_latency(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("rollout_scale/zero_latency");
+    group.sample_size(10);
+    for n in [1_000usize, 10_000, 100_000] {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter_batched(
+                || rt.block_on(setup(n, Duration::ZERO)),
+                |(_fleet, rollout)| rt.block_on(roll(&rollout)),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn latency_bound(c: &mut Criterion) {
+    let rt = runtime();
+    let n = 200;
+    let latency = Duration::from_millis(5);
+    let batches = 10;
+    let ideal = latency * OPERATIONS.len() as u32 * batches;
+    println!(
+        "latency_5ms/{n}: ideal {ideal:?} ({batches} batches x {} operations x {latency:?})",
+        OPERATIONS.len()
+    );
+    let mut group = c.benchmark_group("rollout_scale/latency_5ms");
+    group.sample_size(10);
+    group.bench_function(BenchmarkId::from_parameter(n), |b| {
+        b.iter_batched(
+            || rt.block_on(setup(n, latency)),
+            |(_fleet, rollout)| rt.block_on(roll(&rollout)),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, zero_latency, latency_bound);
+criterion_main!(benches);
