@@ -152,7 +152,10 @@ pub(crate) struct Journal {
     pub(crate) target: Pool,
     /// Instances the new version needs.
     pub(crate) replicas: usize,
-    /// Rolling: the pool's instances at the start, in update order.
+    /// Rolling: the pool's instances at the start, in update order. Persisted once in its
+    /// own record (see `runtime`), not with every journal write, so a step's journal write
+    /// costs the same for 10 instances or 100,000.
+    #[serde(skip)]
     pub(crate) instances: Vec<InstanceId>,
     pub(crate) phase: Phase,
     /// Index of the next step of the current phase's plan.

@@ -36,6 +36,17 @@ fn journal_key(app: &AppId) -> String {
     format!("rollouts/{app}/journal")
 }
 
+fn instances_key(app: &AppId) -> String {
+    format!("rollouts/{app}/instances")
+}
+
+/// A rolling rollout's instance list, written once when it starts.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct InstanceList {
+    revision: Revision,
+    instances: Vec<InstanceId>,
+}
+
 fn lease_name(app: &AppId) -> String {
     format!("rollouts/{app}")
 }
@@ -180,15 +191,26 @@ impl Rollout {
         }
     }
 
+    /// Reads the journal, with the instance list of its revision.
     async fn read_journal(&self, app: &AppId) -> Result<Option<(Journal, RecordVersion)>, RolloutError> {
-        self.inner
-            .store
-            .get_json::<Journal>(&journal_key(app))
+        let journal_error = |source| RolloutError::Journal {
+            app: app.clone(),
+            source,
+        };
+        let store = &self.inner.store;
+        let Some((mut journal, version)) = store.get_json::<Journal>(&journal_key(app)).await.map_err(journal_error)?
+        else {
+            return Ok(None);
+        };
+        if let Some((list, _)) = store
+            .get_json::<InstanceList>(&instances_key(app))
             .await
-            .map_err(|source| RolloutError::Journal {
-                app: app.clone(),
-                source,
-            })
+            .map_err(journal_error)?
+            .filter(|(list, _)| list.revision == journal.revision)
+        {
+            journal.instances = list.instances;
+        }
+        Ok(Some((journal, version)))
     }
 
     /// Starts rolling `version` of `app` out.
@@ -283,9 +305,21 @@ impl Rollout {
             Some((_, v)) => Precondition::Version(*v),
             None => Precondition::Absent,
         };
-        let record = self
-            .inner
-            .store
+        let store = &self.inner.store;
+        if !journal.instances.is_empty() {
+            let list = InstanceList {
+                revision,
+                instances: journal.instances.clone(),
+            };
+            store
+                .put_json(&instances_key(app), &list, WriteOptions::default().fenced(lease.fence()))
+                .await
+                .map_err(|source| RolloutError::Journal {
+                    app: app.clone(),
+                    source,
+                })?;
+        }
+        let record = store
             .put_json(
                 &journal_key(app),
                 &journal,

@@ -165,42 +165,84 @@ fn count_at_most(x: &[f64], y: &[f64], t: f64) -> u64 {
     count
 }
 
-/// The smallest difference `y[j] - x[i]` strictly greater than `t`. Both sorted.
-fn smallest_above(x: &[f64], y: &[f64], t: f64) -> f64 {
-    let mut j = 0;
-    let mut best = f64::INFINITY;
+/// Calls `each` with every difference `y[j] - x[i]` in `(lo, hi]`. Both sorted.
+fn differences_between(x: &[f64], y: &[f64], lo: f64, hi: f64, mut each: impl FnMut(f64)) {
+    // For increasing x[i], both ends of the y-window only move right.
+    let (mut start, mut end) = (0, 0);
     for xi in x {
-        while j < y.len() && y[j] - xi <= t {
-            j += 1;
+        while start < y.len() && y[start] - xi <= lo {
+            start += 1;
         }
-        if let Some(yj) = y.get(j) {
-            best = best.min(yj - xi);
+        end = end.max(start);
+        while end < y.len() && y[end] - xi <= hi {
+            end += 1;
+        }
+        for yj in &y[start..end] {
+            each(yj - xi);
         }
     }
-    best
 }
 
-/// The k-th smallest (1-based) of the `m * n` differences `y[j] - x[i]`, without listing
-/// them.
+/// The k-th smallest (1-based) of the `m * n` differences `y[j] - x[i]`.
 fn kth_difference(x: &[f64], y: &[f64], k: u64) -> f64 {
+    kth_differences(x, y, k, k).0
+}
+
+/// The `k_low`-th and `k_high`-th smallest (1-based, `k_low <= k_high`) of the `m * n`
+/// differences `y[j] - x[i]`, without listing them: narrow a value interval holding both
+/// until few differences remain in it, then select among those.
+fn kth_differences(x: &[f64], y: &[f64], k_low: u64, k_high: u64) -> (f64, f64) {
     let (x_min, x_max) = (x[0], x[x.len() - 1]);
     let (y_min, y_max) = (y[0], y[y.len() - 1]);
-    // Invariant: count(<= lo) < k <= count(<= hi).
+    // Invariant: count(<= lo) < k_low and k_high <= count(<= hi).
     let mut lo = (y_min - x_max) - 1.0;
     let mut hi = y_max - x_min;
-    for _ in 0..200 {
-        let mid = lo + (hi - lo) / 2.0;
+    let (mut below_lo, mut below_hi) = (0u64, (x.len() * y.len()) as u64);
+    let few = (x.len() + y.len()) as u64;
+    for round in 0..200 {
+        if below_hi - below_lo <= few {
+            break;
+        }
+        // Interpolate on the counts (fast on smooth data), bisecting every third round so a
+        // lopsided distribution still converges.
+        let share = if round % 3 == 2 {
+            0.5
+        } else {
+            ((k_low - below_lo) as f64 / (below_hi - below_lo) as f64).clamp(0.02, 0.98)
+        };
+        let mid = lo + (hi - lo) * share;
         if mid <= lo || mid >= hi {
             break;
         }
-        if count_at_most(x, y, mid) >= k {
-            hi = mid;
+        let below_mid = count_at_most(x, y, mid);
+        if below_mid >= k_high {
+            (hi, below_hi) = (mid, below_mid);
+        } else if below_mid < k_low {
+            (lo, below_lo) = (mid, below_mid);
         } else {
-            lo = mid;
+            // `mid` falls between the two ranks: neither bound can move past it.
+            break;
         }
     }
-    // The answer is a difference in (lo, hi]: the smallest one above lo.
-    smallest_above(x, y, lo)
+    let mut candidates = Vec::with_capacity((below_hi - below_lo) as usize);
+    differences_between(x, y, lo, hi, |d| candidates.push(d));
+    if candidates.is_empty() {
+        // Unreachable by the invariant; `hi` bounds the answer either way.
+        return (hi, hi);
+    }
+    let last = candidates.len() - 1;
+    let rank = |k: u64| usize::try_from(k - below_lo - 1).unwrap_or(usize::MAX).min(last);
+    let (low_rank, high_rank) = (rank(k_low), rank(k_high));
+    let low = *candidates.select_nth_unstable_by(low_rank, f64::total_cmp).1;
+    // After the first selection everything above `low_rank` is >= it, so the second one
+    // only searches that part.
+    let high = if high_rank == low_rank {
+        low
+    } else {
+        let upper = &mut candidates[low_rank + 1..];
+        *upper.select_nth_unstable_by(high_rank - low_rank - 1, f64::total_cmp).1
+    };
+    (low, high)
 }
 
 /// Hodges-Lehmann estimate of `y - x` with its `confidence` interval. Both sorted and
@@ -211,7 +253,8 @@ fn hodges_lehmann(x: &[f64], y: &[f64], confidence: f64) -> (f64, f64, f64) {
     let estimate = if pairs % 2 == 1 {
         kth_difference(x, y, pairs.div_ceil(2))
     } else {
-        (kth_difference(x, y, pairs / 2) + kth_difference(x, y, pairs / 2 + 1)) / 2.0
+        let (below, above) = kth_differences(x, y, pairs / 2, pairs / 2 + 1);
+        (below + above) / 2.0
     };
     // Normal approximation of the U distribution for the interval's ranks.
     let z = normal_quantile(0.5 + confidence / 2.0);
@@ -248,6 +291,21 @@ mod tests {
         let y = sorted(vec![1.0, 2.2, 7.5, 0.0, 3.3]);
         for k in 1..=(x.len() * y.len()) {
             assert_eq!(kth_difference(&x, &y, k as u64), naive_kth(&x, &y, k), "k = {k}");
+        }
+    }
+
+    #[test]
+    fn kth_difference_matches_enumeration_when_bisecting() {
+        // Enough pairs (90,000) that the search bisects before selecting; ties included.
+        let x = sorted((0..300).map(|i| ((i * 37) % 101) as f64 * 0.5).collect());
+        let y = sorted((0..300).map(|i| ((i * 53) % 89) as f64 * 0.7 + 3.0).collect());
+        let mut all: Vec<f64> = x.iter().flat_map(|a| y.iter().map(move |b| b - a)).collect();
+        all.sort_by(f64::total_cmp);
+        for k in [1, 2, 777, 44_999, 45_000, 45_001, 89_999, 90_000] {
+            assert_eq!(kth_difference(&x, &y, k as u64), all[k - 1], "k = {k}");
+        }
+        for (a, b) in [(1, 2), (45_000, 45_001), (100, 80_000), (89_999, 90_000)] {
+            assert_eq!(kth_differences(&x, &y, a as u64, b as u64), (all[a - 1], all[b - 1]), "{a}, {b}");
         }
     }
 
