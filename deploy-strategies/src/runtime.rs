@@ -198,7 +198,10 @@ impl Rollout {
             source,
         };
         let store = &self.inner.store;
-        let Some((mut journal, version)) = store.get_json::<Journal>(&journal_key(app)).await.map_err(journal_error)?
+        let Some((mut journal, version)) = store
+            .get_json::<Journal>(&journal_key(app))
+            .await
+            .map_err(journal_error)?
         else {
             return Ok(None);
         };
@@ -312,7 +315,11 @@ impl Rollout {
                 instances: journal.instances.clone(),
             };
             store
-                .put_json(&instances_key(app), &list, WriteOptions::default().fenced(lease.fence()))
+                .put_json(
+                    &instances_key(app),
+                    &list,
+                    WriteOptions::default().fenced(lease.fence()),
+                )
                 .await
                 .map_err(|source| RolloutError::Journal {
                     app: app.clone(),

@@ -240,7 +240,9 @@ fn kth_differences(x: &[f64], y: &[f64], k_low: u64, k_high: u64) -> (f64, f64) 
         low
     } else {
         let upper = &mut candidates[low_rank + 1..];
-        *upper.select_nth_unstable_by(high_rank - low_rank - 1, f64::total_cmp).1
+        *upper
+            .select_nth_unstable_by(high_rank - low_rank - 1, f64::total_cmp)
+            .1
     };
     (low, high)
 }
@@ -305,7 +307,11 @@ mod tests {
             assert_eq!(kth_difference(&x, &y, k as u64), all[k - 1], "k = {k}");
         }
         for (a, b) in [(1, 2), (45_000, 45_001), (100, 80_000), (89_999, 90_000)] {
-            assert_eq!(kth_differences(&x, &y, a as u64, b as u64), (all[a - 1], all[b - 1]), "{a}, {b}");
+            assert_eq!(
+                kth_differences(&x, &y, a as u64, b as u64),
+                (all[a - 1], all[b - 1]),
+                "{a}, {b}"
+            );
         }
     }
 
