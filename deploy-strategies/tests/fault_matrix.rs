@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use deploy_core::LoadBalancer;
-use deploy_strategies::{ResumePolicy, RolloutHandle, RolloutOutcome, Strategy};
+use deploy_strategies::{ResumePolicy, RolloutOutcome, Strategy};
 use deploy_testkit::Fault;
 
 /// What goes wrong, and when.
@@ -41,21 +41,6 @@ fn scenarios() -> Vec<Scenario> {
         Scenario::PauseThenResume,
         Scenario::BadVersion,
     ]
-}
-
-/// Acts as the operator until the rollout ends: aborts a rollout held by an inconclusive
-/// analysis, as a human who cannot tell would.
-async fn operate(handle: &RolloutHandle) {
-    let mut status = handle.watch_status();
-    loop {
-        let paused = status.borrow_and_update().paused.clone();
-        if paused.is_some_and(|reason| reason.starts_with("inconclusive")) {
-            handle.abort();
-        }
-        if status.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 async fn run(strategy: Strategy, scenario: Scenario) {
@@ -107,7 +92,7 @@ async fn run(strategy: Strategy, scenario: Scenario) {
         }
         _ => {}
     }
-    operate(&handle).await;
+    abort_when_inconclusive(&handle).await;
     let report = handle.wait().await;
     let report = report.unwrap_or_else(|e| panic!("{} / {scenario:?}: {e}", strategy.name()));
     let expect_rollback = matches!(

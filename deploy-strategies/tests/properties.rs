@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use deploy_core::{LoadBalancer, Pool};
-use deploy_strategies::{RolloutHandle, RolloutOutcome, Strategy as RolloutStrategy};
+use deploy_strategies::{RolloutOutcome, Strategy as RolloutStrategy};
 use deploy_testkit::{Fault, Operation};
 use proptest::prelude::*;
 
@@ -56,25 +56,6 @@ fn schedule() -> impl Strategy<Value = Vec<(u64, Event)>> {
         events.sort_by_key(|(at, _)| *at);
         events
     })
-}
-
-/// Watches the rollout like an operator who cannot tell: aborts when an analysis is
-/// inconclusive.
-async fn operate(handle: &RolloutHandle) {
-    let mut status = handle.watch_status();
-    loop {
-        let inconclusive = status
-            .borrow_and_update()
-            .paused
-            .as_deref()
-            .is_some_and(|p| p.starts_with("inconclusive"));
-        if inconclusive {
-            handle.abort();
-        }
-        if status.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 async fn scenario(strategy: RolloutStrategy, events: Vec<(u64, Event)>) {
@@ -126,7 +107,7 @@ async fn scenario(strategy: RolloutStrategy, events: Vec<(u64, Event)>) {
             }
         }
     }
-    operate(&handle).await;
+    abort_when_inconclusive(&handle).await;
     let report = handle.wait().await.unwrap();
     assert!(
         !matches!(report.outcome, RolloutOutcome::Failed { .. }),

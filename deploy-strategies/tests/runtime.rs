@@ -186,10 +186,7 @@ async fn time_paused_by_an_operator_does_not_count_towards_the_deadline() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(handle.status().paused.as_deref(), Some("paused by operator"));
     handle.resume();
-    let mut status = handle.watch_status();
-    while status.borrow_and_update().step == 0 {
-        status.changed().await.unwrap();
-    }
+    wait_for(&handle, |s| s.step > 0).await;
     // The slow provisioning made it; the later ones are quick.
     world.fleet.set_latency(Operation::Provision, Duration::ZERO);
     let report = handle.wait().await.unwrap();
@@ -258,18 +255,10 @@ async fn an_inconclusive_analysis_waits_for_a_human_and_promote_accepts_it() {
         .start(&world.app, &world.v2)
         .await
         .unwrap();
-    let mut status = handle.watch_status();
-    loop {
-        status.changed().await.unwrap();
-        if status
-            .borrow()
-            .paused
-            .as_deref()
-            .is_some_and(|p| p.starts_with("inconclusive"))
-        {
-            break;
-        }
-    }
+    wait_for(&handle, |s| {
+        s.paused.as_deref().is_some_and(|p| p.starts_with("inconclusive"))
+    })
+    .await;
     world.fleet.clear_faults();
     // Resume measures again (now with data); the later steps pass on their own.
     handle.resume();
@@ -297,9 +286,8 @@ impl Hook for Smoke {
 #[tokio::test(start_paused = true)]
 async fn a_failing_smoke_test_rolls_back_before_any_traffic() {
     let world = world(REPLICAS).await;
-    let store: Arc<deploy_core::DynStore> = world.store.clone();
-    let rollout = Rollout::builder(blue_green(), Backends::from_one(world.fleet.clone()), store)
-        .options(options())
+    let rollout = world
+        .builder(blue_green())
         .hook(
             HookPoint::BeforeTraffic,
             Duration::from_secs(30),
@@ -331,9 +319,8 @@ async fn a_failing_smoke_test_rolls_back_before_any_traffic() {
 #[tokio::test(start_paused = true)]
 async fn a_hook_that_does_not_answer_in_time_fails() {
     let world = world(REPLICAS).await;
-    let store: Arc<deploy_core::DynStore> = world.store.clone();
-    let rollout = Rollout::builder(canary(), Backends::from_one(world.fleet.clone()), store)
-        .options(options())
+    let rollout = world
+        .builder(canary())
         .hook(
             HookPoint::BeforePromotion,
             Duration::from_secs(10),
@@ -367,10 +354,7 @@ async fn blue_green_switches_back_on_an_explicit_rollback_during_the_scale_down_
         .start(&world.app, &world.v2)
         .await
         .unwrap();
-    let mut status = handle.watch_status();
-    while !status.borrow_and_update().step_name.starts_with("wait") {
-        status.changed().await.unwrap();
-    }
+    wait_for(&handle, |s| s.step_name.starts_with("wait")).await;
     assert_eq!(
         world.fleet.routing(&world.app).await.unwrap(),
         Some(TrafficSplit::all_to(Pool::blue()))
@@ -521,30 +505,35 @@ async fn bad_input_is_refused_before_anything_is_touched() {
             analysis: None,
         })
     };
-    assert_eq!(
-        field(build(rolling(
+    let bad_rolling = [
+        (
             Quantity::Count(0),
             Quantity::Count(1),
-            Quantity::Count(0)
-        ))),
-        "rolling.batch"
-    );
-    assert_eq!(
-        field(build(rolling(
+            Quantity::Count(0),
+            "rolling.batch",
+        ),
+        (
             Quantity::Percent(120.0),
             Quantity::Count(1),
-            Quantity::Count(0)
-        ))),
-        "rolling.batch"
-    );
-    assert_eq!(
-        field(build(rolling(
+            Quantity::Count(0),
+            "rolling.batch",
+        ),
+        (
             Quantity::Count(1),
             Quantity::Count(0),
-            Quantity::Percent(0.0)
-        ))),
-        "rolling.max_unavailable"
-    );
+            Quantity::Percent(0.0),
+            "rolling.max_unavailable",
+        ),
+        (
+            Quantity::Count(1),
+            Quantity::Count(1),
+            Quantity::Percent(-5.0),
+            "rolling.max_surge",
+        ),
+    ];
+    for (batch, unavailable, surge, expected) in bad_rolling {
+        assert_eq!(field(build(rolling(batch, unavailable, surge))), expected);
+    }
     let no_analysis = Strategy::Canary(CanarySpec {
         steps: vec![CanaryStep::percent(10.0, Pause::None).unwrap()],
         analysis: None,

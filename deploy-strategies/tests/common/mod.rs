@@ -15,7 +15,8 @@ use deploy_core::{
 };
 use deploy_strategies::{
     AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity,
-    RollingSpec, Rollout, RolloutOptions, RolloutOutcome, RolloutReport, Strategy,
+    RollingSpec, Rollout, RolloutBuilder, RolloutHandle, RolloutOptions, RolloutOutcome, RolloutReport,
+    RolloutStatus, Strategy,
 };
 use deploy_testkit::{SimFleet, TrafficHandle, VersionProfile};
 
@@ -80,12 +81,13 @@ impl World {
     }
 
     pub fn rollout_as(&self, strategy: Strategy, holder: &str) -> Rollout {
+        self.builder(strategy).holder(holder).build().unwrap()
+    }
+
+    /// A builder over this world's fleet and store, with the test options.
+    pub fn builder(&self, strategy: Strategy) -> RolloutBuilder {
         let store: Arc<DynStore> = self.store.clone();
-        Rollout::builder(strategy, Backends::from_one(self.fleet.clone()), store)
-            .options(options())
-            .holder(holder)
-            .build()
-            .unwrap()
+        Rollout::builder(strategy, Backends::from_one(self.fleet.clone()), store).options(options())
     }
 
     /// The rollout left the fleet fully on one version: the new one if it completed, the old
@@ -125,6 +127,33 @@ impl World {
             violations.is_empty(),
             "invariant violations: {violations:#?}\n{report:#?}"
         );
+    }
+}
+
+/// Waits until the rollout's status satisfies `condition`.
+pub async fn wait_for(handle: &RolloutHandle, condition: impl Fn(&RolloutStatus) -> bool) {
+    let mut status = handle.watch_status();
+    while !condition(&status.borrow_and_update()) {
+        status.changed().await.expect("the rollout ended first");
+    }
+}
+
+/// Acts as an operator until the rollout ends: aborts a rollout held by an inconclusive
+/// analysis, as a human who cannot tell would.
+pub async fn abort_when_inconclusive(handle: &RolloutHandle) {
+    let mut status = handle.watch_status();
+    loop {
+        let inconclusive = status
+            .borrow_and_update()
+            .paused
+            .as_deref()
+            .is_some_and(|p| p.starts_with("inconclusive"));
+        if inconclusive {
+            handle.abort();
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
     }
 }
 
