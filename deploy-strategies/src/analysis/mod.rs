@@ -573,3 +573,198 @@ fn check_threshold(threshold: &Threshold, series: &Series) -> Measurement {
         detail: format!("{name} {value:.4} within bounds"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use async_trait::async_trait;
+    use deploy_core::{AppId, BackendError, Pool, Sample};
+
+    use super::*;
+
+    /// Answers each query with the next scripted value: `Some(v)` is one sample of `v`,
+    /// `None` no data, and a negative value an unavailable source.
+    #[derive(Debug)]
+    struct Scripted(Mutex<VecDeque<Option<f64>>>);
+
+    impl Scripted {
+        fn new(script: &[Option<f64>]) -> Self {
+            Self(Mutex::new(script.iter().copied().collect()))
+        }
+    }
+
+    #[async_trait]
+    impl MetricsSource for Scripted {
+        async fn query(&self, _: &MetricQuery) -> Result<Series, BackendError> {
+            let next = self.0.lock().unwrap().pop_front().flatten();
+            match next {
+                Some(v) if v < 0.0 => Err(BackendError::unavailable("scripted", "down")),
+                Some(value) => Ok(Series::new(vec![Sample {
+                    at: SystemTime::UNIX_EPOCH,
+                    value,
+                }])
+                .unwrap()),
+                None => Ok(Series::empty()),
+            }
+        }
+    }
+
+    fn targets() -> AnalysisTargets {
+        AnalysisTargets {
+            canary: MetricTarget::Pool {
+                app: AppId::new("shop").unwrap(),
+                pool: Pool::canary(),
+            },
+            baseline: None,
+        }
+    }
+
+    fn spec(count: u32) -> AnalysisSpec {
+        let window = Duration::from_secs(60);
+        AnalysisSpec::new(
+            vec![AnalysisMetric::max_mean(
+                "errors",
+                MetricName::error_rate(),
+                window,
+                0.05,
+            )],
+            window,
+            count,
+        )
+    }
+
+    async fn run(spec: &AnalysisSpec, script: &[Option<f64>]) -> AnalysisResult {
+        run_analysis(spec, &targets(), &Scripted::new(script)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_beyond_the_limit_fail_and_stop_early() {
+        let mut spec = spec(5);
+        spec.failure_limit = 1;
+        let result = run(&spec, &[Some(0.1), Some(0.0), Some(0.1), Some(0.0), Some(0.0)]).await;
+        assert_eq!(result.outcome, AnalysisOutcome::Failed);
+        assert_eq!(
+            result.metrics[0].measurements.len(),
+            3,
+            "stops at the second failure"
+        );
+        let tolerated = run(&spec, &[Some(0.1), Some(0.0), Some(0.0), Some(0.0), Some(0.0)]).await;
+        assert_eq!(tolerated.outcome, AnalysisOutcome::Successful);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_more_than_four_errors_in_a_row_are_an_error() {
+        let spec = spec(6);
+        let down = Some(-1.0);
+        let four = run(&spec, &[down, down, down, down, Some(0.0), Some(0.0)]).await;
+        assert_eq!(four.outcome, AnalysisOutcome::Successful, "{}", four.summary());
+        let five = run(&spec, &[down, down, down, down, down, Some(0.0)]).await;
+        assert_eq!(five.outcome, AnalysisOutcome::Error);
+        assert!(
+            five.summary().contains("scripted unavailable: down"),
+            "{}",
+            five.summary()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_data_follows_its_policy_and_the_inconclusive_limit() {
+        let mut spec = spec(2);
+        assert_eq!(
+            run(&spec, &[None, Some(0.0)]).await.outcome,
+            AnalysisOutcome::Inconclusive
+        );
+        spec.inconclusive_limit = 1;
+        assert_eq!(
+            run(&spec, &[None, Some(0.0)]).await.outcome,
+            AnalysisOutcome::Successful
+        );
+        spec.metrics[0].no_data = NoDataPolicy::Fail;
+        assert_eq!(
+            run(&spec, &[None, Some(0.0)]).await.outcome,
+            AnalysisOutcome::Failed
+        );
+        spec.metrics[0].no_data = NoDataPolicy::Pass;
+        spec.inconclusive_limit = 0;
+        assert_eq!(
+            run(&spec, &[None, None]).await.outcome,
+            AnalysisOutcome::Successful
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn measurements_wait_their_interval_on_tokio_time() {
+        let started = tokio::time::Instant::now();
+        run(&spec(3), &[Some(0.0), Some(0.0), Some(0.0)]).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(180));
+    }
+
+    #[test]
+    fn judges_look_in_the_bad_direction_only() {
+        let baseline: Vec<f64> = (0..100).map(|i| 100.0 + (i % 10) as f64).collect();
+        let higher: Vec<f64> = baseline.iter().map(|v| v + 20.0).collect();
+        let lower: Vec<f64> = baseline.iter().map(|v| v - 20.0).collect();
+        let judge = |direction| Judge {
+            direction,
+            tolerance: 5.0,
+            confidence: 0.98,
+        };
+        let verdict = |j: Judge, canary: &[f64]| j.evaluate(&baseline, canary).0;
+        assert_eq!(
+            verdict(judge(Direction::Increase), &higher),
+            AnalysisOutcome::Failed
+        );
+        assert_eq!(
+            verdict(judge(Direction::Increase), &lower),
+            AnalysisOutcome::Successful
+        );
+        assert_eq!(
+            verdict(judge(Direction::Decrease), &lower),
+            AnalysisOutcome::Failed
+        );
+        assert_eq!(
+            verdict(judge(Direction::Decrease), &higher),
+            AnalysisOutcome::Successful
+        );
+        assert_eq!(verdict(judge(Direction::Either), &lower), AnalysisOutcome::Failed);
+        assert_eq!(
+            verdict(judge(Direction::Either), &baseline),
+            AnalysisOutcome::Successful
+        );
+        // Three canary samples cannot rule out a 5-unit regression, nor show one.
+        assert_eq!(
+            verdict(judge(Direction::Increase), &[103.0, 110.0, 99.0]),
+            AnalysisOutcome::Inconclusive
+        );
+    }
+
+    #[test]
+    fn specs_name_their_bad_field() {
+        let field = |spec: AnalysisSpec| spec.validate().unwrap_err().field;
+        assert_eq!(
+            field(AnalysisSpec::new(vec![], Duration::from_secs(1), 1)),
+            "analysis.metrics"
+        );
+        assert_eq!(field(spec(0)), "analysis.count");
+        let mut zero_interval = spec(1);
+        zero_interval.interval = Duration::ZERO;
+        assert_eq!(field(zero_interval), "analysis.interval");
+        let mut bad_judge = spec(1);
+        bad_judge.metrics[0].check = Check::Judge(Judge {
+            direction: Direction::Increase,
+            tolerance: 1.0,
+            confidence: 1.0,
+        });
+        assert_eq!(field(bad_judge), "analysis.metrics[errors].confidence");
+        let mut unbounded = spec(1);
+        unbounded.metrics[0].check = Check::Threshold(Threshold {
+            max: None,
+            min: None,
+            aggregation: Aggregation::Mean,
+        });
+        assert_eq!(field(unbounded), "analysis.metrics[errors].check");
+    }
+}
