@@ -60,7 +60,7 @@ pub struct Artifact {
 ///   of 0 is [`BackendError::Rejected`].
 /// - `list_instances` returns every instance of the app that exists, in any state, and
 ///   [`BackendError::NotFound`] is never returned for an app with no instances (the list is
-///   empty instead).
+///   empty instead). `describe_instances` returns the same records for the ids asked for.
 /// - `update_instance` leaves the instance running `version`. Its default composes
 ///   `fetch_artifact`, `stop_instance`, `install` and `start_instance`; a backend that can do
 ///   better (an atomic swap) overrides it. Updating to the version already running is
@@ -80,6 +80,23 @@ pub struct Artifact {
 pub trait InfraManager: Send + Sync + Debug + 'static {
     /// Every instance of `app`.
     async fn list_instances(&self, app: &AppId) -> Result<Vec<Instance>, BackendError>;
+
+    /// The instances of `app` among `ids`, in the order of `ids`; unknown ids are left out.
+    /// The default filters [`list_instances`](Self::list_instances); backends that can look
+    /// instances up directly should override it, since deployers call it for every batch.
+    async fn describe_instances(
+        &self,
+        app: &AppId,
+        ids: &[InstanceId],
+    ) -> Result<Vec<Instance>, BackendError> {
+        let mut all: std::collections::HashMap<InstanceId, Instance> = self
+            .list_instances(app)
+            .await?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        Ok(ids.iter().filter_map(|id| all.remove(id)).collect())
+    }
 
     /// Creates `count` instances of `version` in `pool`.
     async fn provision(

@@ -156,6 +156,28 @@ async fn default_update_fetches_before_stopping_and_installs_before_starting() {
 }
 
 #[tokio::test]
+async fn default_describe_filters_the_full_list_in_the_order_asked() {
+    let mut infra = MockInfraManager::new();
+    infra.expect_list_instances().times(1).returning(|_| {
+        Ok(vec![
+            instance("a", InstanceState::Running),
+            instance("b", InstanceState::Stopped),
+            instance("c", InstanceState::Running),
+        ])
+    });
+    let ids: Vec<InstanceId> = ["c", "zz", "a"]
+        .into_iter()
+        .map(|i| InstanceId::new(i).unwrap())
+        .collect();
+    let described = DefaultUpdate(infra)
+        .describe_instances(&app(), &ids)
+        .await
+        .unwrap();
+    let names: Vec<&str> = described.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(names, ["c", "a"]);
+}
+
+#[tokio::test]
 async fn default_update_does_not_stop_an_instance_when_the_artifact_is_missing() {
     let mut infra = MockInfraManager::new();
     infra

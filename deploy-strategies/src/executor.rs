@@ -1,7 +1,7 @@
 //! How each [`Step`](crate::plan::Step) touches the backends. Every function converges on
 //! an absolute target, so running it again (after a crash) is safe.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -276,30 +276,19 @@ impl Executor {
         version: &Version,
         concurrency: usize,
     ) -> StepResult {
-        let current: HashMap<InstanceId, Instance> = self
-            .instances(app)
-            .await?
-            .into_iter()
-            .map(|i| (i.id.clone(), i))
-            .collect();
-        let pool_members: HashSet<InstanceId> = match ids.iter().find_map(|id| current.get(id)) {
-            Some(first) => self.members(app, &first.pool).await?.into_iter().collect(),
-            None => HashSet::new(),
-        };
-        let work: Vec<(Instance, bool)> = ids
-            .iter()
-            .filter_map(|id| current.get(id))
-            .map(|i| (i.clone(), pool_members.contains(&i.id)))
-            .collect();
-        // Instances already out of rotation (a failed update left them stopped) cost no
-        // capacity: they all go first, together. Serving ones follow, `concurrency` at a time.
-        let (serving, idle): (Vec<_>, Vec<_>) = work
-            .into_iter()
-            .partition(|(i, registered)| *registered && i.state == InstanceState::Running);
+        let infra = &self.backends.infra;
+        let work = self
+            .retry("describe instances", || infra.describe_instances(app, ids))
+            .await?;
+        // Instances that are not running (a failed update left them stopped) serve nothing,
+        // so they cost no capacity: they all go first, together. Running ones follow,
+        // `concurrency` at a time.
+        let (serving, idle): (Vec<Instance>, Vec<Instance>) =
+            work.into_iter().partition(|i| i.state == InstanceState::Running);
         let mut results = Vec::new();
         for (wave, limit) in [(idle, usize::MAX), (serving, concurrency.max(1))] {
             let wave_results: Vec<StepResult> = stream::iter(wave)
-                .map(|(instance, registered)| self.converge_one(app, instance, registered, version))
+                .map(|instance| self.converge_one(app, instance, version))
                 .buffer_unordered(limit)
                 .collect()
                 .await;
@@ -308,34 +297,26 @@ impl Executor {
         results.into_iter().collect()
     }
 
-    async fn converge_one(
-        &self,
-        app: &AppId,
-        instance: Instance,
-        registered: bool,
-        version: &Version,
-    ) -> StepResult {
+    async fn converge_one(&self, app: &AppId, instance: Instance, version: &Version) -> StepResult {
         let lb = &self.backends.load_balancer;
         let infra = &self.backends.infra;
         let there = &instance.version == version && instance.state == InstanceState::Running;
         let instance = if there {
             instance
         } else {
-            if registered {
-                self.retry("deregister", || {
-                    lb.deregister(app, &instance.id, self.options.drain)
-                })
-                .await?;
-            }
+            // Deregistering a non-member is a no-op, so no membership lookup is needed.
+            self.retry("deregister", || {
+                lb.deregister(app, &instance.id, self.options.drain)
+            })
+            .await?;
             infra
                 .update_instance(app, &instance.id, version)
                 .await
                 .map_err(|e| describe(&format!("update of '{}' to {version}", instance.id), &e))?
         };
         self.wait_healthy(&instance).await?;
-        if !registered || !there {
-            self.retry("register", || lb.register(&instance)).await?;
-        }
-        Ok(())
+        // Registering a member again is a no-op: this also puts back an instance that was
+        // taken out of rotation before a crash.
+        self.retry("register", || lb.register(&instance)).await
     }
 }

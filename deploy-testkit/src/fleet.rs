@@ -383,6 +383,16 @@ impl InfraManager for SimFleet {
         ids.iter().map(|id| state.describe(app, id)).collect()
     }
 
+    async fn describe_instances(
+        &self,
+        app: &AppId,
+        ids: &[InstanceId],
+    ) -> Result<Vec<Instance>, BackendError> {
+        self.delay(Operation::ListInstances).await;
+        let state = self.state();
+        Ok(ids.iter().filter_map(|id| state.describe(app, id).ok()).collect())
+    }
+
     async fn provision(
         &self,
         app: &AppId,

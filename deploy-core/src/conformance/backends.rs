@@ -149,6 +149,16 @@ pub async fn infra_manager(infra: &DynInfraManager, app: &AppId, pool: &Pool, v1
     );
 
     let (first, second) = (&created[0].id, &created[1].id);
+    let unknown = InstanceId::new("conformance-no-such-instance").expect("valid id");
+    let described = infra
+        .describe_instances(app, &[second.clone(), unknown, first.clone()])
+        .await
+        .expect("describe");
+    assert_eq!(
+        described.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        [second, first],
+        "describe returns the known ids, in the order asked"
+    );
     let updated = infra.update_instance(app, first, v2).await.expect("update");
     assert_eq!(
         (&updated.id, &updated.version, updated.state),
