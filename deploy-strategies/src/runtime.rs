@@ -1,7 +1,6 @@
 //! The rollout runtime: [`Rollout`] starts and resumes rollouts; a runner task executes the
 //! journal's plan step by step, journaling intent before each step and confirmation after.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,7 +258,6 @@ impl Rollout {
             Some(split) => Some(single_pool(app, &split)?),
             None => None,
         };
-        let instances = backends.infra.list_instances(app).await.map_err(backend_error)?;
         let mut stable_ids = Vec::new();
         let mut previous = None;
         if let Some(pool) = &stable {
@@ -268,11 +266,22 @@ impl Rollout {
                 .members(app, pool)
                 .await
                 .map_err(backend_error)?;
-            let members: HashSet<&InstanceId> = stable_ids.iter().collect();
-            previous = instances
-                .iter()
-                .find(|i| members.contains(&i.id) && i.state == InstanceState::Running)
-                .map(|i| i.version.clone());
+            // The version the pool serves: that of its first running member. Usually the
+            // first one answers, so look at a few before reading the whole pool.
+            for chunk in [&stable_ids[..stable_ids.len().min(8)], &stable_ids[..]] {
+                let described = backends
+                    .infra
+                    .describe_instances(app, chunk)
+                    .await
+                    .map_err(backend_error)?;
+                previous = described
+                    .into_iter()
+                    .find(|i| i.state == InstanceState::Running)
+                    .map(|i| i.version);
+                if previous.is_some() {
+                    break;
+                }
+            }
         }
         let replicas = match self.inner.executor.options.replicas {
             Some(n) if n > 0 => n,
