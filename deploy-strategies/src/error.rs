@@ -6,7 +6,7 @@ use deploy_core::{AppId, BackendError, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid rollout spec: {field}: {reason}")]
 pub struct SpecError {
-    /// The offending field ("canary.steps[2].weight", "rolling.batch").
+    /// The offending field (`canary.steps`, `analysis.metrics[errors].window`).
     pub field: String,
     /// What is wrong.
     pub reason: String,
