@@ -343,7 +343,7 @@ impl LoadBalancer for SimFleet {
         let state = self.state();
         Ok(state
             .app(app)
-            .map(|a| a.active_members(pool).cloned().collect())
+            .map(|a| a.active_members(pool).into_iter().cloned().collect())
             .unwrap_or_default())
     }
 
@@ -378,7 +378,7 @@ impl InfraManager for SimFleet {
         let state = self.state();
         let ids: Vec<InstanceId> = state
             .app(app)
-            .map(|a| a.instances.keys().cloned().collect())
+            .map(|a| a.sorted_ids().into_iter().cloned().collect())
             .unwrap_or_default();
         ids.iter().map(|id| state.describe(app, id)).collect()
     }
@@ -415,6 +415,7 @@ impl InfraManager for SimFleet {
                         pool: pool.clone(),
                         version: version.clone(),
                         state: InstanceState::Running,
+                        address: format!("sim://{app}/{id}"),
                     };
                     state.app_mut(app).instances.insert(id.clone(), sim);
                     state.describe(app, &id)

@@ -165,8 +165,8 @@ pub(crate) fn evaluate(state: &FleetState, now: Instant) -> Vec<(AppId, Violatio
                 findings.push((app.clone(), ViolationKind::RoutingSum { total_basis_points }));
             }
             for (pool, weight) in split.iter() {
-                let mut members = app_state.active_members(pool);
-                if !members.any(|id| state.is_healthy(app, id, now)) {
+                let members = app_state.active_members(pool);
+                if !members.iter().any(|id| state.is_healthy(app, id, now)) {
                     findings.push((
                         app.clone(),
                         ViolationKind::PoolWithoutHealthyMember {
@@ -192,7 +192,10 @@ pub(crate) fn evaluate(state: &FleetState, now: Instant) -> Vec<(AppId, Violatio
 pub(crate) fn evaluate_end(state: &FleetState) -> Vec<(AppId, ViolationKind)> {
     let mut findings = Vec::new();
     for (app, app_state) in &state.apps {
-        for (id, sim) in &app_state.instances {
+        for id in app_state.sorted_ids() {
+            let Some(sim) = app_state.instances.get(id) else {
+                continue;
+            };
             match sim.state {
                 InstanceState::Running if !app_state.members.contains_key(id) => {
                     findings.push((

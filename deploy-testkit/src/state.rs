@@ -24,6 +24,7 @@ pub(crate) struct SimInstance {
     pub(crate) pool: Pool,
     pub(crate) version: Version,
     pub(crate) state: InstanceState,
+    pub(crate) address: String,
 }
 
 /// Whether a member takes new traffic.
@@ -35,8 +36,10 @@ pub(crate) enum Membership {
 
 #[derive(Debug, Default)]
 pub(crate) struct AppState {
-    pub(crate) instances: BTreeMap<InstanceId, SimInstance>,
-    pub(crate) members: BTreeMap<InstanceId, Membership>,
+    // Hash maps: lookups by id are the hot path at fleet scale; where order shows (member
+    // lists, traffic spread, reports), ids are sorted at that point.
+    pub(crate) instances: HashMap<InstanceId, SimInstance>,
+    pub(crate) members: HashMap<InstanceId, Membership>,
     pub(crate) routing: Option<TrafficSplit>,
     pub(crate) capacity_floor: usize,
     /// Whether the app has had `capacity_floor` healthy instances in rotation yet; the
@@ -47,11 +50,24 @@ pub(crate) struct AppState {
 
 impl AppState {
     /// Active members of `pool`, in id order.
-    pub(crate) fn active_members<'a>(&'a self, pool: &'a Pool) -> impl Iterator<Item = &'a InstanceId> + 'a {
-        self.members.iter().filter_map(move |(id, membership)| {
-            let in_pool = self.instances.get(id).is_some_and(|i| &i.pool == pool);
-            (in_pool && *membership == Membership::Active).then_some(id)
-        })
+    pub(crate) fn active_members<'a>(&'a self, pool: &Pool) -> Vec<&'a InstanceId> {
+        let mut ids: Vec<&InstanceId> = self
+            .members
+            .iter()
+            .filter(|(id, membership)| {
+                **membership == Membership::Active && self.instances.get(*id).is_some_and(|i| &i.pool == pool)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Instance ids in id order.
+    pub(crate) fn sorted_ids(&self) -> Vec<&InstanceId> {
+        let mut ids: Vec<&InstanceId> = self.instances.keys().collect();
+        ids.sort_unstable();
+        ids
     }
 }
 
@@ -119,7 +135,7 @@ impl FleetState {
             pool: sim.pool.clone(),
             version: sim.version.clone(),
             state: sim.state,
-            address: Some(format!("sim://{app}/{id}")),
+            address: Some(sim.address.clone()),
         })
     }
 

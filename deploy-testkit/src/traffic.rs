@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use deploy_core::{
-    AppId, BackendError, InstanceId, MetricName, MetricQuery, MetricTarget, Pool, Sample, Series, Version,
+    AppId, BackendError, MetricName, MetricQuery, MetricTarget, Pool, Sample, Series, Version,
 };
 use tokio::time::Instant;
 
@@ -182,8 +182,9 @@ impl FleetState {
         let Some(app_state) = self.app(app) else {
             return Vec::new();
         };
-        let ids: Vec<&InstanceId> = app_state.active_members(pool).collect();
-        ids.into_iter()
+        app_state
+            .active_members(pool)
+            .into_iter()
             .filter_map(|id| {
                 let sim = app_state.instances.get(id)?;
                 Some(Target {
