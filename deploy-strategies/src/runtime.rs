@@ -553,8 +553,10 @@ impl Runner {
     ) -> Result<Driven<T>, Interrupt> {
         tokio::pin!(work);
         let mut deadline_at = deadline.map(|d| Instant::now() + d);
-        let mut renew = tokio::time::interval(self.lease.ttl / 3);
-        renew.tick().await;
+        // Starting the interval one period out avoids awaiting its immediate first tick,
+        // which costs a turn of the timer (up to 1 ms of real time) per step.
+        let period = self.lease.ttl / 3;
+        let mut renew = tokio::time::interval_at(Instant::now() + period, period);
         loop {
             let paused_since = self.paused.as_ref().map(|(_, since)| *since);
             let expiry = deadline_at.filter(|_| paused_since.is_none());
