@@ -63,6 +63,9 @@ pub struct RolloutOptions {
     pub lease_ttl: Duration,
     /// Attempts for a retryable backend error before a step fails.
     pub attempts: u32,
+    /// Most instance updates in flight at once within a batch (a batch larger than this is
+    /// worked through this many at a time).
+    pub max_parallel: usize,
 }
 
 impl Default for RolloutOptions {
@@ -75,6 +78,7 @@ impl Default for RolloutOptions {
             drain: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(30),
             attempts: 3,
+            max_parallel: 64,
         }
     }
 }
@@ -281,12 +285,13 @@ impl Executor {
             .retry("describe instances", || infra.describe_instances(app, ids))
             .await?;
         // Instances that are not running (a failed update left them stopped) serve nothing,
-        // so they cost no capacity: they all go first, together. Running ones follow,
-        // `concurrency` at a time.
+        // so they cost no capacity: they go first. Running ones follow, `concurrency` at a
+        // time. Both waves stay within `max_parallel`.
         let (serving, idle): (Vec<Instance>, Vec<Instance>) =
             work.into_iter().partition(|i| i.state == InstanceState::Running);
         let mut results = Vec::new();
-        for (wave, limit) in [(idle, usize::MAX), (serving, concurrency.max(1))] {
+        let bound = self.options.max_parallel.max(1);
+        for (wave, limit) in [(idle, bound), (serving, concurrency.clamp(1, bound))] {
             let wave_results: Vec<StepResult> = stream::iter(wave)
                 .map(|instance| self.converge_one(app, instance, version))
                 .buffer_unordered(limit)

@@ -166,6 +166,7 @@ pub fn options() -> RolloutOptions {
         drain: Duration::from_secs(5),
         lease_ttl: Duration::from_secs(30),
         attempts: 3,
+        max_parallel: 64,
     }
 }
 
