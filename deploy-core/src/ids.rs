@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,13 +47,15 @@ fn validate_length(kind: &'static str, value: &str) -> Result<(), ValidationErro
 }
 
 /// Defines a validated string newtype with `new`, `as_str`, `Display`, `FromStr`,
-/// `TryFrom<String>` and serde that validates on the way in.
+/// `TryFrom<String>` and serde that validates on the way in. The text is shared
+/// (`Arc<str>`): ids are cloned into every record, event and report, and a clone should
+/// not allocate.
 macro_rules! validated_string {
     ($(#[$meta:meta])* $name:ident, $kind:literal, $validate:path) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates and wraps `value`.
@@ -62,7 +65,7 @@ macro_rules! validated_string {
             pub fn new(value: impl Into<String>) -> Result<Self, ValidationError> {
                 let value = value.into();
                 $validate($kind, &value)?;
-                Ok(Self(value))
+                Ok(Self(value.into()))
             }
 
             /// The validated string.
@@ -100,7 +103,7 @@ macro_rules! validated_string {
 
         impl From<$name> for String {
             fn from(value: $name) -> String {
-                value.0
+                value.0.as_ref().to_owned()
             }
         }
 
@@ -188,19 +191,19 @@ fn validate_version(kind: &'static str, value: &str) -> Result<(), ValidationErr
 impl Pool {
     /// The pool name for blue in blue-green.
     pub fn blue() -> Self {
-        Self("blue".to_owned())
+        Self(Arc::from("blue"))
     }
     /// The pool name for green in blue-green.
     pub fn green() -> Self {
-        Self("green".to_owned())
+        Self(Arc::from("green"))
     }
     /// The pool that serves the current version in canary and rolling.
     pub fn stable() -> Self {
-        Self("stable".to_owned())
+        Self(Arc::from("stable"))
     }
     /// The pool that serves the new version during a canary.
     pub fn canary() -> Self {
-        Self("canary".to_owned())
+        Self(Arc::from("canary"))
     }
 }
 
