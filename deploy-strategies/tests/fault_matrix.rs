@@ -149,14 +149,7 @@ async fn rolling_under_every_fault() {
 async fn crash_everywhere(strategy: Strategy, policy: ResumePolicy) {
     // A clean run tells how many journal writes there are.
     let clean = world(floor_for(&strategy)).await;
-    let report = clean
-        .rollout(strategy.clone())
-        .start(&clean.app, &clean.v2)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = clean.run(strategy.clone()).await;
     assert_eq!(report.outcome, RolloutOutcome::Completed);
     let writes = clean.store.journal_writes();
     assert!(writes > 5, "{writes} journal writes");

@@ -153,14 +153,7 @@ async fn a_deployer_that_lost_its_lease_stops_and_its_successor_finishes() {
 async fn a_hung_step_hits_the_progress_deadline_and_rolls_back() {
     let world = world(REPLICAS).await;
     world.fleet.inject_times(Fault::Hang(Operation::Provision), 1);
-    let report = world
-        .rollout(canary())
-        .start(&world.app, &world.v2)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = world.run(canary()).await;
     assert!(
         outcome_reason(&report.outcome).contains("progress deadline of 180s exceeded"),
         "{report:#?}"
@@ -298,13 +291,7 @@ async fn a_failing_smoke_test_rolls_back_before_any_traffic() {
         )
         .build()
         .unwrap();
-    let report = rollout
-        .start(&world.app, &world.v2)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = world.run_rollout(&rollout).await;
     assert!(
         outcome_reason(&report.outcome).contains("checkout page returned 500"),
         "{report:#?}"
@@ -328,13 +315,7 @@ async fn a_hook_that_does_not_answer_in_time_fails() {
         )
         .build()
         .unwrap();
-    let report = rollout
-        .start(&world.app, &world.v2)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = world.run_rollout(&rollout).await;
     assert!(
         outcome_reason(&report.outcome).contains("did not answer within 10s"),
         "{report:#?}"
@@ -382,14 +363,7 @@ async fn rolling_failure_in_batch_three_rolls_every_updated_instance_back() {
         max_surge: Quantity::Count(0),
         analysis: None,
     });
-    let report = world
-        .rollout(strategy)
-        .start(&world.app, &world.v2)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = world.run(strategy).await;
     assert!(
         outcome_reason(&report.outcome).starts_with("update instances 3..=3"),
         "{report:#?}"
@@ -422,14 +396,7 @@ async fn the_judge_catches_a_latency_regression_that_a_loose_threshold_misses() 
         steps: vec![CanaryStep::percent(50.0, Pause::None).unwrap()],
         analysis: Some(spec),
     });
-    let report = world
-        .rollout(strategy)
-        .start(&world.app, &world.v2)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = world.run(strategy).await;
     let analysis = &report.analyses[0].result;
     assert_eq!(
         analysis.metrics[0].outcome,
@@ -462,14 +429,7 @@ async fn dry_run_metrics_are_reported_but_never_fail_a_rollout() {
         steps: vec![CanaryStep::percent(50.0, Pause::None).unwrap()],
         analysis: Some(spec),
     });
-    let report = world
-        .rollout(strategy)
-        .start(&world.app, &world.v2)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = world.run(strategy).await;
     assert_eq!(report.outcome, RolloutOutcome::Completed);
     let dry = &report.analyses[0].result.metrics[0];
     assert_eq!(

@@ -84,6 +84,22 @@ impl World {
         self.builder(strategy).holder(holder).build().unwrap()
     }
 
+    /// Rolls v2 out with `strategy` and waits for the report.
+    pub async fn run(&self, strategy: Strategy) -> RolloutReport {
+        self.run_rollout(&self.rollout(strategy)).await
+    }
+
+    /// Rolls v2 out with `rollout` and waits for the report.
+    pub async fn run_rollout(&self, rollout: &Rollout) -> RolloutReport {
+        rollout
+            .start(&self.app, &self.v2)
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap()
+    }
+
     /// A builder over this world's fleet and store, with the test options.
     pub fn builder(&self, strategy: Strategy) -> RolloutBuilder {
         let store: Arc<DynStore> = self.store.clone();
