@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use deploykit::core::{
-    AppId, DynStore, InfraManager, LoadBalancer, MemoryStore, Pool, TrafficSplit, Version,
-};
+use deploykit::core::{AppId, DynStore, MemoryStore, Pool, Version};
 use deploykit::strategies::{
     Backends, Quantity, RollingSpec, Rollout, RolloutOptions, RolloutOutcome, Strategy,
 };
@@ -51,17 +49,10 @@ fn app() -> AppId {
 /// A fleet of `n` instances of 1.0, and a rolling rollout ready to take it to 2.0.
 async fn setup(n: usize, latency: Duration) -> (SimFleet, Rollout) {
     let fleet = SimFleet::builder().check_invariants(false).build();
-    let instances = fleet
-        .provision(&app(), &Pool::stable(), &Version::new("1.0").expect("valid"), n)
-        .await
-        .expect("provision");
-    for instance in &instances {
-        fleet.register(instance).await.expect("register");
-    }
     fleet
-        .set_routing(&app(), &TrafficSplit::all_to(Pool::stable()))
+        .serve(&app(), &Pool::stable(), &Version::new("1.0").expect("valid"), n)
         .await
-        .expect("route");
+        .expect("a fleet serving 1.0");
     for operation in OPERATIONS {
         fleet.set_latency(operation, latency);
     }

@@ -16,6 +16,16 @@ use deploy_strategies::{
 };
 use deploy_testkit::{Fault, Operation, VersionProfile};
 
+/// The rollout rolled back for a reason containing `because`, and left the fleet settled.
+async fn assert_rolled_back_because(world: &World, report: &deploy_strategies::RolloutReport, because: &str) {
+    assert!(
+        matches!(report.outcome, RolloutOutcome::RolledBack { .. })
+            && outcome_reason(&report.outcome).contains(because),
+        "{report:#?}"
+    );
+    world.assert_settled(report).await;
+}
+
 fn outcome_reason(outcome: &RolloutOutcome) -> &str {
     match outcome {
         RolloutOutcome::RolledBack { reason } | RolloutOutcome::Failed { reason } => reason,
@@ -154,11 +164,7 @@ async fn a_hung_step_hits_the_progress_deadline_and_rolls_back() {
     let world = world(REPLICAS).await;
     world.fleet.inject_times(Fault::Hang(Operation::Provision), 1);
     let report = world.run(canary()).await;
-    assert!(
-        outcome_reason(&report.outcome).contains("progress deadline of 180s exceeded"),
-        "{report:#?}"
-    );
-    world.assert_settled(&report).await;
+    assert_rolled_back_because(&world, &report, "progress deadline of 180s exceeded").await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -316,11 +322,7 @@ async fn a_hook_that_does_not_answer_in_time_fails() {
         .build()
         .unwrap();
     let report = world.run_rollout(&rollout).await;
-    assert!(
-        outcome_reason(&report.outcome).contains("did not answer within 10s"),
-        "{report:#?}"
-    );
-    world.assert_settled(&report).await;
+    assert_rolled_back_because(&world, &report, "did not answer within 10s").await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -262,6 +262,26 @@ impl SimFleet {
         state.invariants.history().to_vec()
     }
 
+    /// Stands `app` up, the usual start of a scenario: provisions `count` instances of
+    /// `version` in `pool`, registers them and routes all of the app's traffic to the pool.
+    ///
+    /// # Errors
+    /// The first failing step's [`BackendError`] (an injected fault, `count` of 0).
+    pub async fn serve(
+        &self,
+        app: &AppId,
+        pool: &Pool,
+        version: &Version,
+        count: usize,
+    ) -> Result<Vec<Instance>, BackendError> {
+        let instances = self.provision(app, pool, version, count).await?;
+        for instance in &instances {
+            self.register(instance).await?;
+        }
+        self.set_routing(app, &TrafficSplit::all_to(pool.clone())).await?;
+        Ok(instances)
+    }
+
     /// Instances of `app` in `pool` running `version`, for assertions.
     pub fn count_running(&self, app: &AppId, pool: &Pool, version: &Version) -> usize {
         self.state().app(app).map_or(0, |a| {

@@ -59,18 +59,7 @@ async fn a_bad_version_shows_in_its_own_metrics_only() {
         .build();
     pool_of(&fleet, Pool::stable(), "1.0", 2).await;
     pool_of(&fleet, Pool::canary(), "2.0", 2).await;
-    fleet
-        .set_routing(
-            &app(),
-            &TrafficSplit::canary(
-                Pool::stable(),
-                Pool::canary(),
-                Weight::from_percent(50.0).unwrap(),
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    route_canary(&fleet, 50.0).await;
     for _ in 0..10 {
         fleet.send_requests(&app(), 4_000);
         tokio::time::advance(Duration::from_secs(10)).await;
@@ -161,18 +150,7 @@ async fn requests_without_a_way_in_fail() {
     assert_eq!((report.unrouted, report.errors), (10, 10), "no routing yet");
 
     pool_of(&fleet, Pool::stable(), "1.0", 1).await;
-    fleet
-        .set_routing(
-            &app(),
-            &TrafficSplit::canary(
-                Pool::stable(),
-                Pool::canary(),
-                Weight::from_percent(10.0).unwrap(),
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    route_canary(&fleet, 10.0).await;
     let report = fleet.send_requests(&app(), 100);
     assert_eq!(
         report.by_pool[&Pool::canary()].errors,

@@ -4,10 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit::core::{
-    AppId, DeploymentEventKind, DynStore, InfraManager, LoadBalancer, MemoryStore, Pool, TrafficSplit,
-    Version,
-};
+use deploykit::core::{AppId, DeploymentEventKind, DynStore, MemoryStore, Pool, Version};
 use deploykit::strategies::{Backends, RolloutHandle, RolloutOptions, RolloutReport};
 use deploykit::testkit::{SimFleet, SimFleetBuilder, TrafficHandle};
 
@@ -31,17 +28,10 @@ pub(crate) async fn fleet(
         .with_ansi(false)
         .init();
     let fleet = configure(SimFleet::builder().seed(7)).build();
-    let instances = fleet
-        .provision(&app(), &Pool::stable(), &version("1.0"), 4)
-        .await
-        .expect("provision");
-    for instance in &instances {
-        fleet.register(instance).await.expect("register");
-    }
     fleet
-        .set_routing(&app(), &TrafficSplit::all_to(Pool::stable()))
+        .serve(&app(), &Pool::stable(), &version("1.0"), 4)
         .await
-        .expect("route");
+        .expect("a fleet serving 1.0");
     let traffic = fleet.generate_traffic(&app(), 200, Duration::from_secs(1));
     // Some history for the baseline.
     tokio::time::sleep(Duration::from_secs(120)).await;

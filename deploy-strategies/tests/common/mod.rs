@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use deploy_core::{
     AppId, DynStore, InfraManager, InstanceState, Lease, LeaseStore, LoadBalancer, MemoryStore, MetricName,
-    Pool, Record, RecordStore, RecordVersion, StoreError, TrafficSplit, Version, WatchStream, WriteOptions,
+    Pool, Record, RecordStore, RecordVersion, StoreError, Version, WatchStream, WriteOptions,
 };
 use deploy_strategies::{
     AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity,
@@ -46,15 +46,8 @@ pub async fn world_with(
 ) -> World {
     let app = AppId::new("shop").unwrap();
     let fleet = configure(SimFleet::builder().seed(11).capacity_floor(&app, floor)).build();
-    for instance in fleet
-        .provision(&app, &Pool::stable(), &v("1.0"), REPLICAS)
-        .await
-        .unwrap()
-    {
-        fleet.register(&instance).await.unwrap();
-    }
     fleet
-        .set_routing(&app, &TrafficSplit::all_to(Pool::stable()))
+        .serve(&app, &Pool::stable(), &v("1.0"), REPLICAS)
         .await
         .unwrap();
     let traffic = fleet.generate_traffic(&app, 100, Duration::from_secs(1));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use deploy_core::{
     AppId, InfraManager, Instance, LoadBalancer, MetricName, MetricQuery, MetricTarget, Pool, TrafficSplit,
-    Version,
+    Version, Weight,
 };
 use deploy_testkit::SimFleet;
 
@@ -18,7 +18,7 @@ pub fn v(version: &str) -> Version {
     Version::new(version).unwrap()
 }
 
-/// Provisions `count` instances of `version` in `pool` and registers them.
+/// Provisions `count` instances of `version` in `pool` and registers them (no routing).
 pub async fn pool_of(fleet: &SimFleet, pool: Pool, version: &str, count: usize) -> Vec<Instance> {
     let instances = fleet.provision(&app(), &pool, &v(version), count).await.unwrap();
     for instance in &instances {
@@ -35,15 +35,17 @@ pub async fn one_instance(fleet: &SimFleet, pool: Pool, version: &str) -> Instan
 
 /// A registered pool of `count` instances that takes all of the app's traffic.
 pub async fn serving_pool(fleet: &SimFleet, pool: Pool, version: &str, count: usize) -> Vec<Instance> {
-    let instances = pool_of(fleet, pool.clone(), version, count).await;
-    fleet
-        .set_routing(&app(), &TrafficSplit::all_to(pool))
-        .await
-        .unwrap();
-    instances
+    fleet.serve(&app(), &pool, &v(version), count).await.unwrap()
 }
 
 /// `metric` of `pool` over the last `window`.
 pub fn pool_query(metric: MetricName, pool: Pool, window: Duration) -> MetricQuery {
     MetricQuery::new(metric, MetricTarget::Pool { app: app(), pool }, window).unwrap()
+}
+
+/// Routes `percent` of traffic to the canary pool, the rest to the stable pool.
+pub async fn route_canary(fleet: &SimFleet, percent: f64) {
+    let weight = Weight::from_percent(percent).unwrap();
+    let split = TrafficSplit::canary(Pool::stable(), Pool::canary(), weight).unwrap();
+    fleet.set_routing(&app(), &split).await.unwrap();
 }
