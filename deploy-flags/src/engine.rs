@@ -1,0 +1,217 @@
+//! The flag engine: one atomically swapped snapshot, lock-free reads, validated updates.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use chrono::Utc;
+use tokio::sync::broadcast;
+
+use crate::compile::{Snapshot, Variant};
+use crate::context::Context;
+use crate::error::FlagError;
+use crate::eval::Reason;
+use crate::metrics::{CounterRegistry, FlagMetrics};
+use crate::model::{FlagDefinition, FlagKind, FlagSet, Segment};
+
+/// Evaluates flags against the current snapshot and swaps in new ones.
+///
+/// Reads load the snapshot through [`ArcSwap`] (no lock, no allocation) and evaluate it;
+/// writers compile a complete new snapshot first and swap it in only when it is valid, so
+/// a rejected update leaves the previous flags serving. Writers are serialized among
+/// themselves; readers never wait for them.
+///
+/// ```
+/// use deploy_flags::{Constraint, Context, FlagDefinition, FlagEngine, FlagSet, Operator, Rule};
+///
+/// let engine = FlagEngine::new();
+/// let beta = Rule {
+///     constraints: vec![Constraint::list("userId", Operator::In, &["ann", "bob"])],
+///     ..Rule::default()
+/// };
+/// engine.replace(FlagSet { flags: vec![FlagDefinition::new("beta", true).with_rule(beta)], ..Default::default() })?;
+/// assert!(engine.is_enabled("beta", &Context::new().user_id("ann")));
+/// assert!(!engine.is_enabled("beta", &Context::new().user_id("eve")));
+/// # Ok::<(), deploy_flags::FlagError>(())
+/// ```
+#[derive(Debug)]
+pub struct FlagEngine {
+    current: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+    counters: CounterRegistry,
+    changes: broadcast::Sender<FlagsChanged>,
+}
+
+/// One change of a delta update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlagChange {
+    /// Adds a flag or replaces the flag of the same name.
+    Upsert(FlagDefinition),
+    /// Removes a flag (removing an unknown flag is not an error).
+    Remove(String),
+    /// Adds a segment or replaces the segment of the same id.
+    UpsertSegment(Segment),
+    /// Removes a segment.
+    RemoveSegment(String),
+}
+
+/// Sent to subscribers after each accepted update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagsChanged {
+    /// The new snapshot's version.
+    pub version: u64,
+    /// Flags added, changed or removed, sorted.
+    pub flags: Vec<String>,
+}
+
+/// An evaluation with owned values, for callers that keep the result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Details {
+    /// The flag evaluated.
+    pub flag: String,
+    /// Whether it is on for the caller.
+    pub enabled: bool,
+    /// The variant served, if any.
+    pub variant: Option<Variant>,
+    /// Why.
+    pub reason: Reason,
+    /// The flag's kind; `None` for an unknown flag.
+    pub kind: Option<FlagKind>,
+}
+
+impl Default for FlagEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FlagEngine {
+    /// An engine with no flags.
+    pub fn new() -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            writer: Mutex::new(()),
+            counters: CounterRegistry::default(),
+            changes: broadcast::channel(256).0,
+        }
+    }
+
+    /// An engine serving `flags`.
+    ///
+    /// # Errors
+    /// The first invalid definition, naming the flag and the field.
+    pub fn with_flags(flags: FlagSet) -> Result<Self, FlagError> {
+        let engine = Self::new();
+        engine.replace(flags)?;
+        Ok(engine)
+    }
+
+    /// The snapshot serving now. Holding it keeps it alive after later updates.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Whether `flag` is on for the caller; unknown flags are off.
+    #[inline]
+    pub fn is_enabled(&self, flag: &str, context: &Context) -> bool {
+        self.current.load().evaluate(flag, context).enabled()
+    }
+
+    /// The variant served to the caller, if any (cloning it does not allocate).
+    #[inline]
+    pub fn variant(&self, flag: &str, context: &Context) -> Option<Variant> {
+        self.current.load().evaluate(flag, context).variant().cloned()
+    }
+
+    /// The full outcome: value, variant and reason.
+    pub fn evaluate(&self, flag: &str, context: &Context) -> Details {
+        let snapshot = self.current.load();
+        let evaluation = snapshot.evaluate(flag, context);
+        Details {
+            flag: flag.to_owned(),
+            enabled: evaluation.enabled(),
+            variant: evaluation.variant().cloned(),
+            reason: evaluation.reason(),
+            kind: evaluation.kind(),
+        }
+    }
+
+    /// Replaces every flag and segment. On error nothing changes.
+    ///
+    /// # Errors
+    /// The first invalid definition, naming the flag and the field; a prerequisite cycle.
+    pub fn replace(&self, flags: FlagSet) -> Result<u64, FlagError> {
+        self.update(|_| Ok(flags))
+    }
+
+    /// Applies a delta: the changes are applied together, or (on error) not at all.
+    ///
+    /// # Errors
+    /// As [`FlagEngine::replace`], for the resulting set.
+    pub fn apply(&self, changes: impl IntoIterator<Item = FlagChange>) -> Result<u64, FlagError> {
+        let changes: Vec<FlagChange> = changes.into_iter().collect();
+        self.update(move |current| {
+            let mut set = current.to_flag_set();
+            for change in changes {
+                match change {
+                    FlagChange::Upsert(flag) => match set.flags.iter_mut().find(|old| old.name == flag.name) {
+                        Some(old) => *old = flag,
+                        None => set.flags.push(flag),
+                    },
+                    FlagChange::Remove(name) => set.flags.retain(|flag| flag.name != name),
+                    FlagChange::UpsertSegment(segment) => {
+                        match set.segments.iter_mut().find(|old| old.id == segment.id) {
+                            Some(old) => *old = segment,
+                            None => set.segments.push(segment),
+                        }
+                    }
+                    FlagChange::RemoveSegment(id) => set.segments.retain(|segment| segment.id != id),
+                }
+            }
+            Ok(set)
+        })
+    }
+
+    /// Builds the next flag set from the current snapshot, compiles it and swaps it in.
+    pub(crate) fn update(
+        &self,
+        next: impl FnOnce(&Snapshot) -> Result<FlagSet, FlagError>,
+    ) -> Result<u64, FlagError> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.current.load_full();
+        let set = next(&current)?;
+        let snapshot = Snapshot::compile(set, &current, &self.counters)?;
+        let version = snapshot.version;
+        let changed = changed_flags(&current, &snapshot);
+        self.current.store(Arc::new(snapshot));
+        // Nobody listening is fine.
+        let _ = self.changes.send(FlagsChanged { version, flags: changed });
+        Ok(version)
+    }
+
+    /// Change events of every accepted update from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<FlagsChanged> {
+        self.changes.subscribe()
+    }
+
+    /// Evaluation counts of one flag (`None` if it was never loaded).
+    pub fn metrics(&self, flag: &str) -> Option<FlagMetrics> {
+        self.counters.read(flag, Utc::now())
+    }
+
+    /// Evaluation counts of every flag ever loaded, sorted by name.
+    pub fn all_metrics(&self) -> Vec<FlagMetrics> {
+        self.counters.read_all(Utc::now())
+    }
+}
+
+fn changed_flags(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+    let mut changed: Vec<String> = after
+        .flags
+        .iter()
+        .filter(|(name, flag)| before.flags.get(*name).is_none_or(|old| !Arc::ptr_eq(old, flag)))
+        .map(|(name, _)| name.to_string())
+        .chain(before.flags.keys().filter(|name| !after.flags.contains_key(*name)).map(|name| name.to_string()))
+        .collect();
+    changed.sort();
+    changed
+}

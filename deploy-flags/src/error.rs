@@ -1,0 +1,81 @@
+//! Errors of loading, updating and persisting flags.
+
+use deploy_core::StoreError;
+
+/// Why a flag definition, a source or an update was refused. The previous snapshot keeps
+/// serving whenever one of these is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlagError {
+    /// The text is not valid JSON or YAML of the expected shape.
+    #[error("cannot read {origin} as {format}: {message}")]
+    Parse {
+        /// Where the text came from (a path, "unleash client features", ...).
+        origin: String,
+        /// The format expected.
+        format: &'static str,
+        /// The parser's message, with line and column where it gives them.
+        message: String,
+    },
+    /// A flag is well-formed but says something impossible.
+    #[error("flag `{flag}`: {field}: {reason}")]
+    InvalidFlag {
+        /// The flag's name.
+        flag: String,
+        /// Path of the offending field inside the flag, e.g. `rules[1].constraints[0].value`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A segment is well-formed but says something impossible.
+    #[error("segment `{segment}`: {field}: {reason}")]
+    InvalidSegment {
+        /// The segment's id.
+        segment: String,
+        /// Path of the offending field inside the segment.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Prerequisites form a cycle.
+    #[error("flag `{flag}`: prerequisites form a cycle: {}", cycle.join(" -> "))]
+    PrerequisiteCycle {
+        /// A flag on the cycle.
+        flag: String,
+        /// The cycle, starting and ending at `flag`.
+        cycle: Vec<String>,
+    },
+    /// An operation named a flag that does not exist.
+    #[error("no flag named `{0}`")]
+    UnknownFlag(String),
+    /// An operation would create a flag that exists already.
+    #[error("flag `{0}` exists already")]
+    FlagExists(String),
+    /// The record store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FlagError {
+    pub(crate) fn invalid(flag: &str, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidFlag { flag: flag.to_owned(), field: field.into(), reason: reason.into() }
+    }
+
+    /// The flag the error is about, if it is about one.
+    pub fn flag(&self) -> Option<&str> {
+        match self {
+            Self::InvalidFlag { flag, .. } | Self::PrerequisiteCycle { flag, .. } => Some(flag),
+            Self::UnknownFlag(flag) | Self::FlagExists(flag) => Some(flag),
+            _ => None,
+        }
+    }
+}

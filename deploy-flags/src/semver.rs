@@ -1,0 +1,179 @@
+//! Semantic versions compared by SemVer 2.0 precedence, parsed without allocating.
+//!
+//! The semver crate's `Version` owns its pre-release identifiers and allocates for long
+//! ones; evaluation parses the caller's version on every call, so this borrows instead. It
+//! accepts exactly what `semver::Version::parse` accepts and orders as its `cmp_precedence`
+//! does (build metadata ignored); tests check both against the crate.
+
+use std::cmp::Ordering;
+
+/// A parsed version borrowing its pre-release text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SemverRef<'a> {
+    major: u64,
+    minor: u64,
+    patch: u64,
+    pre: &'a str,
+}
+
+/// A version owned by a compiled constraint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Semver {
+    major: u64,
+    minor: u64,
+    patch: u64,
+    pre: Box<str>,
+}
+
+impl Semver {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        SemverRef::parse(text).map(|version| Self {
+            major: version.major,
+            minor: version.minor,
+            patch: version.patch,
+            pre: version.pre.into(),
+        })
+    }
+
+    pub(crate) fn as_ref(&self) -> SemverRef<'_> {
+        SemverRef { major: self.major, minor: self.minor, patch: self.patch, pre: &self.pre }
+    }
+}
+
+fn number(text: &str) -> Option<u64> {
+    let leading_zero = text.len() > 1 && text.starts_with('0');
+    if text.is_empty() || leading_zero || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn identifiers_valid(text: &str, numeric_leading_zero_allowed: bool) -> bool {
+    text.split('.').all(|identifier| {
+        let charset = identifier.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-');
+        let numeric = identifier.bytes().all(|byte| byte.is_ascii_digit());
+        let leading_zero = numeric && identifier.len() > 1 && identifier.starts_with('0');
+        !identifier.is_empty() && charset && (numeric_leading_zero_allowed || !leading_zero)
+    })
+}
+
+impl<'a> SemverRef<'a> {
+    pub(crate) fn parse(text: &'a str) -> Option<Self> {
+        let (rest, build) = match text.split_once('+') {
+            Some((rest, build)) => (rest, Some(build)),
+            None => (text, None),
+        };
+        if build.is_some_and(|build| !identifiers_valid(build, true)) {
+            return None;
+        }
+        let (core, pre) = match rest.split_once('-') {
+            Some((core, pre)) => {
+                if !identifiers_valid(pre, false) {
+                    return None;
+                }
+                (core, pre)
+            }
+            None => (rest, ""),
+        };
+        let mut parts = core.split('.');
+        let major = number(parts.next()?)?;
+        let minor = number(parts.next()?)?;
+        let patch = number(parts.next()?)?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self { major, minor, patch, pre })
+    }
+
+    pub(crate) fn cmp_precedence(&self, other: &SemverRef<'_>) -> Ordering {
+        (self.major, self.minor, self.patch)
+            .cmp(&(other.major, other.minor, other.patch))
+            .then_with(|| compare_pre(self.pre, other.pre))
+    }
+}
+
+fn compare_pre(left: &str, right: &str) -> Ordering {
+    match (left.is_empty(), right.is_empty()) {
+        (true, true) => return Ordering::Equal,
+        (true, false) => return Ordering::Greater,
+        (false, true) => return Ordering::Less,
+        (false, false) => {}
+    }
+    let mut left = left.split('.');
+    let mut right = right.split('.');
+    loop {
+        match (left.next(), right.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(a), Some(b)) => {
+                let order = compare_identifier(a, b);
+                if order != Ordering::Equal {
+                    return order;
+                }
+            }
+        }
+    }
+}
+
+fn compare_identifier(a: &str, b: &str) -> Ordering {
+    let a_numeric = a.bytes().all(|byte| byte.is_ascii_digit());
+    let b_numeric = b.bytes().all(|byte| byte.is_ascii_digit());
+    match (a_numeric, b_numeric) {
+        // No leading zeros, so a longer number is a larger one, whatever its size.
+        (true, true) => a.len().cmp(&b.len()).then_with(|| a.cmp(b)),
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        (false, false) => a.cmp(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn version_text() -> impl Strategy<Value = String> {
+        let number = prop_oneof!["0", "1", "2", "10", "01", "18446744073709551616"];
+        let identifier = prop_oneof!["alpha", "beta", "rc", "1", "2", "11", "01", "x-y", "", "a.b"];
+        (number.clone(), number.clone(), number, proptest::option::of(identifier.clone()), proptest::option::of(identifier))
+            .prop_map(|(major, minor, patch, pre, build)| {
+                let mut text = format!("{major}.{minor}.{patch}");
+                if let Some(pre) = pre {
+                    text.push('-');
+                    text.push_str(&pre);
+                }
+                if let Some(build) = build {
+                    text.push('+');
+                    text.push_str(&build);
+                }
+                text
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn accepts_what_the_semver_crate_accepts(text in prop_oneof![version_text(), ".{0,16}"]) {
+            prop_assert_eq!(SemverRef::parse(&text).is_some(), semver::Version::parse(&text).is_ok(), "{}", text);
+        }
+
+        #[test]
+        fn orders_as_the_semver_crate_does(a in version_text(), b in version_text()) {
+            if let (Some(mine_a), Some(mine_b), Ok(theirs_a), Ok(theirs_b)) =
+                (SemverRef::parse(&a), SemverRef::parse(&b), semver::Version::parse(&a), semver::Version::parse(&b))
+            {
+                prop_assert_eq!(mine_a.cmp_precedence(&mine_b), theirs_a.cmp_precedence(&theirs_b), "{} vs {}", a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn release_outranks_its_prereleases() {
+        let release = SemverRef::parse("1.0.0").unwrap();
+        for pre in ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-beta.11", "1.0.0-rc.1"] {
+            assert_eq!(SemverRef::parse(pre).unwrap().cmp_precedence(&release), Ordering::Less, "{pre}");
+        }
+        let owned = Semver::parse("1.0.0-alpha.beta").unwrap();
+        assert_eq!(owned.as_ref().cmp_precedence(&SemverRef::parse("1.0.0-alpha.1").unwrap()), Ordering::Greater);
+    }
+}
