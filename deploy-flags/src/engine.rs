@@ -171,6 +171,14 @@ impl FlagEngine {
         })
     }
 
+    /// Checks that `flags` would compile, without serving them.
+    ///
+    /// # Errors
+    /// As [`FlagEngine::replace`].
+    pub fn validate(&self, flags: FlagSet) -> Result<(), FlagError> {
+        Snapshot::compile(flags, &self.current.load(), &self.counters).map(|_| ())
+    }
+
     /// Builds the next flag set from the current snapshot, compiles it and swaps it in.
     pub(crate) fn update(
         &self,

@@ -52,12 +52,17 @@
 pub mod model;
 pub mod unleash;
 
+#[cfg(feature = "openfeature")]
+pub mod openfeature;
+
 mod compile;
 mod context;
 mod engine;
 mod error;
 mod eval;
+mod file_source;
 mod hash;
+mod manager;
 mod matchers;
 mod metrics;
 mod semver;
@@ -66,6 +71,8 @@ pub use compile::{Snapshot, Variant, VariantPayload};
 pub use context::Context;
 pub use engine::{Details, FlagChange, FlagEngine, FlagsChanged};
 pub use error::FlagError;
+pub use file_source::{FileFormat, FileSource, ReloadStatus};
+pub use manager::{AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, StaleFlag, StaleReason, WallClock};
 pub use eval::{ErrorCode, Evaluation, Reason};
 pub use metrics::FlagMetrics;
 pub use model::{
