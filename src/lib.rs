@@ -6,6 +6,8 @@
 //! - [`core`]: the vocabulary: value types, backend traits, persistence, errors, events.
 //! - [`strategies`] (feature `strategies`): rolling, blue-green and canary rollouts with
 //!   analysis, automatic rollback, live control and a crash-safe journal.
+//! - [`flags`] (feature `flags`): feature flags with targeting, sticky rollouts, variants,
+//!   Unleash import and (feature `openfeature`) an OpenFeature provider.
 //! - [`testkit`] (feature `testkit`): a simulated fleet with fault injection and an
 //!   invariant checker, the embedded default for examples and tests.
 //!
@@ -19,6 +21,9 @@ pub use deploy_core as core;
 
 #[cfg(feature = "strategies")]
 pub use deploy_strategies as strategies;
+
+#[cfg(feature = "flags")]
+pub use deploy_flags as flags;
 
 #[cfg(feature = "testkit")]
 pub use deploy_testkit as testkit;
