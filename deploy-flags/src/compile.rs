@@ -1,15 +1,15 @@
 //! Compiling a [`FlagSet`] into an immutable [`Snapshot`]: every check happens here, once,
 //! so evaluation never fails and never parses an operand.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use crate::context::{Context, Field};
 use crate::error::FlagError;
 use crate::hash::{Murmur3, VARIANT_SEED};
+use crate::index::FlagIndex;
 use crate::matchers::{CompiledConstraint, Owner};
-use crate::metrics::{CounterRegistry, FlagCounters};
+use crate::metrics::{CountBlock, CounterRegistry};
 use crate::model::{FlagDefinition, FlagKind, FlagSet, PayloadKind, Rule, Segment, Stickiness, VariantDefinition};
 
 /// The compiled flags of one version of the definitions. Immutable; the engine swaps whole
@@ -17,9 +17,11 @@ use crate::model::{FlagDefinition, FlagKind, FlagSet, PayloadKind, Rule, Segment
 /// engine.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub(crate) flags: HashMap<Box<str>, Arc<CompiledFlag>, foldhash::fast::RandomState>,
+    pub(crate) flags: FlagIndex,
     pub(crate) segments: BTreeMap<String, Segment>,
     pub(crate) version: u64,
+    /// Counts of evaluations made on the snapshot directly (not through an engine's reader).
+    pub(crate) shared_counts: Arc<CountBlock>,
 }
 
 #[derive(Debug)]
@@ -29,7 +31,11 @@ pub(crate) struct CompiledFlag {
     pub(crate) variants: Option<VariantSplit>,
     pub(crate) off_variant: Option<CompiledVariant>,
     pub(crate) prerequisites: Box<[CompiledPrerequisite]>,
-    pub(crate) counters: Arc<FlagCounters>,
+    /// Counter slot of `enabled`; `disabled` is the next one.
+    pub(crate) slot: usize,
+    /// The answer when it does not depend on the caller (disabled, or no rules or
+    /// prerequisites).
+    pub(crate) constant: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -110,7 +116,7 @@ pub(crate) struct CompiledVariant {
     pub(crate) variant: Variant,
     pub(crate) weight: u32,
     pub(crate) overrides: Box<[(Field, Box<[Box<str>]>)]>,
-    pub(crate) counter: Arc<AtomicU64>,
+    pub(crate) slot: usize,
 }
 
 /// A variant as served: its name and payload. Cloning shares the text (no allocation).
@@ -138,7 +144,7 @@ pub struct VariantPayload {
 impl Snapshot {
     /// An empty snapshot: every flag is unknown.
     pub fn empty() -> Self {
-        Self { flags: HashMap::default(), segments: BTreeMap::new(), version: 0 }
+        Self { flags: FlagIndex::default(), segments: BTreeMap::new(), version: 0, shared_counts: Arc::new(CountBlock::empty()) }
     }
 
     /// The version: 0 for the empty snapshot, then one more for each accepted update.
@@ -153,7 +159,7 @@ impl Snapshot {
 
     /// True when there are no flags.
     pub fn is_empty(&self) -> bool {
-        self.flags.is_empty()
+        self.flags.len() == 0
     }
 
     /// The definition of a flag, as loaded.
@@ -163,7 +169,7 @@ impl Snapshot {
 
     /// Every definition and segment, sorted by name: what this snapshot was compiled from.
     pub fn to_flag_set(&self) -> FlagSet {
-        let mut flags: Vec<_> = self.flags.values().map(|flag| flag.definition.clone()).collect();
+        let mut flags: Vec<_> = self.flags.iter().map(|(_, flag)| flag.definition.clone()).collect();
         flags.sort_by(|a, b| a.name.cmp(&b.name));
         FlagSet { flags, segments: self.segments.values().cloned().collect() }
     }
@@ -188,7 +194,7 @@ impl Snapshot {
                 return Err(Owner::Segment(&id).error("id", "two segments share this id"));
             }
         }
-        let mut flags: HashMap<Box<str>, Arc<CompiledFlag>, _> = HashMap::default();
+        let mut flags = FlagIndex::default();
         for definition in set.flags {
             let reusable = previous.flags.get(definition.name.as_str()).filter(|old| {
                 old.definition == definition
@@ -199,12 +205,13 @@ impl Snapshot {
                 None => Arc::new(CompiledFlag::compile(definition, &segments, counters)?),
             };
             let name = compiled.definition.name.clone();
-            if flags.insert(name.as_str().into(), compiled).is_some() {
+            if !flags.insert(&name, compiled) {
                 return Err(FlagError::invalid(&name, "name", "two flags share this name"));
             }
         }
         check_prerequisites(&flags)?;
-        Ok(Self { flags, segments, version: previous.version + 1 })
+        let shared_counts = counters.shared_block();
+        Ok(Self { flags, segments, version: previous.version + 1, shared_counts })
     }
 }
 
@@ -212,8 +219,8 @@ fn referenced_segments(definition: &FlagDefinition) -> impl Iterator<Item = &str
     definition.rules.iter().flat_map(|rule| rule.segments.iter().map(String::as_str))
 }
 
-fn check_prerequisites(flags: &HashMap<Box<str>, Arc<CompiledFlag>, foldhash::fast::RandomState>) -> Result<(), FlagError> {
-    for (name, flag) in flags {
+fn check_prerequisites(flags: &FlagIndex) -> Result<(), FlagError> {
+    for (name, flag) in flags.iter() {
         for (index, prerequisite) in flag.prerequisites.iter().enumerate() {
             if !flags.contains_key(&prerequisite.flag) {
                 return Err(FlagError::invalid(
@@ -226,7 +233,7 @@ fn check_prerequisites(flags: &HashMap<Box<str>, Arc<CompiledFlag>, foldhash::fa
     }
     // Depth-first search with three colours; a grey flag met again closes a cycle.
     let mut done: HashSet<&str> = HashSet::new();
-    let mut names: Vec<&str> = flags.keys().map(|name| &**name).collect();
+    let mut names: Vec<&str> = flags.iter().map(|(name, _)| name).collect();
     names.sort_unstable();
     for start in names {
         let mut path: Vec<&str> = Vec::new();
@@ -237,7 +244,7 @@ fn check_prerequisites(flags: &HashMap<Box<str>, Arc<CompiledFlag>, foldhash::fa
 
 fn visit<'a>(
     name: &'a str,
-    flags: &'a HashMap<Box<str>, Arc<CompiledFlag>, foldhash::fast::RandomState>,
+    flags: &'a FlagIndex,
     path: &mut Vec<&'a str>,
     done: &mut HashSet<&'a str>,
 ) -> Result<(), FlagError> {
@@ -271,12 +278,12 @@ impl CompiledFlag {
         if name.is_empty() {
             return Err(FlagError::invalid(name, "name", "must not be empty"));
         }
-        let counters = counters.of(name);
+        let slot = counters.flag_slot(name);
         let rules = definition
             .rules
             .iter()
             .enumerate()
-            .map(|(index, rule)| compile_rule(rule, index, &definition, segments, &counters))
+            .map(|(index, rule)| compile_rule(rule, index, &definition, segments, counters))
             .collect::<Result<Box<[_]>, _>>()?;
         let default_stickiness = definition.variants.first().and_then(|variant| variant.stickiness.clone());
         let variants = compile_split(
@@ -285,7 +292,7 @@ impl CompiledFlag {
             "variants",
             default_stickiness.as_ref(),
             name,
-            &counters,
+            counters,
         )?;
         let off_variant = match &definition.off_variant {
             None => None,
@@ -293,7 +300,7 @@ impl CompiledFlag {
                 let found = definition.variants.iter().find(|variant| variant.name == *off).ok_or_else(|| {
                     owner.error("offVariant", format!("`{off}` is not one of the flag's variants"))
                 })?;
-                Some(compile_variant(found, &definition, "offVariant", &counters)?)
+                Some(compile_variant(found, &definition, "offVariant", counters)?)
             }
         };
         let prerequisites = definition
@@ -311,7 +318,14 @@ impl CompiledFlag {
                 })
             })
             .collect::<Result<Box<[_]>, _>>()?;
-        Ok(Self { rules, variants, off_variant, prerequisites, counters, definition })
+        let constant = if !definition.enabled {
+            Some(false)
+        } else if rules.is_empty() && prerequisites.is_empty() {
+            Some(true)
+        } else {
+            None
+        };
+        Ok(Self { rules, variants, off_variant, prerequisites, slot, constant, definition })
     }
 }
 
@@ -320,7 +334,7 @@ fn compile_rule(
     index: usize,
     flag: &FlagDefinition,
     segments: &BTreeMap<String, Segment>,
-    counters: &Arc<FlagCounters>,
+    counters: &CounterRegistry,
 ) -> Result<CompiledRule, FlagError> {
     let owner = Owner::Flag(&flag.name);
     let at = format!("rules[{index}]");
@@ -373,7 +387,7 @@ fn compile_split(
     at: &str,
     stickiness: Option<&Stickiness>,
     group: &str,
-    counters: &Arc<FlagCounters>,
+    counters: &CounterRegistry,
 ) -> Result<Option<VariantSplit>, FlagError> {
     if variants.is_empty() {
         return Ok(None);
@@ -414,7 +428,7 @@ fn compile_variant(
     variant: &VariantDefinition,
     flag: &FlagDefinition,
     at: &str,
-    counters: &Arc<FlagCounters>,
+    counters: &CounterRegistry,
 ) -> Result<CompiledVariant, FlagError> {
     let owner = Owner::Flag(&flag.name);
     if variant.name.is_empty() {
@@ -460,7 +474,7 @@ fn compile_variant(
         })
         .collect();
     Ok(CompiledVariant {
-        counter: counters.variant(&name),
+        slot: counters.variant_slot(&flag.name, &name),
         variant: Variant { name, payload },
         weight: variant.weight,
         overrides,

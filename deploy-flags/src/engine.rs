@@ -1,6 +1,8 @@
 //! The flag engine: one atomically swapped snapshot, lock-free reads, validated updates.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
@@ -10,15 +12,18 @@ use crate::compile::{Snapshot, Variant};
 use crate::context::Context;
 use crate::error::FlagError;
 use crate::eval::Reason;
-use crate::metrics::{CounterRegistry, FlagMetrics};
+use crate::eval::Evaluation;
+use crate::metrics::{CountBlock, CounterRegistry, FlagMetrics, Tally};
 use crate::model::{FlagDefinition, FlagKind, FlagSet, Segment};
 
 /// Evaluates flags against the current snapshot and swaps in new ones.
 ///
-/// Reads load the snapshot through [`ArcSwap`] (no lock, no allocation) and evaluate it;
-/// writers compile a complete new snapshot first and swap it in only when it is valid, so
-/// a rejected update leaves the previous flags serving. Writers are serialized among
-/// themselves; readers never wait for them.
+/// Writers compile a complete new snapshot and swap it in (through [`ArcSwap`]) only when
+/// it is valid, so a rejected update leaves the previous flags serving; writers are
+/// serialized among themselves and readers never wait for them. Each reading thread keeps
+/// the snapshot it last used and checks a generation counter (one atomic load) to see
+/// whether it is still current, so a read takes no lock, no read-modify-write and no
+/// allocation; the thread's cached snapshot is released at its first read after an update.
 ///
 /// ```
 /// use deploy_flags::{Constraint, Context, FlagDefinition, FlagEngine, FlagSet, Operator, Rule};
@@ -35,10 +40,30 @@ use crate::model::{FlagDefinition, FlagKind, FlagSet, Segment};
 /// ```
 #[derive(Debug)]
 pub struct FlagEngine {
+    id: u64,
+    /// Bumped after each swap; readers compare it with the generation they cached.
+    generation: AtomicU64,
     current: ArcSwap<Snapshot>,
     writer: Mutex<()>,
     counters: CounterRegistry,
     changes: broadcast::Sender<FlagsChanged>,
+    /// Readers' caches hold a weak reference, to drop entries of dropped engines.
+    alive: Arc<()>,
+}
+
+static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// One thread's view of one engine.
+struct Reader {
+    engine: u64,
+    alive: Weak<()>,
+    generation: u64,
+    snapshot: Arc<Snapshot>,
+    counts: Arc<CountBlock>,
+}
+
+thread_local! {
+    static READERS: RefCell<Vec<Reader>> = const { RefCell::new(Vec::new()) };
 }
 
 /// One change of a delta update.
@@ -88,10 +113,13 @@ impl FlagEngine {
     /// An engine with no flags.
     pub fn new() -> Self {
         Self {
+            id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
             current: ArcSwap::from_pointee(Snapshot::empty()),
             writer: Mutex::new(()),
             counters: CounterRegistry::default(),
             changes: broadcast::channel(256).0,
+            alive: Arc::new(()),
         }
     }
 
@@ -110,29 +138,86 @@ impl FlagEngine {
         self.current.load_full()
     }
 
+    /// Runs `read` on this thread's cached snapshot (refreshed when an update happened) with
+    /// this thread's counters.
+    #[inline(always)]
+    fn with_reader<R>(&self, read: impl FnOnce(&Snapshot, Tally<'_>) -> R) -> R {
+        READERS.with(|readers| {
+            let Ok(mut readers) = readers.try_borrow_mut() else {
+                // Only reachable from a thread-local destructor; count atomically instead.
+                let snapshot = self.current.load();
+                return read(&snapshot, Tally::Shared(&snapshot.shared_counts));
+            };
+            let generation = self.generation.load(Ordering::Acquire);
+            // Most threads read one engine: check the first entry before searching.
+            let index = if readers.first().is_some_and(|reader| reader.engine == self.id) {
+                0
+            } else {
+                match readers.iter().position(|reader| reader.engine == self.id) {
+                    Some(index) => index,
+                    None => self.add_reader(&mut readers, generation),
+                }
+            };
+            let reader = &mut readers[index];
+            if reader.generation != generation {
+                self.refresh(reader, generation);
+            }
+            let tally = Tally::Owned { block: &reader.counts, fallback: &reader.snapshot.shared_counts };
+            read(&reader.snapshot, tally)
+        })
+    }
+
+    #[inline]
+    fn read<R>(&self, flag: &str, context: &Context, outcome: impl FnOnce(Evaluation<'_>) -> R) -> R {
+        self.with_reader(|snapshot, tally| outcome(snapshot.evaluate_counted(flag, context, tally)))
+    }
+
+    #[cold]
+    fn add_reader(&self, readers: &mut Vec<Reader>, generation: u64) -> usize {
+        readers.retain(|reader| reader.alive.strong_count() > 0);
+        readers.push(Reader {
+            engine: self.id,
+            alive: Arc::downgrade(&self.alive),
+            generation,
+            snapshot: self.current.load_full(),
+            counts: self.counters.new_block(self.counters.capacity()),
+        });
+        readers.len() - 1
+    }
+
+    #[cold]
+    fn refresh(&self, reader: &mut Reader, generation: u64) {
+        // Loaded after the generation, so at least as new as it (a newer one is re-checked
+        // at the next read).
+        reader.snapshot = self.current.load_full();
+        reader.generation = generation;
+        if reader.counts.len() < self.counters.capacity() {
+            // New flags were added: a bigger block; the old one's counts stay registered.
+            reader.counts = self.counters.new_block(self.counters.capacity());
+        }
+    }
+
     /// Whether `flag` is on for the caller; unknown flags are off.
     #[inline]
     pub fn is_enabled(&self, flag: &str, context: &Context) -> bool {
-        self.current.load().evaluate(flag, context).enabled()
+        self.with_reader(|snapshot, tally| snapshot.is_enabled_counted(flag, context, tally))
     }
 
     /// The variant served to the caller, if any (cloning it does not allocate).
     #[inline]
     pub fn variant(&self, flag: &str, context: &Context) -> Option<Variant> {
-        self.current.load().evaluate(flag, context).variant().cloned()
+        self.read(flag, context, |evaluation| evaluation.variant().cloned())
     }
 
     /// The full outcome: value, variant and reason.
     pub fn evaluate(&self, flag: &str, context: &Context) -> Details {
-        let snapshot = self.current.load();
-        let evaluation = snapshot.evaluate(flag, context);
-        Details {
+        self.read(flag, context, |evaluation| Details {
             flag: flag.to_owned(),
             enabled: evaluation.enabled(),
             variant: evaluation.variant().cloned(),
             reason: evaluation.reason(),
             kind: evaluation.kind(),
-        }
+        })
     }
 
     /// Replaces every flag and segment. On error nothing changes.
@@ -191,6 +276,7 @@ impl FlagEngine {
         let version = snapshot.version;
         let changed = changed_flags(&current, &snapshot);
         self.current.store(Arc::new(snapshot));
+        self.generation.fetch_add(1, Ordering::Release);
         // Nobody listening is fine.
         let _ = self.changes.send(FlagsChanged { version, flags: changed });
         Ok(version)
@@ -216,9 +302,9 @@ fn changed_flags(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     let mut changed: Vec<String> = after
         .flags
         .iter()
-        .filter(|(name, flag)| before.flags.get(*name).is_none_or(|old| !Arc::ptr_eq(old, flag)))
+        .filter(|(name, flag)| before.flags.get(name).is_none_or(|old| !Arc::ptr_eq(old, flag)))
         .map(|(name, _)| name.to_string())
-        .chain(before.flags.keys().filter(|name| !after.flags.contains_key(*name)).map(|name| name.to_string()))
+        .chain(before.flags.iter().filter(|(name, _)| !after.flags.contains_key(name)).map(|(name, _)| name.to_string()))
         .collect();
     changed.sort();
     changed

@@ -1,12 +1,11 @@
 //! Evaluating compiled flags: the hot path. Nothing here allocates, locks or reads a clock
 //! (date constraints without a `currentTime` read it, as they must).
 
-use std::sync::atomic::Ordering;
-
 use rand::Rng;
 
 use crate::compile::{CompiledFlag, CompiledRule, CompiledVariant, Snapshot, StickyKey, Variant, VariantSplit};
 use crate::context::Context;
+use crate::metrics::Tally;
 use crate::model::FlagKind;
 
 /// Why an evaluation came out as it did. Maps onto OpenFeature's reasons with
@@ -120,13 +119,35 @@ impl Snapshot {
     /// ```
     #[inline]
     pub fn evaluate(&self, name: &str, context: &Context) -> Evaluation<'_> {
+        self.evaluate_counted(name, context, Tally::Shared(&self.shared_counts))
+    }
+
+    /// Whether a flag is on for a caller (unknown flags are off), counting the evaluation.
+    /// Cheaper than [`Snapshot::evaluate`]: no variant is chosen.
+    #[inline]
+    pub fn is_enabled(&self, name: &str, context: &Context) -> bool {
+        self.is_enabled_counted(name, context, Tally::Shared(&self.shared_counts))
+    }
+
+    #[inline(always)]
+    pub(crate) fn is_enabled_counted(&self, name: &str, context: &Context, tally: Tally<'_>) -> bool {
+        let Some(flag) = self.flags.get(name) else {
+            return false;
+        };
+        let enabled = flag.is_on(self, context);
+        tally.add(flag.slot + usize::from(!enabled));
+        enabled
+    }
+
+    #[inline]
+    pub(crate) fn evaluate_counted(&self, name: &str, context: &Context, tally: Tally<'_>) -> Evaluation<'_> {
         let Some(flag) = self.flags.get(name) else {
             return Evaluation::NOT_FOUND;
         };
         let evaluation = flag.decide(self, context);
-        flag.counters.count(evaluation.enabled);
+        tally.add(flag.slot + usize::from(!evaluation.enabled));
         if let Some(variant) = evaluation.variant {
-            variant.counter.fetch_add(1, Ordering::Relaxed);
+            tally.add(variant.slot);
         }
         evaluation
     }
@@ -140,18 +161,8 @@ impl CompiledFlag {
         if !self.definition.enabled {
             return off(Reason::Disabled);
         }
-        for (index, prerequisite) in self.prerequisites.iter().enumerate() {
-            let satisfied = snapshot.flags.get(&prerequisite.flag).is_some_and(|parent| {
-                let outcome = parent.decide(snapshot, context);
-                let variant_ok = prerequisite.variants.is_empty()
-                    || outcome.variant.is_none_or(|variant| {
-                        prerequisite.variants.iter().any(|name| **name == *variant.variant.name)
-                    });
-                outcome.enabled == prerequisite.enabled && variant_ok
-            });
-            if !satisfied {
-                return off(Reason::PrerequisiteFailed { prerequisite: index });
-            }
+        if let Some(prerequisite) = self.failed_prerequisite(snapshot, context) {
+            return off(Reason::PrerequisiteFailed { prerequisite });
         }
         if self.rules.is_empty() {
             return self.serve(None, None, Reason::Static, context);
@@ -163,6 +174,34 @@ impl CompiledFlag {
             }
         }
         off(Reason::Default)
+    }
+
+    /// Whether the flag is on, without choosing a variant: all `is_enabled` needs.
+    #[inline]
+    fn is_on(&self, snapshot: &Snapshot, context: &Context) -> bool {
+        if let Some(constant) = self.constant {
+            return constant;
+        }
+        self.definition.enabled
+            && (self.prerequisites.is_empty() || self.failed_prerequisite(snapshot, context).is_none())
+            && (self.rules.is_empty() || self.rules.iter().any(|rule| rule.matches(context).is_some()))
+    }
+
+    /// The index of the first prerequisite not in its required state.
+    fn failed_prerequisite(&self, snapshot: &Snapshot, context: &Context) -> Option<usize> {
+        self.prerequisites.iter().position(|prerequisite| {
+            let satisfied = snapshot.flags.get(&prerequisite.flag).is_some_and(|parent| {
+                if prerequisite.variants.is_empty() {
+                    return parent.is_on(snapshot, context) == prerequisite.enabled;
+                }
+                let outcome = parent.decide(snapshot, context);
+                let variant_ok = outcome.variant.is_none_or(|variant| {
+                    prerequisite.variants.iter().any(|name| **name == *variant.variant.name)
+                });
+                outcome.enabled == prerequisite.enabled && variant_ok
+            });
+            !satisfied
+        })
     }
 
     fn serve<'s>(

@@ -62,9 +62,11 @@ mod error;
 mod eval;
 mod file_source;
 mod hash;
+mod index;
 mod manager;
 mod matchers;
 mod metrics;
+mod pattern;
 mod semver;
 
 pub use compile::{Snapshot, Variant, VariantPayload};

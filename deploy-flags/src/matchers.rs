@@ -9,11 +9,11 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
-use regex::Regex;
 
 use crate::context::{Context, Field};
 use crate::error::FlagError;
 use crate::model::{Constraint, Operator};
+use crate::pattern::Pattern;
 use crate::semver::{Semver, SemverRef};
 
 /// A constraint ready to test.
@@ -57,7 +57,7 @@ enum Test {
     In(ValueSet),
     NotIn(ValueSet),
     Text { how: TextMatch, needles: Box<[Box<str>]>, ignore_case: bool },
-    Regex(Regex),
+    Regex(Pattern),
     Number(Comparison, f64),
     Semver(Comparison, Semver),
     Date(Comparison, DateTime<Utc>),
@@ -68,7 +68,7 @@ enum Test {
 #[derive(Debug, Clone)]
 enum ValueSet {
     Few(Box<[Box<str>]>),
-    Many(HashSet<Box<str>, foldhash::fast::RandomState>),
+    Many(HashSet<Box<str>, rustc_hash::FxBuildHasher>),
 }
 
 const SCAN_LIMIT: usize = 8;
@@ -125,9 +125,7 @@ impl CompiledConstraint {
             Operator::StrEndsWith => text(TextMatch::EndsWith),
             Operator::Regex => {
                 let pattern = single()?;
-                let regex = regex::RegexBuilder::new(pattern)
-                    .case_insensitive(constraint.case_insensitive)
-                    .build()
+                let regex = Pattern::new(pattern, constraint.case_insensitive)
                     .map_err(|error| owner.error(format!("{field}.value"), format!("invalid regex: {error}")))?;
                 Test::Regex(regex)
             }

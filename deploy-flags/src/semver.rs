@@ -40,47 +40,60 @@ impl Semver {
     }
 }
 
-fn number(text: &str) -> Option<u64> {
-    let leading_zero = text.len() > 1 && text.starts_with('0');
-    if text.is_empty() || leading_zero || !text.bytes().all(|byte| byte.is_ascii_digit()) {
-        return None;
+/// A numeric part at `*position`: digits, no leading zero, fits in u64.
+fn number(bytes: &[u8], position: &mut usize) -> Option<u64> {
+    let start = *position;
+    let mut value: u64 = 0;
+    while let Some(&byte) = bytes.get(*position) {
+        if !byte.is_ascii_digit() {
+            break;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?;
+        *position += 1;
     }
-    text.parse().ok()
+    let len = *position - start;
+    (len == 1 || (len > 1 && bytes[start] != b'0')).then_some(value)
 }
 
-fn identifiers_valid(text: &str, numeric_leading_zero_allowed: bool) -> bool {
-    text.split('.').all(|identifier| {
-        let charset = identifier.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-');
-        let numeric = identifier.bytes().all(|byte| byte.is_ascii_digit());
-        let leading_zero = numeric && identifier.len() > 1 && identifier.starts_with('0');
+/// Dot-separated identifiers of `[0-9A-Za-z-]`, none empty; pre-release numeric ones
+/// without leading zeros.
+fn identifiers_valid(text: &[u8], numeric_leading_zero_allowed: bool) -> bool {
+    text.split(|byte| *byte == b'.').all(|identifier| {
+        let charset = identifier.iter().all(|byte| byte.is_ascii_alphanumeric() || *byte == b'-');
+        let numeric = identifier.iter().all(u8::is_ascii_digit);
+        let leading_zero = numeric && identifier.len() > 1 && identifier[0] == b'0';
         !identifier.is_empty() && charset && (numeric_leading_zero_allowed || !leading_zero)
     })
 }
 
 impl<'a> SemverRef<'a> {
+    /// Parses `MAJOR.MINOR.PATCH[-PRE][+BUILD]` in one pass over the bytes.
     pub(crate) fn parse(text: &'a str) -> Option<Self> {
-        let (rest, build) = match text.split_once('+') {
-            Some((rest, build)) => (rest, Some(build)),
-            None => (text, None),
+        let bytes = text.as_bytes();
+        let mut position = 0;
+        let major = number(bytes, &mut position)?;
+        let dot = |position: &mut usize| {
+            (bytes.get(*position) == Some(&b'.')).then(|| *position += 1)
         };
-        if build.is_some_and(|build| !identifiers_valid(build, true)) {
-            return None;
-        }
-        let (core, pre) = match rest.split_once('-') {
-            Some((core, pre)) => {
-                if !identifiers_valid(pre, false) {
-                    return None;
-                }
-                (core, pre)
+        dot(&mut position)?;
+        let minor = number(bytes, &mut position)?;
+        dot(&mut position)?;
+        let patch = number(bytes, &mut position)?;
+        let mut pre = "";
+        if bytes.get(position) == Some(&b'-') {
+            let start = position + 1;
+            let end = bytes[start..].iter().position(|byte| *byte == b'+').map_or(bytes.len(), |at| start + at);
+            if !identifiers_valid(&bytes[start..end], false) {
+                return None;
             }
-            None => (rest, ""),
-        };
-        let mut parts = core.split('.');
-        let major = number(parts.next()?)?;
-        let minor = number(parts.next()?)?;
-        let patch = number(parts.next()?)?;
-        if parts.next().is_some() {
-            return None;
+            // ASCII up to `end`, so these are character boundaries.
+            pre = &text[start..end];
+            position = end;
+        }
+        match bytes.get(position) {
+            None => {}
+            Some(b'+') if identifiers_valid(&bytes[position + 1..], true) => {}
+            Some(_) => return None,
         }
         Some(Self { major, minor, patch, pre })
     }
