@@ -4,6 +4,9 @@
 //! (a) on, no rules; (b) user id in a list of 3; (c) 50% rollout by user id;
 //! (d) regex on an email attribute; (e) semver greater-than on an app-version attribute.
 //!
+//! deploykit is measured twice: through `FlagEngine::is_enabled` (a thread-local finds the
+//! thread's cached snapshot) and through a `FlagReader` (the handle a worker keeps).
+//!
 //! A second group reads while a writer thread replaces the snapshot 1,000 times a second.
 #![allow(missing_docs)]
 
@@ -113,6 +116,10 @@ fn side_by_side(c: &mut Criterion) {
         group.bench_function(format!("{case}/deploykit"), |b| {
             b.iter(|| deploykit.is_enabled(black_box(flag), black_box(&deploykit_ctx)))
         });
+        let mut reader = deploykit.reader();
+        group.bench_function(format!("{case}/deploykit_reader"), |b| {
+            b.iter(|| reader.is_enabled(black_box(flag), black_box(&deploykit_ctx)))
+        });
         group.bench_function(format!("{case}/yggdrasil"), |b| {
             b.iter(|| yggdrasil.is_enabled(black_box(flag), black_box(&yggdrasil_ctx), &None))
         });
@@ -150,6 +157,10 @@ fn reads_during_updates(c: &mut Criterion) {
     let mut group = c.benchmark_group("flags_during_updates");
     for (case, flag) in CASES {
         group.bench_function(format!("{case}/deploykit"), |b| b.iter(|| engine.is_enabled(black_box(flag), black_box(&context))));
+        let mut reader = engine.reader();
+        group.bench_function(format!("{case}/deploykit_reader"), |b| {
+            b.iter(|| reader.is_enabled(black_box(flag), black_box(&context)))
+        });
     }
     group.finish();
     stop.store(true, Ordering::Relaxed);

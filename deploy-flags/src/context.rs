@@ -143,7 +143,7 @@ impl Context {
             Field::AppName => self.app_name.as_deref(),
             Field::CurrentTime => self.current_time.as_ref().map(|time| &*time.text),
             Field::Property(name) => {
-                self.properties.iter().find(|(key, _)| key == name).map(|(_, value)| &**value)
+                self.properties.iter().find(|(key, _)| crate::index::same(key, name)).map(|(_, value)| &**value)
             }
         }
     }

@@ -53,13 +53,107 @@ pub struct FlagEngine {
 
 static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(0);
 
+/// A reader's cached snapshot and its own counters.
+#[derive(Debug)]
+struct View {
+    generation: u64,
+    snapshot: Arc<Snapshot>,
+    counts: Arc<CountBlock>,
+}
+
+impl View {
+    fn new(engine: &FlagEngine) -> Self {
+        let generation = engine.generation.load(Ordering::Acquire);
+        Self {
+            generation,
+            snapshot: engine.current.load_full(),
+            counts: engine.counters.new_block(engine.counters.capacity()),
+        }
+    }
+
+    /// The current snapshot and where to count: one atomic load when nothing changed.
+    #[inline(always)]
+    fn current(&mut self, engine: &FlagEngine) -> (&Snapshot, Tally<'_>) {
+        let generation = engine.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.refresh(engine, generation);
+        }
+        (&self.snapshot, Tally::Owned { block: &self.counts, fallback: &self.snapshot.shared_counts })
+    }
+
+    #[cold]
+    fn refresh(&mut self, engine: &FlagEngine, generation: u64) {
+        // Loaded after the generation, so at least as new as it (a newer one is re-checked
+        // at the next read).
+        self.snapshot = engine.current.load_full();
+        self.generation = generation;
+        if self.counts.len() < engine.counters.capacity() {
+            // New flags were added: a bigger block; the old one's counts stay registered.
+            self.counts = engine.counters.new_block(engine.counters.capacity());
+        }
+    }
+}
+
 /// One thread's view of one engine.
 struct Reader {
     engine: u64,
     alive: Weak<()>,
-    generation: u64,
-    snapshot: Arc<Snapshot>,
-    counts: Arc<CountBlock>,
+    view: View,
+}
+
+/// A handle for a thread or task that evaluates many flags: it keeps the snapshot and the
+/// counters itself, so a read is one atomic load (is the snapshot still current?) plus the
+/// evaluation, without the thread-local lookup of [`FlagEngine::is_enabled`]. Create one per
+/// worker; it is `Send` but not `Sync`.
+///
+/// ```
+/// use deploy_flags::{Context, FlagDefinition, FlagEngine, FlagSet};
+///
+/// let engine = FlagEngine::with_flags(FlagSet { flags: vec![FlagDefinition::new("fast-path", true)], ..Default::default() })?;
+/// let mut reader = engine.reader();
+/// assert!(reader.is_enabled("fast-path", &Context::new()));
+/// engine.replace(FlagSet { flags: vec![FlagDefinition::new("fast-path", false)], ..Default::default() })?;
+/// assert!(!reader.is_enabled("fast-path", &Context::new()), "readers see updates at their next read");
+/// # Ok::<(), deploy_flags::FlagError>(())
+/// ```
+#[derive(Debug)]
+pub struct FlagReader<'e> {
+    engine: &'e FlagEngine,
+    view: View,
+}
+
+impl FlagReader<'_> {
+    /// Whether `flag` is on for the caller; unknown flags are off.
+    #[inline]
+    pub fn is_enabled(&mut self, flag: &str, context: &Context) -> bool {
+        let (snapshot, tally) = self.view.current(self.engine);
+        snapshot.is_enabled_counted(flag, context, tally)
+    }
+
+    /// The variant served to the caller, if any.
+    #[inline]
+    pub fn variant(&mut self, flag: &str, context: &Context) -> Option<Variant> {
+        let (snapshot, tally) = self.view.current(self.engine);
+        snapshot.evaluate_counted(flag, context, tally).variant().cloned()
+    }
+
+    /// The full outcome: value, variant and reason.
+    pub fn evaluate(&mut self, flag: &str, context: &Context) -> Details {
+        let (snapshot, tally) = self.view.current(self.engine);
+        Details::of(flag, snapshot.evaluate_counted(flag, context, tally))
+    }
+}
+
+impl Details {
+    fn of(flag: &str, evaluation: Evaluation<'_>) -> Self {
+        Self {
+            flag: flag.to_owned(),
+            enabled: evaluation.enabled(),
+            variant: evaluation.variant().cloned(),
+            reason: evaluation.reason(),
+            kind: evaluation.kind(),
+        }
+    }
 }
 
 thread_local! {
@@ -148,22 +242,17 @@ impl FlagEngine {
                 let snapshot = self.current.load();
                 return read(&snapshot, Tally::Shared(&snapshot.shared_counts));
             };
-            let generation = self.generation.load(Ordering::Acquire);
             // Most threads read one engine: check the first entry before searching.
             let index = if readers.first().is_some_and(|reader| reader.engine == self.id) {
                 0
             } else {
                 match readers.iter().position(|reader| reader.engine == self.id) {
                     Some(index) => index,
-                    None => self.add_reader(&mut readers, generation),
+                    None => self.add_reader(&mut readers),
                 }
             };
-            let reader = &mut readers[index];
-            if reader.generation != generation {
-                self.refresh(reader, generation);
-            }
-            let tally = Tally::Owned { block: &reader.counts, fallback: &reader.snapshot.shared_counts };
-            read(&reader.snapshot, tally)
+            let (snapshot, tally) = readers[index].view.current(self);
+            read(snapshot, tally)
         })
     }
 
@@ -173,28 +262,15 @@ impl FlagEngine {
     }
 
     #[cold]
-    fn add_reader(&self, readers: &mut Vec<Reader>, generation: u64) -> usize {
+    fn add_reader(&self, readers: &mut Vec<Reader>) -> usize {
         readers.retain(|reader| reader.alive.strong_count() > 0);
-        readers.push(Reader {
-            engine: self.id,
-            alive: Arc::downgrade(&self.alive),
-            generation,
-            snapshot: self.current.load_full(),
-            counts: self.counters.new_block(self.counters.capacity()),
-        });
+        readers.push(Reader { engine: self.id, alive: Arc::downgrade(&self.alive), view: View::new(self) });
         readers.len() - 1
     }
 
-    #[cold]
-    fn refresh(&self, reader: &mut Reader, generation: u64) {
-        // Loaded after the generation, so at least as new as it (a newer one is re-checked
-        // at the next read).
-        reader.snapshot = self.current.load_full();
-        reader.generation = generation;
-        if reader.counts.len() < self.counters.capacity() {
-            // New flags were added: a bigger block; the old one's counts stay registered.
-            reader.counts = self.counters.new_block(self.counters.capacity());
-        }
+    /// A reading handle with its own cached snapshot and counters (see [`FlagReader`]).
+    pub fn reader(&self) -> FlagReader<'_> {
+        FlagReader { engine: self, view: View::new(self) }
     }
 
     /// Whether `flag` is on for the caller; unknown flags are off.
@@ -211,13 +287,7 @@ impl FlagEngine {
 
     /// The full outcome: value, variant and reason.
     pub fn evaluate(&self, flag: &str, context: &Context) -> Details {
-        self.read(flag, context, |evaluation| Details {
-            flag: flag.to_owned(),
-            enabled: evaluation.enabled(),
-            variant: evaluation.variant().cloned(),
-            reason: evaluation.reason(),
-            kind: evaluation.kind(),
-        })
+        self.read(flag, context, |evaluation| Details::of(flag, evaluation))
     }
 
     /// Replaces every flag and segment. On error nothing changes.

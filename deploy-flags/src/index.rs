@@ -29,11 +29,31 @@ fn hash(name: &str) -> u64 {
     FxBuildHasher.hash_one(name)
 }
 
-/// Byte-wise for short names (no call), `memcmp` for long ones.
+/// String equality with fixed-size word compares for short strings (no `memcmp` call):
+/// two overlapping loads cover any length from 4 to 16.
 #[inline(always)]
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && if a.len() <= 24 { a.iter().zip(b).all(|(x, y)| x == y) } else { a == b }
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    match len {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=8 => word4(a, 0) == word4(b, 0) && word4(a, len - 4) == word4(b, len - 4),
+        9..=16 => word8(a, 0) == word8(b, 0) && word8(a, len - 8) == word8(b, len - 8),
+        _ => a == b,
+    }
+}
+
+#[inline(always)]
+fn word4(bytes: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap_or_default())
+}
+
+#[inline(always)]
+fn word8(bytes: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap_or_default())
 }
 
 impl FlagIndex {
@@ -61,5 +81,19 @@ impl FlagIndex {
 
     pub(crate) fn len(&self) -> usize {
         self.table.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn same_is_string_equality(a in "[ab]{0,20}", b in "[ab]{0,20}") {
+            prop_assert_eq!(same(&a, &b), a == b);
+            prop_assert!(same(&a, &a.clone()));
+        }
     }
 }

@@ -71,7 +71,7 @@ mod semver;
 
 pub use compile::{Snapshot, Variant, VariantPayload};
 pub use context::Context;
-pub use engine::{Details, FlagChange, FlagEngine, FlagsChanged};
+pub use engine::{Details, FlagChange, FlagEngine, FlagReader, FlagsChanged};
 pub use error::FlagError;
 pub use file_source::{FileFormat, FileSource, ReloadStatus};
 pub use manager::{AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, StaleFlag, StaleReason, WallClock};

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 
 use crate::context::{Context, Field};
 use crate::error::FlagError;
+use crate::index::same;
 use crate::model::{Constraint, Operator};
 use crate::pattern::Pattern;
 use crate::semver::{Semver, SemverRef};
@@ -84,7 +85,7 @@ impl ValueSet {
 
     fn contains(&self, value: &str) -> bool {
         match self {
-            Self::Few(values) => values.iter().any(|candidate| **candidate == *value),
+            Self::Few(values) => values.iter().any(|candidate| same(candidate, value)),
             Self::Many(values) => values.contains(value),
         }
     }

@@ -41,18 +41,26 @@ impl Semver {
 }
 
 /// A numeric part at `*position`: digits, no leading zero, fits in u64.
+#[inline(always)]
 fn number(bytes: &[u8], position: &mut usize) -> Option<u64> {
     let start = *position;
     let mut value: u64 = 0;
     while let Some(&byte) = bytes.get(*position) {
-        if !byte.is_ascii_digit() {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
             break;
         }
-        value = value.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?;
+        value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
         *position += 1;
     }
-    let len = *position - start;
-    (len == 1 || (len > 1 && bytes[start] != b'0')).then_some(value)
+    let digits = &bytes[start..*position];
+    match digits.len() {
+        0 => None,
+        _ if digits.len() > 1 && digits[0] == b'0' => None,
+        // Up to 19 digits always fit; longer ones are checked for overflow.
+        1..=19 => Some(value),
+        _ => std::str::from_utf8(digits).ok()?.parse().ok(),
+    }
 }
 
 /// Dot-separated identifiers of `[0-9A-Za-z-]`, none empty; pre-release numeric ones
@@ -72,13 +80,25 @@ impl<'a> SemverRef<'a> {
         let bytes = text.as_bytes();
         let mut position = 0;
         let major = number(bytes, &mut position)?;
-        let dot = |position: &mut usize| {
-            (bytes.get(*position) == Some(&b'.')).then(|| *position += 1)
-        };
-        dot(&mut position)?;
+        if bytes.get(position) != Some(&b'.') {
+            return None;
+        }
+        position += 1;
         let minor = number(bytes, &mut position)?;
-        dot(&mut position)?;
+        if bytes.get(position) != Some(&b'.') {
+            return None;
+        }
+        position += 1;
         let patch = number(bytes, &mut position)?;
+        if position == bytes.len() {
+            return Some(Self { major, minor, patch, pre: "" });
+        }
+        Self::parse_tail(text, position, major, minor, patch)
+    }
+
+    #[cold]
+    fn parse_tail(text: &'a str, mut position: usize, major: u64, minor: u64, patch: u64) -> Option<Self> {
+        let bytes = text.as_bytes();
         let mut pre = "";
         if bytes.get(position) == Some(&b'-') {
             let start = position + 1;
