@@ -290,7 +290,8 @@ impl FlagEngine {
         self.read(flag, context, |evaluation| Details::of(flag, evaluation))
     }
 
-    /// Replaces every flag and segment. On error nothing changes.
+    /// Replaces every flag and segment. On error nothing changes; when the flags are the
+    /// ones already served, nothing happens either (same version, no event).
     ///
     /// # Errors
     /// The first invalid definition, naming the flag and the field; a prerequisite cycle.
@@ -343,8 +344,12 @@ impl FlagEngine {
         let current = self.current.load_full();
         let set = next(&current)?;
         let snapshot = Snapshot::compile(set, &current, &self.counters)?;
-        let version = snapshot.version;
         let changed = changed_flags(&current, &snapshot);
+        if changed.is_empty() && snapshot.segments == current.segments {
+            // Nothing to tell readers or subscribers (a reload of unchanged flags).
+            return Ok(current.version);
+        }
+        let version = snapshot.version;
         self.current.store(Arc::new(snapshot));
         self.generation.fetch_add(1, Ordering::Release);
         // Nobody listening is fine.

@@ -1,0 +1,73 @@
+//! Evaluating a flag allocates nothing: checked with a counting global allocator over the
+//! five flag shapes of the `flags` benchmark (and a variant flag), through every read path.
+//! One test per binary, so no other test allocates while it counts.
+
+use std::alloc::System;
+
+use deploy_flags::{Context, FileFormat, FlagEngine};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const FLAGS: &str = r##"{
+  "flags": [
+    { "name": "a-on", "enabled": true },
+    { "name": "b-list", "enabled": true,
+      "rules": [{ "constraints": [{ "contextName": "userId", "operator": "IN", "values": ["u1", "u2", "u3"] }] }] },
+    { "name": "c-rollout", "enabled": true,
+      "rules": [{ "rollout": { "percentage": 50, "stickiness": "userId", "groupId": "c-rollout" } }] },
+    { "name": "d-regex", "enabled": true,
+      "rules": [{ "constraints": [{ "contextName": "email", "operator": "REGEX", "value": "^[a-z]+@example\\.(com|org)$" }] }] },
+    { "name": "e-semver", "enabled": true,
+      "rules": [{ "constraints": [{ "contextName": "appVersion", "operator": "SEMVER_GT", "value": "2.0.0" }] }] },
+    { "name": "f-variants", "enabled": true, "kind": "string",
+      "variants": [{ "name": "red", "weight": 1, "payload": { "type": "string", "value": "#f00" } },
+                   { "name": "blue", "weight": 1, "payload": { "type": "string", "value": "#00f" } }] }
+  ]
+}"##;
+
+#[test]
+fn evaluation_allocates_nothing() {
+    let engine = FlagEngine::with_flags(FileFormat::Json.parse(FLAGS, "inline").unwrap()).unwrap();
+    let contexts = [
+        Context::new().user_id("u2").property("email", "ann@example.com").property("appVersion", "2.5.1"),
+        Context::new().user_id("zed").property("email", "ZED@elsewhere").property("appVersion", "1.0.0-rc.1+build.7"),
+    ];
+    let names = ["a-on", "b-list", "c-rollout", "d-regex", "e-semver", "f-variants", "missing"];
+    let mut reader = engine.reader();
+    let snapshot = engine.snapshot();
+    let run = |reader: &mut deploy_flags::FlagReader<'_>| {
+        let mut on = 0;
+        for context in &contexts {
+            for name in names {
+                on += usize::from(engine.is_enabled(name, context));
+                on += usize::from(reader.is_enabled(name, context));
+                on += usize::from(snapshot.evaluate(name, context).enabled());
+                on += usize::from(engine.variant(name, context).is_some());
+                on += usize::from(reader.variant(name, context).is_some());
+            }
+        }
+        on
+    };
+    // The counter sees allocations at all.
+    let probe = Region::new(GLOBAL);
+    drop(std::hint::black_box(vec![1u8; 16]));
+    assert_eq!(probe.change().allocations, 1);
+    // Warm up: the thread's reader cache and the regex engine's per-thread cache.
+    let expected = run(&mut reader);
+    let region = Region::new(GLOBAL);
+    let mut total = 0;
+    for _ in 0..1_000 {
+        total += run(&mut reader);
+    }
+    let change = region.change();
+    assert_eq!(total, expected * 1_000);
+    assert_eq!(
+        (change.allocations, change.reallocations),
+        (0, 0),
+        "{} allocations over {} evaluations",
+        change.allocations,
+        1_000 * contexts.len() * names.len() * 5
+    );
+}
