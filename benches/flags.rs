@@ -37,16 +37,22 @@ fn data(name: &str) -> String {
 }
 
 fn deploykit_engine() -> FlagEngine {
-    let set = FileFormat::Json.parse(&data("deploykit.json"), "deploykit.json").expect("deploykit flags");
+    let set = FileFormat::Json
+        .parse(&data("deploykit.json"), "deploykit.json")
+        .expect("deploykit flags");
     FlagEngine::with_flags(set).expect("deploykit flags compile")
 }
 
 fn deploykit_context() -> Context {
-    Context::new().user_id(USER).property("email", EMAIL).property("appVersion", APP_VERSION)
+    Context::new()
+        .user_id(USER)
+        .property("email", EMAIL)
+        .property("appVersion", APP_VERSION)
 }
 
 fn yggdrasil_engine() -> unleash_yggdrasil::EngineState {
-    let features: unleash_yggdrasil::ClientFeatures = serde_json::from_str(&data("unleash.json")).expect("unleash flags");
+    let features: unleash_yggdrasil::ClientFeatures =
+        serde_json::from_str(&data("unleash.json")).expect("unleash flags");
     let engine = unleash_yggdrasil::EngineState::default();
     engine.take_state(unleash_yggdrasil::UpdateMessage::FullResponse(features));
     engine
@@ -55,7 +61,10 @@ fn yggdrasil_engine() -> unleash_yggdrasil::EngineState {
 fn yggdrasil_context() -> unleash_yggdrasil::Context {
     unleash_yggdrasil::Context {
         user_id: Some(USER.into()),
-        properties: Some(HashMap::from([("email".into(), EMAIL.into()), ("appVersion".into(), APP_VERSION.into())])),
+        properties: Some(HashMap::from([
+            ("email".into(), EMAIL.into()),
+            ("appVersion".into(), APP_VERSION.into()),
+        ])),
         ..Default::default()
     }
 }
@@ -76,7 +85,9 @@ impl ld::Store for LdStore {
 
 fn launchdarkly_store() -> LdStore {
     let flags: Vec<ld::Flag> = serde_json::from_str(&data("launchdarkly.json")).expect("launchdarkly flags");
-    LdStore { flags: flags.into_iter().map(|flag| (flag.key.clone(), flag)).collect() }
+    LdStore {
+        flags: flags.into_iter().map(|flag| (flag.key.clone(), flag)).collect(),
+    }
 }
 
 fn launchdarkly_context() -> ld::Context {
@@ -89,7 +100,10 @@ fn launchdarkly_context() -> ld::Context {
 
 fn launchdarkly_eval(store: &LdStore, key: &str, context: &ld::Context) -> bool {
     let flag = store.flags.get(key).expect("flag");
-    ld::evaluate(store, flag, context, None).value.and_then(|value| value.as_bool()).unwrap_or(false)
+    ld::evaluate(store, flag, context, None)
+        .value
+        .and_then(|value| value.as_bool())
+        .unwrap_or(false)
 }
 
 fn side_by_side(c: &mut Criterion) {
@@ -103,10 +117,18 @@ fn side_by_side(c: &mut Criterion) {
     // Same answers, or the comparison means nothing.
     for (case, flag) in CASES {
         let ours = deploykit.is_enabled(flag, &deploykit_ctx);
-        assert_eq!(ours, yggdrasil.is_enabled(flag, &yggdrasil_ctx, &None), "{case}: deploykit vs yggdrasil");
+        assert_eq!(
+            ours,
+            yggdrasil.is_enabled(flag, &yggdrasil_ctx, &None),
+            "{case}: deploykit vs yggdrasil"
+        );
         if flag != "c-rollout" {
             // LaunchDarkly buckets differently; the rollout case only needs to evaluate.
-            assert_eq!(ours, launchdarkly_eval(&launchdarkly, flag, &launchdarkly_ctx), "{case}: deploykit vs launchdarkly");
+            assert_eq!(
+                ours,
+                launchdarkly_eval(&launchdarkly, flag, &launchdarkly_ctx),
+                "{case}: deploykit vs launchdarkly"
+            );
             assert!(ours, "{case} should be on for the benchmark user");
         }
     }
@@ -134,9 +156,13 @@ fn reads_during_updates(c: &mut Criterion) {
     let engine = Arc::new(deploykit_engine());
     let context = deploykit_context();
     let sets = [
-        FileFormat::Json.parse(&data("deploykit.json"), "deploykit.json").expect("flags"),
+        FileFormat::Json
+            .parse(&data("deploykit.json"), "deploykit.json")
+            .expect("flags"),
         {
-            let mut changed = FileFormat::Json.parse(&data("deploykit.json"), "deploykit.json").expect("flags");
+            let mut changed = FileFormat::Json
+                .parse(&data("deploykit.json"), "deploykit.json")
+                .expect("flags");
             changed.flags[0].description = "changed".into();
             changed
         },
@@ -147,7 +173,9 @@ fn reads_during_updates(c: &mut Criterion) {
         std::thread::spawn(move || {
             let mut replaced = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                engine.replace(sets[(replaced % 2) as usize].clone()).expect("valid flags");
+                engine
+                    .replace(sets[(replaced % 2) as usize].clone())
+                    .expect("valid flags");
                 replaced += 1;
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -156,7 +184,9 @@ fn reads_during_updates(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("flags_during_updates");
     for (case, flag) in CASES {
-        group.bench_function(format!("{case}/deploykit"), |b| b.iter(|| engine.is_enabled(black_box(flag), black_box(&context))));
+        group.bench_function(format!("{case}/deploykit"), |b| {
+            b.iter(|| engine.is_enabled(black_box(flag), black_box(&context)))
+        });
         let mut reader = engine.reader();
         group.bench_function(format!("{case}/deploykit_reader"), |b| {
             b.iter(|| reader.is_enabled(black_box(flag), black_box(&context)))

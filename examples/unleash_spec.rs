@@ -27,8 +27,15 @@ fn main() -> ExitCode {
     };
     println!("{}", report.name);
     for outcome in report.outcomes.iter().filter(|outcome| !outcome.passed) {
-        println!("FAILED {}: expected {}, got {}", outcome.description, outcome.expected, outcome.actual);
+        println!(
+            "FAILED {}: expected {}, got {}",
+            outcome.description, outcome.expected, outcome.actual
+        );
     }
     println!("{} passed, {} failed", report.passed(), report.failed());
-    if report.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

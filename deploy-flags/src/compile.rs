@@ -10,7 +10,9 @@ use crate::hash::{Murmur3, VARIANT_SEED};
 use crate::index::FlagIndex;
 use crate::matchers::{CompiledConstraint, Owner};
 use crate::metrics::{CountBlock, CounterRegistry};
-use crate::model::{FlagDefinition, FlagKind, FlagSet, PayloadKind, Rule, Segment, Stickiness, VariantDefinition};
+use crate::model::{
+    FlagDefinition, FlagKind, FlagSet, PayloadKind, Rule, Segment, Stickiness, VariantDefinition,
+};
 
 /// The compiled flags of one version of the definitions. Immutable; the engine swaps whole
 /// snapshots. Evaluate through [`Snapshot::evaluate`](crate::Snapshot::evaluate) or the
@@ -85,7 +87,10 @@ impl CompiledStickiness {
             }
             chain.push(Field::from_name(name));
         }
-        Self { chain: chain.into(), random_last }
+        Self {
+            chain: chain.into(),
+            random_last,
+        }
     }
 
     #[inline]
@@ -111,11 +116,14 @@ pub(crate) struct VariantSplit {
     pub(crate) is_split: bool,
 }
 
+/// Callers pinned to a variant: an attribute and the values that pin.
+pub(crate) type Pins = (Field, Box<[Box<str>]>);
+
 #[derive(Debug)]
 pub(crate) struct CompiledVariant {
     pub(crate) variant: Variant,
     pub(crate) weight: u32,
-    pub(crate) overrides: Box<[(Field, Box<[Box<str>]>)]>,
+    pub(crate) overrides: Box<[Pins]>,
     pub(crate) slot: usize,
 }
 
@@ -144,7 +152,12 @@ pub struct VariantPayload {
 impl Snapshot {
     /// An empty snapshot: every flag is unknown.
     pub fn empty() -> Self {
-        Self { flags: FlagIndex::default(), segments: BTreeMap::new(), version: 0, shared_counts: Arc::new(CountBlock::empty()) }
+        Self {
+            flags: FlagIndex::default(),
+            segments: BTreeMap::new(),
+            version: 0,
+            shared_counts: Arc::new(CountBlock::empty()),
+        }
     }
 
     /// The version: 0 for the empty snapshot, then one more for each accepted update.
@@ -169,9 +182,16 @@ impl Snapshot {
 
     /// Every definition and segment, sorted by name: what this snapshot was compiled from.
     pub fn to_flag_set(&self) -> FlagSet {
-        let mut flags: Vec<_> = self.flags.iter().map(|(_, flag)| flag.definition.clone()).collect();
+        let mut flags: Vec<_> = self
+            .flags
+            .iter()
+            .map(|(_, flag)| flag.definition.clone())
+            .collect();
         flags.sort_by(|a, b| a.name.cmp(&b.name));
-        FlagSet { flags, segments: self.segments.values().cloned().collect() }
+        FlagSet {
+            flags,
+            segments: self.segments.values().cloned().collect(),
+        }
     }
 
     /// Compiles `set`, reusing flags of `previous` whose definition and segments are unchanged.
@@ -198,7 +218,8 @@ impl Snapshot {
         for definition in set.flags {
             let reusable = previous.flags.get(definition.name.as_str()).filter(|old| {
                 old.definition == definition
-                    && referenced_segments(&definition).all(|id| previous.segments.get(id) == segments.get(id))
+                    && referenced_segments(&definition)
+                        .all(|id| previous.segments.get(id) == segments.get(id))
             });
             let compiled = match reusable {
                 Some(old) => old.clone(),
@@ -211,12 +232,20 @@ impl Snapshot {
         }
         check_prerequisites(&flags)?;
         let shared_counts = counters.shared_block();
-        Ok(Self { flags, segments, version: previous.version + 1, shared_counts })
+        Ok(Self {
+            flags,
+            segments,
+            version: previous.version + 1,
+            shared_counts,
+        })
     }
 }
 
 fn referenced_segments(definition: &FlagDefinition) -> impl Iterator<Item = &str> {
-    definition.rules.iter().flat_map(|rule| rule.segments.iter().map(String::as_str))
+    definition
+        .rules
+        .iter()
+        .flat_map(|rule| rule.segments.iter().map(String::as_str))
 }
 
 fn check_prerequisites(flags: &FlagIndex) -> Result<(), FlagError> {
@@ -254,7 +283,10 @@ fn visit<'a>(
     if let Some(position) = path.iter().position(|on_path| *on_path == name) {
         let mut cycle: Vec<String> = path[position..].iter().map(|name| name.to_string()).collect();
         cycle.push(name.to_owned());
-        return Err(FlagError::PrerequisiteCycle { flag: name.to_owned(), cycle });
+        return Err(FlagError::PrerequisiteCycle {
+            flag: name.to_owned(),
+            cycle,
+        });
     }
     path.push(name);
     if let Some(flag) = flags.get(name) {
@@ -285,7 +317,10 @@ impl CompiledFlag {
             .enumerate()
             .map(|(index, rule)| compile_rule(rule, index, &definition, segments, counters))
             .collect::<Result<Box<[_]>, _>>()?;
-        let default_stickiness = definition.variants.first().and_then(|variant| variant.stickiness.clone());
+        let default_stickiness = definition
+            .variants
+            .first()
+            .and_then(|variant| variant.stickiness.clone());
         let variants = compile_split(
             &definition.variants,
             &definition,
@@ -297,9 +332,13 @@ impl CompiledFlag {
         let off_variant = match &definition.off_variant {
             None => None,
             Some(off) => {
-                let found = definition.variants.iter().find(|variant| variant.name == *off).ok_or_else(|| {
-                    owner.error("offVariant", format!("`{off}` is not one of the flag's variants"))
-                })?;
+                let found = definition
+                    .variants
+                    .iter()
+                    .find(|variant| variant.name == *off)
+                    .ok_or_else(|| {
+                        owner.error("offVariant", format!("`{off}` is not one of the flag's variants"))
+                    })?;
                 Some(compile_variant(found, &definition, "offVariant", counters)?)
             }
         };
@@ -309,12 +348,19 @@ impl CompiledFlag {
             .enumerate()
             .map(|(index, prerequisite)| {
                 if prerequisite.flag == name {
-                    return Err(owner.error(format!("prerequisites[{index}].flag"), "a flag cannot depend on itself"));
+                    return Err(owner.error(
+                        format!("prerequisites[{index}].flag"),
+                        "a flag cannot depend on itself",
+                    ));
                 }
                 Ok(CompiledPrerequisite {
                     flag: prerequisite.flag.as_str().into(),
                     enabled: prerequisite.enabled,
-                    variants: prerequisite.variants.iter().map(|variant| variant.as_str().into()).collect(),
+                    variants: prerequisite
+                        .variants
+                        .iter()
+                        .map(|variant| variant.as_str().into())
+                        .collect(),
                 })
             })
             .collect::<Result<Box<[_]>, _>>()?;
@@ -325,7 +371,15 @@ impl CompiledFlag {
         } else {
             None
         };
-        Ok(Self { rules, variants, off_variant, prerequisites, slot, constant, definition })
+        Ok(Self {
+            rules,
+            variants,
+            off_variant,
+            prerequisites,
+            slot,
+            constant,
+            definition,
+        })
     }
 }
 
@@ -340,15 +394,26 @@ fn compile_rule(
     let at = format!("rules[{index}]");
     let mut constraints = Vec::new();
     for (position, constraint) in rule.constraints.iter().enumerate() {
-        constraints.push(CompiledConstraint::compile(constraint, &owner, &format!("{at}.constraints[{position}]"))?);
+        constraints.push(CompiledConstraint::compile(
+            constraint,
+            &owner,
+            &format!("{at}.constraints[{position}]"),
+        )?);
     }
     for (position, id) in rule.segments.iter().enumerate() {
-        let segment = segments
-            .get(id)
-            .ok_or_else(|| owner.error(format!("{at}.segments[{position}]"), format!("no segment with id `{id}`")))?;
+        let segment = segments.get(id).ok_or_else(|| {
+            owner.error(
+                format!("{at}.segments[{position}]"),
+                format!("no segment with id `{id}`"),
+            )
+        })?;
         for constraint in &segment.constraints {
             // Segments were checked on their own; errors here cannot happen but stay typed.
-            constraints.push(CompiledConstraint::compile(constraint, &Owner::Segment(id), "constraints")?);
+            constraints.push(CompiledConstraint::compile(
+                constraint,
+                &Owner::Segment(id),
+                "constraints",
+            )?);
         }
     }
     let rollout = match &rule.rollout {
@@ -361,7 +426,10 @@ fn compile_rule(
                 ));
             }
             if rollout.stickiness.0.is_empty() {
-                return Err(owner.error(format!("{at}.rollout.stickiness"), "must name at least one attribute"));
+                return Err(owner.error(
+                    format!("{at}.rollout.stickiness"),
+                    "must name at least one attribute",
+                ));
             }
             let group = rollout.group_id.as_deref().unwrap_or(&flag.name);
             Some(CompiledRollout {
@@ -371,14 +439,32 @@ fn compile_rule(
             })
         }
     };
-    let stickiness = rule.variant_stickiness.as_ref().or(rule.rollout.as_ref().map(|rollout| &rollout.stickiness));
+    let stickiness = rule
+        .variant_stickiness
+        .as_ref()
+        .or(rule.rollout.as_ref().map(|rollout| &rollout.stickiness));
     let group = rule
         .variant_group_id
         .as_deref()
-        .or(rule.rollout.as_ref().and_then(|rollout| rollout.group_id.as_deref()))
+        .or(rule
+            .rollout
+            .as_ref()
+            .and_then(|rollout| rollout.group_id.as_deref()))
         .unwrap_or(&flag.name);
-    let variants = compile_split(&rule.variants, flag, &format!("{at}.variants"), stickiness, group, counters)?;
-    Ok(CompiledRule { never: rule.disabled, constraints: constraints.into(), rollout, variants })
+    let variants = compile_split(
+        &rule.variants,
+        flag,
+        &format!("{at}.variants"),
+        stickiness,
+        group,
+        counters,
+    )?;
+    Ok(CompiledRule {
+        never: rule.disabled,
+        constraints: constraints.into(),
+        rollout,
+        variants,
+    })
 }
 
 fn compile_split(
@@ -399,7 +485,10 @@ fn compile_split(
     for (index, variant) in variants.iter().enumerate() {
         let field = format!("{at}[{index}]");
         if !names.insert(variant.name.as_str()) {
-            return Err(owner.error(format!("{field}.name"), format!("two variants are named `{}`", variant.name)));
+            return Err(owner.error(
+                format!("{field}.name"),
+                format!("two variants are named `{}`", variant.name),
+            ));
         }
         total_weight = total_weight
             .checked_add(variant.weight)
@@ -436,15 +525,23 @@ fn compile_variant(
     }
     let payload = match &variant.payload {
         None if flag.kind != FlagKind::Boolean => {
-            return Err(owner.error(format!("{at}.payload"), format!("a {:?} flag needs a payload", flag.kind)));
+            return Err(owner.error(
+                format!("{at}.payload"),
+                format!("a {:?} flag needs a payload", flag.kind),
+            ));
         }
         None => None,
         Some(payload) => {
-            let number = payload.value.trim().parse::<f64>().ok().filter(|number| number.is_finite());
+            let number = payload
+                .value
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|number| number.is_finite());
             let json = match payload.kind {
-                PayloadKind::Json => Some(Arc::new(serde_json::from_str(&payload.value).map_err(|error| {
-                    owner.error(format!("{at}.payload.value"), format!("not JSON: {error}"))
-                })?)),
+                PayloadKind::Json => Some(Arc::new(serde_json::from_str(&payload.value).map_err(
+                    |error| owner.error(format!("{at}.payload.value"), format!("not JSON: {error}")),
+                )?)),
                 _ => None,
             };
             let fits = match flag.kind {
@@ -460,9 +557,17 @@ fn compile_variant(
                 ));
             }
             if payload.kind == PayloadKind::Number && number.is_none() && flag.kind == FlagKind::Number {
-                return Err(owner.error(format!("{at}.payload.value"), format!("`{}` is not a number", payload.value)));
+                return Err(owner.error(
+                    format!("{at}.payload.value"),
+                    format!("`{}` is not a number", payload.value),
+                ));
             }
-            Some(VariantPayload { kind: payload.kind, text: payload.value.as_str().into(), number, json })
+            Some(VariantPayload {
+                kind: payload.kind,
+                text: payload.value.as_str().into(),
+                number,
+                json,
+            })
         }
     };
     let name: Arc<str> = variant.name.as_str().into();
@@ -470,7 +575,10 @@ fn compile_variant(
         .overrides
         .iter()
         .map(|rule| {
-            (Field::from_name(&rule.context_name), rule.values.iter().map(|value| value.as_str().into()).collect())
+            (
+                Field::from_name(&rule.context_name),
+                rule.values.iter().map(|value| value.as_str().into()).collect(),
+            )
         })
         .collect();
     Ok(CompiledVariant {

@@ -96,7 +96,10 @@ impl Context {
     /// Sets the time date constraints compare against (default: now).
     pub fn current_time(mut self, value: DateTime<Utc>) -> Self {
         let text = value.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        self.current_time = Some(CurrentTime { text: text.into(), parsed: Some(value) });
+        self.current_time = Some(CurrentTime {
+            text: text.into(),
+            parsed: Some(value),
+        });
         self
     }
 
@@ -142,9 +145,11 @@ impl Context {
             Field::Environment => self.environment.as_deref(),
             Field::AppName => self.app_name.as_deref(),
             Field::CurrentTime => self.current_time.as_ref().map(|time| &*time.text),
-            Field::Property(name) => {
-                self.properties.iter().find(|(key, _)| crate::index::same(key, name)).map(|(_, value)| &**value)
-            }
+            Field::Property(name) => self
+                .properties
+                .iter()
+                .find(|(key, _)| crate::index::same(key, name))
+                .map(|(_, value)| &**value),
         }
     }
 

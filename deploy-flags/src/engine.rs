@@ -11,8 +11,8 @@ use tokio::sync::broadcast;
 use crate::compile::{Snapshot, Variant};
 use crate::context::Context;
 use crate::error::FlagError;
-use crate::eval::Reason;
 use crate::eval::Evaluation;
+use crate::eval::Reason;
 use crate::metrics::{CountBlock, CounterRegistry, FlagMetrics, Tally};
 use crate::model::{FlagDefinition, FlagKind, FlagSet, Segment};
 
@@ -78,7 +78,13 @@ impl View {
         if generation != self.generation {
             self.refresh(engine, generation);
         }
-        (&self.snapshot, Tally::Owned { block: &self.counts, fallback: &self.snapshot.shared_counts })
+        (
+            &self.snapshot,
+            Tally::Owned {
+                block: &self.counts,
+                fallback: &self.snapshot.shared_counts,
+            },
+        )
     }
 
     #[cold]
@@ -264,13 +270,20 @@ impl FlagEngine {
     #[cold]
     fn add_reader(&self, readers: &mut Vec<Reader>) -> usize {
         readers.retain(|reader| reader.alive.strong_count() > 0);
-        readers.push(Reader { engine: self.id, alive: Arc::downgrade(&self.alive), view: View::new(self) });
+        readers.push(Reader {
+            engine: self.id,
+            alive: Arc::downgrade(&self.alive),
+            view: View::new(self),
+        });
         readers.len() - 1
     }
 
     /// A reading handle with its own cached snapshot and counters (see [`FlagReader`]).
     pub fn reader(&self) -> FlagReader<'_> {
-        FlagReader { engine: self, view: View::new(self) }
+        FlagReader {
+            engine: self,
+            view: View::new(self),
+        }
     }
 
     /// Whether `flag` is on for the caller; unknown flags are off.
@@ -309,10 +322,12 @@ impl FlagEngine {
             let mut set = current.to_flag_set();
             for change in changes {
                 match change {
-                    FlagChange::Upsert(flag) => match set.flags.iter_mut().find(|old| old.name == flag.name) {
-                        Some(old) => *old = flag,
-                        None => set.flags.push(flag),
-                    },
+                    FlagChange::Upsert(flag) => {
+                        match set.flags.iter_mut().find(|old| old.name == flag.name) {
+                            Some(old) => *old = flag,
+                            None => set.flags.push(flag),
+                        }
+                    }
                     FlagChange::Remove(name) => set.flags.retain(|flag| flag.name != name),
                     FlagChange::UpsertSegment(segment) => {
                         match set.segments.iter_mut().find(|old| old.id == segment.id) {
@@ -353,7 +368,10 @@ impl FlagEngine {
         self.current.store(Arc::new(snapshot));
         self.generation.fetch_add(1, Ordering::Release);
         // Nobody listening is fine.
-        let _ = self.changes.send(FlagsChanged { version, flags: changed });
+        let _ = self.changes.send(FlagsChanged {
+            version,
+            flags: changed,
+        });
         Ok(version)
     }
 
@@ -379,7 +397,13 @@ fn changed_flags(before: &Snapshot, after: &Snapshot) -> Vec<String> {
         .iter()
         .filter(|(name, flag)| before.flags.get(name).is_none_or(|old| !Arc::ptr_eq(old, flag)))
         .map(|(name, _)| name.to_string())
-        .chain(before.flags.iter().filter(|(name, _)| !after.flags.contains_key(name)).map(|(name, _)| name.to_string()))
+        .chain(
+            before
+                .flags
+                .iter()
+                .filter(|(name, _)| !after.flags.contains_key(name))
+                .map(|(name, _)| name.to_string()),
+        )
         .collect();
     changed.sort();
     changed

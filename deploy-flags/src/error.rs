@@ -67,7 +67,11 @@ pub enum FlagError {
 
 impl FlagError {
     pub(crate) fn invalid(flag: &str, field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidFlag { flag: flag.to_owned(), field: field.into(), reason: reason.into() }
+        Self::InvalidFlag {
+            flag: flag.to_owned(),
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     /// The flag the error is about, if it is about one.

@@ -3,7 +3,9 @@
 
 use rand::Rng;
 
-use crate::compile::{CompiledFlag, CompiledRule, CompiledVariant, Snapshot, StickyKey, Variant, VariantSplit};
+use crate::compile::{
+    CompiledFlag, CompiledRule, CompiledVariant, Snapshot, StickyKey, Variant, VariantSplit,
+};
 use crate::context::Context;
 use crate::metrics::Tally;
 use crate::model::FlagKind;
@@ -74,8 +76,12 @@ pub struct Evaluation<'s> {
 }
 
 impl<'s> Evaluation<'s> {
-    const NOT_FOUND: Self =
-        Self { enabled: false, variant: None, kind: None, reason: Reason::Error(ErrorCode::FlagNotFound) };
+    const NOT_FOUND: Self = Self {
+        enabled: false,
+        variant: None,
+        kind: None,
+        reason: Reason::Error(ErrorCode::FlagNotFound),
+    };
 
     /// Whether the flag is on for the caller.
     pub fn enabled(&self) -> bool {
@@ -157,7 +163,12 @@ impl CompiledFlag {
     /// Decides without counting (prerequisites are decided this way).
     fn decide<'s>(&'s self, snapshot: &'s Snapshot, context: &Context) -> Evaluation<'s> {
         let kind = Some(self.definition.kind);
-        let off = |reason| Evaluation { enabled: false, variant: self.off_variant.as_ref(), kind, reason };
+        let off = |reason| Evaluation {
+            enabled: false,
+            variant: self.off_variant.as_ref(),
+            kind,
+            reason,
+        };
         if !self.definition.enabled {
             return off(Reason::Disabled);
         }
@@ -169,7 +180,11 @@ impl CompiledFlag {
         }
         for (index, rule) in self.rules.iter().enumerate() {
             if let Some(partial) = rule.matches(context) {
-                let reason = if partial { Reason::Split { rule: Some(index) } } else { Reason::TargetingMatch { rule: Some(index) } };
+                let reason = if partial {
+                    Reason::Split { rule: Some(index) }
+                } else {
+                    Reason::TargetingMatch { rule: Some(index) }
+                };
                 return self.serve(rule.variants.as_ref(), Some(index), reason, context);
             }
         }
@@ -196,7 +211,10 @@ impl CompiledFlag {
                 }
                 let outcome = parent.decide(snapshot, context);
                 let variant_ok = outcome.variant.is_none_or(|variant| {
-                    prerequisite.variants.iter().any(|name| **name == *variant.variant.name)
+                    prerequisite
+                        .variants
+                        .iter()
+                        .any(|name| **name == *variant.variant.name)
                 });
                 outcome.enabled == prerequisite.enabled && variant_ok
             });
@@ -213,7 +231,12 @@ impl CompiledFlag {
     ) -> Evaluation<'s> {
         let kind = Some(self.definition.kind);
         let Some(split) = rule_variants.or(self.variants.as_ref()) else {
-            return Evaluation { enabled: true, variant: None, kind, reason };
+            return Evaluation {
+                enabled: true,
+                variant: None,
+                kind,
+                reason,
+            };
         };
         let (variant, pinned) = split.choose(context);
         let reason = if pinned {
@@ -223,7 +246,12 @@ impl CompiledFlag {
         } else {
             reason
         };
-        Evaluation { enabled: true, variant: Some(variant), kind, reason }
+        Evaluation {
+            enabled: true,
+            variant: Some(variant),
+            kind,
+            reason,
+        }
     }
 }
 
@@ -232,7 +260,12 @@ impl CompiledRule {
     /// whether a percentage rollout (below 100%) let the caller in.
     #[inline]
     fn matches(&self, context: &Context) -> Option<bool> {
-        if self.never || !self.constraints.iter().all(|constraint| constraint.matches(context)) {
+        if self.never
+            || !self
+                .constraints
+                .iter()
+                .all(|constraint| constraint.matches(context))
+        {
             return None;
         }
         let Some(rollout) = &self.rollout else {
@@ -255,7 +288,9 @@ impl VariantSplit {
         if self.has_overrides {
             for variant in self.variants.iter() {
                 let pinned = variant.overrides.iter().any(|(field, values)| {
-                    context.field(field).is_some_and(|value| values.iter().any(|candidate| **candidate == *value))
+                    context
+                        .field(field)
+                        .is_some_and(|value| values.iter().any(|candidate| **candidate == *value))
                 });
                 if pinned {
                     return (variant, true);

@@ -35,10 +35,20 @@ impl FileFormat {
     /// [`FlagError::Parse`] with the parser's message (line and column included).
     pub fn parse(self, text: &str, origin: &str) -> Result<FlagSet, FlagError> {
         let (result, format) = match self {
-            Self::Json => (serde_json::from_str(text).map_err(|error| error.to_string()), "JSON"),
-            Self::Yaml => (serde_norway::from_str(text).map_err(|error| error.to_string()), "YAML"),
+            Self::Json => (
+                serde_json::from_str(text).map_err(|error| error.to_string()),
+                "JSON",
+            ),
+            Self::Yaml => (
+                serde_norway::from_str(text).map_err(|error| error.to_string()),
+                "YAML",
+            ),
         };
-        result.map_err(|message| FlagError::Parse { origin: origin.to_owned(), format, message })
+        result.map_err(|message| FlagError::Parse {
+            origin: origin.to_owned(),
+            format,
+            message,
+        })
     }
 }
 
@@ -84,7 +94,12 @@ impl FileSource {
     /// A source over `path` (format by extension) feeding `engine`.
     pub fn new(path: impl AsRef<Path>, engine: Arc<FlagEngine>) -> Self {
         let path = path.as_ref().to_path_buf();
-        Self { format: FileFormat::of(&path), path, engine, status: Arc::new(watch::channel(ReloadStatus::default()).0) }
+        Self {
+            format: FileFormat::of(&path),
+            path,
+            engine,
+            status: Arc::new(watch::channel(ReloadStatus::default()).0),
+        }
     }
 
     /// Reads, validates and swaps in the file's flags.
@@ -92,8 +107,10 @@ impl FileSource {
     /// # Errors
     /// The file cannot be read or parsed, or a flag is invalid; the engine is unchanged.
     pub fn load(&self) -> Result<u64, FlagError> {
-        let text = std::fs::read_to_string(&self.path)
-            .map_err(|source| FlagError::Io { path: self.path.display().to_string(), source });
+        let text = std::fs::read_to_string(&self.path).map_err(|source| FlagError::Io {
+            path: self.path.display().to_string(),
+            source,
+        });
         self.apply(text.and_then(|text| self.load_text(&text)))
     }
 
@@ -135,7 +152,10 @@ impl FileSource {
                 let content = match std::fs::read(&source.path) {
                     Ok(content) => content,
                     Err(error) => {
-                        let _ = source.apply(Err(FlagError::Io { path: source.path.display().to_string(), source: error }));
+                        let _ = source.apply(Err(FlagError::Io {
+                            path: source.path.display().to_string(),
+                            source: error,
+                        }));
                         continue;
                     }
                 };

@@ -23,7 +23,12 @@ pub(crate) struct Murmur3 {
 
 impl Murmur3 {
     pub(crate) fn new(seed: u32) -> Self {
-        Self { state: seed, tail: 0, tail_len: 0, len: 0 }
+        Self {
+            state: seed,
+            tail: 0,
+            tail_len: 0,
+            len: 0,
+        }
     }
 
     /// The state after hashing `group_id:`; finish it with [`Murmur3::bucket`].
@@ -36,7 +41,10 @@ impl Murmur3 {
 
     fn mix_block(&mut self, block: u32) {
         let k = block.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-        self.state = (self.state ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        self.state = (self.state ^ k)
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64);
     }
 
     pub(crate) fn write(&mut self, mut bytes: &[u8]) {

@@ -59,7 +59,9 @@ fn word8(bytes: &[u8], at: usize) -> u64 {
 impl FlagIndex {
     #[inline(always)]
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<CompiledFlag>> {
-        self.table.find(hash(name), |entry| same(&entry.name, name)).map(|entry| &entry.flag)
+        self.table
+            .find(hash(name), |entry| same(&entry.name, name))
+            .map(|entry| &entry.flag)
     }
 
     pub(crate) fn contains_key(&self, name: &str) -> bool {
@@ -71,7 +73,14 @@ impl FlagIndex {
         if self.contains_key(name) {
             return false;
         }
-        self.table.insert_unique(hash(name), Entry { name: name.into(), flag }, |entry| hash(&entry.name));
+        self.table.insert_unique(
+            hash(name),
+            Entry {
+                name: name.into(),
+                flag,
+            },
+            |entry| hash(&entry.name),
+        );
         true
     }
 

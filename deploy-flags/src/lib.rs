@@ -73,11 +73,13 @@ pub use compile::{Snapshot, Variant, VariantPayload};
 pub use context::Context;
 pub use engine::{Details, FlagChange, FlagEngine, FlagReader, FlagsChanged};
 pub use error::FlagError;
-pub use file_source::{FileFormat, FileSource, ReloadStatus};
-pub use manager::{AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, StaleFlag, StaleReason, WallClock};
 pub use eval::{ErrorCode, Evaluation, Reason};
+pub use file_source::{FileFormat, FileSource, ReloadStatus};
+pub use manager::{
+    AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, StaleFlag, StaleReason, WallClock,
+};
 pub use metrics::FlagMetrics;
 pub use model::{
-    Constraint, FlagDefinition, FlagKind, FlagSet, Operator, Payload, PayloadKind, Prerequisite, Rollout, Rule,
-    Segment, Stickiness, VariantDefinition, VariantOverride,
+    Constraint, FlagDefinition, FlagKind, FlagSet, Operator, Payload, PayloadKind, Prerequisite, Rollout,
+    Rule, Segment, Stickiness, VariantDefinition, VariantOverride,
 };

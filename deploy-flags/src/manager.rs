@@ -30,13 +30,18 @@ pub struct ManagerOptions {
 
 impl Default for ManagerOptions {
     fn default() -> Self {
-        Self { prefix: "flags/".into(), clock: Arc::new(Utc::now) }
+        Self {
+            prefix: "flags/".into(),
+            clock: Arc::new(Utc::now),
+        }
     }
 }
 
 impl std::fmt::Debug for ManagerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ManagerOptions").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("ManagerOptions")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,7 +143,9 @@ pub struct FeatureFlagManager {
 
 impl std::fmt::Debug for FeatureFlagManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FeatureFlagManager").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("FeatureFlagManager")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,7 +155,11 @@ impl FeatureFlagManager {
     /// # Errors
     /// The store's errors; a stored flag set that does not compile.
     pub async fn open(store: Arc<DynStore>, options: ManagerOptions) -> Result<Self, FlagError> {
-        let manager = Self { engine: Arc::new(FlagEngine::new()), store, options };
+        let manager = Self {
+            engine: Arc::new(FlagEngine::new()),
+            store,
+            options,
+        };
         manager.reload().await?;
         Ok(manager)
     }
@@ -197,7 +208,10 @@ impl FeatureFlagManager {
             }
             flags.extend(flag.definition.clone());
         }
-        self.engine.replace(FlagSet { flags, segments: Vec::new() })
+        self.engine.replace(FlagSet {
+            flags,
+            segments: Vec::new(),
+        })
     }
 
     /// Follows the store: every change under the prefix (from this process or another)
@@ -212,8 +226,10 @@ impl FeatureFlagManager {
         manager.reload().await?;
         Ok(tokio::spawn(async move {
             while let Some(event) = events.next().await {
-                if matches!(event, WatchEvent::Put(_) | WatchEvent::Delete { .. } | WatchEvent::Lagged)
-                    && let Err(error) = manager.reload().await
+                if matches!(
+                    event,
+                    WatchEvent::Put(_) | WatchEvent::Delete { .. } | WatchEvent::Lagged
+                ) && let Err(error) = manager.reload().await
                 {
                     tracing::warn!(%error, "flag reload from the store failed; the previous flags keep serving");
                 }
@@ -225,7 +241,11 @@ impl FeatureFlagManager {
     ///
     /// # Errors
     /// [`FlagError::FlagExists`]; an invalid definition (nothing is written); store errors.
-    pub async fn create_flag(&self, actor: &str, definition: FlagDefinition) -> Result<AuditEntry, FlagError> {
+    pub async fn create_flag(
+        &self,
+        actor: &str,
+        definition: FlagDefinition,
+    ) -> Result<AuditEntry, FlagError> {
         let name = definition.name.clone();
         self.change(actor, &name, AuditAction::Create, |current| match current {
             Some(_) => Err(FlagError::FlagExists(definition.name.clone())),
@@ -238,9 +258,16 @@ impl FeatureFlagManager {
     ///
     /// # Errors
     /// [`FlagError::UnknownFlag`]; invalid rules (nothing is written); store errors.
-    pub async fn enable_flag(&self, actor: &str, name: &str, targeting: Option<Vec<Rule>>) -> Result<AuditEntry, FlagError> {
+    pub async fn enable_flag(
+        &self,
+        actor: &str,
+        name: &str,
+        targeting: Option<Vec<Rule>>,
+    ) -> Result<AuditEntry, FlagError> {
         self.change(actor, name, AuditAction::Enable, |current| {
-            let mut flag = current.cloned().ok_or_else(|| FlagError::UnknownFlag(name.to_owned()))?;
+            let mut flag = current
+                .cloned()
+                .ok_or_else(|| FlagError::UnknownFlag(name.to_owned()))?;
             flag.enabled = true;
             if let Some(rules) = &targeting {
                 flag.rules = rules.clone();
@@ -256,7 +283,9 @@ impl FeatureFlagManager {
     /// [`FlagError::UnknownFlag`]; store errors.
     pub async fn disable_flag(&self, actor: &str, name: &str) -> Result<AuditEntry, FlagError> {
         self.change(actor, name, AuditAction::Disable, |current| {
-            let mut flag = current.cloned().ok_or_else(|| FlagError::UnknownFlag(name.to_owned()))?;
+            let mut flag = current
+                .cloned()
+                .ok_or_else(|| FlagError::UnknownFlag(name.to_owned()))?;
             flag.enabled = false;
             Ok(Some(flag))
         })
@@ -267,7 +296,11 @@ impl FeatureFlagManager {
     ///
     /// # Errors
     /// [`FlagError::UnknownFlag`]; an invalid definition; store errors.
-    pub async fn update_flag(&self, actor: &str, definition: FlagDefinition) -> Result<AuditEntry, FlagError> {
+    pub async fn update_flag(
+        &self,
+        actor: &str,
+        definition: FlagDefinition,
+    ) -> Result<AuditEntry, FlagError> {
         let name = definition.name.clone();
         self.change(actor, &name, AuditAction::Update, |current| match current {
             Some(_) => Ok(Some(definition.clone())),
@@ -308,11 +341,18 @@ impl FeatureFlagManager {
                 None => FlagChange::Remove(name.to_owned()),
             };
             // Validate against what the store holds now, not only what this engine serves.
-            let mut candidate: Vec<FlagDefinition> =
-                self.stored().await?.into_iter().filter_map(|(flag, _)| flag.definition).collect();
+            let mut candidate: Vec<FlagDefinition> = self
+                .stored()
+                .await?
+                .into_iter()
+                .filter_map(|(flag, _)| flag.definition)
+                .collect();
             candidate.retain(|flag| flag.name != name);
             candidate.extend(after.clone());
-            self.engine.validate(FlagSet { flags: candidate, segments: Vec::new() })?;
+            self.engine.validate(FlagSet {
+                flags: candidate,
+                segments: Vec::new(),
+            })?;
 
             let now = (self.options.clock)();
             let revision = current.as_ref().map_or(0, |(flag, _)| flag.revision) + 1;
@@ -339,7 +379,11 @@ impl FeatureFlagManager {
                 Some((_, version)) => Precondition::Version(*version),
                 None => Precondition::Absent,
             };
-            match self.store.put_json(&key, &stored, WriteOptions::when(precondition)).await {
+            match self
+                .store
+                .put_json(&key, &stored, WriteOptions::when(precondition))
+                .await
+            {
                 Ok(_) => {}
                 Err(deploy_core::StoreError::Conflict { .. }) => continue,
                 Err(error) => return Err(error.into()),
@@ -352,7 +396,11 @@ impl FeatureFlagManager {
 
     async fn write_audit(&self, entry: &AuditEntry) -> Result<(), FlagError> {
         let key = self.audit_key(&entry.flag, entry.revision);
-        match self.store.put_json(&key, entry, WriteOptions::when(Precondition::Absent)).await {
+        match self
+            .store
+            .put_json(&key, entry, WriteOptions::when(Precondition::Absent))
+            .await
+        {
             // Already written (by us before a crash, or by a reload racing us): same content.
             Ok(_) | Err(deploy_core::StoreError::Conflict { .. }) => Ok(()),
             Err(error) => Err(error.into()),
@@ -374,7 +422,10 @@ impl FeatureFlagManager {
     /// # Errors
     /// The store's errors; an entry that does not decode.
     pub async fn audit_log(&self, name: &str) -> Result<Vec<AuditEntry>, FlagError> {
-        let records = self.store.list(&format!("{}audit/{name}/", self.options.prefix)).await?;
+        let records = self
+            .store
+            .list(&format!("{}audit/{name}/", self.options.prefix))
+            .await?;
         records
             .into_iter()
             .map(|record| {
@@ -397,16 +448,26 @@ impl FeatureFlagManager {
         let cutoff = now - chrono::Duration::from_std(threshold).unwrap_or(chrono::Duration::MAX);
         let mut stale = Vec::new();
         for (flag, _) in self.stored().await? {
-            let Some(definition) = flag.definition else { continue };
-            let evaluated = self.engine.metrics(&definition.name).is_some_and(|metrics| metrics.evaluations > 0);
+            let Some(definition) = flag.definition else {
+                continue;
+            };
+            let evaluated = self
+                .engine
+                .metrics(&definition.name)
+                .is_some_and(|metrics| metrics.evaluations > 0);
             let reason = if !evaluated && flag.created_at <= cutoff {
                 StaleReason::NeverEvaluated
             } else if fully_rolled_out(&definition) && flag.updated_at <= cutoff {
-                StaleReason::FullyRolledOut { since: flag.updated_at }
+                StaleReason::FullyRolledOut {
+                    since: flag.updated_at,
+                }
             } else {
                 continue;
             };
-            stale.push(StaleFlag { flag: definition.name, reason });
+            stale.push(StaleFlag {
+                flag: definition.name,
+                reason,
+            });
         }
         Ok(stale)
     }
@@ -424,7 +485,10 @@ fn fully_rolled_out(flag: &FlagDefinition) -> bool {
         !rule.disabled
             && rule.constraints.is_empty()
             && rule.segments.is_empty()
-            && rule.rollout.as_ref().is_none_or(|rollout| rollout.percentage == 100)
+            && rule
+                .rollout
+                .as_ref()
+                .is_none_or(|rollout| rollout.percentage == 100)
             && rule.variants.len() <= 1
     };
     flag.enabled

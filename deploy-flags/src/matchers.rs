@@ -57,7 +57,11 @@ enum TextMatch {
 enum Test {
     In(ValueSet),
     NotIn(ValueSet),
-    Text { how: TextMatch, needles: Box<[Box<str>]>, ignore_case: bool },
+    Text {
+        how: TextMatch,
+        needles: Box<[Box<str>]>,
+        ignore_case: bool,
+    },
     Regex(Pattern),
     Number(Comparison, f64),
     Semver(Comparison, Semver),
@@ -93,7 +97,11 @@ impl ValueSet {
 
 impl CompiledConstraint {
     /// Compiles one constraint; `field` names it in errors (e.g. `rules[0].constraints[2]`).
-    pub(crate) fn compile(constraint: &Constraint, owner: &Owner<'_>, field: &str) -> Result<Self, FlagError> {
+    pub(crate) fn compile(
+        constraint: &Constraint,
+        owner: &Owner<'_>,
+        field: &str,
+    ) -> Result<Self, FlagError> {
         let single = || {
             constraint
                 .value
@@ -113,10 +121,18 @@ impl CompiledConstraint {
                 .values
                 .iter()
                 .map(|value| {
-                    if constraint.case_insensitive { value.to_lowercase().into() } else { value.as_str().into() }
+                    if constraint.case_insensitive {
+                        value.to_lowercase().into()
+                    } else {
+                        value.as_str().into()
+                    }
                 })
                 .collect();
-            Test::Text { how, needles, ignore_case: constraint.case_insensitive }
+            Test::Text {
+                how,
+                needles,
+                ignore_case: constraint.case_insensitive,
+            }
         };
         let test = match constraint.operator {
             Operator::In => Test::In(ValueSet::new(&constraint.values)),
@@ -126,15 +142,20 @@ impl CompiledConstraint {
             Operator::StrEndsWith => text(TextMatch::EndsWith),
             Operator::Regex => {
                 let pattern = single()?;
-                let regex = Pattern::new(pattern, constraint.case_insensitive)
-                    .map_err(|error| owner.error(format!("{field}.value"), format!("invalid regex: {error}")))?;
+                let regex = Pattern::new(pattern, constraint.case_insensitive).map_err(|error| {
+                    owner.error(format!("{field}.value"), format!("invalid regex: {error}"))
+                })?;
                 Test::Regex(regex)
             }
             Operator::NumEq | Operator::NumGt | Operator::NumGte | Operator::NumLt | Operator::NumLte => {
                 let value = single()?;
                 match value.trim().parse::<f64>() {
                     Ok(number) if number.is_finite() => Test::Number(comparison, number),
-                    _ => return Err(owner.error(format!("{field}.value"), format!("`{value}` is not a number"))),
+                    _ => {
+                        return Err(
+                            owner.error(format!("{field}.value"), format!("`{value}` is not a number"))
+                        );
+                    }
                 }
             }
             Operator::SemverEq
@@ -144,14 +165,20 @@ impl CompiledConstraint {
             | Operator::SemverLte => {
                 let value = single()?;
                 let version = Semver::parse(value).ok_or_else(|| {
-                    owner.error(format!("{field}.value"), format!("`{value}` is not a semantic version"))
+                    owner.error(
+                        format!("{field}.value"),
+                        format!("`{value}` is not a semantic version"),
+                    )
                 })?;
                 Test::Semver(comparison, version)
             }
             Operator::DateAfter | Operator::DateBefore => {
                 let value = single()?;
                 let date = value.parse::<DateTime<Utc>>().map_err(|_| {
-                    owner.error(format!("{field}.value"), format!("`{value}` is not an RFC 3339 date"))
+                    owner.error(
+                        format!("{field}.value"),
+                        format!("`{value}` is not an RFC 3339 date"),
+                    )
                 })?;
                 Test::Date(comparison, date)
             }
@@ -172,7 +199,11 @@ impl CompiledConstraint {
                 Test::Cidr(networks)
             }
         };
-        Ok(Self { field: Field::from_name(&constraint.context_name), test, inverted: constraint.inverted })
+        Ok(Self {
+            field: Field::from_name(&constraint.context_name),
+            test,
+            inverted: constraint.inverted,
+        })
     }
 
     pub(crate) fn matches(&self, context: &Context) -> bool {
@@ -183,7 +214,9 @@ impl CompiledConstraint {
         if let Test::Date(comparison, date) = &self.test {
             let now = match self.field {
                 Field::CurrentTime => context.now(),
-                _ => context.field(&self.field).and_then(|text| text.parse::<DateTime<Utc>>().ok()),
+                _ => context
+                    .field(&self.field)
+                    .and_then(|text| text.parse::<DateTime<Utc>>().ok()),
             };
             return now.is_some_and(|now| comparison.holds(now.cmp(date)));
         }
@@ -193,9 +226,13 @@ impl CompiledConstraint {
         match &self.test {
             Test::In(values) => values.contains(value),
             Test::NotIn(values) => !values.contains(value),
-            Test::Text { how, needles, ignore_case } => {
-                needles.iter().any(|needle| text_matches(*how, value, needle, *ignore_case))
-            }
+            Test::Text {
+                how,
+                needles,
+                ignore_case,
+            } => needles
+                .iter()
+                .any(|needle| text_matches(*how, value, needle, *ignore_case)),
             Test::Regex(regex) => regex.is_match(value),
             Test::Number(comparison, number) => value.parse::<f64>().is_ok_and(|actual| match comparison {
                 Comparison::Eq => (actual - number).abs() < f64::EPSILON,
@@ -214,7 +251,9 @@ impl CompiledConstraint {
 /// An IP network from a CIDR range or a single address.
 pub(crate) fn parse_network(text: &str) -> Option<IpNet> {
     let text = text.trim();
-    text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// Compares with `needle` already lower-cased when `ignore_case`; lowers the haystack char by
@@ -235,7 +274,9 @@ fn text_matches(how: TextMatch, haystack: &str, needle: &str, ignore_case: bool)
         }
         TextMatch::Contains => {
             needle.is_empty()
-                || haystack.char_indices().any(|(start, _)| starts_with_lowered(&haystack[start..], needle))
+                || haystack
+                    .char_indices()
+                    .any(|(start, _)| starts_with_lowered(&haystack[start..], needle))
         }
     }
 }

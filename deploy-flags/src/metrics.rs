@@ -43,7 +43,10 @@ pub(crate) enum Tally<'a> {
     /// A block other threads also write: atomic increments.
     Shared(&'a CountBlock),
     /// The calling thread's own block, with `fallback` for slots it does not have yet.
-    Owned { block: &'a CountBlock, fallback: &'a CountBlock },
+    Owned {
+        block: &'a CountBlock,
+        fallback: &'a CountBlock,
+    },
 }
 
 impl Tally<'_> {
@@ -105,7 +108,13 @@ impl CounterRegistry {
         }
         let on = table.next;
         table.next += 2;
-        table.flags.insert(flag.to_owned(), FlagSlots { on, variants: BTreeMap::new() });
+        table.flags.insert(
+            flag.to_owned(),
+            FlagSlots {
+                on,
+                variants: BTreeMap::new(),
+            },
+        );
         on
     }
 
@@ -113,7 +122,10 @@ impl CounterRegistry {
     pub(crate) fn variant_slot(&self, flag: &str, variant: &Arc<str>) -> usize {
         let mut table = lock(&self.slots);
         let next = table.next;
-        let slots = table.flags.entry(flag.to_owned()).or_insert(FlagSlots { on: usize::MAX, variants: BTreeMap::new() });
+        let slots = table.flags.entry(flag.to_owned()).or_insert(FlagSlots {
+            on: usize::MAX,
+            variants: BTreeMap::new(),
+        });
         if let Some(slot) = slots.variants.get(variant) {
             return *slot;
         }
@@ -169,7 +181,14 @@ impl CounterRegistry {
             seen.total = total;
             seen.last_evaluated = Some(now);
         }
-        FlagMetrics { flag: flag.to_owned(), evaluations: total, enabled, disabled, variants, last_evaluated: seen.last_evaluated }
+        FlagMetrics {
+            flag: flag.to_owned(),
+            evaluations: total,
+            enabled,
+            disabled,
+            variants,
+            last_evaluated: seen.last_evaluated,
+        }
     }
 
     pub(crate) fn read(&self, flag: &str, now: DateTime<Utc>) -> Option<FlagMetrics> {

@@ -314,7 +314,13 @@ pub struct VariantDefinition {
 impl VariantDefinition {
     /// A variant with a weight and no payload.
     pub fn new(name: impl Into<String>, weight: u32) -> Self {
-        Self { name: name.into(), weight, stickiness: None, payload: None, overrides: Vec::new() }
+        Self {
+            name: name.into(),
+            weight,
+            stickiness: None,
+            payload: None,
+            overrides: Vec::new(),
+        }
     }
 
     /// Sets the payload.
@@ -338,17 +344,26 @@ pub struct Payload {
 impl Payload {
     /// A string payload.
     pub fn string(value: impl Into<String>) -> Self {
-        Self { kind: PayloadKind::String, value: value.into() }
+        Self {
+            kind: PayloadKind::String,
+            value: value.into(),
+        }
     }
 
     /// A number payload.
     pub fn number(value: f64) -> Self {
-        Self { kind: PayloadKind::Number, value: value.to_string() }
+        Self {
+            kind: PayloadKind::Number,
+            value: value.to_string(),
+        }
     }
 
     /// A JSON payload.
     pub fn json(value: &serde_json::Value) -> Self {
-        Self { kind: PayloadKind::Json, value: value.to_string() }
+        Self {
+            kind: PayloadKind::Json,
+            value: value.to_string(),
+        }
     }
 }
 

@@ -22,7 +22,7 @@
 //! api.set_provider(FlagEngineProvider::new(engine)).await;
 //! let client = api.create_client();
 //! let context = EvaluationContext::default().with_targeting_key("user-1");
-//! assert!(client.get_bool_value("dark-mode", Some(&context), None).await?);
+//! assert_eq!(client.get_bool_value("dark-mode", Some(&context), None).await, Ok(true));
 //! # Ok(()) }
 //! ```
 
@@ -50,13 +50,19 @@ pub struct FlagEngineProvider {
 impl FlagEngineProvider {
     /// A provider named `deploykit`.
     pub fn new(engine: Arc<FlagEngine>) -> Self {
-        Self { engine, metadata: ProviderMetadata::new("deploykit") }
+        Self {
+            engine,
+            metadata: ProviderMetadata::new("deploykit"),
+        }
     }
 
     fn resolve(&self, flag: &str, context: &EvaluationContext) -> EvaluationResult<Details> {
         let details = self.engine.evaluate(flag, &to_context(context));
         match details.reason {
-            Reason::Error(ErrorCode::FlagNotFound) => Err(error(EvaluationErrorCode::FlagNotFound, format!("no flag named `{flag}`"))),
+            Reason::Error(ErrorCode::FlagNotFound) => Err(error(
+                EvaluationErrorCode::FlagNotFound,
+                format!("no flag named `{flag}`"),
+            )),
             _ => Ok(details),
         }
     }
@@ -72,16 +78,25 @@ impl FlagEngineProvider {
         let details = self.resolve(flag, context)?;
         let kind = details.kind.unwrap_or_default();
         if !wanted.contains(&kind) {
-            return Err(error(EvaluationErrorCode::TypeMismatch, format!("`{flag}` is a {kind:?} flag")));
+            return Err(error(
+                EvaluationErrorCode::TypeMismatch,
+                format!("`{flag}` is a {kind:?} flag"),
+            ));
         }
         let Some(variant) = &details.variant else {
             return Err(error(
                 EvaluationErrorCode::General("no value".into()),
-                format!("`{flag}` serves no variant to this context ({})", details.reason.as_openfeature()),
+                format!(
+                    "`{flag}` serves no variant to this context ({})",
+                    details.reason.as_openfeature()
+                ),
             ));
         };
         let value = variant.payload.as_ref().and_then(convert).ok_or_else(|| {
-            error(EvaluationErrorCode::TypeMismatch, format!("variant `{}` of `{flag}` has no such value", variant.name))
+            error(
+                EvaluationErrorCode::TypeMismatch,
+                format!("variant `{}` of `{flag}` has no such value", variant.name),
+            )
         })?;
         Ok(ResolutionDetails {
             value,
@@ -93,7 +108,10 @@ impl FlagEngineProvider {
 }
 
 fn error(code: EvaluationErrorCode, message: String) -> EvaluationError {
-    EvaluationError { code, message: Some(message) }
+    EvaluationError {
+        code,
+        message: Some(message),
+    }
 }
 
 fn reason(reason: Reason) -> EvaluationReason {
@@ -152,7 +170,10 @@ impl FeatureProvider for FlagEngineProvider {
     ) -> EvaluationResult<ResolutionDetails<bool>> {
         let details = self.resolve(flag_key, evaluation_context)?;
         if details.kind != Some(FlagKind::Boolean) {
-            return Err(error(EvaluationErrorCode::TypeMismatch, format!("`{flag_key}` is not a boolean flag")));
+            return Err(error(
+                EvaluationErrorCode::TypeMismatch,
+                format!("`{flag_key}` is not a boolean flag"),
+            ));
         }
         Ok(ResolutionDetails {
             value: details.enabled,
@@ -168,7 +189,10 @@ impl FeatureProvider for FlagEngineProvider {
         evaluation_context: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<i64>> {
         self.payload(flag_key, evaluation_context, &[FlagKind::Number], |payload| {
-            payload.number.filter(|number| number.fract() == 0.0 && number.abs() < 9.0e15).map(|number| number as i64)
+            payload
+                .number
+                .filter(|number| number.fract() == 0.0 && number.abs() < 9.0e15)
+                .map(|number| number as i64)
         })
     }
 
@@ -177,7 +201,9 @@ impl FeatureProvider for FlagEngineProvider {
         flag_key: &str,
         evaluation_context: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<f64>> {
-        self.payload(flag_key, evaluation_context, &[FlagKind::Number], |payload| payload.number)
+        self.payload(flag_key, evaluation_context, &[FlagKind::Number], |payload| {
+            payload.number
+        })
     }
 
     async fn resolve_string_value(
@@ -186,9 +212,12 @@ impl FeatureProvider for FlagEngineProvider {
         evaluation_context: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<String>> {
         // Unleash-imported flags are boolean with string payloads: serve those too.
-        self.payload(flag_key, evaluation_context, &[FlagKind::String, FlagKind::Boolean], |payload| {
-            Some(payload.text.to_string())
-        })
+        self.payload(
+            flag_key,
+            evaluation_context,
+            &[FlagKind::String, FlagKind::Boolean],
+            |payload| Some(payload.text.to_string()),
+        )
     }
 
     async fn resolve_struct_value(
@@ -196,11 +225,14 @@ impl FeatureProvider for FlagEngineProvider {
         flag_key: &str,
         evaluation_context: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<StructValue>> {
-        self.payload(flag_key, evaluation_context, &[FlagKind::Json], |payload| {
-            match Value::try_from(payload.json.as_deref()?).ok()? {
+        self.payload(
+            flag_key,
+            evaluation_context,
+            &[FlagKind::Json],
+            |payload| match Value::try_from(payload.json.as_deref()?).ok()? {
                 Value::Struct(value) => Some(value),
                 _ => None,
-            }
-        })
+            },
+        )
     }
 }

@@ -18,7 +18,10 @@ pub(crate) enum Pattern {
     /// `^lit` (optionally followed by `.*`)
     Prefix(Box<str>),
     /// `lit$`, or `^.*lit$` where the `.*` must not cross a line feed unless `(?s)`
-    Suffix { literal: Box<str>, line_feed_free_prefix: bool },
+    Suffix {
+        literal: Box<str>,
+        line_feed_free_prefix: bool,
+    },
     /// `lit`
     Contains(Box<str>),
     /// Anything else.
@@ -28,11 +31,15 @@ pub(crate) enum Pattern {
 impl Pattern {
     /// Compiles `pattern` (errors are the regex crate's).
     pub(crate) fn new(pattern: &str, case_insensitive: bool) -> Result<Self, regex::Error> {
-        let regex = regex::RegexBuilder::new(pattern).case_insensitive(case_insensitive).build()?;
+        let regex = regex::RegexBuilder::new(pattern)
+            .case_insensitive(case_insensitive)
+            .build()?;
         if case_insensitive {
             return Ok(Self::General(regex));
         }
-        let shape = regex_syntax::parse(pattern).ok().and_then(|hir| literal_shape(&hir));
+        let shape = regex_syntax::parse(pattern)
+            .ok()
+            .and_then(|hir| literal_shape(&hir));
         Ok(shape.unwrap_or(Self::General(regex)))
     }
 
@@ -41,9 +48,13 @@ impl Pattern {
         match self {
             Self::Exact(literal) => haystack == &**literal,
             Self::Prefix(literal) => haystack.starts_with(&**literal),
-            Self::Suffix { literal, line_feed_free_prefix } => {
+            Self::Suffix {
+                literal,
+                line_feed_free_prefix,
+            } => {
                 haystack.ends_with(&**literal)
-                    && (!line_feed_free_prefix || !haystack.as_bytes()[..haystack.len() - literal.len()].contains(&b'\n'))
+                    && (!line_feed_free_prefix
+                        || !haystack.as_bytes()[..haystack.len() - literal.len()].contains(&b'\n'))
             }
             Self::Contains(literal) => haystack.contains(&**literal),
             Self::General(regex) => regex.is_match(haystack),
@@ -64,7 +75,9 @@ fn is_look(hir: &Hir, look: Look) -> bool {
 
 /// `.*` (greedy or lazy) and whether it stops at line feeds.
 fn dot_star(hir: &Hir) -> Option<bool> {
-    let HirKind::Repetition(repetition) = hir.kind() else { return None };
+    let HirKind::Repetition(repetition) = hir.kind() else {
+        return None;
+    };
     if repetition.min != 0 || repetition.max.is_some() {
         return None;
     }
@@ -81,7 +94,9 @@ fn literal_shape(hir: &Hir) -> Option<Pattern> {
     if let Some(text) = literal(hir) {
         return Some(Pattern::Contains(text));
     }
-    let HirKind::Concat(parts) = hir.kind() else { return None };
+    let HirKind::Concat(parts) = hir.kind() else {
+        return None;
+    };
     let starts = parts.first().is_some_and(|part| is_look(part, Look::Start));
     let ends = parts.last().is_some_and(|part| is_look(part, Look::End));
     let inner = &parts[usize::from(starts)..parts.len() - usize::from(ends)];
@@ -89,10 +104,16 @@ fn literal_shape(hir: &Hir) -> Option<Pattern> {
         (true, [text], true) => literal(text).map(Pattern::Exact),
         (true, [text], false) => literal(text).map(Pattern::Prefix),
         (true, [text, any], false) if dot_star(any).is_some() => literal(text).map(Pattern::Prefix),
-        (false, [text], true) => literal(text).map(|literal| Pattern::Suffix { literal, line_feed_free_prefix: false }),
+        (false, [text], true) => literal(text).map(|literal| Pattern::Suffix {
+            literal,
+            line_feed_free_prefix: false,
+        }),
         (true, [any, text], true) => {
             let line_feed_free_prefix = dot_star(any)?;
-            literal(text).map(|literal| Pattern::Suffix { literal, line_feed_free_prefix })
+            literal(text).map(|literal| Pattern::Suffix {
+                literal,
+                line_feed_free_prefix,
+            })
         }
         _ => None,
     }
@@ -124,8 +145,18 @@ mod tests {
 
     fn pattern() -> impl Strategy<Value = String> {
         let literal = proptest::sample::select(vec!["a", "ab", r"\.", "@x", "é", "b\\na"]);
-        let shape = proptest::sample::select(vec!["{}", "^{}", "{}$", "^{}$", "^.*{}$", "^(?s).*{}$", "^{}.*", ".*{}", "^a.*{}$"]);
-        (literal, shape).prop_map(|(literal, shape)| shape.replace("{}", &literal))
+        let shape = proptest::sample::select(vec![
+            "{}",
+            "^{}",
+            "{}$",
+            "^{}$",
+            "^.*{}$",
+            "^(?s).*{}$",
+            "^{}.*",
+            ".*{}",
+            "^a.*{}$",
+        ]);
+        (literal, shape).prop_map(|(literal, shape)| shape.replace("{}", literal))
     }
 
     proptest! {

@@ -36,7 +36,12 @@ impl Semver {
     }
 
     pub(crate) fn as_ref(&self) -> SemverRef<'_> {
-        SemverRef { major: self.major, minor: self.minor, patch: self.patch, pre: &self.pre }
+        SemverRef {
+            major: self.major,
+            minor: self.minor,
+            patch: self.patch,
+            pre: &self.pre,
+        }
     }
 }
 
@@ -67,7 +72,9 @@ fn number(bytes: &[u8], position: &mut usize) -> Option<u64> {
 /// without leading zeros.
 fn identifiers_valid(text: &[u8], numeric_leading_zero_allowed: bool) -> bool {
     text.split(|byte| *byte == b'.').all(|identifier| {
-        let charset = identifier.iter().all(|byte| byte.is_ascii_alphanumeric() || *byte == b'-');
+        let charset = identifier
+            .iter()
+            .all(|byte| byte.is_ascii_alphanumeric() || *byte == b'-');
         let numeric = identifier.iter().all(u8::is_ascii_digit);
         let leading_zero = numeric && identifier.len() > 1 && identifier[0] == b'0';
         !identifier.is_empty() && charset && (numeric_leading_zero_allowed || !leading_zero)
@@ -91,7 +98,12 @@ impl<'a> SemverRef<'a> {
         position += 1;
         let patch = number(bytes, &mut position)?;
         if position == bytes.len() {
-            return Some(Self { major, minor, patch, pre: "" });
+            return Some(Self {
+                major,
+                minor,
+                patch,
+                pre: "",
+            });
         }
         Self::parse_tail(text, position, major, minor, patch)
     }
@@ -102,7 +114,10 @@ impl<'a> SemverRef<'a> {
         let mut pre = "";
         if bytes.get(position) == Some(&b'-') {
             let start = position + 1;
-            let end = bytes[start..].iter().position(|byte| *byte == b'+').map_or(bytes.len(), |at| start + at);
+            let end = bytes[start..]
+                .iter()
+                .position(|byte| *byte == b'+')
+                .map_or(bytes.len(), |at| start + at);
             if !identifiers_valid(&bytes[start..end], false) {
                 return None;
             }
@@ -115,7 +130,12 @@ impl<'a> SemverRef<'a> {
             Some(b'+') if identifiers_valid(&bytes[position + 1..], true) => {}
             Some(_) => return None,
         }
-        Some(Self { major, minor, patch, pre })
+        Some(Self {
+            major,
+            minor,
+            patch,
+            pre,
+        })
     }
 
     pub(crate) fn cmp_precedence(&self, other: &SemverRef<'_>) -> Ordering {
@@ -169,7 +189,13 @@ mod tests {
     fn version_text() -> impl Strategy<Value = String> {
         let number = prop_oneof!["0", "1", "2", "10", "01", "18446744073709551616"];
         let identifier = prop_oneof!["alpha", "beta", "rc", "1", "2", "11", "01", "x-y", "", "a.b"];
-        (number.clone(), number.clone(), number, proptest::option::of(identifier.clone()), proptest::option::of(identifier))
+        (
+            number.clone(),
+            number.clone(),
+            number,
+            proptest::option::of(identifier.clone()),
+            proptest::option::of(identifier),
+        )
             .prop_map(|(major, minor, patch, pre, build)| {
                 let mut text = format!("{major}.{minor}.{patch}");
                 if let Some(pre) = pre {
@@ -204,9 +230,18 @@ mod tests {
     fn release_outranks_its_prereleases() {
         let release = SemverRef::parse("1.0.0").unwrap();
         for pre in ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-beta.11", "1.0.0-rc.1"] {
-            assert_eq!(SemverRef::parse(pre).unwrap().cmp_precedence(&release), Ordering::Less, "{pre}");
+            assert_eq!(
+                SemverRef::parse(pre).unwrap().cmp_precedence(&release),
+                Ordering::Less,
+                "{pre}"
+            );
         }
         let owned = Semver::parse("1.0.0-alpha.beta").unwrap();
-        assert_eq!(owned.as_ref().cmp_precedence(&SemverRef::parse("1.0.0-alpha.1").unwrap()), Ordering::Greater);
+        assert_eq!(
+            owned
+                .as_ref()
+                .cmp_precedence(&SemverRef::parse("1.0.0-alpha.1").unwrap()),
+            Ordering::Greater
+        );
     }
 }

@@ -31,10 +31,24 @@ const FLAGS: &str = r##"{
 fn evaluation_allocates_nothing() {
     let engine = FlagEngine::with_flags(FileFormat::Json.parse(FLAGS, "inline").unwrap()).unwrap();
     let contexts = [
-        Context::new().user_id("u2").property("email", "ann@example.com").property("appVersion", "2.5.1"),
-        Context::new().user_id("zed").property("email", "ZED@elsewhere").property("appVersion", "1.0.0-rc.1+build.7"),
+        Context::new()
+            .user_id("u2")
+            .property("email", "ann@example.com")
+            .property("appVersion", "2.5.1"),
+        Context::new()
+            .user_id("zed")
+            .property("email", "ZED@elsewhere")
+            .property("appVersion", "1.0.0-rc.1+build.7"),
     ];
-    let names = ["a-on", "b-list", "c-rollout", "d-regex", "e-semver", "f-variants", "missing"];
+    let names = [
+        "a-on",
+        "b-list",
+        "c-rollout",
+        "d-regex",
+        "e-semver",
+        "f-variants",
+        "missing",
+    ];
     let mut reader = engine.reader();
     let snapshot = engine.snapshot();
     let run = |reader: &mut deploy_flags::FlagReader<'_>| {

@@ -3,16 +3,23 @@
 
 use chrono::{TimeZone, Utc};
 use deploy_flags::{
-    Constraint, Context, FlagChange, FlagDefinition, FlagEngine, FlagError, FlagKind, FlagSet, Operator, Payload,
-    Prerequisite, Reason, Rollout, Rule, Segment, Stickiness, VariantDefinition, VariantOverride,
+    Constraint, Context, FlagChange, FlagDefinition, FlagEngine, FlagError, FlagKind, FlagSet, Operator,
+    Payload, Prerequisite, Reason, Rollout, Rule, Segment, Stickiness, VariantDefinition, VariantOverride,
 };
 
 fn engine_with(flags: Vec<FlagDefinition>) -> FlagEngine {
-    FlagEngine::with_flags(FlagSet { flags, segments: Vec::new() }).expect("valid flags")
+    FlagEngine::with_flags(FlagSet {
+        flags,
+        segments: Vec::new(),
+    })
+    .expect("valid flags")
 }
 
 fn constrained(name: &str, constraint: Constraint) -> FlagDefinition {
-    FlagDefinition::new(name, true).with_rule(Rule { constraints: vec![constraint], ..Rule::default() })
+    FlagDefinition::new(name, true).with_rule(Rule {
+        constraints: vec![constraint],
+        ..Rule::default()
+    })
 }
 
 fn on(engine: &FlagEngine, flag: &str, context: &Context) -> bool {
@@ -28,23 +35,56 @@ fn list_and_string_operators() {
     let engine = engine_with(vec![
         constrained("in", Constraint::list("plan", Operator::In, &["pro", "team"])),
         constrained("not-in", Constraint::list("plan", Operator::NotIn, &["free"])),
-        constrained("contains", Constraint::list("email", Operator::StrContains, &["@corp"])),
-        constrained("starts", Constraint::list("email", Operator::StrStartsWith, &["ADMIN"]).case_insensitive()),
+        constrained(
+            "contains",
+            Constraint::list("email", Operator::StrContains, &["@corp"]),
+        ),
+        constrained(
+            "starts",
+            Constraint::list("email", Operator::StrStartsWith, &["ADMIN"]).case_insensitive(),
+        ),
         constrained("ends", Constraint::list("email", Operator::StrEndsWith, &[".io"])),
-        constrained("not-ends", Constraint::list("email", Operator::StrEndsWith, &[".io"]).inverted()),
-        constrained("big-list", Constraint::list("userId", Operator::In, &(0..100).map(|i| i.to_string()).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>())),
+        constrained(
+            "not-ends",
+            Constraint::list("email", Operator::StrEndsWith, &[".io"]).inverted(),
+        ),
+        constrained(
+            "big-list",
+            Constraint::list(
+                "userId",
+                Operator::In,
+                &(0..100)
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            ),
+        ),
     ]);
     assert!(on(&engine, "in", &with("plan", "team")));
     assert!(!on(&engine, "in", &with("plan", "free")));
-    assert!(!on(&engine, "in", &Context::new()), "a missing attribute is in no list");
-    assert!(on(&engine, "not-in", &Context::new()), "a missing attribute is not in any list");
+    assert!(
+        !on(&engine, "in", &Context::new()),
+        "a missing attribute is in no list"
+    );
+    assert!(
+        on(&engine, "not-in", &Context::new()),
+        "a missing attribute is not in any list"
+    );
     assert!(!on(&engine, "not-in", &with("plan", "free")));
     assert!(on(&engine, "contains", &with("email", "ann@corp.example")));
-    assert!(on(&engine, "starts", &with("email", "Admin@x.io")), "case-insensitive");
+    assert!(
+        on(&engine, "starts", &with("email", "Admin@x.io")),
+        "case-insensitive"
+    );
     assert!(!on(&engine, "starts", &with("email", "user@x.io")));
     assert!(on(&engine, "ends", &with("email", "a@b.io")));
     assert!(!on(&engine, "not-ends", &with("email", "a@b.io")));
-    assert!(on(&engine, "not-ends", &Context::new()), "inverting a failed match");
+    assert!(
+        on(&engine, "not-ends", &Context::new()),
+        "inverting a failed match"
+    );
     assert!(on(&engine, "big-list", &Context::new().user_id("99")));
     assert!(!on(&engine, "big-list", &Context::new().user_id("100")));
 }
@@ -52,8 +92,14 @@ fn list_and_string_operators() {
 #[test]
 fn case_insensitive_matching_handles_non_ascii() {
     let engine = engine_with(vec![
-        constrained("contains", Constraint::list("city", Operator::StrContains, &["ÜBER"]).case_insensitive()),
-        constrained("ends", Constraint::list("city", Operator::StrEndsWith, &["STRASSE"]).case_insensitive()),
+        constrained(
+            "contains",
+            Constraint::list("city", Operator::StrContains, &["ÜBER"]).case_insensitive(),
+        ),
+        constrained(
+            "ends",
+            Constraint::list("city", Operator::StrEndsWith, &["STRASSE"]).case_insensitive(),
+        ),
     ]);
     assert!(on(&engine, "contains", &with("city", "neu-über-alles")));
     assert!(on(&engine, "ends", &with("city", "Hauptstrasse")));
@@ -63,36 +109,85 @@ fn case_insensitive_matching_handles_non_ascii() {
 #[test]
 fn regex_numbers_versions_dates_and_networks() {
     let engine = engine_with(vec![
-        constrained("regex", Constraint::single("email", Operator::Regex, r"^[a-z]+@example\.com$")),
-        constrained("regex-ci", Constraint::single("email", Operator::Regex, r"^ann@").case_insensitive()),
+        constrained(
+            "regex",
+            Constraint::single("email", Operator::Regex, r"^[a-z]+@example\.com$"),
+        ),
+        constrained(
+            "regex-ci",
+            Constraint::single("email", Operator::Regex, r"^ann@").case_insensitive(),
+        ),
         constrained("num-gte", Constraint::single("age", Operator::NumGte, "18")),
         constrained("num-eq", Constraint::single("score", Operator::NumEq, "0.3")),
-        constrained("semver-gt", Constraint::single("appVersion", Operator::SemverGt, "2.1.0")),
-        constrained("semver-lte", Constraint::single("appVersion", Operator::SemverLte, "2.1.0-rc.2")),
-        constrained("after", Constraint::single("currentTime", Operator::DateAfter, "2026-01-01T00:00:00Z")),
-        constrained("signup-before", Constraint::single("signup", Operator::DateBefore, "2020-06-01T00:00:00+02:00")),
-        constrained("cidr", Constraint::list("remoteAddress", Operator::InCidr, &["10.0.0.0/8", "192.168.1.7", "2001:db8::/32"])),
+        constrained(
+            "semver-gt",
+            Constraint::single("appVersion", Operator::SemverGt, "2.1.0"),
+        ),
+        constrained(
+            "semver-lte",
+            Constraint::single("appVersion", Operator::SemverLte, "2.1.0-rc.2"),
+        ),
+        constrained(
+            "after",
+            Constraint::single("currentTime", Operator::DateAfter, "2026-01-01T00:00:00Z"),
+        ),
+        constrained(
+            "signup-before",
+            Constraint::single("signup", Operator::DateBefore, "2020-06-01T00:00:00+02:00"),
+        ),
+        constrained(
+            "cidr",
+            Constraint::list(
+                "remoteAddress",
+                Operator::InCidr,
+                &["10.0.0.0/8", "192.168.1.7", "2001:db8::/32"],
+            ),
+        ),
     ]);
     assert!(on(&engine, "regex", &with("email", "ann@example.com")));
     assert!(!on(&engine, "regex", &with("email", "ann@example.org")));
     assert!(on(&engine, "regex-ci", &with("email", "ANN@x")));
     assert!(on(&engine, "num-gte", &with("age", "18")));
     assert!(!on(&engine, "num-gte", &with("age", "17.9")));
-    assert!(!on(&engine, "num-gte", &with("age", "eighteen")), "not a number fails");
+    assert!(
+        !on(&engine, "num-gte", &with("age", "eighteen")),
+        "not a number fails"
+    );
     assert!(on(&engine, "num-eq", &with("score", "0.30")));
-    assert!(on(&engine, "semver-gt", &with("appVersion", "2.10.0")), "numeric, not lexical");
+    assert!(
+        on(&engine, "semver-gt", &with("appVersion", "2.10.0")),
+        "numeric, not lexical"
+    );
     assert!(!on(&engine, "semver-gt", &with("appVersion", "2.1.0")));
-    assert!(!on(&engine, "semver-gt", &with("appVersion", "2.2")), "not a version fails");
+    assert!(
+        !on(&engine, "semver-gt", &with("appVersion", "2.2")),
+        "not a version fails"
+    );
     assert!(on(&engine, "semver-lte", &with("appVersion", "2.1.0-rc.1")));
-    assert!(!on(&engine, "semver-lte", &with("appVersion", "2.1.0")), "a release outranks its release candidates");
+    assert!(
+        !on(&engine, "semver-lte", &with("appVersion", "2.1.0")),
+        "a release outranks its release candidates"
+    );
     let at = |year| Context::new().current_time(Utc.with_ymd_and_hms(year, 3, 1, 0, 0, 0).unwrap());
     assert!(on(&engine, "after", &at(2026)));
     assert!(!on(&engine, "after", &at(2025)));
-    assert!(on(&engine, "signup-before", &with("signup", "2020-05-31T21:00:00Z")));
-    assert!(!on(&engine, "signup-before", &with("signup", "2020-05-31T21:30:00-01:00")));
+    assert!(on(
+        &engine,
+        "signup-before",
+        &with("signup", "2020-05-31T21:00:00Z")
+    ));
+    assert!(!on(
+        &engine,
+        "signup-before",
+        &with("signup", "2020-05-31T21:30:00-01:00")
+    ));
     assert!(on(&engine, "cidr", &Context::new().remote_address("10.20.30.40")));
     assert!(on(&engine, "cidr", &Context::new().remote_address("192.168.1.7")));
-    assert!(!on(&engine, "cidr", &Context::new().remote_address("192.168.1.8")));
+    assert!(!on(
+        &engine,
+        "cidr",
+        &Context::new().remote_address("192.168.1.8")
+    ));
     assert!(on(&engine, "cidr", &Context::new().remote_address("2001:db8::1")));
     assert!(!on(&engine, "cidr", &Context::new().remote_address("not-an-ip")));
 }
@@ -105,17 +200,44 @@ fn segments_add_their_constraints_to_rules() {
             constraints: vec![Constraint::list("plan", Operator::In, &["beta"])],
             ..Rule::default()
         })],
-        segments: vec![Segment { id: "eu".into(), constraints: vec![Constraint::list("region", Operator::In, &["eu-west", "eu-central"])] }],
+        segments: vec![Segment {
+            id: "eu".into(),
+            constraints: vec![Constraint::list(
+                "region",
+                Operator::In,
+                &["eu-west", "eu-central"],
+            )],
+        }],
     };
     let engine = FlagEngine::with_flags(set).unwrap();
-    assert!(on(&engine, "eu-beta", &Context::new().property("region", "eu-west").property("plan", "beta")));
-    assert!(!on(&engine, "eu-beta", &Context::new().property("region", "us-east").property("plan", "beta")));
-    assert!(!on(&engine, "eu-beta", &Context::new().property("region", "eu-west")));
+    assert!(on(
+        &engine,
+        "eu-beta",
+        &Context::new()
+            .property("region", "eu-west")
+            .property("plan", "beta")
+    ));
+    assert!(!on(
+        &engine,
+        "eu-beta",
+        &Context::new()
+            .property("region", "us-east")
+            .property("plan", "beta")
+    ));
+    assert!(!on(
+        &engine,
+        "eu-beta",
+        &Context::new().property("region", "eu-west")
+    ));
 }
 
 fn rollout_flag(name: &str, percentage: u32, stickiness: Stickiness, group: Option<&str>) -> FlagDefinition {
     FlagDefinition::new(name, true).with_rule(Rule {
-        rollout: Some(Rollout { percentage, stickiness, group_id: group.map(str::to_owned) }),
+        rollout: Some(Rollout {
+            percentage,
+            stickiness,
+            group_id: group.map(str::to_owned),
+        }),
         ..Rule::default()
     })
 }
@@ -126,29 +248,58 @@ fn rollouts_are_sticky_proportional_and_grouped() {
         rollout_flag("half", 50, Stickiness::on("userId"), None),
         rollout_flag("same-group-a", 30, Stickiness::on("userId"), Some("shared")),
         rollout_flag("same-group-b", 30, Stickiness::on("userId"), Some("shared")),
-        rollout_flag("by-account", 50, Stickiness(vec!["accountId".into(), "userId".into()]), Some("g")),
+        rollout_flag(
+            "by-account",
+            50,
+            Stickiness(vec!["accountId".into(), "userId".into()]),
+            Some("g"),
+        ),
         rollout_flag("by-user", 50, Stickiness::on("userId"), Some("g")),
         rollout_flag("nobody", 0, Stickiness::default(), None),
         rollout_flag("everybody", 100, Stickiness::default(), None),
     ]);
-    let users: Vec<Context> = (0..10_000).map(|i| Context::new().user_id(format!("user-{i}"))).collect();
+    let users: Vec<Context> = (0..10_000)
+        .map(|i| Context::new().user_id(format!("user-{i}")))
+        .collect();
     let share = users.iter().filter(|user| on(&engine, "half", user)).count();
-    assert!((4_700..=5_300).contains(&share), "50% rollout gave {share} of 10000");
+    assert!(
+        (4_700..=5_300).contains(&share),
+        "50% rollout gave {share} of 10000"
+    );
     for user in users.iter().take(200) {
         let first = on(&engine, "half", user);
         assert!((0..5).all(|_| on(&engine, "half", user) == first), "sticky");
-        assert_eq!(on(&engine, "same-group-a", user), on(&engine, "same-group-b", user), "a group id selects the same users");
+        assert_eq!(
+            on(&engine, "same-group-a", user),
+            on(&engine, "same-group-b", user),
+            "a group id selects the same users"
+        );
         assert!(!on(&engine, "nobody", user));
         assert!(on(&engine, "everybody", user));
     }
     // The chain falls back to userId when accountId is missing, and prefers accountId.
     let user = Context::new().user_id("u-7");
     assert_eq!(on(&engine, "by-account", &user), on(&engine, "by-user", &user));
-    let with_account = |account: &str| Context::new().user_id("u-7").property("userId-free", "x").property("accountId", account);
-    let accounts_in = (0..200).filter(|i| on(&engine, "by-account", &with_account(&format!("acct-{i}")))).count();
-    assert!(accounts_in > 50 && accounts_in < 150, "buckets follow the account: {accounts_in}");
+    let with_account = |account: &str| {
+        Context::new()
+            .user_id("u-7")
+            .property("userId-free", "x")
+            .property("accountId", account)
+    };
+    let accounts_in = (0..200)
+        .filter(|i| on(&engine, "by-account", &with_account(&format!("acct-{i}"))))
+        .count();
+    assert!(
+        accounts_in > 50 && accounts_in < 150,
+        "buckets follow the account: {accounts_in}"
+    );
     // Sticky on an attribute nobody has: nobody gets it.
-    let engine = engine_with(vec![rollout_flag("by-tenant", 100, Stickiness::on("tenant"), None)]);
+    let engine = engine_with(vec![rollout_flag(
+        "by-tenant",
+        100,
+        Stickiness::on("tenant"),
+        None,
+    )]);
     assert!(!on(&engine, "by-tenant", &Context::new().user_id("1")));
 }
 
@@ -160,8 +311,15 @@ fn variant(name: &str, weight: u32, value: &str) -> VariantDefinition {
 fn variants_split_by_weight_honour_overrides_and_report_reasons() {
     let mut flag = FlagDefinition::new("button-color", true);
     flag.kind = FlagKind::String;
-    flag.variants = vec![variant("red", 700, "#f00"), variant("blue", 300, "#00f"), variant("ghost", 0, "none")];
-    flag.variants[1].overrides = vec![VariantOverride { context_name: "userId".into(), values: vec!["vip".into()] }];
+    flag.variants = vec![
+        variant("red", 700, "#f00"),
+        variant("blue", 300, "#00f"),
+        variant("ghost", 0, "none"),
+    ];
+    flag.variants[1].overrides = vec![VariantOverride {
+        context_name: "userId".into(),
+        values: vec!["vip".into()],
+    }];
     flag.off_variant = Some("red".into());
     let engine = engine_with(vec![flag]);
     let mut red = 0;
@@ -176,7 +334,11 @@ fn variants_split_by_weight_honour_overrides_and_report_reasons() {
     let vip = engine.evaluate("button-color", &Context::new().user_id("vip"));
     assert_eq!(&*vip.variant.unwrap().name, "blue");
     assert!(matches!(vip.reason, Reason::TargetingMatch { rule: None }));
-    let payload = engine.variant("button-color", &Context::new().user_id("vip")).unwrap().payload.unwrap();
+    let payload = engine
+        .variant("button-color", &Context::new().user_id("vip"))
+        .unwrap()
+        .payload
+        .unwrap();
     assert_eq!(&*payload.text, "#00f");
 }
 
@@ -194,14 +356,26 @@ fn rule_variants_win_over_flag_variants_and_off_variant_serves_when_off() {
     }];
     let engine = engine_with(vec![flag.clone()]);
     let student = engine.evaluate("pricing", &with("segment", "student"));
-    assert_eq!(student.variant.as_ref().unwrap().payload.as_ref().unwrap().number, Some(5.0));
+    assert_eq!(
+        student.variant.as_ref().unwrap().payload.as_ref().unwrap().number,
+        Some(5.0)
+    );
     assert_eq!(student.reason, Reason::TargetingMatch { rule: Some(0) });
     let other = engine.evaluate("pricing", &with("segment", "retail"));
     assert!(!other.enabled);
     assert_eq!(other.reason, Reason::Default);
-    assert_eq!(&*other.variant.unwrap().name, "list", "the off variant serves when no rule matches");
+    assert_eq!(
+        &*other.variant.unwrap().name,
+        "list",
+        "the off variant serves when no rule matches"
+    );
     flag.enabled = false;
-    engine.replace(FlagSet { flags: vec![flag], segments: vec![] }).unwrap();
+    engine
+        .replace(FlagSet {
+            flags: vec![flag],
+            segments: vec![],
+        })
+        .unwrap();
     let off = engine.evaluate("pricing", &with("segment", "student"));
     assert_eq!((off.enabled, off.reason), (false, Reason::Disabled));
     assert_eq!(&*off.variant.unwrap().name, "list");
@@ -215,14 +389,25 @@ fn prerequisites_gate_dependents_by_state_and_variant() {
     });
     parent.variants = vec![variant("v2", 1, "v2")];
     let mut child = FlagDefinition::new("new-ui", true);
-    child.prerequisites = vec![Prerequisite { flag: "new-api".into(), enabled: true, variants: vec!["v2".into()] }];
+    child.prerequisites = vec![Prerequisite {
+        flag: "new-api".into(),
+        enabled: true,
+        variants: vec!["v2".into()],
+    }];
     let mut fallback = FlagDefinition::new("old-ui", true);
-    fallback.prerequisites = vec![Prerequisite { flag: "new-api".into(), enabled: false, variants: vec![] }];
+    fallback.prerequisites = vec![Prerequisite {
+        flag: "new-api".into(),
+        enabled: false,
+        variants: vec![],
+    }];
     let engine = engine_with(vec![parent, child, fallback]);
     assert!(on(&engine, "new-ui", &with("plan", "beta")));
     assert!(!on(&engine, "old-ui", &with("plan", "beta")));
     let free = engine.evaluate("new-ui", &with("plan", "free"));
-    assert_eq!((free.enabled, free.reason), (false, Reason::PrerequisiteFailed { prerequisite: 0 }));
+    assert_eq!(
+        (free.enabled, free.reason),
+        (false, Reason::PrerequisiteFailed { prerequisite: 0 })
+    );
     assert!(on(&engine, "old-ui", &with("plan", "free")));
     // Prerequisites are not counted as evaluations of the parent.
     assert_eq!(engine.metrics("new-api").unwrap().evaluations, 0);
@@ -235,19 +420,63 @@ fn error_of(result: Result<u64, FlagError>) -> FlagError {
 #[test]
 fn invalid_definitions_name_the_flag_and_field_and_keep_the_previous_snapshot() {
     let engine = engine_with(vec![FlagDefinition::new("stable", true)]);
-    let replace = |flag: FlagDefinition| engine.replace(FlagSet { flags: vec![FlagDefinition::new("stable", true), flag], segments: vec![] });
+    let replace = |flag: FlagDefinition| {
+        engine.replace(FlagSet {
+            flags: vec![FlagDefinition::new("stable", true), flag],
+            segments: vec![],
+        })
+    };
     let cases: Vec<(FlagDefinition, &str)> = vec![
-        (constrained("bad-regex", Constraint::single("email", Operator::Regex, "(unclosed")), "rules[0].constraints[0].value"),
-        (constrained("bad-number", Constraint::single("age", Operator::NumGt, "ten")), "rules[0].constraints[0].value"),
-        (constrained("bad-semver", Constraint::single("v", Operator::SemverGt, "1.2")), "rules[0].constraints[0].value"),
-        (constrained("bad-date", Constraint::single("t", Operator::DateAfter, "yesterday")), "rules[0].constraints[0].value"),
-        (constrained("bad-cidr", Constraint::list("ip", Operator::InCidr, &["10.0.0.0/33"])), "rules[0].constraints[0].values[0]"),
-        (constrained("no-value", Constraint::list("age", Operator::NumGt, &["1"])), "rules[0].constraints[0].value"),
-        (rollout_flag("too-much", 101, Stickiness::default(), None), "rules[0].rollout.percentage"),
-        (FlagDefinition::new("zero-weights", true).with_variant(VariantDefinition::new("a", 0)), "variants"),
-        (FlagDefinition::new("bad-off", true).with_variant(VariantDefinition::new("a", 1)), "offVariant"),
         (
-            FlagDefinition::new("missing-segment", true).with_rule(Rule { segments: vec!["nope".into()], ..Rule::default() }),
+            constrained(
+                "bad-regex",
+                Constraint::single("email", Operator::Regex, "(unclosed"),
+            ),
+            "rules[0].constraints[0].value",
+        ),
+        (
+            constrained("bad-number", Constraint::single("age", Operator::NumGt, "ten")),
+            "rules[0].constraints[0].value",
+        ),
+        (
+            constrained("bad-semver", Constraint::single("v", Operator::SemverGt, "1.2")),
+            "rules[0].constraints[0].value",
+        ),
+        (
+            constrained(
+                "bad-date",
+                Constraint::single("t", Operator::DateAfter, "yesterday"),
+            ),
+            "rules[0].constraints[0].value",
+        ),
+        (
+            constrained(
+                "bad-cidr",
+                Constraint::list("ip", Operator::InCidr, &["10.0.0.0/33"]),
+            ),
+            "rules[0].constraints[0].values[0]",
+        ),
+        (
+            constrained("no-value", Constraint::list("age", Operator::NumGt, &["1"])),
+            "rules[0].constraints[0].value",
+        ),
+        (
+            rollout_flag("too-much", 101, Stickiness::default(), None),
+            "rules[0].rollout.percentage",
+        ),
+        (
+            FlagDefinition::new("zero-weights", true).with_variant(VariantDefinition::new("a", 0)),
+            "variants",
+        ),
+        (
+            FlagDefinition::new("bad-off", true).with_variant(VariantDefinition::new("a", 1)),
+            "offVariant",
+        ),
+        (
+            FlagDefinition::new("missing-segment", true).with_rule(Rule {
+                segments: vec!["nope".into()],
+                ..Rule::default()
+            }),
             "rules[0].segments[0]",
         ),
     ];
@@ -262,7 +491,10 @@ fn invalid_definitions_name_the_flag_and_field_and_keep_the_previous_snapshot() 
             }
             other => panic!("{name}: unexpected {other}"),
         }
-        assert!(on(&engine, "stable", &Context::new()), "the previous snapshot keeps serving");
+        assert!(
+            on(&engine, "stable", &Context::new()),
+            "the previous snapshot keeps serving"
+        );
         assert!(engine.snapshot().definition(&name).is_none());
     }
     assert_eq!(engine.snapshot().version(), 1);
@@ -272,49 +504,92 @@ fn invalid_definitions_name_the_flag_and_field_and_keep_the_previous_snapshot() 
 fn prerequisite_cycles_and_unknown_prerequisites_are_rejected() {
     let depends = |name: &str, on: &str| {
         let mut flag = FlagDefinition::new(name, true);
-        flag.prerequisites = vec![Prerequisite { flag: on.into(), enabled: true, variants: vec![] }];
+        flag.prerequisites = vec![Prerequisite {
+            flag: on.into(),
+            enabled: true,
+            variants: vec![],
+        }];
         flag
     };
-    let error = FlagEngine::with_flags(FlagSet { flags: vec![depends("a", "b"), depends("b", "c"), depends("c", "a")], segments: vec![] })
-        .unwrap_err();
+    let error = FlagEngine::with_flags(FlagSet {
+        flags: vec![depends("a", "b"), depends("b", "c"), depends("c", "a")],
+        segments: vec![],
+    })
+    .unwrap_err();
     match error {
         FlagError::PrerequisiteCycle { cycle, .. } => assert_eq!(cycle.len(), 4, "{cycle:?}"),
         other => panic!("unexpected {other}"),
     }
-    let error = FlagEngine::with_flags(FlagSet { flags: vec![depends("a", "ghost")], segments: vec![] }).unwrap_err();
-    assert!(matches!(&error, FlagError::InvalidFlag { flag, field, .. } if flag == "a" && field == "prerequisites[0].flag"), "{error}");
-    let error = FlagEngine::with_flags(FlagSet { flags: vec![depends("a", "a")], segments: vec![] }).unwrap_err();
+    let error = FlagEngine::with_flags(FlagSet {
+        flags: vec![depends("a", "ghost")],
+        segments: vec![],
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&error, FlagError::InvalidFlag { flag, field, .. } if flag == "a" && field == "prerequisites[0].flag"),
+        "{error}"
+    );
+    let error = FlagEngine::with_flags(FlagSet {
+        flags: vec![depends("a", "a")],
+        segments: vec![],
+    })
+    .unwrap_err();
     assert!(error.to_string().contains("itself"), "{error}");
 }
 
 #[test]
 fn malformed_documents_are_parse_errors() {
-    for (text, format) in [("{\"flags\": [", deploy_flags::FileFormat::Json), ("flags: [ {name: x", deploy_flags::FileFormat::Yaml)] {
-        assert!(matches!(format.parse(text, "inline"), Err(FlagError::Parse { .. })));
+    for (text, format) in [
+        ("{\"flags\": [", deploy_flags::FileFormat::Json),
+        ("flags: [ {name: x", deploy_flags::FileFormat::Yaml),
+    ] {
+        assert!(matches!(
+            format.parse(text, "inline"),
+            Err(FlagError::Parse { .. })
+        ));
     }
     let unknown_operator = r#"{"flags":[{"name":"x","enabled":true,"rules":[{"constraints":[{"contextName":"a","operator":"SOUNDS_LIKE","values":["b"]}]}]}]}"#;
-    let error = deploy_flags::FileFormat::Json.parse(unknown_operator, "inline").unwrap_err();
+    let error = deploy_flags::FileFormat::Json
+        .parse(unknown_operator, "inline")
+        .unwrap_err();
     assert!(error.to_string().contains("SOUNDS_LIKE"), "{error}");
 }
 
 #[tokio::test]
 async fn deltas_apply_atomically_and_subscribers_hear_of_them() {
-    let engine = engine_with(vec![FlagDefinition::new("a", true), FlagDefinition::new("b", true)]);
+    let engine = engine_with(vec![
+        FlagDefinition::new("a", true),
+        FlagDefinition::new("b", true),
+    ]);
     let mut changes = engine.subscribe();
     let version = engine
-        .apply([FlagChange::Upsert(FlagDefinition::new("a", false)), FlagChange::Remove("b".into()), FlagChange::Upsert(FlagDefinition::new("c", true))])
+        .apply([
+            FlagChange::Upsert(FlagDefinition::new("a", false)),
+            FlagChange::Remove("b".into()),
+            FlagChange::Upsert(FlagDefinition::new("c", true)),
+        ])
         .unwrap();
     assert_eq!(version, 2);
     let event = changes.recv().await.unwrap();
-    assert_eq!((event.version, event.flags), (2, vec!["a".to_string(), "b".into(), "c".into()]));
-    assert!(!on(&engine, "a", &Context::new()) && !on(&engine, "b", &Context::new()) && on(&engine, "c", &Context::new()));
+    assert_eq!(
+        (event.version, event.flags),
+        (2, vec!["a".to_string(), "b".into(), "c".into()])
+    );
+    assert!(
+        !on(&engine, "a", &Context::new())
+            && !on(&engine, "b", &Context::new())
+            && on(&engine, "c", &Context::new())
+    );
     // One bad change refuses the whole delta.
     let refused = engine.apply([
         FlagChange::Upsert(FlagDefinition::new("a", true)),
         FlagChange::Upsert(rollout_flag("d", 200, Stickiness::default(), None)),
     ]);
     assert!(refused.is_err());
-    assert!(!on(&engine, "a", &Context::new()), "the good half of a refused delta is not applied");
+    assert!(
+        !on(&engine, "a", &Context::new()),
+        "the good half of a refused delta is not applied"
+    );
     assert_eq!(engine.snapshot().version(), 2);
 }
 
@@ -324,10 +599,18 @@ fn counts_survive_updates_and_unknown_flags_report_not_found() {
     for _ in 0..3 {
         on(&engine, "a", &Context::new());
     }
-    engine.replace(FlagSet { flags: vec![FlagDefinition::new("a", false)], segments: vec![] }).unwrap();
+    engine
+        .replace(FlagSet {
+            flags: vec![FlagDefinition::new("a", false)],
+            segments: vec![],
+        })
+        .unwrap();
     on(&engine, "a", &Context::new());
     let metrics = engine.metrics("a").unwrap();
-    assert_eq!((metrics.evaluations, metrics.enabled, metrics.disabled), (4, 3, 1));
+    assert_eq!(
+        (metrics.evaluations, metrics.enabled, metrics.disabled),
+        (4, 3, 1)
+    );
     assert!(metrics.last_evaluated.is_some());
     let missing = engine.evaluate("ghost", &Context::new());
     assert_eq!(missing.reason.as_openfeature(), "ERROR");

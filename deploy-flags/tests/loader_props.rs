@@ -18,19 +18,43 @@ fn any_json() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
-            proptest::collection::btree_map(".{0,8}", inner, 0..6).prop_map(|map| Value::Object(map.into_iter().collect())),
+            proptest::collection::btree_map(".{0,8}", inner, 0..6)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
         ]
     })
 }
 
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof![Just(String::new()), "[a-z0-9.:/@^$*()\\[\\]-]{0,10}", Just("1.2.3".into()), Just("10.0.0.0/8".into()), Just("2024-01-01T00:00:00Z".into())]
+    prop_oneof![
+        Just(String::new()),
+        "[a-z0-9.:/@^$*()\\[\\]-]{0,10}",
+        Just("1.2.3".into()),
+        Just("10.0.0.0/8".into()),
+        Just("2024-01-01T00:00:00Z".into())
+    ]
 }
 
 fn operator() -> impl Strategy<Value = String> {
     proptest::sample::select(vec![
-        "IN", "NOT_IN", "STR_CONTAINS", "STR_STARTS_WITH", "STR_ENDS_WITH", "REGEX", "NUM_EQ", "NUM_GT", "NUM_GTE", "NUM_LT",
-        "NUM_LTE", "SEMVER_EQ", "SEMVER_GT", "SEMVER_GTE", "SEMVER_LT", "SEMVER_LTE", "DATE_AFTER", "DATE_BEFORE", "IN_CIDR",
+        "IN",
+        "NOT_IN",
+        "STR_CONTAINS",
+        "STR_STARTS_WITH",
+        "STR_ENDS_WITH",
+        "REGEX",
+        "NUM_EQ",
+        "NUM_GT",
+        "NUM_GTE",
+        "NUM_LT",
+        "NUM_LTE",
+        "SEMVER_EQ",
+        "SEMVER_GT",
+        "SEMVER_GTE",
+        "SEMVER_LT",
+        "SEMVER_LTE",
+        "DATE_AFTER",
+        "DATE_BEFORE",
+        "IN_CIDR",
         "BOGUS",
     ])
     .prop_map(str::to_owned)
@@ -49,7 +73,12 @@ fn variant() -> impl Strategy<Value = Value> {
 }
 
 fn flag_shaped() -> impl Strategy<Value = Value> {
-    let rule = (proptest::collection::vec(constraint(), 0..3), proptest::option::of(0u32..150), proptest::collection::vec(variant(), 0..3), proptest::collection::vec(proptest::sample::select(vec!["s1", "s2"]), 0..2))
+    let rule = (
+        proptest::collection::vec(constraint(), 0..3),
+        proptest::option::of(0u32..150),
+        proptest::collection::vec(variant(), 0..3),
+        proptest::collection::vec(proptest::sample::select(vec!["s1", "s2"]), 0..2),
+    )
         .prop_map(|(constraints, percentage, variants, segments)| {
             let mut rule = json!({"constraints": constraints, "variants": variants, "segments": segments});
             if let Some(percentage) = percentage {
@@ -57,16 +86,29 @@ fn flag_shaped() -> impl Strategy<Value = Value> {
             }
             rule
         });
-    let flag = (proptest::sample::select(vec!["f1", "f2", "f3"]), any::<bool>(), proptest::sample::select(vec!["boolean", "string", "number", "json"]), proptest::collection::vec(rule, 0..3), proptest::collection::vec(variant(), 0..3), proptest::option::of(proptest::sample::select(vec!["f1", "f2", "f3", "zz"])))
+    let flag = (
+        proptest::sample::select(vec!["f1", "f2", "f3"]),
+        any::<bool>(),
+        proptest::sample::select(vec!["boolean", "string", "number", "json"]),
+        proptest::collection::vec(rule, 0..3),
+        proptest::collection::vec(variant(), 0..3),
+        proptest::option::of(proptest::sample::select(vec!["f1", "f2", "f3", "zz"])),
+    )
         .prop_map(|(name, enabled, kind, rules, variants, prerequisite)| {
-            let mut flag = json!({"name": name, "enabled": enabled, "kind": kind, "rules": rules, "variants": variants});
+            let mut flag =
+                json!({"name": name, "enabled": enabled, "kind": kind, "rules": rules, "variants": variants});
             if let Some(prerequisite) = prerequisite {
                 flag["prerequisites"] = json!([{"flag": prerequisite}]);
             }
             flag
         });
-    (proptest::collection::vec(flag, 0..4), proptest::collection::vec(constraint(), 0..2))
-        .prop_map(|(flags, segment)| json!({"flags": flags, "segments": [{"id": "s1", "constraints": segment}]}))
+    (
+        proptest::collection::vec(flag, 0..4),
+        proptest::collection::vec(constraint(), 0..2),
+    )
+        .prop_map(
+            |(flags, segment)| json!({"flags": flags, "segments": [{"id": "s1", "constraints": segment}]}),
+        )
 }
 
 fn unleash_shaped() -> impl Strategy<Value = Value> {
@@ -74,9 +116,16 @@ fn unleash_shaped() -> impl Strategy<Value = Value> {
         .prop_map(|(name, parameter, constraints, segments, variants)| {
             json!({"name": name, "parameters": {"rollout": parameter, "userIds": parameter, "percentage": parameter, "IPs": parameter, "groupId": "g"}, "constraints": constraints, "segments": segments, "variants": variants})
         });
-    let feature = (proptest::sample::select(vec!["a", "b"]), any::<bool>(), proptest::collection::vec(strategy, 0..3), proptest::collection::vec(variant(), 0..3), proptest::option::of(proptest::sample::select(vec!["a", "b", "c"])))
+    let feature = (
+        proptest::sample::select(vec!["a", "b"]),
+        any::<bool>(),
+        proptest::collection::vec(strategy, 0..3),
+        proptest::collection::vec(variant(), 0..3),
+        proptest::option::of(proptest::sample::select(vec!["a", "b", "c"])),
+    )
         .prop_map(|(name, enabled, strategies, variants, parent)| {
-            let mut feature = json!({"name": name, "enabled": enabled, "strategies": strategies, "variants": variants});
+            let mut feature =
+                json!({"name": name, "enabled": enabled, "strategies": strategies, "variants": variants});
             if let Some(parent) = parent {
                 feature["dependencies"] = json!([{"feature": parent}]);
             }
@@ -89,8 +138,15 @@ fn unleash_shaped() -> impl Strategy<Value = Value> {
 fn contexts() -> Vec<Context> {
     vec![
         Context::new(),
-        Context::new().user_id("u1").property("email", "a@b.c").property("v", "1.2.3").remote_address("10.1.2.3"),
-        Context::new().session_id("s").property("currentTime", "not a date").property("v", "x"),
+        Context::new()
+            .user_id("u1")
+            .property("email", "a@b.c")
+            .property("v", "1.2.3")
+            .remote_address("10.1.2.3"),
+        Context::new()
+            .session_id("s")
+            .property("currentTime", "not a date")
+            .property("v", "x"),
     ]
 }
 
@@ -110,10 +166,10 @@ proptest! {
     #[test]
     fn arbitrary_json_is_refused_or_loaded(value in any_json()) {
         let text = value.to_string();
-        if let Ok(set) = FileFormat::Json.parse(&text, "random") {
-            if let Ok(engine) = FlagEngine::with_flags(set) {
-                evaluate_everything(&engine);
-            }
+        if let Ok(set) = FileFormat::Json.parse(&text, "random")
+            && let Ok(engine) = FlagEngine::with_flags(set)
+        {
+            evaluate_everything(&engine);
         }
         let mut state = UnleashState::default();
         if state.hydrate_json(&text).is_ok() {

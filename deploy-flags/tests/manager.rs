@@ -5,40 +5,62 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use deploy_core::{DynStore, MemoryStore, RecordStore};
+use deploy_core::{DynStore, MemoryStore};
 use deploy_flags::{
-    AuditAction, Constraint, Context, FeatureFlagManager, FileSource, FlagDefinition, FlagError, ManagerOptions, Operator,
-    Prerequisite, Rollout, Rule, StaleReason, Stickiness,
+    AuditAction, Constraint, Context, FeatureFlagManager, FileSource, FlagDefinition, FlagError,
+    ManagerOptions, Operator, Prerequisite, Rollout, Rule, StaleReason, Stickiness,
 };
 
 fn clock_at(start: DateTime<Utc>) -> (Arc<Mutex<DateTime<Utc>>>, ManagerOptions) {
     let now = Arc::new(Mutex::new(start));
     let reading = now.clone();
-    let options = ManagerOptions { clock: Arc::new(move || *reading.lock().unwrap()), ..ManagerOptions::default() };
+    let options = ManagerOptions {
+        clock: Arc::new(move || *reading.lock().unwrap()),
+        ..ManagerOptions::default()
+    };
     (now, options)
 }
 
 fn beta_rule() -> Rule {
-    Rule { constraints: vec![Constraint::list("plan", Operator::In, &["beta"])], ..Rule::default() }
+    Rule {
+        constraints: vec![Constraint::list("plan", Operator::In, &["beta"])],
+        ..Rule::default()
+    }
 }
 
 #[tokio::test]
 async fn changes_are_audited_persisted_and_reloaded() {
     let store: Arc<DynStore> = Arc::new(MemoryStore::new());
     let (_, options) = clock_at(Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap());
-    let manager = FeatureFlagManager::open(store.clone(), options.clone()).await.unwrap();
-    manager.create_flag("ann", FlagDefinition::new("search", false)).await.unwrap();
-    manager.enable_flag("bob", "search", Some(vec![beta_rule()])).await.unwrap();
+    let manager = FeatureFlagManager::open(store.clone(), options.clone())
+        .await
+        .unwrap();
+    manager
+        .create_flag("ann", FlagDefinition::new("search", false))
+        .await
+        .unwrap();
+    manager
+        .enable_flag("bob", "search", Some(vec![beta_rule()]))
+        .await
+        .unwrap();
     manager.disable_flag("ann", "search").await.unwrap();
     manager.enable_flag("ann", "search", None).await.unwrap();
     assert!(manager.is_enabled("search", &Context::new().property("plan", "beta")));
     assert!(!manager.is_enabled("search", &Context::new().property("plan", "free")));
 
     let log = manager.audit_log("search").await.unwrap();
-    let actions: Vec<_> = log.iter().map(|entry| (entry.revision, entry.action, entry.actor.as_str())).collect();
+    let actions: Vec<_> = log
+        .iter()
+        .map(|entry| (entry.revision, entry.action, entry.actor.as_str()))
+        .collect();
     assert_eq!(
         actions,
-        vec![(1, AuditAction::Create, "ann"), (2, AuditAction::Enable, "bob"), (3, AuditAction::Disable, "ann"), (4, AuditAction::Enable, "ann")]
+        vec![
+            (1, AuditAction::Create, "ann"),
+            (2, AuditAction::Enable, "bob"),
+            (3, AuditAction::Disable, "ann"),
+            (4, AuditAction::Enable, "ann")
+        ]
     );
     assert_eq!(log[1].before.as_ref().unwrap().rules.len(), 0);
     assert_eq!(log[1].after.as_ref().unwrap().rules, vec![beta_rule()]);
@@ -50,28 +72,65 @@ async fn changes_are_audited_persisted_and_reloaded() {
     manager.delete_flag("ann", "search").await.unwrap();
     other.reload().await.unwrap();
     assert!(other.engine().snapshot().definition("search").is_none());
-    assert_eq!(other.audit_log("search").await.unwrap().last().unwrap().action, AuditAction::Delete);
+    assert_eq!(
+        other.audit_log("search").await.unwrap().last().unwrap().action,
+        AuditAction::Delete
+    );
 }
 
 #[tokio::test]
 async fn invalid_or_impossible_changes_write_nothing() {
     let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default()).await.unwrap();
-    manager.create_flag("ann", FlagDefinition::new("base", true)).await.unwrap();
+    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+        .await
+        .unwrap();
+    manager
+        .create_flag("ann", FlagDefinition::new("base", true))
+        .await
+        .unwrap();
     let too_much = Rule {
-        rollout: Some(Rollout { percentage: 120, stickiness: Stickiness::default(), group_id: None }),
+        rollout: Some(Rollout {
+            percentage: 120,
+            stickiness: Stickiness::default(),
+            group_id: None,
+        }),
         ..Rule::default()
     };
-    let error = manager.enable_flag("ann", "base", Some(vec![too_much])).await.unwrap_err();
-    assert!(matches!(&error, FlagError::InvalidFlag { flag, field, .. } if flag == "base" && field == "rules[0].rollout.percentage"), "{error}");
-    assert!(matches!(manager.create_flag("ann", FlagDefinition::new("base", true)).await, Err(FlagError::FlagExists(_))));
-    assert!(matches!(manager.disable_flag("ann", "ghost").await, Err(FlagError::UnknownFlag(_))));
+    let error = manager
+        .enable_flag("ann", "base", Some(vec![too_much]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, FlagError::InvalidFlag { flag, field, .. } if flag == "base" && field == "rules[0].rollout.percentage"),
+        "{error}"
+    );
+    assert!(matches!(
+        manager
+            .create_flag("ann", FlagDefinition::new("base", true))
+            .await,
+        Err(FlagError::FlagExists(_))
+    ));
+    assert!(matches!(
+        manager.disable_flag("ann", "ghost").await,
+        Err(FlagError::UnknownFlag(_))
+    ));
     let mut child = FlagDefinition::new("child", true);
-    child.prerequisites = vec![Prerequisite { flag: "base".into(), enabled: true, variants: vec![] }];
+    child.prerequisites = vec![Prerequisite {
+        flag: "base".into(),
+        enabled: true,
+        variants: vec![],
+    }];
     manager.create_flag("ann", child).await.unwrap();
     let error = manager.delete_flag("ann", "base").await.unwrap_err();
-    assert!(error.to_string().contains("child"), "deleting a prerequisite names its dependent: {error}");
-    assert_eq!(manager.audit_log("base").await.unwrap().len(), 1, "refused changes are not audited");
+    assert!(
+        error.to_string().contains("child"),
+        "deleting a prerequisite names its dependent: {error}"
+    );
+    assert_eq!(
+        manager.audit_log("base").await.unwrap().len(),
+        1,
+        "refused changes are not audited"
+    );
     assert!(manager.is_enabled("base", &Context::new()));
     assert!(store.get("flags/defs/base").await.unwrap().is_some());
 }
@@ -79,18 +138,35 @@ async fn invalid_or_impossible_changes_write_nothing() {
 #[tokio::test]
 async fn concurrent_managers_never_lose_a_change() {
     let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let first = Arc::new(FeatureFlagManager::open(store.clone(), ManagerOptions::default()).await.unwrap());
-    let second = Arc::new(FeatureFlagManager::open(store.clone(), ManagerOptions::default()).await.unwrap());
-    first.create_flag("ann", FlagDefinition::new("shared", false)).await.unwrap();
+    let first = Arc::new(
+        FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+            .await
+            .unwrap(),
+    );
+    let second = Arc::new(
+        FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+            .await
+            .unwrap(),
+    );
+    first
+        .create_flag("ann", FlagDefinition::new("shared", false))
+        .await
+        .unwrap();
     second.reload().await.unwrap();
     let mut tasks = Vec::new();
     for round in 0..20 {
-        let manager = if round % 2 == 0 { first.clone() } else { second.clone() };
+        let manager = if round % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
         tasks.push(tokio::spawn(async move {
             if round % 3 == 0 {
                 manager.disable_flag(&format!("actor-{round}"), "shared").await
             } else {
-                manager.enable_flag(&format!("actor-{round}"), "shared", None).await
+                manager
+                    .enable_flag(&format!("actor-{round}"), "shared", None)
+                    .await
             }
         }));
     }
@@ -99,22 +175,44 @@ async fn concurrent_managers_never_lose_a_change() {
     }
     let log = first.audit_log("shared").await.unwrap();
     let revisions: Vec<u64> = log.iter().map(|entry| entry.revision).collect();
-    assert_eq!(revisions, (1..=21).collect::<Vec<_>>(), "every change got its own revision");
+    assert_eq!(
+        revisions,
+        (1..=21).collect::<Vec<_>>(),
+        "every change got its own revision"
+    );
     for pair in log.windows(2) {
-        assert_eq!(pair[0].after, pair[1].before, "each change starts from the one before it");
+        assert_eq!(
+            pair[0].after, pair[1].before,
+            "each change starts from the one before it"
+        );
     }
 }
 
 #[tokio::test]
 async fn sync_follows_changes_made_elsewhere() {
     let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let writer = FeatureFlagManager::open(store.clone(), ManagerOptions::default()).await.unwrap();
-    let follower = Arc::new(FeatureFlagManager::open(store.clone(), ManagerOptions::default()).await.unwrap());
+    let writer = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+        .await
+        .unwrap();
+    let follower = Arc::new(
+        FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+            .await
+            .unwrap(),
+    );
     let mut changes = follower.subscribe();
     let sync = follower.spawn_sync().await.unwrap();
-    writer.create_flag("ann", FlagDefinition::new("remote", true)).await.unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.expect("a change event").unwrap();
-    assert!(event.flags.contains(&"remote".to_string()) || follower.engine().snapshot().definition("remote").is_some());
+    writer
+        .create_flag("ann", FlagDefinition::new("remote", true))
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), changes.recv())
+        .await
+        .expect("a change event")
+        .unwrap();
+    assert!(
+        event.flags.contains(&"remote".to_string())
+            || follower.engine().snapshot().definition("remote").is_some()
+    );
     tokio::time::timeout(Duration::from_secs(5), async {
         while !follower.is_enabled("remote", &Context::new()) {
             tokio::task::yield_now().await;
@@ -128,12 +226,19 @@ async fn sync_follows_changes_made_elsewhere() {
 #[tokio::test]
 async fn a_crash_between_flag_and_audit_writes_is_repaired_on_load() {
     let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default()).await.unwrap();
-    manager.create_flag("ann", FlagDefinition::new("f", true)).await.unwrap();
+    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+        .await
+        .unwrap();
+    manager
+        .create_flag("ann", FlagDefinition::new("f", true))
+        .await
+        .unwrap();
     manager.disable_flag("ann", "f").await.unwrap();
     // Lose the last audit entry, as a crash right after the flag write would.
     assert!(store.delete("flags/audit/f/0000000002").await.unwrap());
-    let reopened = FeatureFlagManager::open(store, ManagerOptions::default()).await.unwrap();
+    let reopened = FeatureFlagManager::open(store, ManagerOptions::default())
+        .await
+        .unwrap();
     let log = reopened.audit_log("f").await.unwrap();
     assert_eq!(log.len(), 2);
     assert_eq!(log[1].action, AuditAction::Disable);
@@ -144,22 +249,45 @@ async fn stale_report_finds_unused_and_fully_rolled_out_flags() {
     let store: Arc<DynStore> = Arc::new(MemoryStore::new());
     let (now, options) = clock_at(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
     let manager = FeatureFlagManager::open(store, options).await.unwrap();
-    manager.create_flag("ann", FlagDefinition::new("unused", true)).await.unwrap();
-    manager.create_flag("ann", FlagDefinition::new("everyone", true)).await.unwrap();
-    manager.create_flag("ann", FlagDefinition::new("targeted", true).with_rule(beta_rule())).await.unwrap();
+    manager
+        .create_flag("ann", FlagDefinition::new("unused", true))
+        .await
+        .unwrap();
+    manager
+        .create_flag("ann", FlagDefinition::new("everyone", true))
+        .await
+        .unwrap();
+    manager
+        .create_flag(
+            "ann",
+            FlagDefinition::new("targeted", true).with_rule(beta_rule()),
+        )
+        .await
+        .unwrap();
     for _ in 0..3 {
         manager.is_enabled("everyone", &Context::new());
         manager.is_enabled("targeted", &Context::new());
     }
     let month = Duration::from_secs(30 * 24 * 3600);
-    assert!(manager.stale_flags(month).await.unwrap().is_empty(), "nothing is old yet");
+    assert!(
+        manager.stale_flags(month).await.unwrap().is_empty(),
+        "nothing is old yet"
+    );
     *now.lock().unwrap() = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
     let stale = manager.stale_flags(month).await.unwrap();
-    let reasons: Vec<_> = stale.iter().map(|flag| (flag.flag.as_str(), flag.reason.clone())).collect();
+    let reasons: Vec<_> = stale
+        .iter()
+        .map(|flag| (flag.flag.as_str(), flag.reason.clone()))
+        .collect();
     assert_eq!(
         reasons,
         vec![
-            ("everyone", StaleReason::FullyRolledOut { since: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() }),
+            (
+                "everyone",
+                StaleReason::FullyRolledOut {
+                    since: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+                }
+            ),
             ("unused", StaleReason::NeverEvaluated),
         ]
     );
@@ -186,15 +314,36 @@ async fn file_source_reloads_changes_and_keeps_serving_through_bad_saves() {
 
     // Invalid YAML, then a valid file with an invalid flag: both refused, old flags serve.
     std::fs::write(&path, "flags: [ {name: banner").unwrap();
-    status.wait_for(|status| status.last_error.is_some()).await.unwrap();
+    status
+        .wait_for(|status| status.last_error.is_some())
+        .await
+        .unwrap();
     assert!(status.borrow().last_error.as_ref().unwrap().contains("YAML"));
-    std::fs::write(&path, "flags:\n  - name: banner\n    enabled: true\n    rules:\n      - rollout: {percentage: 300}\n").unwrap();
-    status.wait_for(|status| status.last_error.as_ref().is_some_and(|error| error.contains("percentage"))).await.unwrap();
-    assert!(!engine.is_enabled("banner", &Context::new()), "the last good flags keep serving");
+    std::fs::write(
+        &path,
+        "flags:\n  - name: banner\n    enabled: true\n    rules:\n      - rollout: {percentage: 300}\n",
+    )
+    .unwrap();
+    status
+        .wait_for(|status| {
+            status
+                .last_error
+                .as_ref()
+                .is_some_and(|error| error.contains("percentage"))
+        })
+        .await
+        .unwrap();
+    assert!(
+        !engine.is_enabled("banner", &Context::new()),
+        "the last good flags keep serving"
+    );
     assert_eq!(status.borrow().loaded, 2);
 
     std::fs::write(&path, "flags:\n  - name: banner\n    enabled: true\n").unwrap();
-    status.wait_for(|status| status.loaded == 3 && status.last_error.is_none()).await.unwrap();
+    status
+        .wait_for(|status| status.loaded == 3 && status.last_error.is_none())
+        .await
+        .unwrap();
     assert!(engine.is_enabled("banner", &Context::new()));
     task.abort();
     std::fs::remove_dir_all(&dir).ok();

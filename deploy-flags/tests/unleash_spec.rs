@@ -10,7 +10,10 @@ fn spec_dir() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("DEPLOYKIT_REQUIRE_REAL").is_ok_and(|value| value == "1") {
-        panic!("DEPLOYKIT_REQUIRE_REAL=1 but the Unleash specification is not at {}", dir.display());
+        panic!(
+            "DEPLOYKIT_REQUIRE_REAL=1 but the Unleash specification is not at {}",
+            dir.display()
+        );
     }
     eprintln!("skipped: the Unleash specification is not at {}", dir.display());
     None
@@ -25,7 +28,11 @@ fn every_specification_file_passes() {
         .filter(|path| path.extension().is_some_and(|extension| extension == "json"))
         .collect();
     files.sort();
-    assert!(files.len() >= 17, "expected the specification files in {}", dir.display());
+    assert!(
+        files.len() >= 17,
+        "expected the specification files in {}",
+        dir.display()
+    );
     let mut failures = Vec::new();
     let mut total = 0;
     for file in &files {
@@ -38,6 +45,11 @@ fn every_specification_file_passes() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {total} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(total > 150, "only {total} cases ran");
 }

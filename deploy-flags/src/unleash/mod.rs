@@ -31,8 +31,8 @@ use serde::{Deserialize, Deserializer};
 use crate::error::FlagError;
 use crate::matchers::parse_network;
 use crate::model::{
-    Constraint, FlagDefinition, FlagKind, FlagSet, Operator, Payload, PayloadKind, Prerequisite, Rollout, Rule,
-    Stickiness, VariantDefinition, VariantOverride,
+    Constraint, FlagDefinition, FlagKind, FlagSet, Operator, Payload, PayloadKind, Prerequisite, Rollout,
+    Rule, Stickiness, VariantDefinition, VariantOverride,
 };
 use crate::semver::Semver;
 
@@ -288,8 +288,16 @@ fn parse<T: for<'de> Deserialize<'de>>(json: &str, origin: &str) -> Result<T, Fl
 impl UnleashState {
     /// Replaces the state with a client-features document.
     pub fn hydrate(&mut self, features: ClientFeatures) {
-        self.features = features.features.into_iter().map(|feature| (feature.name.clone(), feature)).collect();
-        self.segments = features.segments.into_iter().map(|segment| (segment.id, segment)).collect();
+        self.features = features
+            .features
+            .into_iter()
+            .map(|feature| (feature.name.clone(), feature))
+            .collect();
+        self.segments = features
+            .segments
+            .into_iter()
+            .map(|segment| (segment.id, segment))
+            .collect();
     }
 
     /// Replaces the state with a client-features JSON document.
@@ -312,8 +320,14 @@ impl UnleashState {
             }
             self.last_event_id = Some(id);
             match event {
-                DeltaEvent::Hydration { features, segments, .. } => {
-                    self.hydrate(ClientFeatures { version: 2, features, segments });
+                DeltaEvent::Hydration {
+                    features, segments, ..
+                } => {
+                    self.hydrate(ClientFeatures {
+                        version: 2,
+                        features,
+                        segments,
+                    });
                 }
                 DeltaEvent::FeatureUpdated { feature, .. } => {
                     self.features.insert(feature.name.clone(), feature);
@@ -348,12 +362,27 @@ impl UnleashState {
     /// Translates the state into deploykit definitions with Unleash's semantics.
     pub fn to_flag_set(&self) -> UnleashImport {
         let mut warnings = Vec::new();
-        let flags = self.features.values().map(|feature| self.translate(feature, &mut warnings)).collect();
-        UnleashImport { flags: FlagSet { flags, segments: Vec::new() }, warnings }
+        let flags = self
+            .features
+            .values()
+            .map(|feature| self.translate(feature, &mut warnings))
+            .collect();
+        UnleashImport {
+            flags: FlagSet {
+                flags,
+                segments: Vec::new(),
+            },
+            warnings,
+        }
     }
 
     fn translate(&self, feature: &Feature, warnings: &mut Vec<ImportWarning>) -> FlagDefinition {
-        let mut warn = |message: String| warnings.push(ImportWarning { flag: feature.name.clone(), message });
+        let mut warn = |message: String| {
+            warnings.push(ImportWarning {
+                flag: feature.name.clone(),
+                message,
+            })
+        };
         let mut definition = FlagDefinition::new(feature.name.clone(), feature.enabled);
         definition.description = feature.description.clone().unwrap_or_default();
         definition.kind = FlagKind::Boolean;
@@ -365,8 +394,14 @@ impl UnleashState {
                 Ok(rule) => rules.push(rule),
                 Err(reason) => {
                     // Unleash switches the whole toggle off when one strategy fails to compile.
-                    warn(format!("strategy `{}`: {reason}; the flag is always off", strategy.name));
-                    rules = vec![Rule { disabled: true, ..Rule::default() }];
+                    warn(format!(
+                        "strategy `{}`: {reason}; the flag is always off",
+                        strategy.name
+                    ));
+                    rules = vec![Rule {
+                        disabled: true,
+                        ..Rule::default()
+                    }];
                     break;
                 }
             }
@@ -379,11 +414,18 @@ impl UnleashState {
 
         for dependency in feature.dependencies.as_deref().unwrap_or_default() {
             let parent = self.features.get(&dependency.feature);
-            let usable = parent.is_some_and(|parent| parent.dependencies.as_deref().unwrap_or_default().is_empty());
+            let usable =
+                parent.is_some_and(|parent| parent.dependencies.as_deref().unwrap_or_default().is_empty());
             if !usable {
                 // Unleash supports one level of dependencies and treats a missing parent as unmet.
-                warn(format!("dependency `{}` is missing or has dependencies itself; the flag is always off", dependency.feature));
-                definition.rules = vec![Rule { disabled: true, ..Rule::default() }];
+                warn(format!(
+                    "dependency `{}` is missing or has dependencies itself; the flag is always off",
+                    dependency.feature
+                ));
+                definition.rules = vec![Rule {
+                    disabled: true,
+                    ..Rule::default()
+                }];
                 definition.prerequisites.clear();
                 break;
             }
@@ -400,30 +442,48 @@ impl UnleashState {
     fn translate_strategy(&self, strategy: &Strategy, flag: &str) -> Result<Rule, String> {
         let param = |key: &str| strategy.parameters.get(key).map(String::as_str);
         let percentage = |key: &str| param(key).and_then(|value| value.parse::<u32>().ok());
-        let never = Rule { disabled: true, ..Rule::default() };
-        let mut rule = Rule { name: Some(strategy.name.clone()), ..Rule::default() };
-        let sticky_rollout = |percent: u32, stickiness: Stickiness, group: Option<&str>| -> Result<Rollout, String> {
-            if percent > 100 {
-                return Err(format!("rollout {percent}% is above 100"));
-            }
-            Ok(Rollout { percentage: percent, stickiness, group_id: group.map(str::to_owned) })
+        let never = Rule {
+            disabled: true,
+            ..Rule::default()
         };
+        let mut rule = Rule {
+            name: Some(strategy.name.clone()),
+            ..Rule::default()
+        };
+        let sticky_rollout =
+            |percent: u32, stickiness: Stickiness, group: Option<&str>| -> Result<Rollout, String> {
+                if percent > 100 {
+                    return Err(format!("rollout {percent}% is above 100"));
+                }
+                Ok(Rollout {
+                    percentage: percent,
+                    stickiness,
+                    group_id: group.map(str::to_owned),
+                })
+            };
         match strategy.name.as_str() {
             "default" => {}
             "userWithId" => match param("userIds") {
                 Some(ids) => {
                     let ids: Vec<&str> = ids.split(',').map(str::trim).collect();
-                    rule.constraints.push(Constraint::list("userId", Operator::In, &ids));
+                    rule.constraints
+                        .push(Constraint::list("userId", Operator::In, &ids));
                 }
                 None => rule = never.clone(),
             },
-            "gradualRolloutUserId" | "gradualRolloutSessionId" => match (percentage("percentage"), param("groupId")) {
-                (Some(percent), Some(group)) => {
-                    let on = if strategy.name == "gradualRolloutUserId" { "userId" } else { "sessionId" };
-                    rule.rollout = Some(sticky_rollout(percent, Stickiness::on(on), Some(group))?);
+            "gradualRolloutUserId" | "gradualRolloutSessionId" => {
+                match (percentage("percentage"), param("groupId")) {
+                    (Some(percent), Some(group)) => {
+                        let on = if strategy.name == "gradualRolloutUserId" {
+                            "userId"
+                        } else {
+                            "sessionId"
+                        };
+                        rule.rollout = Some(sticky_rollout(percent, Stickiness::on(on), Some(group))?);
+                    }
+                    _ => rule = never.clone(),
                 }
-                _ => rule = never.clone(),
-            },
+            }
             "gradualRolloutRandom" => match percentage("percentage") {
                 Some(percent) => {
                     rule.rollout = Some(Rollout {
@@ -446,9 +506,13 @@ impl UnleashState {
             },
             "remoteAddress" => match param("IPs") {
                 Some(addresses) => {
-                    let valid: Vec<&str> =
-                        addresses.split(',').map(str::trim).filter(|ip| parse_network(ip).is_some()).collect();
-                    rule.constraints.push(Constraint::list("remoteAddress", Operator::InCidr, &valid));
+                    let valid: Vec<&str> = addresses
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|ip| parse_network(ip).is_some())
+                        .collect();
+                    rule.constraints
+                        .push(Constraint::list("remoteAddress", Operator::InCidr, &valid));
                 }
                 None => rule = never.clone(),
             },
@@ -466,7 +530,10 @@ impl UnleashState {
 
         let mut constraints = strategy.constraints.clone().unwrap_or_default();
         for id in strategy.segments.as_deref().unwrap_or_default() {
-            let segment = self.segments.get(id).ok_or_else(|| format!("segment {id} does not exist"))?;
+            let segment = self
+                .segments
+                .get(id)
+                .ok_or_else(|| format!("segment {id} does not exist"))?;
             constraints.extend(segment.constraints.iter().cloned());
         }
         for constraint in &constraints {
@@ -477,7 +544,11 @@ impl UnleashState {
             }
         }
 
-        if let Some(variants) = strategy.variants.as_deref().filter(|variants| !variants.is_empty()) {
+        if let Some(variants) = strategy
+            .variants
+            .as_deref()
+            .filter(|variants| !variants.is_empty())
+        {
             rule.variants = variants.iter().map(variant_definition).collect();
             rule.variant_stickiness = Some(match param("stickiness") {
                 None | Some("default") => Stickiness::default_chain(),
@@ -499,7 +570,13 @@ fn translate_constraint(constraint: &UnleashConstraint) -> Result<Translated, St
     let operator = serde_json::from_value::<Operator>(serde_json::Value::String(constraint.operator.clone()))
         .map_err(|_| format!("unknown operator `{}`", constraint.operator))?;
     let values = constraint.values.clone().unwrap_or_default();
-    let constant = |result: bool| if result != constraint.inverted { Translated::AlwaysTrue } else { Translated::AlwaysFalse };
+    let constant = |result: bool| {
+        if result != constraint.inverted {
+            Translated::AlwaysTrue
+        } else {
+            Translated::AlwaysFalse
+        }
+    };
     let mut translated = Constraint {
         context_name: constraint.context_name.clone(),
         operator,
@@ -508,7 +585,12 @@ fn translate_constraint(constraint: &UnleashConstraint) -> Result<Translated, St
         inverted: constraint.inverted,
         case_insensitive: constraint.case_insensitive,
     };
-    let single = || constraint.value.as_deref().ok_or_else(|| format!("{} needs a value", constraint.operator));
+    let single = || {
+        constraint
+            .value
+            .as_deref()
+            .ok_or_else(|| format!("{} needs a value", constraint.operator))
+    };
     match operator {
         Operator::In | Operator::NotIn => {}
         Operator::StrContains | Operator::StrStartsWith | Operator::StrEndsWith => {
@@ -524,12 +606,20 @@ fn translate_constraint(constraint: &UnleashConstraint) -> Result<Translated, St
         }
         Operator::Regex => {
             let pattern = constraint.value.clone().unwrap_or_default();
-            if regex::RegexBuilder::new(&pattern).case_insensitive(constraint.case_insensitive).build().is_err() {
+            if regex::RegexBuilder::new(&pattern)
+                .case_insensitive(constraint.case_insensitive)
+                .build()
+                .is_err()
+            {
                 return Ok(constant(false));
             }
             translated.value = Some(pattern);
         }
-        Operator::SemverEq | Operator::SemverGt | Operator::SemverGte | Operator::SemverLt | Operator::SemverLte => {
+        Operator::SemverEq
+        | Operator::SemverGt
+        | Operator::SemverGte
+        | Operator::SemverLt
+        | Operator::SemverLte => {
             let value = single()?;
             if value.starts_with('v') {
                 // Unleash refuses such versions outright, inverted or not.
@@ -539,11 +629,18 @@ fn translate_constraint(constraint: &UnleashConstraint) -> Result<Translated, St
         }
         Operator::NumEq | Operator::NumGt | Operator::NumGte | Operator::NumLt | Operator::NumLte => {
             let value = single()?;
-            value.trim().parse::<f64>().ok().filter(|number| number.is_finite()).ok_or_else(|| format!("`{value}` is not a number"))?;
+            value
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|number| number.is_finite())
+                .ok_or_else(|| format!("`{value}` is not a number"))?;
         }
         Operator::DateAfter | Operator::DateBefore => {
             let value = single()?;
-            value.parse::<chrono::DateTime<chrono::Utc>>().map_err(|_| format!("`{value}` is not a date"))?;
+            value
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .map_err(|_| format!("`{value}` is not a date"))?;
         }
     }
     Ok(Translated::Keep(translated))
@@ -559,18 +656,26 @@ fn variant_definition(variant: &UnleashVariant) -> VariantDefinition {
         }),
         payload: variant.payload.as_ref().map(|payload| {
             let kind = match payload.kind.as_str() {
-                "json" if serde_json::from_str::<serde_json::Value>(&payload.value).is_ok() => PayloadKind::Json,
+                "json" if serde_json::from_str::<serde_json::Value>(&payload.value).is_ok() => {
+                    PayloadKind::Json
+                }
                 "number" => PayloadKind::Number,
                 "csv" => PayloadKind::Csv,
                 _ => PayloadKind::String,
             };
-            Payload { kind, value: payload.value.clone() }
+            Payload {
+                kind,
+                value: payload.value.clone(),
+            }
         }),
         overrides: variant
             .overrides
             .iter()
             .flatten()
-            .map(|rule| VariantOverride { context_name: rule.context_name.clone(), values: rule.values.clone() })
+            .map(|rule| VariantOverride {
+                context_name: rule.context_name.clone(),
+                values: rule.values.clone(),
+            })
             .collect(),
     }
 }
@@ -588,7 +693,10 @@ fn translate_variants_definitions(
     variants.retain(|variant| {
         let first = seen.insert(variant.name.clone());
         if !first {
-            warn(format!("variant `{}` is listed twice; the first one counts", variant.name));
+            warn(format!(
+                "variant `{}` is listed twice; the first one counts",
+                variant.name
+            ));
         }
         first
     });

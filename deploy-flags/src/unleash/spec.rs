@@ -77,8 +77,10 @@ impl SpecReport {
 /// The file cannot be read, is not a specification file, or its state does not load.
 pub fn run_spec_file(path: &Path) -> Result<SpecReport, FlagError> {
     let origin = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|source| FlagError::Io { path: origin.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| FlagError::Io {
+        path: origin.clone(),
+        source,
+    })?;
     let parse_error = |error: serde_json::Error| FlagError::Parse {
         origin: origin.clone(),
         format: "Unleash specification JSON",
@@ -108,7 +110,11 @@ pub fn run_spec_file(path: &Path) -> Result<SpecReport, FlagError> {
             "enabled": evaluation.variant().is_some() && evaluation.enabled(),
             "feature_enabled": evaluation.enabled(),
         });
-        if let Some(payload) = evaluation.variant().filter(|_| evaluation.enabled()).and_then(|variant| variant.payload.as_ref()) {
+        if let Some(payload) = evaluation
+            .variant()
+            .filter(|_| evaluation.enabled())
+            .and_then(|variant| variant.payload.as_ref())
+        {
             let kind = serde_json::to_value(payload.kind).unwrap_or(Value::Null);
             actual["payload"] = serde_json::json!({ "type": kind, "value": &*payload.text });
         }
@@ -117,7 +123,10 @@ pub fn run_spec_file(path: &Path) -> Result<SpecReport, FlagError> {
         }
         outcomes.push(outcome(case, actual));
     }
-    Ok(SpecReport { name: spec.name, outcomes })
+    Ok(SpecReport {
+        name: spec.name,
+        outcomes,
+    })
 }
 
 fn outcome(case: SpecCase, actual: Value) -> SpecOutcome {
@@ -130,7 +139,12 @@ fn outcome(case: SpecCase, actual: Value) -> SpecOutcome {
         }
         _ => expected == actual,
     };
-    SpecOutcome { description: case.description, passed, expected, actual }
+    SpecOutcome {
+        description: case.description,
+        passed,
+        expected,
+        actual,
+    }
 }
 
 fn context_of(json: &Value) -> Context {
