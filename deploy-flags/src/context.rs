@@ -137,6 +137,7 @@ impl Context {
         self.field(&Field::from_name(name))
     }
 
+    #[inline]
     pub(crate) fn field(&self, field: &Field) -> Option<&str> {
         match field {
             Field::UserId => self.user_id.as_deref(),

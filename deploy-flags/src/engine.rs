@@ -2,10 +2,11 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
+use thread_local::ThreadLocal;
 use tokio::sync::broadcast;
 
 use crate::compile::{Snapshot, Variant};
@@ -23,7 +24,8 @@ use crate::model::{FlagDefinition, FlagKind, FlagSet, Segment};
 /// serialized among themselves and readers never wait for them. Each reading thread keeps
 /// the snapshot it last used and checks a generation counter (one atomic load) to see
 /// whether it is still current, so a read takes no lock, no read-modify-write and no
-/// allocation; the thread's cached snapshot is released at its first read after an update.
+/// allocation; the thread's cached snapshot is released at its first read after an update
+/// (or when the engine is dropped).
 ///
 /// ```
 /// use deploy_flags::{Constraint, Context, FlagDefinition, FlagEngine, FlagSet, Operator, Rule};
@@ -40,18 +42,15 @@ use crate::model::{FlagDefinition, FlagKind, FlagSet, Segment};
 /// ```
 #[derive(Debug)]
 pub struct FlagEngine {
-    id: u64,
     /// Bumped after each swap; readers compare it with the generation they cached.
     generation: AtomicU64,
     current: ArcSwap<Snapshot>,
     writer: Mutex<()>,
     counters: CounterRegistry,
     changes: broadcast::Sender<FlagsChanged>,
-    /// Readers' caches hold a weak reference, to drop entries of dropped engines.
-    alive: Arc<()>,
+    /// Each thread's cached snapshot and counters, freed with the engine.
+    readers: ThreadLocal<RefCell<View>>,
 }
-
-static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A reader's cached snapshot and its own counters.
 #[derive(Debug)]
@@ -98,13 +97,6 @@ impl View {
             self.counts = engine.counters.new_block(engine.counters.capacity());
         }
     }
-}
-
-/// One thread's view of one engine.
-struct Reader {
-    engine: u64,
-    alive: Weak<()>,
-    view: View,
 }
 
 /// A handle for a thread or task that evaluates many flags: it keeps the snapshot and the
@@ -162,10 +154,6 @@ impl Details {
     }
 }
 
-thread_local! {
-    static READERS: RefCell<Vec<Reader>> = const { RefCell::new(Vec::new()) };
-}
-
 /// One change of a delta update.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FlagChange {
@@ -213,13 +201,12 @@ impl FlagEngine {
     /// An engine with no flags.
     pub fn new() -> Self {
         Self {
-            id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
             generation: AtomicU64::new(0),
             current: ArcSwap::from_pointee(Snapshot::empty()),
             writer: Mutex::new(()),
             counters: CounterRegistry::default(),
             changes: broadcast::channel(256).0,
-            alive: Arc::new(()),
+            readers: ThreadLocal::new(),
         }
     }
 
@@ -242,40 +229,19 @@ impl FlagEngine {
     /// this thread's counters.
     #[inline(always)]
     fn with_reader<R>(&self, read: impl FnOnce(&Snapshot, Tally<'_>) -> R) -> R {
-        READERS.with(|readers| {
-            let Ok(mut readers) = readers.try_borrow_mut() else {
-                // Only reachable from a thread-local destructor; count atomically instead.
-                let snapshot = self.current.load();
-                return read(&snapshot, Tally::Shared(&snapshot.shared_counts));
-            };
-            // Most threads read one engine: check the first entry before searching.
-            let index = if readers.first().is_some_and(|reader| reader.engine == self.id) {
-                0
-            } else {
-                match readers.iter().position(|reader| reader.engine == self.id) {
-                    Some(index) => index,
-                    None => self.add_reader(&mut readers),
-                }
-            };
-            let (snapshot, tally) = readers[index].view.current(self);
-            read(snapshot, tally)
-        })
+        let view = self.readers.get_or(|| RefCell::new(View::new(self)));
+        let Ok(mut view) = view.try_borrow_mut() else {
+            // Re-entered on this thread (not something evaluation does): count atomically.
+            let snapshot = self.current.load();
+            return read(&snapshot, Tally::Shared(&snapshot.shared_counts));
+        };
+        let (snapshot, tally) = view.current(self);
+        read(snapshot, tally)
     }
 
     #[inline]
     fn read<R>(&self, flag: &str, context: &Context, outcome: impl FnOnce(Evaluation<'_>) -> R) -> R {
         self.with_reader(|snapshot, tally| outcome(snapshot.evaluate_counted(flag, context, tally)))
-    }
-
-    #[cold]
-    fn add_reader(&self, readers: &mut Vec<Reader>) -> usize {
-        readers.retain(|reader| reader.alive.strong_count() > 0);
-        readers.push(Reader {
-            engine: self.id,
-            alive: Arc::downgrade(&self.alive),
-            view: View::new(self),
-        });
-        readers.len() - 1
     }
 
     /// A reading handle with its own cached snapshot and counters (see [`FlagReader`]).

@@ -47,6 +47,7 @@ impl Murmur3 {
             .wrapping_add(0xe654_6b64);
     }
 
+    #[inline]
     pub(crate) fn write(&mut self, mut bytes: &[u8]) {
         // Input lengths above 4 GiB wrap, as in the reference implementation.
         self.len = self.len.wrapping_add(bytes.len() as u32);
@@ -71,6 +72,7 @@ impl Murmur3 {
         }
     }
 
+    #[inline]
     pub(crate) fn finish(self) -> u32 {
         let mut state = self.state;
         if self.tail_len > 0 {
@@ -86,6 +88,7 @@ impl Murmur3 {
 
     /// Finishes the hash of `prefix + identifier` and reduces it to `1..=modulus`
     /// (`modulus` must not be zero).
+    #[inline]
     pub(crate) fn bucket(mut self, identifier: &str, modulus: u32) -> u32 {
         self.write(identifier.as_bytes());
         self.finish() % modulus + 1

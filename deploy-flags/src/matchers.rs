@@ -87,6 +87,7 @@ impl ValueSet {
         }
     }
 
+    #[inline]
     fn contains(&self, value: &str) -> bool {
         match self {
             Self::Few(values) => values.iter().any(|candidate| same(candidate, value)),
@@ -206,10 +207,12 @@ impl CompiledConstraint {
         })
     }
 
+    #[inline]
     pub(crate) fn matches(&self, context: &Context) -> bool {
         self.test(context) != self.inverted
     }
 
+    #[inline]
     fn test(&self, context: &Context) -> bool {
         if let Test::Date(comparison, date) = &self.test {
             let now = match self.field {
