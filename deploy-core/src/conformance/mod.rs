@@ -25,4 +25,6 @@ mod backends;
 mod store;
 
 pub use backends::{BalancerFixture, health_checker, infra_manager, load_balancer, metrics_source, notifier};
-pub use store::{lease_expiry, lease_store, record_store, record_store_concurrency, record_store_watch};
+pub use store::{
+    lease_expiry, lease_expiry_with, lease_store, record_store, record_store_concurrency, record_store_watch,
+};

@@ -413,21 +413,34 @@ pub async fn lease_store(store: &DynStore, ns: &str) {
 /// # Panics
 /// When a lapsed holding still counts.
 pub async fn lease_expiry(store: &DynStore, ns: &str, ttl: Duration) {
+    lease_expiry_with(store, ns, ttl, tokio::time::sleep).await;
+}
+
+/// [`lease_expiry`] with the passage of time supplied by `wait`: for a store whose lease
+/// clock the test controls (advance it and return), so expiry is tested without sleeping.
+///
+/// # Panics
+/// When a lapsed holding still counts.
+pub async fn lease_expiry_with<F, Fut>(store: &DynStore, ns: &str, ttl: Duration, mut wait: F)
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let name = format!("{ns}expiry/app");
     let key = format!("{ns}expiry/journal");
     let lease = store.acquire(&name, "slow", ttl).await.expect("acquire");
 
     // Renewing before expiry keeps it.
-    tokio::time::sleep(ttl / 2).await;
+    wait(ttl / 2).await;
     store.renew(&lease).await.expect("renew before expiry");
-    tokio::time::sleep(ttl * 3 / 4).await;
+    wait(ttl * 3 / 4).await;
     assert_eq!(
         store.holder(&name).await.expect("holder").map(|l| l.token),
         Some(lease.token),
         "a renewed lease outlives its first TTL"
     );
 
-    tokio::time::sleep(ttl).await;
+    wait(ttl).await;
     assert_eq!(
         store.holder(&name).await.expect("holder"),
         None,

@@ -1,0 +1,163 @@
+//! What both SQL backends share: the schema contract, the checks a write makes inside its
+//! transaction, and error mapping. Each backend runs the same steps in the same order:
+//! take the store-wide write lock (the version counter row), check the fence, check the
+//! precondition, bump the counter, write the record and its change-log row, commit.
+
+use std::time::Duration;
+
+use deploy_core::{Fence, FencingToken, Lease, Precondition, RecordVersion, StoreError};
+
+/// The schema this build reads and writes.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// Change-log rows kept for watchers that fall behind; older ones are pruned and a
+/// watcher that needed them gets `Lagged`.
+pub(crate) const LOG_RETENTION: i64 = 10_000;
+
+/// Tables and their columns, as every backend creates them (column order as created).
+pub(crate) const TABLES: [(&str, &[&str]); 5] = [
+    ("deploykit_meta", &["key", "value"]),
+    ("deploykit_counter", &["id", "value", "log_floor"]),
+    ("deploykit_records", &["key", "value", "version"]),
+    ("deploykit_leases", &["name", "holder", "token", "ttl_ms", "expires_at_ms"]),
+    ("deploykit_changes", &["version", "key", "value"]),
+];
+
+/// Why a database cannot be used as a deploykit store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The database could not be opened or reached.
+    #[error("cannot open {target}: {source}")]
+    Unreachable {
+        /// The path or URL (without password).
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database holds deploykit tables that do not match this build's schema.
+    #[error("{target} is not a deploykit store this build can use: {reason}")]
+    ForeignSchema {
+        /// The path or URL.
+        target: String,
+        /// What does not match (a missing table, a missing column, ...).
+        reason: String,
+    },
+    /// The schema was written by a newer deploykit.
+    #[error("{target} has deploykit schema version {found}; this build supports up to {supported}")]
+    SchemaTooNew {
+        /// The path or URL.
+        target: String,
+        /// The version found.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// Setting up the schema failed.
+    #[error("cannot set up the schema in {target}: {source}")]
+    Migration {
+        /// The path or URL.
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Checks the deploykit tables found (name -> columns) against [`TABLES`]. `Ok(false)` when
+/// there are none (a fresh database to set up), `Ok(true)` when they all match.
+pub(crate) fn check_tables(target: &str, found: &[(String, Vec<String>)]) -> Result<bool, OpenError> {
+    let foreign = |reason: String| OpenError::ForeignSchema { target: target.to_owned(), reason };
+    if found.is_empty() {
+        return Ok(false);
+    }
+    for (table, columns) in TABLES {
+        let Some((_, have)) = found.iter().find(|(name, _)| name == table) else {
+            return Err(foreign(format!("table {table} is missing")));
+        };
+        for column in columns {
+            if !have.iter().any(|have| have == column) {
+                return Err(foreign(format!("table {table} has no column {column}")));
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Checks the recorded schema version.
+pub(crate) fn check_version(target: &str, found: Option<&str>) -> Result<(), OpenError> {
+    let foreign = |reason: String| OpenError::ForeignSchema { target: target.to_owned(), reason };
+    let found = found.ok_or_else(|| foreign("deploykit_meta has no schema_version".into()))?;
+    let found: i64 = found.parse().map_err(|_| foreign(format!("schema_version {found:?} is not a number")))?;
+    match found {
+        SCHEMA_VERSION => Ok(()),
+        newer if newer > SCHEMA_VERSION => {
+            Err(OpenError::SchemaTooNew { target: target.to_owned(), found: newer, supported: SCHEMA_VERSION })
+        }
+        older => Err(foreign(format!("schema_version {older} predates every release"))),
+    }
+}
+
+/// The store is failing (connection lost, timeout, I/O): retryable.
+pub(crate) fn unavailable(backend: &str, error: sqlx::Error) -> StoreError {
+    StoreError::Unavailable { backend: backend.to_owned(), message: error.to_string(), source: Some(Box::new(error)) }
+}
+
+pub(crate) fn check_precondition(key: &str, expected: Precondition, actual: Option<RecordVersion>) -> Result<(), StoreError> {
+    let holds = match expected {
+        Precondition::Any => true,
+        Precondition::Absent => actual.is_none(),
+        Precondition::Version(version) => actual == Some(version),
+    };
+    if holds { Ok(()) } else { Err(StoreError::Conflict { key: key.to_owned(), expected, actual }) }
+}
+
+/// A lease row.
+#[derive(Debug, Clone)]
+pub(crate) struct Holding {
+    pub(crate) holder: Option<String>,
+    pub(crate) token: i64,
+    pub(crate) ttl_ms: i64,
+    pub(crate) expires_at_ms: i64,
+}
+
+impl Holding {
+    pub(crate) fn is_live(&self, now_ms: i64) -> bool {
+        self.holder.is_some() && self.expires_at_ms > now_ms
+    }
+
+    /// The live holding as a lease, if it is live.
+    pub(crate) fn live_lease(&self, name: &str, now_ms: i64) -> Option<Lease> {
+        let holder = self.holder.as_ref().filter(|_| self.is_live(now_ms))?;
+        Some(Lease {
+            name: name.to_owned(),
+            holder: holder.clone(),
+            token: FencingToken(self.token as u64),
+            ttl: Duration::from_millis(self.ttl_ms as u64),
+        })
+    }
+}
+
+/// A fenced write goes ahead only under the live holder's token.
+pub(crate) fn check_fence(fence: &Fence, holding: Option<&Holding>, now_ms: i64) -> Result<(), StoreError> {
+    let current = holding.and_then(|holding| holding.live_lease(&fence.lease, now_ms)).map(|lease| lease.token);
+    if current == Some(fence.token) {
+        Ok(())
+    } else {
+        Err(StoreError::StaleFence { lease: fence.lease.clone(), presented: fence.token, current })
+    }
+}
+
+/// `lease` must be the live holding.
+pub(crate) fn check_live(lease: &Lease, holding: Option<&Holding>, now_ms: i64) -> Result<(), StoreError> {
+    let live = holding.and_then(|holding| holding.live_lease(&lease.name, now_ms));
+    match live {
+        Some(live) if live.token == lease.token => Ok(()),
+        _ => Err(StoreError::LeaseLost { lease: lease.name.clone(), holder: lease.holder.clone(), token: lease.token }),
+    }
+}
+
+pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4).max(1)
+}
