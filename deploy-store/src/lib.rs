@@ -28,6 +28,8 @@
 mod common;
 mod feed;
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
