@@ -8,6 +8,7 @@
 //!   analysis, automatic rollback, live control and a crash-safe journal.
 //! - [`flags`] (feature `flags`): feature flags with targeting, sticky rollouts, variants,
 //!   Unleash import and (feature `openfeature`) an OpenFeature provider.
+//! - `store` (features `sqlite`, `postgres`): durable record and lease stores.
 //! - [`testkit`] (feature `testkit`): a simulated fleet with fault injection and an
 //!   invariant checker, the embedded default for examples and tests.
 //!
@@ -27,3 +28,6 @@ pub use deploy_flags as flags;
 
 #[cfg(feature = "testkit")]
 pub use deploy_testkit as testkit;
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use deploy_store as store;

@@ -139,7 +139,7 @@ impl SimFleet {
         Self::default()
     }
 
-    fn state(&self) -> MutexGuard<'_, FleetState> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, FleetState> {
         // Every mutation validates first and then applies, so state behind a poisoned lock
         // is consistent.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::state::{AppState, FleetState, Membership};
 
 /// One broken rule.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum ViolationKind {
     /// The routing in force does not sum to 100%.
@@ -90,7 +90,7 @@ impl ViolationKind {
 }
 
 /// A broken rule, when it broke and for which app.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Violation {
     /// Time since the fleet was created (on tokio's clock).
     pub at: Duration,
@@ -133,6 +133,15 @@ impl InvariantChecker {
         for (app, kind) in findings {
             self.history.push(Violation { at, app, kind });
         }
+    }
+
+    /// The conditions in force and the history, for a fleet image.
+    pub(crate) fn parts(&self) -> (Vec<(AppId, String)>, Vec<Violation>) {
+        (self.ongoing.iter().cloned().collect(), self.history.clone())
+    }
+
+    pub(crate) fn from_parts(ongoing: Vec<(AppId, String)>, history: Vec<Violation>) -> Self {
+        Self { ongoing: ongoing.into_iter().collect(), history }
     }
 
     pub(crate) fn history(&self) -> &[Violation] {

@@ -38,6 +38,7 @@
 
 mod fault;
 mod fleet;
+mod image;
 mod invariants;
 mod notifier;
 mod profile;
@@ -46,6 +47,7 @@ mod traffic;
 
 pub use fault::{Fault, Operation};
 pub use fleet::{SIM_EPOCH_SECS, SimFleet, SimFleetBuilder, TrafficHandle};
+pub use image::{AppImage, FleetImage, InstanceImage};
 pub use invariants::{Violation, ViolationKind};
 pub use notifier::RecordingNotifier;
 pub use profile::{ProfileError, VersionProfile};

@@ -28,7 +28,7 @@ pub(crate) struct SimInstance {
 }
 
 /// Whether a member takes new traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Membership {
     Active,
     Draining,

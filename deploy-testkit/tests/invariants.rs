@@ -148,3 +148,26 @@ async fn decommissioning_removes_from_rotation_too() {
     );
     assert!(fleet.finish().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_image_restores_into_a_fresh_fleet() {
+    use deploy_core::{InfraManager, LoadBalancer, Pool, Version};
+    let fleet = deploy_testkit::SimFleet::new();
+    let app = deploy_core::AppId::new("shop").unwrap();
+    let v1 = Version::new("1.0").unwrap();
+    fleet
+        .set_version_profile(&app, &v1, deploy_testkit::VersionProfile::new(0.01, std::time::Duration::from_millis(5), std::time::Duration::from_millis(9)).unwrap());
+    fleet.serve(&app, &Pool::stable(), &v1, 3).await.unwrap();
+    let image = fleet.image();
+    let json = serde_json::to_string(&image).unwrap();
+    let restored = deploy_testkit::SimFleet::new();
+    restored.restore(serde_json::from_str(&json).unwrap()).unwrap();
+    assert_eq!(restored.image(), image);
+    assert_eq!(restored.list_instances(&app).await.unwrap().len(), 3);
+    assert_eq!(restored.members(&app, &Pool::stable()).await.unwrap().len(), 3);
+    assert_eq!(restored.routing(&app).await.unwrap(), fleet.routing(&app).await.unwrap());
+    // New instances do not reuse ids.
+    let more = restored.provision(&app, &Pool::canary(), &v1, 1).await.unwrap();
+    assert!(!fleet.list_instances(&app).await.unwrap().iter().any(|instance| instance.id == more[0].id));
+    assert!(restored.violations().is_empty());
+}
