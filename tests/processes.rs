@@ -1,0 +1,549 @@
+//! Real processes against the durable stores: deployers killed with SIGKILL mid-canary and
+//! resumed by a fresh process, two deployers racing for one app, and a flag change crossing
+//! processes through PostgreSQL.
+//!
+//! The children are this same test binary, re-run with `DEPLOYKIT_CHILD` set (the
+//! `child_entry` test does the work then and exits). The simulated fleet outlives each
+//! child the way a real fleet outlives its deployer: every change to it is persisted (as a
+//! `FleetImage`) in the same store, and each child restores it on start.
+//!
+//! SQLite runs everywhere; PostgreSQL needs `DEPLOYKIT_PG_URL` (skipped with a message
+//! without it, failing under `DEPLOYKIT_REQUIRE_REAL=1`). Trials per backend:
+//! `DEPLOYKIT_CRASH_TRIALS` (default 20).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use deploykit::core::{
+    AppId, Artifact, BackendError, DynStore, HealthChecker, HealthStatus, InfraManager, Instance, InstanceId,
+    InstanceState, LoadBalancer, MetricName, MetricQuery, MetricsSource, Pool, RecordStoreExt, Series, TrafficSplit,
+    Version, WriteOptions,
+};
+use deploykit::flags::{Context, FeatureFlagManager, FlagDefinition, ManagerOptions};
+use deploykit::store::postgres::{PostgresOptions, PostgresStore};
+use deploykit::store::sqlite::{SqliteOptions, SqliteStore};
+use deploykit::strategies::{
+    AnalysisMetric, AnalysisSpec, Backends, CanarySpec, CanaryStep, Pause, ResumePolicy, Rollout, RolloutError,
+    RolloutOptions, RolloutOutcome, Strategy,
+};
+use deploykit::testkit::{FleetImage, SimFleet, VersionProfile};
+use tokio::sync::Mutex;
+
+const FLEET_KEY: &str = "crash/fleet";
+const REPLICAS: usize = 4;
+
+fn app() -> AppId {
+    AppId::new("shop").expect("app id")
+}
+
+fn v1() -> Version {
+    Version::new("1.0").expect("version")
+}
+
+fn v2() -> Version {
+    Version::new("2.0").expect("version")
+}
+
+// ---------------------------------------------------------------- the durable fleet
+
+/// The simulated fleet, persisted to the store after every change (under a lock, so images
+/// land in order) before the change is reported done.
+#[derive(Clone, Debug)]
+struct DurableFleet {
+    fleet: SimFleet,
+    store: Arc<DynStore>,
+    persist_lock: Arc<Mutex<()>>,
+}
+
+impl DurableFleet {
+    async fn open(store: Arc<DynStore>) -> Self {
+        let fleet = SimFleet::builder().capacity_floor(&app(), REPLICAS).build();
+        let durable = Self { fleet, store, persist_lock: Arc::new(Mutex::new(())) };
+        match durable.store.get_json::<FleetImage>(FLEET_KEY).await.expect("read the fleet") {
+            Some((image, _)) => durable.fleet.restore(image).expect("restore the fleet"),
+            None => {
+                durable.fleet.serve(&app(), &Pool::stable(), &v1(), REPLICAS).await.expect("stand the app up");
+                durable.persist().await.expect("persist the fleet");
+            }
+        }
+        durable
+    }
+
+    async fn persist(&self) -> Result<(), BackendError> {
+        let _turn = self.persist_lock.lock().await;
+        let image = self.fleet.image();
+        self.store
+            .put_json(FLEET_KEY, &image, WriteOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|error| BackendError::unavailable("durable-fleet", error.to_string()))
+    }
+
+    async fn done<T>(&self, result: Result<T, BackendError>) -> Result<T, BackendError> {
+        let value = result?;
+        self.persist().await?;
+        Ok(value)
+    }
+}
+
+#[async_trait]
+impl LoadBalancer for DurableFleet {
+    async fn register(&self, instance: &Instance) -> Result<(), BackendError> {
+        self.done(self.fleet.register(instance).await).await
+    }
+
+    async fn deregister(&self, app: &AppId, instance: &InstanceId, drain: Duration) -> Result<(), BackendError> {
+        self.done(self.fleet.deregister(app, instance, drain).await).await
+    }
+
+    async fn members(&self, app: &AppId, pool: &Pool) -> Result<Vec<InstanceId>, BackendError> {
+        self.fleet.members(app, pool).await
+    }
+
+    async fn routing(&self, app: &AppId) -> Result<Option<TrafficSplit>, BackendError> {
+        self.fleet.routing(app).await
+    }
+
+    async fn set_routing(&self, app: &AppId, split: &TrafficSplit) -> Result<(), BackendError> {
+        self.done(self.fleet.set_routing(app, split).await).await
+    }
+}
+
+#[async_trait]
+impl InfraManager for DurableFleet {
+    async fn list_instances(&self, app: &AppId) -> Result<Vec<Instance>, BackendError> {
+        self.fleet.list_instances(app).await
+    }
+
+    async fn describe_instances(&self, app: &AppId, ids: &[InstanceId]) -> Result<Vec<Instance>, BackendError> {
+        self.fleet.describe_instances(app, ids).await
+    }
+
+    async fn provision(&self, app: &AppId, pool: &Pool, version: &Version, count: usize) -> Result<Vec<Instance>, BackendError> {
+        self.done(self.fleet.provision(app, pool, version, count).await).await
+    }
+
+    async fn fetch_artifact(&self, app: &AppId, version: &Version) -> Result<Artifact, BackendError> {
+        self.fleet.fetch_artifact(app, version).await
+    }
+
+    async fn stop_instance(&self, app: &AppId, instance: &InstanceId) -> Result<(), BackendError> {
+        self.done(self.fleet.stop_instance(app, instance).await).await
+    }
+
+    async fn install(&self, app: &AppId, instance: &InstanceId, artifact: &Artifact) -> Result<(), BackendError> {
+        self.done(self.fleet.install(app, instance, artifact).await).await
+    }
+
+    async fn start_instance(&self, app: &AppId, instance: &InstanceId) -> Result<Instance, BackendError> {
+        self.done(self.fleet.start_instance(app, instance).await).await
+    }
+
+    async fn decommission(&self, app: &AppId, instance: &InstanceId) -> Result<(), BackendError> {
+        self.done(self.fleet.decommission(app, instance).await).await
+    }
+}
+
+#[async_trait]
+impl HealthChecker for DurableFleet {
+    async fn check(&self, instance: &Instance) -> Result<HealthStatus, BackendError> {
+        self.fleet.check(instance).await
+    }
+}
+
+#[async_trait]
+impl MetricsSource for DurableFleet {
+    async fn query(&self, query: &MetricQuery) -> Result<Series, BackendError> {
+        self.fleet.query(query).await
+    }
+}
+
+// ---------------------------------------------------------------- stores
+
+fn pg_url() -> Option<String> {
+    match std::env::var("DEPLOYKIT_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("DEPLOYKIT_REQUIRE_REAL").is_ok_and(|value| value == "1") => {
+            panic!("DEPLOYKIT_REQUIRE_REAL=1 but DEPLOYKIT_PG_URL is not set")
+        }
+        _ => {
+            eprintln!("skipped: set DEPLOYKIT_PG_URL (e.g. postgres://postgres@127.0.0.1:5432/test) for the PostgreSQL runs");
+            None
+        }
+    }
+}
+
+/// Where a child finds its store: `sqlite:<path>` or `postgres:<schema>` (URL from the env).
+async fn open_store(spec: &str) -> Arc<DynStore> {
+    if let Some(path) = spec.strip_prefix("sqlite:") {
+        Arc::new(SqliteStore::open(SqliteOptions::new(path)).await.expect("open sqlite"))
+    } else if let Some(schema) = spec.strip_prefix("postgres:") {
+        let url = std::env::var("DEPLOYKIT_PG_URL").expect("DEPLOYKIT_PG_URL");
+        Arc::new(PostgresStore::connect(PostgresOptions::new(url).schema(schema)).await.expect("connect postgres"))
+    } else {
+        panic!("unknown store spec {spec}")
+    }
+}
+
+async fn drop_pg_schema(schema: &str) {
+    let url = std::env::var("DEPLOYKIT_PG_URL").expect("DEPLOYKIT_PG_URL");
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
+        .execute(&pool)
+        .await
+        .expect("drop schema");
+    pool.close().await;
+}
+
+// ---------------------------------------------------------------- the child process
+
+fn canary() -> Strategy {
+    let steps = [25.0, 50.0, 100.0]
+        .into_iter()
+        .map(|percent| CanaryStep::percent(percent, Pause::For(Duration::from_millis(60))).expect("step"))
+        .collect();
+    let analysis = AnalysisSpec::new(
+        vec![AnalysisMetric::max_mean("error-rate", MetricName::error_rate(), Duration::from_millis(200), 0.05)],
+        Duration::from_millis(40),
+        2,
+    );
+    Strategy::Canary(CanarySpec { steps, analysis: Some(analysis) })
+}
+
+fn options() -> RolloutOptions {
+    RolloutOptions {
+        replicas: None,
+        progress_deadline: Duration::from_secs(60),
+        health_timeout: Duration::from_secs(10),
+        poll_interval: Duration::from_millis(10),
+        drain: Duration::from_millis(5),
+        lease_ttl: Duration::from_secs(5),
+        attempts: 3,
+        max_parallel: 8,
+    }
+}
+
+async fn rollout(store: Arc<DynStore>, holder: &str) -> (Rollout, DurableFleet) {
+    let fleet = DurableFleet::open(store.clone()).await;
+    let good = VersionProfile::new(0.0, Duration::from_millis(5), Duration::from_millis(20)).expect("profile");
+    fleet.fleet.set_version_profile(&app(), &v1(), good);
+    fleet.fleet.set_version_profile(&app(), &v2(), good);
+    let rollout = Rollout::builder(canary(), Backends::from_one(fleet.clone()), store)
+        .options(options())
+        .holder(holder)
+        .build()
+        .expect("rollout");
+    (rollout, fleet)
+}
+
+fn outcome_name(outcome: &RolloutOutcome) -> &'static str {
+    match outcome {
+        RolloutOutcome::Completed => "completed",
+        RolloutOutcome::RolledBack { .. } => "rolled-back",
+        RolloutOutcome::Failed { .. } => "failed",
+    }
+}
+
+/// Deploys (or resumes) and prints `OUTCOME <what>`.
+async fn deploy_child(store: Arc<DynStore>, policy: ResumePolicy) {
+    let (rollout, fleet) = rollout(store, "crash-deployer").await;
+    let traffic = fleet.fleet.generate_traffic(&app(), 20, Duration::from_millis(10));
+    let handle = match rollout.resume(&app(), policy).await {
+        Ok(handle) => Some(handle),
+        Err(RolloutError::NothingToResume { .. }) => {
+            // No interrupted rollout: either none had started, or it had finished.
+            let settled = fleet.fleet.count_running(&app(), &Pool::stable(), &v2()) == REPLICAS
+                || fleet.fleet.image().apps[0].instances.iter().all(|instance| instance.version == v2());
+            if settled { None } else { Some(rollout.start(&app(), &v2()).await.expect("start")) }
+        }
+        Err(error) => panic!("resume: {error}"),
+    };
+    let outcome = match handle {
+        Some(handle) => outcome_name(&handle.wait().await.expect("rollout").outcome).to_owned(),
+        None => "already-done".to_owned(),
+    };
+    traffic.stop();
+    fleet.persist().await.expect("persist");
+    println!("OUTCOME {outcome}");
+}
+
+/// Waits for the agreed instant, then tries to start; prints `ACTED` or `REFUSED <error>`.
+async fn race_child(store: Arc<DynStore>, holder: &str, start_at_ms: u64) {
+    let (rollout, fleet) = rollout(store, holder).await;
+    let wait = start_at_ms.saturating_sub(epoch_ms());
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    match rollout.start(&app(), &v2()).await {
+        Ok(handle) => {
+            println!("ACTED");
+            let traffic = fleet.fleet.generate_traffic(&app(), 20, Duration::from_millis(10));
+            let report = handle.wait().await.expect("rollout");
+            traffic.stop();
+            println!("OUTCOME {}", outcome_name(&report.outcome));
+        }
+        Err(error @ RolloutError::AppBusy { .. }) => println!("REFUSED {error}"),
+        Err(error) => panic!("start: {error}"),
+    }
+}
+
+/// Creates a flag through a manager on the store; prints `WROTE <epoch ms>` when done.
+async fn flag_child(store: Arc<DynStore>) {
+    let manager = FeatureFlagManager::open(store, ManagerOptions::default()).await.expect("manager");
+    manager.create_flag("child", FlagDefinition::new("from-another-process", true)).await.expect("create");
+    println!("WROTE {}", epoch_ms());
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[test]
+fn child_entry() {
+    let Ok(mode) = std::env::var("DEPLOYKIT_CHILD") else { return };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let store = open_store(&std::env::var("DEPLOYKIT_CHILD_STORE").expect("store")).await;
+        match mode.as_str() {
+            "deploy" => deploy_child(store, ResumePolicy::Continue).await,
+            "deploy-rollback" => deploy_child(store, ResumePolicy::RollBack).await,
+            "race" => {
+                let holder = std::env::var("DEPLOYKIT_CHILD_HOLDER").expect("holder");
+                let start_at = std::env::var("DEPLOYKIT_CHILD_START_AT").expect("start").parse().expect("ms");
+                race_child(store, &holder, start_at).await
+            }
+            "flag" => flag_child(store).await,
+            other => panic!("unknown child mode {other}"),
+        }
+    });
+    // Leave without the test harness's summary: the parent reads this process's lines.
+    std::process::exit(0);
+}
+
+// ---------------------------------------------------------------- the parent side
+
+fn spawn_child(mode: &str, store: &str, extra: &[(&str, String)]) -> Child {
+    let mut command = Command::new(std::env::current_exe().expect("test binary"));
+    command
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env("DEPLOYKIT_CHILD", mode)
+        .env("DEPLOYKIT_CHILD_STORE", store)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    command.spawn().expect("spawn a child")
+}
+
+/// Waits for a child (bounded) and returns its stdout lines.
+fn finish_child(mut child: Child, limit: Duration) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            // The harness prints its own "test child_entry ... " before the child's first line.
+            let lines: Vec<String> = BufReader::new(child.stdout.take().expect("stdout"))
+                .lines()
+                .map_while(Result::ok)
+                .map(|line| line.trim_start_matches("test child_entry ... ").to_owned())
+                .collect();
+            assert!(status.success(), "child failed ({status}): {lines:?}");
+            return lines;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("a child ran longer than {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn line_with<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
+    lines.iter().find_map(|line| line.strip_prefix(prefix))
+}
+
+/// The fleet as the last process left it: fully on one version, healthy, in rotation,
+/// all traffic on it, and no invariant violation in the record. Returns the version.
+async fn settled_version(store: &Arc<DynStore>) -> Version {
+    let (image, _) = store.get_json::<FleetImage>(FLEET_KEY).await.expect("read").expect("a fleet image");
+    let fleet = SimFleet::new();
+    fleet.restore(image).expect("restore");
+    let instances = fleet.list_instances(&app()).await.expect("instances");
+    assert_eq!(instances.len(), REPLICAS, "exactly the replicas remain: {instances:#?}");
+    let version = instances[0].version.clone();
+    assert!(instances.iter().all(|instance| instance.version == version), "mixed versions: {instances:#?}");
+    assert!(instances.iter().all(|instance| instance.state == InstanceState::Running), "{instances:#?}");
+    let routing = fleet.routing(&app()).await.expect("routing").expect("routed");
+    let pools: Vec<&Pool> = routing.pools().collect();
+    assert_eq!(pools.len(), 1, "all traffic on one pool: {routing}");
+    let mut members = fleet.members(&app(), pools[0]).await.expect("members");
+    members.sort();
+    let mut ids: Vec<InstanceId> = instances.iter().map(|instance| instance.id.clone()).collect();
+    ids.sort();
+    assert_eq!(members, ids, "every instance serves");
+    for instance in &instances {
+        assert_eq!(fleet.check(instance).await.expect("health"), HealthStatus::Healthy);
+    }
+    let violations = fleet.finish();
+    assert!(violations.is_empty(), "invariant violations: {violations:#?}");
+    version
+}
+
+struct TrialReport {
+    new: usize,
+    old: usize,
+    killed_mid_run: usize,
+}
+
+async fn crash_trials(backend: &str, trials: usize) -> TrialReport {
+    let dir = std::env::temp_dir().join(format!("deploykit-crash-{}-{backend}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Calibrate: how long an uninterrupted run takes here.
+    let calibration = format!("{backend}_calibration");
+    let spec = store_spec(backend, &dir, &calibration);
+    let started = Instant::now();
+    let lines = finish_child(spawn_child("deploy", &spec, &[]), Duration::from_secs(120));
+    let full_run = started.elapsed();
+    assert_eq!(line_with(&lines, "OUTCOME "), Some("completed"), "{lines:?}");
+    cleanup(backend, &calibration).await;
+
+    let mut report = TrialReport { new: 0, old: 0, killed_mid_run: 0 };
+    for trial in 0..trials {
+        let name = format!("{backend}_trial_{trial}");
+        let spec = store_spec(backend, &dir, &name);
+        // Spread the kills over the whole run, a little past its end.
+        let kill_after = full_run.mul_f64(1.2 * (trial as f64 + 0.5) / trials as f64);
+        let mut first = spawn_child("deploy", &spec, &[]);
+        std::thread::sleep(kill_after);
+        if first.try_wait().expect("wait").is_none() {
+            report.killed_mid_run += 1;
+        }
+        let _ = first.kill(); // SIGKILL
+        let _ = first.wait();
+        let mode = if trial % 2 == 0 { "deploy" } else { "deploy-rollback" };
+        let lines = finish_child(spawn_child(mode, &spec, &[]), Duration::from_secs(120));
+        assert!(line_with(&lines, "OUTCOME ").is_some(), "{lines:?}");
+        let store = open_store(&spec).await;
+        let version = settled_version(&store).await;
+        if version == v2() { report.new += 1 } else { report.old += 1 }
+        drop(store);
+        cleanup(backend, &name).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+fn store_spec(backend: &str, dir: &std::path::Path, name: &str) -> String {
+    match backend {
+        "sqlite" => format!("sqlite:{}", dir.join(format!("{name}.db")).display()),
+        _ => format!("postgres:deploykit_{name}_{}", std::process::id()),
+    }
+}
+
+async fn cleanup(backend: &str, name: &str) {
+    if backend == "postgres" {
+        drop_pg_schema(&format!("deploykit_{name}_{}", std::process::id())).await;
+    }
+}
+
+fn trials() -> usize {
+    std::env::var("DEPLOYKIT_CRASH_TRIALS").ok().and_then(|value| value.parse().ok()).unwrap_or(20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_deployers_resume_to_a_settled_fleet_on_sqlite() {
+    if std::env::var("DEPLOYKIT_CHILD").is_ok() {
+        return;
+    }
+    let report = crash_trials("sqlite", trials()).await;
+    println!("sqlite: {} trials, {} killed mid-run, {} ended new, {} ended old", trials(), report.killed_mid_run, report.new, report.old);
+    assert!(report.killed_mid_run >= trials() / 2, "most kills should land mid-run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_deployers_resume_to_a_settled_fleet_on_postgres() {
+    if std::env::var("DEPLOYKIT_CHILD").is_ok() {
+        return;
+    }
+    if pg_url().is_none() {
+        return;
+    }
+    let report = crash_trials("postgres", trials()).await;
+    println!("postgres: {} trials, {} killed mid-run, {} ended new, {} ended old", trials(), report.killed_mid_run, report.new, report.old);
+    assert!(report.killed_mid_run >= trials() / 2, "most kills should land mid-run");
+}
+
+async fn race(backend: &str) {
+    let dir = std::env::temp_dir().join(format!("deploykit-race-{}-{backend}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let name = format!("{backend}_race");
+    let spec = store_spec(backend, &dir, &name);
+    // The fleet exists before the racers start.
+    drop(DurableFleet::open(open_store(&spec).await).await);
+    let start_at = (epoch_ms() + 1_500).to_string();
+    let racers: Vec<Child> = ["deployer-a", "deployer-b"]
+        .into_iter()
+        .map(|holder| {
+            spawn_child("race", &spec, &[("DEPLOYKIT_CHILD_HOLDER", holder.into()), ("DEPLOYKIT_CHILD_START_AT", start_at.clone())])
+        })
+        .collect();
+    let outputs: Vec<Vec<String>> = racers.into_iter().map(|child| finish_child(child, Duration::from_secs(120))).collect();
+    let acted = outputs.iter().filter(|lines| lines.iter().any(|line| line == "ACTED")).count();
+    let refused: Vec<&str> = outputs.iter().filter_map(|lines| line_with(lines, "REFUSED ")).collect();
+    assert_eq!((acted, refused.len()), (1, 1), "exactly one acts: {outputs:?}");
+    assert!(refused[0].contains("deployer-"), "the refusal names the holder: {}", refused[0]);
+    let store = open_store(&spec).await;
+    assert_eq!(settled_version(&store).await, v2());
+    drop(store);
+    cleanup(backend, &name).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployers_race_and_exactly_one_acts_on_sqlite() {
+    if std::env::var("DEPLOYKIT_CHILD").is_ok() {
+        return;
+    }
+    race("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployers_race_and_exactly_one_acts_on_postgres() {
+    if std::env::var("DEPLOYKIT_CHILD").is_ok() || pg_url().is_none() {
+        return;
+    }
+    race("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_change_crosses_processes_through_postgres_within_a_second() {
+    if std::env::var("DEPLOYKIT_CHILD").is_ok() || pg_url().is_none() {
+        return;
+    }
+    let name = "flag_sync";
+    let spec = store_spec("postgres", std::path::Path::new("."), name);
+    let store = open_store(&spec).await;
+    let manager = Arc::new(FeatureFlagManager::open(store, ManagerOptions::default()).await.expect("manager"));
+    let sync = manager.spawn_sync().await.expect("sync");
+    let writer = spawn_child("flag", &spec, &[]);
+    let mut seen_at = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if manager.is_enabled("from-another-process", &Context::new()) {
+            seen_at = Some(epoch_ms());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let lines = finish_child(writer, Duration::from_secs(60));
+    let wrote: u64 = line_with(&lines, "WROTE ").expect("the writer reports").parse().expect("ms");
+    let seen = seen_at.expect("the flag reached this process");
+    let latency = seen.saturating_sub(wrote);
+    println!("flag change reached the other process {latency} ms after the write returned");
+    assert!(latency < 1_000, "took {latency} ms");
+    sync.abort();
+    cleanup("postgres", name).await;
+}
