@@ -19,7 +19,10 @@ const KEY: &str = "rollouts/bench/journal";
 async fn transition(store: &DynStore) {
     let current = store.get(KEY).await.expect("get").expect("record");
     let next = (u64::from_le_bytes(current.value[..8].try_into().expect("8 bytes")) + 1).to_le_bytes();
-    store.compare_and_swap(KEY, current.version, next.to_vec().into()).await.expect("cas");
+    store
+        .compare_and_swap(KEY, current.version, next.to_vec().into())
+        .await
+        .expect("cas");
 }
 
 fn percentiles(runtime: &Runtime, name: &str, store: &DynStore) {
@@ -31,33 +34,58 @@ fn percentiles(runtime: &Runtime, name: &str, store: &DynStore) {
         })
         .collect();
     samples.sort();
-    println!("store/{name}: median {:?}, p99 {:?} (2,000 transitions)", samples[1_000], samples[1_980]);
+    println!(
+        "store/{name}: median {:?}, p99 {:?} (2,000 transitions)",
+        samples[1_000], samples[1_980]
+    );
 }
 
 fn stores(runtime: &Runtime) -> Vec<(&'static str, Arc<DynStore>)> {
     let mut stores: Vec<(&'static str, Arc<DynStore>)> = vec![("memory", Arc::new(MemoryStore::new()))];
     let path = std::env::temp_dir().join(format!("deploykit-bench-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    stores.push(("sqlite", Arc::new(runtime.block_on(SqliteStore::open(SqliteOptions::new(&path))).expect("sqlite"))));
+    stores.push((
+        "sqlite",
+        Arc::new(
+            runtime
+                .block_on(SqliteStore::open(SqliteOptions::new(&path)))
+                .expect("sqlite"),
+        ),
+    ));
     match std::env::var("DEPLOYKIT_PG_URL") {
         Ok(url) => {
             let options = PostgresOptions::new(url).schema("deploykit_bench");
-            stores.push(("postgres", Arc::new(runtime.block_on(PostgresStore::connect(options)).expect("postgres"))));
+            stores.push((
+                "postgres",
+                Arc::new(
+                    runtime
+                        .block_on(PostgresStore::connect(options))
+                        .expect("postgres"),
+                ),
+            ));
         }
         Err(_) => eprintln!("store/postgres skipped: DEPLOYKIT_PG_URL is not set"),
     }
     for (_, store) in &stores {
-        runtime.block_on(store.put(KEY, 0u64.to_le_bytes().to_vec().into())).expect("seed");
+        runtime
+            .block_on(store.put(KEY, 0u64.to_le_bytes().to_vec().into()))
+            .expect("seed");
     }
     stores
 }
 
 fn journal_transition(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let stores = stores(&runtime);
     let mut group = c.benchmark_group("store");
     for (name, store) in &stores {
-        group.bench_function(format!("cas/{name}"), |b| b.to_async(&runtime).iter(|| transition(store.as_ref())));
+        group.bench_function(format!("cas/{name}"), |b| {
+            b.to_async(&runtime).iter(|| transition(store.as_ref()))
+        });
     }
     group.finish();
     for (name, store) in &stores {

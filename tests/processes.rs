@@ -19,15 +19,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use deploykit::core::{
     AppId, Artifact, BackendError, DynStore, HealthChecker, HealthStatus, InfraManager, Instance, InstanceId,
-    InstanceState, LoadBalancer, MetricName, MetricQuery, MetricsSource, Pool, RecordStoreExt, Series, TrafficSplit,
-    Version, WriteOptions,
+    InstanceState, LoadBalancer, MetricName, MetricQuery, MetricsSource, Pool, RecordStoreExt, Series,
+    TrafficSplit, Version, WriteOptions,
 };
 use deploykit::flags::{Context, FeatureFlagManager, FlagDefinition, ManagerOptions};
 use deploykit::store::postgres::{PostgresOptions, PostgresStore};
 use deploykit::store::sqlite::{SqliteOptions, SqliteStore};
 use deploykit::strategies::{
-    AnalysisMetric, AnalysisSpec, Backends, CanarySpec, CanaryStep, Pause, ResumePolicy, Rollout, RolloutError,
-    RolloutOptions, RolloutOutcome, Strategy,
+    AnalysisMetric, AnalysisSpec, Backends, CanarySpec, CanaryStep, Pause, ResumePolicy, Rollout,
+    RolloutError, RolloutOptions, RolloutOutcome, Strategy,
 };
 use deploykit::testkit::{FleetImage, SimFleet, VersionProfile};
 use tokio::sync::Mutex;
@@ -61,11 +61,24 @@ struct DurableFleet {
 impl DurableFleet {
     async fn open(store: Arc<DynStore>) -> Self {
         let fleet = SimFleet::builder().capacity_floor(&app(), REPLICAS).build();
-        let durable = Self { fleet, store, persist_lock: Arc::new(Mutex::new(())) };
-        match durable.store.get_json::<FleetImage>(FLEET_KEY).await.expect("read the fleet") {
+        let durable = Self {
+            fleet,
+            store,
+            persist_lock: Arc::new(Mutex::new(())),
+        };
+        match durable
+            .store
+            .get_json::<FleetImage>(FLEET_KEY)
+            .await
+            .expect("read the fleet")
+        {
             Some((image, _)) => durable.fleet.restore(image).expect("restore the fleet"),
             None => {
-                durable.fleet.serve(&app(), &Pool::stable(), &v1(), REPLICAS).await.expect("stand the app up");
+                durable
+                    .fleet
+                    .serve(&app(), &Pool::stable(), &v1(), REPLICAS)
+                    .await
+                    .expect("stand the app up");
                 durable.persist().await.expect("persist the fleet");
             }
         }
@@ -95,7 +108,12 @@ impl LoadBalancer for DurableFleet {
         self.done(self.fleet.register(instance).await).await
     }
 
-    async fn deregister(&self, app: &AppId, instance: &InstanceId, drain: Duration) -> Result<(), BackendError> {
+    async fn deregister(
+        &self,
+        app: &AppId,
+        instance: &InstanceId,
+        drain: Duration,
+    ) -> Result<(), BackendError> {
         self.done(self.fleet.deregister(app, instance, drain).await).await
     }
 
@@ -118,12 +136,23 @@ impl InfraManager for DurableFleet {
         self.fleet.list_instances(app).await
     }
 
-    async fn describe_instances(&self, app: &AppId, ids: &[InstanceId]) -> Result<Vec<Instance>, BackendError> {
+    async fn describe_instances(
+        &self,
+        app: &AppId,
+        ids: &[InstanceId],
+    ) -> Result<Vec<Instance>, BackendError> {
         self.fleet.describe_instances(app, ids).await
     }
 
-    async fn provision(&self, app: &AppId, pool: &Pool, version: &Version, count: usize) -> Result<Vec<Instance>, BackendError> {
-        self.done(self.fleet.provision(app, pool, version, count).await).await
+    async fn provision(
+        &self,
+        app: &AppId,
+        pool: &Pool,
+        version: &Version,
+        count: usize,
+    ) -> Result<Vec<Instance>, BackendError> {
+        self.done(self.fleet.provision(app, pool, version, count).await)
+            .await
     }
 
     async fn fetch_artifact(&self, app: &AppId, version: &Version) -> Result<Artifact, BackendError> {
@@ -134,7 +163,12 @@ impl InfraManager for DurableFleet {
         self.done(self.fleet.stop_instance(app, instance).await).await
     }
 
-    async fn install(&self, app: &AppId, instance: &InstanceId, artifact: &Artifact) -> Result<(), BackendError> {
+    async fn install(
+        &self,
+        app: &AppId,
+        instance: &InstanceId,
+        artifact: &Artifact,
+    ) -> Result<(), BackendError> {
         self.done(self.fleet.install(app, instance, artifact).await).await
     }
 
@@ -170,7 +204,9 @@ fn pg_url() -> Option<String> {
             panic!("DEPLOYKIT_REQUIRE_REAL=1 but DEPLOYKIT_PG_URL is not set")
         }
         _ => {
-            eprintln!("skipped: set DEPLOYKIT_PG_URL (e.g. postgres://postgres@127.0.0.1:5432/test) for the PostgreSQL runs");
+            eprintln!(
+                "skipped: set DEPLOYKIT_PG_URL (e.g. postgres://postgres@127.0.0.1:5432/test) for the PostgreSQL runs"
+            );
             None
         }
     }
@@ -179,10 +215,18 @@ fn pg_url() -> Option<String> {
 /// Where a child finds its store: `sqlite:<path>` or `postgres:<schema>` (URL from the env).
 async fn open_store(spec: &str) -> Arc<DynStore> {
     if let Some(path) = spec.strip_prefix("sqlite:") {
-        Arc::new(SqliteStore::open(SqliteOptions::new(path)).await.expect("open sqlite"))
+        Arc::new(
+            SqliteStore::open(SqliteOptions::new(path))
+                .await
+                .expect("open sqlite"),
+        )
     } else if let Some(schema) = spec.strip_prefix("postgres:") {
         let url = std::env::var("DEPLOYKIT_PG_URL").expect("DEPLOYKIT_PG_URL");
-        Arc::new(PostgresStore::connect(PostgresOptions::new(url).schema(schema)).await.expect("connect postgres"))
+        Arc::new(
+            PostgresStore::connect(PostgresOptions::new(url).schema(schema))
+                .await
+                .expect("connect postgres"),
+        )
     } else {
         panic!("unknown store spec {spec}")
     }
@@ -191,10 +235,12 @@ async fn open_store(spec: &str) -> Arc<DynStore> {
 async fn drop_pg_schema(schema: &str) {
     let url = std::env::var("DEPLOYKIT_PG_URL").expect("DEPLOYKIT_PG_URL");
     let pool = sqlx::PgPool::connect(&url).await.expect("connect");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
-        .execute(&pool)
-        .await
-        .expect("drop schema");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .expect("drop schema");
     pool.close().await;
 }
 
@@ -206,11 +252,19 @@ fn canary() -> Strategy {
         .map(|percent| CanaryStep::percent(percent, Pause::For(Duration::from_millis(60))).expect("step"))
         .collect();
     let analysis = AnalysisSpec::new(
-        vec![AnalysisMetric::max_mean("error-rate", MetricName::error_rate(), Duration::from_millis(200), 0.05)],
+        vec![AnalysisMetric::max_mean(
+            "error-rate",
+            MetricName::error_rate(),
+            Duration::from_millis(200),
+            0.05,
+        )],
         Duration::from_millis(40),
         2,
     );
-    Strategy::Canary(CanarySpec { steps, analysis: Some(analysis) })
+    Strategy::Canary(CanarySpec {
+        steps,
+        analysis: Some(analysis),
+    })
 }
 
 fn options() -> RolloutOptions {
@@ -228,7 +282,8 @@ fn options() -> RolloutOptions {
 
 async fn rollout(store: Arc<DynStore>, holder: &str) -> (Rollout, DurableFleet) {
     let fleet = DurableFleet::open(store.clone()).await;
-    let good = VersionProfile::new(0.0, Duration::from_millis(5), Duration::from_millis(20)).expect("profile");
+    let good =
+        VersionProfile::new(0.0, Duration::from_millis(5), Duration::from_millis(20)).expect("profile");
     fleet.fleet.set_version_profile(&app(), &v1(), good);
     fleet.fleet.set_version_profile(&app(), &v2(), good);
     let rollout = Rollout::builder(canary(), Backends::from_one(fleet.clone()), store)
@@ -250,14 +305,23 @@ fn outcome_name(outcome: &RolloutOutcome) -> &'static str {
 /// Deploys (or resumes) and prints `OUTCOME <what>`.
 async fn deploy_child(store: Arc<DynStore>, policy: ResumePolicy) {
     let (rollout, fleet) = rollout(store, "crash-deployer").await;
-    let traffic = fleet.fleet.generate_traffic(&app(), 20, Duration::from_millis(10));
+    let traffic = fleet
+        .fleet
+        .generate_traffic(&app(), 20, Duration::from_millis(10));
     let handle = match rollout.resume(&app(), policy).await {
         Ok(handle) => Some(handle),
         Err(RolloutError::NothingToResume { .. }) => {
             // No interrupted rollout: either none had started, or it had finished.
             let settled = fleet.fleet.count_running(&app(), &Pool::stable(), &v2()) == REPLICAS
-                || fleet.fleet.image().apps[0].instances.iter().all(|instance| instance.version == v2());
-            if settled { None } else { Some(rollout.start(&app(), &v2()).await.expect("start")) }
+                || fleet.fleet.image().apps[0]
+                    .instances
+                    .iter()
+                    .all(|instance| instance.version == v2());
+            if settled {
+                None
+            } else {
+                Some(rollout.start(&app(), &v2()).await.expect("start"))
+            }
         }
         Err(error) => panic!("resume: {error}"),
     };
@@ -278,7 +342,9 @@ async fn race_child(store: Arc<DynStore>, holder: &str, start_at_ms: u64) {
     match rollout.start(&app(), &v2()).await {
         Ok(handle) => {
             println!("ACTED");
-            let traffic = fleet.fleet.generate_traffic(&app(), 20, Duration::from_millis(10));
+            let traffic = fleet
+                .fleet
+                .generate_traffic(&app(), 20, Duration::from_millis(10));
             let report = handle.wait().await.expect("rollout");
             traffic.stop();
             println!("OUTCOME {}", outcome_name(&report.outcome));
@@ -290,19 +356,32 @@ async fn race_child(store: Arc<DynStore>, holder: &str, start_at_ms: u64) {
 
 /// Creates a flag through a manager on the store; prints `WROTE <epoch ms>` when done.
 async fn flag_child(store: Arc<DynStore>) {
-    let manager = FeatureFlagManager::open(store, ManagerOptions::default()).await.expect("manager");
-    manager.create_flag("child", FlagDefinition::new("from-another-process", true)).await.expect("create");
+    let manager = FeatureFlagManager::open(store, ManagerOptions::default())
+        .await
+        .expect("manager");
+    manager
+        .create_flag("child", FlagDefinition::new("from-another-process", true))
+        .await
+        .expect("create");
     println!("WROTE {}", epoch_ms());
 }
 
 fn epoch_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 #[test]
 fn child_entry() {
-    let Ok(mode) = std::env::var("DEPLOYKIT_CHILD") else { return };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let Ok(mode) = std::env::var("DEPLOYKIT_CHILD") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let store = open_store(&std::env::var("DEPLOYKIT_CHILD_STORE").expect("store")).await;
         match mode.as_str() {
@@ -310,7 +389,10 @@ fn child_entry() {
             "deploy-rollback" => deploy_child(store, ResumePolicy::RollBack).await,
             "race" => {
                 let holder = std::env::var("DEPLOYKIT_CHILD_HOLDER").expect("holder");
-                let start_at = std::env::var("DEPLOYKIT_CHILD_START_AT").expect("start").parse().expect("ms");
+                let start_at = std::env::var("DEPLOYKIT_CHILD_START_AT")
+                    .expect("start")
+                    .parse()
+                    .expect("ms");
                 race_child(store, &holder, start_at).await
             }
             "flag" => flag_child(store).await,
@@ -367,14 +449,30 @@ fn line_with<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
 /// The fleet as the last process left it: fully on one version, healthy, in rotation,
 /// all traffic on it, and no invariant violation in the record. Returns the version.
 async fn settled_version(store: &Arc<DynStore>) -> Version {
-    let (image, _) = store.get_json::<FleetImage>(FLEET_KEY).await.expect("read").expect("a fleet image");
+    let (image, _) = store
+        .get_json::<FleetImage>(FLEET_KEY)
+        .await
+        .expect("read")
+        .expect("a fleet image");
     let fleet = SimFleet::new();
     fleet.restore(image).expect("restore");
     let instances = fleet.list_instances(&app()).await.expect("instances");
-    assert_eq!(instances.len(), REPLICAS, "exactly the replicas remain: {instances:#?}");
+    assert_eq!(
+        instances.len(),
+        REPLICAS,
+        "exactly the replicas remain: {instances:#?}"
+    );
     let version = instances[0].version.clone();
-    assert!(instances.iter().all(|instance| instance.version == version), "mixed versions: {instances:#?}");
-    assert!(instances.iter().all(|instance| instance.state == InstanceState::Running), "{instances:#?}");
+    assert!(
+        instances.iter().all(|instance| instance.version == version),
+        "mixed versions: {instances:#?}"
+    );
+    assert!(
+        instances
+            .iter()
+            .all(|instance| instance.state == InstanceState::Running),
+        "{instances:#?}"
+    );
     let routing = fleet.routing(&app()).await.expect("routing").expect("routed");
     let pools: Vec<&Pool> = routing.pools().collect();
     assert_eq!(pools.len(), 1, "all traffic on one pool: {routing}");
@@ -384,7 +482,10 @@ async fn settled_version(store: &Arc<DynStore>) -> Version {
     ids.sort();
     assert_eq!(members, ids, "every instance serves");
     for instance in &instances {
-        assert_eq!(fleet.check(instance).await.expect("health"), HealthStatus::Healthy);
+        assert_eq!(
+            fleet.check(instance).await.expect("health"),
+            HealthStatus::Healthy
+        );
     }
     let violations = fleet.finish();
     assert!(violations.is_empty(), "invariant violations: {violations:#?}");
@@ -410,7 +511,11 @@ async fn crash_trials(backend: &str, trials: usize) -> TrialReport {
     assert_eq!(line_with(&lines, "OUTCOME "), Some("completed"), "{lines:?}");
     cleanup(backend, &calibration).await;
 
-    let mut report = TrialReport { new: 0, old: 0, killed_mid_run: 0 };
+    let mut report = TrialReport {
+        new: 0,
+        old: 0,
+        killed_mid_run: 0,
+    };
     for trial in 0..trials {
         let name = format!("{backend}_trial_{trial}");
         let spec = store_spec(backend, &dir, &name);
@@ -423,12 +528,20 @@ async fn crash_trials(backend: &str, trials: usize) -> TrialReport {
         }
         let _ = first.kill(); // SIGKILL
         let _ = first.wait();
-        let mode = if trial % 2 == 0 { "deploy" } else { "deploy-rollback" };
+        let mode = if trial % 2 == 0 {
+            "deploy"
+        } else {
+            "deploy-rollback"
+        };
         let lines = finish_child(spawn_child(mode, &spec, &[]), Duration::from_secs(120));
         assert!(line_with(&lines, "OUTCOME ").is_some(), "{lines:?}");
         let store = open_store(&spec).await;
         let version = settled_version(&store).await;
-        if version == v2() { report.new += 1 } else { report.old += 1 }
+        if version == v2() {
+            report.new += 1
+        } else {
+            report.old += 1
+        }
         drop(store);
         cleanup(backend, &name).await;
     }
@@ -450,7 +563,10 @@ async fn cleanup(backend: &str, name: &str) {
 }
 
 fn trials() -> usize {
-    std::env::var("DEPLOYKIT_CRASH_TRIALS").ok().and_then(|value| value.parse().ok()).unwrap_or(20)
+    std::env::var("DEPLOYKIT_CRASH_TRIALS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(20)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,8 +575,17 @@ async fn killed_deployers_resume_to_a_settled_fleet_on_sqlite() {
         return;
     }
     let report = crash_trials("sqlite", trials()).await;
-    println!("sqlite: {} trials, {} killed mid-run, {} ended new, {} ended old", trials(), report.killed_mid_run, report.new, report.old);
-    assert!(report.killed_mid_run >= trials() / 2, "most kills should land mid-run");
+    println!(
+        "sqlite: {} trials, {} killed mid-run, {} ended new, {} ended old",
+        trials(),
+        report.killed_mid_run,
+        report.new,
+        report.old
+    );
+    assert!(
+        report.killed_mid_run >= trials() / 2,
+        "most kills should land mid-run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,8 +597,17 @@ async fn killed_deployers_resume_to_a_settled_fleet_on_postgres() {
         return;
     }
     let report = crash_trials("postgres", trials()).await;
-    println!("postgres: {} trials, {} killed mid-run, {} ended new, {} ended old", trials(), report.killed_mid_run, report.new, report.old);
-    assert!(report.killed_mid_run >= trials() / 2, "most kills should land mid-run");
+    println!(
+        "postgres: {} trials, {} killed mid-run, {} ended new, {} ended old",
+        trials(),
+        report.killed_mid_run,
+        report.new,
+        report.old
+    );
+    assert!(
+        report.killed_mid_run >= trials() / 2,
+        "most kills should land mid-run"
+    );
 }
 
 async fn race(backend: &str) {
@@ -487,14 +621,34 @@ async fn race(backend: &str) {
     let racers: Vec<Child> = ["deployer-a", "deployer-b"]
         .into_iter()
         .map(|holder| {
-            spawn_child("race", &spec, &[("DEPLOYKIT_CHILD_HOLDER", holder.into()), ("DEPLOYKIT_CHILD_START_AT", start_at.clone())])
+            spawn_child(
+                "race",
+                &spec,
+                &[
+                    ("DEPLOYKIT_CHILD_HOLDER", holder.into()),
+                    ("DEPLOYKIT_CHILD_START_AT", start_at.clone()),
+                ],
+            )
         })
         .collect();
-    let outputs: Vec<Vec<String>> = racers.into_iter().map(|child| finish_child(child, Duration::from_secs(120))).collect();
-    let acted = outputs.iter().filter(|lines| lines.iter().any(|line| line == "ACTED")).count();
-    let refused: Vec<&str> = outputs.iter().filter_map(|lines| line_with(lines, "REFUSED ")).collect();
+    let outputs: Vec<Vec<String>> = racers
+        .into_iter()
+        .map(|child| finish_child(child, Duration::from_secs(120)))
+        .collect();
+    let acted = outputs
+        .iter()
+        .filter(|lines| lines.iter().any(|line| line == "ACTED"))
+        .count();
+    let refused: Vec<&str> = outputs
+        .iter()
+        .filter_map(|lines| line_with(lines, "REFUSED "))
+        .collect();
     assert_eq!((acted, refused.len()), (1, 1), "exactly one acts: {outputs:?}");
-    assert!(refused[0].contains("deployer-"), "the refusal names the holder: {}", refused[0]);
+    assert!(
+        refused[0].contains("deployer-"),
+        "the refusal names the holder: {}",
+        refused[0]
+    );
     let store = open_store(&spec).await;
     assert_eq!(settled_version(&store).await, v2());
     drop(store);
@@ -526,7 +680,11 @@ async fn a_flag_change_crosses_processes_through_postgres_within_a_second() {
     let name = "flag_sync";
     let spec = store_spec("postgres", std::path::Path::new("."), name);
     let store = open_store(&spec).await;
-    let manager = Arc::new(FeatureFlagManager::open(store, ManagerOptions::default()).await.expect("manager"));
+    let manager = Arc::new(
+        FeatureFlagManager::open(store, ManagerOptions::default())
+            .await
+            .expect("manager"),
+    );
     let sync = manager.spawn_sync().await.expect("sync");
     let writer = spawn_child("flag", &spec, &[]);
     let mut seen_at = None;
@@ -539,7 +697,10 @@ async fn a_flag_change_crosses_processes_through_postgres_within_a_second() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let lines = finish_child(writer, Duration::from_secs(60));
-    let wrote: u64 = line_with(&lines, "WROTE ").expect("the writer reports").parse().expect("ms");
+    let wrote: u64 = line_with(&lines, "WROTE ")
+        .expect("the writer reports")
+        .parse()
+        .expect("ms");
     let seen = seen_at.expect("the flag reached this process");
     let latency = seen.saturating_sub(wrote);
     println!("flag change reached the other process {latency} ms after the write returned");

@@ -19,7 +19,10 @@ pub(crate) const TABLES: [(&str, &[&str]); 5] = [
     ("deploykit_meta", &["key", "value"]),
     ("deploykit_counter", &["id", "value", "log_floor"]),
     ("deploykit_records", &["key", "value", "version"]),
-    ("deploykit_leases", &["name", "holder", "token", "ttl_ms", "expires_at_ms"]),
+    (
+        "deploykit_leases",
+        &["name", "holder", "token", "ttl_ms", "expires_at_ms"],
+    ),
     ("deploykit_changes", &["version", "key", "value"]),
 ];
 
@@ -68,7 +71,10 @@ pub enum OpenError {
 /// Checks the deploykit tables found (name -> columns) against [`TABLES`]. `Ok(false)` when
 /// there are none (a fresh database to set up), `Ok(true)` when they all match.
 pub(crate) fn check_tables(target: &str, found: &[(String, Vec<String>)]) -> Result<bool, OpenError> {
-    let foreign = |reason: String| OpenError::ForeignSchema { target: target.to_owned(), reason };
+    let foreign = |reason: String| OpenError::ForeignSchema {
+        target: target.to_owned(),
+        reason,
+    };
     if found.is_empty() {
         return Ok(false);
     }
@@ -87,30 +93,53 @@ pub(crate) fn check_tables(target: &str, found: &[(String, Vec<String>)]) -> Res
 
 /// Checks the recorded schema version.
 pub(crate) fn check_version(target: &str, found: Option<&str>) -> Result<(), OpenError> {
-    let foreign = |reason: String| OpenError::ForeignSchema { target: target.to_owned(), reason };
+    let foreign = |reason: String| OpenError::ForeignSchema {
+        target: target.to_owned(),
+        reason,
+    };
     let found = found.ok_or_else(|| foreign("deploykit_meta has no schema_version".into()))?;
-    let found: i64 = found.parse().map_err(|_| foreign(format!("schema_version {found:?} is not a number")))?;
+    let found: i64 = found
+        .parse()
+        .map_err(|_| foreign(format!("schema_version {found:?} is not a number")))?;
     match found {
         SCHEMA_VERSION => Ok(()),
-        newer if newer > SCHEMA_VERSION => {
-            Err(OpenError::SchemaTooNew { target: target.to_owned(), found: newer, supported: SCHEMA_VERSION })
-        }
+        newer if newer > SCHEMA_VERSION => Err(OpenError::SchemaTooNew {
+            target: target.to_owned(),
+            found: newer,
+            supported: SCHEMA_VERSION,
+        }),
         older => Err(foreign(format!("schema_version {older} predates every release"))),
     }
 }
 
 /// The store is failing (connection lost, timeout, I/O): retryable.
 pub(crate) fn unavailable(backend: &str, error: sqlx::Error) -> StoreError {
-    StoreError::Unavailable { backend: backend.to_owned(), message: error.to_string(), source: Some(Box::new(error)) }
+    StoreError::Unavailable {
+        backend: backend.to_owned(),
+        message: error.to_string(),
+        source: Some(Box::new(error)),
+    }
 }
 
-pub(crate) fn check_precondition(key: &str, expected: Precondition, actual: Option<RecordVersion>) -> Result<(), StoreError> {
+pub(crate) fn check_precondition(
+    key: &str,
+    expected: Precondition,
+    actual: Option<RecordVersion>,
+) -> Result<(), StoreError> {
     let holds = match expected {
         Precondition::Any => true,
         Precondition::Absent => actual.is_none(),
         Precondition::Version(version) => actual == Some(version),
     };
-    if holds { Ok(()) } else { Err(StoreError::Conflict { key: key.to_owned(), expected, actual }) }
+    if holds {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            key: key.to_owned(),
+            expected,
+            actual,
+        })
+    }
 }
 
 /// A lease row.
@@ -141,11 +170,17 @@ impl Holding {
 
 /// A fenced write goes ahead only under the live holder's token.
 pub(crate) fn check_fence(fence: &Fence, holding: Option<&Holding>, now_ms: i64) -> Result<(), StoreError> {
-    let current = holding.and_then(|holding| holding.live_lease(&fence.lease, now_ms)).map(|lease| lease.token);
+    let current = holding
+        .and_then(|holding| holding.live_lease(&fence.lease, now_ms))
+        .map(|lease| lease.token);
     if current == Some(fence.token) {
         Ok(())
     } else {
-        Err(StoreError::StaleFence { lease: fence.lease.clone(), presented: fence.token, current })
+        Err(StoreError::StaleFence {
+            lease: fence.lease.clone(),
+            presented: fence.token,
+            current,
+        })
     }
 }
 
@@ -154,7 +189,11 @@ pub(crate) fn check_live(lease: &Lease, holding: Option<&Holding>, now_ms: i64) 
     let live = holding.and_then(|holding| holding.live_lease(&lease.name, now_ms));
     match live {
         Some(live) if live.token == lease.token => Ok(()),
-        _ => Err(StoreError::LeaseLost { lease: lease.name.clone(), holder: lease.holder.clone(), token: lease.token }),
+        _ => Err(StoreError::LeaseLost {
+            lease: lease.name.clone(),
+            holder: lease.holder.clone(),
+            token: lease.token,
+        }),
     }
 }
 

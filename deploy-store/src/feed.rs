@@ -26,8 +26,15 @@ impl Change {
     fn event(self) -> WatchEvent {
         let version = RecordVersion(self.version as u64);
         match self.value {
-            Some(value) => WatchEvent::Put(Record { key: self.key, value: value.into(), version }),
-            None => WatchEvent::Delete { key: self.key, version },
+            Some(value) => WatchEvent::Put(Record {
+                key: self.key,
+                value: value.into(),
+                version,
+            }),
+            None => WatchEvent::Delete {
+                key: self.key,
+                version,
+            },
         }
     }
 }
@@ -57,7 +64,12 @@ pub(crate) struct Feed {
 
 impl Feed {
     pub(crate) fn new(poll: Duration) -> Arc<Self> {
-        Arc::new(Self { local: Notify::new(), sender: broadcast::channel(BROADCAST_BUFFER).0, tailer: OnceCell::new(), poll })
+        Arc::new(Self {
+            local: Notify::new(),
+            sender: broadcast::channel(BROADCAST_BUFFER).0,
+            tailer: OnceCell::new(),
+            poll,
+        })
     }
 
     /// A local write committed.
@@ -66,7 +78,11 @@ impl Feed {
     }
 
     /// A stream of the changes under `prefix` that commit after this call returns.
-    pub(crate) async fn watch(self: &Arc<Self>, log: Arc<dyn ChangeLog>, prefix: &str) -> Result<WatchStream, StoreError> {
+    pub(crate) async fn watch(
+        self: &Arc<Self>,
+        log: Arc<dyn ChangeLog>,
+        prefix: &str,
+    ) -> Result<WatchStream, StoreError> {
         let receiver = self.sender.subscribe();
         let (newest, _) = log.bounds().await?;
         let feed = Arc::clone(self);
@@ -86,8 +102,12 @@ impl Feed {
                         Err(broadcast::error::RecvError::Closed) => return None,
                     };
                     let wanted = match &*event {
-                        WatchEvent::Put(record) => record.version.0 as i64 > newest && record.key.starts_with(&prefix),
-                        WatchEvent::Delete { key, version } => version.0 as i64 > newest && key.starts_with(&prefix),
+                        WatchEvent::Put(record) => {
+                            record.version.0 as i64 > newest && record.key.starts_with(&prefix)
+                        }
+                        WatchEvent::Delete { key, version } => {
+                            version.0 as i64 > newest && key.starts_with(&prefix)
+                        }
                         WatchEvent::Lagged => true,
                     };
                     if wanted {

@@ -8,15 +8,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use deploy_core::store::{validate_key, validate_lease_request};
 use deploy_core::{
-    FencingToken, Lease, LeaseStore, Record, RecordStore, RecordVersion, StoreError, WatchStream, WriteOptions,
+    FencingToken, Lease, LeaseStore, Record, RecordStore, RecordVersion, StoreError, WatchStream,
+    WriteOptions,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::Mutex;
 
 use crate::common::{
-    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, check_fence, check_live, check_precondition, check_tables,
-    check_version, ttl_ms, unavailable,
+    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, check_fence, check_live, check_precondition,
+    check_tables, check_version, ttl_ms, unavailable,
 };
 use crate::feed::{Change, ChangeLog, Feed};
 
@@ -95,7 +96,10 @@ impl PostgresStore {
             Some(schema) => format!("{} (schema {schema})", redact(&options.url)),
             None => redact(&options.url),
         };
-        let unreachable = |source| OpenError::Unreachable { target: target.clone(), source };
+        let unreachable = |source| OpenError::Unreachable {
+            target: target.clone(),
+            source,
+        };
         let mut connect = PgConnectOptions::from_str(&options.url).map_err(unreachable)?;
         if let Some(schema) = &options.schema {
             connect = connect.options([("search_path", schema.as_str())]);
@@ -108,18 +112,33 @@ impl PostgresStore {
             .map_err(unreachable)?;
         if let Some(schema) = &options.schema {
             // The schema name is quoted as an identifier (embedded quotes doubled).
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {}", quoted(schema))))
-                .execute(&pool)
-                .await
-                .map_err(|source| OpenError::Migration { target: target.clone(), source })?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quoted(schema)
+            )))
+            .execute(&pool)
+            .await
+            .map_err(|source| OpenError::Migration {
+                target: target.clone(),
+                source,
+            })?;
         }
         set_up_schema(&pool, &target).await?;
         Ok(Self {
-            inner: Arc::new(Inner { pool, feed: Feed::new(options.poll_interval), listener: Mutex::new(None) }),
+            inner: Arc::new(Inner {
+                pool,
+                feed: Feed::new(options.poll_interval),
+                listener: Mutex::new(None),
+            }),
         })
     }
 
-    async fn write(&self, key: &str, value: Option<Bytes>, opts: WriteOptions) -> Result<Option<RecordVersion>, StoreError> {
+    async fn write(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        opts: WriteOptions,
+    ) -> Result<Option<RecordVersion>, StoreError> {
         validate_key(key)?;
         let mut tx = self.inner.pool.begin().await.map_err(db)?;
         // Locks the counter row: writers take turns from here to commit.
@@ -133,7 +152,11 @@ impl PostgresStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(db)?;
-        check_precondition(key, opts.precondition, actual.map(|version| RecordVersion(version as u64)))?;
+        check_precondition(
+            key,
+            opts.precondition,
+            actual.map(|version| RecordVersion(version as u64)),
+        )?;
         if value.is_none() && actual.is_none() {
             // Dropping the transaction rolls the counter back.
             return Ok(None);
@@ -152,7 +175,11 @@ impl PostgresStore {
                 .map_err(db)?;
             }
             None => {
-                sqlx::query("DELETE FROM deploykit_records WHERE key = $1").bind(key).execute(&mut *tx).await.map_err(db)?;
+                sqlx::query("DELETE FROM deploykit_records WHERE key = $1")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
             }
         }
         sqlx::query("INSERT INTO deploykit_changes (version, key, value) VALUES ($1, $2, $3)")
@@ -164,7 +191,11 @@ impl PostgresStore {
             .map_err(db)?;
         if version % 1_000 == 0 {
             let floor = version - LOG_RETENTION;
-            sqlx::query("DELETE FROM deploykit_changes WHERE version <= $1").bind(floor).execute(&mut *tx).await.map_err(db)?;
+            sqlx::query("DELETE FROM deploykit_changes WHERE version <= $1")
+                .bind(floor)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
             sqlx::query("UPDATE deploykit_counter SET log_floor = $1 WHERE id = 1")
                 .bind(floor + 1)
                 .execute(&mut *tx)
@@ -172,7 +203,11 @@ impl PostgresStore {
                 .map_err(db)?;
         }
         // Delivered at commit, to every process listening.
-        sqlx::query("SELECT pg_notify($1, current_schema())").bind(CHANNEL).execute(&mut *tx).await.map_err(db)?;
+        sqlx::query("SELECT pg_notify($1, current_schema())")
+            .bind(CHANNEL)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         self.inner.feed.wake();
         Ok(Some(RecordVersion(version as u64)))
@@ -192,8 +227,14 @@ fn redact(url: &str) -> String {
 }
 
 async fn set_up_schema(pool: &PgPool, target: &str) -> Result<(), OpenError> {
-    let migration = |source| OpenError::Migration { target: target.to_owned(), source };
-    let unreachable = |source| OpenError::Unreachable { target: target.to_owned(), source };
+    let migration = |source| OpenError::Migration {
+        target: target.to_owned(),
+        source,
+    };
+    let unreachable = |source| OpenError::Unreachable {
+        target: target.to_owned(),
+        source,
+    };
     let mut tx = pool.begin().await.map_err(unreachable)?;
     // Concurrent first connects to one schema take turns.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('deploykit:' || current_schema()))")
@@ -228,7 +269,10 @@ async fn set_up_schema(pool: &PgPool, target: &str) -> Result<(), OpenError> {
             "CREATE TABLE deploykit_changes (version BIGINT PRIMARY KEY, key TEXT NOT NULL, value BYTEA)",
             "INSERT INTO deploykit_counter (id, value, log_floor) VALUES (1, 0, 0)",
         ] {
-            sqlx::query(statement).execute(&mut *tx).await.map_err(migration)?;
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(migration)?;
         }
         sqlx::query("INSERT INTO deploykit_meta (key, value) VALUES ('schema_version', $1)")
             .bind(SCHEMA_VERSION.to_string())
@@ -236,10 +280,11 @@ async fn set_up_schema(pool: &PgPool, target: &str) -> Result<(), OpenError> {
             .await
             .map_err(migration)?;
     }
-    let version: Option<String> = sqlx::query_scalar("SELECT value FROM deploykit_meta WHERE key = 'schema_version'")
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unreachable)?;
+    let version: Option<String> =
+        sqlx::query_scalar("SELECT value FROM deploykit_meta WHERE key = 'schema_version'")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unreachable)?;
     check_version(target, version.as_deref())?;
     tx.commit().await.map_err(migration)
 }
@@ -252,16 +297,21 @@ async fn next_version(tx: &mut Transaction<'static, Postgres>) -> Result<i64, St
 }
 
 /// The lease row and the server's clock, in milliseconds.
-async fn holding(tx: &mut Transaction<'static, Postgres>, name: &str) -> Result<(Option<Holding>, i64), StoreError> {
+async fn holding(
+    tx: &mut Transaction<'static, Postgres>,
+    name: &str,
+) -> Result<(Option<Holding>, i64), StoreError> {
     let now: i64 = sqlx::query_scalar("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint")
         .fetch_one(&mut **tx)
         .await
         .map_err(db)?;
-    let row = sqlx::query("SELECT holder, token, ttl_ms, expires_at_ms FROM deploykit_leases WHERE name = $1 FOR UPDATE")
-        .bind(name)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db)?;
+    let row = sqlx::query(
+        "SELECT holder, token, ttl_ms, expires_at_ms FROM deploykit_leases WHERE name = $1 FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?;
     Ok((row.map(holding_of).transpose()?, now))
 }
 
@@ -277,7 +327,11 @@ fn holding_of(row: PgRow) -> Result<Holding, StoreError> {
 fn record(row: PgRow) -> Result<Record, StoreError> {
     let value: Vec<u8> = row.try_get("value").map_err(db)?;
     let version: i64 = row.try_get("version").map_err(db)?;
-    Ok(Record { key: row.try_get("key").map_err(db)?, value: value.into(), version: RecordVersion(version as u64) })
+    Ok(Record {
+        key: row.try_get("key").map_err(db)?,
+        value: value.into(),
+        version: RecordVersion(version as u64),
+    })
 }
 
 #[async_trait]
@@ -305,12 +359,19 @@ impl RecordStore for PostgresStore {
         rows.into_iter().map(record).collect()
     }
 
-    async fn put_opts(&self, key: &str, value: Bytes, opts: WriteOptions) -> Result<RecordVersion, StoreError> {
-        self.write(key, Some(value), opts).await?.ok_or_else(|| StoreError::Unavailable {
-            backend: BACKEND.into(),
-            message: format!("a put of {key} reported no version"),
-            source: None,
-        })
+    async fn put_opts(
+        &self,
+        key: &str,
+        value: Bytes,
+        opts: WriteOptions,
+    ) -> Result<RecordVersion, StoreError> {
+        self.write(key, Some(value), opts)
+            .await?
+            .ok_or_else(|| StoreError::Unavailable {
+                backend: BACKEND.into(),
+                message: format!("a put of {key} reported no version"),
+                source: None,
+            })
     }
 
     async fn delete_opts(&self, key: &str, opts: WriteOptions) -> Result<bool, StoreError> {
@@ -334,12 +395,14 @@ impl ChangeLog for PostgresStore {
     }
 
     async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
-        let rows = sqlx::query("SELECT version, key, value FROM deploykit_changes WHERE version > $1 ORDER BY version LIMIT $2")
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(db)?;
+        let rows = sqlx::query(
+            "SELECT version, key, value FROM deploykit_changes WHERE version > $1 ORDER BY version LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(db)?;
         rows.into_iter()
             .map(|row| {
                 Ok(Change {
@@ -359,7 +422,9 @@ impl ChangeLog for PostgresStore {
                     Ok(()) => *listener = Some(connected),
                     Err(error) => tracing::warn!(%error, "cannot LISTEN; watchers fall back to polling"),
                 },
-                Err(error) => tracing::warn!(%error, "cannot connect a listener; watchers fall back to polling"),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot connect a listener; watchers fall back to polling")
+                }
             }
         }
         match listener.as_mut() {
@@ -385,7 +450,10 @@ impl LeaseStore for PostgresStore {
         if let Some(live) = current.and_then(|current| current.live_lease(name, now))
             && live.holder != holder
         {
-            return Err(StoreError::LeaseHeld { lease: name.to_owned(), holder: live.holder });
+            return Err(StoreError::LeaseHeld {
+                lease: name.to_owned(),
+                holder: live.holder,
+            });
         }
         let ttl = ttl_ms(ttl);
         sqlx::query(

@@ -7,13 +7,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use deploy_core::store::{validate_key, validate_lease_request};
-use deploy_core::{Lease, LeaseStore, Record, RecordStore, RecordVersion, StoreError, WatchStream, WriteOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use deploy_core::{
+    Lease, LeaseStore, Record, RecordStore, RecordVersion, StoreError, WatchStream, WriteOptions,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::common::{
-    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, check_fence, check_live, check_precondition, check_tables,
-    check_version, ttl_ms, unavailable,
+    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, check_fence, check_live, check_precondition,
+    check_tables, check_version, ttl_ms, unavailable,
 };
 use crate::feed::{Change, ChangeLog, Feed};
 
@@ -60,7 +64,9 @@ impl SqliteOptions {
 }
 
 fn system_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 /// A [`RecordStore`] and [`LeaseStore`] in an SQLite file.
@@ -124,9 +130,18 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(connect)
             .await
-            .map_err(|source| OpenError::Unreachable { target: target.clone(), source })?;
+            .map_err(|source| OpenError::Unreachable {
+                target: target.clone(),
+                source,
+            })?;
         set_up_schema(&pool, &target).await?;
-        Ok(Self { inner: Arc::new(Inner { pool, feed: Feed::new(options.poll_interval), clock: ClockDebug(options.clock) }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                feed: Feed::new(options.poll_interval),
+                clock: ClockDebug(options.clock),
+            }),
+        })
     }
 
     fn now(&self) -> i64 {
@@ -138,7 +153,12 @@ impl SqliteStore {
         self.inner.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)
     }
 
-    async fn write(&self, key: &str, value: Option<Bytes>, opts: WriteOptions) -> Result<Option<RecordVersion>, StoreError> {
+    async fn write(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        opts: WriteOptions,
+    ) -> Result<Option<RecordVersion>, StoreError> {
         validate_key(key)?;
         let mut tx = self.begin().await?;
         if let Some(fence) = &opts.fence {
@@ -150,7 +170,11 @@ impl SqliteStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(db)?;
-        check_precondition(key, opts.precondition, actual.map(|version| RecordVersion(version as u64)))?;
+        check_precondition(
+            key,
+            opts.precondition,
+            actual.map(|version| RecordVersion(version as u64)),
+        )?;
         if value.is_none() && actual.is_none() {
             return Ok(None);
         }
@@ -169,7 +193,11 @@ impl SqliteStore {
                 .map_err(db)?;
             }
             None => {
-                sqlx::query("DELETE FROM deploykit_records WHERE key = ?").bind(key).execute(&mut *tx).await.map_err(db)?;
+                sqlx::query("DELETE FROM deploykit_records WHERE key = ?")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
             }
         }
         sqlx::query("INSERT INTO deploykit_changes (version, key, value) VALUES (?, ?, ?)")
@@ -189,15 +217,22 @@ impl SqliteStore {
 }
 
 async fn set_up_schema(pool: &SqlitePool, target: &str) -> Result<(), OpenError> {
-    let migration = |source| OpenError::Migration { target: target.to_owned(), source };
-    let unreachable = |source| OpenError::Unreachable { target: target.to_owned(), source };
+    let migration = |source| OpenError::Migration {
+        target: target.to_owned(),
+        source,
+    };
+    let unreachable = |source| OpenError::Unreachable {
+        target: target.to_owned(),
+        source,
+    };
     // The write lock makes concurrent first opens of one file take turns.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(unreachable)?;
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'deploykit\\_%' ESCAPE '\\'")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(unreachable)?;
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'deploykit\\_%' ESCAPE '\\'",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unreachable)?;
     let mut found = Vec::new();
     for name in names {
         let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?)")
@@ -216,7 +251,10 @@ async fn set_up_schema(pool: &SqlitePool, target: &str) -> Result<(), OpenError>
             "CREATE TABLE deploykit_changes (version INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB)",
             "INSERT INTO deploykit_counter (id, value, log_floor) VALUES (1, 0, 0)",
         ] {
-            sqlx::query(statement).execute(&mut *tx).await.map_err(migration)?;
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(migration)?;
         }
         sqlx::query("INSERT INTO deploykit_meta (key, value) VALUES ('schema_version', ?)")
             .bind(SCHEMA_VERSION.to_string())
@@ -224,10 +262,11 @@ async fn set_up_schema(pool: &SqlitePool, target: &str) -> Result<(), OpenError>
             .await
             .map_err(migration)?;
     }
-    let version: Option<String> = sqlx::query_scalar("SELECT value FROM deploykit_meta WHERE key = 'schema_version'")
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unreachable)?;
+    let version: Option<String> =
+        sqlx::query_scalar("SELECT value FROM deploykit_meta WHERE key = 'schema_version'")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unreachable)?;
     check_version(target, version.as_deref())?;
     tx.commit().await.map_err(migration)
 }
@@ -241,8 +280,16 @@ async fn next_version(tx: &mut Transaction<'static, Sqlite>) -> Result<i64, Stor
 
 async fn prune(tx: &mut Transaction<'static, Sqlite>, version: i64) -> Result<(), StoreError> {
     let floor = version - LOG_RETENTION;
-    sqlx::query("DELETE FROM deploykit_changes WHERE version <= ?").bind(floor).execute(&mut **tx).await.map_err(db)?;
-    sqlx::query("UPDATE deploykit_counter SET log_floor = ? WHERE id = 1").bind(floor + 1).execute(&mut **tx).await.map_err(db)?;
+    sqlx::query("DELETE FROM deploykit_changes WHERE version <= ?")
+        .bind(floor)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    sqlx::query("UPDATE deploykit_counter SET log_floor = ? WHERE id = 1")
+        .bind(floor + 1)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
     Ok(())
 }
 
@@ -266,7 +313,11 @@ async fn holding(tx: &mut Transaction<'static, Sqlite>, name: &str) -> Result<Op
 fn record(row: sqlx::sqlite::SqliteRow) -> Result<Record, StoreError> {
     let value: Vec<u8> = row.try_get("value").map_err(db)?;
     let version: i64 = row.try_get("version").map_err(db)?;
-    Ok(Record { key: row.try_get("key").map_err(db)?, value: value.into(), version: RecordVersion(version as u64) })
+    Ok(Record {
+        key: row.try_get("key").map_err(db)?,
+        value: value.into(),
+        version: RecordVersion(version as u64),
+    })
 }
 
 #[async_trait]
@@ -284,11 +335,12 @@ impl RecordStore for SqliteStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Record>, StoreError> {
         // A range scan on the primary key: keys >= prefix, while they start with it.
-        let rows = sqlx::query("SELECT key, value, version FROM deploykit_records WHERE key >= ? ORDER BY key")
-            .bind(prefix)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(db)?;
+        let rows =
+            sqlx::query("SELECT key, value, version FROM deploykit_records WHERE key >= ? ORDER BY key")
+                .bind(prefix)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(db)?;
         let mut records = Vec::new();
         for row in rows {
             let record = record(row)?;
@@ -300,7 +352,12 @@ impl RecordStore for SqliteStore {
         Ok(records)
     }
 
-    async fn put_opts(&self, key: &str, value: Bytes, opts: WriteOptions) -> Result<RecordVersion, StoreError> {
+    async fn put_opts(
+        &self,
+        key: &str,
+        value: Bytes,
+        opts: WriteOptions,
+    ) -> Result<RecordVersion, StoreError> {
         let version = self.write(key, Some(value), opts).await?;
         version.ok_or_else(|| unreachable_state(key))
     }
@@ -316,7 +373,11 @@ impl RecordStore for SqliteStore {
 }
 
 fn unreachable_state(key: &str) -> StoreError {
-    StoreError::Unavailable { backend: BACKEND.into(), message: format!("a put of {key} reported no version"), source: None }
+    StoreError::Unavailable {
+        backend: BACKEND.into(),
+        message: format!("a put of {key} reported no version"),
+        source: None,
+    }
 }
 
 #[async_trait]
@@ -330,12 +391,14 @@ impl ChangeLog for SqliteStore {
     }
 
     async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
-        let rows = sqlx::query("SELECT version, key, value FROM deploykit_changes WHERE version > ? ORDER BY version LIMIT ?")
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(db)?;
+        let rows = sqlx::query(
+            "SELECT version, key, value FROM deploykit_changes WHERE version > ? ORDER BY version LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(db)?;
         rows.into_iter()
             .map(|row| {
                 Ok(Change {
@@ -363,7 +426,10 @@ impl LeaseStore for SqliteStore {
             && let Some(live) = current.live_lease(name, now)
             && live.holder != holder
         {
-            return Err(StoreError::LeaseHeld { lease: name.to_owned(), holder: live.holder });
+            return Err(StoreError::LeaseHeld {
+                lease: name.to_owned(),
+                holder: live.holder,
+            });
         }
         let token = next_version(&mut tx).await?;
         let ttl = ttl_ms(ttl);
@@ -418,11 +484,12 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn holder(&self, name: &str) -> Result<Option<Lease>, StoreError> {
-        let row = sqlx::query("SELECT holder, token, ttl_ms, expires_at_ms FROM deploykit_leases WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(db)?;
+        let row =
+            sqlx::query("SELECT holder, token, ttl_ms, expires_at_ms FROM deploykit_leases WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(db)?;
         let Some(row) = row else { return Ok(None) };
         let holding = Holding {
             holder: row.try_get("holder").map_err(db)?,

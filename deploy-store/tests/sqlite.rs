@@ -74,10 +74,22 @@ async fn watch_sees_writes_made_through_another_instance() {
     writer.put("flags/a", "1".into()).await.unwrap();
     writer.put("other/b", "2".into()).await.unwrap();
     writer.delete("flags/a").await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap();
-    assert!(matches!(&first, WatchEvent::Put(record) if record.key == "flags/a" && &record.value[..] == b"1"), "{first:?}");
-    let second = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap();
-    assert!(matches!(&second, WatchEvent::Delete { key, .. } if key == "flags/a"), "{second:?}");
+    let first = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&first, WatchEvent::Put(record) if record.key == "flags/a" && &record.value[..] == b"1"),
+        "{first:?}"
+    );
+    let second = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&second, WatchEvent::Delete { key, .. } if key == "flags/a"),
+        "{second:?}"
+    );
 }
 
 #[tokio::test]
@@ -85,34 +97,60 @@ async fn foreign_and_newer_schemas_are_refused_at_open() {
     let dir = TempDir::new("schema");
     // Not a database at all.
     let junk = dir.file("junk.db");
-    std::fs::write(&junk, b"this is not sqlite, just some bytes to make the header wrong...........").unwrap();
-    assert!(matches!(SqliteStore::open(SqliteOptions::new(&junk)).await, Err(OpenError::Unreachable { .. })));
+    std::fs::write(
+        &junk,
+        b"this is not sqlite, just some bytes to make the header wrong...........",
+    )
+    .unwrap();
+    assert!(matches!(
+        SqliteStore::open(SqliteOptions::new(&junk)).await,
+        Err(OpenError::Unreachable { .. })
+    ));
 
     // A deploykit table without its companions.
     let partial = dir.file("partial.db");
     let store = open(&partial).await;
     drop(store);
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", partial.display())).await.unwrap();
-    sqlx::query("DROP TABLE deploykit_leases").execute(&pool).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", partial.display()))
+        .await
+        .unwrap();
+    sqlx::query("DROP TABLE deploykit_leases")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     match SqliteStore::open(SqliteOptions::new(&partial)).await {
-        Err(OpenError::ForeignSchema { reason, .. }) => assert!(reason.contains("deploykit_leases"), "{reason}"),
+        Err(OpenError::ForeignSchema { reason, .. }) => {
+            assert!(reason.contains("deploykit_leases"), "{reason}")
+        }
         other => panic!("expected a foreign schema, got {other:?}"),
     }
 
     // A schema from the future.
     let future = dir.file("future.db");
     drop(open(&future).await);
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", future.display())).await.unwrap();
-    sqlx::query("UPDATE deploykit_meta SET value = '99' WHERE key = 'schema_version'").execute(&pool).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", future.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE deploykit_meta SET value = '99' WHERE key = 'schema_version'")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     assert!(matches!(
         SqliteStore::open(SqliteOptions::new(&future)).await,
-        Err(OpenError::SchemaTooNew { found: 99, supported: 1, .. })
+        Err(OpenError::SchemaTooNew {
+            found: 99,
+            supported: 1,
+            ..
+        })
     ));
 
     // Reopening a good store keeps its data.
     let good = dir.file("good.db");
     open(&good).await.put("k", "v".into()).await.unwrap();
-    assert_eq!(&open(&good).await.get("k").await.unwrap().unwrap().value[..], b"v");
+    assert_eq!(
+        &open(&good).await.get("k").await.unwrap().unwrap().value[..],
+        b"v"
+    );
 }

@@ -82,7 +82,10 @@ impl SimFleet {
                         version: instance.version.clone(),
                         state: instance.state,
                         address: instance.address.clone(),
-                        draining: app_state.members.get(id).map(|membership| *membership == Membership::Draining),
+                        draining: app_state
+                            .members
+                            .get(id)
+                            .map(|membership| *membership == Membership::Draining),
                     })
                     .collect();
                 instances.sort_by(|a, b| a.id.cmp(&b.id));
@@ -99,10 +102,25 @@ impl SimFleet {
         let mut profiles: Vec<_> = state
             .profiles
             .iter()
-            .map(|((app, version), profile)| (app.clone(), version.clone(), profile.error_rate(), profile.p50(), profile.p99()))
+            .map(|((app, version), profile)| {
+                (
+                    app.clone(),
+                    version.clone(),
+                    profile.error_rate(),
+                    profile.p50(),
+                    profile.p99(),
+                )
+            })
             .collect();
         profiles.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        FleetImage { apps, profiles, next_instance: state.next_instance, installs: state.installs, ongoing, violations }
+        FleetImage {
+            apps,
+            profiles,
+            next_instance: state.next_instance,
+            installs: state.installs,
+            ongoing,
+            violations,
+        }
     }
 
     /// Replaces the fleet's apps, instances, profiles and invariant record with `image`'s.
@@ -113,7 +131,9 @@ impl SimFleet {
         let profiles = image
             .profiles
             .into_iter()
-            .map(|(app, version, error_rate, p50, p99)| Ok(((app, version), VersionProfile::new(error_rate, p50, p99)?)))
+            .map(|(app, version, error_rate, p50, p99)| {
+                Ok(((app, version), VersionProfile::new(error_rate, p50, p99)?))
+            })
             .collect::<Result<HashMap<_, _>, ProfileError>>()?;
         let mut state = self.state();
         state.apps = image
@@ -128,12 +148,21 @@ impl SimFleet {
                 };
                 for instance in app.instances {
                     if let Some(draining) = instance.draining {
-                        let membership = if draining { Membership::Draining } else { Membership::Active };
+                        let membership = if draining {
+                            Membership::Draining
+                        } else {
+                            Membership::Active
+                        };
                         app_state.members.insert(instance.id.clone(), membership);
                     }
                     app_state.instances.insert(
                         instance.id,
-                        SimInstance { pool: instance.pool, version: instance.version, state: instance.state, address: instance.address },
+                        SimInstance {
+                            pool: instance.pool,
+                            version: instance.version,
+                            state: instance.state,
+                            address: instance.address,
+                        },
                     );
                 }
                 (app.app, app_state)

@@ -141,7 +141,10 @@ impl InvariantChecker {
     }
 
     pub(crate) fn from_parts(ongoing: Vec<(AppId, String)>, history: Vec<Violation>) -> Self {
-        Self { ongoing: ongoing.into_iter().collect(), history }
+        Self {
+            ongoing: ongoing.into_iter().collect(),
+            history,
+        }
     }
 
     pub(crate) fn history(&self) -> &[Violation] {

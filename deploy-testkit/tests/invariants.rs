@@ -155,8 +155,16 @@ async fn an_image_restores_into_a_fresh_fleet() {
     let fleet = deploy_testkit::SimFleet::new();
     let app = deploy_core::AppId::new("shop").unwrap();
     let v1 = Version::new("1.0").unwrap();
-    fleet
-        .set_version_profile(&app, &v1, deploy_testkit::VersionProfile::new(0.01, std::time::Duration::from_millis(5), std::time::Duration::from_millis(9)).unwrap());
+    fleet.set_version_profile(
+        &app,
+        &v1,
+        deploy_testkit::VersionProfile::new(
+            0.01,
+            std::time::Duration::from_millis(5),
+            std::time::Duration::from_millis(9),
+        )
+        .unwrap(),
+    );
     fleet.serve(&app, &Pool::stable(), &v1, 3).await.unwrap();
     let image = fleet.image();
     let json = serde_json::to_string(&image).unwrap();
@@ -165,9 +173,19 @@ async fn an_image_restores_into_a_fresh_fleet() {
     assert_eq!(restored.image(), image);
     assert_eq!(restored.list_instances(&app).await.unwrap().len(), 3);
     assert_eq!(restored.members(&app, &Pool::stable()).await.unwrap().len(), 3);
-    assert_eq!(restored.routing(&app).await.unwrap(), fleet.routing(&app).await.unwrap());
+    assert_eq!(
+        restored.routing(&app).await.unwrap(),
+        fleet.routing(&app).await.unwrap()
+    );
     // New instances do not reuse ids.
     let more = restored.provision(&app, &Pool::canary(), &v1, 1).await.unwrap();
-    assert!(!fleet.list_instances(&app).await.unwrap().iter().any(|instance| instance.id == more[0].id));
+    assert!(
+        !fleet
+            .list_instances(&app)
+            .await
+            .unwrap()
+            .iter()
+            .any(|instance| instance.id == more[0].id)
+    );
     assert!(restored.violations().is_empty());
 }
