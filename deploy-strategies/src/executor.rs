@@ -284,11 +284,29 @@ impl Executor {
         let work = self
             .retry("describe instances", || infra.describe_instances(app, ids))
             .await?;
-        // Instances that are not running (a failed update left them stopped) serve nothing,
-        // so they cost no capacity: they go first. Running ones follow, `concurrency` at a
-        // time. Both waves stay within `max_parallel`.
-        let (serving, idle): (Vec<Instance>, Vec<Instance>) =
-            work.into_iter().partition(|i| i.state == InstanceState::Running);
+        // Instances that serve nothing cost no capacity, so they go first: those not running
+        // (a failed update left them stopped) and those running out of rotation (an update
+        // interrupted after the drain). Serving ones follow, `concurrency` at a time. Both
+        // waves stay within `max_parallel`.
+        // Membership only matters when the serving wave is throttled (a rollback restoring
+        // a whole fleet a batch at a time); a forward batch goes out all at once.
+        let in_rotation = if concurrency < work.len() {
+            let mut pools: Vec<&Pool> = work.iter().map(|instance| &instance.pool).collect();
+            pools.sort();
+            pools.dedup();
+            let mut members = HashSet::new();
+            for pool in pools {
+                let lb = &self.backends.load_balancer;
+                members.extend(self.retry("list members", || lb.members(app, pool)).await?);
+            }
+            Some(members)
+        } else {
+            None
+        };
+        let (serving, idle): (Vec<Instance>, Vec<Instance>) = work.into_iter().partition(|i| {
+            i.state == InstanceState::Running
+                && in_rotation.as_ref().is_none_or(|members| members.contains(&i.id))
+        });
         let mut results = Vec::new();
         let bound = self.options.max_parallel.max(1);
         for (wave, limit) in [(idle, bound), (serving, concurrency.clamp(1, bound))] {

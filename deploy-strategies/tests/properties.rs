@@ -134,3 +134,21 @@ proptest! {
         runtime.block_on(scenario(strategy, events));
     }
 }
+
+/// Found by the property test: a rolling rollback whose health check hangs must not take a
+/// second instance out while the first is still down.
+#[test]
+fn rolling_rollback_with_a_hanging_health_check_keeps_capacity() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(scenario(
+        rolling(),
+        vec![
+            (6, Event::UpdateFails(4)),
+            (256, Event::Hang(Operation::HealthCheck)),
+        ],
+    ));
+}
