@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use deploy_core::{Fence, FencingToken, Lease, Precondition, RecordVersion, StoreError};
+use deploy_core::{Fence, FencingToken, Lease, StoreError};
 
 /// The schema this build reads and writes.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
@@ -118,27 +118,6 @@ pub(crate) fn unavailable(backend: &str, error: sqlx::Error) -> StoreError {
         backend: backend.to_owned(),
         message: error.to_string(),
         source: Some(Box::new(error)),
-    }
-}
-
-pub(crate) fn check_precondition(
-    key: &str,
-    expected: Precondition,
-    actual: Option<RecordVersion>,
-) -> Result<(), StoreError> {
-    let holds = match expected {
-        Precondition::Any => true,
-        Precondition::Absent => actual.is_none(),
-        Precondition::Version(version) => actual == Some(version),
-    };
-    if holds {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict {
-            key: key.to_owned(),
-            expected,
-            actual,
-        })
     }
 }
 

@@ -16,8 +16,8 @@ use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::Mutex;
 
 use crate::common::{
-    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, check_fence, check_live, check_precondition,
-    check_tables, check_version, ttl_ms, unavailable,
+    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, check_fence, check_live, check_tables, check_version,
+    ttl_ms, unavailable,
 };
 use crate::feed::{Change, ChangeLog, Feed};
 
@@ -152,11 +152,8 @@ impl PostgresStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(db)?;
-        check_precondition(
-            key,
-            opts.precondition,
-            actual.map(|version| RecordVersion(version as u64)),
-        )?;
+        opts.precondition
+            .check(key, actual.map(|version| RecordVersion(version as u64)))?;
         if value.is_none() && actual.is_none() {
             // Dropping the transaction rolls the counter back.
             return Ok(None);

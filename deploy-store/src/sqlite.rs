@@ -16,8 +16,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::common::{
-    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, check_fence, check_live, check_precondition,
-    check_tables, check_version, ttl_ms, unavailable,
+    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, check_fence, check_live, check_tables, check_version,
+    ttl_ms, unavailable,
 };
 use crate::feed::{Change, ChangeLog, Feed};
 
@@ -170,11 +170,8 @@ impl SqliteStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(db)?;
-        check_precondition(
-            key,
-            opts.precondition,
-            actual.map(|version| RecordVersion(version as u64)),
-        )?;
+        opts.precondition
+            .check(key, actual.map(|version| RecordVersion(version as u64)))?;
         if value.is_none() && actual.is_none() {
             return Ok(None);
         }

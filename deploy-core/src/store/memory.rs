@@ -94,21 +94,7 @@ impl State {
     }
 
     fn check_precondition(&self, key: &str, precondition: Precondition) -> Result<(), StoreError> {
-        let actual = self.records.get(key).map(|(_, version)| *version);
-        let ok = match precondition {
-            Precondition::Any => true,
-            Precondition::Absent => actual.is_none(),
-            Precondition::Version(expected) => actual == Some(expected),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict {
-                key: key.to_owned(),
-                expected: precondition,
-                actual,
-            })
-        }
+        precondition.check(key, self.records.get(key).map(|(_, version)| *version))
     }
 
     fn check_write(&self, key: &str, opts: &WriteOptions) -> Result<(), StoreError> {

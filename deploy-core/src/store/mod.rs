@@ -61,6 +61,30 @@ pub enum Precondition {
     Version(RecordVersion),
 }
 
+impl Precondition {
+    /// Checks the precondition of a write to `key` against the record's current version
+    /// (`None` when absent); every backend decides conflicts with this.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] with the current version when it does not hold.
+    pub fn check(self, key: &str, actual: Option<RecordVersion>) -> Result<(), StoreError> {
+        let holds = match self {
+            Self::Any => true,
+            Self::Absent => actual.is_none(),
+            Self::Version(expected) => actual == Some(expected),
+        };
+        if holds {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                key: key.to_owned(),
+                expected: self,
+                actual,
+            })
+        }
+    }
+}
+
 impl fmt::Display for Precondition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
