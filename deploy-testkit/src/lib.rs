@@ -38,6 +38,7 @@
 
 mod fault;
 mod fleet;
+mod idmap;
 mod image;
 mod invariants;
 mod notifier;

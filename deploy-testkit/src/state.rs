@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 use tokio::time::Instant;
 
 use crate::fault::{Fault, FaultPlan};
+use crate::idmap::IdMap;
 use crate::invariants::InvariantChecker;
 use crate::profile::VersionProfile;
 use crate::traffic::TrafficLog;
@@ -36,10 +37,10 @@ pub(crate) enum Membership {
 
 #[derive(Debug, Default)]
 pub(crate) struct AppState {
-    // Hash maps: lookups by id are the hot path at fleet scale; where order shows (member
+    // Lookups by id are the hot path at fleet scale (see `IdMap`); where order shows (member
     // lists, traffic spread, reports), ids are sorted at that point.
-    pub(crate) instances: HashMap<InstanceId, SimInstance>,
-    pub(crate) members: HashMap<InstanceId, Membership>,
+    pub(crate) instances: IdMap<SimInstance>,
+    pub(crate) members: IdMap<Membership>,
     pub(crate) routing: Option<TrafficSplit>,
     pub(crate) capacity_floor: usize,
     /// Whether the app has had `capacity_floor` healthy instances in rotation yet; the
@@ -55,7 +56,7 @@ impl AppState {
             .members
             .iter()
             .filter(|(id, membership)| {
-                **membership == Membership::Active && self.instances.get(*id).is_some_and(|i| &i.pool == pool)
+                **membership == Membership::Active && self.instances.get(id).is_some_and(|i| &i.pool == pool)
             })
             .map(|(id, _)| id)
             .collect();
