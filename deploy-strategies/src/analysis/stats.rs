@@ -199,30 +199,43 @@ fn kth_differences(x: &[f64], y: &[f64], k_low: u64, k_high: u64) -> (f64, f64) 
     let mut hi = y_max - x_min;
     let (mut below_lo, mut below_hi) = (0u64, (x.len() * y.len()) as u64);
     let few = (x.len() + y.len()) as u64;
-    for round in 0..200 {
+    // Which bound the last round moved (true: the upper one), and how many times in a row.
+    let mut last_moved_high = None;
+    let mut same_side = 0;
+    for _ in 0..200 {
         if below_hi - below_lo <= few {
             break;
         }
-        // Interpolate on the counts (fast on smooth data), bisecting every third round so a
-        // lopsided distribution still converges.
-        let share = if round % 3 == 2 {
+        // Interpolate on the counts towards the middle of the wanted ranks (fast on smooth
+        // data); when the same bound moved twice running, interpolation is stalling on a
+        // lopsided distribution, so bisect.
+        let target = (k_low + k_high) as f64 / 2.0;
+        let share = if same_side >= 2 {
             0.5
         } else {
-            ((k_low - below_lo) as f64 / (below_hi - below_lo) as f64).clamp(0.02, 0.98)
+            ((target - below_lo as f64) / (below_hi - below_lo) as f64).clamp(0.02, 0.98)
         };
         let mid = lo + (hi - lo) * share;
         if mid <= lo || mid >= hi {
             break;
         }
         let below_mid = count_at_most(x, y, mid);
-        if below_mid >= k_high {
+        let moved_high = if below_mid >= k_high {
             (hi, below_hi) = (mid, below_mid);
+            true
         } else if below_mid < k_low {
             (lo, below_lo) = (mid, below_mid);
+            false
         } else {
             // `mid` falls between the two ranks: neither bound can move past it.
             break;
-        }
+        };
+        same_side = if last_moved_high == Some(moved_high) {
+            same_side + 1
+        } else {
+            0
+        };
+        last_moved_high = Some(moved_high);
     }
     let mut candidates = Vec::with_capacity((below_hi - below_lo) as usize);
     differences_between(x, y, lo, hi, |d| candidates.push(d));
