@@ -708,3 +708,51 @@ async fn a_flag_change_crosses_processes_through_postgres_within_a_second() {
     sync.abort();
     cleanup("postgres", name).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_persist_and_sync_on_sqlite_too() {
+    if std::env::var("DEPLOYKIT_CHILD").is_ok() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("deploykit-flags-sqlite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let spec = format!("sqlite:{}", dir.join("flags.db").display());
+    let first = Arc::new(
+        FeatureFlagManager::open(open_store(&spec).await, ManagerOptions::default())
+            .await
+            .expect("manager"),
+    );
+    let second = Arc::new(
+        FeatureFlagManager::open(open_store(&spec).await, ManagerOptions::default())
+            .await
+            .expect("manager"),
+    );
+    let sync = second.spawn_sync().await.expect("sync");
+    first
+        .create_flag("ann", FlagDefinition::new("durable", false))
+        .await
+        .expect("create");
+    first.enable_flag("bob", "durable", None).await.expect("enable");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !second.is_enabled("durable", &Context::new()) {
+        assert!(
+            Instant::now() < deadline,
+            "the change reached the other store instance"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reopened = FeatureFlagManager::open(open_store(&spec).await, ManagerOptions::default())
+        .await
+        .expect("reopen");
+    assert!(reopened.is_enabled("durable", &Context::new()));
+    let actors: Vec<String> = reopened
+        .audit_log("durable")
+        .await
+        .expect("audit")
+        .into_iter()
+        .map(|entry| entry.actor)
+        .collect();
+    assert_eq!(actors, ["ann", "bob"]);
+    sync.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
