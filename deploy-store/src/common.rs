@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use deploy_core::{Fence, FencingToken, Lease, StoreError};
+use deploy_core::{Fence, FencingToken, Lease, Record, RecordVersion, StoreError};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use crate::feed::Change;
 
 /// The schema this build reads and writes.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
@@ -178,4 +181,68 @@ pub(crate) fn check_live(lease: &Lease, holding: Option<&Holding>, now_ms: i64) 
 
 pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4).max(1)
+}
+
+/// A column type both backends decode the same way.
+pub(crate) trait Column<DB: sqlx::Database>: for<'r> Decode<'r, DB> + Type<DB> {}
+
+impl<DB: sqlx::Database, T: for<'r> Decode<'r, DB> + Type<DB>> Column<DB> for T {}
+
+fn column<R, T>(row: &R, name: &str, backend: &str) -> Result<T, StoreError>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    T: Column<R::Database>,
+{
+    row.try_get(name).map_err(|error| unavailable(backend, error))
+}
+
+/// A `deploykit_records` row (`key, value, version`).
+pub(crate) fn record_of<R>(row: &R, backend: &str) -> Result<Record, StoreError>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    String: Column<R::Database>,
+    Vec<u8>: Column<R::Database>,
+    i64: Column<R::Database>,
+{
+    let value: Vec<u8> = column(row, "value", backend)?;
+    let version: i64 = column(row, "version", backend)?;
+    Ok(Record {
+        key: column(row, "key", backend)?,
+        value: value.into(),
+        version: RecordVersion(version as u64),
+    })
+}
+
+/// A `deploykit_leases` row (`holder, token, ttl_ms, expires_at_ms`).
+pub(crate) fn holding_of<R>(row: &R, backend: &str) -> Result<Holding, StoreError>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    Option<String>: Column<R::Database>,
+    i64: Column<R::Database>,
+{
+    Ok(Holding {
+        holder: column(row, "holder", backend)?,
+        token: column(row, "token", backend)?,
+        ttl_ms: column(row, "ttl_ms", backend)?,
+        expires_at_ms: column(row, "expires_at_ms", backend)?,
+    })
+}
+
+/// A `deploykit_changes` row (`version, key, value`).
+pub(crate) fn change_of<R>(row: &R, backend: &str) -> Result<Change, StoreError>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    String: Column<R::Database>,
+    Option<Vec<u8>>: Column<R::Database>,
+    i64: Column<R::Database>,
+{
+    Ok(Change {
+        version: column(row, "version", backend)?,
+        key: column(row, "key", backend)?,
+        value: column(row, "value", backend)?,
+    })
 }

@@ -11,13 +11,13 @@ use deploy_core::{
     FencingToken, Lease, LeaseStore, Record, RecordStore, RecordVersion, StoreError, WatchStream,
     WriteOptions,
 };
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::Mutex;
 
 use crate::common::{
-    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, check_fence, check_live, check_tables, check_version,
-    ttl_ms, unavailable,
+    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, change_of, check_fence, check_live, check_tables,
+    check_version, holding_of, record_of, ttl_ms, unavailable,
 };
 use crate::feed::{Change, ChangeLog, Feed};
 
@@ -309,26 +309,7 @@ async fn holding(
     .fetch_optional(&mut **tx)
     .await
     .map_err(db)?;
-    Ok((row.map(holding_of).transpose()?, now))
-}
-
-fn holding_of(row: PgRow) -> Result<Holding, StoreError> {
-    Ok(Holding {
-        holder: row.try_get("holder").map_err(db)?,
-        token: row.try_get("token").map_err(db)?,
-        ttl_ms: row.try_get("ttl_ms").map_err(db)?,
-        expires_at_ms: row.try_get("expires_at_ms").map_err(db)?,
-    })
-}
-
-fn record(row: PgRow) -> Result<Record, StoreError> {
-    let value: Vec<u8> = row.try_get("value").map_err(db)?;
-    let version: i64 = row.try_get("version").map_err(db)?;
-    Ok(Record {
-        key: row.try_get("key").map_err(db)?,
-        value: value.into(),
-        version: RecordVersion(version as u64),
-    })
+    Ok((row.map(|row| holding_of(&row, BACKEND)).transpose()?, now))
 }
 
 #[async_trait]
@@ -340,7 +321,7 @@ impl RecordStore for PostgresStore {
             .fetch_optional(&self.inner.pool)
             .await
             .map_err(db)?
-            .map(record)
+            .map(|row| record_of(&row, BACKEND))
             .transpose()
     }
 
@@ -353,7 +334,7 @@ impl RecordStore for PostgresStore {
         .fetch_all(&self.inner.pool)
         .await
         .map_err(db)?;
-        rows.into_iter().map(record).collect()
+        rows.into_iter().map(|row| record_of(&row, BACKEND)).collect()
     }
 
     async fn put_opts(
@@ -400,15 +381,7 @@ impl ChangeLog for PostgresStore {
         .fetch_all(&self.inner.pool)
         .await
         .map_err(db)?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(Change {
-                    version: row.try_get("version").map_err(db)?,
-                    key: row.try_get("key").map_err(db)?,
-                    value: row.try_get("value").map_err(db)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| change_of(row, BACKEND)).collect()
     }
 
     async fn signal(&self) {
@@ -513,6 +486,6 @@ impl LeaseStore for PostgresStore {
         .map_err(db)?;
         let Some(row) = row else { return Ok(None) };
         let now: i64 = row.try_get("now").map_err(db)?;
-        Ok(holding_of(row)?.live_lease(name, now))
+        Ok(holding_of(&row, BACKEND)?.live_lease(name, now))
     }
 }

@@ -16,8 +16,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::common::{
-    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, check_fence, check_live, check_tables, check_version,
-    ttl_ms, unavailable,
+    Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, change_of, check_fence, check_live, check_tables,
+    check_version, holding_of, record_of, ttl_ms, unavailable,
 };
 use crate::feed::{Change, ChangeLog, Feed};
 
@@ -296,25 +296,7 @@ async fn holding(tx: &mut Transaction<'static, Sqlite>, name: &str) -> Result<Op
         .fetch_optional(&mut **tx)
         .await
         .map_err(db)?;
-    row.map(|row| {
-        Ok(Holding {
-            holder: row.try_get("holder").map_err(db)?,
-            token: row.try_get("token").map_err(db)?,
-            ttl_ms: row.try_get("ttl_ms").map_err(db)?,
-            expires_at_ms: row.try_get("expires_at_ms").map_err(db)?,
-        })
-    })
-    .transpose()
-}
-
-fn record(row: sqlx::sqlite::SqliteRow) -> Result<Record, StoreError> {
-    let value: Vec<u8> = row.try_get("value").map_err(db)?;
-    let version: i64 = row.try_get("version").map_err(db)?;
-    Ok(Record {
-        key: row.try_get("key").map_err(db)?,
-        value: value.into(),
-        version: RecordVersion(version as u64),
-    })
+    row.map(|row| holding_of(&row, BACKEND)).transpose()
 }
 
 #[async_trait]
@@ -326,7 +308,7 @@ impl RecordStore for SqliteStore {
             .fetch_optional(&self.inner.pool)
             .await
             .map_err(db)?
-            .map(record)
+            .map(|row| record_of(&row, BACKEND))
             .transpose()
     }
 
@@ -340,7 +322,7 @@ impl RecordStore for SqliteStore {
                 .map_err(db)?;
         let mut records = Vec::new();
         for row in rows {
-            let record = record(row)?;
+            let record = record_of(&row, BACKEND)?;
             if !record.key.starts_with(prefix) {
                 break;
             }
@@ -396,15 +378,7 @@ impl ChangeLog for SqliteStore {
         .fetch_all(&self.inner.pool)
         .await
         .map_err(db)?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(Change {
-                    version: row.try_get("version").map_err(db)?,
-                    key: row.try_get("key").map_err(db)?,
-                    value: row.try_get("value").map_err(db)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| change_of(row, BACKEND)).collect()
     }
 
     async fn signal(&self) {
@@ -488,12 +462,7 @@ impl LeaseStore for SqliteStore {
                 .await
                 .map_err(db)?;
         let Some(row) = row else { return Ok(None) };
-        let holding = Holding {
-            holder: row.try_get("holder").map_err(db)?,
-            token: row.try_get("token").map_err(db)?,
-            ttl_ms: row.try_get("ttl_ms").map_err(db)?,
-            expires_at_ms: row.try_get("expires_at_ms").map_err(db)?,
-        };
+        let holding = holding_of(&row, BACKEND)?;
         Ok(holding.live_lease(name, self.now()))
     }
 }
