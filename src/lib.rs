@@ -8,6 +8,7 @@
 //!   analysis, automatic rollback, live control and a crash-safe journal.
 //! - [`flags`] (feature `flags`): feature flags with targeting, sticky rollouts, variants,
 //!   Unleash import and (feature `openfeature`) an OpenFeature provider.
+//! - `config` (feature `config`): layered configuration with per-value provenance.
 //! - `store` (features `sqlite`, `postgres`): durable record and lease stores.
 //! - [`testkit`] (feature `testkit`): a simulated fleet with fault injection and an
 //!   invariant checker, the embedded default for examples and tests.
@@ -25,6 +26,9 @@ pub use deploy_strategies as strategies;
 
 #[cfg(feature = "flags")]
 pub use deploy_flags as flags;
+
+#[cfg(feature = "config")]
+pub use deploy_config as config;
 
 #[cfg(feature = "testkit")]
 pub use deploy_testkit as testkit;
