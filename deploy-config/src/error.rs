@@ -45,6 +45,16 @@ pub enum ConfigError {
         /// Where the value was set; the whole configuration when the key is missing.
         origin: String,
     },
+    /// A validator refused a value.
+    #[error("`{path}` {message} (set by {origin})")]
+    Invalid {
+        /// The key.
+        path: String,
+        /// What is wrong.
+        message: String,
+        /// Where the value was set.
+        origin: String,
+    },
     /// A source could not be read.
     #[error("source {source_name}: {message}")]
     Source {

@@ -16,18 +16,30 @@
 //! # Ok::<(), deploy_config::ConfigError>(())
 //! ```
 //!
-//! This crate is being built up in stages (see the crate README): the tree with provenance,
-//! the three file formats with lines, merge policies and `explain` are here; sources,
-//! environment variables, validation, secrets and reload come next.
+//! [`ConfigurationManager`] puts it together: sources in precedence order ([`Defaults`],
+//! layered [`Files`], [`EnvVars`] placed by the target type's field paths, a [`StoreSource`]
+//! over any core record store), required or optional; validators; [`Secret`] values and
+//! secret paths; a cache per (environment, application) with reload that swaps in only a
+//! valid configuration.
 
 mod error;
 mod extract;
+mod known;
+mod manager;
 mod merge;
 mod parse;
+mod secret;
+mod source;
+pub mod validate;
 mod value;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use extract::extract;
+pub use known::known_paths;
+pub use manager::{Config, ConfigurationManager, Requirement};
 pub use merge::{ArrayPolicy, Explanation, Layers, MergePolicy, NullPolicy};
 pub use parse::{Format, parse};
+pub use secret::{REDACTED, Secret};
+pub use source::{ConfigSource, Defaults, EnvVars, Files, KnownPaths, Layer, Scope, StoreSource};
+pub use validate::Validator;
 pub use value::{Node, Origin, Value};

@@ -1,0 +1,333 @@
+//! Where configuration comes from: defaults, layered files, environment variables, and any
+//! core record store.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deploy_core::DynRecordStore;
+
+use crate::error::ConfigError;
+use crate::merge::MergePolicy;
+use crate::parse::{Format, parse};
+use crate::value::{Node, Origin, Value};
+
+/// The environment and application a configuration is built for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    /// `production`, `staging`...
+    pub environment: String,
+    /// The application.
+    pub application: String,
+}
+
+/// One layer a source contributes.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The values.
+    pub tree: Node,
+    /// How they merge over earlier layers.
+    pub policy: MergePolicy,
+}
+
+/// What a source may use to place its values: the keys of the layers below it and the
+/// target type's field paths.
+#[derive(Debug, Clone, Default)]
+pub struct KnownPaths {
+    /// Dotted paths (`server.port`, `log_level`).
+    pub paths: Vec<String>,
+    /// Paths whose values are arrays.
+    pub arrays: Vec<String>,
+}
+
+/// A source of configuration layers.
+///
+/// # Contract
+/// `load` returns the source's layers for `scope`, lowest precedence first; an empty list
+/// means the source has nothing for this scope (an error only when the source is required).
+///
+/// # Errors
+/// [`ConfigError::Source`] or [`ConfigError::Parse`] naming the source.
+#[async_trait]
+pub trait ConfigSource: Send + Sync + Debug + 'static {
+    /// A name for messages and provenance.
+    fn name(&self) -> String;
+
+    /// The layers for `scope`.
+    async fn load(&self, scope: &Scope, known: &KnownPaths) -> Result<Vec<Layer>, ConfigError>;
+}
+
+/// Fixed values, typically the application's defaults.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    name: String,
+    value: serde_json::Value,
+}
+
+impl Defaults {
+    /// Defaults from any serializable value (a struct's `Default`, a `json!` literal).
+    ///
+    /// # Errors
+    /// The value does not serialize.
+    pub fn new(name: impl Into<String>, value: &impl serde::Serialize) -> Result<Self, ConfigError> {
+        let name = name.into();
+        let value = serde_json::to_value(value).map_err(|error| ConfigError::Source {
+            source_name: name.clone(),
+            message: error.to_string(),
+        })?;
+        Ok(Self { name, value })
+    }
+}
+
+#[async_trait]
+impl ConfigSource for Defaults {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn load(&self, _scope: &Scope, _known: &KnownPaths) -> Result<Vec<Layer>, ConfigError> {
+        Ok(vec![Layer {
+            tree: Node::from_json(&self.value, &Origin::source(self.name.clone())),
+            policy: MergePolicy::default(),
+        }])
+    }
+}
+
+/// Files in a directory, layered per environment and application: `base.*`, then
+/// `{environment}.*`, then `{environment}/{application}.*`, each in TOML, YAML or JSON
+/// (whichever exists; a layer may be missing).
+#[derive(Debug, Clone)]
+pub struct Files {
+    directory: PathBuf,
+    policy: MergePolicy,
+}
+
+const EXTENSIONS: [&str; 4] = ["toml", "yaml", "yml", "json"];
+
+impl Files {
+    /// Layered files under `directory`.
+    pub fn new(directory: impl AsRef<Path>) -> Self {
+        Self {
+            directory: directory.as_ref().to_path_buf(),
+            policy: MergePolicy::default(),
+        }
+    }
+
+    /// How these files merge over earlier layers (and each other).
+    pub fn with_policy(mut self, policy: MergePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The files that exist for `scope`, lowest precedence first.
+    pub fn paths(&self, scope: &Scope) -> Vec<PathBuf> {
+        let stems = [
+            self.directory.join("base"),
+            self.directory.join(&scope.environment),
+            self.directory.join(&scope.environment).join(&scope.application),
+        ];
+        stems
+            .iter()
+            .filter_map(|stem| {
+                EXTENSIONS
+                    .iter()
+                    .map(|extension| stem.with_extension(extension))
+                    .find(|path| path.is_file())
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ConfigSource for Files {
+    fn name(&self) -> String {
+        format!("files in {}", self.directory.display())
+    }
+
+    async fn load(&self, scope: &Scope, _known: &KnownPaths) -> Result<Vec<Layer>, ConfigError> {
+        let mut layers = Vec::new();
+        for path in self.paths(scope) {
+            let file = path.display().to_string();
+            let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Source {
+                source_name: self.name(),
+                message: format!("{file}: {error}"),
+            })?;
+            let format = Format::of(&file).unwrap_or(Format::Toml);
+            let name = format!(
+                "file {}",
+                path.file_name()
+                    .map(|name| name.to_string_lossy())
+                    .unwrap_or_default()
+            );
+            layers.push(Layer {
+                tree: parse(&text, format, &name, &file)?,
+                policy: self.policy.clone(),
+            });
+        }
+        Ok(layers)
+    }
+}
+
+/// Environment variables with a prefix, placed by the known field paths: `APP_SERVER__PORT`
+/// and `APP_SERVER_PORT` both set `server.port` when that path is known, `APP_LOG_LEVEL`
+/// sets `log_level` (a snake_case field) rather than `log.level` when only the former is
+/// known. Unknown names nest on `__`. Values parse as JSON where they can (numbers,
+/// booleans, `[..]` arrays); a known array path also takes a comma-separated list.
+#[derive(Debug, Clone)]
+pub struct EnvVars {
+    prefix: String,
+    vars: Option<BTreeMap<String, String>>,
+}
+
+impl EnvVars {
+    /// Variables starting with `prefix` followed by `_` (the process environment).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            vars: None,
+        }
+    }
+
+    /// Reads `vars` instead of the process environment (tests, embedding).
+    pub fn from_map(prefix: impl Into<String>, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            vars: Some(vars.into_iter().collect()),
+        }
+    }
+
+    fn vars(&self) -> BTreeMap<String, String> {
+        self.vars.clone().unwrap_or_else(|| std::env::vars().collect())
+    }
+}
+
+/// Where a variable's name (after the prefix) lands: a known path it spells (ignoring case,
+/// `_` and `__` both standing for a separator or a snake_case underscore), else `__`
+/// nesting of the lower-cased name.
+fn place(name: &str, known: &KnownPaths) -> String {
+    let normalize = |text: &str| text.to_ascii_lowercase().replace("__", ".").replace('_', ".");
+    let wanted = normalize(name);
+    known
+        .paths
+        .iter()
+        .find(|path| normalize(path) == wanted)
+        .cloned()
+        .unwrap_or_else(|| name.to_ascii_lowercase().replace("__", "."))
+}
+
+fn env_value(text: &str, is_array: bool, origin: &Origin) -> Node {
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(text)
+        && (!is_array || json.is_array())
+        && !json.is_object()
+    {
+        return Node::from_json(&json, origin);
+    }
+    if is_array {
+        let items = text
+            .split(',')
+            .map(|item| Node::new(Value::String(item.trim().to_owned()), origin.clone()))
+            .collect();
+        return Node::new(Value::Array(items), origin.clone());
+    }
+    Node::new(Value::String(text.to_owned()), origin.clone())
+}
+
+fn insert_path(tree: &mut Node, path: &str, value: Node) {
+    let mut node = tree;
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        if !matches!(node.value, Value::Table(_)) {
+            node.value = Value::Table(BTreeMap::new());
+        }
+        let Value::Table(table) = &mut node.value else {
+            return;
+        };
+        if segments.peek().is_none() {
+            table.insert(segment.to_owned(), value);
+            return;
+        }
+        node = table
+            .entry(segment.to_owned())
+            .or_insert_with(|| Node::table(value.origin.clone()));
+    }
+}
+
+#[async_trait]
+impl ConfigSource for EnvVars {
+    fn name(&self) -> String {
+        format!("env {}_*", self.prefix)
+    }
+
+    async fn load(&self, _scope: &Scope, known: &KnownPaths) -> Result<Vec<Layer>, ConfigError> {
+        let lead = format!("{}_", self.prefix);
+        let mut tree = Node::table(Origin::source(self.name()));
+        for (name, value) in self.vars() {
+            let Some(rest) = name.strip_prefix(&lead).filter(|rest| !rest.is_empty()) else {
+                continue;
+            };
+            let path = place(rest, known);
+            let origin = Origin::source(format!("env {name}"));
+            let is_array = known.arrays.contains(&path);
+            insert_path(&mut tree, &path, env_value(&value, is_array, &origin));
+        }
+        Ok(vec![Layer {
+            tree,
+            policy: MergePolicy::default(),
+        }])
+    }
+}
+
+/// Configuration documents (JSON) in a core record store under `prefix`: `base`, then
+/// `{environment}`, then `{environment}/{application}`, so one shared store (PostgreSQL)
+/// can serve many machines.
+#[derive(Debug, Clone)]
+pub struct StoreSource {
+    store: Arc<DynRecordStore>,
+    prefix: String,
+}
+
+impl StoreSource {
+    /// Documents under `prefix` (for example `config/`).
+    pub fn new(store: Arc<DynRecordStore>, prefix: impl Into<String>) -> Self {
+        Self {
+            store,
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The keys read for `scope`, lowest precedence first.
+    pub fn keys(&self, scope: &Scope) -> [String; 3] {
+        [
+            format!("{}base", self.prefix),
+            format!("{}{}", self.prefix, scope.environment),
+            format!("{}{}/{}", self.prefix, scope.environment, scope.application),
+        ]
+    }
+}
+
+#[async_trait]
+impl ConfigSource for StoreSource {
+    fn name(&self) -> String {
+        format!("store {}", self.prefix)
+    }
+
+    async fn load(&self, scope: &Scope, _known: &KnownPaths) -> Result<Vec<Layer>, ConfigError> {
+        let mut layers = Vec::new();
+        for key in self.keys(scope) {
+            let record = self.store.get(&key).await.map_err(|error| ConfigError::Source {
+                source_name: self.name(),
+                message: error.to_string(),
+            })?;
+            let Some(record) = record else { continue };
+            let text = String::from_utf8_lossy(&record.value);
+            let name = format!("store {key} (version {})", record.version);
+            layers.push(Layer {
+                tree: parse(&text, Format::Json, &name, &key)?,
+                policy: MergePolicy::default(),
+            });
+        }
+        Ok(layers)
+    }
+}
