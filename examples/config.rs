@@ -1,7 +1,7 @@
 //! Layered configuration with provenance and a refused reload.
 //!
 //! ```text
-//! cargo run --example config --features config
+//! cargo run --example config
 //! ```
 //!
 //! Defaults, then `base.toml`, `production.yaml` and `production/shop.json` (written to a
@@ -42,19 +42,35 @@ struct Database {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("deploykit-config-example-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("production"))?;
-    std::fs::write(dir.join("base.toml"), "[server]\nhost = \"0.0.0.0\"\nport = 8080\n\n[database]\nurl = \"postgres://db/shop\"\n")?;
-    std::fs::write(dir.join("production.yaml"), "server:\n  port: 443\nlog_level: warn\n")?;
-    std::fs::write(dir.join("production/shop.json"), "{\n  \"database\": {\n    \"url\": \"postgres://prod-db/shop\"\n  }\n}\n")?;
+    std::fs::write(
+        dir.join("base.toml"),
+        "[server]\nhost = \"0.0.0.0\"\nport = 8080\n\n[database]\nurl = \"postgres://db/shop\"\n",
+    )?;
+    std::fs::write(
+        dir.join("production.yaml"),
+        "server:\n  port: 443\nlog_level: warn\n",
+    )?;
+    std::fs::write(
+        dir.join("production/shop.json"),
+        "{\n  \"database\": {\n    \"url\": \"postgres://prod-db/shop\"\n  }\n}\n",
+    )?;
 
     let manager = Arc::new(ConfigurationManager::for_type::<Shop>());
     manager.add_config_source(
-        Defaults::new("defaults", &serde_json::json!({"log_level": "info", "database": {"password": "dev"}}))?,
+        Defaults::new(
+            "defaults",
+            &serde_json::json!({"log_level": "info", "database": {"password": "dev"}}),
+        )?,
         Requirement::Required,
     );
     manager.add_config_source(Files::new(&dir), Requirement::Required);
     let env = [("SHOP_DATABASE_PASSWORD".to_owned(), "from-the-vault".to_owned())];
     manager.add_config_source(EnvVars::from_map("SHOP", env), Requirement::Optional);
-    manager.add_validator(Range { path: "server.port".into(), min: 1.0, max: 65535.0 });
+    manager.add_validator(Range {
+        path: "server.port".into(),
+        min: 1.0,
+        max: 65535.0,
+    });
     manager.mark_secret("database.password");
 
     let config = manager.get_config("production", "shop").await?;
@@ -80,7 +96,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("reload refused: {errors}");
     }
     let current = manager.get_config("production", "shop").await?;
-    println!("still serving v{}: server.port = {}", current.version, current.get_at::<u16>("server.port")?);
+    println!(
+        "still serving v{}: server.port = {}",
+        current.version,
+        current.get_at::<u16>("server.port")?
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

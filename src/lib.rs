@@ -8,7 +8,8 @@
 //!   analysis, automatic rollback, live control and a crash-safe journal.
 //! - [`flags`] (feature `flags`): feature flags with targeting, sticky rollouts, variants,
 //!   Unleash import and (feature `openfeature`) an OpenFeature provider.
-//! - `config` (feature `config`): layered configuration with per-value provenance.
+//! - [`config`] (feature `config`): layered configuration with per-value provenance,
+//!   validation, secrets and reload.
 //! - `store` (features `sqlite`, `postgres`): durable record and lease stores.
 //! - [`testkit`] (feature `testkit`): a simulated fleet with fault injection and an
 //!   invariant checker, the embedded default for examples and tests.

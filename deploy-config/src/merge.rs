@@ -107,8 +107,9 @@ impl Layers {
     pub fn merge(&self) -> Result<Node, ConfigErrors> {
         let mut merged = Node::table(Origin::source("(merged)"));
         let mut errors = Vec::new();
+        let mut path = String::new();
         for (layer, policy) in &self.layers {
-            merge_into(&mut merged, layer, policy, "", &mut errors);
+            merge_into(&mut merged, layer, policy, &mut path, &mut errors);
         }
         if errors.is_empty() {
             Ok(merged)
@@ -118,36 +119,37 @@ impl Layers {
     }
 }
 
-fn child_path(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
 fn same_kind(a: &Value, b: &Value) -> bool {
     let numeric = |value: &Value| matches!(value, Value::Integer(_) | Value::Float(_));
     std::mem::discriminant(a) == std::mem::discriminant(b) || (numeric(a) && numeric(b))
 }
 
+/// Merges `layer` into `into`; `path` is the dotted path of both, a buffer extended and
+/// restored on the way down (so no path is built unless an error or a policy needs it).
 fn merge_into(
     into: &mut Node,
     layer: &Node,
     policy: &MergePolicy,
-    path: &str,
+    path: &mut String,
     errors: &mut Vec<ConfigError>,
 ) {
     match (&mut into.value, &layer.value) {
         (Value::Table(existing), Value::Table(incoming)) => {
             for (key, node) in incoming {
-                let at = child_path(path, key);
                 if node.value == Value::Null && policy.nulls == NullPolicy::Unset {
                     existing.remove(key);
                     continue;
                 }
                 match existing.get_mut(key) {
-                    Some(current) => merge_into(current, node, policy, &at, errors),
+                    Some(current) => {
+                        let restore = path.len();
+                        if !path.is_empty() {
+                            path.push('.');
+                        }
+                        path.push_str(key);
+                        merge_into(current, node, policy, path, errors);
+                        path.truncate(restore);
+                    }
                     None => {
                         existing.insert(key.clone(), node.clone());
                     }
@@ -181,7 +183,7 @@ fn merge_into(
             *into = layer.clone()
         }
         (current, incoming) => errors.push(ConfigError::TypeConflict {
-            path: path.to_owned(),
+            path: path.clone(),
             first_type: current.type_name(),
             first: Box::new(into.origin.clone()),
             second_type: incoming.type_name(),

@@ -147,7 +147,12 @@ impl Located {
         let value = match value {
             DeValue::String(text) => Value::String(text.to_string()),
             DeValue::Integer(integer) => {
-                let digits = integer.as_str().replace('_', "");
+                let text = integer.as_str();
+                let digits = if text.contains('_') {
+                    std::borrow::Cow::Owned(text.replace('_', ""))
+                } else {
+                    text.into()
+                };
                 match i64::from_str_radix(&digits, integer.radix()) {
                     Ok(number) => Value::Integer(number),
                     // Out of i64's range: keep the text rather than lose the value.
@@ -155,8 +160,13 @@ impl Located {
                 }
             }
             DeValue::Float(float) => {
-                let text = float.as_str().replace('_', "");
-                Value::Float(match text.as_str() {
+                let raw = float.as_str();
+                let text = if raw.contains('_') {
+                    std::borrow::Cow::Owned(raw.replace('_', ""))
+                } else {
+                    raw.into()
+                };
+                Value::Float(match &*text {
                     "inf" | "+inf" => f64::INFINITY,
                     "-inf" => f64::NEG_INFINITY,
                     "nan" | "+nan" | "-nan" => f64::NAN,
