@@ -10,6 +10,8 @@
 //!   Unleash import and (feature `openfeature`) an OpenFeature provider.
 //! - [`config`] (feature `config`): layered configuration with per-value provenance,
 //!   validation, secrets and reload.
+//! - `incidents` (feature `incidents`): alert rules, routing, grouping, silences and
+//!   inhibition (the incident lifecycle is in progress).
 //! - `store` (features `sqlite`, `postgres`): durable record and lease stores.
 //! - [`testkit`] (feature `testkit`): a simulated fleet with fault injection and an
 //!   invariant checker, the embedded default for examples and tests.
@@ -30,6 +32,9 @@ pub use deploy_flags as flags;
 
 #[cfg(feature = "config")]
 pub use deploy_config as config;
+
+#[cfg(feature = "incidents")]
+pub use deploy_incidents as incidents;
 
 #[cfg(feature = "testkit")]
 pub use deploy_testkit as testkit;

@@ -1,0 +1,33 @@
+//! Alerting for deploykit: rules over any `MetricsSource` with Prometheus's pending /
+//! firing / keep-firing states, an Alertmanager-style routing tree with grouping timers,
+//! silences, inhibition, a notification log that keeps repeated evaluations quiet, and
+//! delivery through any core `Notifier` with retries on retryable failures.
+//!
+//! ```
+//! use deploy_incidents::{Fingerprint, Matcher, Labels};
+//!
+//! let labels: Labels = [("alertname".to_owned(), "HighErrorRate".to_owned()), ("severity".to_owned(), "critical".to_owned())].into();
+//! assert!(Matcher::parse(r#"severity=~"critical|page""#)?.matches(&labels));
+//! assert!(Matcher::parse("team!=db")?.matches(&labels), "a missing label reads as empty");
+//! assert_eq!(Fingerprint::of(&labels), Fingerprint::of(&labels.clone()));
+//! # Ok::<(), deploy_incidents::AlertError>(())
+//! ```
+//!
+//! This is the alerting half of the incidents crate; the incident lifecycle, escalation,
+//! post-mortems and the operational monitor come next (see the crate README).
+
+mod dispatch;
+mod error;
+mod labels;
+mod route;
+mod rule;
+mod suppress;
+
+pub use dispatch::{DeliveryRecord, Dispatcher, RetryPolicy};
+pub use error::AlertError;
+pub use labels::{Fingerprint, Labels, MatchOp, Matcher, all_match};
+pub use route::{
+    DEFAULT_GROUP_INTERVAL, DEFAULT_GROUP_WAIT, DEFAULT_REPEAT_INTERVAL, GroupBy, Route, RouteConfig,
+};
+pub use rule::{Alert, AlertRule, AlertState, Comparison, RuleEvaluator};
+pub use suppress::{InhibitRule, Silence, WallClock};

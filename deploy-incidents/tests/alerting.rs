@@ -1,0 +1,404 @@
+//! Rules, routing, grouping timers, silences, inhibition, dedup and delivery retries, all on
+//! tokio's paused clock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use deploy_core::{DynNotifier, MetricName, MetricQuery, MetricTarget, NotificationAction};
+use deploy_incidents::{
+    Alert, AlertError, AlertRule, AlertState, Comparison, Dispatcher, InhibitRule, Labels, Matcher,
+    RetryPolicy, Route, RouteConfig, RuleEvaluator, Silence,
+};
+use deploy_testkit::RecordingNotifier;
+use tokio::time::Instant;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+fn rule(for_secs: u64, keep_secs: u64) -> AlertRule {
+    AlertRule {
+        name: "HighErrorRate".into(),
+        query: MetricQuery::new(
+            MetricName::error_rate(),
+            MetricTarget::Pool {
+                app: deploy_core::AppId::new("shop").unwrap(),
+                pool: deploy_core::Pool::stable(),
+            },
+            Duration::from_secs(60),
+        )
+        .unwrap(),
+        comparison: Comparison::Above,
+        threshold: 0.05,
+        for_duration: Duration::from_secs(for_secs),
+        keep_firing_for: Duration::from_secs(keep_secs),
+        labels: labels(&[("severity", "critical")]),
+        annotations: labels(&[("summary", "errors above 5%")]),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rules_go_pending_then_firing_then_resolved_after_keep_firing_for() {
+    let mut evaluator = RuleEvaluator::new(rule(60, 120)).unwrap();
+    let tick = Duration::from_secs(30);
+    let mut states = Vec::new();
+    for value in [0.01, 0.2, 0.2, 0.2, 0.01, 0.01, 0.01, 0.01, 0.01, 0.2] {
+        let alert = evaluator.observe(Some(value), Instant::now());
+        states.push(alert.map_or(AlertState::Inactive, |alert| alert.state));
+        tokio::time::advance(tick).await;
+    }
+    use AlertState::*;
+    assert_eq!(
+        states,
+        [
+            Inactive, Pending, Pending, Firing, Firing, Firing, Firing, Resolved, Inactive, Pending
+        ]
+    );
+    // A pending alert that stops breaching goes back to inactive; no data counts as no breach.
+    let mut evaluator = RuleEvaluator::new(rule(60, 0)).unwrap();
+    assert_eq!(
+        evaluator.observe(Some(1.0), Instant::now()).unwrap().state,
+        Pending
+    );
+    assert!(evaluator.observe(None, Instant::now()).is_none());
+    assert!(
+        RuleEvaluator::new(AlertRule {
+            threshold: f64::NAN,
+            ..rule(0, 0)
+        })
+        .is_err()
+    );
+}
+
+fn clock() -> (Arc<Mutex<DateTime<Utc>>>, deploy_incidents::WallClock) {
+    let now = Arc::new(Mutex::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()));
+    let reading = now.clone();
+    (now, Arc::new(move || *reading.lock().unwrap()))
+}
+
+fn tree() -> Route {
+    let config = RouteConfig {
+        receiver: Some("default".into()),
+        group_by: Some(vec!["alertname".into()]),
+        group_wait: Some(Duration::from_secs(30)),
+        group_interval: Some(Duration::from_secs(300)),
+        repeat_interval: Some(Duration::from_secs(3600)),
+        routes: vec![
+            RouteConfig {
+                receiver: Some("pager".into()),
+                matchers: vec![r#"severity="critical""#.into()],
+                continue_matching: true,
+                ..RouteConfig::default()
+            },
+            RouteConfig {
+                receiver: Some("team".into()),
+                matchers: vec!["team=~\"api|web\"".into()],
+                ..RouteConfig::default()
+            },
+        ],
+        ..RouteConfig::default()
+    };
+    Route::compile(&config, &["default".into(), "pager".into(), "team".into()]).unwrap()
+}
+
+fn alert(name: &str, extra: &[(&str, &str)], state: AlertState) -> Alert {
+    let mut labels = labels(extra);
+    labels.insert("alertname".into(), name.into());
+    Alert {
+        labels,
+        annotations: Labels::new(),
+        state,
+        value: 1.0,
+        fired_at: None,
+        resolved_at: None,
+    }
+}
+
+struct Setup {
+    dispatcher: Dispatcher,
+    pager: Arc<RecordingNotifier>,
+    team: Arc<RecordingNotifier>,
+    default: Arc<RecordingNotifier>,
+    wall: Arc<Mutex<DateTime<Utc>>>,
+}
+
+fn setup() -> Setup {
+    let (pager, team, default) = (
+        Arc::new(RecordingNotifier::new()),
+        Arc::new(RecordingNotifier::new()),
+        Arc::new(RecordingNotifier::new()),
+    );
+    let receivers: HashMap<String, Arc<DynNotifier>> = [
+        ("pager".to_owned(), pager.clone() as Arc<DynNotifier>),
+        ("team".into(), team.clone() as Arc<DynNotifier>),
+        ("default".into(), default.clone() as Arc<DynNotifier>),
+    ]
+    .into();
+    let (wall, clock) = clock();
+    let dispatcher = Dispatcher::new(tree(), receivers, clock).with_retry(RetryPolicy {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(4),
+        deadline: Duration::from_secs(10),
+    });
+    Setup {
+        dispatcher,
+        pager,
+        team,
+        default,
+        wall,
+    }
+}
+
+async fn run_for(dispatcher: &mut Dispatcher, duration: Duration) -> Vec<deploy_incidents::DeliveryRecord> {
+    let end = Instant::now() + duration;
+    let mut records = Vec::new();
+    loop {
+        let next = dispatcher.next_deadline().filter(|next| *next <= end);
+        match next {
+            Some(next) => {
+                tokio::time::sleep_until(next).await;
+                records.extend(dispatcher.flush_due(Instant::now()).await);
+            }
+            None => {
+                tokio::time::sleep_until(end).await;
+                return records;
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn routing_with_continue_groups_and_timers() {
+    let mut s = setup();
+    let now = Instant::now();
+    s.dispatcher.receive(
+        alert(
+            "ApiDown",
+            &[("severity", "critical"), ("team", "api")],
+            AlertState::Firing,
+        ),
+        now,
+    );
+    s.dispatcher.receive(
+        alert("DiskFull", &[("severity", "warning")], AlertState::Firing),
+        now,
+    );
+    // Nothing before group_wait.
+    assert!(
+        run_for(&mut s.dispatcher, Duration::from_secs(29))
+            .await
+            .is_empty()
+    );
+    run_for(&mut s.dispatcher, Duration::from_secs(2)).await;
+    assert_eq!(s.pager.delivered().len(), 1, "critical goes to the pager");
+    assert_eq!(
+        s.team.delivered().len(),
+        1,
+        "and, with continue, to the team route"
+    );
+    assert_eq!(
+        s.default.delivered().len(),
+        1,
+        "the warning falls through to the root"
+    );
+    // A second alert joining the ApiDown group within group_interval waits for it.
+    s.dispatcher.receive(
+        alert(
+            "ApiDown",
+            &[("severity", "critical"), ("team", "api"), ("instance", "b")],
+            AlertState::Firing,
+        ),
+        Instant::now(),
+    );
+    run_for(&mut s.dispatcher, Duration::from_secs(250)).await;
+    assert_eq!(s.pager.delivered().len(), 1, "group_interval not yet over");
+    run_for(&mut s.dispatcher, Duration::from_secs(60)).await;
+    let pages = s.pager.delivered();
+    assert_eq!(pages.len(), 2);
+    assert!(
+        pages[1].summary.starts_with("[FIRING:2] ApiDown"),
+        "{}",
+        pages[1].summary
+    );
+    // Unchanged: quiet until repeat_interval, then repeated.
+    run_for(&mut s.dispatcher, Duration::from_secs(3000)).await;
+    assert_eq!(
+        s.pager.delivered().len(),
+        2,
+        "no repeat before the repeat interval"
+    );
+    run_for(&mut s.dispatcher, Duration::from_secs(700)).await;
+    assert_eq!(s.pager.delivered().len(), 3, "repeated after the repeat interval");
+}
+
+#[tokio::test(start_paused = true)]
+async fn repeated_evaluations_do_not_renotify_and_resolutions_carry_the_payload() {
+    let mut s = setup();
+    for _ in 0..10 {
+        s.dispatcher.receive(
+            alert("DiskFull", &[("severity", "warning")], AlertState::Firing),
+            Instant::now(),
+        );
+        run_for(&mut s.dispatcher, Duration::from_secs(60)).await;
+    }
+    assert_eq!(
+        s.default.delivered().len(),
+        1,
+        "ten evaluations, one notification"
+    );
+    s.dispatcher.receive(
+        alert("DiskFull", &[("severity", "warning")], AlertState::Resolved),
+        Instant::now(),
+    );
+    run_for(&mut s.dispatcher, Duration::from_secs(301)).await;
+    let sent = s.default.delivered();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].action, NotificationAction::Resolve);
+    assert!(sent[1].body.contains("alertname=DiskFull"), "{}", sent[1].body);
+    run_for(&mut s.dispatcher, Duration::from_secs(4000)).await;
+    assert_eq!(s.default.delivered().len(), 2, "a resolved group is gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn silences_mute_while_active() {
+    let mut s = setup();
+    let start = *s.wall.lock().unwrap();
+    s.dispatcher.add_silence(Silence {
+        id: "maint".into(),
+        matchers: vec![Matcher::parse("alertname=DiskFull").unwrap()],
+        starts_at: start,
+        ends_at: start + chrono::Duration::hours(1),
+        created_by: "ann".into(),
+        comment: "disk swap".into(),
+    });
+    s.dispatcher
+        .receive(alert("DiskFull", &[], AlertState::Firing), Instant::now());
+    run_for(&mut s.dispatcher, Duration::from_secs(31)).await;
+    assert!(s.default.delivered().is_empty(), "silenced");
+    assert!(s.dispatcher.expire_silence("maint") && !s.dispatcher.expire_silence("nope"));
+    *s.wall.lock().unwrap() = start + chrono::Duration::minutes(5);
+    run_for(&mut s.dispatcher, Duration::from_secs(300)).await;
+    assert_eq!(s.default.delivered().len(), 1, "notified once the silence ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn inhibition_needs_equal_labels_present_on_both() {
+    let mut s = setup();
+    s.dispatcher.add_inhibition(InhibitRule {
+        source: vec![Matcher::parse("alertname=ClusterDown").unwrap()],
+        target: vec![Matcher::parse("severity=warning").unwrap()],
+        equal: vec!["cluster".into()],
+    });
+    let now = Instant::now();
+    s.dispatcher.receive(
+        alert(
+            "ClusterDown",
+            &[("cluster", "eu"), ("severity", "page")],
+            AlertState::Firing,
+        ),
+        now,
+    );
+    let same_cluster = alert(
+        "SlowQueries",
+        &[("cluster", "eu"), ("severity", "warning")],
+        AlertState::Firing,
+    );
+    let no_cluster = alert("SlowDisks", &[("severity", "warning")], AlertState::Firing);
+    assert!(s.dispatcher.is_muted(&same_cluster));
+    assert!(
+        !s.dispatcher.is_muted(&no_cluster),
+        "a missing label does not count as equal"
+    );
+    s.dispatcher.receive(same_cluster, now);
+    s.dispatcher.receive(no_cluster, now);
+    run_for(&mut s.dispatcher, Duration::from_secs(31)).await;
+    let summaries: Vec<String> = s.default.delivered().into_iter().map(|n| n.summary).collect();
+    assert!(
+        summaries.iter().any(|summary| summary.contains("SlowDisks")),
+        "{summaries:?}"
+    );
+    assert!(
+        !summaries.iter().any(|summary| summary.contains("SlowQueries")),
+        "{summaries:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deliveries_retry_retryable_failures_only() {
+    let mut s = setup();
+    s.default.fail_next(2, true);
+    s.dispatcher
+        .receive(alert("A", &[], AlertState::Firing), Instant::now());
+    let records = run_for(&mut s.dispatcher, Duration::from_secs(40)).await;
+    assert_eq!(
+        (records[0].attempts, records[0].error.is_none()),
+        (3, true),
+        "{records:?}"
+    );
+    let mut s = setup();
+    s.default.fail_next(1, false);
+    s.dispatcher
+        .receive(alert("B", &[], AlertState::Firing), Instant::now());
+    let records = run_for(&mut s.dispatcher, Duration::from_secs(40)).await;
+    assert_eq!(records[0].attempts, 1, "a fatal failure is not retried");
+    assert!(records[0].error.is_some());
+    let mut s = setup();
+    s.default.fail_next(100, true);
+    s.dispatcher
+        .receive(alert("C", &[], AlertState::Firing), Instant::now());
+    let records = run_for(&mut s.dispatcher, Duration::from_secs(60)).await;
+    assert!(
+        records[0].error.is_some() && records[0].attempts <= 5,
+        "the deadline stops retries: {records:?}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_typed_error() {
+    let receivers = ["default".to_owned()];
+    let with = |route: RouteConfig| {
+        Route::compile(
+            &RouteConfig {
+                receiver: Some("default".into()),
+                routes: vec![route],
+                ..RouteConfig::default()
+            },
+            &receivers,
+        )
+    };
+    assert!(
+        matches!(with(RouteConfig { receiver: Some("nobody".into()), ..RouteConfig::default() }), Err(AlertError::UnknownReceiver { route, .. }) if route == "root.0")
+    );
+    assert!(matches!(
+        with(RouteConfig {
+            matchers: vec!["env=~\"(unclosed\"".into()],
+            ..RouteConfig::default()
+        }),
+        Err(AlertError::InvalidMatcher { .. })
+    ));
+    assert!(matches!(
+        with(RouteConfig {
+            matchers: vec!["no operator".into()],
+            ..RouteConfig::default()
+        }),
+        Err(AlertError::InvalidMatcher { .. })
+    ));
+    assert!(matches!(
+        with(RouteConfig {
+            group_interval: Some(Duration::from_secs(600)),
+            repeat_interval: Some(Duration::from_secs(60)),
+            ..RouteConfig::default()
+        }),
+        Err(AlertError::InvalidTimers { .. })
+    ));
+    assert!(
+        Route::compile(&RouteConfig::default(), &receivers).is_err(),
+        "the root needs a receiver"
+    );
+    assert!(Matcher::parse("1bad=x").is_err());
+}
