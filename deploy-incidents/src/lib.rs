@@ -13,11 +13,14 @@
 //! # Ok::<(), deploy_incidents::AlertError>(())
 //! ```
 //!
-//! This is the alerting half of the incidents crate; the incident lifecycle, escalation,
-//! post-mortems and the operational monitor come next (see the crate README).
+//! [`IncidentManager`] runs the incident lifecycle (triggered → acknowledged → mitigated →
+//! resolved → closed, reopen) with dedup keys, a timeline, roles, escalation policies,
+//! post-mortems and MTTA / MTTR, persisted through any core record store. The operational
+//! monitor, the `incident` example and the `alerts` benchmark come next (see the README).
 
 mod dispatch;
 mod error;
+mod incident;
 mod labels;
 mod route;
 mod rule;
@@ -25,6 +28,11 @@ mod suppress;
 
 pub use dispatch::{DeliveryRecord, Dispatcher, RetryPolicy};
 pub use error::AlertError;
+pub use incident::{
+    ActionItem, EscalationLevel, EscalationPolicy, EscalationState, Incident, IncidentError, IncidentManager,
+    IncidentOptions, IncidentStatus, IncidentUpdate, NewIncident, Postmortem, ResponseTimes, TimelineEntry,
+    response_times,
+};
 pub use labels::{Fingerprint, Labels, MatchOp, Matcher, all_match};
 pub use route::{
     DEFAULT_GROUP_INTERVAL, DEFAULT_GROUP_WAIT, DEFAULT_REPEAT_INTERVAL, GroupBy, Route, RouteConfig,

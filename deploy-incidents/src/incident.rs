@@ -1,0 +1,738 @@
+//! The incident lifecycle: triggered → acknowledged → mitigated → resolved → closed, with
+//! reopen; dedup keys so a re-trigger attaches to the open incident; an append-only
+//! timeline; roles; escalation policies; post-mortems; MTTA and MTTR. Incidents persist
+//! through any core record store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deploy_core::{
+    DynNotifier, DynRecordStore, IdempotencyKey, Notification, NotificationAction, Precondition,
+    RecordStoreExt, Severity, StoreError, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::suppress::WallClock;
+
+/// Where an incident stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentStatus {
+    /// Opened; nobody has taken it yet.
+    Triggered,
+    /// Someone is on it.
+    Acknowledged,
+    /// Users are no longer hurt; the cause may remain.
+    Mitigated,
+    /// Over.
+    Resolved,
+    /// Reviewed and filed.
+    Closed,
+}
+
+impl IncidentStatus {
+    fn can_become(self, next: IncidentStatus) -> bool {
+        use IncidentStatus::*;
+        matches!(
+            (self, next),
+            (Triggered, Acknowledged | Mitigated | Resolved)
+                | (Acknowledged, Mitigated | Resolved)
+                | (Mitigated, Acknowledged | Resolved)
+                | (Resolved, Closed | Triggered)
+                | (Closed, Triggered)
+        )
+    }
+
+    /// Whether the incident is still open (a re-trigger attaches to it).
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Triggered | Self::Acknowledged | Self::Mitigated)
+    }
+}
+
+/// Why an incident operation was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IncidentError {
+    /// The status change is not allowed from the current status.
+    #[error("incident {id}: cannot go from {from:?} to {to:?}")]
+    InvalidTransition {
+        /// The incident.
+        id: String,
+        /// Its status.
+        from: IncidentStatus,
+        /// The status asked for.
+        to: IncidentStatus,
+    },
+    /// No incident with that id.
+    #[error("no incident {0}")]
+    UnknownIncident(String),
+    /// A dedup key that is empty, too long or has control characters.
+    #[error("invalid dedup key: {0}")]
+    InvalidDedupKey(String),
+    /// An escalation policy that does not exist or has no levels.
+    #[error("escalation policy `{policy}`: {reason}")]
+    InvalidPolicy {
+        /// The policy.
+        policy: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An action item index that does not exist.
+    #[error("incident {id}: no action item {index}")]
+    UnknownActionItem {
+        /// The incident.
+        id: String,
+        /// The index given.
+        index: usize,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One line of an incident's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who (a person, or `system`).
+    pub actor: String,
+    /// What happened.
+    pub what: String,
+}
+
+/// Levels notified in turn while an incident stays unacknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EscalationPolicy {
+    /// Its name.
+    pub name: String,
+    /// Levels in order; each waits its delay for an acknowledgement before the next.
+    pub levels: Vec<EscalationLevel>,
+    /// How many times the whole list repeats after the first pass.
+    pub loops: u32,
+}
+
+/// One escalation level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EscalationLevel {
+    /// Who is paged at this level.
+    pub targets: Vec<String>,
+    /// How long this level has to acknowledge before the next is paged.
+    pub delay: Duration,
+}
+
+/// Where an incident is in its escalation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EscalationState {
+    /// The policy.
+    pub policy: EscalationPolicy,
+    /// The level paged last.
+    pub level: usize,
+    /// Completed passes over the levels.
+    pub loops_done: u32,
+    /// When the next level is due, while unacknowledged.
+    pub next_at: Option<DateTime<Utc>>,
+}
+
+/// A post-mortem, scheduled at resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Postmortem {
+    /// When it is due.
+    pub due: DateTime<Utc>,
+    /// The document to fill in.
+    pub template: String,
+    /// Follow-ups.
+    pub action_items: Vec<ActionItem>,
+}
+
+/// A follow-up of a post-mortem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionItem {
+    /// What.
+    pub title: String,
+    /// Who.
+    pub owner: String,
+    /// Whether it is done.
+    pub done: bool,
+}
+
+/// An incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Its id.
+    pub id: String,
+    /// The key re-triggers attach by (an alert fingerprint, for example).
+    pub dedup_key: IdempotencyKey,
+    /// What is wrong.
+    pub title: String,
+    /// How bad.
+    pub severity: Severity,
+    /// Where it stands.
+    pub status: IncidentStatus,
+    /// Opened.
+    pub created_at: DateTime<Utc>,
+    /// First acknowledged.
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    /// Last resolved.
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// Role -> person (incident commander, scribe...).
+    pub roles: BTreeMap<String, String>,
+    /// Every change, in order.
+    pub timeline: Vec<TimelineEntry>,
+    /// Escalation, if a policy applies.
+    pub escalation: Option<EscalationState>,
+    /// The post-mortem, once resolved.
+    pub postmortem: Option<Postmortem>,
+    /// Triggers that attached to this incident (the first included).
+    pub triggers: u32,
+}
+
+/// A change to an incident.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IncidentUpdate {
+    /// Someone is on it.
+    Acknowledge,
+    /// Users are no longer hurt.
+    Mitigate,
+    /// Over.
+    Resolve,
+    /// Reviewed.
+    Close,
+    /// Back to triggered.
+    Reopen,
+    /// A new severity.
+    Severity(Severity),
+    /// A role given to a person.
+    AssignRole {
+        /// The role.
+        role: String,
+        /// The person.
+        person: String,
+    },
+    /// A note in the timeline.
+    Note(String),
+    /// A post-mortem follow-up.
+    AddActionItem(ActionItem),
+    /// A follow-up done, by index.
+    CompleteActionItem(usize),
+}
+
+/// What opens an incident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewIncident {
+    /// Re-triggers with the same key attach to the open incident.
+    pub dedup_key: String,
+    /// What is wrong.
+    pub title: String,
+    /// How bad.
+    pub severity: Severity,
+    /// The escalation policy, by name.
+    pub escalation_policy: Option<String>,
+}
+
+/// Options of an [`IncidentManager`].
+#[derive(Clone)]
+pub struct IncidentOptions {
+    /// Key prefix in the store (default `incidents/`).
+    pub prefix: String,
+    /// The wall clock.
+    pub clock: WallClock,
+    /// How long after resolution a post-mortem is due (default 5 days).
+    pub postmortem_after: Duration,
+    /// The post-mortem document template.
+    pub postmortem_template: String,
+}
+
+impl Default for IncidentOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "incidents/".into(),
+            clock: Arc::new(Utc::now),
+            postmortem_after: Duration::from_secs(5 * 24 * 3600),
+            postmortem_template:
+                "## Summary\n\n## Impact\n\n## Timeline\n\n## Root cause\n\n## Action items\n".into(),
+        }
+    }
+}
+
+/// Opens, updates and escalates incidents.
+pub struct IncidentManager {
+    store: Arc<DynRecordStore>,
+    notifier: Arc<DynNotifier>,
+    policies: BTreeMap<String, EscalationPolicy>,
+    options: IncidentOptions,
+}
+
+impl std::fmt::Debug for IncidentManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncidentManager")
+            .field("prefix", &self.options.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn chrono_duration(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+impl IncidentManager {
+    /// A manager keeping incidents in `store` and notifying through `notifier`.
+    pub fn new(store: Arc<DynRecordStore>, notifier: Arc<DynNotifier>, options: IncidentOptions) -> Self {
+        Self {
+            store,
+            notifier,
+            policies: BTreeMap::new(),
+            options,
+        }
+    }
+
+    /// Registers an escalation policy.
+    ///
+    /// # Errors
+    /// [`IncidentError::InvalidPolicy`] for a policy without levels.
+    pub fn add_policy(&mut self, policy: EscalationPolicy) -> Result<(), IncidentError> {
+        if policy.levels.is_empty() {
+            return Err(IncidentError::InvalidPolicy {
+                policy: policy.name,
+                reason: "it has no levels".into(),
+            });
+        }
+        self.policies.insert(policy.name.clone(), policy);
+        Ok(())
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        (self.options.clock)()
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}items/{id}", self.options.prefix)
+    }
+
+    fn index_key(&self, dedup: &IdempotencyKey) -> String {
+        format!("{}by-key/{dedup}", self.options.prefix)
+    }
+
+    /// Opens an incident, or attaches the trigger to the open incident with the same key.
+    ///
+    /// # Errors
+    /// An invalid dedup key, an unknown escalation policy, store errors.
+    pub async fn create_incident(&self, actor: &str, new: NewIncident) -> Result<Incident, IncidentError> {
+        let dedup = IdempotencyKey::new(new.dedup_key.clone())
+            .map_err(|error| IncidentError::InvalidDedupKey(error.to_string()))?;
+        let policy = match &new.escalation_policy {
+            None => None,
+            Some(name) => {
+                Some(
+                    self.policies
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| IncidentError::InvalidPolicy {
+                            policy: name.clone(),
+                            reason: "not registered".into(),
+                        })?,
+                )
+            }
+        };
+        if let Some((id, _)) = self.store.get_json::<String>(&self.index_key(&dedup)).await?
+            && let Some((incident, _)) = self.store.get_json::<Incident>(&self.key(&id)).await?
+            && incident.status.is_open()
+        {
+            return self
+                .change(&id, |incident, now| {
+                    incident.triggers += 1;
+                    incident.timeline.push(TimelineEntry {
+                        at: now,
+                        actor: actor.into(),
+                        what: "re-triggered".into(),
+                    });
+                    Ok(Vec::new())
+                })
+                .await;
+        }
+        let now = self.now();
+        let escalation = policy.map(|policy| EscalationState {
+            next_at: Some(now + chrono_duration(policy.levels[0].delay)),
+            policy,
+            level: 0,
+            loops_done: 0,
+        });
+        let mut incident = Incident {
+            id: String::new(),
+            dedup_key: dedup.clone(),
+            title: new.title,
+            severity: new.severity,
+            status: IncidentStatus::Triggered,
+            created_at: now,
+            acknowledged_at: None,
+            resolved_at: None,
+            roles: BTreeMap::new(),
+            timeline: vec![TimelineEntry {
+                at: now,
+                actor: actor.into(),
+                what: "triggered".into(),
+            }],
+            escalation,
+            postmortem: None,
+            triggers: 1,
+        };
+        // Ids are time-ordered; two incidents in one millisecond take the next suffix.
+        let base = rand_suffix(&dedup, now);
+        for attempt in 0u16.. {
+            incident.id = format!(
+                "inc-{}-{:04x}",
+                now.format("%Y%m%d%H%M%S%3f"),
+                base.wrapping_add(attempt)
+            );
+            match self
+                .store
+                .put_json(
+                    &self.key(&incident.id),
+                    &incident,
+                    WriteOptions::when(Precondition::Absent),
+                )
+                .await
+            {
+                Ok(_) => break,
+                Err(StoreError::Conflict { .. }) if attempt < u16::MAX => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let id = incident.id.clone();
+        self.store
+            .put_json(&self.index_key(&dedup), &id, WriteOptions::default())
+            .await?;
+        let mut notifications = vec![self.notification(&incident, NotificationAction::Trigger, "opened")];
+        if let Some(escalation) = &incident.escalation {
+            notifications.push(self.page(&incident, escalation));
+        }
+        self.send(notifications).await;
+        Ok(incident)
+    }
+
+    /// Applies a change.
+    ///
+    /// # Errors
+    /// [`IncidentError::InvalidTransition`] (nothing is written), unknown incident or action
+    /// item, store errors.
+    pub async fn update_incident(
+        &self,
+        actor: &str,
+        id: &str,
+        update: IncidentUpdate,
+    ) -> Result<Incident, IncidentError> {
+        let postmortem_after = self.options.postmortem_after;
+        let template = self.options.postmortem_template.clone();
+        self.change(id, |incident, now| {
+            let transition = |incident: &mut Incident, to: IncidentStatus| {
+                if !incident.status.can_become(to) {
+                    return Err(IncidentError::InvalidTransition {
+                        id: incident.id.clone(),
+                        from: incident.status,
+                        to,
+                    });
+                }
+                incident.status = to;
+                Ok(())
+            };
+            let (what, action) = match &update {
+                IncidentUpdate::Acknowledge => {
+                    transition(incident, IncidentStatus::Acknowledged)?;
+                    incident.acknowledged_at.get_or_insert(now);
+                    if let Some(escalation) = &mut incident.escalation {
+                        escalation.next_at = None;
+                    }
+                    ("acknowledged".to_owned(), Some(NotificationAction::Acknowledge))
+                }
+                IncidentUpdate::Mitigate => {
+                    transition(incident, IncidentStatus::Mitigated)?;
+                    ("mitigated".to_owned(), None)
+                }
+                IncidentUpdate::Resolve => {
+                    transition(incident, IncidentStatus::Resolved)?;
+                    incident.resolved_at = Some(now);
+                    if let Some(escalation) = &mut incident.escalation {
+                        escalation.next_at = None;
+                    }
+                    if incident.postmortem.is_none() {
+                        incident.postmortem = Some(Postmortem {
+                            due: now + chrono_duration(postmortem_after),
+                            template: template.clone(),
+                            action_items: Vec::new(),
+                        });
+                    }
+                    ("resolved".to_owned(), Some(NotificationAction::Resolve))
+                }
+                IncidentUpdate::Close => {
+                    transition(incident, IncidentStatus::Closed)?;
+                    ("closed".to_owned(), None)
+                }
+                IncidentUpdate::Reopen => {
+                    transition(incident, IncidentStatus::Triggered)?;
+                    incident.resolved_at = None;
+                    ("reopened".to_owned(), Some(NotificationAction::Trigger))
+                }
+                IncidentUpdate::Severity(severity) => {
+                    let what = format!("severity {:?} -> {severity:?}", incident.severity);
+                    incident.severity = *severity;
+                    (what, Some(NotificationAction::Trigger))
+                }
+                IncidentUpdate::AssignRole { role, person } => {
+                    incident.roles.insert(role.clone(), person.clone());
+                    (format!("{role}: {person}"), None)
+                }
+                IncidentUpdate::Note(text) => (format!("note: {text}"), None),
+                IncidentUpdate::AddActionItem(item) => {
+                    let postmortem = incident.postmortem.get_or_insert_with(|| Postmortem {
+                        due: now + chrono_duration(postmortem_after),
+                        template: template.clone(),
+                        action_items: Vec::new(),
+                    });
+                    postmortem.action_items.push(item.clone());
+                    (format!("action item: {} ({})", item.title, item.owner), None)
+                }
+                IncidentUpdate::CompleteActionItem(index) => {
+                    let item = incident
+                        .postmortem
+                        .as_mut()
+                        .and_then(|postmortem| postmortem.action_items.get_mut(*index))
+                        .ok_or_else(|| IncidentError::UnknownActionItem {
+                            id: incident.id.clone(),
+                            index: *index,
+                        })?;
+                    item.done = true;
+                    (format!("action item done: {}", item.title), None)
+                }
+            };
+            incident.timeline.push(TimelineEntry {
+                at: now,
+                actor: actor.into(),
+                what: what.clone(),
+            });
+            Ok(action.map(|action| (action, what)).into_iter().collect())
+        })
+        .await
+    }
+
+    /// Resolves an incident.
+    ///
+    /// # Errors
+    /// As [`IncidentManager::update_incident`].
+    pub async fn resolve_incident(&self, actor: &str, id: &str) -> Result<Incident, IncidentError> {
+        self.update_incident(actor, id, IncidentUpdate::Resolve).await
+    }
+
+    /// An incident by id.
+    ///
+    /// # Errors
+    /// Unknown incident, store errors.
+    pub async fn get(&self, id: &str) -> Result<Incident, IncidentError> {
+        self.store
+            .get_json::<Incident>(&self.key(id))
+            .await?
+            .map(|(incident, _)| incident)
+            .ok_or_else(|| IncidentError::UnknownIncident(id.to_owned()))
+    }
+
+    /// Every incident, oldest first.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn list(&self) -> Result<Vec<Incident>, IncidentError> {
+        let mut incidents = Vec::new();
+        for record in self.store.list(&format!("{}items/", self.options.prefix)).await? {
+            let incident: Incident = serde_json::from_slice(&record.value).map_err(|error| {
+                IncidentError::Store(StoreError::Codec {
+                    key: record.key.clone(),
+                    source: Box::new(error),
+                })
+            })?;
+            incidents.push(incident);
+        }
+        incidents.sort_by_key(|incident| incident.created_at);
+        Ok(incidents)
+    }
+
+    /// Pages the next escalation level of every unacknowledged incident that is due; returns
+    /// the ids escalated.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn escalate_due(&self) -> Result<Vec<String>, IncidentError> {
+        let now = self.now();
+        let mut escalated = Vec::new();
+        for incident in self.list().await? {
+            let due = incident
+                .escalation
+                .as_ref()
+                .and_then(|escalation| escalation.next_at)
+                .is_some_and(|at| at <= now);
+            if !due || incident.status != IncidentStatus::Triggered {
+                continue;
+            }
+            let updated = self
+                .change(&incident.id, |incident, now| {
+                    let Some(escalation) = incident.escalation.as_mut() else {
+                        return Ok(Vec::new());
+                    };
+                    let mut next = escalation.level + 1;
+                    if next == escalation.policy.levels.len() {
+                        if escalation.loops_done >= escalation.policy.loops {
+                            escalation.next_at = None;
+                            return Ok(Vec::new());
+                        }
+                        escalation.loops_done += 1;
+                        next = 0;
+                    }
+                    escalation.level = next;
+                    escalation.next_at = Some(now + chrono_duration(escalation.policy.levels[next].delay));
+                    let what = format!(
+                        "escalated to level {} ({})",
+                        next + 1,
+                        escalation.policy.levels[next].targets.join(", ")
+                    );
+                    incident.timeline.push(TimelineEntry {
+                        at: now,
+                        actor: "system".into(),
+                        what,
+                    });
+                    Ok(vec![(NotificationAction::Trigger, "escalated".into())])
+                })
+                .await?;
+            if let Some(escalation) = &updated.escalation
+                && escalation.next_at.is_some()
+            {
+                self.send(vec![self.page(&updated, escalation)]).await;
+                escalated.push(updated.id.clone());
+            }
+        }
+        Ok(escalated)
+    }
+
+    /// Read-modify-write with compare-and-swap; `apply` returns the notifications to send
+    /// (action, what) once the write landed.
+    async fn change(
+        &self,
+        id: &str,
+        mut apply: impl FnMut(
+            &mut Incident,
+            DateTime<Utc>,
+        ) -> Result<Vec<(NotificationAction, String)>, IncidentError>,
+    ) -> Result<Incident, IncidentError> {
+        let key = self.key(id);
+        loop {
+            let (mut incident, version) = self
+                .store
+                .get_json::<Incident>(&key)
+                .await?
+                .ok_or_else(|| IncidentError::UnknownIncident(id.to_owned()))?;
+            let notifications = apply(&mut incident, self.now())?;
+            match self
+                .store
+                .put_json(
+                    &key,
+                    &incident,
+                    WriteOptions::when(Precondition::Version(version)),
+                )
+                .await
+            {
+                Ok(_) => {
+                    let notifications = notifications
+                        .into_iter()
+                        .map(|(action, what)| self.notification(&incident, action, &what))
+                        .collect();
+                    self.send(notifications).await;
+                    return Ok(incident);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    fn notification(&self, incident: &Incident, action: NotificationAction, what: &str) -> Notification {
+        Notification {
+            key: incident.dedup_key.clone(),
+            action,
+            severity: incident.severity,
+            summary: format!("[{:?}] {}: {what}", incident.severity, incident.title),
+            body: format!("incident {} is {:?}", incident.id, incident.status),
+            labels: [("incident".to_owned(), incident.id.clone())].into(),
+        }
+    }
+
+    fn page(&self, incident: &Incident, escalation: &EscalationState) -> Notification {
+        let level = &escalation.policy.levels[escalation.level];
+        // Each page is a new event for the people paged: its own key.
+        let key = format!(
+            "{}/page/{}/{}",
+            incident.id, escalation.loops_done, escalation.level
+        );
+        Notification {
+            key: IdempotencyKey::new(key).unwrap_or_else(|_| incident.dedup_key.clone()),
+            action: NotificationAction::Trigger,
+            severity: incident.severity,
+            summary: format!("page level {}: {}", escalation.level + 1, incident.title),
+            body: format!("paging {}", level.targets.join(", ")),
+            labels: [
+                ("incident".to_owned(), incident.id.clone()),
+                ("escalation_level".to_owned(), (escalation.level + 1).to_string()),
+                ("targets".to_owned(), level.targets.join(",")),
+            ]
+            .into(),
+        }
+    }
+
+    async fn send(&self, notifications: Vec<Notification>) {
+        for notification in notifications {
+            if let Err(error) = self.notifier.notify(&notification).await {
+                tracing::warn!(%error, key = %notification.key, "incident notification failed");
+            }
+        }
+    }
+}
+
+/// A short suffix that keeps ids unique when two incidents open in the same millisecond.
+fn rand_suffix(dedup: &IdempotencyKey, now: DateTime<Utc>) -> u16 {
+    use std::hash::Hasher;
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(dedup.as_str().as_bytes());
+    hasher.write_i64(now.timestamp_nanos_opt().unwrap_or_default());
+    (hasher.finish() & 0xffff) as u16
+}
+
+/// Mean time to acknowledge and to resolve over a set of incidents (those that got there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResponseTimes {
+    /// Mean time to acknowledge.
+    pub mtta: Option<Duration>,
+    /// Mean time to resolve.
+    pub mttr: Option<Duration>,
+}
+
+/// MTTA and MTTR of `incidents`.
+pub fn response_times(incidents: &[Incident]) -> ResponseTimes {
+    let mean = |spans: Vec<chrono::Duration>| {
+        let count = spans.len() as u32;
+        (count > 0).then(|| {
+            let total: chrono::Duration = spans.into_iter().sum();
+            total.to_std().unwrap_or_default() / count
+        })
+    };
+    ResponseTimes {
+        mtta: mean(
+            incidents
+                .iter()
+                .filter_map(|incident| Some(incident.acknowledged_at? - incident.created_at))
+                .collect(),
+        ),
+        mttr: mean(
+            incidents
+                .iter()
+                .filter_map(|incident| Some(incident.resolved_at? - incident.created_at))
+                .collect(),
+        ),
+    }
+}

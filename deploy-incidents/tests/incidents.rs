@@ -1,0 +1,338 @@
+//! The incident lifecycle: transitions (allowed and refused), re-trigger dedup, escalation
+//! timing on an injected wall clock, post-mortems, notifications, MTTA / MTTR.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use deploy_core::{DynNotifier, DynRecordStore, MemoryStore, NotificationAction, Severity};
+use deploy_incidents::{
+    ActionItem, EscalationLevel, EscalationPolicy, IncidentError, IncidentManager, IncidentOptions,
+    IncidentStatus, IncidentUpdate, NewIncident, response_times,
+};
+use deploy_testkit::RecordingNotifier;
+
+struct World {
+    manager: IncidentManager,
+    notifier: Arc<RecordingNotifier>,
+    now: Arc<Mutex<DateTime<Utc>>>,
+}
+
+impl World {
+    fn new() -> Self {
+        let now = Arc::new(Mutex::new(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()));
+        let reading = now.clone();
+        let options = IncidentOptions {
+            clock: Arc::new(move || *reading.lock().unwrap()),
+            ..IncidentOptions::default()
+        };
+        let notifier = Arc::new(RecordingNotifier::new());
+        let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
+        let mut manager = IncidentManager::new(store, notifier.clone() as Arc<DynNotifier>, options);
+        manager
+            .add_policy(EscalationPolicy {
+                name: "web".into(),
+                levels: vec![
+                    EscalationLevel {
+                        targets: vec!["primary".into()],
+                        delay: Duration::from_secs(300),
+                    },
+                    EscalationLevel {
+                        targets: vec!["secondary".into()],
+                        delay: Duration::from_secs(600),
+                    },
+                ],
+                loops: 1,
+            })
+            .unwrap();
+        Self {
+            manager,
+            notifier,
+            now,
+        }
+    }
+
+    fn advance(&self, seconds: i64) {
+        *self.now.lock().unwrap() += chrono::Duration::seconds(seconds);
+    }
+
+    fn new_incident(key: &str) -> NewIncident {
+        NewIncident {
+            dedup_key: key.into(),
+            title: "checkout errors".into(),
+            severity: Severity::Critical,
+            escalation_policy: Some("web".into()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_transition_and_every_refusal() {
+    use IncidentStatus::*;
+    let world = World::new();
+    let incident = world
+        .manager
+        .create_incident("monitor", World::new_incident("fp-1"))
+        .await
+        .unwrap();
+    assert_eq!(incident.status, Triggered);
+    let id = incident.id.clone();
+    let step = |update: IncidentUpdate| world.manager.update_incident("ann", &id, update);
+    assert!(matches!(
+        step(IncidentUpdate::Close).await,
+        Err(IncidentError::InvalidTransition {
+            from: Triggered,
+            to: Closed,
+            ..
+        })
+    ));
+    assert!(matches!(
+        step(IncidentUpdate::Reopen).await,
+        Err(IncidentError::InvalidTransition { .. })
+    ));
+    assert_eq!(
+        step(IncidentUpdate::Acknowledge).await.unwrap().status,
+        Acknowledged
+    );
+    assert!(matches!(
+        step(IncidentUpdate::Acknowledge).await,
+        Err(IncidentError::InvalidTransition { .. })
+    ));
+    assert_eq!(step(IncidentUpdate::Mitigate).await.unwrap().status, Mitigated);
+    assert_eq!(
+        step(IncidentUpdate::Acknowledge).await.unwrap().status,
+        Acknowledged
+    );
+    let resolved = step(IncidentUpdate::Resolve).await.unwrap();
+    assert_eq!(resolved.status, Resolved);
+    assert!(
+        resolved.postmortem.is_some(),
+        "a post-mortem is scheduled on resolution"
+    );
+    assert!(matches!(
+        step(IncidentUpdate::Mitigate).await,
+        Err(IncidentError::InvalidTransition { .. })
+    ));
+    assert_eq!(step(IncidentUpdate::Reopen).await.unwrap().status, Triggered);
+    step(IncidentUpdate::Resolve).await.unwrap();
+    assert_eq!(step(IncidentUpdate::Close).await.unwrap().status, Closed);
+    assert_eq!(step(IncidentUpdate::Reopen).await.unwrap().status, Triggered);
+    // A refused change wrote nothing.
+    let stored = world.manager.get(&id).await.unwrap();
+    let whats: Vec<&str> = stored.timeline.iter().map(|entry| entry.what.as_str()).collect();
+    assert_eq!(
+        whats,
+        [
+            "triggered",
+            "acknowledged",
+            "mitigated",
+            "acknowledged",
+            "resolved",
+            "reopened",
+            "resolved",
+            "closed",
+            "reopened"
+        ]
+    );
+    assert!(matches!(
+        world
+            .manager
+            .update_incident("ann", "nope", IncidentUpdate::Resolve)
+            .await,
+        Err(IncidentError::UnknownIncident(_))
+    ));
+}
+
+#[tokio::test]
+async fn retriggers_attach_to_the_open_incident_and_keys_are_checked() {
+    let world = World::new();
+    let first = world
+        .manager
+        .create_incident("monitor", World::new_incident("fp-2"))
+        .await
+        .unwrap();
+    let again = world
+        .manager
+        .create_incident("monitor", World::new_incident("fp-2"))
+        .await
+        .unwrap();
+    assert_eq!((again.id.clone(), again.triggers), (first.id.clone(), 2));
+    world.manager.resolve_incident("ann", &first.id).await.unwrap();
+    let fresh = world
+        .manager
+        .create_incident("monitor", World::new_incident("fp-2"))
+        .await
+        .unwrap();
+    assert_ne!(
+        fresh.id, first.id,
+        "a resolved incident is not re-opened by a new trigger"
+    );
+    assert!(matches!(
+        world.manager.create_incident("m", World::new_incident("")).await,
+        Err(IncidentError::InvalidDedupKey(_))
+    ));
+    assert!(matches!(
+        world
+            .manager
+            .create_incident("m", World::new_incident(&"x".repeat(256)))
+            .await,
+        Err(IncidentError::InvalidDedupKey(_))
+    ));
+    let unknown = NewIncident {
+        escalation_policy: Some("nope".into()),
+        ..World::new_incident("fp-3")
+    };
+    assert!(matches!(
+        world.manager.create_incident("m", unknown).await,
+        Err(IncidentError::InvalidPolicy { .. })
+    ));
+}
+
+#[tokio::test]
+async fn unacknowledged_incidents_escalate_on_time_and_loop() {
+    let world = World::new();
+    let incident = world
+        .manager
+        .create_incident("monitor", World::new_incident("fp-4"))
+        .await
+        .unwrap();
+    let pages = |world: &World| {
+        world
+            .notifier
+            .delivered()
+            .into_iter()
+            .filter(|n| n.summary.starts_with("page"))
+            .count()
+    };
+    assert_eq!(pages(&world), 1, "level 1 paged at once");
+    world.advance(299);
+    assert!(world.manager.escalate_due().await.unwrap().is_empty());
+    world.advance(1);
+    assert_eq!(
+        world.manager.escalate_due().await.unwrap(),
+        vec![incident.id.clone()]
+    );
+    assert_eq!(pages(&world), 2);
+    world.advance(600);
+    world.manager.escalate_due().await.unwrap();
+    assert_eq!(pages(&world), 3, "looped back to level 1");
+    world.advance(300);
+    world.manager.escalate_due().await.unwrap();
+    assert_eq!(pages(&world), 4);
+    world.advance(600);
+    assert!(
+        world.manager.escalate_due().await.unwrap().is_empty(),
+        "one loop only"
+    );
+    // An acknowledged incident stops escalating.
+    let other = world
+        .manager
+        .create_incident("monitor", World::new_incident("fp-5"))
+        .await
+        .unwrap();
+    world
+        .manager
+        .update_incident("bob", &other.id, IncidentUpdate::Acknowledge)
+        .await
+        .unwrap();
+    world.advance(10_000);
+    assert!(world.manager.escalate_due().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn notifications_roles_postmortems_and_response_times() {
+    let world = World::new();
+    let incident = world
+        .manager
+        .create_incident("monitor", World::new_incident("fp-6"))
+        .await
+        .unwrap();
+    let id = incident.id.clone();
+    world.advance(120);
+    world
+        .manager
+        .update_incident(
+            "ann",
+            &id,
+            IncidentUpdate::AssignRole {
+                role: "commander".into(),
+                person: "ann".into(),
+            },
+        )
+        .await
+        .unwrap();
+    world
+        .manager
+        .update_incident("ann", &id, IncidentUpdate::Acknowledge)
+        .await
+        .unwrap();
+    world
+        .manager
+        .update_incident("ann", &id, IncidentUpdate::Severity(Severity::Warning))
+        .await
+        .unwrap();
+    world.advance(480);
+    let resolved = world.manager.resolve_incident("ann", &id).await.unwrap();
+    world
+        .manager
+        .update_incident(
+            "ann",
+            &id,
+            IncidentUpdate::AddActionItem(ActionItem {
+                title: "add alert".into(),
+                owner: "bob".into(),
+                done: false,
+            }),
+        )
+        .await
+        .unwrap();
+    let done = world
+        .manager
+        .update_incident("bob", &id, IncidentUpdate::CompleteActionItem(0))
+        .await
+        .unwrap();
+    assert!(done.postmortem.as_ref().unwrap().action_items[0].done);
+    assert!(matches!(
+        world
+            .manager
+            .update_incident("bob", &id, IncidentUpdate::CompleteActionItem(5))
+            .await,
+        Err(IncidentError::UnknownActionItem { .. })
+    ));
+    assert_eq!(resolved.roles.get("commander").map(String::as_str), Some("ann"));
+    let due = resolved.postmortem.unwrap().due;
+    assert_eq!(due - resolved.resolved_at.unwrap(), chrono::Duration::days(5));
+    let actions: Vec<NotificationAction> = world
+        .notifier
+        .delivered()
+        .into_iter()
+        .filter(|n| !n.summary.starts_with("page"))
+        .map(|n| n.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            NotificationAction::Trigger,
+            NotificationAction::Acknowledge,
+            NotificationAction::Resolve
+        ],
+        "the severity re-trigger shares the key and is a duplicate to the receiver"
+    );
+
+    // MTTA / MTTR: this one 120 s / 600 s; another acknowledged after 60 s and never resolved.
+    let second = world
+        .manager
+        .create_incident("monitor", World::new_incident("fp-7"))
+        .await
+        .unwrap();
+    world.advance(60);
+    world
+        .manager
+        .update_incident("bob", &second.id, IncidentUpdate::Acknowledge)
+        .await
+        .unwrap();
+    let times = response_times(&world.manager.list().await.unwrap());
+    assert_eq!(times.mtta, Some(Duration::from_secs(90)));
+    assert_eq!(times.mttr, Some(Duration::from_secs(600)));
+    assert_eq!(response_times(&[]).mtta, None);
+}
