@@ -22,6 +22,7 @@ mod dispatch;
 mod error;
 mod incident;
 mod labels;
+mod monitor;
 mod route;
 mod rule;
 mod suppress;
@@ -34,6 +35,7 @@ pub use incident::{
     response_times,
 };
 pub use labels::{Fingerprint, Labels, MatchOp, Matcher, all_match};
+pub use monitor::{MonitorReport, OperationalMonitor};
 pub use route::{
     DEFAULT_GROUP_INTERVAL, DEFAULT_GROUP_WAIT, DEFAULT_REPEAT_INTERVAL, GroupBy, Route, RouteConfig,
 };

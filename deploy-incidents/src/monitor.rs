@@ -1,0 +1,241 @@
+//! The operational monitor: evaluates alert rules over metrics and health, feeds the
+//! dispatcher, and opens an incident for every critical alert that fires.
+
+use std::sync::Arc;
+
+use deploy_core::{
+    AppId, DynHealthChecker, DynMetricsSource, HealthStatus, Instance, MetricQuery, MetricTarget, Pool,
+    Severity,
+};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::dispatch::{DeliveryRecord, Dispatcher};
+use crate::error::AlertError;
+use crate::incident::{IncidentError, IncidentManager, NewIncident};
+use crate::labels::{Fingerprint, Labels};
+use crate::rule::{Alert, AlertRule, AlertState, RuleEvaluator};
+
+/// What one monitoring pass saw and did.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorReport {
+    /// Alerts pending, firing or just resolved.
+    pub alerts: Vec<Alert>,
+    /// Incidents opened (or re-triggered) for critical firing alerts, by id.
+    pub incidents: Vec<String>,
+    /// Notifications the dispatcher sent in this pass.
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+/// Watches systems and deployments with one set of rules.
+#[derive(Debug)]
+pub struct OperationalMonitor {
+    metrics: Arc<DynMetricsSource>,
+    health: Arc<DynHealthChecker>,
+    rules: Mutex<Vec<RuleEvaluator>>,
+    deployment_rules: Mutex<Vec<(String, RuleEvaluator)>>,
+    /// Instances found unhealthy, so their recovery resolves the alert.
+    unhealthy: Mutex<std::collections::HashSet<Fingerprint>>,
+    dispatcher: Mutex<Dispatcher>,
+    /// Alerts firing at the last pass: an incident opens when one starts firing, not at
+    /// every evaluation while it fires.
+    firing: Mutex<std::collections::HashSet<Fingerprint>>,
+    incidents: Arc<IncidentManager>,
+    escalation_policy: Option<String>,
+}
+
+impl OperationalMonitor {
+    /// A monitor reading `metrics` and `health`, notifying through `dispatcher` and opening
+    /// incidents (with `escalation_policy`, if any) in `incidents`.
+    pub fn new(
+        metrics: Arc<DynMetricsSource>,
+        health: Arc<DynHealthChecker>,
+        dispatcher: Dispatcher,
+        incidents: Arc<IncidentManager>,
+        escalation_policy: Option<String>,
+    ) -> Self {
+        Self {
+            metrics,
+            health,
+            rules: Mutex::new(Vec::new()),
+            deployment_rules: Mutex::new(Vec::new()),
+            unhealthy: Mutex::new(std::collections::HashSet::new()),
+            dispatcher: Mutex::new(dispatcher),
+            firing: Mutex::new(std::collections::HashSet::new()),
+            incidents,
+            escalation_policy,
+        }
+    }
+
+    /// Adds a rule evaluated by [`monitor_system`](Self::monitor_system).
+    ///
+    /// # Errors
+    /// An invalid rule.
+    pub async fn add_rule(&self, rule: AlertRule) -> Result<(), AlertError> {
+        self.rules.lock().await.push(RuleEvaluator::new(rule)?);
+        Ok(())
+    }
+
+    /// One pass over the rules and the health of `instances` at `now`.
+    ///
+    /// # Errors
+    /// Incident store failures (metrics and health failures count as no data / unhealthy).
+    pub async fn monitor_system(
+        &self,
+        instances: &[Instance],
+        now: Instant,
+    ) -> Result<MonitorReport, IncidentError> {
+        let mut alerts = Vec::new();
+        for evaluator in self.rules.lock().await.iter_mut() {
+            let value = self
+                .metrics
+                .query(&evaluator.rule().query)
+                .await
+                .ok()
+                .and_then(|series| series.mean());
+            alerts.extend(evaluator.observe(value, now));
+        }
+        alerts.extend(self.health_pass(instances, now).await);
+        self.finish(alerts, now).await
+    }
+
+    /// One pass of the rules over a running deployment: each rule's metric is read for
+    /// `pool` of `app` (the canary, say) and its alerts carry `app` and `pool` labels, so the
+    /// same rules that watch the fleet watch a rollout.
+    ///
+    /// # Errors
+    /// As [`monitor_system`](Self::monitor_system).
+    pub async fn monitor_deployment(
+        &self,
+        app: &AppId,
+        pool: &Pool,
+        now: Instant,
+    ) -> Result<MonitorReport, IncidentError> {
+        let scope = format!("{app}/{pool}");
+        let mut deployment_rules = self.deployment_rules.lock().await;
+        for evaluator in self.rules.lock().await.iter() {
+            let exists = deployment_rules
+                .iter()
+                .any(|(at, existing)| *at == scope && existing.rule().name == evaluator.rule().name);
+            if !exists {
+                let mut rule = evaluator.rule().clone();
+                let target = MetricTarget::Pool {
+                    app: app.clone(),
+                    pool: pool.clone(),
+                };
+                let Ok(query) = MetricQuery::new(rule.query.metric().clone(), target, rule.query.window())
+                else {
+                    continue;
+                };
+                rule.query = query;
+                rule.labels.insert("app".into(), app.to_string());
+                rule.labels.insert("pool".into(), pool.to_string());
+                if let Ok(evaluator) = RuleEvaluator::new(rule) {
+                    deployment_rules.push((scope.clone(), evaluator));
+                }
+            }
+        }
+        let mut alerts = Vec::new();
+        for (_, evaluator) in deployment_rules.iter_mut().filter(|(at, _)| *at == scope) {
+            let value = self
+                .metrics
+                .query(&evaluator.rule().query)
+                .await
+                .ok()
+                .and_then(|series| series.mean());
+            alerts.extend(evaluator.observe(value, now));
+        }
+        drop(deployment_rules);
+        self.finish(alerts, now).await
+    }
+
+    /// Unhealthy instances fire `InstanceUnhealthy` (critical) at once; recovered ones resolve.
+    async fn health_pass(&self, instances: &[Instance], now: Instant) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        let mut known = self.unhealthy.lock().await;
+        for instance in instances {
+            let healthy = matches!(self.health.check(instance).await, Ok(HealthStatus::Healthy));
+            let mut labels = Labels::new();
+            labels.insert("alertname".into(), "InstanceUnhealthy".into());
+            labels.insert("severity".into(), "critical".into());
+            labels.insert("app".into(), instance.app.to_string());
+            labels.insert("instance".into(), instance.id.to_string());
+            let fingerprint = Fingerprint::of(&labels);
+            let state = match (healthy, known.contains(&fingerprint)) {
+                (false, _) => {
+                    known.insert(fingerprint);
+                    AlertState::Firing
+                }
+                (true, true) => {
+                    known.remove(&fingerprint);
+                    AlertState::Resolved
+                }
+                (true, false) => continue,
+            };
+            alerts.push(Alert {
+                labels,
+                annotations: Labels::new(),
+                state,
+                value: f64::from(u8::from(!healthy)),
+                fired_at: Some(now),
+                resolved_at: None,
+            });
+        }
+        alerts
+    }
+
+    async fn finish(&self, alerts: Vec<Alert>, now: Instant) -> Result<MonitorReport, IncidentError> {
+        let mut incidents = Vec::new();
+        let mut dispatcher = self.dispatcher.lock().await;
+        let mut firing = self.firing.lock().await;
+        for alert in &alerts {
+            // As Prometheus does, only firing (and resolved) alerts go to routing.
+            if alert.state != AlertState::Pending {
+                dispatcher.receive(alert.clone(), now);
+            }
+            let started = match alert.state {
+                AlertState::Firing => firing.insert(alert.fingerprint()),
+                _ => {
+                    firing.remove(&alert.fingerprint());
+                    false
+                }
+            };
+            let critical = alert
+                .labels
+                .get("severity")
+                .is_some_and(|severity| severity == "critical");
+            if critical && started && !dispatcher.is_muted(alert) {
+                let name = alert.labels.get("alertname").cloned().unwrap_or_default();
+                let incident = self
+                    .incidents
+                    .create_incident(
+                        "monitor",
+                        NewIncident {
+                            dedup_key: alert.fingerprint().to_string(),
+                            title: alert.annotations.get("summary").cloned().unwrap_or(name),
+                            severity: Severity::Critical,
+                            escalation_policy: self.escalation_policy.clone(),
+                        },
+                    )
+                    .await?;
+                incidents.push(incident.id);
+            }
+        }
+        let deliveries = dispatcher.flush_due(now).await;
+        Ok(MonitorReport {
+            alerts,
+            incidents,
+            deliveries,
+        })
+    }
+
+    /// When the dispatcher next has a group due (drive passes until then).
+    pub async fn next_deadline(&self) -> Option<Instant> {
+        self.dispatcher.lock().await.next_deadline()
+    }
+
+    /// Flushes due groups without evaluating rules.
+    pub async fn flush_due(&self, now: Instant) -> Vec<DeliveryRecord> {
+        self.dispatcher.lock().await.flush_due(now).await
+    }
+}
