@@ -5,7 +5,7 @@
 //! stub are printed. Runs on tokio's paused clock: an hour passes in a moment.
 //!
 //! ```text
-//! cargo run --example incident --features incidents
+//! cargo run --example incident
 //! ```
 
 use std::collections::HashMap;

@@ -10,8 +10,8 @@
 //!   Unleash import and (feature `openfeature`) an OpenFeature provider.
 //! - [`config`] (feature `config`): layered configuration with per-value provenance,
 //!   validation, secrets and reload.
-//! - `incidents` (feature `incidents`): alert rules, routing, grouping, silences and
-//!   inhibition (the incident lifecycle is in progress).
+//! - [`incidents`] (feature `incidents`): alert rules, routing, grouping, silences,
+//!   inhibition, the incident lifecycle with escalation, and the operational monitor.
 //! - `store` (features `sqlite`, `postgres`): durable record and lease stores.
 //! - [`testkit`] (feature `testkit`): a simulated fleet with fault injection and an
 //!   invariant checker, the embedded default for examples and tests.

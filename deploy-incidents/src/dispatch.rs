@@ -8,11 +8,14 @@
 //! Silenced and inhibited alerts are left out. Deliveries retry with exponential backoff
 //! until a deadline, but only failures the notifier marks retryable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use deploy_core::{BackendError, DynNotifier, IdempotencyKey, Notification, NotificationAction, Severity};
 use tokio::time::Instant;
 
@@ -59,9 +62,18 @@ pub struct DeliveryRecord {
 
 #[derive(Debug)]
 struct Group {
+    /// Readable key: route id and grouping labels.
+    key: String,
     route: usize,
-    alerts: BTreeMap<Fingerprint, ()>,
+    alerts: FxHashSet<Fingerprint>,
     next_flush: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SilenceMemo {
+    version: u64,
+    valid_until: DateTime<Utc>,
+    muted: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,12 +92,18 @@ pub struct Dispatcher {
     tree: Route,
     receivers: HashMap<String, Arc<DynNotifier>>,
     silences: Vec<Silence>,
+    /// Bumped whenever silences change, invalidating `silence_cache`.
+    silences_version: u64,
+    silence_cache: FxHashMap<Fingerprint, SilenceMemo>,
     inhibitions: Vec<InhibitRule>,
     clock: ClockDebug,
     retry: RetryPolicy,
-    alerts: HashMap<Fingerprint, Alert>,
-    groups: BTreeMap<String, Group>,
-    log: HashMap<(String, String), LogEntry>,
+    // Keys are hashes already: FxHash is enough.
+    alerts: FxHashMap<Fingerprint, Alert>,
+    /// By group hash (route and grouping labels).
+    groups: FxHashMap<u64, Group>,
+    /// Per group (a group has one route, so one receiver).
+    log: FxHashMap<u64, LogEntry>,
 }
 
 struct ClockDebug(WallClock);
@@ -121,12 +139,14 @@ impl Dispatcher {
             tree,
             receivers,
             silences: Vec::new(),
+            silences_version: 0,
+            silence_cache: FxHashMap::default(),
             inhibitions: Vec::new(),
             clock: ClockDebug(clock),
             retry: RetryPolicy::default(),
-            alerts: HashMap::new(),
-            groups: BTreeMap::new(),
-            log: HashMap::new(),
+            alerts: FxHashMap::default(),
+            groups: FxHashMap::default(),
+            log: FxHashMap::default(),
         }
     }
 
@@ -144,6 +164,7 @@ impl Dispatcher {
     /// Adds a silence.
     pub fn add_silence(&mut self, silence: Silence) {
         self.silences.push(silence);
+        self.silences_version += 1;
     }
 
     /// Ends a silence now; `false` if there is none with that id.
@@ -154,34 +175,35 @@ impl Dispatcher {
             silence.ends_at = silence.ends_at.min(now);
             found = true;
         }
+        self.silences_version += 1;
         found
     }
 
-    /// Takes in an alert update (from a rule evaluation or an external source).
-    pub fn receive(&mut self, alert: Alert, now: Instant) {
+    /// Takes in an alert update (from a rule evaluation or an external source). An update
+    /// that repeats what is known is only routed (nothing is stored again).
+    pub fn receive(&mut self, alert: &Alert, now: Instant) {
         let fingerprint = alert.fingerprint();
-        let keys: Vec<(String, usize)> = self
-            .tree
-            .matching(&alert.labels)
-            .into_iter()
-            .filter_map(|route| {
-                let index = self
-                    .routes
-                    .iter()
-                    .position(|candidate| candidate.id == route.id)?;
-                Some((route.group_key(&alert.labels), index))
-            })
-            .collect();
-        self.alerts.insert(fingerprint, alert);
-        for (key, route) in keys {
-            let wait = self.routes[route].group_wait;
-            let group = self.groups.entry(key).or_insert_with(|| Group {
-                route,
-                alerts: BTreeMap::new(),
-                next_flush: now + wait,
-            });
-            group.alerts.insert(fingerprint, ());
+        let changed = self.alerts.get(&fingerprint).is_none_or(|known| {
+            known.state != alert.state
+                || known.value.to_bits() != alert.value.to_bits()
+                || known.annotations != alert.annotations
+        });
+        if changed {
+            self.alerts.insert(fingerprint, alert.clone());
         }
+        let Self {
+            tree, groups, routes, ..
+        } = self;
+        tree.for_each_match(&alert.labels, &mut |route| {
+            let hash = route.group_hash(&alert.labels);
+            let group = groups.entry(hash).or_insert_with(|| Group {
+                key: route.group_key(&alert.labels),
+                route: route.index,
+                alerts: FxHashSet::default(),
+                next_flush: now + routes[route.index].group_wait,
+            });
+            group.alerts.insert(fingerprint);
+        });
     }
 
     /// When the next group is due, if any.
@@ -203,48 +225,88 @@ impl Dispatcher {
 
     /// Flushes every group due at `now`.
     pub async fn flush_due(&mut self, now: Instant) -> Vec<DeliveryRecord> {
-        let due: Vec<String> = self
+        let mut due: Vec<(Instant, u64)> = self
             .groups
             .iter()
             .filter(|(_, group)| group.next_flush <= now)
-            .map(|(key, _)| key.clone())
+            .map(|(hash, group)| (group.next_flush, *hash))
             .collect();
+        // Oldest first, then a stable order.
+        due.sort_unstable();
         let mut records = Vec::new();
-        for key in due {
-            records.extend(self.flush(&key, now).await);
+        for (_, hash) in due {
+            records.extend(self.flush(hash, now).await);
         }
         records
     }
 
-    async fn flush(&mut self, key: &str, now: Instant) -> Option<DeliveryRecord> {
-        let group = self.groups.get(key)?;
-        let route = self.routes[group.route].clone();
-        let members: Vec<Alert> = group
-            .alerts
-            .keys()
-            .filter_map(|fingerprint| self.alerts.get(fingerprint))
-            .cloned()
-            .collect();
-        let visible: Vec<&Alert> = members.iter().filter(|alert| !self.is_muted(alert)).collect();
-        let firing: Vec<&Alert> = visible
+    /// Whether an alert is silenced now, remembered per alert until the silences change or
+    /// the next silence starts or ends.
+    fn silenced(&mut self, fingerprint: Fingerprint, labels: &Labels) -> bool {
+        let now = (self.clock.0)();
+        if let Some(cached) = self.silence_cache.get(&fingerprint)
+            && cached.version == self.silences_version
+            && now < cached.valid_until
+        {
+            return cached.muted;
+        }
+        let muted = self.silences.iter().any(|silence| silence.mutes(labels, now));
+        let valid_until = self
+            .silences
             .iter()
-            .copied()
-            .filter(|alert| alert.state == AlertState::Firing)
+            .flat_map(|silence| [silence.starts_at, silence.ends_at])
+            .filter(|boundary| *boundary > now)
+            .min()
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        self.silence_cache.insert(
+            fingerprint,
+            SilenceMemo {
+                version: self.silences_version,
+                valid_until,
+                muted,
+            },
+        );
+        muted
+    }
+
+    async fn flush(&mut self, hash: u64, now: Instant) -> Option<DeliveryRecord> {
+        let group = self.groups.get(&hash)?;
+        let key = group.key.clone();
+        let route = self.routes[group.route].clone();
+        let mut fingerprints: Vec<Fingerprint> = group.alerts.iter().copied().collect();
+        fingerprints.sort_unstable();
+        // Mutable phase: which members are muted (silences cached, inhibition fresh).
+        let mut visible = Vec::with_capacity(fingerprints.len());
+        for fingerprint in &fingerprints {
+            let Some(labels) = self.alerts.get(fingerprint).map(|alert| alert.labels.clone()) else {
+                continue;
+            };
+            if self.silenced(*fingerprint, &labels) {
+                continue;
+            }
+            let alert = &self.alerts[fingerprint];
+            if self
+                .inhibitions
+                .iter()
+                .any(|rule| rule.inhibits(alert, self.alerts.values()))
+            {
+                continue;
+            }
+            visible.push(*fingerprint);
+        }
+        // Shared phase: what to say.
+        let firing: Vec<(Fingerprint, &Alert)> = visible
+            .iter()
+            .filter_map(|fingerprint| self.alerts.get(fingerprint).map(|alert| (*fingerprint, alert)))
+            .filter(|(_, alert)| alert.state == AlertState::Firing)
             .collect();
         let resolved: Vec<&Alert> = visible
             .iter()
-            .copied()
+            .filter_map(|fingerprint| self.alerts.get(fingerprint))
             .filter(|alert| alert.state == AlertState::Resolved)
             .collect();
-        let firing_hash = set_hash(
-            firing
-                .iter()
-                .map(|alert| Fingerprint::of(&alert.labels))
-                .collect::<Vec<_>>()
-                .iter(),
-        );
-        let log_key = (key.to_owned(), route.receiver.clone());
-        let previous = self.log.get(&log_key).copied();
+        let firing_hash = set_hash(firing.iter().map(|(fingerprint, _)| fingerprint));
+        let previous = self.log.get(&hash).copied();
         let unchanged = previous.is_some_and(|entry| entry.firing == firing_hash);
         let repeat_due = previous
             .is_none_or(|entry| now.saturating_duration_since(entry.sent_at) >= route.repeat_interval);
@@ -256,11 +318,12 @@ impl Dispatcher {
         };
         let record = if worth_sending {
             let sequence = previous.map_or(1, |entry| entry.sequence + 1);
-            let notification = notification(key, &route.id, sequence, &firing, &resolved);
+            let firing_alerts: Vec<&Alert> = firing.iter().map(|(_, alert)| *alert).collect();
+            let notification = notification(&key, &route.id, sequence, &firing_alerts, &resolved);
             let (attempts, error) = self.deliver(&route.receiver, &notification).await;
             if error.is_none() {
                 self.log.insert(
-                    log_key,
+                    hash,
                     LogEntry {
                         firing: firing_hash,
                         sent_at: now,
@@ -269,7 +332,7 @@ impl Dispatcher {
                 );
             }
             Some(DeliveryRecord {
-                group: key.to_owned(),
+                group: key.clone(),
                 receiver: route.receiver.clone(),
                 notification,
                 attempts,
@@ -280,25 +343,37 @@ impl Dispatcher {
         };
         // Resolved alerts leave once announced (or when nobody needed telling).
         let delivered = record.as_ref().is_none_or(|record| record.error.is_none());
-        if let Some(group) = self.groups.get_mut(key) {
+        let resolved_members: Vec<Fingerprint> = fingerprints
+            .iter()
+            .copied()
+            .filter(|fingerprint| {
+                self.alerts
+                    .get(fingerprint)
+                    .is_some_and(|alert| alert.state == AlertState::Resolved)
+            })
+            .collect();
+        if let Some(group) = self.groups.get_mut(&hash) {
             if delivered {
-                for alert in members.iter().filter(|alert| alert.state == AlertState::Resolved) {
-                    group.alerts.remove(&Fingerprint::of(&alert.labels));
+                for fingerprint in &resolved_members {
+                    group.alerts.remove(fingerprint);
                 }
             }
             group.next_flush = now + route.group_interval;
             if group.alerts.is_empty() {
-                self.groups.remove(key);
-                self.log.remove(&(key.to_owned(), route.receiver.clone()));
+                self.groups.remove(&hash);
+                self.log.remove(&hash);
             }
         }
-        self.alerts.retain(|fingerprint, alert| {
-            alert.state != AlertState::Resolved
-                || self
-                    .groups
-                    .values()
-                    .any(|group| group.alerts.contains_key(fingerprint))
-        });
+        for fingerprint in resolved_members {
+            if !self
+                .groups
+                .values()
+                .any(|group| group.alerts.contains(&fingerprint))
+            {
+                self.alerts.remove(&fingerprint);
+                self.silence_cache.remove(&fingerprint);
+            }
+        }
         record
     }
 

@@ -191,7 +191,7 @@ impl OperationalMonitor {
         for alert in &alerts {
             // As Prometheus does, only firing (and resolved) alerts go to routing.
             if alert.state != AlertState::Pending {
-                dispatcher.receive(alert.clone(), now);
+                dispatcher.receive(alert, now);
             }
             let started = match alert.state {
                 AlertState::Firing => firing.insert(alert.fingerprint()),

@@ -50,6 +50,8 @@ pub enum GroupBy {
 pub struct Route {
     /// Position in the tree (`root`, `root.0`, `root.0.2`), also the group key's prefix.
     pub id: String,
+    /// Preorder number in the tree (0 for the root).
+    pub index: usize,
     /// The receiver.
     pub receiver: String,
     /// The matchers.
@@ -85,6 +87,7 @@ impl Route {
             })?;
         let inherited = Route {
             id: String::new(),
+            index: 0,
             receiver: root_receiver,
             matchers: Vec::new(),
             continue_matching: false,
@@ -94,23 +97,17 @@ impl Route {
             repeat_interval: DEFAULT_REPEAT_INTERVAL,
             routes: Vec::new(),
         };
-        compile(config, &inherited, "root".into(), receivers)
+        compile(config, &inherited, "root".into(), receivers, &mut 0)
     }
 
-    /// The routes an alert with `labels` goes to.
-    pub fn matching(&self, labels: &Labels) -> Vec<&Route> {
-        let mut found = Vec::new();
-        self.collect(labels, &mut found);
-        found
-    }
-
-    fn collect<'a>(&'a self, labels: &Labels, found: &mut Vec<&'a Route>) -> bool {
+    /// Calls `each` for every route an alert with `labels` goes to (no allocation).
+    pub fn for_each_match<'a>(&'a self, labels: &Labels, each: &mut impl FnMut(&'a Route)) -> bool {
         if !all_match(&self.matchers, labels) {
             return false;
         }
         let mut matched_child = false;
         for child in &self.routes {
-            if child.collect(labels, found) {
+            if child.for_each_match(labels, each) {
                 matched_child = true;
                 if !child.continue_matching {
                     break;
@@ -118,9 +115,33 @@ impl Route {
             }
         }
         if !matched_child {
-            found.push(self);
+            each(self);
         }
         true
+    }
+
+    /// A hash of the group an alert with `labels` joins on this route (with its route).
+    pub fn group_hash(&self, labels: &Labels) -> u64 {
+        use std::hash::Hasher;
+        let mut hasher = fnv::FnvHasher::default();
+        hasher.write_usize(self.index);
+        match &self.group_by {
+            GroupBy::All => hasher.write_u64(crate::labels::Fingerprint::of(labels).0),
+            GroupBy::Labels(names) => {
+                for name in names {
+                    hasher.write(labels.get(name).map_or("", String::as_str).as_bytes());
+                    hasher.write_u8(0xff);
+                }
+            }
+        }
+        hasher.finish()
+    }
+
+    /// The routes an alert with `labels` goes to.
+    pub fn matching(&self, labels: &Labels) -> Vec<&Route> {
+        let mut found = Vec::new();
+        self.for_each_match(labels, &mut |route| found.push(route));
+        found
     }
 
     /// The group key of an alert on this route: the route and its grouping labels' values.
@@ -144,7 +165,10 @@ fn compile(
     parent: &Route,
     id: String,
     receivers: &[String],
+    next_index: &mut usize,
 ) -> Result<Route, AlertError> {
+    let index = *next_index;
+    *next_index += 1;
     let receiver = config.receiver.clone().unwrap_or_else(|| parent.receiver.clone());
     if !receivers.contains(&receiver) {
         return Err(AlertError::UnknownReceiver { route: id, receiver });
@@ -176,6 +200,7 @@ fn compile(
     }
     let mut route = Route {
         id: id.clone(),
+        index,
         receiver,
         matchers,
         continue_matching: config.continue_matching,
@@ -186,7 +211,7 @@ fn compile(
         routes: Vec::new(),
     };
     for (index, child) in config.routes.iter().enumerate() {
-        let compiled = compile(child, &route, format!("{id}.{index}"), receivers)?;
+        let compiled = compile(child, &route, format!("{id}.{index}"), receivers, next_index)?;
         route.routes.push(compiled);
     }
     Ok(route)

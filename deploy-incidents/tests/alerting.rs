@@ -177,7 +177,7 @@ async fn routing_with_continue_groups_and_timers() {
     let mut s = setup();
     let now = Instant::now();
     s.dispatcher.receive(
-        alert(
+        &alert(
             "ApiDown",
             &[("severity", "critical"), ("team", "api")],
             AlertState::Firing,
@@ -185,7 +185,7 @@ async fn routing_with_continue_groups_and_timers() {
         now,
     );
     s.dispatcher.receive(
-        alert("DiskFull", &[("severity", "warning")], AlertState::Firing),
+        &alert("DiskFull", &[("severity", "warning")], AlertState::Firing),
         now,
     );
     // Nothing before group_wait.
@@ -208,7 +208,7 @@ async fn routing_with_continue_groups_and_timers() {
     );
     // A second alert joining the ApiDown group within group_interval waits for it.
     s.dispatcher.receive(
-        alert(
+        &alert(
             "ApiDown",
             &[("severity", "critical"), ("team", "api"), ("instance", "b")],
             AlertState::Firing,
@@ -241,7 +241,7 @@ async fn repeated_evaluations_do_not_renotify_and_resolutions_carry_the_payload(
     let mut s = setup();
     for _ in 0..10 {
         s.dispatcher.receive(
-            alert("DiskFull", &[("severity", "warning")], AlertState::Firing),
+            &alert("DiskFull", &[("severity", "warning")], AlertState::Firing),
             Instant::now(),
         );
         run_for(&mut s.dispatcher, Duration::from_secs(60)).await;
@@ -252,7 +252,7 @@ async fn repeated_evaluations_do_not_renotify_and_resolutions_carry_the_payload(
         "ten evaluations, one notification"
     );
     s.dispatcher.receive(
-        alert("DiskFull", &[("severity", "warning")], AlertState::Resolved),
+        &alert("DiskFull", &[("severity", "warning")], AlertState::Resolved),
         Instant::now(),
     );
     run_for(&mut s.dispatcher, Duration::from_secs(301)).await;
@@ -277,7 +277,7 @@ async fn silences_mute_while_active() {
         comment: "disk swap".into(),
     });
     s.dispatcher
-        .receive(alert("DiskFull", &[], AlertState::Firing), Instant::now());
+        .receive(&alert("DiskFull", &[], AlertState::Firing), Instant::now());
     run_for(&mut s.dispatcher, Duration::from_secs(31)).await;
     assert!(s.default.delivered().is_empty(), "silenced");
     assert!(s.dispatcher.expire_silence("maint") && !s.dispatcher.expire_silence("nope"));
@@ -296,7 +296,7 @@ async fn inhibition_needs_equal_labels_present_on_both() {
     });
     let now = Instant::now();
     s.dispatcher.receive(
-        alert(
+        &alert(
             "ClusterDown",
             &[("cluster", "eu"), ("severity", "page")],
             AlertState::Firing,
@@ -314,8 +314,8 @@ async fn inhibition_needs_equal_labels_present_on_both() {
         !s.dispatcher.is_muted(&no_cluster),
         "a missing label does not count as equal"
     );
-    s.dispatcher.receive(same_cluster, now);
-    s.dispatcher.receive(no_cluster, now);
+    s.dispatcher.receive(&same_cluster, now);
+    s.dispatcher.receive(&no_cluster, now);
     run_for(&mut s.dispatcher, Duration::from_secs(31)).await;
     let summaries: Vec<String> = s.default.delivered().into_iter().map(|n| n.summary).collect();
     assert!(
@@ -333,7 +333,7 @@ async fn deliveries_retry_retryable_failures_only() {
     let mut s = setup();
     s.default.fail_next(2, true);
     s.dispatcher
-        .receive(alert("A", &[], AlertState::Firing), Instant::now());
+        .receive(&alert("A", &[], AlertState::Firing), Instant::now());
     let records = run_for(&mut s.dispatcher, Duration::from_secs(40)).await;
     assert_eq!(
         (records[0].attempts, records[0].error.is_none()),
@@ -343,14 +343,14 @@ async fn deliveries_retry_retryable_failures_only() {
     let mut s = setup();
     s.default.fail_next(1, false);
     s.dispatcher
-        .receive(alert("B", &[], AlertState::Firing), Instant::now());
+        .receive(&alert("B", &[], AlertState::Firing), Instant::now());
     let records = run_for(&mut s.dispatcher, Duration::from_secs(40)).await;
     assert_eq!(records[0].attempts, 1, "a fatal failure is not retried");
     assert!(records[0].error.is_some());
     let mut s = setup();
     s.default.fail_next(100, true);
     s.dispatcher
-        .receive(alert("C", &[], AlertState::Firing), Instant::now());
+        .receive(&alert("C", &[], AlertState::Firing), Instant::now());
     let records = run_for(&mut s.dispatcher, Duration::from_secs(60)).await;
     assert!(
         records[0].error.is_some() && records[0].attempts <= 5,
