@@ -85,16 +85,7 @@ impl OperationalMonitor {
         instances: &[Instance],
         now: Instant,
     ) -> Result<MonitorReport, IncidentError> {
-        let mut alerts = Vec::new();
-        for evaluator in self.rules.lock().await.iter_mut() {
-            let value = self
-                .metrics
-                .query(&evaluator.rule().query)
-                .await
-                .ok()
-                .and_then(|series| series.mean());
-            alerts.extend(evaluator.observe(value, now));
-        }
+        let mut alerts = self.evaluate(self.rules.lock().await.iter_mut(), now).await;
         alerts.extend(self.health_pass(instances, now).await);
         self.finish(alerts, now).await
     }
@@ -135,8 +126,23 @@ impl OperationalMonitor {
                 }
             }
         }
+        let evaluators = deployment_rules
+            .iter_mut()
+            .filter(|(at, _)| *at == scope)
+            .map(|(_, evaluator)| evaluator);
+        let alerts = self.evaluate(evaluators, now).await;
+        drop(deployment_rules);
+        self.finish(alerts, now).await
+    }
+
+    /// Feeds each rule its metric's mean over the rule's window (a failed query is no data).
+    async fn evaluate<'a>(
+        &self,
+        evaluators: impl Iterator<Item = &'a mut RuleEvaluator>,
+        now: Instant,
+    ) -> Vec<Alert> {
         let mut alerts = Vec::new();
-        for (_, evaluator) in deployment_rules.iter_mut().filter(|(at, _)| *at == scope) {
+        for evaluator in evaluators {
             let value = self
                 .metrics
                 .query(&evaluator.rule().query)
@@ -145,8 +151,7 @@ impl OperationalMonitor {
                 .and_then(|series| series.mean());
             alerts.extend(evaluator.observe(value, now));
         }
-        drop(deployment_rules);
-        self.finish(alerts, now).await
+        alerts
     }
 
     /// Unhealthy instances fire `InstanceUnhealthy` (critical) at once; recovered ones resolve.
