@@ -12,6 +12,8 @@
 //!   validation, secrets and reload.
 //! - [`incidents`] (feature `incidents`): alert rules, routing, grouping, silences,
 //!   inhibition, the incident lifecycle with escalation, and the operational monitor.
+//! - [`pipeline`] (feature `pipeline`): CI/CD stage graphs with quality gates and a deploy
+//!   stage that runs a rollout.
 //! - `store` (features `sqlite`, `postgres`): durable record and lease stores.
 //! - [`testkit`] (feature `testkit`): a simulated fleet with fault injection and an
 //!   invariant checker, the embedded default for examples and tests.
@@ -35,6 +37,9 @@ pub use deploy_config as config;
 
 #[cfg(feature = "incidents")]
 pub use deploy_incidents as incidents;
+
+#[cfg(feature = "pipeline")]
+pub use deploy_pipeline as pipeline;
 
 #[cfg(feature = "testkit")]
 pub use deploy_testkit as testkit;

@@ -1,0 +1,599 @@
+//! Pipelines: a validated graph of stages, run with independent stages in parallel, per-stage
+//! timeouts and retries, cancellation, and a run record persisted at every transition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deploy_core::{DynRecordStore, RecordStoreExt, StoreError, WriteOptions};
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::stage::{Stage, StageContext, StageError, StageLog, StageOutput};
+
+/// Why a pipeline definition or call was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// Two stages share a name.
+    #[error("pipeline `{pipeline}`: two stages are named `{stage}`")]
+    DuplicateStage {
+        /// The pipeline.
+        pipeline: String,
+        /// The name.
+        stage: String,
+    },
+    /// A stage depends on a stage that does not exist.
+    #[error("pipeline `{pipeline}`: stage `{stage}` depends on unknown stage `{dependency}`")]
+    UnknownDependency {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage.
+        stage: String,
+        /// The missing dependency.
+        dependency: String,
+    },
+    /// Dependencies form a cycle.
+    #[error("pipeline `{pipeline}`: stages depend on each other in a cycle: {}", cycle.join(" -> "))]
+    Cycle {
+        /// The pipeline.
+        pipeline: String,
+        /// The cycle, first stage repeated at the end.
+        cycle: Vec<String>,
+    },
+    /// No run with that id.
+    #[error("no run `{0}`")]
+    UnknownRun(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How a stage runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageOptions {
+    /// Stages that must succeed first (their outputs become this stage's inputs).
+    pub depends_on: Vec<String>,
+    /// Each attempt's time limit.
+    pub timeout: Option<Duration>,
+    /// Extra attempts after a failure or timeout (gates are never retried).
+    pub retries: u32,
+    /// Wait before the first retry; doubles after each.
+    pub backoff: Duration,
+}
+
+impl StageOptions {
+    /// After `stages`.
+    pub fn after(stages: &[&str]) -> Self {
+        Self {
+            depends_on: stages.iter().map(|stage| stage.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct StageSpec {
+    name: String,
+    stage: Arc<dyn Stage>,
+    options: StageOptions,
+}
+
+/// A validated stage graph.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    name: String,
+    stages: Vec<StageSpec>,
+}
+
+/// Builds a [`Pipeline`].
+#[derive(Debug)]
+pub struct PipelineBuilder {
+    name: String,
+    stages: Vec<StageSpec>,
+}
+
+impl Pipeline {
+    /// A pipeline named `name`.
+    pub fn builder(name: impl Into<String>) -> PipelineBuilder {
+        PipelineBuilder {
+            name: name.into(),
+            stages: Vec::new(),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl PipelineBuilder {
+    /// Adds a stage.
+    pub fn stage(mut self, name: impl Into<String>, stage: impl Stage, options: StageOptions) -> Self {
+        self.stages.push(StageSpec {
+            name: name.into(),
+            stage: Arc::new(stage),
+            options,
+        });
+        self
+    }
+
+    /// Checks names, dependencies and cycles.
+    ///
+    /// # Errors
+    /// [`PipelineError::DuplicateStage`], [`PipelineError::UnknownDependency`],
+    /// [`PipelineError::Cycle`] naming the cycle.
+    pub fn build(self) -> Result<Pipeline, PipelineError> {
+        let pipeline = self.name.clone();
+        let mut names = std::collections::HashSet::new();
+        for spec in &self.stages {
+            if !names.insert(spec.name.as_str()) {
+                return Err(PipelineError::DuplicateStage {
+                    pipeline,
+                    stage: spec.name.clone(),
+                });
+            }
+        }
+        for spec in &self.stages {
+            if let Some(missing) = spec
+                .options
+                .depends_on
+                .iter()
+                .find(|dependency| !names.contains(dependency.as_str()))
+            {
+                return Err(PipelineError::UnknownDependency {
+                    pipeline,
+                    stage: spec.name.clone(),
+                    dependency: missing.clone(),
+                });
+            }
+        }
+        let depends: HashMap<&str, &[String]> = self
+            .stages
+            .iter()
+            .map(|spec| (spec.name.as_str(), spec.options.depends_on.as_slice()))
+            .collect();
+        let mut done = std::collections::HashSet::new();
+        for spec in &self.stages {
+            let mut path = Vec::new();
+            if let Some(cycle) = find_cycle(&spec.name, &depends, &mut path, &mut done) {
+                return Err(PipelineError::Cycle { pipeline, cycle });
+            }
+        }
+        Ok(Pipeline {
+            name: self.name,
+            stages: self.stages,
+        })
+    }
+}
+
+fn find_cycle<'a>(
+    name: &'a str,
+    depends: &HashMap<&'a str, &'a [String]>,
+    path: &mut Vec<&'a str>,
+    done: &mut std::collections::HashSet<&'a str>,
+) -> Option<Vec<String>> {
+    if done.contains(name) {
+        return None;
+    }
+    if let Some(position) = path.iter().position(|on| *on == name) {
+        let mut cycle: Vec<String> = path[position..].iter().map(|name| name.to_string()).collect();
+        cycle.push(name.to_owned());
+        return Some(cycle);
+    }
+    path.push(name);
+    for dependency in depends.get(name).copied().unwrap_or_default() {
+        if let Some(cycle) = find_cycle(dependency, depends, path, done) {
+            return Some(cycle);
+        }
+    }
+    path.pop();
+    done.insert(name);
+    None
+}
+
+/// Where a stage stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    /// Waiting for its dependencies.
+    Pending,
+    /// Running.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Failed (see its error).
+    Failed,
+    /// Not run: an earlier stage failed or the run was cancelled.
+    Skipped,
+    /// Stopped by cancellation.
+    Cancelled,
+}
+
+/// One stage in a run record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Where it stands.
+    pub status: StageStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    pub error: Option<StageError>,
+    /// What it produced.
+    pub output: Option<StageOutput>,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// In progress.
+    Running,
+    /// Every stage succeeded.
+    Succeeded,
+    /// A stage failed.
+    Failed {
+        /// The stage.
+        stage: String,
+        /// Why.
+        reason: String,
+    },
+    /// Cancelled.
+    Cancelled,
+}
+
+/// A run, as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The run's id.
+    pub id: String,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// Started.
+    pub started_at: DateTime<Utc>,
+    /// Finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Every stage.
+    pub stages: BTreeMap<String, StageRecord>,
+}
+
+/// Reads the wall clock (run records carry wall times).
+pub type WallClock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// Runs pipelines and keeps their records.
+pub struct PipelineRunner {
+    store: Arc<DynRecordStore>,
+    clock: WallClock,
+    prefix: String,
+    live: Arc<Mutex<HashMap<String, BTreeMap<String, StageLog>>>>,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for PipelineRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineRunner")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A run in progress.
+#[derive(Debug)]
+pub struct RunHandle {
+    /// The run's id.
+    pub id: String,
+    cancel: watch::Sender<bool>,
+    task: JoinHandle<RunRecord>,
+}
+
+impl RunHandle {
+    /// Cancels the run: running stages are stopped, the rest skipped.
+    pub fn cancel(&self) {
+        self.cancel.send_replace(true);
+    }
+
+    /// Waits for the end of the run.
+    ///
+    /// # Errors
+    /// The run's task panicked (a stage panicked).
+    pub async fn wait(self) -> Result<RunRecord, tokio::task::JoinError> {
+        self.task.await
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl PipelineRunner {
+    /// A runner keeping records in `store` under `pipelines/`.
+    pub fn new(store: Arc<DynRecordStore>, clock: WallClock) -> Self {
+        Self {
+            store,
+            clock,
+            prefix: "pipelines/".into(),
+            live: Arc::default(),
+            counter: Default::default(),
+        }
+    }
+
+    fn run_key(&self, pipeline: &str, id: &str) -> String {
+        format!("{}{pipeline}/runs/{id}", self.prefix)
+    }
+
+    /// Starts a run.
+    ///
+    /// # Errors
+    /// The first record cannot be written.
+    pub async fn start(&self, pipeline: Arc<Pipeline>) -> Result<RunHandle, PipelineError> {
+        let now = (self.clock)();
+        let sequence = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}-{}-{sequence}", pipeline.name, now.format("%Y%m%d%H%M%S%3f"));
+        let record = RunRecord {
+            pipeline: pipeline.name.clone(),
+            id: id.clone(),
+            status: RunStatus::Running,
+            started_at: now,
+            finished_at: None,
+            stages: pipeline
+                .stages
+                .iter()
+                .map(|spec| {
+                    let record = StageRecord {
+                        status: StageStatus::Pending,
+                        attempts: 0,
+                        started_at: None,
+                        finished_at: None,
+                        error: None,
+                        output: None,
+                    };
+                    (spec.name.clone(), record)
+                })
+                .collect(),
+        };
+        let key = self.run_key(&pipeline.name, &id);
+        self.store
+            .put_json(&key, &record, WriteOptions::default())
+            .await?;
+        let logs: BTreeMap<String, StageLog> = pipeline
+            .stages
+            .iter()
+            .map(|spec| (spec.name.clone(), StageLog::default()))
+            .collect();
+        lock(&self.live).insert(id.clone(), logs.clone());
+        let (cancel, cancelled) = watch::channel(false);
+        let execution = Execution {
+            pipeline,
+            store: self.store.clone(),
+            key,
+            clock: self.clock.clone(),
+            logs,
+            cancelled,
+            live: self.live.clone(),
+            log_prefix: format!("{}{}/logs/", self.prefix, id),
+        };
+        let task = tokio::spawn(execution.run(record));
+        Ok(RunHandle { id, cancel, task })
+    }
+
+    /// A run's record, as last persisted.
+    ///
+    /// # Errors
+    /// Unknown run, store errors.
+    pub async fn get_pipeline_status(&self, pipeline: &str, id: &str) -> Result<RunRecord, PipelineError> {
+        self.store
+            .get_json::<RunRecord>(&self.run_key(pipeline, id))
+            .await?
+            .map(|(record, _)| record)
+            .ok_or_else(|| PipelineError::UnknownRun(id.to_owned()))
+    }
+
+    /// A run's logs by stage: live while it runs, from the store afterwards.
+    ///
+    /// # Errors
+    /// Unknown run, store errors.
+    pub async fn get_pipeline_logs(&self, id: &str) -> Result<BTreeMap<String, Vec<String>>, PipelineError> {
+        if let Some(logs) = lock(&self.live).get(id) {
+            return Ok(logs
+                .iter()
+                .map(|(stage, log)| (stage.clone(), log.lines()))
+                .collect());
+        }
+        let records = self.store.list(&format!("{}{id}/logs/", self.prefix)).await?;
+        if records.is_empty() {
+            return Err(PipelineError::UnknownRun(id.to_owned()));
+        }
+        records
+            .into_iter()
+            .map(|record| {
+                let stage = record.key.rsplit('/').next().unwrap_or_default().to_owned();
+                let lines: Vec<String> = serde_json::from_slice(&record.value).map_err(|error| {
+                    PipelineError::Store(StoreError::Codec {
+                        key: record.key.clone(),
+                        source: Box::new(error),
+                    })
+                })?;
+                Ok((stage, lines))
+            })
+            .collect()
+    }
+}
+
+struct Execution {
+    pipeline: Arc<Pipeline>,
+    store: Arc<DynRecordStore>,
+    key: String,
+    clock: WallClock,
+    logs: BTreeMap<String, StageLog>,
+    cancelled: watch::Receiver<bool>,
+    live: Arc<Mutex<HashMap<String, BTreeMap<String, StageLog>>>>,
+    log_prefix: String,
+}
+
+impl Execution {
+    async fn save(&self, record: &RunRecord) {
+        if let Err(error) = self
+            .store
+            .put_json(&self.key, record, WriteOptions::default())
+            .await
+        {
+            tracing::warn!(%error, run = %record.id, "run record not saved");
+        }
+    }
+
+    async fn run(self, mut record: RunRecord) -> RunRecord {
+        let mut running = FuturesUnordered::new();
+        let mut outputs: BTreeMap<String, StageOutput> = BTreeMap::new();
+        let mut stopped = false;
+        loop {
+            let cancelled = *self.cancelled.borrow();
+            if !stopped && !cancelled {
+                for spec in &self.pipeline.stages {
+                    let ready = record.stages[&spec.name].status == StageStatus::Pending
+                        && spec
+                            .options
+                            .depends_on
+                            .iter()
+                            .all(|dependency| outputs.contains_key(dependency));
+                    if !ready {
+                        continue;
+                    }
+                    let inputs = spec
+                        .options
+                        .depends_on
+                        .iter()
+                        .filter_map(|dependency| {
+                            outputs
+                                .get(dependency)
+                                .map(|output| (dependency.clone(), output.clone()))
+                        })
+                        .collect();
+                    if let Some(stage) = record.stages.get_mut(&spec.name) {
+                        stage.status = StageStatus::Running;
+                        stage.started_at = Some((self.clock)());
+                    }
+                    running.push(self.attempts(spec.clone(), inputs, record.id.clone()));
+                }
+                self.save(&record).await;
+            }
+            let Some((name, attempts, result)) = running.next().await else {
+                break;
+            };
+            let now = (self.clock)();
+            let stage = record.stages.get_mut(&name).expect("every stage has a record");
+            stage.attempts = attempts;
+            stage.finished_at = Some(now);
+            match result {
+                Ok(output) => {
+                    stage.status = StageStatus::Succeeded;
+                    stage.output = Some(output.clone());
+                    outputs.insert(name.clone(), output);
+                }
+                Err(error) => {
+                    stage.status = if error == StageError::Cancelled {
+                        StageStatus::Cancelled
+                    } else {
+                        StageStatus::Failed
+                    };
+                    if !stopped && error != StageError::Cancelled {
+                        record.status = RunStatus::Failed {
+                            stage: name.clone(),
+                            reason: error.to_string(),
+                        };
+                    }
+                    stage.error = Some(error);
+                    stopped = true;
+                }
+            }
+            self.persist_log(&name).await;
+            self.save(&record).await;
+        }
+        for stage in record
+            .stages
+            .values_mut()
+            .filter(|stage| stage.status == StageStatus::Pending)
+        {
+            stage.status = StageStatus::Skipped;
+        }
+        if record.status == RunStatus::Running {
+            record.status = if *self.cancelled.borrow() {
+                RunStatus::Cancelled
+            } else {
+                RunStatus::Succeeded
+            };
+        }
+        record.finished_at = Some((self.clock)());
+        self.save(&record).await;
+        lock(&self.live).remove(&record.id);
+        record
+    }
+
+    async fn persist_log(&self, stage: &str) {
+        let lines = self.logs.get(stage).map(StageLog::lines).unwrap_or_default();
+        let key = format!("{}{stage}", self.log_prefix);
+        if let Err(error) = self.store.put_json(&key, &lines, WriteOptions::default()).await {
+            tracing::warn!(%error, stage, "stage log not saved");
+        }
+    }
+
+    /// Runs a stage's attempts: timeout each, retry retryable failures with backoff, stop
+    /// at cancellation.
+    fn attempts(
+        &self,
+        spec: StageSpec,
+        inputs: BTreeMap<String, StageOutput>,
+        run_id: String,
+    ) -> impl std::future::Future<Output = (String, u32, Result<StageOutput, StageError>)> + use<> {
+        let log = self.logs.get(&spec.name).cloned().unwrap_or_default();
+        let mut cancelled = self.cancelled.clone();
+        async move {
+            let mut backoff = spec.options.backoff;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let context = StageContext::new(
+                    run_id.clone(),
+                    inputs.clone(),
+                    log.clone(),
+                    attempt,
+                    cancelled.clone(),
+                );
+                let work = async {
+                    match spec.options.timeout {
+                        Some(limit) => tokio::time::timeout(limit, spec.stage.run(&context))
+                            .await
+                            .unwrap_or(Err(StageError::TimedOut(limit))),
+                        None => spec.stage.run(&context).await,
+                    }
+                };
+                let result = tokio::select! {
+                    result = work => result,
+                    _ = cancelled.wait_for(|cancelled| *cancelled) => Err(StageError::Cancelled),
+                };
+                match result {
+                    Err(error) if error.is_retryable() && attempt <= spec.options.retries => {
+                        log.line(format!(
+                            "attempt {attempt} failed: {error}; retrying in {backoff:?}"
+                        ));
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = cancelled.wait_for(|cancelled| *cancelled) => return (spec.name, attempt, Err(StageError::Cancelled)),
+                        }
+                        backoff *= 2;
+                    }
+                    result => return (spec.name, attempt, result),
+                }
+            }
+        }
+    }
+}
