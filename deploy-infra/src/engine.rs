@@ -1,0 +1,595 @@
+//! Plan, apply, destroy and refresh.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy_core::RecordVersion;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::model::{InfraError, Provider, Resource};
+use crate::state::{Intent, ResourceState, State, StateStore};
+
+/// What a plan does to a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Make it.
+    Create,
+    /// Change it in place.
+    Update,
+    /// Delete and make it again (tainted, or a change the provider cannot make in place).
+    Replace,
+    /// Remove it.
+    Delete,
+    /// Leave it.
+    NoOp,
+}
+
+/// One resource's change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// `kind.name`.
+    pub id: String,
+    /// What happens.
+    pub action: Action,
+    /// Recorded configuration (or attributes, for drift).
+    pub before: Option<Value>,
+    /// Desired configuration.
+    pub after: Option<Value>,
+    depends_on: Vec<String>,
+}
+
+/// The changes that bring recorded state to the desired one, in a valid order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The environment.
+    pub environment: String,
+    /// Every resource's change, in apply order.
+    pub changes: Vec<Change>,
+}
+
+impl Plan {
+    /// Changes other than no-ops.
+    pub fn actions(&self) -> Vec<(&str, Action)> {
+        self.changes
+            .iter()
+            .filter(|change| change.action != Action::NoOp)
+            .map(|change| (change.id.as_str(), change.action))
+            .collect()
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.actions().is_empty()
+    }
+
+    /// A readable diff: `+` create, `~` update, `-/+` replace, `-` delete.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for change in self.changes.iter().filter(|change| change.action != Action::NoOp) {
+            let sign = match change.action {
+                Action::Create => "+",
+                Action::Update => "~",
+                Action::Replace => "-/+",
+                Action::Delete => "-",
+                Action::NoOp => " ",
+            };
+            let _ = writeln!(out, "{sign} {}", change.id);
+            if let (Some(Value::Object(before)), Some(Value::Object(after))) = (&change.before, &change.after)
+            {
+                for key in before
+                    .keys()
+                    .chain(after.keys())
+                    .collect::<std::collections::BTreeSet<_>>()
+                {
+                    match (before.get(key), after.get(key)) {
+                        (Some(old), Some(new)) if old != new => {
+                            let _ = writeln!(out, "    {key}: {old} -> {new}");
+                        }
+                        (Some(old), None) => {
+                            let _ = writeln!(out, "    {key}: {old} -> (removed)");
+                        }
+                        (None, Some(new)) => {
+                            let _ = writeln!(out, "    {key}: {new}");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let count = |action| {
+            self.changes
+                .iter()
+                .filter(|change| change.action == action)
+                .count()
+        };
+        let _ = write!(
+            out,
+            "Plan: {} to create, {} to update, {} to replace, {} to delete.",
+            count(Action::Create),
+            count(Action::Update),
+            count(Action::Replace),
+            count(Action::Delete)
+        );
+        out
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ApplyReport {
+    /// Resources changed, with the action.
+    pub done: Vec<(String, Action)>,
+    /// Resources whose provider call failed, with the error.
+    pub failed: Vec<(String, String)>,
+    /// Resources not attempted because a dependency failed.
+    pub skipped: Vec<String>,
+    /// Intents a previous crash left, resolved at load.
+    pub recovered: Vec<String>,
+}
+
+/// Infrastructure as code over providers and a state store.
+#[derive(Debug, Clone)]
+pub struct Infra {
+    providers: HashMap<String, Arc<dyn Provider>>,
+    states: StateStore,
+    /// Provider calls in flight at most (default 10).
+    pub parallelism: usize,
+    /// How long a lock stays valid without being released (default 15 minutes).
+    pub lock_ttl: Duration,
+}
+
+type Shared = Arc<Mutex<(State, Option<RecordVersion>)>>;
+
+impl Infra {
+    /// An engine over `states`.
+    pub fn new(states: StateStore) -> Self {
+        Self {
+            providers: HashMap::new(),
+            states,
+            parallelism: 10,
+            lock_ttl: Duration::from_secs(900),
+        }
+    }
+
+    /// Registers the provider of a kind.
+    pub fn provider(mut self, provider: impl Provider) -> Self {
+        self.providers
+            .insert(provider.kind().to_owned(), Arc::new(provider));
+        self
+    }
+
+    fn provider_of(&self, kind: &str, id: &str) -> Result<&Arc<dyn Provider>, InfraError> {
+        self.providers.get(kind).ok_or_else(|| InfraError::UnknownKind {
+            resource: id.into(),
+            kind: kind.into(),
+        })
+    }
+
+    /// Checks the declaration and returns ids in dependency order.
+    fn order(&self, desired: &[Resource]) -> Result<Vec<String>, InfraError> {
+        let mut by_id: BTreeMap<String, &Resource> = BTreeMap::new();
+        for resource in desired {
+            let id = resource.id();
+            let provider = self.provider_of(&resource.kind, &id)?;
+            provider
+                .validate(&resource.name, &resource.config)
+                .map_err(|reason| InfraError::InvalidConfig {
+                    resource: id.clone(),
+                    reason,
+                })?;
+            if by_id.insert(id.clone(), resource).is_some() {
+                return Err(InfraError::Duplicate(id));
+            }
+        }
+        for (id, resource) in &by_id {
+            if let Some(missing) = resource
+                .depends_on
+                .iter()
+                .find(|dependency| !by_id.contains_key(*dependency))
+            {
+                return Err(InfraError::MissingDependency {
+                    resource: id.clone(),
+                    dependency: missing.clone(),
+                });
+            }
+        }
+        let mut order = Vec::new();
+        let mut done = HashSet::new();
+        for id in by_id.keys() {
+            visit(id, &by_id, &mut Vec::new(), &mut done, &mut order)?;
+        }
+        Ok(order)
+    }
+
+    /// The changes that would bring `environment` to `desired` (recorded state, after
+    /// resolving what a crash left).
+    ///
+    /// # Errors
+    /// Unknown kinds, undeclared dependencies, cycles (named), invalid configuration.
+    pub async fn plan(&self, environment: &str, desired: &[Resource]) -> Result<Plan, InfraError> {
+        let (mut state, _) = self.states.load(environment).await?;
+        state.recover();
+        self.plan_against(environment, desired, &state)
+    }
+
+    fn plan_against(
+        &self,
+        environment: &str,
+        desired: &[Resource],
+        state: &State,
+    ) -> Result<Plan, InfraError> {
+        let order = self.order(desired)?;
+        let by_id: HashMap<String, &Resource> =
+            desired.iter().map(|resource| (resource.id(), resource)).collect();
+        let mut changes = Vec::new();
+        // Deletions first, dependents before what they depend on.
+        let mut doomed: Vec<&String> = state
+            .resources
+            .keys()
+            .filter(|id| !by_id.contains_key(*id))
+            .collect();
+        doomed.sort_by_key(|id| std::cmp::Reverse(depth(id, state)));
+        for id in doomed {
+            let recorded = &state.resources[id];
+            changes.push(Change {
+                id: id.clone(),
+                action: Action::Delete,
+                before: Some(recorded.config.clone()),
+                after: None,
+                depends_on: Vec::new(),
+            });
+        }
+        for id in order {
+            let resource = by_id[&id];
+            let provider = self.provider_of(&resource.kind, &id)?;
+            let (action, before) = match state.resources.get(&id) {
+                None => (Action::Create, None),
+                Some(recorded) if recorded.tainted => (Action::Replace, Some(recorded.config.clone())),
+                Some(recorded) if recorded.config == resource.config => {
+                    (Action::NoOp, Some(recorded.config.clone()))
+                }
+                Some(recorded) if provider.requires_replace(&recorded.config, &resource.config) => {
+                    (Action::Replace, Some(recorded.config.clone()))
+                }
+                Some(recorded) => (Action::Update, Some(recorded.config.clone())),
+            };
+            changes.push(Change {
+                id,
+                action,
+                before,
+                after: Some(resource.config.clone()),
+                depends_on: resource.depends_on.clone(),
+            });
+        }
+        Ok(Plan {
+            environment: environment.into(),
+            changes,
+        })
+    }
+
+    /// Plans and applies under the environment's lock: deletions (dependents first), then
+    /// creations and updates in dependency order, up to `parallelism` at once. Each provider
+    /// call is recorded as an intent before it starts and committed after, so the state is
+    /// accurate whatever happens; a failed or interrupted create or update leaves the
+    /// resource tainted (replaced next time).
+    ///
+    /// # Errors
+    /// As [`Infra::plan`]; [`InfraError::Locked`]; [`InfraError::Apply`] listing failures
+    /// (what succeeded is recorded).
+    pub async fn apply(
+        &self,
+        environment: &str,
+        desired: &[Resource],
+        holder: &str,
+    ) -> Result<ApplyReport, InfraError> {
+        let lock = self
+            .states
+            .lock(environment, holder, "apply", self.lock_ttl)
+            .await?;
+        let result = self.apply_locked(environment, desired).await;
+        self.states.unlock(&lock).await?;
+        result
+    }
+
+    /// Deletes everything recorded for the environment, dependents first.
+    ///
+    /// # Errors
+    /// As [`Infra::apply`].
+    pub async fn destroy(&self, environment: &str, holder: &str) -> Result<ApplyReport, InfraError> {
+        let lock = self
+            .states
+            .lock(environment, holder, "destroy", self.lock_ttl)
+            .await?;
+        let result = self.apply_locked(environment, &[]).await;
+        self.states.unlock(&lock).await?;
+        result
+    }
+
+    async fn apply_locked(&self, environment: &str, desired: &[Resource]) -> Result<ApplyReport, InfraError> {
+        let (mut state, version) = self.states.load(environment).await?;
+        let recovered = state.recover();
+        let plan = self.plan_against(environment, desired, &state)?;
+        let kinds: HashMap<String, String> = desired
+            .iter()
+            .map(|resource| (resource.id(), resource.kind.clone()))
+            .chain(
+                state
+                    .resources
+                    .iter()
+                    .map(|(id, recorded)| (id.clone(), recorded.kind.clone())),
+            )
+            .collect();
+        let shared: Shared = Arc::new(Mutex::new((state, version)));
+        let mut report = ApplyReport {
+            recovered,
+            ..ApplyReport::default()
+        };
+        // Deletions go one after another (they are few and order matters).
+        for change in plan
+            .changes
+            .iter()
+            .filter(|change| change.action == Action::Delete)
+        {
+            let provider = self.provider_of(&kinds[&change.id], &change.id)?.clone();
+            match self.step(environment, &shared, &provider, change, "delete").await {
+                Ok(()) => report.done.push((change.id.clone(), Action::Delete)),
+                Err(error) => report.failed.push((change.id.clone(), error)),
+            }
+        }
+        let work: Vec<&Change> = plan
+            .changes
+            .iter()
+            .filter(|change| !matches!(change.action, Action::Delete | Action::NoOp))
+            .collect();
+        let pending_ids: HashSet<&str> = work.iter().map(|change| change.id.as_str()).collect();
+        let mut finished: HashSet<String> = HashSet::new();
+        let mut failed: HashSet<String> = HashSet::new();
+        let mut started: HashSet<&str> = HashSet::new();
+        let mut running = FuturesUnordered::new();
+        loop {
+            for change in &work {
+                if running.len() >= self.parallelism.max(1) || started.contains(change.id.as_str()) {
+                    continue;
+                }
+                let blocked = change.depends_on.iter().any(|dependency| {
+                    pending_ids.contains(dependency.as_str()) && !finished.contains(dependency)
+                });
+                let doomed = change
+                    .depends_on
+                    .iter()
+                    .any(|dependency| failed.contains(dependency));
+                if doomed {
+                    started.insert(change.id.as_str());
+                    failed.insert(change.id.clone());
+                    report.skipped.push(change.id.clone());
+                    continue;
+                }
+                if blocked {
+                    continue;
+                }
+                started.insert(change.id.as_str());
+                let provider = self.provider_of(&kinds[&change.id], &change.id)?.clone();
+                let shared = shared.clone();
+                let change = (*change).clone();
+                running.push(async move {
+                    let result = async {
+                        if change.action == Action::Replace {
+                            self.step(environment, &shared, &provider, &change, "delete")
+                                .await?;
+                        }
+                        let verb = if change.action == Action::Update {
+                            "update"
+                        } else {
+                            "create"
+                        };
+                        self.step(environment, &shared, &provider, &change, verb).await
+                    }
+                    .await;
+                    (change, result)
+                });
+            }
+            let Some((change, result)) = running.next().await else {
+                break;
+            };
+            match result {
+                Ok(()) => {
+                    report.done.push((change.id.clone(), change.action));
+                    finished.insert(change.id);
+                }
+                Err(error) => {
+                    report.failed.push((change.id.clone(), error));
+                    failed.insert(change.id);
+                }
+            }
+        }
+        if report.failed.is_empty() {
+            Ok(report)
+        } else {
+            Err(InfraError::Apply(
+                report
+                    .failed
+                    .iter()
+                    .map(|(id, error)| format!("{id}: {error}"))
+                    .collect(),
+            ))
+        }
+    }
+
+    /// One provider call: intent saved, call made, result committed.
+    async fn step(
+        &self,
+        environment: &str,
+        shared: &Shared,
+        provider: &Arc<dyn Provider>,
+        change: &Change,
+        verb: &str,
+    ) -> Result<(), String> {
+        let name = change
+            .id
+            .split_once('.')
+            .map_or(change.id.as_str(), |(_, name)| name);
+        let config = change
+            .after
+            .clone()
+            .or_else(|| change.before.clone())
+            .unwrap_or(Value::Null);
+        {
+            let mut guard = shared.lock().await;
+            let (state, version) = &mut *guard;
+            state.intents.insert(
+                change.id.clone(),
+                Intent {
+                    resource: change.id.clone(),
+                    action: verb.into(),
+                    config: config.clone(),
+                    depends_on: change.depends_on.clone(),
+                    at: self.states.now(),
+                },
+            );
+            state.serial += 1;
+            *version = Some(
+                self.states
+                    .save(environment, state, *version)
+                    .await
+                    .map_err(|error| error.to_string())?,
+            );
+        }
+        let outcome = match verb {
+            "delete" => provider
+                .delete(name, change.before.as_ref().unwrap_or(&config))
+                .await
+                .map(|()| None),
+            "update" => provider.update(name, &config).await.map(Some),
+            _ => provider.create(name, &config).await.map(Some),
+        };
+        let mut guard = shared.lock().await;
+        let (state, version) = &mut *guard;
+        state.intents.remove(&change.id);
+        let error = match outcome {
+            Ok(None) => {
+                state.resources.remove(&change.id);
+                None
+            }
+            Ok(Some(attributes)) => {
+                let (kind, _) = change.id.split_once('.').unwrap_or((change.id.as_str(), ""));
+                state.resources.insert(
+                    change.id.clone(),
+                    ResourceState {
+                        kind: kind.into(),
+                        name: name.into(),
+                        config,
+                        attributes,
+                        depends_on: change.depends_on.clone(),
+                        tainted: false,
+                    },
+                );
+                None
+            }
+            Err(error) => {
+                if verb != "delete" {
+                    let (kind, _) = change.id.split_once('.').unwrap_or((change.id.as_str(), ""));
+                    let entry = state
+                        .resources
+                        .entry(change.id.clone())
+                        .or_insert_with(|| ResourceState {
+                            kind: kind.into(),
+                            name: name.into(),
+                            config: config.clone(),
+                            attributes: Value::Null,
+                            depends_on: change.depends_on.clone(),
+                            tainted: true,
+                        });
+                    entry.tainted = true;
+                }
+                Some(error.0)
+            }
+        };
+        state.serial += 1;
+        *version = Some(
+            self.states
+                .save(environment, state, *version)
+                .await
+                .map_err(|error| error.to_string())?,
+        );
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Drift: reads every recorded resource and returns, as a read-only plan, what differs
+    /// (`Update` when its attributes changed, `Create` when it is gone).
+    ///
+    /// # Errors
+    /// Unknown kinds, store errors.
+    pub async fn refresh(&self, environment: &str) -> Result<Plan, InfraError> {
+        let (state, _) = self.states.load(environment).await?;
+        let mut changes = Vec::new();
+        for (id, recorded) in &state.resources {
+            let provider = self.provider_of(&recorded.kind, id)?;
+            let now = provider
+                .read(&recorded.name, &recorded.config)
+                .await
+                .map_err(|error| InfraError::Apply(vec![format!("{id}: {error}")]))?;
+            let action = match &now {
+                None => Action::Create,
+                Some(attributes) if *attributes != recorded.attributes => Action::Update,
+                Some(_) => Action::NoOp,
+            };
+            changes.push(Change {
+                id: id.clone(),
+                action,
+                before: now,
+                after: Some(recorded.attributes.clone()),
+                depends_on: recorded.depends_on.clone(),
+            });
+        }
+        Ok(Plan {
+            environment: environment.into(),
+            changes,
+        })
+    }
+}
+
+fn depth(id: &str, state: &State) -> usize {
+    fn walk(id: &str, state: &State, seen: &mut HashSet<String>) -> usize {
+        if !seen.insert(id.to_owned()) {
+            return 0;
+        }
+        state.resources.get(id).map_or(0, |recorded| {
+            recorded
+                .depends_on
+                .iter()
+                .map(|dependency| 1 + walk(dependency, state, seen))
+                .max()
+                .unwrap_or(0)
+        })
+    }
+    walk(id, state, &mut HashSet::new())
+}
+
+fn visit(
+    id: &str,
+    by_id: &BTreeMap<String, &Resource>,
+    path: &mut Vec<String>,
+    done: &mut HashSet<String>,
+    order: &mut Vec<String>,
+) -> Result<(), InfraError> {
+    if done.contains(id) {
+        return Ok(());
+    }
+    if let Some(position) = path.iter().position(|on| on == id) {
+        let mut cycle = path[position..].to_vec();
+        cycle.push(id.to_owned());
+        return Err(InfraError::Cycle(cycle));
+    }
+    path.push(id.to_owned());
+    for dependency in &by_id[id].depends_on {
+        visit(dependency, by_id, path, done, order)?;
+    }
+    path.pop();
+    done.insert(id.to_owned());
+    order.push(id.to_owned());
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! Infrastructure as code for deploykit: resources with typed configuration and
+//! dependencies, a [`Provider`] per kind, and an engine that plans (create, update, replace,
+//! delete, no-op, with a readable diff), applies in dependency order with bounded
+//! parallelism while journaling every provider call, destroys in reverse order, and detects
+//! drift, over a per-environment state with a lock in any core record store.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use deploy_core::MemoryStore;
+//! use deploy_infra::{Action, Infra, Resource, SimProvider, StateStore};
+//!
+//! let states = StateStore::new(Arc::new(MemoryStore::new()), Arc::new(chrono::Utc::now));
+//! let infra = Infra::new(states).provider(SimProvider::new("net"));
+//! let desired = vec![
+//!     Resource::new("net", "vpc", &serde_json::json!({"cidr": "10.0.0.0/16"}))?,
+//!     Resource::new("net", "subnet", &serde_json::json!({"cidr": "10.0.1.0/24"}))?.after("net.vpc"),
+//! ];
+//! let plan = infra.plan("staging", &desired).await?;
+//! assert_eq!(plan.actions(), vec![("net.vpc", Action::Create), ("net.subnet", Action::Create)]);
+//! infra.apply("staging", &desired, "ci").await?;
+//! assert!(infra.plan("staging", &desired).await?.is_empty());
+//! # Ok(()) }
+//! ```
+
+mod engine;
+mod model;
+mod providers;
+mod state;
+
+pub use engine::{Action, ApplyReport, Change, Infra, Plan};
+pub use model::{InfraError, Provider, ProviderError, Resource};
+pub use providers::{FileProvider, SimProvider};
+pub use state::{HeldLock, Intent, LockInfo, ResourceState, State, StateStore};

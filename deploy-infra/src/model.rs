@@ -1,0 +1,145 @@
+//! Resources, providers and errors.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A resource as declared: a kind (handled by a provider), a name, typed configuration (any
+/// serde value) and the resources it depends on (by id, `kind.name`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resource {
+    /// The provider kind (`file`, `sim`...).
+    pub kind: String,
+    /// Unique within its kind.
+    pub name: String,
+    /// What it should look like.
+    pub config: Value,
+    /// Ids of resources that must exist first.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+impl Resource {
+    /// A resource with typed configuration.
+    ///
+    /// # Errors
+    /// The configuration does not serialize.
+    pub fn new(kind: &str, name: &str, config: &impl Serialize) -> Result<Self, InfraError> {
+        let config = serde_json::to_value(config).map_err(|error| InfraError::InvalidConfig {
+            resource: format!("{kind}.{name}"),
+            reason: error.to_string(),
+        })?;
+        Ok(Self {
+            kind: kind.into(),
+            name: name.into(),
+            config,
+            depends_on: Vec::new(),
+        })
+    }
+
+    /// Adds a dependency.
+    pub fn after(mut self, id: impl Into<String>) -> Self {
+        self.depends_on.push(id.into());
+        self
+    }
+
+    /// `kind.name`.
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.kind, self.name)
+    }
+}
+
+/// Why a provider call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProviderError(pub String);
+
+/// Creates, reads, updates and deletes resources of one kind.
+#[async_trait]
+pub trait Provider: Send + Sync + Debug + 'static {
+    /// The kind it manages.
+    fn kind(&self) -> &str;
+
+    /// Checks a configuration before anything runs.
+    ///
+    /// # Errors
+    /// Why the configuration cannot work.
+    fn validate(&self, _name: &str, _config: &Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Whether moving from `old` to `new` needs a delete and create rather than an update.
+    fn requires_replace(&self, _old: &Value, _new: &Value) -> bool {
+        false
+    }
+
+    /// Creates the resource; returns its attributes (what `read` will compare).
+    async fn create(&self, name: &str, config: &Value) -> Result<Value, ProviderError>;
+
+    /// The resource's attributes as they are now (`None`: it is gone).
+    async fn read(&self, name: &str, config: &Value) -> Result<Option<Value>, ProviderError>;
+
+    /// Brings the resource to `config`; returns its attributes.
+    async fn update(&self, name: &str, config: &Value) -> Result<Value, ProviderError>;
+
+    /// Deletes the resource (deleting a missing one is fine).
+    async fn delete(&self, name: &str, config: &Value) -> Result<(), ProviderError>;
+}
+
+/// Why an infrastructure operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InfraError {
+    /// No provider for a resource's kind.
+    #[error("resource {resource}: no provider for kind `{kind}`")]
+    UnknownKind {
+        /// The resource.
+        resource: String,
+        /// Its kind.
+        kind: String,
+    },
+    /// A dependency that is not declared.
+    #[error("resource {resource} depends on undeclared {dependency}")]
+    MissingDependency {
+        /// The resource.
+        resource: String,
+        /// The missing one.
+        dependency: String,
+    },
+    /// Two resources with one id.
+    #[error("resource {0} is declared twice")]
+    Duplicate(String),
+    /// Dependencies form a cycle.
+    #[error("dependency cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+    /// A provider refused a configuration.
+    #[error("resource {resource}: invalid configuration: {reason}")]
+    InvalidConfig {
+        /// The resource.
+        resource: String,
+        /// Why.
+        reason: String,
+    },
+    /// The environment's state is locked by someone else.
+    #[error("state of `{environment}` is locked by {holder} for {operation} since {since} (lock {lock_id})")]
+    Locked {
+        /// The environment.
+        environment: String,
+        /// Who holds it.
+        holder: String,
+        /// What they are doing.
+        operation: String,
+        /// Since when.
+        since: chrono::DateTime<chrono::Utc>,
+        /// The lock's id, for a force-unlock.
+        lock_id: String,
+    },
+    /// Provider calls failed during an apply (the state records what did happen).
+    #[error("apply failed: {}", .0.join("; "))]
+    Apply(Vec<String>),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] deploy_core::StoreError),
+}

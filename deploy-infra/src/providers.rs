@@ -1,0 +1,204 @@
+//! Providers: real files on disk, and a simulated provider with fault injection.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use crate::model::{Provider, ProviderError};
+
+/// Files under a root directory: kind `file`, configuration `{"content": "..."}`; the
+/// resource's name is its path relative to the root (directories are created as needed).
+#[derive(Debug, Clone)]
+pub struct FileProvider {
+    root: PathBuf,
+}
+
+impl FileProvider {
+    /// Files under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf, ProviderError> {
+        if name.is_empty() || name.split('/').any(|part| part == ".." || part.is_empty()) {
+            return Err(ProviderError(format!(
+                "`{name}` is not a relative path under the root"
+            )));
+        }
+        Ok(self.root.join(name))
+    }
+
+    fn content(config: &Value) -> Result<&str, ProviderError> {
+        config
+            .get("content")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ProviderError("`content` must be a string".into()))
+    }
+}
+
+#[async_trait]
+impl Provider for FileProvider {
+    fn kind(&self) -> &str {
+        "file"
+    }
+
+    fn validate(&self, name: &str, config: &Value) -> Result<(), String> {
+        self.path(name).map_err(|error| error.0)?;
+        Self::content(config).map(|_| ()).map_err(|error| error.0)
+    }
+
+    async fn create(&self, name: &str, config: &Value) -> Result<Value, ProviderError> {
+        let path = self.path(name)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|error| ProviderError(error.to_string()))?;
+        }
+        std::fs::write(&path, Self::content(config)?).map_err(|error| ProviderError(error.to_string()))?;
+        self.read(name, config)
+            .await?
+            .ok_or_else(|| ProviderError("the file vanished after writing".into()))
+    }
+
+    async fn read(&self, name: &str, _config: &Value) -> Result<Option<Value>, ProviderError> {
+        match std::fs::read_to_string(self.path(name)?) {
+            Ok(content) => Ok(Some(json!({ "content": content }))),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(ProviderError(error.to_string())),
+        }
+    }
+
+    async fn update(&self, name: &str, config: &Value) -> Result<Value, ProviderError> {
+        self.create(name, config).await
+    }
+
+    async fn delete(&self, name: &str, _config: &Value) -> Result<(), ProviderError> {
+        match std::fs::remove_file(self.path(name)?) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(ProviderError(error.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    resources: BTreeMap<String, Value>,
+    fail: HashSet<(String, String)>,
+    calls: u64,
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+/// Resources kept in memory, with a latency per call and injectable failures: for tests and
+/// benchmarks. Configurations with `"immutable": ...` changes need a replace.
+#[derive(Debug, Clone)]
+pub struct SimProvider {
+    kind: String,
+    latency: Duration,
+    state: Arc<Mutex<SimState>>,
+}
+
+impl SimProvider {
+    /// A provider of `kind`.
+    pub fn new(kind: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            latency: Duration::ZERO,
+            state: Arc::default(),
+        }
+    }
+
+    /// Each call takes `latency` (on tokio's clock).
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    fn sim(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes `action` (`create`, `update`, `delete`) of `name` fail until cleared.
+    pub fn fail(&self, action: &str, name: &str) {
+        self.sim().fail.insert((action.into(), name.into()));
+    }
+
+    /// Clears injected failures.
+    pub fn heal(&self) {
+        self.sim().fail.clear();
+    }
+
+    /// Changes a resource behind the engine's back (drift).
+    pub fn tamper(&self, name: &str, value: Value) {
+        self.sim().resources.insert(name.into(), value);
+    }
+
+    /// What exists now.
+    pub fn resources(&self) -> BTreeMap<String, Value> {
+        self.sim().resources.clone()
+    }
+
+    /// Provider calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.sim().calls
+    }
+
+    /// The most calls that were ever in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.sim().max_in_flight
+    }
+
+    async fn call(&self, action: &str, name: &str) -> Result<(), ProviderError> {
+        {
+            let mut sim = self.sim();
+            sim.calls += 1;
+            sim.in_flight += 1;
+            sim.max_in_flight = sim.max_in_flight.max(sim.in_flight);
+        }
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let mut sim = self.sim();
+        sim.in_flight -= 1;
+        if sim.fail.contains(&(action.to_owned(), name.to_owned())) {
+            return Err(ProviderError(format!("injected failure: {action} {name}")));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Provider for SimProvider {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    fn requires_replace(&self, old: &Value, new: &Value) -> bool {
+        old.get("immutable") != new.get("immutable")
+    }
+
+    async fn create(&self, name: &str, config: &Value) -> Result<Value, ProviderError> {
+        self.call("create", name).await?;
+        self.sim().resources.insert(name.into(), config.clone());
+        Ok(config.clone())
+    }
+
+    async fn read(&self, name: &str, _config: &Value) -> Result<Option<Value>, ProviderError> {
+        Ok(self.sim().resources.get(name).cloned())
+    }
+
+    async fn update(&self, name: &str, config: &Value) -> Result<Value, ProviderError> {
+        self.call("update", name).await?;
+        self.sim().resources.insert(name.into(), config.clone());
+        Ok(config.clone())
+    }
+
+    async fn delete(&self, name: &str, _config: &Value) -> Result<(), ProviderError> {
+        self.call("delete", name).await?;
+        self.sim().resources.remove(name);
+        Ok(())
+    }
+}
