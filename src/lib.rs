@@ -14,6 +14,8 @@
 //!   inhibition, the incident lifecycle with escalation, and the operational monitor.
 //! - [`pipeline`] (feature `pipeline`): CI/CD stage graphs with quality gates and a deploy
 //!   stage that runs a rollout.
+//! - [`infra`] (feature `infra`): infrastructure as code with plans, a journaled apply,
+//!   drift detection and a locked state.
 //! - `store` (features `sqlite`, `postgres`): durable record and lease stores.
 //! - [`testkit`] (feature `testkit`): a simulated fleet with fault injection and an
 //!   invariant checker, the embedded default for examples and tests.
@@ -40,6 +42,9 @@ pub use deploy_incidents as incidents;
 
 #[cfg(feature = "pipeline")]
 pub use deploy_pipeline as pipeline;
+
+#[cfg(feature = "infra")]
+pub use deploy_infra as infra;
 
 #[cfg(feature = "testkit")]
 pub use deploy_testkit as testkit;

@@ -5,10 +5,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploy_core::RecordVersion;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
-use tokio::sync::Mutex;
 
 use crate::model::{InfraError, Provider, Resource};
 use crate::state::{Intent, ResourceState, State, StateStore};
@@ -142,8 +140,6 @@ pub struct Infra {
     pub lock_ttl: Duration,
 }
 
-type Shared = Arc<Mutex<(State, Option<RecordVersion>)>>;
-
 impl Infra {
     /// An engine over `states`.
     pub fn new(states: StateStore) -> Self {
@@ -211,7 +207,7 @@ impl Infra {
     /// # Errors
     /// Unknown kinds, undeclared dependencies, cycles (named), invalid configuration.
     pub async fn plan(&self, environment: &str, desired: &[Resource]) -> Result<Plan, InfraError> {
-        let (mut state, _) = self.states.load(environment).await?;
+        let mut state = self.states.load(environment).await?;
         state.recover();
         self.plan_against(environment, desired, &state)
     }
@@ -310,8 +306,16 @@ impl Infra {
     }
 
     async fn apply_locked(&self, environment: &str, desired: &[Resource]) -> Result<ApplyReport, InfraError> {
-        let (mut state, version) = self.states.load(environment).await?;
+        let mut state = self.states.load(environment).await?;
+        let interrupted: Vec<String> = state.intents.keys().cloned().collect();
         let recovered = state.recover();
+        // Make the recovery durable: tainted resources recorded, stale intents gone.
+        for id in &interrupted {
+            self.states
+                .put_resource(environment, id, state.resources.get(id))
+                .await?;
+            self.states.put_intent(environment, id, None).await?;
+        }
         let plan = self.plan_against(environment, desired, &state)?;
         let kinds: HashMap<String, String> = desired
             .iter()
@@ -323,7 +327,6 @@ impl Infra {
                     .map(|(id, recorded)| (id.clone(), recorded.kind.clone())),
             )
             .collect();
-        let shared: Shared = Arc::new(Mutex::new((state, version)));
         let mut report = ApplyReport {
             recovered,
             ..ApplyReport::default()
@@ -335,7 +338,7 @@ impl Infra {
             .filter(|change| change.action == Action::Delete)
         {
             let provider = self.provider_of(&kinds[&change.id], &change.id)?.clone();
-            match self.step(environment, &shared, &provider, change, "delete").await {
+            match self.step(environment, &provider, change, "delete").await {
                 Ok(()) => report.done.push((change.id.clone(), Action::Delete)),
                 Err(error) => report.failed.push((change.id.clone(), error)),
             }
@@ -373,20 +376,18 @@ impl Infra {
                 }
                 started.insert(change.id.as_str());
                 let provider = self.provider_of(&kinds[&change.id], &change.id)?.clone();
-                let shared = shared.clone();
                 let change = (*change).clone();
                 running.push(async move {
                     let result = async {
                         if change.action == Action::Replace {
-                            self.step(environment, &shared, &provider, &change, "delete")
-                                .await?;
+                            self.step(environment, &provider, &change, "delete").await?;
                         }
                         let verb = if change.action == Action::Update {
                             "update"
                         } else {
                             "create"
                         };
-                        self.step(environment, &shared, &provider, &change, verb).await
+                        self.step(environment, &provider, &change, verb).await
                     }
                     .await;
                     (change, result)
@@ -419,45 +420,31 @@ impl Infra {
         }
     }
 
-    /// One provider call: intent saved, call made, result committed.
+    /// One provider call: intent recorded, call made, result recorded, intent cleared.
     async fn step(
         &self,
         environment: &str,
-        shared: &Shared,
         provider: &Arc<dyn Provider>,
         change: &Change,
         verb: &str,
     ) -> Result<(), String> {
-        let name = change
-            .id
-            .split_once('.')
-            .map_or(change.id.as_str(), |(_, name)| name);
+        let (kind, name) = change.id.split_once('.').unwrap_or((change.id.as_str(), ""));
         let config = change
             .after
             .clone()
             .or_else(|| change.before.clone())
             .unwrap_or(Value::Null);
-        {
-            let mut guard = shared.lock().await;
-            let (state, version) = &mut *guard;
-            state.intents.insert(
-                change.id.clone(),
-                Intent {
-                    resource: change.id.clone(),
-                    action: verb.into(),
-                    config: config.clone(),
-                    depends_on: change.depends_on.clone(),
-                    at: self.states.now(),
-                },
-            );
-            state.serial += 1;
-            *version = Some(
-                self.states
-                    .save(environment, state, *version)
-                    .await
-                    .map_err(|error| error.to_string())?,
-            );
-        }
+        let intent = Intent {
+            resource: change.id.clone(),
+            action: verb.into(),
+            config: config.clone(),
+            depends_on: change.depends_on.clone(),
+            at: self.states.now(),
+        };
+        self.states
+            .put_intent(environment, &change.id, Some(&intent))
+            .await
+            .map_err(|error| error.to_string())?;
         let outcome = match verb {
             "delete" => provider
                 .delete(name, change.before.as_ref().unwrap_or(&config))
@@ -466,55 +453,35 @@ impl Infra {
             "update" => provider.update(name, &config).await.map(Some),
             _ => provider.create(name, &config).await.map(Some),
         };
-        let mut guard = shared.lock().await;
-        let (state, version) = &mut *guard;
-        state.intents.remove(&change.id);
-        let error = match outcome {
-            Ok(None) => {
-                state.resources.remove(&change.id);
-                None
-            }
-            Ok(Some(attributes)) => {
-                let (kind, _) = change.id.split_once('.').unwrap_or((change.id.as_str(), ""));
-                state.resources.insert(
-                    change.id.clone(),
-                    ResourceState {
-                        kind: kind.into(),
-                        name: name.into(),
-                        config,
-                        attributes,
-                        depends_on: change.depends_on.clone(),
-                        tainted: false,
-                    },
-                );
-                None
-            }
-            Err(error) => {
-                if verb != "delete" {
-                    let (kind, _) = change.id.split_once('.').unwrap_or((change.id.as_str(), ""));
-                    let entry = state
-                        .resources
-                        .entry(change.id.clone())
-                        .or_insert_with(|| ResourceState {
-                            kind: kind.into(),
-                            name: name.into(),
-                            config: config.clone(),
-                            attributes: Value::Null,
-                            depends_on: change.depends_on.clone(),
-                            tainted: true,
-                        });
-                    entry.tainted = true;
-                }
-                Some(error.0)
-            }
+        let recorded = |attributes: Value, tainted: bool| ResourceState {
+            kind: kind.into(),
+            name: name.into(),
+            config: config.clone(),
+            attributes,
+            depends_on: change.depends_on.clone(),
+            tainted,
         };
-        state.serial += 1;
-        *version = Some(
+        let (resource, error) = match outcome {
+            Ok(None) => (None, None),
+            Ok(Some(attributes)) => (Some(recorded(attributes, false)), None),
+            // A failed delete leaves the resource as it was recorded.
+            Err(error) if verb == "delete" => {
+                let before = change.before.clone().unwrap_or(Value::Null);
+                let kept = ResourceState {
+                    config: before,
+                    ..recorded(Value::Null, false)
+                };
+                (Some(kept), Some(error.0))
+            }
+            Err(error) => (Some(recorded(Value::Null, true)), Some(error.0)),
+        };
+        let write = async {
             self.states
-                .save(environment, state, *version)
-                .await
-                .map_err(|error| error.to_string())?,
-        );
+                .put_resource(environment, &change.id, resource.as_ref())
+                .await?;
+            self.states.put_intent(environment, &change.id, None).await
+        };
+        write.await.map_err(|error| error.to_string())?;
         error.map_or(Ok(()), Err)
     }
 
@@ -524,7 +491,7 @@ impl Infra {
     /// # Errors
     /// Unknown kinds, store errors.
     pub async fn refresh(&self, environment: &str) -> Result<Plan, InfraError> {
-        let (state, _) = self.states.load(environment).await?;
+        let state = self.states.load(environment).await?;
         let mut changes = Vec::new();
         for (id, recorded) in &state.resources {
             let provider = self.provider_of(&recorded.kind, id)?;

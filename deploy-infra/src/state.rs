@@ -43,11 +43,10 @@ pub struct Intent {
     pub at: DateTime<Utc>,
 }
 
-/// An environment's recorded state.
+/// An environment's recorded state: one record per resource and per call in flight, so a
+/// step writes one small record whatever the size of the environment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    /// Counts committed changes.
-    pub serial: u64,
     /// By id.
     pub resources: BTreeMap<String, ResourceState>,
     /// Calls in flight (left behind by a crash, they are resolved at the next load).
@@ -136,46 +135,90 @@ impl StateStore {
         (self.clock)()
     }
 
-    fn state_key(&self, environment: &str) -> String {
-        format!("{}{environment}/state", self.prefix)
+    fn resource_key(&self, environment: &str, id: &str) -> String {
+        format!("{}{environment}/resources/{id}", self.prefix)
+    }
+
+    fn intent_key(&self, environment: &str, id: &str) -> String {
+        format!("{}{environment}/intents/{id}", self.prefix)
     }
 
     fn lock_key(&self, environment: &str) -> String {
         format!("{}{environment}/lock", self.prefix)
     }
 
-    /// The state and its version (a fresh environment has an empty state).
+    /// The recorded state (a fresh environment has an empty one).
+    ///
+    /// # Errors
+    /// Store errors, records that do not decode.
+    pub async fn load(&self, environment: &str) -> Result<State, InfraError> {
+        let mut state = State::default();
+        for (kind, prefix) in [("resources", "resources/"), ("intents", "intents/")] {
+            let prefix = format!("{}{environment}/{prefix}", self.prefix);
+            for record in self.store.list(&prefix).await? {
+                let id = record.key[prefix.len()..].to_owned();
+                let codec = |error: serde_json::Error| StoreError::Codec {
+                    key: record.key.clone(),
+                    source: Box::new(error),
+                };
+                if kind == "resources" {
+                    state
+                        .resources
+                        .insert(id, serde_json::from_slice(&record.value).map_err(codec)?);
+                } else {
+                    state
+                        .intents
+                        .insert(id, serde_json::from_slice(&record.value).map_err(codec)?);
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Records a resource (`None`: it is gone).
     ///
     /// # Errors
     /// Store errors.
-    pub async fn load(&self, environment: &str) -> Result<(State, Option<RecordVersion>), InfraError> {
-        Ok(
-            match self.store.get_json::<State>(&self.state_key(environment)).await? {
-                Some((state, version)) => (state, Some(version)),
-                None => (State::default(), None),
-            },
-        )
-    }
-
-    /// Writes the state over `version` (compare-and-swap), returning the new version.
-    ///
-    /// # Errors
-    /// A conflict (someone wrote without the lock), store errors.
-    pub async fn save(
+    pub async fn put_resource(
         &self,
         environment: &str,
-        state: &State,
-        version: Option<RecordVersion>,
-    ) -> Result<RecordVersion, InfraError> {
-        let precondition = version.map_or(Precondition::Absent, Precondition::Version);
-        Ok(self
-            .store
-            .put_json(
-                &self.state_key(environment),
-                state,
-                WriteOptions::when(precondition),
-            )
-            .await?)
+        id: &str,
+        resource: Option<&ResourceState>,
+    ) -> Result<(), InfraError> {
+        let key = self.resource_key(environment, id);
+        match resource {
+            Some(resource) => {
+                self.store
+                    .put_json(&key, resource, WriteOptions::default())
+                    .await?;
+            }
+            None => {
+                self.store.delete(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a call about to start (`Some`) or confirmed (`None`).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn put_intent(
+        &self,
+        environment: &str,
+        id: &str,
+        intent: Option<&Intent>,
+    ) -> Result<(), InfraError> {
+        let key = self.intent_key(environment, id);
+        match intent {
+            Some(intent) => {
+                self.store.put_json(&key, intent, WriteOptions::default()).await?;
+            }
+            None => {
+                self.store.delete(&key).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Takes the environment's lock; a lock older than its TTL is taken over.
