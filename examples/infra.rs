@@ -1,6 +1,8 @@
-//! Infrastructure as code on real files: plan and apply a small layout under a temporary
-//! directory, change a file behind the tool's back and see the drift, plan the fix, then
-//! destroy everything in reverse dependency order.
+//! Infrastructure as code on real files: the resources of each environment come from
+//! layered configuration (deploy-config: `base.yaml`, then `staging.yaml` merging resources
+//! by name); plan and apply them under a temporary directory, change a file behind the
+//! tool's back and see the drift, plan a change, then destroy everything in reverse
+//! dependency order.
 //!
 //! ```text
 //! cargo run --example infra
@@ -8,35 +10,58 @@
 
 use std::sync::Arc;
 
+use deploykit::config::{ArrayPolicy, ConfigurationManager, Files, MergePolicy, Requirement};
 use deploykit::core::MemoryStore;
 use deploykit::infra::{FileProvider, Infra, Resource, StateStore};
 use serde_json::json;
 
+const BASE: &str = r#"resources:
+  - kind: file
+    name: shop/config/app.toml
+    config: { content: "port = 8080\nworkers = 4\n" }
+  - kind: file
+    name: shop/config/limits.toml
+    config: { content: "rps = 500\n" }
+    depends_on: [file.shop/config/app.toml]
+  - kind: file
+    name: shop/README
+    config: { content: "managed by deploykit\n" }
+    depends_on: [file.shop/config/app.toml, file.shop/config/limits.toml]
+"#;
+
+const STAGING: &str = r#"resources:
+  - kind: file
+    name: shop/config/limits.toml
+    config: { content: "rps = 50\n" }
+    depends_on: [file.shop/config/app.toml]
+"#;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::env::temp_dir().join(format!("deploykit-infra-example-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("deploykit-infra-example-{}", std::process::id()));
+    let (config_dir, root) = (dir.join("config"), dir.join("files"));
+    std::fs::create_dir_all(&config_dir)?;
+    std::fs::write(config_dir.join("base.yaml"), BASE)?;
+    std::fs::write(config_dir.join("staging.yaml"), STAGING)?;
+    let config = ConfigurationManager::new();
+    let by_name = MergePolicy::default().at("resources", ArrayPolicy::MergeByKey("name".into()));
+    config.add_config_source(
+        Files::new(&config_dir).with_policy(by_name),
+        Requirement::Required,
+    );
+    let staging = config.get_config("staging", "shop").await?;
+    let desired: Vec<Resource> = staging.get_at("resources")?;
+    let origin = staging
+        .tree()
+        .get("resources.1.config.content")
+        .map_or("?".into(), |node| node.origin.to_string());
+    println!(
+        "staging declares {} resources; limits.toml's content comes from {origin}",
+        desired.len()
+    );
+
     let states = StateStore::new(Arc::new(MemoryStore::new()), Arc::new(chrono::Utc::now));
     let infra = Infra::new(states).provider(FileProvider::new(&root));
-    let desired = vec![
-        Resource::new(
-            "file",
-            "shop/config/app.toml",
-            &json!({"content": "port = 8080\nworkers = 4\n"}),
-        )?,
-        Resource::new(
-            "file",
-            "shop/config/limits.toml",
-            &json!({"content": "rps = 500\n"}),
-        )?
-        .after("file.shop/config/app.toml"),
-        Resource::new(
-            "file",
-            "shop/README",
-            &json!({"content": "managed by deploykit\n"}),
-        )?
-        .after("file.shop/config/app.toml")
-        .after("file.shop/config/limits.toml"),
-    ];
 
     println!("== plan (files under {})", root.display());
     println!("{}", infra.plan("staging", &desired).await?.render());
@@ -89,6 +114,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|(id, _)| id.as_str())
             .collect::<Vec<_>>()
     );
-    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

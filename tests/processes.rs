@@ -12,6 +12,7 @@
 //! `DEPLOYKIT_CRASH_TRIALS` (default 20).
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -366,6 +367,38 @@ async fn flag_child(store: Arc<DynStore>) {
     println!("WROTE {}", epoch_ms());
 }
 
+fn infra_files(root: &std::path::Path) -> (Vec<deploykit::infra::Resource>, deploykit::infra::FileProvider) {
+    let resources = (0..60)
+        .map(|index| {
+            let resource = deploykit::infra::Resource::new(
+                "file",
+                &format!("layer{}/f{index}", index / 10),
+                &serde_json::json!({ "content": format!("{index}\n") }),
+            )
+            .expect("config");
+            if index >= 10 {
+                resource.after(format!("file.layer{}/f{}", index / 10 - 1, index - 10))
+            } else {
+                resource
+            }
+        })
+        .collect();
+    (
+        resources,
+        deploykit::infra::FileProvider::new(root).with_latency(Duration::from_millis(40)),
+    )
+}
+
+/// Applies 60 slow file resources (6 layers of 10); prints `APPLIED` when done.
+async fn infra_child(store: Arc<DynStore>) {
+    let root = PathBuf::from(std::env::var("DEPLOYKIT_CHILD_ROOT").expect("root"));
+    let (resources, provider) = infra_files(&root);
+    let states = deploykit::infra::StateStore::new(store, Arc::new(chrono::Utc::now));
+    let infra = deploykit::infra::Infra::new(states).provider(provider);
+    infra.apply("prod", &resources, "child").await.expect("apply");
+    println!("APPLIED");
+}
+
 fn epoch_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -396,6 +429,7 @@ fn child_entry() {
                 race_child(store, &holder, start_at).await
             }
             "flag" => flag_child(store).await,
+            "infra" => infra_child(store).await,
             other => panic!("unknown child mode {other}"),
         }
     });
@@ -754,5 +788,65 @@ async fn flags_persist_and_sync_on_sqlite_too() {
         .collect();
     assert_eq!(actors, ["ann", "bob"]);
     sync.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_apply_leaves_exactly_the_remaining_work_on_sqlite() {
+    if std::env::var("DEPLOYKIT_CHILD").is_ok() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("deploykit-infra-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let spec = format!("sqlite:{}", dir.join("state.db").display());
+    let root = dir.join("files");
+    let mut child = spawn_child(
+        "infra",
+        &spec,
+        &[("DEPLOYKIT_CHILD_ROOT", root.display().to_string())],
+    );
+    // Six layers of 40 ms: kill during the third.
+    std::thread::sleep(Duration::from_millis(110));
+    let _ = child.kill();
+    let _ = child.wait();
+    let store = open_store(&spec).await;
+    let (resources, provider) = infra_files(&root);
+    let infra = deploykit::infra::Infra::new(deploykit::infra::StateStore::new(
+        store,
+        Arc::new(chrono::Utc::now),
+    ))
+    .provider(provider);
+    let plan = infra.plan("prod", &resources).await.expect("plan");
+    let remaining: Vec<&str> = plan.actions().into_iter().map(|(id, _)| id).collect();
+    assert!(
+        !remaining.is_empty() && remaining.len() < resources.len(),
+        "killed mid-apply: {remaining:?}"
+    );
+    // Exactly the remaining work: every resource not planned has its file, every planned
+    // one is either missing or was interrupted (tainted, so replaced).
+    for resource in &resources {
+        let planned = remaining.contains(&resource.id().as_str());
+        let exists = root.join(&resource.name).exists();
+        assert!(
+            planned || exists,
+            "{} is recorded done but its file is missing",
+            resource.id()
+        );
+    }
+    for (id, action) in plan.actions() {
+        assert!(
+            matches!(
+                action,
+                deploykit::infra::Action::Create | deploykit::infra::Action::Replace
+            ),
+            "{id}: {action:?}"
+        );
+    }
+    println!(
+        "killed apply: {} of {} resources left to do",
+        remaining.len(),
+        resources.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -348,35 +348,31 @@ impl Infra {
             .iter()
             .filter(|change| !matches!(change.action, Action::Delete | Action::NoOp))
             .collect();
-        let pending_ids: HashSet<&str> = work.iter().map(|change| change.id.as_str()).collect();
-        let mut finished: HashSet<String> = HashSet::new();
-        let mut failed: HashSet<String> = HashSet::new();
-        let mut started: HashSet<&str> = HashSet::new();
+        // Kahn's algorithm: a change is ready when the changes it depends on are done.
+        let index: HashMap<&str, usize> = work
+            .iter()
+            .enumerate()
+            .map(|(at, change)| (change.id.as_str(), at))
+            .collect();
+        let mut waiting: Vec<usize> = vec![0; work.len()];
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); work.len()];
+        for (at, change) in work.iter().enumerate() {
+            for dependency in &change.depends_on {
+                if let Some(&before) = index.get(dependency.as_str()) {
+                    waiting[at] += 1;
+                    dependents[before].push(at);
+                }
+            }
+        }
+        let mut ready: std::collections::VecDeque<usize> =
+            (0..work.len()).filter(|at| waiting[*at] == 0).collect();
+        let mut doomed = vec![false; work.len()];
         let mut running = FuturesUnordered::new();
         loop {
-            for change in &work {
-                if running.len() >= self.parallelism.max(1) || started.contains(change.id.as_str()) {
-                    continue;
-                }
-                let blocked = change.depends_on.iter().any(|dependency| {
-                    pending_ids.contains(dependency.as_str()) && !finished.contains(dependency)
-                });
-                let doomed = change
-                    .depends_on
-                    .iter()
-                    .any(|dependency| failed.contains(dependency));
-                if doomed {
-                    started.insert(change.id.as_str());
-                    failed.insert(change.id.clone());
-                    report.skipped.push(change.id.clone());
-                    continue;
-                }
-                if blocked {
-                    continue;
-                }
-                started.insert(change.id.as_str());
+            while running.len() < self.parallelism.max(1) {
+                let Some(at) = ready.pop_front() else { break };
+                let change = work[at].clone();
                 let provider = self.provider_of(&kinds[&change.id], &change.id)?.clone();
-                let change = (*change).clone();
                 running.push(async move {
                     let result = async {
                         if change.action == Action::Replace {
@@ -390,20 +386,31 @@ impl Infra {
                         self.step(environment, &provider, &change, verb).await
                     }
                     .await;
-                    (change, result)
+                    (at, change, result)
                 });
             }
-            let Some((change, result)) = running.next().await else {
+            let Some((at, change, result)) = running.next().await else {
                 break;
             };
+            let succeeded = result.is_ok();
             match result {
-                Ok(()) => {
-                    report.done.push((change.id.clone(), change.action));
-                    finished.insert(change.id);
-                }
-                Err(error) => {
-                    report.failed.push((change.id.clone(), error));
-                    failed.insert(change.id);
+                Ok(()) => report.done.push((change.id.clone(), change.action)),
+                Err(error) => report.failed.push((change.id.clone(), error)),
+            }
+            // Dependents of a failure are skipped, and theirs in turn.
+            let mut released = vec![(at, !succeeded)];
+            while let Some((done, failed)) = released.pop() {
+                for &next in &dependents[done] {
+                    doomed[next] |= failed;
+                    waiting[next] -= 1;
+                    if waiting[next] == 0 {
+                        if doomed[next] {
+                            report.skipped.push(work[next].id.clone());
+                            released.push((next, true));
+                        } else {
+                            ready.push_back(next);
+                        }
+                    }
                 }
             }
         }

@@ -15,12 +15,28 @@ use crate::model::{Provider, ProviderError};
 #[derive(Debug, Clone)]
 pub struct FileProvider {
     root: PathBuf,
+    latency: Duration,
 }
 
 impl FileProvider {
     /// Files under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            latency: Duration::ZERO,
+        }
+    }
+
+    /// Each write or delete first waits `latency` (to stand in for slow real resources).
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    async fn wait(&self) {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, ProviderError> {
@@ -53,6 +69,7 @@ impl Provider for FileProvider {
 
     async fn create(&self, name: &str, config: &Value) -> Result<Value, ProviderError> {
         let path = self.path(name)?;
+        self.wait().await;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|error| ProviderError(error.to_string()))?;
         }
@@ -75,6 +92,7 @@ impl Provider for FileProvider {
     }
 
     async fn delete(&self, name: &str, _config: &Value) -> Result<(), ProviderError> {
+        self.wait().await;
         match std::fs::remove_file(self.path(name)?) {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
