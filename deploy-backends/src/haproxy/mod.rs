@@ -1,0 +1,296 @@
+//! [`HaproxyLoadBalancer`]: pools and routing as servers and weights of an HAProxy backend.
+
+mod runtime;
+mod weights;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deploy_core::{AppId, BackendError, Instance, InstanceId, LoadBalancer, Pool, TrafficSplit};
+
+pub use runtime::{HaproxyRuntime, ServerState};
+use runtime::ServerRow;
+
+/// How often a draining server's sessions are polled.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// A [`LoadBalancer`] over HAProxy's runtime API.
+///
+/// Each app is an HAProxy backend (named after the app unless mapped with
+/// [`backend`](Self::backend)) using a dynamic balancing algorithm (`roundrobin`,
+/// `leastconn` or `random`). Instances become dynamic servers named `<pool>:<instance>`
+/// (`add server`), so membership and pools survive a restart of the deployer: everything is
+/// read back from `show servers state`.
+///
+/// A [`TrafficSplit`] becomes per-server weights (HAProxy's 1..=256): each pool's share is
+/// divided evenly among its servers in rotation, scaled so the largest per-server share is
+/// 256. The split HAProxy applies therefore differs from the target by the rounding of those
+/// integers (for example 10% to one server against 90% over four: 28 against 4 x 256, i.e.
+/// 9.86%). [`routing`](LoadBalancer::routing) reads the weights back: when they are exactly
+/// those the last target asks for (given the servers now in rotation) it reports that
+/// target; otherwise it reports the split the weights give, so an out-of-band change or a
+/// half-applied set shows up as a mismatch.
+///
+/// `deregister` puts the server in `drain` (no new requests, in-flight ones finish), waits
+/// until its current sessions reach zero or `drain` has passed, then puts it in maintenance
+/// and deletes it.
+///
+/// The backend should close server connections after each response (`option
+/// http-server-close`) and retry failed connections elsewhere (`retries`, `option
+/// redispatch`), so that a server that leaves never takes a request with it;
+/// [`launch::Haproxy`](crate::launch::Haproxy) writes such a configuration.
+#[derive(Debug)]
+pub struct HaproxyLoadBalancer {
+    runtime: HaproxyRuntime,
+    backends: HashMap<AppId, String>,
+    /// The last target per app, to tell "as set" from "changed behind our back".
+    targets: Mutex<HashMap<AppId, TrafficSplit>>,
+    /// One change at a time per balancer: weights depend on every server of a backend.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl HaproxyLoadBalancer {
+    /// A balancer over the runtime API socket at `socket`.
+    pub fn new(socket: impl AsRef<Path>) -> Self {
+        Self::with_runtime(HaproxyRuntime::new(socket))
+    }
+
+    /// A balancer over a configured runtime client.
+    pub fn with_runtime(runtime: HaproxyRuntime) -> Self {
+        Self {
+            runtime,
+            backends: HashMap::new(),
+            targets: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Serves `app` through the HAProxy backend named `backend` (default: the app's id).
+    #[must_use]
+    pub fn backend(mut self, app: AppId, backend: impl Into<String>) -> Self {
+        self.backends.insert(app, backend.into());
+        self
+    }
+
+    /// The runtime API client.
+    pub fn runtime(&self) -> &HaproxyRuntime {
+        &self.runtime
+    }
+
+    fn backend_of<'a>(&'a self, app: &'a AppId) -> &'a str {
+        self.backends.get(app).map_or(app.as_str(), String::as_str)
+    }
+
+    fn target_of(&self, app: &AppId) -> Option<TrafficSplit> {
+        self.targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(app)
+            .cloned()
+    }
+
+    /// Servers of the backend with their pool and instance parsed from the name; servers
+    /// not named by this balancer are left alone.
+    async fn servers(&self, app: &AppId) -> Result<Vec<Server>, BackendError> {
+        let rows = self.runtime.servers(self.backend_of(app)).await?;
+        Ok(rows.into_iter().filter_map(Server::from_row).collect())
+    }
+
+    /// Applies the target weights for the servers now in rotation.
+    async fn apply_weights(&self, app: &AppId, servers: &[Server]) -> Result<(), BackendError> {
+        let Some(target) = self.target_of(app) else {
+            return Ok(());
+        };
+        let backend = self.backend_of(app);
+        for (server, weight) in weights::assign(&target, servers) {
+            if server.row.weight != weight {
+                self.runtime.set_weight(backend, &server.row.name, weight).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_drained(&self, backend: &str, server: &str, drain: Duration) -> Result<(), BackendError> {
+        let deadline = tokio::time::Instant::now() + drain;
+        loop {
+            match self.runtime.current_sessions(backend, server).await? {
+                None | Some(0) => return Ok(()),
+                Some(sessions) if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!(backend, server, sessions, "drain time is up with sessions in flight");
+                    return Ok(());
+                }
+                Some(_) => tokio::time::sleep(DRAIN_POLL).await,
+            }
+        }
+    }
+}
+
+/// A server this balancer manages.
+#[derive(Debug, Clone)]
+pub(crate) struct Server {
+    pub(crate) pool: Pool,
+    pub(crate) instance: InstanceId,
+    pub(crate) row: ServerRow,
+}
+
+impl Server {
+    fn from_row(row: ServerRow) -> Option<Self> {
+        let (pool, instance) = row.name.split_once(':')?;
+        Some(Self {
+            pool: Pool::new(pool).ok()?,
+            instance: InstanceId::new(instance).ok()?,
+            row,
+        })
+    }
+
+    pub(crate) fn in_rotation(&self) -> bool {
+        self.row.state() == ServerState::Ready
+    }
+}
+
+fn server_name(pool: &Pool, instance: &InstanceId) -> String {
+    format!("{pool}:{instance}")
+}
+
+/// Splits `host:port` into the parts `add server` and `set server addr` take.
+fn split_address(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port = port.parse().ok().filter(|p| *p != 0)?;
+    (!host.is_empty()).then_some((host, port))
+}
+
+#[async_trait]
+impl LoadBalancer for HaproxyLoadBalancer {
+    async fn register(&self, instance: &Instance) -> Result<(), BackendError> {
+        let app = &instance.app;
+        let Some((host, port)) = instance.address.as_deref().and_then(split_address) else {
+            return Err(BackendError::NotFound {
+                kind: "routable address (host:port) of instance",
+                name: instance.id.to_string(),
+            });
+        };
+        let _change = self.changes.lock().await;
+        let backend = self.backend_of(app);
+        let name = server_name(&instance.pool, &instance.id);
+        let mut servers = self.servers(app).await?;
+        // An instance that moved pools leaves its old server behind.
+        for stale in servers
+            .iter()
+            .filter(|s| s.instance == instance.id && s.row.name != name)
+        {
+            self.runtime.set_state(backend, &stale.row.name, ServerState::Maint).await?;
+            self.runtime.delete_server(backend, &stale.row.name).await?;
+        }
+        servers.retain(|s| s.instance != instance.id || s.row.name == name);
+        match servers.iter_mut().find(|s| s.row.name == name) {
+            Some(existing) if existing.in_rotation() && existing.row.address == host && existing.row.port == Some(port) => {
+                return Ok(());
+            }
+            Some(existing) => {
+                self.runtime.set_address(backend, &name, host, port).await?;
+                existing.row.admin = 0;
+            }
+            None => {
+                self.runtime.add_server(backend, &name, &format!("{host}:{port}")).await?;
+                servers.push(Server {
+                    pool: instance.pool.clone(),
+                    instance: instance.id.clone(),
+                    row: ServerRow {
+                        name: name.clone(),
+                        address: host.to_owned(),
+                        port: Some(port),
+                        weight: 0,
+                        admin: 0,
+                    },
+                });
+            }
+        }
+        // Weights first, so the server enters rotation with its share and its pool mates
+        // give up theirs in the same change.
+        self.apply_weights(app, &servers).await?;
+        self.runtime.set_state(backend, &name, ServerState::Ready).await
+    }
+
+    async fn deregister(&self, app: &AppId, instance: &InstanceId, drain: Duration) -> Result<(), BackendError> {
+        let _change = self.changes.lock().await;
+        let backend = self.backend_of(app);
+        let mut servers = self.servers(app).await?;
+        let Some(at) = servers.iter().position(|s| &s.instance == instance) else {
+            return Ok(());
+        };
+        let leaving = servers.remove(at);
+        if leaving.in_rotation() {
+            self.runtime.set_state(backend, &leaving.row.name, ServerState::Drain).await?;
+            // The rest of the pool takes over its share.
+            self.apply_weights(app, &servers).await?;
+        }
+        self.wait_drained(backend, &leaving.row.name, drain).await?;
+        self.runtime.set_state(backend, &leaving.row.name, ServerState::Maint).await?;
+        if !self.runtime.delete_server(backend, &leaving.row.name).await? {
+            // Out of rotation either way; a later register reuses it, the next deregister retries.
+            tracing::debug!(backend, server = %leaving.row.name, "server kept in maintenance: connections remain");
+        }
+        Ok(())
+    }
+
+    async fn members(&self, app: &AppId, pool: &Pool) -> Result<Vec<InstanceId>, BackendError> {
+        let mut members: Vec<InstanceId> = self
+            .servers(app)
+            .await?
+            .into_iter()
+            .filter(|s| &s.pool == pool && s.in_rotation())
+            .map(|s| s.instance)
+            .collect();
+        members.sort();
+        Ok(members)
+    }
+
+    async fn routing(&self, app: &AppId) -> Result<Option<TrafficSplit>, BackendError> {
+        let servers = self.servers(app).await?;
+        if let Some(target) = self.target_of(app) {
+            let as_set = weights::assign(&target, &servers)
+                .into_iter()
+                .all(|(server, weight)| server.row.weight == weight);
+            if as_set {
+                return Ok(Some(target));
+            }
+        }
+        weights::observed_split(&servers)
+    }
+
+    async fn set_routing(&self, app: &AppId, split: &TrafficSplit) -> Result<(), BackendError> {
+        let _change = self.changes.lock().await;
+        let servers = self.servers(app).await?;
+        self.targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(app.clone(), split.clone());
+        self.apply_weights(app, &servers).await
+    }
+}
+
+/// The pools of the servers in rotation, with their members, for weight assignment.
+pub(crate) fn pools_in_rotation(servers: &[Server]) -> BTreeMap<&Pool, usize> {
+    let mut pools = BTreeMap::new();
+    for server in servers.iter().filter(|s| s.in_rotation()) {
+        *pools.entry(&server.pool).or_insert(0) += 1;
+    }
+    pools
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split_into_host_and_port() {
+        assert_eq!(split_address("127.0.0.1:8080"), Some(("127.0.0.1", 8080)));
+        assert_eq!(split_address("[::1]:8080"), Some(("[::1]", 8080)));
+        for bad in ["127.0.0.1", "127.0.0.1:0", ":80", "host:http", "host:70000"] {
+            assert_eq!(split_address(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! HAProxy's runtime API: one command per connection over the stats socket, and parsing of
+//! what it answers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deploy_core::BackendError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+const BACKEND: &str = "haproxy";
+/// Longest answer read from the socket; anything longer is not an answer we asked for.
+const MAX_ANSWER: u64 = 16 << 20;
+
+/// A server's administrative state, as `set server ... state` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// In rotation.
+    Ready,
+    /// Takes no new requests; in-flight ones finish.
+    Drain,
+    /// Out of rotation entirely.
+    Maint,
+}
+
+impl ServerState {
+    fn keyword(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Drain => "drain",
+            Self::Maint => "maint",
+        }
+    }
+}
+
+/// One row of `show servers state <backend>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServerRow {
+    pub(crate) name: String,
+    pub(crate) address: String,
+    pub(crate) port: Option<u16>,
+    pub(crate) weight: u32,
+    /// `srv_admin_state` bits: 0x01/0x02/0x04/0x20/0x40 maintenance, 0x08/0x10 drain.
+    pub(crate) admin: u32,
+}
+
+impl ServerRow {
+    pub(crate) fn state(&self) -> ServerState {
+        if self.admin & (0x01 | 0x02 | 0x04 | 0x20 | 0x40) != 0 {
+            ServerState::Maint
+        } else if self.admin & (0x08 | 0x10) != 0 {
+            ServerState::Drain
+        } else {
+            ServerState::Ready
+        }
+    }
+}
+
+/// A client for HAProxy's runtime API on a unix socket (`stats socket ... level admin`).
+///
+/// Every command opens its own connection (HAProxy's non-interactive mode answers and
+/// closes), under a timeout, so a hung or half-dead HAProxy costs at most that timeout.
+#[derive(Debug, Clone)]
+pub struct HaproxyRuntime {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl HaproxyRuntime {
+    /// A client for the socket at `socket`, with a 2 s timeout per command.
+    pub fn new(socket: impl AsRef<Path>) -> Self {
+        Self {
+            socket: socket.as_ref().to_path_buf(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Sets the timeout of each command.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends one command and returns HAProxy's answer as text.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when the socket cannot be reached or answers with
+    /// something that is not text, [`BackendError::Timeout`] when it does not answer in time.
+    pub async fn command(&self, command: &str) -> Result<String, BackendError> {
+        if command.contains(['\n', '\r', ';']) {
+            return Err(BackendError::Rejected {
+                operation: "haproxy command",
+                reason: format!("one command per call, without separators: {command:?}"),
+            });
+        }
+        let exchange = async {
+            let mut stream = UnixStream::connect(&self.socket).await?;
+            stream.write_all(command.as_bytes()).await?;
+            stream.write_all(b"\n").await?;
+            let mut answer = Vec::new();
+            stream.take(MAX_ANSWER).read_to_end(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        let answer = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| BackendError::Timeout {
+                operation: "haproxy command",
+                after: self.timeout,
+            })?
+            .map_err(|err| unavailable(format!("{}: {err}", self.socket.display()), Some(err)))?;
+        String::from_utf8(answer).map_err(|_| unavailable(format!("answer to `{command}` is not text"), None))
+    }
+
+    /// Runs a command that answers with nothing on success (the `set` family).
+    pub(crate) async fn command_quiet(&self, command: &str) -> Result<(), BackendError> {
+        let answer = self.command(command).await?;
+        if answer.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(refusal(command, &answer))
+        }
+    }
+
+    /// `show servers state <backend>`.
+    pub(crate) async fn servers(&self, backend: &str) -> Result<Vec<ServerRow>, BackendError> {
+        let command = format!("show servers state {backend}");
+        let answer = self.command(&command).await?;
+        if answer.starts_with("Can't find backend") {
+            return Err(BackendError::NotFound {
+                kind: "haproxy backend",
+                name: backend.to_owned(),
+            });
+        }
+        parse_servers_state(&answer).map_err(|why| garbage(&command, &why))
+    }
+
+    /// Current sessions of one server (`scur` of `show stat`), `None` when it is gone.
+    pub(crate) async fn current_sessions(&self, backend: &str, server: &str) -> Result<Option<u64>, BackendError> {
+        let command = format!("show stat {backend} 4 -1");
+        let answer = self.command(&command).await?;
+        parse_current_sessions(&answer, backend, server).map_err(|why| garbage(&command, &why))
+    }
+
+    /// `set server <backend>/<server> state <state>`.
+    pub(crate) async fn set_state(&self, backend: &str, server: &str, state: ServerState) -> Result<(), BackendError> {
+        self.command_quiet(&format!("set server {backend}/{server} state {}", state.keyword()))
+            .await
+    }
+
+    /// `set server <backend>/<server> weight <weight>`.
+    pub(crate) async fn set_weight(&self, backend: &str, server: &str, weight: u32) -> Result<(), BackendError> {
+        self.command_quiet(&format!("set server {backend}/{server} weight {weight}"))
+            .await
+    }
+
+    /// `set server <backend>/<server> addr <ip> port <port>`.
+    pub(crate) async fn set_address(&self, backend: &str, server: &str, ip: &str, port: u16) -> Result<(), BackendError> {
+        let command = format!("set server {backend}/{server} addr {ip} port {port}");
+        let answer = self.command(&command).await?;
+        // HAProxy reports what changed ("IP changed from ...", "no need to change ...").
+        let lower = answer.to_ascii_lowercase();
+        if answer.trim().is_empty() || lower.contains("changed") || lower.contains("no need to change") {
+            Ok(())
+        } else {
+            Err(refusal(&command, &answer))
+        }
+    }
+
+    /// `add server <backend>/<server> <ip>:<port> weight 0` (it starts in maintenance).
+    pub(crate) async fn add_server(&self, backend: &str, server: &str, address: &str) -> Result<(), BackendError> {
+        let command = format!("add server {backend}/{server} {address} weight 0");
+        let answer = self.command(&command).await?;
+        if answer.contains("New server registered") {
+            Ok(())
+        } else {
+            Err(refusal(&command, &answer))
+        }
+    }
+
+    /// `del server <backend>/<server>`; `Ok(false)` when HAProxy keeps it for now (it still
+    /// has connections).
+    pub(crate) async fn delete_server(&self, backend: &str, server: &str) -> Result<bool, BackendError> {
+        let command = format!("del server {backend}/{server}");
+        let answer = self.command(&command).await?;
+        if answer.contains("Server deleted") || answer.contains("No such server") {
+            Ok(true)
+        } else if answer.contains("connection") || answer.contains("still") {
+            Ok(false)
+        } else {
+            Err(refusal(&command, &answer))
+        }
+    }
+}
+
+fn unavailable(message: String, source: Option<std::io::Error>) -> BackendError {
+    BackendError::Unavailable {
+        backend: BACKEND.to_owned(),
+        message,
+        source: source.map(|err| Box::new(err) as _),
+    }
+}
+
+fn garbage(command: &str, why: &str) -> BackendError {
+    unavailable(format!("unexpected answer to `{command}`: {why}"), None)
+}
+
+fn refusal(command: &str, answer: &str) -> BackendError {
+    let answer = answer.trim();
+    if answer.starts_with("No such server") || answer.starts_with("No such backend") || answer.starts_with("Can't find backend") {
+        return BackendError::NotFound {
+            kind: "haproxy server",
+            name: command.split_whitespace().nth(2).unwrap_or_default().to_owned(),
+        };
+    }
+    BackendError::Rejected {
+        operation: "haproxy command",
+        reason: format!("`{command}`: {}", shorten(answer)),
+    }
+}
+
+fn shorten(text: &str) -> String {
+    const MAX: usize = 200;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Parses `show servers state` (format version 1).
+pub(crate) fn parse_servers_state(answer: &str) -> Result<Vec<ServerRow>, String> {
+    let mut lines = answer.lines();
+    match lines.next().map(str::trim) {
+        Some("1") => {}
+        other => return Err(format!("expected format version 1, got {:?}", other.map(shorten))),
+    }
+    let header = lines.next().ok_or("no header line")?;
+    let columns: Vec<&str> = header.trim_start_matches('#').split_whitespace().collect();
+    let column = |name: &str| {
+        columns
+            .iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| format!("no column {name} in the header"))
+    };
+    let (name, address, admin, weight, port) = (
+        column("srv_name")?,
+        column("srv_addr")?,
+        column("srv_admin_state")?,
+        column("srv_uweight")?,
+        column("srv_port")?,
+    );
+    let mut rows = Vec::new();
+    for (index, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let field = |at: usize| {
+            fields
+                .get(at)
+                .copied()
+                .ok_or_else(|| format!("row {} has {} fields", index + 1, fields.len()))
+        };
+        let number = |at: usize| -> Result<u32, String> {
+            let text = field(at)?;
+            text.parse()
+                .map_err(|_| format!("row {}: {:?} is not a number", index + 1, shorten(text)))
+        };
+        rows.push(ServerRow {
+            name: field(name)?.to_owned(),
+            address: field(address)?.to_owned(),
+            port: field(port)?.parse().ok(),
+            weight: number(weight)?,
+            admin: number(admin)?,
+        });
+    }
+    Ok(rows)
+}
+
+/// Finds `scur` for one server in `show stat` CSV.
+fn parse_current_sessions(answer: &str, backend: &str, server: &str) -> Result<Option<u64>, String> {
+    let mut lines = answer.lines();
+    let header = lines.next().ok_or("empty answer")?;
+    let columns: Vec<&str> = header
+        .strip_prefix("# ")
+        .ok_or_else(|| format!("not a stat header: {:?}", shorten(header)))?
+        .split(',')
+        .collect();
+    let at = |name: &str| {
+        columns
+            .iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| format!("no column {name}"))
+    };
+    let (px, sv, scur) = (at("pxname")?, at("svname")?, at("scur")?);
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.get(px) == Some(&backend) && fields.get(sv) == Some(&server) {
+            let value = fields.get(scur).ok_or("short row")?;
+            return value
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("scur {:?} is not a number", shorten(value)));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATE: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 shop 1 blue:shop-1 127.0.0.1 2 0 10 0 0 1 0 0 0 0 0 0 - 9999 - 0 0 - - 0\n3 shop 2 green:shop-2 127.0.0.1 2 8 0 0 0 1 0 0 0 0 0 0 - 9998 - 0 0 - - 0\n\n";
+
+    #[test]
+    fn servers_state_parses_names_weights_and_admin_states() {
+        let rows = parse_servers_state(STATE).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].name.as_str(), rows[0].weight, rows[0].port, rows[0].state()),
+            ("blue:shop-1", 10, Some(9999), ServerState::Ready)
+        );
+        assert_eq!(rows[1].state(), ServerState::Drain);
+    }
+
+    #[test]
+    fn garbage_is_reported_not_panicked_on() {
+        for answer in [
+            "",
+            "Unknown command\n",
+            "2\n# srv_name\n",
+            "1\n",
+            "1\n# be_id be_name\n3 shop\n",
+            "1\n# srv_name srv_addr srv_admin_state srv_uweight srv_port\nx 127.0.0.1 zero 1 1\n",
+            "1\n# srv_name srv_addr srv_admin_state srv_uweight srv_port\nx 127.0.0.1\n",
+        ] {
+            assert!(parse_servers_state(answer).is_err(), "{answer:?}");
+        }
+        assert!(parse_current_sessions("\u{0}\u{1}", "shop", "x").is_err());
+        assert!(parse_current_sessions("# pxname,svname\nshop,x\n", "shop", "x").is_err());
+        assert_eq!(
+            parse_current_sessions("# pxname,svname,scur\nshop,x,3\n", "shop", "x"),
+            Ok(Some(3))
+        );
+        assert_eq!(
+            parse_current_sessions("# pxname,svname,scur\nshop,x,3\n", "shop", "y"),
+            Ok(None)
+        );
+    }
+}

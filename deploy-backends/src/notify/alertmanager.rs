@@ -1,0 +1,145 @@
+//! [`AlertmanagerNotifier`]: alerts and silences through Alertmanager's API v2.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier, Severity};
+
+use super::{RetryPolicy, send};
+use crate::http::client;
+
+const BACKEND: &str = "alertmanager";
+/// The label that carries the notification's key, so every action on a key is one alert.
+pub const KEY_LABEL: &str = "dedup_key";
+
+/// Hands notifications to Alertmanager (`POST /api/v2/alerts`), which groups, routes and
+/// deduplicates them with its own configuration.
+///
+/// - Trigger posts the alert with `startsAt` now. Its labels are the notification's labels,
+///   `alertname` (from the labels, else `deploykit`), `severity` and `dedup_key` (the key),
+///   so re-sending the same key is the same alert to Alertmanager; `summary` and
+///   `description` are annotations.
+/// - Resolve posts the same labels with `endsAt` now, which resolves the alert.
+/// - Acknowledge creates a silence (`POST /api/v2/silences`) matching `dedup_key` for the
+///   acknowledgement period (default 4 h): someone is on it, so stop paging.
+///
+/// 200 is delivered; 400 (an invalid alert, such as a label name Alertmanager refuses) is
+/// [`BackendError::Rejected`]; 429, 5xx and network errors are retried.
+#[derive(Debug)]
+pub struct AlertmanagerNotifier {
+    client: reqwest::Client,
+    base: String,
+    acknowledgement: Duration,
+    policy: RetryPolicy,
+    timeout: Duration,
+}
+
+impl AlertmanagerNotifier {
+    /// Posts to the Alertmanager at `base_url` (`http://host:9093`).
+    ///
+    /// # Errors
+    /// [`BackendError::Rejected`] when `base_url` is not an http(s) URL.
+    pub fn new(base_url: impl Into<String>) -> Result<Self, BackendError> {
+        let base = base_url.into().trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(BackendError::Rejected {
+                operation: "alertmanager notifier",
+                reason: format!("{base:?} is not an http(s) URL"),
+            });
+        }
+        let timeout = Duration::from_secs(5);
+        Ok(Self {
+            client: client(timeout)?,
+            base,
+            acknowledgement: Duration::from_secs(4 * 3600),
+            policy: RetryPolicy::default(),
+            timeout,
+        })
+    }
+
+    /// How long an acknowledgement silences the alert (default 4 h).
+    #[must_use]
+    pub fn acknowledgement(mut self, period: Duration) -> Self {
+        self.acknowledgement = period;
+        self
+    }
+
+    /// Retries as `policy` says.
+    #[must_use]
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How long one request may take (default 5 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn request(&self, notification: &Notification) -> (String, serde_json::Value) {
+        let now = chrono::Utc::now();
+        match notification.action {
+            NotificationAction::Acknowledge => {
+                let until = now + chrono::Duration::from_std(self.acknowledgement).unwrap_or(chrono::Duration::hours(4));
+                let silence = serde_json::json!({
+                    "matchers": [{
+                        "name": KEY_LABEL,
+                        "value": notification.key,
+                        "isRegex": false,
+                        "isEqual": true,
+                    }],
+                    "startsAt": now.to_rfc3339(),
+                    "endsAt": until.to_rfc3339(),
+                    "createdBy": "deploykit",
+                    "comment": format!("acknowledged: {}", notification.summary),
+                });
+                (format!("{}/api/v2/silences", self.base), silence)
+            }
+            action => {
+                let mut labels = notification.labels.clone();
+                labels
+                    .entry("alertname".to_owned())
+                    .or_insert_with(|| "deploykit".to_owned());
+                labels.insert(KEY_LABEL.to_owned(), notification.key.to_string());
+                labels.insert(
+                    "severity".to_owned(),
+                    match notification.severity {
+                        Severity::Critical => "critical",
+                        Severity::Warning => "warning",
+                        Severity::Info => "info",
+                    }
+                    .to_owned(),
+                );
+                let mut alert = serde_json::json!({
+                    "labels": labels,
+                    "annotations": {
+                        "summary": notification.summary,
+                        "description": notification.body,
+                    },
+                });
+                if action == NotificationAction::Resolve {
+                    alert["endsAt"] = now.to_rfc3339().into();
+                } else {
+                    alert["startsAt"] = now.to_rfc3339().into();
+                }
+                (format!("{}/api/v2/alerts", self.base), serde_json::json!([alert]))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Notifier for AlertmanagerNotifier {
+    async fn notify(&self, notification: &Notification) -> Result<Delivery, BackendError> {
+        let (url, body) = self.request(notification);
+        self.policy
+            .run(BACKEND, || {
+                let request = self.client.post(&url).json(&body);
+                async move { send(BACKEND, "alertmanager post", self.timeout, request, &[200]).await }
+            })
+            .await?;
+        Ok(Delivery::Delivered)
+    }
+}

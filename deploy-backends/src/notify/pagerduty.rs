@@ -1,0 +1,147 @@
+//! [`PagerDutyNotifier`]: PagerDuty Events API v2.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier, Severity};
+
+use super::webhook::action_name;
+use super::{RetryPolicy, send};
+use crate::http::client;
+
+const BACKEND: &str = "pagerduty";
+/// PagerDuty's events endpoint.
+pub const EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+/// PagerDuty truncates summaries at 1024 characters; we cut first so the cut is ours.
+const MAX_SUMMARY: usize = 1024;
+
+/// Sends trigger / acknowledge / resolve events to PagerDuty's Events API v2, with the
+/// notification's key as `dedup_key`, so a re-sent trigger updates the open alert and a
+/// resolve closes it.
+///
+/// 202 is delivered; 400 (an invalid event) is [`BackendError::Rejected`], final; 429 and
+/// 5xx are retried with backoff, honouring `Retry-After`; when the retry policy is spent
+/// the error is [`BackendError::Unavailable`] (retryable later).
+#[derive(Debug)]
+pub struct PagerDutyNotifier {
+    client: reqwest::Client,
+    url: String,
+    routing_key: String,
+    source: String,
+    policy: RetryPolicy,
+    timeout: Duration,
+}
+
+impl PagerDutyNotifier {
+    /// Sends to PagerDuty with the integration's `routing_key`; events name `source` (this
+    /// deployer's host or service) as their origin.
+    ///
+    /// # Errors
+    /// [`BackendError::Rejected`] for an empty routing key or source.
+    pub fn new(routing_key: impl Into<String>, source: impl Into<String>) -> Result<Self, BackendError> {
+        let (routing_key, source) = (routing_key.into(), source.into());
+        if routing_key.trim().is_empty() || source.trim().is_empty() {
+            return Err(BackendError::Rejected {
+                operation: "pagerduty notifier",
+                reason: "routing key and source must not be empty".to_owned(),
+            });
+        }
+        let timeout = Duration::from_secs(10);
+        Ok(Self {
+            client: client(timeout)?,
+            url: EVENTS_URL.to_owned(),
+            routing_key,
+            source,
+            policy: RetryPolicy::default(),
+            timeout,
+        })
+    }
+
+    /// Sends to another endpoint (a proxy, or a local stand-in in tests).
+    #[must_use]
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
+
+    /// Retries as `policy` says.
+    #[must_use]
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How long one request may take (default 10 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn event(&self, notification: &Notification) -> serde_json::Value {
+        let mut event = serde_json::json!({
+            "routing_key": self.routing_key,
+            "event_action": action_name(notification.action),
+            "dedup_key": notification.key,
+        });
+        if notification.action == NotificationAction::Trigger {
+            let summary: String = notification.summary.chars().take(MAX_SUMMARY).collect();
+            event["payload"] = serde_json::json!({
+                "summary": if summary.is_empty() { notification.key.to_string() } else { summary },
+                "source": self.source,
+                "severity": match notification.severity {
+                    Severity::Critical => "critical",
+                    Severity::Warning => "warning",
+                    Severity::Info => "info",
+                },
+                "custom_details": {
+                    "body": notification.body,
+                    "labels": notification.labels,
+                },
+            });
+        }
+        event
+    }
+}
+
+#[async_trait]
+impl Notifier for PagerDutyNotifier {
+    async fn notify(&self, notification: &Notification) -> Result<Delivery, BackendError> {
+        let event = self.event(notification);
+        self.policy
+            .run(BACKEND, || {
+                let request = self.client.post(&self.url).json(&event);
+                async move { send(BACKEND, "pagerduty event", self.timeout, request, &[202]).await }
+            })
+            .await?;
+        Ok(Delivery::Delivered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use deploy_core::IdempotencyKey;
+
+    use super::*;
+
+    #[test]
+    fn events_carry_the_dedup_key_and_a_payload_only_on_trigger() {
+        let notifier = PagerDutyNotifier::new("R0UT1NG", "deployer-1").unwrap();
+        let key = IdempotencyKey::new("alert/shop/HighErrorRate").unwrap();
+        let trigger = Notification::trigger(key, Severity::Critical, "x".repeat(2000)).with_label("app", "shop");
+        let event = notifier.event(&trigger);
+        assert_eq!(event["event_action"], "trigger");
+        assert_eq!(event["dedup_key"], "alert/shop/HighErrorRate");
+        assert_eq!(event["payload"]["severity"], "critical");
+        assert_eq!(event["payload"]["summary"].as_str().unwrap().len(), 1024);
+        assert_eq!(event["payload"]["custom_details"]["labels"]["app"], "shop");
+        let resolve = Notification {
+            action: NotificationAction::Resolve,
+            ..trigger
+        };
+        let event = notifier.event(&resolve);
+        assert_eq!(event["event_action"], "resolve");
+        assert!(event.get("payload").is_none());
+        assert!(PagerDutyNotifier::new(" ", "x").is_err());
+    }
+}

@@ -1,0 +1,564 @@
+//! [`ProcessInfra`]: local processes as instances.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deploy_core::{AppId, Artifact, BackendError, InfraManager, Instance, InstanceId, InstanceState, Pool, Version};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+/// How a [`ProcessInfra`] runs an instance.
+///
+/// `program` and `args` may use placeholders, filled in per instance: `{port}`, `{host}`,
+/// `{artifact}` (the installed version's directory), `{instance}`, `{app}`, `{pool}`,
+/// `{version}` and `{dir}` (the instance's own working directory). The same placeholders work
+/// in environment values.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    artifacts: PathBuf,
+    work: PathBuf,
+    host: String,
+    ready_timeout: Duration,
+    stop_timeout: Duration,
+    wait_for_port: bool,
+    file_sd: Option<PathBuf>,
+}
+
+impl ProcessSpec {
+    /// Runs `program`; versions are the directories `<artifacts>/<app>/<version>`, and each
+    /// instance keeps its log and state under `<work>/<app>/<instance>`.
+    pub fn new(program: impl Into<String>, artifacts: impl AsRef<Path>, work: impl AsRef<Path>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            artifacts: artifacts.as_ref().to_path_buf(),
+            work: work.as_ref().to_path_buf(),
+            host: "127.0.0.1".to_owned(),
+            ready_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(5),
+            wait_for_port: true,
+            file_sd: None,
+        }
+    }
+
+    /// The arguments (with placeholders).
+    #[must_use]
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds an environment variable (the value may use placeholders).
+    #[must_use]
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// How long a started process may take to accept connections on its port (10 s).
+    #[must_use]
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long a process may take to exit after SIGTERM before it gets SIGKILL (5 s).
+    #[must_use]
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// Counts an instance as running once its process is spawned, without waiting for it
+    /// to listen on its port (for programs that do not serve).
+    #[must_use]
+    pub fn ready_when_started(mut self) -> Self {
+        self.wait_for_port = false;
+        self
+    }
+
+    /// Keeps a Prometheus `file_sd` target file at `path` listing running instances with the
+    /// labels `app`, `pool`, `version` and `instance`.
+    #[must_use]
+    pub fn prometheus_targets(mut self, path: impl AsRef<Path>) -> Self {
+        self.file_sd = Some(path.as_ref().to_path_buf());
+        self
+    }
+}
+
+/// An instance and its process.
+#[derive(Debug)]
+struct Slot {
+    instance: Instance,
+    port: u16,
+    installed: PathBuf,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Slot {
+    /// Notices a process that exited on its own.
+    fn refresh(&mut self) {
+        if let Some(child) = &mut self.child
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            tracing::warn!(instance = %self.instance.id, %status, "instance process exited");
+            self.child = None;
+            self.instance.state = InstanceState::Failed;
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("output.log")
+    }
+}
+
+type Slots = BTreeMap<InstanceId, Arc<tokio::sync::Mutex<Slot>>>;
+
+/// An [`InfraManager`] whose instances are local processes.
+///
+/// - `provision` gives each instance its own port on 127.0.0.1 (kept for its life), working
+///   directory and log file, installs the version's artifact directory and starts it.
+/// - `fetch_artifact` finds `<artifacts>/<app>/<version>` ([`BackendError::NotFound`] with
+///   kind `"artifact"` when it is missing); `install` points the stopped instance at it.
+/// - `start_instance` spawns the command with the placeholders filled in, stdout and stderr
+///   appended to the instance's log, and waits until the port accepts connections; a
+///   process that exits first is [`InstanceState::Failed`] and the error quotes its log.
+/// - `stop_instance` sends SIGTERM, waits up to the stop timeout, then SIGKILLs.
+/// - A process that dies on its own is listed as `Failed`.
+///
+/// Processes are killed when the `ProcessInfra` is dropped; instances do not outlive the
+/// process that manages them.
+#[derive(Debug)]
+pub struct ProcessInfra {
+    spec: ProcessSpec,
+    apps: Mutex<HashMap<AppId, Slots>>,
+    next_id: AtomicU64,
+    file_sd: tokio::sync::Mutex<()>,
+}
+
+impl ProcessInfra {
+    /// Manages processes as `spec` says.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when the working directory cannot be created.
+    pub fn new(spec: ProcessSpec) -> Result<Self, BackendError> {
+        std::fs::create_dir_all(&spec.work).map_err(|err| io_error(&spec.work, err))?;
+        Ok(Self {
+            spec,
+            apps: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            file_sd: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// What the instance's process wrote to stdout and stderr so far.
+    ///
+    /// # Errors
+    /// [`BackendError::NotFound`] for an unknown instance.
+    pub async fn logs(&self, app: &AppId, instance: &InstanceId) -> Result<String, BackendError> {
+        let slot = self.slot(app, instance)?;
+        let path = slot.lock().await.log_path();
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(err) => Err(io_error(&path, err)),
+        }
+    }
+
+    /// Stops and starts an instance (same version, same port).
+    ///
+    /// # Errors
+    /// As [`InfraManager::stop_instance`] and [`InfraManager::start_instance`].
+    pub async fn restart_instance(&self, app: &AppId, instance: &InstanceId) -> Result<Instance, BackendError> {
+        self.stop_instance(app, instance).await?;
+        self.start_instance(app, instance).await
+    }
+
+    /// The process id of a running instance.
+    ///
+    /// # Errors
+    /// [`BackendError::NotFound`] for an unknown instance.
+    pub async fn pid(&self, app: &AppId, instance: &InstanceId) -> Result<Option<u32>, BackendError> {
+        let slot = self.slot(app, instance)?;
+        let mut slot = slot.lock().await;
+        slot.refresh();
+        Ok(slot.child.as_ref().and_then(Child::id))
+    }
+
+    fn slot(&self, app: &AppId, instance: &InstanceId) -> Result<Arc<tokio::sync::Mutex<Slot>>, BackendError> {
+        self.apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(app)
+            .and_then(|slots| slots.get(instance))
+            .cloned()
+            .ok_or_else(|| BackendError::NotFound {
+                kind: "instance",
+                name: instance.to_string(),
+            })
+    }
+
+    fn slots(&self, app: &AppId) -> Vec<Arc<tokio::sync::Mutex<Slot>>> {
+        self.apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(app)
+            .map(|slots| slots.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn artifact_dir(&self, app: &AppId, version: &Version) -> PathBuf {
+        self.spec.artifacts.join(app.as_str()).join(version.as_str())
+    }
+
+    fn fill(&self, template: &str, slot: &Slot) -> String {
+        let instance = &slot.instance;
+        template
+            .replace("{port}", &slot.port.to_string())
+            .replace("{host}", &self.spec.host)
+            .replace("{artifact}", &slot.installed.to_string_lossy())
+            .replace("{instance}", instance.id.as_str())
+            .replace("{app}", instance.app.as_str())
+            .replace("{pool}", instance.pool.as_str())
+            .replace("{version}", instance.version.as_str())
+            .replace("{dir}", &slot.dir.to_string_lossy())
+    }
+
+    async fn spawn(&self, slot: &mut Slot) -> Result<(), BackendError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(slot.log_path())
+            .map_err(|err| io_error(&slot.log_path(), err))?;
+        let err_log = log.try_clone().map_err(|err| io_error(&slot.log_path(), err))?;
+        let mut command = Command::new(self.fill(&self.spec.program, slot));
+        command
+            .args(self.spec.args.iter().map(|arg| self.fill(arg, slot)))
+            .envs(self.spec.env.iter().map(|(k, v)| (k, self.fill(v, slot))))
+            .current_dir(&slot.dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .kill_on_drop(true);
+        let child = command.spawn().map_err(|err| BackendError::Failed {
+            operation: "start_instance",
+            message: format!("cannot run {}: {err}", self.spec.program),
+            source: Some(Box::new(err)),
+        })?;
+        slot.child = Some(child);
+        slot.instance.state = InstanceState::Starting;
+        if self.spec.wait_for_port {
+            self.wait_listening(slot).await?;
+        }
+        slot.instance.state = InstanceState::Running;
+        Ok(())
+    }
+
+    async fn wait_listening(&self, slot: &mut Slot) -> Result<(), BackendError> {
+        let address = (self.spec.host.as_str(), slot.port);
+        let deadline = tokio::time::Instant::now() + self.spec.ready_timeout;
+        loop {
+            if tokio::net::TcpStream::connect(address).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = &mut slot.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                slot.child = None;
+                slot.instance.state = InstanceState::Failed;
+                return Err(BackendError::Failed {
+                    operation: "start_instance",
+                    message: format!(
+                        "{} exited with {status} before listening on port {}; its log ends with: {}",
+                        slot.instance.id,
+                        slot.port,
+                        log_tail(&slot.log_path())
+                    ),
+                    source: None,
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                stop_process(slot, Duration::ZERO).await;
+                slot.instance.state = InstanceState::Failed;
+                return Err(BackendError::Timeout {
+                    operation: "start_instance",
+                    after: self.spec.ready_timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Rewrites the Prometheus target file from the running instances of every app.
+    async fn write_targets(&self) -> Result<(), BackendError> {
+        let Some(path) = &self.spec.file_sd else {
+            return Ok(());
+        };
+        let _one_writer = self.file_sd.lock().await;
+        let slots: Vec<_> = {
+            let apps = self.apps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            apps.values().flat_map(|slots| slots.values().cloned()).collect()
+        };
+        let mut groups = Vec::new();
+        for slot in slots {
+            let slot = slot.lock().await;
+            if slot.instance.state == InstanceState::Running {
+                groups.push(serde_json::json!({
+                    "targets": [format!("{}:{}", self.spec.host, slot.port)],
+                    "labels": {
+                        "app": slot.instance.app.as_str(),
+                        "pool": slot.instance.pool.as_str(),
+                        "version": slot.instance.version.as_str(),
+                        "instance": slot.instance.id.as_str(),
+                    },
+                }));
+            }
+        }
+        let text = serde_json::to_vec_pretty(&groups).unwrap_or_default();
+        let temporary = path.with_extension("tmp");
+        tokio::fs::write(&temporary, text)
+            .await
+            .map_err(|err| io_error(&temporary, err))?;
+        tokio::fs::rename(&temporary, path)
+            .await
+            .map_err(|err| io_error(path, err))
+    }
+}
+
+impl Drop for ProcessInfra {
+    fn drop(&mut self) {
+        // kill_on_drop does the killing; SIGTERM first gives servers a chance to close cleanly.
+        let apps = self.apps.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for slot in apps.values().flat_map(BTreeMap::values) {
+            if let Ok(slot) = slot.try_lock()
+                && let Some(pid) = slot.child.as_ref().and_then(Child::id)
+            {
+                let _ = signal(pid, Signal::SIGTERM);
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, signal: Signal) -> nix::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::ESRCH)?;
+    kill(Pid::from_raw(pid), signal)
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+async fn stop_process(slot: &mut Slot, grace: Duration) {
+    let Some(mut child) = slot.child.take() else {
+        return;
+    };
+    if let Some(pid) = child.id()
+        && !grace.is_zero()
+        && signal(pid, Signal::SIGTERM).is_ok()
+        && tokio::time::timeout(grace, child.wait()).await.is_ok()
+    {
+        return;
+    }
+    let _ = child.kill().await;
+}
+
+fn io_error(path: &Path, err: std::io::Error) -> BackendError {
+    BackendError::Unavailable {
+        backend: "processes".to_owned(),
+        message: format!("{}: {err}", path.display()),
+        source: Some(Box::new(err)),
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    if tail.is_empty() {
+        "(nothing)".to_owned()
+    } else {
+        tail.join(" | ")
+    }
+}
+
+/// A free TCP port on `host`, as the kernel hands one out.
+fn free_port(host: &str) -> Result<u16, BackendError> {
+    std::net::TcpListener::bind((host, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(|err| BackendError::Unavailable {
+            backend: "processes".to_owned(),
+            message: format!("no free port on {host}: {err}"),
+            source: Some(Box::new(err)),
+        })
+}
+
+#[async_trait]
+impl InfraManager for ProcessInfra {
+    async fn list_instances(&self, app: &AppId) -> Result<Vec<Instance>, BackendError> {
+        let mut instances = Vec::new();
+        for slot in self.slots(app) {
+            let mut slot = slot.lock().await;
+            slot.refresh();
+            instances.push(slot.instance.clone());
+        }
+        Ok(instances)
+    }
+
+    async fn describe_instances(&self, app: &AppId, ids: &[InstanceId]) -> Result<Vec<Instance>, BackendError> {
+        let mut instances = Vec::new();
+        for id in ids {
+            if let Ok(slot) = self.slot(app, id) {
+                let mut slot = slot.lock().await;
+                slot.refresh();
+                instances.push(slot.instance.clone());
+            }
+        }
+        Ok(instances)
+    }
+
+    async fn provision(&self, app: &AppId, pool: &Pool, version: &Version, count: usize) -> Result<Vec<Instance>, BackendError> {
+        if count == 0 {
+            return Err(BackendError::Rejected {
+                operation: "provision",
+                reason: "count must be at least 1".to_owned(),
+            });
+        }
+        let artifact = self.fetch_artifact(app, version).await?;
+        let mut created = Vec::with_capacity(count);
+        for _ in 0..count {
+            let number = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = InstanceId::new(format!("{app}-{number}"))?;
+            let dir = self.spec.work.join(app.as_str()).join(id.as_str());
+            std::fs::create_dir_all(&dir).map_err(|err| io_error(&dir, err))?;
+            let port = free_port(&self.spec.host)?;
+            let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+                instance: Instance {
+                    id: id.clone(),
+                    app: app.clone(),
+                    pool: pool.clone(),
+                    version: version.clone(),
+                    state: InstanceState::Stopped,
+                    address: Some(format!("{}:{port}", self.spec.host)),
+                },
+                port,
+                installed: PathBuf::from(&artifact.location),
+                dir,
+                child: None,
+            }));
+            self.apps
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(app.clone())
+                .or_default()
+                .insert(id.clone(), Arc::clone(&slot));
+            created.push(id);
+        }
+        let started = futures::future::join_all(created.iter().map(|id| self.start_instance(app, id))).await;
+        started.into_iter().collect()
+    }
+
+    async fn fetch_artifact(&self, app: &AppId, version: &Version) -> Result<Artifact, BackendError> {
+        let dir = self.artifact_dir(app, version);
+        match tokio::fs::metadata(&dir).await {
+            Ok(meta) if meta.is_dir() => Ok(Artifact {
+                version: version.clone(),
+                location: dir.to_string_lossy().into_owned(),
+                digest: None,
+            }),
+            _ => Err(BackendError::NotFound {
+                kind: "artifact",
+                name: dir.display().to_string(),
+            }),
+        }
+    }
+
+    async fn stop_instance(&self, app: &AppId, instance: &InstanceId) -> Result<(), BackendError> {
+        let slot = self.slot(app, instance)?;
+        {
+            let mut slot = slot.lock().await;
+            stop_process(&mut slot, self.spec.stop_timeout).await;
+            slot.instance.state = InstanceState::Stopped;
+        }
+        self.write_targets().await
+    }
+
+    async fn install(&self, app: &AppId, instance: &InstanceId, artifact: &Artifact) -> Result<(), BackendError> {
+        let slot = self.slot(app, instance)?;
+        let mut slot = slot.lock().await;
+        slot.refresh();
+        if slot.child.is_some() {
+            return Err(BackendError::Rejected {
+                operation: "install",
+                reason: format!("{instance} is running; stop it first"),
+            });
+        }
+        let location = PathBuf::from(&artifact.location);
+        if !location.is_dir() {
+            return Err(BackendError::NotFound {
+                kind: "artifact",
+                name: artifact.location.clone(),
+            });
+        }
+        slot.installed = location;
+        slot.instance.version = artifact.version.clone();
+        Ok(())
+    }
+
+    async fn start_instance(&self, app: &AppId, instance: &InstanceId) -> Result<Instance, BackendError> {
+        let slot = self.slot(app, instance)?;
+        let started = {
+            let mut slot = slot.lock().await;
+            slot.refresh();
+            if slot.child.is_none() {
+                self.spawn(&mut slot).await?;
+            }
+            slot.instance.clone()
+        };
+        self.write_targets().await?;
+        Ok(started)
+    }
+
+    async fn update_instance(&self, app: &AppId, instance: &InstanceId, version: &Version) -> Result<Instance, BackendError> {
+        let artifact = self.fetch_artifact(app, version).await?;
+        let slot = self.slot(app, instance)?;
+        {
+            let mut slot = slot.lock().await;
+            slot.refresh();
+            if slot.child.is_some() && slot.instance.version == *version {
+                return Ok(slot.instance.clone());
+            }
+        }
+        self.stop_instance(app, instance).await?;
+        self.install(app, instance, &artifact).await?;
+        self.start_instance(app, instance).await
+    }
+
+    async fn decommission(&self, app: &AppId, instance: &InstanceId) -> Result<(), BackendError> {
+        let slot = self.slot(app, instance)?;
+        let dir = {
+            let mut slot = slot.lock().await;
+            stop_process(&mut slot, self.spec.stop_timeout).await;
+            slot.dir.clone()
+        };
+        self.apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(app)
+            .map(|slots| slots.remove(instance));
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        self.write_targets().await
+    }
+}

@@ -1,0 +1,373 @@
+//! [`PrometheusMetrics`]: a [`MetricsSource`] over Prometheus's HTTP API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use deploy_core::{BackendError, MetricName, MetricQuery, MetricTarget, MetricsSource, Sample, Series};
+use serde::Deserialize;
+
+use crate::http::{client, excerpt, transport_error};
+
+const BACKEND: &str = "prometheus";
+/// Prometheus refuses range queries of more than 11,000 points per series.
+const MAX_POINTS: u32 = 10_000;
+
+/// A PromQL query with placeholders: `$selector` (required) becomes the target's label
+/// matchers without braces (`app="shop",pool="canary"` or `app="shop",version="2.0"`), so
+/// a template can add its own (`x{$selector,code="500"}`), and `$interval`
+/// the range for `rate()` / `increase()` (the query's step, at least the configured minimum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryTemplate(String);
+
+impl QueryTemplate {
+    /// Checks that `promql` has a `$selector` placeholder.
+    ///
+    /// # Errors
+    /// [`BackendError::Rejected`] when it does not: a query that ignores the target would
+    /// count one pool's traffic against another.
+    pub fn new(promql: impl Into<String>) -> Result<Self, BackendError> {
+        let promql = promql.into();
+        if promql.contains("$selector") {
+            Ok(Self(promql))
+        } else {
+            Err(BackendError::Rejected {
+                operation: "prometheus query template",
+                reason: format!("{promql:?} has no $selector placeholder"),
+            })
+        }
+    }
+
+    fn render(&self, selector: &str, interval: &str) -> String {
+        self.0.replace("$selector", selector).replace("$interval", interval)
+    }
+}
+
+/// Reads metrics from Prometheus: one range query per [`MetricQuery`], over the query's
+/// window, one point per step (the configured default step when the query sets none).
+///
+/// Each metric name maps to a [`QueryTemplate`] that must return one series (aggregate with
+/// `sum`). Targets select on the labels `app` and `pool` or `version`, which
+/// [`ProcessSpec::prometheus_targets`](crate::ProcessSpec::prometheus_targets) puts on every
+/// instance it runs. Points that are NaN or infinite (a rate over no traffic) are left out,
+/// so a target without traffic has no data.
+///
+/// ```
+/// # use deploy_backends::{PrometheusMetrics, QueryTemplate};
+/// # use deploy_core::MetricName;
+/// let metrics = PrometheusMetrics::new("http://127.0.0.1:9090")?
+///     .for_demo_service()
+///     .template(
+///         MetricName::new("saturation")?,
+///         QueryTemplate::new("max(process_open_fds{$selector})")?,
+///     );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct PrometheusMetrics {
+    client: reqwest::Client,
+    base: String,
+    templates: HashMap<MetricName, QueryTemplate>,
+    default_step: Duration,
+    min_interval: Duration,
+    timeout: Duration,
+}
+
+impl PrometheusMetrics {
+    /// A source over the Prometheus at `base_url` (`http://host:port`), with no templates
+    /// yet, a 5 s default step, a 2 s minimum rate interval and a 5 s timeout.
+    ///
+    /// # Errors
+    /// [`BackendError::Rejected`] when `base_url` is not an http(s) URL.
+    pub fn new(base_url: impl Into<String>) -> Result<Self, BackendError> {
+        let base = base_url.into().trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(BackendError::Rejected {
+                operation: "prometheus",
+                reason: format!("{base:?} is not an http(s) URL"),
+            });
+        }
+        let timeout = Duration::from_secs(5);
+        Ok(Self {
+            client: client(timeout)?,
+            base,
+            templates: HashMap::new(),
+            default_step: Duration::from_secs(5),
+            min_interval: Duration::from_secs(2),
+            timeout,
+        })
+    }
+
+    /// Uses `template` for `metric`.
+    #[must_use]
+    pub fn template(mut self, metric: MetricName, template: QueryTemplate) -> Self {
+        self.templates.insert(metric, template);
+        self
+    }
+
+    /// The four well-known metrics over the demo service's `demo_requests_total{code}` and
+    /// `demo_request_duration_seconds` histogram (the usual shape of HTTP server metrics).
+    #[must_use]
+    pub fn for_demo_service(self) -> Self {
+        let templates = [
+            (MetricName::requests(), "sum(increase(demo_requests_total{$selector}[$interval]))"),
+            (
+                MetricName::error_rate(),
+                "(sum(rate(demo_requests_total{$selector,code=~\"5..\"}[$interval])) or vector(0)) / sum(rate(demo_requests_total{$selector}[$interval]))",
+            ),
+            (
+                MetricName::latency_p50_ms(),
+                "1000 * histogram_quantile(0.5, sum by (le) (rate(demo_request_duration_seconds_bucket{$selector}[$interval])))",
+            ),
+            (
+                MetricName::latency_p99_ms(),
+                "1000 * histogram_quantile(0.99, sum by (le) (rate(demo_request_duration_seconds_bucket{$selector}[$interval])))",
+            ),
+        ];
+        templates.into_iter().fold(self, |source, (metric, promql)| {
+            source.template(metric, QueryTemplate(promql.to_owned()))
+        })
+    }
+
+    /// One point per `step` when a query sets none (default 5 s).
+    #[must_use]
+    pub fn default_step(mut self, step: Duration) -> Self {
+        self.default_step = step.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The shortest `$interval` (default 2 s; keep it at least twice the scrape interval).
+    #[must_use]
+    pub fn min_interval(mut self, interval: Duration) -> Self {
+        self.min_interval = interval;
+        self
+    }
+
+    /// How long one HTTP request may take (default 5 s).
+    ///
+    /// # Errors
+    /// [`BackendError::Rejected`] when the HTTP client cannot be built.
+    pub fn timeout(mut self, timeout: Duration) -> Result<Self, BackendError> {
+        self.client = client(timeout)?;
+        self.timeout = timeout;
+        Ok(self)
+    }
+
+    /// Runs an instant query and returns each series' labels and value.
+    ///
+    /// # Errors
+    /// As [`MetricsSource::query`].
+    pub async fn instant(&self, promql: &str) -> Result<Vec<(BTreeMap<String, String>, Sample)>, BackendError> {
+        let data = self.get("/api/v1/query", &[("query", promql.to_owned())]).await?;
+        match data {
+            QueryData::Vector(series) => Ok(series
+                .into_iter()
+                .filter_map(|s| Some((s.metric, point(&s.value)?)))
+                .collect()),
+            QueryData::Scalar(value) => Ok(point(&value).map(|p| (BTreeMap::new(), p)).into_iter().collect()),
+            QueryData::Matrix(_) | QueryData::String(_) => Err(invalid("an instant query returned a matrix")),
+        }
+    }
+
+    /// Runs a range query and returns each series' labels and points.
+    ///
+    /// # Errors
+    /// As [`MetricsSource::query`].
+    pub async fn range(
+        &self,
+        promql: &str,
+        start: SystemTime,
+        end: SystemTime,
+        step: Duration,
+    ) -> Result<Vec<(BTreeMap<String, String>, Vec<Sample>)>, BackendError> {
+        let params = [
+            ("query", promql.to_owned()),
+            ("start", format_time(start)),
+            ("end", format_time(end)),
+            ("step", format!("{:.3}", step.as_secs_f64())),
+        ];
+        match self.get("/api/v1/query_range", &params).await? {
+            QueryData::Matrix(series) => Ok(series
+                .into_iter()
+                .map(|s| (s.metric, s.values.iter().filter_map(point).collect()))
+                .collect()),
+            _ => Err(invalid("a range query did not return a matrix")),
+        }
+    }
+
+    async fn get(&self, path: &str, params: &[(&str, String)]) -> Result<QueryData, BackendError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .client
+            .get(&url)
+            .query(params)
+            .send()
+            .await
+            .map_err(|err| transport_error(BACKEND, "prometheus query", self.timeout, err))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|err| transport_error(BACKEND, "prometheus query", self.timeout, err))?;
+        let parsed: Result<ApiResponse, _> = serde_json::from_str(&body);
+        match parsed {
+            Ok(ApiResponse {
+                status: ref s,
+                data: Some(data),
+                ..
+            }) if s == "success" && status.is_success() => Ok(data),
+            Ok(ApiResponse {
+                error_type, error, ..
+            }) if status.is_client_error() => Err(BackendError::Rejected {
+                operation: "prometheus query",
+                reason: format!(
+                    "{}: {}",
+                    error_type.unwrap_or_else(|| status.to_string()),
+                    error.unwrap_or_default()
+                ),
+            }),
+            Ok(ApiResponse { error, .. }) => Err(BackendError::Unavailable {
+                backend: BACKEND.to_owned(),
+                message: format!("HTTP {status}: {}", error.unwrap_or_default()),
+                source: None,
+            }),
+            Err(_) if status.is_server_error() => Err(BackendError::Unavailable {
+                backend: BACKEND.to_owned(),
+                message: format!("HTTP {status}: {}", excerpt(&body)),
+                source: None,
+            }),
+            Err(err) => Err(invalid(&format!("HTTP {status}, not Prometheus JSON ({err}): {}", excerpt(&body)))),
+        }
+    }
+}
+
+fn invalid(what: &str) -> BackendError {
+    BackendError::Unavailable {
+        backend: BACKEND.to_owned(),
+        message: format!("invalid response: {what}"),
+        source: None,
+    }
+}
+
+fn selector(target: &MetricTarget) -> String {
+    let quoted = |value: &str| value.replace('\\', "\\\\").replace('"', "\\\"");
+    match target {
+        MetricTarget::Pool { app, pool } => format!("app=\"{}\",pool=\"{}\"", quoted(app.as_str()), quoted(pool.as_str())),
+        MetricTarget::Version { app, version } => {
+            format!("app=\"{}\",version=\"{}\"", quoted(app.as_str()), quoted(version.as_str()))
+        }
+    }
+}
+
+/// A Prometheus duration ("1500ms").
+fn prometheus_duration(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis().max(1))
+}
+
+fn format_time(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{:.3}", since.as_secs_f64())
+}
+
+fn point(value: &(f64, String)) -> Option<Sample> {
+    let parsed: f64 = value.1.parse().ok()?;
+    if !parsed.is_finite() || !value.0.is_finite() || value.0 < 0.0 {
+        return None;
+    }
+    Some(Sample {
+        at: UNIX_EPOCH + Duration::from_secs_f64(value.0),
+        value: parsed,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiResponse {
+    status: String,
+    data: Option<QueryData>,
+    error_type: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
+enum QueryData {
+    Matrix(Vec<RangeSeries>),
+    Vector(Vec<InstantSeries>),
+    Scalar((f64, String)),
+    String(serde::de::IgnoredAny),
+}
+
+#[derive(Deserialize)]
+struct RangeSeries {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
+    #[serde(default)]
+    values: Vec<(f64, String)>,
+}
+
+#[derive(Deserialize)]
+struct InstantSeries {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
+    value: (f64, String),
+}
+
+#[async_trait]
+impl MetricsSource for PrometheusMetrics {
+    async fn query(&self, query: &MetricQuery) -> Result<Series, BackendError> {
+        let template = self.templates.get(query.metric()).ok_or_else(|| BackendError::NotFound {
+            kind: "metric",
+            name: query.metric().to_string(),
+        })?;
+        let window = query.window();
+        let points_floor = window / MAX_POINTS;
+        let step = query.step().unwrap_or(self.default_step).max(points_floor);
+        let interval = prometheus_duration(step.max(self.min_interval));
+        let promql = template.render(&selector(query.target()), &interval);
+        let end = SystemTime::now();
+        let series = self.range(&promql, end - window, end, step).await?;
+        match series.len() {
+            0 => Ok(Series::empty()),
+            1 => {
+                let (_, samples) = series.into_iter().next().unwrap_or_default();
+                Ok(Series::new(samples)?)
+            }
+            n => Err(BackendError::Rejected {
+                operation: "prometheus query",
+                reason: format!("the template for {} returned {n} series; aggregate it to one (sum)", query.metric()),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_need_a_selector_and_render_both_placeholders() {
+        assert!(QueryTemplate::new("sum(up)").is_err());
+        let template = QueryTemplate::new("sum(rate(x{$selector}[$interval]))").unwrap();
+        assert_eq!(
+            template.render("app=\"shop\"", "5000ms"),
+            "sum(rate(x{app=\"shop\"}[5000ms]))"
+        );
+    }
+
+    #[test]
+    fn responses_parse_and_non_finite_points_are_dropped() {
+        let body = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1700000000.5,"0.25"],[1700000005.5,"NaN"],[1700000010.5,"+Inf"]]}]}}"#;
+        let parsed: ApiResponse = serde_json::from_str(body).unwrap();
+        let Some(QueryData::Matrix(series)) = parsed.data else {
+            panic!("a matrix")
+        };
+        let points: Vec<Sample> = series[0].values.iter().filter_map(point).collect();
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0].value, 0.25);
+        for garbage in ["<html>", "{\"status\":\"success\"}", "{\"data\":{\"resultType\":\"matrix\",\"result\":[{\"values\":[[\"x\",1]]}]}}"] {
+            let parsed: Result<ApiResponse, _> = serde_json::from_str(garbage);
+            assert!(parsed.map(|p| p.data.is_none()).unwrap_or(true), "{garbage}");
+        }
+    }
+}
