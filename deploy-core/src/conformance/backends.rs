@@ -95,8 +95,10 @@ pub async fn load_balancer(lb: &DynLoadBalancer, fixture: &BalancerFixture) {
         .await
         .expect("deregistering a non-member is a no-op");
 
+    // Unknown to the infrastructure and without an address: nothing to route to.
     let mut stranger = leaving.clone();
     stranger.id = InstanceId::new("conformance-no-such-instance").expect("valid id");
+    stranger.address = None;
     assert!(
         matches!(lb.register(&stranger).await, Err(BackendError::NotFound { .. })),
         "registering an instance the balancer cannot route to is NotFound"
