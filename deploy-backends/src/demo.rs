@@ -2,8 +2,8 @@
 //!
 //! The service ([`serve`]) answers `GET /` with its version (or, for the configured share of
 //! requests, HTTP 500), `GET /health` with 200 (503 when told to be unhealthy), `GET
-//! /metrics` in Prometheus's text format (`demo_requests_total{code}`,
-//! `demo_request_duration_seconds` histogram, `demo_build_info{version}`), and `POST
+//! /metrics` in Prometheus's text format (`demo_requests_total{version,code}`,
+//! `demo_request_duration_seconds{version}` histogram, `demo_build_info{version}`), and `POST
 //! /fail?share=0.3` changes the failing share at run time. A version's behaviour comes from
 //! its artifact directory ([`DemoConfig::write_artifact`] / [`DemoConfig::from_artifact`]),
 //! so a "bad build" is just an artifact that says so. The `deploykit-demo` binary runs it:
@@ -179,24 +179,27 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The metrics in Prometheus's text format. Request metrics carry the `version`
+    /// label: the process knows best what it runs, even right after an in-place update.
     fn render(&self) -> String {
         let (ok, failed) = (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed));
         let count = ok + failed;
+        let version = format!("version=\"{}\"", self.version.replace('\\', "\\\\").replace('"', "\\\""));
         let mut text = format!(
-            "# HELP demo_build_info The running build.\n# TYPE demo_build_info gauge\ndemo_build_info{{build=\"{}\"}} 1\n\
+            "# HELP demo_build_info The running build.\n# TYPE demo_build_info gauge\ndemo_build_info{{{version}}} 1\n\
              # HELP demo_requests_total Requests to / by status code.\n# TYPE demo_requests_total counter\n\
-             demo_requests_total{{code=\"200\"}} {ok}\ndemo_requests_total{{code=\"500\"}} {failed}\n\
-             # HELP demo_request_duration_seconds Time to answer /.\n# TYPE demo_request_duration_seconds histogram\n",
-            self.version.replace('\\', "\\\\").replace('"', "\\\"")
+             demo_requests_total{{{version},code=\"200\"}} {ok}\ndemo_requests_total{{{version},code=\"500\"}} {failed}\n\
+             # HELP demo_request_duration_seconds Time to answer /.\n# TYPE demo_request_duration_seconds histogram\n"
         );
         for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
             text.push_str(&format!(
-                "demo_request_duration_seconds_bucket{{le=\"{bound}\"}} {}\n",
+                "demo_request_duration_seconds_bucket{{{version},le=\"{bound}\"}} {}\n",
                 bucket.load(Ordering::Relaxed)
             ));
         }
         text.push_str(&format!(
-            "demo_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\ndemo_request_duration_seconds_sum {}\ndemo_request_duration_seconds_count {count}\n",
+            "demo_request_duration_seconds_bucket{{{version},le=\"+Inf\"}} {count}\n\
+             demo_request_duration_seconds_sum{{{version}}} {}\ndemo_request_duration_seconds_count{{{version}}} {count}\n",
             self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
         ));
         text
@@ -407,9 +410,10 @@ impl LoadGenerator {
                 );
                 let (started, max_requests, max_duration) = (run.started, self.max_requests, self.max_duration);
                 tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) && started.elapsed() < max_duration {
-                        if sent.fetch_add(1, Ordering::Relaxed) >= max_requests {
-                            sent.fetch_sub(1, Ordering::Relaxed);
+                    while !stop.load(Ordering::Relaxed) {
+                        if started.elapsed() >= max_duration || sent.fetch_add(1, Ordering::Relaxed) >= max_requests {
+                            // The bound is reached: everyone stops, and waiters are released.
+                            stop.store(true, Ordering::Relaxed);
                             break;
                         }
                         let outcome = match client.get(&url).send().await {
@@ -441,7 +445,16 @@ impl LoadGenerator {
     }
 }
 
-impl LoadRun {
+/// A cheap, shareable view of a [`LoadRun`]'s progress (for hooks and monitors).
+#[derive(Debug, Clone)]
+pub struct LoadProgress {
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    succeeded: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl LoadProgress {
     /// Requests answered so far (successes and failures).
     pub fn completed(&self) -> u64 {
         self.succeeded.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
@@ -458,11 +471,23 @@ impl LoadRun {
     }
 
     /// Waits (polling every 10 ms of real time) until `requests` more have completed than
-    /// when called, or the workers have stopped.
+    /// when called, or the load is stopped.
     pub async fn wait_for_more(&self, requests: u64) {
         let target = self.completed() + requests;
-        while self.completed() < target && self.workers.iter().any(|w| !w.is_finished()) {
+        while self.completed() < target && !self.stop.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl LoadRun {
+    /// A view of the progress that outlives borrows of the run.
+    pub fn progress(&self) -> LoadProgress {
+        LoadProgress {
+            started: self.started,
+            stop: Arc::clone(&self.stop),
+            succeeded: Arc::clone(&self.succeeded),
+            failed: Arc::clone(&self.failed),
         }
     }
 
@@ -507,9 +532,9 @@ mod tests {
         assert_eq!(pattern, [false, false, false, true, false, false, false, true]);
         stats.observe(Duration::from_millis(3), false);
         let text = stats.render();
-        assert!(text.contains("demo_requests_total{code=\"200\"} 1"), "{text}");
-        assert!(text.contains("demo_request_duration_seconds_bucket{le=\"0.005\"} 1"));
-        assert!(text.contains("demo_request_duration_seconds_bucket{le=\"0.0025\"} 0"));
+        assert!(text.contains("demo_requests_total{version=\"1.0\",code=\"200\"} 1"), "{text}");
+        assert!(text.contains("demo_request_duration_seconds_bucket{version=\"1.0\",le=\"0.005\"} 1"));
+        assert!(text.contains("demo_request_duration_seconds_bucket{version=\"1.0\",le=\"0.0025\"} 0"));
     }
 
     #[test]

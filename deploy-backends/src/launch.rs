@@ -238,7 +238,9 @@ impl Haproxy {
     }
 }
 
-/// Prometheus scraping the targets listed in a `file_sd` file every second.
+/// Prometheus scraping the targets listed in a `file_sd` file every second. Labels the
+/// targets report themselves win over the file's (`honor_labels`), so an instance updated in
+/// place is counted under its new version from its next scrape, not after rediscovery.
 #[derive(Debug)]
 pub struct Prometheus {
     daemon: Daemon,
@@ -264,7 +266,7 @@ impl Prometheus {
         let targets = dir.path().join("targets.json");
         std::fs::write(&targets, "[]").map_err(io("writing targets.json"))?;
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: deploykit\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: deploykit\n    honor_labels: true\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s\n",
             targets.display()
         );
         let config_path = dir.path().join("prometheus.yml");

@@ -105,10 +105,15 @@ impl HaproxyLoadBalancer {
             return Ok(());
         };
         let backend = self.backend_of(app);
-        for (server, weight) in weights::assign(&target, servers) {
-            if server.row.weight != weight {
-                self.runtime.set_weight(backend, &server.row.name, weight).await?;
-            }
+        let mut changes: Vec<(&Server, u32)> = weights::assign(&target, servers)
+            .into_iter()
+            .filter(|(server, weight)| server.row.weight != *weight)
+            .collect();
+        // Raises before cuts: lowering the old pool first would, for a moment, leave no
+        // server with weight and HAProxy answering 503.
+        changes.sort_by_key(|(server, weight)| *weight < server.row.weight);
+        for (server, weight) in changes {
+            self.runtime.set_weight(backend, &server.row.name, weight).await?;
         }
         Ok(())
     }

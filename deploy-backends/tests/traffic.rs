@@ -1,0 +1,353 @@
+//! End to end under load: demo-service processes behind a real HAProxy, scraped by a real
+//! Prometheus, rolled out by deploy-strategies while an in-process load generator sends
+//! requests through HAProxy. Blue-green, canary and rolling updates must not fail a single
+//! request; a bad version must be caught by Prometheus-based analysis and rolled back, with
+//! errors only while the analysis needs to see them.
+//!
+//! The scenarios take the machine's two cores, so they run one at a time.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{Artifacts, app, pool, version};
+use deploy_backends::demo::{LoadGenerator, LoadProgress, LoadReport};
+use deploy_backends::launch::{Haproxy, Prometheus};
+use deploy_backends::{HaproxyLoadBalancer, HttpHealthChecker, ProcessInfra, PrometheusMetrics};
+use deploy_core::{
+    BackendError, DeploymentEventKind, InfraManager, LoadBalancer, MemoryStore, MetricName, MetricQuery,
+    MetricsSource, Series, TrafficSplit,
+};
+use deploy_strategies::{
+    AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Hook, HookContext, HookOutcome,
+    HookPoint, Pause, Quantity, Rollout, RolloutOptions, RolloutOutcome, RolloutReport, RollingSpec, Strategy,
+};
+
+/// Requests each zero-drop scenario must see while its rollout runs.
+const REQUIRED: u64 = 50_000;
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Everything a scenario runs on. Dropping it stops the processes.
+struct Stage {
+    haproxy: Haproxy,
+    prometheus: Prometheus,
+    infra: Arc<ProcessInfra>,
+    lb: Arc<HaproxyLoadBalancer>,
+    _artifacts: Artifacts,
+}
+
+impl Stage {
+    /// Four instances of 1.0 in pool "stable" taking all of shop's traffic.
+    async fn start() -> Option<Self> {
+        let haproxy = match Haproxy::start(&["shop"]).await {
+            Ok(haproxy) => haproxy,
+            Err(err) if common::skip(&err) => return None,
+            Err(err) => panic!("{err}"),
+        };
+        let prometheus = match Prometheus::start().await {
+            Ok(prometheus) => prometheus,
+            Err(err) if common::skip(&err) => return None,
+            Err(err) => panic!("{err}"),
+        };
+        let artifacts = Artifacts::new(&[("1.0", 0.0), ("2.0", 0.0), ("2.1-bad", 0.3)]);
+        let infra = Arc::new(ProcessInfra::new(artifacts.spec().prometheus_targets(prometheus.targets_file())).unwrap());
+        let lb = Arc::new(HaproxyLoadBalancer::new(haproxy.socket()));
+        for instance in infra.provision(&app(), &pool("stable"), &version("1.0"), 4).await.unwrap() {
+            lb.register(&instance).await.unwrap();
+        }
+        lb.set_routing(&app(), &TrafficSplit::all_to(pool("stable"))).await.unwrap();
+        // Monitoring is up before anything is deployed: Prometheus has discovered and
+        // scraped the fleet (discovery hands out new targets at most every 5 s).
+        let metrics = PrometheusMetrics::new(prometheus.url()).unwrap();
+        let started = std::time::Instant::now();
+        while metrics.instant("up{app=\"shop\"} == 1").await.map_or(0, |up| up.len()) < 4 {
+            assert!(started.elapsed() < Duration::from_secs(30), "Prometheus did not scrape the fleet");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Some(Self {
+            haproxy,
+            prometheus,
+            infra,
+            lb,
+            _artifacts: artifacts,
+        })
+    }
+
+    fn metrics(&self) -> PrometheusMetrics {
+        PrometheusMetrics::new(self.prometheus.url())
+            .unwrap()
+            .for_demo_service()
+            .default_step(Duration::from_secs(1))
+            .min_interval(Duration::from_secs(3))
+    }
+
+    fn backends(&self, metrics: Arc<dyn MetricsSource>) -> Backends {
+        Backends {
+            load_balancer: self.lb.clone(),
+            infra: self.infra.clone(),
+            health: Arc::new(
+                HttpHealthChecker::builder()
+                    .path("/health")
+                    .expect_body("ok")
+                    .timeout(Duration::from_millis(500))
+                    .build()
+                    .unwrap(),
+            ),
+            metrics,
+        }
+    }
+
+    fn load(&self) -> deploy_backends::demo::LoadRun {
+        LoadGenerator::new(format!("http://{}/", self.haproxy.frontend("shop").unwrap()))
+            .concurrency(8)
+            .max_requests(1_000_000)
+            .max_duration(Duration::from_secs(240))
+            .start()
+            .unwrap()
+    }
+
+    /// Every instance of the app, as (pool, version), sorted.
+    async fn fleet(&self) -> Vec<(String, String)> {
+        let mut fleet: Vec<(String, String)> = self
+            .infra
+            .list_instances(&app())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.pool.to_string(), i.version.to_string()))
+            .collect();
+        fleet.sort();
+        fleet
+    }
+}
+
+fn options() -> RolloutOptions {
+    RolloutOptions {
+        poll_interval: Duration::from_millis(100),
+        health_timeout: Duration::from_secs(15),
+        drain: Duration::from_secs(2),
+        progress_deadline: Duration::from_secs(180),
+        ..RolloutOptions::default()
+    }
+}
+
+/// A hook that holds the rollout until the load generator has completed `requests` more
+/// requests: it makes sure each phase of the rollout is crossed by real traffic.
+#[derive(Debug)]
+struct WaitForLoad {
+    progress: LoadProgress,
+    requests: u64,
+}
+
+#[async_trait]
+impl Hook for WaitForLoad {
+    async fn run(&self, _context: &HookContext) -> HookOutcome {
+        self.progress.wait_for_more(self.requests).await;
+        HookOutcome::Pass
+    }
+}
+
+fn wait_for(progress: &LoadProgress, requests: u64) -> Arc<dyn Hook> {
+    Arc::new(WaitForLoad {
+        progress: progress.clone(),
+        requests,
+    })
+}
+
+/// Prometheus, except that each measurement first lets `requests` more requests through,
+/// so a rolling update's per-batch analysis is crossed by real traffic.
+#[derive(Debug)]
+struct PacedMetrics {
+    inner: PrometheusMetrics,
+    progress: LoadProgress,
+    requests: u64,
+}
+
+#[async_trait]
+impl MetricsSource for PacedMetrics {
+    async fn query(&self, query: &MetricQuery) -> Result<Series, BackendError> {
+        self.progress.wait_for_more(self.requests).await;
+        self.inner.query(query).await
+    }
+}
+
+/// Runs `rollout` of `target` under load and returns its report, the load seen during the
+/// rollout, and when (since the load started) each traffic shift happened.
+async fn run_under_load(
+    stage: &Stage,
+    load: deploy_backends::demo::LoadRun,
+    rollout: Rollout,
+    target: &str,
+) -> (RolloutReport, LoadReport, u64, Vec<(Duration, String)>) {
+    let progress = load.progress();
+    // Let the load settle on the old version first.
+    progress.wait_for_more(2_000).await;
+    let before = progress.completed();
+    let mut handle = rollout.start(&app(), &version(target)).await.unwrap();
+    let shifts = Arc::new(Mutex::new(Vec::new()));
+    let mut events = handle.events();
+    let (recorder, watch) = (Arc::clone(&shifts), progress.clone());
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            println!("[{:>7.3}s] {:?}", watch.elapsed().as_secs_f64(), event.kind);
+            if let DeploymentEventKind::TrafficShifted { split } = event.kind {
+                recorder.lock().unwrap().push((watch.elapsed(), split.to_string()));
+            }
+        }
+    });
+    let report = handle.wait().await.unwrap();
+    let during = progress.completed() - before;
+    progress.wait_for_more(1_000).await;
+    let load = load.stop().await;
+    let shifts = shifts.lock().unwrap().clone();
+    println!(
+        "{}: {:?}; {during} requests during the rollout, {} in all at {:.0}/s, {} failed; answers {:?}; shifts {shifts:?}; fleet {:?}",
+        report.strategy,
+        report.outcome,
+        load.sent,
+        load.rate(),
+        load.failed,
+        load.answers,
+        stage.fleet().await
+    );
+    (report, load, during, shifts)
+}
+
+fn assert_zero_drop(report: &RolloutReport, load: &LoadReport, during: u64) {
+    assert_eq!(report.outcome, RolloutOutcome::Completed, "{report:#?}");
+    assert!(during >= REQUIRED, "only {during} requests crossed the rollout");
+    assert_eq!(load.failed, 0, "failed requests: {:?}", &load.failures[..load.failures.len().min(10)]);
+    assert!(load.answers.get("2.0").copied().unwrap_or(0) > 0 && load.answers.get("1.0").copied().unwrap_or(0) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switch_under_load_drops_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(stage) = Stage::start().await else { return };
+    let load = stage.load();
+    let progress = load.progress();
+    let strategy = Strategy::BlueGreen(BlueGreenSpec {
+        pre_promotion: None,
+        post_promotion: None,
+        manual_promotion: false,
+        scale_down_delay: Duration::from_secs(1),
+    });
+    let rollout = Rollout::builder(strategy, stage.backends(Arc::new(stage.metrics())), Arc::new(MemoryStore::new()))
+        .options(options())
+        .hook(HookPoint::BeforePromotion, Duration::from_secs(120), wait_for(&progress, REQUIRED / 2))
+        .hook(HookPoint::AfterPromotion, Duration::from_secs(120), wait_for(&progress, REQUIRED / 2))
+        .build()
+        .unwrap();
+    let (report, load, during, _) = run_under_load(&stage, load, rollout, "2.0").await;
+    assert_zero_drop(&report, &load, during);
+    assert!(stage.fleet().await.iter().all(|(_, v)| v == "2.0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_ramp_under_load_drops_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(stage) = Stage::start().await else { return };
+    let load = stage.load();
+    let progress = load.progress();
+    let pause = Pause::For(Duration::from_millis(500));
+    let steps = [5.0, 10.0, 25.0, 50.0, 75.0]
+        .into_iter()
+        .map(|percent| CanaryStep {
+            analyze: false,
+            ..CanaryStep::percent(percent, pause.clone()).unwrap()
+        })
+        .collect();
+    let strategy = Strategy::Canary(CanarySpec { steps, analysis: None });
+    let rollout = Rollout::builder(strategy, stage.backends(Arc::new(stage.metrics())), Arc::new(MemoryStore::new()))
+        .options(options())
+        .hook(HookPoint::AfterTraffic, Duration::from_secs(120), wait_for(&progress, 20_000))
+        .hook(HookPoint::BeforePromotion, Duration::from_secs(120), wait_for(&progress, 15_000))
+        .hook(HookPoint::AfterPromotion, Duration::from_secs(120), wait_for(&progress, 15_000))
+        .build()
+        .unwrap();
+    let (report, load, during, shifts) = run_under_load(&stage, load, rollout, "2.0").await;
+    assert_zero_drop(&report, &load, during);
+    assert!(shifts.len() >= 6, "every step shifted traffic: {shifts:?}");
+    assert!(stage.fleet().await.iter().all(|(_, v)| v == "2.0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_under_load_drops_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(stage) = Stage::start().await else { return };
+    let load = stage.load();
+    // Each batch is followed by an error-rate analysis over Prometheus; each measurement
+    // first lets 5,000 requests through (4 batches x 3 measurements).
+    let metrics = Arc::new(PacedMetrics {
+        inner: stage.metrics(),
+        progress: load.progress(),
+        requests: 5_000,
+    });
+    let analysis = AnalysisSpec {
+        // The first measurement may come before Prometheus has two scrapes of the new version.
+        inconclusive_limit: 2,
+        ..AnalysisSpec::new(
+            vec![AnalysisMetric::max_mean("errors", MetricName::error_rate(), Duration::from_secs(10), 0.01).min_samples(2)],
+            Duration::from_millis(100),
+            3,
+        )
+    };
+    let strategy = Strategy::Rolling(RollingSpec {
+        batch: Quantity::Count(1),
+        max_unavailable: Quantity::Count(1),
+        max_surge: Quantity::Count(0),
+        analysis: Some(analysis),
+    });
+    let rollout = Rollout::builder(strategy, stage.backends(metrics), Arc::new(MemoryStore::new()))
+        .options(options())
+        .build()
+        .unwrap();
+    let (report, load, during, _) = run_under_load(&stage, load, rollout, "2.0").await;
+    assert_zero_drop(&report, &load, during);
+    assert_eq!(stage.fleet().await, vec![("stable".to_owned(), "2.0".to_owned()); 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_canary_is_caught_by_prometheus_and_rolled_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(stage) = Stage::start().await else { return };
+    let load = stage.load();
+    let analysis = AnalysisSpec::new(
+        vec![AnalysisMetric::max_mean("errors", MetricName::error_rate(), Duration::from_secs(4), 0.05).min_samples(2)],
+        Duration::from_secs(1),
+        3,
+    );
+    // The first pause gives Prometheus time to discover (file_sd, at most every 5 s) and
+    // scrape the canary before it is judged.
+    let steps = vec![
+        CanaryStep::percent(10.0, Pause::For(Duration::from_secs(8))).unwrap(),
+        CanaryStep::percent(50.0, Pause::For(Duration::from_secs(2))).unwrap(),
+    ];
+    let strategy = Strategy::Canary(CanarySpec {
+        steps,
+        analysis: Some(analysis),
+    });
+    let rollout = Rollout::builder(strategy, stage.backends(Arc::new(stage.metrics())), Arc::new(MemoryStore::new()))
+        .options(options())
+        .build()
+        .unwrap();
+    let (report, load, _, shifts) = run_under_load(&stage, load, rollout, "2.1-bad").await;
+    assert!(matches!(report.outcome, RolloutOutcome::RolledBack { .. }), "{report:#?}");
+    let analysis = report.analyses.last().expect("an analysis ran");
+    println!("analysis: {}", analysis.result.summary());
+    assert!(analysis.result.summary().contains("errors"), "{}", analysis.result.summary());
+    // Errors only between the shift to the canary and the shift back (plus what was in flight).
+    let (to_canary, back) = (shifts.first().unwrap().0, shifts.last().unwrap().0);
+    let (first_error, last_error) = load.failure_window.expect("the bad canary failed requests");
+    println!(
+        "canary got traffic at {to_canary:?}, traffic back at {back:?}; {} errors between {first_error:?} and {last_error:?}",
+        load.failed
+    );
+    assert!(first_error >= to_canary.saturating_sub(Duration::from_millis(100)));
+    assert!(last_error <= back + Duration::from_millis(500));
+    assert!(stage.fleet().await.iter().all(|(_, v)| v == "1.0"));
+    // About 30% of the canary's 10% share failed, nothing else.
+    assert!(load.answers.get("2.1-bad").copied().unwrap_or(0) > 0);
+}
