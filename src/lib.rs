@@ -19,6 +19,9 @@
 //! - `store` (features `sqlite`, `postgres`): durable record and lease stores.
 //! - [`testkit`] (feature `testkit`): a simulated fleet with fault injection and an
 //!   invariant checker, the embedded default for examples and tests.
+//! - `backends` (feature `backends`, off by default): real adapters for HAProxy, HTTP
+//!   health checks, Prometheus, local processes and webhook / PagerDuty / Alertmanager
+//!   notifiers.
 //!
 //! ```
 //! use deploykit::core::{Pool, TrafficSplit};
@@ -48,6 +51,9 @@ pub use deploy_infra as infra;
 
 #[cfg(feature = "testkit")]
 pub use deploy_testkit as testkit;
+
+#[cfg(feature = "backends")]
+pub use deploy_backends as backends;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use deploy_store as store;

@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 /// The file in an artifact directory that describes a demo build.
 pub const ARTIFACT_FILE: &str = "demo.json";
 /// Upper bounds (seconds) of the latency histogram.
-const BUCKETS: [f64; 11] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+const BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
 /// How one build of the demo service behaves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,9 +184,15 @@ impl Stats {
     /// The metrics in Prometheus's text format. Request metrics carry the `version`
     /// label: the process knows best what it runs, even right after an in-place update.
     fn render(&self) -> String {
-        let (ok, failed) = (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed));
+        let (ok, failed) = (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        );
         let count = ok + failed;
-        let version = format!("version=\"{}\"", self.version.replace('\\', "\\\\").replace('"', "\\\""));
+        let version = format!(
+            "version=\"{}\"",
+            self.version.replace('\\', "\\\\").replace('"', "\\\"")
+        );
         let mut text = format!(
             "# HELP demo_build_info The running build.\n# TYPE demo_build_info gauge\ndemo_build_info{{{version}}} 1\n\
              # HELP demo_requests_total Requests to / by status code.\n# TYPE demo_requests_total counter\n\
@@ -245,7 +253,10 @@ async fn root(State(stats): State<Arc<Stats>>) -> (StatusCode, String) {
     let fail = stats.should_fail();
     stats.observe(started.elapsed(), fail);
     if fail {
-        (StatusCode::INTERNAL_SERVER_ERROR, format!("injected failure in {}\n", stats.version))
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("injected failure in {}\n", stats.version),
+        )
     } else {
         (StatusCode::OK, format!("{}\n", stats.version))
     }
@@ -272,9 +283,15 @@ struct FailShare {
     share: f64,
 }
 
-async fn set_fail_share(State(stats): State<Arc<Stats>>, Query(query): Query<FailShare>) -> (StatusCode, String) {
+async fn set_fail_share(
+    State(stats): State<Arc<Stats>>,
+    Query(query): Query<FailShare>,
+) -> (StatusCode, String) {
     if !(0.0..=1.0).contains(&query.share) {
-        return (StatusCode::BAD_REQUEST, format!("share {} is outside 0..=1\n", query.share));
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("share {} is outside 0..=1\n", query.share),
+        );
     }
     stats
         .fail_share_bits
@@ -408,16 +425,21 @@ impl LoadGenerator {
                     Arc::clone(&run.failed),
                     Arc::clone(&run.tally),
                 );
-                let (started, max_requests, max_duration) = (run.started, self.max_requests, self.max_duration);
+                let (started, max_requests, max_duration) =
+                    (run.started, self.max_requests, self.max_duration);
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        if started.elapsed() >= max_duration || sent.fetch_add(1, Ordering::Relaxed) >= max_requests {
+                        if started.elapsed() >= max_duration
+                            || sent.fetch_add(1, Ordering::Relaxed) >= max_requests
+                        {
                             // The bound is reached: everyone stops, and waiters are released.
                             stop.store(true, Ordering::Relaxed);
                             break;
                         }
                         let outcome = match client.get(&url).send().await {
-                            Ok(response) if response.status().is_success() => response.text().await.map_err(|err| err.to_string()),
+                            Ok(response) if response.status().is_success() => {
+                                response.text().await.map_err(|err| err.to_string())
+                            }
                             Ok(response) => Err(format!("HTTP {}", response.status())),
                             Err(err) => Err(crate::http::describe(&err)),
                         };
@@ -497,8 +519,16 @@ impl LoadRun {
         for worker in self.workers {
             let _ = worker.await;
         }
-        let tally = std::mem::take(&mut *self.tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        let (succeeded, failed) = (self.succeeded.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed));
+        let tally = std::mem::take(
+            &mut *self
+                .tally
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let (succeeded, failed) = (
+            self.succeeded.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        );
         LoadReport {
             sent: succeeded + failed,
             succeeded,
@@ -532,7 +562,10 @@ mod tests {
         assert_eq!(pattern, [false, false, false, true, false, false, false, true]);
         stats.observe(Duration::from_millis(3), false);
         let text = stats.render();
-        assert!(text.contains("demo_requests_total{version=\"1.0\",code=\"200\"} 1"), "{text}");
+        assert!(
+            text.contains("demo_requests_total{version=\"1.0\",code=\"200\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("demo_request_duration_seconds_bucket{version=\"1.0\",le=\"0.005\"} 1"));
         assert!(text.contains("demo_request_duration_seconds_bucket{version=\"1.0\",le=\"0.0025\"} 0"));
     }
@@ -543,10 +576,17 @@ mod tests {
         let config = DemoConfig::new("2.0").failing(0.3);
         config.write_artifact(dir.path()).unwrap();
         assert_eq!(DemoConfig::from_artifact(dir.path()).unwrap(), config);
-        std::fs::write(dir.path().join(ARTIFACT_FILE), r#"{"version":"x","fail_share":3}"#).unwrap();
+        std::fs::write(
+            dir.path().join(ARTIFACT_FILE),
+            r#"{"version":"x","fail_share":3}"#,
+        )
+        .unwrap();
         let err = DemoConfig::from_artifact(dir.path()).unwrap_err();
         assert!(err.to_string().contains("fail_share 3 is outside"), "{err}");
         std::fs::write(dir.path().join(ARTIFACT_FILE), "nope").unwrap();
-        assert!(matches!(DemoConfig::from_artifact(dir.path()), Err(DemoError::Invalid { .. })));
+        assert!(matches!(
+            DemoConfig::from_artifact(dir.path()),
+            Err(DemoError::Invalid { .. })
+        ));
     }
 }

@@ -72,12 +72,17 @@ impl HttpHealthChecker {
     async fn probe(&self, url: &str) -> Probe {
         let response = match self.client.get(url).timeout(self.timeout).send().await {
             Ok(response) => response,
-            Err(err) if err.is_timeout() => return Probe::NoAnswer(format!("no answer within {:?}", self.timeout)),
+            Err(err) if err.is_timeout() => {
+                return Probe::NoAnswer(format!("no answer within {:?}", self.timeout));
+            }
             Err(err) => return Probe::Refused(describe(&err)),
         };
         let status = response.status().as_u16();
         if status != self.status {
-            return Probe::Answer(HealthStatus::unhealthy(format!("HTTP {status} (expected {})", self.status)));
+            return Probe::Answer(HealthStatus::unhealthy(format!(
+                "HTTP {status} (expected {})",
+                self.status
+            )));
         }
         let Some(expected) = &self.body else {
             return Probe::Answer(HealthStatus::Healthy);
@@ -88,7 +93,9 @@ impl HttpHealthChecker {
                 "body {:?} does not contain {expected:?}",
                 excerpt(&body)
             ))),
-            Err(err) if err.is_timeout() => Probe::NoAnswer(format!("body not read within {:?}", self.timeout)),
+            Err(err) if err.is_timeout() => {
+                Probe::NoAnswer(format!("body not read within {:?}", self.timeout))
+            }
             Err(err) => Probe::Refused(describe(&err)),
         }
     }
@@ -179,8 +186,8 @@ impl HttpHealthCheckerBuilder {
         }
         let mut client = reqwest::Client::builder().pool_max_idle_per_host(0);
         for pem in &self.roots {
-            let certificates =
-                reqwest::Certificate::from_pem_bundle(pem).map_err(|err| reject(format!("root certificate: {}", describe(&err))))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|err| reject(format!("root certificate: {}", describe(&err))))?;
             if certificates.is_empty() {
                 return Err(reject("root certificate: no PEM certificate found".to_owned()));
             }
@@ -208,7 +215,9 @@ impl HttpHealthCheckerBuilder {
 impl HealthChecker for HttpHealthChecker {
     async fn check(&self, instance: &Instance) -> Result<HealthStatus, BackendError> {
         if matches!(instance.state, InstanceState::Stopped | InstanceState::Failed) {
-            return Ok(HealthStatus::unhealthy(format!("instance is {:?}", instance.state).to_lowercase()));
+            return Ok(HealthStatus::unhealthy(
+                format!("instance is {:?}", instance.state).to_lowercase(),
+            ));
         }
         let Some(address) = &instance.address else {
             return Err(BackendError::NotFound {

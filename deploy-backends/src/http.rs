@@ -5,7 +5,12 @@ use std::time::Duration;
 use deploy_core::BackendError;
 
 /// Maps a transport error of `operation` against `backend`.
-pub(crate) fn transport_error(backend: &str, operation: &'static str, timeout: Duration, err: reqwest::Error) -> BackendError {
+pub(crate) fn transport_error(
+    backend: &str,
+    operation: &'static str,
+    timeout: Duration,
+    err: reqwest::Error,
+) -> BackendError {
     if err.is_timeout() {
         BackendError::Timeout {
             operation,

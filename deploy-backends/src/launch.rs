@@ -56,7 +56,16 @@ pub fn require_real() -> bool {
 pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/usr/local/bin", "/usr/local/sbin"].map(PathBuf::from))
+        .chain(
+            [
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/usr/local/bin",
+                "/usr/local/sbin",
+            ]
+            .map(PathBuf::from),
+        )
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
 }
@@ -83,7 +92,12 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(program: &'static str, path: &Path, args: &[String], dir: tempfile::TempDir) -> Result<Self, LaunchError> {
+    fn spawn(
+        program: &'static str,
+        path: &Path,
+        args: &[String],
+        dir: tempfile::TempDir,
+    ) -> Result<Self, LaunchError> {
         let log = std::fs::File::create(dir.path().join("output.log")).map_err(io("creating the log"))?;
         let err_log = log.try_clone().map_err(io("creating the log"))?;
         let child = Command::new(path)
@@ -149,7 +163,10 @@ impl Drop for Daemon {
 }
 
 async fn http_ok(url: &str) -> bool {
-    match reqwest::Client::builder().timeout(Duration::from_millis(500)).build() {
+    match reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+    {
         Ok(client) => client
             .get(url)
             .send()
@@ -204,7 +221,11 @@ impl Haproxy {
         }
         let config_path = dir.path().join("haproxy.cfg");
         std::fs::write(&config_path, config).map_err(io("writing haproxy.cfg"))?;
-        let args = ["-db".to_owned(), "-f".to_owned(), config_path.display().to_string()];
+        let args = [
+            "-db".to_owned(),
+            "-f".to_owned(),
+            config_path.display().to_string(),
+        ];
         let mut daemon = Daemon::spawn("haproxy", &path, &args, dir)?;
         let runtime = crate::HaproxyRuntime::new(&socket);
         daemon

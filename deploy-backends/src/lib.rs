@@ -45,7 +45,12 @@ pub mod demo;
 mod haproxy;
 #[cfg(feature = "http-health")]
 mod health;
-#[cfg(any(feature = "http-health", feature = "prometheus", feature = "notifiers", feature = "launch"))]
+#[cfg(any(
+    feature = "http-health",
+    feature = "prometheus",
+    feature = "notifiers",
+    feature = "launch"
+))]
 mod http;
 #[cfg(feature = "launch")]
 pub mod launch;
@@ -62,8 +67,8 @@ pub use haproxy::{HaproxyLoadBalancer, HaproxyRuntime, ServerState};
 pub use health::{HttpHealthChecker, HttpHealthCheckerBuilder};
 #[cfg(feature = "notifiers")]
 pub use notify::{
-    AlertmanagerNotifier, EVENTS_URL, KEY_LABEL, PagerDutyNotifier, RetryPolicy, SIGNATURE_HEADER, WebhookNotifier,
-    verify_signature,
+    AlertmanagerNotifier, EVENTS_URL, KEY_LABEL, PagerDutyNotifier, RetryPolicy, SIGNATURE_HEADER,
+    WebhookNotifier, verify_signature,
 };
 #[cfg(feature = "process")]
 pub use process::{ProcessInfra, ProcessSpec};

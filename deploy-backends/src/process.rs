@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deploy_core::{AppId, Artifact, BackendError, InfraManager, Instance, InstanceId, InstanceState, Pool, Version};
+use deploy_core::{
+    AppId, Artifact, BackendError, InfraManager, Instance, InstanceId, InstanceState, Pool, Version,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
@@ -184,7 +186,11 @@ impl ProcessInfra {
     ///
     /// # Errors
     /// As [`InfraManager::stop_instance`] and [`InfraManager::start_instance`].
-    pub async fn restart_instance(&self, app: &AppId, instance: &InstanceId) -> Result<Instance, BackendError> {
+    pub async fn restart_instance(
+        &self,
+        app: &AppId,
+        instance: &InstanceId,
+    ) -> Result<Instance, BackendError> {
         self.stop_instance(app, instance).await?;
         self.start_instance(app, instance).await
     }
@@ -200,7 +206,11 @@ impl ProcessInfra {
         Ok(slot.child.as_ref().and_then(Child::id))
     }
 
-    fn slot(&self, app: &AppId, instance: &InstanceId) -> Result<Arc<tokio::sync::Mutex<Slot>>, BackendError> {
+    fn slot(
+        &self,
+        app: &AppId,
+        instance: &InstanceId,
+    ) -> Result<Arc<tokio::sync::Mutex<Slot>>, BackendError> {
         self.apps
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -311,7 +321,10 @@ impl ProcessInfra {
         };
         let _one_writer = self.file_sd.lock().await;
         let slots: Vec<_> = {
-            let apps = self.apps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let apps = self
+                .apps
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             apps.values().flat_map(|slots| slots.values().cloned()).collect()
         };
         let mut groups = Vec::new();
@@ -343,7 +356,10 @@ impl ProcessInfra {
 impl Drop for ProcessInfra {
     fn drop(&mut self) {
         // kill_on_drop does the killing; SIGTERM first gives servers a chance to close cleanly.
-        let apps = self.apps.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let apps = self
+            .apps
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for slot in apps.values().flat_map(BTreeMap::values) {
             if let Ok(slot) = slot.try_lock()
                 && let Some(pid) = slot.child.as_ref().and_then(Child::id)
@@ -417,7 +433,11 @@ impl InfraManager for ProcessInfra {
         Ok(instances)
     }
 
-    async fn describe_instances(&self, app: &AppId, ids: &[InstanceId]) -> Result<Vec<Instance>, BackendError> {
+    async fn describe_instances(
+        &self,
+        app: &AppId,
+        ids: &[InstanceId],
+    ) -> Result<Vec<Instance>, BackendError> {
         let mut instances = Vec::new();
         for id in ids {
             if let Ok(slot) = self.slot(app, id) {
@@ -429,7 +449,13 @@ impl InfraManager for ProcessInfra {
         Ok(instances)
     }
 
-    async fn provision(&self, app: &AppId, pool: &Pool, version: &Version, count: usize) -> Result<Vec<Instance>, BackendError> {
+    async fn provision(
+        &self,
+        app: &AppId,
+        pool: &Pool,
+        version: &Version,
+        count: usize,
+    ) -> Result<Vec<Instance>, BackendError> {
         if count == 0 {
             return Err(BackendError::Rejected {
                 operation: "provision",
@@ -495,7 +521,12 @@ impl InfraManager for ProcessInfra {
         self.write_targets().await
     }
 
-    async fn install(&self, app: &AppId, instance: &InstanceId, artifact: &Artifact) -> Result<(), BackendError> {
+    async fn install(
+        &self,
+        app: &AppId,
+        instance: &InstanceId,
+        artifact: &Artifact,
+    ) -> Result<(), BackendError> {
         let slot = self.slot(app, instance)?;
         let mut slot = slot.lock().await;
         slot.refresh();
@@ -531,7 +562,12 @@ impl InfraManager for ProcessInfra {
         Ok(started)
     }
 
-    async fn update_instance(&self, app: &AppId, instance: &InstanceId, version: &Version) -> Result<Instance, BackendError> {
+    async fn update_instance(
+        &self,
+        app: &AppId,
+        instance: &InstanceId,
+        version: &Version,
+    ) -> Result<Instance, BackendError> {
         let artifact = self.fetch_artifact(app, version).await?;
         let slot = self.slot(app, instance)?;
         {

@@ -39,7 +39,9 @@ impl QueryTemplate {
     }
 
     fn render(&self, selector: &str, interval: &str) -> String {
-        self.0.replace("$selector", selector).replace("$interval", interval)
+        self.0
+            .replace("$selector", selector)
+            .replace("$interval", interval)
     }
 }
 
@@ -110,7 +112,10 @@ impl PrometheusMetrics {
     #[must_use]
     pub fn for_demo_service(self) -> Self {
         let templates = [
-            (MetricName::requests(), "sum(increase(demo_requests_total{$selector}[$interval]))"),
+            (
+                MetricName::requests(),
+                "sum(increase(demo_requests_total{$selector}[$interval]))",
+            ),
             (
                 MetricName::error_rate(),
                 "(sum(rate(demo_requests_total{$selector,code=~\"5..\"}[$interval])) or vector(0)) / sum(rate(demo_requests_total{$selector}[$interval]))",
@@ -157,7 +162,10 @@ impl PrometheusMetrics {
     ///
     /// # Errors
     /// As [`MetricsSource::query`].
-    pub async fn instant(&self, promql: &str) -> Result<Vec<(BTreeMap<String, String>, Sample)>, BackendError> {
+    pub async fn instant(
+        &self,
+        promql: &str,
+    ) -> Result<Vec<(BTreeMap<String, String>, Sample)>, BackendError> {
         let data = self.get("/api/v1/query", &[("query", promql.to_owned())]).await?;
         match data {
             QueryData::Vector(series) => Ok(series
@@ -236,7 +244,10 @@ impl PrometheusMetrics {
                 message: format!("HTTP {status}: {}", excerpt(&body)),
                 source: None,
             }),
-            Err(err) => Err(invalid(&format!("HTTP {status}, not Prometheus JSON ({err}): {}", excerpt(&body)))),
+            Err(err) => Err(invalid(&format!(
+                "HTTP {status}, not Prometheus JSON ({err}): {}",
+                excerpt(&body)
+            ))),
         }
     }
 }
@@ -252,9 +263,17 @@ fn invalid(what: &str) -> BackendError {
 fn selector(target: &MetricTarget) -> String {
     let quoted = |value: &str| value.replace('\\', "\\\\").replace('"', "\\\"");
     match target {
-        MetricTarget::Pool { app, pool } => format!("app=\"{}\",pool=\"{}\"", quoted(app.as_str()), quoted(pool.as_str())),
+        MetricTarget::Pool { app, pool } => format!(
+            "app=\"{}\",pool=\"{}\"",
+            quoted(app.as_str()),
+            quoted(pool.as_str())
+        ),
         MetricTarget::Version { app, version } => {
-            format!("app=\"{}\",version=\"{}\"", quoted(app.as_str()), quoted(version.as_str()))
+            format!(
+                "app=\"{}\",version=\"{}\"",
+                quoted(app.as_str()),
+                quoted(version.as_str())
+            )
         }
     }
 }
@@ -316,10 +335,13 @@ struct InstantSeries {
 #[async_trait]
 impl MetricsSource for PrometheusMetrics {
     async fn query(&self, query: &MetricQuery) -> Result<Series, BackendError> {
-        let template = self.templates.get(query.metric()).ok_or_else(|| BackendError::NotFound {
-            kind: "metric",
-            name: query.metric().to_string(),
-        })?;
+        let template = self
+            .templates
+            .get(query.metric())
+            .ok_or_else(|| BackendError::NotFound {
+                kind: "metric",
+                name: query.metric().to_string(),
+            })?;
         let window = query.window();
         let points_floor = window / MAX_POINTS;
         let step = query.step().unwrap_or(self.default_step).max(points_floor);
@@ -335,7 +357,10 @@ impl MetricsSource for PrometheusMetrics {
             }
             n => Err(BackendError::Rejected {
                 operation: "prometheus query",
-                reason: format!("the template for {} returned {n} series; aggregate it to one (sum)", query.metric()),
+                reason: format!(
+                    "the template for {} returned {n} series; aggregate it to one (sum)",
+                    query.metric()
+                ),
             }),
         }
     }
@@ -365,7 +390,11 @@ mod tests {
         let points: Vec<Sample> = series[0].values.iter().filter_map(point).collect();
         assert_eq!(points.len(), 1);
         assert_eq!(points[0].value, 0.25);
-        for garbage in ["<html>", "{\"status\":\"success\"}", "{\"data\":{\"resultType\":\"matrix\",\"result\":[{\"values\":[[\"x\",1]]}]}}"] {
+        for garbage in [
+            "<html>",
+            "{\"status\":\"success\"}",
+            "{\"data\":{\"resultType\":\"matrix\",\"result\":[{\"values\":[[\"x\",1]]}]}}",
+        ] {
             let parsed: Result<ApiResponse, _> = serde_json::from_str(garbage);
             assert!(parsed.map(|p| p.data.is_none()).unwrap_or(true), "{garbage}");
         }

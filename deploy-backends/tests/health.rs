@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use common::{Artifacts, app, pool, version};
 use deploy_backends::HttpHealthChecker;
 use deploy_backends::demo::DemoConfig;
-use deploy_core::{HealthChecker, HealthStatus, InfraManager, Instance, InstanceId, InstanceState, conformance};
+use deploy_core::{
+    HealthChecker, HealthStatus, InfraManager, Instance, InstanceId, InstanceState, conformance,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn instance_at(address: String) -> Instance {
@@ -27,9 +29,16 @@ fn instance_at(address: String) -> Instance {
 async fn http_checks_pass_the_health_checker_suite_against_the_demo_service() {
     let artifacts = Artifacts::new(&[("1.0", 0.0)]);
     let infra = artifacts.infra();
-    let created = infra.provision(&app(), &pool("stable"), &version("1.0"), 2).await.unwrap();
+    let created = infra
+        .provision(&app(), &pool("stable"), &version("1.0"), 2)
+        .await
+        .unwrap();
     infra.stop_instance(&app(), &created[1].id).await.unwrap();
-    let stopped = infra.describe_instances(&app(), &[created[1].id.clone()]).await.unwrap().remove(0);
+    let stopped = infra
+        .describe_instances(&app(), &[created[1].id.clone()])
+        .await
+        .unwrap()
+        .remove(0);
     let checker = HttpHealthChecker::builder().expect_body("ok").build().unwrap();
     conformance::health_checker(&checker, &created[0], &stopped).await;
 
@@ -39,7 +48,10 @@ async fn http_checks_pass_the_health_checker_suite_against_the_demo_service() {
         ..stopped
     };
     let status = checker.check(&claims_running).await.unwrap();
-    assert!(matches!(&status, HealthStatus::Unhealthy { reason } if reason.contains("refused") || reason.contains("connect")), "{status}");
+    assert!(
+        matches!(&status, HealthStatus::Unhealthy { reason } if reason.contains("refused") || reason.contains("connect")),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,16 +64,27 @@ async fn wrong_status_wrong_body_and_silence_are_told_apart() {
     .write_artifact(&artifacts.root().join("shop/sick"))
     .unwrap();
     let infra = artifacts.infra();
-    let sick = infra.provision(&app(), &pool("stable"), &version("sick"), 1).await.unwrap().remove(0);
+    let sick = infra
+        .provision(&app(), &pool("stable"), &version("sick"), 1)
+        .await
+        .unwrap()
+        .remove(0);
     let checker = HttpHealthChecker::builder().build().unwrap();
     assert_eq!(
         checker.check(&sick).await.unwrap(),
         HealthStatus::unhealthy("HTTP 503 (expected 200)")
     );
-    let healthy = infra.provision(&app(), &pool("stable"), &version("1.0"), 1).await.unwrap().remove(0);
+    let healthy = infra
+        .provision(&app(), &pool("stable"), &version("1.0"), 1)
+        .await
+        .unwrap()
+        .remove(0);
     let picky = HttpHealthChecker::builder().expect_body("2.0").build().unwrap();
     let status = picky.check(&healthy).await.unwrap();
-    assert!(matches!(&status, HealthStatus::Unhealthy { reason } if reason.contains("does not contain")), "{status}");
+    assert!(
+        matches!(&status, HealthStatus::Unhealthy { reason } if reason.contains("does not contain")),
+        "{status}"
+    );
 
     // A server that accepts and never answers: unknown, within attempts x timeout.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,13 +104,22 @@ async fn wrong_status_wrong_body_and_silence_are_told_apart() {
     let started = Instant::now();
     let status = impatient.check(&instance_at(address)).await.unwrap();
     assert!(matches!(status, HealthStatus::Unknown { .. }), "{status}");
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Misconfiguration is refused when built; an instance without address is an error.
     assert!(HttpHealthChecker::builder().path("health").build().is_err());
     assert!(HttpHealthChecker::builder().expect_status(42).build().is_err());
     assert!(HttpHealthChecker::builder().attempts(0).build().is_err());
-    assert!(HttpHealthChecker::builder().root_certificate("not a certificate").build().is_err());
+    assert!(
+        HttpHealthChecker::builder()
+            .root_certificate("not a certificate")
+            .build()
+            .is_err()
+    );
     let nowhere = Instance {
         address: None,
         ..instance_at(String::new())
@@ -97,7 +129,8 @@ async fn wrong_status_wrong_body_and_silence_are_told_apart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_checks_trust_an_added_root_and_refuse_an_unknown_certificate() {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
     let cert_pem = certified.cert.pem();
     let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
         tokio_rustls::rustls::crypto::ring::default_provider(),
@@ -117,7 +150,9 @@ async fn https_checks_trust_an_added_root_and_refuse_an_unknown_certificate() {
         while let Ok((stream, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
                 let mut request = [0u8; 1024];
                 let _ = tls.read(&mut request).await;
                 let _ = tls
@@ -137,5 +172,8 @@ async fn https_checks_trust_an_added_root_and_refuse_an_unknown_certificate() {
     assert_eq!(trusting.check(&target).await.unwrap(), HealthStatus::Healthy);
     let strict = HttpHealthChecker::builder().https().attempts(1).build().unwrap();
     let status = strict.check(&target).await.unwrap();
-    assert!(!status.is_healthy(), "an unknown certificate is not trusted: {status}");
+    assert!(
+        !status.is_healthy(),
+        "an unknown certificate is not trusted: {status}"
+    );
 }

@@ -37,9 +37,13 @@ fn quick_retries() -> RetryPolicy {
 fn notification(key: &str, action: NotificationAction) -> Notification {
     Notification {
         action,
-        ..Notification::trigger(IdempotencyKey::new(key).unwrap(), Severity::Critical, "shop error rate 30%")
-            .with_label("app", "shop")
-            .with_label("alertname", "HighErrorRate")
+        ..Notification::trigger(
+            IdempotencyKey::new(key).unwrap(),
+            Severity::Critical,
+            "shop error rate 30%",
+        )
+        .with_label("app", "shop")
+        .with_label("alertname", "HighErrorRate")
     }
 }
 
@@ -112,22 +116,39 @@ async fn webhook_receiver(receiver: Arc<Receiver>) -> String {
 async fn webhooks_are_signed_retried_on_5xx_and_final_on_4xx() {
     let receiver = Receiver::scripted(&[(503, None), (500, None)]);
     let url = format!("{}/hook", webhook_receiver(Arc::clone(&receiver)).await);
-    let notifier = WebhookNotifier::new(&url, SECRET.to_vec()).unwrap().retry_policy(quick_retries());
+    let notifier = WebhookNotifier::new(&url, SECRET.to_vec())
+        .unwrap()
+        .retry_policy(quick_retries());
     conformance::notifier(&notifier, "webhook-").await;
     // Two scripted failures, then the trigger; the repeat is a duplicate; then the resolve.
     assert_eq!(receiver.count(), 4);
     let received = receiver.received.lock().unwrap().clone();
     let (headers, body) = &received[2];
     let json: serde_json::Value = serde_json::from_slice(body).unwrap();
-    assert_eq!((json["key"].as_str(), json["action"].as_str()), (Some("webhook-conformance"), Some("trigger")));
+    assert_eq!(
+        (json["key"].as_str(), json["action"].as_str()),
+        (Some("webhook-conformance"), Some("trigger"))
+    );
     assert_eq!(headers["idempotency-key"], "webhook-conformance/trigger");
-    assert!(verify_signature(SECRET, body, headers[SIGNATURE_HEADER].to_str().unwrap()));
+    assert!(verify_signature(
+        SECRET,
+        body,
+        headers[SIGNATURE_HEADER].to_str().unwrap()
+    ));
 
     // The wrong secret: the receiver says 401, which is final (one request, no retries).
     let before = receiver.count();
-    let forged = WebhookNotifier::new(&url, b"guess".to_vec()).unwrap().retry_policy(quick_retries());
-    let err = forged.notify(&notification("forged", NotificationAction::Trigger)).await.unwrap_err();
-    assert!(matches!(&err, BackendError::Rejected { reason, .. } if reason.contains("401")), "{err}");
+    let forged = WebhookNotifier::new(&url, b"guess".to_vec())
+        .unwrap()
+        .retry_policy(quick_retries());
+    let err = forged
+        .notify(&notification("forged", NotificationAction::Trigger))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Rejected { reason, .. } if reason.contains("401")),
+        "{err}"
+    );
     assert_eq!(receiver.count(), before + 1);
 
     // A receiver that never answers: retried, then given up within the policy, retryable.
@@ -147,9 +168,16 @@ async fn webhooks_are_signed_retried_on_5xx_and_final_on_4xx() {
             ..quick_retries()
         });
     let started = Instant::now();
-    let err = hanging.notify(&notification("hang", NotificationAction::Trigger)).await.unwrap_err();
+    let err = hanging
+        .notify(&notification("hang", NotificationAction::Trigger))
+        .await
+        .unwrap_err();
     assert!(err.is_retryable(), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// What the PagerDuty stand-in knows of each dedup key.
@@ -178,7 +206,10 @@ async fn enqueue(State(pd): State<Arc<PagerDuty>>, headers: HeaderMap, body: Byt
     if event["routing_key"].as_str().is_none_or(|k| k.len() != 32) {
         return invalid("'routing_key' is invalid");
     }
-    let Some(key) = event["dedup_key"].as_str().filter(|k| !k.is_empty() && k.len() <= 255) else {
+    let Some(key) = event["dedup_key"]
+        .as_str()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+    else {
         return invalid("'dedup_key' is invalid");
     };
     let action = event["event_action"].as_str().unwrap_or_default();
@@ -186,7 +217,8 @@ async fn enqueue(State(pd): State<Arc<PagerDuty>>, headers: HeaderMap, body: Byt
     match action {
         "trigger" => {
             let payload = &event["payload"];
-            let severity_ok = ["critical", "error", "warning", "info"].contains(&payload["severity"].as_str().unwrap_or_default());
+            let severity_ok = ["critical", "error", "warning", "info"]
+                .contains(&payload["severity"].as_str().unwrap_or_default());
             if payload["summary"].as_str().is_none() || payload["source"].as_str().is_none() || !severity_ok {
                 return invalid("'payload' is invalid");
             }
@@ -194,7 +226,12 @@ async fn enqueue(State(pd): State<Arc<PagerDuty>>, headers: HeaderMap, body: Byt
         }
         "acknowledge" | "resolve" => {
             if let Some(state) = incidents.get_mut(key) {
-                *state = if action == "resolve" { "resolved" } else { "acknowledged" }.to_owned();
+                *state = if action == "resolve" {
+                    "resolved"
+                } else {
+                    "acknowledged"
+                }
+                .to_owned();
             }
         }
         _ => return invalid("'event_action' is invalid"),
@@ -212,7 +249,12 @@ async fn pagerduty_events_trigger_acknowledge_and_resolve_with_retries_honouring
         receiver: Receiver::scripted(&[(429, Some(1)), (502, None)]),
         ..PagerDuty::default()
     });
-    let url = serve(Router::new().route("/v2/enqueue", post(enqueue)).with_state(Arc::clone(&pd))).await;
+    let url = serve(
+        Router::new()
+            .route("/v2/enqueue", post(enqueue))
+            .with_state(Arc::clone(&pd)),
+    )
+    .await;
     let routing_key = "0123456789abcdef0123456789abcdef";
     let notifier = PagerDutyNotifier::new(routing_key, "deployer-1")
         .unwrap()
@@ -223,11 +265,24 @@ async fn pagerduty_events_trigger_acknowledge_and_resolve_with_retries_honouring
     let started = Instant::now();
     let trigger = notification("alert/shop/HighErrorRate", NotificationAction::Trigger);
     assert_eq!(notifier.notify(&trigger).await.unwrap(), Delivery::Delivered);
-    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After honoured: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured: {:?}",
+        started.elapsed()
+    );
     assert_eq!(pd.receiver.count(), 3);
-    assert_eq!(pd.incidents.lock().unwrap()["alert/shop/HighErrorRate"], "triggered");
-    for (action, state) in [(NotificationAction::Acknowledge, "acknowledged"), (NotificationAction::Resolve, "resolved")] {
-        notifier.notify(&notification("alert/shop/HighErrorRate", action)).await.unwrap();
+    assert_eq!(
+        pd.incidents.lock().unwrap()["alert/shop/HighErrorRate"],
+        "triggered"
+    );
+    for (action, state) in [
+        (NotificationAction::Acknowledge, "acknowledged"),
+        (NotificationAction::Resolve, "resolved"),
+    ] {
+        notifier
+            .notify(&notification("alert/shop/HighErrorRate", action))
+            .await
+            .unwrap();
         assert_eq!(pd.incidents.lock().unwrap()["alert/shop/HighErrorRate"], state);
     }
     conformance::notifier(&notifier, "pd-").await;
@@ -239,7 +294,10 @@ async fn pagerduty_events_trigger_acknowledge_and_resolve_with_retries_honouring
         .endpoint(format!("{url}/v2/enqueue"))
         .retry_policy(quick_retries());
     let err = misconfigured.notify(&trigger).await.unwrap_err();
-    assert!(matches!(&err, BackendError::Rejected { reason, .. } if reason.contains("routing_key")), "{err}");
+    assert!(
+        matches!(&err, BackendError::Rejected { reason, .. } if reason.contains("routing_key")),
+        "{err}"
+    );
     assert_eq!(pd.receiver.count(), before + 1);
 
     // 5xx until the policy is spent: retryable, after exactly `attempts` requests.
@@ -247,7 +305,12 @@ async fn pagerduty_events_trigger_acknowledge_and_resolve_with_retries_honouring
         receiver: Receiver::scripted(&[(500, None); 10]),
         ..PagerDuty::default()
     });
-    let url = serve(Router::new().route("/v2/enqueue", post(enqueue)).with_state(Arc::clone(&failing))).await;
+    let url = serve(
+        Router::new()
+            .route("/v2/enqueue", post(enqueue))
+            .with_state(Arc::clone(&failing)),
+    )
+    .await;
     let notifier = PagerDutyNotifier::new(routing_key, "deployer-1")
         .unwrap()
         .endpoint(format!("{url}/v2/enqueue"))
@@ -260,7 +323,9 @@ async fn pagerduty_events_trigger_acknowledge_and_resolve_with_retries_honouring
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alertmanager_receives_alerts_silences_on_acknowledge_and_resolves() {
     let alertmanager = launch_or_skip!(Alertmanager::start().await);
-    let notifier = AlertmanagerNotifier::new(alertmanager.url()).unwrap().retry_policy(quick_retries());
+    let notifier = AlertmanagerNotifier::new(alertmanager.url())
+        .unwrap()
+        .retry_policy(quick_retries());
     conformance::notifier(&notifier, "am-").await;
 
     let client = reqwest::Client::new();
@@ -273,7 +338,10 @@ async fn alertmanager_receives_alerts_silences_on_acknowledge_and_resolves() {
             .collect::<Vec<_>>()
     };
     notifier
-        .notify(&notification("alert/shop/HighErrorRate", NotificationAction::Trigger))
+        .notify(&notification(
+            "alert/shop/HighErrorRate",
+            NotificationAction::Trigger,
+        ))
         .await
         .unwrap();
     let active = alerts().await;
@@ -283,7 +351,10 @@ async fn alertmanager_receives_alerts_silences_on_acknowledge_and_resolves() {
     assert_eq!(active[0]["annotations"]["summary"], "shop error rate 30%");
 
     notifier
-        .notify(&notification("alert/shop/HighErrorRate", NotificationAction::Acknowledge))
+        .notify(&notification(
+            "alert/shop/HighErrorRate",
+            NotificationAction::Acknowledge,
+        ))
         .await
         .unwrap();
     let mut state = serde_json::Value::Null;
@@ -297,7 +368,10 @@ async fn alertmanager_receives_alerts_silences_on_acknowledge_and_resolves() {
     assert_eq!(state, "suppressed", "acknowledging silences the alert");
 
     notifier
-        .notify(&notification("alert/shop/HighErrorRate", NotificationAction::Resolve))
+        .notify(&notification(
+            "alert/shop/HighErrorRate",
+            NotificationAction::Resolve,
+        ))
         .await
         .unwrap();
     assert!(alerts().await.is_empty(), "a resolved alert is no longer listed");

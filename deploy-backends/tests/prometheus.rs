@@ -12,7 +12,9 @@ use common::{Artifacts, app, pool, version};
 use deploy_backends::demo::LoadGenerator;
 use deploy_backends::launch::Prometheus;
 use deploy_backends::{ProcessInfra, PrometheusMetrics, QueryTemplate};
-use deploy_core::{BackendError, InfraManager, MetricName, MetricQuery, MetricTarget, MetricsSource, conformance};
+use deploy_core::{
+    BackendError, InfraManager, MetricName, MetricQuery, MetricTarget, MetricsSource, conformance,
+};
 
 fn query(metric: MetricName, pool_name: &str) -> MetricQuery {
     let target = MetricTarget::Pool {
@@ -30,7 +32,10 @@ async fn prometheus_passes_the_metrics_source_suite_scraping_the_demo_service() 
     let prometheus = launch_or_skip!(Prometheus::start().await);
     let artifacts = Artifacts::new(&[("1.0", 0.1)]);
     let infra = ProcessInfra::new(artifacts.spec().prometheus_targets(prometheus.targets_file())).unwrap();
-    let blue = infra.provision(&app(), &pool("blue"), &version("1.0"), 1).await.unwrap();
+    let blue = infra
+        .provision(&app(), &pool("blue"), &version("1.0"), 1)
+        .await
+        .unwrap();
     let load = LoadGenerator::new(format!("http://{}/", blue[0].address.as_ref().unwrap()))
         .concurrency(1)
         .max_duration(Duration::from_secs(120))
@@ -50,7 +55,10 @@ async fn prometheus_passes_the_metrics_source_suite_scraping_the_demo_service() 
         if ready {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(40), "no data from Prometheus");
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no data from Prometheus"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     conformance::metrics_source(
@@ -61,7 +69,10 @@ async fn prometheus_passes_the_metrics_source_suite_scraping_the_demo_service() 
     .await;
 
     // The demo fails exactly 10% of its requests; Prometheus sees it.
-    let errors = metrics.query(&query(MetricName::error_rate(), "blue")).await.unwrap();
+    let errors = metrics
+        .query(&query(MetricName::error_rate(), "blue"))
+        .await
+        .unwrap();
     let mean = errors.mean().unwrap();
     assert!((0.07..=0.13).contains(&mean), "error rate {mean}");
     // A version target selects on the version label.
@@ -74,14 +85,24 @@ async fn prometheus_passes_the_metrics_source_suite_scraping_the_demo_service() 
         Duration::from_secs(30),
     )
     .unwrap();
-    assert!(metrics.query(&by_version).await.unwrap().values().any(|v| v > 0.0));
+    assert!(
+        metrics
+            .query(&by_version)
+            .await
+            .unwrap()
+            .values()
+            .any(|v| v > 0.0)
+    );
     // A template that does not aggregate is refused rather than summed behind the caller's back.
     let loose = metrics.clone().template(
         MetricName::new("per_code").unwrap(),
         QueryTemplate::new("rate(demo_requests_total{$selector}[$interval])").unwrap(),
     );
     let per_code = query(MetricName::new("per_code").unwrap(), "blue");
-    assert!(matches!(loose.query(&per_code).await, Err(BackendError::Rejected { .. })));
+    assert!(matches!(
+        loose.query(&per_code).await,
+        Err(BackendError::Rejected { .. })
+    ));
     let report = load.stop().await;
     assert!(report.sent > 0);
 }
@@ -110,7 +131,10 @@ async fn garbage_errors_and_silence_get_typed_errors_within_the_timeout() {
     };
     let html = source(fake(StatusCode::OK, "<html>not prometheus</html>", Duration::ZERO).await);
     let err = html.query(&error_rate).await.unwrap_err();
-    assert!(matches!(&err, BackendError::Unavailable { message, .. } if message.contains("invalid response")), "{err}");
+    assert!(
+        matches!(&err, BackendError::Unavailable { message, .. } if message.contains("invalid response")),
+        "{err}"
+    );
 
     let bad_query = source(
         fake(
@@ -121,7 +145,10 @@ async fn garbage_errors_and_silence_get_typed_errors_within_the_timeout() {
         .await,
     );
     let err = bad_query.query(&error_rate).await.unwrap_err();
-    assert!(matches!(&err, BackendError::Rejected { reason, .. } if reason.contains("bad_data")), "{err}");
+    assert!(
+        matches!(&err, BackendError::Rejected { reason, .. } if reason.contains("bad_data")),
+        "{err}"
+    );
     assert!(!err.is_retryable());
 
     let down = source(fake(StatusCode::SERVICE_UNAVAILABLE, "overloaded", Duration::ZERO).await);
@@ -141,7 +168,10 @@ async fn garbage_errors_and_silence_get_typed_errors_within_the_timeout() {
         )
         .await,
     );
-    assert!(matches!(wrong_shape.query(&error_rate).await, Err(BackendError::Unavailable { .. })));
+    assert!(matches!(
+        wrong_shape.query(&error_rate).await,
+        Err(BackendError::Unavailable { .. })
+    ));
 
     let unknown = query(MetricName::new("no_such_metric").unwrap(), "blue");
     assert!(matches!(

@@ -21,8 +21,9 @@ use deploy_core::{
     MetricsSource, Series, TrafficSplit,
 };
 use deploy_strategies::{
-    AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Hook, HookContext, HookOutcome,
-    HookPoint, Pause, Quantity, Rollout, RolloutOptions, RolloutOutcome, RolloutReport, RollingSpec, Strategy,
+    AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Hook, HookContext,
+    HookOutcome, HookPoint, Pause, Quantity, RollingSpec, Rollout, RolloutOptions, RolloutOutcome,
+    RolloutReport, Strategy,
 };
 
 /// Requests each zero-drop scenario must see while its rollout runs.
@@ -52,18 +53,34 @@ impl Stage {
             Err(err) => panic!("{err}"),
         };
         let artifacts = Artifacts::new(&[("1.0", 0.0), ("2.0", 0.0), ("2.1-bad", 0.3)]);
-        let infra = Arc::new(ProcessInfra::new(artifacts.spec().prometheus_targets(prometheus.targets_file())).unwrap());
+        let infra = Arc::new(
+            ProcessInfra::new(artifacts.spec().prometheus_targets(prometheus.targets_file())).unwrap(),
+        );
         let lb = Arc::new(HaproxyLoadBalancer::new(haproxy.socket()));
-        for instance in infra.provision(&app(), &pool("stable"), &version("1.0"), 4).await.unwrap() {
+        for instance in infra
+            .provision(&app(), &pool("stable"), &version("1.0"), 4)
+            .await
+            .unwrap()
+        {
             lb.register(&instance).await.unwrap();
         }
-        lb.set_routing(&app(), &TrafficSplit::all_to(pool("stable"))).await.unwrap();
+        lb.set_routing(&app(), &TrafficSplit::all_to(pool("stable")))
+            .await
+            .unwrap();
         // Monitoring is up before anything is deployed: Prometheus has discovered and
         // scraped the fleet (discovery hands out new targets at most every 5 s).
         let metrics = PrometheusMetrics::new(prometheus.url()).unwrap();
         let started = std::time::Instant::now();
-        while metrics.instant("up{app=\"shop\"} == 1").await.map_or(0, |up| up.len()) < 4 {
-            assert!(started.elapsed() < Duration::from_secs(30), "Prometheus did not scrape the fleet");
+        while metrics
+            .instant("up{app=\"shop\"} == 1")
+            .await
+            .map_or(0, |up| up.len())
+            < 4
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "Prometheus did not scrape the fleet"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Some(Self {
@@ -193,7 +210,10 @@ async fn run_under_load(
         while let Ok(event) = events.recv().await {
             println!("[{:>7.3}s] {:?}", watch.elapsed().as_secs_f64(), event.kind);
             if let DeploymentEventKind::TrafficShifted { split } = event.kind {
-                recorder.lock().unwrap().push((watch.elapsed(), split.to_string()));
+                recorder
+                    .lock()
+                    .unwrap()
+                    .push((watch.elapsed(), split.to_string()));
             }
         }
     });
@@ -218,8 +238,16 @@ async fn run_under_load(
 fn assert_zero_drop(report: &RolloutReport, load: &LoadReport, during: u64) {
     assert_eq!(report.outcome, RolloutOutcome::Completed, "{report:#?}");
     assert!(during >= REQUIRED, "only {during} requests crossed the rollout");
-    assert_eq!(load.failed, 0, "failed requests: {:?}", &load.failures[..load.failures.len().min(10)]);
-    assert!(load.answers.get("2.0").copied().unwrap_or(0) > 0 && load.answers.get("1.0").copied().unwrap_or(0) > 0);
+    assert_eq!(
+        load.failed,
+        0,
+        "failed requests: {:?}",
+        &load.failures[..load.failures.len().min(10)]
+    );
+    assert!(
+        load.answers.get("2.0").copied().unwrap_or(0) > 0
+            && load.answers.get("1.0").copied().unwrap_or(0) > 0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,12 +262,24 @@ async fn blue_green_switch_under_load_drops_nothing() {
         manual_promotion: false,
         scale_down_delay: Duration::from_secs(1),
     });
-    let rollout = Rollout::builder(strategy, stage.backends(Arc::new(stage.metrics())), Arc::new(MemoryStore::new()))
-        .options(options())
-        .hook(HookPoint::BeforePromotion, Duration::from_secs(120), wait_for(&progress, REQUIRED / 2))
-        .hook(HookPoint::AfterPromotion, Duration::from_secs(120), wait_for(&progress, REQUIRED / 2))
-        .build()
-        .unwrap();
+    let rollout = Rollout::builder(
+        strategy,
+        stage.backends(Arc::new(stage.metrics())),
+        Arc::new(MemoryStore::new()),
+    )
+    .options(options())
+    .hook(
+        HookPoint::BeforePromotion,
+        Duration::from_secs(120),
+        wait_for(&progress, REQUIRED / 2),
+    )
+    .hook(
+        HookPoint::AfterPromotion,
+        Duration::from_secs(120),
+        wait_for(&progress, REQUIRED / 2),
+    )
+    .build()
+    .unwrap();
     let (report, load, during, _) = run_under_load(&stage, load, rollout, "2.0").await;
     assert_zero_drop(&report, &load, during);
     assert!(stage.fleet().await.iter().all(|(_, v)| v == "2.0"));
@@ -256,17 +296,36 @@ async fn canary_ramp_under_load_drops_nothing() {
         .into_iter()
         .map(|percent| CanaryStep {
             analyze: false,
-            ..CanaryStep::percent(percent, pause.clone()).unwrap()
+            ..CanaryStep::percent(percent, pause).unwrap()
         })
         .collect();
-    let strategy = Strategy::Canary(CanarySpec { steps, analysis: None });
-    let rollout = Rollout::builder(strategy, stage.backends(Arc::new(stage.metrics())), Arc::new(MemoryStore::new()))
-        .options(options())
-        .hook(HookPoint::AfterTraffic, Duration::from_secs(120), wait_for(&progress, 20_000))
-        .hook(HookPoint::BeforePromotion, Duration::from_secs(120), wait_for(&progress, 15_000))
-        .hook(HookPoint::AfterPromotion, Duration::from_secs(120), wait_for(&progress, 15_000))
-        .build()
-        .unwrap();
+    let strategy = Strategy::Canary(CanarySpec {
+        steps,
+        analysis: None,
+    });
+    let rollout = Rollout::builder(
+        strategy,
+        stage.backends(Arc::new(stage.metrics())),
+        Arc::new(MemoryStore::new()),
+    )
+    .options(options())
+    .hook(
+        HookPoint::AfterTraffic,
+        Duration::from_secs(120),
+        wait_for(&progress, 20_000),
+    )
+    .hook(
+        HookPoint::BeforePromotion,
+        Duration::from_secs(120),
+        wait_for(&progress, 15_000),
+    )
+    .hook(
+        HookPoint::AfterPromotion,
+        Duration::from_secs(120),
+        wait_for(&progress, 15_000),
+    )
+    .build()
+    .unwrap();
     let (report, load, during, shifts) = run_under_load(&stage, load, rollout, "2.0").await;
     assert_zero_drop(&report, &load, during);
     assert!(shifts.len() >= 6, "every step shifted traffic: {shifts:?}");
@@ -289,7 +348,10 @@ async fn rolling_update_under_load_drops_nothing() {
         // The first measurement may come before Prometheus has two scrapes of the new version.
         inconclusive_limit: 2,
         ..AnalysisSpec::new(
-            vec![AnalysisMetric::max_mean("errors", MetricName::error_rate(), Duration::from_secs(10), 0.01).min_samples(2)],
+            vec![
+                AnalysisMetric::max_mean("errors", MetricName::error_rate(), Duration::from_secs(10), 0.01)
+                    .min_samples(2),
+            ],
             Duration::from_millis(100),
             3,
         )
@@ -306,7 +368,10 @@ async fn rolling_update_under_load_drops_nothing() {
         .unwrap();
     let (report, load, during, _) = run_under_load(&stage, load, rollout, "2.0").await;
     assert_zero_drop(&report, &load, during);
-    assert_eq!(stage.fleet().await, vec![("stable".to_owned(), "2.0".to_owned()); 4]);
+    assert_eq!(
+        stage.fleet().await,
+        vec![("stable".to_owned(), "2.0".to_owned()); 4]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,7 +380,10 @@ async fn a_bad_canary_is_caught_by_prometheus_and_rolled_back() {
     let Some(stage) = Stage::start().await else { return };
     let load = stage.load();
     let analysis = AnalysisSpec::new(
-        vec![AnalysisMetric::max_mean("errors", MetricName::error_rate(), Duration::from_secs(4), 0.05).min_samples(2)],
+        vec![
+            AnalysisMetric::max_mean("errors", MetricName::error_rate(), Duration::from_secs(4), 0.05)
+                .min_samples(2),
+        ],
         Duration::from_secs(1),
         3,
     );
@@ -329,15 +397,26 @@ async fn a_bad_canary_is_caught_by_prometheus_and_rolled_back() {
         steps,
         analysis: Some(analysis),
     });
-    let rollout = Rollout::builder(strategy, stage.backends(Arc::new(stage.metrics())), Arc::new(MemoryStore::new()))
-        .options(options())
-        .build()
-        .unwrap();
+    let rollout = Rollout::builder(
+        strategy,
+        stage.backends(Arc::new(stage.metrics())),
+        Arc::new(MemoryStore::new()),
+    )
+    .options(options())
+    .build()
+    .unwrap();
     let (report, load, _, shifts) = run_under_load(&stage, load, rollout, "2.1-bad").await;
-    assert!(matches!(report.outcome, RolloutOutcome::RolledBack { .. }), "{report:#?}");
+    assert!(
+        matches!(report.outcome, RolloutOutcome::RolledBack { .. }),
+        "{report:#?}"
+    );
     let analysis = report.analyses.last().expect("an analysis ran");
     println!("analysis: {}", analysis.result.summary());
-    assert!(analysis.result.summary().contains("errors"), "{}", analysis.result.summary());
+    assert!(
+        analysis.result.summary().contains("errors"),
+        "{}",
+        analysis.result.summary()
+    );
     // Errors only between the shift to the canary and the shift back (plus what was in flight).
     let (to_canary, back) = (shifts.first().unwrap().0, shifts.last().unwrap().0);
     let (first_error, last_error) = load.failure_window.expect("the bad canary failed requests");

@@ -18,6 +18,40 @@ pub(crate) enum Control {
     Promote,
 }
 
+/// Operator commands for one running rollout; cheap to clone. Commands sent after the
+/// rollout ended are ignored.
+#[derive(Debug, Clone)]
+pub struct RolloutControl {
+    pub(crate) sender: mpsc::UnboundedSender<Control>,
+}
+
+impl RolloutControl {
+    fn send(&self, control: Control) {
+        // A finished rollout ignores commands.
+        let _ = self.sender.send(control);
+    }
+
+    /// See [`RolloutHandle::pause`].
+    pub fn pause(&self) {
+        self.send(Control::Pause);
+    }
+
+    /// See [`RolloutHandle::resume`].
+    pub fn resume(&self) {
+        self.send(Control::Resume);
+    }
+
+    /// See [`RolloutHandle::abort`].
+    pub fn abort(&self) {
+        self.send(Control::Abort);
+    }
+
+    /// See [`RolloutHandle::promote`].
+    pub fn promote(&self) {
+        self.send(Control::Promote);
+    }
+}
+
 /// What a rollout is doing now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutStatus {
@@ -79,7 +113,7 @@ pub struct RolloutReport {
 pub struct RolloutHandle {
     pub(crate) app: AppId,
     pub(crate) revision: Revision,
-    pub(crate) control: mpsc::UnboundedSender<Control>,
+    pub(crate) control: RolloutControl,
     pub(crate) status: watch::Receiver<RolloutStatus>,
     pub(crate) events: ChannelSink,
     pub(crate) first_events: Option<broadcast::Receiver<DeploymentEvent>>,
@@ -115,32 +149,33 @@ impl RolloutHandle {
             .unwrap_or_else(|| self.events.subscribe())
     }
 
-    fn send(&self, control: Control) {
-        // A finished rollout ignores commands.
-        let _ = self.control.send(control);
+    /// A cloneable remote for this rollout's operator commands, for a task that steers the
+    /// rollout while another awaits [`wait`](Self::wait).
+    pub fn control(&self) -> RolloutControl {
+        self.control.clone()
     }
 
     /// Holds the rollout after the current step; time paused does not count towards the
     /// progress deadline.
     pub fn pause(&self) {
-        self.send(Control::Pause);
+        self.control.pause();
     }
 
     /// Lifts an operator pause.
     pub fn resume(&self) {
-        self.send(Control::Resume);
+        self.control.resume();
     }
 
     /// Stops going forward and rolls back (a blue-green switch-back while the old pool
     /// exists).
     pub fn abort(&self) {
-        self.send(Control::Abort);
+        self.control.abort();
     }
 
     /// Manual judgment: ends the current pause step (timed or until-promoted), or accepts
     /// an inconclusive analysis.
     pub fn promote(&self) {
-        self.send(Control::Promote);
+        self.control.promote();
     }
 
     /// Stops the deployer at once, as if its process died: no rollback, no cleanup; the

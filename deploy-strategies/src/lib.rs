@@ -61,7 +61,7 @@ pub use analysis::{
 };
 pub use error::{RolloutError, SpecError};
 pub use executor::{Backends, RolloutOptions};
-pub use handle::{RolloutHandle, RolloutOutcome, RolloutReport, RolloutStatus};
+pub use handle::{RolloutControl, RolloutHandle, RolloutOutcome, RolloutReport, RolloutStatus};
 pub use hooks::{Hook, HookContext, HookOutcome, HookPoint};
 pub use plan::{AnalysisRecord, Phase, TimelineEntry};
 pub use runtime::{ResumePolicy, Rollout, RolloutBuilder};

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::analysis::{AnalysisSpec, AnalysisTargets, run_analysis};
 use crate::error::RolloutError;
 use crate::executor::{Backends, Executor, RolloutOptions};
-use crate::handle::{Control, RolloutHandle, RolloutOutcome, RolloutReport, RolloutStatus};
+use crate::handle::{Control, RolloutControl, RolloutHandle, RolloutOutcome, RolloutReport, RolloutStatus};
 use crate::hooks::{Hook, HookContext, HookOutcome, HookPoint, RegisteredHook, run_hooks};
 use crate::plan::{AnalysisKind, AnalysisRecord, Journal, Phase, Step, TimelineEntry};
 use crate::spec::{Pause, Strategy};
@@ -401,7 +401,7 @@ impl Rollout {
         RolloutHandle {
             app,
             revision,
-            control: control_tx,
+            control: RolloutControl { sender: control_tx },
             status: status_rx,
             events,
             first_events: Some(first_events),

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use deploy_backends::demo::{self, DemoConfig};
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("deploykit-demo: {problem}\nusage: deploykit-demo --port PORT (--artifact DIR | --version V) [--fail-share S]");
+    eprintln!(
+        "deploykit-demo: {problem}\nusage: deploykit-demo --port PORT (--artifact DIR | --version V) [--fail-share S]"
+    );
     ExitCode::from(2)
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploy_core::{AppId, BackendError, Instance, InstanceId, LoadBalancer, Pool, TrafficSplit};
 
-pub use runtime::{HaproxyRuntime, ServerState};
 use runtime::ServerRow;
+pub use runtime::{HaproxyRuntime, ServerState};
 
 /// How often a draining server's sessions are polled.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
@@ -124,7 +124,12 @@ impl HaproxyLoadBalancer {
             match self.runtime.current_sessions(backend, server).await? {
                 None | Some(0) => return Ok(()),
                 Some(sessions) if tokio::time::Instant::now() >= deadline => {
-                    tracing::warn!(backend, server, sessions, "drain time is up with sessions in flight");
+                    tracing::warn!(
+                        backend,
+                        server,
+                        sessions,
+                        "drain time is up with sessions in flight"
+                    );
                     return Ok(());
                 }
                 Some(_) => tokio::time::sleep(DRAIN_POLL).await,
@@ -186,12 +191,18 @@ impl LoadBalancer for HaproxyLoadBalancer {
             .iter()
             .filter(|s| s.instance == instance.id && s.row.name != name)
         {
-            self.runtime.set_state(backend, &stale.row.name, ServerState::Maint).await?;
+            self.runtime
+                .set_state(backend, &stale.row.name, ServerState::Maint)
+                .await?;
             self.runtime.delete_server(backend, &stale.row.name).await?;
         }
         servers.retain(|s| s.instance != instance.id || s.row.name == name);
         match servers.iter_mut().find(|s| s.row.name == name) {
-            Some(existing) if existing.in_rotation() && existing.row.address == host && existing.row.port == Some(port) => {
+            Some(existing)
+                if existing.in_rotation()
+                    && existing.row.address == host
+                    && existing.row.port == Some(port) =>
+            {
                 return Ok(());
             }
             Some(existing) => {
@@ -199,7 +210,9 @@ impl LoadBalancer for HaproxyLoadBalancer {
                 existing.row.admin = 0;
             }
             None => {
-                self.runtime.add_server(backend, &name, &format!("{host}:{port}")).await?;
+                self.runtime
+                    .add_server(backend, &name, &format!("{host}:{port}"))
+                    .await?;
                 servers.push(Server {
                     pool: instance.pool.clone(),
                     instance: instance.id.clone(),
@@ -219,7 +232,12 @@ impl LoadBalancer for HaproxyLoadBalancer {
         self.runtime.set_state(backend, &name, ServerState::Ready).await
     }
 
-    async fn deregister(&self, app: &AppId, instance: &InstanceId, drain: Duration) -> Result<(), BackendError> {
+    async fn deregister(
+        &self,
+        app: &AppId,
+        instance: &InstanceId,
+        drain: Duration,
+    ) -> Result<(), BackendError> {
         let _change = self.changes.lock().await;
         let backend = self.backend_of(app);
         let mut servers = self.servers(app).await?;
@@ -228,12 +246,16 @@ impl LoadBalancer for HaproxyLoadBalancer {
         };
         let leaving = servers.remove(at);
         if leaving.in_rotation() {
-            self.runtime.set_state(backend, &leaving.row.name, ServerState::Drain).await?;
+            self.runtime
+                .set_state(backend, &leaving.row.name, ServerState::Drain)
+                .await?;
             // The rest of the pool takes over its share.
             self.apply_weights(app, &servers).await?;
         }
         self.wait_drained(backend, &leaving.row.name, drain).await?;
-        self.runtime.set_state(backend, &leaving.row.name, ServerState::Maint).await?;
+        self.runtime
+            .set_state(backend, &leaving.row.name, ServerState::Maint)
+            .await?;
         if !self.runtime.delete_server(backend, &leaving.row.name).await? {
             // Out of rotation either way; a later register reuses it, the next deregister retries.
             tracing::debug!(backend, server = %leaving.row.name, "server kept in maintenance: connections remain");

@@ -136,26 +136,49 @@ impl HaproxyRuntime {
     }
 
     /// Current sessions of one server (`scur` of `show stat`), `None` when it is gone.
-    pub(crate) async fn current_sessions(&self, backend: &str, server: &str) -> Result<Option<u64>, BackendError> {
+    pub(crate) async fn current_sessions(
+        &self,
+        backend: &str,
+        server: &str,
+    ) -> Result<Option<u64>, BackendError> {
         let command = format!("show stat {backend} 4 -1");
         let answer = self.command(&command).await?;
         parse_current_sessions(&answer, backend, server).map_err(|why| garbage(&command, &why))
     }
 
     /// `set server <backend>/<server> state <state>`.
-    pub(crate) async fn set_state(&self, backend: &str, server: &str, state: ServerState) -> Result<(), BackendError> {
-        self.command_quiet(&format!("set server {backend}/{server} state {}", state.keyword()))
-            .await
+    pub(crate) async fn set_state(
+        &self,
+        backend: &str,
+        server: &str,
+        state: ServerState,
+    ) -> Result<(), BackendError> {
+        self.command_quiet(&format!(
+            "set server {backend}/{server} state {}",
+            state.keyword()
+        ))
+        .await
     }
 
     /// `set server <backend>/<server> weight <weight>`.
-    pub(crate) async fn set_weight(&self, backend: &str, server: &str, weight: u32) -> Result<(), BackendError> {
+    pub(crate) async fn set_weight(
+        &self,
+        backend: &str,
+        server: &str,
+        weight: u32,
+    ) -> Result<(), BackendError> {
         self.command_quiet(&format!("set server {backend}/{server} weight {weight}"))
             .await
     }
 
     /// `set server <backend>/<server> addr <ip> port <port>`.
-    pub(crate) async fn set_address(&self, backend: &str, server: &str, ip: &str, port: u16) -> Result<(), BackendError> {
+    pub(crate) async fn set_address(
+        &self,
+        backend: &str,
+        server: &str,
+        ip: &str,
+        port: u16,
+    ) -> Result<(), BackendError> {
         let command = format!("set server {backend}/{server} addr {ip} port {port}");
         let answer = self.command(&command).await?;
         // HAProxy reports what changed ("IP changed from ...", "no need to change ...").
@@ -168,7 +191,12 @@ impl HaproxyRuntime {
     }
 
     /// `add server <backend>/<server> <ip>:<port> weight 0` (it starts in maintenance).
-    pub(crate) async fn add_server(&self, backend: &str, server: &str, address: &str) -> Result<(), BackendError> {
+    pub(crate) async fn add_server(
+        &self,
+        backend: &str,
+        server: &str,
+        address: &str,
+    ) -> Result<(), BackendError> {
         let command = format!("add server {backend}/{server} {address} weight 0");
         let answer = self.command(&command).await?;
         if answer.contains("New server registered") {
@@ -207,7 +235,10 @@ fn garbage(command: &str, why: &str) -> BackendError {
 
 fn refusal(command: &str, answer: &str) -> BackendError {
     let answer = answer.trim();
-    if answer.starts_with("No such server") || answer.starts_with("No such backend") || answer.starts_with("Can't find backend") {
+    if answer.starts_with("No such server")
+        || answer.starts_with("No such backend")
+        || answer.starts_with("Can't find backend")
+    {
         return BackendError::NotFound {
             kind: "haproxy server",
             name: command.split_whitespace().nth(2).unwrap_or_default().to_owned(),
@@ -317,7 +348,12 @@ mod tests {
         let rows = parse_servers_state(STATE).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(
-            (rows[0].name.as_str(), rows[0].weight, rows[0].port, rows[0].state()),
+            (
+                rows[0].name.as_str(),
+                rows[0].weight,
+                rows[0].port,
+                rows[0].state()
+            ),
             ("blue:shop-1", 10, Some(9999), ServerState::Ready)
         );
         assert_eq!(rows[1].state(), ServerState::Drain);

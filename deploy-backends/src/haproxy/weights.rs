@@ -144,7 +144,10 @@ mod tests {
         ];
         let observed = observed_split(&servers).unwrap().unwrap();
         assert_eq!(observed.total_basis_points(), 10_000);
-        assert_eq!(observed.weight_of(&Pool::new("canary").unwrap()).basis_points(), 1002);
+        assert_eq!(
+            observed.weight_of(&Pool::new("canary").unwrap()).basis_points(),
+            1002
+        );
         assert_eq!(observed_split(&servers[3..]).unwrap(), None);
     }
 }

@@ -82,7 +82,8 @@ impl AlertmanagerNotifier {
         let now = chrono::Utc::now();
         match notification.action {
             NotificationAction::Acknowledge => {
-                let until = now + chrono::Duration::from_std(self.acknowledgement).unwrap_or(chrono::Duration::hours(4));
+                let until = now
+                    + chrono::Duration::from_std(self.acknowledgement).unwrap_or(chrono::Duration::hours(4));
                 let silence = serde_json::json!({
                     "matchers": [{
                         "name": KEY_LABEL,

@@ -46,7 +46,10 @@ impl Default for RetryPolicy {
 pub(crate) enum Outcome<T> {
     Done(T),
     /// Worth another try, after at least `after` when the receiver said so.
-    Retry { why: String, after: Option<Duration> },
+    Retry {
+        why: String,
+        after: Option<Duration>,
+    },
     Fail(BackendError),
 }
 
@@ -78,7 +81,9 @@ impl RetryPolicy {
                 Outcome::Fail(err) => return Err(err),
                 Outcome::Retry { why, after } => (why, after),
             };
-            let wait = after.unwrap_or(backoff).min(self.max_backoff.max(after.unwrap_or_default()));
+            let wait = after
+                .unwrap_or(backoff)
+                .min(self.max_backoff.max(after.unwrap_or_default()));
             if tries >= self.attempts.max(1) || started.elapsed() + wait > self.deadline {
                 return Err(BackendError::Unavailable {
                     backend: backend.to_owned(),

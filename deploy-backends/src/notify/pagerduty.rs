@@ -128,7 +128,8 @@ mod tests {
     fn events_carry_the_dedup_key_and_a_payload_only_on_trigger() {
         let notifier = PagerDutyNotifier::new("R0UT1NG", "deployer-1").unwrap();
         let key = IdempotencyKey::new("alert/shop/HighErrorRate").unwrap();
-        let trigger = Notification::trigger(key, Severity::Critical, "x".repeat(2000)).with_label("app", "shop");
+        let trigger =
+            Notification::trigger(key, Severity::Critical, "x".repeat(2000)).with_label("app", "shop");
         let event = notifier.event(&trigger);
         assert_eq!(event["event_action"], "trigger");
         assert_eq!(event["dedup_key"], "alert/shop/HighErrorRate");

@@ -87,16 +87,22 @@ impl WebhookNotifier {
     }
 
     fn sign(&self, body: &[u8]) -> String {
-        format!("sha256={}", hex::encode(mac(&self.secret, body).finalize().into_bytes()))
+        format!(
+            "sha256={}",
+            hex::encode(mac(&self.secret, body).finalize().into_bytes())
+        )
     }
 
     fn remembered(&self) -> std::sync::MutexGuard<'_, Remembered> {
-        self.delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.delivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 fn mac(secret: &[u8], body: &[u8]) -> Hmac<Sha256> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(body);
     mac
 }
@@ -104,7 +110,10 @@ fn mac(secret: &[u8], body: &[u8]) -> Hmac<Sha256> {
 /// Whether `header` (`sha256=<hex>`) is the signature of `body` under `secret`, compared in
 /// constant time.
 pub fn verify_signature(secret: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(bytes) = header.strip_prefix("sha256=").and_then(|hex| hex::decode(hex).ok()) else {
+    let Some(bytes) = header
+        .strip_prefix("sha256=")
+        .and_then(|hex| hex::decode(hex).ok())
+    else {
         return false;
     };
     mac(secret, body).verify_slice(&bytes).is_ok()
@@ -181,7 +190,11 @@ mod tests {
         assert!(header.starts_with("sha256=") && header.len() == 7 + 64);
         assert!(verify_signature(b"s3cret", body, &header));
         assert!(!verify_signature(b"other", body, &header));
-        assert!(!verify_signature(b"s3cret", br#"{"summary":"deploy ok"}"#, &header));
+        assert!(!verify_signature(
+            b"s3cret",
+            br#"{"summary":"deploy ok"}"#,
+            &header
+        ));
         assert!(!verify_signature(b"s3cret", body, "sha256=zz"));
         assert!(!verify_signature(b"s3cret", body, "md5=00"));
         assert!(WebhookNotifier::new("ftp://x", b"k".to_vec()).is_err());

@@ -19,7 +19,9 @@ macro_rules! launch_or_skip {
     ($launch:expr) => {
         match $launch {
             Ok(component) => component,
-            Err(err @ deploy_backends::launch::LaunchError::Missing { .. }) if !deploy_backends::launch::require_real() => {
+            Err(err @ deploy_backends::launch::LaunchError::Missing { .. })
+                if !deploy_backends::launch::require_real() =>
+            {
                 eprintln!("SKIPPED: {err}; set DEPLOYKIT_REQUIRE_REAL=1 to make this a failure");
                 return;
             }
@@ -73,10 +75,14 @@ impl Artifacts {
 
     /// Demo-service instances as local processes.
     pub fn spec(&self) -> ProcessSpec {
-        ProcessSpec::new(env!("CARGO_BIN_EXE_deploykit-demo"), self.root(), self.dir.path().join("work"))
-            .args(["--port", "{port}", "--artifact", "{artifact}"])
-            .ready_timeout(Duration::from_secs(10))
-            .stop_timeout(Duration::from_secs(5))
+        ProcessSpec::new(
+            env!("CARGO_BIN_EXE_deploykit-demo"),
+            self.root(),
+            self.dir.path().join("work"),
+        )
+        .args(["--port", "{port}", "--artifact", "{artifact}"])
+        .ready_timeout(Duration::from_secs(10))
+        .stop_timeout(Duration::from_secs(5))
     }
 
     pub fn infra(&self) -> ProcessInfra {
