@@ -28,7 +28,7 @@ use deploykit::core::{
 };
 use deploykit::strategies::{
     AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, Hook, HookContext, HookOutcome, HookPoint,
-    Rollout, RolloutOptions, Strategy,
+    Rollout, RolloutOptions, RolloutOutcome, Strategy,
 };
 
 /// Run as a demo-service instance (this same binary, started by `ProcessInfra`).
@@ -307,5 +307,8 @@ async fn orchestrate() -> Result<(), Box<dyn std::error::Error>> {
             .await?
             .map_or_else(|| "nothing".to_owned(), |s| s.to_string())
     );
+    if load.failed > 0 || report.outcome != RolloutOutcome::Completed {
+        return Err(format!("{} failed requests, outcome {:?}", load.failed, report.outcome).into());
+    }
     Ok(())
 }
