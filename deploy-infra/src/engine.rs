@@ -1,6 +1,6 @@
 //! Plan, apply, destroy and refresh.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -193,11 +193,13 @@ impl Infra {
                 });
             }
         }
-        let mut order = Vec::new();
-        let mut done = HashSet::new();
-        for id in by_id.keys() {
-            visit(id, &by_id, &mut Vec::new(), &mut done, &mut order)?;
-        }
+        let mut order = Vec::with_capacity(by_id.len());
+        post_order(
+            by_id.keys().map(String::as_str),
+            |id| by_id[id].depends_on.as_slice(),
+            |id| order.push(id.to_owned()),
+        )
+        .map_err(InfraError::Cycle)?;
         Ok(order)
     }
 
@@ -228,7 +230,8 @@ impl Infra {
             .keys()
             .filter(|id| !by_id.contains_key(*id))
             .collect();
-        doomed.sort_by_key(|id| std::cmp::Reverse(depth(id, state)));
+        let depths = depths(state);
+        doomed.sort_by_key(|id| std::cmp::Reverse(depths.get(id.as_str()).copied().unwrap_or(0)));
         for id in doomed {
             let recorded = &state.resources[id];
             changes.push(Change {
@@ -526,44 +529,76 @@ impl Infra {
     }
 }
 
-fn depth(id: &str, state: &State) -> usize {
-    fn walk(id: &str, state: &State, seen: &mut HashSet<String>) -> usize {
-        if !seen.insert(id.to_owned()) {
-            return 0;
-        }
-        state.resources.get(id).map_or(0, |recorded| {
-            recorded
-                .depends_on
-                .iter()
-                .map(|dependency| 1 + walk(dependency, state, seen))
-                .max()
-                .unwrap_or(0)
-        })
-    }
-    walk(id, state, &mut HashSet::new())
+/// Longest chain of recorded dependencies below each recorded resource, computed once for
+/// all (deletions go deepest first, so dependents before what they depend on).
+fn depths(state: &State) -> HashMap<&str, usize> {
+    let mut depths: HashMap<&str, usize> = HashMap::with_capacity(state.resources.len());
+    let depends_on = |id: &str| {
+        state
+            .resources
+            .get(id)
+            .map_or(&[][..], |r| r.depends_on.as_slice())
+    };
+    // Recorded state comes from validated plans, so it has no cycle; were one there, the
+    // resources it left unvisited would simply count as depth 0.
+    let _ = post_order(state.resources.keys().map(String::as_str), depends_on, |id| {
+        let depth = depends_on(id)
+            .iter()
+            .map(|dependency| depths.get(dependency.as_str()).map_or(1, |d| d + 1))
+            .max()
+            .unwrap_or(0);
+        depths.insert(id, depth);
+    });
+    depths
 }
 
-fn visit(
-    id: &str,
-    by_id: &BTreeMap<String, &Resource>,
-    path: &mut Vec<String>,
-    done: &mut HashSet<String>,
-    order: &mut Vec<String>,
-) -> Result<(), InfraError> {
-    if done.contains(id) {
-        return Ok(());
+/// Whether a node is on the current path or finished.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    OnPath,
+    Done,
+}
+
+/// Depth-first post-order over a dependency graph from `roots`: `finish` sees each reachable
+/// id once, after all its dependencies. Iterative, since chains can be thousands deep. A
+/// cycle stops the walk and is returned as the path that closes it (`a, b, a`).
+fn post_order<'a>(
+    roots: impl IntoIterator<Item = &'a str>,
+    depends_on: impl Fn(&'a str) -> &'a [String],
+    mut finish: impl FnMut(&'a str),
+) -> Result<(), Vec<String>> {
+    let mut marks: HashMap<&'a str, Mark> = HashMap::new();
+    // The current path, each with the index of its next dependency to look at.
+    let mut path: Vec<(&'a str, usize)> = Vec::new();
+    for root in roots {
+        if marks.contains_key(root) {
+            continue;
+        }
+        marks.insert(root, Mark::OnPath);
+        path.push((root, 0));
+        while let Some(&mut (id, ref mut next)) = path.last_mut() {
+            let Some(dependency) = depends_on(id).get(*next) else {
+                path.pop();
+                marks.insert(id, Mark::Done);
+                finish(id);
+                continue;
+            };
+            *next += 1;
+            match marks.get(dependency.as_str()) {
+                Some(Mark::Done) => {}
+                Some(Mark::OnPath) => {
+                    let from = path.iter().position(|(on, _)| *on == dependency).unwrap_or(0);
+                    let mut cycle: Vec<String> =
+                        path[from..].iter().map(|(on, _)| (*on).to_owned()).collect();
+                    cycle.push(dependency.clone());
+                    return Err(cycle);
+                }
+                None => {
+                    marks.insert(dependency, Mark::OnPath);
+                    path.push((dependency, 0));
+                }
+            }
+        }
     }
-    if let Some(position) = path.iter().position(|on| on == id) {
-        let mut cycle = path[position..].to_vec();
-        cycle.push(id.to_owned());
-        return Err(InfraError::Cycle(cycle));
-    }
-    path.push(id.to_owned());
-    for dependency in &by_id[id].depends_on {
-        visit(dependency, by_id, path, done, order)?;
-    }
-    path.pop();
-    done.insert(id.to_owned());
-    order.push(id.to_owned());
     Ok(())
 }

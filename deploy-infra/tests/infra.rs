@@ -240,3 +240,46 @@ async fn refresh_reports_drift_and_files_are_real() {
     assert!(!root.join("etc/app.conf").exists());
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[tokio::test]
+async fn deep_chains_and_diamonds_are_ordered_without_recursion_and_destroyed_dependents_first() {
+    let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
+    let sim = SimProvider::new("sim");
+    let infra = Infra::new(states(&store).0).provider(sim.clone());
+    // A chain 3,000 deep (c0 <- c1 <- ... <- c2999), and a diamond whose top lists the short
+    // side first: top -> [base, mid], mid -> [base], base -> [c2999].
+    let mut desired: Vec<Resource> = (0..3_000)
+        .map(|index| {
+            let link = Resource::new("sim", &format!("c{index}"), &json!({})).unwrap();
+            if index == 0 {
+                link
+            } else {
+                link.after(format!("sim.c{}", index - 1))
+            }
+        })
+        .collect();
+    desired.push(
+        Resource::new("sim", "base", &json!({}))
+            .unwrap()
+            .after("sim.c2999"),
+    );
+    desired.push(Resource::new("sim", "mid", &json!({})).unwrap().after("sim.base"));
+    desired.push(
+        Resource::new("sim", "top", &json!({}))
+            .unwrap()
+            .after("sim.base")
+            .after("sim.mid"),
+    );
+    let applied = infra.apply("env", &desired, "ci").await.unwrap();
+    let created: Vec<&str> = applied.done.iter().map(|(id, _)| id.as_str()).collect();
+    let position = |order: &[&str], id: &str| order.iter().position(|done| *done == id).unwrap();
+    assert!(position(&created, "sim.c0") < position(&created, "sim.c2999"));
+    assert!(position(&created, "sim.mid") < position(&created, "sim.top"));
+
+    let destroyed = infra.destroy("env", "ci").await.unwrap();
+    let deleted: Vec<&str> = destroyed.done.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(deleted.len(), 3_003);
+    assert_eq!(&deleted[..3], ["sim.top", "sim.mid", "sim.base"]);
+    assert_eq!(deleted.last(), Some(&"sim.c0"));
+    assert!(sim.resources().is_empty());
+}
