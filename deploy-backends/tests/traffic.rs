@@ -22,8 +22,8 @@ use deploy_core::{
 };
 use deploy_strategies::{
     AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Hook, HookContext,
-    HookOutcome, HookPoint, Pause, Quantity, RollingSpec, Rollout, RolloutOptions, RolloutOutcome,
-    RolloutReport, Strategy,
+    HookOutcome, HookPoint, Pause, Quantity, RollingSpec, Rollout, RolloutBuilder, RolloutOptions,
+    RolloutOutcome, RolloutReport, Strategy,
 };
 
 /// Requests each zero-drop scenario must see while its rollout runs.
@@ -100,8 +100,10 @@ impl Stage {
             .min_interval(Duration::from_secs(3))
     }
 
-    fn backends(&self, metrics: Arc<dyn MetricsSource>) -> Backends {
-        Backends {
+    /// A rollout of shop over this stage's HAProxy, processes and health checks, reading
+    /// `metrics`, journaled in memory.
+    fn rollout(&self, strategy: Strategy, metrics: Arc<dyn MetricsSource>) -> RolloutBuilder {
+        let backends = Backends {
             load_balancer: self.lb.clone(),
             infra: self.infra.clone(),
             health: Arc::new(
@@ -113,7 +115,8 @@ impl Stage {
                     .unwrap(),
             ),
             metrics,
-        }
+        };
+        Rollout::builder(strategy, backends, Arc::new(MemoryStore::new())).options(options())
     }
 
     fn load(&self) -> deploy_backends::demo::LoadRun {
@@ -262,24 +265,20 @@ async fn blue_green_switch_under_load_drops_nothing() {
         manual_promotion: false,
         scale_down_delay: Duration::from_secs(1),
     });
-    let rollout = Rollout::builder(
-        strategy,
-        stage.backends(Arc::new(stage.metrics())),
-        Arc::new(MemoryStore::new()),
-    )
-    .options(options())
-    .hook(
-        HookPoint::BeforePromotion,
-        Duration::from_secs(120),
-        wait_for(&progress, REQUIRED / 2),
-    )
-    .hook(
-        HookPoint::AfterPromotion,
-        Duration::from_secs(120),
-        wait_for(&progress, REQUIRED / 2),
-    )
-    .build()
-    .unwrap();
+    let rollout = stage
+        .rollout(strategy, Arc::new(stage.metrics()))
+        .hook(
+            HookPoint::BeforePromotion,
+            Duration::from_secs(120),
+            wait_for(&progress, REQUIRED / 2),
+        )
+        .hook(
+            HookPoint::AfterPromotion,
+            Duration::from_secs(120),
+            wait_for(&progress, REQUIRED / 2),
+        )
+        .build()
+        .unwrap();
     let (report, load, during, _) = run_under_load(&stage, load, rollout, "2.0").await;
     assert_zero_drop(&report, &load, during);
     assert!(stage.fleet().await.iter().all(|(_, v)| v == "2.0"));
@@ -303,29 +302,25 @@ async fn canary_ramp_under_load_drops_nothing() {
         steps,
         analysis: None,
     });
-    let rollout = Rollout::builder(
-        strategy,
-        stage.backends(Arc::new(stage.metrics())),
-        Arc::new(MemoryStore::new()),
-    )
-    .options(options())
-    .hook(
-        HookPoint::AfterTraffic,
-        Duration::from_secs(120),
-        wait_for(&progress, 20_000),
-    )
-    .hook(
-        HookPoint::BeforePromotion,
-        Duration::from_secs(120),
-        wait_for(&progress, 15_000),
-    )
-    .hook(
-        HookPoint::AfterPromotion,
-        Duration::from_secs(120),
-        wait_for(&progress, 15_000),
-    )
-    .build()
-    .unwrap();
+    let rollout = stage
+        .rollout(strategy, Arc::new(stage.metrics()))
+        .hook(
+            HookPoint::AfterTraffic,
+            Duration::from_secs(120),
+            wait_for(&progress, 20_000),
+        )
+        .hook(
+            HookPoint::BeforePromotion,
+            Duration::from_secs(120),
+            wait_for(&progress, 15_000),
+        )
+        .hook(
+            HookPoint::AfterPromotion,
+            Duration::from_secs(120),
+            wait_for(&progress, 15_000),
+        )
+        .build()
+        .unwrap();
     let (report, load, during, shifts) = run_under_load(&stage, load, rollout, "2.0").await;
     assert_zero_drop(&report, &load, during);
     assert!(shifts.len() >= 6, "every step shifted traffic: {shifts:?}");
@@ -362,10 +357,7 @@ async fn rolling_update_under_load_drops_nothing() {
         max_surge: Quantity::Count(0),
         analysis: Some(analysis),
     });
-    let rollout = Rollout::builder(strategy, stage.backends(metrics), Arc::new(MemoryStore::new()))
-        .options(options())
-        .build()
-        .unwrap();
+    let rollout = stage.rollout(strategy, metrics).build().unwrap();
     let (report, load, during, _) = run_under_load(&stage, load, rollout, "2.0").await;
     assert_zero_drop(&report, &load, during);
     assert_eq!(
@@ -397,14 +389,10 @@ async fn a_bad_canary_is_caught_by_prometheus_and_rolled_back() {
         steps,
         analysis: Some(analysis),
     });
-    let rollout = Rollout::builder(
-        strategy,
-        stage.backends(Arc::new(stage.metrics())),
-        Arc::new(MemoryStore::new()),
-    )
-    .options(options())
-    .build()
-    .unwrap();
+    let rollout = stage
+        .rollout(strategy, Arc::new(stage.metrics()))
+        .build()
+        .unwrap();
     let (report, load, _, shifts) = run_under_load(&stage, load, rollout, "2.1-bad").await;
     assert!(
         matches!(report.outcome, RolloutOutcome::RolledBack { .. }),
