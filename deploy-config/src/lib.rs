@@ -20,7 +20,8 @@
 //! layered [`Files`], [`EnvVars`] placed by the target type's field paths, a [`StoreSource`]
 //! over any core record store), required or optional; validators; [`Secret`] values and
 //! secret paths; a cache per (environment, application) with reload that swaps in only a
-//! valid configuration.
+//! valid configuration, rebuilt when a file is saved or a store record written
+//! ([`ConfigurationManager::spawn_watch`]) or periodically.
 
 mod error;
 mod extract;
@@ -36,10 +37,12 @@ mod value;
 pub use error::{ConfigError, ConfigErrors};
 pub use extract::extract;
 pub use known::known_paths;
-pub use manager::{Config, ConfigurationManager, Requirement};
+pub use manager::{Config, ConfigurationManager, Requirement, SETTLE};
 pub use merge::{ArrayPolicy, Explanation, Layers, MergePolicy, NullPolicy};
 pub use parse::{Format, parse};
 pub use secret::{REDACTED, Secret};
-pub use source::{ConfigSource, Defaults, EnvVars, Files, KnownPaths, Layer, Scope, StoreSource};
+pub use source::{
+    ChangeStream, ConfigSource, Defaults, EnvVars, Files, KnownPaths, Layer, Scope, StoreSource,
+};
 pub use validate::Validator;
 pub use value::{Node, Origin, Value};

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -331,4 +332,47 @@ impl ConfigurationManager {
             }
         })
     }
+
+    /// Rebuilds a scope whenever one of its sources reports a change
+    /// ([`ConfigSource::changes`]: files through file-system notifications, record stores
+    /// through their watch), with the usual rule: an invalid build is logged and the current
+    /// configuration keeps serving. Signals that arrive within [`SETTLE`] of each other (an
+    /// editor's write then rename) cause one rebuild. Sources that cannot report changes
+    /// (environment variables, defaults) need [`spawn_reload`](Self::spawn_reload) as well.
+    ///
+    /// The task builds the scope once it is watching, so no change is missed in between,
+    /// and ends when every source's change stream has ended.
+    pub fn spawn_watch(self: &Arc<Self>, environment: &str, application: &str) -> JoinHandle<()> {
+        let manager = Arc::clone(self);
+        let scope = Scope {
+            environment: environment.to_owned(),
+            application: application.to_owned(),
+        };
+        tokio::spawn(async move {
+            let sources: Vec<Arc<dyn ConfigSource>> = lock(&manager.sources)
+                .iter()
+                .map(|(source, _)| Arc::clone(source))
+                .collect();
+            let mut streams = Vec::new();
+            for source in sources {
+                match source.changes(&scope).await {
+                    Ok(Some(stream)) => streams.push(stream),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "configuration changes will not be seen"),
+                }
+            }
+            let mut changes = futures::stream::select_all(streams);
+            let _ = manager.reload_scope(&scope).await;
+            while changes.next().await.is_some() {
+                tokio::time::sleep(SETTLE).await;
+                // Swallow what arrived meanwhile: one rebuild covers it.
+                while changes.next().now_or_never().flatten().is_some() {}
+                // Errors are logged by the build and leave the previous configuration.
+                let _ = manager.reload_scope(&scope).await;
+            }
+        })
+    }
 }
+
+/// How long [`ConfigurationManager::spawn_watch`] waits after a change for more to arrive.
+pub const SETTLE: Duration = Duration::from_millis(50);

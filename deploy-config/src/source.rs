@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use deploy_core::DynRecordStore;
+use deploy_core::{DynRecordStore, WatchEvent};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::error::ConfigError;
 use crate::merge::MergePolicy;
@@ -57,7 +60,21 @@ pub trait ConfigSource: Send + Sync + Debug + 'static {
 
     /// The layers for `scope`.
     async fn load(&self, scope: &Scope, known: &KnownPaths) -> Result<Vec<Layer>, ConfigError>;
+
+    /// A stream that yields whenever what this source has for `scope` may have changed, for
+    /// sources that can tell ([`Files`] through file-system notifications, [`StoreSource`]
+    /// through the store's watch). A spurious signal only costs a rebuild. `None`, the
+    /// default, means the source cannot tell: periodic reloads pick its changes up.
+    ///
+    /// # Errors
+    /// [`ConfigError::Source`] when the source could tell but cannot start watching.
+    async fn changes(&self, _scope: &Scope) -> Result<Option<ChangeStream>, ConfigError> {
+        Ok(None)
+    }
 }
+
+/// Signals from [`ConfigSource::changes`]; dropping the stream stops the watching.
+pub type ChangeStream = BoxStream<'static, ()>;
 
 /// Fixed values, typically the application's defaults.
 #[derive(Debug, Clone)]
@@ -121,14 +138,18 @@ impl Files {
         self
     }
 
+    /// The three layers' paths without extension, lowest precedence first.
+    fn stems(directory: &Path, scope: &Scope) -> [PathBuf; 3] {
+        [
+            directory.join("base"),
+            directory.join(&scope.environment),
+            directory.join(&scope.environment).join(&scope.application),
+        ]
+    }
+
     /// The files that exist for `scope`, lowest precedence first.
     pub fn paths(&self, scope: &Scope) -> Vec<PathBuf> {
-        let stems = [
-            self.directory.join("base"),
-            self.directory.join(&scope.environment),
-            self.directory.join(&scope.environment).join(&scope.application),
-        ];
-        stems
+        Self::stems(&self.directory, scope)
             .iter()
             .filter_map(|stem| {
                 EXTENSIONS
@@ -167,6 +188,51 @@ impl ConfigSource for Files {
             });
         }
         Ok(layers)
+    }
+
+    /// Watches the directory (recursively, so `{environment}/` may appear later) and signals
+    /// when any file that could be one of the scope's layers, or the directory holding it, is
+    /// created, written, renamed or removed. Reads do not count, so the rebuild a signal
+    /// causes does not signal again.
+    async fn changes(&self, scope: &Scope) -> Result<Option<ChangeStream>, ConfigError> {
+        let failed = |error: &dyn std::fmt::Display| ConfigError::Source {
+            source_name: self.name(),
+            message: format!("cannot watch {}: {error}", self.directory.display()),
+        };
+        // Events name paths under the watched directory as the OS resolved it.
+        let directory = self.directory.canonicalize().map_err(|error| failed(&error))?;
+        let candidates: Vec<PathBuf> = Self::stems(&directory, scope)
+            .iter()
+            .flat_map(|stem| EXTENSIONS.map(|extension| stem.with_extension(extension)))
+            .collect();
+        let root = directory.clone();
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let relevant = match event {
+                // A new `{environment}/` directory counts too: a file created in it before
+                // the watcher has added the directory would otherwise go unseen.
+                Ok(event) => {
+                    !matches!(event.kind, EventKind::Access(_))
+                        && event.paths.iter().any(|path| {
+                            *path != root && candidates.iter().any(|candidate| candidate.starts_with(path))
+                        })
+                }
+                // The watcher may have lost events: assume something changed.
+                Err(_) => true,
+            };
+            if relevant {
+                let _ = sender.send(());
+            }
+        })
+        .map_err(|error| failed(&error))?;
+        watcher
+            .watch(&directory, RecursiveMode::Recursive)
+            .map_err(|error| failed(&error))?;
+        // The stream owns the watcher: watching lasts as long as someone listens.
+        let signals = futures::stream::unfold((receiver, watcher), |(mut receiver, watcher)| async move {
+            receiver.recv().await.map(|()| ((), (receiver, watcher)))
+        });
+        Ok(Some(signals.boxed()))
     }
 }
 
@@ -329,5 +395,28 @@ impl ConfigSource for StoreSource {
             });
         }
         Ok(layers)
+    }
+
+    /// Signals when one of the scope's three documents is written or deleted (or the watch
+    /// fell behind and may have missed one).
+    async fn changes(&self, scope: &Scope) -> Result<Option<ChangeStream>, ConfigError> {
+        let keys = self.keys(scope);
+        let events = self
+            .store
+            .watch(&self.prefix)
+            .await
+            .map_err(|error| ConfigError::Source {
+                source_name: self.name(),
+                message: format!("cannot watch: {error}"),
+            })?;
+        let signals = events.filter_map(move |event| {
+            let relevant = match &event {
+                WatchEvent::Put(record) => keys.contains(&record.key),
+                WatchEvent::Delete { key, .. } => keys.contains(key),
+                _ => true,
+            };
+            futures::future::ready(relevant.then_some(()))
+        });
+        Ok(Some(signals.boxed()))
     }
 }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use deploy_config::validate::{Custom, OneOf, Pattern, Range, Required};
 use deploy_config::{
-    ConfigError, ConfigurationManager, Defaults, EnvVars, Files, Requirement, Secret, StoreSource,
+    Config, ConfigError, ConfigurationManager, Defaults, EnvVars, Files, Requirement, Secret, StoreSource,
 };
 use deploy_core::{MemoryStore, RecordStore};
 use serde::Deserialize;
+use tokio::sync::watch;
 
 #[derive(Debug, Deserialize, PartialEq)]
 struct Server {
@@ -321,5 +322,106 @@ async fn spawned_reload_picks_up_store_changes() {
             .to_string()
             .contains("config/production/shop")
     );
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn watched_store_changes_rebuild_at_once_and_bad_documents_are_refused() {
+    let store = Arc::new(MemoryStore::new());
+    store
+        .put("config/base", r#"{"server": {"host": "a", "port": 1}}"#.into())
+        .await
+        .unwrap();
+    let manager = Arc::new(ConfigurationManager::new());
+    manager.add_config_source(StoreSource::new(store.clone(), "config/"), Requirement::Required);
+    let mut updates = manager.subscribe("production", "shop");
+    let task = manager.spawn_watch("production", "shop");
+    updates.wait_for(|config| config.is_some()).await.unwrap();
+    let port = |config: &Option<Arc<Config>>| {
+        config
+            .as_ref()
+            .map(|config| (config.version, config.get_at::<u16>("server.port").unwrap()))
+    };
+
+    let written = tokio::time::Instant::now();
+    store
+        .put("config/production/shop", r#"{"server": {"port": 2}}"#.into())
+        .await
+        .unwrap();
+    updates.changed().await.unwrap();
+    assert_eq!(port(&updates.borrow_and_update()), Some((2, 2)));
+    assert_eq!(
+        written.elapsed(),
+        deploy_config::SETTLE,
+        "one settling pause, no polling"
+    );
+
+    // Another scope's document and an unrelated key are not this scope's changes.
+    store
+        .put("config/staging", r#"{"server": {"port": 9}}"#.into())
+        .await
+        .unwrap();
+    store.put("flags/x", "{}".into()).await.unwrap();
+    // A broken document is refused; the last good configuration keeps serving.
+    store.put("config/production", "{ not json".into()).await.unwrap();
+    assert!(manager.reload("production", "shop").await.is_err());
+    store
+        .put(
+            "config/production",
+            r#"{"server": {"host": "b", "port": 3}}"#.into(),
+        )
+        .await
+        .unwrap();
+    updates.changed().await.unwrap();
+    // The repaired environment document moves the host; the scope's own document still
+    // sets the port over it.
+    let config = updates.borrow_and_update().clone().unwrap();
+    assert_eq!(config.version, 3);
+    assert_eq!(config.get_at::<String>("server.host").unwrap(), "b");
+    assert_eq!(config.get_at::<u16>("server.port").unwrap(), 2);
+    assert_eq!(config.explain("server.port").len(), 3);
+    task.abort();
+}
+
+/// Waits, at most 10 s of real time, for build `version` or a later one.
+async fn build(updates: &mut watch::Receiver<Option<Arc<Config>>>, version: u64) -> Arc<Config> {
+    let reached = updates.wait_for(|config| config.as_ref().is_some_and(|config| config.version >= version));
+    tokio::time::timeout(std::time::Duration::from_secs(10), reached)
+        .await
+        .unwrap_or_else(|_| panic!("no build {version} within 10 s"))
+        .unwrap()
+        .clone()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_files_rebuild_on_save_including_a_directory_created_later() {
+    // Real file-system notifications, so a real clock: every wait is bounded, none is slept.
+    let dir = Dir::new("watch");
+    std::fs::remove_dir_all(dir.0.join("production")).unwrap();
+    dir.write("base.yaml", "server:\n  host: a\n  port: 1\n");
+    let manager = Arc::new(ConfigurationManager::new());
+    manager.add_config_source(Files::new(&dir.0), Requirement::Required);
+    let mut updates = manager.subscribe("production", "shop");
+    let task = manager.spawn_watch("production", "shop");
+    build(&mut updates, 1).await;
+    let port = |config: Arc<Config>| (config.version, config.get_at::<u16>("server.port").unwrap());
+
+    dir.write("base.yaml", "server:\n  host: a\n  port: 2\n");
+    assert_eq!(port(build(&mut updates, 2).await), (2, 2));
+
+    std::fs::create_dir_all(dir.0.join("production")).unwrap();
+    dir.write("production/shop.toml", "[server]\nport = 3\n");
+    assert_eq!(port(build(&mut updates, 3).await), (3, 3));
+
+    // A broken save is refused and the last good configuration serves; the repair lands.
+    dir.write("production/shop.toml", "[server\nport = 4\n");
+    assert!(manager.reload("production", "shop").await.is_err());
+    assert_eq!(
+        port(manager.get_config("production", "shop").await.unwrap()),
+        (3, 3)
+    );
+    dir.write("production/shop.toml", "[server]\nport = 4\n");
+    assert_eq!(port(build(&mut updates, 4).await), (4, 4));
     task.abort();
 }
