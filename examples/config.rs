@@ -8,7 +8,7 @@
 //! temporary directory), then environment variables: the example prints the merged values
 //! with where each came from, explains the layer stack of one key, then saves a broken
 //! file and an out-of-range port and shows both reloads refused while the last good
-//! configuration keeps serving.
+//! configuration keeps serving; finally a watcher picks up a good save on its own.
 
 use std::sync::Arc;
 
@@ -101,6 +101,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         current.version,
         current.get_at::<u16>("server.port")?
     );
+
+    // From here a watcher rebuilds on every save (file-system notifications), no reload call.
+    let mut updates = manager.subscribe("production", "shop");
+    updates.mark_unchanged();
+    let watcher = manager.spawn_watch("production", "shop");
+    println!("\nwatching; saving a good production.yaml with port 8443 ...");
+    std::fs::write(
+        dir.join("production.yaml"),
+        "server:\n  port: 8443\nlog_level: warn\n",
+    )?;
+    let rebuilt = updates.wait_for(|config| config.as_ref().is_some_and(|c| c.version > current.version));
+    match tokio::time::timeout(std::time::Duration::from_secs(5), rebuilt).await {
+        Ok(Ok(config)) => {
+            let config = config.clone().ok_or("no configuration")?;
+            println!(
+                "the watcher rebuilt v{}: server.port = {}",
+                config.version,
+                config.get_at::<u16>("server.port")?
+            );
+        }
+        _ => println!("no rebuild within 5 s (are file-system notifications available here?)"),
+    }
+    watcher.abort();
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
