@@ -290,8 +290,8 @@ async fn reload_swaps_valid_changes_and_keeps_the_last_good_one() {
     assert_eq!(manager.reload("production", "shop").await.unwrap().version, 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn spawned_reload_picks_up_store_changes() {
+/// A manager reading `config/` documents from a store that holds `config/base`.
+async fn store_backed() -> (Arc<MemoryStore>, Arc<ConfigurationManager>) {
     let store = Arc::new(MemoryStore::new());
     store
         .put("config/base", r#"{"server": {"host": "a", "port": 1}}"#.into())
@@ -299,6 +299,12 @@ async fn spawned_reload_picks_up_store_changes() {
         .unwrap();
     let manager = Arc::new(ConfigurationManager::new());
     manager.add_config_source(StoreSource::new(store.clone(), "config/"), Requirement::Required);
+    (store, manager)
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawned_reload_picks_up_store_changes() {
+    let (store, manager) = store_backed().await;
     let mut updates = manager.subscribe("production", "shop");
     let task = manager.spawn_reload("production", "shop", std::time::Duration::from_secs(5));
     updates.wait_for(|config| config.is_some()).await.unwrap();
@@ -327,13 +333,7 @@ async fn spawned_reload_picks_up_store_changes() {
 
 #[tokio::test(start_paused = true)]
 async fn watched_store_changes_rebuild_at_once_and_bad_documents_are_refused() {
-    let store = Arc::new(MemoryStore::new());
-    store
-        .put("config/base", r#"{"server": {"host": "a", "port": 1}}"#.into())
-        .await
-        .unwrap();
-    let manager = Arc::new(ConfigurationManager::new());
-    manager.add_config_source(StoreSource::new(store.clone(), "config/"), Requirement::Required);
+    let (store, manager) = store_backed().await;
     let mut updates = manager.subscribe("production", "shop");
     let task = manager.spawn_watch("production", "shop");
     updates.wait_for(|config| config.is_some()).await.unwrap();
