@@ -150,6 +150,54 @@ impl Holding {
     }
 }
 
+/// `acquire` is refused while someone else holds the lease live (the holder itself may
+/// acquire again, and gets a new token).
+pub(crate) fn refuse_if_held(
+    current: Option<&Holding>,
+    name: &str,
+    holder: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    match current.and_then(|current| current.live_lease(name, now_ms)) {
+        Some(live) if live.holder != holder => Err(StoreError::LeaseHeld {
+            lease: name.to_owned(),
+            holder: live.holder,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The lease `acquire` grants once its row is written.
+pub(crate) fn granted(name: &str, holder: &str, token: i64, ttl_ms: i64) -> Lease {
+    Lease {
+        name: name.to_owned(),
+        holder: holder.to_owned(),
+        token: FencingToken(token as u64),
+        ttl: Duration::from_millis(ttl_ms as u64),
+    }
+}
+
+/// The statements that create an empty schema, given the backend's names for a 64-bit
+/// integer and a byte string (the columns [`TABLES`] checks).
+pub(crate) fn create_schema(int: &str, bytes: &str) -> [String; 6] {
+    [
+        "CREATE TABLE deploykit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)".to_owned(),
+        format!(
+            "CREATE TABLE deploykit_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value {int} NOT NULL, log_floor {int} NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE deploykit_records (key TEXT PRIMARY KEY, value {bytes} NOT NULL, version {int} NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE deploykit_leases (name TEXT PRIMARY KEY, holder TEXT, token {int} NOT NULL, ttl_ms {int} NOT NULL, expires_at_ms {int} NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE deploykit_changes (version {int} PRIMARY KEY, key TEXT NOT NULL, value {bytes})"
+        ),
+        "INSERT INTO deploykit_counter (id, value, log_floor) VALUES (1, 0, 0)".to_owned(),
+    ]
+}
+
 /// A fenced write goes ahead only under the live holder's token.
 pub(crate) fn check_fence(fence: &Fence, holding: Option<&Holding>, now_ms: i64) -> Result<(), StoreError> {
     let current = holding

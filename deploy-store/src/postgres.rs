@@ -8,16 +8,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use deploy_core::store::{validate_key, validate_lease_request};
 use deploy_core::{
-    FencingToken, Lease, LeaseStore, Record, RecordStore, RecordVersion, StoreError, WatchStream,
-    WriteOptions,
+    Lease, LeaseStore, Record, RecordStore, RecordVersion, StoreError, WatchStream, WriteOptions,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 use tokio::sync::Mutex;
 
 use crate::common::{
     Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, change_of, check_fence, check_live, check_tables,
-    check_version, holding_of, record_of, ttl_ms, unavailable,
+    check_version, create_schema, granted, holding_of, record_of, refuse_if_held, ttl_ms, unavailable,
 };
 use crate::feed::{Change, ChangeLog, Feed};
 
@@ -112,7 +111,7 @@ impl PostgresStore {
             .map_err(unreachable)?;
         if let Some(schema) = &options.schema {
             // The schema name is quoted as an identifier (embedded quotes doubled).
-            sqlx::query(sqlx::AssertSqlSafe(format!(
+            sqlx::query(AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS {}",
                 quoted(schema)
             )))
@@ -258,15 +257,8 @@ async fn set_up_schema(pool: &PgPool, target: &str) -> Result<(), OpenError> {
         found.push((name, columns));
     }
     if !check_tables(target, &found)? {
-        for statement in [
-            "CREATE TABLE deploykit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-            "CREATE TABLE deploykit_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value BIGINT NOT NULL, log_floor BIGINT NOT NULL)",
-            "CREATE TABLE deploykit_records (key TEXT PRIMARY KEY, value BYTEA NOT NULL, version BIGINT NOT NULL)",
-            "CREATE TABLE deploykit_leases (name TEXT PRIMARY KEY, holder TEXT, token BIGINT NOT NULL, ttl_ms BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL)",
-            "CREATE TABLE deploykit_changes (version BIGINT PRIMARY KEY, key TEXT NOT NULL, value BYTEA)",
-            "INSERT INTO deploykit_counter (id, value, log_floor) VALUES (1, 0, 0)",
-        ] {
-            sqlx::query(statement)
+        for statement in create_schema("BIGINT", "BYTEA") {
+            sqlx::query(AssertSqlSafe(statement))
                 .execute(&mut *tx)
                 .await
                 .map_err(migration)?;
@@ -417,14 +409,7 @@ impl LeaseStore for PostgresStore {
         let mut tx = self.inner.pool.begin().await.map_err(db)?;
         let token = next_version(&mut tx).await?;
         let (current, now) = holding(&mut tx, name).await?;
-        if let Some(live) = current.and_then(|current| current.live_lease(name, now))
-            && live.holder != holder
-        {
-            return Err(StoreError::LeaseHeld {
-                lease: name.to_owned(),
-                holder: live.holder,
-            });
-        }
+        refuse_if_held(current.as_ref(), name, holder, now)?;
         let ttl = ttl_ms(ttl);
         sqlx::query(
             "INSERT INTO deploykit_leases (name, holder, token, ttl_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5) \
@@ -440,12 +425,7 @@ impl LeaseStore for PostgresStore {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(Lease {
-            name: name.to_owned(),
-            holder: holder.to_owned(),
-            token: FencingToken(token as u64),
-            ttl: Duration::from_millis(ttl as u64),
-        })
+        Ok(granted(name, holder, token, ttl))
     }
 
     async fn renew(&self, lease: &Lease) -> Result<Lease, StoreError> {

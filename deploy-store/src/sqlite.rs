@@ -13,11 +13,11 @@ use deploy_core::{
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::common::{
     Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, change_of, check_fence, check_live, check_tables,
-    check_version, holding_of, record_of, ttl_ms, unavailable,
+    check_version, create_schema, granted, holding_of, record_of, refuse_if_held, ttl_ms, unavailable,
 };
 use crate::feed::{Change, ChangeLog, Feed};
 
@@ -240,15 +240,8 @@ async fn set_up_schema(pool: &SqlitePool, target: &str) -> Result<(), OpenError>
         found.push((name, columns));
     }
     if !check_tables(target, &found)? {
-        for statement in [
-            "CREATE TABLE deploykit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-            "CREATE TABLE deploykit_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL, log_floor INTEGER NOT NULL)",
-            "CREATE TABLE deploykit_records (key TEXT PRIMARY KEY, value BLOB NOT NULL, version INTEGER NOT NULL)",
-            "CREATE TABLE deploykit_leases (name TEXT PRIMARY KEY, holder TEXT, token INTEGER NOT NULL, ttl_ms INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL)",
-            "CREATE TABLE deploykit_changes (version INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB)",
-            "INSERT INTO deploykit_counter (id, value, log_floor) VALUES (1, 0, 0)",
-        ] {
-            sqlx::query(statement)
+        for statement in create_schema("INTEGER", "BLOB") {
+            sqlx::query(AssertSqlSafe(statement))
                 .execute(&mut *tx)
                 .await
                 .map_err(migration)?;
@@ -393,15 +386,7 @@ impl LeaseStore for SqliteStore {
         validate_lease_request(name, holder, ttl)?;
         let mut tx = self.begin().await?;
         let now = self.now();
-        if let Some(current) = holding(&mut tx, name).await?
-            && let Some(live) = current.live_lease(name, now)
-            && live.holder != holder
-        {
-            return Err(StoreError::LeaseHeld {
-                lease: name.to_owned(),
-                holder: live.holder,
-            });
-        }
+        refuse_if_held(holding(&mut tx, name).await?.as_ref(), name, holder, now)?;
         let token = next_version(&mut tx).await?;
         let ttl = ttl_ms(ttl);
         sqlx::query(
@@ -418,12 +403,7 @@ impl LeaseStore for SqliteStore {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(Lease {
-            name: name.to_owned(),
-            holder: holder.to_owned(),
-            token: deploy_core::FencingToken(token as u64),
-            ttl: Duration::from_millis(ttl as u64),
-        })
+        Ok(granted(name, holder, token, ttl))
     }
 
     async fn renew(&self, lease: &Lease) -> Result<Lease, StoreError> {
