@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use deploy_core::{AppId, DynRecordStore, DynStore, MemoryStore, Pool, Version};
 use deploy_pipeline::{
-    DeployStage, FnStage, Gate, Pipeline, PipelineError, PipelineRunner, QualityGate, RunStatus, StageError,
-    StageOptions, StageOutput, StageStatus,
+    DeployStage, FnStage, Gate, Pipeline, PipelineError, PipelineRunner, QualityGate, RunRecord, RunStatus,
+    StageError, StageOptions, StageOutput, StageStatus,
 };
 use deploy_strategies::{Backends, CanarySpec, CanaryStep, Pause, Rollout, RolloutOptions, Strategy};
 use deploy_testkit::SimFleet;
@@ -16,6 +16,17 @@ use deploy_testkit::SimFleet;
 fn runner() -> PipelineRunner {
     let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
     PipelineRunner::new(store, Arc::new(chrono::Utc::now))
+}
+
+/// Runs `pipeline` to its end on a fresh runner.
+async fn run(pipeline: Pipeline) -> RunRecord {
+    runner()
+        .start(Arc::new(pipeline))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
 }
 
 fn sleeper(name: &'static str, seconds: u64) -> FnStage {
@@ -128,13 +139,7 @@ async fn gates_stop_the_run_with_the_gate_and_the_measurement() {
         .stage("deploy", deploy, StageOptions::after(&["gate"]))
         .build()
         .unwrap();
-    let record = runner()
-        .start(Arc::new(pipeline))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let record = run(pipeline).await;
     match &record.status {
         RunStatus::Failed { stage, reason } => {
             assert_eq!(stage, "gate");
@@ -188,13 +193,7 @@ async fn retries_back_off_and_timeouts_count_as_failures() {
         )
         .build()
         .unwrap();
-    let record = runner()
-        .start(Arc::new(pipeline))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let record = run(pipeline).await;
     assert_eq!(record.stages["flaky"].status, StageStatus::Succeeded);
     assert_eq!(
         (record.stages["flaky"].attempts, calls.load(Ordering::SeqCst)),
