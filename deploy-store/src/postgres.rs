@@ -186,17 +186,7 @@ impl PostgresStore {
             .await
             .map_err(db)?;
         if version % 1_000 == 0 {
-            let floor = version - LOG_RETENTION;
-            sqlx::query("DELETE FROM deploykit_changes WHERE version <= $1")
-                .bind(floor)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            sqlx::query("UPDATE deploykit_counter SET log_floor = $1 WHERE id = 1")
-                .bind(floor + 1)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            prune(&mut tx, version).await?;
         }
         // Delivered at commit, to every process listening.
         sqlx::query("SELECT pg_notify($1, current_schema())")
@@ -283,6 +273,22 @@ async fn next_version(tx: &mut Transaction<'static, Postgres>) -> Result<i64, St
         .fetch_one(&mut **tx)
         .await
         .map_err(db)
+}
+
+/// Drops change-log entries older than the retention and records the new floor.
+async fn prune(tx: &mut Transaction<'static, Postgres>, version: i64) -> Result<(), StoreError> {
+    let floor = version - LOG_RETENTION;
+    sqlx::query("DELETE FROM deploykit_changes WHERE version <= $1")
+        .bind(floor)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    sqlx::query("UPDATE deploykit_counter SET log_floor = $1 WHERE id = 1")
+        .bind(floor + 1)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
 }
 
 /// The lease row and the server's clock, in milliseconds.

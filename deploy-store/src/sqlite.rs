@@ -268,6 +268,7 @@ async fn next_version(tx: &mut Transaction<'static, Sqlite>) -> Result<i64, Stor
         .map_err(db)
 }
 
+/// Drops change-log entries older than the retention and records the new floor.
 async fn prune(tx: &mut Transaction<'static, Sqlite>, version: i64) -> Result<(), StoreError> {
     let floor = version - LOG_RETENTION;
     sqlx::query("DELETE FROM deploykit_changes WHERE version <= ?")
