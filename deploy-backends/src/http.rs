@@ -1,5 +1,16 @@
 //! What the HTTP adapters share: how reqwest's errors become [`BackendError`]s.
 
+// Each helper serves several adapters; with only some features on, some go unused.
+#![cfg_attr(
+    not(all(
+        feature = "http-health",
+        feature = "prometheus",
+        feature = "notifiers",
+        feature = "demo"
+    )),
+    allow(dead_code)
+)]
+
 use std::time::Duration;
 
 use deploy_core::BackendError;
@@ -38,6 +49,18 @@ pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Refuses a `url` that is not http(s), naming the component configured with it.
+pub(crate) fn require_http_url(operation: &'static str, url: &str) -> Result<(), BackendError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(BackendError::Rejected {
+            operation,
+            reason: format!("{url:?} is not an http(s) URL"),
+        })
+    }
 }
 
 /// A reqwest client with a whole-request timeout.

@@ -49,6 +49,7 @@ mod health;
     feature = "http-health",
     feature = "prometheus",
     feature = "notifiers",
+    feature = "demo",
     feature = "launch"
 ))]
 mod http;

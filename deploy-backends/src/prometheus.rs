@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use deploy_core::{BackendError, MetricName, MetricQuery, MetricTarget, MetricsSource, Sample, Series};
 use serde::Deserialize;
 
-use crate::http::{client, excerpt, transport_error};
+use crate::http::{client, excerpt, require_http_url, transport_error};
 
 const BACKEND: &str = "prometheus";
 /// Prometheus refuses range queries of more than 11,000 points per series.
@@ -83,12 +83,7 @@ impl PrometheusMetrics {
     /// [`BackendError::Rejected`] when `base_url` is not an http(s) URL.
     pub fn new(base_url: impl Into<String>) -> Result<Self, BackendError> {
         let base = base_url.into().trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(BackendError::Rejected {
-                operation: "prometheus",
-                reason: format!("{base:?} is not an http(s) URL"),
-            });
-        }
+        require_http_url("prometheus", &base)?;
         let timeout = Duration::from_secs(5);
         Ok(Self {
             client: client(timeout)?,

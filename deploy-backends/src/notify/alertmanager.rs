@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier, Severity};
 
 use super::{RetryPolicy, send};
-use crate::http::client;
+use crate::http::{client, require_http_url};
 
 const BACKEND: &str = "alertmanager";
 /// The label that carries the notification's key, so every action on a key is one alert.
@@ -41,12 +41,7 @@ impl AlertmanagerNotifier {
     /// [`BackendError::Rejected`] when `base_url` is not an http(s) URL.
     pub fn new(base_url: impl Into<String>) -> Result<Self, BackendError> {
         let base = base_url.into().trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(BackendError::Rejected {
-                operation: "alertmanager notifier",
-                reason: format!("{base:?} is not an http(s) URL"),
-            });
-        }
+        require_http_url("alertmanager notifier", &base)?;
         let timeout = Duration::from_secs(5);
         Ok(Self {
             client: client(timeout)?,

@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{RetryPolicy, send};
-use crate::http::client;
+use crate::http::{client, require_http_url};
 
 const BACKEND: &str = "webhook";
 /// The header carrying `sha256=<hex of HMAC-SHA256(secret, body)>`.
@@ -49,12 +49,7 @@ impl WebhookNotifier {
     pub fn new(url: impl Into<String>, secret: impl Into<Vec<u8>>) -> Result<Self, BackendError> {
         let url = url.into();
         let secret = secret.into();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(BackendError::Rejected {
-                operation: "webhook notifier",
-                reason: format!("{url:?} is not an http(s) URL"),
-            });
-        }
+        require_http_url("webhook notifier", &url)?;
         if secret.is_empty() {
             return Err(BackendError::Rejected {
                 operation: "webhook notifier",
