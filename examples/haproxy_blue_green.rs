@@ -270,8 +270,9 @@ async fn orchestrate() -> Result<(), Box<dyn std::error::Error>> {
     let operator = handle.control();
     tokio::spawn(async move {
         while status.changed().await.is_ok() {
+            // Only a hold that waits for a human (not a timed pause) needs an answer.
             let paused = status.borrow_and_update().paused.clone();
-            if let Some(why) = paused {
+            if let Some(why) = paused.filter(|pause| pause.until.is_none()) {
                 println!("paused ({why}): aborting, since nobody is here to judge");
                 operator.abort();
                 return;

@@ -275,7 +275,7 @@ fn options() -> RolloutOptions {
         health_timeout: Duration::from_secs(10),
         poll_interval: Duration::from_millis(10),
         drain: Duration::from_millis(5),
-        lease_ttl: Duration::from_secs(5),
+        lease_ttl: Duration::from_secs(2),
         attempts: 3,
         max_parallel: 8,
     }
@@ -309,7 +309,15 @@ async fn deploy_child(store: Arc<DynStore>, policy: ResumePolicy) {
     let traffic = fleet
         .fleet
         .generate_traffic(&app(), 20, Duration::from_millis(10));
-    let handle = match rollout.resume(&app(), policy).await {
+    // The killed deployer's lease is refused to everyone, its own name included, until it
+    // lapses.
+    let resumed = loop {
+        match rollout.resume(&app(), policy).await {
+            Err(RolloutError::AppBusy { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => break other,
+        }
+    };
+    let handle = match resumed {
         Ok(handle) => Some(handle),
         Err(RolloutError::NothingToResume { .. }) => {
             // No interrupted rollout: either none had started, or it had finished.

@@ -150,16 +150,11 @@ impl Holding {
     }
 }
 
-/// `acquire` is refused while someone else holds the lease live (the holder itself may
-/// acquire again, and gets a new token).
-pub(crate) fn refuse_if_held(
-    current: Option<&Holding>,
-    name: &str,
-    holder: &str,
-    now_ms: i64,
-) -> Result<(), StoreError> {
+/// `acquire` is refused while the lease is held live, by anyone (two instances sharing a
+/// holder name must not both hold it).
+pub(crate) fn refuse_if_held(current: Option<&Holding>, name: &str, now_ms: i64) -> Result<(), StoreError> {
     match current.and_then(|current| current.live_lease(name, now_ms)) {
-        Some(live) if live.holder != holder => Err(StoreError::LeaseHeld {
+        Some(live) => Err(StoreError::LeaseHeld {
             lease: name.to_owned(),
             holder: live.holder,
         }),

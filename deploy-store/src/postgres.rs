@@ -415,7 +415,7 @@ impl LeaseStore for PostgresStore {
         let mut tx = self.inner.pool.begin().await.map_err(db)?;
         let token = next_version(&mut tx).await?;
         let (current, now) = holding(&mut tx, name).await?;
-        refuse_if_held(current.as_ref(), name, holder, now)?;
+        refuse_if_held(current.as_ref(), name, now)?;
         let ttl = ttl_ms(ttl);
         sqlx::query(
             "INSERT INTO deploykit_leases (name, holder, token, ttl_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5) \

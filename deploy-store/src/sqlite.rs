@@ -387,7 +387,7 @@ impl LeaseStore for SqliteStore {
         validate_lease_request(name, holder, ttl)?;
         let mut tx = self.begin().await?;
         let now = self.now();
-        refuse_if_held(holding(&mut tx, name).await?.as_ref(), name, holder, now)?;
+        refuse_if_held(holding(&mut tx, name).await?.as_ref(), name, now)?;
         let token = next_version(&mut tx).await?;
         let ttl = ttl_ms(ttl);
         sqlx::query(

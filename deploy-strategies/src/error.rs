@@ -59,6 +59,25 @@ pub enum RolloutError {
         /// The app.
         app: AppId,
     },
+    /// A rolling update found no instances in rotation in the pool it would update; it
+    /// refuses to plan one, since its clean-up would retire the whole serving pool.
+    #[error("pool '{pool}' of app '{app}' has no instances in rotation; refusing a rolling update")]
+    NoInstances {
+        /// The app.
+        app: AppId,
+        /// The pool that serves the app.
+        pool: deploy_core::Pool,
+    },
+    /// The journal of an interrupted rollout is inconsistent (for example, a rolling
+    /// update's instance list is missing or belongs to another revision); resuming it could
+    /// act on the wrong instances, so it is refused.
+    #[error("rollout journal of app '{app}' is inconsistent: {reason}")]
+    JournalInconsistent {
+        /// The app.
+        app: AppId,
+        /// What does not fit.
+        reason: String,
+    },
     /// This deployer lost the app's lease (it expired or was taken over) and stopped acting.
     #[error("lost the lease of app '{app}'; another deployer may have taken over")]
     LeaseLost {

@@ -234,8 +234,32 @@ impl Executor {
             .await
     }
 
-    /// Takes a whole pool out of rotation and decommissions it.
-    pub(crate) async fn retire_pool(&self, app: &AppId, pool: &Pool) -> StepResult<Vec<InstanceId>> {
+    /// Takes a whole pool out of rotation and decommissions it, once the load balancer
+    /// confirms that `pool` takes no traffic and the pools that do have at least
+    /// `serving_at_least` instances in rotation (0 skips the check: nothing to protect).
+    pub(crate) async fn retire_pool(
+        &self,
+        app: &AppId,
+        pool: &Pool,
+        serving_at_least: usize,
+    ) -> StepResult<Vec<InstanceId>> {
+        if serving_at_least > 0 {
+            let lb = &self.backends.load_balancer;
+            let routing = self.retry("read routing", || lb.routing(app)).await?;
+            let Some(routing) = routing.filter(|split| split.weight_of(pool).is_zero()) else {
+                return Err(format!("refusing to retire pool {pool}: it still takes traffic"));
+            };
+            let mut serving = 0;
+            for other in routing.pools() {
+                serving += self.members(app, other).await?.len();
+            }
+            if serving < serving_at_least {
+                return Err(format!(
+                    "refusing to retire pool {pool}: the pools taking traffic ({routing}) have \
+                     {serving} instances in rotation, fewer than {serving_at_least}"
+                ));
+            }
+        }
         let doomed: Vec<InstanceId> = self
             .instances(app)
             .await?
@@ -253,13 +277,37 @@ impl Executor {
         results.into_iter().collect()
     }
 
-    /// Instances of `pool` that are not in `keep`.
-    pub(crate) async fn extras(
+    /// Decommissions the instances of `pool` that are not in `keep`, once at least
+    /// `keep_at_least` (and at least one) of `keep` are in rotation. Returns how many went.
+    pub(crate) async fn remove_extras(
         &self,
         app: &AppId,
         pool: &Pool,
         keep: &[InstanceId],
-    ) -> StepResult<Vec<InstanceId>> {
+        keep_at_least: usize,
+    ) -> StepResult<usize> {
+        let kept: HashSet<InstanceId> = keep.iter().cloned().collect();
+        let in_rotation = self
+            .members(app, pool)
+            .await?
+            .into_iter()
+            .filter(|id| kept.contains(id))
+            .count();
+        if in_rotation < keep_at_least.max(1) {
+            return Err(format!(
+                "refusing to remove surge instances of pool {pool}: {in_rotation} of the {} kept \
+                 instances are in rotation, fewer than {}",
+                keep.len(),
+                keep_at_least.max(1)
+            ));
+        }
+        let extras = self.extras(app, pool, keep).await?;
+        self.retire_all(app, &extras).await?;
+        Ok(extras.len())
+    }
+
+    /// Instances of `pool` that are not in `keep`.
+    async fn extras(&self, app: &AppId, pool: &Pool, keep: &[InstanceId]) -> StepResult<Vec<InstanceId>> {
         let keep: HashSet<&InstanceId> = keep.iter().collect();
         Ok(self
             .instances(app)

@@ -1,10 +1,13 @@
 //! Live control of a running rollout: [`RolloutHandle`], [`RolloutStatus`] and the final
 //! [`RolloutReport`].
 
+use std::time::Duration;
+
 use deploy_core::{AppId, ChannelSink, DeploymentEvent, Revision, TrafficSplit, Version};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::error::RolloutError;
 use crate::plan::{AnalysisRecord, Phase, TimelineEntry};
@@ -61,10 +64,68 @@ pub struct RolloutStatus {
     pub step: usize,
     /// What the step does.
     pub step_name: String,
-    /// Why it is paused, when it is.
-    pub paused: Option<String>,
+    /// Why it is holding and for how long, when it is: an operator's pause, a pause step
+    /// (timed, or until promoted), or an inconclusive analysis.
+    pub paused: Option<PauseStatus>,
     /// The last routing the rollout applied.
     pub routing: Option<TrafficSplit>,
+}
+
+/// Why a rollout is holding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PauseReason {
+    /// An operator paused it; `resume` (or `promote`) lifts the pause, `abort` rolls back.
+    Operator,
+    /// A pause step that lasts until `promote` (manual judgment).
+    AwaitingPromotion,
+    /// A timed pause step; `promote` ends it early.
+    Timed,
+    /// An analysis was inconclusive: `promote` accepts it, `resume` measures again,
+    /// `abort` rolls back.
+    InconclusiveAnalysis {
+        /// The analysis' summary.
+        summary: String,
+    },
+}
+
+impl std::fmt::Display for PauseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Operator => f.write_str("paused by operator"),
+            Self::AwaitingPromotion => f.write_str("waiting for promotion"),
+            Self::Timed => f.write_str("timed pause"),
+            Self::InconclusiveAnalysis { summary } => write!(f, "inconclusive analysis: {summary}"),
+        }
+    }
+}
+
+/// A hold in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PauseStatus {
+    /// Why.
+    pub reason: PauseReason,
+    /// Since when, on tokio's clock.
+    pub since: Instant,
+    /// When it ends by itself (timed pauses); `None` when only a human can end it.
+    pub until: Option<Instant>,
+}
+
+impl PauseStatus {
+    /// Time left until it ends by itself, or `None` when only a human can end it.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.until
+            .map(|until| until.saturating_duration_since(Instant::now()))
+    }
+}
+
+impl std::fmt::Display for PauseStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.time_left() {
+            Some(left) => write!(f, "{} ({}s left)", self.reason, left.as_secs()),
+            None => self.reason.fmt(f),
+        }
+    }
 }
 
 /// How a rollout ended.
@@ -108,7 +169,10 @@ pub struct RolloutReport {
     pub rolled_back: Vec<String>,
 }
 
-/// Controls one running rollout. Dropping the handle does not stop the rollout.
+/// Controls one running rollout. Dropping the handle (and every [`RolloutControl`]) does
+/// not stop the rollout: it runs on by itself. Only a rollout waiting for a human (a pause
+/// until promoted, an operator's pause, an inconclusive analysis) can then not go on, since
+/// nobody is left to decide; it rolls back.
 #[derive(Debug)]
 pub struct RolloutHandle {
     pub(crate) app: AppId,

@@ -51,8 +51,10 @@ mod error;
 mod executor;
 mod handle;
 mod hooks;
+mod lease;
 mod plan;
-mod runtime;
+mod rollout;
+mod runner;
 mod spec;
 
 pub use analysis::{
@@ -61,8 +63,10 @@ pub use analysis::{
 };
 pub use error::{RolloutError, SpecError};
 pub use executor::{Backends, RolloutOptions};
-pub use handle::{RolloutControl, RolloutHandle, RolloutOutcome, RolloutReport, RolloutStatus};
+pub use handle::{
+    PauseReason, PauseStatus, RolloutControl, RolloutHandle, RolloutOutcome, RolloutReport, RolloutStatus,
+};
 pub use hooks::{Hook, HookContext, HookOutcome, HookPoint};
 pub use plan::{AnalysisRecord, Phase, TimelineEntry};
-pub use runtime::{ResumePolicy, Rollout, RolloutBuilder};
+pub use rollout::{ResumePolicy, Rollout, RolloutBuilder};
 pub use spec::{BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity, RollingSpec, Strategy};

@@ -82,10 +82,21 @@ pub(crate) enum Step {
     /// Bring every one of the journal's `instances` back to the previous version.
     RestoreInstances,
     /// Decommission every instance of `pool` that is not one of the journal's `instances`
-    /// (surge instances of a rolling update).
-    RemoveExtras { pool: Pool },
-    /// Take `pool` out of rotation (draining) and decommission its instances.
-    RetirePool { pool: Pool },
+    /// (surge instances of a rolling update), refusing unless at least `keep_at_least` of
+    /// the kept instances are in rotation.
+    RemoveExtras {
+        pool: Pool,
+        #[serde(default)]
+        keep_at_least: usize,
+    },
+    /// Take `pool` out of rotation (draining) and decommission its instances, refusing
+    /// unless `pool` takes no traffic and the pools that do keep at least
+    /// `serving_at_least` instances in rotation (0: nothing to protect).
+    RetirePool {
+        pool: Pool,
+        #[serde(default)]
+        serving_at_least: usize,
+    },
     /// Wait (blue-green scale-down delay).
     Wait { duration: Duration },
 }
@@ -111,8 +122,8 @@ impl Step {
             Self::Hook { point } => format!("{point:?} hooks"),
             Self::UpdateBatch { from, to } => format!("update instances {}..={}", from + 1, to),
             Self::RestoreInstances => "restore every updated instance".to_owned(),
-            Self::RemoveExtras { pool } => format!("remove surge instances of pool {pool}"),
-            Self::RetirePool { pool } => format!("retire pool {pool}"),
+            Self::RemoveExtras { pool, .. } => format!("remove surge instances of pool {pool}"),
+            Self::RetirePool { pool, .. } => format!("retire pool {pool}"),
             Self::Wait { duration } => format!("wait {duration:?}"),
         }
     }
@@ -152,6 +163,9 @@ pub(crate) struct Journal {
     pub(crate) target: Pool,
     /// Instances the new version needs.
     pub(crate) replicas: usize,
+    /// Rolling: how many `instances` there are (checked against their record on resume).
+    #[serde(default)]
+    pub(crate) instance_count: usize,
     /// Rolling: the pool's instances at the start, in update order. Persisted once in its
     /// own record (see `runtime`), not with every journal write, so a step's journal write
     /// costs the same for 10 instances or 100,000.
@@ -248,7 +262,7 @@ impl Journal {
                 steps.push(Step::Hook {
                     point: HookPoint::AfterPromotion,
                 });
-                steps.push(Step::RetirePool { pool: stable });
+                steps.push(self.retire(stable));
                 steps
             }
             Strategy::BlueGreen(spec) => {
@@ -285,7 +299,7 @@ impl Journal {
                 steps.push(Step::Wait {
                     duration: spec.scale_down_delay,
                 });
-                steps.push(Step::RetirePool { pool: stable });
+                steps.push(self.retire(stable));
                 steps
             }
             Strategy::Rolling(spec) => {
@@ -306,17 +320,30 @@ impl Journal {
                         });
                     }
                 }
-                steps.push(Step::RemoveExtras { pool: stable });
+                steps.push(Step::RemoveExtras {
+                    pool: stable,
+                    keep_at_least: rolling_floor(total, plan.unavailable),
+                });
                 steps
             }
         }
     }
 
+    /// Retires `pool` once the other pool carries all traffic with every replica.
+    fn retire(&self, pool: Pool) -> Step {
+        Step::RetirePool {
+            pool,
+            serving_at_least: self.replicas,
+        }
+    }
+
     fn rollback_plan(&self) -> Vec<Step> {
         let Some(stable) = self.stable.clone() else {
+            // A first deployment going back: nothing served before, nothing to protect.
             return vec![
                 Step::RetirePool {
                     pool: self.target.clone(),
+                    serving_at_least: 0,
                 },
                 Step::Hook {
                     point: HookPoint::AfterRollback,
@@ -325,11 +352,17 @@ impl Journal {
         };
         let previous = self.previous.clone().unwrap_or_else(|| self.version.clone());
         let mut steps = match &self.strategy {
-            Strategy::Rolling(_) => vec![
+            Strategy::Rolling(spec) => vec![
                 // Every updated (or half-updated) instance comes back first, while the surge
                 // instances still carry capacity; then the surge goes.
                 Step::RestoreInstances,
-                Step::RemoveExtras { pool: stable },
+                Step::RemoveExtras {
+                    pool: stable,
+                    keep_at_least: rolling_floor(
+                        self.instances.len(),
+                        spec.resolve(self.instances.len()).unavailable,
+                    ),
+                },
             ],
             Strategy::Canary(_) | Strategy::BlueGreen(_) => vec![
                 // Capacity first: the stable pool is made whole and healthy before traffic
@@ -342,9 +375,7 @@ impl Journal {
                 Step::Route {
                     split: TrafficSplit::all_to(stable),
                 },
-                Step::RetirePool {
-                    pool: self.target.clone(),
-                },
+                self.retire(self.target.clone()),
             ],
         };
         steps.push(Step::Hook {
@@ -364,4 +395,10 @@ impl Journal {
                 _ => None,
             })
     }
+}
+
+/// The fewest of a rolling update's `total` instances that must stay in rotation: all but
+/// the `unavailable` it allows, and never none.
+fn rolling_floor(total: usize, unavailable: usize) -> usize {
+    total.saturating_sub(unavailable).max(1)
 }

@@ -174,6 +174,8 @@ async fn crash_everywhere(strategy: Strategy, policy: ResumePolicy) {
             starter.abort();
         }
         world.store.disarm();
+        // The dead deployer's lease lapses; until then it is refused even to its own name.
+        tokio::time::sleep(options().lease_ttl).await;
         let resumed = world
             .rollout(strategy.clone())
             .resume(&world.app, policy)

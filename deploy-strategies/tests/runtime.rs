@@ -11,8 +11,8 @@ use common::*;
 use deploy_core::{DeploymentEventKind, InfraManager, LoadBalancer, MetricName, Pool, TrafficSplit};
 use deploy_strategies::{
     AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Hook, HookContext,
-    HookOutcome, HookPoint, Judge, NoDataPolicy, Pause, Quantity, ResumePolicy, RollingSpec, Rollout,
-    RolloutError, RolloutOptions, RolloutOutcome, Strategy,
+    HookOutcome, HookPoint, Judge, NoDataPolicy, Pause, PauseReason, Quantity, ResumePolicy, RollingSpec,
+    Rollout, RolloutError, RolloutOptions, RolloutOutcome, Strategy,
 };
 use deploy_testkit::{Fault, Operation, VersionProfile};
 
@@ -146,8 +146,10 @@ async fn a_deployer_that_lost_its_lease_stops_and_its_successor_finishes() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    world.store.refuse_renewals(4);
+    // Cut off from the store for good: renewals are retried until the local deadline.
+    world.store.refuse_renewals(usize::MAX);
     tokio::time::sleep(Duration::from_secs(40)).await;
+    world.store.refuse_renewals(0);
     let second = world
         .rollout_as(canary(), "deployer-b")
         .resume(&world.app, ResumePolicy::Continue)
@@ -183,7 +185,10 @@ async fn time_paused_by_an_operator_does_not_count_towards_the_deadline() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     handle.pause();
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(handle.status().paused.as_deref(), Some("paused by operator"));
+    assert_eq!(
+        handle.status().paused.map(|p| p.reason),
+        Some(PauseReason::Operator)
+    );
     handle.resume();
     wait_for(&handle, |s| s.step > 0).await;
     // The slow provisioning made it; the later ones are quick.
@@ -255,7 +260,9 @@ async fn an_inconclusive_analysis_waits_for_a_human_and_promote_accepts_it() {
         .await
         .unwrap();
     wait_for(&handle, |s| {
-        s.paused.as_deref().is_some_and(|p| p.starts_with("inconclusive"))
+        s.paused
+            .as_ref()
+            .is_some_and(|p| matches!(p.reason, PauseReason::InconclusiveAnalysis { .. }))
     })
     .await;
     world.fleet.clear_faults();

@@ -63,6 +63,19 @@ pub const SIM_EPOCH_SECS: u64 = 1_800_000_000;
 #[derive(Debug, Clone)]
 pub struct SimFleet {
     state: Arc<Mutex<FleetState>>,
+    /// Whose calls this handle makes, when they are recorded (see [`SimFleet::as_caller`]).
+    caller: Option<Arc<str>>,
+}
+
+/// One backend call made through a handle from [`SimFleet::as_caller`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// The caller's name.
+    pub caller: Arc<str>,
+    /// The operation called.
+    pub operation: Operation,
+    /// When the call was made, on tokio's clock.
+    pub at: Instant,
 }
 
 /// Builds a [`SimFleet`].
@@ -116,6 +129,7 @@ impl SimFleetBuilder {
         self.state.started = Instant::now();
         SimFleet {
             state: Arc::new(Mutex::new(self.state)),
+            caller: None,
         }
     }
 }
@@ -145,10 +159,33 @@ impl SimFleet {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A handle on the same fleet whose every call is recorded under `caller`, with its
+    /// time: to tell which of two deployers acted when (for example, that a deployer cut
+    /// off from its store made no call after its successor's first one).
+    #[must_use]
+    pub fn as_caller(&self, caller: &str) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+            caller: Some(Arc::from(caller)),
+        }
+    }
+
+    /// Every call made through handles from [`as_caller`](Self::as_caller), in order.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.state().calls.clone()
+    }
+
     /// Waits as `operation` takes: forever under [`Fault::Hang`], else its latency.
     async fn delay(&self, operation: Operation) {
         let (hang, latency) = {
             let mut state = self.state();
+            if let Some(caller) = &self.caller {
+                state.calls.push(CallRecord {
+                    caller: Arc::clone(caller),
+                    operation,
+                    at: Instant::now(),
+                });
+            }
             let hang = state.faults.fire(|f| *f == Fault::Hang(operation));
             (hang, state.latencies.get(&operation).copied().unwrap_or_default())
         };

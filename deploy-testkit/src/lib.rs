@@ -47,7 +47,7 @@ mod state;
 mod traffic;
 
 pub use fault::{Fault, Operation};
-pub use fleet::{SIM_EPOCH_SECS, SimFleet, SimFleetBuilder, TrafficHandle};
+pub use fleet::{CallRecord, SIM_EPOCH_SECS, SimFleet, SimFleetBuilder, TrafficHandle};
 pub use image::{AppImage, FleetImage, InstanceImage};
 pub use invariants::{Violation, ViolationKind};
 pub use notifier::RecordingNotifier;

@@ -85,6 +85,8 @@ pub(crate) struct FleetState {
     pub(crate) invariants: InvariantChecker,
     /// Off for scale benchmarks, where checking after every operation costs O(fleet).
     pub(crate) checking: bool,
+    /// Calls made through handles that record them (`SimFleet::as_caller`).
+    pub(crate) calls: Vec<crate::fleet::CallRecord>,
 }
 
 impl FleetState {
@@ -100,6 +102,7 @@ impl FleetState {
             started: Instant::now(),
             invariants: InvariantChecker::default(),
             checking: true,
+            calls: Vec::new(),
         }
     }
 

@@ -328,12 +328,18 @@ pub async fn lease_store(store: &DynStore, ns: &str) {
         .await
         .expect("a write with the live fence");
 
-    // The same holder reclaiming (a restarted process) gets a new token that fences off
-    // its earlier incarnation.
+    // A live lease is refused to its own holder name too: two instances that share a name
+    // must not both hold it.
+    match store.acquire(&name, "deployer-a", ttl).await {
+        Err(StoreError::LeaseHeld { holder, .. }) => assert_eq!(holder, "deployer-a"),
+        other => panic!("a held lease must refuse its own holder name while live, got {other:?}"),
+    }
+    // Released and taken again, the new holding's token fences off the earlier one.
+    store.release(&first).await.expect("release");
     let second = store
         .acquire(&name, "deployer-a", ttl)
         .await
-        .expect("reclaim by the same holder");
+        .expect("acquire after release");
     assert!(second.token > first.token, "tokens strictly increase");
     match store
         .put_opts(&key, Bytes::from_static(b"stale"), fenced.clone())

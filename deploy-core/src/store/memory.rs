@@ -246,9 +246,7 @@ impl LeaseStore for MemoryStore {
         validate_lease_request(name, holder, ttl)?;
         let now = Instant::now();
         let mut state = self.state();
-        if let Some(live) = state.live_holding(name, now)
-            && live.holder != holder
-        {
+        if let Some(live) = state.live_holding(name, now) {
             return Err(StoreError::LeaseHeld {
                 lease: name.to_owned(),
                 holder: live.holder.clone(),

@@ -266,10 +266,11 @@ impl Lease {
 /// Time-limited exclusive leases with fencing tokens.
 ///
 /// # Contract
-/// - `acquire` succeeds when nobody holds the lease, the holding expired, or `holder`
-///   itself holds it (a restarted process reclaiming its lease); every success issues a
-///   new token, greater than any before for that name, which fences off the previous
-///   holding. Otherwise [`StoreError::LeaseHeld`] names the holder.
+/// - `acquire` succeeds when nobody holds the lease or the holding expired; every success
+///   issues a new token, greater than any before for that name, which fences off the
+///   previous holding. Otherwise [`StoreError::LeaseHeld`] names the holder, even when it
+///   is `holder` itself: a holder name does not prove the caller is the same instance, so
+///   a restarted process waits for its old holding to lapse (or was released).
 /// - `renew` extends a holding by its TTL if it is still the live one (same token, not
 ///   expired); otherwise [`StoreError::LeaseLost`].
 /// - `release` ends a holding; releasing one that is no longer live is

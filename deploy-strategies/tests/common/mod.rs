@@ -152,11 +152,12 @@ pub async fn wait_for(handle: &RolloutHandle, condition: impl Fn(&RolloutStatus)
 pub async fn abort_when_inconclusive(handle: &RolloutHandle) {
     let mut status = handle.watch_status();
     loop {
-        let inconclusive = status
-            .borrow_and_update()
-            .paused
-            .as_deref()
-            .is_some_and(|p| p.starts_with("inconclusive"));
+        let inconclusive = status.borrow_and_update().paused.as_ref().is_some_and(|p| {
+            matches!(
+                p.reason,
+                deploy_strategies::PauseReason::InconclusiveAnalysis { .. }
+            )
+        });
         if inconclusive {
             handle.abort();
         }

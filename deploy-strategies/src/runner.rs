@@ -1,0 +1,704 @@
+//! The runner: executes a journal's plan step by step in a task of its own, journaling the
+//! intent before each step and the confirmation after, serving operator commands, and
+//! stopping at once when the app's lease is lost.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy_core::{
+    AnalysisOutcome, ChannelSink, DeploymentEvent, DeploymentEventKind, EventSinkExt, InstanceId,
+    MetricTarget, Pool, Precondition, RecordStoreExt, RecordVersion, StoreError, WriteOptions,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::analysis::{AnalysisSpec, AnalysisTargets, run_analysis};
+use crate::error::RolloutError;
+use crate::handle::{Control, PauseReason, PauseStatus, RolloutOutcome, RolloutReport, RolloutStatus};
+use crate::hooks::{HookContext, HookOutcome, HookPoint, run_hooks};
+use crate::lease::LeaseKeeper;
+use crate::plan::{AnalysisKind, AnalysisRecord, Journal, Phase, Step, TimelineEntry};
+use crate::rollout::{Shared, journal_key};
+use crate::spec::{Pause, Strategy};
+
+/// Why a rollout waiting for a human cannot wait any longer.
+const NOBODY_TO_DECIDE: &str =
+    "waiting for an operator, but every control handle was dropped: nobody can decide";
+
+/// A rollout's status from its journal and any pause in force.
+pub(crate) fn status_of(journal: &Journal, paused: Option<PauseStatus>) -> RolloutStatus {
+    let plan = journal.plan();
+    RolloutStatus {
+        phase: journal.phase.clone(),
+        step: journal.cursor,
+        step_name: plan
+            .get(journal.cursor)
+            .map_or_else(|| "done".to_owned(), Step::describe),
+        paused,
+        routing: journal.current_split(),
+    }
+}
+
+/// Why the runner stops acting at once, without rolling back.
+#[derive(Debug)]
+enum Halt {
+    /// The lease is gone (or its local deadline passed): another deployer may act.
+    LeaseLost,
+    /// The journal could not be written, for a reason retrying does not cure.
+    Journal(StoreError),
+}
+
+/// Why a step stopped early.
+#[derive(Debug)]
+enum Interrupt {
+    /// The step failed; roll back.
+    Failed(String),
+    /// An operator aborted.
+    Aborted,
+    /// Stop acting at once.
+    Halt(Halt),
+}
+
+impl From<Halt> for Interrupt {
+    fn from(halt: Halt) -> Self {
+        Self::Halt(halt)
+    }
+}
+
+/// Which operator commands end a [`Runner::drive`] early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// None: the work runs to its end (or an abort, a deadline, a lost lease).
+    Work,
+    /// A promote ends it (a timed pause step).
+    TimedPause,
+    /// A promote ends it, and nothing else will (a pause step until promoted).
+    AwaitingPromotion,
+    /// A promote, or the lifting of a pause, ends it (waiting for a human).
+    Decision,
+}
+
+impl Mode {
+    /// Whether only a human can end it.
+    fn needs_human(self) -> bool {
+        matches!(self, Self::AwaitingPromotion | Self::Decision)
+    }
+}
+
+/// How a [`Runner::drive`] ended.
+#[derive(Debug)]
+enum Driven<T> {
+    /// The work finished.
+    Done(T),
+    /// An operator promoted.
+    Promoted,
+    /// An operator lifted the pause.
+    Resumed,
+}
+
+/// Executes one rollout.
+pub(crate) struct Runner {
+    shared: Arc<Shared>,
+    journal: Journal,
+    record: RecordVersion,
+    keeper: LeaseKeeper,
+    control: mpsc::UnboundedReceiver<Control>,
+    /// Whether any handle can still send commands.
+    control_open: bool,
+    status: watch::Sender<RolloutStatus>,
+    events: ChannelSink,
+    started: Instant,
+    /// A hold in force: an operator's pause or an inconclusive analysis.
+    held: Option<PauseStatus>,
+    /// A pause step in progress (shown in status; an operator's hold shows first).
+    step_pause: Option<PauseStatus>,
+    rolled_back: Vec<String>,
+}
+
+impl Runner {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        journal: Journal,
+        record: RecordVersion,
+        keeper: LeaseKeeper,
+        control: mpsc::UnboundedReceiver<Control>,
+        status: watch::Sender<RolloutStatus>,
+        events: ChannelSink,
+    ) -> Self {
+        Self {
+            shared,
+            journal,
+            record,
+            keeper,
+            control,
+            control_open: true,
+            status,
+            events,
+            started: Instant::now(),
+            held: None,
+            step_pause: None,
+            rolled_back: Vec::new(),
+        }
+    }
+
+    fn emit(&self, kind: DeploymentEventKind) {
+        let event = DeploymentEvent {
+            app: self.journal.app.clone(),
+            revision: self.journal.revision,
+            kind,
+        };
+        self.events.publish(&event);
+        if let Some(sink) = &self.shared.sink {
+            sink.emit(&event);
+        }
+    }
+
+    fn publish_status(&self) {
+        let paused = self.held.clone().or_else(|| self.step_pause.clone());
+        self.status.send_replace(status_of(&self.journal, paused));
+    }
+
+    /// Holds the rollout after the current step, for `reason`.
+    fn hold(&mut self, reason: PauseReason) {
+        self.emit(DeploymentEventKind::Paused {
+            reason: reason.to_string(),
+        });
+        self.held = Some(PauseStatus {
+            reason,
+            since: Instant::now(),
+            until: None,
+        });
+        self.publish_status();
+    }
+
+    /// Writes the journal under the lease. Transient store errors are retried while the
+    /// lease is still good; once its local deadline passes, the runner halts.
+    async fn save(&mut self) -> Result<(), Halt> {
+        let key = journal_key(&self.journal.app);
+        let ttl = self.keeper.lease().ttl;
+        let most = (ttl / 10).max(Duration::from_millis(100));
+        let mut backoff = Duration::from_millis(50).min(most);
+        let mut retried = false;
+        loop {
+            let opts =
+                WriteOptions::when(Precondition::Version(self.record)).fenced(self.keeper.lease().fence());
+            let put = self.shared.store.put_json(&key, &self.journal, opts);
+            let result = tokio::select! {
+                biased;
+                () = self.keeper.lost() => return Err(Halt::LeaseLost),
+                result = put => result,
+            };
+            let err = match result {
+                Ok(version) => {
+                    self.record = version;
+                    self.publish_status();
+                    return Ok(());
+                }
+                Err(StoreError::StaleFence { .. }) => return Err(Halt::LeaseLost),
+                Err(err @ StoreError::Conflict { .. }) if retried => {
+                    // An earlier attempt may have landed with its answer lost.
+                    match self.landed(&key).await {
+                        Some(version) => {
+                            self.record = version;
+                            self.publish_status();
+                            return Ok(());
+                        }
+                        None => return Err(Halt::Journal(err)),
+                    }
+                }
+                Err(err) if err.is_retryable() => err,
+                Err(err) => return Err(Halt::Journal(err)),
+            };
+            tracing::warn!(app = %self.journal.app, %err, ?backoff, "journal write failed; retrying");
+            retried = true;
+            tokio::select! {
+                biased;
+                () = self.keeper.lost() => return Err(Halt::LeaseLost),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = backoff.saturating_mul(2).min(most);
+        }
+    }
+
+    /// The version of the journal record at `key` if it holds exactly this journal.
+    async fn landed(&self, key: &str) -> Option<RecordVersion> {
+        let ours = serde_json::to_vec(&self.journal).ok()?;
+        let record = self.shared.store.get(key).await.ok()??;
+        (record.value[..] == ours[..]).then_some(record.version)
+    }
+
+    fn handle_control(&mut self, control: Control) -> Result<(), Interrupt> {
+        let forward = self.journal.phase == Phase::Progressing;
+        match control {
+            // A rollback is never held: it is the way back to safety.
+            Control::Pause if self.held.is_none() && forward => self.hold(PauseReason::Operator),
+            Control::Resume if self.held.is_some() => {
+                self.held = None;
+                self.emit(DeploymentEventKind::Resumed);
+                self.publish_status();
+            }
+            Control::Abort if forward => return Err(Interrupt::Aborted),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Drives `work` while serving operator commands and watching the lease. With a
+    /// `deadline`, the work must finish within it, not counting time held by an operator.
+    /// `mode` says which operator commands end the wait early.
+    async fn drive<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+        deadline: Option<Duration>,
+        mode: Mode,
+    ) -> Result<Driven<T>, Interrupt> {
+        tokio::pin!(work);
+        let mut deadline_at = deadline.and_then(|d| Instant::now().checked_add(d));
+        loop {
+            if !self.control_open && mode.needs_human() {
+                return Err(Interrupt::Failed(NOBODY_TO_DECIDE.into()));
+            }
+            let held_since = self.held.as_ref().map(|held| held.since);
+            let expiry = deadline_at.filter(|_| held_since.is_none());
+            tokio::select! {
+                biased;
+                () = self.keeper.lost() => return Err(Halt::LeaseLost.into()),
+                control = self.control.recv(), if self.control_open => {
+                    let Some(control) = control else {
+                        // Every handle is gone: run on without commands.
+                        self.control_open = false;
+                        continue;
+                    };
+                    self.handle_control(control)?;
+                    if let (Some(since), None) = (held_since, &self.held) {
+                        // Time spent held does not count towards the deadline.
+                        deadline_at = deadline_at.and_then(|at| at.checked_add(since.elapsed()));
+                        if mode == Mode::Decision {
+                            return Ok(Driven::Resumed);
+                        }
+                    }
+                    if control == Control::Promote && mode != Mode::Work {
+                        return Ok(Driven::Promoted);
+                    }
+                }
+                () = sleep_until_or_never(expiry) => {
+                    return Err(Interrupt::Failed(format!(
+                        "progress deadline of {:?} exceeded",
+                        deadline.unwrap_or_default()
+                    )));
+                }
+                output = &mut work => return Ok(Driven::Done(output)),
+            }
+        }
+    }
+
+    /// Drives `work` to its end: no operator command ends it early.
+    async fn drive_to_end<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+        deadline: Option<Duration>,
+    ) -> Result<T, Interrupt> {
+        match self.drive(work, deadline, Mode::Work).await? {
+            Driven::Done(value) => Ok(value),
+            Driven::Promoted | Driven::Resumed => Err(Interrupt::Failed(
+                "internal error: an operator command ended work that must run to its end".into(),
+            )),
+        }
+    }
+
+    /// Drives infrastructure work under the progress deadline.
+    async fn drive_work<T>(&mut self, work: impl Future<Output = Result<T, String>>) -> Result<T, Interrupt> {
+        let deadline = Some(self.shared.executor.options.progress_deadline);
+        self.drive_to_end(work, deadline)
+            .await?
+            .map_err(Interrupt::Failed)
+    }
+
+    /// Holds until an operator lifts the hold in force (resume or promote); `true` when a
+    /// promote lifted it.
+    async fn hold_while_paused(&mut self) -> Result<bool, Interrupt> {
+        if self.held.is_none() {
+            return Ok(false);
+        }
+        let decision = self
+            .drive(std::future::pending::<()>(), None, Mode::Decision)
+            .await?;
+        let promoted = matches!(decision, Driven::Promoted);
+        if promoted {
+            self.held = None;
+            self.emit(DeploymentEventKind::Resumed);
+            self.publish_status();
+        }
+        Ok(promoted)
+    }
+
+    fn analysis_spec(&self, kind: AnalysisKind) -> Option<&AnalysisSpec> {
+        match (&self.journal.strategy, kind) {
+            (Strategy::Canary(spec), AnalysisKind::Canary) => spec.analysis.as_ref(),
+            (Strategy::BlueGreen(spec), AnalysisKind::PrePromotion) => spec.pre_promotion.as_ref(),
+            (Strategy::BlueGreen(spec), AnalysisKind::PostPromotion) => spec.post_promotion.as_ref(),
+            (Strategy::Rolling(spec), AnalysisKind::Rolling) => spec.analysis.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn analysis_targets(&self) -> AnalysisTargets {
+        let app = self.journal.app.clone();
+        match (&self.journal.strategy, &self.journal.stable) {
+            (Strategy::Rolling(_), _) => AnalysisTargets {
+                canary: MetricTarget::Version {
+                    app: app.clone(),
+                    version: self.journal.version.clone(),
+                },
+                baseline: self
+                    .journal
+                    .previous
+                    .clone()
+                    .map(|version| MetricTarget::Version { app, version }),
+            },
+            (_, stable) => {
+                // A baseline that serves no traffic has nothing to compare with.
+                let routing = self.journal.current_split();
+                let serving = |pool: &Pool| {
+                    routing
+                        .as_ref()
+                        .is_none_or(|split| !split.weight_of(pool).is_zero())
+                };
+                AnalysisTargets {
+                    canary: MetricTarget::Pool {
+                        app: app.clone(),
+                        pool: self.journal.target.clone(),
+                    },
+                    baseline: stable
+                        .clone()
+                        .filter(serving)
+                        .map(|pool| MetricTarget::Pool { app, pool }),
+                }
+            }
+        }
+    }
+
+    /// Runs one step. `Ok(note)` is the timeline's result text.
+    async fn execute(&mut self, step: &Step) -> Result<String, Interrupt> {
+        let shared = Arc::clone(&self.shared);
+        let exec = &shared.executor;
+        let app = self.journal.app.clone();
+        let ok = || "ok".to_owned();
+        match step {
+            Step::EnsurePool { pool, version, count } => self
+                .drive_work(exec.ensure_pool(&app, pool, version, *count))
+                .await
+                .map(|()| ok()),
+            Step::Route { split } => {
+                self.drive_work(exec.route(&app, split)).await?;
+                self.emit(DeploymentEventKind::TrafficShifted { split: split.clone() });
+                Ok(ok())
+            }
+            Step::Pause { pause } => {
+                let now = Instant::now();
+                let (reason, until, mode) = match pause {
+                    Pause::None => return Ok(ok()),
+                    Pause::For(duration) => {
+                        (PauseReason::Timed, now.checked_add(*duration), Mode::TimedPause)
+                    }
+                    Pause::UntilPromoted => (PauseReason::AwaitingPromotion, None, Mode::AwaitingPromotion),
+                };
+                self.emit(DeploymentEventKind::Paused {
+                    reason: reason.to_string(),
+                });
+                self.step_pause = Some(PauseStatus {
+                    reason,
+                    since: now,
+                    until,
+                });
+                self.publish_status();
+                let outcome = self.drive(sleep_until_or_never(until), None, mode).await;
+                self.step_pause = None;
+                self.publish_status();
+                let outcome = outcome?;
+                self.emit(DeploymentEventKind::Resumed);
+                Ok(match outcome {
+                    Driven::Promoted => "skipped by promote".into(),
+                    _ => ok(),
+                })
+            }
+            Step::Analyze { kind } => self.analyze(*kind).await,
+            Step::Hook { point } => {
+                let context = HookContext {
+                    app: app.clone(),
+                    revision: self.journal.revision,
+                    version: self.journal.version.clone(),
+                    pool: self.journal.target.clone(),
+                    point: *point,
+                };
+                match self
+                    .drive_to_end(run_hooks(&shared.hooks, &context), None)
+                    .await?
+                {
+                    HookOutcome::Fail(reason) if *point != HookPoint::AfterRollback => {
+                        Err(Interrupt::Failed(format!("{point:?} hook failed: {reason}")))
+                    }
+                    HookOutcome::Fail(reason) => {
+                        Ok(format!("hook failed (ignored after rollback): {reason}"))
+                    }
+                    HookOutcome::Pass => Ok(ok()),
+                }
+            }
+            Step::UpdateBatch { from, to } => {
+                let Some(ids) = self.journal.instances.get(*from..*to).map(<[InstanceId]>::to_vec) else {
+                    return Err(Interrupt::Failed(format!(
+                        "the journal lists {} instances; batch {}..{} is out of range",
+                        self.journal.instances.len(),
+                        from,
+                        to
+                    )));
+                };
+                let version = self.journal.version.clone();
+                self.drive_work(exec.converge_instances(&app, &ids, &version, ids.len()))
+                    .await
+                    .map(|()| ok())
+            }
+            Step::RestoreInstances => {
+                let ids = self.journal.instances.clone();
+                let version = self
+                    .journal
+                    .previous
+                    .clone()
+                    .unwrap_or_else(|| self.journal.version.clone());
+                let concurrency = match &self.journal.strategy {
+                    Strategy::Rolling(spec) => spec.resolve(ids.len()).batch,
+                    _ => 1,
+                };
+                self.drive_work(exec.converge_instances(&app, &ids, &version, concurrency))
+                    .await?;
+                self.rolled_back
+                    .push(format!("{} instances back on {version}", ids.len()));
+                Ok(ok())
+            }
+            Step::RemoveExtras { pool, keep_at_least } => {
+                let keep = self.journal.instances.clone();
+                let removed = self
+                    .drive_work(exec.remove_extras(&app, pool, &keep, *keep_at_least))
+                    .await?;
+                Ok(format!("removed {removed} surge instances"))
+            }
+            Step::RetirePool {
+                pool,
+                serving_at_least,
+            } => {
+                let retired = self
+                    .drive_work(exec.retire_pool(&app, pool, *serving_at_least))
+                    .await?;
+                if self.journal.phase != Phase::Progressing {
+                    self.rolled_back
+                        .push(format!("retired pool {pool} ({} instances)", retired.len()));
+                }
+                Ok(format!("retired {} instances", retired.len()))
+            }
+            Step::Wait { duration } => {
+                self.drive_to_end(sleep_until_or_never(Instant::now().checked_add(*duration)), None)
+                    .await?;
+                Ok(ok())
+            }
+        }
+    }
+
+    async fn analyze(&mut self, kind: AnalysisKind) -> Result<String, Interrupt> {
+        let Some(spec) = self.analysis_spec(kind).cloned() else {
+            return Ok("no analysis defined".into());
+        };
+        let targets = self.analysis_targets();
+        let shared = Arc::clone(&self.shared);
+        let metrics = Arc::clone(&shared.executor.backends.metrics);
+        loop {
+            let result = self
+                .drive_to_end(run_analysis(&spec, &targets, metrics.as_ref()), None)
+                .await?;
+            let summary = result.summary();
+            let step = self.journal.cursor;
+            self.emit(DeploymentEventKind::AnalysisCompleted {
+                step,
+                outcome: result.outcome,
+                summary: summary.clone(),
+            });
+            let step_name = format!("{} at step {step}", Step::Analyze { kind }.describe());
+            self.journal.analyses.push(AnalysisRecord {
+                step: step_name,
+                result: result.clone(),
+            });
+            match result.outcome {
+                AnalysisOutcome::Successful => return Ok(summary),
+                AnalysisOutcome::Failed | AnalysisOutcome::Error => {
+                    let verdict = format!("{:?}", result.outcome).to_lowercase();
+                    return Err(Interrupt::Failed(format!("{verdict}: {summary}")));
+                }
+                AnalysisOutcome::Inconclusive => {
+                    // A human decides: promote accepts, abort rolls back, resume measures again.
+                    self.hold(PauseReason::InconclusiveAnalysis {
+                        summary: summary.clone(),
+                    });
+                    if self.hold_while_paused().await? {
+                        return Ok(format!("inconclusive, accepted by promote: {summary}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, step: String, result: String) {
+        self.journal.timeline.push(TimelineEntry {
+            at: self.started.elapsed(),
+            step,
+            result,
+        });
+    }
+
+    /// Switches to rolling back, journaled.
+    async fn begin_rollback(&mut self, reason: String) -> Result<(), Halt> {
+        self.journal.phase = Phase::RollingBack {
+            reason: reason.clone(),
+        };
+        self.journal.cursor = 0;
+        self.journal.pending = None;
+        // Going back overrides any hold: a paused rollout that is aborted rolls back now.
+        self.held = None;
+        self.save().await?;
+        self.emit(DeploymentEventKind::RollbackStarted { reason });
+        Ok(())
+    }
+
+    pub(crate) async fn run(mut self) -> Result<RolloutReport, RolloutError> {
+        if self.journal.cursor == 0 && self.journal.timeline.is_empty() {
+            self.emit(DeploymentEventKind::Started {
+                version: self.journal.version.clone(),
+                strategy: self.journal.strategy.name().to_owned(),
+            });
+        }
+        let app = self.journal.app.clone();
+        match self.steps().await {
+            Ok(()) => {
+                self.keeper.release(self.shared.store.as_ref()).await;
+                Ok(self.report())
+            }
+            Err(Halt::LeaseLost) => Err(RolloutError::LeaseLost { app }),
+            Err(Halt::Journal(source)) => Err(RolloutError::Journal { app, source }),
+        }
+    }
+
+    /// Runs the plan to its end (forward, then rollback if needed).
+    async fn steps(&mut self) -> Result<(), Halt> {
+        let mut rollback_failures = 0u32;
+        loop {
+            let plan = self.journal.plan();
+            let Some(step) = plan.get(self.journal.cursor).cloned() else {
+                return self.finish().await;
+            };
+            // A hold in force (an operator's pause) is served before the next step starts;
+            // what ends it (abort, nobody left to decide) is handled like a step's end.
+            let (name, result) = match self.hold_while_paused().await {
+                Ok(_) => (step.describe(), self.run_step(&step).await),
+                Err(interrupt) => ("operator pause".to_owned(), Err(interrupt)),
+            };
+            match result {
+                Ok(result) => {
+                    self.record(name, result);
+                    self.journal.pending = None;
+                    self.journal.cursor += 1;
+                    self.save().await?;
+                    rollback_failures = 0;
+                }
+                Err(Interrupt::Halt(halt)) => return Err(halt),
+                Err(Interrupt::Aborted) => {
+                    self.record(name, "aborted by operator".into());
+                    self.begin_rollback("aborted by operator".into()).await?;
+                }
+                Err(Interrupt::Failed(reason)) if self.journal.phase == Phase::Progressing => {
+                    self.record(name.clone(), format!("failed: {reason}"));
+                    self.begin_rollback(format!("{name}: {reason}")).await?;
+                }
+                Err(Interrupt::Failed(reason)) => {
+                    // A rollback step failed: try it again a few times, then give up loudly.
+                    self.record(name.clone(), format!("failed: {reason}"));
+                    rollback_failures += 1;
+                    if rollback_failures >= self.shared.executor.options.attempts.max(1) {
+                        self.journal.phase = Phase::Failed {
+                            reason: format!("rollback step '{name}' kept failing: {reason}"),
+                        };
+                        self.journal.pending = None;
+                        self.save().await?;
+                        self.emit(DeploymentEventKind::Failed { reason });
+                        return Ok(());
+                    }
+                    if let Err(Interrupt::Halt(halt)) = self
+                        .drive_to_end(tokio::time::sleep(Duration::from_secs(5)), None)
+                        .await
+                    {
+                        return Err(halt);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Journals `step` as pending, then runs it.
+    async fn run_step(&mut self, step: &Step) -> Result<String, Interrupt> {
+        self.journal.pending = Some(step.clone());
+        self.save().await?;
+        self.emit(DeploymentEventKind::StepEntered {
+            index: self.journal.cursor,
+            name: step.describe(),
+        });
+        self.execute(step).await
+    }
+
+    async fn finish(&mut self) -> Result<(), Halt> {
+        match self.journal.phase.clone() {
+            Phase::Progressing => {
+                self.journal.phase = Phase::Completed;
+                self.save().await?;
+                self.emit(DeploymentEventKind::Completed {
+                    version: self.journal.version.clone(),
+                });
+            }
+            Phase::RollingBack { reason } => {
+                self.journal.phase = Phase::RolledBack { reason };
+                self.save().await?;
+                self.emit(DeploymentEventKind::RollbackFinished);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn report(&self) -> RolloutReport {
+        let outcome = match &self.journal.phase {
+            Phase::RolledBack { reason } | Phase::RollingBack { reason } => RolloutOutcome::RolledBack {
+                reason: reason.clone(),
+            },
+            Phase::Failed { reason } => RolloutOutcome::Failed {
+                reason: reason.clone(),
+            },
+            Phase::Completed | Phase::Progressing => RolloutOutcome::Completed,
+        };
+        RolloutReport {
+            app: self.journal.app.clone(),
+            revision: self.journal.revision,
+            version: self.journal.version.clone(),
+            previous: self.journal.previous.clone(),
+            strategy: self.journal.strategy.name().to_owned(),
+            outcome,
+            timeline: self.journal.timeline.clone(),
+            analyses: self.journal.analyses.clone(),
+            rolled_back: self.rolled_back.clone(),
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
