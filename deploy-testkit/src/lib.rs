@@ -42,6 +42,7 @@ mod idmap;
 mod image;
 mod invariants;
 mod notifier;
+mod outage;
 mod profile;
 mod state;
 mod traffic;
@@ -51,5 +52,6 @@ pub use fleet::{CallRecord, SIM_EPOCH_SECS, SimFleet, SimFleetBuilder, TrafficHa
 pub use image::{AppImage, FleetImage, InstanceImage};
 pub use invariants::{Violation, ViolationKind};
 pub use notifier::RecordingNotifier;
+pub use outage::OutageStore;
 pub use profile::{ProfileError, VersionProfile};
 pub use traffic::{PoolTraffic, TrafficReport};
