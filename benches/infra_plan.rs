@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use deploykit::core::{DynRecordStore, MemoryStore};
+use deploykit::core::{DynStore, MemoryStore};
 use deploykit::infra::{Infra, Resource, SimProvider, StateStore};
 use serde_json::json;
 
@@ -30,7 +30,7 @@ fn layered(count: usize) -> Vec<Resource> {
 }
 
 fn infra(latency: Duration) -> Infra {
-    let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
+    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
     Infra::new(StateStore::new(store, Arc::new(chrono::Utc::now)))
         .provider(SimProvider::new("sim").with_latency(latency))
 }

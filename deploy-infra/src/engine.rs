@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 
 use crate::model::{InfraError, Provider, Resource};
-use crate::state::{Intent, ResourceState, State, StateStore};
+use crate::state::{HeldLock, Intent, ResourceState, State, StateStore};
 
 /// What a plan does to a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,7 +137,10 @@ pub struct Infra {
     states: StateStore,
     /// Provider calls in flight at most (default 10).
     pub parallelism: usize,
-    /// How long a lock stays valid without being released (default 15 minutes).
+    /// How long the environment's lock outlives its holder (default 15 minutes): an
+    /// operation renews it every third of this for as long as it runs, so it only says how
+    /// long a holder that died blocks the environment. Clamped to
+    /// [`MIN_LOCK_TTL`](crate::MIN_LOCK_TTL)`..=`[`MAX_LOCK_TTL`](crate::MAX_LOCK_TTL).
     pub lock_ttl: Duration,
 }
 
@@ -276,9 +280,18 @@ impl Infra {
     /// accurate whatever happens; a failed or interrupted create or update leaves the
     /// resource tainted (replaced next time).
     ///
+    /// The lock is renewed every third of [`Infra::lock_ttl`] while the apply runs, and
+    /// every state write carries its fence. If the lock is lost (not renewed in time, or
+    /// forced open), the apply makes no further provider call or state write.
+    ///
     /// # Errors
-    /// As [`Infra::plan`]; [`InfraError::Locked`]; [`InfraError::Apply`] listing failures
-    /// (what succeeded is recorded).
+    /// As [`Infra::plan`]; [`InfraError::Locked`]; [`InfraError::LockLost`] (calls in flight
+    /// then are left as intents, resolved by the next apply); [`InfraError::Apply`] listing
+    /// failures (what succeeded is recorded); store errors, which also stop the apply.
+    ///
+    /// # Cancellation
+    /// Dropped, it stops as a crash would: calls in flight are left as intents, and the lock
+    /// expires after its TTL (or is forced open).
     pub async fn apply(
         &self,
         environment: &str,
@@ -289,9 +302,8 @@ impl Infra {
             .states
             .lock(environment, holder, "apply", self.lock_ttl)
             .await?;
-        let result = self.apply_locked(environment, desired).await;
-        self.states.unlock(&lock).await?;
-        result
+        let result = self.hold(&lock, self.apply_locked(&lock, desired)).await;
+        self.unlock(&lock, result).await
     }
 
     /// Deletes everything recorded for the environment, dependents first.
@@ -303,21 +315,53 @@ impl Infra {
             .states
             .lock(environment, holder, "destroy", self.lock_ttl)
             .await?;
-        let result = self.apply_locked(environment, &[]).await;
-        self.states.unlock(&lock).await?;
-        result
+        let result = self.hold(&lock, self.apply_locked(&lock, &[])).await;
+        self.unlock(&lock, result).await
     }
 
-    async fn apply_locked(&self, environment: &str, desired: &[Resource]) -> Result<ApplyReport, InfraError> {
+    /// Runs `work` while keeping `lock`; a lost lock ends it at once (dropping `work`
+    /// mid-call, as a crash would).
+    async fn hold<T>(
+        &self,
+        lock: &HeldLock,
+        work: impl Future<Output = Result<T, InfraError>>,
+    ) -> Result<T, InfraError> {
+        tokio::select! {
+            biased;
+            lost = self.states.keep(lock) => Err(lost),
+            result = work => result,
+        }
+    }
+
+    /// Releases `lock` after `result`: an operation succeeds only if it held the lock to
+    /// its end.
+    async fn unlock<T>(&self, lock: &HeldLock, result: Result<T, InfraError>) -> Result<T, InfraError> {
+        if let Err(error @ InfraError::LockLost { .. }) = result {
+            return Err(error);
+        }
+        match (result, self.states.unlock(lock).await) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(error)) => Err(error),
+            (Err(error), unlocked) => {
+                if let Err(unlock) = unlocked {
+                    tracing::warn!(environment = %lock.environment, %unlock, "unlock after a failed operation");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn apply_locked(&self, lock: &HeldLock, desired: &[Resource]) -> Result<ApplyReport, InfraError> {
+        let environment = lock.environment.as_str();
         let mut state = self.states.load(environment).await?;
         let interrupted: Vec<String> = state.intents.keys().cloned().collect();
         let recovered = state.recover();
         // Make the recovery durable: tainted resources recorded, stale intents gone.
         for id in &interrupted {
             self.states
-                .put_resource(environment, id, state.resources.get(id))
+                .put_resource(lock, id, state.resources.get(id))
                 .await?;
-            self.states.put_intent(environment, id, None).await?;
+            self.states.put_intent(lock, id, None).await?;
         }
         let plan = self.plan_against(environment, desired, &state)?;
         let kinds: HashMap<String, String> = desired
@@ -341,7 +385,7 @@ impl Infra {
             .filter(|change| change.action == Action::Delete)
         {
             let provider = self.provider_of(&kinds[&change.id], &change.id)?.clone();
-            match self.step(environment, &provider, change, "delete").await {
+            match self.step(lock, &provider, change, "delete").await? {
                 Ok(()) => report.done.push((change.id.clone(), Action::Delete)),
                 Err(error) => report.failed.push((change.id.clone(), error)),
             }
@@ -378,15 +422,17 @@ impl Infra {
                 let provider = self.provider_of(&kinds[&change.id], &change.id)?.clone();
                 running.push(async move {
                     let result = async {
-                        if change.action == Action::Replace {
-                            self.step(environment, &provider, &change, "delete").await?;
+                        if change.action == Action::Replace
+                            && let Err(error) = self.step(lock, &provider, &change, "delete").await?
+                        {
+                            return Ok(Err(error));
                         }
                         let verb = if change.action == Action::Update {
                             "update"
                         } else {
                             "create"
                         };
-                        self.step(environment, &provider, &change, verb).await
+                        self.step(lock, &provider, &change, verb).await
                     }
                     .await;
                     (at, change, result)
@@ -395,6 +441,9 @@ impl Infra {
             let Some((at, change, result)) = running.next().await else {
                 break;
             };
+            // A store error (a lost lock among them) stops everything: the calls still in
+            // flight are dropped with their intents recorded, as in a crash.
+            let result = result?;
             let succeeded = result.is_ok();
             match result {
                 Ok(()) => report.done.push((change.id.clone(), change.action)),
@@ -431,13 +480,15 @@ impl Infra {
     }
 
     /// One provider call: intent recorded, call made, result recorded, intent cleared.
+    /// The outer error is the state's (fatal: nothing more can be recorded), the inner one
+    /// the provider's (the resource failed).
     async fn step(
         &self,
-        environment: &str,
+        lock: &HeldLock,
         provider: &Arc<dyn Provider>,
         change: &Change,
         verb: &str,
-    ) -> Result<(), String> {
+    ) -> Result<Result<(), String>, InfraError> {
         let (kind, name) = change.id.split_once('.').unwrap_or((change.id.as_str(), ""));
         let config = change
             .after
@@ -451,10 +502,7 @@ impl Infra {
             depends_on: change.depends_on.clone(),
             at: self.states.now(),
         };
-        self.states
-            .put_intent(environment, &change.id, Some(&intent))
-            .await
-            .map_err(|error| error.to_string())?;
+        self.states.put_intent(lock, &change.id, Some(&intent)).await?;
         let outcome = match verb {
             "delete" => provider
                 .delete(name, change.before.as_ref().unwrap_or(&config))
@@ -485,18 +533,16 @@ impl Infra {
             }
             Err(error) => (Some(recorded(Value::Null, true)), Some(error.0)),
         };
-        let write = async {
-            self.states
-                .put_resource(environment, &change.id, resource.as_ref())
-                .await?;
-            self.states.put_intent(environment, &change.id, None).await
-        };
-        write.await.map_err(|error| error.to_string())?;
-        error.map_or(Ok(()), Err)
+        self.states
+            .put_resource(lock, &change.id, resource.as_ref())
+            .await?;
+        self.states.put_intent(lock, &change.id, None).await?;
+        Ok(error.map_or(Ok(()), Err))
     }
 
     /// Drift: reads every recorded resource and returns, as a read-only plan, what differs
-    /// (`Update` when its attributes changed, `Create` when it is gone).
+    /// (`Update` when its attributes changed, `Create` when it is gone). It writes nothing,
+    /// so it takes no lock (during an apply, calls in flight may show as drift).
     ///
     /// # Errors
     /// Unknown kinds, store errors.

@@ -2,7 +2,13 @@
 //! dependencies, a [`Provider`] per kind, and an engine that plans (create, update, replace,
 //! delete, no-op, with a readable diff), applies in dependency order with bounded
 //! parallelism while journaling every provider call, destroys in reverse order, and detects
-//! drift, over a per-environment state with a lock in any core record store.
+//! drift, over a per-environment state in any core store (in memory, SQLite, PostgreSQL).
+//!
+//! An environment's lock is a core lease: an apply or destroy renews it every third of
+//! [`Infra::lock_ttl`] for as long as it runs, every state write carries its fence, and a
+//! lost lock (unrenewed for too long, or forced open with [`StateStore::force_unlock`])
+//! stops the operation with [`InfraError::LockLost`] before its next provider call, so two
+//! operations never change one environment at once.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -32,4 +38,4 @@ mod state;
 pub use engine::{Action, ApplyReport, Change, Infra, Plan};
 pub use model::{InfraError, Provider, ProviderError, Resource};
 pub use providers::{FileProvider, SimProvider};
-pub use state::{HeldLock, Intent, LockInfo, ResourceState, State, StateStore};
+pub use state::{HeldLock, Intent, LockInfo, MAX_LOCK_TTL, MIN_LOCK_TTL, ResourceState, State, StateStore};

@@ -122,19 +122,34 @@ pub enum InfraError {
         /// Why.
         reason: String,
     },
-    /// The environment's state is locked by someone else.
-    #[error("state of `{environment}` is locked by {holder} for {operation} since {since} (lock {lock_id})")]
+    /// The environment's state is locked by someone (the caller's own holder name
+    /// included).
+    #[error("state of `{environment}` is locked by {holder}{} (lock {lock_id})", lock_details(.operation.as_deref(), .since.as_ref()))]
     Locked {
         /// The environment.
         environment: String,
         /// Who holds it.
         holder: String,
-        /// What they are doing.
-        operation: String,
-        /// Since when.
-        since: chrono::DateTime<chrono::Utc>,
+        /// What they are doing, when their lock record says (`None` for a moment after
+        /// they took it, or when the record is unreadable).
+        operation: Option<String>,
+        /// Since when, likewise.
+        since: Option<chrono::DateTime<chrono::Utc>>,
         /// The lock's id, for a force-unlock.
         lock_id: String,
+    },
+    /// The lock an operation held was lost before it ended: it expired unrenewed, or was
+    /// forced open (and maybe taken by someone else). The operation stopped before its next
+    /// provider call and state write; what it recorded is accurate, and calls it left in
+    /// flight are resolved (tainted) by the next apply, so plan again.
+    #[error("lost lock {lock_id} on the state of `{environment}`: {reason}")]
+    LockLost {
+        /// The environment.
+        environment: String,
+        /// The lock's id.
+        lock_id: String,
+        /// How it was found lost.
+        reason: String,
     },
     /// Provider calls failed during an apply (the state records what did happen).
     #[error("apply failed: {}", .0.join("; "))]
@@ -142,4 +157,17 @@ pub enum InfraError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] deploy_core::StoreError),
+}
+
+/// ` for apply since <time>`, as far as known.
+fn lock_details(operation: Option<&str>, since: Option<&chrono::DateTime<chrono::Utc>>) -> String {
+    let mut details = String::new();
+    if let Some(operation) = operation {
+        details.push_str(" for ");
+        details.push_str(operation);
+    }
+    if let Some(since) = since {
+        details.push_str(&format!(" since {since}"));
+    }
+    details
 }

@@ -1,15 +1,26 @@
-//! The recorded state of an environment and its lock, in a core record store.
+//! The recorded state of an environment and its lock, in a core store: records for the
+//! state, a lease for the lock, and the lease's fence on every state write.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deploy_core::{DynRecordStore, Precondition, RecordStoreExt, RecordVersion, StoreError, WriteOptions};
+use deploy_core::{DynStore, Fence, Lease, Precondition, RecordStoreExt, StoreError, WriteOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::time::Instant;
 
 use crate::model::InfraError;
+
+/// The shortest lock TTL: shorter ones are raised to it (a renewal has to fit in a third).
+pub const MIN_LOCK_TTL: Duration = Duration::from_secs(1);
+
+/// The longest lock TTL: longer ones (up to `Duration::MAX`) are lowered to it. Renewal keeps
+/// a lock for as long as its operation runs, so the TTL only says how long a holder that died
+/// blocks the environment.
+pub const MAX_LOCK_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What is known of one resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,25 +91,69 @@ impl State {
     }
 }
 
-/// A held lock.
+/// An environment's lock as its holder recorded it (the lease decides who holds it; this
+/// record says what for, for people and for [`InfraError::Locked`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockInfo {
-    /// Its id (for a force-unlock).
+    /// Its id, for a force-unlock: the lease's fencing token, so every holding of an
+    /// environment's lock has its own.
     pub id: String,
     /// Who.
     pub holder: String,
     /// Doing what.
     pub operation: String,
-    /// Since when.
+    /// Since when (the state store's clock; only for people: expiry is the store's).
     pub since: DateTime<Utc>,
-    /// After how long it is stale and can be taken over.
+    /// The lease's TTL: not renewed for this long, the lock can be taken over.
     pub ttl_ms: u64,
 }
 
-/// State and lock of environments, in a record store.
+/// A lock this process holds: a lease on the environment, whose fence every state write
+/// under it carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldLock {
+    /// The environment.
+    pub environment: String,
+    /// The lock.
+    pub info: LockInfo,
+    lease: Lease,
+    /// Taken before the acquire request: the store started the lease's TTL no earlier.
+    requested: Instant,
+}
+
+impl HeldLock {
+    /// The fence state writes under this lock carry.
+    pub fn fence(&self) -> Fence {
+        self.lease.fence()
+    }
+
+    /// The lease behind the lock.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    fn lost(&self, reason: impl Into<String>) -> InfraError {
+        InfraError::LockLost {
+            environment: self.environment.clone(),
+            lock_id: self.info.id.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A store error on a write under this lock: a stale fence means the lock is gone.
+    fn write_error(&self, error: StoreError) -> InfraError {
+        match error {
+            StoreError::StaleFence { .. } => self.lost(format!("a state write was refused: {error}")),
+            other => other.into(),
+        }
+    }
+}
+
+/// State and lock of environments, in a core store (records and leases): the in-memory
+/// store, SQLite or PostgreSQL.
 #[derive(Clone)]
 pub struct StateStore {
-    store: Arc<DynRecordStore>,
+    store: Arc<DynStore>,
     prefix: String,
     clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
 }
@@ -111,19 +166,10 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
-/// A lock this process holds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeldLock {
-    /// The environment.
-    pub environment: String,
-    /// The lock.
-    pub info: LockInfo,
-    version: RecordVersion,
-}
-
 impl StateStore {
-    /// States under `infra/` in `store`, timed by `clock`.
-    pub fn new(store: Arc<DynRecordStore>, clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>) -> Self {
+    /// States under `infra/` in `store`, locks as leases `infra/<environment>` in it;
+    /// `clock` dates intents and locks (for people: lock expiry is the store's business).
+    pub fn new(store: Arc<DynStore>, clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>) -> Self {
         Self {
             store,
             prefix: "infra/".into(),
@@ -147,6 +193,10 @@ impl StateStore {
         format!("{}{environment}/lock", self.prefix)
     }
 
+    fn lease_name(&self, environment: &str) -> String {
+        format!("{}{environment}", self.prefix)
+    }
+
     /// The recorded state (a fresh environment has an empty one).
     ///
     /// # Errors
@@ -156,7 +206,10 @@ impl StateStore {
         for (kind, prefix) in [("resources", "resources/"), ("intents", "intents/")] {
             let prefix = format!("{}{environment}/{prefix}", self.prefix);
             for record in self.store.list(&prefix).await? {
-                let id = record.key[prefix.len()..].to_owned();
+                // A store lists only keys under the prefix; skip anything else rather than trust it.
+                let Some(id) = record.key.strip_prefix(&prefix).map(str::to_owned) else {
+                    continue;
+                };
                 let codec = |error: serde_json::Error| StoreError::Codec {
                     key: record.key.clone(),
                     source: Box::new(error),
@@ -175,56 +228,60 @@ impl StateStore {
         Ok(state)
     }
 
-    /// Records a resource (`None`: it is gone).
+    /// Writes (`Some`) or deletes (`None`) `key` under `lock`'s fence.
+    async fn write<T: Serialize + Sync>(
+        &self,
+        lock: &HeldLock,
+        key: &str,
+        value: Option<&T>,
+    ) -> Result<(), InfraError> {
+        let fenced = WriteOptions::default().fenced(lock.fence());
+        let written = match value {
+            Some(value) => self.store.put_json(key, value, fenced).await.map(drop),
+            None => self.store.delete_opts(key, fenced).await.map(drop),
+        };
+        written.map_err(|error| lock.write_error(error))
+    }
+
+    /// Records a resource of the locked environment (`None`: it is gone).
     ///
     /// # Errors
-    /// Store errors.
+    /// [`InfraError::LockLost`] when the store refuses the lock's fence (the lock expired or
+    /// was forced open, and someone else may hold it now); other store errors.
     pub async fn put_resource(
         &self,
-        environment: &str,
+        lock: &HeldLock,
         id: &str,
         resource: Option<&ResourceState>,
     ) -> Result<(), InfraError> {
-        let key = self.resource_key(environment, id);
-        match resource {
-            Some(resource) => {
-                self.store
-                    .put_json(&key, resource, WriteOptions::default())
-                    .await?;
-            }
-            None => {
-                self.store.delete(&key).await?;
-            }
-        }
-        Ok(())
+        self.write(lock, &self.resource_key(&lock.environment, id), resource)
+            .await
     }
 
-    /// Records a call about to start (`Some`) or confirmed (`None`).
+    /// Records a call about to start (`Some`) or confirmed (`None`) in the locked
+    /// environment.
     ///
     /// # Errors
-    /// Store errors.
+    /// As [`StateStore::put_resource`].
     pub async fn put_intent(
         &self,
-        environment: &str,
+        lock: &HeldLock,
         id: &str,
         intent: Option<&Intent>,
     ) -> Result<(), InfraError> {
-        let key = self.intent_key(environment, id);
-        match intent {
-            Some(intent) => {
-                self.store.put_json(&key, intent, WriteOptions::default()).await?;
-            }
-            None => {
-                self.store.delete(&key).await?;
-            }
-        }
-        Ok(())
+        self.write(lock, &self.intent_key(&lock.environment, id), intent)
+            .await
     }
 
-    /// Takes the environment's lock; a lock older than its TTL is taken over.
+    /// Takes the environment's lock: a lease for `ttl` (clamped to
+    /// [`MIN_LOCK_TTL`]`..=`[`MAX_LOCK_TTL`]) that the holder renews while it works (see
+    /// [`StateStore::keep`]); a holding that went unrenewed for its TTL has expired and is
+    /// taken over.
     ///
     /// # Errors
-    /// [`InfraError::Locked`] naming the holder.
+    /// [`InfraError::Locked`] naming the live holder, whoever it is: `holder` itself
+    /// included, since a name does not prove the caller is the process that took the lock.
+    /// Store errors.
     pub async fn lock(
         &self,
         environment: &str,
@@ -232,84 +289,313 @@ impl StateStore {
         operation: &str,
         ttl: Duration,
     ) -> Result<HeldLock, InfraError> {
-        let key = self.lock_key(environment);
-        let now = self.now();
-        let info = LockInfo {
-            id: format!("{holder}-{}", now.timestamp_nanos_opt().unwrap_or_default()),
-            holder: holder.into(),
-            operation: operation.into(),
-            since: now,
-            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-        };
-        let precondition = match self.store.get_json::<LockInfo>(&key).await? {
-            None => Precondition::Absent,
-            Some((current, version)) => {
-                let expires = current.since
-                    + chrono::Duration::milliseconds(i64::try_from(current.ttl_ms).unwrap_or(i64::MAX / 2));
-                if expires > now {
-                    return Err(InfraError::Locked {
-                        environment: environment.into(),
-                        holder: current.holder,
-                        operation: current.operation,
-                        since: current.since,
-                        lock_id: current.id,
-                    });
-                }
-                tracing::warn!(%environment, stale = %current.holder, "taking over a stale lock");
-                Precondition::Version(version)
+        let name = self.lease_name(environment);
+        let ttl = ttl.clamp(MIN_LOCK_TTL, MAX_LOCK_TTL);
+        // A few rounds, in case holdings come and go between looking and taking.
+        let mut races = 0;
+        loop {
+            // Looking first refuses this holder's own live holding even where the lease
+            // store would grant it again; a re-grant in the gap would fence off the other
+            // holding's writes, so nothing is lost either way.
+            if let Some(live) = self.store.holder(&name).await? {
+                return Err(self.locked(environment, &live).await);
             }
+            let requested = Instant::now();
+            match self.store.acquire(&name, holder, ttl).await {
+                Ok(lease) => return self.record_lock(environment, operation, lease, requested).await,
+                Err(StoreError::LeaseHeld { .. }) if races < 2 => races += 1,
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Writes the lock record of a lease just acquired.
+    async fn record_lock(
+        &self,
+        environment: &str,
+        operation: &str,
+        lease: Lease,
+        requested: Instant,
+    ) -> Result<HeldLock, InfraError> {
+        let lock = HeldLock {
+            environment: environment.into(),
+            info: LockInfo {
+                id: lease.token.to_string(),
+                holder: lease.holder.clone(),
+                operation: operation.into(),
+                since: self.now(),
+                ttl_ms: u64::try_from(lease.ttl.as_millis()).unwrap_or(u64::MAX),
+            },
+            lease,
+            requested,
         };
-        match self
+        let fenced = WriteOptions::default().fenced(lock.fence());
+        if let Err(error) = self
             .store
-            .put_json(&key, &info, WriteOptions::when(precondition))
+            .put_json(&self.lock_key(environment), &lock.info, fenced)
             .await
         {
-            Ok(version) => Ok(HeldLock {
-                environment: environment.into(),
-                info,
-                version,
-            }),
-            // Someone else took it in between.
-            Err(StoreError::Conflict { .. }) => {
-                Box::pin(self.lock(environment, holder, operation, ttl)).await
+            // Do not leave the environment locked for a TTL by a lock nobody will use.
+            if let Err(release) = self.store.release(&lock.lease).await {
+                tracing::warn!(%environment, %release, "releasing a lock whose record failed");
             }
+            return Err(lock.write_error(error));
+        }
+        Ok(lock)
+    }
+
+    /// [`InfraError::Locked`] for the live holding `live`, with what its record says of it.
+    async fn locked(&self, environment: &str, live: &Lease) -> InfraError {
+        let lock_id = live.token.to_string();
+        // The record may not be written yet, be an earlier holding's, or not decode: the
+        // lease is what counts, the record only adds what for and since when.
+        let recorded = match self.store.get_json::<LockInfo>(&self.lock_key(environment)).await {
+            Ok(Some((info, _))) if info.id == lock_id => Some(info),
+            _ => None,
+        };
+        InfraError::Locked {
+            environment: environment.into(),
+            holder: live.holder.clone(),
+            operation: recorded.as_ref().map(|info| info.operation.clone()),
+            since: recorded.map(|info| info.since),
+            lock_id,
+        }
+    }
+
+    /// Extends a held lock by its TTL.
+    ///
+    /// # Errors
+    /// [`InfraError::LockLost`] when it is no longer held; store errors (transient ones may
+    /// pass at the next try).
+    pub async fn renew(&self, lock: &HeldLock) -> Result<(), InfraError> {
+        match self.store.renew(&lock.lease).await {
+            Ok(_) => Ok(()),
+            Err(error @ StoreError::LeaseLost { .. }) => Err(lock.lost(error.to_string())),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Keeps `lock` held: renews it every third of its TTL, on a schedule of its own, and
+    /// returns only when it is lost, with [`InfraError::LockLost`]. Run it next to the work
+    /// done under the lock (`tokio::select!`) and stop the work when it returns.
+    ///
+    /// The lock counts as lost when a renewal says so, or when no renewal has succeeded for
+    /// five sixths of the TTL, measured on tokio's clock from before the last successful
+    /// request (from before the acquire at first): the store expires it a TTL after it saw
+    /// that request, so the work stops while the lock is still its own.
+    ///
+    /// # Cancellation
+    /// Dropping it stops renewing; the lock then expires after its TTL.
+    pub async fn keep(&self, lock: &HeldLock) -> InfraError {
+        keep_renewed(lock, || self.renew(lock)).await
     }
 
     /// Releases a held lock.
     ///
     /// # Errors
-    /// Store errors (a lock taken over meanwhile is left alone).
+    /// [`InfraError::LockLost`] when it was no longer held (expired, or forced open and
+    /// maybe taken by someone else); store errors.
     pub async fn unlock(&self, lock: &HeldLock) -> Result<(), InfraError> {
+        let fenced = WriteOptions::default().fenced(lock.fence());
         match self
             .store
-            .delete_opts(
-                &self.lock_key(&lock.environment),
-                WriteOptions::when(Precondition::Version(lock.version)),
-            )
+            .delete_opts(&self.lock_key(&lock.environment), fenced)
             .await
         {
-            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Ok(_) => {}
+            Err(error @ StoreError::StaleFence { .. }) => return Err(lock.write_error(error)),
+            // The record only informs; the lease below is the lock.
+            Err(error) => {
+                tracing::warn!(environment = %lock.environment, %error, "removing the lock record failed");
+            }
+        }
+        match self.store.release(&lock.lease).await {
+            Ok(()) => Ok(()),
+            Err(error @ StoreError::LeaseLost { .. }) => Err(lock.lost(error.to_string())),
             Err(error) => Err(error.into()),
         }
     }
 
-    /// Removes the lock with `lock_id`, whoever holds it; `false` if that is not the lock.
+    /// Ends the live lock with `lock_id`, whoever holds it: its holder's next state write
+    /// or renewal fails with [`InfraError::LockLost`]. `false` if that is not the live lock.
     ///
     /// # Errors
     /// Store errors.
     pub async fn force_unlock(&self, environment: &str, lock_id: &str) -> Result<bool, InfraError> {
-        let key = self.lock_key(environment);
-        let Some((current, version)) = self.store.get_json::<LockInfo>(&key).await? else {
+        let Some(live) = self.store.holder(&self.lease_name(environment)).await? else {
             return Ok(false);
         };
-        if current.id != lock_id {
+        if live.token.to_string() != lock_id {
             return Ok(false);
         }
-        Ok(self
-            .store
-            .delete_opts(&key, WriteOptions::when(Precondition::Version(version)))
-            .await?)
+        match self.store.release(&live).await {
+            Ok(()) => {}
+            // It ended in between.
+            Err(StoreError::LeaseLost { .. }) => return Ok(false),
+            Err(error) => return Err(error.into()),
+        }
+        tracing::warn!(%environment, holder = %live.holder, %lock_id, "lock forced open");
+        // Its record goes too, unless a new holder already wrote its own.
+        let key = self.lock_key(environment);
+        if let Ok(Some((info, version))) = self.store.get_json::<LockInfo>(&key).await
+            && info.id == lock_id
+        {
+            let _ = self
+                .store
+                .delete_opts(&key, WriteOptions::when(Precondition::Version(version)))
+                .await;
+        }
+        Ok(true)
+    }
+}
+
+/// Renews `lock` with `renew` every third of its TTL until it is lost (see
+/// [`StateStore::keep`]).
+async fn keep_renewed<F, R>(lock: &HeldLock, mut renew: F) -> InfraError
+where
+    F: FnMut() -> R,
+    R: Future<Output = Result<(), InfraError>>,
+{
+    let ttl = lock.lease.ttl;
+    let period = (ttl / 3).max(Duration::from_millis(1));
+    // Tokio's clock and the store's may not run at quite the same rate, and the work needs a
+    // moment to stop: give up a sixth of the TTL before the store would expire the lease.
+    let valid_for = ttl.saturating_sub(ttl / 6);
+    let mut confirmed = lock.requested;
+    let mut next = confirmed.checked_add(period);
+    let mut last_error = None;
+    loop {
+        let deadline = confirmed.checked_add(valid_for);
+        let expired = |last_error: Option<InfraError>| {
+            lock.lost(match last_error {
+                Some(error) => format!("no renewal succeeded for {valid_for:?} (last: {error})"),
+                None => format!("no renewal succeeded for {valid_for:?}"),
+            })
+        };
+        tokio::select! {
+            biased;
+            () = sleep_until_or_never(deadline) => return expired(last_error),
+            () = sleep_until_or_never(next) => {}
+        }
+        let sent = Instant::now();
+        next = sent.checked_add(period);
+        let renewed = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, renew()).await.ok(),
+            None => Some(renew().await),
+        };
+        match renewed {
+            None => return expired(last_error),
+            Some(Ok(())) => {
+                confirmed = sent;
+                last_error = None;
+            }
+            Some(Err(error @ InfraError::LockLost { .. })) => return error,
+            // A store hiccup: the next renewal may pass, and the deadline bounds the wait.
+            Some(Err(error)) => {
+                tracing::warn!(environment = %lock.environment, %error, "lock renewal failed");
+                last_error = Some(error);
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`; forever when there is no such instant (beyond tokio's clock).
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use deploy_core::FencingToken;
+
+    use super::*;
+
+    fn held(ttl: Duration) -> HeldLock {
+        HeldLock {
+            environment: "env".into(),
+            info: LockInfo {
+                id: "1".into(),
+                holder: "alice".into(),
+                operation: "apply".into(),
+                since: DateTime::<Utc>::MIN_UTC,
+                ttl_ms: 0,
+            },
+            lease: Lease {
+                name: "infra/env".into(),
+                holder: "alice".into(),
+                token: FencingToken(1),
+                ttl,
+            },
+            requested: Instant::now(),
+        }
+    }
+
+    fn unavailable() -> InfraError {
+        InfraError::Store(StoreError::Unavailable {
+            backend: "test".into(),
+            message: "down".into(),
+            source: None,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_renewals_give_the_lock_up_before_the_store_expires_it() {
+        let lock = held(Duration::from_secs(60));
+        let calls = AtomicUsize::new(0);
+        let lost = keep_renewed(&lock, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(unavailable()) }
+        })
+        .await;
+        assert_eq!(lock.requested.elapsed(), Duration::from_secs(50));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "at 20 s and 40 s");
+        assert!(
+            matches!(&lost, InfraError::LockLost { reason, .. } if reason.contains("down")),
+            "{lost}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_hangs_gives_the_lock_up_at_the_same_deadline() {
+        let lock = held(Duration::from_secs(60));
+        let lost = keep_renewed(&lock, std::future::pending).await;
+        assert_eq!(lock.requested.elapsed(), Duration::from_secs(50));
+        assert!(matches!(lost, InfraError::LockLost { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hiccup_between_successes_keeps_the_lock_and_a_lost_lease_ends_it() {
+        let lock = held(Duration::from_secs(60));
+        let calls = AtomicUsize::new(0);
+        let lost = keep_renewed(&lock, || {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match call {
+                    // Every other renewal fails for a while; then the lease is gone.
+                    0..100 if call % 2 == 1 => Err(unavailable()),
+                    0..100 => Ok(()),
+                    _ => Err(held(Duration::from_secs(60)).lost("released")),
+                }
+            }
+        })
+        .await;
+        assert_eq!(lock.requested.elapsed(), Duration::from_secs(20 * 101));
+        assert!(matches!(&lost, InfraError::LockLost { reason, .. } if reason == "released"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_ttl_schedules_without_overflow() {
+        let lock = held(Duration::MAX);
+        let renewed = tokio::time::timeout(
+            Duration::from_secs(3600),
+            keep_renewed(&lock, || async { Ok(()) }),
+        )
+        .await;
+        assert!(renewed.is_err(), "still held");
     }
 }
