@@ -46,6 +46,28 @@
 //! # }
 //! ```
 
+//!
+//! # When the deployer itself fails
+//!
+//! - **One deployer per app.** A rollout holds the app's lease for its whole life, renewed
+//!   every third of its TTL by a task of its own, whatever the steps do. The deployer keeps
+//!   a local deadline (4/5 of the TTL after the last successful renewal, measured from
+//!   before the request): when it passes without a renewal, the rollout stops calling
+//!   backends and ends with [`RolloutError::LeaseLost`], before the store lets another
+//!   deployer take over. A live lease is refused to every acquirer, its own holder name
+//!   included; the default holder name is unique per [`RolloutBuilder`].
+//! - **Store hiccups.** Journal writes are retried with backoff while the lease is good.
+//! - **Operators.** Pause holds after the current step; abort rolls back from anywhere,
+//!   paused or not; a rollback is never held. [`RolloutStatus::paused`] shows every hold
+//!   with its reason and, for timed pauses, the time left.
+//! - **Fire and forget.** Dropping every handle leaves the rollout running to its end. A
+//!   rollout that then waits for a human (a pause until promoted, an operator's pause, an
+//!   inconclusive analysis) rolls back, since nobody is left to decide.
+//! - **Nothing destructive on bad state.** A rolling update of a pool with no instance in
+//!   rotation is refused ([`RolloutError::NoInstances`]), as is resuming one whose instance
+//!   list is missing ([`RolloutError::JournalInconsistent`]); retiring a pool or removing
+//!   surge instances first checks that what keeps serving is at its floor.
+
 pub mod analysis;
 mod error;
 mod executor;

@@ -92,7 +92,7 @@ async fn run(strategy: Strategy, scenario: Scenario) {
         }
         _ => {}
     }
-    abort_when_inconclusive(&handle).await;
+    operate_until_done(&handle).await;
     let report = handle.wait().await;
     let report = report.unwrap_or_else(|e| panic!("{} / {scenario:?}: {e}", strategy.name()));
     let expect_rollback = matches!(

@@ -14,9 +14,9 @@ use deploy_core::{
     Pool, Record, RecordStore, RecordVersion, StoreError, Version, WatchStream, WriteOptions,
 };
 use deploy_strategies::{
-    AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity,
-    RollingSpec, Rollout, RolloutBuilder, RolloutHandle, RolloutOptions, RolloutOutcome, RolloutReport,
-    RolloutStatus, Strategy,
+    AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Pause, PauseReason,
+    Quantity, RollingSpec, Rollout, RolloutBuilder, RolloutHandle, RolloutOptions, RolloutOutcome,
+    RolloutReport, RolloutStatus, Strategy,
 };
 use deploy_testkit::{SimFleet, TrafficHandle, VersionProfile};
 
@@ -108,6 +108,12 @@ impl World {
             RolloutOutcome::RolledBack { .. } => &self.v1,
             RolloutOutcome::Failed { ref reason } => panic!("rollout failed: {reason}\n{report:#?}"),
         };
+        self.assert_settled_on(expected, report).await;
+    }
+
+    /// As [`assert_settled`](Self::assert_settled), for a rollout known to have ended on
+    /// `expected`; `report` is printed on failure.
+    pub async fn assert_settled_on(&self, expected: &Version, report: &dyn std::fmt::Debug) {
         self.fleet.clear_faults();
         let routing = self.fleet.routing(&self.app).await.unwrap().expect("routing");
         let pools: Vec<&Pool> = routing.pools().collect();
@@ -147,19 +153,22 @@ pub async fn wait_for(handle: &RolloutHandle, condition: impl Fn(&RolloutStatus)
     }
 }
 
-/// Acts as an operator until the rollout ends: aborts a rollout held by an inconclusive
-/// analysis, as a human who cannot tell would.
-pub async fn abort_when_inconclusive(handle: &RolloutHandle) {
+/// Acts as an operator until the rollout ends: lifts an operator's pause, promotes at a
+/// manual judgment, and aborts a rollout held by an inconclusive analysis, as a human who
+/// cannot tell would.
+pub async fn operate_until_done(handle: &RolloutHandle) {
     let mut status = handle.watch_status();
     loop {
-        let inconclusive = status.borrow_and_update().paused.as_ref().is_some_and(|p| {
-            matches!(
-                p.reason,
-                deploy_strategies::PauseReason::InconclusiveAnalysis { .. }
-            )
-        });
-        if inconclusive {
-            handle.abort();
+        let reason = status
+            .borrow_and_update()
+            .paused
+            .as_ref()
+            .map(|p| p.reason.clone());
+        match reason {
+            Some(PauseReason::InconclusiveAnalysis { .. }) => handle.abort(),
+            Some(PauseReason::Operator) => handle.resume(),
+            Some(PauseReason::AwaitingPromotion) => handle.promote(),
+            _ => {}
         }
         if status.changed().await.is_err() {
             return;
