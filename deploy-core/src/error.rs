@@ -81,6 +81,14 @@ pub enum ValidationError {
         /// Which duration.
         field: &'static str,
     },
+    /// A setting outside its allowed range (a retry policy with no attempts, ...).
+    #[error("{field} {reason}")]
+    OutOfRange {
+        /// Which setting.
+        field: &'static str,
+        /// What it must be.
+        reason: &'static str,
+    },
     /// A metric sample that is NaN or infinite.
     #[error("sample {index} has non-finite value {value}")]
     NonFiniteSample {

@@ -46,10 +46,13 @@
 //! - Errors: [`ValidationError`], [`BackendError`], [`StoreError`], each with
 //!   `is_retryable()` where it matters.
 //! - Events: [`DeploymentEvent`], [`EventSink`], [`ChannelSink`], mirrored to `tracing`.
+//! - Shared primitives: [`time`] (a [`Clock`] that tests drive with tokio's paused clock)
+//!   and [`retry`] (one [`RetryPolicy`] and one retry loop).
 //!
 //! # Features
 //! - `mock`: `mockall` mocks of every trait ([`MockLoadBalancer`], [`MockRecordStore`], ...).
 //! - `conformance`: [`conformance`], contract suites any implementation can run.
+//! - `chrono`: [`ClockExt::now_utc`], wall time as a `chrono::DateTime<Utc>`.
 
 mod balancer;
 mod error;
@@ -59,7 +62,9 @@ mod ids;
 mod infra;
 mod metrics;
 mod notify;
+pub mod retry;
 pub mod store;
+pub mod time;
 mod traffic;
 
 #[cfg(feature = "conformance")]
@@ -78,11 +83,13 @@ pub use notify::{
     Delivery, DynNotifier, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN, Notification, NotificationAction,
     Notifier, Severity,
 };
+pub use retry::{Backoff, Retry, RetryPolicy};
 pub use store::{
     DynLeaseStore, DynRecordStore, DynStore, Fence, FencingToken, Lease, LeaseStore, MemoryStore,
     Precondition, Record, RecordStore, RecordStoreExt, RecordVersion, Store, WatchEvent, WatchStream,
     WriteOptions,
 };
+pub use time::{Clock, ClockExt, DynClock, SystemClock, TokioClock};
 pub use traffic::{TrafficSplit, Weight};
 
 #[cfg(feature = "mock")]

@@ -20,8 +20,10 @@ use crate::state::{BACKEND, FleetState, Membership, SimInstance};
 use crate::traffic::TrafficReport;
 
 /// Seconds after the Unix epoch where simulated wall-clock time starts: metric samples are
-/// stamped `epoch + (tokio time since the fleet was built)`, so runs are reproducible.
-pub const SIM_EPOCH_SECS: u64 = 1_800_000_000;
+/// stamped `epoch + (tokio time since the fleet was built)`, so runs are reproducible. It is
+/// [`deploy_core::time::DEFAULT_EPOCH_SECS`], where a default `TokioClock` starts, so a
+/// component on a `TokioClock` built with the fleet reads the samples' times.
+pub const SIM_EPOCH_SECS: u64 = deploy_core::time::DEFAULT_EPOCH_SECS;
 
 /// A simulated fleet: apps, pools, instances with versions and lifecycle states, a load
 /// balancer with routing and draining, health that follows the instances, and metrics
