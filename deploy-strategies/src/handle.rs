@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::RolloutError;
-use crate::plan::{AnalysisRecord, Phase, TimelineEntry};
+use crate::journal::{AnalysisRecord, Phase, TimelineEntry};
 
 /// An operator's command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -69,11 +69,14 @@
 //!   surge instances first checks that what keeps serving is at its floor.
 
 pub mod analysis;
+mod converge;
 mod error;
-mod executor;
 mod handle;
 mod hooks;
+mod journal;
 mod lease;
+mod options;
+mod outcome;
 mod plan;
 mod rollout;
 mod runner;
@@ -84,11 +87,11 @@ pub use analysis::{
     Threshold, run_analysis,
 };
 pub use error::{RolloutError, SpecError};
-pub use executor::{Backends, RolloutOptions};
 pub use handle::{
     PauseReason, PauseStatus, RolloutControl, RolloutHandle, RolloutOutcome, RolloutReport, RolloutStatus,
 };
 pub use hooks::{Hook, HookContext, HookOutcome, HookPoint};
-pub use plan::{AnalysisRecord, Phase, TimelineEntry};
+pub use journal::{AnalysisRecord, Phase, TimelineEntry};
+pub use options::{Backends, RolloutOptions};
 pub use rollout::{ResumePolicy, Rollout, RolloutBuilder};
 pub use spec::{BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity, RollingSpec, Strategy};

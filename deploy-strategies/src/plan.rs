@@ -1,48 +1,17 @@
-//! Rollouts as data: the [`Journal`] that is persisted, and the [`Step`]s each strategy
-//! derives from it. Every step is an absolute target (a pool size, a routing split, a
+//! Plans as data: the [`Step`]s each strategy derives from a [`Journal`], and what each
+//! strategy's analyses measure. Every step is an absolute target (a pool size, a routing split, a
 //! version for a set of instances), so running a step again after a crash converges to the
 //! same state instead of repeating a side effect.
 
 use std::time::Duration;
 
-use deploy_core::{AppId, InstanceId, Pool, Revision, TrafficSplit, Version, Weight};
+use deploy_core::{MetricTarget, Pool, TrafficSplit, Version, Weight};
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::AnalysisResult;
+use crate::analysis::{AnalysisSpec, AnalysisTargets};
 use crate::hooks::HookPoint;
+use crate::journal::{Journal, Phase};
 use crate::spec::{Pause, Strategy};
-
-/// Where a rollout is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
-pub enum Phase {
-    /// Moving forward.
-    Progressing,
-    /// Going back to the previous version.
-    RollingBack {
-        /// Why.
-        reason: String,
-    },
-    /// The new version serves all traffic.
-    Completed,
-    /// The previous version serves all traffic again.
-    RolledBack {
-        /// Why it was rolled back.
-        reason: String,
-    },
-    /// Stopped in a state that needs a human: a rollback step failed repeatedly.
-    Failed {
-        /// What failed.
-        reason: String,
-    },
-}
-
-impl Phase {
-    /// Whether the rollout still has work to do.
-    pub fn is_active(&self) -> bool {
-        matches!(self, Self::Progressing | Self::RollingBack { .. })
-    }
-}
 
 /// Which analysis of the strategy a step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,8 +48,12 @@ pub(crate) enum Step {
     Hook { point: HookPoint },
     /// Bring the journal's `instances[from..to]` to the new version, in rotation.
     UpdateBatch { from: usize, to: usize },
-    /// Bring every one of the journal's `instances` back to the previous version.
-    RestoreInstances,
+    /// Bring every one of the journal's `instances` back to the previous version,
+    /// `concurrency` at a time.
+    RestoreInstances {
+        #[serde(default = "one")]
+        concurrency: usize,
+    },
     /// Decommission every instance of `pool` that is not one of the journal's `instances`
     /// (surge instances of a rolling update), refusing unless at least `keep_at_least` of
     /// the kept instances are in rotation.
@@ -121,63 +94,12 @@ impl Step {
             .to_owned(),
             Self::Hook { point } => format!("{point:?} hooks"),
             Self::UpdateBatch { from, to } => format!("update instances {}..={}", from + 1, to),
-            Self::RestoreInstances => "restore every updated instance".to_owned(),
+            Self::RestoreInstances { .. } => "restore every updated instance".to_owned(),
             Self::RemoveExtras { pool, .. } => format!("remove surge instances of pool {pool}"),
             Self::RetirePool { pool, .. } => format!("retire pool {pool}"),
             Self::Wait { duration } => format!("wait {duration:?}"),
         }
     }
-}
-
-/// One line of a rollout's timeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimelineEntry {
-    /// Time since the rollout (or its resumption) started, on tokio's clock.
-    pub at: Duration,
-    /// The step.
-    pub step: String,
-    /// How it ended ("ok", "failed: ...", "skipped by promote").
-    pub result: String,
-}
-
-/// An analysis run and where it ran.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnalysisRecord {
-    /// The step it belongs to.
-    pub step: String,
-    /// Its result.
-    pub result: AnalysisResult,
-}
-
-/// The persisted state of one rollout: enough to resume it in another process.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Journal {
-    pub(crate) app: AppId,
-    pub(crate) revision: Revision,
-    pub(crate) version: Version,
-    pub(crate) previous: Option<Version>,
-    pub(crate) strategy: Strategy,
-    /// The pool serving the previous version (for rolling, the pool being updated).
-    pub(crate) stable: Option<Pool>,
-    /// The pool the new version goes to (for rolling, the same as `stable`).
-    pub(crate) target: Pool,
-    /// Instances the new version needs.
-    pub(crate) replicas: usize,
-    /// Rolling: how many `instances` there are (checked against their record on resume).
-    #[serde(default)]
-    pub(crate) instance_count: usize,
-    /// Rolling: the pool's instances at the start, in update order. Persisted once in its
-    /// own record (see `runtime`), not with every journal write, so a step's journal write
-    /// costs the same for 10 instances or 100,000.
-    #[serde(skip)]
-    pub(crate) instances: Vec<InstanceId>,
-    pub(crate) phase: Phase,
-    /// Index of the next step of the current phase's plan.
-    pub(crate) cursor: usize,
-    /// A step whose side effects may have started and not been confirmed.
-    pub(crate) pending: Option<Step>,
-    pub(crate) timeline: Vec<TimelineEntry>,
-    pub(crate) analyses: Vec<AnalysisRecord>,
 }
 
 impl Journal {
@@ -352,18 +274,20 @@ impl Journal {
         };
         let previous = self.previous.clone().unwrap_or_else(|| self.version.clone());
         let mut steps = match &self.strategy {
-            Strategy::Rolling(spec) => vec![
-                // Every updated (or half-updated) instance comes back first, while the surge
-                // instances still carry capacity; then the surge goes.
-                Step::RestoreInstances,
-                Step::RemoveExtras {
-                    pool: stable,
-                    keep_at_least: rolling_floor(
-                        self.instances.len(),
-                        spec.resolve(self.instances.len()).unavailable,
-                    ),
-                },
-            ],
+            Strategy::Rolling(spec) => {
+                let rolling = spec.resolve(self.instances.len());
+                vec![
+                    // Every updated (or half-updated) instance comes back first, while the surge
+                    // instances still carry capacity; then the surge goes.
+                    Step::RestoreInstances {
+                        concurrency: rolling.batch,
+                    },
+                    Step::RemoveExtras {
+                        pool: stable,
+                        keep_at_least: rolling_floor(self.instances.len(), rolling.unavailable),
+                    },
+                ]
+            }
             Strategy::Canary(_) | Strategy::BlueGreen(_) => vec![
                 // Capacity first: the stable pool is made whole and healthy before traffic
                 // goes back to it.
@@ -384,6 +308,57 @@ impl Journal {
         steps
     }
 
+    /// The analysis a step of `kind` runs, with what it compares.
+    pub(crate) fn analysis(&self, kind: AnalysisKind) -> Option<(&AnalysisSpec, AnalysisTargets)> {
+        self.analysis_spec(kind)
+            .map(|spec| (spec, self.analysis_targets()))
+    }
+
+    fn analysis_spec(&self, kind: AnalysisKind) -> Option<&AnalysisSpec> {
+        match (&self.strategy, kind) {
+            (Strategy::Canary(spec), AnalysisKind::Canary) => spec.analysis.as_ref(),
+            (Strategy::BlueGreen(spec), AnalysisKind::PrePromotion) => spec.pre_promotion.as_ref(),
+            (Strategy::BlueGreen(spec), AnalysisKind::PostPromotion) => spec.post_promotion.as_ref(),
+            (Strategy::Rolling(spec), AnalysisKind::Rolling) => spec.analysis.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn analysis_targets(&self) -> AnalysisTargets {
+        let app = self.app.clone();
+        match (&self.strategy, &self.stable) {
+            (Strategy::Rolling(_), _) => AnalysisTargets {
+                canary: MetricTarget::Version {
+                    app: app.clone(),
+                    version: self.version.clone(),
+                },
+                baseline: self
+                    .previous
+                    .clone()
+                    .map(|version| MetricTarget::Version { app, version }),
+            },
+            (_, stable) => {
+                // A baseline that serves no traffic has nothing to compare with.
+                let routing = self.current_split();
+                let serving = |pool: &Pool| {
+                    routing
+                        .as_ref()
+                        .is_none_or(|split| !split.weight_of(pool).is_zero())
+                };
+                AnalysisTargets {
+                    canary: MetricTarget::Pool {
+                        app: app.clone(),
+                        pool: self.target.clone(),
+                    },
+                    baseline: stable
+                        .clone()
+                        .filter(serving)
+                        .map(|pool| MetricTarget::Pool { app, pool }),
+                }
+            }
+        }
+    }
+
     /// The weight the new version gets after the steps before `cursor` (for status).
     pub(crate) fn current_split(&self) -> Option<TrafficSplit> {
         let plan = self.plan();
@@ -401,4 +376,230 @@ impl Journal {
 /// the `unavailable` it allows, and never none.
 fn rolling_floor(total: usize, unavailable: usize) -> usize {
     total.saturating_sub(unavailable).max(1)
+}
+
+fn one() -> usize {
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every strategy's plans, forward and back, as tables of step names.
+
+    use std::time::Duration;
+
+    use deploy_core::{AppId, InstanceId, MetricName, Pool, Revision, Version};
+
+    use super::*;
+    use crate::analysis::{AnalysisMetric, AnalysisSpec};
+    use crate::journal::Start;
+    use crate::spec::{BlueGreenSpec, CanarySpec, CanaryStep, Quantity, RollingSpec};
+
+    fn analysis() -> AnalysisSpec {
+        AnalysisSpec::new(
+            vec![AnalysisMetric::max_mean(
+                "errors",
+                MetricName::error_rate(),
+                Duration::from_secs(60),
+                0.05,
+            )],
+            Duration::from_secs(60),
+            1,
+        )
+    }
+
+    fn journal(strategy: Strategy, stable: Option<Pool>, members: usize) -> Journal {
+        Journal::new(
+            strategy,
+            Start {
+                app: AppId::new("shop").unwrap(),
+                revision: Revision::FIRST,
+                version: Version::new("2.0").unwrap(),
+                previous: stable.as_ref().map(|_| Version::new("1.0").unwrap()),
+                stable,
+                members: (0..members)
+                    .map(|i| InstanceId::new(format!("i-{i}")).unwrap())
+                    .collect(),
+                replicas: 4,
+            },
+        )
+        .unwrap()
+    }
+
+    fn names(steps: &[Step]) -> Vec<String> {
+        steps.iter().map(Step::describe).collect()
+    }
+
+    fn rolled_back(mut journal: Journal) -> Vec<String> {
+        journal.resume_by_rolling_back();
+        names(&journal.plan())
+    }
+
+    #[test]
+    fn canary_plans() {
+        let strategy = Strategy::Canary(CanarySpec {
+            steps: vec![
+                CanaryStep::percent(25.0, Pause::For(Duration::from_secs(60))).unwrap(),
+                CanaryStep::percent(100.0, Pause::UntilPromoted).unwrap(),
+            ],
+            analysis: Some(analysis()),
+        });
+        let journal = journal(strategy, Some(Pool::stable()), 4);
+        assert_eq!(journal.target, Pool::new("rev-1").unwrap());
+        assert_eq!(
+            names(&journal.plan()),
+            [
+                "ensure 1 x 2.0 in pool rev-1",
+                "BeforeTraffic hooks",
+                "route rev-1=25.00%, stable=75.00%",
+                "AfterTraffic hooks",
+                "pause 60s",
+                "canary analysis",
+                "ensure 4 x 2.0 in pool rev-1",
+                "BeforePromotion hooks",
+                "route rev-1=100.00%",
+                "pause until promoted",
+                "canary analysis",
+                "AfterPromotion hooks",
+                "retire pool stable",
+            ]
+        );
+        assert_eq!(
+            rolled_back(journal),
+            [
+                "ensure 4 x 1.0 in pool stable",
+                "route stable=100.00%",
+                "retire pool rev-1",
+                "AfterRollback hooks",
+            ]
+        );
+    }
+
+    #[test]
+    fn blue_green_plans() {
+        let strategy = Strategy::BlueGreen(BlueGreenSpec {
+            pre_promotion: Some(analysis()),
+            post_promotion: Some(analysis()),
+            manual_promotion: true,
+            scale_down_delay: Duration::from_secs(30),
+        });
+        let journal = journal(strategy, Some(Pool::blue()), 4);
+        assert_eq!(journal.target, Pool::green());
+        assert_eq!(
+            names(&journal.plan()),
+            [
+                "ensure 4 x 2.0 in pool green",
+                "BeforeTraffic hooks",
+                "pre-promotion analysis",
+                "pause until promoted",
+                "BeforePromotion hooks",
+                "route green=100.00%",
+                "post-promotion analysis",
+                "AfterPromotion hooks",
+                "wait 30s",
+                "retire pool blue",
+            ]
+        );
+        assert_eq!(
+            rolled_back(journal),
+            [
+                "ensure 4 x 1.0 in pool blue",
+                "route blue=100.00%",
+                "retire pool green",
+                "AfterRollback hooks",
+            ]
+        );
+    }
+
+    #[test]
+    fn rolling_plans() {
+        let strategy = Strategy::Rolling(RollingSpec {
+            batch: Quantity::Count(2),
+            max_unavailable: Quantity::Count(1),
+            max_surge: Quantity::Count(1),
+            analysis: Some(analysis()),
+        });
+        let journal = journal(strategy, Some(Pool::stable()), 4);
+        assert_eq!(journal.target, Pool::stable());
+        let plan = journal.plan();
+        assert_eq!(
+            names(&plan),
+            [
+                "ensure 1 x 2.0 in pool stable",
+                "update instances 1..=2",
+                "batch analysis",
+                "update instances 3..=4",
+                "batch analysis",
+                "remove surge instances of pool stable",
+            ]
+        );
+        // The clean-up keeps all but the one instance allowed to be unavailable.
+        assert!(matches!(
+            plan.last(),
+            Some(Step::RemoveExtras { keep_at_least: 3, .. })
+        ));
+        let mut back = journal.clone();
+        back.resume_by_rolling_back();
+        assert_eq!(
+            back.plan()[0],
+            Step::RestoreInstances { concurrency: 2 },
+            "the rollback restores a batch at a time"
+        );
+        assert_eq!(
+            rolled_back(journal),
+            [
+                "restore every updated instance",
+                "remove surge instances of pool stable",
+                "AfterRollback hooks",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rolling_update_of_an_empty_pool_is_not_planned() {
+        let strategy = Strategy::Rolling(RollingSpec::default());
+        let start = Start {
+            app: AppId::new("shop").unwrap(),
+            revision: Revision::FIRST,
+            version: Version::new("2.0").unwrap(),
+            previous: None,
+            stable: Some(Pool::stable()),
+            members: Vec::new(),
+            replicas: 4,
+        };
+        assert!(matches!(
+            Journal::new(strategy, start),
+            Err(crate::RolloutError::NoInstances { .. })
+        ));
+    }
+
+    #[test]
+    fn first_deployments_have_nothing_to_protect() {
+        for strategy in [
+            Strategy::Canary(CanarySpec::linear(50.0, Duration::from_secs(60), None).unwrap()),
+            Strategy::Rolling(RollingSpec::default()),
+        ] {
+            let journal = journal(strategy, None, 0);
+            assert_eq!(
+                names(&journal.plan())[..3],
+                [
+                    "ensure 4 x 2.0 in pool rev-1",
+                    "BeforeTraffic hooks",
+                    "route rev-1=100.00%"
+                ]
+            );
+            let back = {
+                let mut back = journal.clone();
+                back.resume_by_rolling_back();
+                back.plan()
+            };
+            assert_eq!(
+                back[0],
+                Step::RetirePool {
+                    pool: Pool::new("rev-1").unwrap(),
+                    serving_at_least: 0
+                }
+            );
+        }
+    }
 }

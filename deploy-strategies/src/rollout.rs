@@ -5,18 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
-    AppId, ChannelSink, DynEventSink, DynStore, InstanceId, InstanceState, Lease, Pool, Precondition,
+    AppId, ChannelSink, DynEventSink, DynStore, InstanceState, Lease, Pool, Precondition,
     RecordStoreExt, RecordVersion, Revision, StoreError, TrafficSplit, Version, WriteOptions,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::converge::Converger;
 use crate::error::RolloutError;
-use crate::executor::{Backends, Executor, RolloutOptions};
 use crate::handle::{RolloutControl, RolloutHandle};
 use crate::hooks::{Hook, HookPoint, RegisteredHook};
+use crate::journal::{InstanceList, Journal, Start, instances_key, journal_key, lease_name};
 use crate::lease::LeaseKeeper;
-use crate::plan::{Journal, Phase};
+use crate::options::{Backends, RolloutOptions};
 use crate::runner::{Runner, status_of};
 use crate::spec::Strategy;
 
@@ -28,25 +29,6 @@ pub enum ResumePolicy {
     Continue,
     /// Roll back to the previous version.
     RollBack,
-}
-
-pub(crate) fn journal_key(app: &AppId) -> String {
-    format!("rollouts/{app}/journal")
-}
-
-fn instances_key(app: &AppId) -> String {
-    format!("rollouts/{app}/instances")
-}
-
-/// A rolling rollout's instance list, written once when it starts.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct InstanceList {
-    revision: Revision,
-    instances: Vec<InstanceId>,
-}
-
-fn lease_name(app: &AppId) -> String {
-    format!("rollouts/{app}")
 }
 
 /// A holder name no other deployer shares: host, process and a random part, so two
@@ -107,10 +89,11 @@ impl RolloutBuilder {
     /// [`RolloutError::InvalidSpec`] naming the bad field.
     pub fn build(self) -> Result<Rollout, RolloutError> {
         self.strategy.validate()?;
+        self.options.validate()?;
         Ok(Rollout {
             inner: Arc::new(Shared {
                 strategy: self.strategy,
-                executor: Executor {
+                converger: Converger {
                     backends: self.backends,
                     options: self.options,
                 },
@@ -126,7 +109,7 @@ impl RolloutBuilder {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) strategy: Strategy,
-    pub(crate) executor: Executor,
+    pub(crate) converger: Converger,
     pub(crate) store: Arc<DynStore>,
     pub(crate) sink: Option<Arc<DynEventSink>>,
     pub(crate) hooks: Vec<RegisteredHook>,
@@ -182,7 +165,7 @@ impl Rollout {
     /// Takes the app's lease; returns it with the time the request was sent, from which its
     /// local deadline counts.
     async fn acquire(&self, app: &AppId) -> Result<(Lease, Instant), RolloutError> {
-        let ttl = self.inner.executor.options.lease_ttl;
+        let ttl = self.inner.converger.options.lease_ttl;
         let sent = Instant::now();
         match self
             .inner
@@ -297,7 +280,7 @@ impl Rollout {
             app: app.clone(),
             source,
         };
-        let backends = &self.inner.executor.backends;
+        let backends = &self.inner.converger.backends;
         let routing = backends.load_balancer.routing(app).await.map_err(backend_error)?;
         let stable = match routing {
             Some(split) => Some(single_pool(app, &split)?),
@@ -328,7 +311,7 @@ impl Rollout {
                 }
             }
         }
-        let replicas = match self.inner.executor.options.replicas {
+        let replicas = match self.inner.converger.options.replicas {
             Some(n) if n > 0 => n,
             _ if !stable_ids.is_empty() => stable_ids.len(),
             _ => return Err(RolloutError::UnknownApp { app: app.clone() }),
@@ -336,35 +319,18 @@ impl Rollout {
         let revision = previous_record
             .as_ref()
             .map_or(Revision::FIRST, |(j, _)| j.revision.next());
-        let (target, rolling_instances) = match (&self.inner.strategy, &stable) {
-            (Strategy::Rolling(_), Some(pool)) if stable_ids.is_empty() => {
-                return Err(RolloutError::NoInstances {
-                    app: app.clone(),
-                    pool: pool.clone(),
-                });
-            }
-            (Strategy::Rolling(_), Some(pool)) => (pool.clone(), stable_ids),
-            (Strategy::BlueGreen(_), Some(pool)) if *pool == Pool::blue() => (Pool::green(), Vec::new()),
-            (Strategy::BlueGreen(_), _) => (Pool::blue(), Vec::new()),
-            _ => (revision_pool(app, revision)?, Vec::new()),
-        };
-        let journal = Journal {
-            app: app.clone(),
-            revision,
-            version: version.clone(),
-            previous,
-            strategy: self.inner.strategy.clone(),
-            stable,
-            target,
-            replicas,
-            instance_count: rolling_instances.len(),
-            instances: rolling_instances,
-            phase: Phase::Progressing,
-            cursor: 0,
-            pending: None,
-            timeline: Vec::new(),
-            analyses: Vec::new(),
-        };
+        let journal = Journal::new(
+            self.inner.strategy.clone(),
+            Start {
+                app: app.clone(),
+                revision,
+                version: version.clone(),
+                previous,
+                stable,
+                members: stable_ids,
+                replicas,
+            },
+        )?;
         let precondition = match &previous_record {
             Some((_, v)) => Precondition::Version(*v),
             None => Precondition::Absent,
@@ -413,12 +379,8 @@ impl Rollout {
         let (lease, sent) = self.acquire(app).await?;
         match self.interrupted(app).await {
             Ok((mut journal, record)) => {
-                if policy == ResumePolicy::RollBack && journal.phase == Phase::Progressing {
-                    journal.phase = Phase::RollingBack {
-                        reason: "resumed with the roll-back policy after an interruption".into(),
-                    };
-                    journal.cursor = 0;
-                    journal.pending = None;
+                if policy == ResumePolicy::RollBack {
+                    journal.resume_by_rolling_back();
                 }
                 Ok(self.spawn(journal, record, lease, sent))
             }
@@ -466,14 +428,6 @@ impl Rollout {
             task,
         }
     }
-}
-
-/// The pool a canary of `revision` runs in.
-fn revision_pool(app: &AppId, revision: Revision) -> Result<Pool, RolloutError> {
-    Pool::new(format!("rev-{}", revision.get())).map_err(|err| RolloutError::JournalInconsistent {
-        app: app.clone(),
-        reason: format!("no pool name for revision {}: {err}", revision.get()),
-    })
 }
 
 /// The one pool a settled app routes to.

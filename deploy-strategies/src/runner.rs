@@ -8,23 +8,21 @@ use std::time::Duration;
 
 use deploy_core::{
     AnalysisOutcome, ChannelSink, DeploymentEvent, DeploymentEventKind, EventSinkExt, InstanceId,
-    MetricTarget, Pool, Precondition, RecordStoreExt, RecordVersion, StoreError, WriteOptions,
+    Precondition, RecordStoreExt, RecordVersion, StoreError, WriteOptions,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::analysis::{AnalysisSpec, AnalysisTargets, run_analysis};
+use crate::analysis::run_analysis;
 use crate::error::RolloutError;
 use crate::handle::{Control, PauseReason, PauseStatus, RolloutOutcome, RolloutReport, RolloutStatus};
 use crate::hooks::{HookContext, HookOutcome, HookPoint, run_hooks};
+use crate::journal::{AnalysisRecord, Journal, Phase, Transition, batch_out_of_range, journal_key};
 use crate::lease::LeaseKeeper;
-use crate::plan::{AnalysisKind, AnalysisRecord, Journal, Phase, Step, TimelineEntry};
-use crate::rollout::{Shared, journal_key};
-use crate::spec::{Pause, Strategy};
-
-/// Why a rollout waiting for a human cannot wait any longer.
-const NOBODY_TO_DECIDE: &str =
-    "waiting for an operator, but every control handle was dropped: nobody can decide";
+use crate::outcome::{StepError, StepOutcome};
+use crate::plan::{AnalysisKind, Step};
+use crate::rollout::Shared;
+use crate::spec::Pause;
 
 /// A rollout's status from its journal and any pause in force.
 pub(crate) fn status_of(journal: &Journal, paused: Option<PauseStatus>) -> RolloutStatus {
@@ -52,8 +50,8 @@ enum Halt {
 /// Why a step stopped early.
 #[derive(Debug)]
 enum Interrupt {
-    /// The step failed; roll back.
-    Failed(String),
+    /// The step failed.
+    Failed(StepError),
     /// An operator aborted.
     Aborted,
     /// Stop acting at once.
@@ -257,7 +255,7 @@ impl Runner {
         let mut deadline_at = deadline.and_then(|d| Instant::now().checked_add(d));
         loop {
             if !self.control_open && mode.needs_human() {
-                return Err(Interrupt::Failed(NOBODY_TO_DECIDE.into()));
+                return Err(Interrupt::Failed(StepError::NobodyToDecide));
             }
             let held_since = self.held.as_ref().map(|held| held.since);
             let expiry = deadline_at.filter(|_| held_since.is_none());
@@ -283,10 +281,7 @@ impl Runner {
                     }
                 }
                 () = sleep_until_or_never(expiry) => {
-                    return Err(Interrupt::Failed(format!(
-                        "progress deadline of {:?} exceeded",
-                        deadline.unwrap_or_default()
-                    )));
+                    return Err(Interrupt::Failed(StepError::Deadline(deadline.unwrap_or_default())));
                 }
                 output = &mut work => return Ok(Driven::Done(output)),
             }
@@ -301,129 +296,59 @@ impl Runner {
     ) -> Result<T, Interrupt> {
         match self.drive(work, deadline, Mode::Work).await? {
             Driven::Done(value) => Ok(value),
-            Driven::Promoted | Driven::Resumed => Err(Interrupt::Failed(
+            Driven::Promoted | Driven::Resumed => Err(Interrupt::Failed(StepError::Journal(
                 "internal error: an operator command ended work that must run to its end".into(),
-            )),
+            ))),
         }
     }
 
     /// Drives infrastructure work under the progress deadline.
-    async fn drive_work<T>(&mut self, work: impl Future<Output = Result<T, String>>) -> Result<T, Interrupt> {
-        let deadline = Some(self.shared.executor.options.progress_deadline);
+    async fn drive_work<T>(
+        &mut self,
+        work: impl Future<Output = Result<T, StepError>>,
+    ) -> Result<T, Interrupt> {
+        let deadline = Some(self.shared.converger.options.progress_deadline);
         self.drive_to_end(work, deadline)
             .await?
             .map_err(Interrupt::Failed)
     }
 
-    /// Holds until an operator lifts the hold in force (resume or promote); `true` when a
-    /// promote lifted it.
-    async fn hold_while_paused(&mut self) -> Result<bool, Interrupt> {
-        if self.held.is_none() {
-            return Ok(false);
-        }
+    /// Holds until an operator lifts the hold in force (resume or promote); returns the
+    /// hold's reason when a promote lifted it.
+    async fn hold_while_paused(&mut self) -> Result<Option<PauseReason>, Interrupt> {
+        let Some(held) = self.held.clone() else {
+            return Ok(None);
+        };
         let decision = self
             .drive(std::future::pending::<()>(), None, Mode::Decision)
             .await?;
-        let promoted = matches!(decision, Driven::Promoted);
-        if promoted {
-            self.held = None;
-            self.emit(DeploymentEventKind::Resumed);
-            self.publish_status();
+        if !matches!(decision, Driven::Promoted) {
+            return Ok(None);
         }
-        Ok(promoted)
+        self.held = None;
+        self.emit(DeploymentEventKind::Resumed);
+        self.publish_status();
+        Ok(Some(held.reason))
     }
 
-    fn analysis_spec(&self, kind: AnalysisKind) -> Option<&AnalysisSpec> {
-        match (&self.journal.strategy, kind) {
-            (Strategy::Canary(spec), AnalysisKind::Canary) => spec.analysis.as_ref(),
-            (Strategy::BlueGreen(spec), AnalysisKind::PrePromotion) => spec.pre_promotion.as_ref(),
-            (Strategy::BlueGreen(spec), AnalysisKind::PostPromotion) => spec.post_promotion.as_ref(),
-            (Strategy::Rolling(spec), AnalysisKind::Rolling) => spec.analysis.as_ref(),
-            _ => None,
-        }
-    }
-
-    fn analysis_targets(&self) -> AnalysisTargets {
-        let app = self.journal.app.clone();
-        match (&self.journal.strategy, &self.journal.stable) {
-            (Strategy::Rolling(_), _) => AnalysisTargets {
-                canary: MetricTarget::Version {
-                    app: app.clone(),
-                    version: self.journal.version.clone(),
-                },
-                baseline: self
-                    .journal
-                    .previous
-                    .clone()
-                    .map(|version| MetricTarget::Version { app, version }),
-            },
-            (_, stable) => {
-                // A baseline that serves no traffic has nothing to compare with.
-                let routing = self.journal.current_split();
-                let serving = |pool: &Pool| {
-                    routing
-                        .as_ref()
-                        .is_none_or(|split| !split.weight_of(pool).is_zero())
-                };
-                AnalysisTargets {
-                    canary: MetricTarget::Pool {
-                        app: app.clone(),
-                        pool: self.journal.target.clone(),
-                    },
-                    baseline: stable
-                        .clone()
-                        .filter(serving)
-                        .map(|pool| MetricTarget::Pool { app, pool }),
-                }
-            }
-        }
-    }
-
-    /// Runs one step. `Ok(note)` is the timeline's result text.
-    async fn execute(&mut self, step: &Step) -> Result<String, Interrupt> {
+    /// Runs one step.
+    async fn execute(&mut self, step: &Step) -> Result<StepOutcome, Interrupt> {
         let shared = Arc::clone(&self.shared);
-        let exec = &shared.executor;
+        let converger = &shared.converger;
         let app = self.journal.app.clone();
-        let ok = || "ok".to_owned();
-        match step {
-            Step::EnsurePool { pool, version, count } => self
-                .drive_work(exec.ensure_pool(&app, pool, version, *count))
-                .await
-                .map(|()| ok()),
+        let note = match step {
+            Step::EnsurePool { pool, version, count } => {
+                self.drive_work(converger.ensure_pool(&app, pool, version, *count))
+                    .await?;
+                "ok".to_owned()
+            }
             Step::Route { split } => {
-                self.drive_work(exec.route(&app, split)).await?;
+                self.drive_work(converger.route(&app, split)).await?;
                 self.emit(DeploymentEventKind::TrafficShifted { split: split.clone() });
-                Ok(ok())
+                "ok".to_owned()
             }
-            Step::Pause { pause } => {
-                let now = Instant::now();
-                let (reason, until, mode) = match pause {
-                    Pause::None => return Ok(ok()),
-                    Pause::For(duration) => {
-                        (PauseReason::Timed, now.checked_add(*duration), Mode::TimedPause)
-                    }
-                    Pause::UntilPromoted => (PauseReason::AwaitingPromotion, None, Mode::AwaitingPromotion),
-                };
-                self.emit(DeploymentEventKind::Paused {
-                    reason: reason.to_string(),
-                });
-                self.step_pause = Some(PauseStatus {
-                    reason,
-                    since: now,
-                    until,
-                });
-                self.publish_status();
-                let outcome = self.drive(sleep_until_or_never(until), None, mode).await;
-                self.step_pause = None;
-                self.publish_status();
-                let outcome = outcome?;
-                self.emit(DeploymentEventKind::Resumed);
-                Ok(match outcome {
-                    Driven::Promoted => "skipped by promote".into(),
-                    _ => ok(),
-                })
-            }
-            Step::Analyze { kind } => self.analyze(*kind).await,
+            Step::Pause { pause } => self.pause(*pause).await?,
+            Step::Analyze { kind } => return self.analyze(*kind).await,
             Step::Hook { point } => {
                 let context = HookContext {
                     app: app.clone(),
@@ -437,135 +362,129 @@ impl Runner {
                     .await?
                 {
                     HookOutcome::Fail(reason) if *point != HookPoint::AfterRollback => {
-                        Err(Interrupt::Failed(format!("{point:?} hook failed: {reason}")))
+                        return Err(Interrupt::Failed(StepError::Hook {
+                            point: *point,
+                            reason,
+                        }));
                     }
-                    HookOutcome::Fail(reason) => {
-                        Ok(format!("hook failed (ignored after rollback): {reason}"))
-                    }
-                    HookOutcome::Pass => Ok(ok()),
+                    HookOutcome::Fail(reason) => format!("hook failed (ignored after rollback): {reason}"),
+                    HookOutcome::Pass => "ok".to_owned(),
                 }
             }
             Step::UpdateBatch { from, to } => {
                 let Some(ids) = self.journal.instances.get(*from..*to).map(<[InstanceId]>::to_vec) else {
-                    return Err(Interrupt::Failed(format!(
-                        "the journal lists {} instances; batch {}..{} is out of range",
-                        self.journal.instances.len(),
-                        from,
-                        to
-                    )));
+                    return Err(Interrupt::Failed(batch_out_of_range(&self.journal, *from, *to)));
                 };
                 let version = self.journal.version.clone();
-                self.drive_work(exec.converge_instances(&app, &ids, &version, ids.len()))
-                    .await
-                    .map(|()| ok())
+                self.drive_work(converger.converge_instances(&app, &ids, &version, ids.len()))
+                    .await?;
+                "ok".to_owned()
             }
-            Step::RestoreInstances => {
+            Step::RestoreInstances { concurrency } => {
                 let ids = self.journal.instances.clone();
                 let version = self
                     .journal
                     .previous
                     .clone()
                     .unwrap_or_else(|| self.journal.version.clone());
-                let concurrency = match &self.journal.strategy {
-                    Strategy::Rolling(spec) => spec.resolve(ids.len()).batch,
-                    _ => 1,
-                };
-                self.drive_work(exec.converge_instances(&app, &ids, &version, concurrency))
+                self.drive_work(converger.converge_instances(&app, &ids, &version, *concurrency))
                     .await?;
                 self.rolled_back
                     .push(format!("{} instances back on {version}", ids.len()));
-                Ok(ok())
+                "ok".to_owned()
             }
             Step::RemoveExtras { pool, keep_at_least } => {
                 let keep = self.journal.instances.clone();
                 let removed = self
-                    .drive_work(exec.remove_extras(&app, pool, &keep, *keep_at_least))
+                    .drive_work(converger.remove_extras(&app, pool, &keep, *keep_at_least))
                     .await?;
-                Ok(format!("removed {removed} surge instances"))
+                format!("removed {removed} surge instances")
             }
             Step::RetirePool {
                 pool,
                 serving_at_least,
             } => {
                 let retired = self
-                    .drive_work(exec.retire_pool(&app, pool, *serving_at_least))
+                    .drive_work(converger.retire_pool(&app, pool, *serving_at_least))
                     .await?;
                 if self.journal.phase != Phase::Progressing {
                     self.rolled_back
                         .push(format!("retired pool {pool} ({} instances)", retired.len()));
                 }
-                Ok(format!("retired {} instances", retired.len()))
+                format!("retired {} instances", retired.len())
             }
             Step::Wait { duration } => {
                 self.drive_to_end(sleep_until_or_never(Instant::now().checked_add(*duration)), None)
                     .await?;
-                Ok(ok())
+                "ok".to_owned()
             }
-        }
-    }
-
-    async fn analyze(&mut self, kind: AnalysisKind) -> Result<String, Interrupt> {
-        let Some(spec) = self.analysis_spec(kind).cloned() else {
-            return Ok("no analysis defined".into());
         };
-        let targets = self.analysis_targets();
-        let shared = Arc::clone(&self.shared);
-        let metrics = Arc::clone(&shared.executor.backends.metrics);
-        loop {
-            let result = self
-                .drive_to_end(run_analysis(&spec, &targets, metrics.as_ref()), None)
-                .await?;
-            let summary = result.summary();
-            let step = self.journal.cursor;
-            self.emit(DeploymentEventKind::AnalysisCompleted {
-                step,
-                outcome: result.outcome,
-                summary: summary.clone(),
-            });
-            let step_name = format!("{} at step {step}", Step::Analyze { kind }.describe());
-            self.journal.analyses.push(AnalysisRecord {
-                step: step_name,
-                result: result.clone(),
-            });
-            match result.outcome {
-                AnalysisOutcome::Successful => return Ok(summary),
-                AnalysisOutcome::Failed | AnalysisOutcome::Error => {
-                    let verdict = format!("{:?}", result.outcome).to_lowercase();
-                    return Err(Interrupt::Failed(format!("{verdict}: {summary}")));
-                }
-                AnalysisOutcome::Inconclusive => {
-                    // A human decides: promote accepts, abort rolls back, resume measures again.
-                    self.hold(PauseReason::InconclusiveAnalysis {
-                        summary: summary.clone(),
-                    });
-                    if self.hold_while_paused().await? {
-                        return Ok(format!("inconclusive, accepted by promote: {summary}"));
-                    }
-                }
-            }
-        }
+        Ok(StepOutcome::Done { note })
     }
 
-    fn record(&mut self, step: String, result: String) {
-        self.journal.timeline.push(TimelineEntry {
-            at: self.started.elapsed(),
-            step,
-            result,
+    /// A pause step: shown in status, ended by its time or a promote.
+    async fn pause(&mut self, pause: Pause) -> Result<String, Interrupt> {
+        let now = Instant::now();
+        let (reason, until, mode) = match pause {
+            Pause::None => return Ok("ok".to_owned()),
+            Pause::For(duration) => (PauseReason::Timed, now.checked_add(duration), Mode::TimedPause),
+            Pause::UntilPromoted => (PauseReason::AwaitingPromotion, None, Mode::AwaitingPromotion),
+        };
+        self.emit(DeploymentEventKind::Paused {
+            reason: reason.to_string(),
         });
+        self.step_pause = Some(PauseStatus {
+            reason,
+            since: now,
+            until,
+        });
+        self.publish_status();
+        let outcome = self.drive(sleep_until_or_never(until), None, mode).await;
+        self.step_pause = None;
+        self.publish_status();
+        let outcome = outcome?;
+        self.emit(DeploymentEventKind::Resumed);
+        Ok(match outcome {
+            Driven::Promoted => "skipped by promote".into(),
+            _ => "ok".to_owned(),
+        })
     }
 
-    /// Switches to rolling back, journaled.
-    async fn begin_rollback(&mut self, reason: String) -> Result<(), Halt> {
-        self.journal.phase = Phase::RollingBack {
-            reason: reason.clone(),
+    /// An analysis step: passes, fails, or holds for a human when inconclusive.
+    async fn analyze(&mut self, kind: AnalysisKind) -> Result<StepOutcome, Interrupt> {
+        let Some((spec, targets)) = self
+            .journal
+            .analysis(kind)
+            .map(|(spec, targets)| (spec.clone(), targets))
+        else {
+            return Ok(StepOutcome::Done {
+                note: "no analysis defined".into(),
+            });
         };
-        self.journal.cursor = 0;
-        self.journal.pending = None;
-        // Going back overrides any hold: a paused rollout that is aborted rolls back now.
-        self.held = None;
-        self.save().await?;
-        self.emit(DeploymentEventKind::RollbackStarted { reason });
-        Ok(())
+        let metrics = Arc::clone(&self.shared.converger.backends.metrics);
+        let result = self
+            .drive_to_end(run_analysis(&spec, &targets, metrics.as_ref()), None)
+            .await?;
+        let summary = result.summary();
+        let step = self.journal.cursor;
+        self.emit(DeploymentEventKind::AnalysisCompleted {
+            step,
+            outcome: result.outcome,
+            summary: summary.clone(),
+        });
+        self.journal.analyses.push(AnalysisRecord {
+            step: format!("{} at step {step}", Step::Analyze { kind }.describe()),
+            result: result.clone(),
+        });
+        Ok(match result.outcome {
+            AnalysisOutcome::Successful => StepOutcome::Done { note: summary },
+            AnalysisOutcome::Failed | AnalysisOutcome::Error => StepOutcome::Failed(StepError::Analysis {
+                outcome: result.outcome,
+                summary,
+            }),
+            // A human decides: promote accepts, abort rolls back, resume measures again.
+            AnalysisOutcome::Inconclusive => StepOutcome::Hold(PauseReason::InconclusiveAnalysis { summary }),
+        })
     }
 
     pub(crate) async fn run(mut self) -> Result<RolloutReport, RolloutError> {
@@ -588,61 +507,65 @@ impl Runner {
 
     /// Runs the plan to its end (forward, then rollback if needed).
     async fn steps(&mut self) -> Result<(), Halt> {
-        let mut rollback_failures = 0u32;
         loop {
             let plan = self.journal.plan();
             let Some(step) = plan.get(self.journal.cursor).cloned() else {
                 return self.finish().await;
             };
-            // A hold in force (an operator's pause) is served before the next step starts;
-            // what ends it (abort, nobody left to decide) is handled like a step's end.
-            let (name, result) = match self.hold_while_paused().await {
+            // A hold in force (an operator's pause, an inconclusive analysis) is served
+            // before the step runs; what ends it (abort, nobody left to decide) counts as the
+            // step's outcome.
+            let (name, outcome) = match self.hold_while_paused().await {
+                Ok(Some(PauseReason::InconclusiveAnalysis { summary })) => (
+                    step.describe(),
+                    Ok(StepOutcome::Done {
+                        note: format!("inconclusive, accepted by promote: {summary}"),
+                    }),
+                ),
                 Ok(_) => (step.describe(), self.run_step(&step).await),
                 Err(interrupt) => ("operator pause".to_owned(), Err(interrupt)),
             };
-            match result {
-                Ok(result) => {
-                    self.record(name, result);
-                    self.journal.pending = None;
-                    self.journal.cursor += 1;
-                    self.save().await?;
-                    rollback_failures = 0;
-                }
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
                 Err(Interrupt::Halt(halt)) => return Err(halt),
-                Err(Interrupt::Aborted) => {
-                    self.record(name, "aborted by operator".into());
-                    self.begin_rollback("aborted by operator".into()).await?;
+                Err(Interrupt::Aborted) => StepOutcome::Aborted,
+                Err(Interrupt::Failed(error)) => StepOutcome::Failed(error),
+            };
+            let attempts = self.shared.converger.options.attempts;
+            match self
+                .journal
+                .apply(&name, outcome, self.started.elapsed(), attempts)
+            {
+                Transition::Next => self.save().await?,
+                Transition::Hold(reason) => {
+                    self.save().await?;
+                    self.hold(reason);
                 }
-                Err(Interrupt::Failed(reason)) if self.journal.phase == Phase::Progressing => {
-                    self.record(name.clone(), format!("failed: {reason}"));
-                    self.begin_rollback(format!("{name}: {reason}")).await?;
+                Transition::RollBack { reason } => {
+                    // Going back overrides any hold: a paused rollout that is aborted rolls
+                    // back now.
+                    self.held = None;
+                    self.save().await?;
+                    self.emit(DeploymentEventKind::RollbackStarted { reason });
                 }
-                Err(Interrupt::Failed(reason)) => {
-                    // A rollback step failed: try it again a few times, then give up loudly.
-                    self.record(name.clone(), format!("failed: {reason}"));
-                    rollback_failures += 1;
-                    if rollback_failures >= self.shared.executor.options.attempts.max(1) {
-                        self.journal.phase = Phase::Failed {
-                            reason: format!("rollback step '{name}' kept failing: {reason}"),
-                        };
-                        self.journal.pending = None;
-                        self.save().await?;
-                        self.emit(DeploymentEventKind::Failed { reason });
-                        return Ok(());
-                    }
-                    if let Err(Interrupt::Halt(halt)) = self
-                        .drive_to_end(tokio::time::sleep(Duration::from_secs(5)), None)
-                        .await
-                    {
+                Transition::Retry => {
+                    self.save().await?;
+                    let pause = self.drive_to_end(tokio::time::sleep(Duration::from_secs(5)), None);
+                    if let Err(Interrupt::Halt(halt)) = pause.await {
                         return Err(halt);
                     }
+                }
+                Transition::GiveUp { reason } => {
+                    self.save().await?;
+                    self.emit(DeploymentEventKind::Failed { reason });
+                    return Ok(());
                 }
             }
         }
     }
 
     /// Journals `step` as pending, then runs it.
-    async fn run_step(&mut self, step: &Step) -> Result<String, Interrupt> {
+    async fn run_step(&mut self, step: &Step) -> Result<StepOutcome, Interrupt> {
         self.journal.pending = Some(step.clone());
         self.save().await?;
         self.emit(DeploymentEventKind::StepEntered {
@@ -653,21 +576,16 @@ impl Runner {
     }
 
     async fn finish(&mut self) -> Result<(), Halt> {
-        match self.journal.phase.clone() {
-            Phase::Progressing => {
-                self.journal.phase = Phase::Completed;
-                self.save().await?;
-                self.emit(DeploymentEventKind::Completed {
-                    version: self.journal.version.clone(),
-                });
-            }
-            Phase::RollingBack { reason } => {
-                self.journal.phase = Phase::RolledBack { reason };
-                self.save().await?;
-                self.emit(DeploymentEventKind::RollbackFinished);
-            }
-            _ => {}
-        }
+        let Some(phase) = self.journal.finish() else {
+            return Ok(());
+        };
+        self.save().await?;
+        self.emit(match phase {
+            Phase::RolledBack { .. } => DeploymentEventKind::RollbackFinished,
+            _ => DeploymentEventKind::Completed {
+                version: self.journal.version.clone(),
+            },
+        });
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use deploy_core::{
-    AppId, DynStore, InfraManager, LoadBalancer, MemoryStore, Pool, RecordStore, TrafficSplit,
+    AppId, DynStore, InfraManager, LoadBalancer, MemoryStore, Pool, RecordStore, RecordStoreExt, TrafficSplit,
 };
 use deploy_strategies::{
     Backends, CanarySpec, CanaryStep, Pause, PauseReason, Quantity, ResumePolicy, RollingSpec, Rollout,
@@ -105,8 +105,9 @@ async fn abort_after_an_operator_pause_rolls_back() {
         .start(&world.app, &world.v2)
         .await
         .unwrap();
+    // The canary takes its 25% (as the journal says; the fleet is checked below).
     wait_for(&handle, |s| {
-        s.paused.as_ref().is_some_and(|p| p.reason == PauseReason::Timed)
+        s.routing.as_ref().is_some_and(|r| r.pools().count() == 2)
     })
     .await;
     assert!(
@@ -177,7 +178,10 @@ async fn a_rollout_waiting_for_a_promote_nobody_can_give_rolls_back() {
         .start(&world.app, &world.v2)
         .await
         .unwrap();
-    wait_for(&handle, |s| s.paused.is_some()).await;
+    wait_for(&handle, |s| {
+        s.routing.as_ref().is_some_and(|r| r.pools().count() == 2)
+    })
+    .await;
     drop(handle);
     wait_for_phase(world.store.as_ref(), &world.app, "rolled_back").await;
     assert_eq!(

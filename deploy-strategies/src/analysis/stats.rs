@@ -3,10 +3,13 @@
 //! confidence interval.
 //!
 //! The Hodges-Lehmann estimate is the median of all `m * n` pairwise differences. It is
-//! computed without enumerating them: the k-th smallest difference is found by bisection
-//! on its value, counting the differences below a candidate with one merge-like pass over
-//! the two sorted samples, so the cost is `O((m + n) log(m + n))` for the sorts plus
-//! `O(64 (m + n))` for the search.
+//! computed without enumerating them: the k-th smallest difference is searched for by its
+//! value, counting the differences on either side of a candidate with one merge-like pass
+//! over the two sorted samples. The bounds of the search are always differences themselves,
+//! and a candidate equal to the k-th difference ends it, so tied data (all values equal,
+//! whole milliseconds, mostly zeros) converges as fast as smooth data. The cost is
+//! `O((m + n) log(m + n))` for the sorts plus at most about 100 passes of `O(m + n)`, and the
+//! memory `O(m + n)` for every input.
 
 /// The result of comparing a canary sample with a baseline sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,13 +95,28 @@ pub(crate) fn normal_quantile(p: f64) -> f64 {
     x - (normal_cdf(x) - p) / density
 }
 
-/// Compares `canary` with `baseline` at `confidence` (for the shift interval). Both
-/// samples must be non-empty and finite; the caller checks.
+/// Compares `canary` with `baseline` at `confidence` (for the shift interval). Samples are
+/// meant to be finite (a `Series` is); an empty sample is no evidence either way (a shift of
+/// NaN in an unbounded interval), and NaN or infinite values give meaningless numbers but
+/// neither a panic nor unbounded work.
 pub(crate) fn compare(baseline: &[f64], canary: &[f64], confidence: f64) -> Comparison {
+    if baseline.is_empty() || canary.is_empty() {
+        return Comparison {
+            u: 0.0,
+            z: 0.0,
+            p_greater: 0.5,
+            p_less: 0.5,
+            shift: f64::NAN,
+            shift_low: f64::NEG_INFINITY,
+            shift_high: f64::INFINITY,
+        };
+    }
     let mut x = baseline.to_vec();
     let mut y = canary.to_vec();
-    x.sort_by(f64::total_cmp);
-    y.sort_by(f64::total_cmp);
+    // Values equal in this order are bit-identical, so an unstable sort (no buffer) is as
+    // good as a stable one.
+    x.sort_unstable_by(f64::total_cmp);
+    y.sort_unstable_by(f64::total_cmp);
     let (u, z) = mann_whitney(&x, &y);
     let (shift, shift_low, shift_high) = hodges_lehmann(&x, &y, confidence);
     Comparison {
@@ -131,6 +149,10 @@ fn mann_whitney(x: &[f64], y: &[f64]) -> (f64, f64) {
         };
         let from_x = x[i..].iter().take_while(|v| **v == value).count();
         let from_y = y[j..].iter().take_while(|v| **v == value).count();
+        if from_x + from_y == 0 {
+            // Only NaN, which equals nothing: the caller promised finite samples.
+            break;
+        }
         let tied = (from_x + from_y) as f64;
         let average_rank = next_rank + (tied - 1.0) / 2.0;
         rank_sum_y += average_rank * from_y as f64;
@@ -151,142 +173,309 @@ fn mann_whitney(x: &[f64], y: &[f64]) -> (f64, f64) {
     (u, corrected / variance.sqrt())
 }
 
-/// How many differences `y[j] - x[i]` are `<= t`. Both sorted.
-fn count_at_most(x: &[f64], y: &[f64], t: f64) -> u64 {
-    // For increasing x[i], the y-prefix with y[j] - x[i] <= t only grows.
-    let mut j = 0;
-    let mut count = 0u64;
-    for xi in x {
-        while j < y.len() && y[j] - xi <= t {
-            j += 1;
+/// `v` as an integer with the order of `f64::total_cmp`.
+///
+/// The search compares differences in this order rather than with `<=`, so that `-0.0` and
+/// `0.0` are told apart exactly as a sort by `total_cmp` tells them apart.
+fn key(v: f64) -> i64 {
+    let bits = v.to_bits() as i64;
+    // Negative numbers: flip every bit but the sign, so larger magnitudes come first.
+    bits ^ (((bits >> 63) as u64) >> 1) as i64
+}
+
+/// The inverse of [`key`] (the map is its own inverse).
+fn from_key(k: i64) -> f64 {
+    f64::from_bits((k ^ (((k >> 63) as u64) >> 1) as i64) as u64)
+}
+
+/// Where a threshold falls among the differences `y[j] - x[i]`.
+#[derive(Debug)]
+struct Split {
+    /// How many differences are below the threshold.
+    below: u128,
+    /// How many are at or below it.
+    at_most: u128,
+    /// The largest difference below it, as a key.
+    before: Option<i64>,
+    /// The smallest difference above it, as a key.
+    after: Option<i64>,
+}
+
+/// What the search knows: the wanted difference lies in `[lo, hi]` (both differences);
+/// `below` differences are less than `lo` and `at_most` are at most `hi`.
+#[derive(Debug, Clone, Copy)]
+struct Bracket {
+    lo: i64,
+    hi: i64,
+    below: u128,
+    at_most: u128,
+}
+
+/// Order statistics of the `m * n` differences `y[j] - x[i]` of two sorted, non-empty
+/// samples, in `f64::total_cmp` order.
+///
+/// Exact because floating-point subtraction is monotone in each argument (rounding is):
+/// along a row `x[i]` the differences never decrease with `j`, and for a larger `x[i]` they
+/// are never larger. So the differences below any threshold form a prefix of each row that
+/// only shrinks as `i` grows, and one merge-like pass counts them. Differences that overflow
+/// to an infinity keep that order.
+struct Differences<'a> {
+    x: &'a [f64],
+    y: &'a [f64],
+    /// Reused for the last step of every search; never longer than `m + n`.
+    scratch: Vec<f64>,
+    /// How few differences a bracket holds before the search lists them: `m + n`, which
+    /// keeps `scratch` linear.
+    few: u128,
+}
+
+/// Value-interpolation passes allowed per search before it only bisects.
+const INTERPOLATIONS: u32 = 24;
+/// Interpolation passes plus the at most 64 halvings of the key range, and a margin.
+const MAX_PASSES: u32 = INTERPOLATIONS + 72;
+
+impl<'a> Differences<'a> {
+    fn new(x: &'a [f64], y: &'a [f64]) -> Self {
+        Self {
+            x,
+            y,
+            scratch: Vec::new(),
+            few: (x.len() + y.len()) as u128,
         }
-        count += j as u64;
     }
-    count
-}
 
-/// Calls `each` with every difference `y[j] - x[i]` in `(lo, hi]`. Both sorted.
-fn differences_between(x: &[f64], y: &[f64], lo: f64, hi: f64, mut each: impl FnMut(f64)) {
-    // For increasing x[i], both ends of the y-window only move right.
-    let (mut start, mut end) = (0, 0);
-    for xi in x {
-        while start < y.len() && y[start] - xi <= lo {
-            start += 1;
-        }
-        end = end.max(start);
-        while end < y.len() && y[end] - xi <= hi {
-            end += 1;
-        }
-        for yj in &y[start..end] {
-            each(yj - xi);
-        }
+    fn pairs(&self) -> u128 {
+        self.x.len() as u128 * self.y.len() as u128
     }
-}
 
-/// The k-th smallest (1-based) of the `m * n` differences `y[j] - x[i]`.
-fn kth_difference(x: &[f64], y: &[f64], k: u64) -> f64 {
-    kth_differences(x, y, k, k).0
-}
+    /// All differences: from the smallest, `y[0] - x[m-1]`, to the largest.
+    fn everything(&self) -> Option<Bracket> {
+        let (x_min, x_max) = (self.x.first()?, self.x.last()?);
+        let (y_min, y_max) = (self.y.first()?, self.y.last()?);
+        Some(Bracket {
+            lo: key(y_min - x_max),
+            hi: key(y_max - x_min),
+            below: 0,
+            at_most: self.pairs(),
+        })
+    }
 
-/// The `k_low`-th and `k_high`-th smallest (1-based, `k_low <= k_high`) of the `m * n`
-/// differences `y[j] - x[i]`, without listing them: narrow a value interval holding both
-/// until few differences remain in it, then select among those.
-fn kth_differences(x: &[f64], y: &[f64], k_low: u64, k_high: u64) -> (f64, f64) {
-    let (x_min, x_max) = (x[0], x[x.len() - 1]);
-    let (y_min, y_max) = (y[0], y[y.len() - 1]);
-    // Invariant: count(<= lo) < k_low and k_high <= count(<= hi).
-    let mut lo = (y_min - x_max) - 1.0;
-    let mut hi = y_max - x_min;
-    let (mut below_lo, mut below_hi) = (0u64, (x.len() * y.len()) as u64);
-    let few = (x.len() + y.len()) as u64;
-    // Which bound the last round moved (true: the upper one), and how many times in a row.
-    let mut last_moved_high = None;
-    let mut same_side = 0;
-    for _ in 0..200 {
-        if below_hi - below_lo <= few {
-            break;
-        }
-        // Interpolate on the counts towards the middle of the wanted ranks (fast on smooth
-        // data); when the same bound moved twice running, interpolation is stalling on a
-        // lopsided distribution, so bisect.
-        let target = (k_low + k_high) as f64 / 2.0;
-        let share = if same_side >= 2 {
-            0.5
-        } else {
-            ((target - below_lo as f64) / (below_hi - below_lo) as f64).clamp(0.02, 0.98)
+    /// Counts the differences on either side of `t` and finds its neighbours.
+    fn split(&self, t: i64) -> Split {
+        let (x, y) = (self.x, self.y);
+        let mut split = Split {
+            below: 0,
+            at_most: 0,
+            before: None,
+            after: None,
         };
-        let mid = lo + (hi - lo) * share;
-        if mid <= lo || mid >= hi {
-            break;
+        // `less` and `up_to` end the row's prefixes below and at-or-below `t`; for larger
+        // x[i] both prefixes only grow.
+        let (mut less, mut up_to) = (0, 0);
+        for &xi in x {
+            while let Some(&yj) = y.get(less)
+                && key(yj - xi) < t
+            {
+                less += 1;
+            }
+            up_to = usize::max(up_to, less);
+            while let Some(&yj) = y.get(up_to)
+                && key(yj - xi) <= t
+            {
+                up_to += 1;
+            }
+            split.below += less as u128;
+            split.at_most += up_to as u128;
+            if let Some(&yj) = less.checked_sub(1).and_then(|j| y.get(j)) {
+                let d = key(yj - xi);
+                split.before = Some(split.before.map_or(d, |b| b.max(d)));
+            }
+            if let Some(&yj) = y.get(up_to) {
+                let d = key(yj - xi);
+                split.after = Some(split.after.map_or(d, |a| a.min(d)));
+            }
         }
-        let below_mid = count_at_most(x, y, mid);
-        let moved_high = if below_mid >= k_high {
-            (hi, below_hi) = (mid, below_mid);
-            true
-        } else if below_mid < k_low {
-            (lo, below_lo) = (mid, below_mid);
-            false
-        } else {
-            // `mid` falls between the two ranks: neither bound can move past it.
-            break;
-        };
-        same_side = if last_moved_high == Some(moved_high) {
-            same_side + 1
-        } else {
-            0
-        };
-        last_moved_high = Some(moved_high);
+        split
     }
-    let mut candidates = Vec::with_capacity((below_hi - below_lo) as usize);
-    differences_between(x, y, lo, hi, |d| candidates.push(d));
-    if candidates.is_empty() {
-        // Unreachable by the invariant; `hi` bounds the answer either way.
-        return (hi, hi);
+
+    /// The k-th smallest (1-based) difference; NaN when there is none.
+    fn kth(&mut self, k: u128) -> f64 {
+        match self.everything() {
+            Some(all) if (1..=all.at_most).contains(&k) => self.search(k, all),
+            _ => f64::NAN,
+        }
     }
-    let last = candidates.len() - 1;
-    let rank = |k: u64| usize::try_from(k - below_lo - 1).unwrap_or(usize::MAX).min(last);
-    let (low_rank, high_rank) = (rank(k_low), rank(k_high));
-    let low = *candidates.select_nth_unstable_by(low_rank, f64::total_cmp).1;
-    // After the first selection everything above `low_rank` is >= it, so the second one
-    // only searches that part.
-    let high = if high_rank == low_rank {
-        low
-    } else {
-        let upper = &mut candidates[low_rank + 1..];
-        *upper
-            .select_nth_unstable_by(high_rank - low_rank - 1, f64::total_cmp)
-            .1
-    };
-    (low, high)
+
+    /// The `k_low`-th and `k_high`-th smallest (1-based, `k_low <= k_high`) differences.
+    fn kth_pair(&mut self, k_low: u128, k_high: u128) -> (f64, f64) {
+        let low = self.kth(k_low);
+        let Some(all) = self.everything() else {
+            return (low, low);
+        };
+        if k_high <= k_low || k_high > all.at_most || low.is_nan() {
+            return (low, self.kth(k_high));
+        }
+        // Searching on from `low` costs one pass, and nothing more when the two are tied
+        // or adjacent (the median of an even count).
+        let at = self.split(key(low));
+        let high = match at.after {
+            _ if at.at_most >= k_high => low,
+            Some(after) if at.at_most + 1 == k_high => from_key(after),
+            Some(after) => self.search(
+                k_high,
+                Bracket {
+                    lo: after,
+                    below: at.at_most,
+                    ..all
+                },
+            ),
+            None => self.kth(k_high),
+        };
+        (low, high)
+    }
+
+    /// The k-th smallest difference, given that it lies in `bracket`.
+    fn search(&mut self, k: u128, mut bracket: Bracket) -> f64 {
+        // Which bound the last pass moved (true: the upper one), and how often in a row.
+        let mut last_moved_high = None;
+        let mut same_side = 0;
+        for pass in 0..MAX_PASSES {
+            if bracket.lo >= bracket.hi {
+                return from_key(bracket.lo);
+            }
+            if bracket.at_most.saturating_sub(bracket.below) <= self.few {
+                return self.select(k, bracket);
+            }
+            // Interpolate on the counts (fast on smooth data); when the same bound moved
+            // twice running, interpolation is stalling on a lopsided distribution, so
+            // bisect the key range, which at most 64 passes exhaust.
+            let interpolate = pass < INTERPOLATIONS && same_side < 2;
+            let t = if interpolate {
+                interpolated(k, &bracket)
+            } else {
+                None
+            };
+            let t = t.unwrap_or_else(|| bracket.lo.midpoint(bracket.hi));
+            let at = self.split(t);
+            eprintln!("pass {pass} k={k} interp={interpolate} t={} lo={} hi={} below={} at_most={} -> below={} at_most={}", from_key(t), from_key(bracket.lo), from_key(bracket.hi), bracket.below, bracket.at_most, at.below, at.at_most);
+            let moved_high = if at.at_most < k {
+                // Above `t`: the next difference up is the new lower bound.
+                let Some(after) = at.after else {
+                    return from_key(bracket.hi);
+                };
+                (bracket.lo, bracket.below) = (after, at.at_most);
+                false
+            } else if at.below >= k {
+                let Some(before) = at.before else {
+                    return from_key(bracket.lo);
+                };
+                (bracket.hi, bracket.at_most) = (before, at.below);
+                true
+            } else {
+                // below < k <= at_most: some difference equals `t`, and it is the k-th.
+                return from_key(t);
+            };
+            same_side = if last_moved_high == Some(moved_high) {
+                same_side + 1
+            } else {
+                0
+            };
+            last_moved_high = Some(moved_high);
+        }
+        // Not reached: every pass shrinks the bracket, and bisection halves it.
+        from_key(bracket.hi)
+    }
+
+    /// The k-th smallest difference once at most `m + n` differences lie in `bracket`: lists
+    /// them and selects.
+    fn select(&mut self, k: u128, bracket: Bracket) -> f64 {
+        let (x, y) = (self.x, self.y);
+        let room = x.len() + y.len();
+        self.scratch.clear();
+        self.scratch.reserve(
+            usize::try_from(bracket.at_most.saturating_sub(bracket.below)).map_or(room, |n| n.min(room)),
+        );
+        // For increasing x[i], both ends of the row's window only move right.
+        let (mut start, mut end) = (0, 0);
+        for &xi in x {
+            while let Some(&yj) = y.get(start)
+                && key(yj - xi) < bracket.lo
+            {
+                start += 1;
+            }
+            end = usize::max(end, start);
+            while let Some(&yj) = y.get(end)
+                && key(yj - xi) <= bracket.hi
+            {
+                end += 1;
+            }
+            let window = y.get(start..end).unwrap_or_default();
+            let left = room.saturating_sub(self.scratch.len());
+            self.scratch.extend(window.iter().take(left).map(|yj| yj - xi));
+        }
+        let Some(last) = self.scratch.len().checked_sub(1) else {
+            // Unreachable by the bracket's counts; `hi` bounds the answer either way.
+            return from_key(bracket.hi);
+        };
+        let rank = k.saturating_sub(bracket.below + 1);
+        let rank = usize::try_from(rank).map_or(last, |r| r.min(last));
+        *self.scratch.select_nth_unstable_by(rank, f64::total_cmp).1
+    }
 }
 
-/// Hodges-Lehmann estimate of `y - x` with its `confidence` interval. Both sorted and
-/// non-empty.
+/// A threshold between the bracket's bounds, placed by the share of the bracket's
+/// differences below the k-th; `None` when the values do not allow it (infinities, or a
+/// span that overflows).
+fn interpolated(k: u128, bracket: &Bracket) -> Option<i64> {
+    let (lo, hi) = (from_key(bracket.lo), from_key(bracket.hi));
+    let share = k.saturating_sub(bracket.below) as f64 / bracket.at_most.saturating_sub(bracket.below) as f64;
+    let t = lo + (hi - lo) * share.clamp(0.02, 0.98);
+    let t = key(t);
+    (lo.is_finite() && (bracket.lo..=bracket.hi).contains(&t)).then_some(t)
+}
+
+/// Hodges-Lehmann estimate of `y - x` with its `confidence` interval. Both sorted; NaN for
+/// an empty sample.
 fn hodges_lehmann(x: &[f64], y: &[f64], confidence: f64) -> (f64, f64, f64) {
-    let (m, n) = (x.len() as u64, y.len() as u64);
-    let pairs = m * n;
+    let mut differences = Differences::new(x, y);
+    let pairs = differences.pairs();
     let estimate = if pairs % 2 == 1 {
-        kth_difference(x, y, pairs.div_ceil(2))
+        differences.kth(pairs.div_ceil(2))
     } else {
-        let (below, above) = kth_differences(x, y, pairs / 2, pairs / 2 + 1);
-        (below + above) / 2.0
+        let (below, above) = differences.kth_pair(pairs / 2, pairs / 2 + 1);
+        let middle = (below + above) / 2.0;
+        if middle.is_finite() {
+            middle
+        } else {
+            // Near the ends of the range the sum overflows.
+            below / 2.0 + above / 2.0
+        }
     };
     // Normal approximation of the U distribution for the interval's ranks.
     let z = normal_quantile(0.5 + confidence / 2.0);
-    let (mf, nf) = (m as f64, n as f64);
+    let (mf, nf) = (x.len() as f64, y.len() as f64);
     let spread = z * (mf * nf * (mf + nf + 1.0) / 12.0).sqrt();
-    let c = ((mf * nf / 2.0 - spread).floor() as i64).max(1) as u64;
+    let c = ((mf * nf / 2.0 - spread).floor() as i64).max(1) as u128;
     if c > pairs.div_ceil(2) {
         return (estimate, estimate, estimate);
     }
-    let low = kth_difference(x, y, c);
-    let high = kth_difference(x, y, pairs + 1 - c);
+    let (low, high) = (differences.kth(c), differences.kth(pairs + 1 - c));
     (estimate, low, high)
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn kth_difference(x: &[f64], y: &[f64], k: u64) -> f64 {
+        Differences::new(x, y).kth(k.into())
+    }
+
+    fn kth_differences(x: &[f64], y: &[f64], k_low: u64, k_high: u64) -> (f64, f64) {
+        Differences::new(x, y).kth_pair(k_low.into(), k_high.into())
+    }
 
     /// The slow, obvious version, for checking.
     fn naive_kth(x: &[f64], y: &[f64], k: usize) -> f64 {
@@ -370,5 +559,194 @@ mod tests {
             (result.z, result.shift, result.shift_low, result.shift_high),
             (0.0, 0.0, 0.0, 0.0)
         );
+    }
+
+    /// The estimate and interval from the enumerated differences, by the same ranks.
+    fn naive_hodges_lehmann(x: &[f64], y: &[f64], confidence: f64) -> [f64; 3] {
+        let mut all: Vec<f64> = x.iter().flat_map(|a| y.iter().map(move |b| b - a)).collect();
+        all.sort_by(f64::total_cmp);
+        let pairs = all.len();
+        let estimate = if pairs % 2 == 1 {
+            all[pairs / 2]
+        } else {
+            let (below, above) = (all[pairs / 2 - 1], all[pairs / 2]);
+            let middle = (below + above) / 2.0;
+            if middle.is_finite() {
+                middle
+            } else {
+                below / 2.0 + above / 2.0
+            }
+        };
+        let z = normal_quantile(0.5 + confidence / 2.0);
+        let (mf, nf) = (x.len() as f64, y.len() as f64);
+        let spread = z * (mf * nf * (mf + nf + 1.0) / 12.0).sqrt();
+        let c = ((mf * nf / 2.0 - spread).floor() as i64).max(1) as usize;
+        if c > pairs.div_ceil(2) {
+            return [estimate; 3];
+        }
+        [estimate, all[c - 1], all[pairs - c]]
+    }
+
+    /// Checks every rank, the adjacent pairs and the judge's numbers against enumeration,
+    /// bit for bit (so `-0.0` and `0.0` count as different).
+    fn check_against_enumeration(x: &[f64], y: &[f64]) {
+        let (x, y) = (sorted(x.to_vec()), sorted(y.to_vec()));
+        let mut all: Vec<f64> = x.iter().flat_map(|a| y.iter().map(move |b| b - a)).collect();
+        all.sort_by(f64::total_cmp);
+        // Also with passes all the way down, never listing candidates.
+        for few in [None, Some(0)] {
+            let mut differences = Differences::new(&x, &y);
+            differences.few = few.unwrap_or(differences.few);
+            for k in 1..=all.len() {
+                let got = differences.kth(k as u128);
+                let want = all[k - 1];
+                assert_eq!(got.to_bits(), want.to_bits(), "k = {k}: {got} vs {want}");
+            }
+            for k in 1..all.len() {
+                let (low, high) = differences.kth_pair(k as u128, k as u128 + 1);
+                assert_eq!(
+                    (low.to_bits(), high.to_bits()),
+                    (all[k - 1].to_bits(), all[k].to_bits()),
+                    "pair {k}"
+                );
+            }
+        }
+        let mut differences = Differences::new(&x, &y);
+        if !all.is_empty() {
+            let (low, high) = differences.kth_pair(1, all.len() as u128);
+            assert_eq!((low, high), (all[0], all[all.len() - 1]));
+            for confidence in [0.5, 0.9, 0.98] {
+                let c = compare(&x, &y, confidence);
+                let naive = naive_hodges_lehmann(&x, &y, confidence);
+                assert_eq!(
+                    [c.shift, c.shift_low, c.shift_high].map(f64::to_bits),
+                    naive.map(f64::to_bits),
+                    "confidence {confidence}: {c:?} vs {naive:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tied_data_matches_enumeration() {
+        let whole = |n: usize, step: usize, modulus: usize, offset: f64| -> Vec<f64> {
+            (0..n).map(|i| ((i * step) % modulus) as f64 + offset).collect()
+        };
+        let mostly_zero = |n: usize, seed: usize| -> Vec<f64> {
+            (0..n)
+                .map(|i| {
+                    if (i * 7 + seed).is_multiple_of(10) {
+                        0.001 * (i % 13) as f64
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        let cases: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+            ("all equal", vec![0.0; 60], vec![0.0; 50]),
+            ("all equal, not zero", vec![7.25; 41], vec![7.25; 60]),
+            ("two constants", vec![3.0; 40], vec![5.0; 45]),
+            (
+                "whole milliseconds",
+                whole(60, 37, 9, 20.0),
+                whole(55, 53, 11, 21.0),
+            ),
+            ("90% zeros", mostly_zero(60, 1), mostly_zero(50, 4)),
+            (
+                "signed zeros",
+                [0.0, -0.0, 0.0, 1.0, -1.0].repeat(10),
+                [-0.0, 0.0, -0.0, 2.0].repeat(12),
+            ),
+            (
+                "huge values",
+                [1e308, -1e308, f64::MAX, 0.0, 1e308].repeat(8),
+                [-f64::MAX, 1e308, -1e308, 5.0, 1e308, 1e308].repeat(7),
+            ),
+            ("one each", vec![2.0], vec![-3.5]),
+            ("one baseline", vec![1.0], whole(30, 7, 5, 0.0)),
+        ];
+        for (shape, x, y) in cases {
+            eprintln!("{shape}");
+            check_against_enumeration(&x, &y);
+        }
+    }
+
+    /// Values with many ties, signed zeros, subnormals and huge magnitudes.
+    fn value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            4 => (-4i8..=4).prop_map(f64::from),
+            1 => Just(-0.0),
+            1 => prop::sample::select(vec![
+                f64::MAX,
+                -f64::MAX,
+                1e308,
+                -1e308,
+                f64::MIN_POSITIVE,
+                -5e-324,
+                5e-324,
+            ]),
+            2 => -1e3..1e3f64,
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn small_samples_match_enumeration(
+            x in prop::collection::vec(value(), 1..14),
+            y in prop::collection::vec(value(), 1..14),
+        ) {
+            check_against_enumeration(&x, &y);
+        }
+    }
+
+    #[test]
+    fn large_tied_samples_are_quick_and_exact() {
+        let result = compare(&[0.0; 10_000], &[0.0; 10_000], 0.98);
+        assert_eq!(
+            [result.z, result.shift, result.shift_low, result.shift_high].map(f64::to_bits),
+            [0.0f64; 4].map(f64::to_bits)
+        );
+        // Whole milliseconds: a one-millisecond shift is found as exactly 1.
+        let baseline: Vec<f64> = (0..10_000).map(|i| (20 + (i * 37) % 41) as f64).collect();
+        let canary: Vec<f64> = baseline.iter().map(|v| v + 1.0).collect();
+        let result = compare(&baseline, &canary, 0.98);
+        assert_eq!(result.shift, 1.0, "{result:?}");
+        assert!(result.shift_low <= 1.0 && result.shift_high >= 1.0, "{result:?}");
+    }
+
+    #[test]
+    fn zz_passes() {
+        fn uniform(n: usize, seed: u64) -> Vec<f64> {
+            let mut state = seed;
+            (0..n).map(|_| { state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407); ((state >> 11) as f64) / ((1u64 << 53) as f64) }).collect()
+        }
+        let shape = std::env::var("SHAPE").unwrap();
+        let (b, c): (Vec<f64>, Vec<f64>) = match shape.as_str() {
+            "zeros" => (uniform(10000,1).into_iter().map(|u| if u < 0.9 { 0.0 } else { (u - 0.9) * 0.4 }).collect(), uniform(10000,2).into_iter().map(|u| if u < 0.9 { 0.0 } else { (u - 0.9) * 0.4 }).collect()),
+            "ms" => (uniform(10000,1).into_iter().map(|u| (20.0 * (1.0 + 3.0 * u * u)).round()).collect(), uniform(10000,2).into_iter().map(|u| (20.0 * (1.0 + 3.0 * u * u) + 0.5).round()).collect()),
+            _ => (uniform(10000,1).into_iter().map(|u| 20.0 * (1.0 + 3.0 * u * u)).collect(), uniform(10000,2).into_iter().map(|u| 20.0 * (1.0 + 3.0 * u * u) + 0.5).collect()),
+        };
+        eprintln!("{:?}", compare(&b, &c, 0.98));
+    }
+
+    #[test]
+    fn degenerate_samples_do_not_panic() {
+        let empty = compare(&[], &[1.0, 2.0], 0.98);
+        assert!(empty.shift.is_nan() && empty.z == 0.0, "{empty:?}");
+        assert!(compare(&[1.0], &[], 0.98).shift.is_nan());
+        assert!(compare(&[], &[], 0.98).shift.is_nan());
+        let one = compare(&[1.0], &[3.0], 0.98);
+        assert_eq!((one.shift, one.shift_low, one.shift_high), (2.0, 2.0, 2.0));
+        // Differences that overflow to an infinity are ordered like any other.
+        let huge = compare(&[-f64::MAX; 3], &[f64::MAX; 3], 0.98);
+        assert_eq!(huge.shift, f64::INFINITY, "{huge:?}");
+        // Not allowed (a `Series` is finite), but neither a panic nor a hang.
+        for bad in [f64::NAN, -f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let samples = [1.0, bad, 3.0, bad, 0.0];
+            let _ = compare(&samples, &[2.0, 2.0, bad], 0.98);
+            let _ = compare(&[bad; 4], &samples, 0.98);
+            let _ = compare(&[bad], &[bad], 0.98);
+        }
     }
 }

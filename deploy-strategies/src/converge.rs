@@ -1,103 +1,29 @@
-//! How each [`Step`](crate::plan::Step) touches the backends. Every function converges on
-//! an absolute target, so running it again (after a crash) is safe.
+//! How each [`Step`](crate::plan::Step) touches the backends: the [`Converger`] brings the
+//! fleet to an absolute target, so running a step again (after a crash) is safe.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
-    AppId, BackendError, DynHealthChecker, DynInfraManager, DynLoadBalancer, DynMetricsSource, HealthStatus,
-    Instance, InstanceId, InstanceState, LoadBalancerExt, Pool, TrafficSplit, Version,
+    AppId, BackendError, HealthStatus, Instance, InstanceId, InstanceState, LoadBalancerExt, Pool,
+    TrafficSplit, Version,
 };
+
+use crate::options::{Backends, RolloutOptions};
+use crate::outcome::StepError;
 use futures::stream::{self, StreamExt};
 
-/// The backends a rollout drives, as trait objects.
-#[derive(Debug, Clone)]
-pub struct Backends {
-    /// Routing and pool membership.
-    pub load_balancer: Arc<DynLoadBalancer>,
-    /// Instances.
-    pub infra: Arc<DynInfraManager>,
-    /// Health checks.
-    pub health: Arc<DynHealthChecker>,
-    /// Metrics for analysis.
-    pub metrics: Arc<DynMetricsSource>,
-}
+/// What a step's work gives back.
+pub(crate) type StepResult<T = ()> = Result<T, StepError>;
 
-impl Backends {
-    /// All four backends from one value that implements them all (such as the testkit's
-    /// simulated fleet).
-    pub fn from_one<T>(backend: T) -> Self
-    where
-        T: deploy_core::LoadBalancer
-            + deploy_core::InfraManager
-            + deploy_core::HealthChecker
-            + deploy_core::MetricsSource
-            + Clone,
-    {
-        Self {
-            load_balancer: Arc::new(backend.clone()),
-            infra: Arc::new(backend.clone()),
-            health: Arc::new(backend.clone()),
-            metrics: Arc::new(backend),
-        }
-    }
-}
-
-/// Timing and limits of a rollout.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RolloutOptions {
-    /// Instances the new version runs on; by default as many as the pool serving traffic has
-    /// (required for a first deployment).
-    pub replicas: Option<usize>,
-    /// An infrastructure step (provisioning, routing, an update batch) that makes no
-    /// progress for this long aborts the rollout. Time paused by an operator does not count.
-    pub progress_deadline: Duration,
-    /// How long an instance may take to become healthy.
-    pub health_timeout: Duration,
-    /// Time between health checks while waiting.
-    pub poll_interval: Duration,
-    /// How long deregistered instances drain.
-    pub drain: Duration,
-    /// Lease time-to-live; the lease is renewed every third of it.
-    pub lease_ttl: Duration,
-    /// Attempts for a retryable backend error before a step fails.
-    pub attempts: u32,
-    /// Most instance updates in flight at once within a batch (a batch larger than this is
-    /// worked through this many at a time).
-    pub max_parallel: usize,
-}
-
-impl Default for RolloutOptions {
-    fn default() -> Self {
-        Self {
-            replicas: None,
-            progress_deadline: Duration::from_secs(600),
-            health_timeout: Duration::from_secs(300),
-            poll_interval: Duration::from_secs(2),
-            drain: Duration::from_secs(10),
-            lease_ttl: Duration::from_secs(30),
-            attempts: 3,
-            max_parallel: 64,
-        }
-    }
-}
-
-/// Why a step could not finish.
-pub(crate) type StepResult<T = ()> = Result<T, String>;
-
-/// Step implementations over the backends.
+/// Converges the fleet to each step's target over the backends.
 #[derive(Debug)]
-pub(crate) struct Executor {
+pub(crate) struct Converger {
     pub(crate) backends: Backends,
     pub(crate) options: RolloutOptions,
 }
 
-fn describe(operation: &str, err: &BackendError) -> String {
-    format!("{operation}: {err}")
-}
-
-impl Executor {
+impl Converger {
     /// Runs `call` until it succeeds, fails for good, or runs out of attempts; retryable
     /// errors back off 1 s, 2 s, 4 s... on tokio time.
     async fn retry<T, F, Fut>(&self, operation: &str, mut call: F) -> StepResult<T>
@@ -116,7 +42,7 @@ impl Executor {
                     backoff = backoff.saturating_mul(2);
                     attempt += 1;
                 }
-                Err(err) => return Err(describe(operation, &err)),
+                Err(err) => return Err(StepError::backend(operation, err)),
             }
         }
     }
@@ -129,13 +55,14 @@ impl Executor {
                 Ok(status) if status.is_healthy() => return Ok(()),
                 Ok(status) => status,
                 Err(err) if err.is_retryable() => HealthStatus::unknown(err.to_string()),
-                Err(err) => return Err(describe("health check", &err)),
+                Err(err) => return Err(StepError::backend("health check", err)),
             };
             if tokio::time::Instant::now() + self.options.poll_interval > deadline {
-                return Err(format!(
-                    "instance '{}' not healthy within {:?}: {last}",
-                    instance.id, self.options.health_timeout
-                ));
+                return Err(StepError::Unhealthy {
+                    instance: instance.id.clone(),
+                    timeout: self.options.health_timeout,
+                    last,
+                });
             }
             tokio::time::sleep(self.options.poll_interval).await;
         }
@@ -157,7 +84,7 @@ impl Executor {
             .await?;
         match self.backends.infra.decommission(app, instance).await {
             Ok(()) | Err(BackendError::NotFound { .. }) => Ok(()),
-            Err(err) => Err(describe("decommission", &err)),
+            Err(err) => Err(StepError::backend("decommission", err)),
         }
     }
 
@@ -187,7 +114,7 @@ impl Executor {
             match verdict {
                 Ok(()) => good.push(instance),
                 Err(reason) => {
-                    tracing::warn!(%app, instance = %instance.id, reason, "replacing an unhealthy instance");
+                    tracing::warn!(%app, instance = %instance.id, %reason, "replacing an unhealthy instance");
                     self.retire(app, &instance.id).await?;
                 }
             }
@@ -246,18 +173,22 @@ impl Executor {
         if serving_at_least > 0 {
             let lb = &self.backends.load_balancer;
             let routing = self.retry("read routing", || lb.routing(app)).await?;
+            let refused = |reason: String| StepError::Refused {
+                action: format!("retire pool {pool}"),
+                reason,
+            };
             let Some(routing) = routing.filter(|split| split.weight_of(pool).is_zero()) else {
-                return Err(format!("refusing to retire pool {pool}: it still takes traffic"));
+                return Err(refused("it still takes traffic".into()));
             };
             let mut serving = 0;
             for other in routing.pools() {
                 serving += self.members(app, other).await?.len();
             }
             if serving < serving_at_least {
-                return Err(format!(
-                    "refusing to retire pool {pool}: the pools taking traffic ({routing}) have \
-                     {serving} instances in rotation, fewer than {serving_at_least}"
-                ));
+                return Err(refused(format!(
+                    "the pools taking traffic ({routing}) have {serving} instances in rotation, \
+                     fewer than {serving_at_least}"
+                )));
             }
         }
         let doomed: Vec<InstanceId> = self
@@ -294,12 +225,14 @@ impl Executor {
             .filter(|id| kept.contains(id))
             .count();
         if in_rotation < keep_at_least.max(1) {
-            return Err(format!(
-                "refusing to remove surge instances of pool {pool}: {in_rotation} of the {} kept \
-                 instances are in rotation, fewer than {}",
-                keep.len(),
-                keep_at_least.max(1)
-            ));
+            return Err(StepError::Refused {
+                action: format!("remove surge instances of pool {pool}"),
+                reason: format!(
+                    "{in_rotation} of the {} kept instances are in rotation, fewer than {}",
+                    keep.len(),
+                    keep_at_least.max(1)
+                ),
+            });
         }
         let extras = self.extras(app, pool, keep).await?;
         self.retire_all(app, &extras).await?;
@@ -383,7 +316,7 @@ impl Executor {
             infra
                 .update_instance(app, &instance.id, version)
                 .await
-                .map_err(|e| describe(&format!("update of '{}' to {version}", instance.id), &e))?
+                .map_err(|e| StepError::backend(format!("update of '{}' to {version}", instance.id), e))?
         };
         self.wait_healthy(&instance).await?;
         // Registering a member again is a no-op: this also puts back an instance that was

@@ -1,0 +1,115 @@
+//! What a rollout drives and how fast: [`Backends`] and [`RolloutOptions`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy_core::{DynHealthChecker, DynInfraManager, DynLoadBalancer, DynMetricsSource};
+
+use crate::error::SpecError;
+
+/// The backends a rollout drives, as trait objects.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// Routing and pool membership.
+    pub load_balancer: Arc<DynLoadBalancer>,
+    /// Instances.
+    pub infra: Arc<DynInfraManager>,
+    /// Health checks.
+    pub health: Arc<DynHealthChecker>,
+    /// Metrics for analysis.
+    pub metrics: Arc<DynMetricsSource>,
+}
+
+impl Backends {
+    /// All four backends from one value that implements them all (such as the testkit's
+    /// simulated fleet).
+    pub fn from_one<T>(backend: T) -> Self
+    where
+        T: deploy_core::LoadBalancer
+            + deploy_core::InfraManager
+            + deploy_core::HealthChecker
+            + deploy_core::MetricsSource
+            + Clone,
+    {
+        Self {
+            load_balancer: Arc::new(backend.clone()),
+            infra: Arc::new(backend.clone()),
+            health: Arc::new(backend.clone()),
+            metrics: Arc::new(backend),
+        }
+    }
+}
+
+/// Timing and limits of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutOptions {
+    /// Instances the new version runs on; by default as many as the pool serving traffic has
+    /// (required for a first deployment).
+    pub replicas: Option<usize>,
+    /// An infrastructure step (provisioning, routing, an update batch) that makes no
+    /// progress for this long aborts the rollout. Time paused by an operator does not count.
+    pub progress_deadline: Duration,
+    /// How long an instance may take to become healthy.
+    pub health_timeout: Duration,
+    /// Time between health checks while waiting.
+    pub poll_interval: Duration,
+    /// How long deregistered instances drain.
+    pub drain: Duration,
+    /// Lease time-to-live; the lease is renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Attempts for a retryable backend error before a step fails.
+    pub attempts: u32,
+    /// Most instance updates in flight at once within a batch (a batch larger than this is
+    /// worked through this many at a time).
+    pub max_parallel: usize,
+}
+
+impl Default for RolloutOptions {
+    fn default() -> Self {
+        Self {
+            replicas: None,
+            progress_deadline: Duration::from_secs(600),
+            health_timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(2),
+            drain: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(30),
+            attempts: 3,
+            max_parallel: 64,
+        }
+    }
+}
+
+impl RolloutOptions {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`SpecError`] naming the field: zero durations where time must pass (the lease TTL,
+    /// the progress deadline, the health timeout, the poll interval) and zero counts.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let positive = [
+            ("options.lease_ttl", self.lease_ttl),
+            ("options.progress_deadline", self.progress_deadline),
+            ("options.health_timeout", self.health_timeout),
+            ("options.poll_interval", self.poll_interval),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return Err(SpecError::new(*field, "must be longer than zero"));
+        }
+        if self.lease_ttl < Duration::from_millis(10) {
+            return Err(SpecError::new("options.lease_ttl", "must be at least 10 ms"));
+        }
+        if self.attempts == 0 {
+            return Err(SpecError::new("options.attempts", "must be at least 1"));
+        }
+        if self.max_parallel == 0 {
+            return Err(SpecError::new("options.max_parallel", "must be at least 1"));
+        }
+        if self.replicas == Some(0) {
+            return Err(SpecError::new(
+                "options.replicas",
+                "must be at least 1 when given",
+            ));
+        }
+        Ok(())
+    }
+}
