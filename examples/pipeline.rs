@@ -1,7 +1,9 @@
-//! Two runs of a pipeline: build and unit tests side by side, a security scan, quality
+//! Three runs of a pipeline: build and unit tests side by side, a security scan, quality
 //! gates, then a canary deploy on the simulated fleet. The first run's tests leave coverage
 //! at 72% and the gate stops it before anything ships; the second run passes the gates and
-//! deploys through a 25% -> 100% canary. Runs on tokio's paused clock.
+//! deploys through a 25% -> 100% canary; the third is cancelled while its canary holds 25%,
+//! and its deploy stage aborts the rollout and waits for the rollback before the run ends.
+//! Runs on tokio's paused clock.
 //!
 //! ```text
 //! cargo run --example pipeline
@@ -10,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit::core::{AppId, DynStore, MemoryStore, Pool, Version};
+use deploykit::core::{AppId, DynStore, LoadBalancer, MemoryStore, Pool, Version};
 use deploykit::pipeline::{
     DeployStage, FnStage, Gate, Pipeline, PipelineRunner, QualityGate, RunRecord, StageOptions, StageOutput,
 };
@@ -58,7 +60,7 @@ fn pipeline(
         .stage("gates", gates, StageOptions::after(&["test", "scan"]))
         .stage(
             "deploy",
-            DeployStage::new(rollout, app, None),
+            DeployStage::new(rollout, app, None).rollback_wait(Duration::from_secs(300)),
             StageOptions::after(&["gates", "build"]),
         )
         .build()?)
@@ -120,7 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("\n== run 2: coverage 86%");
     let handle = runner
-        .start(Arc::new(pipeline(86.0, "1.5.1", rollout, app.clone())?))
+        .start(Arc::new(pipeline(86.0, "1.5.1", rollout.clone(), app.clone())?))
         .await?;
     let id = handle.id.clone();
     let record = handle.wait().await?;
@@ -141,5 +143,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| i.version.to_string())
         .collect();
     println!("fleet now runs: {versions:?}");
+
+    println!("\n== run 3: cancelled while the canary holds 25%");
+    let handle = runner
+        .start(Arc::new(pipeline(86.0, "1.6.0", rollout, app.clone())?))
+        .await?;
+    while fleet
+        .routing(&app)
+        .await?
+        .is_none_or(|split| split.pools().count() < 2)
+    {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    handle.cancel();
+    print(&handle.wait().await?);
+    let versions: Vec<String> = deploykit::core::InfraManager::list_instances(&fleet, &app)
+        .await?
+        .iter()
+        .map(|i| i.version.to_string())
+        .collect();
+    println!("fleet still runs: {versions:?}");
     Ok(())
 }

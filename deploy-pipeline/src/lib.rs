@@ -1,7 +1,9 @@
 //! CI/CD pipelines for deploykit: a graph of stages (build, test, quality gates, deploy, or
 //! any [`Stage`]) whose independent stages run in parallel, each getting the outputs of the
-//! stages it depends on; per-stage timeouts and retries with backoff; cancellation; run
-//! records and per-stage logs in any core record store.
+//! stages it depends on; per-stage timeouts and retries with backoff; cancellation that
+//! lets a stage undo what it started (a deploy stage aborts its rollout and waits for the
+//! rollback, see [`Stage`]'s `# Cancellation`); run records and per-stage logs in any core
+//! record store.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -29,4 +31,6 @@ pub use pipeline::{
     Pipeline, PipelineBuilder, PipelineError, PipelineRunner, RunHandle, RunRecord, RunStatus, StageOptions,
     StageRecord, StageStatus, WallClock,
 };
-pub use stage::{FnStage, Stage, StageContext, StageError, StageLog, StageOutput};
+pub use stage::{
+    Cleanup, CleanupOutcome, FnStage, Stage, StageContext, StageError, StageLog, StageOutput, StopReason,
+};

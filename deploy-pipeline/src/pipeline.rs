@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::stage::{Stage, StageContext, StageError, StageLog, StageOutput};
+use crate::stage::{Cleanup, Stage, StageContext, StageError, StageLog, StageOutput, StopReason};
 
 /// Why a pipeline definition or call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +57,16 @@ pub enum PipelineError {
 pub struct StageOptions {
     /// Stages that must succeed first (their outputs become this stage's inputs).
     pub depends_on: Vec<String>,
-    /// Each attempt's time limit.
+    /// Each attempt's time limit; past it the stage is told to stop and gets its grace.
     pub timeout: Option<Duration>,
     /// Extra attempts after a failure or timeout (gates are never retried).
     pub retries: u32,
     /// Wait before the first retry; doubles after each.
     pub backoff: Duration,
+    /// How long the stage may clean up after it is told to stop (run cancelled, attempt
+    /// timed out) before it is dropped; `None` takes the stage's own
+    /// [`Stage::stop_grace`]. See [`Stage`], `# Cancellation`.
+    pub grace: Option<Duration>,
 }
 
 impl StageOptions {
@@ -210,7 +214,7 @@ pub enum StageStatus {
     Failed,
     /// Not run: an earlier stage failed or the run was cancelled.
     Skipped,
-    /// Stopped by cancellation.
+    /// Stopped by cancellation (its error says what it cleaned up, if anything).
     Cancelled,
 }
 
@@ -225,7 +229,7 @@ pub struct StageRecord {
     pub started_at: Option<DateTime<Utc>>,
     /// Finished.
     pub finished_at: Option<DateTime<Utc>>,
-    /// Why it failed.
+    /// Why it failed or stopped ([`StageError::Stopped`] says what it cleaned up).
     pub error: Option<StageError>,
     /// What it produced.
     pub output: Option<StageOutput>,
@@ -297,7 +301,9 @@ pub struct RunHandle {
 }
 
 impl RunHandle {
-    /// Cancels the run: running stages are stopped, the rest skipped.
+    /// Cancels the run: running stages are told to stop and get their grace to clean up
+    /// (see [`Stage`], `# Cancellation`), the rest are skipped. [`wait`](Self::wait) returns
+    /// once every running stage has stopped.
     pub fn cancel(&self) {
         self.cancel.send_replace(true);
     }
@@ -500,12 +506,12 @@ impl Execution {
                     outputs.insert(name.clone(), output);
                 }
                 Err(error) => {
-                    stage.status = if error == StageError::Cancelled {
+                    stage.status = if error.is_cancellation() {
                         StageStatus::Cancelled
                     } else {
                         StageStatus::Failed
                     };
-                    if !stopped && error != StageError::Cancelled {
+                    if !stopped && !error.is_cancellation() {
                         record.status = RunStatus::Failed {
                             stage: name.clone(),
                             reason: error.to_string(),
@@ -561,26 +567,16 @@ impl Execution {
             let mut attempt = 0;
             loop {
                 attempt += 1;
+                let (stop, stop_reason) = watch::channel(None);
                 let context = StageContext::new(
                     run_id.clone(),
                     inputs.clone(),
                     log.clone(),
                     attempt,
                     cancelled.clone(),
+                    stop_reason,
                 );
-                let work = async {
-                    match spec.options.timeout {
-                        Some(limit) => tokio::time::timeout(limit, spec.stage.run(&context))
-                            .await
-                            .unwrap_or(Err(StageError::TimedOut(limit))),
-                        None => spec.stage.run(&context).await,
-                    }
-                };
-                let result = tokio::select! {
-                    result = work => result,
-                    _ = cancelled.wait_for(|cancelled| *cancelled) => Err(StageError::Cancelled),
-                };
-                match result {
+                match attempt_once(&spec, &context, &stop, cancelled.clone()).await {
                     Err(error) if error.is_retryable() && attempt <= spec.options.retries => {
                         log.line(format!(
                             "attempt {attempt} failed: {error}; retrying in {backoff:?}"
@@ -595,5 +591,60 @@ impl Execution {
                 }
             }
         }
+    }
+}
+
+/// Runs one attempt of a stage until it ends, or until the run is cancelled or the attempt
+/// times out: then tells the stage to stop through `stop` and keeps polling it for its
+/// grace, so that it can undo what it started (see [`Stage`], `# Cancellation`).
+async fn attempt_once(
+    spec: &StageSpec,
+    context: &StageContext,
+    stop: &watch::Sender<Option<StopReason>>,
+    mut cancelled: watch::Receiver<bool>,
+) -> Result<StageOutput, StageError> {
+    let work = spec.stage.run(context);
+    tokio::pin!(work);
+    let deadline = async {
+        match spec.options.timeout {
+            Some(limit) => {
+                tokio::time::sleep(limit).await;
+                limit
+            }
+            None => std::future::pending().await,
+        }
+    };
+    // `biased`: work that ends at its deadline's instant counts as done, as it did when
+    // the deadline was a `tokio::time::timeout` around it.
+    let reason = tokio::select! {
+        biased;
+        result = &mut work => return result,
+        limit = deadline => StopReason::TimedOut(limit),
+        _ = cancelled.wait_for(|cancelled| *cancelled) => StopReason::Cancelled,
+    };
+    let grace = spec.options.grace.unwrap_or_else(|| spec.stage.stop_grace());
+    if grace.is_zero() {
+        return Err(reason.into());
+    }
+    context
+        .log
+        .line(format!("{reason}: told to stop, {grace:?} to clean up"));
+    stop.send_replace(Some(reason));
+    match tokio::time::timeout(grace, work).await {
+        Ok(Err(error @ StageError::Stopped { .. })) => Err(error),
+        Ok(result) => {
+            let ended = match result {
+                Ok(_) => "succeeded".to_owned(),
+                Err(error) => format!("failed: {error}"),
+            };
+            context
+                .log
+                .line(format!("{reason}: the stage {ended} after it was told to stop"));
+            Err(reason.into())
+        }
+        Err(_) => Err(StageError::Stopped {
+            stop: reason,
+            cleanup: Cleanup::unfinished("stage dropped", "its cleanup", grace),
+        }),
     }
 }

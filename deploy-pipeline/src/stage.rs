@@ -1,8 +1,9 @@
 //! Stages: the work a pipeline is made of.
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -55,12 +56,147 @@ pub enum StageError {
     Cancelled,
     /// The stage ran past its timeout.
     #[error("timed out after {0:?}")]
-    TimedOut(std::time::Duration),
+    TimedOut(Duration),
+    /// The stage was told to stop (the run was cancelled or the attempt timed out) and
+    /// cleaned up what it had started: what it did and how that ended. A stage returns this
+    /// from [`Stage::run`] after [`StageContext::stopped`]; the pipeline records it when a
+    /// stage's cleanup outlives its [grace](Stage::stop_grace).
+    #[error("{stop}: {cleanup}")]
+    Stopped {
+        /// Why the stage was told to stop.
+        stop: StopReason,
+        /// What it did about its unfinished work.
+        cleanup: Cleanup,
+    },
 }
 
 impl StageError {
+    /// Timeouts and failures may be retried; a timed-out stage only if its cleanup undid
+    /// its work (a retry next to a rollback still going would fight it).
     pub(crate) fn is_retryable(&self) -> bool {
-        matches!(self, Self::Failed(_) | Self::TimedOut(_))
+        match self {
+            Self::Failed(_) | Self::TimedOut(_) => true,
+            Self::Stopped {
+                stop: StopReason::TimedOut(_),
+                cleanup,
+            } => matches!(cleanup.outcome, CleanupOutcome::Undone(_)),
+            _ => false,
+        }
+    }
+
+    /// Whether the error says the run was cancelled.
+    pub(crate) fn is_cancellation(&self) -> bool {
+        matches!(
+            self,
+            Self::Cancelled
+                | Self::Stopped {
+                    stop: StopReason::Cancelled,
+                    ..
+                }
+        )
+    }
+}
+
+/// Why the pipeline tells a running stage to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The run was cancelled.
+    Cancelled,
+    /// The attempt ran past its timeout.
+    TimedOut(Duration),
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cancelled => f.write_str("cancelled"),
+            Self::TimedOut(limit) => write!(f, "timed out after {limit:?}"),
+        }
+    }
+}
+
+impl From<StopReason> for StageError {
+    /// The error of a stage stopped with nothing to clean up.
+    fn from(stop: StopReason) -> Self {
+        match stop {
+            StopReason::Cancelled => Self::Cancelled,
+            StopReason::TimedOut(limit) => Self::TimedOut(limit),
+        }
+    }
+}
+
+/// What a stage told to stop did about the work it had started, for the run record:
+/// `rollout revision 3 aborted, rolled back: aborted by operator`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cleanup {
+    /// What the stage did (`rollout revision 3 aborted`).
+    pub action: String,
+    /// How that ended.
+    pub outcome: CleanupOutcome,
+}
+
+impl Cleanup {
+    /// `action` undid the stage's work: `how` (`rolled back: aborted by operator`).
+    pub fn undone(action: impl Into<String>, how: impl Into<String>) -> Self {
+        Self {
+            action: action.into(),
+            outcome: CleanupOutcome::Undone(how.into()),
+        }
+    }
+
+    /// `action` ended without undoing the stage's work: `what` is left.
+    pub fn not_undone(action: impl Into<String>, what: impl Into<String>) -> Self {
+        Self {
+            action: action.into(),
+            outcome: CleanupOutcome::NotUndone(what.into()),
+        }
+    }
+
+    /// `action` started `what` (`rollback`), which had not finished `within` this long.
+    pub fn unfinished(action: impl Into<String>, what: impl Into<String>, within: Duration) -> Self {
+        Self {
+            action: action.into(),
+            outcome: CleanupOutcome::Unfinished {
+                what: what.into(),
+                within,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Cleanup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, {}", self.action, self.outcome)
+    }
+}
+
+/// How a stage's cleanup ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CleanupOutcome {
+    /// The work is undone, things are as before the stage: how.
+    Undone(String),
+    /// The cleanup ended but the work is not undone (it finished first, or undoing it
+    /// failed): what is left, for a human to look at.
+    NotUndone(String),
+    /// The cleanup was still going when its bound passed and was left running.
+    Unfinished {
+        /// What was still going (`rollback`).
+        what: String,
+        /// The bound.
+        within: Duration,
+    },
+}
+
+impl fmt::Display for CleanupOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Undone(how) => f.write_str(how),
+            Self::NotUndone(what) => f.write_str(what),
+            Self::Unfinished { what, within } => write!(f, "{what} did not finish within {within:?}"),
+        }
     }
 }
 
@@ -97,6 +233,7 @@ pub struct StageContext {
     /// Which attempt this is (1 for the first).
     pub attempt: u32,
     cancelled: watch::Receiver<bool>,
+    stop: watch::Receiver<Option<StopReason>>,
 }
 
 impl StageContext {
@@ -106,6 +243,7 @@ impl StageContext {
         log: StageLog,
         attempt: u32,
         cancelled: watch::Receiver<bool>,
+        stop: watch::Receiver<Option<StopReason>>,
     ) -> Self {
         Self {
             run_id,
@@ -113,12 +251,31 @@ impl StageContext {
             log,
             attempt,
             cancelled,
+            stop,
         }
     }
 
     /// Whether the run was cancelled (long stages check between steps).
     pub fn is_cancelled(&self) -> bool {
         *self.cancelled.borrow()
+    }
+
+    /// Why this attempt was told to stop, once it was (see [`Stage`], `# Cancellation`).
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        *self.stop.borrow()
+    }
+
+    /// Resolves when this attempt is told to stop (at once if it already was), with why.
+    /// A stage with something to undo selects on this next to its work. Never resolves
+    /// when the stage runs outside a pipeline.
+    pub async fn stopped(&self) -> StopReason {
+        let mut stop = self.stop.clone();
+        let reason = stop.wait_for(Option::is_some).await.map(|reason| *reason);
+        match reason {
+            Ok(Some(reason)) => reason,
+            // The attempt's sender is gone: nobody will ask this context to stop.
+            _ => std::future::pending().await,
+        }
     }
 
     /// An input metric by stage and name.
@@ -131,6 +288,29 @@ impl StageContext {
 }
 
 /// One step of a pipeline.
+///
+/// # Contract
+/// [`run`](Stage::run) does the stage's work once per attempt and returns its output; the
+/// pipeline may run it again (a retry) after a retryable error.
+///
+/// # Errors
+/// [`StageError`] saying why the stage did not succeed; [`StageError::Stopped`] after a
+/// stop request, with what the stage did about its unfinished work.
+///
+/// # Cancellation
+/// When the run is cancelled ([`RunHandle::cancel`](crate::RunHandle::cancel)) or an
+/// attempt passes its [timeout](crate::StageOptions::timeout), the pipeline tells the
+/// running stage to stop ([`StageContext::stopped`] resolves with the [`StopReason`]) and
+/// keeps polling it for its [grace](Stage::stop_grace). A stage that started something
+/// that outlives it (a rollout, a job on another system) selects on `stopped()`, undoes
+/// what it started, and returns [`StageError::Stopped`] with a [`Cleanup`] saying what it
+/// did; the run record keeps it. A stage that returns anything else after the stop is
+/// recorded as plainly [`StageError::Cancelled`] or [`StageError::TimedOut`].
+///
+/// When the grace passes first, the pipeline drops the stage's future (as it drops a stage
+/// with no grace at once, the default) and records that its cleanup did not finish. A
+/// stage with cleanup that can hang bounds it itself, within its grace, so that its record
+/// says what was left running.
 #[async_trait]
 pub trait Stage: Send + Sync + Debug + 'static {
     /// Does the work.
@@ -138,6 +318,13 @@ pub trait Stage: Send + Sync + Debug + 'static {
     /// # Errors
     /// [`StageError`] saying why the stage did not succeed.
     async fn run(&self, context: &StageContext) -> Result<StageOutput, StageError>;
+
+    /// How long the stage may take to clean up after it is told to stop (see
+    /// `# Cancellation`); [`StageOptions::grace`](crate::StageOptions::grace) overrides it.
+    /// Zero, the default, drops the stage at once.
+    fn stop_grace(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 type StageFn = dyn Fn(StageContext) -> futures::future::BoxFuture<'static, Result<StageOutput, StageError>>

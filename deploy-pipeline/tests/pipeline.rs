@@ -5,13 +5,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use deploy_core::{AppId, DynRecordStore, DynStore, MemoryStore, Pool, Version};
+use deploy_core::{
+    AppId, DynRecordStore, DynStore, InfraManager, LoadBalancer, MemoryStore, Pool, RecordStoreExt,
+    TrafficSplit, Version, Weight,
+};
 use deploy_pipeline::{
-    DeployStage, FnStage, Gate, Pipeline, PipelineError, PipelineRunner, QualityGate, RunRecord, RunStatus,
-    StageError, StageOptions, StageOutput, StageStatus,
+    Cleanup, CleanupOutcome, DeployStage, FnStage, Gate, Pipeline, PipelineError, PipelineRunner,
+    QualityGate, RunHandle, RunRecord, RunStatus, StageError, StageOptions, StageOutput, StageStatus,
+    StopReason,
 };
 use deploy_strategies::{Backends, CanarySpec, CanaryStep, Pause, Rollout, RolloutOptions, Strategy};
-use deploy_testkit::SimFleet;
+use deploy_testkit::{Fault, Operation, SimFleet};
 
 fn runner() -> PipelineRunner {
     let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
@@ -282,14 +286,289 @@ async fn the_deploy_stage_runs_a_rollout_and_records_its_report() {
     assert_eq!(record.status, RunStatus::Succeeded, "{record:#?}");
     let report = &record.stages["deploy"].output.as_ref().unwrap().reports["rollout"];
     assert_eq!(report["outcome"], "Completed");
-    let instances = deploy_core::InfraManager::list_instances(&fleet, &app)
-        .await
-        .unwrap();
+    let instances = InfraManager::list_instances(&fleet, &app).await.unwrap();
     assert_eq!(instances.len(), 3);
     assert!(
         instances
             .iter()
             .all(|instance| instance.version == Version::new("2.0").unwrap()),
         "{instances:#?}"
+    );
+}
+
+/// A fleet serving 1.0 on three stable instances, and a rollout of it whose canary holds
+/// 25% of the traffic for an hour before it goes to 100%.
+struct DeployWorld {
+    fleet: SimFleet,
+    app: AppId,
+    store: Arc<DynStore>,
+    rollout: Arc<Rollout>,
+}
+
+async fn deploy_world() -> DeployWorld {
+    let fleet = SimFleet::new();
+    let app = AppId::new("shop").unwrap();
+    fleet
+        .serve(&app, &Pool::stable(), &Version::new("1.0").unwrap(), 3)
+        .await
+        .unwrap();
+    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
+    let step = |percent, pause| CanaryStep {
+        analyze: false,
+        ..CanaryStep::percent(percent, pause).unwrap()
+    };
+    let steps = vec![
+        step(25.0, Pause::For(Duration::from_secs(3600))),
+        step(100.0, Pause::None),
+    ];
+    let rollout = Rollout::builder(
+        Strategy::Canary(CanarySpec {
+            steps,
+            analysis: None,
+        }),
+        Backends::from_one(fleet.clone()),
+        store.clone(),
+    )
+    .build()
+    .unwrap();
+    DeployWorld {
+        fleet,
+        app,
+        store,
+        rollout: Arc::new(rollout),
+    }
+}
+
+impl DeployWorld {
+    /// Starts a run of one deploy stage rolling 2.0 out.
+    async fn start(&self, deploy: DeployStage, options: StageOptions) -> (PipelineRunner, RunHandle) {
+        let pipeline = Pipeline::builder("shop")
+            .stage("deploy", deploy, options)
+            .build()
+            .unwrap();
+        let runner = PipelineRunner::new(self.store.clone(), Arc::new(chrono::Utc::now));
+        let handle = runner.start(Arc::new(pipeline)).await.unwrap();
+        (runner, handle)
+    }
+
+    fn deploy(&self) -> DeployStage {
+        DeployStage::new(
+            self.rollout.clone(),
+            self.app.clone(),
+            Some(Version::new("2.0").unwrap()),
+        )
+    }
+
+    /// Waits until the canary takes 25% of the traffic; returns its pool.
+    async fn canary_at_25_percent(&self) -> Pool {
+        let quarter = Weight::from_percent(25.0).unwrap();
+        loop {
+            let canary = self.fleet.routing(&self.app).await.unwrap().and_then(|split| {
+                split
+                    .iter()
+                    .find(|(pool, weight)| **pool != Pool::stable() && *weight == quarter)
+                    .map(|(pool, _)| pool.clone())
+            });
+            if let Some(pool) = canary {
+                return pool;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// All traffic on the stable pool of 1.0, the canary's pool retired, the journal
+    /// rolled back, no invariant of the fleet ever broken.
+    async fn assert_rolled_back(&self, canary: &Pool) {
+        assert_eq!(
+            self.fleet.routing(&self.app).await.unwrap(),
+            Some(TrafficSplit::all_to(Pool::stable()))
+        );
+        let instances = self.fleet.list_instances(&self.app).await.unwrap();
+        assert_eq!(instances.len(), 3, "{instances:#?}");
+        assert!(
+            instances.iter().all(|instance| instance.pool == Pool::stable()
+                && instance.version == Version::new("1.0").unwrap()),
+            "{instances:#?}"
+        );
+        assert_eq!(self.fleet.members(&self.app, canary).await.unwrap(), []);
+        assert_eq!(self.journal_phase().await, "rolled_back");
+        assert_eq!(self.fleet.finish(), []);
+    }
+
+    /// The phase the rollout journal records.
+    async fn journal_phase(&self) -> String {
+        let (journal, _) = self
+            .store
+            .get_json::<serde_json::Value>(&format!("rollouts/{}/journal", self.app))
+            .await
+            .unwrap()
+            .expect("a journal");
+        journal["phase"]["phase"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// The stage's error, which must say it stopped for `stop` and what it cleaned up.
+fn stopped(record: &RunRecord, stop: StopReason) -> (&Cleanup, String) {
+    match &record.stages["deploy"].error {
+        Some(error @ StageError::Stopped { stop: why, cleanup }) if *why == stop => {
+            (cleanup, error.to_string())
+        }
+        other => panic!("{other:?}\n{record:#?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_run_aborts_its_rollout_and_waits_for_the_rollback() {
+    let world = deploy_world().await;
+    let (runner, handle) = world.start(world.deploy(), StageOptions::default()).await;
+    let canary = world.canary_at_25_percent().await;
+    handle.cancel();
+    let id = handle.id.clone();
+    let record = handle.wait().await.unwrap();
+    assert_eq!(record.status, RunStatus::Cancelled);
+    assert_eq!(record.stages["deploy"].status, StageStatus::Cancelled);
+    let (cleanup, error) = stopped(&record, StopReason::Cancelled);
+    assert_eq!(
+        cleanup.outcome,
+        CleanupOutcome::Undone("rolled back: aborted by operator".into())
+    );
+    assert!(
+        error.starts_with("cancelled: rollout revision ")
+            && error.ends_with(" aborted, rolled back: aborted by operator"),
+        "{error}"
+    );
+    world.assert_rolled_back(&canary).await;
+    assert_eq!(runner.get_pipeline_status("shop", &id).await.unwrap(), record);
+    let logs = &runner.get_pipeline_logs(&id).await.unwrap()["deploy"];
+    assert_eq!(
+        logs.last(),
+        Some(&error["cancelled: ".len()..].to_owned()),
+        "{logs:#?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_stage_that_times_out_aborts_its_rollout_and_waits_for_the_rollback() {
+    let world = deploy_world().await;
+    let options = StageOptions {
+        timeout: Some(Duration::from_secs(900)),
+        ..StageOptions::default()
+    };
+    let started = tokio::time::Instant::now();
+    let (_runner, handle) = world.start(world.deploy(), options).await;
+    let canary = world.canary_at_25_percent().await;
+    let record = handle.wait().await.unwrap();
+    assert!(started.elapsed() > Duration::from_secs(900));
+    assert_eq!(record.stages["deploy"].status, StageStatus::Failed);
+    assert_eq!(record.stages["deploy"].attempts, 1);
+    let (cleanup, error) = stopped(&record, StopReason::TimedOut(Duration::from_secs(900)));
+    assert!(matches!(cleanup.outcome, CleanupOutcome::Undone(_)), "{error}");
+    assert!(
+        error.starts_with("timed out after 900s: rollout revision ")
+            && error.ends_with(" aborted, rolled back: aborted by operator"),
+        "{error}"
+    );
+    assert_eq!(
+        record.status,
+        RunStatus::Failed {
+            stage: "deploy".into(),
+            reason: error
+        }
+    );
+    world.assert_rolled_back(&canary).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_that_cannot_finish_ends_the_stage_within_the_bound_saying_so() {
+    let world = deploy_world().await;
+    let deploy = world.deploy().rollback_wait(Duration::from_secs(60));
+    let (_runner, handle) = world.start(deploy, StageOptions::default()).await;
+    world.canary_at_25_percent().await;
+    // Routing changes hang: the rollback's first step, all traffic back to stable, never ends.
+    world.fleet.inject(Fault::Hang(Operation::SetRouting));
+    let cancelled_at = tokio::time::Instant::now();
+    handle.cancel();
+    let record = handle.wait().await.unwrap();
+    assert_eq!(
+        cancelled_at.elapsed().as_secs(),
+        60,
+        "the bound, not the stage's grace"
+    );
+    assert_eq!(record.status, RunStatus::Cancelled);
+    assert_eq!(record.stages["deploy"].status, StageStatus::Cancelled);
+    let (cleanup, error) = stopped(&record, StopReason::Cancelled);
+    assert_eq!(
+        cleanup.outcome,
+        CleanupOutcome::Unfinished {
+            what: "rollback".into(),
+            within: Duration::from_secs(60)
+        }
+    );
+    assert!(
+        error.starts_with("cancelled: rollout revision ")
+            && error.ends_with(" aborted, rollback did not finish within 60s"),
+        "{error}"
+    );
+    assert_eq!(world.journal_phase().await, "rolling_back");
+}
+
+/// A stage that, told to stop, takes `cleanup` to clean up and says so.
+fn cleaner(cleanup: Duration) -> FnStage {
+    FnStage::new("cleaner", move |context| async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => Ok(StageOutput::default()),
+            stop = context.stopped() => {
+                tokio::time::sleep(cleanup).await;
+                Err(StageError::Stopped { stop, cleanup: Cleanup::undone("job deleted", "nothing left") })
+            }
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_told_to_stop_gets_its_grace_and_no_more() {
+    let with_grace = |grace| StageOptions {
+        timeout: Some(Duration::from_secs(10)),
+        grace: Some(Duration::from_secs(grace)),
+        ..StageOptions::default()
+    };
+    let pipeline = Pipeline::builder("p")
+        .stage("quick", cleaner(Duration::from_secs(5)), with_grace(30))
+        .stage("slow", cleaner(Duration::from_secs(60)), with_grace(30))
+        .stage("unaware", sleeper("unaware", 3600), with_grace(30))
+        .stage("no-grace", cleaner(Duration::ZERO), StageOptions::after(&[]))
+        .build()
+        .unwrap();
+    let runner = runner();
+    let started = tokio::time::Instant::now();
+    let handle = runner.start(Arc::new(pipeline)).await.unwrap();
+    let id = handle.id.clone();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    handle.cancel();
+    let record = handle.wait().await.unwrap();
+    // Timed out at 10 s, each then had up to 30 s of grace; the cancel at 20 s stopped
+    // no-grace at once.
+    assert_eq!(started.elapsed(), Duration::from_secs(40));
+    assert!(
+        matches!(&record.status, RunStatus::Failed { stage, .. } if stage == "quick"),
+        "{record:#?}"
+    );
+    let error = |stage: &str| record.stages[stage].error.clone().unwrap().to_string();
+    assert_eq!(error("quick"), "timed out after 10s: job deleted, nothing left");
+    assert_eq!(
+        error("slow"),
+        "timed out after 10s: stage dropped, its cleanup did not finish within 30s"
+    );
+    assert_eq!(
+        error("unaware"),
+        "timed out after 10s: stage dropped, its cleanup did not finish within 30s"
+    );
+    assert_eq!(record.stages["no-grace"].error, Some(StageError::Cancelled));
+    assert_eq!(record.stages["no-grace"].status, StageStatus::Cancelled);
+    assert_eq!(record.stages["quick"].status, StageStatus::Failed);
+    let logs = runner.get_pipeline_logs(&id).await.unwrap();
+    assert_eq!(
+        logs["quick"],
+        ["timed out after 10s: told to stop, 30s to clean up"]
     );
 }
