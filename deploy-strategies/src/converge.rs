@@ -2,10 +2,9 @@
 //! fleet to an absolute target, so running a step again (after a crash) is safe.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use deploy_core::{
-    AppId, BackendError, HealthStatus, Instance, InstanceId, InstanceState, LoadBalancerExt, Pool,
+    AppId, BackendError, HealthStatus, Instance, InstanceId, InstanceState, LoadBalancerExt, Pool, Retry,
     TrafficSplit, Version,
 };
 
@@ -24,27 +23,18 @@ pub(crate) struct Converger {
 }
 
 impl Converger {
-    /// Runs `call` until it succeeds, fails for good, or runs out of attempts; retryable
-    /// errors back off 1 s, 2 s, 4 s... on tokio time.
-    async fn retry<T, F, Fut>(&self, operation: &str, mut call: F) -> StepResult<T>
+    /// Runs `call` under the rollout's retry policy: retryable backend errors are tried
+    /// again with backoff, on tokio time.
+    async fn retry<T, F, Fut>(&self, operation: &str, call: F) -> StepResult<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
-        let mut backoff = Duration::from_secs(1);
-        let mut attempt = 1;
-        loop {
-            match call().await {
-                Ok(value) => return Ok(value),
-                Err(err) if err.is_retryable() && attempt < self.options.attempts.max(1) => {
-                    tracing::debug!(operation, %err, attempt, "retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = backoff.saturating_mul(2);
-                    attempt += 1;
-                }
-                Err(err) => return Err(StepError::backend(operation, err)),
-            }
-        }
+        deploy_core::retry::retry(&self.options.retry, call, |err: &BackendError| {
+            Retry::from(err.is_retryable())
+        })
+        .await
+        .map_err(|err| StepError::backend(operation, err))
     }
 
     /// Polls `instance` until healthy or the health timeout.

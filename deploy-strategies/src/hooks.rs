@@ -2,6 +2,7 @@
 //! explicit verdict.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,58 @@ pub enum HookOutcome {
 pub trait Hook: Send + Sync + Debug + 'static {
     /// Runs the hook.
     async fn run(&self, context: &HookContext) -> HookOutcome;
+}
+
+#[async_trait]
+impl<H: Hook + ?Sized> Hook for Arc<H> {
+    async fn run(&self, context: &HookContext) -> HookOutcome {
+        (**self).run(context).await
+    }
+}
+
+/// A hook from an async closure: `hook_fn(|context| async move { HookOutcome::Pass })`.
+///
+/// ```
+/// use deploy_strategies::{HookOutcome, hook_fn};
+///
+/// let smoke_test = hook_fn(|context| async move {
+///     if context.version.as_str().ends_with("-broken") {
+///         HookOutcome::Fail(format!("{} answers 500", context.version))
+///     } else {
+///         HookOutcome::Pass
+///     }
+/// });
+/// # let _ = smoke_test;
+/// ```
+pub fn hook_fn<F, Fut>(run: F) -> HookFn<F>
+where
+    F: Fn(HookContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HookOutcome> + Send + 'static,
+{
+    HookFn { run }
+}
+
+/// A [`Hook`] made by [`hook_fn`].
+#[derive(Clone)]
+pub struct HookFn<F> {
+    run: F,
+}
+
+impl<F> Debug for HookFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookFn")
+    }
+}
+
+#[async_trait]
+impl<F, Fut> Hook for HookFn<F>
+where
+    F: Fn(HookContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HookOutcome> + Send + 'static,
+{
+    async fn run(&self, context: &HookContext) -> HookOutcome {
+        (self.run)(context.clone()).await
+    }
 }
 
 /// A hook registered at a point, with its timeout.

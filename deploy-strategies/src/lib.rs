@@ -90,7 +90,7 @@ pub use error::{RolloutError, SpecError};
 pub use handle::{
     PauseReason, PauseStatus, RolloutControl, RolloutHandle, RolloutOutcome, RolloutReport, RolloutStatus,
 };
-pub use hooks::{Hook, HookContext, HookOutcome, HookPoint};
+pub use hooks::{Hook, HookContext, HookFn, HookOutcome, HookPoint, hook_fn};
 pub use journal::{AnalysisRecord, Phase, TimelineEntry};
 pub use options::{Backends, RolloutOptions};
 pub use rollout::{ResumePolicy, Rollout, RolloutBuilder};

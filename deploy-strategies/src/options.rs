@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploy_core::{DynHealthChecker, DynInfraManager, DynLoadBalancer, DynMetricsSource};
+use deploy_core::{
+    Backoff, DynHealthChecker, DynInfraManager, DynLoadBalancer, DynMetricsSource, RetryPolicy,
+};
 
 use crate::error::SpecError;
 
@@ -41,7 +43,7 @@ impl Backends {
 }
 
 /// Timing and limits of a rollout.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RolloutOptions {
     /// Instances the new version runs on; by default as many as the pool serving traffic has
     /// (required for a first deployment).
@@ -57,8 +59,12 @@ pub struct RolloutOptions {
     pub drain: Duration,
     /// Lease time-to-live; the lease is renewed every third of it.
     pub lease_ttl: Duration,
-    /// Attempts for a retryable backend error before a step fails.
-    pub attempts: u32,
+    /// How backend calls within a step are retried on a retryable error before the step
+    /// fails.
+    pub retry: RetryPolicy,
+    /// Attempts of a failing rollback step (5 s apart) before the rollout is given up as
+    /// failed.
+    pub rollback_attempts: u32,
     /// Most instance updates in flight at once within a batch (a batch larger than this is
     /// worked through this many at a time).
     pub max_parallel: usize,
@@ -73,7 +79,16 @@ impl Default for RolloutOptions {
             poll_interval: Duration::from_secs(2),
             drain: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(30),
-            attempts: 3,
+            retry: RetryPolicy {
+                backoff: Backoff {
+                    initial: Duration::from_secs(1),
+                    max: Duration::from_secs(30),
+                    multiplier: 2.0,
+                },
+                max_attempts: 3,
+                deadline: None,
+            },
+            rollback_attempts: 3,
             max_parallel: 64,
         }
     }
@@ -98,8 +113,11 @@ impl RolloutOptions {
         if self.lease_ttl < Duration::from_millis(10) {
             return Err(SpecError::new("options.lease_ttl", "must be at least 10 ms"));
         }
-        if self.attempts == 0 {
-            return Err(SpecError::new("options.attempts", "must be at least 1"));
+        if let Err(err) = self.retry.validate() {
+            return Err(SpecError::new("options.retry", err.to_string()));
+        }
+        if self.rollback_attempts == 0 {
+            return Err(SpecError::new("options.rollback_attempts", "must be at least 1"));
         }
         if self.max_parallel == 0 {
             return Err(SpecError::new("options.max_parallel", "must be at least 1"));

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
-    AppId, ChannelSink, DynEventSink, DynStore, InstanceState, Lease, Pool, Precondition,
-    RecordStoreExt, RecordVersion, Revision, StoreError, TrafficSplit, Version, WriteOptions,
+    AppId, ChannelSink, DynEventSink, DynStore, InstanceState, Lease, Pool, Precondition, RecordStoreExt,
+    RecordVersion, Revision, StoreError, TrafficSplit, Version, WriteOptions,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -62,8 +62,12 @@ impl RolloutBuilder {
 
     /// Runs `hook` at `point`; it fails if it takes longer than `timeout`.
     #[must_use]
-    pub fn hook(mut self, point: HookPoint, timeout: Duration, hook: Arc<dyn Hook>) -> Self {
-        self.hooks.push(RegisteredHook { point, timeout, hook });
+    pub fn hook(mut self, point: HookPoint, timeout: Duration, hook: impl Hook) -> Self {
+        self.hooks.push(RegisteredHook {
+            point,
+            timeout,
+            hook: Arc::new(hook),
+        });
         self
     }
 

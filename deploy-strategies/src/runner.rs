@@ -531,7 +531,7 @@ impl Runner {
                 Err(Interrupt::Aborted) => StepOutcome::Aborted,
                 Err(Interrupt::Failed(error)) => StepOutcome::Failed(error),
             };
-            let attempts = self.shared.converger.options.attempts;
+            let attempts = self.shared.converger.options.rollback_attempts;
             match self
                 .journal
                 .apply(&name, outcome, self.started.elapsed(), attempts)

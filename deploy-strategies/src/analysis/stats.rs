@@ -201,7 +201,7 @@ struct Split {
     after: Option<i64>,
 }
 
-/// What the search knows: the wanted difference lies in `[lo, hi]` (both differences);
+/// What a search knows: the wanted difference lies in `[lo, hi]` (keys of differences);
 /// `below` differences are less than `lo` and `at_most` are at most `hi`.
 #[derive(Debug, Clone, Copy)]
 struct Bracket {
@@ -211,8 +211,108 @@ struct Bracket {
     at_most: u128,
 }
 
-/// Order statistics of the `m * n` differences `y[j] - x[i]` of two sorted, non-empty
-/// samples, in `f64::total_cmp` order.
+/// The search for the k-th smallest difference.
+#[derive(Debug, Clone, Copy)]
+struct Search {
+    k: u128,
+    bracket: Bracket,
+    found: Option<f64>,
+    /// Passes whose threshold this search chose.
+    passes: u32,
+    /// Which bound moved last (true: the upper one).
+    last_moved_high: Option<bool>,
+    /// How far the bounds' counts are from `k`, for interpolating between them; the one
+    /// that stays put while the other moves twice running is halved (the Illinois rule),
+    /// so a lopsided distribution does not stall the search on one side.
+    weight_lo: f64,
+    weight_hi: f64,
+}
+
+/// Interpolating passes allowed per search; after them it only bisects the key range.
+const INTERPOLATIONS: u32 = 24;
+/// Interpolating passes plus the at most 64 halvings of the key range, and a margin.
+const MAX_PASSES: u32 = INTERPOLATIONS + 72;
+
+impl Search {
+    fn new(k: u128, all: Bracket) -> Self {
+        let in_range = (1..=all.at_most).contains(&k);
+        Self {
+            k,
+            bracket: all,
+            found: (!in_range).then_some(f64::NAN),
+            passes: 0,
+            last_moved_high: None,
+            weight_lo: k.saturating_sub(all.below) as f64,
+            weight_hi: all.at_most.saturating_sub(k) as f64,
+        }
+    }
+
+    /// The next threshold: interpolated between the bounds by their weights (fast on smooth
+    /// data), or the middle of the key range, which at most 64 passes exhaust.
+    ///
+    /// The interpolation aims a third of `few` differences past the k-th, towards the bound
+    /// that did not move last: estimates close in from one side, and this makes the pass
+    /// likely to leave at most `few` differences between the bounds, which ends the search.
+    fn threshold(&self, few: u128) -> i64 {
+        let b = &self.bracket;
+        if self.passes < INTERPOLATIONS {
+            let (lo, hi) = (from_key(b.lo), from_key(b.hi));
+            let lean = match self.last_moved_high {
+                Some(true) => -((few / 3) as f64),
+                Some(false) => (few / 3) as f64,
+                None => 0.0,
+            };
+            let share = ((self.weight_lo + lean) / (self.weight_lo + self.weight_hi)).clamp(0.0, 1.0);
+            // Infinities, or a span that overflows, give a threshold outside the bracket.
+            let t = key(lo + (hi - lo) * share);
+            if lo.is_finite() && (b.lo..=b.hi).contains(&t) {
+                return t;
+            }
+        }
+        b.lo.midpoint(b.hi)
+    }
+
+    /// Narrows the bracket with a pass at `t`; a threshold outside it tells nothing new.
+    fn learn(&mut self, t: i64, at: &Split) {
+        let b = &mut self.bracket;
+        if self.found.is_some() || !(b.lo..=b.hi).contains(&t) {
+            return;
+        }
+        let moved_high = if at.at_most < self.k {
+            // Above `t`: the next difference up is the new lower bound.
+            let Some(after) = at.after else {
+                self.found = Some(from_key(b.hi));
+                return;
+            };
+            (b.lo, b.below) = (after, at.at_most);
+            self.weight_lo = self.k.saturating_sub(b.below) as f64;
+            false
+        } else if at.below >= self.k {
+            let Some(before) = at.before else {
+                self.found = Some(from_key(b.lo));
+                return;
+            };
+            (b.hi, b.at_most) = (before, at.below);
+            self.weight_hi = b.at_most.saturating_sub(self.k) as f64;
+            true
+        } else {
+            // below < k <= at_most: some difference equals `t`, and it is the k-th.
+            self.found = Some(from_key(t));
+            return;
+        };
+        if self.last_moved_high == Some(moved_high) {
+            if moved_high {
+                self.weight_lo /= 2.0;
+            } else {
+                self.weight_hi /= 2.0;
+            }
+        }
+        self.last_moved_high = Some(moved_high);
+    }
+}
+
+/// Order statistics of the `m * n` differences `y[j] - x[i]` of two sorted samples, in
+/// `f64::total_cmp` order.
 ///
 /// Exact because floating-point subtraction is monotone in each argument (rounding is):
 /// along a row `x[i]` the differences never decrease with `j`, and for a larger `x[i]` they
@@ -222,17 +322,12 @@ struct Bracket {
 struct Differences<'a> {
     x: &'a [f64],
     y: &'a [f64],
-    /// Reused for the last step of every search; never longer than `m + n`.
+    /// The differences in one bracket, at the end of a search; never longer than `m + n`.
     scratch: Vec<f64>,
     /// How few differences a bracket holds before the search lists them: `m + n`, which
     /// keeps `scratch` linear.
     few: u128,
 }
-
-/// Value-interpolation passes allowed per search before it only bisects.
-const INTERPOLATIONS: u32 = 24;
-/// Interpolation passes plus the at most 64 halvings of the key range, and a margin.
-const MAX_PASSES: u32 = INTERPOLATIONS + 72;
 
 impl<'a> Differences<'a> {
     fn new(x: &'a [f64], y: &'a [f64]) -> Self {
@@ -258,6 +353,65 @@ impl<'a> Differences<'a> {
             below: 0,
             at_most: self.pairs(),
         })
+    }
+
+    /// The k-th smallest (1-based) difference for each k of `ranks`, NaN for a rank out of
+    /// range. The searches share their passes: each pass narrows every bracket that its
+    /// threshold falls in.
+    fn kths<const N: usize>(&mut self, ranks: [u128; N]) -> [f64; N] {
+        let Some(all) = self.everything() else {
+            return [f64::NAN; N];
+        };
+        let mut searches = ranks.map(|k| Search::new(k, all));
+        // The first threshold: the difference of the medians, a difference near the middle
+        // ranks, and on the tie holding them when the samples are mostly one value.
+        let (x, y) = (self.x, self.y);
+        let mut seed = x
+            .get(x.len() / 2)
+            .zip(y.get(y.len() / 2))
+            .map(|(xi, yj)| key(yj - xi));
+        while let Some(i) = searches.iter().position(|s| s.found.is_none()) {
+            let Search { bracket, passes, .. } = searches[i];
+            if bracket.lo >= bracket.hi {
+                searches[i].found = Some(from_key(bracket.lo));
+                continue;
+            }
+            if passes >= MAX_PASSES {
+                // Not reached: every pass shrinks the bracket, and bisection halves it.
+                searches[i].found = Some(from_key(bracket.hi));
+                continue;
+            }
+            if bracket.at_most.saturating_sub(bracket.below) <= self.few {
+                self.list(bracket);
+                eprintln!("list {} for driver {i}", self.scratch.len());
+                for (j, search) in searches.iter_mut().enumerate() {
+                    let inside = bracket.below < search.k && search.k <= bracket.at_most;
+                    if search.found.is_none() && (inside || j == i) {
+                        search.found = Some(self.select(search.k.saturating_sub(bracket.below + 1)));
+                    }
+                }
+                continue;
+            }
+            let t = seed
+                .take()
+                .filter(|t| (bracket.lo..=bracket.hi).contains(t))
+                .unwrap_or_else(|| searches[i].threshold(self.few));
+            let at = self.split(t);
+            eprintln!(
+                "pass driver={i} k={} t={} lo={} hi={} -> below={} at_most={}",
+                searches[i].k,
+                from_key(t),
+                from_key(bracket.lo),
+                from_key(bracket.hi),
+                at.below,
+                at.at_most
+            );
+            searches[i].passes += 1;
+            for search in &mut searches {
+                search.learn(t, &at);
+            }
+        }
+        searches.map(|s| s.found.unwrap_or(f64::NAN))
     }
 
     /// Counts the differences on either side of `t` and finds its neighbours.
@@ -298,103 +452,13 @@ impl<'a> Differences<'a> {
         split
     }
 
-    /// The k-th smallest (1-based) difference; NaN when there is none.
-    fn kth(&mut self, k: u128) -> f64 {
-        match self.everything() {
-            Some(all) if (1..=all.at_most).contains(&k) => self.search(k, all),
-            _ => f64::NAN,
-        }
-    }
-
-    /// The `k_low`-th and `k_high`-th smallest (1-based, `k_low <= k_high`) differences.
-    fn kth_pair(&mut self, k_low: u128, k_high: u128) -> (f64, f64) {
-        let low = self.kth(k_low);
-        let Some(all) = self.everything() else {
-            return (low, low);
-        };
-        if k_high <= k_low || k_high > all.at_most || low.is_nan() {
-            return (low, self.kth(k_high));
-        }
-        // Searching on from `low` costs one pass, and nothing more when the two are tied
-        // or adjacent (the median of an even count).
-        let at = self.split(key(low));
-        let high = match at.after {
-            _ if at.at_most >= k_high => low,
-            Some(after) if at.at_most + 1 == k_high => from_key(after),
-            Some(after) => self.search(
-                k_high,
-                Bracket {
-                    lo: after,
-                    below: at.at_most,
-                    ..all
-                },
-            ),
-            None => self.kth(k_high),
-        };
-        (low, high)
-    }
-
-    /// The k-th smallest difference, given that it lies in `bracket`.
-    fn search(&mut self, k: u128, mut bracket: Bracket) -> f64 {
-        // Which bound the last pass moved (true: the upper one), and how often in a row.
-        let mut last_moved_high = None;
-        let mut same_side = 0;
-        for pass in 0..MAX_PASSES {
-            if bracket.lo >= bracket.hi {
-                return from_key(bracket.lo);
-            }
-            if bracket.at_most.saturating_sub(bracket.below) <= self.few {
-                return self.select(k, bracket);
-            }
-            // Interpolate on the counts (fast on smooth data); when the same bound moved
-            // twice running, interpolation is stalling on a lopsided distribution, so
-            // bisect the key range, which at most 64 passes exhaust.
-            let interpolate = pass < INTERPOLATIONS && same_side < 2;
-            let t = if interpolate {
-                interpolated(k, &bracket)
-            } else {
-                None
-            };
-            let t = t.unwrap_or_else(|| bracket.lo.midpoint(bracket.hi));
-            let at = self.split(t);
-            eprintln!("pass {pass} k={k} interp={interpolate} t={} lo={} hi={} below={} at_most={} -> below={} at_most={}", from_key(t), from_key(bracket.lo), from_key(bracket.hi), bracket.below, bracket.at_most, at.below, at.at_most);
-            let moved_high = if at.at_most < k {
-                // Above `t`: the next difference up is the new lower bound.
-                let Some(after) = at.after else {
-                    return from_key(bracket.hi);
-                };
-                (bracket.lo, bracket.below) = (after, at.at_most);
-                false
-            } else if at.below >= k {
-                let Some(before) = at.before else {
-                    return from_key(bracket.lo);
-                };
-                (bracket.hi, bracket.at_most) = (before, at.below);
-                true
-            } else {
-                // below < k <= at_most: some difference equals `t`, and it is the k-th.
-                return from_key(t);
-            };
-            same_side = if last_moved_high == Some(moved_high) {
-                same_side + 1
-            } else {
-                0
-            };
-            last_moved_high = Some(moved_high);
-        }
-        // Not reached: every pass shrinks the bracket, and bisection halves it.
-        from_key(bracket.hi)
-    }
-
-    /// The k-th smallest difference once at most `m + n` differences lie in `bracket`: lists
-    /// them and selects.
-    fn select(&mut self, k: u128, bracket: Bracket) -> f64 {
+    /// Puts the differences in `bracket` into `scratch`, at most `m + n` of them.
+    fn list(&mut self, bracket: Bracket) {
         let (x, y) = (self.x, self.y);
         let room = x.len() + y.len();
+        let wanted = usize::try_from(bracket.at_most.saturating_sub(bracket.below));
         self.scratch.clear();
-        self.scratch.reserve(
-            usize::try_from(bracket.at_most.saturating_sub(bracket.below)).map_or(room, |n| n.min(room)),
-        );
+        self.scratch.reserve(wanted.map_or(room, |n| n.min(room)));
         // For increasing x[i], both ends of the row's window only move right.
         let (mut start, mut end) = (0, 0);
         for &xi in x {
@@ -413,25 +477,16 @@ impl<'a> Differences<'a> {
             let left = room.saturating_sub(self.scratch.len());
             self.scratch.extend(window.iter().take(left).map(|yj| yj - xi));
         }
+    }
+
+    /// The `rank`-th smallest (0-based) listed difference; NaN when none is listed.
+    fn select(&mut self, rank: u128) -> f64 {
         let Some(last) = self.scratch.len().checked_sub(1) else {
-            // Unreachable by the bracket's counts; `hi` bounds the answer either way.
-            return from_key(bracket.hi);
+            return f64::NAN;
         };
-        let rank = k.saturating_sub(bracket.below + 1);
         let rank = usize::try_from(rank).map_or(last, |r| r.min(last));
         *self.scratch.select_nth_unstable_by(rank, f64::total_cmp).1
     }
-}
-
-/// A threshold between the bracket's bounds, placed by the share of the bracket's
-/// differences below the k-th; `None` when the values do not allow it (infinities, or a
-/// span that overflows).
-fn interpolated(k: u128, bracket: &Bracket) -> Option<i64> {
-    let (lo, hi) = (from_key(bracket.lo), from_key(bracket.hi));
-    let share = k.saturating_sub(bracket.below) as f64 / bracket.at_most.saturating_sub(bracket.below) as f64;
-    let t = lo + (hi - lo) * share.clamp(0.02, 0.98);
-    let t = key(t);
-    (lo.is_finite() && (bracket.lo..=bracket.hi).contains(&t)).then_some(t)
 }
 
 /// Hodges-Lehmann estimate of `y - x` with its `confidence` interval. Both sorted; NaN for
@@ -439,28 +494,32 @@ fn interpolated(k: u128, bracket: &Bracket) -> Option<i64> {
 fn hodges_lehmann(x: &[f64], y: &[f64], confidence: f64) -> (f64, f64, f64) {
     let mut differences = Differences::new(x, y);
     let pairs = differences.pairs();
-    let estimate = if pairs % 2 == 1 {
-        differences.kth(pairs.div_ceil(2))
-    } else {
-        let (below, above) = differences.kth_pair(pairs / 2, pairs / 2 + 1);
-        let middle = (below + above) / 2.0;
-        if middle.is_finite() {
-            middle
-        } else {
-            // Near the ends of the range the sum overflows.
-            below / 2.0 + above / 2.0
-        }
-    };
+    // The median, or the two middle differences of an even count.
+    let (k_below, k_above) = (pairs.div_ceil(2), pairs / 2 + 1);
     // Normal approximation of the U distribution for the interval's ranks.
     let z = normal_quantile(0.5 + confidence / 2.0);
     let (mf, nf) = (x.len() as f64, y.len() as f64);
     let spread = z * (mf * nf * (mf + nf + 1.0) / 12.0).sqrt();
     let c = ((mf * nf / 2.0 - spread).floor() as i64).max(1) as u128;
-    if c > pairs.div_ceil(2) {
-        return (estimate, estimate, estimate);
+    let interval = c <= pairs.div_ceil(2);
+    let (k_low, k_high) = if interval {
+        (c, pairs + 1 - c)
+    } else {
+        (k_below, k_above)
+    };
+    let [low, below, above, high] = differences.kths([k_low, k_below, k_above, k_high]);
+    let middle = (below + above) / 2.0;
+    let estimate = if middle.is_finite() {
+        middle
+    } else {
+        // Near the ends of the range the sum overflows.
+        below / 2.0 + above / 2.0
+    };
+    if interval {
+        (estimate, low, high)
+    } else {
+        (estimate, estimate, estimate)
     }
-    let (low, high) = (differences.kth(c), differences.kth(pairs + 1 - c));
-    (estimate, low, high)
 }
 
 #[cfg(test)]
@@ -470,11 +529,12 @@ mod tests {
     use super::*;
 
     fn kth_difference(x: &[f64], y: &[f64], k: u64) -> f64 {
-        Differences::new(x, y).kth(k.into())
+        Differences::new(x, y).kths([k.into()])[0]
     }
 
     fn kth_differences(x: &[f64], y: &[f64], k_low: u64, k_high: u64) -> (f64, f64) {
-        Differences::new(x, y).kth_pair(k_low.into(), k_high.into())
+        let [low, high] = Differences::new(x, y).kths([k_low.into(), k_high.into()]);
+        (low, high)
     }
 
     /// The slow, obvious version, for checking.
@@ -598,12 +658,12 @@ mod tests {
             let mut differences = Differences::new(&x, &y);
             differences.few = few.unwrap_or(differences.few);
             for k in 1..=all.len() {
-                let got = differences.kth(k as u128);
+                let [got] = differences.kths([k as u128]);
                 let want = all[k - 1];
                 assert_eq!(got.to_bits(), want.to_bits(), "k = {k}: {got} vs {want}");
             }
             for k in 1..all.len() {
-                let (low, high) = differences.kth_pair(k as u128, k as u128 + 1);
+                let [low, high] = differences.kths([k as u128, k as u128 + 1]);
                 assert_eq!(
                     (low.to_bits(), high.to_bits()),
                     (all[k - 1].to_bits(), all[k].to_bits()),
@@ -613,7 +673,7 @@ mod tests {
         }
         let mut differences = Differences::new(&x, &y);
         if !all.is_empty() {
-            let (low, high) = differences.kth_pair(1, all.len() as u128);
+            let [low, high] = differences.kths([1, all.len() as u128]);
             assert_eq!((low, high), (all[0], all[all.len() - 1]));
             for confidence in [0.5, 0.9, 0.98] {
                 let c = compare(&x, &y, confidence);
@@ -719,13 +779,47 @@ mod tests {
     fn zz_passes() {
         fn uniform(n: usize, seed: u64) -> Vec<f64> {
             let mut state = seed;
-            (0..n).map(|_| { state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407); ((state >> 11) as f64) / ((1u64 << 53) as f64) }).collect()
+            (0..n)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    ((state >> 11) as f64) / ((1u64 << 53) as f64)
+                })
+                .collect()
         }
         let shape = std::env::var("SHAPE").unwrap();
         let (b, c): (Vec<f64>, Vec<f64>) = match shape.as_str() {
-            "zeros" => (uniform(10000,1).into_iter().map(|u| if u < 0.9 { 0.0 } else { (u - 0.9) * 0.4 }).collect(), uniform(10000,2).into_iter().map(|u| if u < 0.9 { 0.0 } else { (u - 0.9) * 0.4 }).collect()),
-            "ms" => (uniform(10000,1).into_iter().map(|u| (20.0 * (1.0 + 3.0 * u * u)).round()).collect(), uniform(10000,2).into_iter().map(|u| (20.0 * (1.0 + 3.0 * u * u) + 0.5).round()).collect()),
-            _ => (uniform(10000,1).into_iter().map(|u| 20.0 * (1.0 + 3.0 * u * u)).collect(), uniform(10000,2).into_iter().map(|u| 20.0 * (1.0 + 3.0 * u * u) + 0.5).collect()),
+            "zeros" => (
+                uniform(10000, 1)
+                    .into_iter()
+                    .map(|u| if u < 0.9 { 0.0 } else { (u - 0.9) * 0.4 })
+                    .collect(),
+                uniform(10000, 2)
+                    .into_iter()
+                    .map(|u| if u < 0.9 { 0.0 } else { (u - 0.9) * 0.4 })
+                    .collect(),
+            ),
+            "ms" => (
+                uniform(10000, 1)
+                    .into_iter()
+                    .map(|u| (20.0 * (1.0 + 3.0 * u * u)).round())
+                    .collect(),
+                uniform(10000, 2)
+                    .into_iter()
+                    .map(|u| (20.0 * (1.0 + 3.0 * u * u) + 0.5).round())
+                    .collect(),
+            ),
+            _ => (
+                uniform(10000, 1)
+                    .into_iter()
+                    .map(|u| 20.0 * (1.0 + 3.0 * u * u))
+                    .collect(),
+                uniform(10000, 2)
+                    .into_iter()
+                    .map(|u| 20.0 * (1.0 + 3.0 * u * u) + 0.5)
+                    .collect(),
+            ),
         };
         eprintln!("{:?}", compare(&b, &c, 0.98));
     }

@@ -184,7 +184,8 @@ pub fn options() -> RolloutOptions {
         poll_interval: Duration::from_secs(1),
         drain: Duration::from_secs(5),
         lease_ttl: Duration::from_secs(30),
-        attempts: 3,
+        retry: RolloutOptions::default().retry,
+        rollback_attempts: 3,
         max_parallel: 64,
     }
 }
