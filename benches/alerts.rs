@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use deploykit::core::DynNotifier;
+use deploykit::core::time::TokioClock;
 use deploykit::incidents::{
     Alert, AlertState, Dispatcher, Fingerprint, Labels, Matcher, Route, RouteConfig, Silence,
 };
@@ -73,8 +74,9 @@ fn dispatcher() -> Dispatcher {
             )
         })
         .collect();
-    let epoch = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("date");
-    let mut dispatcher = Dispatcher::new(tree, receivers, Arc::new(move || epoch));
+    let clock = TokioClock::new();
+    let epoch = DateTime::<Utc>::from(clock.epoch());
+    let mut dispatcher = Dispatcher::new(tree, receivers, clock.shared());
     for index in 0..100 {
         dispatcher.add_silence(Silence {
             id: format!("s{index}"),
@@ -112,11 +114,11 @@ fn updates(c: &mut Criterion) {
                 let mut dispatcher = dispatcher();
                 let mut delivered = 0;
                 for index in 0..UPDATES {
-                    dispatcher.receive(&alerts[index % DISTINCT], tokio::time::Instant::now());
+                    dispatcher.receive(&alerts[index % DISTINCT]);
                     // Every 100,000 updates a minute passes and due groups flush.
                     if index % 100_000 == 99_999 {
                         tokio::time::advance(Duration::from_secs(60)).await;
-                        delivered += dispatcher.flush_due(tokio::time::Instant::now()).await.len();
+                        delivered += dispatcher.flush_due().await.len();
                     }
                 }
                 delivered
@@ -136,10 +138,10 @@ fn updates(c: &mut Criterion) {
     runtime.block_on(async {
         let mut dispatcher = dispatcher();
         for index in 0..UPDATES {
-            dispatcher.receive(&alerts[index % DISTINCT], tokio::time::Instant::now());
+            dispatcher.receive(&alerts[index % DISTINCT]);
             if index % 100_000 == 99_999 {
                 tokio::time::advance(Duration::from_secs(60)).await;
-                dispatcher.flush_due(tokio::time::Instant::now()).await;
+                dispatcher.flush_due().await;
             }
         }
     });

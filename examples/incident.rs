@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use deploykit::core::time::TokioClock;
 use deploykit::core::{
     AppId, DynHealthChecker, DynMetricsSource, DynNotifier, DynRecordStore, InfraManager, MemoryStore,
     MetricName, MetricQuery, MetricTarget, Pool, Version,
@@ -39,8 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_ymd_and_hms(2026, 11, 27, 9, 0, 0)
         .single()
         .ok_or("epoch")?;
-    let wall: deploykit::incidents::WallClock =
-        Arc::new(move || epoch + chrono::Duration::from_std(start.elapsed()).unwrap_or_default());
+    let wall = TokioClock::with_epoch(epoch.into()).shared();
     let clock = |at: tokio::time::Instant| format!("+{:>4}s", at.duration_since(start).as_secs());
 
     let oncall = Arc::new(RecordingNotifier::new());
@@ -128,7 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             fleet.set_version_profile(&app, &v1, healthy);
         }
         let instances = fleet.list_instances(&app).await?;
-        let report = monitor.monitor_system(&instances, now).await?;
+        let report = monitor.monitor_system(&instances).await?;
         for alert in &report.alerts {
             if last_state != Some(alert.state) {
                 println!(

@@ -7,6 +7,10 @@
 //! (per group and receiver) is what makes repeated evaluations of the same alerts quiet.
 //! Silenced and inhibited alerts are left out. Deliveries retry with exponential backoff
 //! until a deadline, but only failures the notifier marks retryable.
+//!
+//! Two kinds of time, each from one source the dispatcher reads itself: grouping timers are
+//! durations on `tokio::time`, silences are wall time from the injected [`Clock`](deploy_core::time::Clock). With
+//! [`TokioClock`](deploy_core::time::TokioClock) both move together under a paused runtime.
 
 use std::collections::HashMap;
 
@@ -16,13 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deploy_core::time::{ClockExt, DynClock};
 use deploy_core::{BackendError, DynNotifier, IdempotencyKey, Notification, NotificationAction, Severity};
 use tokio::time::Instant;
 
 use crate::labels::{Fingerprint, Labels};
 use crate::route::Route;
 use crate::rule::{Alert, AlertState};
-use crate::suppress::{InhibitRule, Silence, WallClock};
+use crate::suppress::{InhibitRule, Silence};
 
 /// Backoff between delivery attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +101,8 @@ pub struct Dispatcher {
     silences_version: u64,
     silence_cache: FxHashMap<Fingerprint, SilenceMemo>,
     inhibitions: Vec<InhibitRule>,
-    clock: ClockDebug,
+    /// Wall time, for silences.
+    clock: Arc<DynClock>,
     retry: RetryPolicy,
     // Keys are hashes already: FxHash is enough.
     alerts: FxHashMap<Fingerprint, Alert>,
@@ -104,14 +110,6 @@ pub struct Dispatcher {
     groups: FxHashMap<u64, Group>,
     /// Per group (a group has one route, so one receiver).
     log: FxHashMap<u64, LogEntry>,
-}
-
-struct ClockDebug(WallClock);
-
-impl std::fmt::Debug for ClockDebug {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WallClock")
-    }
 }
 
 fn flatten(route: &Route, out: &mut Vec<Route>) {
@@ -130,8 +128,9 @@ fn set_hash<'a>(fingerprints: impl Iterator<Item = &'a Fingerprint>) -> u64 {
 }
 
 impl Dispatcher {
-    /// A dispatcher over a compiled routing tree and its receivers.
-    pub fn new(tree: Route, receivers: HashMap<String, Arc<DynNotifier>>, clock: WallClock) -> Self {
+    /// A dispatcher over a compiled routing tree and its receivers; `clock` is the wall
+    /// time silences are scheduled in.
+    pub fn new(tree: Route, receivers: HashMap<String, Arc<DynNotifier>>, clock: Arc<DynClock>) -> Self {
         let mut routes = Vec::new();
         flatten(&tree, &mut routes);
         Self {
@@ -142,7 +141,7 @@ impl Dispatcher {
             silences_version: 0,
             silence_cache: FxHashMap::default(),
             inhibitions: Vec::new(),
-            clock: ClockDebug(clock),
+            clock,
             retry: RetryPolicy::default(),
             alerts: FxHashMap::default(),
             groups: FxHashMap::default(),
@@ -169,7 +168,7 @@ impl Dispatcher {
 
     /// Ends a silence now; `false` if there is none with that id.
     pub fn expire_silence(&mut self, id: &str) -> bool {
-        let now = (self.clock.0)();
+        let now = self.clock.now_utc();
         let mut found = false;
         for silence in self.silences.iter_mut().filter(|silence| silence.id == id) {
             silence.ends_at = silence.ends_at.min(now);
@@ -180,8 +179,9 @@ impl Dispatcher {
     }
 
     /// Takes in an alert update (from a rule evaluation or an external source). An update
-    /// that repeats what is known is only routed (nothing is stored again).
-    pub fn receive(&mut self, alert: &Alert, now: Instant) {
+    /// that repeats what is known is only routed (nothing is stored again). A new group
+    /// is due `group_wait` from now.
+    pub fn receive(&mut self, alert: &Alert) {
         let fingerprint = alert.fingerprint();
         let changed = self.alerts.get(&fingerprint).is_none_or(|known| {
             known.state != alert.state
@@ -194,13 +194,15 @@ impl Dispatcher {
         let Self {
             tree, groups, routes, ..
         } = self;
+        // Read once, and only when a group is new: most updates join a known group.
+        let mut now = None;
         tree.for_each_match(&alert.labels, &mut |route| {
             let hash = route.group_hash(&alert.labels);
             let group = groups.entry(hash).or_insert_with(|| Group {
                 key: route.group_key(&alert.labels),
                 route: route.index,
                 alerts: FxHashSet::default(),
-                next_flush: now + routes[route.index].group_wait,
+                next_flush: *now.get_or_insert_with(Instant::now) + routes[route.index].group_wait,
             });
             group.alerts.insert(fingerprint);
         });
@@ -213,7 +215,7 @@ impl Dispatcher {
 
     /// Whether an alert is silenced or inhibited now.
     pub fn is_muted(&self, alert: &Alert) -> bool {
-        let now = (self.clock.0)();
+        let now = self.clock.now_utc();
         self.silences
             .iter()
             .any(|silence| silence.mutes(&alert.labels, now))
@@ -223,8 +225,9 @@ impl Dispatcher {
                 .any(|rule| rule.inhibits(alert, self.alerts.values()))
     }
 
-    /// Flushes every group due at `now`.
-    pub async fn flush_due(&mut self, now: Instant) -> Vec<DeliveryRecord> {
+    /// Flushes every group that is due now.
+    pub async fn flush_due(&mut self) -> Vec<DeliveryRecord> {
+        let now = Instant::now();
         let mut due: Vec<(Instant, u64)> = self
             .groups
             .iter()
@@ -243,7 +246,7 @@ impl Dispatcher {
     /// Whether an alert is silenced now, remembered per alert until the silences change or
     /// the next silence starts or ends.
     fn silenced(&mut self, fingerprint: Fingerprint, labels: &Labels) -> bool {
-        let now = (self.clock.0)();
+        let now = self.clock.now_utc();
         if let Some(cached) = self.silence_cache.get(&fingerprint)
             && cached.version == self.silences_version
             && now < cached.valid_until

@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deploy_core::time::{ClockExt, DynClock, SystemClock};
 use deploy_core::{
     DynNotifier, DynRecordStore, IdempotencyKey, Notification, NotificationAction, Precondition,
     RecordStoreExt, Severity, StoreError, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
-
-use crate::suppress::WallClock;
 
 /// Where an incident stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -233,12 +232,12 @@ pub struct NewIncident {
 }
 
 /// Options of an [`IncidentManager`].
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct IncidentOptions {
     /// Key prefix in the store (default `incidents/`).
     pub prefix: String,
-    /// The wall clock.
-    pub clock: WallClock,
+    /// The wall clock incidents are stamped with (default [`SystemClock`]).
+    pub clock: Arc<DynClock>,
     /// How long after resolution a post-mortem is due (default 5 days).
     pub postmortem_after: Duration,
     /// The post-mortem document template.
@@ -249,7 +248,7 @@ impl Default for IncidentOptions {
     fn default() -> Self {
         Self {
             prefix: "incidents/".into(),
-            clock: Arc::new(Utc::now),
+            clock: SystemClock::shared(),
             postmortem_after: Duration::from_secs(5 * 24 * 3600),
             postmortem_template:
                 "## Summary\n\n## Impact\n\n## Timeline\n\n## Root cause\n\n## Action items\n".into(),
@@ -258,19 +257,12 @@ impl Default for IncidentOptions {
 }
 
 /// Opens, updates and escalates incidents.
+#[derive(Debug)]
 pub struct IncidentManager {
     store: Arc<DynRecordStore>,
     notifier: Arc<DynNotifier>,
     policies: BTreeMap<String, EscalationPolicy>,
     options: IncidentOptions,
-}
-
-impl std::fmt::Debug for IncidentManager {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IncidentManager")
-            .field("prefix", &self.options.prefix)
-            .finish_non_exhaustive()
-    }
 }
 
 fn chrono_duration(duration: Duration) -> chrono::Duration {
@@ -304,7 +296,7 @@ impl IncidentManager {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        (self.options.clock)()
+        self.options.clock.now_utc()
     }
 
     fn key(&self, id: &str) -> String {

@@ -40,4 +40,4 @@ pub use route::{
     DEFAULT_GROUP_INTERVAL, DEFAULT_GROUP_WAIT, DEFAULT_REPEAT_INTERVAL, GroupBy, Route, RouteConfig,
 };
 pub use rule::{Alert, AlertRule, AlertState, Comparison, RuleEvaluator};
-pub use suppress::{InhibitRule, Silence, WallClock};
+pub use suppress::{InhibitRule, Silence};

@@ -76,18 +76,15 @@ impl OperationalMonitor {
         Ok(())
     }
 
-    /// One pass over the rules and the health of `instances` at `now`.
+    /// One pass over the rules and the health of `instances`, now.
     ///
     /// # Errors
     /// Incident store failures (metrics and health failures count as no data / unhealthy).
-    pub async fn monitor_system(
-        &self,
-        instances: &[Instance],
-        now: Instant,
-    ) -> Result<MonitorReport, IncidentError> {
+    pub async fn monitor_system(&self, instances: &[Instance]) -> Result<MonitorReport, IncidentError> {
+        let now = Instant::now();
         let mut alerts = self.evaluate(self.rules.lock().await.iter_mut(), now).await;
         alerts.extend(self.health_pass(instances, now).await);
-        self.finish(alerts, now).await
+        self.finish(alerts).await
     }
 
     /// One pass of the rules over a running deployment: each rule's metric is read for
@@ -96,12 +93,8 @@ impl OperationalMonitor {
     ///
     /// # Errors
     /// As [`monitor_system`](Self::monitor_system).
-    pub async fn monitor_deployment(
-        &self,
-        app: &AppId,
-        pool: &Pool,
-        now: Instant,
-    ) -> Result<MonitorReport, IncidentError> {
+    pub async fn monitor_deployment(&self, app: &AppId, pool: &Pool) -> Result<MonitorReport, IncidentError> {
+        let now = Instant::now();
         let scope = format!("{app}/{pool}");
         let mut deployment_rules = self.deployment_rules.lock().await;
         for evaluator in self.rules.lock().await.iter() {
@@ -132,7 +125,7 @@ impl OperationalMonitor {
             .map(|(_, evaluator)| evaluator);
         let alerts = self.evaluate(evaluators, now).await;
         drop(deployment_rules);
-        self.finish(alerts, now).await
+        self.finish(alerts).await
     }
 
     /// Feeds each rule its metric's mean over the rule's window (a failed query is no data).
@@ -189,14 +182,14 @@ impl OperationalMonitor {
         alerts
     }
 
-    async fn finish(&self, alerts: Vec<Alert>, now: Instant) -> Result<MonitorReport, IncidentError> {
+    async fn finish(&self, alerts: Vec<Alert>) -> Result<MonitorReport, IncidentError> {
         let mut incidents = Vec::new();
         let mut dispatcher = self.dispatcher.lock().await;
         let mut firing = self.firing.lock().await;
         for alert in &alerts {
             // As Prometheus does, only firing (and resolved) alerts go to routing.
             if alert.state != AlertState::Pending {
-                dispatcher.receive(alert, now);
+                dispatcher.receive(alert);
             }
             let started = match alert.state {
                 AlertState::Firing => firing.insert(alert.fingerprint()),
@@ -226,7 +219,7 @@ impl OperationalMonitor {
                 incidents.push(incident.id);
             }
         }
-        let deliveries = dispatcher.flush_due(now).await;
+        let deliveries = dispatcher.flush_due().await;
         Ok(MonitorReport {
             alerts,
             incidents,
@@ -240,7 +233,7 @@ impl OperationalMonitor {
     }
 
     /// Flushes due groups without evaluating rules.
-    pub async fn flush_due(&self, now: Instant) -> Vec<DeliveryRecord> {
-        self.dispatcher.lock().await.flush_due(now).await
+    pub async fn flush_due(&self) -> Vec<DeliveryRecord> {
+        self.dispatcher.lock().await.flush_due().await
     }
 }

@@ -1,14 +1,9 @@
 //! What keeps an alert from being notified: silences and inhibition.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 
 use crate::labels::{Labels, Matcher, all_match};
 use crate::rule::{Alert, AlertState};
-
-/// Reads the wall clock (silences are scheduled in wall time); injected so tests control it.
-pub type WallClock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 /// Mutes matching alerts between two instants.
 #[derive(Debug, Clone)]

@@ -2,10 +2,10 @@
 //! tokio's paused clock.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use deploy_core::time::{ClockExt, DynClock, TokioClock};
 use deploy_core::{DynNotifier, MetricName, MetricQuery, MetricTarget, NotificationAction};
 use deploy_incidents::{
     Alert, AlertError, AlertRule, AlertState, Comparison, Dispatcher, InhibitRule, Labels, Matcher,
@@ -75,12 +75,6 @@ async fn rules_go_pending_then_firing_then_resolved_after_keep_firing_for() {
     );
 }
 
-fn clock() -> (Arc<Mutex<DateTime<Utc>>>, deploy_incidents::WallClock) {
-    let now = Arc::new(Mutex::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()));
-    let reading = now.clone();
-    (now, Arc::new(move || *reading.lock().unwrap()))
-}
-
 fn tree() -> Route {
     let config = RouteConfig {
         receiver: Some("default".into()),
@@ -124,7 +118,8 @@ struct Setup {
     pager: Arc<RecordingNotifier>,
     team: Arc<RecordingNotifier>,
     default: Arc<RecordingNotifier>,
-    wall: Arc<Mutex<DateTime<Utc>>>,
+    /// Wall time, moving with tokio's paused clock.
+    wall: Arc<DynClock>,
 }
 
 fn setup() -> Setup {
@@ -139,8 +134,8 @@ fn setup() -> Setup {
         ("default".into(), default.clone() as Arc<DynNotifier>),
     ]
     .into();
-    let (wall, clock) = clock();
-    let dispatcher = Dispatcher::new(tree(), receivers, clock).with_retry(RetryPolicy {
+    let wall = TokioClock::new().shared();
+    let dispatcher = Dispatcher::new(tree(), receivers, wall.clone()).with_retry(RetryPolicy {
         initial: Duration::from_secs(1),
         max: Duration::from_secs(4),
         deadline: Duration::from_secs(10),
@@ -162,7 +157,7 @@ async fn run_for(dispatcher: &mut Dispatcher, duration: Duration) -> Vec<deploy_
         match next {
             Some(next) => {
                 tokio::time::sleep_until(next).await;
-                records.extend(dispatcher.flush_due(Instant::now()).await);
+                records.extend(dispatcher.flush_due().await);
             }
             None => {
                 tokio::time::sleep_until(end).await;
@@ -175,19 +170,13 @@ async fn run_for(dispatcher: &mut Dispatcher, duration: Duration) -> Vec<deploy_
 #[tokio::test(start_paused = true)]
 async fn routing_with_continue_groups_and_timers() {
     let mut s = setup();
-    let now = Instant::now();
-    s.dispatcher.receive(
-        &alert(
-            "ApiDown",
-            &[("severity", "critical"), ("team", "api")],
-            AlertState::Firing,
-        ),
-        now,
-    );
-    s.dispatcher.receive(
-        &alert("DiskFull", &[("severity", "warning")], AlertState::Firing),
-        now,
-    );
+    s.dispatcher.receive(&alert(
+        "ApiDown",
+        &[("severity", "critical"), ("team", "api")],
+        AlertState::Firing,
+    ));
+    s.dispatcher
+        .receive(&alert("DiskFull", &[("severity", "warning")], AlertState::Firing));
     // Nothing before group_wait.
     assert!(
         run_for(&mut s.dispatcher, Duration::from_secs(29))
@@ -207,14 +196,11 @@ async fn routing_with_continue_groups_and_timers() {
         "the warning falls through to the root"
     );
     // A second alert joining the ApiDown group within group_interval waits for it.
-    s.dispatcher.receive(
-        &alert(
-            "ApiDown",
-            &[("severity", "critical"), ("team", "api"), ("instance", "b")],
-            AlertState::Firing,
-        ),
-        Instant::now(),
-    );
+    s.dispatcher.receive(&alert(
+        "ApiDown",
+        &[("severity", "critical"), ("team", "api"), ("instance", "b")],
+        AlertState::Firing,
+    ));
     run_for(&mut s.dispatcher, Duration::from_secs(250)).await;
     assert_eq!(s.pager.delivered().len(), 1, "group_interval not yet over");
     run_for(&mut s.dispatcher, Duration::from_secs(60)).await;
@@ -240,10 +226,8 @@ async fn routing_with_continue_groups_and_timers() {
 async fn repeated_evaluations_do_not_renotify_and_resolutions_carry_the_payload() {
     let mut s = setup();
     for _ in 0..10 {
-        s.dispatcher.receive(
-            &alert("DiskFull", &[("severity", "warning")], AlertState::Firing),
-            Instant::now(),
-        );
+        s.dispatcher
+            .receive(&alert("DiskFull", &[("severity", "warning")], AlertState::Firing));
         run_for(&mut s.dispatcher, Duration::from_secs(60)).await;
     }
     assert_eq!(
@@ -251,10 +235,11 @@ async fn repeated_evaluations_do_not_renotify_and_resolutions_carry_the_payload(
         1,
         "ten evaluations, one notification"
     );
-    s.dispatcher.receive(
-        &alert("DiskFull", &[("severity", "warning")], AlertState::Resolved),
-        Instant::now(),
-    );
+    s.dispatcher.receive(&alert(
+        "DiskFull",
+        &[("severity", "warning")],
+        AlertState::Resolved,
+    ));
     run_for(&mut s.dispatcher, Duration::from_secs(301)).await;
     let sent = s.default.delivered();
     assert_eq!(sent.len(), 2);
@@ -267,7 +252,7 @@ async fn repeated_evaluations_do_not_renotify_and_resolutions_carry_the_payload(
 #[tokio::test(start_paused = true)]
 async fn silences_mute_while_active() {
     let mut s = setup();
-    let start = *s.wall.lock().unwrap();
+    let start = s.wall.now_utc();
     s.dispatcher.add_silence(Silence {
         id: "maint".into(),
         matchers: vec![Matcher::parse("alertname=DiskFull").unwrap()],
@@ -276,12 +261,11 @@ async fn silences_mute_while_active() {
         created_by: "ann".into(),
         comment: "disk swap".into(),
     });
-    s.dispatcher
-        .receive(&alert("DiskFull", &[], AlertState::Firing), Instant::now());
+    s.dispatcher.receive(&alert("DiskFull", &[], AlertState::Firing));
     run_for(&mut s.dispatcher, Duration::from_secs(31)).await;
     assert!(s.default.delivered().is_empty(), "silenced");
     assert!(s.dispatcher.expire_silence("maint") && !s.dispatcher.expire_silence("nope"));
-    *s.wall.lock().unwrap() = start + chrono::Duration::minutes(5);
+    // The silence ended at +31 s; the group is looked at again after group_interval.
     run_for(&mut s.dispatcher, Duration::from_secs(300)).await;
     assert_eq!(s.default.delivered().len(), 1, "notified once the silence ended");
 }
@@ -294,15 +278,11 @@ async fn inhibition_needs_equal_labels_present_on_both() {
         target: vec![Matcher::parse("severity=warning").unwrap()],
         equal: vec!["cluster".into()],
     });
-    let now = Instant::now();
-    s.dispatcher.receive(
-        &alert(
-            "ClusterDown",
-            &[("cluster", "eu"), ("severity", "page")],
-            AlertState::Firing,
-        ),
-        now,
-    );
+    s.dispatcher.receive(&alert(
+        "ClusterDown",
+        &[("cluster", "eu"), ("severity", "page")],
+        AlertState::Firing,
+    ));
     let same_cluster = alert(
         "SlowQueries",
         &[("cluster", "eu"), ("severity", "warning")],
@@ -314,8 +294,8 @@ async fn inhibition_needs_equal_labels_present_on_both() {
         !s.dispatcher.is_muted(&no_cluster),
         "a missing label does not count as equal"
     );
-    s.dispatcher.receive(&same_cluster, now);
-    s.dispatcher.receive(&no_cluster, now);
+    s.dispatcher.receive(&same_cluster);
+    s.dispatcher.receive(&no_cluster);
     run_for(&mut s.dispatcher, Duration::from_secs(31)).await;
     let summaries: Vec<String> = s.default.delivered().into_iter().map(|n| n.summary).collect();
     assert!(
@@ -332,8 +312,7 @@ async fn inhibition_needs_equal_labels_present_on_both() {
 async fn deliveries_retry_retryable_failures_only() {
     let mut s = setup();
     s.default.fail_next(2, true);
-    s.dispatcher
-        .receive(&alert("A", &[], AlertState::Firing), Instant::now());
+    s.dispatcher.receive(&alert("A", &[], AlertState::Firing));
     let records = run_for(&mut s.dispatcher, Duration::from_secs(40)).await;
     assert_eq!(
         (records[0].attempts, records[0].error.is_none()),
@@ -342,15 +321,13 @@ async fn deliveries_retry_retryable_failures_only() {
     );
     let mut s = setup();
     s.default.fail_next(1, false);
-    s.dispatcher
-        .receive(&alert("B", &[], AlertState::Firing), Instant::now());
+    s.dispatcher.receive(&alert("B", &[], AlertState::Firing));
     let records = run_for(&mut s.dispatcher, Duration::from_secs(40)).await;
     assert_eq!(records[0].attempts, 1, "a fatal failure is not retried");
     assert!(records[0].error.is_some());
     let mut s = setup();
     s.default.fail_next(100, true);
-    s.dispatcher
-        .receive(&alert("C", &[], AlertState::Firing), Instant::now());
+    s.dispatcher.receive(&alert("C", &[], AlertState::Firing));
     let records = run_for(&mut s.dispatcher, Duration::from_secs(60)).await;
     assert!(
         records[0].error.is_some() && records[0].attempts <= 5,

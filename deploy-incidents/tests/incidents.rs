@@ -1,10 +1,11 @@
 //! The incident lifecycle: transitions (allowed and refused), re-trigger dedup, escalation
-//! timing on an injected wall clock, post-mortems, notifications, MTTA / MTTR.
+//! timing on tokio's paused clock, post-mortems, notifications, MTTA / MTTR.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
+use deploy_core::time::TokioClock;
 use deploy_core::{DynNotifier, DynRecordStore, MemoryStore, NotificationAction, Severity};
 use deploy_incidents::{
     ActionItem, EscalationLevel, EscalationPolicy, IncidentError, IncidentManager, IncidentOptions,
@@ -15,15 +16,14 @@ use deploy_testkit::RecordingNotifier;
 struct World {
     manager: IncidentManager,
     notifier: Arc<RecordingNotifier>,
-    now: Arc<Mutex<DateTime<Utc>>>,
 }
 
 impl World {
+    /// Wall time starts at 2026-03-01 12:00 UTC and moves with tokio's paused clock.
     fn new() -> Self {
-        let now = Arc::new(Mutex::new(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()));
-        let reading = now.clone();
+        let epoch = SystemTime::from(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
         let options = IncidentOptions {
-            clock: Arc::new(move || *reading.lock().unwrap()),
+            clock: TokioClock::with_epoch(epoch).shared(),
             ..IncidentOptions::default()
         };
         let notifier = Arc::new(RecordingNotifier::new());
@@ -45,15 +45,7 @@ impl World {
                 loops: 1,
             })
             .unwrap();
-        Self {
-            manager,
-            notifier,
-            now,
-        }
-    }
-
-    fn advance(&self, seconds: i64) {
-        *self.now.lock().unwrap() += chrono::Duration::seconds(seconds);
+        Self { manager, notifier }
     }
 
     fn new_incident(key: &str) -> NewIncident {
@@ -66,7 +58,11 @@ impl World {
     }
 }
 
-#[tokio::test]
+async fn advance(seconds: u64) {
+    tokio::time::advance(Duration::from_secs(seconds)).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn every_transition_and_every_refusal() {
     use IncidentStatus::*;
     let world = World::new();
@@ -143,7 +139,7 @@ async fn every_transition_and_every_refusal() {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retriggers_attach_to_the_open_incident_and_keys_are_checked() {
     let world = World::new();
     let first = world
@@ -188,7 +184,7 @@ async fn retriggers_attach_to_the_open_incident_and_keys_are_checked() {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn unacknowledged_incidents_escalate_on_time_and_loop() {
     let world = World::new();
     let incident = world
@@ -205,21 +201,21 @@ async fn unacknowledged_incidents_escalate_on_time_and_loop() {
             .count()
     };
     assert_eq!(pages(&world), 1, "level 1 paged at once");
-    world.advance(299);
+    advance(299).await;
     assert!(world.manager.escalate_due().await.unwrap().is_empty());
-    world.advance(1);
+    advance(1).await;
     assert_eq!(
         world.manager.escalate_due().await.unwrap(),
         vec![incident.id.clone()]
     );
     assert_eq!(pages(&world), 2);
-    world.advance(600);
+    advance(600).await;
     world.manager.escalate_due().await.unwrap();
     assert_eq!(pages(&world), 3, "looped back to level 1");
-    world.advance(300);
+    advance(300).await;
     world.manager.escalate_due().await.unwrap();
     assert_eq!(pages(&world), 4);
-    world.advance(600);
+    advance(600).await;
     assert!(
         world.manager.escalate_due().await.unwrap().is_empty(),
         "one loop only"
@@ -235,11 +231,11 @@ async fn unacknowledged_incidents_escalate_on_time_and_loop() {
         .update_incident("bob", &other.id, IncidentUpdate::Acknowledge)
         .await
         .unwrap();
-    world.advance(10_000);
+    advance(10_000).await;
     assert!(world.manager.escalate_due().await.unwrap().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn notifications_roles_postmortems_and_response_times() {
     let world = World::new();
     let incident = world
@@ -248,7 +244,7 @@ async fn notifications_roles_postmortems_and_response_times() {
         .await
         .unwrap();
     let id = incident.id.clone();
-    world.advance(120);
+    advance(120).await;
     world
         .manager
         .update_incident(
@@ -271,7 +267,7 @@ async fn notifications_roles_postmortems_and_response_times() {
         .update_incident("ann", &id, IncidentUpdate::Severity(Severity::Warning))
         .await
         .unwrap();
-    world.advance(480);
+    advance(480).await;
     let resolved = world.manager.resolve_incident("ann", &id).await.unwrap();
     world
         .manager
@@ -325,7 +321,7 @@ async fn notifications_roles_postmortems_and_response_times() {
         .create_incident("monitor", World::new_incident("fp-7"))
         .await
         .unwrap();
-    world.advance(60);
+    advance(60).await;
     world
         .manager
         .update_incident("bob", &second.id, IncidentUpdate::Acknowledge)

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use deploy_core::time::TokioClock;
 use deploy_core::{
     AppId, DynHealthChecker, DynMetricsSource, DynNotifier, DynRecordStore, InfraManager, MemoryStore,
     MetricName, MetricQuery, MetricTarget, Pool, Version,
@@ -29,7 +29,7 @@ async fn setup(fleet: &SimFleet) -> (OperationalMonitor, Arc<IncidentManager>, A
     .unwrap();
     let receivers: HashMap<String, Arc<DynNotifier>> =
         [("oncall".to_owned(), notifier.clone() as Arc<DynNotifier>)].into();
-    let wall: deploy_incidents::WallClock = Arc::new(|| Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let wall = TokioClock::new().shared();
     let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
     let incidents = Arc::new(IncidentManager::new(
         store,
@@ -88,10 +88,7 @@ async fn a_breach_opens_one_incident_and_unhealthy_instances_alert() {
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let instances = fleet.list_instances(&app).await.unwrap();
-        let report = monitor
-            .monitor_system(&instances, tokio::time::Instant::now())
-            .await
-            .unwrap();
+        let report = monitor.monitor_system(&instances).await.unwrap();
         states.extend(
             report
                 .alerts
@@ -119,10 +116,7 @@ async fn a_breach_opens_one_incident_and_unhealthy_instances_alert() {
     // An unhealthy instance fires InstanceUnhealthy (critical) and opens its own incident.
     let instances = fleet.list_instances(&app).await.unwrap();
     fleet.inject(Fault::UnhealthyVersion(v1.clone()));
-    let report = monitor
-        .monitor_system(&instances, tokio::time::Instant::now())
-        .await
-        .unwrap();
+    let report = monitor.monitor_system(&instances).await.unwrap();
     let unhealthy = report
         .alerts
         .iter()
@@ -131,10 +125,7 @@ async fn a_breach_opens_one_incident_and_unhealthy_instances_alert() {
     assert_eq!(unhealthy, 2);
     assert_eq!(incidents.list().await.unwrap().len(), 3);
     fleet.clear_faults();
-    let report = monitor
-        .monitor_system(&instances, tokio::time::Instant::now())
-        .await
-        .unwrap();
+    let report = monitor.monitor_system(&instances).await.unwrap();
     assert!(
         report
             .alerts
@@ -174,10 +165,7 @@ async fn deployments_are_watched_by_the_same_rules() {
     let mut fired = None;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let report = monitor
-            .monitor_deployment(&app, &Pool::canary(), tokio::time::Instant::now())
-            .await
-            .unwrap();
+        let report = monitor.monitor_deployment(&app, &Pool::canary()).await.unwrap();
         fired = fired.or(report
             .alerts
             .into_iter()
@@ -187,10 +175,7 @@ async fn deployments_are_watched_by_the_same_rules() {
     assert_eq!(fired.labels.get("pool").map(String::as_str), Some("canary"));
     assert_eq!(incidents.list().await.unwrap().len(), 1);
     // The stable pool is fine: the system view does not fire.
-    let report = monitor
-        .monitor_system(&[], tokio::time::Instant::now())
-        .await
-        .unwrap();
+    let report = monitor.monitor_system(&[]).await.unwrap();
     assert!(
         report
             .alerts
