@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use deploykit::core::{
-    AppId, InfraManager, LoadBalancer, MemoryStore, Pool, RecordStore, TrafficSplit, Version, Weight,
+    AppId, InfraManager, LoadBalancer, MemoryStore, Pool, RecordStore, RecordStoreExt, TrafficSplit, Version,
+    Weight,
 };
 use deploykit::testkit::SimFleet;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use deploykit::core::{DynStore, MemoryStore};
+use deploykit::core::{DynStore, MemoryStore, RecordStoreExt};
 use deploykit::store::postgres::{PostgresOptions, PostgresStore};
 use deploykit::store::sqlite::{SqliteOptions, SqliteStore};
 use tokio::runtime::Runtime;

@@ -8,7 +8,7 @@ use deploy_config::validate::{Custom, OneOf, Pattern, Range, Required};
 use deploy_config::{
     Config, ConfigError, ConfigurationManager, Defaults, EnvVars, Files, Requirement, Secret, StoreSource,
 };
-use deploy_core::{MemoryStore, RecordStore};
+use deploy_core::{MemoryStore, RecordStoreExt};
 use serde::Deserialize;
 use tokio::sync::watch;
 

@@ -39,10 +39,12 @@
 //!   [`Pool`], [`Weight`], [`TrafficSplit`], [`HealthStatus`], [`MetricQuery`], [`Series`].
 //!   Constructors validate; bad input is a [`ValidationError`] that names what was wrong.
 //! - Backend traits, used as `Arc<dyn _>`: [`LoadBalancer`], [`InfraManager`],
-//!   [`HealthChecker`], [`MetricsSource`], [`Notifier`]. Each documents its `# Contract`.
+//!   [`HealthChecker`], [`MetricsSource`], [`Notifier`]. Each documents its `# Contract`;
+//!   `Arc<T>` and `Box<T>` implement every core trait `T` does, `dyn` included.
 //! - Persistence traits: [`RecordStore`] (versioned, compare-and-swap, watch) and
 //!   [`LeaseStore`] (leases with fencing tokens), with [`MemoryStore`] as the embedded
-//!   default.
+//!   default; callers' conveniences in [`RecordStoreExt`] (conditional writes, JSON,
+//!   `update_json`), and [`Prefixed`] to give each user its own part of a shared store.
 //! - Errors: [`ValidationError`], [`BackendError`], [`StoreError`], each with
 //!   `is_retryable()` where it matters.
 //! - Events: [`DeploymentEvent`], [`EventSink`], [`ChannelSink`], mirrored to `tracing`.
@@ -57,6 +59,7 @@
 mod balancer;
 mod error;
 mod events;
+mod forward;
 mod health;
 mod ids;
 mod infra;
@@ -86,8 +89,8 @@ pub use notify::{
 pub use retry::{Backoff, Retry, RetryPolicy};
 pub use store::{
     DynLeaseStore, DynRecordStore, DynStore, Fence, FencingToken, Lease, LeaseStore, MemoryStore,
-    Precondition, Record, RecordStore, RecordStoreExt, RecordVersion, Store, WatchEvent, WatchStream,
-    WriteOptions,
+    Precondition, Prefixed, Record, RecordStore, RecordStoreExt, RecordVersion, Store, WatchEvent,
+    WatchStream, WriteOptions,
 };
 pub use time::{Clock, ClockExt, DynClock, SystemClock, TokioClock};
 pub use traffic::{TrafficSplit, Weight};

@@ -156,18 +156,6 @@ impl Clock for TokioClock {
     }
 }
 
-impl<T: Clock + ?Sized> Clock for Arc<T> {
-    fn now(&self) -> SystemTime {
-        (**self).now()
-    }
-}
-
-impl<T: Clock + ?Sized> Clock for Box<T> {
-    fn now(&self) -> SystemTime {
-        (**self).now()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

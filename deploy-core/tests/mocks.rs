@@ -336,6 +336,39 @@ async fn store_conveniences_forward_preconditions_and_fences() {
     );
 }
 
+/// The conveniences are not trait methods a mock could stub on its own: they all reach
+/// `put_opts` / `delete_opts`, so expecting those sees every write.
+#[tokio::test]
+async fn a_mock_of_put_opts_sees_every_convenience_write() {
+    let mut records = MockRecordStore::new();
+    let mut sequence = Sequence::new();
+    for expected in [
+        Precondition::Any,
+        Precondition::Absent,
+        Precondition::Version(RecordVersion(5)),
+    ] {
+        records
+            .expect_put_opts()
+            .withf(move |key, _, opts| key == "k" && opts.precondition == expected)
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_, _, _| Ok(RecordVersion(6)));
+    }
+    records
+        .expect_delete_opts()
+        .withf(|key, opts| key == "k" && *opts == WriteOptions::default())
+        .times(1)
+        .in_sequence(&mut sequence)
+        .returning(|_, _| Ok(true));
+    records.put("k", "a".into()).await.unwrap();
+    records.create("k", "b".into()).await.unwrap();
+    records
+        .compare_and_swap("k", RecordVersion(5), "c".into())
+        .await
+        .unwrap();
+    assert!(records.delete("k").await.unwrap());
+}
+
 #[test]
 fn publish_emits_each_event_once() {
     let event = DeploymentEvent {

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use deploy_core::{
-    AppId, DynEventSink, DynHealthChecker, DynInfraManager, DynLeaseStore, DynLoadBalancer, DynMetricsSource,
-    DynNotifier, DynRecordStore, DynStore, Instance, InstanceId, Lease, LoadBalancerExt, MetricQuery,
-    Notification, Pool, RecordStoreExt, TrafficSplit, Version, WriteOptions,
+    AppId, Clock, DynClock, DynEventSink, DynHealthChecker, DynInfraManager, DynLeaseStore, DynLoadBalancer,
+    DynMetricsSource, DynNotifier, DynRecordStore, DynStore, EventSink, HealthChecker, InfraManager,
+    Instance, InstanceId, Lease, LeaseStore, LoadBalancer, LoadBalancerExt, MetricQuery, MetricsSource,
+    Notification, Notifier, Pool, Prefixed, RecordStore, RecordStoreExt, RecordVersion, StoreError,
+    TrafficSplit, Version, WriteOptions,
 };
 
 fn assert_send<T: Send>(_: &T) {}
@@ -45,6 +47,11 @@ fn futures_are_send(
     assert_send(&store.watch("k"));
     assert_send(&store.get_json::<u32>("k"));
     assert_send(&store.put_json("k", &1u32, WriteOptions::default()));
+    assert_send(&store.put("k", Bytes::new()));
+    assert_send(&store.create("k", Bytes::new()));
+    assert_send(&store.compare_and_swap("k", RecordVersion(1), Bytes::new()));
+    assert_send(&store.list_json::<u32>("k"));
+    assert_send(&store.update_json::<u32, StoreError>("k", WriteOptions::default(), Ok));
     assert_send(&store.acquire("l", "h", Duration::from_secs(1)));
     assert_send(&store.renew(&lease));
     // A full store can be used where only one half is needed.
@@ -52,6 +59,46 @@ fn futures_are_send(
     let leases: Arc<DynLeaseStore> = store;
     assert_send(&records.delete("k"));
     assert_send(&leases.holder("l"));
+    // Decorators over an erased store are stores, with `Send` futures.
+    let prefixed = Prefixed::new(records, "p/");
+    assert_send(&prefixed.watch("k"));
+    assert_send(&prefixed.update_json::<u32, StoreError>("k", WriteOptions::default(), Ok));
+}
+
+/// `Arc<T>` and `Box<T>` implement every core trait `T` does, `dyn` included, so generic
+/// code and decorators take shared trait objects.
+#[allow(dead_code)]
+fn pointers_forward_every_trait() {
+    fn load_balancer<T: LoadBalancer>() {}
+    fn infra_manager<T: InfraManager>() {}
+    fn health_checker<T: HealthChecker>() {}
+    fn metrics_source<T: MetricsSource>() {}
+    fn notifier<T: Notifier>() {}
+    fn record_store<T: RecordStore>() {}
+    fn lease_store<T: LeaseStore>() {}
+    fn event_sink<T: EventSink>() {}
+    fn clock<T: Clock>() {}
+    load_balancer::<Arc<DynLoadBalancer>>();
+    load_balancer::<Box<DynLoadBalancer>>();
+    infra_manager::<Arc<DynInfraManager>>();
+    infra_manager::<Box<DynInfraManager>>();
+    health_checker::<Arc<DynHealthChecker>>();
+    health_checker::<Box<DynHealthChecker>>();
+    metrics_source::<Arc<DynMetricsSource>>();
+    metrics_source::<Box<DynMetricsSource>>();
+    notifier::<Arc<DynNotifier>>();
+    notifier::<Box<DynNotifier>>();
+    record_store::<Arc<DynRecordStore>>();
+    record_store::<Box<DynRecordStore>>();
+    record_store::<Arc<DynStore>>();
+    lease_store::<Arc<DynLeaseStore>>();
+    lease_store::<Box<DynStore>>();
+    record_store::<Prefixed<Arc<DynStore>>>();
+    lease_store::<Prefixed<Arc<DynStore>>>();
+    event_sink::<Arc<DynEventSink>>();
+    event_sink::<Box<DynEventSink>>();
+    clock::<Arc<DynClock>>();
+    clock::<Box<DynClock>>();
 }
 
 #[test]
@@ -65,4 +112,5 @@ fn trait_objects_are_shareable() {
     assert_shareable::<DynLeaseStore>();
     assert_shareable::<DynStore>();
     assert_shareable::<DynEventSink>();
+    assert_shareable::<DynClock>();
 }

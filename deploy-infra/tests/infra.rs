@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use deploy_core::{DynStore, MemoryStore, WatchEvent};
+use deploy_core::{DynStore, MemoryStore, RecordStoreExt, WatchEvent};
 use deploy_infra::{
     Action, FileProvider, Infra, InfraError, LockInfo, MAX_LOCK_TTL, Resource, ResourceState, SimProvider,
     StateStore,

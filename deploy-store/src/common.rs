@@ -193,20 +193,13 @@ pub(crate) fn create_schema(int: &str, bytes: &str) -> [String; 6] {
     ]
 }
 
-/// A fenced write goes ahead only under the live holder's token.
+/// A fenced write goes ahead only under the live holder's token ([`Fence::check`]).
 pub(crate) fn check_fence(fence: &Fence, holding: Option<&Holding>, now_ms: i64) -> Result<(), StoreError> {
-    let current = holding
-        .and_then(|holding| holding.live_lease(&fence.lease, now_ms))
-        .map(|lease| lease.token);
-    if current == Some(fence.token) {
-        Ok(())
-    } else {
-        Err(StoreError::StaleFence {
-            lease: fence.lease.clone(),
-            presented: fence.token,
-            current,
-        })
-    }
+    fence.check(
+        holding
+            .and_then(|holding| holding.live_lease(&fence.lease, now_ms))
+            .map(|lease| lease.token),
+    )
 }
 
 /// `lease` must be the live holding.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deploy_core::store::watch_stream;
 use deploy_core::{Record, RecordVersion, StoreError, WatchEvent, WatchStream};
-use futures::StreamExt;
 use tokio::sync::{Notify, OnceCell, broadcast};
 
 /// One change-log row.
@@ -91,32 +91,7 @@ impl Feed {
                 tokio::spawn(tail(Arc::downgrade(&feed), log, newest));
             })
             .await;
-        let prefix = prefix.to_owned();
-        let stream = futures::stream::unfold(receiver, move |mut receiver| {
-            let prefix = prefix.clone();
-            async move {
-                loop {
-                    let event = match receiver.recv().await {
-                        Ok(event) => event,
-                        Err(broadcast::error::RecvError::Lagged(_)) => Arc::new(WatchEvent::Lagged),
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    };
-                    let wanted = match &*event {
-                        WatchEvent::Put(record) => {
-                            record.version.0 as i64 > newest && record.key.starts_with(&prefix)
-                        }
-                        WatchEvent::Delete { key, version } => {
-                            version.0 as i64 > newest && key.starts_with(&prefix)
-                        }
-                        WatchEvent::Lagged => true,
-                    };
-                    if wanted {
-                        return Some(((*event).clone(), receiver));
-                    }
-                }
-            }
-        });
-        Ok(stream.boxed())
+        Ok(watch_stream(receiver, prefix, RecordVersion(newest as u64)))
     }
 }
 

@@ -78,7 +78,7 @@ fn system_millis() -> i64 {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use deploy_core::RecordStore;
+/// use deploy_core::{RecordStore, RecordStoreExt};
 /// use deploy_store::sqlite::{SqliteOptions, SqliteStore};
 ///
 /// let path = std::env::temp_dir().join(format!("deploykit-doc-{}.db", std::process::id()));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::conformance;
-use deploy_core::{DynRecordStore, RecordStore, WatchEvent};
+use deploy_core::{DynRecordStore, RecordStore, RecordStoreExt, WatchEvent};
 use deploy_store::OpenError;
 use deploy_store::postgres::{PostgresOptions, PostgresStore};
 use futures::StreamExt;

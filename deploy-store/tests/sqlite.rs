@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use deploy_core::conformance;
-use deploy_core::{DynRecordStore, DynStore, RecordStore, WatchEvent};
+use deploy_core::{DynRecordStore, DynStore, RecordStore, RecordStoreExt, WatchEvent};
 use deploy_store::OpenError;
 use deploy_store::sqlite::{SqliteOptions, SqliteStore};
 use futures::StreamExt;

@@ -8,7 +8,8 @@ use futures::StreamExt;
 
 use crate::error::StoreError;
 use crate::store::{
-    DynRecordStore, DynStore, FencingToken, Precondition, RecordVersion, WatchEvent, WriteOptions,
+    DynRecordStore, DynStore, FencingToken, Precondition, RecordStoreExt, RecordVersion, WatchEvent,
+    WriteOptions,
 };
 
 /// How long a watch suite waits for an event that must come.

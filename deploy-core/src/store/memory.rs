@@ -10,8 +10,8 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    Fence, FencingToken, Lease, LeaseStore, Precondition, Record, RecordStore, RecordVersion, WatchEvent,
-    WatchStream, WriteOptions, validate_key, validate_lease_request,
+    FencingToken, Lease, LeaseStore, Precondition, Record, RecordStore, RecordVersion, WatchEvent,
+    WatchStream, WriteOptions, validate_key, validate_lease_request, watch_stream,
 };
 use crate::error::StoreError;
 
@@ -25,7 +25,7 @@ const WATCH_BUFFER: usize = 4096;
 /// advancing time. Cloning shares the same data.
 ///
 /// ```
-/// # use deploy_core::{MemoryStore, RecordStore, StoreError};
+/// # use deploy_core::{MemoryStore, RecordStoreExt, StoreError};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), StoreError> {
 /// let store = MemoryStore::new();
@@ -80,19 +80,6 @@ impl State {
             .filter(|h| h.is_live(now))
     }
 
-    fn check_fence(&self, fence: &Fence) -> Result<(), StoreError> {
-        let current = self.live_holding(&fence.lease, Instant::now()).map(|h| h.token);
-        if current == Some(fence.token) {
-            Ok(())
-        } else {
-            Err(StoreError::StaleFence {
-                lease: fence.lease.clone(),
-                presented: fence.token,
-                current,
-            })
-        }
-    }
-
     fn check_precondition(&self, key: &str, precondition: Precondition) -> Result<(), StoreError> {
         precondition.check(key, self.records.get(key).map(|(_, version)| *version))
     }
@@ -100,7 +87,7 @@ impl State {
     fn check_write(&self, key: &str, opts: &WriteOptions) -> Result<(), StoreError> {
         validate_key(key)?;
         if let Some(fence) = &opts.fence {
-            self.check_fence(fence)?;
+            fence.check(self.live_holding(&fence.lease, Instant::now()).map(|h| h.token))?;
         }
         self.check_precondition(key, opts.precondition)
     }
@@ -214,29 +201,13 @@ impl RecordStore for MemoryStore {
     }
 
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
+        // Under the state lock no write is half-published: every change after `after`
+        // reaches this receiver.
+        let state = self.state();
         let receiver = self.changes.subscribe();
-        let prefix = prefix.to_owned();
-        let stream = futures::stream::unfold(receiver, move |mut receiver| {
-            let prefix = prefix.clone();
-            async move {
-                loop {
-                    let event = match receiver.recv().await {
-                        Ok(event) => event,
-                        Err(broadcast::error::RecvError::Lagged(_)) => WatchEvent::Lagged,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    };
-                    let relevant = match &event {
-                        WatchEvent::Put(record) => record.key.starts_with(&prefix),
-                        WatchEvent::Delete { key, .. } => key.starts_with(&prefix),
-                        WatchEvent::Lagged => true,
-                    };
-                    if relevant {
-                        return Some((event, receiver));
-                    }
-                }
-            }
-        });
-        Ok(Box::pin(stream))
+        let after = RecordVersion(state.last_version);
+        drop(state);
+        Ok(watch_stream(receiver, prefix, after))
     }
 }
 

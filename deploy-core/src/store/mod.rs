@@ -9,7 +9,10 @@
 //! [`StoreError::StaleFence`] unless that token belongs to the lease's live holder, so a
 //! paused or partitioned deployer cannot overwrite its successor's work.
 
+mod ext;
 mod memory;
+mod prefixed;
+mod watch;
 
 use std::fmt::{self, Debug};
 use std::time::Duration;
@@ -17,12 +20,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 
+pub use ext::RecordStoreExt;
 pub use memory::MemoryStore;
+pub use prefixed::Prefixed;
+pub use watch::watch_stream;
 
 /// Longest record key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -115,6 +120,26 @@ pub struct Fence {
     pub token: FencingToken,
 }
 
+impl Fence {
+    /// Checks this fence against the token of the lease's live holding (`None` when nobody
+    /// holds it live); every backend decides fenced writes with this, atomically with the
+    /// write.
+    ///
+    /// # Errors
+    /// [`StoreError::StaleFence`] unless `current` is this fence's token.
+    pub fn check(&self, current: Option<FencingToken>) -> Result<(), StoreError> {
+        if current == Some(self.token) {
+            Ok(())
+        } else {
+            Err(StoreError::StaleFence {
+                lease: self.lease.clone(),
+                presented: self.token,
+                current,
+            })
+        }
+    }
+}
+
 /// Options for [`RecordStore::put_opts`] and [`RecordStore::delete_opts`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WriteOptions {
@@ -158,10 +183,35 @@ pub enum WatchEvent {
     Lagged,
 }
 
+impl WatchEvent {
+    /// The key a put or delete changed; `None` for [`WatchEvent::Lagged`].
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Put(record) => Some(&record.key),
+            Self::Delete { key, .. } => Some(key),
+            Self::Lagged => None,
+        }
+    }
+
+    /// The version of a put or delete; `None` for [`WatchEvent::Lagged`].
+    pub fn version(&self) -> Option<RecordVersion> {
+        match self {
+            Self::Put(record) => Some(record.version),
+            Self::Delete { version, .. } => Some(*version),
+            Self::Lagged => None,
+        }
+    }
+}
+
 /// The stream [`RecordStore::watch`] returns.
 pub type WatchStream = BoxStream<'static, WatchEvent>;
 
 /// A versioned key-value store with compare-and-swap, prefix listing and change watching.
+///
+/// Implementations provide these five methods and nothing else; callers' conveniences
+/// (`put`, `create`, `compare_and_swap`, `delete`, typed JSON, update loops) live in
+/// [`RecordStoreExt`], implemented for every store, so a decorator or a mock that
+/// intercepts `put_opts` sees every write.
 ///
 /// # Contract
 /// - Keys are 1..=1024 bytes without control characters; anything else is
@@ -208,33 +258,6 @@ pub trait RecordStore: Send + Sync + Debug + 'static {
 
     /// Changes under `prefix` from now on.
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError>;
-
-    /// Writes unconditionally.
-    async fn put(&self, key: &str, value: Bytes) -> Result<RecordVersion, StoreError> {
-        self.put_opts(key, value, WriteOptions::default()).await
-    }
-
-    /// Writes only if `key` is absent.
-    async fn create(&self, key: &str, value: Bytes) -> Result<RecordVersion, StoreError> {
-        self.put_opts(key, value, WriteOptions::when(Precondition::Absent))
-            .await
-    }
-
-    /// Writes only if `key` is at `expected`.
-    async fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: RecordVersion,
-        value: Bytes,
-    ) -> Result<RecordVersion, StoreError> {
-        self.put_opts(key, value, WriteOptions::when(Precondition::Version(expected)))
-            .await
-    }
-
-    /// Deletes unconditionally.
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.delete_opts(key, WriteOptions::default()).await
-    }
 }
 
 /// A shared, type-erased record store.
@@ -310,47 +333,6 @@ impl<T: RecordStore + LeaseStore + ?Sized> Store for T {}
 
 /// A shared, type-erased store.
 pub type DynStore = dyn Store;
-
-/// Typed (JSON) conveniences for every [`RecordStore`].
-#[async_trait]
-pub trait RecordStoreExt: RecordStore {
-    /// Reads and decodes the record at `key`, returning the value and its version.
-    ///
-    /// # Errors
-    /// The store's errors, or [`StoreError::Codec`] when the record is not a `T`.
-    async fn get_json<T: DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<(T, RecordVersion)>, StoreError> {
-        let Some(record) = self.get(key).await? else {
-            return Ok(None);
-        };
-        let value = serde_json::from_slice(&record.value).map_err(|e| StoreError::Codec {
-            key: key.to_owned(),
-            source: Box::new(e),
-        })?;
-        Ok(Some((value, record.version)))
-    }
-
-    /// Encodes `value` as JSON and writes it with `opts`.
-    ///
-    /// # Errors
-    /// The store's errors, or [`StoreError::Codec`] when `value` does not serialize.
-    async fn put_json<T: Serialize + Sync + ?Sized>(
-        &self,
-        key: &str,
-        value: &T,
-        opts: WriteOptions,
-    ) -> Result<RecordVersion, StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Codec {
-            key: key.to_owned(),
-            source: Box::new(e),
-        })?;
-        self.put_opts(key, Bytes::from(bytes), opts).await
-    }
-}
-
-impl<T: RecordStore + ?Sized> RecordStoreExt for T {}
 
 /// Checks a record key (see [`RecordStore`]'s contract); shared by every backend.
 ///
