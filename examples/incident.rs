@@ -62,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             clock: wall.clone(),
             ..IncidentOptions::default()
         },
-    );
+    )?;
     incidents.add_policy(EscalationPolicy {
         name: "shop".into(),
         levels: vec![

@@ -17,38 +17,19 @@ use std::collections::HashMap;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::hash::Hasher;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deploy_core::retry::RetryPolicy;
 use deploy_core::time::{ClockExt, DynClock};
-use deploy_core::{BackendError, DynNotifier, IdempotencyKey, Notification, NotificationAction, Severity};
+use deploy_core::{DynNotifier, IdempotencyKey, Notification, NotificationAction, Severity};
 use tokio::time::Instant;
 
+use crate::delivery::{default_retry, deliver};
+use crate::error::AlertError;
 use crate::labels::{Fingerprint, Labels};
 use crate::route::Route;
 use crate::rule::{Alert, AlertState};
 use crate::suppress::{InhibitRule, Silence};
-
-/// Backoff between delivery attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// The first wait.
-    pub initial: Duration,
-    /// The longest wait.
-    pub max: Duration,
-    /// No attempt starts later than this after the first.
-    pub deadline: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(10),
-            deadline: Duration::from_secs(60),
-        }
-    }
-}
 
 /// What one flush sent (or failed to send).
 #[derive(Debug, Clone, PartialEq)]
@@ -142,17 +123,24 @@ impl Dispatcher {
             silence_cache: FxHashMap::default(),
             inhibitions: Vec::new(),
             clock,
-            retry: RetryPolicy::default(),
+            retry: default_retry(),
             alerts: FxHashMap::default(),
             groups: FxHashMap::default(),
             log: FxHashMap::default(),
         }
     }
 
-    /// Sets the delivery retry policy.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+    /// Sets how deliveries are retried (default: 200 ms doubling up to 10 s, as many
+    /// attempts as start within 60 s). Only failures the notifier marks retryable are
+    /// retried; the notifiers themselves do not retry.
+    ///
+    /// # Errors
+    /// [`AlertError::InvalidRetry`] for a policy that does not
+    /// [validate](RetryPolicy::validate).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Result<Self, AlertError> {
+        retry.validate().map_err(AlertError::InvalidRetry)?;
         self.retry = retry;
-        self
+        Ok(self)
     }
 
     /// Adds an inhibition rule.
@@ -380,31 +368,14 @@ impl Dispatcher {
         record
     }
 
-    /// Sends with retries on retryable failures until the deadline.
+    /// Sends with retries on retryable failures, as the policy allows.
     async fn deliver(&self, receiver: &str, notification: &Notification) -> (u32, Option<String>) {
         let Some(notifier) = self.receivers.get(receiver) else {
             return (0, Some(format!("no notifier for receiver `{receiver}`")));
         };
-        let started = Instant::now();
-        let mut wait = self.retry.initial;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match notifier.notify(notification).await {
-                Ok(_) => return (attempts, None),
-                Err(error) if retryable(&error) && started.elapsed() + wait <= self.retry.deadline => {
-                    tracing::debug!(%error, attempts, "notification failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(self.retry.max);
-                }
-                Err(error) => return (attempts, Some(error.to_string())),
-            }
-        }
+        let (attempts, result) = deliver(notifier.as_ref(), notification, &self.retry).await;
+        (attempts, result.err().map(|error| error.to_string()))
     }
-}
-
-fn retryable(error: &BackendError) -> bool {
-    error.is_retryable()
 }
 
 /// Labels every alert of the group shares.

@@ -1,7 +1,9 @@
 //! Errors of alerting configuration and delivery.
 
+use deploy_core::ValidationError;
+
 /// Why an alerting configuration or call was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AlertError {
     /// A matcher does not parse or its regex is invalid.
@@ -36,4 +38,7 @@ pub enum AlertError {
         /// What is wrong.
         reason: String,
     },
+    /// A delivery retry policy that does not validate.
+    #[error("invalid delivery retry policy: {0}")]
+    InvalidRetry(ValidationError),
 }

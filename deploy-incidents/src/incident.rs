@@ -8,12 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deploy_core::retry::RetryPolicy;
 use deploy_core::time::{ClockExt, DynClock, SystemClock};
 use deploy_core::{
     DynNotifier, DynRecordStore, IdempotencyKey, Notification, NotificationAction, Precondition,
-    RecordStoreExt, Severity, StoreError, WriteOptions,
+    RecordStoreExt, Severity, StoreError, ValidationError, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::delivery::{default_retry, deliver};
 
 /// Where an incident stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -86,6 +89,9 @@ pub enum IncidentError {
         /// The index given.
         index: usize,
     },
+    /// [`IncidentOptions::retry`] does not validate.
+    #[error("invalid notification retry policy: {0}")]
+    InvalidRetry(ValidationError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -242,6 +248,9 @@ pub struct IncidentOptions {
     pub postmortem_after: Duration,
     /// The post-mortem document template.
     pub postmortem_template: String,
+    /// How notifications and pages are retried (default: 200 ms doubling up to 10 s, as
+    /// many attempts as start within 60 s); the notifier itself does not retry.
+    pub retry: RetryPolicy,
 }
 
 impl Default for IncidentOptions {
@@ -252,6 +261,7 @@ impl Default for IncidentOptions {
             postmortem_after: Duration::from_secs(5 * 24 * 3600),
             postmortem_template:
                 "## Summary\n\n## Impact\n\n## Timeline\n\n## Root cause\n\n## Action items\n".into(),
+            retry: default_retry(),
         }
     }
 }
@@ -271,13 +281,22 @@ fn chrono_duration(duration: Duration) -> chrono::Duration {
 
 impl IncidentManager {
     /// A manager keeping incidents in `store` and notifying through `notifier`.
-    pub fn new(store: Arc<DynRecordStore>, notifier: Arc<DynNotifier>, options: IncidentOptions) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// [`IncidentError::InvalidRetry`] when `options.retry` does not
+    /// [validate](RetryPolicy::validate).
+    pub fn new(
+        store: Arc<DynRecordStore>,
+        notifier: Arc<DynNotifier>,
+        options: IncidentOptions,
+    ) -> Result<Self, IncidentError> {
+        options.retry.validate().map_err(IncidentError::InvalidRetry)?;
+        Ok(Self {
             store,
             notifier,
             policies: BTreeMap::new(),
             options,
-        }
+        })
     }
 
     /// Registers an escalation policy.
@@ -679,8 +698,10 @@ impl IncidentManager {
 
     async fn send(&self, notifications: Vec<Notification>) {
         for notification in notifications {
-            if let Err(error) = self.notifier.notify(&notification).await {
-                tracing::warn!(%error, key = %notification.key, "incident notification failed");
+            let (attempts, result) =
+                deliver(self.notifier.as_ref(), &notification, &self.options.retry).await;
+            if let Err(error) = result {
+                tracing::warn!(%error, attempts, key = %notification.key, "incident notification failed");
             }
         }
     }

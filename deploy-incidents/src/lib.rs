@@ -18,6 +18,7 @@
 //! post-mortems and MTTA / MTTR, persisted through any core record store. The operational
 //! monitor, the `incident` example and the `alerts` benchmark come next (see the README).
 
+mod delivery;
 mod dispatch;
 mod error;
 mod incident;
@@ -27,7 +28,7 @@ mod route;
 mod rule;
 mod suppress;
 
-pub use dispatch::{DeliveryRecord, Dispatcher, RetryPolicy};
+pub use dispatch::{DeliveryRecord, Dispatcher};
 pub use error::AlertError;
 pub use incident::{
     ActionItem, EscalationLevel, EscalationPolicy, EscalationState, Incident, IncidentError, IncidentManager,

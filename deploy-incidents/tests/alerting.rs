@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploy_core::retry::{Backoff, RetryPolicy};
 use deploy_core::time::{ClockExt, DynClock, TokioClock};
 use deploy_core::{DynNotifier, MetricName, MetricQuery, MetricTarget, NotificationAction};
 use deploy_incidents::{
-    Alert, AlertError, AlertRule, AlertState, Comparison, Dispatcher, InhibitRule, Labels, Matcher,
-    RetryPolicy, Route, RouteConfig, RuleEvaluator, Silence,
+    Alert, AlertError, AlertRule, AlertState, Comparison, Dispatcher, InhibitRule, Labels, Matcher, Route,
+    RouteConfig, RuleEvaluator, Silence,
 };
 use deploy_testkit::RecordingNotifier;
 use tokio::time::Instant;
@@ -135,11 +136,17 @@ fn setup() -> Setup {
     ]
     .into();
     let wall = TokioClock::new().shared();
-    let dispatcher = Dispatcher::new(tree(), receivers, wall.clone()).with_retry(RetryPolicy {
-        initial: Duration::from_secs(1),
-        max: Duration::from_secs(4),
-        deadline: Duration::from_secs(10),
-    });
+    let dispatcher = Dispatcher::new(tree(), receivers, wall.clone())
+        .with_retry(RetryPolicy {
+            backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(4),
+                multiplier: 2.0,
+            },
+            max_attempts: 10,
+            deadline: Some(Duration::from_secs(10)),
+        })
+        .unwrap();
     Setup {
         dispatcher,
         pager,
@@ -329,10 +336,29 @@ async fn deliveries_retry_retryable_failures_only() {
     s.default.fail_next(100, true);
     s.dispatcher.receive(&alert("C", &[], AlertState::Firing));
     let records = run_for(&mut s.dispatcher, Duration::from_secs(60)).await;
+    // Waits of 1, 2 and 4 s end at 7 s; the next (4 s) would end past the 10 s deadline.
     assert!(
-        records[0].error.is_some() && records[0].attempts <= 5,
+        records[0].error.is_some() && records[0].attempts == 4,
         "the deadline stops retries: {records:?}"
     );
+}
+
+#[test]
+fn an_invalid_retry_policy_is_refused() {
+    let receivers: HashMap<String, Arc<DynNotifier>> = HashMap::new();
+    let tree = Route::compile(
+        &RouteConfig {
+            receiver: Some("default".into()),
+            ..RouteConfig::default()
+        },
+        &["default".into()],
+    )
+    .unwrap();
+    let no_attempts = RetryPolicy::default().with_max_attempts(0);
+    assert!(matches!(
+        Dispatcher::new(tree, receivers, TokioClock::new().shared()).with_retry(no_attempts),
+        Err(AlertError::InvalidRetry(_))
+    ));
 }
 
 #[test]

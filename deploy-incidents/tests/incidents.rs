@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{TimeZone, Utc};
+use deploy_core::retry::RetryPolicy;
 use deploy_core::time::TokioClock;
 use deploy_core::{DynNotifier, DynRecordStore, MemoryStore, NotificationAction, Severity};
 use deploy_incidents::{
@@ -28,7 +29,7 @@ impl World {
         };
         let notifier = Arc::new(RecordingNotifier::new());
         let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
-        let mut manager = IncidentManager::new(store, notifier.clone() as Arc<DynNotifier>, options);
+        let mut manager = IncidentManager::new(store, notifier.clone() as Arc<DynNotifier>, options).unwrap();
         manager
             .add_policy(EscalationPolicy {
                 name: "web".into(),
@@ -331,4 +332,39 @@ async fn notifications_roles_postmortems_and_response_times() {
     assert_eq!(times.mtta, Some(Duration::from_secs(90)));
     assert_eq!(times.mttr, Some(Duration::from_secs(600)));
     assert_eq!(response_times(&[]).mtta, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn notifications_are_retried_by_the_manager_and_bad_policies_refused() {
+    let world = World::new();
+    world.notifier.fail_next(2, true);
+    let started = tokio::time::Instant::now();
+    world
+        .manager
+        .create_incident("monitor", World::new_incident("fp-8"))
+        .await
+        .unwrap();
+    let summaries: Vec<String> = world
+        .notifier
+        .delivered()
+        .into_iter()
+        .map(|n| n.summary)
+        .collect();
+    assert_eq!(summaries.len(), 2, "opened and paged: {summaries:?}");
+    assert_eq!(world.notifier.attempts(), 4, "two retries, then both delivered");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(200 + 400),
+        "the default backoff"
+    );
+
+    let options = IncidentOptions {
+        retry: RetryPolicy::default().with_deadline(Duration::ZERO),
+        ..IncidentOptions::default()
+    };
+    let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
+    assert!(matches!(
+        IncidentManager::new(store, world.notifier.clone(), options),
+        Err(IncidentError::InvalidRetry(_))
+    ));
 }

@@ -31,14 +31,17 @@ async fn setup(fleet: &SimFleet) -> (OperationalMonitor, Arc<IncidentManager>, A
         [("oncall".to_owned(), notifier.clone() as Arc<DynNotifier>)].into();
     let wall = TokioClock::new().shared();
     let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
-    let incidents = Arc::new(IncidentManager::new(
-        store,
-        notifier.clone(),
-        IncidentOptions {
-            clock: wall.clone(),
-            ..IncidentOptions::default()
-        },
-    ));
+    let incidents = Arc::new(
+        IncidentManager::new(
+            store,
+            notifier.clone(),
+            IncidentOptions {
+                clock: wall.clone(),
+                ..IncidentOptions::default()
+            },
+        )
+        .unwrap(),
+    );
     let monitor = OperationalMonitor::new(
         Arc::new(fleet.clone()) as Arc<DynMetricsSource>,
         Arc::new(fleet.clone()) as Arc<DynHealthChecker>,
