@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use deploykit::core::MemoryStore;
 use deploykit::flags::{
-    Constraint, Context, FeatureFlagManager, FlagDefinition, FlagKind, Operator, Payload, Rollout, Rule,
-    Stickiness, VariantDefinition,
+    Constraint, Context, FeatureFlagManager, FlagDefinition, FlagKind, Operator, Payload, PercentageRollout,
+    Rule, Stickiness, VariantDefinition,
 };
 
 const USERS: usize = 20_000;
@@ -32,7 +32,7 @@ fn ramp(percentage: u32) -> Rule {
     Rule {
         name: Some(format!("app >= 3, {percentage}%")),
         constraints: vec![Constraint::single("appVersion", Operator::SemverGte, "3.0.0")],
-        rollout: Some(Rollout {
+        rollout: Some(PercentageRollout {
             percentage,
             stickiness: Stickiness::on("userId"),
             group_id: Some("checkout".into()),

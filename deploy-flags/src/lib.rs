@@ -3,7 +3,9 @@
 //! lock-free without allocating.
 //!
 //! ```
-//! use deploy_flags::{Constraint, Context, FlagDefinition, FlagEngine, FlagSet, Operator, Rollout, Rule, Stickiness};
+//! use deploy_flags::{
+//!     Constraint, Context, FlagDefinition, FlagEngine, FlagSet, Operator, PercentageRollout, Rule, Stickiness,
+//! };
 //!
 //! // Staff get the new checkout; everyone else on iOS >= 2.0 gets it at 25%, sticky per user.
 //! let staff = Rule {
@@ -12,7 +14,11 @@
 //! };
 //! let ios = Rule {
 //!     constraints: vec![Constraint::single("appVersion", Operator::SemverGte, "2.0.0")],
-//!     rollout: Some(Rollout { percentage: 25, stickiness: Stickiness::on("userId"), group_id: None }),
+//!     rollout: Some(PercentageRollout {
+//!         percentage: 25,
+//!         stickiness: Stickiness::on("userId"),
+//!         group_id: None,
+//!     }),
 //!     ..Rule::default()
 //! };
 //! let flag = FlagDefinition::new("new-checkout", true).with_rule(staff).with_rule(ios);
@@ -80,6 +86,6 @@ pub use manager::{
 };
 pub use metrics::FlagMetrics;
 pub use model::{
-    Constraint, FlagDefinition, FlagKind, FlagSet, Operator, Payload, PayloadKind, Prerequisite, Rollout,
-    Rule, Segment, Stickiness, VariantDefinition, VariantOverride,
+    Constraint, FlagDefinition, FlagKind, FlagSet, Operator, Payload, PayloadKind, PercentageRollout,
+    Prerequisite, Rule, Segment, Stickiness, VariantDefinition, VariantOverride,
 };

@@ -119,7 +119,7 @@ pub struct Rule {
     pub segments: Vec<String>,
     /// Among callers who match, the share that gets the flag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<Rollout>,
+    pub rollout: Option<PercentageRollout>,
     /// Variants for callers this rule matches; empty means the flag's own variants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<VariantDefinition>,
@@ -134,7 +134,7 @@ pub struct Rule {
 /// A percentage rollout with sticky bucketing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Rollout {
+pub struct PercentageRollout {
     /// Share of callers, 0 to 100 (whole percent, as Unleash buckets).
     pub percentage: u32,
     /// The attribute(s) a caller is bucketed by.

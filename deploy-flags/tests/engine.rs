@@ -4,7 +4,8 @@
 use chrono::{TimeZone, Utc};
 use deploy_flags::{
     Constraint, Context, FlagChange, FlagDefinition, FlagEngine, FlagError, FlagKind, FlagSet, Operator,
-    Payload, Prerequisite, Reason, Rollout, Rule, Segment, Stickiness, VariantDefinition, VariantOverride,
+    Payload, PercentageRollout, Prerequisite, Reason, Rule, Segment, Stickiness, VariantDefinition,
+    VariantOverride,
 };
 
 fn engine_with(flags: Vec<FlagDefinition>) -> FlagEngine {
@@ -233,7 +234,7 @@ fn segments_add_their_constraints_to_rules() {
 
 fn rollout_flag(name: &str, percentage: u32, stickiness: Stickiness, group: Option<&str>) -> FlagDefinition {
     FlagDefinition::new(name, true).with_rule(Rule {
-        rollout: Some(Rollout {
+        rollout: Some(PercentageRollout {
             percentage,
             stickiness,
             group_id: group.map(str::to_owned),

@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use deploy_core::{DynStore, MemoryStore, RecordStoreExt};
 use deploy_flags::{
     AuditAction, Constraint, Context, FeatureFlagManager, FileSource, FlagDefinition, FlagError,
-    ManagerOptions, Operator, Prerequisite, Rollout, Rule, StaleReason, Stickiness,
+    ManagerOptions, Operator, PercentageRollout, Prerequisite, Rule, StaleReason, Stickiness,
 };
 
 fn clock_at(start: DateTime<Utc>) -> (Arc<Mutex<DateTime<Utc>>>, ManagerOptions) {
@@ -89,7 +89,7 @@ async fn invalid_or_impossible_changes_write_nothing() {
         .await
         .unwrap();
     let too_much = Rule {
-        rollout: Some(Rollout {
+        rollout: Some(PercentageRollout {
             percentage: 120,
             stickiness: Stickiness::default(),
             group_id: None,

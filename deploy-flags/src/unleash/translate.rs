@@ -5,8 +5,8 @@ use super::state::UnleashState;
 use super::wire::{Feature, Strategy, UnleashConstraint, UnleashVariant};
 use crate::matchers::parse_network;
 use crate::model::{
-    Constraint, FlagDefinition, FlagKind, FlagSet, Operator, Payload, PayloadKind, Prerequisite, Rollout,
-    Rule, Stickiness, VariantDefinition, VariantOverride,
+    Constraint, FlagDefinition, FlagKind, FlagSet, Operator, Payload, PayloadKind, PercentageRollout,
+    Prerequisite, Rule, Stickiness, VariantDefinition, VariantOverride,
 };
 use crate::semver::Semver;
 
@@ -120,17 +120,19 @@ impl UnleashState {
             name: Some(strategy.name.clone()),
             ..Rule::default()
         };
-        let sticky_rollout =
-            |percent: u32, stickiness: Stickiness, group: Option<&str>| -> Result<Rollout, String> {
-                if percent > 100 {
-                    return Err(format!("rollout {percent}% is above 100"));
-                }
-                Ok(Rollout {
-                    percentage: percent,
-                    stickiness,
-                    group_id: group.map(str::to_owned),
-                })
-            };
+        let sticky_rollout = |percent: u32,
+                              stickiness: Stickiness,
+                              group: Option<&str>|
+         -> Result<PercentageRollout, String> {
+            if percent > 100 {
+                return Err(format!("rollout {percent}% is above 100"));
+            }
+            Ok(PercentageRollout {
+                percentage: percent,
+                stickiness,
+                group_id: group.map(str::to_owned),
+            })
+        };
         match strategy.name.as_str() {
             "default" => {}
             "userWithId" => match param("userIds") {
@@ -156,7 +158,7 @@ impl UnleashState {
             }
             "gradualRolloutRandom" => match percentage("percentage") {
                 Some(percent) => {
-                    rule.rollout = Some(Rollout {
+                    rule.rollout = Some(PercentageRollout {
                         percentage: percent.min(100),
                         stickiness: Stickiness::on(Stickiness::RANDOM),
                         group_id: None,
