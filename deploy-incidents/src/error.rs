@@ -1,6 +1,9 @@
-//! Errors of alerting configuration and delivery.
+//! The crate's errors: [`AlertError`] for alerting configuration, [`IncidentError`] for the
+//! incident lifecycle.
 
-use deploy_core::ValidationError;
+use deploy_core::{StoreError, ValidationError};
+
+use crate::incident::IncidentStatus;
 
 /// Why an alerting configuration or call was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -41,4 +44,48 @@ pub enum AlertError {
     /// A delivery retry policy that does not validate.
     #[error("invalid delivery retry policy: {0}")]
     InvalidRetry(ValidationError),
+}
+
+/// Why an incident operation was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IncidentError {
+    /// The status change is not allowed from the current status.
+    #[error("incident {id}: cannot go from {from:?} to {to:?}")]
+    InvalidTransition {
+        /// The incident.
+        id: String,
+        /// Its status.
+        from: IncidentStatus,
+        /// The status asked for.
+        to: IncidentStatus,
+    },
+    /// No incident with that id.
+    #[error("no incident {0}")]
+    UnknownIncident(String),
+    /// A dedup key that is empty, too long or has control characters.
+    #[error("invalid dedup key: {0}")]
+    InvalidDedupKey(String),
+    /// An escalation policy that does not exist or has no levels.
+    #[error("escalation policy `{policy}`: {reason}")]
+    InvalidPolicy {
+        /// The policy.
+        policy: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An action item index that does not exist.
+    #[error("incident {id}: no action item {index}")]
+    UnknownActionItem {
+        /// The incident.
+        id: String,
+        /// The index given.
+        index: usize,
+    },
+    /// [`IncidentOptions::retry`](crate::IncidentOptions::retry) does not validate.
+    #[error("invalid notification retry policy: {0}")]
+    InvalidRetry(ValidationError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }

@@ -29,11 +29,11 @@ mod rule;
 mod suppress;
 
 pub use dispatch::{DeliveryRecord, Dispatcher};
-pub use error::AlertError;
+pub use error::{AlertError, IncidentError};
 pub use incident::{
-    ActionItem, EscalationLevel, EscalationPolicy, EscalationState, Incident, IncidentError, IncidentManager,
-    IncidentOptions, IncidentStatus, IncidentUpdate, NewIncident, Postmortem, ResponseTimes, TimelineEntry,
-    response_times,
+    ActionItem, EscalationLevel, EscalationPolicy, EscalationState, Incident, IncidentManager,
+    IncidentOptions, IncidentStatus, IncidentTimelineEntry, IncidentUpdate, NewIncident, Postmortem,
+    ResponseTimes, response_times,
 };
 pub use labels::{Fingerprint, Labels, MatchOp, Matcher, all_match};
 pub use monitor::{MonitorReport, OperationalMonitor};

@@ -12,7 +12,8 @@ use tokio::time::Instant;
 
 use crate::dispatch::{DeliveryRecord, Dispatcher};
 use crate::error::AlertError;
-use crate::incident::{IncidentError, IncidentManager, NewIncident};
+use crate::error::IncidentError;
+use crate::incident::{IncidentManager, NewIncident};
 use crate::labels::{Fingerprint, Labels};
 use crate::rule::{Alert, AlertRule, AlertState, RuleEvaluator};
 

@@ -1,7 +1,5 @@
-//! The incident lifecycle: triggered → acknowledged → mitigated → resolved → closed, with
-//! reopen; dedup keys so a re-trigger attaches to the open incident; an append-only
-//! timeline; roles; escalation policies; post-mortems; MTTA and MTTR. Incidents persist
-//! through any core record store.
+//! [`IncidentManager`]: incidents in a record store, changed by compare-and-swap, escalated
+//! and notified.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,230 +10,15 @@ use deploy_core::retry::RetryPolicy;
 use deploy_core::time::{ClockExt, DynClock, SystemClock};
 use deploy_core::{
     DynNotifier, DynRecordStore, IdempotencyKey, Notification, NotificationAction, Precondition,
-    RecordStoreExt, Severity, StoreError, ValidationError, WriteOptions,
+    RecordStoreExt, StoreError, WriteOptions,
 };
-use serde::{Deserialize, Serialize};
 
+use super::model::{
+    EscalationPolicy, EscalationState, Incident, IncidentStatus, IncidentTimelineEntry, IncidentUpdate,
+    NewIncident, Postmortem,
+};
 use crate::delivery::{default_retry, deliver};
-
-/// Where an incident stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IncidentStatus {
-    /// Opened; nobody has taken it yet.
-    Triggered,
-    /// Someone is on it.
-    Acknowledged,
-    /// Users are no longer hurt; the cause may remain.
-    Mitigated,
-    /// Over.
-    Resolved,
-    /// Reviewed and filed.
-    Closed,
-}
-
-impl IncidentStatus {
-    fn can_become(self, next: IncidentStatus) -> bool {
-        use IncidentStatus::*;
-        matches!(
-            (self, next),
-            (Triggered, Acknowledged | Mitigated | Resolved)
-                | (Acknowledged, Mitigated | Resolved)
-                | (Mitigated, Acknowledged | Resolved)
-                | (Resolved, Closed | Triggered)
-                | (Closed, Triggered)
-        )
-    }
-
-    /// Whether the incident is still open (a re-trigger attaches to it).
-    pub fn is_open(self) -> bool {
-        matches!(self, Self::Triggered | Self::Acknowledged | Self::Mitigated)
-    }
-}
-
-/// Why an incident operation was refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum IncidentError {
-    /// The status change is not allowed from the current status.
-    #[error("incident {id}: cannot go from {from:?} to {to:?}")]
-    InvalidTransition {
-        /// The incident.
-        id: String,
-        /// Its status.
-        from: IncidentStatus,
-        /// The status asked for.
-        to: IncidentStatus,
-    },
-    /// No incident with that id.
-    #[error("no incident {0}")]
-    UnknownIncident(String),
-    /// A dedup key that is empty, too long or has control characters.
-    #[error("invalid dedup key: {0}")]
-    InvalidDedupKey(String),
-    /// An escalation policy that does not exist or has no levels.
-    #[error("escalation policy `{policy}`: {reason}")]
-    InvalidPolicy {
-        /// The policy.
-        policy: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// An action item index that does not exist.
-    #[error("incident {id}: no action item {index}")]
-    UnknownActionItem {
-        /// The incident.
-        id: String,
-        /// The index given.
-        index: usize,
-    },
-    /// [`IncidentOptions::retry`] does not validate.
-    #[error("invalid notification retry policy: {0}")]
-    InvalidRetry(ValidationError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// One line of an incident's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TimelineEntry {
-    /// When.
-    pub at: DateTime<Utc>,
-    /// Who (a person, or `system`).
-    pub actor: String,
-    /// What happened.
-    pub what: String,
-}
-
-/// Levels notified in turn while an incident stays unacknowledged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EscalationPolicy {
-    /// Its name.
-    pub name: String,
-    /// Levels in order; each waits its delay for an acknowledgement before the next.
-    pub levels: Vec<EscalationLevel>,
-    /// How many times the whole list repeats after the first pass.
-    pub loops: u32,
-}
-
-/// One escalation level.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EscalationLevel {
-    /// Who is paged at this level.
-    pub targets: Vec<String>,
-    /// How long this level has to acknowledge before the next is paged.
-    pub delay: Duration,
-}
-
-/// Where an incident is in its escalation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EscalationState {
-    /// The policy.
-    pub policy: EscalationPolicy,
-    /// The level paged last.
-    pub level: usize,
-    /// Completed passes over the levels.
-    pub loops_done: u32,
-    /// When the next level is due, while unacknowledged.
-    pub next_at: Option<DateTime<Utc>>,
-}
-
-/// A post-mortem, scheduled at resolution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Postmortem {
-    /// When it is due.
-    pub due: DateTime<Utc>,
-    /// The document to fill in.
-    pub template: String,
-    /// Follow-ups.
-    pub action_items: Vec<ActionItem>,
-}
-
-/// A follow-up of a post-mortem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ActionItem {
-    /// What.
-    pub title: String,
-    /// Who.
-    pub owner: String,
-    /// Whether it is done.
-    pub done: bool,
-}
-
-/// An incident.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Incident {
-    /// Its id.
-    pub id: String,
-    /// The key re-triggers attach by (an alert fingerprint, for example).
-    pub dedup_key: IdempotencyKey,
-    /// What is wrong.
-    pub title: String,
-    /// How bad.
-    pub severity: Severity,
-    /// Where it stands.
-    pub status: IncidentStatus,
-    /// Opened.
-    pub created_at: DateTime<Utc>,
-    /// First acknowledged.
-    pub acknowledged_at: Option<DateTime<Utc>>,
-    /// Last resolved.
-    pub resolved_at: Option<DateTime<Utc>>,
-    /// Role -> person (incident commander, scribe...).
-    pub roles: BTreeMap<String, String>,
-    /// Every change, in order.
-    pub timeline: Vec<TimelineEntry>,
-    /// Escalation, if a policy applies.
-    pub escalation: Option<EscalationState>,
-    /// The post-mortem, once resolved.
-    pub postmortem: Option<Postmortem>,
-    /// Triggers that attached to this incident (the first included).
-    pub triggers: u32,
-}
-
-/// A change to an incident.
-#[derive(Debug, Clone, PartialEq)]
-pub enum IncidentUpdate {
-    /// Someone is on it.
-    Acknowledge,
-    /// Users are no longer hurt.
-    Mitigate,
-    /// Over.
-    Resolve,
-    /// Reviewed.
-    Close,
-    /// Back to triggered.
-    Reopen,
-    /// A new severity.
-    Severity(Severity),
-    /// A role given to a person.
-    AssignRole {
-        /// The role.
-        role: String,
-        /// The person.
-        person: String,
-    },
-    /// A note in the timeline.
-    Note(String),
-    /// A post-mortem follow-up.
-    AddActionItem(ActionItem),
-    /// A follow-up done, by index.
-    CompleteActionItem(usize),
-}
-
-/// What opens an incident.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewIncident {
-    /// Re-triggers with the same key attach to the open incident.
-    pub dedup_key: String,
-    /// What is wrong.
-    pub title: String,
-    /// How bad.
-    pub severity: Severity,
-    /// The escalation policy, by name.
-    pub escalation_policy: Option<String>,
-}
+use crate::error::IncidentError;
 
 /// Options of an [`IncidentManager`].
 #[derive(Debug, Clone)]
@@ -354,7 +137,7 @@ impl IncidentManager {
             return self
                 .change(&id, |incident, now| {
                     incident.triggers += 1;
-                    incident.timeline.push(TimelineEntry {
+                    incident.timeline.push(IncidentTimelineEntry {
                         at: now,
                         actor: actor.into(),
                         what: "re-triggered".into(),
@@ -380,7 +163,7 @@ impl IncidentManager {
             acknowledged_at: None,
             resolved_at: None,
             roles: BTreeMap::new(),
-            timeline: vec![TimelineEntry {
+            timeline: vec![IncidentTimelineEntry {
                 at: now,
                 actor: actor.into(),
                 what: "triggered".into(),
@@ -517,7 +300,7 @@ impl IncidentManager {
                     (format!("action item done: {}", item.title), None)
                 }
             };
-            incident.timeline.push(TimelineEntry {
+            incident.timeline.push(IncidentTimelineEntry {
                 at: now,
                 actor: actor.into(),
                 what: what.clone(),
@@ -604,7 +387,7 @@ impl IncidentManager {
                         next + 1,
                         escalation.policy.levels[next].targets.join(", ")
                     );
-                    incident.timeline.push(TimelineEntry {
+                    incident.timeline.push(IncidentTimelineEntry {
                         at: now,
                         actor: "system".into(),
                         what,
@@ -714,38 +497,4 @@ fn rand_suffix(dedup: &IdempotencyKey, now: DateTime<Utc>) -> u16 {
     hasher.write(dedup.as_str().as_bytes());
     hasher.write_i64(now.timestamp_nanos_opt().unwrap_or_default());
     (hasher.finish() & 0xffff) as u16
-}
-
-/// Mean time to acknowledge and to resolve over a set of incidents (those that got there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ResponseTimes {
-    /// Mean time to acknowledge.
-    pub mtta: Option<Duration>,
-    /// Mean time to resolve.
-    pub mttr: Option<Duration>,
-}
-
-/// MTTA and MTTR of `incidents`.
-pub fn response_times(incidents: &[Incident]) -> ResponseTimes {
-    let mean = |spans: Vec<chrono::Duration>| {
-        let count = spans.len() as u32;
-        (count > 0).then(|| {
-            let total: chrono::Duration = spans.into_iter().sum();
-            total.to_std().unwrap_or_default() / count
-        })
-    };
-    ResponseTimes {
-        mtta: mean(
-            incidents
-                .iter()
-                .filter_map(|incident| Some(incident.acknowledged_at? - incident.created_at))
-                .collect(),
-        ),
-        mttr: mean(
-            incidents
-                .iter()
-                .filter_map(|incident| Some(incident.resolved_at? - incident.created_at))
-                .collect(),
-        ),
-    }
 }
