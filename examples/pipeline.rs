@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploykit::core::retry::RetryPolicy;
+use deploykit::core::time::TokioClock;
 use deploykit::core::{AppId, DynStore, LoadBalancer, MemoryStore, Pool, Version};
 use deploykit::pipeline::{
     DeployStage, FnStage, Gate, Pipeline, PipelineRunner, QualityGate, RunRecord, StageOptions, StageOutput,
@@ -51,7 +53,10 @@ fn pipeline(
             build,
             StageOptions {
                 timeout: Some(Duration::from_secs(600)),
-                retries: 1,
+                // Two attempts; the deadline counts the attempts, so it is longer than one.
+                retry: RetryPolicy::default()
+                    .with_max_attempts(2)
+                    .with_deadline(Duration::from_secs(1800)),
                 ..StageOptions::default()
             },
         )
@@ -110,7 +115,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .options(RolloutOptions::default())
         .build()?,
     );
-    let runner = PipelineRunner::new(store, Arc::new(chrono::Utc::now));
+    // Run records dated by tokio's paused clock, from core's fixed epoch.
+    let runner = PipelineRunner::new(store, TokioClock::new().shared());
 
     println!("== run 1: coverage 72%");
     let record = runner

@@ -2,11 +2,14 @@
 //! timeouts and retries, cancellation, and a run record persisted at every transition.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deploy_core::{DynRecordStore, RecordStoreExt, StoreError, WriteOptions};
+use deploy_core::retry::{Retry, RetryPolicy, retry};
+use deploy_core::time::{ClockExt, DynClock};
+use deploy_core::{DynRecordStore, RecordStoreExt, StoreError, ValidationError, WriteOptions};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -44,6 +47,16 @@ pub enum PipelineError {
         /// The cycle, first stage repeated at the end.
         cycle: Vec<String>,
     },
+    /// A stage's options make no sense (its retry policy, see [`RetryPolicy::validate`]).
+    #[error("pipeline `{pipeline}`: stage `{stage}`: {source}")]
+    InvalidOptions {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage.
+        stage: String,
+        /// What is wrong.
+        source: ValidationError,
+    },
     /// No run with that id.
     #[error("no run `{0}`")]
     UnknownRun(String),
@@ -53,20 +66,32 @@ pub enum PipelineError {
 }
 
 /// How a stage runs.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StageOptions {
     /// Stages that must succeed first (their outputs become this stage's inputs).
     pub depends_on: Vec<String>,
     /// Each attempt's time limit; past it the stage is told to stop and gets its grace.
     pub timeout: Option<Duration>,
-    /// Extra attempts after a failure or timeout (gates are never retried).
-    pub retries: u32,
-    /// Wait before the first retry; doubles after each.
-    pub backoff: Duration,
+    /// How retryable failures and timeouts are retried: attempts in all, the backoff
+    /// between them, and a deadline counted from the first attempt's start, attempts
+    /// included (so a long stage wants a long one, or none). Gates and ended rollouts are
+    /// never retried. Default [`RetryPolicy::never`]: one attempt.
+    pub retry: RetryPolicy,
     /// How long the stage may clean up after it is told to stop (run cancelled, attempt
     /// timed out) before it is dropped; `None` takes the stage's own
     /// [`Stage::stop_grace`]. See [`Stage`], `# Cancellation`.
     pub grace: Option<Duration>,
+}
+
+impl Default for StageOptions {
+    fn default() -> Self {
+        Self {
+            depends_on: Vec::new(),
+            timeout: None,
+            retry: RetryPolicy::never(),
+            grace: None,
+        }
+    }
 }
 
 impl StageOptions {
@@ -126,11 +151,11 @@ impl PipelineBuilder {
         self
     }
 
-    /// Checks names, dependencies and cycles.
+    /// Checks names, dependencies, cycles and each stage's retry policy.
     ///
     /// # Errors
     /// [`PipelineError::DuplicateStage`], [`PipelineError::UnknownDependency`],
-    /// [`PipelineError::Cycle`] naming the cycle.
+    /// [`PipelineError::Cycle`] naming the cycle, [`PipelineError::InvalidOptions`].
     pub fn build(self) -> Result<Pipeline, PipelineError> {
         let pipeline = self.name.clone();
         let mut names = std::collections::HashSet::new();
@@ -139,6 +164,13 @@ impl PipelineBuilder {
                 return Err(PipelineError::DuplicateStage {
                     pipeline,
                     stage: spec.name.clone(),
+                });
+            }
+            if let Err(source) = spec.options.retry.validate() {
+                return Err(PipelineError::InvalidOptions {
+                    pipeline,
+                    stage: spec.name.clone(),
+                    source,
                 });
             }
         }
@@ -271,24 +303,14 @@ pub struct RunRecord {
     pub stages: BTreeMap<String, StageRecord>,
 }
 
-/// Reads the wall clock (run records carry wall times).
-pub type WallClock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
-
 /// Runs pipelines and keeps their records.
+#[derive(Debug)]
 pub struct PipelineRunner {
     store: Arc<DynRecordStore>,
-    clock: WallClock,
+    clock: Arc<DynClock>,
     prefix: String,
     live: Arc<Mutex<HashMap<String, BTreeMap<String, StageLog>>>>,
     counter: std::sync::atomic::AtomicU64,
-}
-
-impl std::fmt::Debug for PipelineRunner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipelineRunner")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A run in progress.
@@ -322,8 +344,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl PipelineRunner {
-    /// A runner keeping records in `store` under `pipelines/`.
-    pub fn new(store: Arc<DynRecordStore>, clock: WallClock) -> Self {
+    /// A runner keeping records in `store` under `pipelines/`, their times read from
+    /// `clock` (`SystemClock::shared()` in production).
+    pub fn new(store: Arc<DynRecordStore>, clock: Arc<DynClock>) -> Self {
         Self {
             store,
             clock,
@@ -342,7 +365,7 @@ impl PipelineRunner {
     /// # Errors
     /// The first record cannot be written.
     pub async fn start(&self, pipeline: Arc<Pipeline>) -> Result<RunHandle, PipelineError> {
-        let now = (self.clock)();
+        let now = self.clock.now_utc();
         let sequence = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-{}-{sequence}", pipeline.name, now.format("%Y%m%d%H%M%S%3f"));
         let record = RunRecord {
@@ -415,23 +438,20 @@ impl PipelineRunner {
                 .map(|(stage, log)| (stage.clone(), log.lines()))
                 .collect());
         }
-        let records = self.store.list(&format!("{}{id}/logs/", self.prefix)).await?;
-        if records.is_empty() {
+        let logs = self
+            .store
+            .list_json::<Vec<String>>(&format!("{}{id}/logs/", self.prefix))
+            .await?;
+        if logs.is_empty() {
             return Err(PipelineError::UnknownRun(id.to_owned()));
         }
-        records
+        Ok(logs
             .into_iter()
-            .map(|record| {
-                let stage = record.key.rsplit('/').next().unwrap_or_default().to_owned();
-                let lines: Vec<String> = serde_json::from_slice(&record.value).map_err(|error| {
-                    PipelineError::Store(StoreError::Codec {
-                        key: record.key.clone(),
-                        source: Box::new(error),
-                    })
-                })?;
-                Ok((stage, lines))
+            .map(|(key, lines, _)| {
+                let stage = key.rsplit('/').next().unwrap_or_default().to_owned();
+                (stage, lines)
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -439,7 +459,7 @@ struct Execution {
     pipeline: Arc<Pipeline>,
     store: Arc<DynRecordStore>,
     key: String,
-    clock: WallClock,
+    clock: Arc<DynClock>,
     logs: BTreeMap<String, StageLog>,
     cancelled: watch::Receiver<bool>,
     live: Arc<Mutex<HashMap<String, BTreeMap<String, StageLog>>>>,
@@ -486,7 +506,7 @@ impl Execution {
                         .collect();
                     if let Some(stage) = record.stages.get_mut(&spec.name) {
                         stage.status = StageStatus::Running;
-                        stage.started_at = Some((self.clock)());
+                        stage.started_at = Some(self.clock.now_utc());
                     }
                     running.push(self.attempts(spec.clone(), inputs, record.id.clone()));
                 }
@@ -495,7 +515,7 @@ impl Execution {
             let Some((name, attempts, result)) = running.next().await else {
                 break;
             };
-            let now = (self.clock)();
+            let now = self.clock.now_utc();
             let stage = record.stages.get_mut(&name).expect("every stage has a record");
             stage.attempts = attempts;
             stage.finished_at = Some(now);
@@ -538,7 +558,7 @@ impl Execution {
                 RunStatus::Succeeded
             };
         }
-        record.finished_at = Some((self.clock)());
+        record.finished_at = Some(self.clock.now_utc());
         self.save(&record).await;
         lock(&self.live).remove(&record.id);
         record
@@ -552,8 +572,10 @@ impl Execution {
         }
     }
 
-    /// Runs a stage's attempts: timeout each, retry retryable failures with backoff, stop
-    /// at cancellation.
+    /// Runs a stage's attempts under its retry policy ([`retry`]): each attempt with its
+    /// timeout and stop signal ([`attempt_once`]), retryable failures retried. A cancel
+    /// during an attempt reaches the attempt, which stops the stage and gives it its
+    /// grace; a cancel between attempts ends the wait at once.
     fn attempts(
         &self,
         spec: StageSpec,
@@ -561,35 +583,62 @@ impl Execution {
         run_id: String,
     ) -> impl std::future::Future<Output = (String, u32, Result<StageOutput, StageError>)> + use<> {
         let log = self.logs.get(&spec.name).cloned().unwrap_or_default();
-        let mut cancelled = self.cancelled.clone();
+        let cancelled = self.cancelled.clone();
         async move {
-            let mut backoff = spec.options.backoff;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let (stop, stop_reason) = watch::channel(None);
-                let context = StageContext::new(
-                    run_id.clone(),
-                    inputs.clone(),
-                    log.clone(),
-                    attempt,
-                    cancelled.clone(),
-                    stop_reason,
-                );
-                match attempt_once(&spec, &context, &stop, cancelled.clone()).await {
-                    Err(error) if error.is_retryable() && attempt <= spec.options.retries => {
-                        log.line(format!(
-                            "attempt {attempt} failed: {error}; retrying in {backoff:?}"
-                        ));
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = cancelled.wait_for(|cancelled| *cancelled) => return (spec.name, attempt, Err(StageError::Cancelled)),
-                        }
-                        backoff *= 2;
+            let mut cancel = cancelled.clone();
+            let made = AtomicU32::new(0);
+            // Whether an attempt is running: a cancel then reaches the attempt, which stops
+            // the stage, gives it its grace and ends with what it cleaned up.
+            let (running, mut idle) = watch::channel(false);
+            let policy = &spec.options.retry;
+            let started = tokio::time::Instant::now();
+            let attempts = retry(
+                policy,
+                || {
+                    let attempt = made.fetch_add(1, Ordering::Relaxed) + 1;
+                    running.send_replace(true);
+                    let (stop, stop_reason) = watch::channel(None);
+                    let context = StageContext::new(
+                        run_id.clone(),
+                        inputs.clone(),
+                        log.clone(),
+                        attempt,
+                        cancelled.clone(),
+                        stop_reason,
+                    );
+                    let (spec, running, cancelled) = (&spec, &running, cancelled.clone());
+                    async move {
+                        let result = attempt_once(spec, &context, &stop, cancelled).await;
+                        running.send_replace(false);
+                        result
                     }
-                    result => return (spec.name, attempt, result),
-                }
-            }
+                },
+                |error: &StageError| {
+                    if !error.is_retryable() {
+                        return Retry::No;
+                    }
+                    // Say so only when `retry` will wait and try again (its own rule).
+                    let attempt = made.load(Ordering::Relaxed);
+                    let wait = policy.backoff.delay(attempt);
+                    let in_time = policy
+                        .deadline
+                        .is_none_or(|deadline| started.elapsed().saturating_add(wait) <= deadline);
+                    if attempt < policy.max_attempts && in_time {
+                        log.line(format!("attempt {attempt} failed: {error}; retrying in {wait:?}"));
+                    }
+                    Retry::Yes
+                },
+            );
+            // A cancel ends the run's stage here only between attempts, during the backoff.
+            let result = tokio::select! {
+                biased;
+                result = attempts => result,
+                () = async {
+                    let _ = cancel.wait_for(|cancelled| *cancelled).await;
+                    let _ = idle.wait_for(|running| !*running).await;
+                } => Err(StageError::Cancelled),
+            };
+            (spec.name, made.into_inner(), result)
         }
     }
 }

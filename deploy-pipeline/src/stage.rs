@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deploy_core::Revision;
+use deploy_strategies::RolloutOutcome;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -38,9 +40,19 @@ impl StageOutput {
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum StageError {
-    /// The stage's work failed; worth retrying if the stage allows.
+    /// The stage's work failed; worth retrying if the stage's retry policy allows.
     #[error("{0}")]
     Failed(String),
+    /// A deploy stage's rollout ended without completing (it rolled back, or its rollback
+    /// failed); never retried: a rollout decides its own retries, and a second rollout
+    /// after a failed rollback would act on a fleet that needs a human.
+    #[error("rollout revision {} {}", revision.get(), ended(outcome))]
+    RolloutEnded {
+        /// The rollout's revision.
+        revision: Revision,
+        /// How it ended.
+        outcome: RolloutOutcome,
+    },
     /// A quality gate refused; never retried.
     #[error("gate `{gate}` failed: measured {measured}, required {requirement}")]
     GateFailed {
@@ -72,7 +84,8 @@ pub enum StageError {
 
 impl StageError {
     /// Timeouts and failures may be retried; a timed-out stage only if its cleanup undid
-    /// its work (a retry next to a rollback still going would fight it).
+    /// its work (a retry next to a rollback still going would fight it). Gates and ended
+    /// rollouts are final.
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             Self::Failed(_) | Self::TimedOut(_) => true,
@@ -94,6 +107,15 @@ impl StageError {
                     ..
                 }
         )
+    }
+}
+
+/// How a rollout ended, for [`StageError::RolloutEnded`]'s message.
+fn ended(outcome: &RolloutOutcome) -> String {
+    match outcome {
+        RolloutOutcome::Completed => "completed".to_owned(),
+        RolloutOutcome::RolledBack { reason } => format!("rolled back: {reason}"),
+        RolloutOutcome::Failed { reason } => format!("failed: {reason}"),
     }
 }
 

@@ -5,21 +5,40 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use deploy_core::retry::{Backoff, RetryPolicy};
+use deploy_core::time::TokioClock;
 use deploy_core::{
     AppId, DynRecordStore, DynStore, InfraManager, LoadBalancer, MemoryStore, Pool, RecordStoreExt,
-    TrafficSplit, Version, Weight,
+    TrafficSplit, ValidationError, Version, Weight,
 };
 use deploy_pipeline::{
     Cleanup, CleanupOutcome, DeployStage, FnStage, Gate, Pipeline, PipelineError, PipelineRunner,
     QualityGate, RunHandle, RunRecord, RunStatus, StageError, StageOptions, StageOutput, StageStatus,
     StopReason,
 };
-use deploy_strategies::{Backends, CanarySpec, CanaryStep, Pause, Rollout, RolloutOptions, Strategy};
+use deploy_strategies::{
+    Backends, CanarySpec, CanaryStep, Pause, Rollout, RolloutOptions, RolloutOutcome, Strategy,
+};
 use deploy_testkit::{Fault, Operation, SimFleet};
 
+/// A runner on a fresh in-memory store, its records dated by tokio's (paused) clock.
 fn runner() -> PipelineRunner {
     let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
-    PipelineRunner::new(store, Arc::new(chrono::Utc::now))
+    PipelineRunner::new(store, TokioClock::new().shared())
+}
+
+/// `attempts` in all, waiting `initial` before the first retry and twice as long before
+/// each next one, with no deadline.
+fn retrying(attempts: u32, initial: Duration) -> RetryPolicy {
+    RetryPolicy {
+        backoff: Backoff {
+            initial,
+            max: Duration::from_secs(3600),
+            multiplier: 2.0,
+        },
+        max_attempts: attempts,
+        deadline: None,
+    }
 }
 
 /// Runs `pipeline` to its end on a fresh runner.
@@ -69,6 +88,24 @@ fn bad_graphs_are_refused_naming_the_problem() {
         .build()
         .unwrap_err();
     assert!(matches!(duplicate, PipelineError::DuplicateStage { .. }));
+    let no_attempts = Pipeline::builder("p")
+        .stage(
+            "a",
+            stage(),
+            StageOptions {
+                retry: RetryPolicy::never().with_max_attempts(0),
+                ..StageOptions::default()
+            },
+        )
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            &no_attempts,
+            PipelineError::InvalidOptions { stage, source: ValidationError::OutOfRange { .. }, .. } if stage == "a"
+        ),
+        "{no_attempts}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -136,7 +173,7 @@ async fn gates_stop_the_run_with_the_gate_and_the_measurement() {
             "gate",
             gate,
             StageOptions {
-                retries: 3,
+                retry: RetryPolicy::default(),
                 ..StageOptions::after(&["test"])
             },
         )
@@ -181,8 +218,7 @@ async fn retries_back_off_and_timeouts_count_as_failures() {
             "flaky",
             flaky,
             StageOptions {
-                retries: 3,
-                backoff: Duration::from_secs(2),
+                retry: retrying(4, Duration::from_secs(2)),
                 ..StageOptions::default()
             },
         )
@@ -191,13 +227,16 @@ async fn retries_back_off_and_timeouts_count_as_failures() {
             sleeper("slow", 60),
             StageOptions {
                 timeout: Some(Duration::from_secs(5)),
-                retries: 1,
+                retry: retrying(2, Duration::from_millis(500)),
                 ..StageOptions::after(&["flaky"])
             },
         )
         .build()
         .unwrap();
-    let record = run(pipeline).await;
+    let runner = runner();
+    let handle = runner.start(Arc::new(pipeline)).await.unwrap();
+    let id = handle.id.clone();
+    let record = handle.wait().await.unwrap();
     assert_eq!(record.stages["flaky"].status, StageStatus::Succeeded);
     assert_eq!(
         (record.stages["flaky"].attempts, calls.load(Ordering::SeqCst)),
@@ -208,8 +247,79 @@ async fn retries_back_off_and_timeouts_count_as_failures() {
         record.stages["slow"].error,
         Some(StageError::TimedOut(Duration::from_secs(5)))
     );
-    // 2 s + 4 s of backoff, then two 5 s attempts with a 0 s backoff between them.
-    assert_eq!(started.elapsed(), Duration::from_secs(16));
+    // 2 s + 4 s of backoff, then two 5 s attempts with 0.5 s of backoff between them.
+    assert_eq!(started.elapsed(), Duration::from_millis(16_500));
+    let logs = runner.get_pipeline_logs(&id).await.unwrap();
+    assert_eq!(
+        logs["flaky"],
+        [
+            "attempt 1 failed: attempt 1 broke; retrying in 2s",
+            "attempt 2 failed: attempt 2 broke; retrying in 4s"
+        ]
+    );
+    assert_eq!(
+        logs["slow"],
+        [
+            "slow starts",
+            "attempt 1 failed: timed out after 5s; retrying in 500ms",
+            "slow starts"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_stops_at_the_policy_deadline_and_a_cancel_ends_the_wait_for_one() {
+    let failing = || {
+        FnStage::new("failing", |context| async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Err(StageError::Failed(format!("attempt {} broke", context.attempt)))
+        })
+    };
+    // Attempts take 10 s and waits 20 s, 40 s: a third attempt would start at 90 s, past
+    // the deadline.
+    let started = tokio::time::Instant::now();
+    let bounded = retrying(10, Duration::from_secs(20)).with_deadline(Duration::from_secs(60));
+    let pipeline = Pipeline::builder("p")
+        .stage(
+            "a",
+            failing(),
+            StageOptions {
+                retry: bounded,
+                ..StageOptions::default()
+            },
+        )
+        .build()
+        .unwrap();
+    let record = run(pipeline).await;
+    assert_eq!(record.stages["a"].attempts, 2);
+    assert_eq!(
+        record.stages["a"].error,
+        Some(StageError::Failed("attempt 2 broke".into()))
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(40));
+
+    let pipeline = Pipeline::builder("p")
+        .stage(
+            "a",
+            failing(),
+            StageOptions {
+                retry: retrying(10, Duration::from_secs(3600)),
+                ..StageOptions::default()
+            },
+        )
+        .build()
+        .unwrap();
+    let runner = runner();
+    let handle = runner.start(Arc::new(pipeline)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let started = tokio::time::Instant::now();
+    handle.cancel();
+    let record = handle.wait().await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO, "the wait ends with the cancel");
+    assert_eq!(record.status, RunStatus::Cancelled);
+    assert_eq!(record.stages["a"].status, StageStatus::Cancelled);
+    assert_eq!(record.stages["a"].attempts, 1);
+    assert_eq!(record.stages["a"].error, Some(StageError::Cancelled));
 }
 
 #[tokio::test(start_paused = true)]
@@ -275,7 +385,7 @@ async fn the_deploy_stage_runs_a_rollout_and_records_its_report() {
         )
         .build()
         .unwrap();
-    let runner = PipelineRunner::new(store, Arc::new(chrono::Utc::now));
+    let runner = PipelineRunner::new(store, TokioClock::new().shared());
     let record = runner
         .start(Arc::new(pipeline))
         .await
@@ -285,7 +395,15 @@ async fn the_deploy_stage_runs_a_rollout_and_records_its_report() {
         .unwrap();
     assert_eq!(record.status, RunStatus::Succeeded, "{record:#?}");
     let report = &record.stages["deploy"].output.as_ref().unwrap().reports["rollout"];
-    assert_eq!(report["outcome"], "Completed");
+    assert_eq!(report["outcome"]["outcome"], "completed", "{report:#}");
+    assert_eq!(report["app"], "shop");
+    assert_eq!(report["version"], "2.0");
+    assert!(
+        report["timeline"]
+            .as_array()
+            .is_some_and(|steps| !steps.is_empty()),
+        "{report:#}"
+    );
     let instances = InfraManager::list_instances(&fleet, &app).await.unwrap();
     assert_eq!(instances.len(), 3);
     assert!(
@@ -346,7 +464,7 @@ impl DeployWorld {
             .stage("deploy", deploy, options)
             .build()
             .unwrap();
-        let runner = PipelineRunner::new(self.store.clone(), Arc::new(chrono::Utc::now));
+        let runner = PipelineRunner::new(self.store.clone(), TokioClock::new().shared());
         let handle = runner.start(Arc::new(pipeline)).await.unwrap();
         (runner, handle)
     }
@@ -420,7 +538,12 @@ fn stopped(record: &RunRecord, stop: StopReason) -> (&Cleanup, String) {
 #[tokio::test(start_paused = true)]
 async fn cancelling_a_run_aborts_its_rollout_and_waits_for_the_rollback() {
     let world = deploy_world().await;
-    let (runner, handle) = world.start(world.deploy(), StageOptions::default()).await;
+    // A retrying stage: the cancel still reaches the attempt, not only the retry loop.
+    let options = StageOptions {
+        retry: RetryPolicy::default(),
+        ..StageOptions::default()
+    };
+    let (runner, handle) = world.start(world.deploy(), options).await;
     let canary = world.canary_at_25_percent().await;
     handle.cancel();
     let id = handle.id.clone();
@@ -510,6 +633,42 @@ async fn a_rollback_that_cannot_finish_ends_the_stage_within_the_bound_saying_so
         "{error}"
     );
     assert_eq!(world.journal_phase().await, "rolling_back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_that_rolls_back_fails_the_stage_and_is_not_retried() {
+    let world = deploy_world().await;
+    world
+        .fleet
+        .inject(Fault::UnhealthyVersion(Version::new("2.0").unwrap()));
+    let options = StageOptions {
+        retry: RetryPolicy::default(),
+        ..StageOptions::default()
+    };
+    let (_runner, handle) = world.start(world.deploy(), options).await;
+    let record = handle.wait().await.unwrap();
+    let stage = &record.stages["deploy"];
+    assert_eq!(stage.status, StageStatus::Failed);
+    assert_eq!(stage.attempts, 1, "an ended rollout is not retried");
+    let Some(error @ StageError::RolloutEnded { outcome, .. }) = &stage.error else {
+        panic!("{record:#?}");
+    };
+    assert!(
+        matches!(outcome, RolloutOutcome::RolledBack { .. }),
+        "{outcome:?}"
+    );
+    assert!(
+        error.to_string().starts_with("rollout revision 1 rolled back: "),
+        "{error}"
+    );
+    assert_eq!(
+        record.status,
+        RunStatus::Failed {
+            stage: "deploy".into(),
+            reason: error.to_string()
+        }
+    );
+    assert_eq!(world.journal_phase().await, "rolled_back");
 }
 
 /// A stage that, told to stop, takes `cleanup` to clean up and says so.
