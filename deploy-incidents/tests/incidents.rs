@@ -368,3 +368,31 @@ async fn notifications_are_retried_by_the_manager_and_bad_policies_refused() {
         Err(IncidentError::InvalidRetry(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_changes_lose_nothing() {
+    let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
+    let notifier = Arc::new(RecordingNotifier::new());
+    let manager = Arc::new(IncidentManager::new(store, notifier, IncidentOptions::default()).unwrap());
+    let new = NewIncident {
+        escalation_policy: None,
+        ..World::new_incident("fp-9")
+    };
+    let id = manager.create_incident("monitor", new).await.unwrap().id;
+    let writers: Vec<_> = (0..32)
+        .map(|n| {
+            let (manager, id) = (manager.clone(), id.clone());
+            tokio::spawn(async move {
+                manager
+                    .update_incident("ann", &id, IncidentUpdate::Note(format!("note {n}")))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let incident = manager.get(&id).await.unwrap();
+    assert_eq!(incident.timeline.len(), 33, "the trigger and every note");
+}

@@ -335,16 +335,14 @@ impl IncidentManager {
     /// # Errors
     /// Store errors.
     pub async fn list(&self) -> Result<Vec<Incident>, IncidentError> {
-        let mut incidents = Vec::new();
-        for record in self.store.list(&format!("{}items/", self.options.prefix)).await? {
-            let incident: Incident = serde_json::from_slice(&record.value).map_err(|error| {
-                IncidentError::Store(StoreError::Codec {
-                    key: record.key.clone(),
-                    source: Box::new(error),
-                })
-            })?;
-            incidents.push(incident);
-        }
+        let prefix = format!("{}items/", self.options.prefix);
+        let mut incidents: Vec<Incident> = self
+            .store
+            .list_json::<Incident>(&prefix)
+            .await?
+            .into_iter()
+            .map(|(_, incident, _)| incident)
+            .collect();
         incidents.sort_by_key(|incident| incident.created_at);
         Ok(incidents)
     }
@@ -406,44 +404,34 @@ impl IncidentManager {
     }
 
     /// Read-modify-write with compare-and-swap; `apply` returns the notifications to send
-    /// (action, what) once the write landed.
+    /// (action, what) once the write landed. It runs again on a conflict, so only the last
+    /// run's notifications are sent.
     async fn change(
         &self,
         id: &str,
         mut apply: impl FnMut(
             &mut Incident,
             DateTime<Utc>,
-        ) -> Result<Vec<(NotificationAction, String)>, IncidentError>,
+        ) -> Result<Vec<(NotificationAction, String)>, IncidentError>
+        + Send,
     ) -> Result<Incident, IncidentError> {
-        let key = self.key(id);
-        loop {
-            let (mut incident, version) = self
-                .store
-                .get_json::<Incident>(&key)
-                .await?
-                .ok_or_else(|| IncidentError::UnknownIncident(id.to_owned()))?;
-            let notifications = apply(&mut incident, self.now())?;
-            match self
-                .store
-                .put_json(
-                    &key,
-                    &incident,
-                    WriteOptions::when(Precondition::Version(version)),
-                )
-                .await
-            {
-                Ok(_) => {
-                    let notifications = notifications
-                        .into_iter()
-                        .map(|(action, what)| self.notification(&incident, action, &what))
-                        .collect();
-                    self.send(notifications).await;
-                    return Ok(incident);
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(error) => return Err(error.into()),
-            }
-        }
+        let mut notifications = Vec::new();
+        let unknown = || IncidentError::UnknownIncident(id.to_owned());
+        let (incident, _) = self
+            .store
+            .update_json::<Incident, IncidentError>(&self.key(id), WriteOptions::default(), |current| {
+                let mut incident = current.ok_or_else(unknown)?;
+                notifications = apply(&mut incident, self.now())?;
+                Ok(Some(incident))
+            })
+            .await?
+            .ok_or_else(unknown)?;
+        let notifications = notifications
+            .into_iter()
+            .map(|(action, what)| self.notification(&incident, action, &what))
+            .collect();
+        self.send(notifications).await;
+        Ok(incident)
     }
 
     fn notification(&self, incident: &Incident, action: NotificationAction, what: &str) -> Notification {
