@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use deploykit::core::time::SystemClock;
 use deploykit::core::{DynStore, MemoryStore};
 use deploykit::infra::{Infra, Resource, SimProvider, StateStore};
 use serde_json::json;
@@ -31,7 +32,7 @@ fn layered(count: usize) -> Vec<Resource> {
 
 fn infra(latency: Duration) -> Infra {
     let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    Infra::new(StateStore::new(store, Arc::new(chrono::Utc::now)))
+    Infra::new(StateStore::new(store, SystemClock::shared()))
         .provider(SimProvider::new("sim").with_latency(latency))
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use deploykit::config::{ArrayPolicy, ConfigurationManager, Files, MergePolicy, Requirement};
 use deploykit::core::MemoryStore;
+use deploykit::core::time::SystemClock;
 use deploykit::infra::{FileProvider, Infra, Resource, StateStore};
 use serde_json::json;
 
@@ -60,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         desired.len()
     );
 
-    let states = StateStore::new(Arc::new(MemoryStore::new()), Arc::new(chrono::Utc::now));
+    let states = StateStore::new(Arc::new(MemoryStore::new()), SystemClock::shared());
     let infra = Infra::new(states).provider(FileProvider::new(&root));
 
     println!("== plan (files under {})", root.display());

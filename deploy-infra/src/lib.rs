@@ -15,9 +15,10 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use deploy_core::MemoryStore;
+//! use deploy_core::time::SystemClock;
 //! use deploy_infra::{Action, Infra, Resource, SimProvider, StateStore};
 //!
-//! let states = StateStore::new(Arc::new(MemoryStore::new()), Arc::new(chrono::Utc::now));
+//! let states = StateStore::new(Arc::new(MemoryStore::new()), SystemClock::shared());
 //! let infra = Infra::new(states).provider(SimProvider::new("net"));
 //! let desired = vec![
 //!     Resource::new("net", "vpc", &serde_json::json!({"cidr": "10.0.0.0/16"}))?,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deploy_core::time::{ClockExt, DynClock};
 use deploy_core::{DynStore, Fence, Lease, Precondition, RecordStoreExt, StoreError, WriteOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -151,25 +152,18 @@ impl HeldLock {
 
 /// State and lock of environments, in a core store (records and leases): the in-memory
 /// store, SQLite or PostgreSQL.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct StateStore {
     store: Arc<DynStore>,
     prefix: String,
-    clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
-}
-
-impl std::fmt::Debug for StateStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateStore")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
-    }
+    clock: Arc<DynClock>,
 }
 
 impl StateStore {
     /// States under `infra/` in `store`, locks as leases `infra/<environment>` in it;
-    /// `clock` dates intents and locks (for people: lock expiry is the store's business).
-    pub fn new(store: Arc<DynStore>, clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>) -> Self {
+    /// `clock` dates intents and locks (for people: lock expiry is the store's business),
+    /// `SystemClock::shared()` in production.
+    pub fn new(store: Arc<DynStore>, clock: Arc<DynClock>) -> Self {
         Self {
             store,
             prefix: "infra/".into(),
@@ -178,7 +172,7 @@ impl StateStore {
     }
 
     pub(crate) fn now(&self) -> DateTime<Utc> {
-        (self.clock)()
+        self.clock.now_utc()
     }
 
     fn resource_key(&self, environment: &str, id: &str) -> String {
@@ -202,30 +196,23 @@ impl StateStore {
     /// # Errors
     /// Store errors, records that do not decode.
     pub async fn load(&self, environment: &str) -> Result<State, InfraError> {
-        let mut state = State::default();
-        for (kind, prefix) in [("resources", "resources/"), ("intents", "intents/")] {
-            let prefix = format!("{}{environment}/{prefix}", self.prefix);
-            for record in self.store.list(&prefix).await? {
-                // A store lists only keys under the prefix; skip anything else rather than trust it.
-                let Some(id) = record.key.strip_prefix(&prefix).map(str::to_owned) else {
-                    continue;
-                };
-                let codec = |error: serde_json::Error| StoreError::Codec {
-                    key: record.key.clone(),
-                    source: Box::new(error),
-                };
-                if kind == "resources" {
-                    state
-                        .resources
-                        .insert(id, serde_json::from_slice(&record.value).map_err(codec)?);
-                } else {
-                    state
-                        .intents
-                        .insert(id, serde_json::from_slice(&record.value).map_err(codec)?);
-                }
-            }
-        }
-        Ok(state)
+        let root = format!("{}{environment}/", self.prefix);
+        let resources = self.records(&format!("{root}resources/")).await?;
+        let intents = self.records(&format!("{root}intents/")).await?;
+        Ok(State { resources, intents })
+    }
+
+    /// The records under `prefix`, decoded and by id (their key less the prefix).
+    async fn records<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<BTreeMap<String, T>, InfraError> {
+        let records = self.store.list_json::<T>(prefix).await?;
+        // A store lists only keys under the prefix; skip anything else rather than trust it.
+        Ok(records
+            .into_iter()
+            .filter_map(|(key, value, _)| Some((key.strip_prefix(prefix)?.to_owned(), value)))
+            .collect())
     }
 
     /// Writes (`Some`) or deletes (`None`) `key` under `lock`'s fence.

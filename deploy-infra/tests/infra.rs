@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
+use deploy_core::time::TokioClock;
 use deploy_core::{DynStore, MemoryStore, RecordStoreExt, WatchEvent};
 use deploy_infra::{
     Action, FileProvider, Infra, InfraError, LockInfo, MAX_LOCK_TTL, Resource, ResourceState, SimProvider,
@@ -16,12 +17,7 @@ use tokio::time::Instant;
 
 /// States in `store`, dated by a clock that follows tokio's (paused in most tests).
 fn states(store: &Arc<DynStore>) -> StateStore {
-    let start = Instant::now();
-    let base = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    StateStore::new(
-        store.clone(),
-        Arc::new(move || base + chrono::TimeDelta::from_std(start.elapsed()).unwrap()),
-    )
+    StateStore::new(store.clone(), TokioClock::new().shared())
 }
 
 fn secs(secs: u64) -> Duration {
