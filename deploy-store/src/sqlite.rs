@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use deploy_core::store::{validate_key, validate_lease_request};
+use deploy_core::time::{ClockExt, DynClock, SystemClock};
 use deploy_core::{
     Lease, LeaseStore, Record, RecordStore, RecordVersion, StoreError, WatchStream, WriteOptions,
 };
@@ -23,11 +24,8 @@ use crate::feed::{Change, ChangeLog, Feed};
 
 const BACKEND: &str = "sqlite";
 
-/// Reads the wall clock in milliseconds; leases expire by it.
-pub type MillisClock = Arc<dyn Fn() -> i64 + Send + Sync>;
-
 /// How to open a [`SqliteStore`].
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SqliteOptions {
     /// The database file (created if missing).
     pub path: PathBuf,
@@ -36,19 +34,10 @@ pub struct SqliteOptions {
     pub poll_interval: Duration,
     /// How long a write waits for another process's write lock. Default 5 s.
     pub busy_timeout: Duration,
-    /// The lease clock (default: the system clock). All processes sharing a file must use
-    /// the same clock, so only tests change it.
-    pub clock: MillisClock,
-}
-
-impl std::fmt::Debug for SqliteOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteOptions")
-            .field("path", &self.path)
-            .field("poll_interval", &self.poll_interval)
-            .field("busy_timeout", &self.busy_timeout)
-            .finish_non_exhaustive()
-    }
+    /// The lease clock, read in milliseconds since the Unix epoch: leases expire by it
+    /// (default [`SystemClock`]). All processes sharing a file must use the same clock, so
+    /// only tests change it (a `TokioClock` on a paused runtime).
+    pub clock: Arc<DynClock>,
 }
 
 impl SqliteOptions {
@@ -58,15 +47,9 @@ impl SqliteOptions {
             path: path.as_ref().to_path_buf(),
             poll_interval: Duration::from_millis(50),
             busy_timeout: Duration::from_secs(5),
-            clock: Arc::new(system_millis),
+            clock: SystemClock::shared(),
         }
     }
-}
-
-fn system_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 /// A [`RecordStore`] and [`LeaseStore`] in an SQLite file.
@@ -97,15 +80,7 @@ pub struct SqliteStore {
 struct Inner {
     pool: SqlitePool,
     feed: Arc<Feed>,
-    clock: ClockDebug,
-}
-
-struct ClockDebug(MillisClock);
-
-impl std::fmt::Debug for ClockDebug {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MillisClock")
-    }
+    clock: Arc<DynClock>,
 }
 
 fn db(error: sqlx::Error) -> StoreError {
@@ -139,13 +114,14 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 pool,
                 feed: Feed::new(options.poll_interval),
-                clock: ClockDebug(options.clock),
+                clock: options.clock,
             }),
         })
     }
 
+    /// The lease clock's time in milliseconds since the Unix epoch.
     fn now(&self) -> i64 {
-        (self.inner.clock.0)()
+        self.inner.clock.unix_millis()
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
