@@ -80,7 +80,9 @@ impl OperationalMonitor {
     /// One pass over the rules and the health of `instances`, now.
     ///
     /// # Errors
-    /// Incident store failures (metrics and health failures count as no data / unhealthy).
+    /// Incident store failures, returned after the pass has routed every alert and flushed
+    /// the dispatcher; the incidents that could not be opened are tried again at the next
+    /// pass (metrics and health failures count as no data / unhealthy).
     pub async fn monitor_system(&self, instances: &[Instance]) -> Result<MonitorReport, IncidentError> {
         let now = Instant::now();
         let mut alerts = self.evaluate(self.rules.lock().await.iter_mut(), now).await;
@@ -183,8 +185,13 @@ impl OperationalMonitor {
         alerts
     }
 
+    /// Routes the pass's alerts, opens incidents for critical alerts that started firing,
+    /// then flushes the dispatcher. An incident that cannot be opened (the store is down)
+    /// does not stop the pass: the alert is not remembered as firing, so the next pass tries
+    /// again, and the first such error is returned once the dispatcher has flushed.
     async fn finish(&self, alerts: Vec<Alert>) -> Result<MonitorReport, IncidentError> {
         let mut incidents = Vec::new();
+        let mut failure = None;
         let mut dispatcher = self.dispatcher.lock().await;
         let mut firing = self.firing.lock().await;
         for alert in &alerts {
@@ -192,35 +199,47 @@ impl OperationalMonitor {
             if alert.state != AlertState::Pending {
                 dispatcher.receive(alert);
             }
-            let started = match alert.state {
-                AlertState::Firing => firing.insert(alert.fingerprint()),
-                _ => {
-                    firing.remove(&alert.fingerprint());
-                    false
-                }
-            };
+            let fingerprint = alert.fingerprint();
+            if alert.state != AlertState::Firing {
+                firing.remove(&fingerprint);
+                continue;
+            }
+            if firing.contains(&fingerprint) {
+                continue;
+            }
             let critical = alert
                 .labels
                 .get("severity")
                 .is_some_and(|severity| severity == "critical");
-            if critical && started && !dispatcher.is_muted(alert) {
+            if critical && !dispatcher.is_muted(alert) {
                 let name = alert.labels.get("alertname").cloned().unwrap_or_default();
-                let incident = self
+                let opened = self
                     .incidents
                     .create_incident(
                         "monitor",
                         NewIncident {
-                            dedup_key: alert.fingerprint().to_string(),
+                            dedup_key: fingerprint.to_string(),
                             title: alert.annotations.get("summary").cloned().unwrap_or(name),
                             severity: Severity::Critical,
                             escalation_policy: self.escalation_policy.clone(),
                         },
                     )
-                    .await?;
-                incidents.push(incident.id);
+                    .await;
+                match opened {
+                    Ok(incident) => incidents.push(incident.id),
+                    Err(error) => {
+                        tracing::warn!(%error, alert = %fingerprint, "cannot open an incident; retrying at the next pass");
+                        failure.get_or_insert(error);
+                        continue;
+                    }
+                }
             }
+            firing.insert(fingerprint);
         }
         let deliveries = dispatcher.flush_due().await;
+        if let Some(error) = failure {
+            return Err(error);
+        }
         Ok(MonitorReport {
             alerts,
             incidents,

@@ -4,10 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use deploy_core::retry::RetryPolicy;
 use deploy_core::time::TokioClock;
-use deploy_core::{DynNotifier, DynRecordStore, MemoryStore, NotificationAction, Severity};
+use deploy_core::{
+    DynNotifier, DynRecordStore, MemoryStore, NotificationAction, Record, RecordStore, RecordVersion,
+    Severity, StoreError, WatchStream, WriteOptions,
+};
 use deploy_incidents::{
     ActionItem, EscalationLevel, EscalationPolicy, IncidentError, IncidentManager, IncidentOptions,
     IncidentStatus, IncidentUpdate, NewIncident, response_times,
@@ -395,4 +399,76 @@ async fn concurrent_changes_lose_nothing() {
     }
     let incident = manager.get(&id).await.unwrap();
     assert_eq!(incident.timeline.len(), 33, "the trigger and every note");
+}
+
+/// A record store that yields to other tasks before every call, so two callers' reads and
+/// writes interleave.
+#[derive(Debug, Default)]
+struct Interleaving(MemoryStore);
+
+#[async_trait::async_trait]
+impl RecordStore for Interleaving {
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.get(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Record>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.list(prefix).await
+    }
+
+    async fn put_opts(
+        &self,
+        key: &str,
+        value: Bytes,
+        opts: WriteOptions,
+    ) -> Result<RecordVersion, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.put_opts(key, value, opts).await
+    }
+
+    async fn delete_opts(&self, key: &str, opts: WriteOptions) -> Result<bool, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.delete_opts(key, opts).await
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
+        self.0.watch(prefix).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_managers_triggering_one_key_at_once_open_one_incident() {
+    // Security review M15: both used to open an incident, and both paged.
+    let store: Arc<DynRecordStore> = Arc::new(Interleaving::default());
+    let notifier = Arc::new(RecordingNotifier::new());
+    let manager = || {
+        IncidentManager::new(
+            store.clone(),
+            notifier.clone() as Arc<DynNotifier>,
+            IncidentOptions::default(),
+        )
+        .unwrap()
+    };
+    let (first, second) = (manager(), manager());
+    let new = NewIncident {
+        escalation_policy: None,
+        ..World::new_incident("fp-10")
+    };
+    let (a, b) = tokio::join!(
+        first.create_incident("monitor-a", new.clone()),
+        second.create_incident("monitor-b", new)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.id, b.id);
+    let all = first.list().await.unwrap();
+    assert_eq!(all.len(), 1, "the loser's incident is dropped");
+    assert_eq!(all[0].triggers, 2, "and its trigger attached to the winner's");
+    let opened = notifier
+        .delivered()
+        .iter()
+        .filter(|notification| notification.summary.ends_with("opened"))
+        .count();
+    assert_eq!(opened, 1);
 }

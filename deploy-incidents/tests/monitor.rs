@@ -7,16 +7,23 @@ use std::time::Duration;
 
 use deploy_core::time::TokioClock;
 use deploy_core::{
-    AppId, DynHealthChecker, DynMetricsSource, DynNotifier, DynRecordStore, InfraManager, MemoryStore,
-    MetricName, MetricQuery, MetricTarget, Pool, Version,
+    AppId, DynHealthChecker, DynMetricsSource, DynNotifier, DynRecordStore, DynStore, InfraManager,
+    MemoryStore, MetricName, MetricQuery, MetricTarget, Pool, StoreError, Version,
 };
 use deploy_incidents::{
-    AlertRule, AlertState, Comparison, Dispatcher, IncidentManager, IncidentOptions, OperationalMonitor,
-    Route, RouteConfig,
+    AlertRule, AlertState, Comparison, Dispatcher, IncidentError, IncidentManager, IncidentOptions,
+    OperationalMonitor, Route, RouteConfig,
 };
-use deploy_testkit::{Fault, RecordingNotifier, SimFleet, VersionProfile};
+use deploy_testkit::{Fault, OutageStore, RecordingNotifier, SimFleet, VersionProfile};
 
 async fn setup(fleet: &SimFleet) -> (OperationalMonitor, Arc<IncidentManager>, Arc<RecordingNotifier>) {
+    setup_on(fleet, Arc::new(MemoryStore::new())).await
+}
+
+async fn setup_on(
+    fleet: &SimFleet,
+    store: Arc<DynRecordStore>,
+) -> (OperationalMonitor, Arc<IncidentManager>, Arc<RecordingNotifier>) {
     let notifier = Arc::new(RecordingNotifier::new());
     let tree = Route::compile(
         &RouteConfig {
@@ -30,7 +37,6 @@ async fn setup(fleet: &SimFleet) -> (OperationalMonitor, Arc<IncidentManager>, A
     let receivers: HashMap<String, Arc<DynNotifier>> =
         [("oncall".to_owned(), notifier.clone() as Arc<DynNotifier>)].into();
     let wall = TokioClock::new().shared();
-    let store: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
     let incidents = Arc::new(
         IncidentManager::new(
             store,
@@ -188,4 +194,41 @@ async fn deployments_are_watched_by_the_same_rules() {
         report.alerts
     );
     traffic.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_incident_the_store_could_not_open_is_opened_at_the_next_pass() {
+    // Security review M15: a store error used to leave the alert marked as firing, so its
+    // incident was never opened.
+    let fleet = SimFleet::new();
+    let app = AppId::new("shop").unwrap();
+    let v1 = Version::new("1.0").unwrap();
+    fleet.serve(&app, &Pool::stable(), &v1, 1).await.unwrap();
+    let store = Arc::new(OutageStore::new(Arc::new(MemoryStore::new()) as Arc<DynStore>));
+    let (monitor, incidents, notifier) = setup_on(&fleet, store.clone()).await;
+    let instances = fleet.list_instances(&app).await.unwrap();
+    fleet.inject(Fault::UnhealthyVersion(v1.clone()));
+    store.fail_for(Duration::from_secs(60));
+    assert!(matches!(
+        monitor.monitor_system(&instances).await,
+        Err(IncidentError::Store(StoreError::Unavailable { .. }))
+    ));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The pass routed the alert although it failed: the group is notified on time.
+    let report = monitor.monitor_system(&instances).await;
+    assert!(report.is_err(), "the store is still down");
+    assert!(
+        notifier
+            .delivered()
+            .iter()
+            .any(|notification| notification.summary.starts_with("[FIRING:1] InstanceUnhealthy")),
+        "{:?}",
+        notifier.delivered()
+    );
+    store.end_outage();
+    let report = monitor.monitor_system(&instances).await.unwrap();
+    assert_eq!(report.incidents.len(), 1, "opened once the store is back");
+    let report = monitor.monitor_system(&instances).await.unwrap();
+    assert!(report.incidents.is_empty(), "and only once");
+    assert_eq!(incidents.list().await.unwrap().len(), 1);
 }

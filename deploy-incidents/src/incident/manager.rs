@@ -111,6 +111,10 @@ impl IncidentManager {
 
     /// Opens an incident, or attaches the trigger to the open incident with the same key.
     ///
+    /// Two managers triggering the same key at once open one incident: the dedup index is
+    /// only pointed at a new incident if it is still as read, and the loser drops its own
+    /// and attaches to the winner's.
+    ///
     /// # Errors
     /// An invalid dedup key, an unknown escalation policy, store errors.
     pub async fn create_incident(&self, actor: &str, new: NewIncident) -> Result<Incident, IncidentError> {
@@ -130,22 +134,62 @@ impl IncidentManager {
                 )
             }
         };
-        if let Some((id, _)) = self.store.get_json::<String>(&self.index_key(&dedup)).await?
-            && let Some((incident, _)) = self.store.get_json::<Incident>(&self.key(&id)).await?
-            && incident.status.is_open()
-        {
-            return self
-                .change(&id, |incident, now| {
-                    incident.triggers += 1;
-                    incident.timeline.push(IncidentTimelineEntry {
-                        at: now,
-                        actor: actor.into(),
-                        what: "re-triggered".into(),
-                    });
-                    Ok(Vec::new())
-                })
+        let index_key = self.index_key(&dedup);
+        loop {
+            let index = self.store.get_json::<String>(&index_key).await?;
+            if let Some((id, _)) = &index
+                && let Some((incident, _)) = self.store.get_json::<Incident>(&self.key(id)).await?
+                && incident.status.is_open()
+            {
+                return self
+                    .change(id, |incident, now| {
+                        incident.triggers += 1;
+                        incident.timeline.push(IncidentTimelineEntry {
+                            at: now,
+                            actor: actor.into(),
+                            what: "re-triggered".into(),
+                        });
+                        Ok(Vec::new())
+                    })
+                    .await;
+            }
+            let incident = self.insert(actor, &dedup, &new, policy.clone()).await?;
+            let unchanged = index.map_or(Precondition::Absent, |(_, version)| {
+                Precondition::Version(version)
+            });
+            let claimed = self
+                .store
+                .put_json(&index_key, &incident.id, WriteOptions::when(unchanged))
                 .await;
+            if let Err(error) = claimed {
+                // Not indexed, it would escalate unseen: take it back (best effort if the
+                // store is failing), then attach to the winner or report the failure.
+                let dropped = self.store.delete(&self.key(&incident.id)).await;
+                match error {
+                    StoreError::Conflict { .. } => {
+                        dropped?;
+                        continue;
+                    }
+                    error => return Err(error.into()),
+                }
+            }
+            let mut notifications = vec![self.notification(&incident, NotificationAction::Trigger, "opened")];
+            if let Some(escalation) = &incident.escalation {
+                notifications.push(self.page(&incident, escalation));
+            }
+            self.send(notifications).await;
+            return Ok(incident);
         }
+    }
+
+    /// Writes a new incident under a fresh id; nothing is notified yet.
+    async fn insert(
+        &self,
+        actor: &str,
+        dedup: &IdempotencyKey,
+        new: &NewIncident,
+        policy: Option<EscalationPolicy>,
+    ) -> Result<Incident, IncidentError> {
         let now = self.now();
         let escalation = policy.map(|policy| EscalationState {
             next_at: Some(now + chrono_duration(policy.levels[0].delay)),
@@ -156,7 +200,7 @@ impl IncidentManager {
         let mut incident = Incident {
             id: String::new(),
             dedup_key: dedup.clone(),
-            title: new.title,
+            title: new.title.clone(),
             severity: new.severity,
             status: IncidentStatus::Triggered,
             created_at: now,
@@ -173,7 +217,7 @@ impl IncidentManager {
             triggers: 1,
         };
         // Ids are time-ordered; two incidents in one millisecond take the next suffix.
-        let base = rand_suffix(&dedup, now);
+        let base = rand_suffix(dedup, now);
         for attempt in 0u16.. {
             incident.id = format!(
                 "inc-{}-{:04x}",
@@ -194,15 +238,6 @@ impl IncidentManager {
                 Err(error) => return Err(error.into()),
             }
         }
-        let id = incident.id.clone();
-        self.store
-            .put_json(&self.index_key(&dedup), &id, WriteOptions::default())
-            .await?;
-        let mut notifications = vec![self.notification(&incident, NotificationAction::Trigger, "opened")];
-        if let Some(escalation) = &incident.escalation {
-            notifications.push(self.page(&incident, escalation));
-        }
-        self.send(notifications).await;
         Ok(incident)
     }
 
