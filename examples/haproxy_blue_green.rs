@@ -13,12 +13,13 @@
 //!
 //! `cargo run --example haproxy_blue_green --features backends`
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deploykit::backends::demo::{self, DemoConfig, LoadGenerator};
-use deploykit::backends::launch::{Haproxy, LaunchError, Prometheus};
+use deploy_lab::demo::{self, DemoConfig, LoadGenerator};
+use deploy_lab::launch::{Haproxy, LaunchError, Prometheus};
 use deploykit::backends::{
     HaproxyLoadBalancer, HttpHealthChecker, ProcessInfra, ProcessSpec, PrometheusMetrics,
 };
@@ -31,7 +32,8 @@ use deploykit::strategies::{
     Rollout, RolloutOptions, RolloutOutcome, Strategy,
 };
 
-/// Run as a demo-service instance (this same binary, started by `ProcessInfra`).
+/// Run as a demo-service instance (this same binary, started by `ProcessInfra`), taking
+/// `deploykit-demo`'s arguments after it.
 const SERVE_FLAG: &str = "--serve-demo";
 
 /// GETs `/version` on every instance of the new pool before it gets traffic.
@@ -84,37 +86,17 @@ impl MetricsSource for NoMetrics {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(SERVE_FLAG) {
-        return serve_demo(&args[2..]);
+fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.next_if(|arg| arg == SERVE_FLAG).is_some() {
+        return Ok(demo::run_program(args));
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(orchestrate())
-}
-
-/// `--serve-demo PORT ARTIFACT_DIR`: one demo-service instance.
-fn serve_demo(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let [port, artifact] = args else {
-        return Err("usage: --serve-demo PORT ARTIFACT_DIR".into());
-    };
-    let config = DemoConfig::from_artifact(std::path::Path::new(artifact))?;
-    let port: u16 = port.parse()?;
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            demo::serve(listener, config, async move {
-                term.recv().await;
-            })
-            .await
-        })?;
-    Ok(())
+        .block_on(orchestrate())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn orchestrate() -> Result<(), Box<dyn std::error::Error>> {
@@ -152,7 +134,7 @@ async fn orchestrate() -> Result<(), Box<dyn std::error::Error>> {
         dir.path().join("artifacts"),
         dir.path().join("work"),
     )
-    .args([SERVE_FLAG, "{port}", "{artifact}"]);
+    .args([SERVE_FLAG, "--port", "{port}", "--artifact", "{artifact}"]);
     if let Some(prometheus) = &prometheus {
         spec = spec.prometheus_targets(prometheus.targets_file());
     }

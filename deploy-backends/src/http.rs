@@ -2,12 +2,7 @@
 
 // Each helper serves several adapters; with only some features on, some go unused.
 #![cfg_attr(
-    not(all(
-        feature = "http-health",
-        feature = "prometheus",
-        feature = "notifiers",
-        feature = "demo"
-    )),
+    not(all(feature = "http-health", feature = "prometheus", feature = "notifiers")),
     allow(dead_code)
 )]
 

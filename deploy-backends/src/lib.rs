@@ -10,8 +10,6 @@
 //! | `prometheus` | [`PrometheusMetrics`] over Prometheus's HTTP API | [`MetricsSource`](deploy_core::MetricsSource) |
 //! | `process` | [`ProcessInfra`]: local processes as instances | [`InfraManager`](deploy_core::InfraManager) |
 //! | `notifiers` | [`WebhookNotifier`], [`PagerDutyNotifier`], [`AlertmanagerNotifier`] | [`Notifier`](deploy_core::Notifier) |
-//! | `demo` | [`demo`]: a small HTTP service and a load generator | |
-//! | `launch` | [`launch`]: HAProxy, Prometheus, Alertmanager on 127.0.0.1 in a temp dir | |
 //!
 //! The split of an app's traffic over pools is applied by HAProxy as per-server weights;
 //! see [`HaproxyLoadBalancer`] for how a [`TrafficSplit`](deploy_core::TrafficSplit) maps
@@ -39,22 +37,12 @@
 //! # }
 //! ```
 
-#[cfg(feature = "demo")]
-pub mod demo;
 #[cfg(feature = "haproxy")]
 mod haproxy;
 #[cfg(feature = "http-health")]
 mod health;
-#[cfg(any(
-    feature = "http-health",
-    feature = "prometheus",
-    feature = "notifiers",
-    feature = "demo",
-    feature = "launch"
-))]
+#[cfg(any(feature = "http-health", feature = "prometheus", feature = "notifiers"))]
 mod http;
-#[cfg(feature = "launch")]
-pub mod launch;
 #[cfg(feature = "notifiers")]
 mod notify;
 #[cfg(feature = "process")]
@@ -68,8 +56,8 @@ pub use haproxy::{HaproxyLoadBalancer, HaproxyRuntime, ServerState};
 pub use health::{HttpHealthChecker, HttpHealthCheckerBuilder};
 #[cfg(feature = "notifiers")]
 pub use notify::{
-    AlertmanagerNotifier, EVENTS_URL, KEY_LABEL, PagerDutyNotifier, RetryPolicy, SIGNATURE_HEADER,
-    WebhookNotifier, verify_signature,
+    ALERTMANAGER_KEY_LABEL, AlertmanagerNotifier, PAGERDUTY_EVENTS_URL, PagerDutyNotifier, RetryPolicy,
+    SIGNATURE_HEADER, WebhookNotifier, verify_signature,
 };
 #[cfg(feature = "process")]
 pub use process::{ProcessInfra, ProcessSpec};

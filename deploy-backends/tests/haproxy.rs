@@ -6,10 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{Artifacts, app, pool, version};
-use deploy_backends::launch::Haproxy;
 use deploy_backends::{HaproxyLoadBalancer, HaproxyRuntime};
 use deploy_core::conformance::{self, BalancerFixture};
 use deploy_core::{BackendError, InfraManager, LoadBalancer, LoadBalancerExt, TrafficSplit, Weight};
+use deploy_lab::launch::Haproxy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_passes_the_load_balancer_suite() {

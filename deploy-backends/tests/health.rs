@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::{Artifacts, app, pool, version};
 use deploy_backends::HttpHealthChecker;
-use deploy_backends::demo::DemoConfig;
 use deploy_core::{
     HealthChecker, HealthStatus, InfraManager, Instance, InstanceId, InstanceState, conformance,
 };
+use deploy_lab::demo::DemoConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn instance_at(address: String) -> Instance {

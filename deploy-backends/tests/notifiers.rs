@@ -15,13 +15,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use deploy_backends::launch::Alertmanager;
 use deploy_backends::{
     AlertmanagerNotifier, PagerDutyNotifier, RetryPolicy, SIGNATURE_HEADER, WebhookNotifier, verify_signature,
 };
 use deploy_core::{
     BackendError, Delivery, IdempotencyKey, Notification, NotificationAction, Notifier, Severity, conformance,
 };
+use deploy_lab::launch::Alertmanager;
 
 const SECRET: &[u8] = b"webhook-secret";
 

@@ -9,12 +9,12 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use common::{Artifacts, app, pool, version};
-use deploy_backends::demo::LoadGenerator;
-use deploy_backends::launch::Prometheus;
 use deploy_backends::{ProcessInfra, PrometheusMetrics, QueryTemplate};
 use deploy_core::{
     BackendError, InfraManager, MetricName, MetricQuery, MetricTarget, MetricsSource, conformance,
 };
+use deploy_lab::demo::LoadGenerator;
+use deploy_lab::launch::Prometheus;
 
 fn query(metric: MetricName, pool_name: &str) -> MetricQuery {
     let target = MetricTarget::Pool {

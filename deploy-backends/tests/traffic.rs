@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::{Artifacts, app, pool, version};
-use deploy_backends::demo::{LoadGenerator, LoadProgress, LoadReport};
-use deploy_backends::launch::{Haproxy, Prometheus};
 use deploy_backends::{HaproxyLoadBalancer, HttpHealthChecker, ProcessInfra, PrometheusMetrics};
 use deploy_core::{
     BackendError, DeploymentEventKind, InfraManager, LoadBalancer, MemoryStore, MetricName, MetricQuery,
     MetricsSource, Series, TrafficSplit,
 };
+use deploy_lab::demo::{LoadGenerator, LoadProgress, LoadReport};
+use deploy_lab::launch::{Haproxy, Prometheus};
 use deploy_strategies::{
     AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Hook, HookContext,
     HookOutcome, HookPoint, Pause, Quantity, RollingSpec, Rollout, RolloutBuilder, RolloutOptions,
@@ -119,7 +119,7 @@ impl Stage {
         Rollout::builder(strategy, backends, Arc::new(MemoryStore::new())).options(options())
     }
 
-    fn load(&self) -> deploy_backends::demo::LoadRun {
+    fn load(&self) -> deploy_lab::demo::LoadRun {
         LoadGenerator::new(format!("http://{}/", self.haproxy.frontend("shop").unwrap()))
             .concurrency(8)
             .max_requests(1_000_000)
@@ -197,7 +197,7 @@ impl MetricsSource for PacedMetrics {
 /// rollout, and when (since the load started) each traffic shift happened.
 async fn run_under_load(
     stage: &Stage,
-    load: deploy_backends::demo::LoadRun,
+    load: deploy_lab::demo::LoadRun,
     rollout: Rollout,
     target: &str,
 ) -> (RolloutReport, LoadReport, u64, Vec<(Duration, String)>) {

@@ -41,7 +41,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// The backend should close server connections after each response (`option
 /// http-server-close`) and retry failed connections elsewhere (`retries`, `option
 /// redispatch`), so that a server that leaves never takes a request with it;
-/// [`launch::Haproxy`](crate::launch::Haproxy) writes such a configuration.
+/// `deploy_lab::launch::Haproxy` (the unpublished lab crate) writes such a configuration.
 #[derive(Debug)]
 pub struct HaproxyLoadBalancer {
     runtime: HaproxyRuntime,

@@ -5,12 +5,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier, Severity};
 
-use super::{RetryPolicy, send};
-use crate::http::{client, require_http_url};
+use super::{HttpTarget, RetryPolicy, send};
 
 const BACKEND: &str = "alertmanager";
-/// The label that carries the notification's key, so every action on a key is one alert.
-pub const KEY_LABEL: &str = "dedup_key";
+/// The label [`AlertmanagerNotifier`] puts the notification's key in, so every action on a
+/// key is one alert (and an acknowledgement silences it by this label).
+pub const ALERTMANAGER_KEY_LABEL: &str = "dedup_key";
 
 /// Hands notifications to Alertmanager (`POST /api/v2/alerts`), which groups, routes and
 /// deduplicates them with its own configuration.
@@ -27,11 +27,9 @@ pub const KEY_LABEL: &str = "dedup_key";
 /// [`BackendError::Rejected`]; 429, 5xx and network errors are retried.
 #[derive(Debug)]
 pub struct AlertmanagerNotifier {
-    client: reqwest::Client,
-    base: String,
+    target: HttpTarget,
     acknowledgement: Duration,
     policy: RetryPolicy,
-    timeout: Duration,
 }
 
 impl AlertmanagerNotifier {
@@ -41,14 +39,10 @@ impl AlertmanagerNotifier {
     /// [`BackendError::Rejected`] when `base_url` is not an http(s) URL.
     pub fn new(base_url: impl Into<String>) -> Result<Self, BackendError> {
         let base = base_url.into().trim_end_matches('/').to_owned();
-        require_http_url("alertmanager notifier", &base)?;
-        let timeout = Duration::from_secs(5);
         Ok(Self {
-            client: client(timeout)?,
-            base,
+            target: HttpTarget::new("alertmanager notifier", base, Duration::from_secs(5))?,
             acknowledgement: Duration::from_secs(4 * 3600),
             policy: RetryPolicy::default(),
-            timeout,
         })
     }
 
@@ -69,11 +63,12 @@ impl AlertmanagerNotifier {
     /// How long one request may take (default 5 s).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.target.timeout = timeout;
         self
     }
 
-    fn request(&self, notification: &Notification) -> (String, serde_json::Value) {
+    /// The API path and body for `notification`.
+    fn request(&self, notification: &Notification) -> (&'static str, serde_json::Value) {
         let now = chrono::Utc::now();
         match notification.action {
             NotificationAction::Acknowledge => {
@@ -81,7 +76,7 @@ impl AlertmanagerNotifier {
                     + chrono::Duration::from_std(self.acknowledgement).unwrap_or(chrono::Duration::hours(4));
                 let silence = serde_json::json!({
                     "matchers": [{
-                        "name": KEY_LABEL,
+                        "name": ALERTMANAGER_KEY_LABEL,
                         "value": notification.key,
                         "isRegex": false,
                         "isEqual": true,
@@ -91,14 +86,14 @@ impl AlertmanagerNotifier {
                     "createdBy": "deploykit",
                     "comment": format!("acknowledged: {}", notification.summary),
                 });
-                (format!("{}/api/v2/silences", self.base), silence)
+                ("/api/v2/silences", silence)
             }
             action => {
                 let mut labels = notification.labels.clone();
                 labels
                     .entry("alertname".to_owned())
                     .or_insert_with(|| "deploykit".to_owned());
-                labels.insert(KEY_LABEL.to_owned(), notification.key.to_string());
+                labels.insert(ALERTMANAGER_KEY_LABEL.to_owned(), notification.key.to_string());
                 labels.insert(
                     "severity".to_owned(),
                     match notification.severity {
@@ -120,7 +115,7 @@ impl AlertmanagerNotifier {
                 } else {
                     alert["startsAt"] = now.to_rfc3339().into();
                 }
-                (format!("{}/api/v2/alerts", self.base), serde_json::json!([alert]))
+                ("/api/v2/alerts", serde_json::json!([alert]))
             }
         }
     }
@@ -129,11 +124,11 @@ impl AlertmanagerNotifier {
 #[async_trait]
 impl Notifier for AlertmanagerNotifier {
     async fn notify(&self, notification: &Notification) -> Result<Delivery, BackendError> {
-        let (url, body) = self.request(notification);
+        let (path, body) = self.request(notification);
         self.policy
             .run(BACKEND, || {
-                let request = self.client.post(&url).json(&body);
-                async move { send(BACKEND, "alertmanager post", self.timeout, request, &[200]).await }
+                let request = self.target.post(path).json(&body);
+                async move { send(BACKEND, "alertmanager post", self.target.timeout, request, &[200]).await }
             })
             .await?;
         Ok(Delivery::Delivered)

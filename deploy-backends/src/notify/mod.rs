@@ -1,5 +1,5 @@
 //! Notifiers over HTTP: a signed webhook, PagerDuty Events v2 and Alertmanager, with the
-//! retry loop they share.
+//! [`HttpTarget`] and the retry loop they share.
 
 mod alertmanager;
 mod pagerduty;
@@ -9,11 +9,37 @@ use std::time::Duration;
 
 use deploy_core::BackendError;
 
-pub use alertmanager::{AlertmanagerNotifier, KEY_LABEL};
-pub use pagerduty::{EVENTS_URL, PagerDutyNotifier};
+pub use alertmanager::{ALERTMANAGER_KEY_LABEL, AlertmanagerNotifier};
+pub use pagerduty::{PAGERDUTY_EVENTS_URL, PagerDutyNotifier};
 pub use webhook::{SIGNATURE_HEADER, WebhookNotifier, verify_signature};
 
-use crate::http::{excerpt, transport_error};
+use crate::http::{client, excerpt, require_http_url, transport_error};
+
+/// Where a notifier posts, the client it posts with, and how long one request may take;
+/// each notifier adds only its own request format.
+#[derive(Debug)]
+pub(crate) struct HttpTarget {
+    client: reqwest::Client,
+    endpoint: String,
+    timeout: Duration,
+}
+
+impl HttpTarget {
+    /// [`BackendError::Rejected`], naming `component`, when `endpoint` is not an http(s) URL.
+    fn new(component: &'static str, endpoint: String, timeout: Duration) -> Result<Self, BackendError> {
+        require_http_url(component, &endpoint)?;
+        Ok(Self {
+            client: client(timeout)?,
+            endpoint,
+            timeout,
+        })
+    }
+
+    /// A POST to the endpoint followed by `path` (empty for the endpoint itself).
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.endpoint))
+    }
+}
 
 /// How a notifier retries one delivery: up to `attempts` tries, waiting `initial_backoff`
 /// and doubling up to `max_backoff` (or what the receiver's `Retry-After` asks), never

@@ -6,12 +6,11 @@ use async_trait::async_trait;
 use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier, Severity};
 
 use super::webhook::action_name;
-use super::{RetryPolicy, send};
-use crate::http::client;
+use super::{HttpTarget, RetryPolicy, send};
 
 const BACKEND: &str = "pagerduty";
-/// PagerDuty's events endpoint.
-pub const EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+/// PagerDuty's Events API v2 endpoint, where [`PagerDutyNotifier`] sends unless told otherwise.
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 /// PagerDuty truncates summaries at 1024 characters; we cut first so the cut is ours.
 const MAX_SUMMARY: usize = 1024;
 
@@ -24,12 +23,10 @@ const MAX_SUMMARY: usize = 1024;
 /// the error is [`BackendError::Unavailable`] (retryable later).
 #[derive(Debug)]
 pub struct PagerDutyNotifier {
-    client: reqwest::Client,
-    url: String,
+    target: HttpTarget,
     routing_key: String,
     source: String,
     policy: RetryPolicy,
-    timeout: Duration,
 }
 
 impl PagerDutyNotifier {
@@ -46,21 +43,22 @@ impl PagerDutyNotifier {
                 reason: "routing key and source must not be empty".to_owned(),
             });
         }
-        let timeout = Duration::from_secs(10);
         Ok(Self {
-            client: client(timeout)?,
-            url: EVENTS_URL.to_owned(),
+            target: HttpTarget::new(
+                "pagerduty notifier",
+                PAGERDUTY_EVENTS_URL.to_owned(),
+                Duration::from_secs(10),
+            )?,
             routing_key,
             source,
             policy: RetryPolicy::default(),
-            timeout,
         })
     }
 
     /// Sends to another endpoint (a proxy, or a local stand-in in tests).
     #[must_use]
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.url = url.into();
+        self.target.endpoint = url.into();
         self
     }
 
@@ -74,7 +72,7 @@ impl PagerDutyNotifier {
     /// How long one request may take (default 10 s).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.target.timeout = timeout;
         self
     }
 
@@ -110,8 +108,8 @@ impl Notifier for PagerDutyNotifier {
         let event = self.event(notification);
         self.policy
             .run(BACKEND, || {
-                let request = self.client.post(&self.url).json(&event);
-                async move { send(BACKEND, "pagerduty event", self.timeout, request, &[202]).await }
+                let request = self.target.post("").json(&event);
+                async move { send(BACKEND, "pagerduty event", self.target.timeout, request, &[202]).await }
             })
             .await?;
         Ok(Delivery::Delivered)

@@ -9,8 +9,7 @@ use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Noti
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{RetryPolicy, send};
-use crate::http::{client, require_http_url};
+use super::{HttpTarget, RetryPolicy, send};
 
 const BACKEND: &str = "webhook";
 /// The header carrying `sha256=<hex of HMAC-SHA256(secret, body)>`.
@@ -27,11 +26,9 @@ const REMEMBERED: usize = 4096;
 /// delivered by this notifier is [`Delivery::Duplicate`] and not sent again.
 #[derive(Debug)]
 pub struct WebhookNotifier {
-    client: reqwest::Client,
-    url: String,
+    target: HttpTarget,
     secret: Vec<u8>,
     policy: RetryPolicy,
-    timeout: Duration,
     delivered: Mutex<Remembered>,
 }
 
@@ -47,22 +44,18 @@ impl WebhookNotifier {
     /// # Errors
     /// [`BackendError::Rejected`] for a URL that is not http(s) or an empty secret.
     pub fn new(url: impl Into<String>, secret: impl Into<Vec<u8>>) -> Result<Self, BackendError> {
-        let url = url.into();
+        let target = HttpTarget::new("webhook notifier", url.into(), Duration::from_secs(5))?;
         let secret = secret.into();
-        require_http_url("webhook notifier", &url)?;
         if secret.is_empty() {
             return Err(BackendError::Rejected {
                 operation: "webhook notifier",
                 reason: "the signing secret is empty".to_owned(),
             });
         }
-        let timeout = Duration::from_secs(5);
         Ok(Self {
-            client: client(timeout)?,
-            url,
+            target,
             secret,
             policy: RetryPolicy::default(),
-            timeout,
             delivered: Mutex::new(Remembered::default()),
         })
     }
@@ -77,7 +70,7 @@ impl WebhookNotifier {
     /// How long one request may take (default 5 s).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.target.timeout = timeout;
         self
     }
 
@@ -139,16 +132,22 @@ impl Notifier for WebhookNotifier {
         self.policy
             .run(BACKEND, || {
                 let request = self
-                    .client
-                    .post(&self.url)
+                    .target
+                    .post("")
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .header(SIGNATURE_HEADER, &signature)
                     .header("Idempotency-Key", &idempotency)
                     .body(body.clone());
                 async move {
-                    send(BACKEND, "webhook", self.timeout, request, &[200, 201, 202, 204])
-                        .await
-                        .map(drop)
+                    send(
+                        BACKEND,
+                        "webhook",
+                        self.target.timeout,
+                        request,
+                        &[200, 201, 202, 204],
+                    )
+                    .await
+                    .map(drop)
                 }
             })
             .await?;

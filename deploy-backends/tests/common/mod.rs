@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use deploy_backends::demo::DemoConfig;
-use deploy_backends::launch::{LaunchError, require_real};
 use deploy_backends::{ProcessInfra, ProcessSpec};
 use deploy_core::{AppId, Pool, Version};
+use deploy_lab::demo::DemoConfig;
+use deploy_lab::launch::{LaunchError, require_real};
 
 /// Unwraps a launched component, or skips the test (returns) with a printed reason when it
 /// is not installed and real components are not required.
@@ -19,8 +19,8 @@ macro_rules! launch_or_skip {
     ($launch:expr) => {
         match $launch {
             Ok(component) => component,
-            Err(err @ deploy_backends::launch::LaunchError::Missing { .. })
-                if !deploy_backends::launch::require_real() =>
+            Err(err @ deploy_lab::launch::LaunchError::Missing { .. })
+                if !deploy_lab::launch::require_real() =>
             {
                 eprintln!("SKIPPED: {err}; set DEPLOYKIT_REQUIRE_REAL=1 to make this a failure");
                 return;
@@ -75,8 +75,9 @@ impl Artifacts {
 
     /// Demo-service instances as local processes.
     pub fn spec(&self) -> ProcessSpec {
+        let demo = deploy_lab::launch::demo_program().unwrap_or_else(|err| panic!("{err}"));
         ProcessSpec::new(
-            env!("CARGO_BIN_EXE_deploykit-demo"),
+            demo.display().to_string(),
             self.root(),
             self.dir.path().join("work"),
         )

@@ -3,12 +3,14 @@
 //!
 //! For tests and examples: [`require_real`] tells whether a missing program is a skip or a
 //! failure (`DEPLOYKIT_REQUIRE_REAL=1`), and [`LaunchError::Missing`] says how to install it.
+//! [`demo_program`] is the demo service's binary, for `ProcessSpec`s in other crates' tests.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -44,6 +46,14 @@ pub enum LaunchError {
         /// The end of its output.
         output: String,
     },
+    /// A program of this workspace could not be built.
+    #[error("cannot build {program}: {output}")]
+    Build {
+        /// The program.
+        program: &'static str,
+        /// What cargo said.
+        output: String,
+    },
 }
 
 /// Whether tests must fail rather than skip when a real component is missing
@@ -68,6 +78,67 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         )
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
+}
+
+/// The `deploykit-demo` binary (see [`demo::run_program`](crate::demo::run_program)), for a
+/// `ProcessSpec` that runs the demo service.
+///
+/// Cargo hands a package's tests only that package's binaries (`CARGO_BIN_EXE_<name>`), so
+/// tests in other crates ask here: the first call in a process runs `cargo build -p
+/// deploy-lab --bin deploykit-demo` (with the `cargo` running the tests, `$CARGO`, else the
+/// one on `PATH`), which does nothing when the binary is fresh, and returns its path.
+///
+/// # Errors
+/// [`LaunchError::Build`] when cargo cannot be run or the build fails.
+pub fn demo_program() -> Result<PathBuf, LaunchError> {
+    static PROGRAM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PROGRAM
+        .get_or_init(build_demo_program)
+        .clone()
+        .map_err(|output| LaunchError::Build {
+            program: "deploykit-demo",
+            output,
+        })
+}
+
+fn build_demo_program() -> Result<PathBuf, String> {
+    #[derive(serde::Deserialize)]
+    struct Message {
+        reason: String,
+        #[serde(default)]
+        target: Option<Target>,
+        #[serde(default)]
+        executable: Option<PathBuf>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Target {
+        name: String,
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["build", "--message-format=json-render-diagnostics"])
+        .args(["--package", "deploy-lab", "--bin", "deploykit-demo"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("cannot run cargo: {err}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        return Err(lines[lines.len().saturating_sub(20)..].join("\n"));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Message>(line).ok())
+        .filter(|message| message.reason == "compiler-artifact")
+        .filter(|message| {
+            message
+                .target
+                .as_ref()
+                .is_some_and(|t| t.name == "deploykit-demo")
+        })
+        .find_map(|message| message.executable)
+        .ok_or_else(|| "cargo reported no deploykit-demo executable".to_owned())
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
@@ -227,7 +298,7 @@ impl Haproxy {
             config_path.display().to_string(),
         ];
         let mut daemon = Daemon::spawn("haproxy", &path, &args, dir)?;
-        let runtime = crate::HaproxyRuntime::new(&socket);
+        let runtime = deploy_backends::HaproxyRuntime::new(&socket);
         daemon
             .wait_ready(Duration::from_secs(10), || async {
                 runtime
@@ -317,7 +388,7 @@ impl Prometheus {
     }
 
     /// The `file_sd` file it scrapes (see
-    /// [`ProcessSpec::prometheus_targets`](crate::ProcessSpec::prometheus_targets)).
+    /// [`ProcessSpec::prometheus_targets`](deploy_backends::ProcessSpec::prometheus_targets)).
     pub fn targets_file(&self) -> &Path {
         &self.targets
     }

@@ -6,8 +6,10 @@
 //! `demo_request_duration_seconds{version}` histogram, `demo_build_info{version}`), and `POST
 //! /fail?share=0.3` changes the failing share at run time. A version's behaviour comes from
 //! its artifact directory ([`DemoConfig::write_artifact`] / [`DemoConfig::from_artifact`]),
-//! so a "bad build" is just an artifact that says so. The `deploykit-demo` binary runs it:
-//! `deploykit-demo --port 8080 --artifact DIR`; SIGTERM finishes in-flight requests and exits.
+//! so a "bad build" is just an artifact that says so. The `deploykit-demo` binary runs it
+//! ([`run_program`]): `deploykit-demo --port 8080 --artifact DIR`; SIGTERM finishes
+//! in-flight requests and exits. [`launch::demo_program`](crate::launch::demo_program) finds
+//! (building if needed) the binary for tests outside this crate.
 //!
 //! [`LoadGenerator`] sends GETs from a bounded number of workers, for at most a number of
 //! requests and a time, and reports successes, failures (with when they happened) and which
@@ -15,7 +17,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -299,6 +302,99 @@ async fn set_fail_share(
     (StatusCode::OK, format!("failing {} of requests\n", query.share))
 }
 
+/// The demo service as a program, given its arguments (without the program name):
+/// `--port PORT (--artifact DIR | --version V) [--fail-share S]`. Listens on 127.0.0.1;
+/// SIGTERM or Ctrl-C stops it after the requests in flight. Bad arguments print the usage
+/// and exit with 2.
+///
+/// This is the `deploykit-demo` binary; a program can also serve as the demo itself (as
+/// the `haproxy_blue_green` example does when `ProcessInfra` starts it with a flag).
+pub fn run_program(args: impl IntoIterator<Item = String>) -> ExitCode {
+    let usage = |problem: &str| {
+        eprintln!(
+            "deploykit-demo: {problem}\nusage: deploykit-demo --port PORT (--artifact DIR | --version V) [--fail-share S]"
+        );
+        ExitCode::from(2)
+    };
+    let mut args = args.into_iter();
+    let (mut port, mut artifact, mut version, mut fail_share) = (None, None, None, None);
+    while let Some(flag) = args.next() {
+        let Some(value) = args.next() else {
+            return usage(&format!("{flag} needs a value"));
+        };
+        match flag.as_str() {
+            "--port" => match value.parse::<u16>() {
+                Ok(p) => port = Some(p),
+                Err(_) => return usage(&format!("port {value:?} is not a port number")),
+            },
+            "--artifact" => artifact = Some(PathBuf::from(value)),
+            "--version" => version = Some(value),
+            "--fail-share" => match value.parse::<f64>() {
+                Ok(s) if (0.0..=1.0).contains(&s) => fail_share = Some(s),
+                _ => return usage(&format!("fail share {value:?} is not in 0..=1")),
+            },
+            other => return usage(&format!("unknown flag {other}")),
+        }
+    }
+    let Some(port) = port else {
+        return usage("--port is required");
+    };
+    let mut config = match (artifact, version) {
+        (Some(dir), _) => match DemoConfig::from_artifact(&dir) {
+            Ok(config) => config,
+            Err(err) => return usage(&err.to_string()),
+        },
+        (None, Some(version)) => DemoConfig::new(version),
+        (None, None) => return usage("--artifact or --version is required"),
+    };
+    if let Some(share) = fail_share {
+        config.fail_share = share;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return usage(&format!("cannot start the runtime: {err}")),
+    };
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        eprintln!("deploykit-demo {} listening on 127.0.0.1:{port}", config.version);
+        serve(listener, config, async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("deploykit-demo: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once ("error sending request for url
+/// (...): client error (Connect): tcp connect error: Connection refused").
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    for cause in std::iter::successors(err.source(), |cause| cause.source()) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
+}
+
 /// Sends GET requests to one URL from `concurrency` workers (keep-alive connections), until
 /// stopped, `max_requests` were sent, or `max_duration` has passed.
 #[derive(Debug, Clone)]
@@ -441,7 +537,7 @@ impl LoadGenerator {
                                 response.text().await.map_err(|err| err.to_string())
                             }
                             Ok(response) => Err(format!("HTTP {}", response.status())),
-                            Err(err) => Err(crate::http::describe(&err)),
+                            Err(err) => Err(error_chain(&err)),
                         };
                         let mut tally = tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         match outcome {
