@@ -15,8 +15,12 @@
 //!
 //! [`IncidentManager`] runs the incident lifecycle (triggered → acknowledged → mitigated →
 //! resolved → closed, reopen) with dedup keys, a timeline, roles, escalation policies,
-//! post-mortems and MTTA / MTTR, persisted through any core record store. The operational
-//! monitor, the `incident` example and the `alerts` benchmark come next (see the README).
+//! post-mortems and MTTA / MTTR, persisted through any core record store. The
+//! [`OperationalMonitor`] ties rules, dispatcher and incidents together.
+//!
+//! Timers run on `tokio::time` and wall time comes from a `deploy_core::time::Clock`, so
+//! everything here runs on a paused test runtime with a `TokioClock`. Notifications are
+//! retried in this crate only, with a `deploy_core::retry::RetryPolicy`.
 
 mod delivery;
 mod dispatch;
