@@ -629,7 +629,7 @@ impl Execution {
                     Retry::Yes
                 },
             );
-            // A cancel ends the run's stage here only between attempts, during the backoff.
+            // Here a cancel ends the stage only between attempts, during the backoff wait.
             let result = tokio::select! {
                 biased;
                 result = attempts => result,
