@@ -175,8 +175,8 @@ fn mann_whitney(x: &[f64], y: &[f64]) -> (f64, f64) {
 
 /// `v` as an integer with the order of `f64::total_cmp`.
 ///
-/// The search compares differences in this order rather than with `<=`, so that `-0.0` and
-/// `0.0` are told apart exactly as a sort by `total_cmp` tells them apart.
+/// The search orders differences this way rather than as numbers, so that `-0.0` and `0.0`
+/// are told apart exactly as a sort by `total_cmp` tells them apart.
 fn key(v: f64) -> i64 {
     let bits = v.to_bits() as i64;
     // Negative numbers: flip every bit but the sign, so larger magnitudes come first.
@@ -186,6 +186,33 @@ fn key(v: f64) -> i64 {
 /// The inverse of [`key`] (the map is its own inverse).
 fn from_key(k: i64) -> f64 {
     f64::from_bits((k ^ (((k >> 63) as u64) >> 1) as i64) as u64)
+}
+
+/// A threshold in `f64::total_cmp` order, compared as a number first: as numbers, only
+/// `-0.0` and `0.0` are equal and distinct in that order (NaN is neither).
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    key: i64,
+    value: f64,
+}
+
+impl Cut {
+    fn new(key: i64) -> Self {
+        Self {
+            key,
+            value: from_key(key),
+        }
+    }
+
+    /// Whether `d` comes before the threshold.
+    fn below(self, d: f64) -> bool {
+        d < self.value || (d == self.value && key(d) < self.key)
+    }
+
+    /// Whether `d` comes before the threshold or is it.
+    fn at_most(self, d: f64) -> bool {
+        d < self.value || (d == self.value && key(d) <= self.key)
+    }
 }
 
 /// Where a threshold falls among the differences `y[j] - x[i]`.
@@ -221,11 +248,12 @@ struct Search {
     passes: u32,
     /// Which bound moved last (true: the upper one).
     last_moved_high: Option<bool>,
-    /// How far the bounds' counts are from `k`, for interpolating between them; the one
-    /// that stays put while the other moves twice running is halved (the Illinois rule),
-    /// so a lopsided distribution does not stall the search on one side.
-    weight_lo: f64,
-    weight_hi: f64,
+    /// Differences per unit of value around the answer, when it was found by listing: a
+    /// neighbouring rank starts from there.
+    density: Option<f64>,
+    /// The last two thresholds that narrowed the bracket, with the differences at most
+    /// them, older first: the secant through them aims the next one.
+    probes: [Option<(f64, f64)>; 2],
 }
 
 /// Interpolating passes allowed per search; after them it only bisects the key range.
@@ -242,34 +270,58 @@ impl Search {
             found: (!in_range).then_some(f64::NAN),
             passes: 0,
             last_moved_high: None,
-            weight_lo: k.saturating_sub(all.below) as f64,
-            weight_hi: all.at_most.saturating_sub(k) as f64,
+            density: None,
+            probes: [None, None],
         }
     }
 
-    /// The next threshold: interpolated between the bounds by their weights (fast on smooth
-    /// data), or the middle of the key range, which at most 64 passes exhaust.
+    /// The next threshold.
     ///
-    /// The interpolation aims a third of `few` differences past the k-th, towards the bound
-    /// that did not move last: estimates close in from one side, and this makes the pass
-    /// likely to leave at most `few` differences between the bounds, which ends the search.
+    /// The secant through the last two thresholds, or interpolation between the bounds
+    /// (fast on smooth data); the middle of the key range when the last threshold did not
+    /// halve the distance to the k-th difference (a skewed or heavy-tailed distribution),
+    /// and after [`INTERPOLATIONS`] passes, which at most 64 more passes exhaust.
+    ///
+    /// Either aims a little past the k-th difference, towards the bound that did not move
+    /// last, or at the middle of the bracket once that is at most twice `few`: estimates
+    /// tend to close in from one side, and a pass that leaves at most `few` differences
+    /// between the bounds ends the search.
     fn threshold(&self, few: u128) -> i64 {
         let b = &self.bracket;
-        if self.passes < INTERPOLATIONS {
-            let (lo, hi) = (from_key(b.lo), from_key(b.hi));
+        let middle = b.lo.midpoint(b.hi);
+        let (below, at_most, k) = (b.below as f64, b.at_most as f64, self.k as f64);
+        let stalled = match self.probes {
+            [Some((_, c0)), Some((_, c1))] => (c1 - k).abs() > (c0 - k).abs() / 2.0,
+            _ => false,
+        };
+        if self.passes >= INTERPOLATIONS || stalled {
+            return middle;
+        }
+        let few = few as f64;
+        let target = if at_most - below <= 2.0 * few {
+            // Landing anywhere in [at_most - few, below + few] is enough.
+            (below + at_most) / 2.0
+        } else {
             let lean = match self.last_moved_high {
-                Some(true) => -((few / 3) as f64),
-                Some(false) => (few / 3) as f64,
+                Some(true) => -few / 3.0,
+                Some(false) => few / 3.0,
                 None => 0.0,
             };
-            let share = ((self.weight_lo + lean) / (self.weight_lo + self.weight_hi)).clamp(0.0, 1.0);
-            // Infinities, or a span that overflows, give a threshold outside the bracket.
-            let t = key(lo + (hi - lo) * share);
-            if lo.is_finite() && (b.lo..=b.hi).contains(&t) {
-                return t;
+            (k + lean).clamp((below + k) / 2.0, (k + at_most) / 2.0)
+        };
+        let guess = match self.probes {
+            [Some((t0, c0)), Some((t1, c1))] => t1 + (target - c1) * (t1 - t0) / (c1 - c0),
+            _ => {
+                let (lo, hi) = (from_key(b.lo), from_key(b.hi));
+                lo + (hi - lo) * ((target - below) / (at_most - below))
             }
+        };
+        // Infinities, or a span that overflows, give NaN or a threshold outside the bracket.
+        let t = key(guess);
+        if guess.is_nan() || !(b.lo..=b.hi).contains(&t) {
+            return middle;
         }
-        b.lo.midpoint(b.hi)
+        t
     }
 
     /// Narrows the bracket with a pass at `t`; a threshold outside it tells nothing new.
@@ -278,6 +330,7 @@ impl Search {
         if self.found.is_some() || !(b.lo..=b.hi).contains(&t) {
             return;
         }
+        self.probes = [self.probes[1], Some((from_key(t), at.at_most as f64))];
         let moved_high = if at.at_most < self.k {
             // Above `t`: the next difference up is the new lower bound.
             let Some(after) = at.after else {
@@ -285,7 +338,6 @@ impl Search {
                 return;
             };
             (b.lo, b.below) = (after, at.at_most);
-            self.weight_lo = self.k.saturating_sub(b.below) as f64;
             false
         } else if at.below >= self.k {
             let Some(before) = at.before else {
@@ -293,20 +345,12 @@ impl Search {
                 return;
             };
             (b.hi, b.at_most) = (before, at.below);
-            self.weight_hi = b.at_most.saturating_sub(self.k) as f64;
             true
         } else {
             // below < k <= at_most: some difference equals `t`, and it is the k-th.
             self.found = Some(from_key(t));
             return;
         };
-        if self.last_moved_high == Some(moved_high) {
-            if moved_high {
-                self.weight_lo /= 2.0;
-            } else {
-                self.weight_hi /= 2.0;
-            }
-        }
         self.last_moved_high = Some(moved_high);
     }
 }
@@ -383,16 +427,31 @@ impl<'a> Differences<'a> {
             }
             if bracket.at_most.saturating_sub(bracket.below) <= self.few {
                 self.list(bracket);
+                let width = from_key(bracket.hi) - from_key(bracket.lo);
+                let density = bracket.at_most.saturating_sub(bracket.below) as f64 / width;
                 for (j, search) in searches.iter_mut().enumerate() {
                     let inside = bracket.below < search.k && search.k <= bracket.at_most;
                     if search.found.is_none() && (inside || j == i) {
                         search.found = Some(self.select(search.k.saturating_sub(bracket.below + 1)));
+                        search.density = (density.is_finite() && density > 0.0).then_some(density);
                     }
                 }
                 continue;
             }
-            let t = seed
-                .take()
+            // A search's first threshold: the seed, or a step from the nearest rank found by
+            // listing, at the density of differences seen there (near the middle, the
+            // differences' distribution function is close to a straight line).
+            let mut first = seed.take();
+            let k = searches[i].k;
+            let nearest = searches
+                .iter()
+                .filter_map(|s| Some((s.k, s.found?, s.density?)))
+                .min_by_key(|(found_k, ..)| found_k.abs_diff(k));
+            if let (None, 0, Some((found_k, value, density))) = (first, passes, nearest) {
+                searches[i].probes[1] = Some((value, found_k as f64));
+                first = Some(key(value + (k as f64 - found_k as f64) / density));
+            }
+            let t = first
                 .filter(|t| (bracket.lo..=bracket.hi).contains(t))
                 .unwrap_or_else(|| searches[i].threshold(self.few));
             let at = self.split(t);
@@ -407,60 +466,57 @@ impl<'a> Differences<'a> {
     /// Counts the differences on either side of `t` and finds its neighbours.
     fn split(&self, t: i64) -> Split {
         let (x, y) = (self.x, self.y);
-        let mut split = Split {
-            below: 0,
-            at_most: 0,
-            before: None,
-            after: None,
-        };
+        let n = y.len();
+        let cut = Cut::new(t);
         // `less` and `up_to` end the row's prefixes below and at-or-below `t`; for larger
         // x[i] both prefixes only grow.
         let (mut less, mut up_to) = (0, 0);
+        let (mut below, mut at_most) = (0u128, 0u128);
+        // Keys of the nearest differences on either side; the extremes stand for none (only
+        // NaN has them).
+        let (mut before, mut after) = (i64::MIN, i64::MAX);
         for &xi in x {
-            while let Some(&yj) = y.get(less)
-                && key(yj - xi) < t
-            {
+            while less < n && cut.below(y[less] - xi) {
                 less += 1;
             }
             up_to = usize::max(up_to, less);
-            while let Some(&yj) = y.get(up_to)
-                && key(yj - xi) <= t
-            {
+            while up_to < n && cut.at_most(y[up_to] - xi) {
                 up_to += 1;
             }
-            split.below += less as u128;
-            split.at_most += up_to as u128;
-            if let Some(&yj) = less.checked_sub(1).and_then(|j| y.get(j)) {
-                let d = key(yj - xi);
-                split.before = Some(split.before.map_or(d, |b| b.max(d)));
+            below += less as u128;
+            at_most += up_to as u128;
+            if less > 0 {
+                before = before.max(key(y[less - 1] - xi));
             }
-            if let Some(&yj) = y.get(up_to) {
-                let d = key(yj - xi);
-                split.after = Some(split.after.map_or(d, |a| a.min(d)));
+            if up_to < n {
+                after = after.min(key(y[up_to] - xi));
             }
         }
-        split
+        Split {
+            below,
+            at_most,
+            before: (before != i64::MIN).then_some(before),
+            after: (after != i64::MAX).then_some(after),
+        }
     }
 
     /// Puts the differences in `bracket` into `scratch`, at most `m + n` of them.
     fn list(&mut self, bracket: Bracket) {
         let (x, y) = (self.x, self.y);
-        let room = x.len() + y.len();
+        let n = y.len();
+        let room = x.len() + n;
         let wanted = usize::try_from(bracket.at_most.saturating_sub(bracket.below));
         self.scratch.clear();
-        self.scratch.reserve(wanted.map_or(room, |n| n.min(room)));
+        self.scratch.reserve(wanted.map_or(room, |w| w.min(room)));
+        let (lo, hi) = (Cut::new(bracket.lo), Cut::new(bracket.hi));
         // For increasing x[i], both ends of the row's window only move right.
         let (mut start, mut end) = (0, 0);
         for &xi in x {
-            while let Some(&yj) = y.get(start)
-                && key(yj - xi) < bracket.lo
-            {
+            while start < n && lo.below(y[start] - xi) {
                 start += 1;
             }
             end = usize::max(end, start);
-            while let Some(&yj) = y.get(end)
-                && key(yj - xi) <= bracket.hi
-            {
+            while end < n && hi.at_most(y[end] - xi) {
                 end += 1;
             }
             let window = y.get(start..end).unwrap_or_default();
@@ -497,7 +553,8 @@ fn hodges_lehmann(x: &[f64], y: &[f64], confidence: f64) -> (f64, f64, f64) {
     } else {
         (k_below, k_above)
     };
-    let [low, below, above, high] = differences.kths([k_low, k_below, k_above, k_high]);
+    // The middle first: the interval's ends then start from it.
+    let [below, above, low, high] = differences.kths([k_below, k_above, k_low, k_high]);
     let middle = (below + above) / 2.0;
     let estimate = if middle.is_finite() {
         middle
@@ -678,7 +735,7 @@ mod tests {
     }
 
     #[test]
-    fn tied_data_matches_enumeration() {
+    fn awkward_data_matches_enumeration() {
         let whole = |n: usize, step: usize, modulus: usize, offset: f64| -> Vec<f64> {
             (0..n).map(|i| ((i * step) % modulus) as f64 + offset).collect()
         };
@@ -715,6 +772,42 @@ mod tests {
             ),
             ("one each", vec![2.0], vec![-3.5]),
             ("one baseline", vec![1.0], whole(30, 7, 5, 0.0)),
+            // Shapes where interpolating on values goes astray, so the search bisects.
+            (
+                "outliers",
+                (0..60)
+                    .map(|i| if i % 7 == 0 { 1e300 } else { i as f64 })
+                    .collect(),
+                (0..50)
+                    .map(|i| if i % 9 == 0 { -1e300 } else { i as f64 + 0.5 })
+                    .collect(),
+            ),
+            (
+                "heavy tail",
+                (0..60).map(|i| ((i % 23) as f64 - 11.0).exp()).collect(),
+                (0..50).map(|i| ((i % 19) as f64 - 9.5).exp() * 1.1).collect(),
+            ),
+            (
+                "two clusters",
+                (0..60)
+                    .map(|i| {
+                        if i % 2 == 0 {
+                            i as f64 * 1e-9
+                        } else {
+                            1e6 + i as f64
+                        }
+                    })
+                    .collect(),
+                (0..50)
+                    .map(|i| {
+                        if i % 2 == 0 {
+                            i as f64 * 1e-9
+                        } else {
+                            1e6 - i as f64
+                        }
+                    })
+                    .collect(),
+            ),
         ];
         for (shape, x, y) in cases {
             check_against_enumeration(shape, &x, &y);
