@@ -20,7 +20,7 @@ use std::time::Duration;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use deploykit::core::{AppId, DynStore, MemoryStore, Pool, Version};
 use deploykit::strategies::{
-    Backends, Quantity, RollingSpec, Rollout, RolloutOptions, RolloutOutcome, Strategy,
+    Quantity, RollingSpec, Rollout, RolloutBackends, RolloutOptions, RolloutOutcome, Strategy,
 };
 use deploykit::testkit::{Operation, SimFleet};
 
@@ -69,7 +69,7 @@ async fn setup(n: usize, latency: Duration) -> (SimFleet, Rollout) {
         progress_deadline: Duration::from_secs(3600),
         ..RolloutOptions::default()
     };
-    let rollout = Rollout::builder(strategy, Backends::from_one(fleet.clone()), store)
+    let rollout = Rollout::builder(strategy, RolloutBackends::from_one(fleet.clone()), store)
         .options(options)
         .build()
         .expect("valid strategy");

@@ -28,8 +28,8 @@ use deploykit::core::{
     MetricQuery, MetricsSource, Pool, Series, TrafficSplit, Version,
 };
 use deploykit::strategies::{
-    AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, Hook, HookContext, HookOutcome, HookPoint,
-    Rollout, RolloutOptions, RolloutOutcome, Strategy,
+    AnalysisMetric, AnalysisSpec, BlueGreenSpec, Hook, HookContext, HookOutcome, HookPoint, Rollout,
+    RolloutBackends, RolloutOptions, RolloutOutcome, Strategy,
 };
 
 /// Run as a demo-service instance (this same binary, started by `ProcessInfra`), taking
@@ -181,7 +181,7 @@ async fn orchestrate() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => (Arc::new(NoMetrics), None),
     };
-    let backends = Backends {
+    let backends = RolloutBackends {
         load_balancer: lb.clone(),
         infra: infra.clone(),
         health: Arc::new(

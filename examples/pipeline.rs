@@ -18,7 +18,9 @@ use deploykit::core::{AppId, DynStore, LoadBalancer, MemoryStore, Pool, Version}
 use deploykit::pipeline::{
     DeployStage, FnStage, Gate, Pipeline, PipelineRunner, QualityGate, RunRecord, StageOptions, StageOutput,
 };
-use deploykit::strategies::{Backends, CanarySpec, CanaryStep, Pause, Rollout, RolloutOptions, Strategy};
+use deploykit::strategies::{
+    CanarySpec, CanaryStep, Pause, Rollout, RolloutBackends, RolloutOptions, Strategy,
+};
 use deploykit::testkit::SimFleet;
 
 fn pipeline(
@@ -109,7 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 steps,
                 analysis: None,
             }),
-            Backends::from_one(fleet.clone()),
+            RolloutBackends::from_one(fleet.clone()),
             store.clone(),
         )
         .options(RolloutOptions::default())

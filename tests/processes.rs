@@ -1,6 +1,7 @@
 //! Real processes against the durable stores: deployers killed with SIGKILL mid-canary and
-//! resumed by a fresh process, two deployers racing for one app, and a flag change crossing
-//! processes through PostgreSQL.
+//! resumed by a fresh process, two deployers racing for one app, a deployer cut off from
+//! its store while a successor takes over, and a flag change crossing processes through
+//! PostgreSQL.
 //!
 //! The children are this same test binary, re-run with `DEPLOYKIT_CHILD` set (the
 //! `child_entry` test does the work then and exits). The simulated fleet outlives each
@@ -27,10 +28,10 @@ use deploykit::flags::{Context, FeatureFlagManager, FlagDefinition, ManagerOptio
 use deploykit::store::postgres::{PostgresOptions, PostgresStore};
 use deploykit::store::sqlite::{SqliteOptions, SqliteStore};
 use deploykit::strategies::{
-    AnalysisMetric, AnalysisSpec, Backends, CanarySpec, CanaryStep, Pause, ResumePolicy, Rollout,
+    AnalysisMetric, AnalysisSpec, CanarySpec, CanaryStep, Pause, ResumePolicy, Rollout, RolloutBackends,
     RolloutError, RolloutOptions, RolloutOutcome, Strategy,
 };
-use deploykit::testkit::{FleetImage, SimFleet, VersionProfile};
+use deploykit::testkit::{FleetImage, Operation, OutageStore, SimFleet, VersionProfile};
 use tokio::sync::Mutex;
 
 const FLEET_KEY: &str = "crash/fleet";
@@ -276,7 +277,8 @@ fn options() -> RolloutOptions {
         poll_interval: Duration::from_millis(10),
         drain: Duration::from_millis(5),
         lease_ttl: Duration::from_secs(2),
-        attempts: 3,
+        retry: RolloutOptions::default().retry,
+        rollback_attempts: 3,
         max_parallel: 8,
     }
 }
@@ -287,7 +289,7 @@ async fn rollout(store: Arc<DynStore>, holder: &str) -> (Rollout, DurableFleet) 
         VersionProfile::new(0.0, Duration::from_millis(5), Duration::from_millis(20)).expect("profile");
     fleet.fleet.set_version_profile(&app(), &v1(), good);
     fleet.fleet.set_version_profile(&app(), &v2(), good);
-    let rollout = Rollout::builder(canary(), Backends::from_one(fleet.clone()), store)
+    let rollout = Rollout::builder(canary(), RolloutBackends::from_one(fleet.clone()), store)
         .options(options())
         .holder(holder)
         .build()
@@ -401,7 +403,7 @@ fn infra_files(root: &std::path::Path) -> (Vec<deploykit::infra::Resource>, depl
 async fn infra_child(store: Arc<DynStore>) {
     let root = PathBuf::from(std::env::var("DEPLOYKIT_CHILD_ROOT").expect("root"));
     let (resources, provider) = infra_files(&root);
-    let states = deploykit::infra::StateStore::new(store, Arc::new(chrono::Utc::now));
+    let states = deploykit::infra::StateStore::new(store, deploykit::core::time::SystemClock::shared());
     let infra = deploykit::infra::Infra::new(states).provider(provider);
     infra.apply("prod", &resources, "child").await.expect("apply");
     println!("APPLIED");
@@ -644,6 +646,99 @@ async fn killed_deployers_resume_to_a_settled_fleet_on_postgres() {
     crash_trials_on("postgres").await;
 }
 
+// ---------------------------------------------------------------- store outages
+
+/// A deployer whose store goes away for longer than its lease's TTL stops acting by its
+/// local deadline, before a successor resumes; the fleet ends consistent. Real time (the
+/// durable stores keep lease time on their own clocks), with a TTL of 1.5 s.
+async fn cut_off_deployer_stops_before_its_successor(store: Arc<DynStore>) {
+    let fleet = SimFleet::new();
+    fleet
+        .serve(&app(), &Pool::stable(), &v1(), REPLICAS)
+        .await
+        .expect("serve");
+    // Traffic for the canary's analysis.
+    let traffic = fleet.generate_traffic(&app(), 20, Duration::from_millis(10));
+    // Provisioning the canary takes longer than the TTL.
+    fleet.set_latency(Operation::Provision, Duration::from_secs(4));
+    let store = Arc::new(OutageStore::new(store));
+    let ttl = Duration::from_millis(1_500);
+    let deployer = |name: &str| {
+        let dyn_store: Arc<DynStore> = store.clone();
+        Rollout::builder(
+            canary(),
+            RolloutBackends::from_one(fleet.as_caller(name)),
+            dyn_store,
+        )
+        .options(RolloutOptions {
+            lease_ttl: ttl,
+            ..options()
+        })
+        .build()
+        .expect("rollout")
+    };
+    let first = deployer("first").start(&app(), &v2()).await.expect("start");
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.fail_for(Duration::from_secs(3));
+    let lost = tokio::time::timeout(Duration::from_secs(10), first.wait())
+        .await
+        .expect("the cut-off deployer stops");
+    assert!(matches!(lost, Err(RolloutError::LeaseLost { .. })), "{lost:?}");
+    // Its last renewal was at 0 s at the latest: it stops by 4/5 of the TTL after.
+    let local_deadline = started + ttl.mul_f64(0.8);
+    assert!(tokio::time::Instant::now() <= local_deadline + Duration::from_millis(200));
+
+    tokio::time::sleep_until(started + Duration::from_millis(3_300)).await;
+    fleet.set_latency(Operation::Provision, Duration::ZERO);
+    let second = deployer("second")
+        .resume(&app(), ResumePolicy::Continue)
+        .await
+        .expect("resume");
+    let report = tokio::time::timeout(Duration::from_secs(60), second.wait())
+        .await
+        .expect("the successor finishes within a minute")
+        .expect("rollout");
+    traffic.stop();
+    assert_eq!(report.outcome, RolloutOutcome::Completed, "{report:#?}");
+
+    let calls = fleet.calls();
+    let successor_first = calls
+        .iter()
+        .find(|call| &*call.caller == "second")
+        .expect("the successor acted")
+        .at;
+    let late: Vec<_> = calls
+        .iter()
+        .filter(|call| &*call.caller == "first" && call.at >= successor_first.min(local_deadline))
+        .collect();
+    assert!(late.is_empty(), "the cut-off deployer acted late: {late:#?}");
+    assert!(fleet.finish().is_empty(), "{:#?}", fleet.violations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployer_cut_off_from_sqlite_stops_before_its_successor_acts() {
+    if std::env::var("DEPLOYKIT_CHILD").is_ok() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("deploykit-outage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let store = open_store(&store_spec("sqlite", &dir, "outage")).await;
+    cut_off_deployer_stops_before_its_successor(store).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployer_cut_off_from_postgres_stops_before_its_successor_acts() {
+    if std::env::var("DEPLOYKIT_CHILD").is_ok() || pg_url().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir();
+    let spec = store_spec("postgres", &dir, "outage");
+    cut_off_deployer_stops_before_its_successor(open_store(&spec).await).await;
+    cleanup("postgres", "outage").await;
+}
+
 async fn race(backend: &str) {
     let dir = std::env::temp_dir().join(format!("deploykit-race-{}-{backend}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -814,7 +909,7 @@ async fn a_killed_apply_leaves_exactly_the_remaining_work_on_sqlite() {
     let (resources, provider) = infra_files(&root);
     let infra = deploykit::infra::Infra::new(deploykit::infra::StateStore::new(
         store,
-        Arc::new(chrono::Utc::now),
+        deploykit::core::time::SystemClock::shared(),
     ))
     .provider(provider);
     let plan = infra.plan("prod", &resources).await.expect("plan");

@@ -21,8 +21,8 @@ use deploy_core::{
 use deploy_lab::demo::{LoadGenerator, LoadProgress, LoadReport};
 use deploy_lab::launch::{Haproxy, Prometheus};
 use deploy_strategies::{
-    AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Hook, HookContext,
-    HookOutcome, HookPoint, Pause, Quantity, RollingSpec, Rollout, RolloutBuilder, RolloutOptions,
+    AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec, CanaryStep, Hook, HookContext, HookOutcome,
+    HookPoint, Pause, Quantity, RollingSpec, Rollout, RolloutBackends, RolloutBuilder, RolloutOptions,
     RolloutOutcome, RolloutReport, Strategy,
 };
 
@@ -103,7 +103,7 @@ impl Stage {
     /// A rollout of shop over this stage's HAProxy, processes and health checks, reading
     /// `metrics`, journaled in memory.
     fn rollout(&self, strategy: Strategy, metrics: Arc<dyn MetricsSource>) -> RolloutBuilder {
-        let backends = Backends {
+        let backends = RolloutBackends {
             load_balancer: self.lb.clone(),
             infra: self.infra.clone(),
             health: Arc::new(

@@ -17,7 +17,7 @@ use deploy_pipeline::{
     StopReason,
 };
 use deploy_strategies::{
-    Backends, CanarySpec, CanaryStep, Pause, Rollout, RolloutOptions, RolloutOutcome, Strategy,
+    CanarySpec, CanaryStep, Pause, Rollout, RolloutBackends, RolloutOptions, RolloutOutcome, Strategy,
 };
 use deploy_testkit::{Fault, Operation, SimFleet};
 
@@ -367,7 +367,7 @@ async fn the_deploy_stage_runs_a_rollout_and_records_its_report() {
             steps,
             analysis: None,
         }),
-        Backends::from_one(fleet.clone()),
+        RolloutBackends::from_one(fleet.clone()),
         store.clone(),
     )
     .options(RolloutOptions::default())
@@ -444,7 +444,7 @@ async fn deploy_world() -> DeployWorld {
             steps,
             analysis: None,
         }),
-        Backends::from_one(fleet.clone()),
+        RolloutBackends::from_one(fleet.clone()),
         store.clone(),
     )
     .build()

@@ -8,7 +8,7 @@ use deploy_core::{
     TrafficSplit, Version,
 };
 
-use crate::options::{Backends, RolloutOptions};
+use crate::options::{RolloutBackends, RolloutOptions};
 use crate::outcome::StepError;
 use futures::stream::{self, StreamExt};
 
@@ -18,7 +18,7 @@ pub(crate) type StepResult<T = ()> = Result<T, StepError>;
 /// Converges the fleet to each step's target over the backends.
 #[derive(Debug)]
 pub(crate) struct Converger {
-    pub(crate) backends: Backends,
+    pub(crate) backends: RolloutBackends,
     pub(crate) options: RolloutOptions,
 }
 

@@ -1,7 +1,7 @@
 //! Getting a version out safely, or back: rolling, blue-green and canary rollouts with
 //! metric analysis, automatic rollback, live control and a crash-safe journal.
 //!
-//! A [`Rollout`] composes a [`Strategy`] with [`Backends`] (`Arc<dyn>` load balancer,
+//! A [`Rollout`] composes a [`Strategy`] with [`RolloutBackends`] (`Arc<dyn>` load balancer,
 //! infrastructure, health checker and metrics source), a record store and hooks.
 //! [`Rollout::start`] returns a [`RolloutHandle`] for status, events, pause, resume, abort
 //! and promote, and [`RolloutHandle::wait`] gives the [`RolloutReport`].
@@ -11,7 +11,7 @@
 //! use std::time::Duration;
 //! use deploy_core::{AppId, DynStore, InfraManager, LoadBalancer, MemoryStore, MetricName, Pool, TrafficSplit, Version};
 //! use deploy_strategies::{
-//!     AnalysisMetric, AnalysisSpec, Backends, CanarySpec, Rollout, RolloutOutcome, Strategy,
+//!     AnalysisMetric, AnalysisSpec, RolloutBackends, CanarySpec, Rollout, RolloutOutcome, Strategy,
 //! };
 //! use deploy_testkit::{SimFleet, VersionProfile};
 //!
@@ -36,7 +36,7 @@
 //! );
 //! let strategy = Strategy::Canary(CanarySpec::linear(10.0, Duration::from_secs(60), Some(analysis))?);
 //! let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-//! let rollout = Rollout::builder(strategy, Backends::from_one(fleet.clone()), store).build()?;
+//! let rollout = Rollout::builder(strategy, RolloutBackends::from_one(fleet.clone()), store).build()?;
 //!
 //! let report = rollout.start(&app, &bad).await?.wait().await?;
 //! assert!(matches!(report.outcome, RolloutOutcome::RolledBack { .. }));
@@ -92,6 +92,6 @@ pub use handle::{
 };
 pub use hooks::{Hook, HookContext, HookFn, HookOutcome, HookPoint, hook_fn};
 pub use journal::{AnalysisRecord, Phase, TimelineEntry};
-pub use options::{Backends, RolloutOptions};
+pub use options::{RolloutBackends, RolloutOptions};
 pub use rollout::{ResumePolicy, Rollout, RolloutBuilder};
 pub use spec::{BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity, RollingSpec, Strategy};

@@ -1,4 +1,4 @@
-//! What a rollout drives and how fast: [`Backends`] and [`RolloutOptions`].
+//! What a rollout drives and how fast: [`RolloutBackends`] and [`RolloutOptions`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use crate::error::SpecError;
 
 /// The backends a rollout drives, as trait objects.
 #[derive(Debug, Clone)]
-pub struct Backends {
+pub struct RolloutBackends {
     /// Routing and pool membership.
     pub load_balancer: Arc<DynLoadBalancer>,
     /// Instances.
@@ -22,7 +22,7 @@ pub struct Backends {
     pub metrics: Arc<DynMetricsSource>,
 }
 
-impl Backends {
+impl RolloutBackends {
     /// All four backends from one value that implements them all (such as the testkit's
     /// simulated fleet).
     pub fn from_one<T>(backend: T) -> Self

@@ -17,7 +17,7 @@ use crate::handle::{RolloutControl, RolloutHandle};
 use crate::hooks::{Hook, HookPoint, RegisteredHook};
 use crate::journal::{InstanceList, Journal, Start, instances_key, journal_key, lease_name};
 use crate::lease::LeaseKeeper;
-use crate::options::{Backends, RolloutOptions};
+use crate::options::{RolloutBackends, RolloutOptions};
 use crate::runner::{Runner, status_of};
 use crate::spec::Strategy;
 
@@ -44,7 +44,7 @@ fn unique_holder() -> String {
 #[derive(Debug)]
 pub struct RolloutBuilder {
     strategy: Strategy,
-    backends: Backends,
+    backends: RolloutBackends,
     store: Arc<DynStore>,
     sink: Option<Arc<DynEventSink>>,
     hooks: Vec<RegisteredHook>,
@@ -127,7 +127,7 @@ pub(crate) struct Shared {
 /// # use std::sync::Arc;
 /// # use std::time::Duration;
 /// # use deploy_core::{AppId, DynStore, InfraManager, LoadBalancer, MemoryStore, Pool, TrafficSplit, Version};
-/// # use deploy_strategies::{Backends, CanarySpec, Rollout, RolloutOutcome, Strategy};
+/// # use deploy_strategies::{RolloutBackends, CanarySpec, Rollout, RolloutOutcome, Strategy};
 /// # use deploy_testkit::SimFleet;
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -140,7 +140,7 @@ pub(crate) struct Shared {
 ///
 /// let store: Arc<DynStore> = Arc::new(MemoryStore::new());
 /// let strategy = Strategy::Canary(CanarySpec::linear(25.0, Duration::from_secs(60), None)?);
-/// let rollout = Rollout::builder(strategy, Backends::from_one(fleet.clone()), store).build()?;
+/// let rollout = Rollout::builder(strategy, RolloutBackends::from_one(fleet.clone()), store).build()?;
 /// let report = rollout.start(&app, &Version::new("2.0")?).await?.wait().await?;
 /// assert_eq!(report.outcome, RolloutOutcome::Completed);
 /// assert_eq!(fleet.routing(&app).await?.map(|s| s.pools().count()), Some(1));
@@ -154,7 +154,7 @@ pub struct Rollout {
 
 impl Rollout {
     /// A builder for `strategy` over `backends`, journaling to `store`.
-    pub fn builder(strategy: Strategy, backends: Backends, store: Arc<DynStore>) -> RolloutBuilder {
+    pub fn builder(strategy: Strategy, backends: RolloutBackends, store: Arc<DynStore>) -> RolloutBuilder {
         RolloutBuilder {
             strategy,
             backends,

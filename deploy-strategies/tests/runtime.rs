@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use common::*;
 use deploy_core::{DeploymentEventKind, InfraManager, LoadBalancer, MetricName, Pool, TrafficSplit};
 use deploy_strategies::{
-    AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Hook, HookContext,
-    HookOutcome, HookPoint, Judge, NoDataPolicy, Pause, PauseReason, Quantity, ResumePolicy, RollingSpec,
-    Rollout, RolloutError, RolloutOptions, RolloutOutcome, Strategy,
+    AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec, CanaryStep, Hook, HookContext, HookOutcome,
+    HookPoint, Judge, NoDataPolicy, Pause, PauseReason, Quantity, ResumePolicy, RollingSpec, Rollout,
+    RolloutBackends, RolloutError, RolloutOptions, RolloutOutcome, Strategy,
 };
 use deploy_testkit::{Fault, Operation, VersionProfile};
 
@@ -453,7 +453,7 @@ async fn bad_input_is_refused_before_anything_is_touched() {
     let world = world(REPLICAS).await;
     let build = |strategy: Strategy| {
         let store: Arc<deploy_core::DynStore> = world.store.clone();
-        Rollout::builder(strategy, Backends::from_one(world.fleet.clone()), store).build()
+        Rollout::builder(strategy, RolloutBackends::from_one(world.fleet.clone()), store).build()
     };
     let field = |result: Result<Rollout, RolloutError>| match result {
         Err(RolloutError::InvalidSpec(e)) => e.field,
@@ -523,7 +523,7 @@ async fn a_first_deployment_needs_a_replica_count() {
     let world = world(REPLICAS).await;
     let fresh = deploy_core::AppId::new("new-service").unwrap();
     let store: Arc<deploy_core::DynStore> = world.store.clone();
-    let rollout = Rollout::builder(canary(), Backends::from_one(world.fleet.clone()), store)
+    let rollout = Rollout::builder(canary(), RolloutBackends::from_one(world.fleet.clone()), store)
         .options(RolloutOptions {
             replicas: Some(3),
             ..options()

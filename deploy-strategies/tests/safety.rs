@@ -12,8 +12,8 @@ use deploy_core::{
     AppId, DynStore, InfraManager, LoadBalancer, MemoryStore, Pool, RecordStore, RecordStoreExt, TrafficSplit,
 };
 use deploy_strategies::{
-    Backends, CanarySpec, CanaryStep, Pause, PauseReason, Quantity, ResumePolicy, RollingSpec, Rollout,
-    RolloutError, RolloutOptions, RolloutOutcome, Strategy,
+    CanarySpec, CanaryStep, Pause, PauseReason, Quantity, ResumePolicy, RollingSpec, Rollout,
+    RolloutBackends, RolloutError, RolloutOptions, RolloutOutcome, Strategy,
 };
 use deploy_testkit::{OutageStore, SimFleet};
 
@@ -71,7 +71,7 @@ async fn a_rollout_longer_than_its_lease_ttl_made_of_short_steps_keeps_its_lease
         ..RolloutOptions::default()
     };
     let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let rollout = Rollout::builder(strategy, Backends::from_one(fleet.clone()), store)
+    let rollout = Rollout::builder(strategy, RolloutBackends::from_one(fleet.clone()), store)
         .options(options.clone())
         .build()
         .unwrap();
@@ -248,10 +248,14 @@ async fn a_deployer_cut_off_from_its_store_stops_before_its_successor_acts() {
     let store = Arc::new(OutageStore::new(Arc::new(MemoryStore::new())));
     let deployer = |name: &str| {
         let dyn_store: Arc<DynStore> = store.clone();
-        Rollout::builder(canary(), Backends::from_one(fleet.as_caller(name)), dyn_store)
-            .options(options())
-            .build()
-            .unwrap()
+        Rollout::builder(
+            canary(),
+            RolloutBackends::from_one(fleet.as_caller(name)),
+            dyn_store,
+        )
+        .options(options())
+        .build()
+        .unwrap()
     };
     let first = deployer("first").start(&app, &v("2.0")).await.unwrap();
     let started = tokio::time::Instant::now();
@@ -291,10 +295,14 @@ async fn short_store_outages_do_not_abandon_a_rollout() {
     let world = world(REPLICAS).await;
     let store = Arc::new(OutageStore::new(world.store.clone()));
     let dyn_store: Arc<DynStore> = store.clone();
-    let rollout = Rollout::builder(canary(), Backends::from_one(world.fleet.clone()), dyn_store)
-        .options(options())
-        .build()
-        .unwrap();
+    let rollout = Rollout::builder(
+        canary(),
+        RolloutBackends::from_one(world.fleet.clone()),
+        dyn_store,
+    )
+    .options(options())
+    .build()
+    .unwrap();
     let handle = rollout.start(&world.app, &world.v2).await.unwrap();
     let outages = {
         let store = store.clone();

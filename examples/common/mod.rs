@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploykit::core::{AppId, DeploymentEventKind, DynStore, MemoryStore, Pool, Version};
-use deploykit::strategies::{Backends, RolloutHandle, RolloutOptions, RolloutReport};
+use deploykit::strategies::{RolloutBackends, RolloutHandle, RolloutOptions, RolloutReport};
 use deploykit::testkit::{SimFleet, SimFleetBuilder, TrafficHandle};
 
 /// The app every example deploys.
@@ -39,7 +39,7 @@ pub(crate) async fn fleet(
 }
 
 /// The fleet as rollout backends, an in-memory store, and options for quick simulated runs.
-pub(crate) fn parts(fleet: &SimFleet) -> (Backends, Arc<DynStore>, RolloutOptions) {
+pub(crate) fn parts(fleet: &SimFleet) -> (RolloutBackends, Arc<DynStore>, RolloutOptions) {
     let options = RolloutOptions {
         poll_interval: Duration::from_secs(1),
         health_timeout: Duration::from_secs(60),
@@ -47,7 +47,7 @@ pub(crate) fn parts(fleet: &SimFleet) -> (Backends, Arc<DynStore>, RolloutOption
         ..RolloutOptions::default()
     };
     (
-        Backends::from_one(fleet.clone()),
+        RolloutBackends::from_one(fleet.clone()),
         Arc::new(MemoryStore::new()),
         options,
     )

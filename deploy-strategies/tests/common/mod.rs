@@ -14,8 +14,8 @@ use deploy_core::{
     Pool, Record, RecordStore, RecordVersion, StoreError, Version, WatchStream, WriteOptions,
 };
 use deploy_strategies::{
-    AnalysisMetric, AnalysisSpec, Backends, BlueGreenSpec, CanarySpec, CanaryStep, Pause, PauseReason,
-    Quantity, RollingSpec, Rollout, RolloutBuilder, RolloutHandle, RolloutOptions, RolloutOutcome,
+    AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec, CanaryStep, Pause, PauseReason, Quantity,
+    RollingSpec, Rollout, RolloutBackends, RolloutBuilder, RolloutHandle, RolloutOptions, RolloutOutcome,
     RolloutReport, RolloutStatus, Strategy,
 };
 use deploy_testkit::{SimFleet, TrafficHandle, VersionProfile};
@@ -96,7 +96,7 @@ impl World {
     /// A builder over this world's fleet and store, with the test options.
     pub fn builder(&self, strategy: Strategy) -> RolloutBuilder {
         let store: Arc<DynStore> = self.store.clone();
-        Rollout::builder(strategy, Backends::from_one(self.fleet.clone()), store).options(options())
+        Rollout::builder(strategy, RolloutBackends::from_one(self.fleet.clone()), store).options(options())
     }
 
     /// The rollout left the fleet fully on one version: the new one if it completed, the old
