@@ -702,16 +702,8 @@ async fn cut_off_deployer_stops_before_its_successor(store: Arc<DynStore>) {
     traffic.stop();
     assert_eq!(report.outcome, RolloutOutcome::Completed, "{report:#?}");
 
-    let calls = fleet.calls();
-    let successor_first = calls
-        .iter()
-        .find(|call| &*call.caller == "second")
-        .expect("the successor acted")
-        .at;
-    let late: Vec<_> = calls
-        .iter()
-        .filter(|call| &*call.caller == "first" && call.at >= successor_first.min(local_deadline))
-        .collect();
+    let successor_first = fleet.first_call_by("second").expect("the successor acted");
+    let late = fleet.calls_by_since("first", successor_first.min(local_deadline));
     assert!(late.is_empty(), "the cut-off deployer acted late: {late:#?}");
     assert!(fleet.finish().is_empty(), "{:#?}", fleet.violations());
 }

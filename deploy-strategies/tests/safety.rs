@@ -275,16 +275,8 @@ async fn a_deployer_cut_off_from_its_store_stops_before_its_successor_acts() {
     let report = second.wait().await.unwrap();
     assert_eq!(report.outcome, RolloutOutcome::Completed, "{report:#?}");
 
-    let calls = fleet.calls();
-    let successor_first = calls
-        .iter()
-        .find(|c| &*c.caller == "second")
-        .expect("the successor acted")
-        .at;
-    let late: Vec<_> = calls
-        .iter()
-        .filter(|c| &*c.caller == "first" && (c.at >= successor_first || c.at > local_deadline))
-        .collect();
+    let successor_first = fleet.first_call_by("second").expect("the successor acted");
+    let late = fleet.calls_by_since("first", successor_first.min(local_deadline));
     assert!(late.is_empty(), "the cut-off deployer acted late: {late:#?}");
     assert!(fleet.finish().is_empty(), "{:#?}", fleet.violations());
 }

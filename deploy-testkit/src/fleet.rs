@@ -177,6 +177,26 @@ impl SimFleet {
         self.state().calls.clone()
     }
 
+    /// The calls `caller` made at or after `since`: for checking that a deployer that lost
+    /// its lease made none once another one acted (`since` = the other's first call).
+    pub fn calls_by_since(&self, caller: &str, since: Instant) -> Vec<CallRecord> {
+        self.state()
+            .calls
+            .iter()
+            .filter(|call| &*call.caller == caller && call.at >= since)
+            .cloned()
+            .collect()
+    }
+
+    /// When `caller` made its first call, if it made any.
+    pub fn first_call_by(&self, caller: &str) -> Option<Instant> {
+        self.state()
+            .calls
+            .iter()
+            .find(|call| &*call.caller == caller)
+            .map(|call| call.at)
+    }
+
     /// Waits as `operation` takes: forever under [`Fault::Hang`], else its latency.
     async fn delay(&self, operation: Operation) {
         let (hang, latency) = {
