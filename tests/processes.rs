@@ -31,7 +31,7 @@ use deploykit::strategies::{
     AnalysisMetric, AnalysisSpec, CanarySpec, CanaryStep, Pause, ResumePolicy, Rollout, RolloutBackends,
     RolloutError, RolloutOptions, RolloutOutcome, Strategy,
 };
-use deploykit::testkit::{FleetImage, Operation, OutageStore, SimFleet, VersionProfile};
+use deploykit::testkit::{FaultyStore, FleetImage, Operation, SimFleet, VersionProfile};
 use tokio::sync::Mutex;
 
 const FLEET_KEY: &str = "crash/fleet";
@@ -661,7 +661,7 @@ async fn cut_off_deployer_stops_before_its_successor(store: Arc<DynStore>) {
     let traffic = fleet.generate_traffic(&app(), 20, Duration::from_millis(10));
     // Provisioning the canary takes longer than the TTL.
     fleet.set_latency(Operation::Provision, Duration::from_secs(4));
-    let store = Arc::new(OutageStore::new(store));
+    let store = Arc::new(FaultyStore::new(store));
     let ttl = Duration::from_millis(1_500);
     let deployer = |name: &str| {
         let dyn_store: Arc<DynStore> = store.clone();

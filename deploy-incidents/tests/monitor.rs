@@ -14,7 +14,7 @@ use deploy_incidents::{
     AlertRule, AlertState, Comparison, Dispatcher, IncidentError, IncidentManager, IncidentOptions,
     OperationalMonitor, Route, RouteConfig,
 };
-use deploy_testkit::{Fault, OutageStore, RecordingNotifier, SimFleet, VersionProfile};
+use deploy_testkit::{Fault, FaultyStore, RecordingNotifier, SimFleet, VersionProfile};
 
 async fn setup(fleet: &SimFleet) -> (OperationalMonitor, Arc<IncidentManager>, Arc<RecordingNotifier>) {
     setup_on(fleet, Arc::new(MemoryStore::new())).await
@@ -204,7 +204,7 @@ async fn an_incident_the_store_could_not_open_is_opened_at_the_next_pass() {
     let app = AppId::new("shop").unwrap();
     let v1 = Version::new("1.0").unwrap();
     fleet.serve(&app, &Pool::stable(), &v1, 1).await.unwrap();
-    let store = Arc::new(OutageStore::new(Arc::new(MemoryStore::new()) as Arc<DynStore>));
+    let store = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new()) as Arc<DynStore>));
     let (monitor, incidents, notifier) = setup_on(&fleet, store.clone()).await;
     let instances = fleet.list_instances(&app).await.unwrap();
     fleet.inject(Fault::UnhealthyVersion(v1.clone()));

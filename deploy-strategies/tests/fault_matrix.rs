@@ -151,7 +151,7 @@ async fn crash_everywhere(strategy: Strategy, policy: ResumePolicy) {
     let clean = world(floor_for(&strategy)).await;
     let report = clean.run(strategy.clone()).await;
     assert_eq!(report.outcome, RolloutOutcome::Completed);
-    let writes = clean.store.journal_writes();
+    let writes = clean.store.writes();
     assert!(writes > 5, "{writes} journal writes");
 
     for crash_at in 1..writes {

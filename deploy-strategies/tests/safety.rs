@@ -15,7 +15,7 @@ use deploy_strategies::{
     CanarySpec, CanaryStep, Pause, PauseReason, Quantity, ResumePolicy, RollingSpec, Rollout,
     RolloutBackends, RolloutError, RolloutOptions, RolloutOutcome, Strategy,
 };
-use deploy_testkit::{OutageStore, SimFleet};
+use deploy_testkit::{FaultyStore, SimFleet};
 
 fn canary_with(pauses: &[(f64, Pause)]) -> Strategy {
     let steps = pauses
@@ -245,7 +245,7 @@ async fn a_deployer_cut_off_from_its_store_stops_before_its_successor_acts() {
     let _traffic = fleet.generate_traffic(&app, 50, Duration::from_secs(1));
     // The first step (provisioning the canary) takes 90 s: longer than the TTL.
     fleet.set_latency(deploy_testkit::Operation::Provision, Duration::from_secs(90));
-    let store = Arc::new(OutageStore::new(Arc::new(MemoryStore::new())));
+    let store = Arc::new(FaultyStore::in_memory());
     let deployer = |name: &str| {
         let dyn_store: Arc<DynStore> = store.clone();
         Rollout::builder(
@@ -285,7 +285,7 @@ async fn a_deployer_cut_off_from_its_store_stops_before_its_successor_acts() {
 #[tokio::test(start_paused = true)]
 async fn short_store_outages_do_not_abandon_a_rollout() {
     let world = world(REPLICAS).await;
-    let store = Arc::new(OutageStore::new(world.store.clone()));
+    let store = Arc::new(FaultyStore::new(world.store.clone()));
     let dyn_store: Arc<DynStore> = store.clone();
     let rollout = Rollout::builder(
         canary(),

@@ -37,21 +37,21 @@
 //! ```
 
 mod fault;
+mod faulty_store;
 mod fleet;
 mod idmap;
 mod image;
 mod invariants;
 mod notifier;
-mod outage;
 mod profile;
 mod state;
 mod traffic;
 
 pub use fault::{Fault, Operation};
+pub use faulty_store::FaultyStore;
 pub use fleet::{CallRecord, SIM_EPOCH_SECS, SimFleet, SimFleetBuilder, TrafficHandle};
 pub use image::{AppImage, FleetImage, InstanceImage};
 pub use invariants::{Violation, ViolationKind};
 pub use notifier::RecordingNotifier;
-pub use outage::OutageStore;
 pub use profile::{ProfileError, VersionProfile};
 pub use traffic::{PoolTraffic, TrafficReport};

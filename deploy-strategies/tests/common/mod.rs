@@ -4,27 +4,22 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use deploy_core::{
-    AppId, DynStore, InfraManager, InstanceState, Lease, LeaseStore, LoadBalancer, MemoryStore, MetricName,
-    Pool, Record, RecordStore, RecordVersion, StoreError, Version, WatchStream, WriteOptions,
-};
+use deploy_core::{AppId, DynStore, InfraManager, InstanceState, LoadBalancer, MetricName, Pool, Version};
 use deploy_strategies::{
     AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec, CanaryStep, Pause, PauseReason, Quantity,
     RollingSpec, Rollout, RolloutBackends, RolloutBuilder, RolloutHandle, RolloutOptions, RolloutOutcome,
     RolloutReport, RolloutStatus, Strategy,
 };
-use deploy_testkit::{SimFleet, TrafficHandle, VersionProfile};
+use deploy_testkit::{FaultyStore, SimFleet, TrafficHandle, VersionProfile};
 
 pub const REPLICAS: usize = 4;
 
 pub struct World {
     pub fleet: SimFleet,
-    pub store: Arc<CrashingStore>,
+    /// Counts journal writes; can crash the deployer after one, refuse renewals, fail.
+    pub store: Arc<FaultyStore>,
     pub app: AppId,
     pub v1: Version,
     pub v2: Version,
@@ -53,7 +48,11 @@ pub async fn world_with(
     let traffic = fleet.generate_traffic(&app, 100, Duration::from_secs(1));
     World {
         fleet,
-        store: Arc::new(CrashingStore::default()),
+        store: {
+            let store = FaultyStore::in_memory();
+            store.count_writes_to("/journal");
+            Arc::new(store)
+        },
         app,
         v1: v("1.0"),
         v2: v("2.0"),
@@ -244,96 +243,4 @@ pub fn floor_for(strategy: &Strategy) -> usize {
 
 pub fn all_strategies() -> Vec<Strategy> {
     vec![canary(), blue_green(), rolling()]
-}
-
-/// A store that "crashes" the deployer right after its n-th journal write commits: the
-/// write lands, and the call never returns.
-#[derive(Debug, Default)]
-pub struct CrashingStore {
-    inner: MemoryStore,
-    journal_writes: AtomicUsize,
-    crash_after: AtomicUsize,
-    refused_renewals: AtomicUsize,
-}
-
-impl CrashingStore {
-    pub fn crash_after(&self, writes: usize) {
-        self.journal_writes.store(0, Ordering::SeqCst);
-        self.crash_after.store(writes, Ordering::SeqCst);
-    }
-
-    pub fn crashed(&self) -> bool {
-        let limit = self.crash_after.load(Ordering::SeqCst);
-        limit > 0 && self.journal_writes.load(Ordering::SeqCst) >= limit
-    }
-
-    pub fn disarm(&self) {
-        self.crash_after.store(0, Ordering::SeqCst);
-    }
-
-    /// Makes the next `count` lease renewals fail (a deployer cut off from the store), so
-    /// its lease lapses.
-    pub fn refuse_renewals(&self, count: usize) {
-        self.refused_renewals.store(count, Ordering::SeqCst);
-    }
-
-    pub fn journal_writes(&self) -> usize {
-        self.journal_writes.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl RecordStore for CrashingStore {
-    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<Record>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn put_opts(
-        &self,
-        key: &str,
-        value: Bytes,
-        opts: WriteOptions,
-    ) -> Result<RecordVersion, StoreError> {
-        let result = self.inner.put_opts(key, value, opts).await;
-        if key.ends_with("/journal") && result.is_ok() {
-            let n = self.journal_writes.fetch_add(1, Ordering::SeqCst) + 1;
-            if n == self.crash_after.load(Ordering::SeqCst) {
-                std::future::pending::<()>().await;
-            }
-        }
-        result
-    }
-    async fn delete_opts(&self, key: &str, opts: WriteOptions) -> Result<bool, StoreError> {
-        self.inner.delete_opts(key, opts).await
-    }
-    async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
-        self.inner.watch(prefix).await
-    }
-}
-
-#[async_trait]
-impl LeaseStore for CrashingStore {
-    async fn acquire(&self, name: &str, holder: &str, ttl: Duration) -> Result<Lease, StoreError> {
-        self.inner.acquire(name, holder, ttl).await
-    }
-    async fn renew(&self, lease: &Lease) -> Result<Lease, StoreError> {
-        let refused = self.refused_renewals.load(Ordering::SeqCst);
-        if refused > 0 {
-            self.refused_renewals.store(refused - 1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable {
-                backend: "test".into(),
-                message: "partitioned".into(),
-                source: None,
-            });
-        }
-        self.inner.renew(lease).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.inner.release(lease).await
-    }
-    async fn holder(&self, name: &str) -> Result<Option<Lease>, StoreError> {
-        self.inner.holder(name).await
-    }
 }

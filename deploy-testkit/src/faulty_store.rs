@@ -1,10 +1,10 @@
-//! [`OutageStore`]: a record and lease store that can be taken away on purpose, in front of
-//! any other store (memory, SQLite, PostgreSQL), to test what a deployer does when its store
-//! fails or answers too late.
+//! [`FaultyStore`]: a record and lease store that misbehaves on purpose, in front of any
+//! other store (memory, SQLite, PostgreSQL), to test what a deployer does when its store
+//! fails, answers too late, refuses renewals, or when the deployer dies right after a write.
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,17 +23,16 @@ enum Kind {
     Delay,
 }
 
-/// Wraps a store; between outages every call goes straight through.
+/// Wraps a store; unless told otherwise, every call goes straight through.
 ///
 /// ```
-/// use std::sync::Arc;
 /// use std::time::Duration;
-/// use deploy_core::{DynStore, MemoryStore, RecordStore, StoreError};
-/// use deploy_testkit::OutageStore;
+/// use deploy_core::{RecordStore, StoreError};
+/// use deploy_testkit::FaultyStore;
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
-/// let store = OutageStore::new(Arc::new(MemoryStore::new()) as Arc<DynStore>);
+/// let store = FaultyStore::in_memory();
 /// store.fail_for(Duration::from_secs(10));
 /// assert!(matches!(store.get("k").await, Err(StoreError::Unavailable { .. })));
 /// tokio::time::sleep(Duration::from_secs(10)).await;
@@ -42,25 +41,78 @@ enum Kind {
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct OutageStore {
+pub struct FaultyStore {
     inner: Arc<DynStore>,
     outage: Mutex<Option<(Kind, Instant)>>,
     failed: AtomicU64,
+    /// Writes to keys ending so are counted (see [`FaultyStore::count_writes_to`]).
+    counted_suffix: Mutex<Option<String>>,
+    writes: AtomicUsize,
+    crash_after: AtomicUsize,
+    refused_renewals: AtomicUsize,
 }
 
-impl OutageStore {
+impl FaultyStore {
     /// `inner`, with no outage.
     pub fn new(inner: Arc<DynStore>) -> Self {
         Self {
             inner,
             outage: Mutex::new(None),
             failed: AtomicU64::new(0),
+            counted_suffix: Mutex::new(None),
+            writes: AtomicUsize::new(0),
+            crash_after: AtomicUsize::new(0),
+            refused_renewals: AtomicUsize::new(0),
         }
+    }
+
+    /// A [`MemoryStore`](deploy_core::MemoryStore) behind the wrapper.
+    pub fn in_memory() -> Self {
+        Self::new(Arc::new(deploy_core::MemoryStore::new()))
+    }
+
+    /// Counts successful writes to keys ending in `suffix` from now on (for example
+    /// `"/journal"`, a rollout's journal).
+    pub fn count_writes_to(&self, suffix: &str) {
+        *self.counted_suffix.lock().unwrap_or_else(|p| p.into_inner()) = Some(suffix.to_owned());
+        self.writes.store(0, Ordering::SeqCst);
+    }
+
+    /// Counted writes so far.
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// "Crashes" the writer right after the `writes`-th counted write from now: that write
+    /// lands, and its call never returns, as if the process died between the commit and
+    /// the answer.
+    pub fn crash_after(&self, writes: usize) {
+        self.writes.store(0, Ordering::SeqCst);
+        self.crash_after.store(writes, Ordering::SeqCst);
+    }
+
+    /// Whether the crash set by [`crash_after`](Self::crash_after) happened.
+    pub fn crashed(&self) -> bool {
+        let limit = self.crash_after.load(Ordering::SeqCst);
+        limit > 0 && self.writes() >= limit
+    }
+
+    /// Cancels a pending crash; later writes return normally.
+    pub fn disarm(&self) {
+        self.crash_after.store(0, Ordering::SeqCst);
+    }
+
+    /// Makes the next `count` lease renewals fail with [`StoreError::Unavailable`] (a
+    /// holder cut off from the store), everything else working.
+    pub fn refuse_renewals(&self, count: usize) {
+        self.refused_renewals.store(count, Ordering::SeqCst);
     }
 
     fn start(&self, kind: Kind, duration: Duration) {
         let now = Instant::now();
-        let until = now.checked_add(duration).unwrap_or(now + Duration::from_secs(86_400 * 365));
+        let until = now
+            .checked_add(duration)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365));
         *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = Some((kind, until));
     }
 
@@ -79,7 +131,7 @@ impl OutageStore {
         *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Calls refused by outages so far.
+    /// Calls refused so far (outages and refused renewals).
     pub fn failed_calls(&self) -> u64 {
         self.failed.load(Ordering::SeqCst)
     }
@@ -108,7 +160,7 @@ impl OutageStore {
 }
 
 #[async_trait]
-impl RecordStore for OutageStore {
+impl RecordStore for FaultyStore {
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
         self.gate().await?;
         self.inner.get(key).await
@@ -119,9 +171,27 @@ impl RecordStore for OutageStore {
         self.inner.list(prefix).await
     }
 
-    async fn put_opts(&self, key: &str, value: Bytes, opts: WriteOptions) -> Result<RecordVersion, StoreError> {
+    async fn put_opts(
+        &self,
+        key: &str,
+        value: Bytes,
+        opts: WriteOptions,
+    ) -> Result<RecordVersion, StoreError> {
         self.gate().await?;
-        self.inner.put_opts(key, value, opts).await
+        let result = self.inner.put_opts(key, value, opts).await;
+        let counted = self
+            .counted_suffix
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            .is_some_and(|suffix| key.ends_with(suffix));
+        if counted && result.is_ok() {
+            let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == self.crash_after.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+        }
+        result
     }
 
     async fn delete_opts(&self, key: &str, opts: WriteOptions) -> Result<bool, StoreError> {
@@ -136,7 +206,7 @@ impl RecordStore for OutageStore {
 }
 
 #[async_trait]
-impl LeaseStore for OutageStore {
+impl LeaseStore for FaultyStore {
     async fn acquire(&self, name: &str, holder: &str, ttl: Duration) -> Result<Lease, StoreError> {
         self.gate().await?;
         self.inner.acquire(name, holder, ttl).await
@@ -144,6 +214,17 @@ impl LeaseStore for OutageStore {
 
     async fn renew(&self, lease: &Lease) -> Result<Lease, StoreError> {
         self.gate().await?;
+        let refused = self
+            .refused_renewals
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if refused.is_ok() {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable {
+                backend: "outage".into(),
+                message: "lease renewal refused (injected)".into(),
+                source: None,
+            });
+        }
         self.inner.renew(lease).await
     }
 
