@@ -315,6 +315,31 @@ async fn short_store_outages_do_not_abandon_a_rollout() {
     world.assert_settled(&report).await;
 }
 
+// Item 4: a journal write whose answer is lost (it landed, the connection dropped) is
+// retried; the retry's compare-and-swap then conflicts with the write itself, which is
+// recognised by reading the record back instead of ending the rollout.
+#[tokio::test(start_paused = true)]
+async fn a_journal_write_whose_answer_was_lost_is_recognised() {
+    let world = world(REPLICAS).await;
+    for write in [2, 5, 9] {
+        world.store.lose_answer_after(write);
+        let report = world.run(canary()).await;
+        assert_eq!(
+            report.outcome,
+            RolloutOutcome::Completed,
+            "write {write}: {report:#?}"
+        );
+        world.assert_settled(&report).await;
+        // Back to 1.0 for the next round.
+        let back = world
+            .rollout(canary())
+            .start(&world.app, &world.v1)
+            .await
+            .unwrap();
+        assert_eq!(back.wait().await.unwrap().outcome, RolloutOutcome::Completed);
+    }
+}
+
 // Item 4: the default holder was `deployer-<pid>` (PID 1 in every container), and the same
 // name re-acquiring a live lease got a fresh token silently.
 #[tokio::test(start_paused = true)]

@@ -49,6 +49,7 @@ pub struct FaultyStore {
     counted_suffix: Mutex<Option<String>>,
     writes: AtomicUsize,
     crash_after: AtomicUsize,
+    lose_answer_after: AtomicUsize,
     refused_renewals: AtomicUsize,
 }
 
@@ -62,6 +63,7 @@ impl FaultyStore {
             counted_suffix: Mutex::new(None),
             writes: AtomicUsize::new(0),
             crash_after: AtomicUsize::new(0),
+            lose_answer_after: AtomicUsize::new(0),
             refused_renewals: AtomicUsize::new(0),
         }
     }
@@ -89,6 +91,14 @@ impl FaultyStore {
     pub fn crash_after(&self, writes: usize) {
         self.writes.store(0, Ordering::SeqCst);
         self.crash_after.store(writes, Ordering::SeqCst);
+    }
+
+    /// Makes the `writes`-th counted write from now land but answer
+    /// [`StoreError::Unavailable`], as when the connection drops after the commit: the
+    /// writer cannot tell whether it happened.
+    pub fn lose_answer_after(&self, writes: usize) {
+        self.writes.store(0, Ordering::SeqCst);
+        self.lose_answer_after.store(writes, Ordering::SeqCst);
     }
 
     /// Whether the crash set by [`crash_after`](Self::crash_after) happened.
@@ -189,6 +199,14 @@ impl RecordStore for FaultyStore {
             let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
             if n == self.crash_after.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
+            }
+            if n == self.lose_answer_after.load(Ordering::SeqCst) {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                return Err(StoreError::Unavailable {
+                    backend: "outage".into(),
+                    message: "the connection dropped after the write (injected)".into(),
+                    source: None,
+                });
             }
         }
         result
