@@ -9,11 +9,11 @@ use crate::http::{describe, excerpt};
 
 /// A [`HealthChecker`] that GETs a path on the instance's address.
 ///
-/// One `check` makes up to `attempts` requests: an answer decides at once (the expected
-/// status, and the body containing the expected text when one is set, is healthy; anything
-/// else is unhealthy); a refused connection or a timeout is retried after `retry_interval`.
-/// When no attempt gets an answer, a refused connection is unhealthy and a timeout is
-/// unknown. A stopped or failed instance is unhealthy without a request.
+/// One `check` is one request: the expected status, and the body containing the expected
+/// text when one is set, is healthy; any other answer or a refused connection is unhealthy;
+/// no answer within the timeout is unknown. A stopped or failed instance is unhealthy
+/// without a request. The caller polls (a rollout's `wait_healthy` checks every
+/// `poll_interval` until `health_timeout`), so a check does not retry.
 ///
 /// HTTPS uses rustls with the webpki roots, plus any root certificates added.
 ///
@@ -25,7 +25,6 @@ use crate::http::{describe, excerpt};
 ///     .expect_status(200)
 ///     .expect_body("ok")
 ///     .timeout(Duration::from_millis(500))
-///     .attempts(3)
 ///     .build()?;
 /// # Ok::<(), deploy_core::BackendError>(())
 /// ```
@@ -37,8 +36,6 @@ pub struct HttpHealthChecker {
     status: u16,
     body: Option<String>,
     timeout: Duration,
-    attempts: u32,
-    retry_interval: Duration,
 }
 
 /// Configures an [`HttpHealthChecker`].
@@ -49,13 +46,11 @@ pub struct HttpHealthCheckerBuilder {
     status: u16,
     body: Option<String>,
     timeout: Duration,
-    attempts: u32,
-    retry_interval: Duration,
     roots: Vec<Vec<u8>>,
 }
 
 impl HttpHealthChecker {
-    /// GET `/health` over HTTP, expecting 200 within 1 s, 2 attempts 100 ms apart.
+    /// GET `/health` over HTTP, expecting 200 within 1 s.
     pub fn builder() -> HttpHealthCheckerBuilder {
         HttpHealthCheckerBuilder {
             https: false,
@@ -63,48 +58,38 @@ impl HttpHealthChecker {
             status: 200,
             body: None,
             timeout: Duration::from_secs(1),
-            attempts: 2,
-            retry_interval: Duration::from_millis(100),
             roots: Vec::new(),
         }
     }
 
-    async fn probe(&self, url: &str) -> Probe {
+    /// One GET of `url`, sorted into a status.
+    async fn probe(&self, url: &str) -> HealthStatus {
+        let failed = |err: reqwest::Error, what: &str| {
+            if err.is_timeout() {
+                HealthStatus::unknown(format!("{what} within {:?}", self.timeout))
+            } else {
+                HealthStatus::unhealthy(describe(&err))
+            }
+        };
         let response = match self.client.get(url).timeout(self.timeout).send().await {
             Ok(response) => response,
-            Err(err) if err.is_timeout() => {
-                return Probe::NoAnswer(format!("no answer within {:?}", self.timeout));
-            }
-            Err(err) => return Probe::Refused(describe(&err)),
+            Err(err) => return failed(err, "no answer"),
         };
         let status = response.status().as_u16();
         if status != self.status {
-            return Probe::Answer(HealthStatus::unhealthy(format!(
-                "HTTP {status} (expected {})",
-                self.status
-            )));
+            return HealthStatus::unhealthy(format!("HTTP {status} (expected {})", self.status));
         }
         let Some(expected) = &self.body else {
-            return Probe::Answer(HealthStatus::Healthy);
+            return HealthStatus::Healthy;
         };
         match response.text().await {
-            Ok(body) if body.contains(expected.as_str()) => Probe::Answer(HealthStatus::Healthy),
-            Ok(body) => Probe::Answer(HealthStatus::unhealthy(format!(
-                "body {:?} does not contain {expected:?}",
-                excerpt(&body)
-            ))),
-            Err(err) if err.is_timeout() => {
-                Probe::NoAnswer(format!("body not read within {:?}", self.timeout))
+            Ok(body) if body.contains(expected.as_str()) => HealthStatus::Healthy,
+            Ok(body) => {
+                HealthStatus::unhealthy(format!("body {:?} does not contain {expected:?}", excerpt(&body)))
             }
-            Err(err) => Probe::Refused(describe(&err)),
+            Err(err) => failed(err, "body not read"),
         }
     }
-}
-
-enum Probe {
-    Answer(HealthStatus),
-    Refused(String),
-    NoAnswer(String),
 }
 
 impl HttpHealthCheckerBuilder {
@@ -151,25 +136,11 @@ impl HttpHealthCheckerBuilder {
         self
     }
 
-    /// Requests per check when there is no answer (default 2, at least 1).
-    #[must_use]
-    pub fn attempts(mut self, attempts: u32) -> Self {
-        self.attempts = attempts;
-        self
-    }
-
-    /// Pause between attempts (default 100 ms).
-    #[must_use]
-    pub fn retry_interval(mut self, interval: Duration) -> Self {
-        self.retry_interval = interval;
-        self
-    }
-
     /// Builds the checker.
     ///
     /// # Errors
     /// [`BackendError::Rejected`] for a path that does not start with `/`, a status outside
-    /// 100..=599, zero attempts or timeout, or a root certificate that is not PEM.
+    /// 100..=599, a zero timeout, or a root certificate that is not PEM.
     pub fn build(self) -> Result<HttpHealthChecker, BackendError> {
         let reject = |reason: String| BackendError::Rejected {
             operation: "http health checker",
@@ -181,8 +152,8 @@ impl HttpHealthCheckerBuilder {
         if !(100..=599).contains(&self.status) {
             return Err(reject(format!("status {} is not an HTTP status", self.status)));
         }
-        if self.attempts == 0 || self.timeout.is_zero() {
-            return Err(reject("attempts and timeout must be above zero".to_owned()));
+        if self.timeout.is_zero() {
+            return Err(reject("timeout must be above zero".to_owned()));
         }
         let mut client = reqwest::Client::builder().pool_max_idle_per_host(0);
         for pem in &self.roots {
@@ -205,8 +176,6 @@ impl HttpHealthCheckerBuilder {
             status: self.status,
             body: self.body,
             timeout: self.timeout,
-            attempts: self.attempts,
-            retry_interval: self.retry_interval,
         })
     }
 }
@@ -225,21 +194,8 @@ impl HealthChecker for HttpHealthChecker {
                 name: instance.id.to_string(),
             });
         };
-        let url = format!("{}://{address}{}", self.scheme, self.path);
-        let mut last = Probe::NoAnswer("not probed".to_owned());
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.retry_interval).await;
-            }
-            last = self.probe(&url).await;
-            if let Probe::Answer(status) = last {
-                return Ok(status);
-            }
-        }
-        Ok(match last {
-            Probe::Answer(status) => status,
-            Probe::Refused(reason) => HealthStatus::unhealthy(reason),
-            Probe::NoAnswer(reason) => HealthStatus::unknown(reason),
-        })
+        Ok(self
+            .probe(&format!("{}://{address}{}", self.scheme, self.path))
+            .await)
     }
 }

@@ -27,6 +27,7 @@ pub(crate) fn transport_error(
             backend: backend.to_owned(),
             message: format!("{operation}: {}", describe(&err)),
             source: Some(Box::new(err)),
+            retry_after: None,
         }
     }
 }

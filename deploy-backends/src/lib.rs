@@ -9,7 +9,14 @@
 //! | `http-health` | [`HttpHealthChecker`]: HTTP(S) GET probes (rustls) | [`HealthChecker`](deploy_core::HealthChecker) |
 //! | `prometheus` | [`PrometheusMetrics`] over Prometheus's HTTP API | [`MetricsSource`](deploy_core::MetricsSource) |
 //! | `process` | [`ProcessInfra`]: local processes as instances | [`InfraManager`](deploy_core::InfraManager) |
-//! | `notifiers` | [`WebhookNotifier`], [`PagerDutyNotifier`], [`AlertmanagerNotifier`] | [`Notifier`](deploy_core::Notifier) |
+//! | `notifiers` | [`WebhookNotifier`], [`PagerDutyNotifier`], [`AlertmanagerNotifier`]; [`Retrying`] | [`Notifier`](deploy_core::Notifier) |
+//!
+//! Every call is one attempt: an adapter sorts its failures into retryable ones
+//! ([`BackendError::is_retryable`](deploy_core::BackendError::is_retryable), with the
+//! receiver's `Retry-After` as `retry_after`) and final ones, and the caller retries with
+//! deploy-core's [`retry`](deploy_core::retry): a rollout's `RolloutOptions::retry` and
+//! health polling, deploy-incidents' `Dispatcher` for notifications, or [`Retrying`] around
+//! a notifier called directly.
 //!
 //! The split of an app's traffic over pools is applied by HAProxy as per-server weights;
 //! see [`HaproxyLoadBalancer`] for how a [`TrafficSplit`](deploy_core::TrafficSplit) maps
@@ -56,7 +63,7 @@ pub use haproxy::{HaproxyLoadBalancer, HaproxyRuntime, ServerState};
 pub use health::{HttpHealthChecker, HttpHealthCheckerBuilder};
 #[cfg(feature = "notifiers")]
 pub use notify::{
-    ALERTMANAGER_KEY_LABEL, AlertmanagerNotifier, PAGERDUTY_EVENTS_URL, PagerDutyNotifier, RetryPolicy,
+    ALERTMANAGER_KEY_LABEL, AlertmanagerNotifier, PAGERDUTY_EVENTS_URL, PagerDutyNotifier, Retrying,
     SIGNATURE_HEADER, WebhookNotifier, verify_signature,
 };
 #[cfg(feature = "process")]

@@ -395,6 +395,7 @@ fn io_error(path: &Path, err: std::io::Error) -> BackendError {
         backend: "processes".to_owned(),
         message: format!("{}: {err}", path.display()),
         source: Some(Box::new(err)),
+        retry_after: None,
     }
 }
 
@@ -418,6 +419,7 @@ fn free_port(host: &str) -> Result<u16, BackendError> {
             backend: "processes".to_owned(),
             message: format!("no free port on {host}: {err}"),
             source: Some(Box::new(err)),
+            retry_after: None,
         })
 }
 

@@ -233,11 +233,13 @@ impl PrometheusMetrics {
                 backend: BACKEND.to_owned(),
                 message: format!("HTTP {status}: {}", error.unwrap_or_default()),
                 source: None,
+                retry_after: None,
             }),
             Err(_) if status.is_server_error() => Err(BackendError::Unavailable {
                 backend: BACKEND.to_owned(),
                 message: format!("HTTP {status}: {}", excerpt(&body)),
                 source: None,
+                retry_after: None,
             }),
             Err(err) => Err(invalid(&format!(
                 "HTTP {status}, not Prometheus JSON ({err}): {}",
@@ -252,6 +254,7 @@ fn invalid(what: &str) -> BackendError {
         backend: BACKEND.to_owned(),
         message: format!("invalid response: {what}"),
         source: None,
+        retry_after: None,
     }
 }
 

@@ -1,6 +1,8 @@
 //! Notifiers against receivers: a local webhook receiver that checks signatures, a local
 //! stand-in for PagerDuty's Events API v2 (the real one is not reachable from here), and a
-//! real Alertmanager.
+//! real Alertmanager. A notifier makes one request per call and classifies its failures;
+//! the retries are core's, here through `Retrying` (the same loop and classification as
+//! deploy-incidents' Dispatcher).
 
 mod common;
 
@@ -16,8 +18,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use deploy_backends::{
-    AlertmanagerNotifier, PagerDutyNotifier, RetryPolicy, SIGNATURE_HEADER, WebhookNotifier, verify_signature,
+    AlertmanagerNotifier, PagerDutyNotifier, Retrying, SIGNATURE_HEADER, WebhookNotifier, verify_signature,
 };
+use deploy_core::retry::{Backoff, Retry, RetryPolicy};
 use deploy_core::{
     BackendError, Delivery, IdempotencyKey, Notification, NotificationAction, Notifier, Severity, conformance,
 };
@@ -25,12 +28,16 @@ use deploy_lab::launch::Alertmanager;
 
 const SECRET: &[u8] = b"webhook-secret";
 
+/// Core's retry policy, quick: 4 attempts, 20 ms doubling to 100 ms, within 10 s.
 fn quick_retries() -> RetryPolicy {
     RetryPolicy {
-        attempts: 4,
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(100),
-        deadline: Duration::from_secs(10),
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+            multiplier: 2.0,
+        },
+        max_attempts: 4,
+        deadline: Some(Duration::from_secs(10)),
     }
 }
 
@@ -113,14 +120,14 @@ async fn webhook_receiver(receiver: Arc<Receiver>) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhooks_are_signed_retried_on_5xx_and_final_on_4xx() {
+async fn webhooks_are_signed_sent_once_per_call_and_retried_by_the_caller() {
     let receiver = Receiver::scripted(&[(503, None), (500, None)]);
     let url = format!("{}/hook", webhook_receiver(Arc::clone(&receiver)).await);
-    let notifier = WebhookNotifier::new(&url, SECRET.to_vec())
-        .unwrap()
-        .retry_policy(quick_retries());
-    conformance::notifier(&notifier, "webhook-").await;
-    // Two scripted failures, then the trigger; the repeat is a duplicate; then the resolve.
+    let notifier = Arc::new(WebhookNotifier::new(&url, SECRET.to_vec()).unwrap());
+    // Core's retry around the notifier: two scripted failures, then the trigger; the
+    // repeat is a duplicate; then the resolve.
+    let retrying = Retrying::new(Arc::clone(&notifier), quick_retries());
+    conformance::notifier(&retrying, "webhook-").await;
     assert_eq!(receiver.count(), 4);
     let received = receiver.received.lock().unwrap().clone();
     let (headers, body) = &received[2];
@@ -136,11 +143,31 @@ async fn webhooks_are_signed_retried_on_5xx_and_final_on_4xx() {
         headers[SIGNATURE_HEADER].to_str().unwrap()
     ));
 
-    // The wrong secret: the receiver says 401, which is final (one request, no retries).
-    let before = receiver.count();
-    let forged = WebhookNotifier::new(&url, b"guess".to_vec())
+    // The notifier itself makes one request per call: a 503 comes back retryable.
+    receiver
+        .script
+        .lock()
         .unwrap()
-        .retry_policy(quick_retries());
+        .push_back((StatusCode::SERVICE_UNAVAILABLE, None));
+    let before = receiver.count();
+    let err = notifier
+        .notify(&notification("once", NotificationAction::Trigger))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Unavailable { message, retry_after: None, .. } if message.contains("503")),
+        "{err}"
+    );
+    assert_eq!(Retry::from(&err), Retry::Yes);
+    assert_eq!(receiver.count(), before + 1);
+
+    // The wrong secret: the receiver says 401, which is final: not retried even by a
+    // retrying caller.
+    let before = receiver.count();
+    let forged = Retrying::new(
+        WebhookNotifier::new(&url, b"guess".to_vec()).unwrap(),
+        quick_retries(),
+    );
     let err = forged
         .notify(&notification("forged", NotificationAction::Trigger))
         .await
@@ -149,9 +176,10 @@ async fn webhooks_are_signed_retried_on_5xx_and_final_on_4xx() {
         matches!(&err, BackendError::Rejected { reason, .. } if reason.contains("401")),
         "{err}"
     );
+    assert_eq!(Retry::from(&err), Retry::No);
     assert_eq!(receiver.count(), before + 1);
 
-    // A receiver that never answers: retried, then given up within the policy, retryable.
+    // A receiver that never answers: one request, a retryable timeout.
     let silent = serve(Router::new().route(
         "/hook",
         post(|| async {
@@ -162,19 +190,16 @@ async fn webhooks_are_signed_retried_on_5xx_and_final_on_4xx() {
     .await;
     let hanging = WebhookNotifier::new(format!("{silent}/hook"), SECRET.to_vec())
         .unwrap()
-        .timeout(Duration::from_millis(200))
-        .retry_policy(RetryPolicy {
-            attempts: 2,
-            ..quick_retries()
-        });
+        .timeout(Duration::from_millis(200));
     let started = Instant::now();
     let err = hanging
         .notify(&notification("hang", NotificationAction::Trigger))
         .await
         .unwrap_err();
-    assert!(err.is_retryable(), "{err}");
+    assert!(matches!(err, BackendError::Timeout { .. }), "{err}");
+    assert_eq!(Retry::from(&err), Retry::Yes);
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(1),
         "{:?}",
         started.elapsed()
     );
@@ -243,10 +268,10 @@ async fn enqueue(State(pd): State<Arc<PagerDuty>>, headers: HeaderMap, body: Byt
         .into_response()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pagerduty_events_trigger_acknowledge_and_resolve_with_retries_honouring_retry_after() {
+/// A PagerDuty stand-in answering with `script` first; its Events API URL.
+async fn pagerduty(script: &[(u16, Option<u64>)]) -> (Arc<PagerDuty>, String) {
     let pd = Arc::new(PagerDuty {
-        receiver: Receiver::scripted(&[(429, Some(1)), (502, None)]),
+        receiver: Receiver::scripted(script),
         ..PagerDuty::default()
     });
     let url = serve(
@@ -255,21 +280,44 @@ async fn pagerduty_events_trigger_acknowledge_and_resolve_with_retries_honouring
             .with_state(Arc::clone(&pd)),
     )
     .await;
-    let routing_key = "0123456789abcdef0123456789abcdef";
-    let notifier = PagerDutyNotifier::new(routing_key, "deployer-1")
-        .unwrap()
-        .endpoint(format!("{url}/v2/enqueue"))
-        .retry_policy(quick_retries());
+    (pd, format!("{url}/v2/enqueue"))
+}
 
-    // 429 asks for 1 s, then a 502, then accepted.
-    let started = Instant::now();
+const ROUTING_KEY: &str = "0123456789abcdef0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagerduty_events_trigger_acknowledge_and_resolve_and_failures_are_classified() {
+    let (pd, url) = pagerduty(&[(429, Some(1)), (502, None)]).await;
+    let notifier = PagerDutyNotifier::new(ROUTING_KEY, "deployer-1")
+        .unwrap()
+        .endpoint(&url);
     let trigger = notification("alert/shop/HighErrorRate", NotificationAction::Trigger);
-    assert_eq!(notifier.notify(&trigger).await.unwrap(), Delivery::Delivered);
+
+    // One request per call. 429 with `Retry-After: 1`: retryable, and the hint is kept for
+    // the caller's retry loop.
+    let err = notifier.notify(&trigger).await.unwrap_err();
     assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "Retry-After honoured: {:?}",
-        started.elapsed()
+        matches!(&err, BackendError::Unavailable { message, .. } if message.contains("429")),
+        "{err}"
     );
+    assert_eq!(Retry::from(&err), Retry::After(Duration::from_secs(1)));
+    assert_eq!(pd.receiver.count(), 1);
+    // 502 without a hint: retryable after the caller's own backoff.
+    let err = notifier.notify(&trigger).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            BackendError::Unavailable {
+                retry_after: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(Retry::from(&err), Retry::Yes);
+    assert_eq!(pd.receiver.count(), 2);
+    // Then accepted.
+    assert_eq!(notifier.notify(&trigger).await.unwrap(), Delivery::Delivered);
     assert_eq!(pd.receiver.count(), 3);
     assert_eq!(
         pd.incidents.lock().unwrap()["alert/shop/HighErrorRate"],
@@ -287,45 +335,130 @@ async fn pagerduty_events_trigger_acknowledge_and_resolve_with_retries_honouring
     }
     conformance::notifier(&notifier, "pd-").await;
 
-    // 400 is final: one request, a Rejected error quoting PagerDuty's reason.
+    // 400 is final: a Rejected error quoting PagerDuty's reason, one request even through
+    // a retrying caller.
     let before = pd.receiver.count();
-    let misconfigured = PagerDutyNotifier::new("short-key", "deployer-1")
-        .unwrap()
-        .endpoint(format!("{url}/v2/enqueue"))
-        .retry_policy(quick_retries());
+    let misconfigured = Retrying::new(
+        PagerDutyNotifier::new("short-key", "deployer-1")
+            .unwrap()
+            .endpoint(&url),
+        quick_retries(),
+    );
     let err = misconfigured.notify(&trigger).await.unwrap_err();
     assert!(
         matches!(&err, BackendError::Rejected { reason, .. } if reason.contains("routing_key")),
         "{err}"
     );
+    assert_eq!(Retry::from(&err), Retry::No);
     assert_eq!(pd.receiver.count(), before + 1);
+}
 
-    // 5xx until the policy is spent: retryable, after exactly `attempts` requests.
-    let failing = Arc::new(PagerDuty {
-        receiver: Receiver::scripted(&[(500, None); 10]),
-        ..PagerDuty::default()
-    });
-    let url = serve(
-        Router::new()
-            .route("/v2/enqueue", post(enqueue))
-            .with_state(Arc::clone(&failing)),
-    )
-    .await;
-    let notifier = PagerDutyNotifier::new(routing_key, "deployer-1")
-        .unwrap()
-        .endpoint(format!("{url}/v2/enqueue"))
-        .retry_policy(quick_retries());
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_retry_around_pagerduty_honours_retry_after_and_gives_up_retryable() {
+    // The caller's one retry layer (core's `retry`, classifying with `Retry::from`, as
+    // deploy-incidents' Dispatcher does): 429 asks for 1 s, then a 502, then accepted.
+    let (pd, url) = pagerduty(&[(429, Some(1)), (502, None)]).await;
+    let notifier = Retrying::new(
+        PagerDutyNotifier::new(ROUTING_KEY, "deployer-1")
+            .unwrap()
+            .endpoint(&url),
+        quick_retries(),
+    );
+    let started = Instant::now();
+    let trigger = notification("alert/shop/HighErrorRate", NotificationAction::Trigger);
+    assert_eq!(notifier.notify(&trigger).await.unwrap(), Delivery::Delivered);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(pd.receiver.count(), 3);
+    assert_eq!(
+        pd.incidents.lock().unwrap()["alert/shop/HighErrorRate"],
+        "triggered"
+    );
+
+    // 5xx until the policy is spent: retryable, after exactly `max_attempts` requests.
+    let (failing, url) = pagerduty(&[(500, None); 10]).await;
+    let notifier = Retrying::new(
+        PagerDutyNotifier::new(ROUTING_KEY, "deployer-1")
+            .unwrap()
+            .endpoint(&url),
+        quick_retries(),
+    );
     let err = notifier.notify(&trigger).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
     assert_eq!(failing.receiver.count(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_retry_after_from_a_slow_receiver_neither_panics_nor_parks_the_caller() {
+    // Security review M7: a 503 after more than 1 s with `Retry-After: 18446744073709551615`
+    // made `elapsed + wait` overflow and panic in the notifiers' old retry loop.
+    let requests = Arc::new(Mutex::new(0));
+    let counted = Arc::clone(&requests);
+    let url = serve(Router::new().route(
+        "/v2/enqueue",
+        post(move || async move {
+            *counted.lock().unwrap() += 1;
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", u64::MAX.to_string())],
+                "busy",
+            )
+        }),
+    ))
+    .await;
+    let pagerduty = || {
+        PagerDutyNotifier::new(ROUTING_KEY, "deployer-1")
+            .unwrap()
+            .endpoint(format!("{url}/v2/enqueue"))
+    };
+    let trigger = notification("alert/shop/HighErrorRate", NotificationAction::Trigger);
+    let absurd = Duration::from_secs(u64::MAX);
+
+    // The hint is reported as sent.
+    let err = pagerduty().notify(&trigger).await.unwrap_err();
+    assert_eq!(Retry::from(&err), Retry::After(absurd), "{err}");
+
+    // With a deadline (the Dispatcher's default has one): the wait would end past it, so
+    // the caller gets the error at once.
+    let started = Instant::now();
+    let err = Retrying::new(pagerduty(), quick_retries())
+        .notify(&trigger)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(*requests.lock().unwrap(), 2);
+
+    // Without a deadline the hint is cut to the backoff's max (100 ms): retried, not parked.
+    let started = Instant::now();
+    let err = Retrying::new(
+        pagerduty(),
+        quick_retries().with_deadline(None).with_max_attempts(2),
+    )
+    .notify(&trigger)
+    .await
+    .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(*requests.lock().unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alertmanager_receives_alerts_silences_on_acknowledge_and_resolves() {
     let alertmanager = launch_or_skip!(Alertmanager::start().await);
-    let notifier = AlertmanagerNotifier::new(alertmanager.url())
-        .unwrap()
-        .retry_policy(quick_retries());
+    let notifier = AlertmanagerNotifier::new(alertmanager.url()).unwrap();
     conformance::notifier(&notifier, "am-").await;
 
     let client = reqwest::Client::new();

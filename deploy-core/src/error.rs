@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use crate::retry::Retry;
 use crate::store::{FencingToken, Precondition, RecordVersion};
 use crate::traffic::TrafficSplit;
 
@@ -143,6 +144,10 @@ pub enum BackendError {
         /// The underlying error, if any.
         #[source]
         source: Option<BoxError>,
+        /// How long the backend asked to be left alone (an HTTP 429 or 503 `Retry-After`),
+        /// if it did: `Retry::from(&error)` makes it [`Retry::After`], which the retry loop
+        /// waits instead of its backoff.
+        retry_after: Option<Duration>,
     },
     /// The routing read back after a set differs from the target that was set.
     #[error("routing mismatch for app '{app}': set {expected}, backend reports {}", actual.as_ref().map_or_else(|| "no routing".to_owned(), ToString::to_string))]
@@ -194,6 +199,7 @@ impl BackendError {
             backend: backend.into(),
             message: message.into(),
             source: None,
+            retry_after: None,
         }
     }
 
@@ -203,6 +209,20 @@ impl BackendError {
             operation,
             message: message.into(),
             source: None,
+        }
+    }
+}
+
+impl From<&BackendError> for Retry {
+    /// How a retry loop treats `error`: [`Retry::After`] its `retry_after` hint, else
+    /// [`Retry::Yes`] when it [`is_retryable`](BackendError::is_retryable), else [`Retry::No`].
+    fn from(error: &BackendError) -> Self {
+        match error {
+            BackendError::Unavailable {
+                retry_after: Some(hint),
+                ..
+            } => Self::After(*hint),
+            error => Self::from(error.is_retryable()),
         }
     }
 }

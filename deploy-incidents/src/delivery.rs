@@ -38,7 +38,7 @@ pub(crate) async fn deliver(
             attempts += 1;
             notifier.notify(notification)
         },
-        |error: &BackendError| Retry::from(error.is_retryable()),
+        |error: &BackendError| Retry::from(error),
     )
     .await;
     (attempts, result.map(drop))

@@ -226,6 +226,7 @@ fn unavailable(message: String, source: Option<std::io::Error>) -> BackendError 
         backend: BACKEND.to_owned(),
         message,
         source: source.map(|err| Box::new(err) as _),
+        retry_after: None,
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier, Severity};
 
-use super::{HttpTarget, RetryPolicy, send};
+use super::{HttpTarget, send};
 
 const BACKEND: &str = "alertmanager";
 /// The label [`AlertmanagerNotifier`] puts the notification's key in, so every action on a
@@ -23,13 +23,13 @@ pub const ALERTMANAGER_KEY_LABEL: &str = "dedup_key";
 /// - Acknowledge creates a silence (`POST /api/v2/silences`) matching `dedup_key` for the
 ///   acknowledgement period (default 4 h): someone is on it, so stop paging.
 ///
-/// 200 is delivered; 400 (an invalid alert, such as a label name Alertmanager refuses) is
-/// [`BackendError::Rejected`]; 429, 5xx and network errors are retried.
+/// One request per `notify`: 200 is delivered; 400 (an invalid alert, such as a label name
+/// Alertmanager refuses) is [`BackendError::Rejected`], final; 429, 5xx and network errors
+/// are retryable, for the caller to retry.
 #[derive(Debug)]
 pub struct AlertmanagerNotifier {
     target: HttpTarget,
     acknowledgement: Duration,
-    policy: RetryPolicy,
 }
 
 impl AlertmanagerNotifier {
@@ -42,7 +42,6 @@ impl AlertmanagerNotifier {
         Ok(Self {
             target: HttpTarget::new("alertmanager notifier", base, Duration::from_secs(5))?,
             acknowledgement: Duration::from_secs(4 * 3600),
-            policy: RetryPolicy::default(),
         })
     }
 
@@ -50,13 +49,6 @@ impl AlertmanagerNotifier {
     #[must_use]
     pub fn acknowledgement(mut self, period: Duration) -> Self {
         self.acknowledgement = period;
-        self
-    }
-
-    /// Retries as `policy` says.
-    #[must_use]
-    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.policy = policy;
         self
     }
 
@@ -125,12 +117,8 @@ impl AlertmanagerNotifier {
 impl Notifier for AlertmanagerNotifier {
     async fn notify(&self, notification: &Notification) -> Result<Delivery, BackendError> {
         let (path, body) = self.request(notification);
-        self.policy
-            .run(BACKEND, || {
-                let request = self.target.post(path).json(&body);
-                async move { send(BACKEND, "alertmanager post", self.target.timeout, request, &[200]).await }
-            })
-            .await?;
+        let request = self.target.post(path).json(&body);
+        send(BACKEND, "alertmanager post", self.target.timeout, request, &[200]).await?;
         Ok(Delivery::Delivered)
     }
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier, Severity};
 
 use super::webhook::action_name;
-use super::{HttpTarget, RetryPolicy, send};
+use super::{HttpTarget, send};
 
 const BACKEND: &str = "pagerduty";
 /// PagerDuty's Events API v2 endpoint, where [`PagerDutyNotifier`] sends unless told otherwise.
@@ -18,15 +18,15 @@ const MAX_SUMMARY: usize = 1024;
 /// notification's key as `dedup_key`, so a re-sent trigger updates the open alert and a
 /// resolve closes it.
 ///
-/// 202 is delivered; 400 (an invalid event) is [`BackendError::Rejected`], final; 429 and
-/// 5xx are retried with backoff, honouring `Retry-After`; when the retry policy is spent
-/// the error is [`BackendError::Unavailable`] (retryable later).
+/// One request per `notify`: 202 is delivered; 400 (an invalid event) is
+/// [`BackendError::Rejected`], final; 429, 5xx and network errors are retryable
+/// ([`BackendError::Unavailable`] with PagerDuty's `Retry-After` as `retry_after`, or
+/// [`BackendError::Timeout`]), for the caller to retry.
 #[derive(Debug)]
 pub struct PagerDutyNotifier {
     target: HttpTarget,
     routing_key: String,
     source: String,
-    policy: RetryPolicy,
 }
 
 impl PagerDutyNotifier {
@@ -51,7 +51,6 @@ impl PagerDutyNotifier {
             )?,
             routing_key,
             source,
-            policy: RetryPolicy::default(),
         })
     }
 
@@ -59,13 +58,6 @@ impl PagerDutyNotifier {
     #[must_use]
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
         self.target.endpoint = url.into();
-        self
-    }
-
-    /// Retries as `policy` says.
-    #[must_use]
-    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.policy = policy;
         self
     }
 
@@ -105,13 +97,8 @@ impl PagerDutyNotifier {
 #[async_trait]
 impl Notifier for PagerDutyNotifier {
     async fn notify(&self, notification: &Notification) -> Result<Delivery, BackendError> {
-        let event = self.event(notification);
-        self.policy
-            .run(BACKEND, || {
-                let request = self.target.post("").json(&event);
-                async move { send(BACKEND, "pagerduty event", self.target.timeout, request, &[202]).await }
-            })
-            .await?;
+        let request = self.target.post("").json(&self.event(notification));
+        send(BACKEND, "pagerduty event", self.target.timeout, request, &[202]).await?;
         Ok(Delivery::Delivered)
     }
 }

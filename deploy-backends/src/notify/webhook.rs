@@ -9,7 +9,7 @@ use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Noti
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{HttpTarget, RetryPolicy, send};
+use super::{HttpTarget, send};
 
 const BACKEND: &str = "webhook";
 /// The header carrying `sha256=<hex of HMAC-SHA256(secret, body)>`.
@@ -21,14 +21,14 @@ const REMEMBERED: usize = 4096;
 /// whoever holds the secret: header `X-Deploykit-Signature: sha256=<hex>` over the exact
 /// body bytes (check it with [`verify_signature`]), plus `Idempotency-Key: <key>/<action>`.
 ///
-/// 2xx is delivered; 408, 429, 5xx and network errors are retried per the
-/// [`RetryPolicy`]; other statuses are [`BackendError::Rejected`]. A (key, action) already
-/// delivered by this notifier is [`Delivery::Duplicate`] and not sent again.
+/// One request per `notify`: 2xx is delivered; 408, 429, 5xx and network errors are
+/// retryable (with the receiver's `Retry-After` as `retry_after`), for the caller to retry;
+/// other statuses are [`BackendError::Rejected`]. A (key, action) already delivered by this
+/// notifier is [`Delivery::Duplicate`] and not sent again.
 #[derive(Debug)]
 pub struct WebhookNotifier {
     target: HttpTarget,
     secret: Vec<u8>,
-    policy: RetryPolicy,
     delivered: Mutex<Remembered>,
 }
 
@@ -39,7 +39,7 @@ struct Remembered {
 }
 
 impl WebhookNotifier {
-    /// Posts to `url`, signing with `secret`; 5 s per request, the default retry policy.
+    /// Posts to `url`, signing with `secret`; 5 s per request.
     ///
     /// # Errors
     /// [`BackendError::Rejected`] for a URL that is not http(s) or an empty secret.
@@ -55,16 +55,8 @@ impl WebhookNotifier {
         Ok(Self {
             target,
             secret,
-            policy: RetryPolicy::default(),
             delivered: Mutex::new(Remembered::default()),
         })
-    }
-
-    /// Retries as `policy` says.
-    #[must_use]
-    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.policy = policy;
-        self
     }
 
     /// How long one request may take (default 5 s).
@@ -129,28 +121,21 @@ impl Notifier for WebhookNotifier {
         })?;
         let signature = self.sign(&body);
         let idempotency = format!("{}/{}", notification.key, action_name(notification.action));
-        self.policy
-            .run(BACKEND, || {
-                let request = self
-                    .target
-                    .post("")
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .header(SIGNATURE_HEADER, &signature)
-                    .header("Idempotency-Key", &idempotency)
-                    .body(body.clone());
-                async move {
-                    send(
-                        BACKEND,
-                        "webhook",
-                        self.target.timeout,
-                        request,
-                        &[200, 201, 202, 204],
-                    )
-                    .await
-                    .map(drop)
-                }
-            })
-            .await?;
+        let request = self
+            .target
+            .post("")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, signature)
+            .header("Idempotency-Key", idempotency)
+            .body(body);
+        send(
+            BACKEND,
+            "webhook",
+            self.target.timeout,
+            request,
+            &[200, 201, 202, 204],
+        )
+        .await?;
         let mut remembered = self.remembered();
         if remembered.set.insert(id.clone()) {
             remembered.order.push_back(id);
