@@ -30,11 +30,10 @@ impl Converger {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
-        deploy_core::retry::retry(&self.options.retry, call, |err: &BackendError| {
-            Retry::from(err.is_retryable())
-        })
-        .await
-        .map_err(|err| StepError::backend(operation, err))
+        // A retry-after hint from the backend replaces the backoff.
+        deploy_core::retry::retry(&self.options.retry, call, |err: &BackendError| Retry::from(err))
+            .await
+            .map_err(|err| StepError::backend(operation, err))
     }
 
     /// Polls `instance` until healthy or the health timeout.
