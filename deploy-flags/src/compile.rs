@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use deploy_core::time::DynClock;
+
 use crate::context::{Context, Field};
 use crate::error::FlagError;
 use crate::hash::{Murmur3, VARIANT_SEED};
@@ -195,10 +197,12 @@ impl Snapshot {
     }
 
     /// Compiles `set`, reusing flags of `previous` whose definition and segments are unchanged.
+    /// Date constraints read `clock` when the caller gives no `currentTime`.
     pub(crate) fn compile(
         set: FlagSet,
         previous: &Snapshot,
         counters: &CounterRegistry,
+        clock: &Arc<DynClock>,
     ) -> Result<Self, FlagError> {
         let mut segments = BTreeMap::new();
         for segment in set.segments {
@@ -207,7 +211,7 @@ impl Snapshot {
                 return Err(owner.error("id", "must not be empty"));
             }
             for (index, constraint) in segment.constraints.iter().enumerate() {
-                CompiledConstraint::compile(constraint, &owner, &format!("constraints[{index}]"))?;
+                CompiledConstraint::compile(constraint, &owner, &format!("constraints[{index}]"), clock)?;
             }
             let id = segment.id.clone();
             if segments.insert(id.clone(), segment).is_some() {
@@ -223,7 +227,7 @@ impl Snapshot {
             });
             let compiled = match reusable {
                 Some(old) => old.clone(),
-                None => Arc::new(CompiledFlag::compile(definition, &segments, counters)?),
+                None => Arc::new(CompiledFlag::compile(definition, &segments, counters, clock)?),
             };
             let name = compiled.definition.name.clone();
             if !flags.insert(&name, compiled) {
@@ -304,6 +308,7 @@ impl CompiledFlag {
         definition: FlagDefinition,
         segments: &BTreeMap<String, Segment>,
         counters: &CounterRegistry,
+        clock: &Arc<DynClock>,
     ) -> Result<Self, FlagError> {
         let name = definition.name.as_str();
         let owner = Owner::Flag(name);
@@ -315,7 +320,7 @@ impl CompiledFlag {
             .rules
             .iter()
             .enumerate()
-            .map(|(index, rule)| compile_rule(rule, index, &definition, segments, counters))
+            .map(|(index, rule)| compile_rule(rule, index, &definition, segments, counters, clock))
             .collect::<Result<Box<[_]>, _>>()?;
         let default_stickiness = definition
             .variants
@@ -389,6 +394,7 @@ fn compile_rule(
     flag: &FlagDefinition,
     segments: &BTreeMap<String, Segment>,
     counters: &CounterRegistry,
+    clock: &Arc<DynClock>,
 ) -> Result<CompiledRule, FlagError> {
     let owner = Owner::Flag(&flag.name);
     let at = format!("rules[{index}]");
@@ -398,6 +404,7 @@ fn compile_rule(
             constraint,
             &owner,
             &format!("{at}.constraints[{position}]"),
+            clock,
         )?);
     }
     for (position, id) in rule.segments.iter().enumerate() {
@@ -413,6 +420,7 @@ fn compile_rule(
                 constraint,
                 &Owner::Segment(id),
                 "constraints",
+                clock,
             )?);
         }
     }

@@ -1,6 +1,7 @@
 //! The caller's attributes that flags are evaluated against.
 
 use chrono::{DateTime, Utc};
+use deploy_core::time::DynClock;
 
 /// Who is asking: the standard Unleash attributes plus custom properties.
 ///
@@ -93,7 +94,7 @@ impl Context {
         self
     }
 
-    /// Sets the time date constraints compare against (default: now).
+    /// Sets the time date constraints compare against (default: now, on the engine's clock).
     pub fn current_time(mut self, value: DateTime<Utc>) -> Self {
         let text = value.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         self.current_time = Some(CurrentTime {
@@ -154,12 +155,12 @@ impl Context {
         }
     }
 
-    /// The time date constraints compare against: the one set, or now. `None` when the
-    /// `currentTime` given is not a date.
-    pub(crate) fn now(&self) -> Option<DateTime<Utc>> {
+    /// The time date constraints compare against: the one set, or `clock`'s now. `None` when
+    /// the `currentTime` given is not a date.
+    pub(crate) fn current_time_or(&self, clock: &DynClock) -> Option<DateTime<Utc>> {
         match &self.current_time {
             Some(time) => time.parsed,
-            None => Some(Utc::now()),
+            None => Some(clock.now().into()),
         }
     }
 }

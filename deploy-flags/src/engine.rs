@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use deploy_core::time::{DynClock, SystemClock};
 use thread_local::ThreadLocal;
 use tokio::sync::broadcast;
 
@@ -50,6 +51,9 @@ pub struct FlagEngine {
     changes: broadcast::Sender<FlagsChanged>,
     /// Each thread's cached snapshot and counters, freed with the engine.
     readers: ThreadLocal<RefCell<View>>,
+    /// What date constraints compare against when the caller gives no `currentTime`, and
+    /// what dates the metrics' last evaluation.
+    clock: Arc<DynClock>,
 }
 
 /// A reader's cached snapshot and its own counters.
@@ -198,8 +202,14 @@ impl Default for FlagEngine {
 }
 
 impl FlagEngine {
-    /// An engine with no flags.
+    /// An engine with no flags, on the system clock.
     pub fn new() -> Self {
+        Self::with_clock(SystemClock::shared())
+    }
+
+    /// An engine with no flags whose date constraints and metrics read `clock` (a
+    /// [`TokioClock`](deploy_core::time::TokioClock) in tests on tokio's paused clock).
+    pub fn with_clock(clock: Arc<DynClock>) -> Self {
         Self {
             generation: AtomicU64::new(0),
             current: ArcSwap::from_pointee(Snapshot::empty()),
@@ -207,6 +217,7 @@ impl FlagEngine {
             counters: CounterRegistry::default(),
             changes: broadcast::channel(256).0,
             readers: ThreadLocal::new(),
+            clock,
         }
     }
 
@@ -313,7 +324,7 @@ impl FlagEngine {
     /// # Errors
     /// As [`FlagEngine::replace`].
     pub fn validate(&self, flags: FlagSet) -> Result<(), FlagError> {
-        Snapshot::compile(flags, &self.current.load(), &self.counters).map(|_| ())
+        Snapshot::compile(flags, &self.current.load(), &self.counters, &self.clock).map(|_| ())
     }
 
     /// Builds the next flag set from the current snapshot, compiles it and swaps it in.
@@ -324,7 +335,7 @@ impl FlagEngine {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.current.load_full();
         let set = next(&current)?;
-        let snapshot = Snapshot::compile(set, &current, &self.counters)?;
+        let snapshot = Snapshot::compile(set, &current, &self.counters, &self.clock)?;
         let changed = changed_flags(&current, &snapshot);
         if changed.is_empty() && snapshot.segments == current.segments {
             // Nothing to tell readers or subscribers (a reload of unchanged flags).
@@ -348,12 +359,16 @@ impl FlagEngine {
 
     /// Evaluation counts of one flag (`None` if it was never loaded).
     pub fn metrics(&self, flag: &str) -> Option<FlagMetrics> {
-        self.counters.read(flag, Utc::now())
+        self.counters.read(flag, self.now())
     }
 
     /// Evaluation counts of every flag ever loaded, sorted by name.
     pub fn all_metrics(&self) -> Vec<FlagMetrics> {
-        self.counters.read_all(Utc::now())
+        self.counters.read_all(self.now())
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now().into()
     }
 }
 

@@ -1,5 +1,5 @@
 //! Evaluating compiled flags: the hot path. Nothing here allocates, locks or reads a clock
-//! (date constraints without a `currentTime` read it, as they must).
+//! (date constraints without a `currentTime` read the engine's, as they must).
 
 use rand::Rng;
 

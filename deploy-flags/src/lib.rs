@@ -81,9 +81,7 @@ pub use engine::{Details, FlagChange, FlagEngine, FlagReader, FlagsChanged};
 pub use error::FlagError;
 pub use eval::{ErrorCode, Evaluation, Reason};
 pub use file_source::{FileFormat, FileSource, ReloadStatus};
-pub use manager::{
-    AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, StaleFlag, StaleReason, WallClock,
-};
+pub use manager::{AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, StaleFlag, StaleReason};
 pub use metrics::FlagMetrics;
 pub use model::{
     Constraint, FlagDefinition, FlagKind, FlagSet, Operator, Payload, PayloadKind, PercentageRollout,

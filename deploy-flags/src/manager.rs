@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deploy_core::time::{DynClock, SystemClock};
 use deploy_core::{DynStore, Precondition, RecordStoreExt, RecordVersion, WatchEvent, WriteOptions};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -16,32 +17,22 @@ use crate::error::FlagError;
 use crate::metrics::FlagMetrics;
 use crate::model::{FlagDefinition, FlagSet, Rule};
 
-/// Reads the wall clock; injected so audit times and stale reports are testable.
-pub type WallClock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
-
 /// How a [`FeatureFlagManager`] stores and times things.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ManagerOptions {
     /// Key prefix of everything the manager writes (default `flags/`).
     pub prefix: String,
-    /// The wall clock (default: the system clock).
-    pub clock: WallClock,
+    /// The wall clock of audit entries, stale reports and the engine's date constraints
+    /// (default: [`SystemClock`]; a [`TokioClock`](deploy_core::time::TokioClock) in tests).
+    pub clock: Arc<DynClock>,
 }
 
 impl Default for ManagerOptions {
     fn default() -> Self {
         Self {
             prefix: "flags/".into(),
-            clock: Arc::new(Utc::now),
+            clock: SystemClock::shared(),
         }
-    }
-}
-
-impl std::fmt::Debug for ManagerOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ManagerOptions")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
     }
 }
 
@@ -135,18 +126,11 @@ pub struct StaleFlag {
 /// assert_eq!(manager.get_flag_metrics("search-v2").unwrap().evaluations, 2);
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct FeatureFlagManager {
     engine: Arc<FlagEngine>,
     store: Arc<DynStore>,
     options: ManagerOptions,
-}
-
-impl std::fmt::Debug for FeatureFlagManager {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FeatureFlagManager")
-            .field("options", &self.options)
-            .finish_non_exhaustive()
-    }
 }
 
 impl FeatureFlagManager {
@@ -156,7 +140,7 @@ impl FeatureFlagManager {
     /// The store's errors; a stored flag set that does not compile.
     pub async fn open(store: Arc<DynStore>, options: ManagerOptions) -> Result<Self, FlagError> {
         let manager = Self {
-            engine: Arc::new(FlagEngine::new()),
+            engine: Arc::new(FlagEngine::with_clock(Arc::clone(&options.clock))),
             store,
             options,
         };
@@ -354,7 +338,7 @@ impl FeatureFlagManager {
                 segments: Vec::new(),
             })?;
 
-            let now = (self.options.clock)();
+            let now = self.now();
             let revision = current.as_ref().map_or(0, |(flag, _)| flag.revision) + 1;
             let entry = AuditEntry {
                 flag: name.to_owned(),
@@ -444,7 +428,7 @@ impl FeatureFlagManager {
     /// # Errors
     /// The store's errors.
     pub async fn stale_flags(&self, threshold: Duration) -> Result<Vec<StaleFlag>, FlagError> {
-        let now = (self.options.clock)();
+        let now = self.now();
         let cutoff = now - chrono::Duration::from_std(threshold).unwrap_or(chrono::Duration::MAX);
         let mut stale = Vec::new();
         for (flag, _) in self.stored().await? {
@@ -475,6 +459,10 @@ impl FeatureFlagManager {
     /// Change events of the engine (from this manager or [`FeatureFlagManager::spawn_sync`]).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FlagsChanged> {
         self.engine.subscribe()
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.options.clock.now().into()
     }
 }
 

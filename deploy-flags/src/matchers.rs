@@ -6,8 +6,10 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use deploy_core::time::DynClock;
 use ipnet::IpNet;
 
 use crate::context::{Context, Field};
@@ -65,7 +67,8 @@ enum Test {
     Regex(Pattern),
     Number(Comparison, f64),
     Semver(Comparison, Semver),
-    Date(Comparison, DateTime<Utc>),
+    /// Compared with the caller's `currentTime`, else with the engine's clock.
+    Date(Comparison, DateTime<Utc>, Arc<DynClock>),
     Cidr(Box<[IpNet]>),
 }
 
@@ -98,10 +101,12 @@ impl ValueSet {
 
 impl CompiledConstraint {
     /// Compiles one constraint; `field` names it in errors (e.g. `rules[0].constraints[2]`).
+    /// Date constraints keep `clock` for callers that give no `currentTime`.
     pub(crate) fn compile(
         constraint: &Constraint,
         owner: &Owner<'_>,
         field: &str,
+        clock: &Arc<DynClock>,
     ) -> Result<Self, FlagError> {
         let single = || {
             constraint
@@ -181,7 +186,7 @@ impl CompiledConstraint {
                         format!("`{value}` is not an RFC 3339 date"),
                     )
                 })?;
-                Test::Date(comparison, date)
+                Test::Date(comparison, date, Arc::clone(clock))
             }
             Operator::InCidr => {
                 let networks = constraint
@@ -214,9 +219,9 @@ impl CompiledConstraint {
 
     #[inline]
     fn test(&self, context: &Context) -> bool {
-        if let Test::Date(comparison, date) = &self.test {
+        if let Test::Date(comparison, date, clock) = &self.test {
             let now = match self.field {
-                Field::CurrentTime => context.now(),
+                Field::CurrentTime => context.current_time_or(clock),
                 _ => context
                     .field(&self.field)
                     .and_then(|text| text.parse::<DateTime<Utc>>().ok()),

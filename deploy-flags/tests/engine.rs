@@ -1,7 +1,10 @@
 //! The engine's semantics: operators, segments, rollouts, variants, prerequisites, reasons,
 //! and updates that either apply whole or leave the previous snapshot serving.
 
+use std::time::Duration;
+
 use chrono::{TimeZone, Utc};
+use deploy_core::time::TokioClock;
 use deploy_flags::{
     Constraint, Context, FlagChange, FlagDefinition, FlagEngine, FlagError, FlagKind, FlagSet, Operator,
     Payload, PercentageRollout, Prerequisite, Reason, Rule, Segment, Stickiness, VariantDefinition,
@@ -191,6 +194,38 @@ fn regex_numbers_versions_dates_and_networks() {
     ));
     assert!(on(&engine, "cidr", &Context::new().remote_address("2001:db8::1")));
     assert!(!on(&engine, "cidr", &Context::new().remote_address("not-an-ip")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn date_constraints_without_a_current_time_read_the_engines_clock() {
+    let launch = Utc.with_ymd_and_hms(2027, 6, 1, 12, 0, 0).unwrap();
+    let clock = TokioClock::with_epoch((launch - chrono::Duration::hours(1)).into());
+    let engine = FlagEngine::with_clock(clock.shared());
+    let after_launch = Rule {
+        constraints: vec![Constraint::single(
+            "currentTime",
+            Operator::DateAfter,
+            "2027-06-01T12:00:00Z",
+        )],
+        ..Rule::default()
+    };
+    engine
+        .replace(FlagSet {
+            flags: vec![FlagDefinition::new("launch", true).with_rule(after_launch)],
+            ..FlagSet::default()
+        })
+        .unwrap();
+    assert!(!on(&engine, "launch", &Context::new()));
+    tokio::time::advance(Duration::from_secs(3_601)).await;
+    assert!(on(&engine, "launch", &Context::new()));
+    assert!(
+        !on(
+            &engine,
+            "launch",
+            &Context::new().current_time(launch - chrono::Duration::days(1))
+        ),
+        "a caller's currentTime wins over the clock"
+    );
 }
 
 #[test]

@@ -1,24 +1,23 @@
 //! FeatureFlagManager: validated, audited, persisted changes; managers sharing a store;
-//! stale-flag reports on an injected clock; file sources that hot-reload.
+//! stale-flag reports on tokio's paused clock; file sources that hot-reload.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use deploy_core::time::TokioClock;
 use deploy_core::{DynStore, MemoryStore, RecordStoreExt};
 use deploy_flags::{
     AuditAction, Constraint, Context, FeatureFlagManager, FileSource, FlagDefinition, FlagError,
     ManagerOptions, Operator, PercentageRollout, Prerequisite, Rule, StaleReason, Stickiness,
 };
 
-fn clock_at(start: DateTime<Utc>) -> (Arc<Mutex<DateTime<Utc>>>, ManagerOptions) {
-    let now = Arc::new(Mutex::new(start));
-    let reading = now.clone();
-    let options = ManagerOptions {
-        clock: Arc::new(move || *reading.lock().unwrap()),
+/// Options whose wall clock reads `start` now and moves with tokio's (paused) clock.
+fn clock_at(start: DateTime<Utc>) -> ManagerOptions {
+    ManagerOptions {
+        clock: TokioClock::with_epoch(start.into()).shared(),
         ..ManagerOptions::default()
-    };
-    (now, options)
+    }
 }
 
 fn beta_rule() -> Rule {
@@ -28,10 +27,10 @@ fn beta_rule() -> Rule {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn changes_are_audited_persisted_and_reloaded() {
     let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let (_, options) = clock_at(Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap());
+    let options = clock_at(Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap());
     let manager = FeatureFlagManager::open(store.clone(), options.clone())
         .await
         .unwrap();
@@ -61,6 +60,11 @@ async fn changes_are_audited_persisted_and_reloaded() {
             (3, AuditAction::Disable, "ann"),
             (4, AuditAction::Enable, "ann")
         ]
+    );
+    let nine = Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap();
+    assert!(
+        log.iter().all(|entry| entry.at == nine),
+        "dated on the manager's clock"
     );
     assert_eq!(log[1].before.as_ref().unwrap().rules.len(), 0);
     assert_eq!(log[1].after.as_ref().unwrap().rules, vec![beta_rule()]);
@@ -244,10 +248,10 @@ async fn a_crash_between_flag_and_audit_writes_is_repaired_on_load() {
     assert_eq!(log[1].action, AuditAction::Disable);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stale_report_finds_unused_and_fully_rolled_out_flags() {
     let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let (now, options) = clock_at(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let options = clock_at(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
     let manager = FeatureFlagManager::open(store, options).await.unwrap();
     manager
         .create_flag("ann", FlagDefinition::new("unused", true))
@@ -273,7 +277,8 @@ async fn stale_report_finds_unused_and_fully_rolled_out_flags() {
         manager.stale_flags(month).await.unwrap().is_empty(),
         "nothing is old yet"
     );
-    *now.lock().unwrap() = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+    // Two months later (January and February 2026).
+    tokio::time::advance(Duration::from_secs(59 * 24 * 3600)).await;
     let stale = manager.stale_flags(month).await.unwrap();
     let reasons: Vec<_> = stale
         .iter()
@@ -293,6 +298,11 @@ async fn stale_report_finds_unused_and_fully_rolled_out_flags() {
     );
     let metrics = manager.get_flag_metrics("targeted").unwrap();
     assert_eq!((metrics.evaluations, metrics.enabled), (3, 0));
+    assert_eq!(
+        metrics.last_evaluated,
+        Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()),
+        "dated on the manager's clock by the first report after the evaluations"
+    );
 }
 
 #[tokio::test(start_paused = true)]
