@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deploy_core::time::{DynClock, SystemClock};
-use deploy_core::{DynStore, Precondition, RecordStoreExt, RecordVersion, WatchEvent, WriteOptions};
+use deploy_core::{DynRecordStore, Precondition, RecordStoreExt, StoreError, WatchEvent, WriteOptions};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -129,16 +129,17 @@ pub struct StaleFlag {
 #[derive(Debug)]
 pub struct FeatureFlagManager {
     engine: Arc<FlagEngine>,
-    store: Arc<DynStore>,
+    store: Arc<DynRecordStore>,
     options: ManagerOptions,
 }
 
 impl FeatureFlagManager {
-    /// Loads the flags in `store` into a new engine.
+    /// Loads the flags in `store` into a new engine. Any record store will do (an
+    /// `Arc<DynStore>` coerces): the manager takes no leases.
     ///
     /// # Errors
     /// The store's errors; a stored flag set that does not compile.
-    pub async fn open(store: Arc<DynStore>, options: ManagerOptions) -> Result<Self, FlagError> {
+    pub async fn open(store: Arc<DynRecordStore>, options: ManagerOptions) -> Result<Self, FlagError> {
         let manager = Self {
             engine: Arc::new(FlagEngine::with_clock(Arc::clone(&options.clock))),
             store,
@@ -161,20 +162,10 @@ impl FeatureFlagManager {
         format!("{}audit/{name}/{revision:010}", self.options.prefix)
     }
 
-    async fn stored(&self) -> Result<Vec<(StoredFlag, RecordVersion)>, FlagError> {
-        let records = self.store.list(&format!("{}defs/", self.options.prefix)).await?;
-        records
-            .into_iter()
-            .map(|record| {
-                serde_json::from_slice::<StoredFlag>(&record.value)
-                    .map(|flag| (flag, record.version))
-                    .map_err(|error| FlagError::Parse {
-                        origin: format!("store record {}", record.key),
-                        format: "stored flag JSON",
-                        message: error.to_string(),
-                    })
-            })
-            .collect()
+    async fn stored(&self) -> Result<Vec<StoredFlag>, StoreError> {
+        let prefix = format!("{}defs/", self.options.prefix);
+        let records = self.store.list_json::<StoredFlag>(&prefix).await?;
+        Ok(records.into_iter().map(|(_, flag, _)| flag).collect())
     }
 
     /// Re-reads every flag from the store and swaps them in (the old snapshot stays when they
@@ -185,7 +176,7 @@ impl FeatureFlagManager {
     pub async fn reload(&self) -> Result<u64, FlagError> {
         let stored = self.stored().await?;
         let mut flags = Vec::new();
-        for (flag, _) in &stored {
+        for flag in &stored {
             let key = self.audit_key(&flag.last_change.flag, flag.revision);
             if self.store.get(&key).await?.is_none() {
                 self.write_audit(&flag.last_change).await?;
@@ -306,76 +297,68 @@ impl FeatureFlagManager {
     }
 
     /// Read-modify-write of one flag: validate the whole resulting set, compare-and-swap the
-    /// record (retrying on a concurrent change), then write the audit entry and swap the
-    /// engine.
+    /// record (core's `update_json`, which retries on a concurrent change), then write the
+    /// audit entry and swap the engine.
     async fn change(
         &self,
         actor: &str,
         name: &str,
         action: AuditAction,
-        mut next: impl FnMut(Option<&FlagDefinition>) -> Result<Option<FlagDefinition>, FlagError>,
+        mut next: impl FnMut(Option<&FlagDefinition>) -> Result<Option<FlagDefinition>, FlagError> + Send,
     ) -> Result<AuditEntry, FlagError> {
-        let key = self.flag_key(name);
-        loop {
-            let current = self.store.get_json::<StoredFlag>(&key).await?;
-            let before = current.as_ref().and_then(|(flag, _)| flag.definition.clone());
-            let after = next(before.as_ref())?;
-            let change = match &after {
-                Some(definition) => FlagChange::Upsert(definition.clone()),
-                None => FlagChange::Remove(name.to_owned()),
-            };
-            // Validate against what the store holds now, not only what this engine serves.
-            let mut candidate: Vec<FlagDefinition> = self
-                .stored()
-                .await?
-                .into_iter()
-                .filter_map(|(flag, _)| flag.definition)
-                .collect();
-            candidate.retain(|flag| flag.name != name);
-            candidate.extend(after.clone());
-            self.engine.validate(FlagSet {
-                flags: candidate,
-                segments: Vec::new(),
-            })?;
-
-            let now = self.now();
-            let revision = current.as_ref().map_or(0, |(flag, _)| flag.revision) + 1;
-            let entry = AuditEntry {
-                flag: name.to_owned(),
-                revision,
-                at: now,
-                actor: actor.to_owned(),
-                action,
-                before,
-                after: after.clone(),
-            };
-            let stored = StoredFlag {
-                definition: after,
-                revision,
-                created_at: match &current {
-                    Some((flag, _)) if flag.definition.is_some() => flag.created_at,
-                    _ => now,
-                },
-                updated_at: now,
-                last_change: entry.clone(),
-            };
-            let precondition = match &current {
-                Some((_, version)) => Precondition::Version(*version),
-                None => Precondition::Absent,
-            };
-            match self
-                .store
-                .put_json(&key, &stored, WriteOptions::when(precondition))
-                .await
-            {
-                Ok(_) => {}
-                Err(deploy_core::StoreError::Conflict { .. }) => continue,
-                Err(error) => return Err(error.into()),
-            }
-            self.write_audit(&entry).await?;
-            self.engine.apply([change])?;
-            return Ok(entry);
-        }
+        // Validate against what the store holds, not only what this engine serves. A
+        // concurrent change to another flag can still slip in between: the compare-and-swap
+        // covers this flag's record only.
+        let others: Vec<FlagDefinition> = self
+            .stored()
+            .await?
+            .into_iter()
+            .filter_map(|flag| flag.definition)
+            .filter(|flag| flag.name != name)
+            .collect();
+        let written = self
+            .store
+            .update_json::<StoredFlag, FlagError>(&self.flag_key(name), WriteOptions::default(), |current| {
+                let before = current.as_ref().and_then(|flag| flag.definition.clone());
+                let after = next(before.as_ref())?;
+                let mut candidate = others.clone();
+                candidate.extend(after.clone());
+                self.engine.validate(FlagSet {
+                    flags: candidate,
+                    segments: Vec::new(),
+                })?;
+                let now = self.now();
+                let revision = current.as_ref().map_or(0, |flag| flag.revision) + 1;
+                Ok(Some(StoredFlag {
+                    revision,
+                    created_at: match &current {
+                        Some(flag) if flag.definition.is_some() => flag.created_at,
+                        _ => now,
+                    },
+                    updated_at: now,
+                    last_change: AuditEntry {
+                        flag: name.to_owned(),
+                        revision,
+                        at: now,
+                        actor: actor.to_owned(),
+                        action,
+                        before,
+                        after: after.clone(),
+                    },
+                    definition: after,
+                }))
+            })
+            .await?;
+        // The update always returns a record to write, so one was written.
+        let Some((stored, _)) = written else {
+            unreachable!("update_json wrote the flag");
+        };
+        self.write_audit(&stored.last_change).await?;
+        self.engine.apply([match stored.definition {
+            Some(definition) => FlagChange::Upsert(definition),
+            None => FlagChange::Remove(name.to_owned()),
+        }])?;
+        Ok(stored.last_change)
     }
 
     async fn write_audit(&self, entry: &AuditEntry) -> Result<(), FlagError> {
@@ -386,7 +369,7 @@ impl FeatureFlagManager {
             .await
         {
             // Already written (by us before a crash, or by a reload racing us): same content.
-            Ok(_) | Err(deploy_core::StoreError::Conflict { .. }) => Ok(()),
+            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
             Err(error) => Err(error.into()),
         }
     }
@@ -404,22 +387,11 @@ impl FeatureFlagManager {
     /// The changes to a flag, oldest first.
     ///
     /// # Errors
-    /// The store's errors; an entry that does not decode.
+    /// The store's errors; an entry that does not decode ([`StoreError::Codec`]).
     pub async fn audit_log(&self, name: &str) -> Result<Vec<AuditEntry>, FlagError> {
-        let records = self
-            .store
-            .list(&format!("{}audit/{name}/", self.options.prefix))
-            .await?;
-        records
-            .into_iter()
-            .map(|record| {
-                serde_json::from_slice(&record.value).map_err(|error| FlagError::Parse {
-                    origin: format!("store record {}", record.key),
-                    format: "audit entry JSON",
-                    message: error.to_string(),
-                })
-            })
-            .collect()
+        let prefix = format!("{}audit/{name}/", self.options.prefix);
+        let records = self.store.list_json::<AuditEntry>(&prefix).await?;
+        Ok(records.into_iter().map(|(_, entry, _)| entry).collect())
     }
 
     /// Flags older than `threshold` that this process never evaluated, and flags on for
@@ -431,7 +403,7 @@ impl FeatureFlagManager {
         let now = self.now();
         let cutoff = now - chrono::Duration::from_std(threshold).unwrap_or(chrono::Duration::MAX);
         let mut stale = Vec::new();
-        for (flag, _) in self.stored().await? {
+        for flag in self.stored().await? {
             let Some(definition) = flag.definition else {
                 continue;
             };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use deploy_core::time::TokioClock;
-use deploy_core::{DynStore, MemoryStore, RecordStoreExt};
+use deploy_core::{DynStore, MemoryStore, RecordStoreExt, StoreError};
 use deploy_flags::{
     AuditAction, Constraint, Context, FeatureFlagManager, FileSource, FlagDefinition, FlagError,
     ManagerOptions, Operator, PercentageRollout, Prerequisite, Rule, StaleReason, Stickiness,
@@ -246,6 +246,27 @@ async fn a_crash_between_flag_and_audit_writes_is_repaired_on_load() {
     let log = reopened.audit_log("f").await.unwrap();
     assert_eq!(log.len(), 2);
     assert_eq!(log[1].action, AuditAction::Disable);
+}
+
+#[tokio::test]
+async fn a_record_that_does_not_decode_is_a_codec_error_naming_its_key() {
+    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
+    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+        .await
+        .unwrap();
+    manager
+        .create_flag("ann", FlagDefinition::new("f", true))
+        .await
+        .unwrap();
+    store
+        .put("flags/audit/f/0000000002", "not json".into())
+        .await
+        .unwrap();
+    let error = manager.audit_log("f").await.unwrap_err();
+    assert!(
+        matches!(&error, FlagError::Store(StoreError::Codec { key, .. }) if key == "flags/audit/f/0000000002"),
+        "{error}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
