@@ -349,9 +349,9 @@ impl FeatureFlagManager {
                 }))
             })
             .await?;
-        // The update always returns a record to write, so one was written.
+        // The update always returns a record to write; without one, the flag is not there.
         let Some((stored, _)) = written else {
-            unreachable!("update_json wrote the flag");
+            return Err(FlagError::UnknownFlag(name.to_owned()));
         };
         self.write_audit(&stored.last_change).await?;
         self.engine.apply([match stored.definition {
