@@ -6,9 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploy_core::retry::retry;
 use deploy_core::{
-    AnalysisOutcome, ChannelSink, DeploymentEvent, DeploymentEventKind, EventSinkExt, InstanceId,
-    Precondition, RecordStoreExt, RecordVersion, StoreError, WriteOptions,
+    AnalysisOutcome, Backoff, ChannelSink, DeploymentEvent, DeploymentEventKind, DynStore, EventSinkExt,
+    InstanceId, Precondition, RecordStoreExt, RecordVersion, Retry, RetryPolicy, StoreError, WriteOptions,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -175,55 +176,55 @@ impl Runner {
     async fn save(&mut self) -> Result<(), Halt> {
         let key = journal_key(&self.journal.app);
         let ttl = self.keeper.lease().ttl;
-        let most = (ttl / 10).max(Duration::from_millis(100));
-        let mut backoff = Duration::from_millis(50).min(most);
-        let mut retried = false;
-        loop {
-            let opts =
-                WriteOptions::when(Precondition::Version(self.record)).fenced(self.keeper.lease().fence());
-            let put = self.shared.store.put_json(&key, &self.journal, opts);
-            let result = tokio::select! {
-                biased;
-                () = self.keeper.lost() => return Err(Halt::LeaseLost),
-                result = put => result,
-            };
-            let err = match result {
-                Ok(version) => {
-                    self.record = version;
-                    self.publish_status();
-                    return Ok(());
-                }
-                Err(StoreError::StaleFence { .. }) => return Err(Halt::LeaseLost),
-                Err(err @ StoreError::Conflict { .. }) if retried => {
-                    // An earlier attempt may have landed with its answer lost.
-                    match self.landed(&key).await {
-                        Some(version) => {
-                            self.record = version;
-                            self.publish_status();
-                            return Ok(());
+        // No attempt limit: the lease's local deadline bounds the retries.
+        let policy = RetryPolicy {
+            backoff: Backoff {
+                initial: Duration::from_millis(50),
+                max: (ttl / 10).max(Duration::from_millis(100)),
+                multiplier: 2.0,
+            },
+            max_attempts: u32::MAX,
+            deadline: None,
+        };
+        let (store, journal, record) = (&self.shared.store, &self.journal, self.record);
+        let opts = WriteOptions::when(Precondition::Version(record)).fenced(self.keeper.lease().fence());
+        let mut attempts = 0u32;
+        let write = retry(
+            &policy,
+            || {
+                attempts += 1;
+                let (first, key, opts) = (attempts == 1, &key, opts.clone());
+                async move {
+                    match store.put_json(key, journal, opts).await {
+                        // An earlier attempt may have landed with its answer lost.
+                        Err(conflict @ StoreError::Conflict { .. }) if !first => {
+                            landed(store.as_ref(), key, journal).await.ok_or(conflict)
                         }
-                        None => return Err(Halt::Journal(err)),
+                        result => result,
                     }
                 }
-                Err(err) if err.is_retryable() => err,
-                Err(err) => return Err(Halt::Journal(err)),
-            };
-            tracing::warn!(app = %self.journal.app, %err, ?backoff, "journal write failed; retrying");
-            retried = true;
-            tokio::select! {
-                biased;
-                () = self.keeper.lost() => return Err(Halt::LeaseLost),
-                () = tokio::time::sleep(backoff) => {}
+            },
+            |err: &StoreError| {
+                if err.is_retryable() {
+                    tracing::warn!(%err, "journal write failed; retrying");
+                }
+                Retry::from(err.is_retryable())
+            },
+        );
+        let result = tokio::select! {
+            biased;
+            () = self.keeper.lost() => return Err(Halt::LeaseLost),
+            result = write => result,
+        };
+        match result {
+            Ok(version) => {
+                self.record = version;
+                self.publish_status();
+                Ok(())
             }
-            backoff = backoff.saturating_mul(2).min(most);
+            Err(StoreError::StaleFence { .. }) => Err(Halt::LeaseLost),
+            Err(err) => Err(Halt::Journal(err)),
         }
-    }
-
-    /// The version of the journal record at `key` if it holds exactly this journal.
-    async fn landed(&self, key: &str) -> Option<RecordVersion> {
-        let ours = serde_json::to_vec(&self.journal).ok()?;
-        let record = self.shared.store.get(key).await.ok()??;
-        (record.value[..] == ours[..]).then_some(record.version)
     }
 
     fn handle_control(&mut self, control: Control) -> Result<(), Interrupt> {
@@ -619,4 +620,11 @@ async fn sleep_until_or_never(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// The version of the journal record at `key` if it holds exactly `journal`.
+async fn landed(store: &DynStore, key: &str, journal: &Journal) -> Option<RecordVersion> {
+    let ours = serde_json::to_vec(journal).ok()?;
+    let record = store.get(key).await.ok()??;
+    (record.value[..] == ours[..]).then_some(record.version)
 }
