@@ -55,6 +55,18 @@ pub enum ConfigError {
         /// Where the value was set.
         origin: String,
     },
+    /// An environment or application name that cannot name a configuration: not a single
+    /// safe path segment (see [`Scope::new`](crate::Scope::new)).
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidScope {
+        /// `environment` or `application`; `scope` if a joined path left the directory
+        /// anyway (a guard behind the name check).
+        field: &'static str,
+        /// The name given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A source could not be read.
     #[error("source {source_name}: {message}")]
     Source {

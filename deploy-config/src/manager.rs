@@ -188,7 +188,9 @@ impl ConfigurationManager {
     /// The configuration for an environment and application, built on first use and cached.
     ///
     /// # Errors
-    /// Every error of the build: failing required sources, parse errors, type conflicts,
+    /// [`ConfigError::InvalidScope`] when a name is not a single safe path segment
+    /// ([`Scope::check`](crate::Scope::check)), before any source runs; otherwise every
+    /// error of the build: failing required sources, parse errors, type conflicts,
     /// validation failures.
     pub async fn get_config(
         &self,
@@ -222,6 +224,8 @@ impl ConfigurationManager {
     }
 
     async fn reload_scope(&self, scope: &Scope) -> Result<Arc<Config>, ConfigErrors> {
+        // Names become file paths and store keys: refused before any source reads them.
+        scope.check().map_err(|error| ConfigErrors(vec![error]))?;
         let previous = lock(&self.cache)
             .get(scope)
             .and_then(|sender| sender.borrow().clone());

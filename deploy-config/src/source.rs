@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,12 +18,76 @@ use crate::parse::{Format, parse};
 use crate::value::{Node, Origin, Value};
 
 /// The environment and application a configuration is built for.
+///
+/// Both names become path segments ([`Files`]) and key segments ([`StoreSource`]), so the
+/// sources refuse a scope that [`Scope::check`] refuses, and
+/// [`ConfigurationManager`](crate::ConfigurationManager) refuses it before any source runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Scope {
     /// `production`, `staging`...
     pub environment: String,
     /// The application.
     pub application: String,
+}
+
+impl Scope {
+    /// A checked scope.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidScope`] naming the field and the value, as [`Scope::check`].
+    pub fn new(environment: impl Into<String>, application: impl Into<String>) -> Result<Self, ConfigError> {
+        let scope = Self {
+            environment: environment.into(),
+            application: application.into(),
+        };
+        scope.check()?;
+        Ok(scope)
+    }
+
+    /// Checks that both names are single safe path segments: the rule of
+    /// [`deploy_core::AppId`] (1 to 128 ASCII letters, digits, `-`, `_` and `.`, starting with a
+    /// letter or digit). So no `/` or `\`, no `..`, not absolute, not empty, no leading dot;
+    /// a dot inside a name is part of it (`eu.prod` loads `eu.prod.toml`).
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidScope`] naming the first bad field and its value.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        check_segment("environment", &self.environment)?;
+        check_segment("application", &self.application)
+    }
+}
+
+fn check_segment(field: &'static str, value: &str) -> Result<(), ConfigError> {
+    let refuse = |reason: String| {
+        Err(ConfigError::InvalidScope {
+            field,
+            value: value.to_owned(),
+            reason,
+        })
+    };
+    let len = value.chars().count();
+    if len == 0 {
+        return refuse("it is empty".into());
+    }
+    if len > deploy_core::MAX_NAME_LEN {
+        return refuse(format!(
+            "it has {len} characters, at most {} are allowed",
+            deploy_core::MAX_NAME_LEN
+        ));
+    }
+    for (position, character) in value.chars().enumerate() {
+        let allowed =
+            character.is_ascii_alphanumeric() || (position > 0 && matches!(character, '-' | '_' | '.'));
+        if !allowed {
+            return refuse(format!(
+                "character {character:?} at position {position} (a name is one path segment: ASCII \
+                 letters, digits, `-`, `_` and `.`, starting with a letter or digit)"
+            ));
+        }
+    }
+    // The same rule as `AppId`, kept in step by this check.
+    debug_assert!(deploy_core::AppId::new(value).is_ok());
+    Ok(())
 }
 
 /// One layer a source contributes.
@@ -114,7 +178,9 @@ impl ConfigSource for Defaults {
 
 /// Files in a directory, layered per environment and application: `base.*`, then
 /// `{environment}.*`, then `{environment}/{application}.*`, each in TOML, YAML or JSON
-/// (whichever exists; a layer may be missing).
+/// (whichever exists; a layer may be missing). The names must be single safe path
+/// segments ([`Scope::check`]), the extension is appended (`eu.prod` reads `eu.prod.toml`),
+/// and no path leaves the directory.
 #[derive(Debug, Clone)]
 pub struct Files {
     directory: PathBuf,
@@ -138,26 +204,50 @@ impl Files {
         self
     }
 
-    /// The three layers' paths without extension, lowest precedence first.
-    fn stems(directory: &Path, scope: &Scope) -> [PathBuf; 3] {
-        [
+    /// The three layers' candidate paths, one list per layer (one path per extension),
+    /// lowest precedence first. The scope is checked ([`Scope::check`]) and every path is
+    /// verified to stay under `directory`.
+    fn candidates(directory: &Path, scope: &Scope) -> Result<[Vec<PathBuf>; 3], ConfigError> {
+        scope.check()?;
+        let stems = [
             directory.join("base"),
             directory.join(&scope.environment),
             directory.join(&scope.environment).join(&scope.application),
-        ]
+        ];
+        let mut layers: [Vec<PathBuf>; 3] = Default::default();
+        for (layer, stem) in layers.iter_mut().zip(stems) {
+            for extension in EXTENSIONS {
+                // Appended, not `with_extension`: a dot inside a name is part of the name.
+                let mut path = stem.clone().into_os_string();
+                path.push(".");
+                path.push(extension);
+                let path = PathBuf::from(path);
+                let inside = path
+                    .strip_prefix(directory)
+                    .is_ok_and(|rest| rest.components().all(|part| matches!(part, Component::Normal(_))));
+                if !inside {
+                    return Err(ConfigError::InvalidScope {
+                        field: "scope",
+                        value: format!("{}/{}", scope.environment, scope.application),
+                        reason: format!("{} is not under {}", path.display(), directory.display()),
+                    });
+                }
+                layer.push(path);
+            }
+        }
+        Ok(layers)
     }
 
     /// The files that exist for `scope`, lowest precedence first.
-    pub fn paths(&self, scope: &Scope) -> Vec<PathBuf> {
-        Self::stems(&self.directory, scope)
-            .iter()
-            .filter_map(|stem| {
-                EXTENSIONS
-                    .iter()
-                    .map(|extension| stem.with_extension(extension))
-                    .find(|path| path.is_file())
-            })
-            .collect()
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidScope`] when the scope's names are not single safe segments
+    /// ([`Scope::check`]).
+    pub fn paths(&self, scope: &Scope) -> Result<Vec<PathBuf>, ConfigError> {
+        Ok(Self::candidates(&self.directory, scope)?
+            .into_iter()
+            .filter_map(|layer| layer.into_iter().find(|path| path.is_file()))
+            .collect())
     }
 }
 
@@ -169,7 +259,7 @@ impl ConfigSource for Files {
 
     async fn load(&self, scope: &Scope, _known: &KnownPaths) -> Result<Vec<Layer>, ConfigError> {
         let mut layers = Vec::new();
-        for path in self.paths(scope) {
+        for path in self.paths(scope)? {
             let file = path.display().to_string();
             let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Source {
                 source_name: self.name(),
@@ -201,9 +291,9 @@ impl ConfigSource for Files {
         };
         // Events name paths under the watched directory as the OS resolved it.
         let directory = self.directory.canonicalize().map_err(|error| failed(&error))?;
-        let candidates: Vec<PathBuf> = Self::stems(&directory, scope)
-            .iter()
-            .flat_map(|stem| EXTENSIONS.map(|extension| stem.with_extension(extension)))
+        let candidates: Vec<PathBuf> = Self::candidates(&directory, scope)?
+            .into_iter()
+            .flatten()
             .collect();
         let root = directory.clone();
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -380,6 +470,7 @@ impl ConfigSource for StoreSource {
     }
 
     async fn load(&self, scope: &Scope, _known: &KnownPaths) -> Result<Vec<Layer>, ConfigError> {
+        scope.check()?;
         let mut layers = Vec::new();
         for key in self.keys(scope) {
             let record = self.store.get(&key).await.map_err(|error| ConfigError::Source {
@@ -400,6 +491,7 @@ impl ConfigSource for StoreSource {
     /// Signals when one of the scope's three documents is written or deleted (or the watch
     /// fell behind and may have missed one).
     async fn changes(&self, scope: &Scope) -> Result<Option<ChangeStream>, ConfigError> {
+        scope.check()?;
         let keys = self.keys(scope);
         let events = self
             .store

@@ -401,7 +401,12 @@ impl FeatureFlagManager {
     /// The store's errors.
     pub async fn stale_flags(&self, threshold: Duration) -> Result<Vec<StaleFlag>, FlagError> {
         let now = self.now();
-        let cutoff = now - chrono::Duration::from_std(threshold).unwrap_or(chrono::Duration::MAX);
+        // Checked: a threshold reaching past the earliest representable instant (up to
+        // `Duration::MAX`) means nothing is old enough, not a panic.
+        let cutoff = chrono::Duration::from_std(threshold)
+            .ok()
+            .and_then(|threshold| now.checked_sub_signed(threshold))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let mut stale = Vec::new();
         for flag in self.stored().await? {
             let Some(definition) = flag.definition else {

@@ -58,8 +58,17 @@ pub struct IncidentManager {
     options: IncidentOptions,
 }
 
-fn chrono_duration(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+/// `now + duration`, or `None` when that is past what `chrono` can represent (a delay of
+/// `Duration::MAX` means "never"). Checked: no configured duration can panic here.
+fn after(now: DateTime<Utc>, duration: Duration) -> Option<DateTime<Utc>> {
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|delta| now.checked_add_signed(delta))
+}
+
+/// `now + duration`, saturating at the latest representable instant.
+fn after_saturating(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    after(now, duration).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 impl IncidentManager {
@@ -192,7 +201,8 @@ impl IncidentManager {
     ) -> Result<Incident, IncidentError> {
         let now = self.now();
         let escalation = policy.map(|policy| EscalationState {
-            next_at: Some(now + chrono_duration(policy.levels[0].delay)),
+            // A delay too long to represent never escalates further.
+            next_at: after(now, policy.levels[0].delay),
             policy,
             level: 0,
             loops_done: 0,
@@ -287,7 +297,7 @@ impl IncidentManager {
                     }
                     if incident.postmortem.is_none() {
                         incident.postmortem = Some(Postmortem {
-                            due: now + chrono_duration(postmortem_after),
+                            due: after_saturating(now, postmortem_after),
                             template: template.clone(),
                             action_items: Vec::new(),
                         });
@@ -315,7 +325,7 @@ impl IncidentManager {
                 IncidentUpdate::Note(text) => (format!("note: {text}"), None),
                 IncidentUpdate::AddActionItem(item) => {
                     let postmortem = incident.postmortem.get_or_insert_with(|| Postmortem {
-                        due: now + chrono_duration(postmortem_after),
+                        due: after_saturating(now, postmortem_after),
                         template: template.clone(),
                         action_items: Vec::new(),
                     });
@@ -399,8 +409,11 @@ impl IncidentManager {
             if !due || incident.status != IncidentStatus::Triggered {
                 continue;
             }
+            // Whether the last run of the change escalated (it may run again on a conflict).
+            let mut paged = false;
             let updated = self
                 .change(&incident.id, |incident, now| {
+                    paged = false;
                     let Some(escalation) = incident.escalation.as_mut() else {
                         return Ok(Vec::new());
                     };
@@ -414,7 +427,8 @@ impl IncidentManager {
                         next = 0;
                     }
                     escalation.level = next;
-                    escalation.next_at = Some(now + chrono_duration(escalation.policy.levels[next].delay));
+                    escalation.next_at = after(now, escalation.policy.levels[next].delay);
+                    paged = true;
                     let what = format!(
                         "escalated to level {} ({})",
                         next + 1,
@@ -428,8 +442,9 @@ impl IncidentManager {
                     Ok(vec![(NotificationAction::Trigger, "escalated".into())])
                 })
                 .await?;
+            // The level escalated to is paged even when its delay means it is the last.
             if let Some(escalation) = &updated.escalation
-                && escalation.next_at.is_some()
+                && paged
             {
                 self.send(vec![self.page(&updated, escalation)]).await;
                 escalated.push(updated.id.clone());
