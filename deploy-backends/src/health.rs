@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploy_core::{BackendError, HealthChecker, HealthStatus, Instance, InstanceState};
 
-use crate::http::{describe, excerpt};
+use crate::http::{SMALL_BODY_LIMIT, describe, excerpt, read_capped};
 
 /// A [`HealthChecker`] that GETs a path on the instance's address.
 ///
@@ -16,6 +16,11 @@ use crate::http::{describe, excerpt};
 /// `poll_interval` until `health_timeout`), so a check does not retry.
 ///
 /// HTTPS uses rustls with the webpki roots, plus any root certificates added.
+///
+/// Redirects are not followed: a 3xx is judged as it is (unhealthy unless it is the expected
+/// status), so a redirect to some other healthy host cannot pass a check. At most 64 KiB of
+/// the body is read; a longer body is unhealthy when a body text is expected (security
+/// review m4).
 ///
 /// ```
 /// # use std::time::Duration;
@@ -82,11 +87,15 @@ impl HttpHealthChecker {
         let Some(expected) = &self.body else {
             return HealthStatus::Healthy;
         };
-        match response.text().await {
-            Ok(body) if body.contains(expected.as_str()) => HealthStatus::Healthy,
-            Ok(body) => {
-                HealthStatus::unhealthy(format!("body {:?} does not contain {expected:?}", excerpt(&body)))
+        match read_capped(response, SMALL_BODY_LIMIT).await {
+            Ok(body) if body.truncated => {
+                HealthStatus::unhealthy(format!("body larger than {SMALL_BODY_LIMIT} bytes"))
             }
+            Ok(body) if body.text.contains(expected.as_str()) => HealthStatus::Healthy,
+            Ok(body) => HealthStatus::unhealthy(format!(
+                "body {:?} does not contain {expected:?}",
+                excerpt(&body.text)
+            )),
             Err(err) => failed(err, "body not read"),
         }
     }
@@ -155,7 +164,9 @@ impl HttpHealthCheckerBuilder {
         if self.timeout.is_zero() {
             return Err(reject("timeout must be above zero".to_owned()));
         }
-        let mut client = reqwest::Client::builder().pool_max_idle_per_host(0);
+        let mut client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .redirect(reqwest::redirect::Policy::none());
         for pem in &self.roots {
             let certificates = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|err| reject(format!("root certificate: {}", describe(&err))))?;

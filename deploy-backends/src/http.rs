@@ -1,4 +1,5 @@
-//! What the HTTP adapters share: how reqwest's errors become [`BackendError`]s.
+//! What the HTTP adapters share: how reqwest's errors become [`BackendError`]s, a client
+//! that follows no redirects, and reading a body up to a cap (security review m4).
 
 // Each helper serves several adapters; with only some features on, some go unused.
 #![cfg_attr(
@@ -59,10 +60,15 @@ pub(crate) fn require_http_url(operation: &'static str, url: &str) -> Result<(),
     }
 }
 
-/// A reqwest client with a whole-request timeout.
+/// The cap on a health check's or a notifier receiver's answer body: 64 KiB.
+pub(crate) const SMALL_BODY_LIMIT: usize = 64 * 1024;
+
+/// A reqwest client with a whole-request timeout that follows no redirects: a 3xx is the
+/// answer, so a notifier's body and signature are never re-sent to another host.
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, BackendError> {
     reqwest::Client::builder()
         .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|err| BackendError::Rejected {
             operation: "http client",
@@ -77,4 +83,40 @@ pub(crate) fn excerpt(body: &str) -> String {
         Some((cut, _)) => format!("{}...", &body[..cut]),
         None => body.to_owned(),
     }
+}
+
+/// A response body read up to a cap.
+#[derive(Debug)]
+pub(crate) struct CappedBody {
+    /// The body (its first `limit` bytes when `truncated`), invalid UTF-8 replaced.
+    pub(crate) text: String,
+    /// The body was longer than the cap; the rest was not read.
+    pub(crate) truncated: bool,
+}
+
+/// Reads at most `limit` bytes of `response`'s body, then stops (dropping the connection):
+/// a receiver that streams gigabytes costs at most `limit` bytes of memory. The request's
+/// timeout still bounds the time.
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<CappedBody, reqwest::Error> {
+    let declared = response
+        .content_length()
+        .and_then(|length| usize::try_from(length).ok());
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit).min(SMALL_BODY_LIMIT));
+    let mut truncated = false;
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            truncated = true;
+            break;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(CappedBody {
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        truncated,
+    })
 }

@@ -20,7 +20,7 @@ pub use pagerduty::{PAGERDUTY_EVENTS_URL, PagerDutyNotifier};
 pub use retrying::Retrying;
 pub use webhook::{SIGNATURE_HEADER, WebhookNotifier, verify_signature};
 
-use crate::http::{client, excerpt, require_http_url, transport_error};
+use crate::http::{SMALL_BODY_LIMIT, client, excerpt, read_capped, require_http_url, transport_error};
 
 /// Where a notifier posts, the client it posts with, and how long one request may take;
 /// each notifier adds only its own request format.
@@ -51,7 +51,8 @@ impl HttpTarget {
 /// Sends one request and sorts the answer: 2xx in `accept` is the body; 408, 429, 5xx and
 /// transport errors are retryable ([`BackendError::Unavailable`], carrying a `Retry-After`
 /// in seconds as its `retry_after`, or [`BackendError::Timeout`]); other statuses are
-/// [`BackendError::Rejected`], final. One attempt: the caller's retry layer decides.
+/// [`BackendError::Rejected`], final (so is a 3xx: redirects are not followed, and an
+/// accepted answer whose body exceeds 64 KiB). One attempt: the caller's retry layer decides.
 pub(crate) async fn send(
     backend: &str,
     operation: &'static str,
@@ -73,11 +74,18 @@ pub(crate) async fn send(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = response
-        .text()
+    // At most 64 KiB of the answer is read (security review m4); the client follows no
+    // redirects, so a 3xx is a final `Rejected` and the body is never re-sent elsewhere.
+    let body = read_capped(response, SMALL_BODY_LIMIT)
         .await
         .map_err(|err| transport_error(backend, operation, timeout, err))?;
-    if accept.contains(&status) {
+    let (body, truncated) = (body.text, body.truncated);
+    if accept.contains(&status) && truncated {
+        Err(BackendError::Rejected {
+            operation,
+            reason: format!("HTTP {status}: answer body larger than {SMALL_BODY_LIMIT} bytes"),
+        })
+    } else if accept.contains(&status) {
         Ok(body)
     } else if status == 408 || status == 429 || status >= 500 {
         Err(BackendError::Unavailable {
