@@ -544,16 +544,16 @@ mod tests {
             let range = format!(
                 r#"{{"status":"success","data":{{"resultType":"matrix","result":[{{"metric":{{}},"values":[{values}]}}]}}}}"#
             );
-            if let Ok(data) = parse_answer(status, &range) {
-                if let Ok(series) = range_points(data) {
-                    for (_, samples) in series {
-                        for sample in &samples {
-                            prop_assert!(sample.value.is_finite());
-                            let since = sample.at.duration_since(UNIX_EPOCH).unwrap();
-                            prop_assert!(since.as_secs_f64() <= MAX_TIMESTAMP_SECS);
-                        }
-                        let _ = Series::new(samples);
+            if let Ok(data) = parse_answer(status, &range)
+                && let Ok(series) = range_points(data)
+            {
+                for (_, samples) in series {
+                    for sample in &samples {
+                        prop_assert!(sample.value.is_finite());
+                        let since = sample.at.duration_since(UNIX_EPOCH).unwrap();
+                        prop_assert!(since.as_secs_f64() <= MAX_TIMESTAMP_SECS);
                     }
+                    let _ = Series::new(samples);
                 }
             }
             for (at, value) in &points {
