@@ -20,7 +20,9 @@ use tokio::process::{Child, Command};
 /// `program` and `args` may use placeholders, filled in per instance: `{port}`, `{host}`,
 /// `{artifact}` (the installed version's directory), `{instance}`, `{app}`, `{pool}`,
 /// `{version}` and `{dir}` (the instance's own working directory). The same placeholders work
-/// in environment values.
+/// in environment values. Values are substituted as they are, never shell-escaped: versions
+/// and app names are limited to `A-Z a-z 0-9 . _ + - ~` (not starting with `.`), but a
+/// `sh -c` program should still quote what it substitutes.
 #[derive(Debug, Clone)]
 pub struct ProcessSpec {
     program: String,
@@ -232,8 +234,35 @@ impl ProcessInfra {
             .unwrap_or_default()
     }
 
-    fn artifact_dir(&self, app: &AppId, version: &Version) -> PathBuf {
-        self.spec.artifacts.join(app.as_str()).join(version.as_str())
+    /// `<artifacts>/<app>/<version>`, after checking that both are one safe path segment.
+    fn artifact_dir(&self, app: &AppId, version: &Version) -> Result<PathBuf, BackendError> {
+        path_segment("app", app.as_str())?;
+        path_segment("version", version.as_str())?;
+        Ok(self.spec.artifacts.join(app.as_str()).join(version.as_str()))
+    }
+
+    /// Refuses an artifact location that does not resolve (symbolic links followed) to a
+    /// directory under the artifact root.
+    fn check_under_root(&self, operation: &'static str, location: &Path) -> Result<(), BackendError> {
+        let root =
+            std::fs::canonicalize(&self.spec.artifacts).map_err(|err| io_error(&self.spec.artifacts, err))?;
+        let resolved = std::fs::canonicalize(location).map_err(|_| BackendError::NotFound {
+            kind: "artifact",
+            name: location.display().to_string(),
+        })?;
+        if resolved.starts_with(&root) && resolved != root {
+            Ok(())
+        } else {
+            Err(BackendError::Rejected {
+                operation,
+                reason: format!(
+                    "artifact {} resolves to {}, outside the artifact root {}",
+                    location.display(),
+                    resolved.display(),
+                    root.display()
+                ),
+            })
+        }
     }
 
     fn fill(&self, template: &str, slot: &Slot) -> String {
@@ -390,6 +419,37 @@ async fn stop_process(slot: &mut Slot, grace: Duration) {
     let _ = child.kill().await;
 }
 
+/// The longest version or app name used as a directory name.
+const MAX_SEGMENT: usize = 128;
+
+/// Checks that `value` is one safe path segment: 1..=128 of `A-Z a-z 0-9 . _ + - ~`, not
+/// starting with `.` (so no `..`, no hidden names), hence no `/`, `\`, NUL or anything a
+/// shell would interpret.
+fn path_segment(kind: &'static str, value: &str) -> Result<(), BackendError> {
+    let why = if value.is_empty() {
+        Some("is empty".to_owned())
+    } else if value.len() > MAX_SEGMENT {
+        Some(format!("is longer than {MAX_SEGMENT} bytes"))
+    } else if value.starts_with('.') {
+        Some("starts with '.'".to_owned())
+    } else {
+        value
+            .char_indices()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-' | '~')))
+            .map(|(at, bad)| format!("has {bad:?} at byte {at} (allowed: A-Z a-z 0-9 . _ + - ~)"))
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(BackendError::Rejected {
+            operation: "fetch_artifact",
+            reason: format!(
+                "{kind} {:?} {why}: it must be a single directory name under the artifact root",
+                value.chars().take(200).collect::<String>()
+            ),
+        }),
+    }
+}
+
 fn io_error(path: &Path, err: std::io::Error) -> BackendError {
     BackendError::Unavailable {
         backend: "processes".to_owned(),
@@ -499,13 +559,16 @@ impl InfraManager for ProcessInfra {
     }
 
     async fn fetch_artifact(&self, app: &AppId, version: &Version) -> Result<Artifact, BackendError> {
-        let dir = self.artifact_dir(app, version);
+        let dir = self.artifact_dir(app, version)?;
         match tokio::fs::metadata(&dir).await {
-            Ok(meta) if meta.is_dir() => Ok(Artifact {
-                version: version.clone(),
-                location: dir.to_string_lossy().into_owned(),
-                digest: None,
-            }),
+            Ok(meta) if meta.is_dir() => {
+                self.check_under_root("fetch_artifact", &dir)?;
+                Ok(Artifact {
+                    version: version.clone(),
+                    location: dir.to_string_lossy().into_owned(),
+                    digest: None,
+                })
+            }
             _ => Err(BackendError::NotFound {
                 kind: "artifact",
                 name: dir.display().to_string(),
@@ -538,6 +601,7 @@ impl InfraManager for ProcessInfra {
                 reason: format!("{instance} is running; stop it first"),
             });
         }
+        path_segment("version", artifact.version.as_str())?;
         let location = PathBuf::from(&artifact.location);
         if !location.is_dir() {
             return Err(BackendError::NotFound {
@@ -545,6 +609,7 @@ impl InfraManager for ProcessInfra {
                 name: artifact.location.clone(),
             });
         }
+        self.check_under_root("install", &location)?;
         slot.installed = location;
         slot.instance.version = artifact.version.clone();
         Ok(())

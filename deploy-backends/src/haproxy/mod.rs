@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploy_core::{AppId, BackendError, Instance, InstanceId, LoadBalancer, Pool, TrafficSplit};
 
-use runtime::ServerRow;
+use runtime::{Address, ServerRow};
 pub use runtime::{HaproxyRuntime, ServerState};
 
 /// How often a draining server's sessions are polled.
@@ -165,26 +165,36 @@ fn server_name(pool: &Pool, instance: &InstanceId) -> String {
     format!("{pool}:{instance}")
 }
 
-/// Splits `host:port` into the parts `add server` and `set server addr` take.
-fn split_address(address: &str) -> Option<(&str, u16)> {
-    let (host, port) = address.rsplit_once(':')?;
-    let port = port.parse().ok().filter(|p| *p != 0)?;
-    (!host.is_empty()).then_some((host, port))
+/// The instance's address, parsed strictly ([`Address::parse`]): an address that is not
+/// `ip:port`, `[ipv6]:port` or `host-name:port` never reaches the runtime API.
+fn address_of(instance: &Instance) -> Result<Address, BackendError> {
+    let Some(text) = instance.address.as_deref() else {
+        return Err(BackendError::NotFound {
+            kind: "routable address (host:port) of instance",
+            name: instance.id.to_string(),
+        });
+    };
+    Address::parse(text).map_err(|why| BackendError::Rejected {
+        operation: "register",
+        reason: format!(
+            "instance {}: address {:?} is not ip:port or host:port: {why}",
+            instance.id,
+            text.chars().take(300).collect::<String>()
+        ),
+    })
 }
 
 #[async_trait]
 impl LoadBalancer for HaproxyLoadBalancer {
     async fn register(&self, instance: &Instance) -> Result<(), BackendError> {
         let app = &instance.app;
-        let Some((host, port)) = instance.address.as_deref().and_then(split_address) else {
-            return Err(BackendError::NotFound {
-                kind: "routable address (host:port) of instance",
-                name: instance.id.to_string(),
-            });
-        };
-        let _change = self.changes.lock().await;
+        let address = address_of(instance)?;
+        let (host, port) = (address.host(), address.port());
         let backend = self.backend_of(app);
+        runtime::validate_name("backend", backend)?;
         let name = server_name(&instance.pool, &instance.id);
+        runtime::validate_name("server", &name)?;
+        let _change = self.changes.lock().await;
         let mut servers = self.servers(app).await?;
         // An instance that moved pools leaves its old server behind.
         for stale in servers
@@ -206,19 +216,17 @@ impl LoadBalancer for HaproxyLoadBalancer {
                 return Ok(());
             }
             Some(existing) => {
-                self.runtime.set_address(backend, &name, host, port).await?;
+                self.runtime.set_address(backend, &name, &address).await?;
                 existing.row.admin = 0;
             }
             None => {
-                self.runtime
-                    .add_server(backend, &name, &format!("{host}:{port}"))
-                    .await?;
+                self.runtime.add_server(backend, &name, &address).await?;
                 servers.push(Server {
                     pool: instance.pool.clone(),
                     instance: instance.id.clone(),
                     row: ServerRow {
                         name: name.clone(),
-                        address: host.to_owned(),
+                        address: host.clone(),
                         port: Some(port),
                         weight: 0,
                         admin: 0,
@@ -313,11 +321,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_split_into_host_and_port() {
-        assert_eq!(split_address("127.0.0.1:8080"), Some(("127.0.0.1", 8080)));
-        assert_eq!(split_address("[::1]:8080"), Some(("[::1]", 8080)));
-        for bad in ["127.0.0.1", "127.0.0.1:0", ":80", "host:http", "host:70000"] {
-            assert_eq!(split_address(bad), None, "{bad}");
+    fn addresses_parse_into_host_and_port() {
+        for (text, host, port) in [
+            ("127.0.0.1:8080", "127.0.0.1", 8080),
+            ("[::1]:8080", "::1", 8080),
+            ("Shop-1.Internal.example:443", "shop-1.internal.example", 443),
+            ("localhost:65535", "localhost", 65535),
+        ] {
+            let address = Address::parse(text).unwrap();
+            assert_eq!((address.host().as_str(), address.port()), (host, port), "{text}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:0",
+            ":80",
+            "host:http",
+            "host:70000",
+            "host:+80",
+            "::1:80",
+            "[::1:80",
+            "[127.0.0.1]:80",
+            "-host:80",
+            "a..b:80",
+            "10.0.0.9:80 redir https://evil.example:443",
+            "10.0.0.9:80\tbackup",
+            "host#x:80",
+        ] {
+            assert!(Address::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! HAProxy's runtime API: one command per connection over the stats socket, and parsing of
 //! what it answers.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -124,7 +125,7 @@ impl HaproxyRuntime {
 
     /// `show servers state <backend>`.
     pub(crate) async fn servers(&self, backend: &str) -> Result<Vec<ServerRow>, BackendError> {
-        let command = format!("show servers state {backend}");
+        let command = Words::new("show servers state").name("backend", backend)?.done();
         let answer = self.command(&command).await?;
         if answer.starts_with("Can't find backend") {
             return Err(BackendError::NotFound {
@@ -141,7 +142,10 @@ impl HaproxyRuntime {
         backend: &str,
         server: &str,
     ) -> Result<Option<u64>, BackendError> {
-        let command = format!("show stat {backend} 4 -1");
+        let command = Words::new("show stat")
+            .name("backend", backend)?
+            .keyword("4 -1")
+            .done();
         let answer = self.command(&command).await?;
         parse_current_sessions(&answer, backend, server).map_err(|why| garbage(&command, &why))
     }
@@ -153,11 +157,8 @@ impl HaproxyRuntime {
         server: &str,
         state: ServerState,
     ) -> Result<(), BackendError> {
-        self.command_quiet(&format!(
-            "set server {backend}/{server} state {}",
-            state.keyword()
-        ))
-        .await
+        let command = set_server_state_command(backend, server, state)?;
+        self.command_quiet(&command).await
     }
 
     /// `set server <backend>/<server> weight <weight>`.
@@ -167,8 +168,8 @@ impl HaproxyRuntime {
         server: &str,
         weight: u32,
     ) -> Result<(), BackendError> {
-        self.command_quiet(&format!("set server {backend}/{server} weight {weight}"))
-            .await
+        let command = set_weight_command(backend, server, weight)?;
+        self.command_quiet(&command).await
     }
 
     /// `set server <backend>/<server> addr <ip> port <port>`.
@@ -176,10 +177,9 @@ impl HaproxyRuntime {
         &self,
         backend: &str,
         server: &str,
-        ip: &str,
-        port: u16,
+        address: &Address,
     ) -> Result<(), BackendError> {
-        let command = format!("set server {backend}/{server} addr {ip} port {port}");
+        let command = set_address_command(backend, server, address)?;
         let answer = self.command(&command).await?;
         // HAProxy reports what changed ("IP changed from ...", "no need to change ...").
         let lower = answer.to_ascii_lowercase();
@@ -195,9 +195,9 @@ impl HaproxyRuntime {
         &self,
         backend: &str,
         server: &str,
-        address: &str,
+        address: &Address,
     ) -> Result<(), BackendError> {
-        let command = format!("add server {backend}/{server} {address} weight 0");
+        let command = add_server_command(backend, server, address)?;
         let answer = self.command(&command).await?;
         if answer.contains("New server registered") {
             Ok(())
@@ -209,7 +209,7 @@ impl HaproxyRuntime {
     /// `del server <backend>/<server>`; `Ok(false)` when HAProxy keeps it for now (it still
     /// has connections).
     pub(crate) async fn delete_server(&self, backend: &str, server: &str) -> Result<bool, BackendError> {
-        let command = format!("del server {backend}/{server}");
+        let command = Words::new("del server").server(backend, server)?.done();
         let answer = self.command(&command).await?;
         if answer.contains("Server deleted") || answer.contains("No such server") {
             Ok(true)
@@ -219,6 +219,230 @@ impl HaproxyRuntime {
             Err(refusal(&command, &answer))
         }
     }
+}
+
+/// The longest backend or server name accepted (HAProxy has no hard limit; ours keeps
+/// commands short).
+const MAX_NAME: usize = 128;
+/// The longest host name (RFC 1123).
+const MAX_HOST: usize = 253;
+
+/// A routable server address: an IP address or an RFC 1123 host name, and a port in
+/// 1..=65535. Its parts never contain whitespace or anything else HAProxy's command line
+/// gives a meaning to, so it is always exactly one argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Address {
+    host: Host,
+    port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl Address {
+    /// Parses `host:port`, `ip:port` or `[ipv6]:port`, strictly.
+    ///
+    /// # Errors
+    /// A description of what is wrong with `text`.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_HOST + 8 {
+            return Err(format!("longer than {} bytes", MAX_HOST + 8));
+        }
+        if let Some((at, bad)) = text
+            .char_indices()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')))
+        {
+            return Err(format!(
+                "character {bad:?} at byte {at} is not allowed in an address"
+            ));
+        }
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| "no port (expected host:port)".to_owned())?;
+        let port = parse_port(port)?;
+        let host = if let Some(inner) = host.strip_prefix('[') {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or_else(|| "unclosed '[' around an IPv6 address".to_owned())?;
+            let ip: Ipv6Addr = inner
+                .parse()
+                .map_err(|_| format!("{inner:?} in brackets is not an IPv6 address"))?;
+            Host::Ip(IpAddr::V6(ip))
+        } else if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            Host::Ip(IpAddr::V4(ip))
+        } else {
+            validate_host_name(host)?;
+            Host::Name(host.to_ascii_lowercase())
+        };
+        Ok(Self { host, port })
+    }
+
+    /// The host as `show servers state` reports it and `set server ... addr` takes it.
+    pub(crate) fn host(&self) -> String {
+        match &self.host {
+            Host::Ip(ip) => ip.to_string(),
+            Host::Name(name) => name.clone(),
+        }
+    }
+
+    /// The port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `host:port`, with an IPv6 address in brackets: one argument of `add server`.
+    fn endpoint(&self) -> String {
+        match &self.host {
+            Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]:{}", self.port),
+            _ => format!("{}:{}", self.host(), self.port),
+        }
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port {text:?} is not a number in 1..=65535"));
+    }
+    match text.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(format!("port {text:?} is not a number in 1..=65535")),
+    }
+}
+
+/// An RFC 1123 host name: dot-separated labels of 1..=63 letters, digits and hyphens, not
+/// starting or ending with a hyphen; 253 bytes at most.
+fn validate_host_name(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("empty host".to_owned());
+    }
+    if host.len() > MAX_HOST {
+        return Err(format!("host name longer than {MAX_HOST} bytes"));
+    }
+    for label in host.split('.') {
+        let fine = (1..=63).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !fine {
+            return Err(format!(
+                "{host:?} is neither an IP address nor an RFC 1123 host name (label {label:?})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a backend or server name: 1..=128 of `A-Z a-z 0-9 - _ . :`, so it is one
+/// argument and cannot carry a `/`, an option or a command separator.
+pub(crate) fn validate_name(kind: &str, name: &str) -> Result<(), BackendError> {
+    let why = if name.is_empty() {
+        Some("is empty".to_owned())
+    } else if name.len() > MAX_NAME {
+        Some(format!("is longer than {MAX_NAME} bytes"))
+    } else {
+        name.char_indices()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+            .map(|(at, bad)| format!("has {bad:?} at byte {at} (allowed: A-Z a-z 0-9 - _ . :)"))
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(BackendError::Rejected {
+            operation: "haproxy command",
+            reason: format!("{kind} name {:?} {why}", shorten(name)),
+        }),
+    }
+}
+
+/// A runtime command built word by word from keywords and validated tokens.
+struct Words(String);
+
+impl Words {
+    fn new(keywords: &'static str) -> Self {
+        Self(keywords.to_owned())
+    }
+
+    fn keyword(mut self, keyword: &'static str) -> Self {
+        self.0.push(' ');
+        self.0.push_str(keyword);
+        self
+    }
+
+    fn name(mut self, kind: &str, name: &str) -> Result<Self, BackendError> {
+        validate_name(kind, name)?;
+        self.0.push(' ');
+        self.0.push_str(name);
+        Ok(self)
+    }
+
+    /// `<backend>/<server>`, one word.
+    fn server(mut self, backend: &str, server: &str) -> Result<Self, BackendError> {
+        validate_name("backend", backend)?;
+        validate_name("server", server)?;
+        self.0.push(' ');
+        self.0.push_str(backend);
+        self.0.push('/');
+        self.0.push_str(server);
+        Ok(self)
+    }
+
+    fn number(mut self, number: impl std::fmt::Display) -> Self {
+        self.0.push(' ');
+        self.0.push_str(&number.to_string());
+        self
+    }
+
+    fn done(self) -> String {
+        self.0
+    }
+}
+
+/// `add server <backend>/<server> <address> weight 0`: always 6 words.
+pub(crate) fn add_server_command(
+    backend: &str,
+    server: &str,
+    address: &Address,
+) -> Result<String, BackendError> {
+    let mut words = Words::new("add server").server(backend, server)?;
+    words.0.push(' ');
+    words.0.push_str(&address.endpoint());
+    Ok(words.keyword("weight 0").done())
+}
+
+/// `set server <backend>/<server> addr <host> port <port>`: always 7 words.
+pub(crate) fn set_address_command(
+    backend: &str,
+    server: &str,
+    address: &Address,
+) -> Result<String, BackendError> {
+    let mut words = Words::new("set server").server(backend, server)?.keyword("addr");
+    words.0.push(' ');
+    words.0.push_str(&address.host());
+    Ok(words.keyword("port").number(address.port()).done())
+}
+
+/// `set server <backend>/<server> state <state>`: always 5 words.
+pub(crate) fn set_server_state_command(
+    backend: &str,
+    server: &str,
+    state: ServerState,
+) -> Result<String, BackendError> {
+    Ok(Words::new("set server")
+        .server(backend, server)?
+        .keyword("state")
+        .keyword(state.keyword())
+        .done())
+}
+
+/// `set server <backend>/<server> weight <weight>`: always 5 words.
+pub(crate) fn set_weight_command(backend: &str, server: &str, weight: u32) -> Result<String, BackendError> {
+    Ok(Words::new("set server")
+        .server(backend, server)?
+        .keyword("weight")
+        .number(weight)
+        .done())
 }
 
 fn unavailable(message: String, source: Option<std::io::Error>) -> BackendError {
