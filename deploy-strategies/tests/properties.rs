@@ -1,8 +1,9 @@
 //! Random operator commands and fault schedules against random strategies: whatever
 //! happens (pause, resume, abort, promote, the handle dropped, the deployer killed and
 //! resumed by another, faults in the fleet), the rollout ends fully on the new version or
-//! fully on the old one, healthy, with zero invariant violations; never a panic, never a
-//! hang.
+//! fully on the old one, healthy, with zero invariant violations; or, only when a rollback
+//! step kept failing on injected faults, Failed with zero violations. Never a panic, never
+//! a hang.
 //!
 //! CI runs 512 cases; `DEPLOYKIT_PROPERTY_CASES=10000 cargo test --test properties` runs
 //! more.
@@ -154,11 +155,10 @@ async fn scenario(strategy: RolloutStrategy, events: Vec<(u64, Event)>) {
         Some(handle) => {
             operate_until_done(&handle).await;
             let report = handle.wait().await.unwrap();
-            assert!(
-                !matches!(report.outcome, RolloutOutcome::Failed { .. }),
-                "{report:#?}"
-            );
-            world.assert_settled(&report).await;
+            match &report.outcome {
+                RolloutOutcome::Failed { reason } => given_up_on_injected_faults(&world, reason),
+                _ => world.assert_settled(&report).await,
+            }
         }
         None => {
             // Nobody holds a handle: read the outcome from the journal, as another process
@@ -167,7 +167,10 @@ async fn scenario(strategy: RolloutStrategy, events: Vec<(u64, Event)>) {
                 match journal_phase(world.store.as_ref(), &world.app).await.as_deref() {
                     Some("completed") => break world.v2.clone(),
                     Some("rolled_back") => break world.v1.clone(),
-                    Some("failed") => panic!("the rollout failed"),
+                    Some("failed") => {
+                        let reason = journal_reason(world.store.as_ref(), &world.app).await;
+                        return given_up_on_injected_faults(&world, &reason);
+                    }
                     _ => tokio::time::sleep(Duration::from_secs(10)).await,
                 }
             };
@@ -176,6 +179,31 @@ async fn scenario(strategy: RolloutStrategy, events: Vec<(u64, Event)>) {
                 .await;
         }
     }
+}
+
+/// A rollout may end Failed only when a rollback step kept failing on faults the schedule
+/// injected (more than the step's attempts can absorb); even then the fleet broke no
+/// invariant on the way.
+fn given_up_on_injected_faults(world: &World, reason: &str) {
+    assert!(
+        reason.starts_with("rollback step")
+            && reason.contains("kept failing")
+            && reason.contains("injected fault"),
+        "the rollout failed for another reason: {reason}"
+    );
+    let violations = world.fleet.finish();
+    assert!(violations.is_empty(), "{reason}: {violations:#?}");
+}
+
+/// Why the journal of `app` says its rollout ended as it did.
+async fn journal_reason(store: &dyn RecordStore, app: &AppId) -> String {
+    let record = store
+        .get(&format!("rollouts/{app}/journal"))
+        .await
+        .unwrap()
+        .unwrap();
+    let journal: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+    journal["phase"]["reason"].as_str().unwrap_or_default().to_owned()
 }
 
 /// The phase the journal of `app` records.
@@ -232,6 +260,21 @@ fn rolling_rollback_with_a_hanging_health_check_keeps_capacity() {
         vec![
             (6, Event::UpdateFails(4)),
             (256, Event::Hang(Operation::HealthCheck)),
+        ],
+    );
+}
+
+/// Found by the property test: routing that fails more often than a rollback step's
+/// attempts can absorb ends the rollout Failed (for a human), not stuck, and breaks nothing.
+#[test]
+fn a_rollback_step_that_keeps_failing_gives_up_without_harm() {
+    run(
+        all_strategies().swap_remove(0),
+        vec![
+            (0, Event::NoData(1)),
+            (1, Event::RoutingFails(1)),
+            (1, Event::RoutingFails(4)),
+            (1, Event::RoutingFails(4)),
         ],
     );
 }
