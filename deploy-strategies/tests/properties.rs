@@ -206,13 +206,6 @@ async fn journal_reason(store: &dyn RecordStore, app: &AppId) -> String {
     journal["phase"]["reason"].as_str().unwrap_or_default().to_owned()
 }
 
-/// The phase the journal of `app` records.
-async fn journal_phase(store: &dyn RecordStore, app: &AppId) -> Option<String> {
-    let record = store.get(&format!("rollouts/{app}/journal")).await.unwrap()?;
-    let journal: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
-    journal["phase"]["phase"].as_str().map(str::to_owned)
-}
-
 /// Runs `scenario` on a fresh paused-clock runtime, bounded in simulated time.
 fn run(strategy: RolloutStrategy, events: Vec<(u64, Event)>) {
     let runtime = tokio::runtime::Builder::new_current_thread()

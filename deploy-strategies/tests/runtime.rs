@@ -101,17 +101,7 @@ async fn a_second_rollout_of_the_same_app_is_refused_while_one_runs() {
 #[tokio::test(start_paused = true)]
 async fn an_interrupted_rollout_must_be_resumed_before_a_new_one_starts() {
     let world = world(REPLICAS).await;
-    world.store.crash_after(5);
-    let handle = world
-        .rollout(canary())
-        .start(&world.app, &world.v2)
-        .await
-        .unwrap();
-    while !world.store.crashed() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    handle.kill();
-    world.store.disarm();
+    world.crash_deployer_after(canary(), 5).await;
     tokio::time::sleep(Duration::from_secs(31)).await; // the dead deployer's lease lapses
 
     let other = world.rollout_as(canary(), "deployer-b");

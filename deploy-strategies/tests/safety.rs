@@ -31,13 +31,6 @@ fn canary_with(pauses: &[(f64, Pause)]) -> Strategy {
     })
 }
 
-/// The phase the journal of `app` records, read from the store as another process would.
-async fn journal_phase(store: &dyn RecordStore, app: &AppId) -> Option<String> {
-    let record = store.get(&format!("rollouts/{app}/journal")).await.unwrap()?;
-    let journal: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
-    journal["phase"]["phase"].as_str().map(str::to_owned)
-}
-
 /// Waits (in simulated time, at most an hour) for the journal to reach `phase`.
 async fn wait_for_phase(store: &dyn RecordStore, app: &AppId, phase: &str) {
     for _ in 0..360 {
@@ -106,10 +99,7 @@ async fn abort_after_an_operator_pause_rolls_back() {
         .await
         .unwrap();
     // The canary takes its 25% (as the journal says; the fleet is checked below).
-    wait_for(&handle, |s| {
-        s.routing.as_ref().is_some_and(|r| r.pools().count() == 2)
-    })
-    .await;
+    wait_for_split(&handle).await;
     assert!(
         world
             .fleet
@@ -178,10 +168,7 @@ async fn a_rollout_waiting_for_a_promote_nobody_can_give_rolls_back() {
         .start(&world.app, &world.v2)
         .await
         .unwrap();
-    wait_for(&handle, |s| {
-        s.routing.as_ref().is_some_and(|r| r.pools().count() == 2)
-    })
-    .await;
+    wait_for_split(&handle).await;
     drop(handle);
     wait_for_phase(world.store.as_ref(), &world.app, "rolled_back").await;
     assert_eq!(
@@ -424,17 +411,7 @@ async fn a_rolling_update_of_a_pool_with_nobody_in_rotation_is_refused() {
 #[tokio::test(start_paused = true)]
 async fn resuming_a_rolling_update_without_its_instance_list_is_refused() {
     let world = world(floor_for(&rolling())).await;
-    world.store.crash_after(4);
-    let handle = world
-        .rollout(rolling())
-        .start(&world.app, &world.v2)
-        .await
-        .unwrap();
-    while !world.store.crashed() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    handle.kill();
-    world.store.disarm();
+    world.crash_deployer_after(rolling(), 4).await;
     world.store.delete("rollouts/shop/instances").await.unwrap();
     tokio::time::sleep(options().lease_ttl).await;
     match world

@@ -92,6 +92,18 @@ impl World {
             .unwrap()
     }
 
+    /// Starts rolling v2 out with `strategy` and kills the deployer right after its
+    /// `writes`-th journal write lands, as a crash would; its lease is left to lapse.
+    pub async fn crash_deployer_after(&self, strategy: Strategy, writes: usize) {
+        self.store.crash_after(writes);
+        let handle = self.rollout(strategy).start(&self.app, &self.v2).await.unwrap();
+        while !self.store.crashed() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        handle.kill();
+        self.store.disarm();
+    }
+
     /// A builder over this world's fleet and store, with the test options.
     pub fn builder(&self, strategy: Strategy) -> RolloutBuilder {
         let store: Arc<DynStore> = self.store.clone();
@@ -142,6 +154,21 @@ impl World {
             "invariant violations: {violations:#?}\n{report:#?}"
         );
     }
+}
+
+/// Waits until the rollout's journal shows traffic split between two pools (a canary step).
+pub async fn wait_for_split(handle: &RolloutHandle) {
+    wait_for(handle, |s| {
+        s.routing.as_ref().is_some_and(|r| r.pools().count() == 2)
+    })
+    .await;
+}
+
+/// The phase the journal of `app` records, read from the store as another process would.
+pub async fn journal_phase(store: &dyn deploy_core::RecordStore, app: &AppId) -> Option<String> {
+    let record = store.get(&format!("rollouts/{app}/journal")).await.unwrap()?;
+    let journal: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+    journal["phase"]["phase"].as_str().map(str::to_owned)
 }
 
 /// Waits until the rollout's status satisfies `condition`.
