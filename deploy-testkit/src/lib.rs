@@ -44,6 +44,7 @@ mod image;
 mod invariants;
 mod notifier;
 mod profile;
+pub mod real;
 mod state;
 mod traffic;
 
