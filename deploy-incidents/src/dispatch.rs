@@ -5,8 +5,13 @@
 //! `group_interval` and notifies when its firing set changed or alerts resolved; an
 //! unchanged firing group is notified again after `repeat_interval`. The notification log
 //! (per group and receiver) is what makes repeated evaluations of the same alerts quiet.
-//! Silenced and inhibited alerts are left out. Deliveries retry with exponential backoff
-//! until a deadline, but only failures the notifier marks retryable.
+//! Silenced and inhibited alerts are left out; expired silences are dropped. Deliveries
+//! retry with exponential backoff until a deadline, but only failures the notifier marks
+//! retryable.
+//!
+//! Every notification of a group (its firing, repeats and resolve) carries one key, the
+//! group's: a hash of the receiver and the group key, the same in every process. A receiver
+//! like PagerDuty uses it as the dedup key, so the resolve closes what the firing opened.
 //!
 //! Two kinds of time, each from one source the dispatcher reads itself: grouping timers are
 //! durations on `tokio::time`, silences are wall time from the injected [`Clock`](deploy_core::time::Clock). With
@@ -66,13 +71,11 @@ struct SilenceMemo {
 struct LogEntry {
     firing: u64,
     sent_at: Instant,
-    /// Notifications sent for the group: part of the idempotency key, so a retry of one
-    /// notification is recognised as such while the next notification is new.
-    sequence: u64,
 }
 
 /// Routes, groups, deduplicates and delivers alerts.
-#[derive(Debug)]
+///
+/// Its `Debug` shows receiver names and counts, never the notifiers (which hold secrets).
 pub struct Dispatcher {
     routes: Vec<Route>,
     tree: Route,
@@ -91,6 +94,21 @@ pub struct Dispatcher {
     groups: FxHashMap<u64, Group>,
     /// Per group (a group has one route, so one receiver).
     log: FxHashMap<u64, LogEntry>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut receivers: Vec<&String> = self.receivers.keys().collect();
+        receivers.sort_unstable();
+        f.debug_struct("Dispatcher")
+            .field("routes", &self.routes.len())
+            .field("receivers", &receivers)
+            .field("silences", &self.silences.len())
+            .field("inhibitions", &self.inhibitions.len())
+            .field("alerts", &self.alerts.len())
+            .field("groups", &self.groups.len())
+            .finish_non_exhaustive()
+    }
 }
 
 fn flatten(route: &Route, out: &mut Vec<Route>) {
@@ -154,16 +172,21 @@ impl Dispatcher {
         self.silences_version += 1;
     }
 
-    /// Ends a silence now; `false` if there is none with that id.
+    /// Ends a silence now (it is dropped); `false` if there is none with that id (an
+    /// expired silence is dropped at the next flush).
     pub fn expire_silence(&mut self, id: &str) -> bool {
-        let now = self.clock.now_utc();
-        let mut found = false;
-        for silence in self.silences.iter_mut().filter(|silence| silence.id == id) {
-            silence.ends_at = silence.ends_at.min(now);
-            found = true;
+        self.drop_silences(|silence| silence.id == id)
+    }
+
+    /// Drops the silences `gone` selects; whether there were any.
+    fn drop_silences(&mut self, gone: impl Fn(&Silence) -> bool) -> bool {
+        let before = self.silences.len();
+        self.silences.retain(|silence| !gone(silence));
+        let dropped = self.silences.len() != before;
+        if dropped {
+            self.silences_version += 1;
         }
-        self.silences_version += 1;
-        found
+        dropped
     }
 
     /// Takes in an alert update (from a rule evaluation or an external source). An update
@@ -213,8 +236,10 @@ impl Dispatcher {
                 .any(|rule| rule.inhibits(alert, self.alerts.values()))
     }
 
-    /// Flushes every group that is due now.
+    /// Flushes every group that is due now, after dropping expired silences.
     pub async fn flush_due(&mut self) -> Vec<DeliveryRecord> {
+        let wall = self.clock.now_utc();
+        self.drop_silences(|silence| silence.ends_at <= wall);
         let now = Instant::now();
         let mut due: Vec<(Instant, u64)> = self
             .groups
@@ -308,9 +333,8 @@ impl Dispatcher {
             !unchanged || !resolved.is_empty() || repeat_due
         };
         let record = if worth_sending {
-            let sequence = previous.map_or(1, |entry| entry.sequence + 1);
             let firing_alerts: Vec<&Alert> = firing.iter().map(|(_, alert)| *alert).collect();
-            let notification = notification(&key, &route.id, sequence, &firing_alerts, &resolved);
+            let notification = notification(&key, &route.receiver, &firing_alerts, &resolved);
             let (attempts, error) = self.deliver(&route.receiver, &notification).await;
             if error.is_none() {
                 self.log.insert(
@@ -318,7 +342,6 @@ impl Dispatcher {
                     LogEntry {
                         firing: firing_hash,
                         sent_at: now,
-                        sequence,
                     },
                 );
             }
@@ -403,18 +426,19 @@ fn severity(alerts: &[&Alert]) -> Severity {
         .unwrap_or(Severity::Info)
 }
 
-fn notification(
-    group: &str,
-    route: &str,
-    sequence: u64,
-    firing: &[&Alert],
-    resolved: &[&Alert],
-) -> Notification {
+/// The key of every notification of `group` (a route's group key) to `receiver`: the same
+/// for its firing, repeats and resolve, in every process (FNV-1a, like fingerprints).
+fn group_dedup_key(receiver: &str, group: &str) -> IdempotencyKey {
     let mut hasher = fnv::FnvHasher::default();
+    hasher.write(receiver.as_bytes());
+    hasher.write_u8(0xff);
     hasher.write(group.as_bytes());
-    // Route id, group hash and sequence: short, never empty, the same for every retry.
-    let key = IdempotencyKey::new(format!("{route}/{:016x}/{sequence}", hasher.finish()))
-        .unwrap_or_else(|_| unreachable!("a route id and a hash make a valid key"));
+    IdempotencyKey::new(format!("group/{:016x}", hasher.finish()))
+        .unwrap_or_else(|_| unreachable!("a hash makes a valid key"))
+}
+
+fn notification(group: &str, receiver: &str, firing: &[&Alert], resolved: &[&Alert]) -> Notification {
+    let key = group_dedup_key(receiver, group);
     let all: Vec<&Alert> = firing.iter().chain(resolved).copied().collect();
     let labels = common_labels(&all);
     let name = labels

@@ -202,31 +202,87 @@ async fn routing_with_continue_groups_and_timers() {
         1,
         "the warning falls through to the root"
     );
-    // A second alert joining the ApiDown group within group_interval waits for it.
+    // A second alert joining the ApiDown group within group_interval waits for it. The
+    // pager sees the group's later notifications under the key of its first (a receiver
+    // like the recording one reports them as duplicates), so count what was sent.
+    let first_key = s.pager.delivered()[0].key.clone();
     s.dispatcher.receive(&alert(
         "ApiDown",
         &[("severity", "critical"), ("team", "api"), ("instance", "b")],
         AlertState::Firing,
     ));
-    run_for(&mut s.dispatcher, Duration::from_secs(250)).await;
-    assert_eq!(s.pager.delivered().len(), 1, "group_interval not yet over");
-    run_for(&mut s.dispatcher, Duration::from_secs(60)).await;
-    let pages = s.pager.delivered();
-    assert_eq!(pages.len(), 2);
+    let to_pager = |records: Vec<deploy_incidents::DeliveryRecord>| -> Vec<deploy_core::Notification> {
+        records
+            .into_iter()
+            .filter(|record| record.receiver == "pager")
+            .map(|record| record.notification)
+            .collect()
+    };
     assert!(
-        pages[1].summary.starts_with("[FIRING:2] ApiDown"),
-        "{}",
-        pages[1].summary
+        to_pager(run_for(&mut s.dispatcher, Duration::from_secs(250)).await).is_empty(),
+        "group_interval not yet over"
     );
+    let pages = to_pager(run_for(&mut s.dispatcher, Duration::from_secs(60)).await);
+    assert_eq!(pages.len(), 1);
+    assert!(
+        pages[0].summary.starts_with("[FIRING:2] ApiDown"),
+        "{}",
+        pages[0].summary
+    );
+    assert_eq!(pages[0].key, first_key);
     // Unchanged: quiet until repeat_interval, then repeated.
-    run_for(&mut s.dispatcher, Duration::from_secs(3000)).await;
-    assert_eq!(
-        s.pager.delivered().len(),
-        2,
+    assert!(
+        to_pager(run_for(&mut s.dispatcher, Duration::from_secs(3000)).await).is_empty(),
         "no repeat before the repeat interval"
     );
-    run_for(&mut s.dispatcher, Duration::from_secs(700)).await;
-    assert_eq!(s.pager.delivered().len(), 3, "repeated after the repeat interval");
+    let repeats = to_pager(run_for(&mut s.dispatcher, Duration::from_secs(700)).await);
+    assert_eq!(repeats.len(), 1, "repeated after the repeat interval");
+    assert_eq!(repeats[0].key, first_key);
+}
+
+/// Issue 14: a group's firing, repeat and resolve carry one key (they used to carry a
+/// sequence number, so PagerDuty never closed the alert and each repeat opened a new one);
+/// the key is the receiver's and the group's, the same in every process, and differs
+/// between groups and receivers.
+#[tokio::test(start_paused = true)]
+async fn a_groups_firing_repeats_and_resolve_share_one_dedup_key() {
+    let mut s = setup();
+    let firing = alert(
+        "ApiDown",
+        &[("severity", "critical"), ("team", "api")],
+        AlertState::Firing,
+    );
+    s.dispatcher.receive(&firing);
+    s.dispatcher.receive(&alert(
+        "DiskFull",
+        &[("severity", "critical")],
+        AlertState::Firing,
+    ));
+    let mut records = run_for(&mut s.dispatcher, Duration::from_secs(3700)).await;
+    s.dispatcher.receive(&Alert {
+        state: AlertState::Resolved,
+        ..firing
+    });
+    records.extend(run_for(&mut s.dispatcher, Duration::from_secs(301)).await);
+    let sent = |receiver: &str, name: &str| -> Vec<(NotificationAction, String)> {
+        records
+            .iter()
+            .filter(|record| record.receiver == receiver && record.group.contains(name))
+            .map(|record| (record.notification.action, record.notification.key.to_string()))
+            .collect()
+    };
+    let pages = sent("pager", "ApiDown");
+    let actions: Vec<NotificationAction> = pages.iter().map(|(action, _)| *action).collect();
+    use NotificationAction::{Resolve, Trigger};
+    assert_eq!(actions, [Trigger, Trigger, Resolve], "firing, repeat, resolve");
+    assert!(pages.iter().all(|(_, key)| *key == pages[0].1), "{pages:?}");
+    // FNV-1a of "pager", 0xff, `root.0:{alertname="ApiDown"}`: fixed, not per process.
+    assert_eq!(pages[0].1, "group/e50f9ac7916bdef3");
+    let team = sent("team", "ApiDown");
+    let disk = sent("pager", "DiskFull");
+    assert!(!team.is_empty() && !disk.is_empty());
+    assert_ne!(team[0].1, pages[0].1, "another receiver, another key");
+    assert_ne!(disk[0].1, pages[0].1, "another group, another key");
 }
 
 #[tokio::test(start_paused = true)]
