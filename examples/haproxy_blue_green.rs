@@ -8,8 +8,12 @@
 //! should be none). With Prometheus installed, a post-promotion analysis of the error rate
 //! also runs.
 //!
+//! HAProxy runs without retries or redispatch, so a request the rollout drops is a failure
+//! the load generator counts.
+//!
 //! Needs HAProxy: `apt-get install -y haproxy` (and optionally `prometheus`). Without it the
-//! example says so and exits.
+//! example prints `SKIPPED haproxy_blue_green: <why>` and exits, or fails under
+//! `DEPLOYKIT_REQUIRE_REAL=1`.
 //!
 //! `cargo run --example haproxy_blue_green --features backends`
 
@@ -19,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deploy_lab::demo::{self, DemoConfig, LoadGenerator};
-use deploy_lab::launch::{Haproxy, LaunchError, Prometheus};
+use deploy_lab::launch::{self, Haproxy, LaunchError, Prometheus};
 use deploykit::backends::{
     HaproxyLoadBalancer, HttpHealthChecker, ProcessInfra, ProcessSpec, PrometheusMetrics,
 };
@@ -100,15 +104,10 @@ fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
 }
 
 async fn orchestrate() -> Result<(), Box<dyn std::error::Error>> {
-    let haproxy = match Haproxy::start(&["shop"]).await {
-        Ok(haproxy) => haproxy,
-        Err(err @ LaunchError::Missing { .. }) => {
-            println!(
-                "This example needs HAProxy: {err}. Install it (Debian: apt-get install -y haproxy) and run again."
-            );
-            return Ok(());
-        }
-        Err(err) => return Err(err.into()),
+    // Without HAProxy this prints `SKIPPED haproxy_blue_green: haproxy is not installed
+    // (...)` and ends, or fails under DEPLOYKIT_REQUIRE_REAL=1.
+    let Some(haproxy) = launch::or_skip(Haproxy::start(&["shop"]).await)? else {
+        return Ok(());
     };
     let prometheus = match Prometheus::start().await {
         Ok(prometheus) => Some(prometheus),

@@ -19,7 +19,7 @@ use deploy_core::{
     MetricsSource, Series, TrafficSplit,
 };
 use deploy_lab::demo::{LoadGenerator, LoadProgress, LoadReport};
-use deploy_lab::launch::{Haproxy, Prometheus};
+use deploy_lab::launch::{Haproxy, Prometheus, or_skip};
 use deploy_strategies::{
     AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec, CanaryStep, Hook, HookContext, HookOutcome,
     HookPoint, Pause, Quantity, RollingSpec, Rollout, RolloutBackends, RolloutBuilder, RolloutOptions,
@@ -42,16 +42,8 @@ struct Stage {
 impl Stage {
     /// Four instances of 1.0 in pool "stable" taking all of shop's traffic.
     async fn start() -> Option<Self> {
-        let haproxy = match Haproxy::start(&["shop"]).await {
-            Ok(haproxy) => haproxy,
-            Err(err) if common::skip(&err) => return None,
-            Err(err) => panic!("{err}"),
-        };
-        let prometheus = match Prometheus::start().await {
-            Ok(prometheus) => prometheus,
-            Err(err) if common::skip(&err) => return None,
-            Err(err) => panic!("{err}"),
-        };
+        let haproxy = or_skip(Haproxy::start(&["shop"]).await).unwrap()?;
+        let prometheus = or_skip(Prometheus::start().await).unwrap()?;
         let artifacts = Artifacts::new(&[("1.0", 0.0), ("2.0", 0.0), ("2.1-bad", 0.3)]);
         let infra = Arc::new(
             ProcessInfra::new(artifacts.spec().prometheus_targets(prometheus.targets_file())).unwrap(),

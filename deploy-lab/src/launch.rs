@@ -1,8 +1,9 @@
 //! Real HAProxy, Prometheus and Alertmanager processes on 127.0.0.1, each with its
 //! configuration and state in its own temporary directory, stopped by PID when dropped.
 //!
-//! For tests and examples: [`require_real`] tells whether a missing program is a skip or a
-//! failure (`DEPLOYKIT_REQUIRE_REAL=1`), and [`LaunchError::Missing`] says how to install it.
+//! For tests and examples: [`or_skip`] turns a missing program ([`LaunchError::Missing`],
+//! which says how to install it) into a reported skip, or a failure under
+//! `DEPLOYKIT_REQUIRE_REAL=1` (see [`deploy_testkit::real`]).
 //! [`demo_program`] is the demo service's binary, for `ProcessSpec`s in other crates' tests.
 
 use std::collections::BTreeMap;
@@ -46,6 +47,16 @@ pub enum LaunchError {
         /// The end of its output.
         output: String,
     },
+    /// An app name that is not an [`AppId`](deploy_core::AppId), so not safe to write into a
+    /// configuration file.
+    #[error("app name {app:?} cannot go into haproxy.cfg: {source}")]
+    InvalidApp {
+        /// The name given.
+        app: String,
+        /// The rule it breaks.
+        #[source]
+        source: deploy_core::ValidationError,
+    },
     /// A program of this workspace could not be built.
     #[error("cannot build {program}: {output}")]
     Build {
@@ -56,10 +67,23 @@ pub enum LaunchError {
     },
 }
 
-/// Whether tests must fail rather than skip when a real component is missing
-/// (`DEPLOYKIT_REQUIRE_REAL=1`, which CI sets).
-pub fn require_real() -> bool {
-    std::env::var("DEPLOYKIT_REQUIRE_REAL").is_ok_and(|v| v == "1")
+/// The launched component; `Ok(None)` when its program is missing, after reporting the
+/// running test as skipped with [`deploy_testkit::real::skip`].
+///
+/// # Errors
+/// Every other [`LaunchError`], unchanged.
+///
+/// # Panics
+/// When the program is missing under `DEPLOYKIT_REQUIRE_REAL=1`.
+pub fn or_skip<T>(launched: Result<T, LaunchError>) -> Result<Option<T>, LaunchError> {
+    match launched {
+        Ok(component) => Ok(Some(component)),
+        Err(err @ LaunchError::Missing { .. }) => {
+            deploy_testkit::real::skip(err);
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// Finds `program` on `PATH` or in the system directories where Debian puts daemons.
@@ -158,8 +182,10 @@ pub fn free_port() -> Result<u16, LaunchError> {
 #[derive(Debug)]
 struct Daemon {
     program: &'static str,
-    child: Child,
-    dir: tempfile::TempDir,
+    pid: u32,
+    log: PathBuf,
+    /// Always `Some` until dropped.
+    running: Option<(Child, tempfile::TempDir)>,
 }
 
 impl Daemon {
@@ -169,7 +195,8 @@ impl Daemon {
         args: &[String],
         dir: tempfile::TempDir,
     ) -> Result<Self, LaunchError> {
-        let log = std::fs::File::create(dir.path().join("output.log")).map_err(io("creating the log"))?;
+        let log_path = dir.path().join("output.log");
+        let log = std::fs::File::create(&log_path).map_err(io("creating the log"))?;
         let err_log = log.try_clone().map_err(io("creating the log"))?;
         let child = Command::new(path)
             .args(args)
@@ -179,11 +206,16 @@ impl Daemon {
             .stderr(err_log)
             .spawn()
             .map_err(io(format!("starting {}", path.display())))?;
-        Ok(Self { program, child, dir })
+        Ok(Self {
+            program,
+            pid: child.id(),
+            log: log_path,
+            running: Some((child, dir)),
+        })
     }
 
     fn output_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("output.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
     }
@@ -199,7 +231,10 @@ impl Daemon {
             if ready().await {
                 return Ok(());
             }
-            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            let exited = self
+                .running
+                .as_mut()
+                .is_none_or(|(child, _)| matches!(child.try_wait(), Ok(Some(_))));
             if exited || started.elapsed() > timeout {
                 return Err(LaunchError::NotReady {
                     program: self.program,
@@ -210,27 +245,46 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }
 
 impl Drop for Daemon {
+    /// Sends SIGTERM and leaves the waiting (SIGKILL after 3 s) and the removal of the
+    /// directory to a thread of its own, so a runtime thread dropping a launcher is not
+    /// blocked (review m10).
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
+        let Some((mut child, dir)) = self.running.take() else {
+            return;
+        };
+        // Only a child not yet reaped still owns its PID; a reaped one's may be reused.
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(3) {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let stopper = std::thread::Builder::new()
+            .name(format!("stop {}", self.program))
+            .spawn(move || {
+                stop(&mut child);
+                drop(dir);
+            });
+        if let Err(err) = stopper {
+            eprintln!("cannot start a thread to stop {}: {err}", self.program);
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
+}
+
+/// Waits up to 3 s for `child` to exit after SIGTERM, then kills it.
+fn stop(child: &mut Child) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 async fn http_ok(url: &str) -> bool {
@@ -249,9 +303,13 @@ async fn http_ok(url: &str) -> bool {
 
 /// HAProxy with one HTTP frontend and backend per app, and its runtime API on a unix socket.
 ///
-/// The backends balance round-robin over dynamic servers (none at start), close server
-/// connections after each response, and retry a failed connection on another server, so a
-/// server that leaves costs no request.
+/// The backends balance round-robin over dynamic servers (none at start) and close server
+/// connections after each response. HAProxy **never retries or redispatches** a request
+/// (`retries 0`, no `option redispatch`, no `retry-on`): a request sent to a server that
+/// has stopped fails and the client sees it, so a deployer that stops an instance still in
+/// rotation cannot pass a zero-drop test on HAProxy's retries (review F1). Production
+/// configurations usually add `retries 3`, `option redispatch` and `retry-on
+/// conn-failure empty-response response-timeout`, which hide such drops from clients.
 #[derive(Debug)]
 pub struct Haproxy {
     daemon: Daemon,
@@ -263,8 +321,16 @@ impl Haproxy {
     /// Starts HAProxy with a frontend on a free 127.0.0.1 port for each of `apps`.
     ///
     /// # Errors
+    /// [`LaunchError::InvalidApp`] for an app name that is not an
+    /// [`AppId`](deploy_core::AppId) (checked before anything is written);
     /// [`LaunchError::Missing`] when `haproxy` is not installed; others when it does not start.
     pub async fn start(apps: &[&str]) -> Result<Self, LaunchError> {
+        for app in apps {
+            deploy_core::AppId::new(*app).map_err(|source| LaunchError::InvalidApp {
+                app: (*app).to_owned(),
+                source,
+            })?;
+        }
         let path = find_program("haproxy").ok_or(LaunchError::Missing {
             program: "haproxy",
             hint: "apt-get install -y haproxy",
@@ -277,8 +343,7 @@ impl Haproxy {
         let mut config = format!(
             "global\n  stats socket {} mode 600 level admin\n  maxconn 4096\n\
              defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n\
-             \x20 timeout http-keep-alive 30s\n  option http-server-close\n  retries 3\n  option redispatch 1\n\
-             \x20 retry-on conn-failure empty-response response-timeout\n",
+             \x20 timeout http-keep-alive 30s\n  option http-server-close\n  retries 0\n",
             socket.display()
         );
         let mut frontends = BTreeMap::new();
@@ -326,7 +391,7 @@ impl Haproxy {
 
     /// HAProxy's process id.
     pub fn pid(&self) -> u32 {
-        self.daemon.pid()
+        self.daemon.pid
     }
 }
 
@@ -395,7 +460,7 @@ impl Prometheus {
 
     /// Prometheus's process id.
     pub fn pid(&self) -> u32 {
-        self.daemon.pid()
+        self.daemon.pid
     }
 }
 
@@ -448,6 +513,49 @@ impl Alertmanager {
 
     /// Alertmanager's process id.
     pub fn pid(&self) -> u32 {
-        self.daemon.pid()
+        self.daemon.pid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An app name is written into haproxy.cfg; one that could add directives is refused
+    /// before anything is started (review m10).
+    #[tokio::test]
+    async fn an_app_name_that_could_rewrite_haproxy_cfg_is_refused() {
+        let injected = "shop\n  bind 0.0.0.0:80";
+        let err = Haproxy::start(&["shop", injected]).await.unwrap_err();
+        assert!(
+            matches!(&err, LaunchError::InvalidApp { app, .. } if app == injected),
+            "{err}"
+        );
+    }
+
+    /// Dropping a launcher returns at once, even when the program ignores SIGTERM, and the
+    /// program is still killed (review m10: the drop blocked a runtime thread for up to 3 s).
+    #[test]
+    fn a_dropped_daemon_that_ignores_sigterm_is_killed_without_blocking_the_dropper() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = [
+            "-c".to_owned(),
+            "trap '' TERM; while :; do sleep 0.05; done".to_owned(),
+        ];
+        let daemon = Daemon::spawn("sh", Path::new("/bin/sh"), &args, dir).unwrap();
+        let pid = Pid::from_raw(i32::try_from(daemon.pid).unwrap());
+        let dropped = Instant::now();
+        drop(daemon);
+        assert!(
+            dropped.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            dropped.elapsed()
+        );
+        assert!(kill(pid, None).is_ok(), "SIGTERM is ignored: still running");
+        let started = Instant::now();
+        while kill(pid, None).is_ok() {
+            assert!(started.elapsed() < Duration::from_secs(10), "not killed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }

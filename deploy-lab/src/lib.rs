@@ -5,8 +5,8 @@
 //!   format, a failing share of requests set per build) with its `deploykit-demo` binary, and
 //!   a load generator that counts every failed request.
 //! - [`launch`]: HAProxy, Prometheus and Alertmanager started with their state in a temp
-//!   dir and stopped by PID when dropped; whether a missing one is a skip or a failure
-//!   ([`launch::require_real`]).
+//!   dir and stopped by PID when dropped; a missing one is a reported skip, or a failure
+//!   under `DEPLOYKIT_REQUIRE_REAL=1` ([`launch::or_skip`]).
 //!
 //! The adapters under test are `deploy-backends`'; this crate only sets the stage for them.
 //!

@@ -10,33 +10,18 @@ use std::time::Duration;
 use deploy_backends::{ProcessInfra, ProcessSpec};
 use deploy_core::{AppId, Pool, Version};
 use deploy_lab::demo::DemoConfig;
-use deploy_lab::launch::{LaunchError, require_real};
 
-/// Unwraps a launched component, or skips the test (returns) with a printed reason when it
-/// is not installed and real components are not required.
+/// Unwraps a launched component, or skips the test (returns) when it is not installed
+/// (reported by `deploy_testkit::real::skip`; a failure under `DEPLOYKIT_REQUIRE_REAL=1`).
 #[macro_export]
 macro_rules! launch_or_skip {
     ($launch:expr) => {
-        match $launch {
-            Ok(component) => component,
-            Err(err @ deploy_lab::launch::LaunchError::Missing { .. })
-                if !deploy_lab::launch::require_real() =>
-            {
-                eprintln!("SKIPPED: {err}; set DEPLOYKIT_REQUIRE_REAL=1 to make this a failure");
-                return;
-            }
+        match deploy_lab::launch::or_skip($launch) {
+            Ok(Some(component)) => component,
+            Ok(None) => return,
             Err(err) => panic!("cannot start a real component: {err}"),
         }
     };
-}
-
-/// Whether `err` means skip (and says so).
-pub fn skip(err: &LaunchError) -> bool {
-    let skip = matches!(err, LaunchError::Missing { .. }) && !require_real();
-    if skip {
-        eprintln!("SKIPPED: {err}");
-    }
-    skip
 }
 
 pub fn app() -> AppId {
