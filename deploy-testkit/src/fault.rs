@@ -102,6 +102,11 @@ impl FaultPlan {
         self.active.clear();
     }
 
+    /// The faults in force.
+    pub(crate) fn active(&self) -> impl Iterator<Item = &ActiveFault> {
+        self.active.iter()
+    }
+
     /// Whether a fault matching `matches` is in force, without using it up (for states,
     /// such as health, that are observed rather than triggered).
     pub(crate) fn find(&self, matches: impl Fn(&Fault) -> bool) -> Option<&ActiveFault> {

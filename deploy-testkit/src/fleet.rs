@@ -1,12 +1,12 @@
 //! [`SimFleet`]: one simulated fleet behind the four backend traits.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use deploy_core::{
     AppId, Artifact, BackendError, HealthChecker, HealthStatus, InfraManager, Instance, InstanceId,
-    InstanceState, LoadBalancer, MetricQuery, MetricsSource, Pool, Series, TrafficSplit, Version,
+    InstanceState, LoadBalancer, MetricQuery, MetricsSource, Pool, Series, TrafficSplit, Version, Weight,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::fault::{Fault, Operation};
-use crate::invariants::{Violation, evaluate_end};
+use crate::invariants::{Exposure, Violation, evaluate_end};
 use crate::profile::VersionProfile;
 use crate::state::{BACKEND, FleetState, Membership, SimInstance};
 use crate::traffic::TrafficReport;
@@ -118,21 +118,42 @@ impl SimFleetBuilder {
         self
     }
 
-    /// Whether invariants are checked after every operation (default on). Checking costs
-    /// O(fleet size) per operation; turn it off only to measure orchestration at scale.
+    /// Whether invariants are checked after every operation and at every moment health
+    /// changes by itself (default on). Checking costs O(fleet size) per operation; turn it
+    /// off only to measure orchestration at scale.
     #[must_use]
     pub fn check_invariants(mut self, on: bool) -> Self {
         self.state.checking = on;
         self
     }
 
-    /// The fleet.
+    /// How long a member in rotation may fail its health check (a load balancer's detection
+    /// window) before that is recorded as
+    /// [`ViolationKind::UnhealthyInRotation`](crate::ViolationKind::UnhealthyInRotation).
+    /// Default: not checked.
+    #[must_use]
+    pub fn unhealthy_grace(mut self, grace: Duration) -> Self {
+        self.state.unhealthy_grace = Some(grace);
+        self
+    }
+
+    /// The fleet. Built inside a tokio runtime with invariants on, it also checks them on
+    /// a timer at every moment health changes by itself (a flapping boundary, a grace
+    /// running out), on tokio's clock, for as long as the fleet lives.
     pub fn build(mut self) -> SimFleet {
         self.state.started = Instant::now();
-        SimFleet {
+        let checking = self.state.checking;
+        let changes = self.state.changes.subscribe();
+        let fleet = SimFleet {
             state: Arc::new(Mutex::new(self.state)),
             caller: None,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && checking
+        {
+            runtime.spawn(check_on_time(Arc::downgrade(&fleet.state), changes));
         }
+        fleet
     }
 }
 
@@ -219,20 +240,18 @@ impl SimFleet {
         }
     }
 
-    /// Runs a mutation under the lock, then re-checks the invariants.
-    fn mutate<T>(
-        &self,
-        change: impl FnOnce(&mut FleetState) -> Result<T, BackendError>,
-    ) -> Result<T, BackendError> {
+    /// Runs a change under the lock, then re-checks the invariants and tells watchers.
+    fn mutate<T>(&self, change: impl FnOnce(&mut FleetState) -> T) -> T {
         let mut state = self.state();
         let result = change(&mut state);
         state.check_invariants();
+        state.changed();
         result
     }
 
     /// Injects `fault` until [`clear_faults`](Self::clear_faults).
     pub fn inject(&self, fault: Fault) {
-        self.state().faults.inject(fault, None);
+        self.mutate(|state| state.faults.inject(fault, None));
     }
 
     /// Injects `fault` for its next `times` firings. Faults that describe a state rather
@@ -240,22 +259,50 @@ impl SimFleet {
     /// cleared, whatever `times` says.
     pub fn inject_times(&self, fault: Fault, times: u32) {
         if times > 0 {
-            self.state().faults.inject(fault, Some(times));
+            self.mutate(|state| state.faults.inject(fault, Some(times)));
         }
     }
 
     /// Removes every injection of `fault`.
     pub fn clear_fault(&self, fault: &Fault) {
-        let mut state = self.state();
-        state.faults.remove(fault);
-        state.check_invariants();
+        self.mutate(|state| state.faults.remove(fault));
     }
 
     /// Removes every fault.
     pub fn clear_faults(&self) {
-        let mut state = self.state();
-        state.faults.clear();
-        state.check_invariants();
+        self.mutate(|state| state.faults.clear());
+    }
+
+    /// A receiver that sees a new value after every change to the fleet (instances,
+    /// membership, routing, faults; not traffic): to persist a [`FleetImage`](crate::FleetImage)
+    /// while an operation is still in flight, such as a drain.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state().changes.subscribe()
+    }
+
+    /// The most instances `app` may have at once, in any state (replicas + surge for a
+    /// rolling update); more is recorded as
+    /// [`ViolationKind::TooManyInstances`](crate::ViolationKind::TooManyInstances). With a
+    /// capacity floor of replicas − max-unavailable, both limits of a rolling update are
+    /// checked.
+    pub fn set_instance_limit(&self, app: &AppId, limit: usize) {
+        self.mutate(|state| state.limits.entry(app.clone()).or_default().max_instances = Some(limit));
+    }
+
+    /// The schedule the traffic of `app` off `baseline` follows (a canary's step weights,
+    /// in order): from the share it has now, it may rise only to the next step at a time,
+    /// and any fall is allowed. A rise past the next step is recorded as
+    /// [`ViolationKind::Overexposed`](crate::ViolationKind::Overexposed).
+    pub fn set_exposure_steps(&self, app: &AppId, baseline: Pool, steps: Vec<Weight>) {
+        self.mutate(|state| {
+            let mut exposure = Exposure {
+                baseline,
+                steps,
+                share: Weight::ZERO,
+            };
+            exposure.share = exposure.share_of(state.app(app).and_then(|a| a.routing.as_ref()));
+            state.limits.entry(app.clone()).or_default().exposure = Some(exposure);
+        });
     }
 
     /// Changes how `version` of `app` behaves from now on.
@@ -272,9 +319,7 @@ impl SimFleet {
 
     /// Changes the capacity floor of `app` from now on.
     pub fn set_capacity_floor(&self, app: &AppId, floor: usize) {
-        let mut state = self.state();
-        state.app_mut(app).capacity_floor = floor;
-        state.check_invariants();
+        self.mutate(|state| state.app_mut(app).capacity_floor = floor);
     }
 
     /// Sends `requests` simulated requests to `app` now: split by its routing (exactly, by
@@ -317,7 +362,7 @@ impl SimFleet {
         state.check_invariants();
         let at = Instant::now().saturating_duration_since(state.started);
         let findings = evaluate_end(&state);
-        state.invariants.record_final(at, findings);
+        state.invariants.record_events(at, findings);
         state.invariants.history().to_vec()
     }
 
@@ -376,6 +421,31 @@ impl Drop for TrafficHandle {
     }
 }
 
+/// Checks the invariants of the fleet behind `state` at every moment its health changes
+/// by itself, until the fleet is dropped. `changes` wakes it to plan again after a change.
+async fn check_on_time(state: Weak<Mutex<FleetState>>, mut changes: tokio::sync::watch::Receiver<u64>) {
+    loop {
+        let next = {
+            let Some(state) = state.upgrade() else { return };
+            let state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.next_transition(Instant::now())
+        };
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = sleep => {
+                let Some(state) = state.upgrade() else { return };
+                state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).check_invariants();
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl LoadBalancer for SimFleet {
     async fn register(&self, instance: &Instance) -> Result<(), BackendError> {
@@ -399,8 +469,8 @@ impl LoadBalancer for SimFleet {
         self.delay(Operation::Deregister).await;
         let was_member = self.mutate(|state| {
             let member = state.apps.get_mut(app).and_then(|a| a.members.get_mut(instance));
-            Ok(member.map(|m| *m = Membership::Draining).is_some())
-        })?;
+            member.map(|m| *m = Membership::Draining).is_some()
+        });
         if !was_member {
             return Ok(());
         }
@@ -408,10 +478,10 @@ impl LoadBalancer for SimFleet {
             tokio::time::sleep(drain).await;
         }
         self.mutate(|state| {
-            let members = &mut state.app_mut(app).members;
             // Re-registered while draining: it stays.
-            if members.get(instance) == Some(&Membership::Draining) {
-                members.remove(instance);
+            if state.app_mut(app).members.get(instance) == Some(&Membership::Draining) {
+                state.check_drained(app, instance);
+                state.app_mut(app).members.remove(instance);
             }
             Ok(())
         })
@@ -496,6 +566,7 @@ impl InfraManager for SimFleet {
                         version: version.clone(),
                         state: InstanceState::Running,
                         address: format!("sim://{app}/{id}"),
+                        busy_until: None,
                     };
                     state.app_mut(app).instances.insert(id.clone(), sim);
                     state.describe(app, &id)
@@ -516,6 +587,8 @@ impl InfraManager for SimFleet {
     async fn stop_instance(&self, app: &AppId, instance: &InstanceId) -> Result<(), BackendError> {
         self.delay(Operation::StopInstance).await;
         self.mutate(|state| {
+            state.instance(app, instance)?;
+            state.check_drained(app, instance);
             state.instance_mut(app, instance)?.state = InstanceState::Stopped;
             Ok(())
         })
@@ -568,6 +641,7 @@ impl InfraManager for SimFleet {
         self.delay(Operation::Decommission).await;
         self.mutate(|state| {
             state.instance(app, instance)?;
+            state.check_drained(app, instance);
             let app_state = state.app_mut(app);
             app_state.instances.remove(instance);
             app_state.members.remove(instance);

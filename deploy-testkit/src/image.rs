@@ -162,6 +162,7 @@ impl SimFleet {
                             version: instance.version,
                             state: instance.state,
                             address: instance.address,
+                            busy_until: None,
                         },
                     );
                 }
@@ -172,6 +173,7 @@ impl SimFleet {
         state.next_instance = image.next_instance;
         state.installs = image.installs;
         state.invariants = InvariantChecker::from_parts(image.ongoing, image.violations);
+        state.changed();
         Ok(())
     }
 }

@@ -1,10 +1,10 @@
 //! The invariant checker: what must hold of a fleet at every moment and at the end of a run.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use deploy_core::{AppId, InstanceId, InstanceState, Pool, Weight};
+use deploy_core::{AppId, InstanceId, InstanceState, Pool, TrafficSplit, Version, Weight};
 use tokio::time::Instant;
 
 use crate::state::{AppState, FleetState, Membership};
@@ -45,6 +45,53 @@ pub enum ViolationKind {
         /// Its state.
         state: InstanceState,
     },
+    /// An instance in rotation, or still draining, is not running: every request routed to
+    /// it fails (it was stopped before its drain ended).
+    StoppedWhileServing {
+        /// The instance.
+        instance: InstanceId,
+        /// Its state.
+        state: InstanceState,
+    },
+    /// An instance left rotation, or was stopped or removed, while requests routed to it
+    /// could still be running (a request takes up to its version's p99 latency): they were
+    /// cut (it was not drained for long enough).
+    InFlightRequestsCut {
+        /// The instance.
+        instance: InstanceId,
+    },
+    /// A member in rotation has failed its health check for the fleet's grace or longer
+    /// (see [`SimFleetBuilder::unhealthy_grace`](crate::SimFleetBuilder::unhealthy_grace)):
+    /// the requests routed to it fail.
+    UnhealthyInRotation {
+        /// The instance.
+        instance: InstanceId,
+        /// The grace it outstayed.
+        grace: Duration,
+    },
+    /// More instances than the app's limit (replicas + surge; see
+    /// [`SimFleet::set_instance_limit`](crate::SimFleet::set_instance_limit)).
+    TooManyInstances {
+        /// Instances of the app, in any state.
+        instances: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The traffic off the baseline pool rose past the next step of its schedule (see
+    /// [`SimFleet::set_exposure_steps`](crate::SimFleet::set_exposure_steps)).
+    Overexposed {
+        /// The share now off the baseline.
+        weight: Weight,
+        /// The most the schedule allowed.
+        allowed: Weight,
+    },
+    /// At the end (at rest): one pool runs more than one version.
+    MixedVersions {
+        /// The pool.
+        pool: Pool,
+        /// Its versions.
+        versions: Vec<Version>,
+    },
 }
 
 impl fmt::Display for ViolationKind {
@@ -71,6 +118,33 @@ impl fmt::Display for ViolationKind {
             Self::HalfUpdated { instance, state } => {
                 write!(f, "instance '{instance}' was left {state:?}")
             }
+            Self::StoppedWhileServing { instance, state } => {
+                write!(
+                    f,
+                    "instance '{instance}' is {state:?} while in rotation or draining"
+                )
+            }
+            Self::InFlightRequestsCut { instance } => {
+                write!(f, "instance '{instance}' was cut off with requests in flight")
+            }
+            Self::UnhealthyInRotation { instance, grace } => {
+                write!(
+                    f,
+                    "instance '{instance}' stayed in rotation unhealthy for {grace:?} or longer"
+                )
+            }
+            Self::TooManyInstances { instances, limit } => {
+                write!(f, "{instances} instances, above the limit of {limit}")
+            }
+            Self::Overexposed { weight, allowed } => {
+                write!(
+                    f,
+                    "{weight} of traffic off the baseline, above the step's {allowed}"
+                )
+            }
+            Self::MixedVersions { pool, versions } => {
+                write!(f, "pool '{pool}' runs {versions:?} at rest")
+            }
         }
     }
 }
@@ -85,6 +159,12 @@ impl ViolationKind {
             Self::BelowCapacityFloor { .. } => "capacity-floor".to_owned(),
             Self::RunningButNotRegistered { instance } => format!("unregistered:{instance}"),
             Self::HalfUpdated { instance, .. } => format!("half-updated:{instance}"),
+            Self::StoppedWhileServing { instance, .. } => format!("stopped-serving:{instance}"),
+            Self::InFlightRequestsCut { instance } => format!("cut:{instance}"),
+            Self::UnhealthyInRotation { instance, .. } => format!("unhealthy:{instance}"),
+            Self::TooManyInstances { .. } => "too-many-instances".to_owned(),
+            Self::Overexposed { .. } => "overexposed".to_owned(),
+            Self::MixedVersions { pool, .. } => format!("mixed:{pool}"),
         }
     }
 }
@@ -112,6 +192,8 @@ impl fmt::Display for Violation {
 pub(crate) struct InvariantChecker {
     ongoing: BTreeSet<(AppId, String)>,
     history: Vec<Violation>,
+    /// Since when each member in rotation has been unhealthy (for the grace rule).
+    unhealthy_since: BTreeMap<(AppId, InstanceId), Instant>,
 }
 
 impl InvariantChecker {
@@ -128,9 +210,11 @@ impl InvariantChecker {
         self.ongoing = now_ongoing;
     }
 
-    /// Records end-of-run findings (which are not "ongoing": the run is over).
-    pub(crate) fn record_final(&mut self, at: Duration, findings: Vec<(AppId, ViolationKind)>) {
+    /// Records findings that are events, not conditions (end-of-run findings, requests
+    /// cut): each is recorded.
+    pub(crate) fn record_events(&mut self, at: Duration, findings: Vec<(AppId, ViolationKind)>) {
         for (app, kind) in findings {
+            tracing::warn!(%app, violation = %kind, "fleet invariant violated");
             self.history.push(Violation { at, app, kind });
         }
     }
@@ -144,7 +228,37 @@ impl InvariantChecker {
         Self {
             ongoing: ongoing.into_iter().collect(),
             history,
+            unhealthy_since: BTreeMap::new(),
         }
+    }
+
+    /// Takes in which members in rotation are unhealthy now, keeping when each turned so.
+    pub(crate) fn track_unhealthy(&mut self, unhealthy: Vec<(AppId, InstanceId)>, now: Instant) {
+        let mut since = std::mem::take(&mut self.unhealthy_since);
+        self.unhealthy_since = unhealthy
+            .into_iter()
+            .map(|key| {
+                let at = since.remove(&key).unwrap_or(now);
+                (key, at)
+            })
+            .collect();
+    }
+
+    /// The unhealthy members of `app` in rotation, with since when.
+    fn unhealthy_members<'a>(&'a self, app: &'a AppId) -> impl Iterator<Item = (&'a InstanceId, Instant)> {
+        self.unhealthy_since
+            .iter()
+            .filter(move |((of, _), _)| of == app)
+            .map(|((_, id), since)| (id, *since))
+    }
+
+    /// When the earliest unhealthy member outstays `grace`, if it has not yet.
+    pub(crate) fn next_grace_deadline(&self, grace: Duration, now: Instant) -> Option<Instant> {
+        self.unhealthy_since
+            .values()
+            .map(|since| *since + grace)
+            .filter(|deadline| *deadline > now)
+            .min()
     }
 
     pub(crate) fn history(&self) -> &[Violation] {
@@ -166,26 +280,65 @@ pub(crate) fn healthy_in_rotation(
         .count()
 }
 
+/// A schedule for the traffic off a baseline pool (a canary's steps): the share may rise
+/// only to the next step at a time.
+#[derive(Debug, Clone)]
+pub(crate) struct Exposure {
+    pub(crate) baseline: Pool,
+    pub(crate) steps: Vec<Weight>,
+    /// The share off the baseline at the last check.
+    pub(crate) share: Weight,
+}
+
+impl Exposure {
+    /// The share off the baseline that `routing` gives.
+    pub(crate) fn share_of(&self, routing: Option<&TrafficSplit>) -> Weight {
+        routing.map_or(Weight::ZERO, |split| split.weight_of(&self.baseline).complement())
+    }
+
+    /// Takes in the share now; returns the breach if it rose past the next step.
+    pub(crate) fn observe(&mut self, share: Weight) -> Option<ViolationKind> {
+        let last = std::mem::replace(&mut self.share, share);
+        let allowed = self
+            .steps
+            .iter()
+            .copied()
+            .find(|step| *step > last)
+            .unwrap_or(last);
+        (share > allowed).then_some(ViolationKind::Overexposed {
+            weight: share,
+            allowed,
+        })
+    }
+}
+
+/// What a test or harness told the checker about one app, beyond its capacity floor.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AppLimits {
+    pub(crate) max_instances: Option<usize>,
+    pub(crate) exposure: Option<Exposure>,
+}
+
 /// The continuous rules: routing sums to 100%, weighted pools have a healthy member in
-/// rotation, capacity stays at or above the floor once it has been reached.
+/// rotation, capacity stays at or above the floor once it has been reached, no member in
+/// rotation or draining is down, none stays unhealthy past the grace, and the instance
+/// limit holds.
 pub(crate) fn evaluate(state: &FleetState, now: Instant) -> Vec<(AppId, ViolationKind)> {
     let mut findings = Vec::new();
     for (app, app_state) in &state.apps {
+        let mut found = |kind| findings.push((app.clone(), kind));
         if let Some(split) = &app_state.routing {
             let total_basis_points = split.total_basis_points();
             if total_basis_points != u64::from(Weight::MAX_BASIS_POINTS) {
-                findings.push((app.clone(), ViolationKind::RoutingSum { total_basis_points }));
+                found(ViolationKind::RoutingSum { total_basis_points });
             }
             for (pool, weight) in split.iter() {
                 let members = app_state.active_members(pool);
                 if !members.iter().any(|id| state.is_healthy(app, id, now)) {
-                    findings.push((
-                        app.clone(),
-                        ViolationKind::PoolWithoutHealthyMember {
-                            pool: pool.clone(),
-                            weight,
-                        },
-                    ));
+                    found(ViolationKind::PoolWithoutHealthyMember {
+                        pool: pool.clone(),
+                        weight,
+                    });
                 }
             }
         }
@@ -193,21 +346,50 @@ pub(crate) fn evaluate(state: &FleetState, now: Instant) -> Vec<(AppId, Violatio
         if app_state.floor_reached {
             let healthy = healthy_in_rotation(state, app, app_state, now);
             if healthy < floor {
-                findings.push((app.clone(), ViolationKind::BelowCapacityFloor { healthy, floor }));
+                found(ViolationKind::BelowCapacityFloor { healthy, floor });
             }
+        }
+        for id in app_state.members.keys() {
+            match app_state.instances.get(id) {
+                Some(sim) if sim.state != InstanceState::Running => {
+                    found(ViolationKind::StoppedWhileServing {
+                        instance: id.clone(),
+                        state: sim.state,
+                    })
+                }
+                _ => {}
+            }
+        }
+        if let Some(grace) = state.unhealthy_grace {
+            for (id, since) in state.invariants.unhealthy_members(app) {
+                if now.saturating_duration_since(since) >= grace {
+                    found(ViolationKind::UnhealthyInRotation {
+                        instance: id.clone(),
+                        grace,
+                    });
+                }
+            }
+        }
+        let limit = state.limits.get(app).and_then(|limits| limits.max_instances);
+        let instances = app_state.instances.values().count();
+        if let Some(limit) = limit.filter(|limit| instances > *limit) {
+            found(ViolationKind::TooManyInstances { instances, limit });
         }
     }
     findings
 }
 
-/// The end-of-run rules: nothing running outside rotation, nothing left stopped or failed.
+/// The end-of-run rules: nothing running outside rotation, nothing left stopped or failed,
+/// no pool running two versions.
 pub(crate) fn evaluate_end(state: &FleetState) -> Vec<(AppId, ViolationKind)> {
     let mut findings = Vec::new();
     for (app, app_state) in &state.apps {
+        let mut versions: BTreeMap<&Pool, BTreeSet<&Version>> = BTreeMap::new();
         for id in app_state.sorted_ids() {
             let Some(sim) = app_state.instances.get(id) else {
                 continue;
             };
+            versions.entry(&sim.pool).or_default().insert(&sim.version);
             match sim.state {
                 InstanceState::Running if !app_state.members.contains_key(id) => {
                     findings.push((
@@ -224,6 +406,15 @@ pub(crate) fn evaluate_end(state: &FleetState) -> Vec<(AppId, ViolationKind)> {
                 )),
                 _ => {}
             }
+        }
+        for (pool, versions) in versions.into_iter().filter(|(_, versions)| versions.len() > 1) {
+            findings.push((
+                app.clone(),
+                ViolationKind::MixedVersions {
+                    pool: pool.clone(),
+                    versions: versions.into_iter().cloned().collect(),
+                },
+            ));
         }
     }
     findings

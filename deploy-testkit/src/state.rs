@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::fault::{Fault, FaultPlan};
 use crate::idmap::IdMap;
-use crate::invariants::InvariantChecker;
+use crate::invariants::{AppLimits, InvariantChecker, ViolationKind};
 use crate::profile::VersionProfile;
 use crate::traffic::TrafficLog;
 
@@ -26,6 +26,9 @@ pub(crate) struct SimInstance {
     pub(crate) version: Version,
     pub(crate) state: InstanceState,
     pub(crate) address: String,
+    /// Until when requests routed to it may still be running (the last one plus its
+    /// version's p99 latency).
+    pub(crate) busy_until: Option<Instant>,
 }
 
 /// Whether a member takes new traffic.
@@ -87,6 +90,12 @@ pub(crate) struct FleetState {
     pub(crate) checking: bool,
     /// Calls made through handles that record them (`SimFleet::as_caller`).
     pub(crate) calls: Vec<crate::fleet::CallRecord>,
+    /// How long a member in rotation may fail its health check before that is a violation.
+    pub(crate) unhealthy_grace: Option<Duration>,
+    /// What the checker was told per app beyond the floor (not part of a fleet image).
+    pub(crate) limits: BTreeMap<AppId, AppLimits>,
+    /// Counts changes to the fleet, for watchers (the invariant timer, persisters).
+    pub(crate) changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl FleetState {
@@ -103,7 +112,15 @@ impl FleetState {
             invariants: InvariantChecker::default(),
             checking: true,
             calls: Vec::new(),
+            unhealthy_grace: None,
+            limits: BTreeMap::new(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Tells watchers that the fleet changed.
+    pub(crate) fn changed(&self) {
+        self.changes.send_modify(|count| *count = count.wrapping_add(1));
     }
 
     pub(crate) fn app(&self, app: &AppId) -> Option<&AppState> {
@@ -184,28 +201,80 @@ impl FleetState {
             .is_ok_and(|sim| self.health(sim, id, now).is_healthy())
     }
 
-    /// Re-evaluates the invariants after a change.
+    /// Re-evaluates the invariants after a change (or at a moment health changes).
     pub(crate) fn check_invariants(&mut self) {
         if !self.checking {
             return;
         }
         let now = Instant::now();
-        let reached: Vec<AppId> = self
-            .apps
-            .iter()
-            .filter(|(app, a)| {
-                a.capacity_floor > 0
-                    && !a.floor_reached
-                    && crate::invariants::healthy_in_rotation(self, app, a, now) >= a.capacity_floor
-            })
-            .map(|(app, _)| app.clone())
-            .collect();
+        let mut events = Vec::new();
+        let mut reached = Vec::new();
+        let mut unhealthy = Vec::new();
+        for (app, a) in &self.apps {
+            if a.capacity_floor > 0
+                && !a.floor_reached
+                && crate::invariants::healthy_in_rotation(self, app, a, now) >= a.capacity_floor
+            {
+                reached.push(app.clone());
+            }
+            for (id, membership) in a.members.iter() {
+                let down = a.instances.get(id).is_some_and(|sim| {
+                    sim.state == InstanceState::Running && !self.health(sim, id, now).is_healthy()
+                });
+                if *membership == Membership::Active && down {
+                    unhealthy.push((app.clone(), id.clone()));
+                }
+            }
+        }
         for app in reached {
             self.app_mut(&app).floor_reached = true;
+        }
+        self.invariants.track_unhealthy(unhealthy, now);
+        for (app, limits) in &mut self.limits {
+            let Some(exposure) = &mut limits.exposure else {
+                continue;
+            };
+            let share = exposure.share_of(self.apps.get(app).and_then(|a| a.routing.as_ref()));
+            events.extend(exposure.observe(share).map(|kind| (app.clone(), kind)));
         }
         let findings = crate::invariants::evaluate(self, now);
         let at = now.saturating_duration_since(self.started);
         self.invariants.record(at, findings);
+        self.invariants.record_events(at, events);
+    }
+
+    /// Records a cut if `id` may still be serving requests: it is leaving rotation, being
+    /// stopped or removed now.
+    pub(crate) fn check_drained(&mut self, app: &AppId, id: &InstanceId) {
+        let now = Instant::now();
+        // Cut requests are gone: an instance is cut once.
+        let busy_until = self
+            .apps
+            .get_mut(app)
+            .and_then(|a| a.instances.get_mut(id))
+            .and_then(|sim| sim.busy_until.take());
+        if self.checking && busy_until.is_some_and(|until| until > now) {
+            let at = now.saturating_duration_since(self.started);
+            let cut = ViolationKind::InFlightRequestsCut { instance: id.clone() };
+            self.invariants.record_events(at, vec![(app.clone(), cut)]);
+        }
+    }
+
+    /// The next moment health changes without any call (a flapping boundary, a grace
+    /// running out), after `now`.
+    pub(crate) fn next_transition(&self, now: Instant) -> Option<Instant> {
+        let flips = self.faults.active().filter_map(|active| match active.fault {
+            Fault::FlappingHealth { period, .. } if !period.is_zero() => {
+                let phases = now.saturating_duration_since(active.since).as_nanos() / period.as_nanos() + 1;
+                let offset = period.checked_mul(u32::try_from(phases).ok()?)?;
+                active.since.checked_add(offset)
+            }
+            _ => None,
+        });
+        let grace = self
+            .unhealthy_grace
+            .and_then(|grace| self.invariants.next_grace_deadline(grace, now));
+        flips.chain(grace).min()
     }
 
     pub(crate) fn next_instance_id(&mut self, app: &AppId, pool: &Pool) -> InstanceId {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use deploy_core::{
-    AppId, BackendError, MetricName, MetricQuery, MetricTarget, Pool, Sample, Series, Version,
+    AppId, BackendError, InstanceId, MetricName, MetricQuery, MetricTarget, Pool, Sample, Series, Version,
 };
 use tokio::time::Instant;
 
@@ -112,6 +112,7 @@ fn apportion(total: u64, weights: &[u16]) -> Vec<u64> {
 
 /// A member that can take requests, with what it runs and whether it is up.
 struct Target {
+    id: InstanceId,
     version: Version,
     healthy: bool,
 }
@@ -164,6 +165,17 @@ impl FleetState {
                     .add(failed, latency);
             }
             buckets.extend(per_version.into_values());
+            // Requests on a member run for up to their version's p99: it is busy till then.
+            let served = targets.iter().take(usize::try_from(share).unwrap_or(usize::MAX));
+            let busy: Vec<(InstanceId, Instant)> = served
+                .filter(|target| target.healthy)
+                .map(|target| (target.id.clone(), now + self.profile(app, &target.version).p99()))
+                .collect();
+            for (id, until) in busy {
+                if let Some(sim) = self.app_mut(app).instances.get_mut(&id) {
+                    sim.busy_until = Some(until);
+                }
+            }
         }
         report.errors = report.by_pool.values().map(|p| p.errors).sum();
         let log = &mut self.app_mut(app).traffic;
@@ -188,6 +200,7 @@ impl FleetState {
             .filter_map(|id| {
                 let sim = app_state.instances.get(id)?;
                 Some(Target {
+                    id: id.clone(),
                     version: sim.version.clone(),
                     healthy: self.health(sim, id, now).is_healthy(),
                 })
