@@ -14,11 +14,10 @@ use futures::StreamExt;
 fn url() -> Option<String> {
     match std::env::var("DEPLOYKIT_PG_URL") {
         Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("DEPLOYKIT_REQUIRE_REAL").is_ok_and(|value| value == "1") => {
-            panic!("DEPLOYKIT_REQUIRE_REAL=1 but DEPLOYKIT_PG_URL is not set")
-        }
         _ => {
-            eprintln!("skipped: set DEPLOYKIT_PG_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run");
+            deploy_testkit::real::skip(
+                "DEPLOYKIT_PG_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test)",
+            );
             None
         }
     }
