@@ -1,5 +1,7 @@
 //! Errors of loading, merging and extracting configuration.
 
+use std::time::Duration;
+
 use crate::value::Origin;
 
 /// One thing wrong with a configuration. A load reports all of them together
@@ -66,6 +68,12 @@ pub enum ConfigError {
         value: String,
         /// Why it is refused.
         reason: String,
+    },
+    /// A reload interval of zero, which would rebuild without pause.
+    #[error("reload interval {interval:?} must be longer than zero")]
+    InvalidInterval {
+        /// The interval given.
+        interval: Duration,
     },
     /// A source could not be read.
     #[error("source {source_name}: {message}")]

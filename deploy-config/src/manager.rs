@@ -2,18 +2,20 @@
 //! (environment, application), and reload that swaps only a valid configuration in.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::{ConfigError, ConfigErrors};
-use crate::extract::extract;
+use crate::extract::extract_at;
 use crate::merge::{Explanation, Layers};
-use crate::secret::REDACTED;
+use crate::secret::{REDACTED, SecretPaths};
 use crate::source::{ConfigSource, KnownPaths, Scope};
 use crate::validate::Validator;
 use crate::value::{Node, Value};
@@ -28,13 +30,32 @@ pub enum Requirement {
 }
 
 /// One built configuration: the merged tree and the layers it came from.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows every leaf as [`describe`](Config::describe) does, secret values as
+/// `[redacted]`, and not the layers; typed extraction errors redact secret values too.
+#[derive(Clone)]
 pub struct Config {
     /// Counts accepted builds for this scope, from 1.
     pub version: u64,
     tree: Node,
     layers: Layers,
-    secrets: Vec<String>,
+    secrets: SecretPaths,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let leaves = self.tree.leaves();
+        let values = fmt::from_fn(|f| {
+            f.debug_map()
+                .entries(leaves.iter().map(|(path, node)| (path, self.shown(path, node))))
+                .finish()
+        });
+        f.debug_struct("Config")
+            .field("version", &self.version)
+            .field("values", &values)
+            .field("secrets", &self.secrets.0)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -46,9 +67,10 @@ impl Config {
     /// The whole configuration as `T`.
     ///
     /// # Errors
-    /// [`ConfigError::Extract`] naming the key, the expected type and the source.
+    /// [`ConfigError::Extract`] naming the key, the expected type and the source; values at
+    /// secret paths read `[redacted]` in it.
     pub fn get<T: DeserializeOwned>(&self) -> Result<T, ConfigErrors> {
-        extract(&self.tree)
+        self.get_at("")
     }
 
     /// The part at `path` as `T`.
@@ -56,37 +78,7 @@ impl Config {
     /// # Errors
     /// As [`Config::get`]; a missing key too.
     pub fn get_at<T: DeserializeOwned>(&self, path: &str) -> Result<T, ConfigErrors> {
-        match self.tree.get(path) {
-            Some(node) => extract(node).map_err(|errors| {
-                ConfigErrors(
-                    errors
-                        .0
-                        .into_iter()
-                        .map(|error| match error {
-                            ConfigError::Extract {
-                                path: inner,
-                                message,
-                                origin,
-                            } => ConfigError::Extract {
-                                path: if inner.is_empty() || inner == "." {
-                                    path.to_owned()
-                                } else {
-                                    format!("{path}.{inner}")
-                                },
-                                message,
-                                origin,
-                            },
-                            other => other,
-                        })
-                        .collect(),
-                )
-            }),
-            None => Err(ConfigErrors(vec![ConfigError::Extract {
-                path: path.to_owned(),
-                message: "missing".into(),
-                origin: "no source (the key is missing)".into(),
-            }])),
-        }
+        extract_at(&self.tree, path, &self.secrets)
     }
 
     /// Every layer that set `path`, first to last; secret values read `[redacted]`.
@@ -106,9 +98,16 @@ impl Config {
 
     /// Whether `path` is, or is under, a path marked secret.
     pub fn is_secret(&self, path: &str) -> bool {
-        self.secrets
-            .iter()
-            .any(|secret| path == secret || path.starts_with(&format!("{secret}.")))
+        self.secrets.covers(path)
+    }
+
+    /// A leaf's value for display: `[redacted]` at secret paths.
+    fn shown(&self, path: &str, node: &Node) -> String {
+        if self.is_secret(path) {
+            REDACTED.to_owned()
+        } else {
+            format!("{:?}", node.value)
+        }
     }
 
     /// Every leaf as `path = value (origin)`, secrets redacted: safe to log.
@@ -116,19 +115,22 @@ impl Config {
         self.tree
             .leaves()
             .into_iter()
-            .map(|(path, node)| {
-                let value = if self.is_secret(&path) {
-                    REDACTED.to_owned()
-                } else {
-                    format!("{:?}", node.value)
-                };
-                format!("{path} = {value} ({})", node.origin)
-            })
+            .map(|(path, node)| format!("{path} = {} ({})", self.shown(&path, node), node.origin))
             .collect()
     }
 }
 
+/// How many scopes a [`ConfigurationManager`] caches. When a new scope would pass it,
+/// entries nobody [subscribes](ConfigurationManager::subscribe) to are dropped (and rebuilt
+/// on their next use), so a caller asking for many distinct scopes cannot grow the cache
+/// without bound; subscribed scopes always stay.
+pub const MAX_CACHED_SCOPES: usize = 256;
+
+type Cache = HashMap<Scope, watch::Sender<Option<Arc<Config>>>>;
+
 /// Builds, validates, caches and reloads configuration.
+///
+/// Its `Debug` names the sources and lists the secret paths and cached scopes, never a value.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -143,17 +145,54 @@ impl Config {
 /// assert_eq!(config.explain("server.port").len(), 2);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ConfigurationManager {
     sources: Mutex<Vec<(Arc<dyn ConfigSource>, Requirement)>>,
     validators: Mutex<Vec<Arc<dyn Validator>>>,
-    secrets: Mutex<Vec<String>>,
+    secrets: Mutex<SecretPaths>,
     known: Mutex<KnownPaths>,
-    cache: Mutex<HashMap<Scope, watch::Sender<Option<Arc<Config>>>>>,
+    cache: Mutex<Cache>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+impl fmt::Debug for ConfigurationManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sources: Vec<_> = self
+            .sources
+            .lock()
+            .iter()
+            .map(|(source, _)| source.name())
+            .collect();
+        let mut scopes: Vec<_> = self.cache.lock().keys().cloned().collect();
+        scopes.sort();
+        f.debug_struct("ConfigurationManager")
+            .field("sources", &sources)
+            .field("validators", &self.validators.lock().len())
+            .field("secrets", &self.secrets.lock().0)
+            .field("cached", &scopes)
+            .finish()
+    }
+}
+
+/// The scope's channel, made if missing; unsubscribed entries make room at the cap.
+fn channel<'a>(cache: &'a mut Cache, scope: &Scope) -> &'a watch::Sender<Option<Arc<Config>>> {
+    if !cache.contains_key(scope) && cache.len() >= MAX_CACHED_SCOPES {
+        let mut excess = cache.len() + 1 - MAX_CACHED_SCOPES;
+        cache.retain(|_, sender| {
+            let evict = excess > 0 && sender.receiver_count() == 0;
+            excess -= usize::from(evict);
+            !evict
+        });
+    }
+    cache
+        .entry(scope.clone())
+        .or_insert_with(|| watch::channel(None).0)
+}
+
+fn scope(environment: &str, application: &str) -> Scope {
+    Scope {
+        environment: environment.to_owned(),
+        application: application.to_owned(),
+    }
 }
 
 impl ConfigurationManager {
@@ -165,24 +204,25 @@ impl ConfigurationManager {
     /// A manager that places environment variables by `T`'s field paths.
     pub fn for_type<T: DeserializeOwned>() -> Self {
         let manager = Self::new();
-        *lock(&manager.known) = crate::known::known_paths::<T>();
+        *manager.known.lock() = crate::known::known_paths::<T>();
         manager
     }
 
     /// Adds a source over the ones added before it. Cached configurations are rebuilt on
     /// their next [`reload`](Self::reload).
     pub fn add_config_source(&self, source: impl ConfigSource, requirement: Requirement) {
-        lock(&self.sources).push((Arc::new(source), requirement));
+        self.sources.lock().push((Arc::new(source), requirement));
     }
 
     /// Adds a validator; all validators run on every build and all failures are reported.
     pub fn add_validator(&self, validator: impl Validator) {
-        lock(&self.validators).push(Arc::new(validator));
+        self.validators.lock().push(Arc::new(validator));
     }
 
-    /// Marks `path` (and everything under it) secret: redacted in `explain` and `describe`.
+    /// Marks `path` (and everything under it) secret: redacted in `explain`, `describe`,
+    /// `Debug`, and in typed extraction and validator errors (and so in the logs).
     pub fn mark_secret(&self, path: impl Into<String>) {
-        lock(&self.secrets).push(path.into());
+        self.secrets.lock().0.push(path.into());
     }
 
     /// The configuration for an environment and application, built on first use and cached.
@@ -197,11 +237,10 @@ impl ConfigurationManager {
         environment: &str,
         application: &str,
     ) -> Result<Arc<Config>, ConfigErrors> {
-        let scope = Scope {
-            environment: environment.to_owned(),
-            application: application.to_owned(),
-        };
-        let cached = lock(&self.cache)
+        let scope = scope(environment, application);
+        let cached = self
+            .cache
+            .lock()
             .get(&scope)
             .and_then(|sender| sender.borrow().clone());
         match cached {
@@ -216,20 +255,19 @@ impl ConfigurationManager {
     /// # Errors
     /// As [`get_config`](Self::get_config).
     pub async fn reload(&self, environment: &str, application: &str) -> Result<Arc<Config>, ConfigErrors> {
-        let scope = Scope {
-            environment: environment.to_owned(),
-            application: application.to_owned(),
-        };
-        self.reload_scope(&scope).await
+        self.reload_scope(&scope(environment, application)).await
     }
 
     async fn reload_scope(&self, scope: &Scope) -> Result<Arc<Config>, ConfigErrors> {
         // Names become file paths and store keys: refused before any source reads them.
         scope.check().map_err(|error| ConfigErrors(vec![error]))?;
-        let previous = lock(&self.cache)
+        let previous = self
+            .cache
+            .lock()
             .get(scope)
             .and_then(|sender| sender.borrow().clone());
-        let built = match self.build(scope).await {
+        let secrets = self.secrets.lock().clone();
+        let built = match self.build(scope, &secrets).await {
             Ok(built) => built,
             Err(errors) => {
                 tracing::warn!(environment = %scope.environment, application = %scope.application, %errors,
@@ -245,19 +283,15 @@ impl ConfigurationManager {
             version,
             tree: built.0,
             layers: built.1,
-            secrets: lock(&self.secrets).clone(),
+            secrets,
         });
-        let mut cache = lock(&self.cache);
-        let sender = cache
-            .entry(scope.clone())
-            .or_insert_with(|| watch::channel(None).0);
-        sender.send_replace(Some(config.clone()));
+        channel(&mut self.cache.lock(), scope).send_replace(Some(config.clone()));
         Ok(config)
     }
 
-    async fn build(&self, scope: &Scope) -> Result<(Node, Layers), ConfigErrors> {
-        let sources = lock(&self.sources).clone();
-        let mut known = lock(&self.known).clone();
+    async fn build(&self, scope: &Scope, secrets: &SecretPaths) -> Result<(Node, Layers), ConfigErrors> {
+        let sources = self.sources.lock().clone();
+        let mut known = self.known.lock().clone();
         let mut layers = Layers::new();
         let mut errors = Vec::new();
         for (source, requirement) in sources {
@@ -294,8 +328,14 @@ impl ConfigurationManager {
             }
         };
         if let Some(tree) = &tree {
-            for validator in lock(&self.validators).iter() {
-                errors.extend(validator.validate(tree));
+            let validators = self.validators.lock().clone();
+            for validator in validators {
+                errors.extend(
+                    validator
+                        .validate(tree)
+                        .into_iter()
+                        .map(|error| secrets.redact(tree, error)),
+                );
             }
         }
         match tree {
@@ -305,28 +345,37 @@ impl ConfigurationManager {
     }
 
     /// Every accepted configuration for a scope from now on (the current one first, if any).
+    /// A subscribed scope stays cached while the receiver lives ([`MAX_CACHED_SCOPES`]).
     pub fn subscribe(&self, environment: &str, application: &str) -> watch::Receiver<Option<Arc<Config>>> {
-        let scope = Scope {
-            environment: environment.to_owned(),
-            application: application.to_owned(),
-        };
-        lock(&self.cache)
-            .entry(scope)
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe()
+        channel(&mut self.cache.lock(), &scope(environment, application)).subscribe()
+    }
+
+    /// How many scopes are cached: at most [`MAX_CACHED_SCOPES`] plus subscribed ones.
+    pub fn cached_scopes(&self) -> usize {
+        self.cache.lock().len()
     }
 
     /// Rebuilds a scope every `interval` (on tokio's clock), so a changed file, variable or
     /// store record is picked up; invalid rebuilds are logged and leave the current one.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidInterval`] for a zero `interval`; [`ConfigError::InvalidScope`]
+    /// as [`Scope::check`](crate::Scope::check).
     pub fn spawn_reload(
         self: &Arc<Self>,
         environment: &str,
         application: &str,
         interval: Duration,
-    ) -> JoinHandle<()> {
+    ) -> Result<JoinHandle<()>, ConfigError> {
+        if interval.is_zero() {
+            return Err(ConfigError::InvalidInterval { interval });
+        }
+        let Scope {
+            environment,
+            application,
+        } = Scope::new(environment, application)?;
         let manager = Arc::clone(self);
-        let (environment, application) = (environment.to_owned(), application.to_owned());
-        tokio::spawn(async move {
+        Ok(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -334,7 +383,7 @@ impl ConfigurationManager {
                 // Errors are logged by `reload` and leave the previous configuration.
                 let _ = manager.reload(&environment, &application).await;
             }
-        })
+        }))
     }
 
     /// Rebuilds a scope whenever one of its sources reports a change
@@ -348,12 +397,11 @@ impl ConfigurationManager {
     /// and ends when every source's change stream has ended.
     pub fn spawn_watch(self: &Arc<Self>, environment: &str, application: &str) -> JoinHandle<()> {
         let manager = Arc::clone(self);
-        let scope = Scope {
-            environment: environment.to_owned(),
-            application: application.to_owned(),
-        };
+        let scope = scope(environment, application);
         tokio::spawn(async move {
-            let sources: Vec<Arc<dyn ConfigSource>> = lock(&manager.sources)
+            let sources: Vec<Arc<dyn ConfigSource>> = manager
+                .sources
+                .lock()
                 .iter()
                 .map(|(source, _)| Arc::clone(source))
                 .collect();

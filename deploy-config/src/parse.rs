@@ -2,16 +2,18 @@
 //!
 //! TOML goes through the `toml` crate's spanned document; YAML through saphyr's marked
 //! nodes; JSON is checked strictly by serde_json, then read as YAML 1.2 (of which it is a
-//! subset) for its lines.
+//! subset) for its lines. YAML aliases and nesting deeper than [`MAX_DEPTH`] are refused
+//! before a tree is built (the `toml` crate limits TOML's nesting itself).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, ScanError, YamlData};
+use saphyr_parser::{Event, Parser};
 use toml::de::{DeTable, DeValue};
 
 use crate::error::ConfigError;
-use crate::value::{Node, Origin, Value};
+use crate::value::{MAX_DEPTH, Node, Origin, Value};
 
 /// A file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,19 +82,54 @@ pub fn parse(text: &str, format: Format, source: &str, file: &str) -> Result<Nod
                     message: error.to_string(),
                 })?;
             }
-            let documents = MarkedYaml::load_from_str(text).map_err(|error| ConfigError::Parse {
-                file: file.to_owned(),
-                format: format.name(),
-                line: error.marker().line() as u32,
-                column: error.marker().col() as u32 + 1,
-                message: error.info().to_owned(),
-            })?;
+            check_yaml(text, file, format)?;
+            let documents = MarkedYaml::load_from_str(text)
+                .map_err(|error| yaml_error(file, format, error.marker(), error.info()))?;
             match documents.first() {
                 None => Ok(Node::table(at.origin(1))),
                 Some(document) => at.yaml(document, file, format),
             }
         }
     }
+}
+
+fn yaml_error(file: &str, format: Format, at: &saphyr::Marker, message: &str) -> ConfigError {
+    ConfigError::Parse {
+        file: file.to_owned(),
+        format: format.name(),
+        line: u32::try_from(at.line()).unwrap_or(u32::MAX),
+        column: u32::try_from(at.col()).unwrap_or(u32::MAX).saturating_add(1),
+        message: message.to_owned(),
+    }
+}
+
+/// Refuses, from the event stream and before anything is built, what the loader would
+/// expand or recurse on without bound: an alias (the loader copies the anchored value once
+/// per alias, so a small file can expand into gigabytes) and nesting deeper than
+/// [`MAX_DEPTH`] (the tree is built and dropped recursively).
+fn check_yaml(text: &str, file: &str, format: Format) -> Result<(), ConfigError> {
+    let mut depth = 0usize;
+    for event in Parser::new_from_str(text) {
+        let (event, span) =
+            event.map_err(|error: ScanError| yaml_error(file, format, error.marker(), error.info()))?;
+        let refused = match event {
+            Event::Alias(_) => "aliases are not supported (each one copies its anchor)".to_owned(),
+            Event::SequenceStart(..) | Event::MappingStart(..) if depth == MAX_DEPTH => {
+                format!("nested deeper than {MAX_DEPTH} levels")
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                depth = depth.saturating_sub(1);
+                continue;
+            }
+            _ => continue,
+        };
+        return Err(yaml_error(file, format, &span.start, &refused));
+    }
+    Ok(())
 }
 
 struct Located {
@@ -203,15 +240,7 @@ impl Located {
                     let key = match &key.data {
                         YamlData::Value(Scalar::String(text)) => text.to_string(),
                         YamlData::Value(scalar) => scalar_text(scalar),
-                        _ => {
-                            return Err(ConfigError::Parse {
-                                file: file.to_owned(),
-                                format: format.name(),
-                                line: key.span.start.line() as u32,
-                                column: key.span.start.col() as u32 + 1,
-                                message: "keys must be scalars".into(),
-                            });
-                        }
+                        _ => return Err(yaml_error(file, format, &key.span.start, "keys must be scalars")),
                     };
                     table.insert(key, self.yaml(value, file, format)?);
                 }
@@ -219,13 +248,7 @@ impl Located {
             }
             YamlData::Tagged(_, inner) => return self.yaml(inner, file, format),
             YamlData::Alias(_) | YamlData::BadValue => {
-                return Err(ConfigError::Parse {
-                    file: file.to_owned(),
-                    format: format.name(),
-                    line: node.span.start.line() as u32,
-                    column: node.span.start.col() as u32 + 1,
-                    message: "aliases and unresolvable values are not supported".into(),
-                });
+                return Err(yaml_error(file, format, &node.span.start, "unresolvable value"));
             }
         };
         Ok(Node::new(value, origin))

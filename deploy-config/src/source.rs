@@ -2,12 +2,13 @@
 //! core record store.
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use deploy_core::{DynRecordStore, WatchEvent};
+use deploy_core::store::Prefixed;
+use deploy_core::{DynRecordStore, RecordStore, WatchEvent};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -15,7 +16,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use crate::error::ConfigError;
 use crate::merge::MergePolicy;
 use crate::parse::{Format, parse};
-use crate::value::{Node, Origin, Value};
+use crate::value::{MAX_DEPTH, Node, Origin, Value};
 
 /// The environment and application a configuration is built for.
 ///
@@ -140,8 +141,8 @@ pub trait ConfigSource: Send + Sync + Debug + 'static {
 /// Signals from [`ConfigSource::changes`]; dropping the stream stops the watching.
 pub type ChangeStream = BoxStream<'static, ()>;
 
-/// Fixed values, typically the application's defaults.
-#[derive(Debug, Clone)]
+/// Fixed values, typically the application's defaults. `Debug` shows the name only.
+#[derive(Clone)]
 pub struct Defaults {
     name: String,
     value: serde_json::Value,
@@ -159,6 +160,14 @@ impl Defaults {
             message: error.to_string(),
         })?;
         Ok(Self { name, value })
+    }
+}
+
+impl Debug for Defaults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Defaults")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -330,8 +339,9 @@ impl ConfigSource for Files {
 /// and `APP_SERVER_PORT` both set `server.port` when that path is known, `APP_LOG_LEVEL`
 /// sets `log_level` (a snake_case field) rather than `log.level` when only the former is
 /// known. Unknown names nest on `__`. Values parse as JSON where they can (numbers,
-/// booleans, `[..]` arrays); a known array path also takes a comma-separated list.
-#[derive(Debug, Clone)]
+/// booleans, `[..]` arrays); a known array path also takes a comma-separated list. A name
+/// that nests deeper than 128 levels is an error. `Debug` shows names, not values.
+#[derive(Clone)]
 pub struct EnvVars {
     prefix: String,
     vars: Option<BTreeMap<String, String>>,
@@ -356,6 +366,16 @@ impl EnvVars {
 
     fn vars(&self) -> BTreeMap<String, String> {
         self.vars.clone().unwrap_or_else(|| std::env::vars().collect())
+    }
+}
+
+impl Debug for EnvVars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = self.vars.as_ref().map(|vars| vars.keys().collect::<Vec<_>>());
+        f.debug_struct("EnvVars")
+            .field("prefix", &self.prefix)
+            .field("names", &names)
+            .finish()
     }
 }
 
@@ -424,6 +444,12 @@ impl ConfigSource for EnvVars {
                 continue;
             };
             let path = place(rest, known);
+            if path.split('.').count() > MAX_DEPTH {
+                return Err(ConfigError::Source {
+                    source_name: self.name(),
+                    message: format!("{name} nests deeper than {MAX_DEPTH} levels"),
+                });
+            }
             let origin = Origin::source(format!("env {name}"));
             let is_array = known.arrays.contains(&path);
             insert_path(&mut tree, &path, env_value(&value, is_array, &origin));
@@ -435,53 +461,66 @@ impl ConfigSource for EnvVars {
     }
 }
 
-/// Configuration documents (JSON) in a core record store under `prefix`: `base`, then
+/// Configuration documents (JSON) in a core record store under a prefix: `base`, then
 /// `{environment}`, then `{environment}/{application}`, so one shared store (PostgreSQL)
 /// can serve many machines.
 #[derive(Debug, Clone)]
 pub struct StoreSource {
-    store: Arc<DynRecordStore>,
-    prefix: String,
+    store: Prefixed<Arc<DynRecordStore>>,
 }
 
 impl StoreSource {
     /// Documents under `prefix` (for example `config/`).
     pub fn new(store: Arc<DynRecordStore>, prefix: impl Into<String>) -> Self {
         Self {
-            store,
-            prefix: prefix.into(),
+            store: Prefixed::new(store, prefix),
         }
     }
 
-    /// The keys read for `scope`, lowest precedence first.
+    /// The keys read for `scope` under the prefix, lowest precedence first.
     pub fn keys(&self, scope: &Scope) -> [String; 3] {
         [
-            format!("{}base", self.prefix),
-            format!("{}{}", self.prefix, scope.environment),
-            format!("{}{}/{}", self.prefix, scope.environment, scope.application),
+            "base".to_owned(),
+            scope.environment.clone(),
+            format!("{}/{}", scope.environment, scope.application),
         ]
+    }
+
+    fn failed(&self, message: String) -> ConfigError {
+        ConfigError::Source {
+            source_name: self.name(),
+            message,
+        }
     }
 }
 
 #[async_trait]
 impl ConfigSource for StoreSource {
     fn name(&self) -> String {
-        format!("store {}", self.prefix)
+        format!("store {}", self.store.prefix())
     }
 
+    /// Reads the three documents with `get` and parses them itself (rather than
+    /// `RecordStoreExt::get_json`) so every value keeps its line.
     async fn load(&self, scope: &Scope, _known: &KnownPaths) -> Result<Vec<Layer>, ConfigError> {
         scope.check()?;
         let mut layers = Vec::new();
         for key in self.keys(scope) {
-            let record = self.store.get(&key).await.map_err(|error| ConfigError::Source {
-                source_name: self.name(),
-                message: error.to_string(),
-            })?;
+            let record = self
+                .store
+                .get(&key)
+                .await
+                .map_err(|error| self.failed(error.to_string()))?;
             let Some(record) = record else { continue };
-            let text = String::from_utf8_lossy(&record.value);
-            let name = format!("store {key} (version {})", record.version);
+            let file = format!("{}{key}", self.store.prefix());
+            let name = format!("store {file} (version {})", record.version);
             layers.push(Layer {
-                tree: parse(&text, Format::Json, &name, &key)?,
+                tree: parse(
+                    &String::from_utf8_lossy(&record.value),
+                    Format::Json,
+                    &name,
+                    &file,
+                )?,
                 policy: MergePolicy::default(),
             });
         }
@@ -495,12 +534,9 @@ impl ConfigSource for StoreSource {
         let keys = self.keys(scope);
         let events = self
             .store
-            .watch(&self.prefix)
+            .watch("")
             .await
-            .map_err(|error| ConfigError::Source {
-                source_name: self.name(),
-                message: format!("cannot watch: {error}"),
-            })?;
+            .map_err(|error| self.failed(format!("cannot watch: {error}")))?;
         let signals = events.filter_map(move |event| {
             let relevant = match &event {
                 WatchEvent::Put(record) => keys.contains(&record.key),

@@ -4,6 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+/// How deeply a configuration may nest (tables and arrays); deeper input is refused, since
+/// trees are walked and dropped recursively.
+pub(crate) const MAX_DEPTH: usize = 128;
+
 /// Where a value was set: the source's name and, where the format allows, file and line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {

@@ -306,7 +306,9 @@ async fn store_backed() -> (Arc<MemoryStore>, Arc<ConfigurationManager>) {
 async fn spawned_reload_picks_up_store_changes() {
     let (store, manager) = store_backed().await;
     let mut updates = manager.subscribe("production", "shop");
-    let task = manager.spawn_reload("production", "shop", std::time::Duration::from_secs(5));
+    let task = manager
+        .spawn_reload("production", "shop", std::time::Duration::from_secs(5))
+        .unwrap();
     updates.wait_for(|config| config.is_some()).await.unwrap();
     store
         .put("config/production/shop", r#"{"server": {"port": 2}}"#.into())
@@ -423,5 +425,56 @@ async fn watched_files_rebuild_on_save_including_a_directory_created_later() {
     );
     dir.write("production/shop.toml", "[server]\nport = 4\n");
     assert_eq!(port(build(&mut updates, 4).await), (4, 4));
+    task.abort();
+}
+
+/// M17 (rest) / m14: a caller asking for ever more distinct scopes cannot grow the cache
+/// past `MAX_CACHED_SCOPES`; a subscribed scope is never the one dropped.
+#[tokio::test]
+async fn the_cache_is_bounded_and_keeps_subscribed_scopes() {
+    let manager = ConfigurationManager::new();
+    manager.add_config_source(defaults(), Requirement::Required);
+    let mut kept = manager.subscribe("production", "kept");
+    manager.get_config("production", "kept").await.unwrap();
+    for index in 0..deploy_config::MAX_CACHED_SCOPES + 40 {
+        manager
+            .get_config("production", &format!("app-{index}"))
+            .await
+            .unwrap();
+        assert!(manager.cached_scopes() <= deploy_config::MAX_CACHED_SCOPES);
+    }
+    // The subscribed entry survived: its sender is alive and still holds the configuration.
+    assert!(kept.has_changed().is_ok());
+    assert_eq!(
+        kept.borrow_and_update().as_ref().map(|config| config.version),
+        Some(1)
+    );
+    // A dropped scope is rebuilt on its next use.
+    assert_eq!(
+        manager.get_config("production", "app-0").await.unwrap().version,
+        1
+    );
+}
+
+/// m8: a zero reload interval (which made `tokio::time::interval` panic inside the task) is
+/// a typed error, and so is a bad scope; a tiny interval works.
+#[tokio::test(start_paused = true)]
+async fn spawn_reload_refuses_a_zero_interval() {
+    let (_store, manager) = store_backed().await;
+    let zero = std::time::Duration::ZERO;
+    assert_eq!(
+        manager.spawn_reload("production", "shop", zero).unwrap_err(),
+        ConfigError::InvalidInterval { interval: zero }
+    );
+    assert!(matches!(
+        manager.spawn_reload("../etc", "shop", std::time::Duration::from_secs(1)),
+        Err(ConfigError::InvalidScope { .. })
+    ));
+    let mut updates = manager.subscribe("production", "shop");
+    let task = manager
+        .spawn_reload("production", "shop", std::time::Duration::from_nanos(1))
+        .unwrap();
+    updates.wait_for(|config| config.is_some()).await.unwrap();
+    assert!(!task.is_finished());
     task.abort();
 }
