@@ -1,6 +1,6 @@
 //! Plan, apply, destroy and refresh.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 
-use crate::model::{InfraError, Provider, Resource};
+use crate::model::{InfraError, Provider, Resource, check_name};
 use crate::state::{HeldLock, Intent, ResourceState, State, StateStore};
 
 /// What a plan does to a resource.
@@ -38,7 +38,11 @@ pub struct Change {
     pub before: Option<Value>,
     /// Desired configuration.
     pub after: Option<Value>,
+    kind: String,
+    name: String,
     depends_on: Vec<String>,
+    /// Keys whose values `render` hides.
+    sensitive: BTreeSet<String>,
 }
 
 /// The changes that bring recorded state to the desired one, in a valid order.
@@ -65,7 +69,8 @@ impl Plan {
         self.actions().is_empty()
     }
 
-    /// A readable diff: `+` create, `~` update, `-/+` replace, `-` delete.
+    /// A readable diff: `+` create, `~` update, `-/+` replace, `-` delete; the values of
+    /// keys marked [sensitive](Resource::sensitive) show as `(sensitive)`.
     pub fn render(&self) -> String {
         let mut out = String::new();
         for change in self.changes.iter().filter(|change| change.action != Action::NoOp) {
@@ -79,20 +84,26 @@ impl Plan {
             let _ = writeln!(out, "{sign} {}", change.id);
             if let (Some(Value::Object(before)), Some(Value::Object(after))) = (&change.before, &change.after)
             {
-                for key in before
-                    .keys()
-                    .chain(after.keys())
-                    .collect::<std::collections::BTreeSet<_>>()
-                {
+                for key in before.keys().chain(after.keys()).collect::<BTreeSet<_>>() {
+                    let shown = |value: &Value| match change.sensitive.contains(key) {
+                        true => "(sensitive)".to_owned(),
+                        false => value.to_string(),
+                    };
+                    let (old, new) = (before.get(key).map(shown), after.get(key).map(shown));
                     match (before.get(key), after.get(key)) {
-                        (Some(old), Some(new)) if old != new => {
-                            let _ = writeln!(out, "    {key}: {old} -> {new}");
+                        (Some(was), Some(is)) if was != is => {
+                            let _ = writeln!(
+                                out,
+                                "    {key}: {} -> {}",
+                                old.unwrap_or_default(),
+                                new.unwrap_or_default()
+                            );
                         }
-                        (Some(old), None) => {
-                            let _ = writeln!(out, "    {key}: {old} -> (removed)");
+                        (Some(_), None) => {
+                            let _ = writeln!(out, "    {key}: {} -> (removed)", old.unwrap_or_default());
                         }
-                        (None, Some(new)) => {
-                            let _ = writeln!(out, "    {key}: {new}");
+                        (None, Some(_)) => {
+                            let _ = writeln!(out, "    {key}: {}", new.unwrap_or_default());
                         }
                         _ => {}
                     }
@@ -173,6 +184,7 @@ impl Infra {
     fn order(&self, desired: &[Resource]) -> Result<Vec<String>, InfraError> {
         let mut by_id: BTreeMap<String, &Resource> = BTreeMap::new();
         for resource in desired {
+            check_name("resource kind", &resource.kind, false)?;
             let id = resource.id();
             let provider = self.provider_of(&resource.kind, &id)?;
             provider
@@ -243,13 +255,17 @@ impl Infra {
                 action: Action::Delete,
                 before: Some(recorded.config.clone()),
                 after: None,
+                kind: recorded.kind.clone(),
+                name: recorded.name.clone(),
                 depends_on: Vec::new(),
+                sensitive: recorded.sensitive.clone(),
             });
         }
         for id in order {
             let resource = by_id[&id];
             let provider = self.provider_of(&resource.kind, &id)?;
-            let (action, before) = match state.resources.get(&id) {
+            let recorded = state.resources.get(&id);
+            let (action, before) = match recorded {
                 None => (Action::Create, None),
                 Some(recorded) if recorded.tainted => (Action::Replace, Some(recorded.config.clone())),
                 Some(recorded) if recorded.config == resource.config => {
@@ -260,12 +276,17 @@ impl Infra {
                 }
                 Some(recorded) => (Action::Update, Some(recorded.config.clone())),
             };
+            // A value once sensitive stays hidden in the diff that replaces it.
+            let was_sensitive = recorded.map(|recorded| &recorded.sensitive).into_iter().flatten();
             changes.push(Change {
                 id,
                 action,
                 before,
                 after: Some(resource.config.clone()),
+                kind: resource.kind.clone(),
+                name: resource.name.clone(),
                 depends_on: resource.depends_on.clone(),
+                sensitive: resource.sensitive.iter().chain(was_sensitive).cloned().collect(),
             });
         }
         Ok(Plan {
@@ -364,16 +385,6 @@ impl Infra {
             self.states.put_intent(lock, id, None).await?;
         }
         let plan = self.plan_against(environment, desired, &state)?;
-        let kinds: HashMap<String, String> = desired
-            .iter()
-            .map(|resource| (resource.id(), resource.kind.clone()))
-            .chain(
-                state
-                    .resources
-                    .iter()
-                    .map(|(id, recorded)| (id.clone(), recorded.kind.clone())),
-            )
-            .collect();
         let mut report = ApplyReport {
             recovered,
             ..ApplyReport::default()
@@ -384,7 +395,7 @@ impl Infra {
             .iter()
             .filter(|change| change.action == Action::Delete)
         {
-            let provider = self.provider_of(&kinds[&change.id], &change.id)?.clone();
+            let provider = self.provider_of(&change.kind, &change.id)?.clone();
             match self.step(lock, &provider, change, "delete").await? {
                 Ok(()) => report.done.push((change.id.clone(), Action::Delete)),
                 Err(error) => report.failed.push((change.id.clone(), error)),
@@ -419,7 +430,7 @@ impl Infra {
             while running.len() < self.parallelism.max(1) {
                 let Some(at) = ready.pop_front() else { break };
                 let change = work[at].clone();
-                let provider = self.provider_of(&kinds[&change.id], &change.id)?.clone();
+                let provider = self.provider_of(&change.kind, &change.id)?.clone();
                 running.push(async move {
                     let result = async {
                         if change.action == Action::Replace
@@ -489,7 +500,7 @@ impl Infra {
         change: &Change,
         verb: &str,
     ) -> Result<Result<(), String>, InfraError> {
-        let (kind, name) = change.id.split_once('.').unwrap_or((change.id.as_str(), ""));
+        let name = change.name.as_str();
         let config = change
             .after
             .clone()
@@ -512,12 +523,13 @@ impl Infra {
             _ => provider.create(name, &config).await.map(Some),
         };
         let recorded = |attributes: Value, tainted: bool| ResourceState {
-            kind: kind.into(),
-            name: name.into(),
+            kind: change.kind.clone(),
+            name: change.name.clone(),
             config: config.clone(),
             attributes,
             depends_on: change.depends_on.clone(),
             tainted,
+            sensitive: change.sensitive.clone(),
         };
         let (resource, error) = match outcome {
             Ok(None) => (None, None),
@@ -565,7 +577,10 @@ impl Infra {
                 action,
                 before: now,
                 after: Some(recorded.attributes.clone()),
+                kind: recorded.kind.clone(),
+                name: recorded.name.clone(),
                 depends_on: recorded.depends_on.clone(),
+                sensitive: recorded.sensitive.clone(),
             });
         }
         Ok(Plan {

@@ -31,6 +31,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod engine;
 mod model;
 mod providers;

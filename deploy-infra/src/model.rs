@@ -1,5 +1,6 @@
 //! Resources, providers and errors.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use async_trait::async_trait;
@@ -10,7 +11,7 @@ use serde_json::Value;
 /// serde value) and the resources it depends on (by id, `kind.name`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Resource {
-    /// The provider kind (`file`, `sim`...).
+    /// The provider kind (`file`, `sim`...): as [`InfraError::InvalidName`] says.
     pub kind: String,
     /// Unique within its kind.
     pub name: String,
@@ -19,6 +20,11 @@ pub struct Resource {
     /// Ids of resources that must exist first.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Top-level configuration keys whose values [`Plan::render`](crate::Plan::render)
+    /// shows as `(sensitive)`. The state store still keeps them: see
+    /// [`StateStore`](crate::StateStore).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub sensitive: BTreeSet<String>,
 }
 
 impl Resource {
@@ -36,7 +42,14 @@ impl Resource {
             name: name.into(),
             config,
             depends_on: Vec::new(),
+            sensitive: BTreeSet::new(),
         })
+    }
+
+    /// Marks a top-level configuration key as sensitive (see [`Resource::sensitive`]).
+    pub fn sensitive(mut self, key: impl Into<String>) -> Self {
+        self.sensitive.insert(key.into());
+        self
     }
 
     /// Adds a dependency.
@@ -57,6 +70,21 @@ impl Resource {
 pub struct ProviderError(pub String);
 
 /// Creates, reads, updates and deletes resources of one kind.
+///
+/// # Contract
+/// Checked by [`conformance::provider`](crate::conformance::provider) (feature
+/// `conformance`):
+/// - `read` of a resource that does not exist is `Ok(None)`;
+/// - `create` and `update` return the attributes a following `read` returns, and calling
+///   either again with the same configuration succeeds with the same attributes (the engine
+///   retries a call whose answer it lost);
+/// - `delete` leaves nothing for `read` to find, and deleting a missing resource is `Ok`;
+/// - a configuration is never a replace of itself (`requires_replace(c, c)` is false);
+/// - a name or configuration `validate` refuses makes `create` and `update` fail with a
+///   [`ProviderError`] and change nothing.
+///
+/// # Errors
+/// [`ProviderError`] saying why a call failed; the engine records the resource as tainted.
 #[async_trait]
 pub trait Provider: Send + Sync + Debug + 'static {
     /// The kind it manages.
@@ -108,6 +136,18 @@ pub enum InfraError {
         /// The missing one.
         dependency: String,
     },
+    /// An environment or resource kind that is not one safe store-key segment: 1..=128 ASCII
+    /// letters, digits, `-`, `_` and `.` (no `.` in a kind, so that ids split at their first
+    /// `.`), starting with a letter or digit.
+    #[error(
+        "invalid {what} {name:?}: expected 1..=128 ASCII letters, digits, `-`, `_` or `.` (no `.` in a kind), starting with a letter or digit"
+    )]
+    InvalidName {
+        /// What the name is for (`environment`, `resource kind`).
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
     /// Two resources with one id.
     #[error("resource {0} is declared twice")]
     Duplicate(String),
@@ -157,6 +197,18 @@ pub enum InfraError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] deploy_core::StoreError),
+}
+
+/// Checks that an environment (`what` = `"environment"`) or, with `dots` false, a resource
+/// kind is one safe store-key segment: core's id rule (that of [`AppId`](deploy_core::AppId)).
+pub(crate) fn check_name(what: &'static str, name: &str, dots: bool) -> Result<(), InfraError> {
+    if deploy_core::AppId::new(name).is_err() || (!dots && name.contains('.')) {
+        return Err(InfraError::InvalidName {
+            what,
+            name: name.into(),
+        });
+    }
+    Ok(())
 }
 
 /// ` for apply since <time>`, as far as known.

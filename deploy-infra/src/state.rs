@@ -1,19 +1,22 @@
 //! The recorded state of an environment and its lock, in a core store: records for the
 //! state, a lease for the lock, and the lease's fence on every state write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deploy_core::time::{ClockExt, DynClock};
-use deploy_core::{DynStore, Fence, Lease, Precondition, RecordStoreExt, StoreError, WriteOptions};
+use deploy_core::{
+    DynStore, Fence, Lease, LeaseStore, Precondition, Prefixed, RecordStore, RecordStoreExt, StoreError,
+    WriteOptions,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::model::InfraError;
+use crate::model::{InfraError, check_name};
 
 /// The shortest lock TTL: shorter ones are raised to it (a renewal has to fit in a third).
 pub const MIN_LOCK_TTL: Duration = Duration::from_secs(1);
@@ -38,6 +41,10 @@ pub struct ResourceState {
     pub depends_on: Vec<String>,
     /// A create or update was interrupted or failed: replace it next time.
     pub tainted: bool,
+    /// Configuration keys marked [sensitive](crate::Resource::sensitive) (hidden in plans,
+    /// kept in the store).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub sensitive: BTreeSet<String>,
 }
 
 /// A provider call that started and was not confirmed.
@@ -73,6 +80,7 @@ impl State {
         for (id, intent) in std::mem::take(&mut self.intents) {
             match intent.action.as_str() {
                 "create" | "update" => {
+                    // Kinds have no `.` (see `InfraError::InvalidName`), so this is the split.
                     let (kind, name) = id.split_once('.').unwrap_or((id.as_str(), ""));
                     let entry = self.resources.entry(id.clone()).or_insert_with(|| ResourceState {
                         kind: kind.into(),
@@ -81,6 +89,14 @@ impl State {
                         attributes: Value::Null,
                         depends_on: intent.depends_on.clone(),
                         tainted: true,
+                        // What was sensitive is unknown: hide it all until the next apply.
+                        sensitive: intent
+                            .config
+                            .as_object()
+                            .into_iter()
+                            .flatten()
+                            .map(|(key, _)| key.clone())
+                            .collect(),
                     });
                     entry.tainted = true;
                 }
@@ -152,21 +168,28 @@ impl HeldLock {
 
 /// State and lock of environments, in a core store (records and leases): the in-memory
 /// store, SQLite or PostgreSQL.
+///
+/// It keeps, under `infra/<environment>/`, one record per resource (`resources/<id>`: its
+/// kind, name, configuration, attributes as the provider returned them, dependencies,
+/// taint and sensitive keys), one per provider call in flight (`intents/<id>`: the
+/// configuration it was going to) and the lock record (`lock`), all plain JSON: values
+/// marked [sensitive](crate::Resource::sensitive) are hidden from plans only, not from the
+/// store, so keep secrets out of configurations (refer to a secret store) or protect the
+/// store as you would the secrets. Environment names are checked to be one key segment
+/// ([`InfraError::InvalidName`]).
 #[derive(Debug, Clone)]
 pub struct StateStore {
-    store: Arc<DynStore>,
-    prefix: String,
+    store: Prefixed<Arc<DynStore>>,
     clock: Arc<DynClock>,
 }
 
 impl StateStore {
-    /// States under `infra/` in `store`, locks as leases `infra/<environment>` in it;
-    /// `clock` dates intents and locks (for people: lock expiry is the store's business),
-    /// `SystemClock::shared()` in production.
+    /// States under `infra/` in `store`, locks as leases `infra/<environment>` in it (wrap
+    /// `store` in core's [`Prefixed`] to move them); `clock` dates intents and locks (for
+    /// people: lock expiry is the store's business), `SystemClock::shared()` in production.
     pub fn new(store: Arc<DynStore>, clock: Arc<DynClock>) -> Self {
         Self {
-            store,
-            prefix: "infra/".into(),
+            store: Prefixed::new(store, "infra/"),
             clock,
         }
     }
@@ -175,30 +198,14 @@ impl StateStore {
         self.clock.now_utc()
     }
 
-    fn resource_key(&self, environment: &str, id: &str) -> String {
-        format!("{}{environment}/resources/{id}", self.prefix)
-    }
-
-    fn intent_key(&self, environment: &str, id: &str) -> String {
-        format!("{}{environment}/intents/{id}", self.prefix)
-    }
-
-    fn lock_key(&self, environment: &str) -> String {
-        format!("{}{environment}/lock", self.prefix)
-    }
-
-    fn lease_name(&self, environment: &str) -> String {
-        format!("{}{environment}", self.prefix)
-    }
-
     /// The recorded state (a fresh environment has an empty one).
     ///
     /// # Errors
-    /// Store errors, records that do not decode.
+    /// [`InfraError::InvalidName`], store errors, records that do not decode.
     pub async fn load(&self, environment: &str) -> Result<State, InfraError> {
-        let root = format!("{}{environment}/", self.prefix);
-        let resources = self.records(&format!("{root}resources/")).await?;
-        let intents = self.records(&format!("{root}intents/")).await?;
+        check_name("environment", environment, true)?;
+        let resources = self.records(&format!("{environment}/resources/")).await?;
+        let intents = self.records(&format!("{environment}/intents/")).await?;
         Ok(State { resources, intents })
     }
 
@@ -241,7 +248,7 @@ impl StateStore {
         id: &str,
         resource: Option<&ResourceState>,
     ) -> Result<(), InfraError> {
-        self.write(lock, &self.resource_key(&lock.environment, id), resource)
+        self.write(lock, &format!("{}/resources/{id}", lock.environment), resource)
             .await
     }
 
@@ -256,7 +263,7 @@ impl StateStore {
         id: &str,
         intent: Option<&Intent>,
     ) -> Result<(), InfraError> {
-        self.write(lock, &self.intent_key(&lock.environment, id), intent)
+        self.write(lock, &format!("{}/intents/{id}", lock.environment), intent)
             .await
     }
 
@@ -268,7 +275,7 @@ impl StateStore {
     /// # Errors
     /// [`InfraError::Locked`] naming the live holder, whoever it is: `holder` itself
     /// included, since a name does not prove the caller is the process that took the lock.
-    /// Store errors.
+    /// [`InfraError::InvalidName`], store errors.
     pub async fn lock(
         &self,
         environment: &str,
@@ -276,7 +283,8 @@ impl StateStore {
         operation: &str,
         ttl: Duration,
     ) -> Result<HeldLock, InfraError> {
-        let name = self.lease_name(environment);
+        check_name("environment", environment, true)?;
+        let name = environment;
         let ttl = ttl.clamp(MIN_LOCK_TTL, MAX_LOCK_TTL);
         // A few rounds, in case holdings come and go between looking and taking.
         let mut races = 0;
@@ -284,11 +292,11 @@ impl StateStore {
             // Looking first refuses this holder's own live holding even where the lease
             // store would grant it again; a re-grant in the gap would fence off the other
             // holding's writes, so nothing is lost either way.
-            if let Some(live) = self.store.holder(&name).await? {
+            if let Some(live) = self.store.holder(name).await? {
                 return Err(self.locked(environment, &live).await);
             }
             let requested = Instant::now();
-            match self.store.acquire(&name, holder, ttl).await {
+            match self.store.acquire(name, holder, ttl).await {
                 Ok(lease) => return self.record_lock(environment, operation, lease, requested).await,
                 Err(StoreError::LeaseHeld { .. }) if races < 2 => races += 1,
                 Err(error) => return Err(error.into()),
@@ -319,7 +327,7 @@ impl StateStore {
         let fenced = WriteOptions::default().fenced(lock.fence());
         if let Err(error) = self
             .store
-            .put_json(&self.lock_key(environment), &lock.info, fenced)
+            .put_json(&lock_key(environment), &lock.info, fenced)
             .await
         {
             // Do not leave the environment locked for a TTL by a lock nobody will use.
@@ -336,7 +344,7 @@ impl StateStore {
         let lock_id = live.token.to_string();
         // The record may not be written yet, be an earlier holding's, or not decode: the
         // lease is what counts, the record only adds what for and since when.
-        let recorded = match self.store.get_json::<LockInfo>(&self.lock_key(environment)).await {
+        let recorded = match self.store.get_json::<LockInfo>(&lock_key(environment)).await {
             Ok(Some((info, _))) if info.id == lock_id => Some(info),
             _ => None,
         };
@@ -384,11 +392,7 @@ impl StateStore {
     /// maybe taken by someone else); store errors.
     pub async fn unlock(&self, lock: &HeldLock) -> Result<(), InfraError> {
         let fenced = WriteOptions::default().fenced(lock.fence());
-        match self
-            .store
-            .delete_opts(&self.lock_key(&lock.environment), fenced)
-            .await
-        {
+        match self.store.delete_opts(&lock_key(&lock.environment), fenced).await {
             Ok(_) => {}
             Err(error @ StoreError::StaleFence { .. }) => return Err(lock.write_error(error)),
             // The record only informs; the lease below is the lock.
@@ -407,9 +411,10 @@ impl StateStore {
     /// or renewal fails with [`InfraError::LockLost`]. `false` if that is not the live lock.
     ///
     /// # Errors
-    /// Store errors.
+    /// [`InfraError::InvalidName`], store errors.
     pub async fn force_unlock(&self, environment: &str, lock_id: &str) -> Result<bool, InfraError> {
-        let Some(live) = self.store.holder(&self.lease_name(environment)).await? else {
+        check_name("environment", environment, true)?;
+        let Some(live) = self.store.holder(environment).await? else {
             return Ok(false);
         };
         if live.token.to_string() != lock_id {
@@ -423,7 +428,7 @@ impl StateStore {
         }
         tracing::warn!(%environment, holder = %live.holder, %lock_id, "lock forced open");
         // Its record goes too, unless a new holder already wrote its own.
-        let key = self.lock_key(environment);
+        let key = lock_key(environment);
         if let Ok(Some((info, version))) = self.store.get_json::<LockInfo>(&key).await
             && info.id == lock_id
         {
@@ -434,6 +439,11 @@ impl StateStore {
         }
         Ok(true)
     }
+}
+
+/// The key of an environment's lock record.
+fn lock_key(environment: &str) -> String {
+    format!("{environment}/lock")
 }
 
 /// Renews `lock` with `renew` every third of its TTL until it is lost (see
@@ -513,7 +523,7 @@ mod tests {
                 ttl_ms: 0,
             },
             lease: Lease {
-                name: "infra/env".into(),
+                name: "env".into(),
                 holder: "alice".into(),
                 token: FencingToken(1),
                 ttl,

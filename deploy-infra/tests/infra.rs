@@ -440,6 +440,7 @@ async fn force_unlock_frees_a_dead_holders_lock_and_fences_the_holder_off() {
         attributes: json!({}),
         depends_on: Vec::new(),
         tainted: false,
+        sensitive: Default::default(),
     };
     let lost = |result: Result<(), InfraError>| matches!(result, Err(InfraError::LockLost { .. }));
     assert!(lost(states.put_resource(&dead, "sim.a", Some(&resource)).await));
