@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploy_core::{AppId, DynStore, InfraManager, InstanceState, LoadBalancer, MetricName, Pool, Version};
+use deploy_core::{
+    AppId, DynStore, InfraManager, InstanceState, LoadBalancer, MetricName, Pool, Version, Weight,
+};
 use deploy_strategies::{
     AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec, CanaryStep, Pause, PauseReason, Quantity,
     RollingSpec, Rollout, RolloutBackends, RolloutBuilder, RolloutHandle, RolloutOptions, RolloutOutcome,
@@ -15,6 +17,10 @@ use deploy_strategies::{
 use deploy_testkit::{FaultyStore, SimFleet, TrafficHandle, VersionProfile};
 
 pub const REPLICAS: usize = 4;
+
+/// How long a member in rotation may stay unhealthy (a load balancer's detection window):
+/// longer than the 7 s down phases of the flapping faults, far shorter than a rollout.
+pub const UNHEALTHY_GRACE: Duration = Duration::from_secs(10);
 
 pub struct World {
     pub fleet: SimFleet,
@@ -40,7 +46,13 @@ pub async fn world_with(
     configure: impl FnOnce(deploy_testkit::SimFleetBuilder) -> deploy_testkit::SimFleetBuilder,
 ) -> World {
     let app = AppId::new("shop").unwrap();
-    let fleet = configure(SimFleet::builder().seed(11).capacity_floor(&app, floor)).build();
+    let fleet = configure(
+        SimFleet::builder()
+            .seed(11)
+            .capacity_floor(&app, floor)
+            .unhealthy_grace(UNHEALTHY_GRACE),
+    )
+    .build();
     fleet
         .serve(&app, &Pool::stable(), &v("1.0"), REPLICAS)
         .await
@@ -104,10 +116,35 @@ impl World {
         self.store.disarm();
     }
 
-    /// A builder over this world's fleet and store, with the test options.
+    /// A builder over this world's fleet and store, with the test options; tells the
+    /// fleet's checker the strategy's limits.
     pub fn builder(&self, strategy: Strategy) -> RolloutBuilder {
+        self.guard(&strategy);
+        self.builder_over(strategy, RolloutBackends::from_one(self.fleet.clone()))
+    }
+
+    /// A builder over `backends` (the fleet behind a wrapper) and this world's store, with
+    /// the test options; the checker is told nothing (see [`guard`](Self::guard)).
+    pub fn builder_over(&self, strategy: Strategy, backends: RolloutBackends) -> RolloutBuilder {
         let store: Arc<DynStore> = self.store.clone();
-        Rollout::builder(strategy, RolloutBackends::from_one(self.fleet.clone()), store).options(options())
+        Rollout::builder(strategy, backends, store).options(options())
+    }
+
+    /// Tells the fleet's checker what `strategy` promises beyond the capacity floor: at
+    /// most replicas + surge instances for a rolling update (two pools' worth otherwise),
+    /// and a canary's traffic rising one step at a time.
+    pub fn guard(&self, strategy: &Strategy) {
+        let limit = match strategy {
+            Strategy::Rolling(spec) => REPLICAS + spec.max_surge.resolve(REPLICAS, true),
+            _ => 2 * REPLICAS,
+        };
+        self.fleet.set_instance_limit(&self.app, limit);
+        if let Strategy::Canary(spec) = strategy {
+            // The promotion to 100% ends every schedule.
+            let steps = spec.steps.iter().map(|step| step.weight).chain([Weight::FULL]);
+            self.fleet
+                .set_exposure_steps(&self.app, Pool::stable(), steps.collect());
+        }
     }
 
     /// The rollout left the fleet fully on one version: the new one if it completed, the old
