@@ -38,7 +38,8 @@ impl Converger {
 
     /// Polls `instance` until healthy or the health timeout.
     pub(crate) async fn wait_healthy(&self, instance: &Instance) -> StepResult {
-        let deadline = tokio::time::Instant::now() + self.options.health_timeout;
+        // Elapsed time against the timeout: a timeout of Duration::MAX cannot overflow.
+        let started = tokio::time::Instant::now();
         loop {
             let last = match self.backends.health.check(instance).await {
                 Ok(status) if status.is_healthy() => return Ok(()),
@@ -46,7 +47,7 @@ impl Converger {
                 Err(err) if err.is_retryable() => HealthStatus::unknown(err.to_string()),
                 Err(err) => return Err(StepError::backend("health check", err)),
             };
-            if tokio::time::Instant::now() + self.options.poll_interval > deadline {
+            if started.elapsed().saturating_add(self.options.poll_interval) > self.options.health_timeout {
                 return Err(StepError::Unhealthy {
                     instance: instance.id.clone(),
                     timeout: self.options.health_timeout,

@@ -9,6 +9,9 @@ use deploy_core::{
 
 use crate::error::SpecError;
 
+/// The longest lease a rollout takes: a deployer that dies holds its app no longer than this.
+const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// The backends a rollout drives, as trait objects.
 #[derive(Debug, Clone)]
 pub struct RolloutBackends {
@@ -99,7 +102,8 @@ impl RolloutOptions {
     ///
     /// # Errors
     /// [`SpecError`] naming the field: zero durations where time must pass (the lease TTL,
-    /// the progress deadline, the health timeout, the poll interval) and zero counts.
+    /// the progress deadline, the health timeout, the poll interval), a lease TTL over 24
+    /// hours, and zero counts. Other durations may be as long as `Duration::MAX` ("never").
     pub fn validate(&self) -> Result<(), SpecError> {
         let positive = [
             ("options.lease_ttl", self.lease_ttl),
@@ -110,8 +114,11 @@ impl RolloutOptions {
         if let Some((field, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(SpecError::new(*field, "must be longer than zero"));
         }
-        if self.lease_ttl < Duration::from_millis(10) {
-            return Err(SpecError::new("options.lease_ttl", "must be at least 10 ms"));
+        if self.lease_ttl < Duration::from_millis(10) || self.lease_ttl > MAX_LEASE_TTL {
+            return Err(SpecError::new(
+                "options.lease_ttl",
+                "must be from 10 ms to 24 hours",
+            ));
         }
         if let Err(err) = self.retry.validate() {
             return Err(SpecError::new("options.retry", err.to_string()));
