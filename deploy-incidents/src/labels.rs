@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::Hasher;
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
+use regex_syntax::hir::{Hir, Look};
 
 use crate::error::AlertError;
 
@@ -34,6 +35,36 @@ impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
     }
+}
+
+/// The longest regex a matcher takes, in bytes.
+const MAX_MATCHER_PATTERN_LEN: usize = 1024;
+/// Compiled program and lazy-DFA cache limits of one matcher regex (the regex crate's
+/// defaults are 10 MiB and 2 MiB per thread).
+const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
+const REGEX_DFA_SIZE_LIMIT: usize = 1024 * 1024;
+const REGEX_NEST_LIMIT: u32 = 64;
+
+/// `pattern` matching whole values only. It is parsed on its own first, so text like
+/// `a)|(b` is an error instead of escaping the anchors it would be wrapped in.
+fn whole_value_regex(pattern: &str) -> Result<Regex, String> {
+    if pattern.len() > MAX_MATCHER_PATTERN_LEN {
+        return Err(format!(
+            "the regex is {} bytes, more than {MAX_MATCHER_PATTERN_LEN}",
+            pattern.len()
+        ));
+    }
+    let parsed = regex_syntax::ParserBuilder::new()
+        .nest_limit(REGEX_NEST_LIMIT)
+        .build()
+        .parse(pattern)
+        .map_err(|error| error.to_string())?;
+    let anchored = Hir::concat(vec![Hir::look(Look::Start), parsed, Hir::look(Look::End)]);
+    RegexBuilder::new(&anchored.to_string())
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
+        .build()
+        .map_err(|error| error.to_string())
 }
 
 /// How a matcher compares a label.
@@ -72,7 +103,8 @@ impl Matcher {
     /// A matcher; regexes are anchored to the whole value.
     ///
     /// # Errors
-    /// [`AlertError::InvalidMatcher`] for an empty label name or an invalid regex.
+    /// [`AlertError::InvalidMatcher`] for an empty label name, or a regex that does not
+    /// parse on its own, is longer than 1 KiB or compiles too big.
     pub fn new(name: impl Into<String>, op: MatchOp, value: impl Into<String>) -> Result<Self, AlertError> {
         let (name, value) = (name.into(), value.into());
         let invalid = |reason: String| AlertError::InvalidMatcher {
@@ -89,9 +121,7 @@ impl Matcher {
             return Err(invalid("label names are [a-zA-Z_][a-zA-Z0-9_]*".into()));
         }
         let regex = match op {
-            MatchOp::Regex | MatchOp::NotRegex => {
-                Some(Regex::new(&format!("^(?:{value})$")).map_err(|error| invalid(error.to_string()))?)
-            }
+            MatchOp::Regex | MatchOp::NotRegex => Some(whole_value_regex(&value).map_err(invalid)?),
             MatchOp::Equal | MatchOp::NotEqual => None,
         };
         Ok(Self {

@@ -1,6 +1,7 @@
 //! The operational monitor: evaluates alert rules over metrics and health, feeds the
 //! dispatcher, and opens an incident for every critical alert that fires.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use deploy_core::{
@@ -29,20 +30,34 @@ pub struct MonitorReport {
 }
 
 /// Watches systems and deployments with one set of rules.
-#[derive(Debug)]
+///
+/// Its `Debug` shows the dispatcher's (receiver names, counts), not the metrics source or
+/// health checker (whose URLs may carry credentials).
 pub struct OperationalMonitor {
     metrics: Arc<DynMetricsSource>,
     health: Arc<DynHealthChecker>,
     rules: Mutex<Vec<RuleEvaluator>>,
+    /// Per `app/pool` watched by [`monitor_deployment`](Self::monitor_deployment), until
+    /// [`end_deployment`](Self::end_deployment).
     deployment_rules: Mutex<Vec<(String, RuleEvaluator)>>,
-    /// Instances found unhealthy, so their recovery resolves the alert.
-    unhealthy: Mutex<std::collections::HashSet<Fingerprint>>,
+    /// Instances found unhealthy with their alert's labels, so their recovery (or their
+    /// leaving the fleet) resolves the alert.
+    unhealthy: Mutex<HashMap<Fingerprint, Labels>>,
     dispatcher: Mutex<Dispatcher>,
     /// Alerts firing at the last pass: an incident opens when one starts firing, not at
     /// every evaluation while it fires.
-    firing: Mutex<std::collections::HashSet<Fingerprint>>,
+    firing: Mutex<HashSet<Fingerprint>>,
     incidents: Arc<IncidentManager>,
     escalation_policy: Option<String>,
+}
+
+impl std::fmt::Debug for OperationalMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperationalMonitor")
+            .field("dispatcher", &self.dispatcher)
+            .field("escalation_policy", &self.escalation_policy)
+            .finish_non_exhaustive()
+    }
 }
 
 impl OperationalMonitor {
@@ -60,9 +75,9 @@ impl OperationalMonitor {
             health,
             rules: Mutex::new(Vec::new()),
             deployment_rules: Mutex::new(Vec::new()),
-            unhealthy: Mutex::new(std::collections::HashSet::new()),
+            unhealthy: Mutex::new(HashMap::new()),
             dispatcher: Mutex::new(dispatcher),
-            firing: Mutex::new(std::collections::HashSet::new()),
+            firing: Mutex::new(HashSet::new()),
             incidents,
             escalation_policy,
         }
@@ -77,7 +92,8 @@ impl OperationalMonitor {
         Ok(())
     }
 
-    /// One pass over the rules and the health of `instances`, now.
+    /// One pass over the rules and the health of `instances` (the whole fleet watched: an
+    /// unhealthy instance missing from it has left, and its alert resolves), now.
     ///
     /// # Errors
     /// Incident store failures, returned after the pass has routed every alert and flushed
@@ -131,6 +147,25 @@ impl OperationalMonitor {
         self.finish(alerts).await
     }
 
+    /// Stops watching `pool` of `app` (the deployment ended): its rules are dropped, and
+    /// their firing alerts resolve in this pass.
+    ///
+    /// # Errors
+    /// As [`monitor_system`](Self::monitor_system).
+    pub async fn end_deployment(&self, app: &AppId, pool: &Pool) -> Result<MonitorReport, IncidentError> {
+        let now = Instant::now();
+        let scope = format!("{app}/{pool}");
+        let mut alerts = Vec::new();
+        self.deployment_rules.lock().await.retain_mut(|(at, evaluator)| {
+            let ended = *at == scope;
+            if ended {
+                alerts.extend(evaluator.end(now));
+            }
+            !ended
+        });
+        self.finish(alerts).await
+    }
+
     /// Feeds each rule its metric's mean over the rule's window (a failed query is no data).
     async fn evaluate<'a>(
         &self,
@@ -150,10 +185,12 @@ impl OperationalMonitor {
         alerts
     }
 
-    /// Unhealthy instances fire `InstanceUnhealthy` (critical) at once; recovered ones resolve.
+    /// Unhealthy instances fire `InstanceUnhealthy` (critical) at once; recovered ones, and
+    /// unhealthy ones no longer in `instances`, resolve.
     async fn health_pass(&self, instances: &[Instance], now: Instant) -> Vec<Alert> {
         let mut alerts = Vec::new();
         let mut known = self.unhealthy.lock().await;
+        let mut seen = HashSet::with_capacity(instances.len());
         for instance in instances {
             let healthy = matches!(self.health.check(instance).await, Ok(HealthStatus::Healthy));
             let mut labels = Labels::new();
@@ -162,9 +199,10 @@ impl OperationalMonitor {
             labels.insert("app".into(), instance.app.to_string());
             labels.insert("instance".into(), instance.id.to_string());
             let fingerprint = Fingerprint::of(&labels);
-            let state = match (healthy, known.contains(&fingerprint)) {
+            seen.insert(fingerprint);
+            let state = match (healthy, known.contains_key(&fingerprint)) {
                 (false, _) => {
-                    known.insert(fingerprint);
+                    known.insert(fingerprint, labels.clone());
                     AlertState::Firing
                 }
                 (true, true) => {
@@ -173,15 +211,15 @@ impl OperationalMonitor {
                 }
                 (true, false) => continue,
             };
-            alerts.push(Alert {
-                labels,
-                annotations: Labels::new(),
-                state,
-                value: f64::from(u8::from(!healthy)),
-                fired_at: Some(now),
-                resolved_at: None,
-            });
+            alerts.push(health_alert(labels, state, now));
         }
+        known.retain(|fingerprint, labels| {
+            let present = seen.contains(fingerprint);
+            if !present {
+                alerts.push(health_alert(labels.clone(), AlertState::Resolved, now));
+            }
+            present
+        });
         alerts
     }
 
@@ -255,5 +293,18 @@ impl OperationalMonitor {
     /// Flushes due groups without evaluating rules.
     pub async fn flush_due(&self) -> Vec<DeliveryRecord> {
         self.dispatcher.lock().await.flush_due().await
+    }
+}
+
+/// An `InstanceUnhealthy` alert: firing (value 1) or resolved (value 0).
+fn health_alert(labels: Labels, state: AlertState, now: Instant) -> Alert {
+    let firing = state == AlertState::Firing;
+    Alert {
+        labels,
+        annotations: Labels::new(),
+        state,
+        value: f64::from(u8::from(firing)),
+        fired_at: Some(now),
+        resolved_at: (!firing).then_some(now),
     }
 }

@@ -207,6 +207,23 @@ impl RuleEvaluator {
                 }
             }
         }
+        self.alert()
+    }
+
+    /// Stops watching (the target is gone): a firing alert resolves now and is returned;
+    /// anything else is dropped quietly.
+    pub fn end(&mut self, now: Instant) -> Option<Alert> {
+        let firing = self.state == AlertState::Firing;
+        self.state = if firing {
+            AlertState::Resolved
+        } else {
+            AlertState::Inactive
+        };
+        self.resolved_at = firing.then_some(now);
+        self.alert()
+    }
+
+    fn alert(&self) -> Option<Alert> {
         match self.state {
             AlertState::Inactive => None,
             state => Some(Alert {

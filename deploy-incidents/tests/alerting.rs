@@ -9,8 +9,8 @@ use deploy_core::retry::{Backoff, RetryPolicy};
 use deploy_core::time::{ClockExt, DynClock, TokioClock};
 use deploy_core::{DynNotifier, MetricName, MetricQuery, MetricTarget, NotificationAction};
 use deploy_incidents::{
-    Alert, AlertError, AlertRule, AlertState, Comparison, Dispatcher, InhibitRule, Labels, Matcher, Route,
-    RouteConfig, RuleEvaluator, Silence,
+    Alert, AlertError, AlertRule, AlertState, Comparison, Dispatcher, InhibitRule, Labels, MatchOp, Matcher,
+    Route, RouteConfig, RuleEvaluator, Silence,
 };
 use deploy_testkit::RecordingNotifier;
 use tokio::time::Instant;
@@ -333,6 +333,34 @@ async fn silences_mute_while_active() {
     assert_eq!(s.default.delivered().len(), 1, "notified once the silence ended");
 }
 
+/// Review m14: silences were never removed, and every flush checked them all. An expired
+/// silence is dropped at the next flush (so there is none left to expire).
+#[tokio::test(start_paused = true)]
+async fn expired_silences_are_dropped() {
+    let mut s = setup();
+    let start = s.wall.now_utc();
+    for (id, hours) in [("maint", 1), ("later", 3)] {
+        s.dispatcher.add_silence(Silence {
+            id: id.into(),
+            matchers: vec![Matcher::parse("alertname=DiskFull").unwrap()],
+            starts_at: start,
+            ends_at: start + chrono::Duration::hours(hours),
+            created_by: "ann".into(),
+            comment: "disk swap".into(),
+        });
+    }
+    s.dispatcher.receive(&alert("DiskFull", &[], AlertState::Firing));
+    run_for(&mut s.dispatcher, Duration::from_secs(2 * 3600)).await;
+    assert!(s.default.delivered().is_empty(), "the later silence still mutes");
+    assert!(!s.dispatcher.expire_silence("maint"), "dropped when it ended");
+    assert!(s.dispatcher.expire_silence("later"), "still active");
+    assert!(
+        format!("{:?}", s.dispatcher).contains("silences: 0"),
+        "{:?}",
+        s.dispatcher
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn inhibition_needs_equal_labels_present_on_both() {
     let mut s = setup();
@@ -460,4 +488,114 @@ fn bad_configuration_is_refused_with_a_typed_error() {
         "the root needs a receiver"
     );
     assert!(Matcher::parse("1bad=x").is_err());
+}
+
+/// Review m6: a regex value was pasted into `^(?:…)$`, so `a)|(b` closed the group early and
+/// matched anything starting with `a` or ending with `b`, and a valid `(?x)` pattern with a
+/// comment swallowed the closing anchor. Values are parsed on their own, anchored as a
+/// whole, and bounded in length and compiled size.
+#[test]
+fn matcher_regexes_are_parsed_alone_anchored_and_bounded() {
+    let env = |value: &str| labels(&[("env", value)]);
+    let injected = Matcher::new("env", MatchOp::Regex, "a)|(b");
+    assert!(
+        matches!(&injected, Err(AlertError::InvalidMatcher { reason, .. }) if reason.contains("unopened group")),
+        "{injected:?}"
+    );
+    let alternation = Matcher::new("env", MatchOp::Regex, "prod|staging").unwrap();
+    assert!(alternation.matches(&env("prod")) && alternation.matches(&env("staging")));
+    assert!(!alternation.matches(&env("production")) && !alternation.matches(&env("pre-staging")));
+    let commented = Matcher::new("env", MatchOp::Regex, "(?x) prod # the live one").unwrap();
+    assert!(commented.matches(&env("prod")) && !commented.matches(&env("prod2")));
+    let negated = Matcher::parse(r#"env!~"prod|staging""#).unwrap();
+    assert!(negated.matches(&env("dev")) && !negated.matches(&env("prod")));
+
+    let long = "a".repeat(1025);
+    assert!(matches!(
+        Matcher::new("env", MatchOp::Regex, long),
+        Err(AlertError::InvalidMatcher { reason, .. }) if reason.contains("1025 bytes")
+    ));
+    // Within the regex crate's default 10 MiB, past the matcher's limit.
+    let huge = r"\w{100}";
+    assert!(regex::Regex::new(huge).is_ok());
+    assert!(matches!(
+        Matcher::new("env", MatchOp::Regex, huge),
+        Err(AlertError::InvalidMatcher { .. })
+    ));
+}
+
+/// Review M8 (incidents part): `Debug` of the dispatcher, the monitor and the incident
+/// manager printed their notifiers, whose own `Debug` may hold keys.
+#[tokio::test(start_paused = true)]
+async fn debug_output_leaves_notifiers_out() {
+    #[derive(Debug)]
+    struct Keyed {
+        #[allow(dead_code)] // read by `Debug` only
+        routing_key: String,
+    }
+    #[async_trait::async_trait]
+    impl deploy_core::Notifier for Keyed {
+        async fn notify(
+            &self,
+            _: &deploy_core::Notification,
+        ) -> Result<deploy_core::Delivery, deploy_core::BackendError> {
+            Ok(deploy_core::Delivery::Delivered)
+        }
+    }
+    let secret = "0123456789abcdef0123456789abcdef";
+    let keyed: Arc<DynNotifier> = Arc::new(Keyed {
+        routing_key: secret.into(),
+    });
+    assert!(
+        format!("{keyed:?}").contains(secret),
+        "the notifier itself shows it"
+    );
+    let dispatcher = Dispatcher::new(
+        tree(),
+        ["pager", "team", "default"]
+            .map(|name| (name.to_owned(), keyed.clone()))
+            .into(),
+        TokioClock::new().shared(),
+    );
+    let store: Arc<deploy_core::DynRecordStore> = Arc::new(deploy_core::MemoryStore::new());
+    let incidents =
+        Arc::new(deploy_incidents::IncidentManager::new(store, keyed.clone(), Default::default()).unwrap());
+    let fleet = deploy_testkit::SimFleet::new();
+    let monitor = deploy_incidents::OperationalMonitor::new(
+        Arc::new(fleet.clone()),
+        Arc::new(fleet),
+        dispatcher,
+        incidents.clone(),
+        None,
+    );
+    let shown = format!("{monitor:?} {incidents:?}");
+    assert!(!shown.contains(secret), "{shown}");
+    assert!(
+        shown.contains(r#"receivers: ["default", "pager", "team"]"#),
+        "{shown}"
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Review m6: for any pattern over regex punctuation, the matcher accepts exactly the
+    /// patterns that parse on their own, and then matches exactly the values the pattern
+    /// matches as a whole.
+    #[test]
+    fn matcher_regexes_match_whole_values_only(
+        pattern in "[ab()|*?+.^$\\\\]{0,12}",
+        values in proptest::collection::vec("[ab]{0,4}", 1..6),
+    ) {
+        let alone = regex::Regex::new(&pattern);
+        let matcher = Matcher::new("env", MatchOp::Regex, pattern.clone());
+        proptest::prop_assert_eq!(alone.is_ok(), matcher.is_ok(), "{:?}", matcher);
+        if let Ok(matcher) = matcher {
+            // Parses alone, so nothing in it can reach past a group around it.
+            let whole = regex::Regex::new(&format!(r"\A(?:{pattern})\z")).unwrap();
+            for value in values {
+                proptest::prop_assert_eq!(matcher.matches(&labels(&[("env", &value)])), whole.is_match(&value));
+            }
+        }
+    }
 }

@@ -8,11 +8,11 @@ use std::time::Duration;
 use deploy_core::time::TokioClock;
 use deploy_core::{
     AppId, DynHealthChecker, DynMetricsSource, DynNotifier, DynRecordStore, DynStore, InfraManager,
-    MemoryStore, MetricName, MetricQuery, MetricTarget, Pool, StoreError, Version,
+    MemoryStore, MetricName, MetricQuery, MetricTarget, NotificationAction, Pool, StoreError, Version,
 };
 use deploy_incidents::{
     AlertRule, AlertState, Comparison, Dispatcher, IncidentError, IncidentManager, IncidentOptions,
-    OperationalMonitor, Route, RouteConfig,
+    MonitorReport, OperationalMonitor, Route, RouteConfig,
 };
 use deploy_testkit::{Fault, FaultyStore, RecordingNotifier, SimFleet, VersionProfile};
 
@@ -183,6 +183,30 @@ async fn deployments_are_watched_by_the_same_rules() {
     let fired = fired.expect("the canary's error rate fires the rule");
     assert_eq!(fired.labels.get("pool").map(String::as_str), Some("canary"));
     assert_eq!(incidents.list().await.unwrap().len(), 1);
+
+    // Review m14: the deployment's rules used to stay (and fire) for ever. Ending it drops
+    // them and resolves what they fired; a second end has nothing left.
+    let report = monitor.end_deployment(&app, &Pool::canary()).await.unwrap();
+    let resolved: Vec<_> = report
+        .alerts
+        .iter()
+        .map(|alert| (alert.fingerprint(), alert.state))
+        .collect();
+    assert_eq!(resolved, [(fired.fingerprint(), AlertState::Resolved)]);
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    let sent: Vec<_> = monitor
+        .flush_due()
+        .await
+        .into_iter()
+        .map(|record| record.notification)
+        .collect();
+    assert!(
+        sent.iter()
+            .any(|notification| notification.action == NotificationAction::Resolve),
+        "{sent:?}"
+    );
+    let again = monitor.end_deployment(&app, &Pool::canary()).await.unwrap();
+    assert!(again.alerts.is_empty(), "{:?}", again.alerts);
     // The stable pool is fine: the system view does not fire.
     let report = monitor.monitor_system(&[]).await.unwrap();
     assert!(
@@ -231,4 +255,44 @@ async fn an_incident_the_store_could_not_open_is_opened_at_the_next_pass() {
     let report = monitor.monitor_system(&instances).await.unwrap();
     assert!(report.incidents.is_empty(), "and only once");
     assert_eq!(incidents.list().await.unwrap().len(), 1);
+}
+
+/// Review m14: an unhealthy instance that left the fleet (replaced, scaled in) used to stay
+/// in the monitor's unhealthy set, its alert firing and repeating for ever. It resolves at
+/// the first pass without it.
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_instance_that_leaves_the_fleet_resolves() {
+    let fleet = SimFleet::new();
+    let app = AppId::new("shop").unwrap();
+    let v1 = Version::new("1.0").unwrap();
+    fleet.serve(&app, &Pool::stable(), &v1, 2).await.unwrap();
+    let (monitor, _, _) = setup(&fleet).await;
+    let instances = fleet.list_instances(&app).await.unwrap();
+    fleet.inject(Fault::UnhealthyVersion(v1.clone()));
+    let health = |report: MonitorReport| -> Vec<(String, AlertState)> {
+        let mut alerts: Vec<_> = report
+            .alerts
+            .into_iter()
+            .filter(|alert| alert.labels["alertname"] == "InstanceUnhealthy")
+            .map(|alert| (alert.labels["instance"].clone(), alert.state))
+            .collect();
+        alerts.sort_by(|a, b| a.0.cmp(&b.0));
+        alerts
+    };
+    let firing = health(monitor.monitor_system(&instances).await.unwrap());
+    assert_eq!(firing.len(), 2);
+    assert!(firing.iter().all(|(_, state)| *state == AlertState::Firing));
+    // The first instance is gone; the second is still there and still unhealthy.
+    let (gone, kept) = (instances[0].id.to_string(), instances[1].id.to_string());
+    let report = health(monitor.monitor_system(&instances[1..]).await.unwrap());
+    assert!(
+        report.contains(&(gone.clone(), AlertState::Resolved)),
+        "{report:?}"
+    );
+    assert!(report.contains(&(kept, AlertState::Firing)), "{report:?}");
+    let report = health(monitor.monitor_system(&instances[1..]).await.unwrap());
+    assert!(
+        report.iter().all(|(instance, _)| *instance != gone),
+        "resolved once: {report:?}"
+    );
 }
