@@ -1,7 +1,7 @@
 //! Compiling a [`FlagSet`] into an immutable [`Snapshot`]: every check happens here, once,
 //! so evaluation never fails and never parses an operand.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use deploy_core::time::DynClock;
@@ -15,6 +15,7 @@ use crate::metrics::{CountBlock, CounterRegistry};
 use crate::model::{
     FlagDefinition, FlagKind, FlagSet, PayloadKind, Rule, Segment, Stickiness, VariantDefinition,
 };
+use crate::pattern::MAX_REGEXES;
 
 /// The compiled flags of one version of the definitions. Immutable; the engine swaps whole
 /// snapshots. Evaluate through [`Snapshot::evaluate`](crate::Snapshot::evaluate) or the
@@ -197,13 +198,16 @@ impl Snapshot {
     }
 
     /// Compiles `set`, reusing flags of `previous` whose definition and segments are unchanged.
-    /// Date constraints read `clock` when the caller gives no `currentTime`.
+    /// Date constraints read `clock` when the caller gives no `currentTime`. When
+    /// `quarantine`, an invalid flag (and any flag whose prerequisites it breaks) is left out
+    /// and its error returned alongside; otherwise the first error fails the whole set.
     pub(crate) fn compile(
         set: FlagSet,
         previous: &Snapshot,
         counters: &CounterRegistry,
         clock: &Arc<DynClock>,
-    ) -> Result<Self, FlagError> {
+        quarantine: bool,
+    ) -> Result<(Self, Vec<FlagError>), FlagError> {
         let mut segments = BTreeMap::new();
         for segment in set.segments {
             let owner = Owner::Segment(&segment.id);
@@ -218,7 +222,16 @@ impl Snapshot {
                 return Err(Owner::Segment(&id).error("id", "two segments share this id"));
             }
         }
+        let mut quarantined = Vec::new();
+        let mut set_aside = |error: FlagError| match error.flag() {
+            Some(_) if quarantine => {
+                quarantined.push(error);
+                Ok(())
+            }
+            _ => Err(error),
+        };
         let mut flags = FlagIndex::default();
+        let mut regexes = 0;
         for definition in set.flags {
             let reusable = previous.flags.get(definition.name.as_str()).filter(|old| {
                 old.definition == definition
@@ -226,23 +239,56 @@ impl Snapshot {
                         .all(|id| previous.segments.get(id) == segments.get(id))
             });
             let compiled = match reusable {
-                Some(old) => old.clone(),
-                None => Arc::new(CompiledFlag::compile(definition, &segments, counters, clock)?),
+                Some(old) => Ok(old.clone()),
+                None => CompiledFlag::compile(definition, &segments, counters, clock).map(Arc::new),
+            };
+            let compiled = match compiled.and_then(|flag| count_regexes(flag, &mut regexes)) {
+                Ok(compiled) => compiled,
+                Err(error) => {
+                    set_aside(error)?;
+                    continue;
+                }
             };
             let name = compiled.definition.name.clone();
             if !flags.insert(&name, compiled) {
-                return Err(FlagError::invalid(&name, "name", "two flags share this name"));
+                set_aside(FlagError::invalid(&name, "name", "two flags share this name"))?;
             }
         }
-        check_prerequisites(&flags)?;
+        // Leaving a flag out can break the prerequisites of others: check until none is.
+        while let Err(error) = check_prerequisites(&flags) {
+            let name = error.flag().unwrap_or_default().to_owned();
+            set_aside(error)?;
+            flags.remove(&name);
+        }
         let shared_counts = counters.shared_block();
-        Ok(Self {
+        let snapshot = Self {
             flags,
             segments,
             version: previous.version + 1,
             shared_counts,
-        })
+        };
+        Ok((snapshot, quarantined))
     }
+}
+
+/// Adds a flag's regexes to the snapshot's count, refusing it past [`MAX_REGEXES`].
+fn count_regexes(flag: Arc<CompiledFlag>, count: &mut usize) -> Result<Arc<CompiledFlag>, FlagError> {
+    let own = flag
+        .rules
+        .iter()
+        .flat_map(|rule| rule.constraints.iter())
+        .filter(|constraint| constraint.is_regex())
+        .count();
+    *count += own;
+    if *count > MAX_REGEXES {
+        *count -= own;
+        return Err(FlagError::invalid(
+            &flag.definition.name,
+            "rules",
+            format!("more than {MAX_REGEXES} regex constraints in one flag set"),
+        ));
+    }
+    Ok(flag)
 }
 
 fn referenced_segments(definition: &FlagDefinition) -> impl Iterator<Item = &str> {
@@ -252,6 +298,16 @@ fn referenced_segments(definition: &FlagDefinition) -> impl Iterator<Item = &str
         .flat_map(|rule| rule.segments.iter().map(String::as_str))
 }
 
+/// The longest prerequisite chain a flag may head, in flags (itself included): deeper
+/// definitions are refused at load, so neither the load nor an evaluation recurses far.
+pub const MAX_PREREQUISITE_DEPTH: usize = 8;
+
+/// How many distinct flags one flag may depend on, directly or through others: each is
+/// decided at most once per evaluation and remembered on the stack.
+pub const MAX_PREREQUISITES: usize = 32;
+
+/// Every prerequisite names a flag; no cycles, no chain deeper than
+/// [`MAX_PREREQUISITE_DEPTH`], no flag depending on more than [`MAX_PREREQUISITES`].
 fn check_prerequisites(flags: &FlagIndex) -> Result<(), FlagError> {
     for (name, flag) in flags.iter() {
         for (index, prerequisite) in flag.prerequisites.iter().enumerate() {
@@ -264,43 +320,77 @@ fn check_prerequisites(flags: &FlagIndex) -> Result<(), FlagError> {
             }
         }
     }
-    // Depth-first search with three colours; a grey flag met again closes a cycle.
-    let mut done: HashSet<&str> = HashSet::new();
+    // Iterative depth-first search (the path never exceeds the depth bound); each finished
+    // flag keeps its depth and the set of flags it depends on.
+    let mut finished: HashMap<&str, (usize, HashSet<&str>)> = HashMap::new();
     let mut names: Vec<&str> = flags.iter().map(|(name, _)| name).collect();
     names.sort_unstable();
     for start in names {
-        let mut path: Vec<&str> = Vec::new();
-        visit(start, flags, &mut path, &mut done)?;
+        let mut path: Vec<(&str, usize)> = vec![(start, 0)];
+        while let Some(&(name, next)) = path.last() {
+            let prerequisites = flags.get(name).map_or(&[][..], |flag| &flag.prerequisites[..]);
+            if let Some(prerequisite) = prerequisites.get(next) {
+                if let Some(top) = path.last_mut() {
+                    top.1 += 1;
+                }
+                let parent = &*prerequisite.flag;
+                if finished.contains_key(parent) {
+                    continue;
+                }
+                if let Some(position) = path.iter().position(|(on_path, _)| *on_path == parent) {
+                    let mut cycle: Vec<String> = path[position..]
+                        .iter()
+                        .map(|(name, _)| name.to_string())
+                        .collect();
+                    cycle.push(parent.to_owned());
+                    return Err(FlagError::PrerequisiteCycle {
+                        flag: parent.to_owned(),
+                        cycle,
+                    });
+                }
+                if path.len() >= MAX_PREREQUISITE_DEPTH {
+                    return Err(too_deep(path[path.len() - MAX_PREREQUISITE_DEPTH].0));
+                }
+                path.push((parent, 0));
+                continue;
+            }
+            path.pop();
+            if finished.contains_key(name) {
+                continue;
+            }
+            let mut depth = 0;
+            let mut closure = HashSet::new();
+            for prerequisite in prerequisites {
+                let (parent_depth, parent_closure) = &finished[&*prerequisite.flag];
+                depth = depth.max(parent_depth + 1);
+                closure.insert(&*prerequisite.flag);
+                closure.extend(parent_closure.iter().copied());
+            }
+            if depth >= MAX_PREREQUISITE_DEPTH {
+                return Err(too_deep(name));
+            }
+            if closure.len() > MAX_PREREQUISITES {
+                return Err(FlagError::invalid(
+                    name,
+                    "prerequisites",
+                    format!(
+                        "depends on {} flags; at most {MAX_PREREQUISITES} are allowed",
+                        closure.len()
+                    ),
+                ));
+            }
+            finished.insert(name, (depth, closure));
+        }
     }
     Ok(())
 }
 
-fn visit<'a>(
-    name: &'a str,
-    flags: &'a FlagIndex,
-    path: &mut Vec<&'a str>,
-    done: &mut HashSet<&'a str>,
-) -> Result<(), FlagError> {
-    if done.contains(name) {
-        return Ok(());
-    }
-    if let Some(position) = path.iter().position(|on_path| *on_path == name) {
-        let mut cycle: Vec<String> = path[position..].iter().map(|name| name.to_string()).collect();
-        cycle.push(name.to_owned());
-        return Err(FlagError::PrerequisiteCycle {
-            flag: name.to_owned(),
-            cycle,
-        });
-    }
-    path.push(name);
-    if let Some(flag) = flags.get(name) {
-        for prerequisite in flag.prerequisites.iter() {
-            visit(&prerequisite.flag, flags, path, done)?;
-        }
-    }
-    path.pop();
-    done.insert(name);
-    Ok(())
+fn too_deep(flag: &str) -> FlagError {
+    FlagError::invalid(
+        flag,
+        "prerequisites",
+        format!("a prerequisite chain longer than {MAX_PREREQUISITE_DEPTH} flags"),
+    )
 }
 
 impl CompiledFlag {
@@ -356,6 +446,15 @@ impl CompiledFlag {
                     return Err(owner.error(
                         format!("prerequisites[{index}].flag"),
                         "a flag cannot depend on itself",
+                    ));
+                }
+                if definition.prerequisites[..index]
+                    .iter()
+                    .any(|earlier| earlier.flag == prerequisite.flag)
+                {
+                    return Err(owner.error(
+                        format!("prerequisites[{index}].flag"),
+                        format!("`{}` is listed twice", prerequisite.flag),
                     ));
                 }
                 Ok(CompiledPrerequisite {

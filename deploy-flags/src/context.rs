@@ -6,6 +6,9 @@ use deploy_core::time::DynClock;
 /// Who is asking: the standard Unleash attributes plus custom properties.
 ///
 /// Build it once per request; evaluating any number of flags against it allocates nothing.
+/// It holds at most [`Context::MAX_PROPERTIES`] custom properties: properties are found by a
+/// linear scan (the fastest way for the few a request has), and the bound keeps building a
+/// context from untrusted input linear.
 ///
 /// ```
 /// use deploy_flags::Context;
@@ -59,6 +62,10 @@ impl Field {
 }
 
 impl Context {
+    /// The most custom properties a context holds; [`Context::set`] ignores new names
+    /// beyond it (replacing the value of a name already set still works).
+    pub const MAX_PROPERTIES: usize = 256;
+
     /// An empty context.
     pub fn new() -> Self {
         Self::default()
@@ -112,7 +119,8 @@ impl Context {
 
     /// Sets any attribute by its Unleash name: the standard ones (`userId`, `sessionId`,
     /// `remoteAddress`, `environment`, `appName`, `currentTime`) or a custom property.
-    /// A `currentTime` that is not an RFC 3339 date makes date constraints fail to match.
+    /// A `currentTime` that is not an RFC 3339 date makes date constraints fail to match. A
+    /// new custom property beyond [`Context::MAX_PROPERTIES`] is ignored.
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
         let name = name.into();
         let value = value.into().into_boxed_str();
@@ -126,10 +134,16 @@ impl Context {
                 let parsed = value.parse::<DateTime<Utc>>().ok();
                 self.current_time = Some(CurrentTime { text: value, parsed });
             }
-            Field::Property(_) => match self.properties.iter_mut().find(|(key, _)| **key == *name) {
-                Some((_, existing)) => *existing = value,
-                None => self.properties.push((name.into_boxed_str(), value)),
-            },
+            Field::Property(_) => {
+                let count = self.properties.len();
+                match self.properties.iter_mut().find(|(key, _)| **key == *name) {
+                    Some((_, existing)) => *existing = value,
+                    None if count < Self::MAX_PROPERTIES => {
+                        self.properties.push((name.into_boxed_str(), value))
+                    }
+                    None => {}
+                }
+            }
         }
     }
 

@@ -1,12 +1,13 @@
 //! The flag engine: one atomically swapped snapshot, lock-free reads, validated updates.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use deploy_core::time::{DynClock, SystemClock};
+use parking_lot::Mutex;
 use thread_local::ThreadLocal;
 use tokio::sync::broadcast;
 
@@ -15,7 +16,7 @@ use crate::context::Context;
 use crate::error::FlagError;
 use crate::eval::Evaluation;
 use crate::eval::Reason;
-use crate::metrics::{CountBlock, CounterRegistry, FlagMetrics, Tally};
+use crate::metrics::{CounterRegistry, FlagMetrics, OwnedBlock, Tally};
 use crate::model::{FlagDefinition, FlagKind, FlagSet, Segment};
 
 /// Evaluates flags against the current snapshot and swaps in new ones.
@@ -47,7 +48,7 @@ pub struct FlagEngine {
     generation: AtomicU64,
     current: ArcSwap<Snapshot>,
     writer: Mutex<()>,
-    counters: CounterRegistry,
+    counters: Arc<CounterRegistry>,
     changes: broadcast::Sender<FlagsChanged>,
     /// Each thread's cached snapshot and counters, freed with the engine.
     readers: ThreadLocal<RefCell<View>>,
@@ -61,7 +62,7 @@ pub struct FlagEngine {
 struct View {
     generation: u64,
     snapshot: Arc<Snapshot>,
-    counts: Arc<CountBlock>,
+    counts: OwnedBlock,
 }
 
 impl View {
@@ -70,7 +71,7 @@ impl View {
         Self {
             generation,
             snapshot: engine.current.load_full(),
-            counts: engine.counters.new_block(engine.counters.capacity()),
+            counts: engine.counters.owned_block(),
         }
     }
 
@@ -84,7 +85,7 @@ impl View {
         (
             &self.snapshot,
             Tally::Owned {
-                block: &self.counts,
+                block: self.counts.block(),
                 fallback: &self.snapshot.shared_counts,
             },
         )
@@ -96,9 +97,9 @@ impl View {
         // at the next read).
         self.snapshot = engine.current.load_full();
         self.generation = generation;
-        if self.counts.len() < engine.counters.capacity() {
-            // New flags were added: a bigger block; the old one's counts stay registered.
-            self.counts = engine.counters.new_block(engine.counters.capacity());
+        if self.counts.block().len() < engine.counters.capacity() {
+            // New flags were added: a bigger block; the old one's counts are folded in.
+            self.counts = engine.counters.owned_block();
         }
     }
 }
@@ -214,7 +215,7 @@ impl FlagEngine {
             generation: AtomicU64::new(0),
             current: ArcSwap::from_pointee(Snapshot::empty()),
             writer: Mutex::new(()),
-            counters: CounterRegistry::default(),
+            counters: Arc::default(),
             changes: broadcast::channel(256).0,
             readers: ThreadLocal::new(),
             clock,
@@ -286,7 +287,7 @@ impl FlagEngine {
     /// # Errors
     /// The first invalid definition, naming the flag and the field; a prerequisite cycle.
     pub fn replace(&self, flags: FlagSet) -> Result<u64, FlagError> {
-        self.update(|_| Ok(flags))
+        self.update(false, |_| Ok(flags)).map(|(version, _)| version)
     }
 
     /// Applies a delta: the changes are applied together, or (on error) not at all.
@@ -295,7 +296,7 @@ impl FlagEngine {
     /// As [`FlagEngine::replace`], for the resulting set.
     pub fn apply(&self, changes: impl IntoIterator<Item = FlagChange>) -> Result<u64, FlagError> {
         let changes: Vec<FlagChange> = changes.into_iter().collect();
-        self.update(move |current| {
+        self.update(false, move |current| {
             let mut set = current.to_flag_set();
             for change in changes {
                 match change {
@@ -317,6 +318,7 @@ impl FlagEngine {
             }
             Ok(set)
         })
+        .map(|(version, _)| version)
     }
 
     /// Checks that `flags` would compile, without serving them.
@@ -324,22 +326,39 @@ impl FlagEngine {
     /// # Errors
     /// As [`FlagEngine::replace`].
     pub fn validate(&self, flags: FlagSet) -> Result<(), FlagError> {
-        Snapshot::compile(flags, &self.current.load(), &self.counters, &self.clock).map(|_| ())
+        self.quarantine(flags, false).map(|_| ())
     }
 
-    /// Builds the next flag set from the current snapshot, compiles it and swaps it in.
+    /// The errors of the flags in `flags` that would be left out of a quarantining update;
+    /// `Err` only for errors that name no flag (segments).
+    pub(crate) fn quarantine(&self, flags: FlagSet, quarantine: bool) -> Result<Vec<FlagError>, FlagError> {
+        Snapshot::compile(
+            flags,
+            &self.current.load(),
+            &self.counters,
+            &self.clock,
+            quarantine,
+        )
+        .map(|(_, quarantined)| quarantined)
+    }
+
+    /// Builds the next flag set from the current snapshot, compiles it (leaving invalid flags
+    /// out when `quarantine`) and swaps it in; returns the version and the flags left out.
     pub(crate) fn update(
         &self,
+        quarantine: bool,
         next: impl FnOnce(&Snapshot) -> Result<FlagSet, FlagError>,
-    ) -> Result<u64, FlagError> {
-        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+    ) -> Result<(u64, Vec<FlagError>), FlagError> {
+        let _writer = self.writer.lock();
         let current = self.current.load_full();
         let set = next(&current)?;
-        let snapshot = Snapshot::compile(set, &current, &self.counters, &self.clock)?;
+        let (snapshot, quarantined) =
+            Snapshot::compile(set, &current, &self.counters, &self.clock, quarantine)?;
+        self.counters.retain(|name| snapshot.flags.contains_key(name));
         let changed = changed_flags(&current, &snapshot);
         if changed.is_empty() && snapshot.segments == current.segments {
             // Nothing to tell readers or subscribers (a reload of unchanged flags).
-            return Ok(current.version);
+            return Ok((current.version, quarantined));
         }
         let version = snapshot.version;
         self.current.store(Arc::new(snapshot));
@@ -349,7 +368,7 @@ impl FlagEngine {
             version,
             flags: changed,
         });
-        Ok(version)
+        Ok((version, quarantined))
     }
 
     /// Change events of every accepted update from now on.
@@ -388,4 +407,70 @@ fn changed_flags(before: &Snapshot, after: &Snapshot) -> Vec<String> {
         .collect();
     changed.sort();
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(names: impl IntoIterator<Item = String>) -> FlagSet {
+        FlagSet {
+            flags: names
+                .into_iter()
+                .map(|name| FlagDefinition::new(name, true))
+                .collect(),
+            segments: Vec::new(),
+        }
+    }
+
+    /// M13: every reader used to leave its counter block registered for ever (memory and
+    /// metric reads growing with each one); a dropped reader now folds its counts into the
+    /// registry's totals and unregisters its block, and a reader that outgrows its block
+    /// (flags were added) swaps it the same way.
+    #[test]
+    fn dropped_and_outgrown_reader_blocks_are_folded_not_kept() {
+        let engine = FlagEngine::with_flags(flags(["f".to_string()])).unwrap();
+        let context = Context::new();
+        let baseline = engine.counters.live_blocks();
+        for _ in 0..100_000 {
+            assert!(engine.reader().is_enabled("f", &context));
+        }
+        assert_eq!(engine.counters.live_blocks(), baseline);
+        assert_eq!(engine.metrics("f").map(|metrics| metrics.enabled), Some(100_000));
+
+        let mut reader = engine.reader();
+        assert!(reader.is_enabled("f", &context));
+        engine
+            .replace(flags(
+                (0..100).map(|index| format!("f{index}")).chain(["f".into()]),
+            ))
+            .unwrap();
+        assert!(reader.is_enabled("f99", &context));
+        assert!(reader.is_enabled("f", &context));
+        assert!(
+            engine.counters.live_blocks() <= baseline + 2,
+            "the outgrown block was released"
+        );
+        assert_eq!(engine.metrics("f").map(|metrics| metrics.enabled), Some(100_002));
+        drop(reader);
+        assert_eq!(engine.metrics("f99").map(|metrics| metrics.enabled), Some(1));
+    }
+
+    /// m14: the metric slots and last-seen dates of a removed flag used to stay for ever.
+    #[test]
+    fn a_removed_flag_leaves_no_metrics_behind() {
+        let engine = FlagEngine::with_flags(flags(["gone".to_string(), "kept".into()])).unwrap();
+        assert!(engine.is_enabled("gone", &Context::new()));
+        assert!(engine.metrics("gone").is_some());
+        engine.apply([FlagChange::Remove("gone".into())]).unwrap();
+        assert_eq!(engine.metrics("gone"), None);
+        assert_eq!(
+            engine
+                .all_metrics()
+                .iter()
+                .map(|metrics| metrics.flag.as_str())
+                .collect::<Vec<_>>(),
+            ["kept"]
+        );
+    }
 }

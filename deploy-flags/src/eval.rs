@@ -4,7 +4,8 @@
 use rand::Rng;
 
 use crate::compile::{
-    CompiledFlag, CompiledRule, CompiledVariant, Snapshot, StickyKey, Variant, VariantSplit,
+    CompiledFlag, CompiledRule, CompiledVariant, MAX_PREREQUISITES, Snapshot, StickyKey, Variant,
+    VariantSplit,
 };
 use crate::context::Context;
 use crate::metrics::Tally;
@@ -159,9 +160,53 @@ impl Snapshot {
     }
 }
 
+/// The prerequisites decided during one evaluation, so that each is decided once however
+/// many flags depend on it (a diamond-shaped set is linear, not exponential). Lives on the
+/// stack: load-time checks bound a flag's distinct prerequisites by [`MAX_PREREQUISITES`].
+struct Decided<'s> {
+    len: usize,
+    entries: [(usize, Evaluation<'s>); MAX_PREREQUISITES],
+}
+
+impl<'s> Decided<'s> {
+    fn new() -> Self {
+        Self {
+            len: 0,
+            entries: [(usize::MAX, Evaluation::NOT_FOUND); MAX_PREREQUISITES],
+        }
+    }
+
+    /// `flag`'s outcome, deciding it on first use.
+    fn get(&mut self, flag: &'s CompiledFlag, snapshot: &'s Snapshot, context: &Context) -> Evaluation<'s> {
+        if let Some((_, outcome)) = self.entries[..self.len]
+            .iter()
+            .find(|(slot, _)| *slot == flag.slot)
+        {
+            return *outcome;
+        }
+        let outcome = flag.decide_with(snapshot, context, self);
+        if let Some(entry) = self.entries.get_mut(self.len) {
+            *entry = (flag.slot, outcome);
+            self.len += 1;
+        }
+        outcome
+    }
+}
+
 impl CompiledFlag {
-    /// Decides without counting (prerequisites are decided this way).
+    /// Decides without counting.
     fn decide<'s>(&'s self, snapshot: &'s Snapshot, context: &Context) -> Evaluation<'s> {
+        self.decide_with(snapshot, context, &mut Decided::new())
+    }
+
+    fn decide_with<'s>(
+        &'s self,
+        snapshot: &'s Snapshot,
+        context: &Context,
+        decided: &mut Decided<'s>,
+    ) -> Evaluation<'s> {
+        #[cfg(test)]
+        tests::DECISIONS.with(|count| count.set(count.get() + 1));
         let kind = Some(self.definition.kind);
         let off = |reason| Evaluation {
             enabled: false,
@@ -172,7 +217,7 @@ impl CompiledFlag {
         if !self.definition.enabled {
             return off(Reason::Disabled);
         }
-        if let Some(prerequisite) = self.failed_prerequisite(snapshot, context) {
+        if let Some(prerequisite) = self.failed_prerequisite(snapshot, context, decided) {
             return off(Reason::PrerequisiteFailed { prerequisite });
         }
         if self.rules.is_empty() {
@@ -198,24 +243,30 @@ impl CompiledFlag {
             return constant;
         }
         self.definition.enabled
-            && (self.prerequisites.is_empty() || self.failed_prerequisite(snapshot, context).is_none())
+            && (self.prerequisites.is_empty()
+                || self
+                    .failed_prerequisite(snapshot, context, &mut Decided::new())
+                    .is_none())
             && (self.rules.is_empty() || self.rules.iter().any(|rule| rule.matches(context).is_some()))
     }
 
     /// The index of the first prerequisite not in its required state.
-    fn failed_prerequisite(&self, snapshot: &Snapshot, context: &Context) -> Option<usize> {
+    fn failed_prerequisite<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        context: &Context,
+        decided: &mut Decided<'s>,
+    ) -> Option<usize> {
         self.prerequisites.iter().position(|prerequisite| {
             let satisfied = snapshot.flags.get(&prerequisite.flag).is_some_and(|parent| {
-                if prerequisite.variants.is_empty() {
-                    return parent.is_on(snapshot, context) == prerequisite.enabled;
-                }
-                let outcome = parent.decide(snapshot, context);
-                let variant_ok = outcome.variant.is_none_or(|variant| {
-                    prerequisite
-                        .variants
-                        .iter()
-                        .any(|name| **name == *variant.variant.name)
-                });
+                let outcome = decided.get(parent, snapshot, context);
+                let variant_ok = prerequisite.variants.is_empty()
+                    || outcome.variant.is_none_or(|variant| {
+                        prerequisite
+                            .variants
+                            .iter()
+                            .any(|name| **name == *variant.variant.name)
+                    });
                 outcome.enabled == prerequisite.enabled && variant_ok
             });
             !satisfied
@@ -310,5 +361,60 @@ impl VariantSplit {
         }
         // Unreachable: weights sum to total_weight >= target. Serve the last one regardless.
         (&self.variants[self.variants.len() - 1], false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use crate::model::{FlagDefinition, FlagSet, Prerequisite};
+    use crate::{Context, FlagEngine};
+
+    thread_local! {
+        /// Flags decided on this thread (the flag asked for and every prerequisite).
+        pub(super) static DECISIONS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// M12: a diamond ladder (every flag of a level depends on every flag of the next)
+    /// used to take width^depth decisions per evaluation; each flag is now decided once.
+    #[test]
+    fn a_diamond_ladder_decides_each_prerequisite_once() {
+        let (width, levels) = (4, crate::MAX_PREREQUISITE_DEPTH);
+        let name = |level: usize, index: usize| format!("l{level}-{index}");
+        let mut flags = vec![];
+        for level in 0..levels {
+            for index in 0..if level == 0 { 1 } else { width } {
+                let mut flag = FlagDefinition::new(name(level, index), true);
+                if level + 1 < levels {
+                    flag.prerequisites = (0..width)
+                        .map(|parent| Prerequisite {
+                            flag: name(level + 1, parent),
+                            enabled: true,
+                            variants: vec![],
+                        })
+                        .collect();
+                }
+                flags.push(flag);
+            }
+        }
+        let engine = FlagEngine::with_flags(FlagSet {
+            flags,
+            segments: vec![],
+        })
+        .unwrap();
+        let distinct = 1 + width * (levels - 1);
+        for evaluate in [
+            |engine: &FlagEngine| engine.evaluate("l0-0", &Context::new()).enabled,
+            |engine: &FlagEngine| engine.is_enabled("l0-0", &Context::new()),
+        ] {
+            DECISIONS.with(|count| count.set(0));
+            assert!(evaluate(&engine));
+            let decisions = DECISIONS.with(Cell::get);
+            assert!(
+                decisions <= distinct,
+                "{decisions} decisions for {distinct} flags"
+            );
+        }
     }
 }

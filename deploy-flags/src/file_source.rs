@@ -40,7 +40,7 @@ impl FileFormat {
                 "JSON",
             ),
             Self::Yaml => (
-                serde_norway::from_str(text).map_err(|error| error.to_string()),
+                crate::yaml::from_str(text).map_err(|error| error.to_string()),
                 "YAML",
             ),
         };

@@ -84,6 +84,13 @@ impl FlagIndex {
         true
     }
 
+    /// Removes a flag, if present.
+    pub(crate) fn remove(&mut self, name: &str) {
+        if let Ok(entry) = self.table.find_entry(hash(name), |entry| same(&entry.name, name)) {
+            entry.remove();
+        }
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Arc<CompiledFlag>)> {
         self.table.iter().map(|entry| (&*entry.name, &entry.flag))
     }

@@ -74,16 +74,20 @@ mod matchers;
 mod metrics;
 mod pattern;
 mod semver;
+mod yaml;
 
-pub use compile::{Snapshot, Variant, VariantPayload};
+pub use compile::{MAX_PREREQUISITE_DEPTH, MAX_PREREQUISITES, Snapshot, Variant, VariantPayload};
 pub use context::Context;
 pub use engine::{Details, FlagChange, FlagEngine, FlagReader, FlagsChanged};
 pub use error::FlagError;
 pub use eval::{ErrorCode, Evaluation, Reason};
 pub use file_source::{FileFormat, FileSource, ReloadStatus};
-pub use manager::{AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, StaleFlag, StaleReason};
+pub use manager::{
+    AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, QuarantinedFlag, StaleFlag, StaleReason,
+};
 pub use metrics::FlagMetrics;
 pub use model::{
     Constraint, FlagDefinition, FlagKind, FlagSet, Operator, Payload, PayloadKind, PercentageRollout,
     Prerequisite, Rule, Segment, Stickiness, VariantDefinition, VariantOverride,
 };
+pub use pattern::{MAX_PATTERN_LEN, MAX_REGEXES};

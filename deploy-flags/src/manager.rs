@@ -1,18 +1,24 @@
 //! The flag manager: flags persisted in a core record store, changed through validated
 //! operations that leave an audit trail, served by a [`FlagEngine`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deploy_core::store::Prefixed;
 use deploy_core::time::{DynClock, SystemClock};
-use deploy_core::{DynRecordStore, Precondition, RecordStoreExt, StoreError, WatchEvent, WriteOptions};
+use deploy_core::{
+    DynRecordStore, Precondition, RecordStore, RecordStoreExt, RecordVersion, StoreError, WatchEvent,
+    WriteOptions,
+};
 use futures::StreamExt;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::context::Context;
-use crate::engine::{FlagChange, FlagEngine, FlagsChanged};
+use crate::engine::{FlagEngine, FlagsChanged};
 use crate::error::FlagError;
 use crate::metrics::FlagMetrics;
 use crate::model::{FlagDefinition, FlagSet, Rule};
@@ -20,20 +26,67 @@ use crate::model::{FlagDefinition, FlagSet, Rule};
 /// How a [`FeatureFlagManager`] stores and times things.
 #[derive(Debug, Clone)]
 pub struct ManagerOptions {
-    /// Key prefix of everything the manager writes (default `flags/`).
-    pub prefix: String,
     /// The wall clock of audit entries, stale reports and the engine's date constraints
     /// (default: [`SystemClock`]; a [`TokioClock`](deploy_core::time::TokioClock) in tests).
     pub clock: Arc<DynClock>,
+    /// Audit entries kept per flag (default 100, at least 1): each change prunes the older
+    /// ones.
+    pub audit_retention: usize,
 }
 
 impl Default for ManagerOptions {
     fn default() -> Self {
         Self {
-            prefix: "flags/".into(),
             clock: SystemClock::shared(),
+            audit_retention: 100,
         }
     }
+}
+
+/// A stored flag that the manager leaves out of its engine: its record does not decode, its
+/// name is not a valid flag name, or its definition does not compile (or depends on such a
+/// flag). The other flags keep serving; fix or delete it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedFlag {
+    /// The flag (its key under `defs/`).
+    pub flag: String,
+    /// The offending field: `record` when the record does not decode, `name`, or a field of
+    /// the definition such as `rules[0].constraints[1].value`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl QuarantinedFlag {
+    fn of(error: &FlagError) -> Self {
+        let field = match error {
+            FlagError::InvalidFlag { field, .. } => field.clone(),
+            FlagError::PrerequisiteCycle { .. } => "prerequisites".into(),
+            _ => String::new(),
+        };
+        Self {
+            flag: error.flag().unwrap_or_default().to_owned(),
+            field,
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// Refuses a name that is empty or has a character other than ASCII letters, digits, `.`,
+/// `_` and `-`: names become store keys, and a `/` would reach into another flag's keys.
+fn check_name(name: &str) -> Result<(), FlagError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))
+    {
+        return Err(FlagError::invalid(
+            name,
+            "name",
+            "must be non-empty ASCII letters, digits, `.`, `_` or `-`",
+        ));
+    }
+    Ok(())
 }
 
 /// A flag as stored: the definition (absent once deleted) with its history counters.
@@ -103,10 +156,17 @@ pub struct StaleFlag {
 
 /// Flags with persistence, an audit log, analytics and a stale-flag report.
 ///
+/// Records live under `flags/` of the store given ([`FeatureFlagManager::PREFIX`]):
+/// `flags/defs/<name>` and `flags/audit/<name>/<revision>`; to keep several managers apart
+/// in one store, give each a [`Prefixed`] view (`Prefixed::new(store, "tenant-a/")`).
+///
 /// Every change is validated by compiling the complete new flag set before anything is
 /// written; the store write is a compare-and-swap on the flag's record, so two managers
-/// sharing a store never lose each other's changes; the engine swaps in the change only
-/// after the write succeeded.
+/// sharing a store never lose each other's changes. A change that raced another (say, one
+/// admin adds `x` with prerequisite `y` while another deletes `y`) is checked again against
+/// the set as stored after the write and undone if it broke a flag. A stored flag that does
+/// not decode or compile is quarantined ([`FeatureFlagManager::quarantined`]) and the rest
+/// serve.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -129,21 +189,27 @@ pub struct StaleFlag {
 #[derive(Debug)]
 pub struct FeatureFlagManager {
     engine: Arc<FlagEngine>,
-    store: Arc<DynRecordStore>,
+    store: Prefixed<Arc<DynRecordStore>>,
     options: ManagerOptions,
+    quarantined: Mutex<Vec<QuarantinedFlag>>,
 }
 
 impl FeatureFlagManager {
+    /// The part of the store the manager keeps its records in.
+    pub const PREFIX: &'static str = "flags/";
+
     /// Loads the flags in `store` into a new engine. Any record store will do (an
-    /// `Arc<DynStore>` coerces): the manager takes no leases.
+    /// `Arc<DynStore>` coerces): the manager takes no leases. Stored flags that do not
+    /// decode or compile are quarantined, not fatal.
     ///
     /// # Errors
-    /// The store's errors; a stored flag set that does not compile.
+    /// The store's errors.
     pub async fn open(store: Arc<DynRecordStore>, options: ManagerOptions) -> Result<Self, FlagError> {
         let manager = Self {
             engine: Arc::new(FlagEngine::with_clock(Arc::clone(&options.clock))),
-            store,
+            store: Prefixed::new(store, Self::PREFIX),
             options,
+            quarantined: Mutex::new(Vec::new()),
         };
         manager.reload().await?;
         Ok(manager)
@@ -154,39 +220,80 @@ impl FeatureFlagManager {
         &self.engine
     }
 
-    fn flag_key(&self, name: &str) -> String {
-        format!("{}defs/{name}", self.options.prefix)
+    /// The stored flags the last reload left out, with what is wrong with each.
+    pub fn quarantined(&self) -> Vec<QuarantinedFlag> {
+        self.quarantined.lock().clone()
     }
 
-    fn audit_key(&self, name: &str, revision: u64) -> String {
-        format!("{}audit/{name}/{revision:010}", self.options.prefix)
+    fn flag_key(name: &str) -> String {
+        format!("defs/{name}")
     }
 
-    async fn stored(&self) -> Result<Vec<StoredFlag>, StoreError> {
-        let prefix = format!("{}defs/", self.options.prefix);
-        let records = self.store.list_json::<StoredFlag>(&prefix).await?;
-        Ok(records.into_iter().map(|(_, flag, _)| flag).collect())
+    fn audit_prefix(name: &str) -> String {
+        format!("audit/{name}/")
     }
 
-    /// Re-reads every flag from the store and swaps them in (the old snapshot stays when they
-    /// do not compile), writing any audit entry a crash left out.
+    /// Every stored flag that decodes under a valid name, and the records that do not.
+    async fn stored(&self) -> Result<(Vec<StoredFlag>, Vec<QuarantinedFlag>), StoreError> {
+        let mut flags = Vec::new();
+        let mut quarantined = Vec::new();
+        for record in self.store.list("defs/").await? {
+            let name = record.key.strip_prefix("defs/").unwrap_or(&record.key);
+            let decoded = check_name(name)
+                .map_err(|error| QuarantinedFlag::of(&error))
+                .and_then(|()| {
+                    serde_json::from_slice::<StoredFlag>(&record.value).map_err(|error| QuarantinedFlag {
+                        flag: name.to_owned(),
+                        field: "record".into(),
+                        reason: format!("does not decode: {error}"),
+                    })
+                })
+                .and_then(|flag| match &flag.definition {
+                    Some(definition) if definition.name != name => Err(QuarantinedFlag {
+                        flag: name.to_owned(),
+                        field: "name".into(),
+                        reason: format!("the definition is named `{}`", definition.name),
+                    }),
+                    _ => Ok(flag),
+                });
+            match decoded {
+                Ok(flag) => flags.push(flag),
+                Err(bad) => quarantined.push(bad),
+            }
+        }
+        Ok((flags, quarantined))
+    }
+
+    /// Re-reads every flag from the store and swaps them in, quarantining those that do not
+    /// decode or compile (reported by [`FeatureFlagManager::quarantined`] and logged), and
+    /// writing any audit entry a crash left out.
     ///
     /// # Errors
-    /// The store's errors; a stored flag set that does not compile.
+    /// The store's errors.
     pub async fn reload(&self) -> Result<u64, FlagError> {
-        let stored = self.stored().await?;
-        let mut flags = Vec::new();
+        let (stored, quarantined) = self.stored().await?;
         for flag in &stored {
-            let key = self.audit_key(&flag.last_change.flag, flag.revision);
-            if self.store.get(&key).await?.is_none() {
-                self.write_audit(&flag.last_change).await?;
-            }
-            flags.extend(flag.definition.clone());
+            self.write_audit(&flag.last_change, WriteOptions::when(Precondition::Absent))
+                .await?;
         }
-        self.engine.replace(FlagSet {
-            flags,
-            segments: Vec::new(),
-        })
+        self.serve(&stored, quarantined)
+    }
+
+    /// Swaps in the stored flags that compile.
+    fn serve(&self, stored: &[StoredFlag], mut quarantined: Vec<QuarantinedFlag>) -> Result<u64, FlagError> {
+        let flags = stored.iter().filter_map(|flag| flag.definition.clone()).collect();
+        let (version, errors) = self.engine.update(true, |_| {
+            Ok(FlagSet {
+                flags,
+                segments: Vec::new(),
+            })
+        })?;
+        quarantined.extend(errors.iter().map(QuarantinedFlag::of));
+        for bad in &quarantined {
+            tracing::warn!(flag = %bad.flag, field = %bad.field, reason = %bad.reason, "stored flag quarantined; the other flags serve");
+        }
+        *self.quarantined.lock() = quarantined;
+        Ok(version)
     }
 
     /// Follows the store: every change under the prefix (from this process or another)
@@ -195,7 +302,7 @@ impl FeatureFlagManager {
     /// # Errors
     /// The store refuses to watch.
     pub async fn spawn_sync(self: &Arc<Self>) -> Result<JoinHandle<()>, FlagError> {
-        let mut events = self.store.watch(&format!("{}defs/", self.options.prefix)).await?;
+        let mut events = self.store.watch("defs/").await?;
         let manager = Arc::clone(self);
         // Changes between `open` and the watch starting are picked up by this first reload.
         manager.reload().await?;
@@ -296,9 +403,10 @@ impl FeatureFlagManager {
         .await
     }
 
-    /// Read-modify-write of one flag: validate the whole resulting set, compare-and-swap the
-    /// record (core's `update_json`, which retries on a concurrent change), then write the
-    /// audit entry and swap the engine.
+    /// Read-modify-write of one flag: validate the resulting set, compare-and-swap the record
+    /// (core's `update_json`, which retries on a concurrent change), validate again against
+    /// the set as stored now (undoing the write if a concurrent change to another flag made
+    /// it break one), then write the audit entry and swap the engine.
     async fn change(
         &self,
         actor: &str,
@@ -306,27 +414,17 @@ impl FeatureFlagManager {
         action: AuditAction,
         mut next: impl FnMut(Option<&FlagDefinition>) -> Result<Option<FlagDefinition>, FlagError> + Send,
     ) -> Result<AuditEntry, FlagError> {
-        // Validate against what the store holds, not only what this engine serves. A
-        // concurrent change to another flag can still slip in between: the compare-and-swap
-        // covers this flag's record only.
-        let others: Vec<FlagDefinition> = self
-            .stored()
-            .await?
-            .into_iter()
-            .filter_map(|flag| flag.definition)
-            .filter(|flag| flag.name != name)
-            .collect();
+        check_name(name)?;
+        let (stored, _) = self.stored().await?;
+        let unchanged = others(&stored, name);
+        let mut previous = None;
         let written = self
             .store
-            .update_json::<StoredFlag, FlagError>(&self.flag_key(name), WriteOptions::default(), |current| {
+            .update_json::<StoredFlag, FlagError>(&Self::flag_key(name), WriteOptions::default(), |current| {
+                previous = current.clone();
                 let before = current.as_ref().and_then(|flag| flag.definition.clone());
                 let after = next(before.as_ref())?;
-                let mut candidate = others.clone();
-                candidate.extend(after.clone());
-                self.engine.validate(FlagSet {
-                    flags: candidate,
-                    segments: Vec::new(),
-                })?;
+                self.check_change(&unchanged, name, before.clone(), after.clone())?;
                 let now = self.now();
                 let revision = current.as_ref().map_or(0, |flag| flag.revision) + 1;
                 Ok(Some(StoredFlag {
@@ -350,28 +448,93 @@ impl FeatureFlagManager {
             })
             .await?;
         // The update always returns a record to write; without one, the flag is not there.
-        let Some((stored, _)) = written else {
+        let Some((written, version)) = written else {
             return Err(FlagError::UnknownFlag(name.to_owned()));
         };
-        self.write_audit(&stored.last_change).await?;
-        self.engine.apply([match stored.definition {
-            Some(definition) => FlagChange::Upsert(definition),
-            None => FlagChange::Remove(name.to_owned()),
-        }])?;
-        Ok(stored.last_change)
+        let (stored, quarantined) = self.stored().await?;
+        let change = &written.last_change;
+        if let Err(error) = self.check_change(
+            &others(&stored, name),
+            name,
+            change.before.clone(),
+            change.after.clone(),
+        ) {
+            self.undo(name, previous, version).await;
+            return Err(error);
+        }
+        // Overwrites an entry a reload wrote for a change that was undone.
+        self.write_audit(change, WriteOptions::default()).await?;
+        self.prune_audit(name).await?;
+        self.serve(&stored, quarantined)?;
+        Ok(written.last_change)
     }
 
-    async fn write_audit(&self, entry: &AuditEntry) -> Result<(), FlagError> {
-        let key = self.audit_key(&entry.flag, entry.revision);
-        match self
-            .store
-            .put_json(&key, entry, WriteOptions::when(Precondition::Absent))
-            .await
-        {
+    /// Refuses the change of `name` from `before` to `after` among `others` when it leaves
+    /// `name` invalid or breaks a flag that was not broken before.
+    fn check_change(
+        &self,
+        others: &[FlagDefinition],
+        name: &str,
+        before: Option<FlagDefinition>,
+        after: Option<FlagDefinition>,
+    ) -> Result<(), FlagError> {
+        let broken = |flag: Option<FlagDefinition>| {
+            let mut flags = others.to_vec();
+            flags.extend(flag);
+            self.engine.quarantine(
+                FlagSet {
+                    flags,
+                    segments: Vec::new(),
+                },
+                true,
+            )
+        };
+        let was: HashSet<String> = broken(before)?
+            .iter()
+            .filter_map(|error| error.flag().map(str::to_owned))
+            .collect();
+        match broken(after)?.into_iter().find(|error| {
+            error
+                .flag()
+                .is_none_or(|flag| flag == name || !was.contains(flag))
+        }) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Puts back the record a refused change replaced, unless it changed again since.
+    async fn undo(&self, name: &str, previous: Option<StoredFlag>, written: RecordVersion) {
+        let key = Self::flag_key(name);
+        let unchanged = WriteOptions::when(Precondition::Version(written));
+        let undone = match previous {
+            Some(record) => self.store.put_json(&key, &record, unchanged).await.map(drop),
+            None => self.store.delete_opts(&key, unchanged).await.map(drop),
+        };
+        if let Err(error) = undone {
+            tracing::warn!(flag = name, %error, "could not undo a refused flag change; the next reload quarantines what it broke");
+        }
+    }
+
+    /// Writes an audit entry: with [`Precondition::Absent`] to repair, unconditionally for a
+    /// change.
+    async fn write_audit(&self, entry: &AuditEntry, options: WriteOptions) -> Result<(), FlagError> {
+        let key = format!("{}{:010}", Self::audit_prefix(&entry.flag), entry.revision);
+        match self.store.put_json(&key, entry, options).await {
             // Already written (by us before a crash, or by a reload racing us): same content.
             Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Deletes a flag's audit entries beyond the newest `audit_retention`.
+    async fn prune_audit(&self, name: &str) -> Result<(), FlagError> {
+        let entries = self.store.list(&Self::audit_prefix(name)).await?;
+        let excess = entries.len().saturating_sub(self.options.audit_retention.max(1));
+        for entry in &entries[..excess] {
+            self.store.delete(&entry.key).await?;
+        }
+        Ok(())
     }
 
     /// Whether `name` is on for the caller (unknown flags are off).
@@ -384,14 +547,21 @@ impl FeatureFlagManager {
         self.engine.metrics(name)
     }
 
-    /// The changes to a flag, oldest first.
+    /// The changes to a flag, oldest first: the newest [`ManagerOptions::audit_retention`].
     ///
     /// # Errors
-    /// The store's errors; an entry that does not decode ([`StoreError::Codec`]).
+    /// [`FlagError::InvalidFlag`] for a name that is not a valid flag name; the store's
+    /// errors; an entry that does not decode ([`StoreError::Codec`]).
     pub async fn audit_log(&self, name: &str) -> Result<Vec<AuditEntry>, FlagError> {
-        let prefix = format!("{}audit/{name}/", self.options.prefix);
+        check_name(name)?;
+        let prefix = Self::audit_prefix(name);
         let records = self.store.list_json::<AuditEntry>(&prefix).await?;
-        Ok(records.into_iter().map(|(_, entry, _)| entry).collect())
+        Ok(records
+            .into_iter()
+            // This flag's entries only: `audit/<name>/<revision>`, nothing deeper.
+            .filter(|(key, _, _)| !key[prefix.len()..].contains('/'))
+            .map(|(_, entry, _)| entry)
+            .collect())
     }
 
     /// Flags older than `threshold` that this process never evaluated, and flags on for
@@ -408,7 +578,7 @@ impl FeatureFlagManager {
             .and_then(|threshold| now.checked_sub_signed(threshold))
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let mut stale = Vec::new();
-        for flag in self.stored().await? {
+        for flag in self.stored().await?.0 {
             let Some(definition) = flag.definition else {
                 continue;
             };
@@ -441,6 +611,15 @@ impl FeatureFlagManager {
     fn now(&self) -> DateTime<Utc> {
         self.options.clock.now().into()
     }
+}
+
+/// The definitions of every stored flag but `name`.
+fn others(stored: &[StoredFlag], name: &str) -> Vec<FlagDefinition> {
+    stored
+        .iter()
+        .filter_map(|flag| flag.definition.clone())
+        .filter(|flag| flag.name != name)
+        .collect()
 }
 
 /// On for every caller: enabled, nothing to depend on, and a rule (or no rule) that lets

@@ -143,6 +143,15 @@ impl CompiledConstraint {
         let test = match constraint.operator {
             Operator::In => Test::In(ValueSet::new(&constraint.values)),
             Operator::NotIn => Test::NotIn(ValueSet::new(&constraint.values)),
+            Operator::StrContains if constraint.case_insensitive && !constraint.values.is_empty() => {
+                let pattern = Pattern::any_ignoring_case(&constraint.values).map_err(|error| {
+                    owner.error(
+                        format!("{field}.values"),
+                        format!("too large to search for: {error}"),
+                    )
+                })?;
+                Test::Regex(pattern)
+            }
             Operator::StrContains => text(TextMatch::Contains),
             Operator::StrStartsWith => text(TextMatch::StartsWith),
             Operator::StrEndsWith => text(TextMatch::EndsWith),
@@ -212,6 +221,11 @@ impl CompiledConstraint {
         })
     }
 
+    /// Whether it holds a regex (counted against [`MAX_REGEXES`](crate::pattern::MAX_REGEXES)).
+    pub(crate) fn is_regex(&self) -> bool {
+        matches!(self.test, Test::Regex(Pattern::General(_)))
+    }
+
     #[inline]
     pub(crate) fn matches(&self, context: &Context) -> bool {
         self.test(context) != self.inverted
@@ -265,33 +279,22 @@ pub(crate) fn parse_network(text: &str) -> Option<IpNet> {
 }
 
 /// Compares with `needle` already lower-cased when `ignore_case`; lowers the haystack char by
-/// char instead of allocating a lower-cased copy.
+/// char, never further than the needle's length, instead of allocating a lower-cased copy.
+/// (A case-insensitive `Contains` is a regex; see `compile`.)
 fn text_matches(how: TextMatch, haystack: &str, needle: &str, ignore_case: bool) -> bool {
-    if !ignore_case {
-        return match how {
-            TextMatch::Contains => haystack.contains(needle),
-            TextMatch::StartsWith => haystack.starts_with(needle),
-            TextMatch::EndsWith => haystack.ends_with(needle),
-        };
-    }
-    match how {
-        TextMatch::StartsWith => starts_with_lowered(haystack, needle),
-        TextMatch::EndsWith => {
+    match (how, ignore_case) {
+        (TextMatch::Contains, _) => memchr::memmem::find(haystack.as_bytes(), needle.as_bytes()).is_some(),
+        (TextMatch::StartsWith, false) => haystack.starts_with(needle),
+        (TextMatch::EndsWith, false) => haystack.ends_with(needle),
+        (TextMatch::StartsWith, true) => {
+            let mut hay = haystack.chars().flat_map(char::to_lowercase);
+            needle.chars().all(|expected| hay.next() == Some(expected))
+        }
+        (TextMatch::EndsWith, true) => {
             let mut hay = haystack.chars().rev().flat_map(|c| c.to_lowercase().rev());
             needle.chars().rev().all(|expected| hay.next() == Some(expected))
         }
-        TextMatch::Contains => {
-            needle.is_empty()
-                || haystack
-                    .char_indices()
-                    .any(|(start, _)| starts_with_lowered(&haystack[start..], needle))
-        }
     }
-}
-
-fn starts_with_lowered(haystack: &str, needle: &str) -> bool {
-    let mut hay = haystack.chars().flat_map(char::to_lowercase);
-    needle.chars().all(|expected| hay.next() == Some(expected))
 }
 
 /// Names the flag or segment being compiled, for errors.

@@ -4,15 +4,19 @@
 //! slots: every reading thread owns one block per engine and is its only writer, so an
 //! increment is a plain load and store (no locked read-modify-write, no contended cache
 //! line); a snapshot also has a shared block, incremented atomically, for callers that
-//! evaluate a snapshot directly. Reading the metrics sums a slot over every block ever
-//! created, so counts survive snapshot swaps and thread exits. Slots are assigned by name,
-//! so a flag keeps its slots across updates.
+//! evaluate a snapshot directly. Reading the metrics sums a slot over the live blocks plus
+//! the totals of retired ones: a reader's block is folded into those totals and unregistered
+//! when the reader is dropped, so counts survive snapshot swaps, reader drops and thread
+//! exits while the number of blocks stays that of live readers. Slots are assigned by name,
+//! so a flag keeps its slots across updates; a removed flag's slots and metrics are
+//! forgotten.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use serde::Serialize;
 
 /// A fixed-size array of counters.
@@ -86,23 +90,64 @@ struct Seen {
     last_evaluated: Option<DateTime<Utc>>,
 }
 
+/// The blocks counted in reads.
+#[derive(Debug, Default)]
+struct Blocks {
+    /// Blocks that still have a writer.
+    live: Vec<Arc<CountBlock>>,
+    /// By slot, the counts of blocks whose writer is gone.
+    retired: Vec<u64>,
+}
+
+impl Blocks {
+    fn sum(&self, slot: usize) -> u64 {
+        self.retired.get(slot).copied().unwrap_or(0)
+            + self.live.iter().map(|block| block.get(slot)).sum::<u64>()
+    }
+}
+
 /// Slot numbering and every block, for one engine.
 #[derive(Debug, Default)]
 pub(crate) struct CounterRegistry {
     slots: Mutex<SlotTable>,
-    blocks: Mutex<Vec<Arc<CountBlock>>>,
+    blocks: Mutex<Blocks>,
     shared: Mutex<Option<Arc<CountBlock>>>,
     seen: Mutex<HashMap<String, Seen>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+/// A block written by one reader; dropping it folds its counts into the registry's totals
+/// and unregisters it, so short-lived readers and exited threads leave nothing behind.
+#[derive(Debug)]
+pub(crate) struct OwnedBlock {
+    block: Arc<CountBlock>,
+    registry: Arc<CounterRegistry>,
+}
+
+impl OwnedBlock {
+    pub(crate) fn block(&self) -> &CountBlock {
+        &self.block
+    }
+}
+
+impl Drop for OwnedBlock {
+    fn drop(&mut self) {
+        let mut blocks = self.registry.blocks.lock();
+        if let Some(position) = blocks.live.iter().position(|live| Arc::ptr_eq(live, &self.block)) {
+            blocks.live.swap_remove(position);
+        }
+        if blocks.retired.len() < self.block.len() {
+            blocks.retired.resize(self.block.len(), 0);
+        }
+        for (slot, total) in blocks.retired.iter_mut().enumerate() {
+            *total += self.block.get(slot);
+        }
+    }
 }
 
 impl CounterRegistry {
     /// The flag's `enabled` slot (`disabled` is the next one).
     pub(crate) fn flag_slot(&self, flag: &str) -> usize {
-        let mut table = lock(&self.slots);
+        let mut table = self.slots.lock();
         if let Some(slots) = table.flags.get(flag) {
             return slots.on;
         }
@@ -120,7 +165,7 @@ impl CounterRegistry {
 
     /// A variant's slot within a flag whose slot exists.
     pub(crate) fn variant_slot(&self, flag: &str, variant: &Arc<str>) -> usize {
-        let mut table = lock(&self.slots);
+        let mut table = self.slots.lock();
         let next = table.next;
         let slots = table.flags.entry(flag.to_owned()).or_insert(FlagSlots {
             on: usize::MAX,
@@ -136,45 +181,56 @@ impl CounterRegistry {
 
     /// Slots assigned so far: the size a block needs.
     pub(crate) fn capacity(&self) -> usize {
-        lock(&self.slots).next
+        self.slots.lock().next
     }
 
-    /// A new zeroed block counted in every future read.
-    pub(crate) fn new_block(&self, len: usize) -> Arc<CountBlock> {
-        let block = Arc::new(CountBlock::new(len));
-        lock(&self.blocks).push(block.clone());
+    /// A new zeroed block counted in every read, with room for slots added later (blocks
+    /// grow by doubling).
+    fn new_block(&self) -> Arc<CountBlock> {
+        let block = Arc::new(CountBlock::new(self.capacity().next_power_of_two().max(16)));
+        self.blocks.lock().live.push(block.clone());
         block
+    }
+
+    /// A block for one reader.
+    pub(crate) fn owned_block(self: &Arc<Self>) -> OwnedBlock {
+        OwnedBlock {
+            block: self.new_block(),
+            registry: Arc::clone(self),
+        }
     }
 
     /// The block snapshots count into atomically, grown (by replacement) when slots were added.
     pub(crate) fn shared_block(&self) -> Arc<CountBlock> {
         let capacity = self.capacity();
-        let mut shared = lock(&self.shared);
+        let mut shared = self.shared.lock();
         match &*shared {
             Some(block) if block.len() >= capacity => block.clone(),
             _ => {
-                let block = self.new_block(capacity);
+                let block = self.new_block();
                 *shared = Some(block.clone());
                 block
             }
         }
     }
 
-    fn sum(&self, slot: usize) -> u64 {
-        lock(&self.blocks).iter().map(|block| block.get(slot)).sum()
+    /// Forgets the slots and last-seen dates of flags `keep` refuses (removed flags).
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.slots.lock().flags.retain(|name, _| keep(name));
+        self.seen.lock().retain(|name, _| keep(name));
     }
 
-    fn read_slots(&self, flag: &str, slots: &FlagSlots, now: DateTime<Utc>) -> FlagMetrics {
-        let enabled = self.sum(slots.on);
-        let disabled = self.sum(slots.on + 1);
+    fn read_slots(&self, blocks: &Blocks, flag: &str, slots: &FlagSlots, now: DateTime<Utc>) -> FlagMetrics {
+        let enabled = blocks.sum(slots.on);
+        let disabled = blocks.sum(slots.on + 1);
         let variants = slots
             .variants
             .iter()
-            .map(|(name, slot)| (name.to_string(), self.sum(*slot)))
+            .map(|(name, slot)| (name.to_string(), blocks.sum(*slot)))
             .filter(|(_, count)| *count > 0)
             .collect();
         let total = enabled + disabled;
-        let mut seen = lock(&self.seen);
+        let mut seen = self.seen.lock();
         let seen = seen.entry(flag.to_owned()).or_default();
         // Evaluation never reads the clock: the first read after a change dates it.
         if total != seen.total {
@@ -192,21 +248,28 @@ impl CounterRegistry {
     }
 
     pub(crate) fn read(&self, flag: &str, now: DateTime<Utc>) -> Option<FlagMetrics> {
-        let table = lock(&self.slots);
+        let table = self.slots.lock();
         let slots = table.flags.get(flag).filter(|slots| slots.on != usize::MAX)?;
-        Some(self.read_slots(flag, slots, now))
+        Some(self.read_slots(&self.blocks.lock(), flag, slots, now))
     }
 
     pub(crate) fn read_all(&self, now: DateTime<Utc>) -> Vec<FlagMetrics> {
-        let table = lock(&self.slots);
+        let table = self.slots.lock();
+        let blocks = self.blocks.lock();
         let mut all: Vec<_> = table
             .flags
             .iter()
             .filter(|(_, slots)| slots.on != usize::MAX)
-            .map(|(name, slots)| self.read_slots(name, slots, now))
+            .map(|(name, slots)| self.read_slots(&blocks, name, slots, now))
             .collect();
         all.sort_by(|a, b| a.flag.cmp(&b.flag));
         all
+    }
+
+    /// Blocks registered now (live ones).
+    #[cfg(test)]
+    pub(crate) fn live_blocks(&self) -> usize {
+        self.blocks.lock().live.len()
     }
 }
 

@@ -28,19 +28,56 @@ pub(crate) enum Pattern {
     General(Regex),
 }
 
+/// The longest regex operand accepted, in bytes.
+pub const MAX_PATTERN_LEN: usize = 1024;
+/// The most regex constraints (case-insensitive `STR_CONTAINS` included) one snapshot holds.
+pub const MAX_REGEXES: usize = 1000;
+/// Compiled-program size limit of one regex (the regex crate's default is 10 MiB).
+const SIZE_LIMIT: usize = 256 * 1024;
+/// Lazy-DFA cache limit of one regex, per thread (the regex crate's default is 2 MiB).
+const DFA_SIZE_LIMIT: usize = 256 * 1024;
+
+/// Parses a regex operand, refusing one longer than [`MAX_PATTERN_LEN`]: the cheap check
+/// that an Unleash import makes before deciding a pattern is usable.
+pub(crate) fn parse(pattern: &str, case_insensitive: bool) -> Result<Hir, String> {
+    if pattern.len() > MAX_PATTERN_LEN {
+        return Err(format!(
+            "{} bytes long; at most {MAX_PATTERN_LEN} are allowed",
+            pattern.len()
+        ));
+    }
+    regex_syntax::ParserBuilder::new()
+        .case_insensitive(case_insensitive)
+        .build()
+        .parse(pattern)
+        .map_err(|error| error.to_string())
+}
+
 impl Pattern {
-    /// Compiles `pattern` (errors are the regex crate's).
-    pub(crate) fn new(pattern: &str, case_insensitive: bool) -> Result<Self, regex::Error> {
-        let regex = regex::RegexBuilder::new(pattern)
-            .case_insensitive(case_insensitive)
-            .build()?;
-        if case_insensitive {
-            return Ok(Self::General(regex));
+    /// Compiles `pattern` once, within [`MAX_PATTERN_LEN`] and the program size limits.
+    pub(crate) fn new(pattern: &str, case_insensitive: bool) -> Result<Self, String> {
+        let hir = parse(pattern, case_insensitive)?;
+        if !case_insensitive && let Some(shape) = literal_shape(&hir) {
+            return Ok(shape);
         }
-        let shape = regex_syntax::parse(pattern)
-            .ok()
-            .and_then(|hir| literal_shape(&hir));
-        Ok(shape.unwrap_or(Self::General(regex)))
+        Self::general(pattern, case_insensitive)
+    }
+
+    /// Any of `needles`, ignoring case (Unicode simple case folding): one search in linear
+    /// time, where lowering the value at each position would be quadratic.
+    pub(crate) fn any_ignoring_case(needles: &[String]) -> Result<Self, String> {
+        let escaped: Vec<String> = needles.iter().map(|needle| regex::escape(needle)).collect();
+        Self::general(&escaped.join("|"), true)
+    }
+
+    fn general(pattern: &str, case_insensitive: bool) -> Result<Self, String> {
+        regex::RegexBuilder::new(pattern)
+            .case_insensitive(case_insensitive)
+            .size_limit(SIZE_LIMIT)
+            .dfa_size_limit(DFA_SIZE_LIMIT)
+            .build()
+            .map(Self::General)
+            .map_err(|error| error.to_string())
     }
 
     #[inline]

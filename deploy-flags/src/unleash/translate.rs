@@ -278,11 +278,8 @@ fn translate_constraint(constraint: &UnleashConstraint) -> Result<Translated, St
         }
         Operator::Regex => {
             let pattern = constraint.value.clone().unwrap_or_default();
-            if regex::RegexBuilder::new(&pattern)
-                .case_insensitive(constraint.case_insensitive)
-                .build()
-                .is_err()
-            {
+            // Parsed only: the engine compiles it (once) when the import loads.
+            if crate::pattern::parse(&pattern, constraint.case_insensitive).is_err() {
                 return Ok(constant(false));
             }
             translated.value = Some(pattern);
