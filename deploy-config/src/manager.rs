@@ -44,15 +44,9 @@ pub struct Config {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let leaves = self.tree.leaves();
-        let values = fmt::from_fn(|f| {
-            f.debug_map()
-                .entries(leaves.iter().map(|(path, node)| (path, self.shown(path, node))))
-                .finish()
-        });
         f.debug_struct("Config")
             .field("version", &self.version)
-            .field("values", &values)
+            .field("values", &self.describe())
             .field("secrets", &self.secrets.0)
             .finish_non_exhaustive()
     }
@@ -101,21 +95,19 @@ impl Config {
         self.secrets.covers(path)
     }
 
-    /// A leaf's value for display: `[redacted]` at secret paths.
-    fn shown(&self, path: &str, node: &Node) -> String {
-        if self.is_secret(path) {
-            REDACTED.to_owned()
-        } else {
-            format!("{:?}", node.value)
-        }
-    }
-
     /// Every leaf as `path = value (origin)`, secrets redacted: safe to log.
     pub fn describe(&self) -> Vec<String> {
         self.tree
             .leaves()
             .into_iter()
-            .map(|(path, node)| format!("{path} = {} ({})", self.shown(&path, node), node.origin))
+            .map(|(path, node)| {
+                let value = if self.is_secret(&path) {
+                    REDACTED.to_owned()
+                } else {
+                    format!("{:?}", node.value)
+                };
+                format!("{path} = {value} ({})", node.origin)
+            })
             .collect()
     }
 }

@@ -184,32 +184,18 @@ impl Located {
         let value = match value {
             DeValue::String(text) => Value::String(text.to_string()),
             DeValue::Integer(integer) => {
-                let text = integer.as_str();
-                let digits = if text.contains('_') {
-                    std::borrow::Cow::Owned(text.replace('_', ""))
-                } else {
-                    text.into()
-                };
-                match i64::from_str_radix(&digits, integer.radix()) {
+                match i64::from_str_radix(&integer.as_str().replace('_', ""), integer.radix()) {
                     Ok(number) => Value::Integer(number),
                     // Out of i64's range: keep the text rather than lose the value.
                     Err(_) => Value::String(integer.as_str().to_owned()),
                 }
             }
-            DeValue::Float(float) => {
-                let raw = float.as_str();
-                let text = if raw.contains('_') {
-                    std::borrow::Cow::Owned(raw.replace('_', ""))
-                } else {
-                    raw.into()
-                };
-                Value::Float(match &*text {
-                    "inf" | "+inf" => f64::INFINITY,
-                    "-inf" => f64::NEG_INFINITY,
-                    "nan" | "+nan" | "-nan" => f64::NAN,
-                    other => other.parse().unwrap_or(f64::NAN),
-                })
-            }
+            DeValue::Float(float) => Value::Float(match &*float.as_str().replace('_', "") {
+                "inf" | "+inf" => f64::INFINITY,
+                "-inf" => f64::NEG_INFINITY,
+                "nan" | "+nan" | "-nan" => f64::NAN,
+                other => other.parse().unwrap_or(f64::NAN),
+            }),
             DeValue::Boolean(value) => Value::Bool(*value),
             DeValue::Datetime(datetime) => Value::String(datetime.to_string()),
             DeValue::Array(items) => Value::Array(
@@ -246,7 +232,14 @@ impl Located {
                 }
                 Value::Table(table)
             }
-            YamlData::Tagged(_, inner) => return self.yaml(inner, file, format),
+            YamlData::Tagged(_, inner) => {
+                // An empty tagged value (`!tag` alone) has no position of its own.
+                let mut tree = self.yaml(inner, file, format)?;
+                if tree.origin.line == Some(0) {
+                    tree.origin = origin;
+                }
+                return Ok(tree);
+            }
             YamlData::Alias(_) | YamlData::BadValue => {
                 return Err(yaml_error(file, format, &node.span.start, "unresolvable value"));
             }

@@ -170,7 +170,7 @@ impl SecretPaths {
     /// `error` with every rendering of a secret value of `tree` replaced by `[redacted]`:
     /// serde and validators quote the value they refuse (`invalid type: string "hunter2",
     /// expected u16`).
-    pub(crate) fn redact(&self, tree: &Node, error: ConfigError) -> ConfigError {
+    pub(crate) fn redact(&self, tree: &Node, mut error: ConfigError) -> ConfigError {
         let mut renderings: Vec<String> = self
             .0
             .iter()
@@ -189,31 +189,13 @@ impl SecretPaths {
             .collect();
         // Longest first: a quoted rendering goes whole, before the bare text inside it.
         renderings.sort_by_key(|text| std::cmp::Reverse(text.len()));
-        let scrub = |message: String| {
-            renderings.iter().fold(message, |message, secret| {
-                message.replace(secret.as_str(), REDACTED)
-            })
-        };
-        match error {
-            ConfigError::Extract {
-                path,
-                message,
-                origin,
-            } => ConfigError::Extract {
-                path,
-                message: scrub(message),
-                origin,
-            },
-            ConfigError::Invalid {
-                path,
-                message,
-                origin,
-            } => ConfigError::Invalid {
-                path,
-                message: scrub(message),
-                origin,
-            },
-            other => other,
+        if let ConfigError::Extract { message, .. } | ConfigError::Invalid { message, .. } = &mut error {
+            *message = renderings
+                .iter()
+                .fold(std::mem::take(message), |message, secret| {
+                    message.replace(secret.as_str(), REDACTED)
+                });
         }
+        error
     }
 }
