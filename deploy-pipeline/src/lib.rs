@@ -3,7 +3,9 @@
 //! stages it depends on; per-stage timeouts and retries (core's `RetryPolicy`);
 //! cancellation that lets a stage undo what it started (a deploy stage aborts its rollout
 //! and waits for the rollback, see [`Stage`]'s `# Cancellation`); run records and
-//! per-stage logs in any core record store, stamped by a core `Clock`.
+//! per-stage logs in any core record store, stamped by a core `Clock`, written with
+//! compare-and-swap, logs capped ([`LOG_MAX_LINES`], [`LOG_MAX_BYTES`]) and the last
+//! [`DEFAULT_KEPT_RUNS`] finished runs of each pipeline kept.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -31,9 +33,10 @@ mod stage;
 pub use deploy::DeployStage;
 pub use gates::{Gate, QualityGate};
 pub use pipeline::{
-    Pipeline, PipelineBuilder, PipelineError, PipelineRunner, RunHandle, RunRecord, RunStatus, StageOptions,
-    StageRecord, StageStatus,
+    DEFAULT_KEPT_RUNS, Pipeline, PipelineBuilder, PipelineError, PipelineRunner, RunHandle, RunRecord,
+    RunStatus, StageOptions, StageRecord, StageStatus,
 };
 pub use stage::{
-    Cleanup, CleanupOutcome, FnStage, Stage, StageContext, StageError, StageLog, StageOutput, StopReason,
+    Cleanup, CleanupOutcome, FnStage, LOG_MAX_BYTES, LOG_MAX_LINES, Stage, StageContext, StageError,
+    StageLog, StageOutput, StopReason,
 };

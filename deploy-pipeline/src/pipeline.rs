@@ -2,15 +2,19 @@
 //! timeouts and retries, cancellation, and a run record persisted at every transition.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deploy_core::retry::{Retry, RetryPolicy, retry};
 use deploy_core::time::{ClockExt, DynClock};
-use deploy_core::{DynRecordStore, RecordStoreExt, StoreError, ValidationError, WriteOptions};
+use deploy_core::{
+    DynRecordStore, Precondition, Prefixed, RecordStore, RecordStoreExt, RecordVersion, StoreError,
+    ValidationError, WriteOptions,
+};
 use futures::stream::{FuturesUnordered, StreamExt};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -21,6 +25,18 @@ use crate::stage::{Cleanup, Stage, StageContext, StageError, StageLog, StageOutp
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PipelineError {
+    /// A pipeline or stage name that is not one safe store-key segment: 1..=128 ASCII
+    /// letters, digits, `-`, `_` and `.`, starting with a letter or digit (core's id rule,
+    /// that of [`AppId`](deploy_core::AppId)).
+    #[error(
+        "invalid {what} name {name:?}: expected 1..=128 ASCII letters, digits, `-`, `_` or `.`, starting with a letter or digit"
+    )]
+    InvalidName {
+        /// `pipeline` or `stage`.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
     /// Two stages share a name.
     #[error("pipeline `{pipeline}`: two stages are named `{stage}`")]
     DuplicateStage {
@@ -57,10 +73,11 @@ pub enum PipelineError {
         /// What is wrong.
         source: ValidationError,
     },
-    /// No run with that id.
+    /// No run with that id (or it was pruned, see [`PipelineRunner::keep_runs`]).
     #[error("no run `{0}`")]
     UnknownRun(String),
-    /// The store failed.
+    /// The store failed ([`StoreError::Conflict`] from [`PipelineRunner::start`]: a run
+    /// with the new run's id exists already; start again).
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -154,10 +171,22 @@ impl PipelineBuilder {
     /// Checks names, dependencies, cycles and each stage's retry policy.
     ///
     /// # Errors
-    /// [`PipelineError::DuplicateStage`], [`PipelineError::UnknownDependency`],
-    /// [`PipelineError::Cycle`] naming the cycle, [`PipelineError::InvalidOptions`].
+    /// [`PipelineError::InvalidName`], [`PipelineError::DuplicateStage`],
+    /// [`PipelineError::UnknownDependency`], [`PipelineError::Cycle`] naming the cycle,
+    /// [`PipelineError::InvalidOptions`].
     pub fn build(self) -> Result<Pipeline, PipelineError> {
         let pipeline = self.name.clone();
+        let names = std::iter::once(("pipeline", &self.name));
+        let names = names.chain(self.stages.iter().map(|spec| ("stage", &spec.name)));
+        if let Some((what, name)) = names
+            .into_iter()
+            .find(|(_, name)| deploy_core::AppId::new(*name).is_err())
+        {
+            return Err(PipelineError::InvalidName {
+                what,
+                name: name.clone(),
+            });
+        }
         let mut names = std::collections::HashSet::new();
         for spec in &self.stages {
             if !names.insert(spec.name.as_str()) {
@@ -303,12 +332,20 @@ pub struct RunRecord {
     pub stages: BTreeMap<String, StageRecord>,
 }
 
+/// Finished runs a [`PipelineRunner`] keeps per pipeline unless told otherwise
+/// ([`PipelineRunner::keep_runs`]).
+pub const DEFAULT_KEPT_RUNS: usize = 100;
+
+/// Where a runner keeps records: the run record at `<pipeline>/runs/<run id>`, each stage's
+/// log at `<run id>/logs/<stage>`, all under `pipelines/`.
+type Records = Prefixed<Arc<DynRecordStore>>;
+
 /// Runs pipelines and keeps their records.
 #[derive(Debug)]
 pub struct PipelineRunner {
-    store: Arc<DynRecordStore>,
+    store: Records,
     clock: Arc<DynClock>,
-    prefix: String,
+    keep: usize,
     live: Arc<Mutex<HashMap<String, BTreeMap<String, StageLog>>>>,
     counter: std::sync::atomic::AtomicU64,
 }
@@ -339,31 +376,33 @@ impl RunHandle {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl PipelineRunner {
-    /// A runner keeping records in `store` under `pipelines/`, their times read from
-    /// `clock` (`SystemClock::shared()` in production).
+    /// A runner keeping records in `store` under `pipelines/` (wrap `store` in core's
+    /// [`Prefixed`] to move them), their times read from `clock` (`SystemClock::shared()`
+    /// in production), and the last [`DEFAULT_KEPT_RUNS`] finished runs of each pipeline.
     pub fn new(store: Arc<DynRecordStore>, clock: Arc<DynClock>) -> Self {
         Self {
-            store,
+            store: Prefixed::new(store, "pipelines/"),
             clock,
-            prefix: "pipelines/".into(),
+            keep: DEFAULT_KEPT_RUNS,
             live: Arc::default(),
             counter: Default::default(),
         }
     }
 
-    fn run_key(&self, pipeline: &str, id: &str) -> String {
-        format!("{}{pipeline}/runs/{id}", self.prefix)
+    /// Keeps the last `runs` finished runs of each pipeline (at least one): when a run
+    /// ends, older finished runs of its pipeline are deleted, record and logs. Runs still
+    /// going are never deleted.
+    pub fn keep_runs(mut self, runs: usize) -> Self {
+        self.keep = runs.max(1);
+        self
     }
 
     /// Starts a run.
     ///
     /// # Errors
-    /// The first record cannot be written.
+    /// The first record cannot be written ([`StoreError::Conflict`] when a run with its id
+    /// exists: it is created, never overwritten).
     pub async fn start(&self, pipeline: Arc<Pipeline>) -> Result<RunHandle, PipelineError> {
         let now = self.clock.now_utc();
         let sequence = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -390,16 +429,17 @@ impl PipelineRunner {
                 })
                 .collect(),
         };
-        let key = self.run_key(&pipeline.name, &id);
-        self.store
-            .put_json(&key, &record, WriteOptions::default())
+        let key = format!("{}/runs/{id}", pipeline.name);
+        let version = self
+            .store
+            .put_json(&key, &record, WriteOptions::when(Precondition::Absent))
             .await?;
         let logs: BTreeMap<String, StageLog> = pipeline
             .stages
             .iter()
             .map(|spec| (spec.name.clone(), StageLog::default()))
             .collect();
-        lock(&self.live).insert(id.clone(), logs.clone());
+        self.live.lock().insert(id.clone(), logs.clone());
         let (cancel, cancelled) = watch::channel(false);
         let execution = Execution {
             pipeline,
@@ -409,9 +449,9 @@ impl PipelineRunner {
             logs,
             cancelled,
             live: self.live.clone(),
-            log_prefix: format!("{}{}/logs/", self.prefix, id),
+            keep: self.keep,
         };
-        let task = tokio::spawn(execution.run(record));
+        let task = tokio::spawn(execution.run(record, version));
         Ok(RunHandle { id, cancel, task })
     }
 
@@ -421,7 +461,7 @@ impl PipelineRunner {
     /// Unknown run, store errors.
     pub async fn get_pipeline_status(&self, pipeline: &str, id: &str) -> Result<RunRecord, PipelineError> {
         self.store
-            .get_json::<RunRecord>(&self.run_key(pipeline, id))
+            .get_json::<RunRecord>(&format!("{pipeline}/runs/{id}"))
             .await?
             .map(|(record, _)| record)
             .ok_or_else(|| PipelineError::UnknownRun(id.to_owned()))
@@ -432,52 +472,77 @@ impl PipelineRunner {
     /// # Errors
     /// Unknown run, store errors.
     pub async fn get_pipeline_logs(&self, id: &str) -> Result<BTreeMap<String, Vec<String>>, PipelineError> {
-        if let Some(logs) = lock(&self.live).get(id) {
+        if let Some(logs) = self.live.lock().get(id) {
             return Ok(logs
                 .iter()
                 .map(|(stage, log)| (stage.clone(), log.lines()))
                 .collect());
         }
-        let logs = self
-            .store
-            .list_json::<Vec<String>>(&format!("{}{id}/logs/", self.prefix))
-            .await?;
+        let prefix = format!("{id}/logs/");
+        let logs = self.store.list_json::<Vec<String>>(&prefix).await?;
         if logs.is_empty() {
             return Err(PipelineError::UnknownRun(id.to_owned()));
         }
         Ok(logs
             .into_iter()
-            .map(|(key, lines, _)| {
-                let stage = key.rsplit('/').next().unwrap_or_default().to_owned();
-                (stage, lines)
-            })
+            .map(|(key, lines, _)| (key.strip_prefix(&prefix).unwrap_or(&key).to_owned(), lines))
             .collect())
     }
 }
 
 struct Execution {
     pipeline: Arc<Pipeline>,
-    store: Arc<DynRecordStore>,
+    store: Records,
     key: String,
     clock: Arc<DynClock>,
     logs: BTreeMap<String, StageLog>,
     cancelled: watch::Receiver<bool>,
     live: Arc<Mutex<HashMap<String, BTreeMap<String, StageLog>>>>,
-    log_prefix: String,
+    keep: usize,
 }
 
 impl Execution {
-    async fn save(&self, record: &RunRecord) {
-        if let Err(error) = self
-            .store
-            .put_json(&self.key, record, WriteOptions::default())
-            .await
-        {
-            tracing::warn!(%error, run = %record.id, "run record not saved");
+    /// Writes the run record over `version`, the one this run wrote last: a record changed
+    /// by anyone else is left as it is (the save is skipped, with a warning).
+    async fn save(&self, record: &RunRecord, version: &mut RecordVersion) {
+        let over = WriteOptions::when(Precondition::Version(*version));
+        match self.store.put_json(&self.key, record, over).await {
+            Ok(written) => *version = written,
+            Err(error) => tracing::warn!(%error, run = %record.id, "run record not saved"),
         }
     }
 
-    async fn run(self, mut record: RunRecord) -> RunRecord {
+    /// Deletes the finished runs of this pipeline past the newest `keep`, logs first, each
+    /// record only as listed (a run rewritten since is left for next time).
+    async fn prune(&self) {
+        let runs = match self
+            .store
+            .list_json::<RunRecord>(&format!("{}/runs/", self.pipeline.name))
+            .await
+        {
+            Ok(runs) => runs,
+            Err(error) => return tracing::warn!(%error, pipeline = %self.pipeline.name, "runs not pruned"),
+        };
+        let mut finished: Vec<_> = runs
+            .into_iter()
+            .filter(|(_, run, _)| run.finished_at.is_some())
+            .collect();
+        finished.sort_by(|(_, a, _), (_, b, _)| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
+        for (key, run, version) in finished.into_iter().skip(self.keep) {
+            let pruned = async {
+                for log in self.store.list(&format!("{}/logs/", run.id)).await? {
+                    self.store.delete(&log.key).await?;
+                }
+                let when = WriteOptions::when(Precondition::Version(version));
+                self.store.delete_opts(&key, when).await
+            };
+            if let Err(error) = pruned.await {
+                tracing::warn!(%error, run = %run.id, "run not pruned");
+            }
+        }
+    }
+
+    async fn run(self, mut record: RunRecord, mut version: RecordVersion) -> RunRecord {
         let mut running = FuturesUnordered::new();
         let mut outputs: BTreeMap<String, StageOutput> = BTreeMap::new();
         let mut stopped = false;
@@ -510,7 +575,7 @@ impl Execution {
                     }
                     running.push(self.attempts(spec.clone(), inputs, record.id.clone()));
                 }
-                self.save(&record).await;
+                self.save(&record, &mut version).await;
             }
             let Some((name, attempts, result)) = running.next().await else {
                 break;
@@ -541,8 +606,8 @@ impl Execution {
                     stopped = true;
                 }
             }
-            self.persist_log(&name).await;
-            self.save(&record).await;
+            self.persist_log(&record.id, &name).await;
+            self.save(&record, &mut version).await;
         }
         for stage in record
             .stages
@@ -559,14 +624,15 @@ impl Execution {
             };
         }
         record.finished_at = Some(self.clock.now_utc());
-        self.save(&record).await;
-        lock(&self.live).remove(&record.id);
+        self.save(&record, &mut version).await;
+        self.live.lock().remove(&record.id);
+        self.prune().await;
         record
     }
 
-    async fn persist_log(&self, stage: &str) {
+    async fn persist_log(&self, run: &str, stage: &str) {
         let lines = self.logs.get(stage).map(StageLog::lines).unwrap_or_default();
-        let key = format!("{}{stage}", self.log_prefix);
+        let key = format!("{run}/logs/{stage}");
         if let Err(error) = self.store.put_json(&key, &lines, WriteOptions::default()).await {
             tracing::warn!(%error, stage, "stage log not saved");
         }

@@ -1,13 +1,14 @@
 //! Stages: the work a pipeline is made of.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::{self, Debug};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::Revision;
 use deploy_strategies::RolloutOutcome;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -222,24 +223,53 @@ impl fmt::Display for CleanupOutcome {
     }
 }
 
-/// A stage's log, readable while the stage runs.
+/// The most lines a [`StageLog`] keeps: the newest; older ones are dropped and counted.
+pub const LOG_MAX_LINES: usize = 1_000;
+
+/// The most bytes of text a [`StageLog`] keeps (a longer line is cut to this); older lines
+/// are dropped to stay under it.
+pub const LOG_MAX_BYTES: usize = 256 * 1024;
+
+/// A stage's log, readable while the stage runs and kept in the run's store afterwards:
+/// its tail, at most [`LOG_MAX_LINES`] lines and [`LOG_MAX_BYTES`] bytes, and how many
+/// earlier lines were dropped.
 #[derive(Debug, Clone, Default)]
 pub struct StageLog {
-    lines: Arc<Mutex<Vec<String>>>,
+    tail: Arc<Mutex<Tail>>,
+}
+
+#[derive(Debug, Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    bytes: usize,
+    dropped: u64,
 }
 
 impl StageLog {
-    /// Appends a line.
+    /// Appends a line (cut to [`LOG_MAX_BYTES`]), dropping the oldest ones over the caps.
     pub fn line(&self, text: impl Into<String>) {
-        self.lines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(text.into());
+        let mut text = text.into();
+        text.truncate(text.floor_char_boundary(LOG_MAX_BYTES));
+        let mut tail = self.tail.lock();
+        tail.bytes += text.len();
+        tail.lines.push_back(text);
+        while tail.lines.len() > LOG_MAX_LINES || tail.bytes > LOG_MAX_BYTES {
+            let Some(old) = tail.lines.pop_front() else { break };
+            tail.bytes -= old.len();
+            tail.dropped += 1;
+        }
     }
 
-    /// Every line so far.
+    /// The lines kept, oldest first, after a line `[N earlier lines dropped]` when some were.
     pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let tail = self.tail.lock();
+        let dropped = (tail.dropped > 0).then(|| format!("[{} earlier lines dropped]", tail.dropped));
+        dropped.into_iter().chain(tail.lines.iter().cloned()).collect()
+    }
+
+    /// How many lines were dropped to stay within the caps.
+    pub fn dropped(&self) -> u64 {
+        self.tail.lock().dropped
     }
 }
 
