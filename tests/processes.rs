@@ -1,12 +1,14 @@
-//! Real processes against the durable stores: deployers killed with SIGKILL mid-canary and
-//! resumed by a fresh process, two deployers racing for one app, a deployer cut off from
+//! Real processes against the durable stores: deployers killed with SIGKILL mid-step (canary,
+//! rolling and blue-green) and resumed by a fresh process, two deployers racing for one app, a deployer cut off from
 //! its store while a successor takes over, and a flag change crossing processes through
 //! PostgreSQL.
 //!
 //! The children are this same test binary, re-run with `DEPLOYKIT_CHILD` set (the
 //! `child_entry` test does the work then and exits). The simulated fleet outlives each
 //! child the way a real fleet outlives its deployer: every change to it is persisted (as a
-//! `FleetImage`) in the same store, and each child restores it on start.
+//! `FleetImage`) in the same store as it happens, operations in flight included (an
+//! instance draining, stopped mid-update, provisioned but not yet registered), and each
+//! child restores it on start.
 //!
 //! SQLite runs everywhere; PostgreSQL needs `DEPLOYKIT_PG_URL` (skipped with a message
 //! without it, failing under `DEPLOYKIT_REQUIRE_REAL=1`). Trials per backend:
@@ -22,14 +24,14 @@ use async_trait::async_trait;
 use deploykit::core::{
     AppId, Artifact, BackendError, DynStore, HealthChecker, HealthStatus, InfraManager, Instance, InstanceId,
     InstanceState, LoadBalancer, MetricName, MetricQuery, MetricsSource, Pool, RecordStoreExt, Series,
-    TrafficSplit, Version, WriteOptions,
+    TrafficSplit, Version, Weight, WriteOptions,
 };
 use deploykit::flags::{Context, FeatureFlagManager, FlagDefinition, ManagerOptions};
 use deploykit::store::postgres::{PostgresOptions, PostgresStore};
 use deploykit::store::sqlite::{SqliteOptions, SqliteStore};
 use deploykit::strategies::{
-    AnalysisMetric, AnalysisSpec, CanarySpec, CanaryStep, Pause, ResumePolicy, Rollout, RolloutBackends,
-    RolloutError, RolloutOptions, RolloutOutcome, Strategy,
+    AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity, ResumePolicy,
+    RollingSpec, Rollout, RolloutBackends, RolloutError, RolloutOptions, RolloutOutcome, Strategy,
 };
 use deploykit::testkit::{FaultyStore, FleetImage, Operation, SimFleet, VersionProfile};
 use tokio::sync::Mutex;
@@ -52,7 +54,8 @@ fn v2() -> Version {
 // ---------------------------------------------------------------- the durable fleet
 
 /// The simulated fleet, persisted to the store after every change (under a lock, so images
-/// land in order) before the change is reported done.
+/// land in order): as the change happens, so a kill can leave an operation half done, and
+/// again before the change is reported done.
 #[derive(Clone, Debug)]
 struct DurableFleet {
     fleet: SimFleet,
@@ -61,8 +64,17 @@ struct DurableFleet {
 }
 
 impl DurableFleet {
-    async fn open(store: Arc<DynStore>) -> Self {
-        let fleet = SimFleet::builder().capacity_floor(&app(), REPLICAS).build();
+    /// Opens the fleet in `store` (standing it up on first use), its checker told what
+    /// `strategy` promises.
+    async fn open(store: Arc<DynStore>, strategy: &Strategy) -> Self {
+        let floor = match strategy {
+            Strategy::Rolling(_) => REPLICAS - 1,
+            _ => REPLICAS,
+        };
+        let fleet = SimFleet::builder()
+            .capacity_floor(&app(), floor)
+            .unhealthy_grace(Duration::from_millis(500))
+            .build();
         let durable = Self {
             fleet,
             store,
@@ -84,6 +96,25 @@ impl DurableFleet {
                 durable.persist().await.expect("persist the fleet");
             }
         }
+        let limit = match strategy {
+            Strategy::Rolling(_) => REPLICAS + 1,
+            _ => 2 * REPLICAS,
+        };
+        durable.fleet.set_instance_limit(&app(), limit);
+        if let Strategy::Canary(spec) = strategy {
+            let steps = spec.steps.iter().map(|step| step.weight).chain([Weight::FULL]);
+            durable
+                .fleet
+                .set_exposure_steps(&app(), Pool::stable(), steps.collect());
+        }
+        let mut changes = durable.fleet.changes();
+        let persister = durable.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                // A failed write is retried at the next change, and `done` writes too.
+                let _ = persister.persist().await;
+            }
+        });
         durable
     }
 
@@ -266,13 +297,32 @@ fn canary() -> Strategy {
     })
 }
 
+/// The strategy named `name` ("canary", "rolling", "blue-green"), with short waits.
+fn strategy(name: &str) -> Strategy {
+    match name {
+        "canary" => canary(),
+        "rolling" => Strategy::Rolling(RollingSpec {
+            batch: Quantity::Count(1),
+            max_unavailable: Quantity::Count(1),
+            max_surge: Quantity::Count(1),
+            analysis: None,
+        }),
+        "blue-green" => Strategy::BlueGreen(BlueGreenSpec {
+            scale_down_delay: Duration::from_millis(50),
+            ..BlueGreenSpec::default()
+        }),
+        other => panic!("unknown strategy {other}"),
+    }
+}
+
 fn options() -> RolloutOptions {
     RolloutOptions {
         replicas: None,
         progress_deadline: Duration::from_secs(60),
         health_timeout: Duration::from_secs(10),
         poll_interval: Duration::from_millis(10),
-        drain: Duration::from_millis(5),
+        // Longer than a request takes (p99 20 ms): a shorter drain cuts requests in flight.
+        drain: Duration::from_millis(30),
         lease_ttl: Duration::from_secs(2),
         retry: RolloutOptions::default().retry,
         rollback_attempts: 3,
@@ -280,13 +330,29 @@ fn options() -> RolloutOptions {
     }
 }
 
-async fn rollout(store: Arc<DynStore>, holder: &str) -> (Rollout, DurableFleet) {
-    let fleet = DurableFleet::open(store.clone()).await;
+async fn rollout(store: Arc<DynStore>, holder: &str, strategy: Strategy) -> (Rollout, DurableFleet) {
+    let fleet = DurableFleet::open(store.clone(), &strategy).await;
     let good =
         VersionProfile::new(0.0, Duration::from_millis(5), Duration::from_millis(20)).expect("profile");
     fleet.fleet.set_version_profile(&app(), &v1(), good);
     fleet.fleet.set_version_profile(&app(), &v2(), good);
-    let rollout = Rollout::builder(canary(), RolloutBackends::from_one(fleet.clone()), store)
+    // Operations take time, so kills land in the middle of them too (the canary trials
+    // keep their calibrated timing).
+    let latencies = if matches!(strategy, Strategy::Canary(_)) {
+        &[][..]
+    } else {
+        &[
+            (Operation::Provision, 30),
+            (Operation::StopInstance, 10),
+            (Operation::Install, 20),
+            (Operation::StartInstance, 10),
+            (Operation::Decommission, 10),
+        ][..]
+    };
+    for &(operation, millis) in latencies {
+        fleet.fleet.set_latency(operation, Duration::from_millis(millis));
+    }
+    let rollout = Rollout::builder(strategy, RolloutBackends::from_one(fleet.clone()), store)
         .options(options())
         .holder(holder)
         .build()
@@ -302,9 +368,11 @@ fn outcome_name(outcome: &RolloutOutcome) -> &'static str {
     }
 }
 
-/// Deploys (or resumes) and prints `OUTCOME <what>`.
+/// Deploys (or resumes) with the strategy `DEPLOYKIT_CHILD_STRATEGY` names and prints
+/// `OUTCOME <what>`.
 async fn deploy_child(store: Arc<DynStore>, policy: ResumePolicy) {
-    let (rollout, fleet) = rollout(store, "crash-deployer").await;
+    let name = std::env::var("DEPLOYKIT_CHILD_STRATEGY").expect("strategy");
+    let (rollout, fleet) = rollout(store, "crash-deployer", strategy(&name)).await;
     let traffic = fleet
         .fleet
         .generate_traffic(&app(), 20, Duration::from_millis(10));
@@ -344,7 +412,7 @@ async fn deploy_child(store: Arc<DynStore>, policy: ResumePolicy) {
 
 /// Waits for the agreed instant, then tries to start; prints `ACTED` or `REFUSED <error>`.
 async fn race_child(store: Arc<DynStore>, holder: &str, start_at_ms: u64) {
-    let (rollout, fleet) = rollout(store, holder).await;
+    let (rollout, fleet) = rollout(store, holder, canary()).await;
     let wait = start_at_ms.saturating_sub(epoch_ms());
     tokio::time::sleep(Duration::from_millis(wait)).await;
     match rollout.start(&app(), &v2()).await {
@@ -537,17 +605,39 @@ struct TrialReport {
     new: usize,
     old: usize,
     killed_mid_run: usize,
+    /// Kills that left an operation half done in the fleet: an instance draining, stopped,
+    /// or running outside rotation.
+    half_done: usize,
 }
 
-async fn crash_trials(backend: &str, trials: usize) -> TrialReport {
-    let dir = std::env::temp_dir().join(format!("deploykit-crash-{}-{backend}", std::process::id()));
+/// Whether the fleet in `store` has an operation half done.
+async fn half_done(store: &Arc<DynStore>) -> bool {
+    let image = store.get_json::<FleetImage>(FLEET_KEY).await.expect("read");
+    image.is_some_and(|(image, _)| {
+        image
+            .apps
+            .iter()
+            .flat_map(|app| &app.instances)
+            .any(|instance| instance.state != InstanceState::Running || instance.draining != Some(false))
+    })
+}
+
+/// Kills a `strategy` deployer at `trials` moments spread over a run, resumes each with a
+/// fresh process (continuing or rolling back, in turn), and checks the fleet it leaves.
+async fn crash_trials(backend: &str, strategy: &str, trials: usize) -> TrialReport {
+    let dir = std::env::temp_dir().join(format!(
+        "deploykit-crash-{}-{backend}-{strategy}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
+    let env = [("DEPLOYKIT_CHILD_STRATEGY", strategy.to_owned())];
+    let prefix = format!("{backend}_{}", strategy.replace('-', "_"));
     // Calibrate: how long an uninterrupted run takes here.
-    let calibration = format!("{backend}_calibration");
+    let calibration = format!("{prefix}_calibration");
     let spec = store_spec(backend, &dir, &calibration);
     let started = Instant::now();
-    let lines = finish_child(spawn_child("deploy", &spec, &[]), Duration::from_secs(120));
+    let lines = finish_child(spawn_child("deploy", &spec, &env), Duration::from_secs(120));
     let full_run = started.elapsed();
     assert_eq!(line_with(&lines, "OUTCOME "), Some("completed"), "{lines:?}");
     cleanup(backend, &calibration).await;
@@ -556,27 +646,33 @@ async fn crash_trials(backend: &str, trials: usize) -> TrialReport {
         new: 0,
         old: 0,
         killed_mid_run: 0,
+        half_done: 0,
     };
     for trial in 0..trials {
-        let name = format!("{backend}_trial_{trial}");
+        let name = format!("{prefix}_trial_{trial}");
         let spec = store_spec(backend, &dir, &name);
         // Spread the kills over the whole run, a little past its end.
         let kill_after = full_run.mul_f64(1.2 * (trial as f64 + 0.5) / trials as f64);
-        let mut first = spawn_child("deploy", &spec, &[]);
+        let mut first = spawn_child("deploy", &spec, &env);
         std::thread::sleep(kill_after);
         if first.try_wait().expect("wait").is_none() {
             report.killed_mid_run += 1;
         }
         let _ = first.kill(); // SIGKILL
         let _ = first.wait();
+        let store = open_store(&spec).await;
+        report.half_done += usize::from(half_done(&store).await);
         let mode = if trial % 2 == 0 {
             "deploy"
         } else {
             "deploy-rollback"
         };
-        let lines = finish_child(spawn_child(mode, &spec, &[]), Duration::from_secs(120));
-        assert!(line_with(&lines, "OUTCOME ").is_some(), "{lines:?}");
-        let store = open_store(&spec).await;
+        let lines = finish_child(spawn_child(mode, &spec, &env), Duration::from_secs(120));
+        let outcome = line_with(&lines, "OUTCOME ");
+        assert!(
+            matches!(outcome, Some("completed" | "rolled-back" | "already-done")),
+            "{strategy} trial {trial}: {lines:?}"
+        );
         let version = settled_version(&store).await;
         if version == v2() {
             report.new += 1
@@ -610,14 +706,19 @@ fn trials() -> usize {
         .unwrap_or(20)
 }
 
-/// Runs the crash trials on `backend`, reports their outcomes, and checks that most kills
-/// landed mid-run (so the trials exercised resuming, not just restarting).
-async fn crash_trials_on(backend: &str) {
-    let report = crash_trials(backend, trials()).await;
+/// Runs the crash trials of `strategy` on `backend`, reports their outcomes, and checks
+/// that most kills landed mid-run and, for rolling and blue-green, some mid-operation (so
+/// the trials exercised resuming a half-done step, not just restarting).
+async fn crash_trials_on(backend: &str, strategy: &str) {
+    let started = Instant::now();
+    let report = crash_trials(backend, strategy, trials()).await;
     println!(
-        "{backend}: {} trials, {} killed mid-run, {} ended new, {} ended old",
+        "{backend} {strategy}: {} trials in {:.1} s, {} killed mid-run, {} with an operation half done, \
+         {} ended new, {} ended old",
         trials(),
+        started.elapsed().as_secs_f64(),
         report.killed_mid_run,
+        report.half_done,
         report.new,
         report.old
     );
@@ -625,22 +726,60 @@ async fn crash_trials_on(backend: &str) {
         report.killed_mid_run >= trials() / 2,
         "most kills should land mid-run"
     );
+    if strategy != "canary" {
+        assert!(
+            report.half_done >= trials() / 10,
+            "some kills should land mid-operation: {}",
+            report.half_done
+        );
+    }
+}
+
+/// Whether this process is a child, or the PostgreSQL runs are to be skipped.
+fn skip(backend: &str) -> bool {
+    std::env::var("DEPLOYKIT_CHILD").is_ok() || (backend == "postgres" && pg_url().is_none())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_deployers_resume_to_a_settled_fleet_on_sqlite() {
-    if std::env::var("DEPLOYKIT_CHILD").is_ok() {
-        return;
+    if !skip("sqlite") {
+        crash_trials_on("sqlite", "canary").await;
     }
-    crash_trials_on("sqlite").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_deployers_resume_to_a_settled_fleet_on_postgres() {
-    if std::env::var("DEPLOYKIT_CHILD").is_ok() || pg_url().is_none() {
-        return;
+    if !skip("postgres") {
+        crash_trials_on("postgres", "canary").await;
     }
-    crash_trials_on("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_rolling_deployers_resume_mid_step_on_sqlite() {
+    if !skip("sqlite") {
+        crash_trials_on("sqlite", "rolling").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_rolling_deployers_resume_mid_step_on_postgres() {
+    if !skip("postgres") {
+        crash_trials_on("postgres", "rolling").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_blue_green_deployers_resume_mid_step_on_sqlite() {
+    if !skip("sqlite") {
+        crash_trials_on("sqlite", "blue-green").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_blue_green_deployers_resume_mid_step_on_postgres() {
+    if !skip("postgres") {
+        crash_trials_on("postgres", "blue-green").await;
+    }
 }
 
 // ---------------------------------------------------------------- store outages
@@ -734,7 +873,7 @@ async fn race(backend: &str) {
     let name = format!("{backend}_race");
     let spec = store_spec(backend, &dir, &name);
     // The fleet exists before the racers start.
-    drop(DurableFleet::open(open_store(&spec).await).await);
+    drop(DurableFleet::open(open_store(&spec).await, &canary()).await);
     let start_at = (epoch_ms() + 1_500).to_string();
     let racers: Vec<Child> = ["deployer-a", "deployer-b"]
         .into_iter()
@@ -890,8 +1029,17 @@ async fn a_killed_apply_leaves_exactly_the_remaining_work_on_sqlite() {
         &spec,
         &[("DEPLOYKIT_CHILD_ROOT", root.display().to_string())],
     );
-    // Six layers of 40 ms: kill during the third.
-    std::thread::sleep(Duration::from_millis(110));
+    // Six layers of 40 ms: kill during the second or third, counted from the first file
+    // (not from the spawn: a loaded machine may take longer than a layer to start a child).
+    let started = Instant::now();
+    while std::fs::read_dir(root.join("layer0")).map_or(true, |mut files| files.next().is_none()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the apply never began"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(60));
     let _ = child.kill();
     let _ = child.wait();
     let store = open_store(&spec).await;
