@@ -38,7 +38,12 @@ impl Hook for SmokeTest {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let slow = common::version("2.0");
     let profile = VersionProfile::new(0.0, Duration::from_millis(120), Duration::from_millis(400))?;
-    let (fleet, _traffic) = common::fleet(|b| b.version_profile(&common::app(), &slow, profile)).await;
+    // The new pool is stood up beside the old one, which keeps all its instances until the
+    // switch and, after the switch back, again.
+    let (fleet, _traffic) = common::fleet(common::REPLICAS, &[], |b| {
+        b.version_profile(&common::app(), &slow, profile)
+    })
+    .await;
 
     let window = Duration::from_secs(60);
     let post = AnalysisSpec::new(

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use deploykit::core::MetricName;
+use deploykit::core::{MetricName, Pool, Weight};
 use deploykit::strategies::{
     AnalysisMetric, AnalysisSpec, CanarySpec, CanaryStep, Judge, Pause, Rollout, RolloutOutcome, Strategy,
 };
@@ -21,7 +21,20 @@ use deploykit::testkit::VersionProfile;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (bad, good) = (common::version("2.0"), common::version("2.0.1"));
     let bad_profile = VersionProfile::new(0.08, Duration::from_millis(22), Duration::from_millis(90))?;
-    let (fleet, _traffic) = common::fleet(|b| b.version_profile(&common::app(), &bad, bad_profile)).await;
+    // A canary adds its instances beside the stable ones, so all four stable instances
+    // must stay healthy and in rotation until promotion.
+    let percents = [5.0, 25.0, 50.0, 100.0];
+    let (fleet, _traffic) = common::fleet(
+        common::REPLICAS,
+        &["traffic off stable rises one canary step at a time (5, 25, 50, 100%)"],
+        |b| b.version_profile(&common::app(), &bad, bad_profile),
+    )
+    .await;
+    let weights = percents
+        .iter()
+        .map(|percent| Weight::from_percent(*percent))
+        .collect::<Result<Vec<_>, _>>()?;
+    fleet.set_exposure_steps(&common::app(), Pool::stable(), weights);
 
     let window = Duration::from_secs(60);
     let analysis = AnalysisSpec::new(
@@ -38,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Duration::from_secs(60),
         3,
     );
-    let steps = [5.0, 25.0, 50.0, 100.0]
+    let steps = percents
         .into_iter()
         .map(|percent| CanaryStep::percent(percent, Pause::For(Duration::from_secs(300))))
         .collect::<Result<Vec<_>, _>>()?;

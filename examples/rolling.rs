@@ -16,12 +16,17 @@ use deploykit::testkit::{Fault, Operation};
 
 #[tokio::main(flavor = "current_thread", start_paused = true)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (fleet, _traffic) = common::fleet(|b| {
-        b.capacity_floor(&common::app(), 3)
-            .latency(Operation::Install, Duration::from_secs(20))
-            .latency(Operation::StartInstance, Duration::from_secs(5))
-    })
+    // max_unavailable 1 of 4, max_surge 1: at least 3 serving, at most 5 instances.
+    let (fleet, _traffic) = common::fleet(
+        common::REPLICAS - 1,
+        &["at most 5 instances (4 + 1 surge)"],
+        |b| {
+            b.latency(Operation::Install, Duration::from_secs(20))
+                .latency(Operation::StartInstance, Duration::from_secs(5))
+        },
+    )
     .await;
+    fleet.set_instance_limit(&common::app(), common::REPLICAS + 1);
     // The surge instance is provisioned, not installed, so install 3 is the third
     // instance's update.
     fleet.inject(Fault::FailNthUpdate(3));

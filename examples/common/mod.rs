@@ -18,8 +18,15 @@ pub(crate) fn version(name: &str) -> Version {
     Version::new(name).expect("a valid version")
 }
 
-/// Four instances of 1.0 in pool "stable" taking all traffic, 200 requests/s.
+/// Instances of 1.0 the fleet starts with.
+pub(crate) const REPLICAS: usize = 4;
+
+/// [`REPLICAS`] instances of 1.0 in pool "stable" taking all traffic, 200 requests/s, with
+/// a capacity floor of `floor` healthy instances in rotation (printed with the other rules
+/// the invariant checker applies; `extra` names rules the example adds).
 pub(crate) async fn fleet(
+    floor: usize,
+    extra: &[&str],
     configure: impl FnOnce(SimFleetBuilder) -> SimFleetBuilder,
 ) -> (SimFleet, TrafficHandle) {
     tracing_subscriber::fmt()
@@ -27,9 +34,10 @@ pub(crate) async fn fleet(
         .with_target(false)
         .with_ansi(false)
         .init();
-    let fleet = configure(SimFleet::builder().seed(7)).build();
+    let fleet = configure(SimFleet::builder().seed(7).capacity_floor(&app(), floor)).build();
+    print_invariants(floor, extra);
     fleet
-        .serve(&app(), &Pool::stable(), &version("1.0"), 4)
+        .serve(&app(), &Pool::stable(), &version("1.0"), REPLICAS)
         .await
         .expect("a fleet serving 1.0");
     let traffic = fleet.generate_traffic(&app(), 200, Duration::from_secs(1));
@@ -51,6 +59,26 @@ pub(crate) fn parts(fleet: &SimFleet) -> (RolloutBackends, Arc<DynStore>, Rollou
         Arc::new(MemoryStore::new()),
         options,
     )
+}
+
+/// What the checker's "invariant violations" verdict covers (deploy-testkit's rules).
+fn print_invariants(floor: usize, extra: &[&str]) {
+    println!("invariants checked at every fleet change, health transition and fault:");
+    for rule in [
+        "routing sums to 100%",
+        "every pool with traffic has a healthy member in rotation",
+        &format!("at least {floor} healthy instances in rotation (once reached)"),
+        "no instance in rotation or draining is down, none unhealthy past the grace",
+        "no instance leaves rotation or stops while its requests may be in flight",
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
+        println!("  - {rule}");
+    }
+    println!(
+        "  at the end: nothing running outside rotation, nothing stopped or failed, one version per pool"
+    );
 }
 
 /// Prints one line per step, shift, analysis and rollback, as they happen.
