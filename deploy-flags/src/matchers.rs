@@ -11,6 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use deploy_core::time::DynClock;
 use ipnet::IpNet;
+use memchr::memmem::Finder;
 
 use crate::context::{Context, Field};
 use crate::error::FlagError;
@@ -50,7 +51,6 @@ impl Comparison {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TextMatch {
-    Contains,
     StartsWith,
     EndsWith,
 }
@@ -62,6 +62,11 @@ enum Test {
     Text {
         how: TextMatch,
         needles: Box<[Box<str>]>,
+        ignore_case: bool,
+    },
+    /// `needles` lower-cased (at compile) when `ignore_case`.
+    Contains {
+        needles: Box<[Finder<'static>]>,
         ignore_case: bool,
     },
     Regex(Pattern),
@@ -143,16 +148,26 @@ impl CompiledConstraint {
         let test = match constraint.operator {
             Operator::In => Test::In(ValueSet::new(&constraint.values)),
             Operator::NotIn => Test::NotIn(ValueSet::new(&constraint.values)),
-            Operator::StrContains if constraint.case_insensitive && !constraint.values.is_empty() => {
-                let pattern = Pattern::any_ignoring_case(&constraint.values).map_err(|error| {
-                    owner.error(
-                        format!("{field}.values"),
-                        format!("too large to search for: {error}"),
-                    )
-                })?;
-                Test::Regex(pattern)
+            Operator::StrContains => {
+                let mut needles = Vec::with_capacity(constraint.values.len());
+                for (index, value) in constraint.values.iter().enumerate() {
+                    let needle = match constraint.case_insensitive {
+                        true => value.to_lowercase(),
+                        false => value.clone(),
+                    };
+                    if constraint.case_insensitive && needle.len() > MAX_FOLDED_NEEDLE {
+                        return Err(owner.error(
+                            format!("{field}.values[{index}]"),
+                            format!("a case-insensitive needle is at most {MAX_FOLDED_NEEDLE} bytes"),
+                        ));
+                    }
+                    needles.push(Finder::new(needle.as_bytes()).into_owned());
+                }
+                Test::Contains {
+                    needles: needles.into(),
+                    ignore_case: constraint.case_insensitive,
+                }
             }
-            Operator::StrContains => text(TextMatch::Contains),
             Operator::StrStartsWith => text(TextMatch::StartsWith),
             Operator::StrEndsWith => text(TextMatch::EndsWith),
             Operator::Regex => {
@@ -255,6 +270,10 @@ impl CompiledConstraint {
             } => needles
                 .iter()
                 .any(|needle| text_matches(*how, value, needle, *ignore_case)),
+            Test::Contains { needles, ignore_case } => needles.iter().any(|needle| match ignore_case {
+                true => contains_lowered(value, needle),
+                false => needle.find(value.as_bytes()).is_some(),
+            }),
             Test::Regex(regex) => regex.is_match(value),
             Test::Number(comparison, number) => value.parse::<f64>().is_ok_and(|actual| match comparison {
                 Comparison::Eq => (actual - number).abs() < f64::EPSILON,
@@ -278,12 +297,34 @@ pub(crate) fn parse_network(text: &str) -> Option<IpNet> {
         .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
+/// The longest lower-cased needle of a case-insensitive `STR_CONTAINS`, in bytes.
+const MAX_FOLDED_NEEDLE: usize = 4096;
+
+/// Whether `haystack`, lower-cased, contains `needle` (lower-cased at compile). The
+/// haystack is lowered chunk by chunk into a stack buffer and each chunk searched with
+/// `memmem`, consecutive chunks overlapping by the needle's length: linear in the haystack
+/// and allocation-free, where trying each position was O(|haystack|·|needle|).
+fn contains_lowered(haystack: &str, needle: &Finder<'_>) -> bool {
+    let overlap = needle.needle().len().saturating_sub(1);
+    let mut buffer = [0u8; 2 * MAX_FOLDED_NEEDLE + 8];
+    let mut len = 0;
+    for lowered in haystack.chars().flat_map(char::to_lowercase) {
+        if len + 4 > buffer.len() {
+            if needle.find(&buffer[..len]).is_some() {
+                return true;
+            }
+            buffer.copy_within(len - overlap..len, 0);
+            len = overlap;
+        }
+        len += lowered.encode_utf8(&mut buffer[len..]).len();
+    }
+    needle.find(&buffer[..len]).is_some()
+}
+
 /// Compares with `needle` already lower-cased when `ignore_case`; lowers the haystack char by
 /// char, never further than the needle's length, instead of allocating a lower-cased copy.
-/// (A case-insensitive `Contains` is a regex; see `compile`.)
 fn text_matches(how: TextMatch, haystack: &str, needle: &str, ignore_case: bool) -> bool {
     match (how, ignore_case) {
-        (TextMatch::Contains, _) => memchr::memmem::find(haystack.as_bytes(), needle.as_bytes()).is_some(),
         (TextMatch::StartsWith, false) => haystack.starts_with(needle),
         (TextMatch::EndsWith, false) => haystack.ends_with(needle),
         (TextMatch::StartsWith, true) => {

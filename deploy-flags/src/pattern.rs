@@ -30,7 +30,7 @@ pub(crate) enum Pattern {
 
 /// The longest regex operand accepted, in bytes.
 pub const MAX_PATTERN_LEN: usize = 1024;
-/// The most regex constraints (case-insensitive `STR_CONTAINS` included) one snapshot holds.
+/// The most regex constraints one snapshot holds.
 pub const MAX_REGEXES: usize = 1000;
 /// Compiled-program size limit of one regex (the regex crate's default is 10 MiB).
 const SIZE_LIMIT: usize = 256 * 1024;
@@ -60,17 +60,6 @@ impl Pattern {
         if !case_insensitive && let Some(shape) = literal_shape(&hir) {
             return Ok(shape);
         }
-        Self::general(pattern, case_insensitive)
-    }
-
-    /// Any of `needles`, ignoring case (Unicode simple case folding): one search in linear
-    /// time, where lowering the value at each position would be quadratic.
-    pub(crate) fn any_ignoring_case(needles: &[String]) -> Result<Self, String> {
-        let escaped: Vec<String> = needles.iter().map(|needle| regex::escape(needle)).collect();
-        Self::general(&escaped.join("|"), true)
-    }
-
-    fn general(pattern: &str, case_insensitive: bool) -> Result<Self, String> {
         regex::RegexBuilder::new(pattern)
             .case_insensitive(case_insensitive)
             .size_limit(SIZE_LIMIT)

@@ -652,3 +652,138 @@ fn counts_survive_updates_and_unknown_flags_report_not_found() {
     assert_eq!(missing.reason.as_openfeature(), "ERROR");
     assert!(engine.metrics("ghost").is_none());
 }
+
+fn depending(name: String, on: impl IntoIterator<Item = String>) -> FlagDefinition {
+    let mut flag = FlagDefinition::new(name, true);
+    flag.prerequisites = on
+        .into_iter()
+        .map(|parent| Prerequisite {
+            flag: parent,
+            enabled: true,
+            variants: vec![],
+        })
+        .collect();
+    flag
+}
+
+/// M12: a 50,000-flag prerequisite chain overflowed the stack (the check recursed); it is
+/// refused with an error naming a flag, as is any chain longer than the bound, a flag
+/// depending on too many others, and a prerequisite listed twice.
+#[test]
+fn long_wide_and_repeated_prerequisites_are_refused_by_name() {
+    let chain = |length: usize| FlagSet {
+        flags: (0..length)
+            .map(|index| {
+                depending(
+                    format!("f{index}"),
+                    (index + 1 < length).then(|| format!("f{}", index + 1)),
+                )
+            })
+            .collect(),
+        segments: vec![],
+    };
+    let error = FlagEngine::with_flags(chain(50_000)).unwrap_err();
+    assert!(
+        matches!(&error, FlagError::InvalidFlag { field, .. } if field == "prerequisites"),
+        "{error}"
+    );
+    assert!(error.flag().is_some_and(|flag| flag.starts_with('f')), "{error}");
+    assert!(FlagEngine::with_flags(chain(deploy_flags::MAX_PREREQUISITE_DEPTH)).is_ok());
+    let error = FlagEngine::with_flags(chain(deploy_flags::MAX_PREREQUISITE_DEPTH + 1)).unwrap_err();
+    assert_eq!(error.flag(), Some("f0"), "{error}");
+
+    let parents: Vec<String> = (0..=deploy_flags::MAX_PREREQUISITES)
+        .map(|index| format!("p{index}"))
+        .collect();
+    let mut flags: Vec<_> = parents
+        .iter()
+        .map(|name| FlagDefinition::new(name.clone(), true))
+        .collect();
+    flags.push(depending("wide".into(), parents));
+    let error = FlagEngine::with_flags(FlagSet {
+        flags,
+        segments: vec![],
+    })
+    .unwrap_err();
+    assert_eq!(error.flag(), Some("wide"), "{error}");
+
+    let error = FlagEngine::with_flags(FlagSet {
+        flags: vec![
+            FlagDefinition::new("base", true),
+            depending("twice".into(), ["base".to_string(), "base".into()]),
+        ],
+        segments: vec![],
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&error, FlagError::InvalidFlag { flag, field, .. } if flag == "twice" && field == "prerequisites[1].flag"),
+        "{error}"
+    );
+}
+
+/// m6: regex operands had only the regex crate's defaults (10 MiB programs) and no cap on
+/// length or count; each limit is now a typed error naming the flag.
+#[test]
+fn regex_operands_are_bounded() {
+    let regex = |name: &str, pattern: String| {
+        constrained(name, Constraint::single("email", Operator::Regex, pattern))
+    };
+    let refused = |flags| {
+        FlagEngine::with_flags(FlagSet {
+            flags,
+            segments: vec![],
+        })
+        .expect_err("over a limit")
+    };
+    let long = refused(vec![regex("long", "a".repeat(deploy_flags::MAX_PATTERN_LEN + 1))]);
+    assert!(
+        matches!(&long, FlagError::InvalidFlag { flag, field, .. } if flag == "long" && field == "rules[0].constraints[0].value"),
+        "{long}"
+    );
+    // Short, but compiles to a program far over the size limit.
+    let huge = refused(vec![regex("huge", r"\w{200}\w{200}\w{200}".into())]);
+    assert_eq!(huge.flag(), Some("huge"), "{huge}");
+    let many: Vec<_> = (0..=deploy_flags::MAX_REGEXES)
+        .map(|index| regex(&format!("r{index}"), format!("^[a-z]+{index}$")))
+        .collect();
+    let error = refused(many);
+    assert!(error.to_string().contains("regex"), "{error}");
+}
+
+/// m7: a case-insensitive STR_CONTAINS lowered the value at every position
+/// (O(|value|·|needle|), 10⁹ steps for a 1 MB header against a 1 KB needle); it is one
+/// linear case-folded search now, and a context holds a bounded number of properties.
+#[test]
+fn case_insensitive_contains_is_linear_and_contexts_are_bounded() {
+    let needle = format!("{}B", "a".repeat(1024));
+    let engine = engine_with(vec![constrained(
+        "ci",
+        Constraint::list("header", Operator::StrContains, &[&needle]).case_insensitive(),
+    )]);
+    let value = "A".repeat(1 << 20);
+    let started = std::time::Instant::now();
+    assert!(!on(&engine, "ci", &with("header", &value)));
+    assert!(on(&engine, "ci", &with("header", &format!("{value}b"))));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !on(&engine, "ci", &with("header", "")),
+        "an empty value contains nothing"
+    );
+
+    let mut context = Context::new();
+    for index in 0..Context::MAX_PROPERTIES + 10 {
+        context.set(format!("p{index}"), "v");
+    }
+    assert_eq!(context.get("p0"), Some("v"));
+    assert_eq!(context.get(&format!("p{}", Context::MAX_PROPERTIES)), None);
+    context.set("p0", "w");
+    assert_eq!(
+        context.get("p0"),
+        Some("w"),
+        "an existing property can still change"
+    );
+}

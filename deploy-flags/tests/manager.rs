@@ -380,3 +380,226 @@ async fn file_source_reloads_changes_and_keeps_serving_through_bad_saves() {
     task.abort();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn depends_on(name: &str, parent: &str) -> FlagDefinition {
+    let mut flag = FlagDefinition::new(name, true);
+    flag.prerequisites = vec![Prerequisite {
+        flag: parent.into(),
+        enabled: true,
+        variants: vec![],
+    }];
+    flag
+}
+
+/// M18: one stored flag that did not decode or compile made `open` (and every reload) fail
+/// for every process; such flags are now quarantined, reported and logged, and the rest
+/// serve: a garbage record, a definition that does not compile, one that depends on it,
+/// a record whose name is not a valid flag name.
+#[tokio::test]
+async fn invalid_stored_flags_are_quarantined_and_the_rest_serve() {
+    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
+    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+        .await
+        .unwrap();
+    manager
+        .create_flag("ann", FlagDefinition::new("good", true))
+        .await
+        .unwrap();
+    manager
+        .create_flag("ann", FlagDefinition::new("base", true))
+        .await
+        .unwrap();
+    manager
+        .create_flag("ann", depends_on("child", "base"))
+        .await
+        .unwrap();
+    // Corrupt the store behind the manager's back.
+    let record = store.get("flags/defs/base").await.unwrap().unwrap().value;
+    let broken = String::from_utf8(record.to_vec()).unwrap().replacen(
+        "\"enabled\":true",
+        "\"enabled\":true,\"rules\":[{\"rollout\":{\"percentage\":500}}]",
+        1,
+    );
+    store.put("flags/defs/base", broken.into()).await.unwrap();
+    store.put("flags/defs/garbage", "not json".into()).await.unwrap();
+    store.put("flags/defs/x/y", record).await.unwrap();
+
+    let reopened = FeatureFlagManager::open(store, ManagerOptions::default())
+        .await
+        .expect("one bad flag no longer stops open");
+    assert!(reopened.is_enabled("good", &Context::new()));
+    assert!(!reopened.is_enabled("base", &Context::new()));
+    let mut quarantined: Vec<_> = reopened
+        .quarantined()
+        .into_iter()
+        .map(|bad| (bad.flag, bad.field))
+        .collect();
+    quarantined.sort();
+    assert_eq!(
+        quarantined,
+        [
+            ("base".to_string(), "rules[0].rollout.percentage".to_string()),
+            ("child".into(), "prerequisites[0].flag".into()),
+            ("garbage".into(), "record".into()),
+            ("x/y".into(), "name".into()),
+        ]
+    );
+    // Fixing the flag through the manager brings it and its dependent back.
+    reopened
+        .update_flag("bob", FlagDefinition::new("base", true))
+        .await
+        .unwrap();
+    assert!(reopened.is_enabled("child", &Context::new()));
+    assert_eq!(reopened.quarantined().len(), 2);
+}
+
+/// A store whose first two `list` calls wait for each other, so two changes both validate
+/// against the same (old) set before either writes.
+#[derive(Debug)]
+struct SameSnapshot {
+    inner: Arc<DynStore>,
+    barrier: tokio::sync::Barrier,
+    gated: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl deploy_core::RecordStore for SameSnapshot {
+    async fn get(&self, key: &str) -> Result<Option<deploy_core::Record>, StoreError> {
+        self.inner.get(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<deploy_core::Record>, StoreError> {
+        let records = self.inner.list(prefix).await;
+        if self.gated.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+            self.barrier.wait().await;
+        }
+        records
+    }
+
+    async fn put_opts(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        opts: deploy_core::WriteOptions,
+    ) -> Result<deploy_core::RecordVersion, StoreError> {
+        self.inner.put_opts(key, value, opts).await
+    }
+
+    async fn delete_opts(&self, key: &str, opts: deploy_core::WriteOptions) -> Result<bool, StoreError> {
+        self.inner.delete_opts(key, opts).await
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<deploy_core::WatchStream, StoreError> {
+        self.inner.watch(prefix).await
+    }
+}
+
+/// M18: admin A adds `x` with prerequisite `y` while admin B deletes `y`. Both validated
+/// against a listing that had `y` and both wrote, leaving a stored set that no process
+/// could open. Each change is now checked again after its write and undone if it broke a
+/// flag: whatever the interleaving, the stored set stays valid.
+#[tokio::test]
+async fn racing_changes_to_related_flags_never_store_an_invalid_set() {
+    let shared: Arc<DynStore> = Arc::new(MemoryStore::new());
+    let setup = FeatureFlagManager::open(shared.clone(), ManagerOptions::default())
+        .await
+        .unwrap();
+    setup
+        .create_flag("ann", FlagDefinition::new("y", true))
+        .await
+        .unwrap();
+    let gate = Arc::new(SameSnapshot {
+        inner: shared.clone(),
+        barrier: tokio::sync::Barrier::new(2),
+        gated: std::sync::atomic::AtomicUsize::new(usize::MAX / 2),
+    });
+    let a = FeatureFlagManager::open(gate.clone(), ManagerOptions::default())
+        .await
+        .unwrap();
+    let b = FeatureFlagManager::open(gate.clone(), ManagerOptions::default())
+        .await
+        .unwrap();
+    gate.gated.store(0, std::sync::atomic::Ordering::SeqCst);
+    let (added, deleted) = tokio::join!(
+        a.create_flag("ann", depends_on("x", "y")),
+        b.delete_flag("bob", "y")
+    );
+    assert!(
+        added.is_err() || deleted.is_err(),
+        "both racing changes were accepted"
+    );
+    let fresh = FeatureFlagManager::open(shared, ManagerOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(fresh.quarantined(), [], "the stored set is valid");
+    assert_eq!(fresh.engine().snapshot().definition("x").is_some(), added.is_ok());
+    assert_eq!(
+        fresh.engine().snapshot().definition("y").is_some(),
+        deleted.is_err()
+    );
+}
+
+/// M18: a flag named `x/0000000001` had its audit entries listed as `x`'s history. Names
+/// are now restricted to `[A-Za-z0-9._-]`, and `audit_log` lists one key depth only (for
+/// records written before the restriction).
+#[tokio::test]
+async fn flag_names_cannot_reach_another_flags_audit_log() {
+    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
+    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+        .await
+        .unwrap();
+    for name in ["x/0000000001", "", "a b", "é"] {
+        let error = manager
+            .create_flag("eve", FlagDefinition::new(name, true))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, FlagError::InvalidFlag { flag, field, .. } if flag == name && field == "name"),
+            "{error}"
+        );
+    }
+    manager
+        .create_flag("ann", FlagDefinition::new("x", true))
+        .await
+        .unwrap();
+    let forged = store
+        .get("flags/audit/x/0000000001")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    store
+        .put("flags/audit/x/0000000001/0000000001", forged)
+        .await
+        .unwrap();
+    assert_eq!(manager.audit_log("x").await.unwrap().len(), 1);
+    assert!(matches!(
+        manager.audit_log("x/0000000001").await,
+        Err(FlagError::InvalidFlag { .. })
+    ));
+}
+
+/// m13: audit records were never pruned; a flag keeps its newest `audit_retention`.
+#[tokio::test]
+async fn audit_entries_beyond_the_retention_are_pruned_on_write() {
+    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
+    let options = ManagerOptions {
+        audit_retention: 3,
+        ..ManagerOptions::default()
+    };
+    let manager = FeatureFlagManager::open(store.clone(), options).await.unwrap();
+    manager
+        .create_flag("ann", FlagDefinition::new("f", false))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        manager.enable_flag("ann", "f", None).await.unwrap();
+        manager.disable_flag("ann", "f").await.unwrap();
+    }
+    let log = manager.audit_log("f").await.unwrap();
+    assert_eq!(
+        log.iter().map(|entry| entry.revision).collect::<Vec<_>>(),
+        [9, 10, 11]
+    );
+    assert_eq!(store.list("flags/audit/").await.unwrap().len(), 3);
+}
