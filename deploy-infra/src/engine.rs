@@ -89,24 +89,13 @@ impl Plan {
                         true => "(sensitive)".to_owned(),
                         false => value.to_string(),
                     };
-                    let (old, new) = (before.get(key).map(shown), after.get(key).map(shown));
-                    match (before.get(key), after.get(key)) {
-                        (Some(was), Some(is)) if was != is => {
-                            let _ = writeln!(
-                                out,
-                                "    {key}: {} -> {}",
-                                old.unwrap_or_default(),
-                                new.unwrap_or_default()
-                            );
-                        }
-                        (Some(_), None) => {
-                            let _ = writeln!(out, "    {key}: {} -> (removed)", old.unwrap_or_default());
-                        }
-                        (None, Some(_)) => {
-                            let _ = writeln!(out, "    {key}: {}", new.unwrap_or_default());
-                        }
-                        _ => {}
-                    }
+                    let line = match (before.get(key), after.get(key)) {
+                        (Some(old), Some(new)) if old != new => format!("{} -> {}", shown(old), shown(new)),
+                        (Some(old), None) => format!("{} -> (removed)", shown(old)),
+                        (None, Some(new)) => shown(new),
+                        _ => continue,
+                    };
+                    let _ = writeln!(out, "    {key}: {line}");
                 }
             }
         }

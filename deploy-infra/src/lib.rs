@@ -34,11 +34,13 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod engine;
+mod file;
 mod model;
-mod providers;
+mod sim;
 mod state;
 
 pub use engine::{Action, ApplyReport, Change, Infra, Plan};
+pub use file::FileProvider;
 pub use model::{InfraError, Provider, ProviderError, Resource};
-pub use providers::{FileProvider, SimProvider};
+pub use sim::SimProvider;
 pub use state::{HeldLock, Intent, LockInfo, MAX_LOCK_TTL, MIN_LOCK_TTL, ResourceState, State, StateStore};
