@@ -82,6 +82,15 @@ pub enum IncidentError {
         /// The index given.
         index: usize,
     },
+    /// A stored incident that cannot be used as it is (an escalation level its policy does
+    /// not have, say); the other incidents are unaffected.
+    #[error("incident {id}: invalid stored record: {reason}")]
+    InvalidRecord {
+        /// The incident.
+        id: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// [`IncidentOptions::retry`](crate::IncidentOptions::retry) does not validate.
     #[error("invalid notification retry policy: {0}")]
     InvalidRetry(ValidationError),

@@ -1,7 +1,12 @@
 //! [`IncidentManager`]: incidents in a record store, changed by compare-and-swap, escalated
 //! and notified.
+//!
+//! Key layout: `incidents/items/<id>` (the incident), `incidents/by-key/<dedup key>` (the id
+//! of the latest incident with that key) and `incidents/open/<id>` (an empty marker while it
+//! is open, so escalation reads open incidents only). To keep several managers apart in one
+//! store, give each a [`Prefixed`](deploy_core::store::Prefixed) store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +15,7 @@ use deploy_core::retry::RetryPolicy;
 use deploy_core::time::{ClockExt, DynClock, SystemClock};
 use deploy_core::{
     DynNotifier, DynRecordStore, IdempotencyKey, Notification, NotificationAction, Precondition,
-    RecordStoreExt, StoreError, WriteOptions,
+    RecordStoreExt, RecordVersion, StoreError, WriteOptions,
 };
 
 use super::model::{
@@ -20,11 +25,15 @@ use super::model::{
 use crate::delivery::{default_retry, deliver};
 use crate::error::IncidentError;
 
+const ITEMS: &str = "incidents/items/";
+const BY_KEY: &str = "incidents/by-key/";
+const OPEN: &str = "incidents/open/";
+/// What a re-trigger writes in the timeline; a run of them is one entry with a count.
+const RETRIGGERED: &str = "re-triggered";
+
 /// Options of an [`IncidentManager`].
 #[derive(Debug, Clone)]
 pub struct IncidentOptions {
-    /// Key prefix in the store (default `incidents/`).
-    pub prefix: String,
     /// The wall clock incidents are stamped with (default [`SystemClock`]).
     pub clock: Arc<DynClock>,
     /// How long after resolution a post-mortem is due (default 5 days).
@@ -34,28 +43,41 @@ pub struct IncidentOptions {
     /// How notifications and pages are retried (default: 200 ms doubling up to 10 s, as
     /// many attempts as start within 60 s); the notifier itself does not retry.
     pub retry: RetryPolicy,
+    /// How long a resolved (or closed) incident is kept after its resolution before
+    /// [`IncidentManager::prune`] deletes it (default 90 days; `Duration::MAX` keeps all).
+    pub retention: Duration,
 }
 
 impl Default for IncidentOptions {
     fn default() -> Self {
         Self {
-            prefix: "incidents/".into(),
             clock: SystemClock::shared(),
             postmortem_after: Duration::from_secs(5 * 24 * 3600),
             postmortem_template:
                 "## Summary\n\n## Impact\n\n## Timeline\n\n## Root cause\n\n## Action items\n".into(),
             retry: default_retry(),
+            retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
 
-/// Opens, updates and escalates incidents.
-#[derive(Debug)]
+/// Opens, updates, escalates and prunes incidents.
+///
+/// Its `Debug` leaves out the store and the notifier (which may hold credentials).
 pub struct IncidentManager {
     store: Arc<DynRecordStore>,
     notifier: Arc<DynNotifier>,
     policies: BTreeMap<String, EscalationPolicy>,
     options: IncidentOptions,
+}
+
+impl std::fmt::Debug for IncidentManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncidentManager")
+            .field("policies", &self.policies.keys().collect::<Vec<_>>())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `now + duration`, or `None` when that is past what `chrono` can represent (a delay of
@@ -111,11 +133,15 @@ impl IncidentManager {
     }
 
     fn key(&self, id: &str) -> String {
-        format!("{}items/{id}", self.options.prefix)
+        format!("{ITEMS}{id}")
     }
 
     fn index_key(&self, dedup: &IdempotencyKey) -> String {
-        format!("{}by-key/{dedup}", self.options.prefix)
+        format!("{BY_KEY}{dedup}")
+    }
+
+    fn open_key(&self, id: &str) -> String {
+        format!("{OPEN}{id}")
     }
 
     /// Opens an incident, or attaches the trigger to the open incident with the same key.
@@ -149,20 +175,36 @@ impl IncidentManager {
             if let Some((id, _)) = &index
                 && let Some((incident, _)) = self.store.get_json::<Incident>(&self.key(id)).await?
                 && incident.status.is_open()
+                // An entry pointing at another key's incident is stale: replaced below.
+                && incident.dedup_key == dedup
             {
                 return self
                     .change(id, |incident, now| {
-                        incident.triggers += 1;
-                        incident.timeline.push(IncidentTimelineEntry {
-                            at: now,
-                            actor: actor.into(),
-                            what: "re-triggered".into(),
-                        });
-                        Ok(Vec::new())
+                        incident.triggers = incident.triggers.saturating_add(1);
+                        match incident.timeline.last_mut() {
+                            Some(last) if last.what == RETRIGGERED && last.actor == actor => {
+                                last.at = now;
+                                last.repeats = last.repeats.saturating_add(1);
+                            }
+                            _ => incident
+                                .timeline
+                                .push(IncidentTimelineEntry::new(now, actor, RETRIGGERED)),
+                        }
+                        Ok(Some(Vec::new()))
                     })
                     .await;
             }
             let incident = self.insert(actor, &dedup, &new, policy.clone()).await?;
+            // Marked open before it is indexed: every open incident has its marker (a stale
+            // marker is dropped by `escalate_due`).
+            if let Err(error) = self
+                .store
+                .create(&self.open_key(&incident.id), Default::default())
+                .await
+            {
+                let _ = self.store.delete(&self.key(&incident.id)).await;
+                return Err(error.into());
+            }
             let unchanged = index.map_or(Precondition::Absent, |(_, version)| {
                 Precondition::Version(version)
             });
@@ -174,6 +216,7 @@ impl IncidentManager {
                 // Not indexed, it would escalate unseen: take it back (best effort if the
                 // store is failing), then attach to the winner or report the failure.
                 let dropped = self.store.delete(&self.key(&incident.id)).await;
+                let _ = self.store.delete(&self.open_key(&incident.id)).await;
                 match error {
                     StoreError::Conflict { .. } => {
                         dropped?;
@@ -183,9 +226,12 @@ impl IncidentManager {
                 }
             }
             let mut notifications = vec![self.notification(&incident, NotificationAction::Trigger, "opened")];
-            if let Some(escalation) = &incident.escalation {
-                notifications.push(self.page(&incident, escalation));
-            }
+            notifications.extend(
+                incident
+                    .escalation
+                    .as_ref()
+                    .and_then(|escalation| self.page(&incident, escalation)),
+            );
             self.send(notifications).await;
             return Ok(incident);
         }
@@ -201,8 +247,9 @@ impl IncidentManager {
     ) -> Result<Incident, IncidentError> {
         let now = self.now();
         let escalation = policy.map(|policy| EscalationState {
-            // A delay too long to represent never escalates further.
-            next_at: after(now, policy.levels[0].delay),
+            // A delay too long to represent never escalates further (registered policies
+            // have levels).
+            next_at: policy.levels.first().and_then(|level| after(now, level.delay)),
             policy,
             level: 0,
             loops_done: 0,
@@ -217,11 +264,7 @@ impl IncidentManager {
             acknowledged_at: None,
             resolved_at: None,
             roles: BTreeMap::new(),
-            timeline: vec![IncidentTimelineEntry {
-                at: now,
-                actor: actor.into(),
-                what: "triggered".into(),
-            }],
+            timeline: vec![IncidentTimelineEntry::new(now, actor, "triggered")],
             escalation,
             postmortem: None,
             triggers: 1,
@@ -345,12 +388,10 @@ impl IncidentManager {
                     (format!("action item done: {}", item.title), None)
                 }
             };
-            incident.timeline.push(IncidentTimelineEntry {
-                at: now,
-                actor: actor.into(),
-                what: what.clone(),
-            });
-            Ok(action.map(|action| (action, what)).into_iter().collect())
+            incident
+                .timeline
+                .push(IncidentTimelineEntry::new(now, actor, &what));
+            Ok(Some(action.map(|action| (action, what)).into_iter().collect()))
         })
         .await
     }
@@ -378,12 +419,11 @@ impl IncidentManager {
     /// Every incident, oldest first.
     ///
     /// # Errors
-    /// Store errors.
+    /// Store errors; [`StoreError::Codec`] naming a stored record that is not an incident.
     pub async fn list(&self) -> Result<Vec<Incident>, IncidentError> {
-        let prefix = format!("{}items/", self.options.prefix);
         let mut incidents: Vec<Incident> = self
             .store
-            .list_json::<Incident>(&prefix)
+            .list_json::<Incident>(ITEMS)
             .await?
             .into_iter()
             .map(|(_, incident, _)| incident)
@@ -392,90 +432,199 @@ impl IncidentManager {
         Ok(incidents)
     }
 
-    /// Pages the next escalation level of every unacknowledged incident that is due; returns
-    /// the ids escalated.
+    /// Pages the next escalation level of every unacknowledged open incident that is due;
+    /// returns the ids escalated. Only open incidents are read.
+    ///
+    /// An incident whose stored record cannot be escalated (undecodable, or an escalation
+    /// state pointing past its policy's levels: [`IncidentError::InvalidRecord`]) is logged
+    /// and skipped; the others are escalated.
     ///
     /// # Errors
-    /// Store errors.
+    /// Store errors listing the open incidents.
     pub async fn escalate_due(&self) -> Result<Vec<String>, IncidentError> {
-        let now = self.now();
         let mut escalated = Vec::new();
-        for incident in self.list().await? {
-            let due = incident
-                .escalation
-                .as_ref()
-                .and_then(|escalation| escalation.next_at)
-                .is_some_and(|at| at <= now);
-            if !due || incident.status != IncidentStatus::Triggered {
+        for record in self.store.list(OPEN).await? {
+            let Some(id) = record.key.strip_prefix(OPEN) else {
                 continue;
-            }
-            // Whether the last run of the change escalated (it may run again on a conflict).
-            let mut paged = false;
-            let updated = self
-                .change(&incident.id, |incident, now| {
-                    paged = false;
-                    let Some(escalation) = incident.escalation.as_mut() else {
-                        return Ok(Vec::new());
-                    };
-                    let mut next = escalation.level + 1;
-                    if next == escalation.policy.levels.len() {
-                        if escalation.loops_done >= escalation.policy.loops {
-                            escalation.next_at = None;
-                            return Ok(Vec::new());
-                        }
-                        escalation.loops_done += 1;
-                        next = 0;
+            };
+            let stale = match self.escalate(id).await {
+                Ok((incident, paged)) => {
+                    if paged {
+                        escalated.push(id.to_owned());
                     }
-                    escalation.level = next;
-                    escalation.next_at = after(now, escalation.policy.levels[next].delay);
-                    paged = true;
-                    let what = format!(
-                        "escalated to level {} ({})",
-                        next + 1,
-                        escalation.policy.levels[next].targets.join(", ")
-                    );
-                    incident.timeline.push(IncidentTimelineEntry {
-                        at: now,
-                        actor: "system".into(),
-                        what,
-                    });
-                    Ok(vec![(NotificationAction::Trigger, "escalated".into())])
-                })
-                .await?;
-            // The level escalated to is paged even when its delay means it is the last.
-            if let Some(escalation) = &updated.escalation
-                && paged
-            {
-                self.send(vec![self.page(&updated, escalation)]).await;
-                escalated.push(updated.id.clone());
+                    !incident.status.is_open()
+                }
+                Err(IncidentError::UnknownIncident(_)) => true,
+                Err(error) => {
+                    tracing::warn!(%error, incident = id, "cannot escalate; skipped");
+                    false
+                }
+            };
+            if stale {
+                // Left by a failed clean-up. Conditional: a reopen rewrites the marker.
+                let _ = self.delete_if(&record.key, record.version).await;
             }
         }
         Ok(escalated)
     }
 
+    /// Escalates one incident if it is due; the incident and whether it paged.
+    async fn escalate(&self, id: &str) -> Result<(Incident, bool), IncidentError> {
+        let invalid = |reason: String| IncidentError::InvalidRecord {
+            id: id.to_owned(),
+            reason,
+        };
+        // Whether the last run of the change escalated (it may run again on a conflict).
+        let mut paged = false;
+        let updated = self
+            .change(id, |incident, now| {
+                paged = false;
+                let Some(escalation) = incident.escalation.as_mut() else {
+                    return Ok(None);
+                };
+                let due = escalation.next_at.is_some_and(|at| at <= now);
+                if !due || incident.status != IncidentStatus::Triggered {
+                    return Ok(None);
+                }
+                let levels = &escalation.policy.levels;
+                if escalation.level >= levels.len() {
+                    return Err(invalid(format!(
+                        "escalation level {} of a policy with {} level(s)",
+                        escalation.level,
+                        levels.len()
+                    )));
+                }
+                let mut next = escalation.level + 1;
+                if next == levels.len() {
+                    if escalation.loops_done >= escalation.policy.loops {
+                        escalation.next_at = None;
+                        return Ok(Some(Vec::new()));
+                    }
+                    escalation.loops_done += 1;
+                    next = 0;
+                }
+                let level = &levels[next];
+                let what = format!("escalated to level {} ({})", next + 1, level.targets.join(", "));
+                escalation.next_at = after(now, level.delay);
+                escalation.level = next;
+                paged = true;
+                incident
+                    .timeline
+                    .push(IncidentTimelineEntry::new(now, "system", &what));
+                Ok(Some(vec![(NotificationAction::Trigger, "escalated".into())]))
+            })
+            .await?;
+        // The level escalated to is paged even when its delay means it is the last.
+        if paged && let Some(escalation) = &updated.escalation {
+            self.send(self.page(&updated, escalation).into_iter().collect())
+                .await;
+        }
+        Ok((updated, paged))
+    }
+
+    /// Store upkeep; run it now and then (daily, say), and once after upgrading from 0.1.
+    /// Deletes the resolved and closed incidents whose resolution is older than
+    /// [`IncidentOptions::retention`], with their dedup index entries, and returns their
+    /// ids; nothing else removes incidents. Marks open incidents that have no open marker
+    /// (written by 0.1, or a marker write failed), so `escalate_due` sees them.
+    ///
+    /// An incident changed meanwhile (reopened, say) is kept: each delete is conditional on
+    /// the version read.
+    ///
+    /// # Errors
+    /// Store errors; [`StoreError::Codec`] naming a stored record that is not an incident.
+    pub async fn prune(&self) -> Result<Vec<String>, IncidentError> {
+        let Some(cutoff) = chrono::Duration::from_std(self.options.retention)
+            .ok()
+            .and_then(|retention| self.now().checked_sub_signed(retention))
+        else {
+            return Ok(Vec::new());
+        };
+        let marked: HashSet<String> = self
+            .store
+            .list(OPEN)
+            .await?
+            .into_iter()
+            .map(|record| record.key)
+            .collect();
+        let mut pruned = Vec::new();
+        for (key, incident, version) in self.store.list_json::<Incident>(ITEMS).await? {
+            let expired =
+                !incident.status.is_open() && incident.resolved_at.is_some_and(|resolved| resolved <= cutoff);
+            let id = key.strip_prefix(ITEMS).unwrap_or(&key);
+            let marker = self.open_key(id);
+            if incident.status.is_open() && !marked.contains(&marker) {
+                // Conditional: a concurrent change may have marked it; a failure is retried
+                // at the next run.
+                let _ = self.store.create(&marker, Default::default()).await;
+            }
+            if expired && self.delete_if(&key, version).await? {
+                // An index entry left behind (unreadable, or the store failed) is harmless:
+                // the next trigger of its key finds no incident and replaces it.
+                let index_key = self.index_key(&incident.dedup_key);
+                if let Ok(Some((indexed, version))) = self.store.get_json::<String>(&index_key).await
+                    && indexed == id
+                {
+                    let _ = self.delete_if(&index_key, version).await;
+                }
+                pruned.push(id.to_owned());
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Deletes `key` if it is still at `version`; whether it did.
+    async fn delete_if(&self, key: &str, version: RecordVersion) -> Result<bool, StoreError> {
+        match self
+            .store
+            .delete_opts(key, WriteOptions::when(Precondition::Version(version)))
+            .await
+        {
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            deleted => deleted,
+        }
+    }
+
     /// Read-modify-write with compare-and-swap; `apply` returns the notifications to send
-    /// (action, what) once the write landed. It runs again on a conflict, so only the last
-    /// run's notifications are sent.
+    /// (action, what) once the write landed, or `None` to leave the incident as it is. It
+    /// runs again on a conflict, so only the last run's notifications are sent. The open
+    /// marker follows the status (a failure to update it is logged: `escalate_due` drops a
+    /// stale one).
     async fn change(
         &self,
         id: &str,
         mut apply: impl FnMut(
             &mut Incident,
             DateTime<Utc>,
-        ) -> Result<Vec<(NotificationAction, String)>, IncidentError>
+        ) -> Result<Option<Vec<(NotificationAction, String)>>, IncidentError>
         + Send,
     ) -> Result<Incident, IncidentError> {
         let mut notifications = Vec::new();
+        let mut was_open = false;
         let unknown = || IncidentError::UnknownIncident(id.to_owned());
         let (incident, _) = self
             .store
             .update_json::<Incident, IncidentError>(&self.key(id), WriteOptions::default(), |current| {
                 let mut incident = current.ok_or_else(unknown)?;
-                notifications = apply(&mut incident, self.now())?;
+                was_open = incident.status.is_open();
+                let Some(sent) = apply(&mut incident, self.now())? else {
+                    notifications.clear();
+                    return Ok(None);
+                };
+                notifications = sent;
                 Ok(Some(incident))
             })
             .await?
             .ok_or_else(unknown)?;
+        let marker = self.open_key(id);
+        let marked = match (was_open, incident.status.is_open()) {
+            (false, true) => self.store.put(&marker, Default::default()).await.map(drop),
+            (true, false) => self.store.delete(&marker).await.map(drop),
+            _ => Ok(()),
+        };
+        if let Err(error) = marked {
+            tracing::warn!(%error, incident = id, "cannot update the open-incident marker");
+        }
         let notifications = notifications
             .into_iter()
             .map(|(action, what)| self.notification(&incident, action, &what))
@@ -495,14 +644,15 @@ impl IncidentManager {
         }
     }
 
-    fn page(&self, incident: &Incident, escalation: &EscalationState) -> Notification {
-        let level = &escalation.policy.levels[escalation.level];
+    /// The page of the level `escalation` is at (`None` if the policy has no such level).
+    fn page(&self, incident: &Incident, escalation: &EscalationState) -> Option<Notification> {
+        let level = escalation.policy.levels.get(escalation.level)?;
         // Each page is a new event for the people paged: its own key.
         let key = format!(
             "{}/page/{}/{}",
             incident.id, escalation.loops_done, escalation.level
         );
-        Notification {
+        Some(Notification {
             key: IdempotencyKey::new(key).unwrap_or_else(|_| incident.dedup_key.clone()),
             action: NotificationAction::Trigger,
             severity: incident.severity,
@@ -514,7 +664,7 @@ impl IncidentManager {
                 ("targets".to_owned(), level.targets.join(",")),
             ]
             .into(),
-        }
+        })
     }
 
     async fn send(&self, notifications: Vec<Notification>) {

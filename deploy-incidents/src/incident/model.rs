@@ -46,12 +46,27 @@ impl IncidentStatus {
 /// One line of an incident's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IncidentTimelineEntry {
-    /// When.
+    /// When (the last time, for a repeated entry).
     pub at: DateTime<Utc>,
     /// Who (a person, or `system`).
     pub actor: String,
     /// What happened.
     pub what: String,
+    /// How many more times it happened right after (re-triggers in a row are one entry, so
+    /// a flapping alert does not grow the record).
+    #[serde(default)]
+    pub repeats: u32,
+}
+
+impl IncidentTimelineEntry {
+    pub(crate) fn new(at: DateTime<Utc>, actor: &str, what: &str) -> Self {
+        Self {
+            at,
+            actor: actor.to_owned(),
+            what: what.to_owned(),
+            repeats: 0,
+        }
+    }
 }
 
 /// Levels notified in turn while an incident stays unacknowledged.

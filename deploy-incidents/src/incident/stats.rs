@@ -13,27 +13,25 @@ pub struct ResponseTimes {
     pub mttr: Option<Duration>,
 }
 
-/// MTTA and MTTR of `incidents`.
+/// MTTA and MTTR of `incidents`. Spans that end before they start (clock skew, a bad
+/// record) are left out; the sums cannot overflow.
 pub fn response_times(incidents: &[Incident]) -> ResponseTimes {
-    let mean = |spans: Vec<chrono::Duration>| {
-        let count = spans.len() as u32;
-        (count > 0).then(|| {
-            let total: chrono::Duration = spans.into_iter().sum();
-            total.to_std().unwrap_or_default() / count
-        })
+    let mean = |spans: &mut dyn Iterator<Item = chrono::Duration>| {
+        let (total, count) = spans
+            .filter_map(|span| span.to_std().ok())
+            .fold((0u128, 0u128), |(total, count), span| {
+                (total.saturating_add(span.as_nanos()), count + 1)
+            });
+        // The mean is at most the longest span, a `chrono::Duration`: its seconds fit.
+        let mean = total.checked_div(count)?;
+        let seconds = u64::try_from(mean / 1_000_000_000).unwrap_or(u64::MAX);
+        Some(Duration::new(seconds, (mean % 1_000_000_000) as u32))
+    };
+    let since_created = |at: fn(&Incident) -> Option<chrono::DateTime<chrono::Utc>>| {
+        move |incident: &Incident| Some(at(incident)? - incident.created_at)
     };
     ResponseTimes {
-        mtta: mean(
-            incidents
-                .iter()
-                .filter_map(|incident| Some(incident.acknowledged_at? - incident.created_at))
-                .collect(),
-        ),
-        mttr: mean(
-            incidents
-                .iter()
-                .filter_map(|incident| Some(incident.resolved_at? - incident.created_at))
-                .collect(),
-        ),
+        mtta: mean(&mut incidents.iter().filter_map(since_created(|i| i.acknowledged_at))),
+        mttr: mean(&mut incidents.iter().filter_map(since_created(|i| i.resolved_at))),
     }
 }
