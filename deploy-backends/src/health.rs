@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploy_core::{BackendError, HealthChecker, HealthStatus, Instance, InstanceState};
 
-use crate::http::{SMALL_BODY_LIMIT, describe, excerpt, read_capped};
+use crate::http::{SMALL_BODY_LIMIT, certificates, client, describe, excerpt, read_capped};
 
 /// A [`HealthChecker`] that GETs a path on the instance's address.
 ///
@@ -73,7 +73,7 @@ impl HttpHealthChecker {
             if err.is_timeout() {
                 HealthStatus::unknown(format!("{what} within {:?}", self.timeout))
             } else {
-                HealthStatus::unhealthy(describe(&err))
+                HealthStatus::unhealthy(describe(&err.without_url()))
             }
         };
         let response = match self.client.get(url).timeout(self.timeout).send().await {
@@ -164,22 +164,11 @@ impl HttpHealthCheckerBuilder {
         if self.timeout.is_zero() {
             return Err(reject("timeout must be above zero".to_owned()));
         }
-        let mut client = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .redirect(reqwest::redirect::Policy::none());
+        let mut roots = Vec::new();
         for pem in &self.roots {
-            let certificates = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|err| reject(format!("root certificate: {}", describe(&err))))?;
-            if certificates.is_empty() {
-                return Err(reject("root certificate: no PEM certificate found".to_owned()));
-            }
-            for certificate in certificates {
-                client = client.add_root_certificate(certificate);
-            }
+            roots.extend(certificates("http health checker", pem)?);
         }
-        let client = client
-            .build()
-            .map_err(|err| reject(format!("http client: {}", describe(&err))))?;
+        let client = client(&roots)?;
         Ok(HttpHealthChecker {
             client,
             scheme: if self.https { "https" } else { "http" },

@@ -64,7 +64,7 @@ pub use health::{HttpHealthChecker, HttpHealthCheckerBuilder};
 #[cfg(feature = "notifiers")]
 pub use notify::{
     ALERTMANAGER_KEY_LABEL, AlertmanagerNotifier, PAGERDUTY_EVENTS_URL, PagerDutyNotifier, Retrying,
-    SIGNATURE_HEADER, WebhookNotifier, verify_signature,
+    SIGNATURE_HEADER, WebhookNotifier, verify_signature_fresh,
 };
 #[cfg(feature = "process")]
 pub use process::{ProcessInfra, ProcessSpec};

@@ -1,19 +1,21 @@
 //! [`ProcessInfra`]: local processes as instances.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deploy_core::{
     AppId, Artifact, BackendError, InfraManager, Instance, InstanceId, InstanceState, Pool, Version,
 };
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// How a [`ProcessInfra`] runs an instance.
 ///
@@ -35,6 +37,7 @@ pub struct ProcessSpec {
     stop_timeout: Duration,
     wait_for_port: bool,
     file_sd: Option<PathBuf>,
+    log_limit: u64,
 }
 
 impl ProcessSpec {
@@ -52,6 +55,7 @@ impl ProcessSpec {
             stop_timeout: Duration::from_secs(5),
             wait_for_port: true,
             file_sd: None,
+            log_limit: 8 << 20,
         }
     }
 
@@ -80,7 +84,8 @@ impl ProcessSpec {
         self
     }
 
-    /// How long a process may take to exit after SIGTERM before it gets SIGKILL (5 s).
+    /// How long a process and what it started may take to exit after SIGTERM before they
+    /// get SIGKILL (5 s).
     #[must_use]
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
         self.stop_timeout = timeout;
@@ -92,6 +97,15 @@ impl ProcessSpec {
     #[must_use]
     pub fn ready_when_started(mut self) -> Self {
         self.wait_for_port = false;
+        self
+    }
+
+    /// The size at which an instance's `output.log` is moved to `output.log.1` (replacing
+    /// the previous one) and started afresh (default 8 MiB): an instance's output takes at
+    /// most twice this on disk, and [`ProcessInfra::logs`] returns at most this much.
+    #[must_use]
+    pub fn log_limit(mut self, bytes: u64) -> Self {
+        self.log_limit = bytes.max(1);
         self
     }
 
@@ -111,14 +125,14 @@ struct Slot {
     port: u16,
     installed: PathBuf,
     dir: PathBuf,
-    child: Option<Child>,
+    child: Option<Group>,
 }
 
 impl Slot {
     /// Notices a process that exited on its own.
     fn refresh(&mut self) {
-        if let Some(child) = &mut self.child
-            && let Ok(Some(status)) = child.try_wait()
+        if let Some(group) = &mut self.child
+            && let Some(status) = group.exited()
         {
             tracing::warn!(instance = %self.instance.id, %status, "instance process exited");
             self.child = None;
@@ -129,6 +143,167 @@ impl Slot {
     fn log_path(&self) -> PathBuf {
         self.dir.join("output.log")
     }
+
+    /// Stops the process, if any, as [`Group::stop`] does.
+    async fn stop(&mut self) {
+        if let Some(group) = self.child.take() {
+            group.stop().await;
+        }
+    }
+}
+
+/// An instance's process: the leader of its own process group, so that stopping it stops
+/// whatever it started too (security review m9), with its stdout and stderr copied into
+/// the instance's log by a thread.
+///
+/// Dropped while running, it sends the group SIGTERM and leaves a thread to SIGKILL what is
+/// left after the grace period, so dropping never blocks.
+#[derive(Debug)]
+struct Group {
+    /// `None` once the leader is reaped.
+    leader: Option<Child>,
+    id: Pid,
+    copier: std::thread::JoinHandle<()>,
+    grace: Duration,
+}
+
+impl Group {
+    /// Runs `command` in a new process group, its output appended to `log` (moved to
+    /// `<log>.1` whenever it reaches `limit` bytes).
+    fn spawn(mut command: Command, log: PathBuf, limit: u64, grace: Duration) -> std::io::Result<Self> {
+        let (output, writer) = std::io::pipe()?;
+        command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone()?)
+            .stderr(writer);
+        let leader = command.spawn()?;
+        // The command holds the parent's ends of the pipe: without dropping it, the copier
+        // would never see the end of the output.
+        drop(command);
+        let id = Pid::from_raw(i32::try_from(leader.id()).map_err(std::io::Error::other)?);
+        let copier = std::thread::Builder::new()
+            .name("instance-log".to_owned())
+            .spawn(move || copy_log(output, &log, limit))?;
+        Ok(Self {
+            leader: Some(leader),
+            id,
+            copier,
+            grace,
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.leader.as_ref().map(Child::id)
+    }
+
+    /// The leader's exit status once it has exited on its own; what it left running in its
+    /// group is killed then, while the group's id cannot have been reused.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.leader.as_mut()?.try_wait().ok().flatten()?;
+        self.leader = None;
+        let _ = killpg(self.id, Signal::SIGKILL);
+        Some(status)
+    }
+
+    /// Waits (up to 1 s) until the copier has written all the output there is.
+    async fn flushed(&self) {
+        for _ in 0..100 {
+            if self.copier.is_finished() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// SIGTERM to the whole group, then SIGKILL to whatever is left after the grace period.
+    async fn stop(mut self) {
+        if let Some(leader) = self.leader.take() {
+            let (id, grace) = (self.id, self.grace);
+            let _ = killpg(id, Signal::SIGTERM);
+            let _ = tokio::task::spawn_blocking(move || finish(leader, id, grace)).await;
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(leader) = self.leader.take() {
+            let (id, grace) = (self.id, self.grace);
+            let _ = killpg(id, Signal::SIGTERM);
+            let _ = std::thread::Builder::new()
+                .name("instance-stop".to_owned())
+                .spawn(move || finish(leader, id, grace));
+        }
+    }
+}
+
+/// After SIGTERM to group `id`: waits until the leader has exited and the group is empty,
+/// or `grace` has passed, then SIGKILLs what is left and reaps the leader.
+fn finish(mut leader: Child, id: Pid, grace: Duration) {
+    let deadline = Instant::now().checked_add(grace);
+    loop {
+        let leader_gone = !matches!(leader.try_wait(), Ok(None));
+        if leader_gone && killpg(id, None).is_err() {
+            return;
+        }
+        if deadline.is_none_or(|deadline| Instant::now() >= deadline) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = killpg(id, Signal::SIGKILL);
+    let _ = leader.wait();
+}
+
+/// Appends `output` to the file at `path`, moving the file to `<path>.1` (replacing that)
+/// whenever it has reached `limit` bytes, until the output ends: neither file exceeds `limit`.
+fn copy_log(mut output: impl Read, path: &Path, limit: u64) {
+    let open = || std::fs::OpenOptions::new().create(true).append(true).open(path);
+    let Ok(mut file) = open() else { return };
+    let mut size = file.metadata().map_or(0, |meta| meta.len());
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = match output.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(read) => read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let mut pending = &buffer[..read];
+        while !pending.is_empty() {
+            if size >= limit {
+                let _ = std::fs::rename(path, path.with_extension("log.1"));
+                let Ok(fresh) = open() else { return };
+                (file, size) = (fresh, 0);
+            }
+            let room = usize::try_from(limit - size).unwrap_or(usize::MAX);
+            let (now, rest) = pending.split_at(pending.len().min(room));
+            if file.write_all(now).is_err() {
+                return;
+            }
+            size += now.len() as u64;
+            pending = rest;
+        }
+    }
+}
+
+/// The last `max` bytes of the file at `path` (nothing when there is no file), read
+/// without loading the rest.
+async fn read_tail(path: &Path, max: u64) -> Result<String, BackendError> {
+    let failed = |err| io_error(path, err);
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(err) => return Err(failed(err)),
+    };
+    let length = file.metadata().await.map_err(failed)?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(max)))
+        .await
+        .map_err(failed)?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes).await.map_err(failed)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 type Slots = BTreeMap<InstanceId, Arc<tokio::sync::Mutex<Slot>>>;
@@ -142,10 +317,15 @@ type Slots = BTreeMap<InstanceId, Arc<tokio::sync::Mutex<Slot>>>;
 /// - `start_instance` spawns the command with the placeholders filled in, stdout and stderr
 ///   appended to the instance's log, and waits until the port accepts connections; a
 ///   process that exits first is [`InstanceState::Failed`] and the error quotes its log.
-/// - `stop_instance` sends SIGTERM, waits up to the stop timeout, then SIGKILLs.
-/// - A process that dies on its own is listed as `Failed`.
+/// - Each process runs in its own process group. `stop_instance` sends the group SIGTERM,
+///   waits up to the stop timeout for all of it to exit, then SIGKILLs what is left.
+/// - A process that dies on its own is listed as `Failed` (and what it started is killed).
+/// - `output.log` is moved to `output.log.1` when it reaches the
+///   [`log_limit`](ProcessSpec::log_limit), so an instance's output is bounded on disk.
+/// - When `provision` fails for one instance, the others it created are decommissioned.
 ///
-/// Processes are killed when the `ProcessInfra` is dropped; instances do not outlive the
+/// Processes are stopped the same way when the `ProcessInfra` is dropped (SIGTERM at once,
+/// SIGKILL from a background thread after the stop timeout); instances do not outlive the
 /// process that manages them.
 #[derive(Debug)]
 pub struct ProcessInfra {
@@ -170,18 +350,16 @@ impl ProcessInfra {
         })
     }
 
-    /// What the instance's process wrote to stdout and stderr so far.
+    /// The latest of what the instance's processes wrote to stdout and stderr: `output.log`,
+    /// at most [`log_limit`](ProcessSpec::log_limit) bytes (older output is in
+    /// `output.log.1`).
     ///
     /// # Errors
     /// [`BackendError::NotFound`] for an unknown instance.
     pub async fn logs(&self, app: &AppId, instance: &InstanceId) -> Result<String, BackendError> {
         let slot = self.slot(app, instance)?;
         let path = slot.lock().await.log_path();
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(err) => Err(io_error(&path, err)),
-        }
+        read_tail(&path, self.spec.log_limit).await
     }
 
     /// Stops and starts an instance (same version, same port).
@@ -205,7 +383,7 @@ impl ProcessInfra {
         let slot = self.slot(app, instance)?;
         let mut slot = slot.lock().await;
         slot.refresh();
-        Ok(slot.child.as_ref().and_then(Child::id))
+        Ok(slot.child.as_ref().and_then(Group::pid))
     }
 
     fn slot(
@@ -279,27 +457,18 @@ impl ProcessInfra {
     }
 
     async fn spawn(&self, slot: &mut Slot) -> Result<(), BackendError> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(slot.log_path())
-            .map_err(|err| io_error(&slot.log_path(), err))?;
-        let err_log = log.try_clone().map_err(|err| io_error(&slot.log_path(), err))?;
         let mut command = Command::new(self.fill(&self.spec.program, slot));
         command
             .args(self.spec.args.iter().map(|arg| self.fill(arg, slot)))
             .envs(self.spec.env.iter().map(|(k, v)| (k, self.fill(v, slot))))
-            .current_dir(&slot.dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err_log)
-            .kill_on_drop(true);
-        let child = command.spawn().map_err(|err| BackendError::Failed {
+            .current_dir(&slot.dir);
+        let (log, limit, grace) = (slot.log_path(), self.spec.log_limit, self.spec.stop_timeout);
+        let group = Group::spawn(command, log, limit, grace).map_err(|err| BackendError::Failed {
             operation: "start_instance",
             message: format!("cannot run {}: {err}", self.spec.program),
             source: Some(Box::new(err)),
         })?;
-        slot.child = Some(child);
+        slot.child = Some(group);
         slot.instance.state = InstanceState::Starting;
         if self.spec.wait_for_port {
             self.wait_listening(slot).await?;
@@ -315,9 +484,10 @@ impl ProcessInfra {
             if tokio::net::TcpStream::connect(address).await.is_ok() {
                 return Ok(());
             }
-            if let Some(child) = &mut slot.child
-                && let Ok(Some(status)) = child.try_wait()
+            if let Some(group) = &mut slot.child
+                && let Some(status) = group.exited()
             {
+                group.flushed().await;
                 slot.child = None;
                 slot.instance.state = InstanceState::Failed;
                 return Err(BackendError::Failed {
@@ -326,13 +496,13 @@ impl ProcessInfra {
                         "{} exited with {status} before listening on port {}; its log ends with: {}",
                         slot.instance.id,
                         slot.port,
-                        log_tail(&slot.log_path())
+                        log_tail(&slot.log_path()).await
                     ),
                     source: None,
                 });
             }
             if tokio::time::Instant::now() >= deadline {
-                stop_process(slot, Duration::ZERO).await;
+                slot.stop().await;
                 slot.instance.state = InstanceState::Failed;
                 return Err(BackendError::Timeout {
                     operation: "start_instance",
@@ -372,51 +542,57 @@ impl ProcessInfra {
             }
         }
         let text = serde_json::to_vec_pretty(&groups).unwrap_or_default();
-        let temporary = path.with_extension("tmp");
-        tokio::fs::write(&temporary, text)
+        // A temporary file with an unpredictable name, created exclusively next to the
+        // target (a predictable one is a symlink risk in a shared directory: review m9).
+        let target = path.clone();
+        let write = move || {
+            let dir = target.parent().filter(|dir| !dir.as_os_str().is_empty());
+            let mut file = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
+            file.write_all(&text)?;
+            file.persist(&target).map(drop).map_err(|err| err.error)
+        };
+        tokio::task::spawn_blocking(write)
             .await
-            .map_err(|err| io_error(&temporary, err))?;
-        tokio::fs::rename(&temporary, path)
-            .await
+            .map_err(std::io::Error::other)
+            .flatten()
             .map_err(|err| io_error(path, err))
     }
-}
 
-impl Drop for ProcessInfra {
-    fn drop(&mut self) {
-        // kill_on_drop does the killing; SIGTERM first gives servers a chance to close cleanly.
-        let apps = self
-            .apps
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for slot in apps.values().flat_map(BTreeMap::values) {
-            if let Ok(slot) = slot.try_lock()
-                && let Some(pid) = slot.child.as_ref().and_then(Child::id)
-            {
-                let _ = signal(pid, Signal::SIGTERM);
-            }
-        }
+    /// Adds a stopped instance of `version` to `app`'s `pool`, with its own port and directory.
+    fn add_slot(
+        &self,
+        app: &AppId,
+        pool: &Pool,
+        version: &Version,
+        artifact: &Artifact,
+    ) -> Result<InstanceId, BackendError> {
+        let number = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = InstanceId::new(format!("{app}-{number}"))?;
+        let dir = self.spec.work.join(app.as_str()).join(id.as_str());
+        std::fs::create_dir_all(&dir).map_err(|err| io_error(&dir, err))?;
+        let port = free_port(&self.spec.host)?;
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+            instance: Instance {
+                id: id.clone(),
+                app: app.clone(),
+                pool: pool.clone(),
+                version: version.clone(),
+                state: InstanceState::Stopped,
+                address: Some(format!("{}:{port}", self.spec.host)),
+            },
+            port,
+            installed: PathBuf::from(&artifact.location),
+            dir,
+            child: None,
+        }));
+        self.apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(app.clone())
+            .or_default()
+            .insert(id.clone(), slot);
+        Ok(id)
     }
-}
-
-fn signal(pid: u32, signal: Signal) -> nix::Result<()> {
-    let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::ESRCH)?;
-    kill(Pid::from_raw(pid), signal)
-}
-
-/// SIGTERM, then SIGKILL after `grace`.
-async fn stop_process(slot: &mut Slot, grace: Duration) {
-    let Some(mut child) = slot.child.take() else {
-        return;
-    };
-    if let Some(pid) = child.id()
-        && !grace.is_zero()
-        && signal(pid, Signal::SIGTERM).is_ok()
-        && tokio::time::timeout(grace, child.wait()).await.is_ok()
-    {
-        return;
-    }
-    let _ = child.kill().await;
 }
 
 /// The longest version or app name used as a directory name.
@@ -459,8 +635,9 @@ fn io_error(path: &Path, err: std::io::Error) -> BackendError {
     }
 }
 
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// The last few lines of the log at `path`, on one line.
+async fn log_tail(path: &Path) -> String {
+    let text = read_tail(path, 4096).await.unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(5).collect();
     let tail: Vec<&str> = lines.into_iter().rev().collect();
     if tail.is_empty() {
@@ -526,36 +703,27 @@ impl InfraManager for ProcessInfra {
         }
         let artifact = self.fetch_artifact(app, version).await?;
         let mut created = Vec::with_capacity(count);
+        let mut result = Ok(Vec::new());
         for _ in 0..count {
-            let number = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let id = InstanceId::new(format!("{app}-{number}"))?;
-            let dir = self.spec.work.join(app.as_str()).join(id.as_str());
-            std::fs::create_dir_all(&dir).map_err(|err| io_error(&dir, err))?;
-            let port = free_port(&self.spec.host)?;
-            let slot = Arc::new(tokio::sync::Mutex::new(Slot {
-                instance: Instance {
-                    id: id.clone(),
-                    app: app.clone(),
-                    pool: pool.clone(),
-                    version: version.clone(),
-                    state: InstanceState::Stopped,
-                    address: Some(format!("{}:{port}", self.spec.host)),
-                },
-                port,
-                installed: PathBuf::from(&artifact.location),
-                dir,
-                child: None,
-            }));
-            self.apps
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(app.clone())
-                .or_default()
-                .insert(id.clone(), Arc::clone(&slot));
-            created.push(id);
+            match self.add_slot(app, pool, version, &artifact) {
+                Ok(id) => created.push(id),
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
         }
-        let started = futures::future::join_all(created.iter().map(|id| self.start_instance(app, id))).await;
-        started.into_iter().collect()
+        if result.is_ok() {
+            let started = futures::future::join_all(created.iter().map(|id| self.start_instance(app, id)));
+            result = started.await.into_iter().collect();
+        }
+        if result.is_err() {
+            // None of them reaches the caller, so none may be left running (review m9).
+            for id in &created {
+                let _ = self.decommission(app, id).await;
+            }
+        }
+        result
     }
 
     async fn fetch_artifact(&self, app: &AppId, version: &Version) -> Result<Artifact, BackendError> {
@@ -580,7 +748,7 @@ impl InfraManager for ProcessInfra {
         let slot = self.slot(app, instance)?;
         {
             let mut slot = slot.lock().await;
-            stop_process(&mut slot, self.spec.stop_timeout).await;
+            slot.stop().await;
             slot.instance.state = InstanceState::Stopped;
         }
         self.write_targets().await
@@ -653,7 +821,7 @@ impl InfraManager for ProcessInfra {
         let slot = self.slot(app, instance)?;
         let dir = {
             let mut slot = slot.lock().await;
-            stop_process(&mut slot, self.spec.stop_timeout).await;
+            slot.stop().await;
             slot.dir.clone()
         };
         self.apps

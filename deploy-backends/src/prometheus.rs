@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use deploy_core::{BackendError, MetricName, MetricQuery, MetricTarget, MetricsSource, Sample, Series};
 use serde::Deserialize;
 
-use crate::http::{client, excerpt, read_capped, require_http_url, transport_error};
+use crate::http::{HttpTarget, excerpt, read_capped, transport_error};
 
 const BACKEND: &str = "prometheus";
 /// Prometheus refuses range queries of more than 11,000 points per series.
@@ -81,12 +81,10 @@ impl QueryTemplate {
 /// ```
 #[derive(Debug, Clone)]
 pub struct PrometheusMetrics {
-    client: reqwest::Client,
-    base: String,
+    target: HttpTarget,
     templates: HashMap<MetricName, QueryTemplate>,
     default_step: Duration,
     min_interval: Duration,
-    timeout: Duration,
     max_body: usize,
 }
 
@@ -98,15 +96,11 @@ impl PrometheusMetrics {
     /// [`BackendError::Rejected`] when `base_url` is not an http(s) URL.
     pub fn new(base_url: impl Into<String>) -> Result<Self, BackendError> {
         let base = base_url.into().trim_end_matches('/').to_owned();
-        require_http_url("prometheus", &base)?;
-        let timeout = Duration::from_secs(5);
         Ok(Self {
-            client: client(timeout)?,
-            base,
+            target: HttpTarget::new("prometheus", base, Duration::from_secs(5))?,
             templates: HashMap::new(),
             default_step: Duration::from_secs(5),
             min_interval: Duration::from_secs(2),
-            timeout,
             max_body: DEFAULT_MAX_BODY,
         })
     }
@@ -168,12 +162,18 @@ impl PrometheusMetrics {
     }
 
     /// How long one HTTP request may take (default 5 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.target.timeout = timeout;
+        self
+    }
+
+    /// Also trusts the root certificates in `pem`, for a Prometheus with a private CA.
     ///
     /// # Errors
-    /// [`BackendError::Rejected`] when the HTTP client cannot be built.
-    pub fn timeout(mut self, timeout: Duration) -> Result<Self, BackendError> {
-        self.client = client(timeout)?;
-        self.timeout = timeout;
+    /// [`BackendError::Rejected`] when `pem` holds no PEM certificate.
+    pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BackendError> {
+        self.target.add_root_certificate("prometheus", pem.as_ref())?;
         Ok(self)
     }
 
@@ -207,18 +207,16 @@ impl PrometheusMetrics {
     }
 
     async fn get(&self, path: &str, params: &[(&str, String)]) -> Result<QueryData, BackendError> {
-        let url = format!("{}{path}", self.base);
+        let failed = |err| transport_error(BACKEND, "prometheus query", self.target.timeout, err);
         let response = self
-            .client
-            .get(&url)
+            .target
+            .request(reqwest::Method::GET, path)
             .query(params)
             .send()
             .await
-            .map_err(|err| transport_error(BACKEND, "prometheus query", self.timeout, err))?;
+            .map_err(failed)?;
         let status = response.status();
-        let body = read_capped(response, self.max_body)
-            .await
-            .map_err(|err| transport_error(BACKEND, "prometheus query", self.timeout, err))?;
+        let body = read_capped(response, self.max_body).await.map_err(failed)?;
         if body.truncated {
             return Err(invalid(&format!(
                 "HTTP {status}, body larger than {} bytes (max_body_bytes)",

@@ -1,5 +1,8 @@
 //! Hostile HTTP answers, from local stand-ins on 127.0.0.1 only.
 //!
+//! - Item 8 of the hostile-inputs issue: any status, `Retry-After` and body from a stand-in,
+//!   generated, into PagerDuty, Alertmanager, the webhook and Prometheus: a value or a typed
+//!   error as documented, within the timeout, never a panic.
 //! - Security review M6: Prometheus answers whose sample timestamps or values cannot be a
 //!   time or a number get a typed error naming the field, never a panic in the rollout
 //!   runner.
@@ -8,8 +11,8 @@
 //!   redirects are not followed, so a 302 cannot pass a health check and a 307 / 308 cannot
 //!   re-send a notification (PagerDuty's routing key, a webhook's signature) elsewhere.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,11 +20,15 @@ use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use deploy_backends::{HttpHealthChecker, PagerDutyNotifier, PrometheusMetrics, WebhookNotifier};
-use deploy_core::{
-    AppId, BackendError, HealthChecker, HealthStatus, IdempotencyKey, Instance, InstanceId, InstanceState,
-    MetricName, MetricQuery, MetricTarget, MetricsSource, Notification, Notifier, Pool, Severity, Version,
+use deploy_backends::{
+    AlertmanagerNotifier, HttpHealthChecker, PagerDutyNotifier, PrometheusMetrics, WebhookNotifier,
 };
+use deploy_core::{
+    AppId, BackendError, Delivery, HealthChecker, HealthStatus, IdempotencyKey, Instance, InstanceId,
+    InstanceState, MetricName, MetricQuery, MetricTarget, MetricsSource, Notification, Notifier, Pool,
+    Severity, ValidationError, Version,
+};
+use proptest::prelude::*;
 
 /// A fake Prometheus answering every query with `body`.
 async fn fake(body: String) -> String {
@@ -44,33 +51,6 @@ fn matrix(points: &str) -> String {
     format!(
         r#"{{"status":"success","data":{{"resultType":"matrix","result":[{{"metric":{{}},"values":[{points}]}}]}}}}"#
     )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_range_sample_timestamps_are_typed_errors_naming_the_field() {
-    for timestamp in [
-        "1e19",
-        "1e20",
-        "9.3e18",
-        "1.7976931348623157e308",
-        "-1",
-        "-1e300",
-        "1e17",
-    ] {
-        let url = fake(matrix(&format!(r#"[1700000000,"1"],[{timestamp},"1"]"#))).await;
-        let source = PrometheusMetrics::new(url).unwrap().for_demo_service();
-        // On the code before the fix this panicked inside `query` (`from_secs_f64` or
-        // `SystemTime + Duration`), taking the rollout runner with it.
-        let answer = tokio::spawn(async move { source.query(&error_rate()).await })
-            .await
-            .unwrap_or_else(|panic| panic!("timestamp {timestamp} panicked: {panic}"));
-        let err = answer.expect_err(timestamp);
-        assert!(
-            matches!(&err, BackendError::Unavailable { message, .. }
-                if message.contains("sample timestamp") && message.contains("result[0].values[1]")),
-            "{timestamp}: {err}"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +237,8 @@ async fn redirects_are_not_followed_by_health_checks_notifiers_or_prometheus() {
     let redirect = redirecting(StatusCode::TEMPORARY_REDIRECT, format!("{target}/v2/enqueue")).await;
     let pagerduty = PagerDutyNotifier::new("0123456789abcdef0123456789abcdef", "deployer-1")
         .unwrap()
-        .endpoint(format!("{redirect}/v2/enqueue"));
+        .endpoint(format!("{redirect}/v2/enqueue"))
+        .unwrap();
     let err = pagerduty.notify(&trigger()).await.unwrap_err();
     assert!(
         matches!(&err, BackendError::Rejected { reason, .. } if reason.contains("HTTP 307")),
@@ -285,4 +266,189 @@ async fn redirects_are_not_followed_by_health_checks_notifiers_or_prometheus() {
         "{err}"
     );
     assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+/// What the generated stand-in answers next: status, `Retry-After` and body.
+type Answer = (u16, Option<String>, String);
+
+/// One stand-in for all the generated cases, on its own runtime.
+struct StandIn {
+    runtime: tokio::runtime::Runtime,
+    url: String,
+    answer: Arc<Mutex<Answer>>,
+}
+
+fn stand_in() -> &'static StandIn {
+    static STAND_IN: OnceLock<StandIn> = OnceLock::new();
+    STAND_IN.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let answer: Arc<Mutex<Answer>> = Arc::new(Mutex::new((200, None, String::new())));
+        let current = Arc::clone(&answer);
+        let router = Router::new().fallback(move || {
+            let (status, retry_after, body) = current.lock().unwrap().clone();
+            async move {
+                let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
+                if let Some(value) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, value.parse().unwrap());
+                }
+                response
+            }
+        });
+        let url = runtime.block_on(serve(router));
+        StandIn { runtime, url, answer }
+    })
+}
+
+/// Sample timestamps: the hand-picked hostile ones (beyond 9999, negative, huge) and any
+/// finite float.
+fn timestamp() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop_oneof![
+            Just("1e19"),
+            Just("1e20"),
+            Just("9.3e18"),
+            Just("1.7976931348623157e308"),
+            Just("-1"),
+            Just("-1e300"),
+            Just("1e17"),
+            Just("253402300800"),
+        ]
+        .prop_map(str::to_owned),
+        (0u64..4_000_000_000).prop_map(|t| t.to_string()),
+        any::<f64>()
+            .prop_filter("finite", |t| t.is_finite())
+            .prop_map(|t| format!("{t:e}")),
+    ]
+}
+
+fn answers() -> impl Strategy<Value = Answer> {
+    let status = prop_oneof![
+        Just(200u16),
+        Just(202),
+        Just(204),
+        Just(307),
+        Just(400),
+        Just(408),
+        Just(429),
+        Just(503),
+        200u16..600,
+    ];
+    let retry_after = proptest::option::of(prop_oneof![
+        any::<u64>().prop_map(|n| n.to_string()),
+        "[ -~]{0,30}".prop_map(|text| text.trim().to_owned()),
+    ]);
+    let body = prop_oneof![
+        "\\PC{0,200}",
+        proptest::collection::vec(timestamp(), 0..6).prop_map(|times| {
+            let points: Vec<String> = times.iter().map(|t| format!(r#"[{t},"1"]"#)).collect();
+            matrix(&points.join(","))
+        }),
+        (1usize..3).prop_map(|k| "x".repeat(k * 40_000)),
+    ];
+    (status, retry_after, body)
+}
+
+/// The first point of a generated matrix whose timestamp is not a time from 1970 to 9999.
+fn first_bad_timestamp(body: &str) -> Option<usize> {
+    let values: serde_json::Value = serde_json::from_str(body).ok()?;
+    let points = values["data"]["result"][0]["values"].as_array()?;
+    points.iter().position(|point| {
+        point[0]
+            .as_f64()
+            .is_none_or(|t| !(0.0..=253_402_300_799.0).contains(&t))
+    })
+}
+
+static CASE: AtomicUsize = AtomicUsize::new(0);
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// PagerDuty, Alertmanager and the webhook sort any answer as documented: an accepted
+    /// status with a body within 64 KiB is delivered; 408, 429 and 5xx are retryable with the
+    /// `Retry-After` seconds kept; everything else is a final `Rejected`. Prometheus gives
+    /// series or a typed error, naming the first out-of-range sample timestamp when there is
+    /// one. All within the timeout.
+    #[test]
+    fn generated_answers_are_sorted_as_documented((status, retry_after, body) in answers()) {
+        let stand_in = stand_in();
+        *stand_in.answer.lock().unwrap() = (status, retry_after.clone(), body.clone());
+        let case = CASE.fetch_add(1, Ordering::Relaxed);
+        // A 204 or 304 has no body, whatever the handler returned.
+        let sent = if status == 204 || status == 304 { 0 } else { body.len() };
+        let url = &stand_in.url;
+        let timeout = Duration::from_secs(5);
+        let pagerduty = PagerDutyNotifier::new("0123456789abcdef0123456789abcdef", "deployer-1")
+            .unwrap()
+            .endpoint(format!("{url}/v2/enqueue"))
+            .unwrap()
+            .timeout(timeout);
+        let alertmanager = AlertmanagerNotifier::new(url.as_str()).unwrap().timeout(timeout);
+        let webhook = WebhookNotifier::new(format!("{url}/hook"), b"secret".to_vec())
+            .unwrap()
+            .timeout(timeout);
+        let notification = Notification::trigger(
+            IdempotencyKey::new(format!("alert/{case}")).unwrap(),
+            Severity::Critical,
+            "generated",
+        );
+        let notifiers: [(&dyn Notifier, &[u16]); 3] = [
+            (&pagerduty, &[202]),
+            (&alertmanager, &[200]),
+            (&webhook, &[200, 201, 202, 204]),
+        ];
+        for (notifier, accepted) in notifiers {
+            let outcome = stand_in
+                .runtime
+                .block_on(async { tokio::time::timeout(2 * timeout, notifier.notify(&notification)).await })
+                .expect("an answer within the timeout");
+            let expected_wait = retry_after.as_deref().and_then(|v| v.trim().parse().ok()).map(Duration::from_secs);
+            match outcome {
+                Ok(delivery) => {
+                    prop_assert_eq!(delivery, Delivery::Delivered);
+                    prop_assert!(accepted.contains(&status) && sent <= 64 * 1024);
+                }
+                Err(BackendError::Unavailable { retry_after, .. }) => {
+                    prop_assert!(status == 408 || status == 429 || status >= 500, "{}", status);
+                    prop_assert_eq!(retry_after, expected_wait);
+                }
+                Err(BackendError::Rejected { .. }) => prop_assert!(
+                    !(status == 408 || status == 429 || status >= 500)
+                        && (!accepted.contains(&status) || sent > 64 * 1024),
+                    "{}", status
+                ),
+                Err(other) => prop_assert!(false, "status {}: {}", status, other),
+            }
+        }
+
+        let prometheus = PrometheusMetrics::new(url.as_str()).unwrap().for_demo_service().timeout(timeout);
+        let outcome = stand_in
+            .runtime
+            .block_on(async { tokio::time::timeout(2 * timeout, prometheus.query(&error_rate())).await })
+            .expect("an answer within the timeout");
+        match (outcome, first_bad_timestamp(&body)) {
+            (Err(BackendError::Unavailable { message, .. }), Some(at)) if status == 200 => {
+                prop_assert!(message.contains("sample timestamp"), "{}", message);
+                let field = format!("result[0].values[{at}]");
+                prop_assert!(message.contains(&field), "{}", message);
+            }
+            (Ok(_), bad) => prop_assert!((200..300).contains(&status) && bad.is_none(), "{}", status),
+            // Out-of-order samples are refused by the core's `Series`.
+            (
+                Err(
+                    BackendError::Unavailable { .. }
+                    | BackendError::Rejected { .. }
+                    | BackendError::Invalid(ValidationError::UnorderedSamples { .. }),
+                ),
+                _,
+            ) => {}
+            (Err(other), _) => prop_assert!(false, "status {}: {}", status, other),
+        }
+    }
 }

@@ -2,9 +2,11 @@
 //!
 //! - an instance address or a backend name never turns into extra arguments of an HAProxy
 //!   runtime-API command (a stand-in socket records every command and checks its words);
-//! - a version never makes `ProcessInfra` use a directory outside its artifact root.
+//! - a version never makes `ProcessInfra` use a directory outside its artifact root;
+//! - whatever the runtime API answers, the balancer returns a value or a typed error.
 //!
-//! Every case returns a value or a typed error; none panics.
+//! Every case returns a value or a typed error; none panics. Also here, with the same
+//! stand-in: two drains overlap (security review m15).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
@@ -37,16 +39,33 @@ fn runtime() -> tokio::runtime::Runtime {
 // HAProxy (M4)
 // ---------------------------------------------------------------------------------------
 
-/// A stand-in for HAProxy's runtime API socket: records each command and answers as an
-/// empty backend would.
+/// A stand-in for HAProxy's runtime API socket: records each command and answers as
+/// `answer` says (by default, as an empty backend would).
 struct FakeHaproxy {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     commands: Arc<Mutex<Vec<String>>>,
 }
 
+fn empty_backend(command: &str) -> String {
+    if command.starts_with("show servers state") {
+        "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_port\n"
+    } else if command.starts_with("show stat") {
+        "# pxname,svname,scur\n"
+    } else if command.starts_with("add server") {
+        "New server registered.\n"
+    } else {
+        ""
+    }
+    .to_owned()
+}
+
 impl FakeHaproxy {
     fn start() -> Self {
+        Self::answering(empty_backend)
+    }
+
+    fn answering(answer: impl Fn(&str) -> String + Send + 'static) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("admin.sock");
         let listener = UnixListener::bind(&socket).unwrap();
@@ -60,16 +79,7 @@ impl FakeHaproxy {
                     continue;
                 }
                 let command = line.trim_end_matches('\n').to_owned();
-                let answer = if command.starts_with("show servers state") {
-                    "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_port\n"
-                } else if command.starts_with("show stat") {
-                    "# pxname,svname,scur\n"
-                } else if command.starts_with("add server") {
-                    "New server registered.\n"
-                } else {
-                    ""
-                };
-                let _ = stream.write_all(answer.as_bytes());
+                let _ = stream.write_all(answer(&command).as_bytes());
                 recorded.lock().unwrap().push(command);
             }
         });
@@ -244,6 +254,132 @@ proptest! {
             }
             Err(BackendError::Rejected { .. }) => prop_assert!(commands.is_empty(), "{:?}", commands),
             Err(other) => prop_assert!(false, "{:?}: {}", backend, other),
+        }
+    }
+}
+
+/// Security review m15: `deregister` held the balancer-wide lock through the drain wait,
+/// so `retire_all` drained one server after the other. Now the second drain starts while
+/// the first waits, and the sessions are polled at `drain_poll`, not every 10 ms.
+#[test]
+fn drains_overlap_and_poll_at_the_configured_interval() {
+    // Two servers in rotation, each with a session that never ends.
+    let admin: Arc<Mutex<Vec<(String, u32)>>> = Arc::new(Mutex::new(vec![
+        ("blue:i-1".to_owned(), 0),
+        ("blue:i-2".to_owned(), 0),
+    ]));
+    let fake = FakeHaproxy::answering(move |command| {
+        let mut admin = admin.lock().unwrap();
+        let words: Vec<&str> = command.split(' ').collect();
+        if command.starts_with("show servers state") {
+            let rows: String = admin
+                .iter()
+                .map(|(name, bits)| format!("{name} 127.0.0.1 2 {bits} 1 1 8080\n"))
+                .collect();
+            format!(
+                "1\n# srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_port\n{rows}"
+            )
+        } else if command.starts_with("show stat") {
+            let rows: String = admin.iter().map(|(name, _)| format!("shop,{name},1\n")).collect();
+            format!("# pxname,svname,scur\n{rows}")
+        } else if let ["set", "server", server, "state", state] = words.as_slice() {
+            let bits = match *state {
+                "drain" => 8,
+                "maint" => 1,
+                _ => 0,
+            };
+            for (name, admin) in admin.iter_mut() {
+                if server.ends_with(name.as_str()) {
+                    *admin = bits;
+                }
+            }
+            String::new()
+        } else if command.starts_with("del server") {
+            admin.retain(|(name, _)| !command.ends_with(name.as_str()));
+            "Server deleted.\n".to_owned()
+        } else {
+            String::new()
+        }
+    });
+    let balancer = HaproxyLoadBalancer::new(&fake.socket).drain_poll(std::time::Duration::from_millis(50));
+    let app = AppId::new("shop").unwrap();
+    let drain = std::time::Duration::from_millis(400);
+    let (one, two) = (InstanceId::new("i-1").unwrap(), InstanceId::new("i-2").unwrap());
+    let (first, second) = runtime().block_on(async {
+        tokio::join!(
+            balancer.deregister(&app, &one, drain),
+            balancer.deregister(&app, &two, drain),
+        )
+    });
+    first.unwrap();
+    second.unwrap();
+    let commands = fake.take();
+    let position = |wanted: &str| commands.iter().position(|c| c == wanted);
+    let drains = [
+        position("set server shop/blue:i-1 state drain").unwrap(),
+        position("set server shop/blue:i-2 state drain").unwrap(),
+    ];
+    let first_maint = commands.iter().position(|c| c.ends_with("state maint")).unwrap();
+    assert!(drains.iter().all(|at| *at < first_maint), "{commands:#?}");
+    // 400 ms of 50 ms polls per server, not 40 polls of 10 ms each.
+    let polls = commands.iter().filter(|c| c.starts_with("show stat")).count();
+    assert!((4..=24).contains(&polls), "{polls} polls: {commands:#?}");
+}
+
+/// An answer from the runtime API: arbitrary text, or the shape of the real thing with
+/// arbitrary fields.
+fn runtime_answers() -> impl Strategy<Value = String> {
+    let field = prop_oneof![
+        "[a-z0-9:._-]{0,12}",
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<String>(),
+    ];
+    let row = proptest::collection::vec(field, 0..8).prop_map(|fields| fields.join(" "));
+    prop_oneof![
+        any::<String>(),
+        proptest::collection::vec(row.clone(), 0..5).prop_map(|rows| format!(
+            "1\n# srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_port\n{}\n",
+            rows.join("\n")
+        )),
+        proptest::collection::vec(row, 0..5).prop_map(|rows| format!(
+            "# pxname,svname,scur\n{}\n",
+            rows.iter()
+                .map(|row| row.replace(' ', ","))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )),
+        Just("Can't find backend.\n".to_owned()),
+        Just("No such server.\n".to_owned()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Item 8 of the hostile-inputs issue: whatever HAProxy answers (to `show servers state`,
+    /// `show stat` and the `set` commands alike), reading members and routing and draining a
+    /// server give a value or a typed error, never a panic or a hang.
+    #[test]
+    fn arbitrary_runtime_answers_are_values_or_typed_errors(answer in runtime_answers()) {
+        let reply = answer.clone();
+        let fake = FakeHaproxy::answering(move |_| reply.clone());
+        let balancer = HaproxyLoadBalancer::new(&fake.socket).drain_poll(std::time::Duration::from_millis(1));
+        let app = AppId::new("shop").unwrap();
+        let instance = InstanceId::new("i-1").unwrap();
+        let outcomes = runtime().block_on(async {
+            [
+                balancer.members(&app, &Pool::blue()).await.map(drop),
+                balancer.routing(&app).await.map(drop),
+                balancer.deregister(&app, &instance, std::time::Duration::from_millis(5)).await,
+            ]
+        });
+        for outcome in outcomes {
+            match outcome {
+                Ok(()) | Err(BackendError::Unavailable { .. } | BackendError::NotFound { .. }
+                    | BackendError::Rejected { .. } | BackendError::Timeout { .. }) => {}
+                Err(other) => prop_assert!(false, "{:?}: {}", answer, other),
+            }
         }
     }
 }

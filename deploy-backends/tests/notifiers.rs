@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Json;
 use axum::Router;
@@ -18,7 +18,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use deploy_backends::{
-    AlertmanagerNotifier, PagerDutyNotifier, Retrying, SIGNATURE_HEADER, WebhookNotifier, verify_signature,
+    AlertmanagerNotifier, PagerDutyNotifier, Retrying, SIGNATURE_HEADER, WebhookNotifier,
+    verify_signature_fresh,
 };
 use deploy_core::retry::{Backoff, Retry, RetryPolicy};
 use deploy_core::{
@@ -106,7 +107,13 @@ async fn webhook_receiver(receiver: Arc<Receiver>) -> String {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let valid = verify_signature(SECRET, &body, &signature);
+        let valid = verify_signature_fresh(
+            SECRET,
+            &body,
+            &signature,
+            SystemTime::now(),
+            Duration::from_secs(300),
+        );
         if let Some(scripted) = receiver.next(headers, body) {
             return scripted;
         }
@@ -137,10 +144,12 @@ async fn webhooks_are_signed_sent_once_per_call_and_retried_by_the_caller() {
         (Some("webhook-conformance"), Some("trigger"))
     );
     assert_eq!(headers["idempotency-key"], "webhook-conformance/trigger");
-    assert!(verify_signature(
+    assert!(verify_signature_fresh(
         SECRET,
         body,
-        headers[SIGNATURE_HEADER].to_str().unwrap()
+        headers[SIGNATURE_HEADER].to_str().unwrap(),
+        SystemTime::now(),
+        Duration::from_secs(300),
     ));
 
     // The notifier itself makes one request per call: a 503 comes back retryable.
@@ -203,6 +212,39 @@ async fn webhooks_are_signed_sent_once_per_call_and_retried_by_the_caller() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Security review m11: the dedup was check, send, insert, so two concurrent sends of one
+/// key both went out. Now the key is reserved before sending (one delivery at the
+/// receiver), and released when the delivery fails, so a retry still sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_are_delivered_once_and_a_failure_releases_the_key() {
+    let receiver = Receiver::scripted(&[]);
+    let slow = Arc::clone(&receiver);
+    let url = serve(Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| async move {
+            slow.next(headers, body);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            StatusCode::OK
+        }),
+    ))
+    .await;
+    let notifier = WebhookNotifier::new(format!("{url}/hook"), SECRET.to_vec()).unwrap();
+    let trigger = notification("alert/shop/HighErrorRate", NotificationAction::Trigger);
+    let (first, second) = tokio::join!(notifier.notify(&trigger), notifier.notify(&trigger));
+    let mut outcomes = [first.unwrap(), second.unwrap()];
+    outcomes.sort_by_key(|delivery| *delivery == Delivery::Duplicate);
+    assert_eq!(outcomes, [Delivery::Delivered, Delivery::Duplicate]);
+    assert_eq!(receiver.count(), 1);
+
+    let receiver = Receiver::scripted(&[(503, None)]);
+    let url = format!("{}/hook", webhook_receiver(Arc::clone(&receiver)).await);
+    let notifier = WebhookNotifier::new(&url, SECRET.to_vec()).unwrap();
+    assert!(notifier.notify(&trigger).await.unwrap_err().is_retryable());
+    assert_eq!(notifier.notify(&trigger).await.unwrap(), Delivery::Delivered);
+    assert_eq!(notifier.notify(&trigger).await.unwrap(), Delivery::Duplicate);
+    assert_eq!(receiver.count(), 2);
 }
 
 /// What the PagerDuty stand-in knows of each dedup key.
@@ -290,7 +332,8 @@ async fn pagerduty_events_trigger_acknowledge_and_resolve_and_failures_are_class
     let (pd, url) = pagerduty(&[(429, Some(1)), (502, None)]).await;
     let notifier = PagerDutyNotifier::new(ROUTING_KEY, "deployer-1")
         .unwrap()
-        .endpoint(&url);
+        .endpoint(&url)
+        .unwrap();
     let trigger = notification("alert/shop/HighErrorRate", NotificationAction::Trigger);
 
     // One request per call. 429 with `Retry-After: 1`: retryable, and the hint is kept for
@@ -341,7 +384,8 @@ async fn pagerduty_events_trigger_acknowledge_and_resolve_and_failures_are_class
     let misconfigured = Retrying::new(
         PagerDutyNotifier::new("short-key", "deployer-1")
             .unwrap()
-            .endpoint(&url),
+            .endpoint(&url)
+            .unwrap(),
         quick_retries(),
     );
     let err = misconfigured.notify(&trigger).await.unwrap_err();
@@ -361,7 +405,8 @@ async fn core_retry_around_pagerduty_honours_retry_after_and_gives_up_retryable(
     let notifier = Retrying::new(
         PagerDutyNotifier::new(ROUTING_KEY, "deployer-1")
             .unwrap()
-            .endpoint(&url),
+            .endpoint(&url)
+            .unwrap(),
         quick_retries(),
     );
     let started = Instant::now();
@@ -383,7 +428,8 @@ async fn core_retry_around_pagerduty_honours_retry_after_and_gives_up_retryable(
     let notifier = Retrying::new(
         PagerDutyNotifier::new(ROUTING_KEY, "deployer-1")
             .unwrap()
-            .endpoint(&url),
+            .endpoint(&url)
+            .unwrap(),
         quick_retries(),
     );
     let err = notifier.notify(&trigger).await.unwrap_err();
@@ -414,6 +460,7 @@ async fn an_absurd_retry_after_from_a_slow_receiver_neither_panics_nor_parks_the
         PagerDutyNotifier::new(ROUTING_KEY, "deployer-1")
             .unwrap()
             .endpoint(format!("{url}/v2/enqueue"))
+            .unwrap()
     };
     let trigger = notification("alert/shop/HighErrorRate", NotificationAction::Trigger);
     let absurd = Duration::from_secs(u64::MAX);

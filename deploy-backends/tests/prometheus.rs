@@ -127,7 +127,6 @@ async fn garbage_errors_and_silence_get_typed_errors_within_the_timeout() {
             .unwrap()
             .for_demo_service()
             .timeout(Duration::from_millis(300))
-            .unwrap()
     };
     let html = source(fake(StatusCode::OK, "<html>not prometheus</html>", Duration::ZERO).await);
     let err = html.query(&error_rate).await.unwrap_err();

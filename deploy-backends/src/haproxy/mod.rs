@@ -5,7 +5,7 @@ mod weights;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,9 +13,6 @@ use deploy_core::{AppId, BackendError, Instance, InstanceId, LoadBalancer, Pool,
 
 use runtime::{Address, ServerRow};
 pub use runtime::{HaproxyRuntime, ServerState};
-
-/// How often a draining server's sessions are polled.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// A [`LoadBalancer`] over HAProxy's runtime API.
 ///
@@ -35,8 +32,9 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// half-applied set shows up as a mismatch.
 ///
 /// `deregister` puts the server in `drain` (no new requests, in-flight ones finish), waits
-/// until its current sessions reach zero or `drain` has passed, then puts it in maintenance
-/// and deletes it.
+/// until its current sessions reach zero or `drain` has passed (polling every
+/// [`drain_poll`](Self::drain_poll)), then puts it in maintenance and deletes it. Changes
+/// to one backend are made one at a time, but not the waiting: drains overlap.
 ///
 /// The backend should close server connections after each response (`option
 /// http-server-close`) and retry failed connections elsewhere (`retries`, `option
@@ -48,8 +46,9 @@ pub struct HaproxyLoadBalancer {
     backends: HashMap<AppId, String>,
     /// The last target per app, to tell "as set" from "changed behind our back".
     targets: Mutex<HashMap<AppId, TrafficSplit>>,
-    /// One change at a time per balancer: weights depend on every server of a backend.
-    changes: tokio::sync::Mutex<()>,
+    /// One change at a time per backend: weights depend on every server of a backend.
+    changes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    drain_poll: Duration,
 }
 
 impl HaproxyLoadBalancer {
@@ -64,8 +63,29 @@ impl HaproxyLoadBalancer {
             runtime,
             backends: HashMap::new(),
             targets: Mutex::new(HashMap::new()),
-            changes: tokio::sync::Mutex::new(()),
+            changes: Mutex::new(HashMap::new()),
+            drain_poll: Duration::from_millis(250),
         }
+    }
+
+    /// How often a draining server's sessions are polled (default 250 ms; each poll is one
+    /// runtime-API connection).
+    #[must_use]
+    pub fn drain_poll(mut self, every: Duration) -> Self {
+        self.drain_poll = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Waits for, and holds, the right to change `backend`.
+    async fn change(&self, backend: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = Arc::clone(
+            self.changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(backend.to_owned())
+                .or_default(),
+        );
+        lock.lock_owned().await
     }
 
     /// Serves `app` through the HAProxy backend named `backend` (default: the app's id).
@@ -119,7 +139,10 @@ impl HaproxyLoadBalancer {
     }
 
     async fn wait_drained(&self, backend: &str, server: &str, drain: Duration) -> Result<(), BackendError> {
-        let deadline = tokio::time::Instant::now() + drain;
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(drain)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365 * 30));
         loop {
             match self.runtime.current_sessions(backend, server).await? {
                 None | Some(0) => return Ok(()),
@@ -132,7 +155,7 @@ impl HaproxyLoadBalancer {
                     );
                     return Ok(());
                 }
-                Some(_) => tokio::time::sleep(DRAIN_POLL).await,
+                Some(_) => tokio::time::sleep(self.drain_poll).await,
             }
         }
     }
@@ -194,7 +217,7 @@ impl LoadBalancer for HaproxyLoadBalancer {
         runtime::validate_name("backend", backend)?;
         let name = server_name(&instance.pool, &instance.id);
         runtime::validate_name("server", &name)?;
-        let _change = self.changes.lock().await;
+        let _change = self.change(backend).await;
         let mut servers = self.servers(app).await?;
         // An instance that moved pools leaves its old server behind.
         for stale in servers
@@ -246,8 +269,8 @@ impl LoadBalancer for HaproxyLoadBalancer {
         instance: &InstanceId,
         drain: Duration,
     ) -> Result<(), BackendError> {
-        let _change = self.changes.lock().await;
         let backend = self.backend_of(app);
+        let change = self.change(backend).await;
         let mut servers = self.servers(app).await?;
         let Some(at) = servers.iter().position(|s| &s.instance == instance) else {
             return Ok(());
@@ -260,7 +283,18 @@ impl LoadBalancer for HaproxyLoadBalancer {
             // The rest of the pool takes over its share.
             self.apply_weights(app, &servers).await?;
         }
+        // Other changes to the backend (other drains) go on while this one waits (review m15).
+        drop(change);
         self.wait_drained(backend, &leaving.row.name, drain).await?;
+        let _change = self.change(backend).await;
+        let now = self.runtime.servers(backend).await?;
+        if now
+            .iter()
+            .any(|row| row.name == leaving.row.name && row.state() == ServerState::Ready)
+        {
+            // Registered again while it drained: it stays.
+            return Ok(());
+        }
         self.runtime
             .set_state(backend, &leaving.row.name, ServerState::Maint)
             .await?;
@@ -297,7 +331,7 @@ impl LoadBalancer for HaproxyLoadBalancer {
     }
 
     async fn set_routing(&self, app: &AppId, split: &TrafficSplit) -> Result<(), BackendError> {
-        let _change = self.changes.lock().await;
+        let _change = self.change(self.backend_of(app)).await;
         let servers = self.servers(app).await?;
         self.targets
             .lock()

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier, Severity};
 
 use super::{HttpTarget, send};
@@ -45,7 +46,8 @@ impl AlertmanagerNotifier {
         })
     }
 
-    /// How long an acknowledgement silences the alert (default 4 h).
+    /// How long an acknowledgement silences the alert (default 4 h); a period reaching past
+    /// the year 9999 silences until its end.
     #[must_use]
     pub fn acknowledgement(mut self, period: Duration) -> Self {
         self.acknowledgement = period;
@@ -59,13 +61,22 @@ impl AlertmanagerNotifier {
         self
     }
 
+    /// Also trusts the root certificates in `pem`, for an Alertmanager with a private CA.
+    ///
+    /// # Errors
+    /// [`BackendError::Rejected`] when `pem` holds no PEM certificate.
+    pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BackendError> {
+        self.target
+            .add_root_certificate("alertmanager notifier", pem.as_ref())?;
+        Ok(self)
+    }
+
     /// The API path and body for `notification`.
     fn request(&self, notification: &Notification) -> (&'static str, serde_json::Value) {
         let now = chrono::Utc::now();
         match notification.action {
             NotificationAction::Acknowledge => {
-                let until = now
-                    + chrono::Duration::from_std(self.acknowledgement).unwrap_or(chrono::Duration::hours(4));
+                let until = silence_end(now, self.acknowledgement);
                 let silence = serde_json::json!({
                     "matchers": [{
                         "name": ALERTMANAGER_KEY_LABEL,
@@ -113,12 +124,56 @@ impl AlertmanagerNotifier {
     }
 }
 
+/// `now + period`, saturating at the last second of 9999 (RFC 3339 has four-digit years):
+/// `now + from_std(period)` panicked for periods above about 262 000 years (review M16).
+fn silence_end(now: DateTime<Utc>, period: Duration) -> DateTime<Utc> {
+    let last = DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    chrono::TimeDelta::from_std(period)
+        .ok()
+        .and_then(|period| now.checked_add_signed(period))
+        .map_or(last, |end| end.min(last))
+}
+
 #[async_trait]
 impl Notifier for AlertmanagerNotifier {
     async fn notify(&self, notification: &Notification) -> Result<Delivery, BackendError> {
         let (path, body) = self.request(notification);
-        let request = self.target.post(path).json(&body);
+        let request = self.target.request(reqwest::Method::POST, path).json(&body);
         send(BACKEND, "alertmanager post", self.target.timeout, request, &[200]).await?;
         Ok(Delivery::Delivered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use deploy_core::IdempotencyKey;
+
+    use super::*;
+
+    /// Security review M16: a huge acknowledgement period panicked in `now + from_std(ack)`.
+    #[test]
+    fn huge_acknowledgement_periods_silence_until_the_year_9999() {
+        let key = IdempotencyKey::new("alert/shop/HighErrorRate").unwrap();
+        let ack = Notification {
+            action: NotificationAction::Acknowledge,
+            ..Notification::trigger(key, Severity::Critical, "on it")
+        };
+        for period in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX / 2),
+            Duration::from_secs(400_000 * 365 * 86_400),
+        ] {
+            let notifier = AlertmanagerNotifier::new("http://127.0.0.1:9093")
+                .unwrap()
+                .acknowledgement(period);
+            let (path, silence) = notifier.request(&ack);
+            assert_eq!(path, "/api/v2/silences");
+            assert_eq!(silence["endsAt"], "9999-12-31T23:59:59+00:00", "{period:?}");
+        }
+        let now = Utc::now();
+        assert_eq!(
+            silence_end(now, Duration::from_secs(60)),
+            now + chrono::TimeDelta::seconds(60)
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Notifiers over HTTP: a signed webhook, PagerDuty Events v2 and Alertmanager, with the
-//! [`HttpTarget`] and the one-request [`send`] they share, and [`Retrying`], a notifier
+//! one-request [`send`] they share, and [`Retrying`], a notifier
 //! that retries another.
 //!
 //! A notifier makes one attempt per `notify` and says whether a failure is worth another
@@ -18,35 +18,10 @@ use deploy_core::BackendError;
 pub use alertmanager::{ALERTMANAGER_KEY_LABEL, AlertmanagerNotifier};
 pub use pagerduty::{PAGERDUTY_EVENTS_URL, PagerDutyNotifier};
 pub use retrying::Retrying;
-pub use webhook::{SIGNATURE_HEADER, WebhookNotifier, verify_signature};
+pub use webhook::{SIGNATURE_HEADER, WebhookNotifier, verify_signature_fresh};
 
-use crate::http::{SMALL_BODY_LIMIT, client, excerpt, read_capped, require_http_url, transport_error};
-
-/// Where a notifier posts, the client it posts with, and how long one request may take;
-/// each notifier adds only its own request format.
-#[derive(Debug)]
-pub(crate) struct HttpTarget {
-    client: reqwest::Client,
-    endpoint: String,
-    timeout: Duration,
-}
-
-impl HttpTarget {
-    /// [`BackendError::Rejected`], naming `component`, when `endpoint` is not an http(s) URL.
-    fn new(component: &'static str, endpoint: String, timeout: Duration) -> Result<Self, BackendError> {
-        require_http_url(component, &endpoint)?;
-        Ok(Self {
-            client: client(timeout)?,
-            endpoint,
-            timeout,
-        })
-    }
-
-    /// A POST to the endpoint followed by `path` (empty for the endpoint itself).
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client.post(format!("{}{path}", self.endpoint))
-    }
-}
+pub(crate) use crate::http::HttpTarget;
+use crate::http::{SMALL_BODY_LIMIT, excerpt, read_capped, transport_error};
 
 /// Sends one request and sorts the answer: 2xx in `accept` is the body; 408, 429, 5xx and
 /// transport errors are retryable ([`BackendError::Unavailable`], carrying a `Retry-After`
@@ -61,7 +36,6 @@ pub(crate) async fn send(
     accept: &[u16],
 ) -> Result<String, BackendError> {
     let response = request
-        .timeout(timeout)
         .send()
         .await
         .map_err(|err| transport_error(backend, operation, timeout, err))?;

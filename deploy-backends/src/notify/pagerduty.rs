@@ -1,12 +1,16 @@
 //! [`PagerDutyNotifier`]: PagerDuty Events API v2.
 
+use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier, Severity};
 
+use zeroize::Zeroizing;
+
 use super::webhook::action_name;
 use super::{HttpTarget, send};
+use crate::http::require_http_url;
 
 const BACKEND: &str = "pagerduty";
 /// PagerDuty's Events API v2 endpoint, where [`PagerDutyNotifier`] sends unless told otherwise.
@@ -22,11 +26,23 @@ const MAX_SUMMARY: usize = 1024;
 /// [`BackendError::Rejected`], final; 429, 5xx and network errors are retryable
 /// ([`BackendError::Unavailable`] with PagerDuty's `Retry-After` as `retry_after`, or
 /// [`BackendError::Timeout`]), for the caller to retry.
-#[derive(Debug)]
+///
+/// Its `Debug` shows the endpoint's host, never the routing key (security review M8), which
+/// is zeroized when the notifier is dropped.
 pub struct PagerDutyNotifier {
     target: HttpTarget,
-    routing_key: String,
+    routing_key: Zeroizing<String>,
     source: String,
+}
+
+impl fmt::Debug for PagerDutyNotifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PagerDutyNotifier")
+            .field("endpoint", &self.target)
+            .field("routing_key", &"[redacted]")
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 impl PagerDutyNotifier {
@@ -49,16 +65,30 @@ impl PagerDutyNotifier {
                 PAGERDUTY_EVENTS_URL.to_owned(),
                 Duration::from_secs(10),
             )?,
-            routing_key,
+            routing_key: Zeroizing::new(routing_key),
             source,
         })
     }
 
     /// Sends to another endpoint (a proxy, or a local stand-in in tests).
-    #[must_use]
-    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.target.endpoint = url.into();
-        self
+    ///
+    /// # Errors
+    /// [`BackendError::Rejected`] when `url` is not an http(s) URL (security review m4).
+    pub fn endpoint(mut self, url: impl Into<String>) -> Result<Self, BackendError> {
+        let url = url.into();
+        require_http_url("pagerduty notifier", &url)?;
+        self.target.endpoint = url;
+        Ok(self)
+    }
+
+    /// Also trusts the root certificates in `pem`, for an endpoint with a private CA.
+    ///
+    /// # Errors
+    /// [`BackendError::Rejected`] when `pem` holds no PEM certificate.
+    pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BackendError> {
+        self.target
+            .add_root_certificate("pagerduty notifier", pem.as_ref())?;
+        Ok(self)
     }
 
     /// How long one request may take (default 10 s).
@@ -70,7 +100,7 @@ impl PagerDutyNotifier {
 
     fn event(&self, notification: &Notification) -> serde_json::Value {
         let mut event = serde_json::json!({
-            "routing_key": self.routing_key,
+            "routing_key": self.routing_key.as_str(),
             "event_action": action_name(notification.action),
             "dedup_key": notification.key,
         });
@@ -97,7 +127,10 @@ impl PagerDutyNotifier {
 #[async_trait]
 impl Notifier for PagerDutyNotifier {
     async fn notify(&self, notification: &Notification) -> Result<Delivery, BackendError> {
-        let request = self.target.post("").json(&self.event(notification));
+        let request = self
+            .target
+            .request(reqwest::Method::POST, "")
+            .json(&self.event(notification));
         send(BACKEND, "pagerduty event", self.target.timeout, request, &[202]).await?;
         Ok(Delivery::Delivered)
     }
@@ -129,5 +162,7 @@ mod tests {
         assert_eq!(event["event_action"], "resolve");
         assert!(event.get("payload").is_none());
         assert!(PagerDutyNotifier::new(" ", "x").is_err());
+        // Security review m4: the endpoint is checked like every other URL.
+        assert!(notifier.endpoint("file:///etc/passwd").is_err());
     }
 }

@@ -1,41 +1,60 @@
-//! [`WebhookNotifier`]: JSON POSTs signed with HMAC-SHA256.
+//! [`WebhookNotifier`]: JSON POSTs signed with HMAC-SHA256 over a timestamp and the body.
 
 use std::collections::{HashSet, VecDeque};
+use std::fmt;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use zeroize::Zeroizing;
 
 use super::{HttpTarget, send};
 
 const BACKEND: &str = "webhook";
-/// The header carrying `sha256=<hex of HMAC-SHA256(secret, body)>`.
+/// The header carrying `t=<unix seconds>,sha256=<hex of HMAC-SHA256(secret, "<t>.<body>")>`.
 pub const SIGNATURE_HEADER: &str = "X-Deploykit-Signature";
 /// How many delivered (key, action) pairs are remembered to report duplicates.
 const REMEMBERED: usize = 4096;
 
+type DeliveryId = (String, NotificationAction);
+
 /// Posts each notification as JSON to a URL, signed so the receiver can tell it came from
-/// whoever holds the secret: header `X-Deploykit-Signature: sha256=<hex>` over the exact
-/// body bytes (check it with [`verify_signature`]), plus `Idempotency-Key: <key>/<action>`.
+/// whoever holds the secret, and recently: header `X-Deploykit-Signature:
+/// t=<unix seconds>,sha256=<hex>`, the HMAC-SHA256 of `<t>.<body>` (the exact body bytes),
+/// as Stripe and Slack sign; check it with [`verify_signature_fresh`], which refuses
+/// replays older than a tolerance. Plus `Idempotency-Key: <key>/<action>`.
 ///
 /// One request per `notify`: 2xx is delivered; 408, 429, 5xx and network errors are
 /// retryable (with the receiver's `Retry-After` as `retry_after`), for the caller to retry;
-/// other statuses are [`BackendError::Rejected`]. A (key, action) already delivered by this
-/// notifier is [`Delivery::Duplicate`] and not sent again.
-#[derive(Debug)]
+/// other statuses are [`BackendError::Rejected`]. A (key, action) already delivered, or
+/// being delivered right now, by this notifier is [`Delivery::Duplicate`] and not sent
+/// again; a failed delivery forgets it, so a retry sends.
+///
+/// Its `Debug` shows the URL's host, never the secret (security review M8), which is
+/// zeroized when the notifier is dropped.
 pub struct WebhookNotifier {
     target: HttpTarget,
-    secret: Vec<u8>,
+    secret: Zeroizing<Vec<u8>>,
     delivered: Mutex<Remembered>,
 }
 
+impl fmt::Debug for WebhookNotifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookNotifier")
+            .field("endpoint", &self.target)
+            .field("secret", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Deliveries done or in flight, oldest first.
 #[derive(Debug, Default)]
 struct Remembered {
-    set: HashSet<(String, NotificationAction)>,
-    order: VecDeque<(String, NotificationAction)>,
+    set: HashSet<DeliveryId>,
+    order: VecDeque<DeliveryId>,
 }
 
 impl WebhookNotifier {
@@ -45,7 +64,7 @@ impl WebhookNotifier {
     /// [`BackendError::Rejected`] for a URL that is not http(s) or an empty secret.
     pub fn new(url: impl Into<String>, secret: impl Into<Vec<u8>>) -> Result<Self, BackendError> {
         let target = HttpTarget::new("webhook notifier", url.into(), Duration::from_secs(5))?;
-        let secret = secret.into();
+        let secret = Zeroizing::new(secret.into());
         if secret.is_empty() {
             return Err(BackendError::Rejected {
                 operation: "webhook notifier",
@@ -66,11 +85,14 @@ impl WebhookNotifier {
         self
     }
 
-    fn sign(&self, body: &[u8]) -> String {
-        format!(
-            "sha256={}",
-            hex::encode(mac(&self.secret, body).finalize().into_bytes())
-        )
+    /// Also trusts the root certificates in `pem`, for a receiver with a private CA.
+    ///
+    /// # Errors
+    /// [`BackendError::Rejected`] when `pem` holds no PEM certificate.
+    pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BackendError> {
+        self.target
+            .add_root_certificate("webhook notifier", pem.as_ref())?;
+        Ok(self)
     }
 
     fn remembered(&self) -> std::sync::MutexGuard<'_, Remembered> {
@@ -78,34 +100,109 @@ impl WebhookNotifier {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Claims `id` for one delivery: `None` when it is delivered or in flight already.
+    fn reserve(&self, id: DeliveryId) -> Option<Reservation<'_>> {
+        let mut remembered = self.remembered();
+        if !remembered.set.insert(id.clone()) {
+            return None;
+        }
+        remembered.order.push_back(id.clone());
+        if remembered.order.len() > REMEMBERED
+            && let Some(oldest) = remembered.order.pop_front()
+        {
+            remembered.set.remove(&oldest);
+        }
+        Some(Reservation {
+            notifier: self,
+            id: Some(id),
+        })
+    }
 }
 
-fn mac(secret: &[u8], body: &[u8]) -> Hmac<Sha256> {
+/// A delivery in flight: dropped without [`keep`](Self::keep) (a failure, or the caller
+/// giving up on the future), it forgets the id so that a retry sends again.
+struct Reservation<'a> {
+    notifier: &'a WebhookNotifier,
+    id: Option<DeliveryId>,
+}
+
+impl Reservation<'_> {
+    fn keep(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let mut remembered = self.notifier.remembered();
+            remembered.set.remove(&id);
+            remembered.order.retain(|other| other != &id);
+        }
+    }
+}
+
+fn mac(secret: &[u8], timestamp: u64, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
     mac
 }
 
-/// Whether `header` (`sha256=<hex>`) is the signature of `body` under `secret`, compared in
-/// constant time.
-pub fn verify_signature(secret: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(bytes) = header
-        .strip_prefix("sha256=")
-        .and_then(|hex| hex::decode(hex).ok())
+/// The signature header for `body` sent at `timestamp` (unix seconds).
+fn sign(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    let mac = mac(secret, timestamp, body).finalize().into_bytes();
+    format!("t={timestamp},sha256={}", hex::encode(mac))
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// Whether `header` (`t=<unix seconds>,sha256=<hex>`) is the signature of `body` under
+/// `secret` (compared in constant time) made at most `tolerance` away from `now`: a
+/// captured request replayed later than that is refused.
+///
+/// ```
+/// # use std::time::{Duration, SystemTime};
+/// # use deploy_backends::verify_signature_fresh;
+/// # let (secret, body, header) = (b"s3cret", b"{}", "t=0,sha256=00");
+/// let fresh = verify_signature_fresh(secret, body, header, SystemTime::now(), Duration::from_secs(300));
+/// # assert!(!fresh);
+/// ```
+pub fn verify_signature_fresh(
+    secret: &[u8],
+    body: &[u8],
+    header: &str,
+    now: SystemTime,
+    tolerance: Duration,
+) -> bool {
+    let Some((timestamp, signature)) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",sha256="))
     else {
         return false;
     };
-    mac(secret, body).verify_slice(&bytes).is_ok()
+    let (Ok(timestamp), Ok(signature)) = (timestamp.parse::<u64>(), hex::decode(signature)) else {
+        return false;
+    };
+    unix_seconds(now).abs_diff(timestamp) <= tolerance.as_secs()
+        && mac(secret, timestamp, body).verify_slice(&signature).is_ok()
 }
 
 #[async_trait]
 impl Notifier for WebhookNotifier {
     async fn notify(&self, notification: &Notification) -> Result<Delivery, BackendError> {
-        let id = (notification.key.as_str().to_owned(), notification.action);
-        if self.remembered().set.contains(&id) {
+        // Reserved before sending, so a concurrent duplicate is not sent twice (review m11).
+        let Some(reservation) = self.reserve((notification.key.as_str().to_owned(), notification.action))
+        else {
             return Ok(Delivery::Duplicate);
-        }
+        };
+        let now = chrono::Utc::now();
         let body = serde_json::to_vec(&serde_json::json!({
             "key": notification.key,
             "action": notification.action,
@@ -113,17 +210,18 @@ impl Notifier for WebhookNotifier {
             "summary": notification.summary,
             "body": notification.body,
             "labels": notification.labels,
-            "sent_at": chrono::Utc::now().to_rfc3339(),
+            "sent_at": now.to_rfc3339(),
         }))
         .map_err(|err| BackendError::Rejected {
             operation: "webhook",
             reason: err.to_string(),
         })?;
-        let signature = self.sign(&body);
+        let timestamp = u64::try_from(now.timestamp()).unwrap_or(0);
+        let signature = sign(&self.secret, timestamp, &body);
         let idempotency = format!("{}/{}", notification.key, action_name(notification.action));
         let request = self
             .target
-            .post("")
+            .request(reqwest::Method::POST, "")
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(SIGNATURE_HEADER, signature)
             .header("Idempotency-Key", idempotency)
@@ -136,15 +234,7 @@ impl Notifier for WebhookNotifier {
             &[200, 201, 202, 204],
         )
         .await?;
-        let mut remembered = self.remembered();
-        if remembered.set.insert(id.clone()) {
-            remembered.order.push_back(id);
-            if remembered.order.len() > REMEMBERED
-                && let Some(oldest) = remembered.order.pop_front()
-            {
-                remembered.set.remove(&oldest);
-            }
-        }
+        reservation.keep();
         Ok(Delivery::Delivered)
     }
 }
@@ -161,21 +251,38 @@ pub(crate) fn action_name(action: NotificationAction) -> &'static str {
 mod tests {
     use super::*;
 
+    /// Security review m11: the signature covers the timestamp, and a stale one is refused.
     #[test]
-    fn signatures_verify_and_tampering_is_caught() {
-        let notifier = WebhookNotifier::new("http://127.0.0.1:1/hook", b"s3cret".to_vec()).unwrap();
+    fn signatures_verify_when_fresh_and_tampering_or_replay_is_caught() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let t = unix_seconds(now);
         let body = br#"{"summary":"deploy failed"}"#;
-        let header = notifier.sign(body);
-        assert!(header.starts_with("sha256=") && header.len() == 7 + 64);
-        assert!(verify_signature(b"s3cret", body, &header));
-        assert!(!verify_signature(b"other", body, &header));
-        assert!(!verify_signature(
-            b"s3cret",
-            br#"{"summary":"deploy ok"}"#,
-            &header
-        ));
-        assert!(!verify_signature(b"s3cret", body, "sha256=zz"));
-        assert!(!verify_signature(b"s3cret", body, "md5=00"));
+        let header = sign(b"s3cret", t, body);
+        assert!(header.starts_with("t=1700000000,sha256=") && header.len() == 20 + 64);
+        let five_minutes = Duration::from_secs(300);
+        let verify = |secret: &[u8], body: &[u8], header: &str, now| {
+            verify_signature_fresh(secret, body, header, now, five_minutes)
+        };
+        assert!(verify(b"s3cret", body, &header, now));
+        assert!(verify(b"s3cret", body, &header, now + five_minutes));
+        assert!(verify(b"s3cret", body, &header, now - five_minutes));
+        // A replay ten minutes later, or a signature from the future.
+        assert!(!verify(b"s3cret", body, &header, now + 2 * five_minutes));
+        assert!(!verify(b"s3cret", body, &header, now - 2 * five_minutes));
+        // Moving the timestamp forward breaks the signature.
+        let moved = header.replacen("t=1700000000", "t=1700000600", 1);
+        assert!(!verify(b"s3cret", body, &moved, now + 2 * five_minutes));
+        assert!(!verify(b"other", body, &header, now));
+        assert!(!verify(b"s3cret", br#"{"summary":"deploy ok"}"#, &header, now));
+        for garbage in [
+            "sha256=00",
+            "t=x,sha256=00",
+            "t=1700000000,sha256=zz",
+            "",
+            "t=1700000000",
+        ] {
+            assert!(!verify(b"s3cret", body, garbage, now), "{garbage}");
+        }
         assert!(WebhookNotifier::new("ftp://x", b"k".to_vec()).is_err());
         assert!(WebhookNotifier::new("http://x", Vec::new()).is_err());
     }
