@@ -5,8 +5,8 @@ use serde_reflection::{ContainerFormat, Format, Registry, Tracer, TracerConfig};
 
 use crate::source::KnownPaths;
 
-/// The dotted field paths of `T` (and which of them are arrays), traced from its
-/// `Deserialize` impl. Types serde-reflection cannot trace yield no paths (environment
+/// The dotted field paths of `T` (and which of them are arrays or [`Secret`](crate::Secret)s),
+/// traced from its `Deserialize` impl. Types serde-reflection cannot trace yield no paths (environment
 /// variables then nest on `__` only).
 pub fn known_paths<T: DeserializeOwned>() -> KnownPaths {
     let mut tracer = Tracer::new(TracerConfig::default());
@@ -43,7 +43,12 @@ fn walk(format: &Format, path: &str, registry: &Registry, known: &mut KnownPaths
                     walk(&field.value, &child, registry, known, depth + 1);
                 }
             }
-            Some(ContainerFormat::NewTypeStruct(inner)) => walk(inner, path, registry, known, depth + 1),
+            Some(ContainerFormat::NewTypeStruct(inner)) => {
+                if crate::secret::is_secret_name(name) {
+                    known.secrets.push(path.to_owned());
+                }
+                walk(inner, path, registry, known, depth + 1)
+            }
             _ if !path.is_empty() => known.paths.push(path.to_owned()),
             _ => {}
         },

@@ -193,10 +193,13 @@ impl ConfigurationManager {
         Self::default()
     }
 
-    /// A manager that places environment variables by `T`'s field paths.
+    /// A manager that places environment variables by `T`'s field paths, and treats its
+    /// [`Secret`](crate::Secret) fields as marked secret.
     pub fn for_type<T: DeserializeOwned>() -> Self {
         let manager = Self::new();
-        *manager.known.lock() = crate::known::known_paths::<T>();
+        let known = crate::known::known_paths::<T>();
+        manager.secrets.lock().0.clone_from(&known.secrets);
+        *manager.known.lock() = known;
         manager
     }
 

@@ -1,10 +1,12 @@
 //! Values that must not leak: the [`Secret`] wrapper, and secret paths whose values are kept
 //! out of `Debug` output and error messages.
 
-use std::any::Any;
+use std::any::{Any, type_name};
 use std::fmt;
+use std::marker::PhantomData;
 
-use serde::de::Error as _;
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{Error as _, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroize;
 
@@ -92,9 +94,59 @@ impl<T: Zeroize> Serialize for Secret<T> {
     }
 }
 
+/// Whether a newtype name (as serde-reflection records it) is a [`Secret`]'s.
+pub(crate) fn is_secret_name(name: &str) -> bool {
+    let ours = type_name::<Secret<String>>();
+    ours.split_once('<')
+        .is_some_and(|(stem, _)| name.starts_with(stem) && name[stem.len()..].starts_with('<'))
+}
+
+/// Reads the value inside a [`Secret`]'s newtype hint, or the value itself from formats
+/// that ignore the hint.
+struct Inner<T>(PhantomData<T>);
+
+macro_rules! forward {
+    ($($method:ident($type:ty)),*) => {$(
+        fn $method<E: serde::de::Error>(self, value: $type) -> Result<T, E> {
+            T::deserialize(value.into_deserializer())
+        }
+    )*};
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Inner<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a secret value")
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+        T::deserialize(deserializer)
+    }
+
+    forward!(
+        visit_bool(bool),
+        visit_i64(i64),
+        visit_u64(u64),
+        visit_f64(f64),
+        visit_string(String)
+    );
+    forward!(visit_str(&str), visit_borrowed_str(&'de str));
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+        T::deserialize(SeqAccessDeserializer::new(seq))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(MapAccessDeserializer::new(map))
+    }
+}
+
 impl<'de, T: Deserialize<'de> + Zeroize + 'static> Deserialize<'de> for Secret<T> {
+    /// Asks for a newtype named after the type, so tracing the target type
+    /// ([`known_paths`](crate::known_paths)) finds its secret fields.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let secret = Self(T::deserialize(deserializer)?);
+        let secret = Self(deserializer.deserialize_newtype_struct(type_name::<Self>(), Inner(PhantomData))?);
         if (&secret.0 as &dyn Any)
             .downcast_ref::<String>()
             .is_some_and(|text| text == REDACTED)

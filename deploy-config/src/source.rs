@@ -108,6 +108,9 @@ pub struct KnownPaths {
     pub paths: Vec<String>,
     /// Paths whose values are arrays.
     pub arrays: Vec<String>,
+    /// Paths whose values are [`Secret`](crate::Secret)s: secret like
+    /// [`mark_secret`](crate::ConfigurationManager::mark_secret)'s.
+    pub secrets: Vec<String>,
 }
 
 /// A source of configuration layers.

@@ -277,6 +277,7 @@ proptest! {
         let known = KnownPaths {
             paths: known.into_iter().map(str::to_owned).collect(),
             arrays: arrays.into_iter().map(str::to_owned).collect(),
+            ..KnownPaths::default()
         };
         let names: Vec<String> = vars.iter().map(|(name, _)| name.clone()).collect();
         let source = EnvVars::from_map("APP", vars);

@@ -164,3 +164,70 @@ fn secret_equality_is_exact() {
     }
     assert_eq!(Secret::new(vec![0u8, 1]), Secret::new(vec![0u8, 1]));
 }
+
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct Vault {
+    token: Secret<String>,
+    pin: Secret<u16>,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct WithVault {
+    vault: Vault,
+    port: u16,
+}
+
+/// M8.3/M8.4, known secret paths: `Secret<T>` fields of the target type are secret without
+/// `mark_secret`, in `Debug` (a manager `for_type`) and in extraction errors (any `get`,
+/// and the free `extract`); tracing such a type still places environment variables.
+#[tokio::test]
+async fn secret_fields_of_the_target_type_are_secret_paths() {
+    let known = deploy_config::known_paths::<WithVault>();
+    assert_eq!(known.secrets, ["vault.token", "vault.pin"]);
+    assert!(known.paths.contains(&"vault.name".to_owned()));
+    let manager = ConfigurationManager::for_type::<WithVault>();
+    let values = serde_json::json!({"vault": {"token": "t", "pin": SECRET, "name": "main"}, "port": 1});
+    manager.add_config_source(Defaults::new("defaults", &values).unwrap(), Requirement::Required);
+    let vars = [("APP_VAULT_TOKEN".to_owned(), "t0k3n-Qx".to_owned())];
+    manager.add_config_source(EnvVars::from_map("APP", vars), Requirement::Required);
+    let config = manager.get_config("production", "shop").await.unwrap();
+    assert_eq!(config.get_at::<String>("vault.token").unwrap(), "t0k3n-Qx");
+    let shown = format!("{config:?}");
+    assert_hidden(&shown, &[SECRET, "t0k3n-Qx"]);
+    assert!(shown.contains("vault.name") && shown.contains("main"), "{shown}");
+    let plain = ConfigurationManager::new();
+    plain.add_config_source(Defaults::new("defaults", &values).unwrap(), Requirement::Required);
+    let config = plain.get_config("production", "shop").await.unwrap();
+    let errors = [
+        config.get::<WithVault>().unwrap_err(),
+        config.get_at::<Vault>("vault").unwrap_err(),
+        deploy_config::extract::<WithVault>(config.tree()).unwrap_err(),
+    ];
+    for error in errors {
+        for shown in [format!("{error}"), format!("{error:?}")] {
+            assert_hidden(&shown, &[SECRET]);
+            assert!(shown.contains("vault.pin") && shown.contains("u16"), "{shown}");
+        }
+    }
+}
+
+/// m16: formats that ignore the newtype hint hand `Secret` the value itself.
+#[test]
+fn secrets_read_from_formats_without_newtype_hints() {
+    use serde::de::IntoDeserializer;
+    use serde::de::value::{Error, SeqDeserializer};
+    let text: Secret<String> =
+        Secret::deserialize(IntoDeserializer::<Error>::into_deserializer(SECRET)).unwrap();
+    assert_eq!(text.expose(), SECRET);
+    let number: Secret<u64> =
+        Secret::deserialize(IntoDeserializer::<Error>::into_deserializer(7u64)).unwrap();
+    assert_eq!(*number.expose(), 7);
+    let bytes: Secret<Vec<u8>> =
+        Secret::deserialize(SeqDeserializer::<_, Error>::new([1u8, 2].into_iter())).unwrap();
+    assert_eq!(bytes.expose(), &[1, 2]);
+    let redacted = Secret::<String>::deserialize(IntoDeserializer::<Error>::into_deserializer("[redacted]"));
+    assert!(redacted.is_err());
+}
