@@ -1,9 +1,14 @@
-//! Arbitrary input never panics the loaders or the evaluator: random JSON (and random
-//! flag-shaped JSON, to reach the deeper checks) is either refused with an error or
-//! compiled, and whatever compiles evaluates.
+//! Arbitrary input never panics the loaders or the evaluator: random bytes, random JSON,
+//! random YAML token soup, and random flag-shaped JSON and YAML (to reach the deeper checks)
+//! are either refused with a typed error or compiled, and whatever compiles evaluates; the
+//! same goes for Unleash client features and deltas, and for garbage stored under a flag
+//! manager's keys (reported and skipped, never fatal).
 
+use std::sync::Arc;
+
+use deploy_core::{DynStore, MemoryStore, RecordStoreExt};
 use deploy_flags::unleash::UnleashState;
-use deploy_flags::{Context, FileFormat, FlagEngine};
+use deploy_flags::{Context, FeatureFlagManager, FileFormat, FlagDefinition, FlagEngine, FlagError, FlagSet};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -160,8 +165,212 @@ fn evaluate_everything(engine: &FlagEngine) {
     }
 }
 
+/// JSON as block-style YAML (strings double-quoted, which JSON's escapes are valid for).
+fn to_yaml(value: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                out.push_str(&format!("\n{pad}- "));
+                to_yaml(item, indent + 2, out);
+            }
+        }
+        Value::Object(entries) if !entries.is_empty() => {
+            for (key, item) in entries {
+                out.push_str(&format!("\n{pad}{}: ", Value::from(key.as_str())));
+                to_yaml(item, indent + 2, out);
+            }
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Pieces that mean something to a YAML parser, to build adversarial documents from.
+fn yaml_soup() -> impl Strategy<Value = String> {
+    let token = proptest::sample::select(vec![
+        "flags:",
+        "- ",
+        "name: ",
+        "a",
+        "enabled: true",
+        "&x ",
+        "*x",
+        "<<: *x",
+        "[",
+        "]",
+        "{",
+        "}",
+        ", ",
+        ": ",
+        "? ",
+        "|",
+        ">-",
+        "'",
+        "\"",
+        "#",
+        "---",
+        "...",
+        "!!str ",
+        "!tag ",
+        "\n",
+        "\n  ",
+        "\t",
+        "%YAML 1.2\n",
+        "\\u0000",
+        "1e999",
+        "-.inf",
+        "0x1F",
+        "~",
+        "é",
+    ]);
+    proptest::collection::vec(token, 0..40).prop_map(|tokens| tokens.concat())
+}
+
+fn assert_parse_error(error: &FlagError, format: &str) -> Result<(), TestCaseError> {
+    prop_assert!(
+        matches!(error, FlagError::Parse { origin, format: found, .. } if origin == "random" && *found == format),
+        "not a {} parse error: {}",
+        format,
+        error
+    );
+    Ok(())
+}
+
+/// Loads `text` in `format`; whatever parses either compiles (and evaluates) or is refused
+/// with an error naming a flag or segment, leaving the engine as it was.
+fn load(text: &str, format: FileFormat) -> Result<Option<FlagSet>, TestCaseError> {
+    let name = if format == FileFormat::Json {
+        "JSON"
+    } else {
+        "YAML"
+    };
+    let set = match format.parse(text, "random") {
+        Ok(set) => set,
+        Err(error) => {
+            assert_parse_error(&error, name)?;
+            return Ok(None);
+        }
+    };
+    let engine = FlagEngine::new();
+    match engine.replace(set.clone()) {
+        Ok(_) => evaluate_everything(&engine),
+        Err(error) => {
+            let named = error.flag().is_some() || matches!(error, FlagError::InvalidSegment { .. });
+            prop_assert!(named, "error names no flag: {error}");
+            prop_assert_eq!(
+                engine.snapshot().version(),
+                0,
+                "a refused update changed the snapshot"
+            );
+        }
+    }
+    Ok(Some(set))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Every decoder reachable from outside, on arbitrary bytes: a value or a typed error.
+    #[test]
+    fn arbitrary_bytes_are_refused_or_loaded_by_every_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let text = String::from_utf8_lossy(&bytes);
+        load(&text, FileFormat::Json)?;
+        load(&text, FileFormat::Yaml)?;
+        let mut state = UnleashState::default();
+        if let Err(error) = state.hydrate_json(&text) {
+            prop_assert!(matches!(error, FlagError::Parse { .. }), "{error}");
+        }
+        if let Err(error) = state.apply_delta_json(&text) {
+            prop_assert!(matches!(error, FlagError::Parse { .. }), "{error}");
+        }
+    }
+
+    /// YAML built from its own special tokens (anchors, aliases, merge keys, tags, flow and
+    /// block collections, directives, odd scalars): parsed or refused, never a panic or hang.
+    #[test]
+    fn adversarial_yaml_is_refused_or_loaded(text in yaml_soup()) {
+        load(&text, FileFormat::Yaml)?;
+    }
+
+    /// The same flag set written as JSON and as block YAML loads the same way.
+    #[test]
+    fn flag_shaped_yaml_reads_as_its_json_does(value in flag_shaped()) {
+        let mut yaml = String::new();
+        to_yaml(&value, 0, &mut yaml);
+        let from_json = load(&value.to_string(), FileFormat::Json)?;
+        let from_yaml = load(&yaml, FileFormat::Yaml)?;
+        prop_assert_eq!(from_json, from_yaml, "YAML:{}", yaml);
+    }
+
+    /// Unleash deltas: a hydration event carrying client features always applies and
+    /// loads; random JSON as a delta applies or is a parse error.
+    #[test]
+    fn unleash_deltas_apply_or_are_refused(shaped in unleash_shaped(), random in any_json()) {
+        let mut state = UnleashState::default();
+        let delta = json!({"events": [{"type": "hydration", "eventId": 1, "features": shaped["features"], "segments": shaped["segments"]}]});
+        state.apply_delta_json(&delta.to_string()).map_err(|error| TestCaseError::fail(error.to_string()))?;
+        if let Err(error) = state.apply_delta_json(&random.to_string()) {
+            prop_assert!(matches!(error, FlagError::Parse { .. }), "{error}");
+        }
+        let engine = FlagEngine::new();
+        engine.replace(state.to_flag_set().flags).map_err(|error| TestCaseError::fail(error.to_string()))?;
+        evaluate_everything(&engine);
+    }
+
+    /// Garbage under a flag manager's keys (random bytes, random JSON, flag-shaped records
+    /// under random names) never stops `open` or `reload`: every stored flag either serves
+    /// or is reported as quarantined, and a valid flag alongside keeps serving.
+    #[test]
+    fn garbage_in_the_store_is_reported_and_skipped(
+        records in proptest::collection::vec(
+            (
+                prop_oneof!["[a-z]{1,3}", "[a-z/ .é]{1,6}"],
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                    any_json().prop_map(|value| value.to_string().into_bytes()),
+                    flag_shaped().prop_map(|set| json!({
+                        "definition": set["flags"].get(0), "revision": 1,
+                        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+                        "last_change": {"flag": "f1", "revision": 1, "at": "2026-01-01T00:00:00Z",
+                                        "actor": "a", "action": "create", "before": null, "after": null}
+                    }).to_string().into_bytes()),
+                ],
+            ),
+            0..6,
+        )
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let store: Arc<DynStore> = Arc::new(MemoryStore::new());
+            let manager = FeatureFlagManager::open(store.clone(), Default::default()).await.unwrap();
+            manager.create_flag("ann", FlagDefinition::new("good-flag", true)).await.unwrap();
+            for (name, value) in &records {
+                store.put(&format!("flags/defs/{name}"), value.clone().into()).await.unwrap();
+            }
+            let reopened = FeatureFlagManager::open(store.clone(), Default::default())
+                .await
+                .map_err(|error| TestCaseError::fail(format!("open failed: {error}")))?;
+            manager.reload().await.map_err(|error| TestCaseError::fail(format!("reload failed: {error}")))?;
+            for manager in [&manager, &reopened] {
+                prop_assert!(manager.is_enabled("good-flag", &Context::new()));
+                let snapshot = manager.engine().snapshot();
+                let quarantined: Vec<String> = manager.quarantined().into_iter().map(|bad| bad.flag).collect();
+                for record in store.list("flags/defs/").await.unwrap() {
+                    let name = &record.key["flags/defs/".len()..];
+                    let served = snapshot.definition(name).is_some();
+                    let reported = quarantined.iter().any(|bad| bad == name);
+                    // The record of a deleted flag keeps its history with no definition.
+                    let deleted = serde_json::from_slice::<Value>(&record.value)
+                        .is_ok_and(|value| value.get("definition").is_some_and(Value::is_null));
+                    match deleted {
+                        true => prop_assert!(!served, "{name}: a deleted flag serves"),
+                        false => prop_assert!(served != reported, "{name}: served {served}, reported {reported}"),
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
 
     #[test]
     fn arbitrary_json_is_refused_or_loaded(value in any_json()) {
