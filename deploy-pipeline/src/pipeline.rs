@@ -490,6 +490,21 @@ impl PipelineRunner {
     }
 }
 
+/// What a run last wrote of its record: the version, and writes since that failed.
+struct Saved {
+    version: RecordVersion,
+    unconfirmed: Vec<RunRecord>,
+}
+
+impl Saved {
+    fn at(version: RecordVersion) -> Self {
+        Self {
+            version,
+            unconfirmed: Vec::new(),
+        }
+    }
+}
+
 struct Execution {
     pipeline: Arc<Pipeline>,
     store: Records,
@@ -502,13 +517,27 @@ struct Execution {
 }
 
 impl Execution {
-    /// Writes the run record over `version`, the one this run wrote last: a record changed
-    /// by anyone else is left as it is (the save is skipped, with a warning).
-    async fn save(&self, record: &RunRecord, version: &mut RecordVersion) {
-        let over = WriteOptions::when(Precondition::Version(*version));
-        match self.store.put_json(&self.key, record, over).await {
-            Ok(written) => *version = written,
-            Err(error) => tracing::warn!(%error, run = %record.id, "run record not saved"),
+    /// Writes the run record over the version this run wrote last: a record changed by
+    /// anyone else is left as it is (the save is skipped, with a warning). A write that
+    /// failed may still have landed (its answer lost): a record equal to one of those is
+    /// recognised as this run's own.
+    async fn save(&self, record: &RunRecord, saved: &mut Saved) {
+        let over = |version| WriteOptions::when(Precondition::Version(version));
+        let mut result = self.store.put_json(&self.key, record, over(saved.version)).await;
+        if matches!(result, Err(StoreError::Conflict { .. }))
+            && let Ok(Some((stored, version))) = self.store.get_json::<RunRecord>(&self.key).await
+            && saved.unconfirmed.contains(&stored)
+        {
+            result = self.store.put_json(&self.key, record, over(version)).await;
+        }
+        match result {
+            Ok(written) => *saved = Saved::at(written),
+            Err(error) => {
+                if !matches!(error, StoreError::Conflict { .. }) {
+                    saved.unconfirmed.push(record.clone());
+                }
+                tracing::warn!(%error, run = %record.id, "run record not saved");
+            }
         }
     }
 
@@ -542,7 +571,8 @@ impl Execution {
         }
     }
 
-    async fn run(self, mut record: RunRecord, mut version: RecordVersion) -> RunRecord {
+    async fn run(self, mut record: RunRecord, version: RecordVersion) -> RunRecord {
+        let mut saved = Saved::at(version);
         let mut running = FuturesUnordered::new();
         let mut outputs: BTreeMap<String, StageOutput> = BTreeMap::new();
         let mut stopped = false;
@@ -575,7 +605,7 @@ impl Execution {
                     }
                     running.push(self.attempts(spec.clone(), inputs, record.id.clone()));
                 }
-                self.save(&record, &mut version).await;
+                self.save(&record, &mut saved).await;
             }
             let Some((name, attempts, result)) = running.next().await else {
                 break;
@@ -607,7 +637,7 @@ impl Execution {
                 }
             }
             self.persist_log(&record.id, &name).await;
-            self.save(&record, &mut version).await;
+            self.save(&record, &mut saved).await;
         }
         for stage in record
             .stages
@@ -624,7 +654,7 @@ impl Execution {
             };
         }
         record.finished_at = Some(self.clock.now_utc());
-        self.save(&record, &mut version).await;
+        self.save(&record, &mut saved).await;
         self.live.lock().remove(&record.id);
         self.prune().await;
         record

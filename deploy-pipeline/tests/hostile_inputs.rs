@@ -315,3 +315,31 @@ proptest! {
         })?;
     }
 }
+
+/// The compare-and-swap of run records (review m13) must not freeze a record after a save
+/// whose answer was lost although it landed: the run recognises its own write and goes on
+/// saving.
+#[tokio::test(start_paused = true)]
+async fn a_save_whose_answer_was_lost_does_not_freeze_the_record() {
+    let faulty = Arc::new(deploy_testkit::FaultyStore::in_memory());
+    let store: Arc<DynRecordStore> = faulty.clone();
+    // Run ids end with the runner's sequence number, `-0` for the first: only the record.
+    faulty.count_writes_to("-0");
+    faulty.lose_answer_after(2);
+    let pipeline = Pipeline::builder("p")
+        .stage("a", ok("a"), StageOptions::default())
+        .stage("b", ok("b"), StageOptions::after(&["a"]))
+        .build()
+        .unwrap();
+    let runner = runner(&store);
+    let record = runner
+        .start(Arc::new(pipeline))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(record.status, RunStatus::Succeeded);
+    assert!(faulty.writes() > 3, "saved after the lost answer");
+    assert_eq!(runner.get_pipeline_status("p", &record.id).await.unwrap(), record);
+}
