@@ -87,12 +87,15 @@ pub(crate) fn certificates(
 
 /// A reqwest client that follows no redirects (a 3xx is the answer, so a notifier's body
 /// and signature are never re-sent to another host) and trusts `roots` besides the webpki
-/// roots. Timeouts are per request.
+/// roots. Timeouts are per request. Every request opens its own connection: a health check
+/// must find a server that accepts connections, and the other adapters send seldom.
 pub(crate) fn client(roots: &[reqwest::Certificate]) -> Result<reqwest::Client, BackendError> {
     roots
         .iter()
         .fold(
-            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()),
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .redirect(reqwest::redirect::Policy::none()),
             |builder, root| builder.add_root_certificate(root.clone()),
         )
         .build()

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier, Severity};
+use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier};
 
 use super::{HttpTarget, send};
 
@@ -97,15 +97,8 @@ impl AlertmanagerNotifier {
                     .entry("alertname".to_owned())
                     .or_insert_with(|| "deploykit".to_owned());
                 labels.insert(ALERTMANAGER_KEY_LABEL.to_owned(), notification.key.to_string());
-                labels.insert(
-                    "severity".to_owned(),
-                    match notification.severity {
-                        Severity::Critical => "critical",
-                        Severity::Warning => "warning",
-                        Severity::Info => "info",
-                    }
-                    .to_owned(),
-                );
+                let mut labels = serde_json::json!(labels);
+                labels["severity"] = serde_json::json!(notification.severity);
                 let mut alert = serde_json::json!({
                     "labels": labels,
                     "annotations": {
@@ -146,7 +139,7 @@ impl Notifier for AlertmanagerNotifier {
 
 #[cfg(test)]
 mod tests {
-    use deploy_core::IdempotencyKey;
+    use deploy_core::{IdempotencyKey, Severity};
 
     use super::*;
 

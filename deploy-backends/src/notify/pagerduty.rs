@@ -4,11 +4,10 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier, Severity};
+use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier};
 
 use zeroize::Zeroizing;
 
-use super::webhook::action_name;
 use super::{HttpTarget, send};
 use crate::http::require_http_url;
 
@@ -101,7 +100,7 @@ impl PagerDutyNotifier {
     fn event(&self, notification: &Notification) -> serde_json::Value {
         let mut event = serde_json::json!({
             "routing_key": self.routing_key.as_str(),
-            "event_action": action_name(notification.action),
+            "event_action": notification.action,
             "dedup_key": notification.key,
         });
         if notification.action == NotificationAction::Trigger {
@@ -109,11 +108,7 @@ impl PagerDutyNotifier {
             event["payload"] = serde_json::json!({
                 "summary": if summary.is_empty() { notification.key.to_string() } else { summary },
                 "source": self.source,
-                "severity": match notification.severity {
-                    Severity::Critical => "critical",
-                    Severity::Warning => "warning",
-                    Severity::Info => "info",
-                },
+                "severity": notification.severity,
                 "custom_details": {
                     "body": notification.body,
                     "labels": notification.labels,
@@ -138,7 +133,7 @@ impl Notifier for PagerDutyNotifier {
 
 #[cfg(test)]
 mod tests {
-    use deploy_core::IdempotencyKey;
+    use deploy_core::{IdempotencyKey, Severity};
 
     use super::*;
 

@@ -239,7 +239,7 @@ impl Notifier for WebhookNotifier {
     }
 }
 
-pub(crate) fn action_name(action: NotificationAction) -> &'static str {
+fn action_name(action: NotificationAction) -> &'static str {
     match action {
         NotificationAction::Trigger => "trigger",
         NotificationAction::Acknowledge => "acknowledge",
