@@ -1,39 +1,20 @@
-//! The in-memory store against the conformance suites, directly and through `Arc<dyn _>`,
-//! plus behaviour specific to it (lagging watchers).
+//! The in-memory store against the conformance suites (through `Arc<dyn _>`), plus
+//! behaviour specific to it (lagging watchers and followers, streams ending with the store).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use deploy_core::store::FollowEvent;
 use deploy_core::{
-    DynRecordStore, DynStore, LeaseStore, MemoryStore, RecordStore, RecordStoreExt, StoreError, WatchEvent,
-    WriteOptions, conformance,
+    LeaseStore, MemoryStore, RecordStore, RecordStoreExt, StoreError, WatchEvent, WriteOptions, conformance,
 };
 use futures::StreamExt;
 
-#[tokio::test]
-async fn record_store_contract() {
-    conformance::record_store(&MemoryStore::new(), "t/").await;
-    let shared: Arc<DynRecordStore> = Arc::new(MemoryStore::new());
-    conformance::record_store(shared.as_ref(), "t/").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_lose_no_update() {
-    conformance::record_store_concurrency(Arc::new(MemoryStore::new()), "t/").await;
-}
-
-#[tokio::test]
-async fn watch_contract() {
-    let shared: Arc<DynStore> = Arc::new(MemoryStore::new());
-    conformance::record_store_watch(shared.as_ref(), "t/").await;
-}
-
+/// Every record-store and lease suite (issue 16: one aggregate, so no suite is forgotten).
 #[tokio::test(start_paused = true)]
-async fn lease_and_fencing_contract() {
-    let shared: Arc<DynStore> = Arc::new(MemoryStore::new());
-    conformance::lease_store(shared.as_ref(), "t/").await;
-    conformance::lease_expiry(shared.as_ref(), "t/", Duration::from_secs(15)).await;
+async fn passes_every_store_suite() {
+    conformance::store(Arc::new(MemoryStore::new()), "t/").await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -88,4 +69,60 @@ async fn json_helpers_name_the_key_on_decode_errors() {
         other => panic!("expected a codec error, got {other:?}"),
     }
     assert!(store.get_json::<String>("cfg/missing").await.unwrap().is_none());
+}
+
+/// Issue 16: `follow` turns a lagged watch into a fresh snapshot and skips the buffered
+/// changes that snapshot already shows, then carries on with newer ones.
+#[tokio::test]
+async fn a_lagging_follower_gets_a_fresh_snapshot_and_no_stale_changes() {
+    let store = MemoryStore::new();
+    store.put("k/old", "0".into()).await.unwrap();
+    store.put("other", "x".into()).await.unwrap();
+    let mut follow = store.follow("k/").await.unwrap();
+    let first = follow.next().await.unwrap().unwrap();
+    assert!(
+        matches!(&first, FollowEvent::Snapshot(records) if records.len() == 1 && records[0].key == "k/old"),
+        "{first:?}"
+    );
+    // More changes than the watch buffer holds, unread: the watch lags.
+    for i in 0..5_000 {
+        store
+            .put(&format!("k/{}", i % 3), i.to_string().into())
+            .await
+            .unwrap();
+    }
+    let FollowEvent::Snapshot(records) = follow.next().await.unwrap().unwrap() else {
+        panic!("a lagged follower must re-list")
+    };
+    let listed: Vec<_> = records.iter().map(|r| (r.key.as_str(), &r.value[..])).collect();
+    assert_eq!(
+        listed,
+        [
+            ("k/0", &b"4998"[..]),
+            ("k/1", b"4999"),
+            ("k/2", b"4997"),
+            ("k/old", b"0")
+        ],
+        "the snapshot is the prefix as it is now"
+    );
+    // The buffered changes are all covered by the snapshot: the next event is the new put.
+    let version = store.put("k/new", "n".into()).await.unwrap();
+    let next = follow.next().await.unwrap().unwrap();
+    assert!(
+        matches!(&next, FollowEvent::Put(record) if record.key == "k/new" && record.version == version),
+        "{next:?}"
+    );
+}
+
+/// M11 (contract): a watch stream ends once every handle to the store is gone.
+#[tokio::test]
+async fn watch_streams_end_when_the_store_is_dropped() {
+    let store = MemoryStore::new();
+    let mut watch = store.watch("k/").await.unwrap();
+    let other = store.clone();
+    drop(store);
+    other.put("k/a", Bytes::new()).await.unwrap();
+    drop(other);
+    assert!(matches!(watch.next().await, Some(WatchEvent::Put(_))));
+    assert_eq!(watch.next().await, None);
 }

@@ -13,8 +13,8 @@
 //! use deploy_core::{conformance, DynStore, MemoryStore};
 //!
 //! let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-//! conformance::record_store(store.as_ref(), "conformance/").await;
-//! conformance::lease_store(store.as_ref(), "conformance/").await;
+//! // Every record-store and lease suite; each one can also run alone.
+//! conformance::store(store, "conformance/").await;
 //! # }
 //! ```
 //!
@@ -26,5 +26,6 @@ mod store;
 
 pub use backends::{BalancerFixture, health_checker, infra_manager, load_balancer, metrics_source, notifier};
 pub use store::{
-    lease_expiry, lease_expiry_with, lease_store, record_store, record_store_concurrency, record_store_watch,
+    lease_expiry, lease_expiry_with, lease_store, record_store, record_store_concurrency,
+    record_store_follow, record_store_watch, store, store_with,
 };

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::follow::{FollowStream, follow};
 use super::{Precondition, RecordStore, RecordVersion, WriteOptions};
 use crate::error::StoreError;
 
@@ -25,7 +26,8 @@ fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Bytes, StoreErr
 }
 
 /// Conveniences for every [`RecordStore`]: unconditional and conditional writes, typed
-/// (JSON) reads and writes, and a compare-and-swap update loop.
+/// (JSON) reads and writes, a compare-and-swap update loop, and [`follow`](Self::follow)
+/// (list + watch without gaps).
 ///
 /// Implemented for every `RecordStore` (`dyn` included) and not meant to be implemented
 /// otherwise: every method here goes through `get`, `list`, `put_opts` or `delete_opts`,
@@ -198,6 +200,46 @@ pub trait RecordStoreExt: RecordStore {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// Follows everything under `prefix` (kube's `watcher`): the stream starts with a
+    /// [`FollowEvent::Snapshot`](super::FollowEvent::Snapshot) of the prefix, then carries
+    /// the puts and deletes after it in version order. When the watch falls behind
+    /// ([`WatchEvent::Lagged`](super::WatchEvent::Lagged)) it lists again and sends a fresh
+    /// snapshot, so a follower that replaces its state on each snapshot and applies each
+    /// change never misses one. Changes the last snapshot already shows (by version) are
+    /// skipped; a change made between the watch starting and the list may still come once
+    /// more (a delete of a key the snapshot lacks), so apply changes idempotently.
+    ///
+    /// The stream holds a clone of this handle (to list again), so it keeps the store
+    /// open until it is dropped. A list that fails is yielded as an error; polling again
+    /// lists again.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), deploy_core::StoreError> {
+    /// use futures::StreamExt;
+    /// use deploy_core::store::FollowEvent;
+    /// use deploy_core::{MemoryStore, RecordStoreExt};
+    ///
+    /// let store = MemoryStore::new();
+    /// store.put("flags/a", "on".into()).await?;
+    /// let mut follow = store.follow("flags/").await?;
+    /// let Some(Ok(FollowEvent::Snapshot(records))) = follow.next().await else { panic!() };
+    /// assert_eq!(records[0].key, "flags/a");
+    /// store.delete("flags/a").await?;
+    /// assert!(matches!(follow.next().await, Some(Ok(FollowEvent::Delete { .. }))));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The store's errors from starting the watch.
+    async fn follow(&self, prefix: &str) -> Result<FollowStream, StoreError>
+    where
+        Self: Clone + Sized,
+    {
+        follow(self.clone(), prefix).await
     }
 }
 

@@ -22,7 +22,14 @@ const WATCH_BUFFER: usize = 4096;
 /// every durable backend is checked against.
 ///
 /// Lease expiry follows `tokio::time`, so tests with a paused clock can expire leases by
-/// advancing time. Cloning shares the same data.
+/// advancing time. Cloning shares the same data; watch streams end when the last clone is
+/// dropped.
+///
+/// Memory: besides the records, the store keeps only a bounded watch buffer, the last 4096
+/// changes with their values (a deleted or overwritten value stays there until 4096 later
+/// writes push it out; a watcher further behind gets [`WatchEvent::Lagged`]), and one
+/// small entry per lease name ever acquired, which keeps its last token so tokens never
+/// repeat.
 ///
 /// ```
 /// # use deploy_core::{MemoryStore, RecordStoreExt, StoreError};

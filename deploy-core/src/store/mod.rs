@@ -10,6 +10,7 @@
 //! paused or partitioned deployer cannot overwrite its successor's work.
 
 mod ext;
+mod follow;
 mod memory;
 mod prefixed;
 mod watch;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 
 pub use ext::RecordStoreExt;
+pub use follow::{FollowEvent, FollowStream};
 pub use memory::MemoryStore;
 pub use prefixed::Prefixed;
 pub use watch::watch_stream;
@@ -179,7 +181,7 @@ pub enum WatchEvent {
         version: RecordVersion,
     },
     /// The watcher fell behind and missed changes: re-read with
-    /// [`RecordStore::list`] and carry on.
+    /// [`RecordStore::list`] and carry on ([`RecordStoreExt::follow`] does).
     Lagged,
 }
 
@@ -228,8 +230,12 @@ pub type WatchStream = BoxStream<'static, WatchEvent>;
 /// - `list` returns the records whose key starts with `prefix`, sorted by key.
 /// - `watch` delivers every put and delete under `prefix` that commits after `watch`
 ///   returns, in version order. To follow a prefix without gaps: watch first, then list,
-///   and skip events whose version is not newer than what the list showed. A slow
-///   watcher may get [`WatchEvent::Lagged`] and must re-list.
+///   and skip events whose version is not newer than what the list showed
+///   ([`RecordStoreExt::follow`] does this). A slow watcher may get [`WatchEvent::Lagged`]
+///   and must re-list; it never silently misses a change. A put of a key that has since
+///   been deleted may reach a slow watcher as a delete (the SQL stores erase deleted
+///   values from their change log). The stream ends once every handle to the store is
+///   dropped.
 ///
 /// # Errors
 /// See each method; [`StoreError::is_retryable`] tells transient failures apart.
