@@ -160,7 +160,9 @@ impl LineIndex {
 
 impl Located {
     fn origin(&self, line: u32) -> Origin {
-        Origin::at(self.source.clone(), self.file.clone(), line)
+        // saphyr places an empty value at the end of the stream, past the last line.
+        let last = u32::try_from(self.lines.starts.len()).unwrap_or(u32::MAX);
+        Origin::at(self.source.clone(), self.file.clone(), line.min(last))
     }
 
     fn origin_at(&self, offset: usize) -> Origin {

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deploy_config::validate::OneOf;
@@ -13,6 +14,8 @@ use deploy_config::{
     ConfigError, ConfigSource, ConfigurationManager, Defaults, EnvVars, Format, KnownPaths, Node,
     Requirement, Scope, Value, extract, parse,
 };
+use deploy_config::{Files, StoreSource};
+use deploy_core::{MemoryStore, RecordStoreExt};
 use proptest::prelude::*;
 use serde::Deserialize;
 
@@ -264,6 +267,36 @@ proptest! {
         }
     }
 
+    /// Any bytes as a file (each extension) or a store document, through the sources
+    /// themselves: layers, or a parse error, or a source error (a file that is not UTF-8).
+    #[test]
+    fn files_and_store_documents_load_or_fail_typed(
+        bytes in prop::collection::vec(any::<u8>(), 0..1024),
+        extension in prop::sample::select(vec!["toml", "yaml", "yml", "json"]),
+    ) {
+        let dir = std::env::temp_dir().join(format!("deploykit-config-hostile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("base.{extension}")), &bytes).unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let results = runtime().block_on(async {
+            store.put("config/base", bytes.clone().into()).await.unwrap();
+            let file = Files::new(&dir).load(&env_scope(), &KnownPaths::default()).await;
+            let stored = StoreSource::new(store, "config/").load(&env_scope(), &KnownPaths::default()).await;
+            [file, stored]
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        let utf8 = std::str::from_utf8(&bytes).is_ok();
+        for (index, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(layers) => prop_assert_eq!(layers.len(), 1),
+                Err(ConfigError::Parse { .. }) => {}
+                Err(ConfigError::Source { .. }) if index == 0 && !utf8 => {}
+                Err(other) => prop_assert!(false, "{index}: {other:?}"),
+            }
+        }
+    }
+
     /// Environment variables, any names and values, with any known paths: a layer or a typed
     /// error (a name nesting too deep). Every value comes from a variable with the prefix, and
     /// there is one exactly when such a variable exists; extraction into a typed struct
@@ -349,9 +382,13 @@ proptest! {
 }
 
 /// Found by `adversarial_syntax_decodes_or_fails_typed`: an empty tagged YAML value has no
-/// position of its own and was placed at line 0; it takes the tag's line.
+/// position of its own and was placed at line 0 (it takes the tag's line), and an empty value
+/// at the end of the stream was placed past the last line.
 #[test]
-fn an_empty_tagged_yaml_value_keeps_its_line() {
+fn empty_yaml_values_are_placed_within_the_text() {
     let tree = decode("a: 1\nb: !tag\n", Format::Yaml).unwrap();
     assert_eq!(tree.get("b").unwrap().origin.line, Some(2));
+    // And an empty value at the end of the stream was placed past the last line.
+    let tree = decode("? ", Format::Yaml).unwrap();
+    assert_eq!(tree.get("null").unwrap().origin.line, Some(1));
 }
