@@ -254,8 +254,7 @@ impl Snapshot {
                 set_aside(FlagError::invalid(&name, "name", "two flags share this name"))?;
             }
         }
-        // Leaving a flag out can break the prerequisites of others: check until none is.
-        while let Err(error) = check_prerequisites(&flags) {
+        for error in check_prerequisites(&flags) {
             let name = error.flag().unwrap_or_default().to_owned();
             set_aside(error)?;
             flags.remove(&name);
@@ -306,91 +305,114 @@ pub const MAX_PREREQUISITE_DEPTH: usize = 8;
 /// decided at most once per evaluation and remembered on the stack.
 pub const MAX_PREREQUISITES: usize = 32;
 
-/// Every prerequisite names a flag; no cycles, no chain deeper than
-/// [`MAX_PREREQUISITE_DEPTH`], no flag depending on more than [`MAX_PREREQUISITES`].
-fn check_prerequisites(flags: &FlagIndex) -> Result<(), FlagError> {
-    for (name, flag) in flags.iter() {
-        for (index, prerequisite) in flag.prerequisites.iter().enumerate() {
-            if !flags.contains_key(&prerequisite.flag) {
-                return Err(FlagError::invalid(
-                    name,
-                    format!("prerequisites[{index}].flag"),
-                    format!("no flag named `{}`", prerequisite.flag),
-                ));
-            }
-        }
-    }
-    // Iterative depth-first search (the path never exceeds the depth bound); each finished
-    // flag keeps its depth and the set of flags it depends on.
-    let mut finished: HashMap<&str, (usize, HashSet<&str>)> = HashMap::new();
+/// Where the prerequisite check is with a flag.
+enum Visit<'a> {
+    OnPath,
+    /// Checked: its depth (longest chain below it) and every flag it depends on.
+    Valid(usize, HashSet<&'a str>),
+    Invalid,
+}
+
+/// The flags whose prerequisites are not sound, one error each: a prerequisite that does
+/// not exist or is itself invalid, a cycle, a chain longer than [`MAX_PREREQUISITE_DEPTH`],
+/// more than [`MAX_PREREQUISITES`] flags depended on. One iterative depth-first pass
+/// (no recursion, so no chain length overflows the stack).
+fn check_prerequisites(flags: &FlagIndex) -> Vec<FlagError> {
+    let mut visits: HashMap<&str, Visit<'_>> = HashMap::new();
+    let mut cyclic = HashSet::new();
+    let mut errors = Vec::new();
     let mut names: Vec<&str> = flags.iter().map(|(name, _)| name).collect();
     names.sort_unstable();
     for start in names {
+        if visits.contains_key(start) {
+            continue;
+        }
+        visits.insert(start, Visit::OnPath);
         let mut path: Vec<(&str, usize)> = vec![(start, 0)];
-        while let Some(&(name, next)) = path.last() {
+        while let Some((name, next)) = path.pop() {
             let prerequisites = flags.get(name).map_or(&[][..], |flag| &flag.prerequisites[..]);
             if let Some(prerequisite) = prerequisites.get(next) {
-                if let Some(top) = path.last_mut() {
-                    top.1 += 1;
-                }
+                path.push((name, next + 1));
                 let parent = &*prerequisite.flag;
-                if finished.contains_key(parent) {
-                    continue;
+                match visits.get(parent) {
+                    None if flags.contains_key(parent) => {
+                        visits.insert(parent, Visit::OnPath);
+                        path.push((parent, 0));
+                    }
+                    Some(Visit::OnPath) if cyclic.insert(parent) => {
+                        let from = path
+                            .iter()
+                            .position(|(on_path, _)| *on_path == parent)
+                            .unwrap_or(0);
+                        let mut cycle: Vec<String> =
+                            path[from..].iter().map(|(name, _)| name.to_string()).collect();
+                        cycle.push(parent.to_owned());
+                        errors.push(FlagError::PrerequisiteCycle {
+                            flag: parent.to_owned(),
+                            cycle,
+                        });
+                    }
+                    _ => {}
                 }
-                if let Some(position) = path.iter().position(|(on_path, _)| *on_path == parent) {
-                    let mut cycle: Vec<String> = path[position..]
-                        .iter()
-                        .map(|(name, _)| name.to_string())
-                        .collect();
-                    cycle.push(parent.to_owned());
-                    return Err(FlagError::PrerequisiteCycle {
-                        flag: parent.to_owned(),
-                        cycle,
-                    });
-                }
-                if path.len() >= MAX_PREREQUISITE_DEPTH {
-                    return Err(too_deep(path[path.len() - MAX_PREREQUISITE_DEPTH].0));
-                }
-                path.push((parent, 0));
                 continue;
             }
-            path.pop();
-            if finished.contains_key(name) {
-                continue;
-            }
-            let mut depth = 0;
-            let mut closure = HashSet::new();
-            for prerequisite in prerequisites {
-                let (parent_depth, parent_closure) = &finished[&*prerequisite.flag];
-                depth = depth.max(parent_depth + 1);
-                closure.insert(&*prerequisite.flag);
-                closure.extend(parent_closure.iter().copied());
-            }
-            if depth >= MAX_PREREQUISITE_DEPTH {
-                return Err(too_deep(name));
-            }
-            if closure.len() > MAX_PREREQUISITES {
-                return Err(FlagError::invalid(
-                    name,
-                    "prerequisites",
-                    format!(
-                        "depends on {} flags; at most {MAX_PREREQUISITES} are allowed",
-                        closure.len()
-                    ),
-                ));
-            }
-            finished.insert(name, (depth, closure));
+            let verdict = judge(name, prerequisites, &visits);
+            let visit = match verdict {
+                _ if cyclic.contains(name) => Visit::Invalid,
+                Ok((depth, closure)) => Visit::Valid(depth, closure),
+                Err(error) => {
+                    errors.push(error);
+                    Visit::Invalid
+                }
+            };
+            visits.insert(name, visit);
         }
     }
-    Ok(())
+    errors
 }
 
-fn too_deep(flag: &str) -> FlagError {
-    FlagError::invalid(
-        flag,
-        "prerequisites",
-        format!("a prerequisite chain longer than {MAX_PREREQUISITE_DEPTH} flags"),
-    )
+/// A flag's depth and dependencies once its prerequisites are checked, or why it is invalid.
+fn judge<'a>(
+    name: &str,
+    prerequisites: &'a [CompiledPrerequisite],
+    visits: &HashMap<&str, Visit<'a>>,
+) -> Result<(usize, HashSet<&'a str>), FlagError> {
+    let mut depth = 0;
+    let mut closure = HashSet::new();
+    for (index, prerequisite) in prerequisites.iter().enumerate() {
+        let parent = &*prerequisite.flag;
+        let field = format!("prerequisites[{index}].flag");
+        match visits.get(parent) {
+            Some(Visit::Valid(parent_depth, parent_closure)) => {
+                depth = depth.max(parent_depth + 1);
+                closure.insert(parent);
+                closure.extend(parent_closure.iter().copied());
+            }
+            None => {
+                return Err(FlagError::invalid(
+                    name,
+                    field,
+                    format!("no flag named `{parent}`"),
+                ));
+            }
+            Some(_) => return Err(FlagError::invalid(name, field, format!("`{parent}` is invalid"))),
+        }
+        if closure.len() > MAX_PREREQUISITES {
+            return Err(FlagError::invalid(
+                name,
+                "prerequisites",
+                format!("depends on more than {MAX_PREREQUISITES} flags"),
+            ));
+        }
+    }
+    if depth >= MAX_PREREQUISITE_DEPTH {
+        return Err(FlagError::invalid(
+            name,
+            "prerequisites",
+            format!("heads a prerequisite chain longer than {MAX_PREREQUISITE_DEPTH} flags"),
+        ));
+    }
+    Ok((depth, closure))
 }
 
 impl CompiledFlag {

@@ -233,6 +233,10 @@ impl FeatureFlagManager {
         format!("audit/{name}/")
     }
 
+    fn audit_key(entry: &AuditEntry) -> String {
+        format!("{}{:010}", Self::audit_prefix(&entry.flag), entry.revision)
+    }
+
     /// Every stored flag that decodes under a valid name, and the records that do not.
     async fn stored(&self) -> Result<(Vec<StoredFlag>, Vec<QuarantinedFlag>), StoreError> {
         let mut flags = Vec::new();
@@ -273,8 +277,11 @@ impl FeatureFlagManager {
     pub async fn reload(&self) -> Result<u64, FlagError> {
         let (stored, quarantined) = self.stored().await?;
         for flag in &stored {
-            self.write_audit(&flag.last_change, WriteOptions::when(Precondition::Absent))
-                .await?;
+            let entry = &flag.last_change;
+            if self.store.get(&Self::audit_key(entry)).await?.is_none() {
+                self.write_audit(entry, WriteOptions::when(Precondition::Absent))
+                    .await?;
+            }
         }
         self.serve(&stored, quarantined)
     }
@@ -519,8 +526,7 @@ impl FeatureFlagManager {
     /// Writes an audit entry: with [`Precondition::Absent`] to repair, unconditionally for a
     /// change.
     async fn write_audit(&self, entry: &AuditEntry, options: WriteOptions) -> Result<(), FlagError> {
-        let key = format!("{}{:010}", Self::audit_prefix(&entry.flag), entry.revision);
-        match self.store.put_json(&key, entry, options).await {
+        match self.store.put_json(&Self::audit_key(entry), entry, options).await {
             // Already written (by us before a crash, or by a reload racing us): same content.
             Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
             Err(error) => Err(error.into()),

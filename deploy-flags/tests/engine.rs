@@ -787,3 +787,40 @@ fn case_insensitive_contains_is_linear_and_contexts_are_bounded() {
         "an existing property can still change"
     );
 }
+
+/// Issue 16: YAML goes through saphyr. Scalars keep their text where the model expects a
+/// string (as serde_norway did), errors carry the line, aliases and deep nesting are refused.
+#[test]
+fn yaml_files_read_through_saphyr() {
+    let set = deploy_flags::FileFormat::Yaml
+        .parse(
+            "flags:\n  - name: 7\n    enabled: true\n    rules:\n      - constraints:\n          - contextName: v\n            operator: NUM_GT\n            value: 1.10\n            values: [1, true, x]\n",
+            "inline",
+        )
+        .unwrap();
+    let constraint = &set.flags[0].rules[0].constraints[0];
+    assert_eq!(set.flags[0].name, "7");
+    assert_eq!(constraint.operator, Operator::NumGt);
+    assert_eq!(constraint.value.as_deref(), Some("1.10"));
+    assert_eq!(constraint.values, ["1", "true", "x"]);
+    let refused = |text: &str| {
+        deploy_flags::FileFormat::Yaml
+            .parse(text, "inline")
+            .unwrap_err()
+            .to_string()
+    };
+    let error = refused("flags:\n  - name: a\n    colour: red\n");
+    assert!(error.contains("line 3") && error.contains("colour"), "{error}");
+    let error = refused("flags:\n  - &a {name: a}\n  - *a\n");
+    assert!(error.contains("line 3: aliases"), "{error}");
+    let error = refused("flags:\n  - name: &n a\n  - name: *n\n");
+    assert!(error.contains("aliases"), "{error}");
+    // Stickiness is read through serde's buffering, which would follow any depth.
+    let deep = format!(
+        "flags:\n  - name: a\n    rules:\n      - rollout: {{percentage: 5, stickiness: {}{}}}\n",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let error = refused(&deep);
+    assert!(error.contains("line 4: nested too deeply"), "{error}");
+}
