@@ -96,9 +96,8 @@ impl<T: Zeroize> Serialize for Secret<T> {
 
 /// Whether a newtype name (as serde-reflection records it) is a [`Secret`]'s.
 pub(crate) fn is_secret_name(name: &str) -> bool {
-    let ours = type_name::<Secret<String>>();
-    ours.split_once('<')
-        .is_some_and(|(stem, _)| name.starts_with(stem) && name[stem.len()..].starts_with('<'))
+    let (stem, _) = type_name::<Secret<String>>().split_once('<').unwrap_or_default();
+    name.strip_prefix(stem).is_some_and(|rest| rest.starts_with('<'))
 }
 
 /// Reads the value inside a [`Secret`]'s newtype hint, or the value itself from formats
