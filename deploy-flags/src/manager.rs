@@ -252,13 +252,19 @@ impl FeatureFlagManager {
                         reason: format!("does not decode: {error}"),
                     })
                 })
-                .and_then(|flag| match &flag.definition {
-                    Some(definition) if definition.name != name => Err(QuarantinedFlag {
-                        flag: name.to_owned(),
-                        field: "name".into(),
-                        reason: format!("the definition is named `{}`", definition.name),
-                    }),
-                    _ => Ok(flag),
+                .and_then(|flag| {
+                    let named = flag
+                        .definition
+                        .as_ref()
+                        .map_or(name, |definition| &definition.name);
+                    match named == name && flag.last_change.flag == name {
+                        true => Ok(flag),
+                        false => Err(QuarantinedFlag {
+                            flag: name.to_owned(),
+                            field: "name".into(),
+                            reason: "the record is about another flag".into(),
+                        }),
+                    }
                 });
             match decoded {
                 Ok(flag) => flags.push(flag),
