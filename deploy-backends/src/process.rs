@@ -172,6 +172,10 @@ impl Group {
     /// `<log>.1` whenever it reaches `limit` bytes).
     fn spawn(mut command: Command, log: PathBuf, limit: u64, grace: Duration) -> std::io::Result<Self> {
         let (output, writer) = std::io::pipe()?;
+        // The copier first: should spawning fail, the pipe's writers close and it ends.
+        let copier = std::thread::Builder::new()
+            .name("instance-log".to_owned())
+            .spawn(move || copy_log(output, &log, limit))?;
         command
             .process_group(0)
             .stdin(Stdio::null())
@@ -181,10 +185,8 @@ impl Group {
         // The command holds the parent's ends of the pipe: without dropping it, the copier
         // would never see the end of the output.
         drop(command);
-        let id = Pid::from_raw(i32::try_from(leader.id()).map_err(std::io::Error::other)?);
-        let copier = std::thread::Builder::new()
-            .name("instance-log".to_owned())
-            .spawn(move || copy_log(output, &log, limit))?;
+        // Process ids fit in a `pid_t` (Linux caps them at 2^22).
+        let id = Pid::from_raw(leader.id().cast_signed());
         Ok(Self {
             leader: Some(leader),
             id,
