@@ -326,12 +326,13 @@ impl FlagEngine {
     /// # Errors
     /// As [`FlagEngine::replace`].
     pub fn validate(&self, flags: FlagSet) -> Result<(), FlagError> {
-        self.quarantine(flags, false).map(|_| ())
+        self.check(flags, false).map(|_| ())
     }
 
-    /// The errors of the flags in `flags` that would be left out of a quarantining update;
-    /// `Err` only for errors that name no flag (segments).
-    pub(crate) fn quarantine(&self, flags: FlagSet, quarantine: bool) -> Result<Vec<FlagError>, FlagError> {
+    /// Compiles `flags` without serving them. With `quarantine`, returns the errors of the
+    /// flags an update would leave out (`Err` only for errors naming no flag: segments);
+    /// without, the first error.
+    pub(crate) fn check(&self, flags: FlagSet, quarantine: bool) -> Result<Vec<FlagError>, FlagError> {
         Snapshot::compile(
             flags,
             &self.current.load(),

@@ -494,7 +494,7 @@ impl FeatureFlagManager {
         let broken = |flag: Option<FlagDefinition>| {
             let mut flags = others.to_vec();
             flags.extend(flag);
-            self.engine.quarantine(
+            self.engine.check(
                 FlagSet {
                     flags,
                     segments: Vec::new(),
