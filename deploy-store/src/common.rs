@@ -13,8 +13,9 @@ use crate::feed::Change;
 /// The schema this build reads and writes.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
 
-/// Change-log rows kept for watchers that fall behind; older ones are pruned and a
-/// watcher that needed them gets `Lagged`.
+/// Change-log rows kept for watchers that fall behind (the last 10,000 versions, values
+/// included, except those of deleted keys, which a delete erases); older ones are pruned
+/// and a watcher that needed them gets `Lagged`.
 pub(crate) const LOG_RETENTION: i64 = 10_000;
 
 /// Tables and their columns, as every backend creates them (column order as created).
@@ -60,6 +61,13 @@ pub enum OpenError {
         /// The newest version this build knows.
         supported: i64,
     },
+    /// The schema name is not a plain lower-case SQL identifier (`[a-z_][a-z0-9_]*`, at most
+    /// 63 bytes), which is what keeps one tenant's tables out of another's schema.
+    #[error("schema name {schema:?} is not [a-z_][a-z0-9_]* of at most 63 bytes")]
+    InvalidSchemaName {
+        /// The name given.
+        schema: String,
+    },
     /// Setting up the schema failed.
     #[error("cannot set up the schema in {target}: {source}")]
     Migration {
@@ -69,6 +77,21 @@ pub enum OpenError {
         #[source]
         source: sqlx::Error,
     },
+}
+
+/// The least string above every string that starts with `prefix`, so `prefix <= key < end`
+/// is exactly the keys with that prefix; `None` when no string is above them all (the empty
+/// prefix). Text compares as UTF-8 bytes, which order as code points: raise the last
+/// character that can be raised and drop what follows it.
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
+    let mut end = prefix.to_owned();
+    while let Some(last) = end.pop() {
+        if let Some(next) = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32) {
+            end.push(next);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// Checks the deploykit tables found (name -> columns) against [`TABLES`]. `Ok(false)` when
@@ -281,4 +304,22 @@ where
         key: column(row, "key", backend)?,
         value: column(row, "value", backend)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_bounds_exactly_the_prefixed_keys() {
+        assert_eq!(prefix_end("flags/").as_deref(), Some("flags0"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_end(""), None);
+        let end = prefix_end("app/é").unwrap();
+        for key in ["app/é", "app/é/x", "app/é\u{10FFFF}"] {
+            assert!(key >= "app/é" && key < end.as_str(), "{key}");
+        }
+        assert_eq!(end, "app/ê");
+    }
 }

@@ -21,9 +21,11 @@
 //! Both keep the same contract as the in-memory store (they pass the same conformance
 //! suites): versions from one store-wide counter whose row every write locks, so writes
 //! commit in version order; preconditions and fences checked inside the writing
-//! transaction; a change log that watchers tail (PostgreSQL wakes them with NOTIFY, SQLite
-//! by polling, local writes at once). Opening a database creates the schema when there is
-//! none and refuses one that does not match ([`OpenError`]).
+//! transaction; a change log of the last 10,000 versions that watchers tail (PostgreSQL
+//! wakes them with NOTIFY, SQLite by polling, local writes at once), erasing a deleted
+//! key's values from it; watch streams end when the store is dropped. Opening a database
+//! creates the schema when there is none and refuses one that does not match
+//! ([`OpenError`]).
 
 mod common;
 mod feed;

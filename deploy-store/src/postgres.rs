@@ -1,5 +1,6 @@
 //! The PostgreSQL backend: one database shared by many machines.
 
+use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,25 +11,27 @@ use deploy_core::store::{validate_key, validate_lease_request};
 use deploy_core::{
     Lease, LeaseStore, Record, RecordStore, RecordVersion, StoreError, WatchStream, WriteOptions,
 };
+use futures::StreamExt;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
-use tokio::sync::Mutex;
 
 use crate::common::{
     Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, change_of, check_fence, check_live, check_tables,
     check_version, create_schema, granted, holding_of, record_of, refuse_if_held, ttl_ms, unavailable,
 };
-use crate::feed::{Change, ChangeLog, Feed};
+use crate::feed::{self, Change, ChangeLog, Feed, Signals};
 
 const BACKEND: &str = "postgres";
 const CHANNEL: &str = "deploykit_changes";
 
-/// How to connect a [`PostgresStore`].
-#[derive(Debug, Clone)]
+/// How to connect a [`PostgresStore`]. Its `Debug` shows the URL without its password.
+#[derive(Clone)]
 pub struct PostgresOptions {
     /// `postgres://user@host:port/database`.
     pub url: String,
-    /// The schema holding deploykit's tables (created if missing); default `public`.
+    /// The schema holding deploykit's tables (created if missing); default `public`. A
+    /// plain lower-case identifier, `[a-z_][a-z0-9_]*` ([`OpenError::InvalidSchemaName`]
+    /// otherwise).
     pub schema: Option<String>,
     /// Connections in the pool. Default 8.
     pub max_connections: u32,
@@ -58,6 +61,18 @@ impl PostgresOptions {
     }
 }
 
+impl fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &redact(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("poll_interval", &self.poll_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
 /// A [`RecordStore`] and [`LeaseStore`] in PostgreSQL.
 ///
 /// Every write locks the single version-counter row first, so writes (and their fence and
@@ -72,25 +87,39 @@ pub struct PostgresStore {
 #[derive(Debug)]
 struct Inner {
     pool: PgPool,
-    feed: Arc<Feed>,
-    listener: Mutex<Option<PgListener>>,
+    feed: Feed,
 }
 
 fn db(error: sqlx::Error) -> StoreError {
     unavailable(BACKEND, error)
 }
 
-fn quoted(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
+/// Whether `schema` is a plain lower-case identifier, safe in `search_path` unquoted.
+fn is_plain_identifier(schema: &str) -> bool {
+    let mut bytes = schema.bytes();
+    bytes
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first == b'_')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && schema.len() <= 63
 }
 
 impl PostgresStore {
     /// Connects, creates the schema and tables if there are none, and checks them.
     ///
     /// # Errors
-    /// [`OpenError`]: the server cannot be reached, or the schema holds deploykit tables
-    /// this build cannot use.
+    /// [`OpenError`]: the schema name is not a plain identifier, the server cannot be
+    /// reached, or the schema holds deploykit tables this build cannot use.
     pub async fn connect(options: PostgresOptions) -> Result<Self, OpenError> {
+        if let Some(schema) = options
+            .schema
+            .as_ref()
+            .filter(|schema| !is_plain_identifier(schema))
+        {
+            return Err(OpenError::InvalidSchemaName {
+                schema: schema.clone(),
+            });
+        }
         let target = match &options.schema {
             Some(schema) => format!("{} (schema {schema})", redact(&options.url)),
             None => redact(&options.url),
@@ -110,24 +139,20 @@ impl PostgresStore {
             .await
             .map_err(unreachable)?;
         if let Some(schema) = &options.schema {
-            // The schema name is quoted as an identifier (embedded quotes doubled).
-            sqlx::query(AssertSqlSafe(format!(
-                "CREATE SCHEMA IF NOT EXISTS {}",
-                quoted(schema)
-            )))
-            .execute(&pool)
-            .await
-            .map_err(|source| OpenError::Migration {
-                target: target.clone(),
-                source,
-            })?;
+            // A plain identifier (checked above), so it can be neither quoted nor a list.
+            sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
+                .execute(&pool)
+                .await
+                .map_err(|source| OpenError::Migration {
+                    target: target.clone(),
+                    source,
+                })?;
         }
         set_up_schema(&pool, &target).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 feed: Feed::new(options.poll_interval),
-                listener: Mutex::new(None),
             }),
         })
     }
@@ -176,6 +201,12 @@ impl PostgresStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(db)?;
+                // A deleted value (a rotated secret) must not stay readable in the log.
+                sqlx::query("UPDATE deploykit_changes SET value = NULL WHERE key = $1")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
             }
         }
         sqlx::query("INSERT INTO deploykit_changes (version, key, value) VALUES ($1, $2, $3)")
@@ -200,16 +231,38 @@ impl PostgresStore {
     }
 }
 
-/// The URL without its password, for messages.
+/// The URL for messages and `Debug`: a password in the user info or in a `password=`
+/// parameter is replaced by `[redacted]`.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (address, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut redacted = match (address.find("://"), address.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
+            let credentials = &address[scheme + 3..at];
             let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+            let hidden = if credentials.contains(':') {
+                ":[redacted]"
+            } else {
+                ""
+            };
+            format!("{}{user}{hidden}{}", &address[..scheme + 3], &address[at..])
         }
-        _ => url.to_owned(),
+        _ => address.to_owned(),
+    };
+    for (i, parameter) in query
+        .split('&')
+        .filter(|parameter| !parameter.is_empty())
+        .enumerate()
+    {
+        redacted.push(if i == 0 { '?' } else { '&' });
+        match parameter.split_once('=') {
+            Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                redacted.push_str(name);
+                redacted.push_str("=[redacted]");
+            }
+            _ => redacted.push_str(parameter),
+        }
     }
+    redacted
 }
 
 async fn set_up_schema(pool: &PgPool, target: &str) -> Result<(), OpenError> {
@@ -268,6 +321,13 @@ async fn set_up_schema(pool: &PgPool, target: &str) -> Result<(), OpenError> {
     tx.commit().await.map_err(migration)
 }
 
+/// Takes the next version and, with it, the counter row's lock until the transaction ends.
+///
+/// The transactions run at READ COMMITTED, which is enough only because every write and
+/// every `acquire` calls this first: they all queue on this one row lock, so each one's
+/// checks (fence, precondition, lease holder) read what the previous one committed, and
+/// versions commit in order. A new statement that writes records or leases without
+/// taking this lock first would break that (use SERIALIZABLE then).
 async fn next_version(tx: &mut Transaction<'static, Postgres>) -> Result<i64, StoreError> {
     sqlx::query_scalar("UPDATE deploykit_counter SET value = value + 1 WHERE id = 1 RETURNING value")
         .fetch_one(&mut **tx)
@@ -291,15 +351,12 @@ async fn prune(tx: &mut Transaction<'static, Postgres>, version: i64) -> Result<
     Ok(())
 }
 
-/// The lease row and the server's clock, in milliseconds.
+/// The lease row, locked, and the server's clock in milliseconds, read once the lock is
+/// held (a lock wait must not make the time the lease is judged by stale).
 async fn holding(
     tx: &mut Transaction<'static, Postgres>,
     name: &str,
 ) -> Result<(Option<Holding>, i64), StoreError> {
-    let now: i64 = sqlx::query_scalar("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint")
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db)?;
     let row = sqlx::query(
         "SELECT holder, token, ttl_ms, expires_at_ms FROM deploykit_leases WHERE name = $1 FOR UPDATE",
     )
@@ -307,6 +364,10 @@ async fn holding(
     .fetch_optional(&mut **tx)
     .await
     .map_err(db)?;
+    let now: i64 = sqlx::query_scalar("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)?;
     Ok((row.map(|row| holding_of(&row, BACKEND)).transpose()?, now))
 }
 
@@ -355,16 +416,16 @@ impl RecordStore for PostgresStore {
     }
 
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
-        let log: Arc<dyn ChangeLog> = Arc::new(self.clone());
-        self.inner.feed.watch(log, prefix).await
+        let (pool, retry) = (self.inner.pool.clone(), self.inner.feed.poll());
+        feed::watch(self.inner.clone(), || notifications(pool, retry), prefix).await
     }
 }
 
 #[async_trait]
-impl ChangeLog for PostgresStore {
+impl ChangeLog for Inner {
     async fn bounds(&self) -> Result<(i64, i64), StoreError> {
         let row = sqlx::query("SELECT value, log_floor FROM deploykit_counter WHERE id = 1")
-            .fetch_one(&self.inner.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(db)?;
         Ok((row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?))
@@ -376,36 +437,54 @@ impl ChangeLog for PostgresStore {
         )
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.inner.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(db)?;
         rows.iter().map(|row| change_of(row, BACKEND)).collect()
     }
 
-    async fn signal(&self) {
-        let mut listener = self.inner.listener.lock().await;
-        if listener.is_none() {
-            match PgListener::connect_with(&self.inner.pool).await {
-                Ok(mut connected) => match connected.listen(CHANNEL).await {
-                    Ok(()) => *listener = Some(connected),
-                    Err(error) => tracing::warn!(%error, "cannot LISTEN; watchers fall back to polling"),
-                },
-                Err(error) => {
-                    tracing::warn!(%error, "cannot connect a listener; watchers fall back to polling")
-                }
-            }
-        }
-        match listener.as_mut() {
-            // Any schema's notification wakes the tailer; it reads its own log either way.
-            Some(connected) => {
-                if let Err(error) = connected.recv().await {
-                    tracing::warn!(%error, "listener lost; reconnecting");
-                    *listener = None;
-                }
-            }
-            None => std::future::pending::<()>().await,
-        }
+    fn feed(&self) -> &Feed {
+        &self.feed
     }
+}
+
+/// A wake-up per NOTIFY on [`CHANNEL`], from a LISTEN connection this stream owns: the
+/// tailer holds it, so it closes when the store is dropped. Any schema's notification
+/// wakes the tailer; it reads its own log either way. A lost connection is re-made, after
+/// `retry` when connecting fails (the tailer polls meanwhile).
+fn notifications(pool: PgPool, retry: Duration) -> Signals {
+    futures::stream::unfold(
+        (pool, None::<PgListener>),
+        move |(pool, mut listener)| async move {
+            loop {
+                if listener.is_none() {
+                    match PgListener::connect_with(&pool).await {
+                        Ok(mut connected) => match connected.listen(CHANNEL).await {
+                            Ok(()) => listener = Some(connected),
+                            Err(error) => {
+                                tracing::warn!(%error, "cannot LISTEN; watchers fall back to polling")
+                            }
+                        },
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot connect a listener; watchers fall back to polling")
+                        }
+                    }
+                }
+                let Some(connected) = listener.as_mut() else {
+                    tokio::time::sleep(retry).await;
+                    continue;
+                };
+                match connected.recv().await {
+                    Ok(_) => return Some(((), (pool, listener))),
+                    Err(error) => {
+                        tracing::warn!(%error, "listener lost; reconnecting");
+                        listener = None;
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
 }
 
 #[async_trait]

@@ -11,6 +11,7 @@ use deploy_core::time::{ClockExt, DynClock, SystemClock};
 use deploy_core::{
     Lease, LeaseStore, Record, RecordStore, RecordVersion, StoreError, WatchStream, WriteOptions,
 };
+use futures::StreamExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -18,9 +19,10 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::common::{
     Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, change_of, check_fence, check_live, check_tables,
-    check_version, create_schema, granted, holding_of, record_of, refuse_if_held, ttl_ms, unavailable,
+    check_version, create_schema, granted, holding_of, prefix_end, record_of, refuse_if_held, ttl_ms,
+    unavailable,
 };
-use crate::feed::{Change, ChangeLog, Feed};
+use crate::feed::{self, Change, ChangeLog, Feed};
 
 const BACKEND: &str = "sqlite";
 
@@ -34,9 +36,20 @@ pub struct SqliteOptions {
     pub poll_interval: Duration,
     /// How long a write waits for another process's write lock. Default 5 s.
     pub busy_timeout: Duration,
+    /// How hard a commit waits for the disk (the file runs in WAL mode). Default
+    /// [`SqliteSynchronous::Full`]: a commit that returned survives a power cut or an OS
+    /// crash. Under [`SqliteSynchronous::Normal`] commits are faster and still survive a
+    /// crash of the process, but a power cut or OS crash can roll back the last commits:
+    /// rollout journal steps, lease grants and counter values, so a fencing token can be
+    /// issued twice and a journal can go back a step. Use `Normal` only for data you can
+    /// lose.
+    pub synchronous: SqliteSynchronous,
     /// The lease clock, read in milliseconds since the Unix epoch: leases expire by it
-    /// (default [`SystemClock`]). All processes sharing a file must use the same clock, so
-    /// only tests change it (a `TokioClock` on a paused runtime).
+    /// (default [`SystemClock`], the process's wall clock). All processes sharing a file
+    /// must use the same clock, so only tests change it (a `TokioClock` on a paused
+    /// runtime). Wall time can jump: an NTP step forward expires every lease early, one
+    /// backward keeps them longer; the fence still refuses a superseded holder's writes,
+    /// but a lease is only as exact as the machine's clock.
     pub clock: Arc<DynClock>,
 }
 
@@ -47,6 +60,7 @@ impl SqliteOptions {
             path: path.as_ref().to_path_buf(),
             poll_interval: Duration::from_millis(50),
             busy_timeout: Duration::from_secs(5),
+            synchronous: SqliteSynchronous::Full,
             clock: SystemClock::shared(),
         }
     }
@@ -56,7 +70,8 @@ impl SqliteOptions {
 ///
 /// Writes take SQLite's write lock (`BEGIN IMMEDIATE`) for their whole check-then-write, so
 /// preconditions and fences are atomic across every process using the file; the schema is
-/// created on first open and checked on every open.
+/// created on first open and checked on every open. Durability: see
+/// [`SqliteOptions::synchronous`]; lease expiry: [`SqliteOptions::clock`].
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -79,7 +94,7 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     pool: SqlitePool,
-    feed: Arc<Feed>,
+    feed: Feed,
     clock: Arc<DynClock>,
 }
 
@@ -99,7 +114,7 @@ impl SqliteStore {
             .filename(&options.path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(options.synchronous)
             .busy_timeout(options.busy_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -167,6 +182,12 @@ impl SqliteStore {
             }
             None => {
                 sqlx::query("DELETE FROM deploykit_records WHERE key = ?")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                // A deleted value (a rotated secret) must not stay readable in the log.
+                sqlx::query("UPDATE deploykit_changes SET value = NULL WHERE key = ?")
                     .bind(key)
                     .execute(&mut *tx)
                     .await
@@ -283,22 +304,19 @@ impl RecordStore for SqliteStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Record>, StoreError> {
-        // A range scan on the primary key: keys >= prefix, while they start with it.
-        let rows =
-            sqlx::query("SELECT key, value, version FROM deploykit_records WHERE key >= ? ORDER BY key")
-                .bind(prefix)
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(db)?;
-        let mut records = Vec::new();
-        for row in rows {
-            let record = record_of(&row, BACKEND)?;
-            if !record.key.starts_with(prefix) {
-                break;
-            }
-            records.push(record);
-        }
-        Ok(records)
+        // A range scan on the primary key over exactly the keys that start with `prefix`
+        // (text compares as UTF-8 bytes): nothing past the range is read.
+        let query = sqlx::query(
+            "SELECT key, value, version FROM deploykit_records WHERE key >= ? AND key < ? ORDER BY key",
+        )
+        .bind(prefix);
+        let query = match prefix_end(prefix) {
+            Some(end) => query.bind(end),
+            // Every key matches; SQLite orders any text below any blob.
+            None => query.bind(&b""[..]),
+        };
+        let rows = query.fetch_all(&self.inner.pool).await.map_err(db)?;
+        rows.iter().map(|row| record_of(row, BACKEND)).collect()
     }
 
     async fn put_opts(
@@ -316,8 +334,8 @@ impl RecordStore for SqliteStore {
     }
 
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
-        let log: Arc<dyn ChangeLog> = Arc::new(self.clone());
-        self.inner.feed.watch(log, prefix).await
+        // Other processes' writes are found by polling: no signals.
+        feed::watch(self.inner.clone(), || futures::stream::empty().boxed(), prefix).await
     }
 }
 
@@ -330,10 +348,10 @@ fn unreachable_state(key: &str) -> StoreError {
 }
 
 #[async_trait]
-impl ChangeLog for SqliteStore {
+impl ChangeLog for Inner {
     async fn bounds(&self) -> Result<(i64, i64), StoreError> {
         let row = sqlx::query("SELECT value, log_floor FROM deploykit_counter WHERE id = 1")
-            .fetch_one(&self.inner.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(db)?;
         Ok((row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?))
@@ -345,15 +363,14 @@ impl ChangeLog for SqliteStore {
         )
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.inner.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(db)?;
         rows.iter().map(|row| change_of(row, BACKEND)).collect()
     }
 
-    async fn signal(&self) {
-        // Other processes' writes are found by polling.
-        std::future::pending::<()>().await
+    fn feed(&self) -> &Feed {
+        &self.feed
     }
 }
 
