@@ -550,6 +550,9 @@ impl ProcessInfra {
         let write = move || {
             let dir = target.parent().filter(|dir| !dir.as_os_str().is_empty());
             let mut file = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
+            // Readable by a Prometheus running as another user, as a plainly written file was.
+            file.as_file()
+                .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
             file.write_all(&text)?;
             file.persist(&target).map(drop).map_err(|err| err.error)
         };
