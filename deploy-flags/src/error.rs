@@ -54,6 +54,9 @@ pub enum FlagError {
     /// The record store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A polling interval of zero (it would spin).
+    #[error("the polling interval must be longer than zero")]
+    ZeroInterval,
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {

@@ -141,9 +141,15 @@ impl FileSource {
 
     /// Loads now, then checks the file every `interval` (on tokio's clock) and reloads when
     /// its content changed. Abort the handle to stop.
-    pub fn spawn(&self, interval: Duration) -> JoinHandle<()> {
+    ///
+    /// # Errors
+    /// [`FlagError::ZeroInterval`] for an interval of zero.
+    pub fn spawn(&self, interval: Duration) -> Result<JoinHandle<()>, FlagError> {
+        if interval.is_zero() {
+            return Err(FlagError::ZeroInterval);
+        }
         let source = self.clone();
-        tokio::spawn(async move {
+        Ok(tokio::spawn(async move {
             let mut last: Option<Vec<u8>> = None;
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,6 +173,6 @@ impl FileSource {
                 // Remember the content even when refused, so one bad save is reported once.
                 last = Some(content);
             }
-        })
+        }))
     }
 }

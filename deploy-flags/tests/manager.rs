@@ -336,7 +336,11 @@ async fn file_source_reloads_changes_and_keeps_serving_through_bad_saves() {
     let engine = Arc::new(deploy_flags::FlagEngine::new());
     let source = FileSource::new(&path, engine.clone());
     let mut status = source.status();
-    let task = source.spawn(Duration::from_secs(1));
+    let task = source.spawn(Duration::from_secs(1)).unwrap();
+    assert!(matches!(
+        source.spawn(Duration::ZERO),
+        Err(FlagError::ZeroInterval)
+    ));
     status.wait_for(|status| status.loaded == 1).await.unwrap();
     assert!(engine.is_enabled("banner", &Context::new()));
 
