@@ -260,7 +260,9 @@ proptest! {
 
 /// Security review m15: `deregister` held the balancer-wide lock through the drain wait,
 /// so `retire_all` drained one server after the other. Now the second drain starts while
-/// the first waits, and the sessions are polled at `drain_poll`, not every 10 ms.
+/// the first waits, and the sessions are polled at `drain_poll`, not every 10 ms. The
+/// order of the commands shows the overlap; real time (0.4 s) because the stand-in answers
+/// from a thread, which a paused clock's auto-advance would race with the command timeout.
 #[test]
 fn drains_overlap_and_poll_at_the_configured_interval() {
     // Two servers in rotation, each with a session that never ends.
