@@ -132,10 +132,10 @@ async fn webhooks_are_signed_sent_once_per_call_and_retried_by_the_caller() {
     let url = format!("{}/hook", webhook_receiver(Arc::clone(&receiver)).await);
     let notifier = Arc::new(WebhookNotifier::new(&url, SECRET.to_vec()).unwrap());
     // Core's retry around the notifier: two scripted failures, then the trigger; the
-    // repeat is a duplicate; then the resolve.
+    // re-sent trigger is a duplicate; then the repeat and the resolve.
     let retrying = Retrying::new(Arc::clone(&notifier), quick_retries());
     conformance::notifier(&retrying, "webhook-").await;
-    assert_eq!(receiver.count(), 4);
+    assert_eq!(receiver.count(), 5);
     let received = receiver.received.lock().unwrap().clone();
     let (headers, body) = &received[2];
     let json: serde_json::Value = serde_json::from_slice(body).unwrap();
@@ -143,7 +143,7 @@ async fn webhooks_are_signed_sent_once_per_call_and_retried_by_the_caller() {
         (json["key"].as_str(), json["action"].as_str()),
         (Some("webhook-conformance"), Some("trigger"))
     );
-    assert_eq!(headers["idempotency-key"], "webhook-conformance/trigger");
+    assert_eq!(headers["idempotency-key"], "webhook-conformance/trigger/0");
     assert!(verify_signature_fresh(
         SECRET,
         body,

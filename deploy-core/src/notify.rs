@@ -11,8 +11,9 @@ use crate::error::{BackendError, ValidationError};
 /// Longest idempotency key accepted, in characters (PagerDuty's `dedup_key` limit).
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-/// Identifies one logical notification across retries: 1..=255 characters, no control
-/// characters. Receivers that deduplicate (PagerDuty, Alertmanager) get it as their key.
+/// Names what notifications are about (an alert group, an incident): 1..=255 characters, no
+/// control characters. Receivers that track one thing per key (PagerDuty's `dedup_key`, an
+/// Alertmanager alert) open, update and close that thing by it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct IdempotencyKey(String);
@@ -100,10 +101,16 @@ pub enum NotificationAction {
 /// One message for a [`Notifier`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
-    /// The same for every retry of this notification.
+    /// What the notification is about: the same for a group's firing, its repeats and its
+    /// resolve, or for an incident's trigger, acknowledgement and resolve.
     pub key: IdempotencyKey,
     /// Trigger, acknowledge or resolve.
     pub action: NotificationAction,
+    /// Tells successive notifications about `key` apart (it counts up); the same for every
+    /// retry of one notification. `(key, action, sequence)` identifies a notification: see
+    /// [`Notification::identity`].
+    #[serde(default)]
+    pub sequence: u64,
     /// How urgent.
     pub severity: Severity,
     /// A one-line summary.
@@ -120,11 +127,25 @@ impl Notification {
         Self {
             key,
             action: NotificationAction::Trigger,
+            sequence: 0,
             severity,
             summary: summary.into(),
             body: String::new(),
             labels: BTreeMap::new(),
         }
+    }
+
+    /// Sets the sequence number (see [`Notification::sequence`]).
+    #[must_use]
+    pub fn with_sequence(mut self, sequence: u64) -> Self {
+        self.sequence = sequence;
+        self
+    }
+
+    /// What identifies this notification across retries: a receiver that deduplicates
+    /// retries remembers these.
+    pub fn identity(&self) -> (IdempotencyKey, NotificationAction, u64) {
+        (self.key.clone(), self.action, self.sequence)
     }
 
     /// Adds a label.
@@ -142,8 +163,8 @@ impl Notification {
 pub enum Delivery {
     /// The receiver accepted it.
     Delivered,
-    /// The receiver (or the notifier) had already seen this key and action; nothing new was
-    /// sent to people.
+    /// The receiver (or the notifier) had already seen this notification (its
+    /// [`Notification::identity`]); nothing new was sent to people.
     Duplicate,
 }
 
@@ -151,7 +172,7 @@ pub enum Delivery {
 ///
 /// # Contract
 /// - `notify` hands the notification to the receiver once and reports
-///   [`Delivery::Delivered`]. Sending the same `(key, action)` again is safe: it never
+///   [`Delivery::Delivered`]. Sending the same [`Notification::identity`] again is safe: it never
 ///   reaches people twice where the receiver deduplicates, and a notifier that can tell
 ///   reports [`Delivery::Duplicate`].
 /// - Retrying is the caller's decision, guided by [`BackendError::is_retryable`]: a

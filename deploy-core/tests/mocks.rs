@@ -255,8 +255,25 @@ async fn metrics_suite_catches_a_source_that_fails_on_no_data() {
 async fn notifier_suite_resends_with_the_same_key() {
     let mut notifier = MockNotifier::new();
     let mut seen = std::collections::HashSet::new();
-    notifier.expect_notify().times(3).returning(move |n| {
+    notifier.expect_notify().times(4).returning(move |n| {
         assert!(n.key.as_str().ends_with("conformance"));
+        Ok(if seen.insert(n.identity()) {
+            Delivery::Delivered
+        } else {
+            Delivery::Duplicate
+        })
+    });
+    conformance::notifier(&notifier, "mock/").await;
+}
+
+/// A notifier that deduplicates by key and action alone would swallow an alert group's
+/// repeats and a re-fire after its resolve.
+#[tokio::test]
+#[should_panic(expected = "a repeat (the next sequence number on the same key) is a new notification")]
+async fn notifier_suite_catches_a_notifier_that_swallows_repeats() {
+    let mut notifier = MockNotifier::new();
+    let mut seen = std::collections::HashSet::new();
+    notifier.expect_notify().returning(move |n| {
         Ok(if seen.insert((n.key.clone(), n.action)) {
             Delivery::Delivered
         } else {

@@ -71,6 +71,8 @@ struct SilenceMemo {
 struct LogEntry {
     firing: u64,
     sent_at: Instant,
+    /// The sequence number of the last notification sent for the group.
+    sequence: u64,
 }
 
 /// Routes, groups, deduplicates and delivers alerts.
@@ -334,7 +336,14 @@ impl Dispatcher {
         };
         let record = if worth_sending {
             let firing_alerts: Vec<&Alert> = firing.iter().map(|(_, alert)| *alert).collect();
-            let notification = notification(&key, &route.receiver, &firing_alerts, &resolved);
+            // Counts up per group, and from the wall clock (in ms) so a restarted dispatcher
+            // does not reuse numbers a receiver has already seen.
+            let wall_ms = u64::try_from(self.clock.now_utc().timestamp_millis()).unwrap_or(0);
+            let sequence = previous
+                .map_or(0, |entry| entry.sequence.saturating_add(1))
+                .max(wall_ms);
+            let notification =
+                notification(&key, &route.receiver, &firing_alerts, &resolved).with_sequence(sequence);
             let (attempts, error) = self.deliver(&route.receiver, &notification).await;
             if error.is_none() {
                 self.log.insert(
@@ -342,6 +351,7 @@ impl Dispatcher {
                     LogEntry {
                         firing: firing_hash,
                         sent_at: now,
+                        sequence,
                     },
                 );
             }
@@ -478,6 +488,7 @@ fn notification(group: &str, receiver: &str, firing: &[&Alert], resolved: &[&Ale
     Notification {
         key,
         action,
+        sequence: 0,
         severity: severity(&all),
         summary,
         body,

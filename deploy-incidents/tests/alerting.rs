@@ -276,6 +276,23 @@ async fn a_groups_firing_repeats_and_resolve_share_one_dedup_key() {
     use NotificationAction::{Resolve, Trigger};
     assert_eq!(actions, [Trigger, Trigger, Resolve], "firing, repeat, resolve");
     assert!(pages.iter().all(|(_, key)| *key == pages[0].1), "{pages:?}");
+    // Each notification of the group has its own sequence number, so receivers that drop
+    // retries (by Notification::identity) still get the repeat and the resolve.
+    let sequences: Vec<u64> = records
+        .iter()
+        .filter(|record| record.receiver == "pager" && record.group.contains("ApiDown"))
+        .map(|record| record.notification.sequence)
+        .collect();
+    assert!(
+        sequences.windows(2).all(|pair| pair[0] < pair[1]),
+        "{sequences:?}"
+    );
+    let pager = s.pager.delivered();
+    assert_eq!(
+        pager.iter().filter(|n| n.key.as_str() == pages[0].1).count(),
+        3,
+        "the pager's recording notifier took firing, repeat and resolve, none as a duplicate"
+    );
     // FNV-1a of "pager", 0xff, `root.0:{alertname="ApiDown"}`: fixed, not per process.
     assert_eq!(pages[0].1, "group/e50f9ac7916bdef3");
     let team = sent("team", "ApiDown");

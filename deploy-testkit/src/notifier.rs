@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use deploy_core::{BackendError, Delivery, IdempotencyKey, Notification, NotificationAction, Notifier};
 
-/// A [`Notifier`] that records every delivered notification, deduplicates by
-/// `(key, action)` like PagerDuty does, and can be told to fail.
+/// A [`Notifier`] that records every delivered notification, deduplicates retries by
+/// [`Notification::identity`], and can be told to fail.
 ///
 /// ```
 /// # use deploy_core::{Delivery, IdempotencyKey, Notification, Notifier, Severity};
@@ -32,7 +32,7 @@ pub struct RecordingNotifier {
 #[derive(Debug, Default)]
 struct Recorded {
     delivered: Vec<Notification>,
-    seen: HashSet<(IdempotencyKey, NotificationAction)>,
+    seen: HashSet<(IdempotencyKey, NotificationAction, u64)>,
     failures_left: u32,
     failures_retryable: bool,
     attempts: u64,
@@ -83,10 +83,7 @@ impl Notifier for RecordingNotifier {
                 }
             });
         }
-        if !recorded
-            .seen
-            .insert((notification.key.clone(), notification.action))
-        {
+        if !recorded.seen.insert(notification.identity()) {
             return Ok(Delivery::Duplicate);
         }
         recorded.delivered.push(notification.clone());

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use deploy_core::{BackendError, Delivery, Notification, NotificationAction, Notifier};
+use deploy_core::{BackendError, Delivery, IdempotencyKey, Notification, NotificationAction, Notifier};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -16,21 +16,22 @@ use super::{HttpTarget, send};
 const BACKEND: &str = "webhook";
 /// The header carrying `t=<unix seconds>,sha256=<hex of HMAC-SHA256(secret, "<t>.<body>")>`.
 pub const SIGNATURE_HEADER: &str = "X-Deploykit-Signature";
-/// How many delivered (key, action) pairs are remembered to report duplicates.
+/// How many delivered notifications are remembered to report duplicates.
 const REMEMBERED: usize = 4096;
 
-type DeliveryId = (String, NotificationAction);
+type DeliveryId = (IdempotencyKey, NotificationAction, u64);
 
 /// Posts each notification as JSON to a URL, signed so the receiver can tell it came from
 /// whoever holds the secret, and recently: header `X-Deploykit-Signature:
 /// t=<unix seconds>,sha256=<hex>`, the HMAC-SHA256 of `<t>.<body>` (the exact body bytes),
 /// as Stripe and Slack sign; check it with [`verify_signature_fresh`], which refuses
-/// replays older than a tolerance. Plus `Idempotency-Key: <key>/<action>`.
+/// replays older than a tolerance. Plus `Idempotency-Key: <key>/<action>/<sequence>`.
 ///
 /// One request per `notify`: 2xx is delivered; 408, 429, 5xx and network errors are
 /// retryable (with the receiver's `Retry-After` as `retry_after`), for the caller to retry;
-/// other statuses are [`BackendError::Rejected`]. A (key, action) already delivered, or
-/// being delivered right now, by this notifier is [`Delivery::Duplicate`] and not sent
+/// other statuses are [`BackendError::Rejected`]. A notification (its
+/// [`Notification::identity`]) already delivered, or being delivered right now, by this
+/// notifier is [`Delivery::Duplicate`] and not sent
 /// again; a failed delivery forgets it, so a retry sends.
 ///
 /// Its `Debug` shows the URL's host, never the secret (security review M8), which is
@@ -198,14 +199,14 @@ pub fn verify_signature_fresh(
 impl Notifier for WebhookNotifier {
     async fn notify(&self, notification: &Notification) -> Result<Delivery, BackendError> {
         // Reserved before sending, so a concurrent duplicate is not sent twice (review m11).
-        let Some(reservation) = self.reserve((notification.key.as_str().to_owned(), notification.action))
-        else {
+        let Some(reservation) = self.reserve(notification.identity()) else {
             return Ok(Delivery::Duplicate);
         };
         let now = chrono::Utc::now();
         let body = serde_json::to_vec(&serde_json::json!({
             "key": notification.key,
             "action": notification.action,
+            "sequence": notification.sequence,
             "severity": notification.severity,
             "summary": notification.summary,
             "body": notification.body,
@@ -218,7 +219,12 @@ impl Notifier for WebhookNotifier {
         })?;
         let timestamp = u64::try_from(now.timestamp()).unwrap_or(0);
         let signature = sign(&self.secret, timestamp, &body);
-        let idempotency = format!("{}/{}", notification.key, action_name(notification.action));
+        let idempotency = format!(
+            "{}/{}/{}",
+            notification.key,
+            action_name(notification.action),
+            notification.sequence
+        );
         let request = self
             .target
             .request(reqwest::Method::POST, "")

@@ -272,7 +272,8 @@ pub async fn metrics_source(source: &DynMetricsSource, with_data: &MetricQuery, 
     );
 }
 
-/// Delivery, and that re-sending the same key and action is safe.
+/// Delivery, that re-sending the same notification is safe, and that a repeat or a resolve
+/// on the same key is delivered.
 ///
 /// # Panics
 /// When the notifier breaks [`Notifier`](crate::Notifier)'s contract.
@@ -289,9 +290,15 @@ pub async fn notifier(notifier: &DynNotifier, key_prefix: &str) {
         .await
         .expect("re-sending the same key is safe");
     assert!(matches!(again, Delivery::Delivered | Delivery::Duplicate));
+    let repeat = trigger.clone().with_sequence(trigger.sequence + 1);
+    assert_eq!(
+        notifier.notify(&repeat).await.expect("repeat"),
+        Delivery::Delivered,
+        "a repeat (the next sequence number on the same key) is a new notification"
+    );
     let resolve = Notification {
         action: NotificationAction::Resolve,
-        ..trigger
+        ..repeat.with_sequence(trigger.sequence + 2)
     };
     assert_eq!(
         notifier.notify(&resolve).await.expect("resolve"),

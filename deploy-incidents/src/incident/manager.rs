@@ -637,6 +637,9 @@ impl IncidentManager {
         Notification {
             key: incident.dedup_key.clone(),
             action,
+            // Each notification about an incident follows a timeline entry: a reopened
+            // incident's trigger is a new notification.
+            sequence: u64::try_from(incident.timeline.len()).unwrap_or(u64::MAX),
             severity: incident.severity,
             summary: format!("[{:?}] {}: {what}", incident.severity, incident.title),
             body: format!("incident {} is {:?}", incident.id, incident.status),
@@ -655,6 +658,7 @@ impl IncidentManager {
         Some(Notification {
             key: IdempotencyKey::new(key).unwrap_or_else(|_| incident.dedup_key.clone()),
             action: NotificationAction::Trigger,
+            sequence: 0,
             severity: incident.severity,
             summary: format!("page level {}: {}", escalation.level + 1, incident.title),
             body: format!("paging {}", level.targets.join(", ")),
