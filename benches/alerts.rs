@@ -9,6 +9,8 @@
 //!   on their own (the per-alert silence memo is invalidated all the time); 20 inhibition
 //!   rules (critical alerts mute the warnings of the same alert name and team), checked
 //!   for every alert of every group flushed.
+//! - `dispatch_1m_no_inhibition`: the same without the inhibition rules, to show their
+//!   share;
 //! - `dispatch_1m_repeats`, the earlier shape kept for comparison: the same value each
 //!   time (after the first 10,000 updates nothing is stored), 100 silences that never
 //!   change, no inhibition.
@@ -36,11 +38,38 @@ const FLUSH_EVERY: usize = 100_000;
 /// Updates between two silence changes (one expired, one added) in the realistic shape.
 const SILENCE_CHURN_EVERY: usize = 10_000;
 
+/// What the updates and the dispatcher's configuration look like.
 #[derive(Clone, Copy)]
-enum Shape {
-    Realistic,
-    Repeats,
+struct Shape {
+    /// A new value in every update, silences expired and added during the run.
+    changing: bool,
+    /// The 20 inhibition rules.
+    inhibition: bool,
 }
+
+const SHAPES: [(&str, Shape); 3] = [
+    (
+        "dispatch_1m",
+        Shape {
+            changing: true,
+            inhibition: true,
+        },
+    ),
+    (
+        "dispatch_1m_no_inhibition",
+        Shape {
+            changing: true,
+            inhibition: false,
+        },
+    ),
+    (
+        "dispatch_1m_repeats",
+        Shape {
+            changing: false,
+            inhibition: false,
+        },
+    ),
+];
 
 fn alerts() -> Vec<Alert> {
     (0..DISTINCT)
@@ -113,12 +142,12 @@ fn dispatcher(shape: Shape, clock: &TokioClock) -> Dispatcher {
     let mut dispatcher = Dispatcher::new(tree, receivers, clock.shared());
     for n in 0..SILENCES {
         let mut silence = silence(n, now);
-        if matches!(shape, Shape::Repeats) {
+        if !shape.changing {
             silence.ends_at = now + chrono::Duration::days(1);
         }
         dispatcher.add_silence(silence);
     }
-    if matches!(shape, Shape::Realistic) {
+    if shape.inhibition {
         for rule in 0..INHIBITIONS {
             let alertname = format!("alertname=Alert{rule}");
             dispatcher.add_inhibition(InhibitRule {
@@ -145,11 +174,11 @@ async fn dispatch(shape: Shape, alerts: &mut [Alert]) -> usize {
     let mut delivered = 0;
     for index in 0..UPDATES {
         let alert = &mut alerts[index % DISTINCT];
-        if matches!(shape, Shape::Realistic) {
+        if shape.changing {
             alert.value = index as f64;
         }
         dispatcher.receive(alert);
-        if matches!(shape, Shape::Realistic) && index % SILENCE_CHURN_EVERY == SILENCE_CHURN_EVERY - 1 {
+        if shape.changing && index % SILENCE_CHURN_EVERY == SILENCE_CHURN_EVERY - 1 {
             // The oldest still there (some have ended on their own already) goes, a new one comes.
             dispatcher.expire_silence(&format!("s{}", next_silence - SILENCES));
             dispatcher.add_silence(silence(next_silence, clock.now_utc()));
@@ -179,10 +208,7 @@ fn updates(c: &mut Criterion) {
     let mut group = c.benchmark_group("alerts");
     group.sample_size(10);
     group.bench_function("fingerprints_only_1m", |b| b.iter(|| fingerprints(&alerts)));
-    for (name, shape) in [
-        ("dispatch_1m", Shape::Realistic),
-        ("dispatch_1m_repeats", Shape::Repeats),
-    ] {
+    for (name, shape) in SHAPES {
         group.bench_function(name, |b| {
             b.iter(|| runtime.block_on(dispatch(shape, &mut alerts)))
         });
@@ -194,10 +220,7 @@ fn updates(c: &mut Criterion) {
     let start = Instant::now();
     let sum = fingerprints(&alerts);
     let alone = start.elapsed();
-    for (name, shape) in [
-        ("dispatch_1m", Shape::Realistic),
-        ("dispatch_1m_repeats", Shape::Repeats),
-    ] {
+    for (name, shape) in SHAPES {
         let start = Instant::now();
         let delivered = runtime.block_on(dispatch(shape, &mut alerts));
         let took = start.elapsed();
