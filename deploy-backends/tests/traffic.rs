@@ -511,6 +511,19 @@ async fn a_bad_canary_is_caught_by_prometheus_and_rolled_back() {
     assert!(first_error >= to_canary.saturating_sub(Duration::from_millis(100)));
     assert!(last_error <= back + Duration::from_millis(500));
     assert!(stage.fleet().await.iter().all(|(_, v)| v == "1.0"));
-    // About 30% of the canary's 10% share failed, nothing else.
-    assert!(load.answers.get("2.1-bad").copied().unwrap_or(0) > 0);
+    // The failures are the bad build's own: about 30% of the requests it got (its failing
+    // share), each an HTTP 500 from it, none a dropped connection (review F17).
+    let bad_answers = load.answers.get("2.1-bad").copied().unwrap_or(0);
+    let share = load.failed as f64 / (load.failed + bad_answers) as f64;
+    assert!(
+        (0.2..=0.4).contains(&share),
+        "{} of {} requests to 2.1-bad failed",
+        load.failed,
+        load.failed + bad_answers
+    );
+    assert!(
+        load.failures.iter().all(|failure| failure.what.contains("500")),
+        "{:?}",
+        &load.failures[..load.failures.len().min(10)]
+    );
 }
