@@ -103,6 +103,39 @@ async fn dropping_the_store_ends_watch_streams_and_the_tailer() {
     schema.drop_now().await;
 }
 
+/// m13: a delete erases the key's earlier values from the change log.
+#[tokio::test]
+async fn a_delete_erases_the_keys_values_from_the_change_log() {
+    let Some(url) = url() else { return };
+    let schema = Schema::new(&url, "erase");
+    schema
+        .sql(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", schema.name))
+        .await;
+    let store = schema.store().await;
+    store.put("secrets/token", "hunter2".into()).await.unwrap();
+    store.put("secrets/other", "kept".into()).await.unwrap();
+    store.delete("secrets/token").await.unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let values: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT key, value FROM \"{}\".deploykit_changes ORDER BY version",
+        schema.name
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let token = ("secrets/token".to_owned(), None);
+    assert_eq!(
+        values,
+        [
+            token.clone(),
+            ("secrets/other".to_owned(), Some(b"kept".to_vec())),
+            token
+        ]
+    );
+    schema.drop_now().await;
+}
+
 /// m3: a schema goes into `search_path` only as a plain identifier; anything else (a list
 /// that would put the tables in `public`, mixed case, quotes) is refused before connecting.
 #[tokio::test]
