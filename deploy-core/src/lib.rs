@@ -88,9 +88,9 @@ pub use notify::{
 };
 pub use retry::{Backoff, Retry, RetryPolicy};
 pub use store::{
-    DynLeaseStore, DynRecordStore, DynStore, Fence, FencingToken, Lease, LeaseStore, MemoryStore,
-    Precondition, Prefixed, Record, RecordStore, RecordStoreExt, RecordVersion, Store, WatchEvent,
-    WatchStream, WriteOptions,
+    DynLeaseStore, DynRecordStore, DynStore, Fence, FencingToken, FollowEvent, FollowStream, Lease,
+    LeaseStore, MemoryStore, Precondition, Prefixed, Record, RecordStore, RecordStoreExt, RecordVersion,
+    Store, WatchEvent, WatchStream, WriteOptions,
 };
 pub use time::{Clock, ClockExt, DynClock, SystemClock, TokioClock};
 pub use traffic::{TrafficSplit, Weight};

@@ -24,7 +24,7 @@ pub const MIN_LOCK_TTL: Duration = Duration::from_secs(1);
 /// The longest lock TTL: longer ones (up to `Duration::MAX`) are lowered to it. Renewal keeps
 /// a lock for as long as its operation runs, so the TTL only says how long a holder that died
 /// blocks the environment.
-pub const MAX_LOCK_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+pub const MAX_LOCK_TTL: Duration = deploy_core::store::MAX_LEASE_TTL;
 
 /// What is known of one resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,9 +9,6 @@ use deploy_core::{
 
 use crate::error::SpecError;
 
-/// The longest lease a rollout takes: a deployer that dies holds its app no longer than this.
-const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-
 /// The backends a rollout drives, as trait objects.
 #[derive(Debug, Clone)]
 pub struct RolloutBackends {
@@ -114,7 +111,7 @@ impl RolloutOptions {
         if let Some((field, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(SpecError::new(*field, "must be longer than zero"));
         }
-        if self.lease_ttl < Duration::from_millis(10) || self.lease_ttl > MAX_LEASE_TTL {
+        if self.lease_ttl < Duration::from_millis(10) || self.lease_ttl > deploy_core::store::MAX_LEASE_TTL {
             return Err(SpecError::new(
                 "options.lease_ttl",
                 "must be from 10 ms to 24 hours",

@@ -480,6 +480,10 @@ pub async fn lease_store(store: &DynStore, ns: &str) {
     ));
 
     assert_invalid(store.acquire(&name, "x", Duration::ZERO).await, "a zero TTL");
+    assert_invalid(
+        store.acquire(&name, "x", Duration::MAX).await,
+        "a TTL over 24 hours",
+    );
     assert_invalid(store.acquire("", "x", ttl).await, "an empty lease name");
     assert_invalid(store.acquire(&name, "", ttl).await, "an empty holder");
     store.delete(&key).await.expect("clean up");

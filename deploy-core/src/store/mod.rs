@@ -361,6 +361,10 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
     })
 }
 
+/// The longest lease any store grants: a holder that dies keeps its lease no longer than
+/// this, and expiry arithmetic never overflows.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Checks a lease request (see [`LeaseStore`]'s contract); shared by every backend.
 ///
 /// # Errors
@@ -376,12 +380,16 @@ pub fn validate_lease_request(name: &str, holder: &str, ttl: Duration) -> Result
             });
         }
     }
-    if ttl.is_zero() {
-        return Err(StoreError::InvalidArgument {
-            argument: "lease ttl",
-            value: format!("{ttl:?}"),
-            reason: "must be longer than zero",
-        });
-    }
-    Ok(())
+    let reason = if ttl.is_zero() {
+        "must be longer than zero"
+    } else if ttl > MAX_LEASE_TTL {
+        "must be at most 24 hours"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::InvalidArgument {
+        argument: "lease ttl",
+        value: format!("{ttl:?}"),
+        reason,
+    })
 }
