@@ -1,5 +1,7 @@
 //! Every strategy under every fault ends fully on the new version or fully on the old one,
-//! healthy, with zero invariant violations.
+//! healthy, with zero invariant violations; so does every strategy whose deployer is killed
+//! after any journal write, or after any change it makes to the fleet (mid-step), and
+//! resumed.
 
 mod common;
 
@@ -210,4 +212,62 @@ async fn blue_green_survives_a_crash_after_any_journal_write() {
 async fn rolling_survives_a_crash_after_any_journal_write() {
     crash_everywhere(rolling(), ResumePolicy::Continue).await;
     crash_everywhere(rolling(), ResumePolicy::RollBack).await;
+}
+
+/// F7: kills the deployer right after each change it makes to the fleet in turn (mid-step:
+/// between the drain and the update, with an instance draining, a pool half provisioned,
+/// one surge instance gone and one not), resumes in a "new process", and checks the end
+/// state.
+async fn crash_mid_step_everywhere(strategy: Strategy, policy: ResumePolicy) {
+    // A clean run tells how many changes the deployer makes.
+    let clean = world(floor_for(&strategy)).await;
+    let rollout = clean.rollout(strategy.clone());
+    let before = clean.changes();
+    let report = clean.run_rollout(&rollout).await;
+    assert_eq!(report.outcome, RolloutOutcome::Completed);
+    let changes = clean.changes() - before;
+    assert!(changes > 10, "{changes} fleet changes");
+
+    for crash_at in 1..changes {
+        eprintln!(
+            "{} {policy:?}: crash after fleet change {crash_at} of {changes}",
+            strategy.name()
+        );
+        let world = world(floor_for(&strategy)).await;
+        world.freeze_deployer_after(strategy.clone(), crash_at).await;
+        tokio::time::sleep(options().lease_ttl).await;
+        let resumed = world
+            .rollout(strategy.clone())
+            .resume(&world.app, policy)
+            .await
+            .unwrap_or_else(|e| panic!("{} crash after change {crash_at}: {e}", strategy.name()));
+        let report = resumed.wait().await.unwrap();
+        if policy == ResumePolicy::Continue {
+            assert_eq!(
+                report.outcome,
+                RolloutOutcome::Completed,
+                "{} crash after change {crash_at}: {report:#?}",
+                strategy.name()
+            );
+        }
+        world.assert_settled(&report).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn canary_survives_a_crash_mid_step() {
+    crash_mid_step_everywhere(canary(), ResumePolicy::Continue).await;
+    crash_mid_step_everywhere(canary(), ResumePolicy::RollBack).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn blue_green_survives_a_crash_mid_step() {
+    crash_mid_step_everywhere(blue_green(), ResumePolicy::Continue).await;
+    crash_mid_step_everywhere(blue_green(), ResumePolicy::RollBack).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn rolling_survives_a_crash_mid_step() {
+    crash_mid_step_everywhere(rolling(), ResumePolicy::Continue).await;
+    crash_mid_step_everywhere(rolling(), ResumePolicy::RollBack).await;
 }

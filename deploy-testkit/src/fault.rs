@@ -69,6 +69,11 @@ pub enum Fault {
     MetricsDown,
     /// The operation never completes; callers must time out.
     Hang(Operation),
+    /// Once this many more changes have been made to the fleet (counted from the
+    /// injection; see [`SimFleet::changes`](crate::SimFleet::changes)), every call hangs, as
+    /// if its caller had died right after the last one: for killing a deployer in the
+    /// middle of a step, at any change it makes.
+    FreezeAfterChanges(u64),
 }
 
 /// A fault in force, with how many more times it fires.
@@ -77,6 +82,8 @@ pub(crate) struct ActiveFault {
     pub(crate) fault: Fault,
     pub(crate) remaining: Option<u32>,
     pub(crate) since: Instant,
+    /// The fleet's change count when it was injected.
+    pub(crate) changes: u64,
 }
 
 /// The faults in force.
@@ -86,12 +93,22 @@ pub(crate) struct FaultPlan {
 }
 
 impl FaultPlan {
-    pub(crate) fn inject(&mut self, fault: Fault, times: Option<u32>) {
+    pub(crate) fn inject(&mut self, fault: Fault, times: Option<u32>, changes: u64) {
         self.active.push(ActiveFault {
             fault,
             remaining: times,
             since: Instant::now(),
+            changes,
         });
+    }
+
+    /// Whether calls are frozen, the fleet's change count being `changes`.
+    pub(crate) fn frozen(&self, changes: u64) -> bool {
+        self.active.iter().any(|active| match active.fault {
+            // The injection itself is a change.
+            Fault::FreezeAfterChanges(after) => changes.saturating_sub(active.changes) > after,
+            _ => false,
+        })
     }
 
     pub(crate) fn remove(&mut self, fault: &Fault) {

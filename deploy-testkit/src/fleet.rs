@@ -229,7 +229,8 @@ impl SimFleet {
                     at: Instant::now(),
                 });
             }
-            let hang = state.faults.fire(|f| *f == Fault::Hang(operation));
+            let frozen = state.faults.frozen(*state.changes.borrow());
+            let hang = frozen || state.faults.fire(|f| *f == Fault::Hang(operation));
             (hang, state.latencies.get(&operation).copied().unwrap_or_default())
         };
         if hang {
@@ -251,15 +252,21 @@ impl SimFleet {
 
     /// Injects `fault` until [`clear_faults`](Self::clear_faults).
     pub fn inject(&self, fault: Fault) {
-        self.mutate(|state| state.faults.inject(fault, None));
+        self.mutate(|state| {
+            let changes = *state.changes.borrow();
+            state.faults.inject(fault, None, changes);
+        });
     }
 
     /// Injects `fault` for its next `times` firings. Faults that describe a state rather
-    /// than an event ([`Fault::UnhealthyVersion`], [`Fault::FlappingHealth`]) hold until
-    /// cleared, whatever `times` says.
+    /// than an event ([`Fault::UnhealthyVersion`], [`Fault::FlappingHealth`],
+    /// [`Fault::FreezeAfterChanges`]) hold until cleared, whatever `times` says.
     pub fn inject_times(&self, fault: Fault, times: u32) {
         if times > 0 {
-            self.mutate(|state| state.faults.inject(fault, Some(times)));
+            self.mutate(|state| {
+                let changes = *state.changes.borrow();
+                state.faults.inject(fault, Some(times), changes);
+            });
         }
     }
 

@@ -241,3 +241,25 @@ async fn install_refuses_a_running_instance() {
         "{err}"
     );
 }
+
+/// F7: after the given number of changes, every call hangs (a deployer dying mid-step);
+/// calls before it, and after the fault is cleared, go through.
+#[tokio::test(start_paused = true)]
+async fn a_freeze_hangs_every_call_after_so_many_changes() {
+    let fleet = SimFleet::new();
+    let instances = serving_pool(&fleet, Pool::stable(), "1.0", 2).await;
+    fleet.inject(Fault::FreezeAfterChanges(1));
+    fleet
+        .deregister(&app(), &instances[0].id, Duration::ZERO)
+        .await
+        .unwrap();
+    // The Draining mark was the one change allowed; the drain's end is the LB's own.
+    let frozen = tokio::time::timeout(
+        Duration::from_secs(60),
+        fleet.stop_instance(&app(), &instances[0].id),
+    )
+    .await;
+    assert!(frozen.is_err(), "a call after the freeze hangs");
+    fleet.clear_fault(&Fault::FreezeAfterChanges(1));
+    fleet.stop_instance(&app(), &instances[0].id).await.unwrap();
+}

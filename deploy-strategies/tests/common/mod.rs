@@ -14,7 +14,7 @@ use deploy_strategies::{
     RollingSpec, Rollout, RolloutBackends, RolloutBuilder, RolloutHandle, RolloutOptions, RolloutOutcome,
     RolloutReport, RolloutStatus, Strategy,
 };
-use deploy_testkit::{FaultyStore, SimFleet, TrafficHandle, VersionProfile};
+use deploy_testkit::{Fault, FaultyStore, SimFleet, TrafficHandle, VersionProfile};
 
 pub const REPLICAS: usize = 4;
 
@@ -114,6 +114,35 @@ impl World {
         }
         handle.kill();
         self.store.disarm();
+    }
+
+    /// The fleet's change count now (see `SimFleet::changes`).
+    pub fn changes(&self) -> u64 {
+        *self.fleet.changes().borrow()
+    }
+
+    /// Starts rolling v2 out with `strategy` and kills the deployer right after the
+    /// `changes`-th change it makes to the fleet: every call after it hangs, as if the
+    /// deployer had died there, in the middle of a step (a drain, an update, a pool half
+    /// provisioned); its lease is left to lapse.
+    pub async fn freeze_deployer_after(&self, strategy: Strategy, changes: u64) {
+        let rollout = self.rollout(strategy);
+        let fault = Fault::FreezeAfterChanges(changes);
+        let mut watch = self.fleet.changes();
+        let base = *watch.borrow_and_update();
+        self.fleet.inject(fault.clone());
+        let handle = rollout.start(&self.app, &self.v2).await.unwrap();
+        // The injection is a change too.
+        let frozen = async {
+            while *watch.borrow_and_update() < base + 1 + changes {
+                watch.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3600), frozen)
+            .await
+            .unwrap_or_else(|_| panic!("the deployer never made {changes} changes"));
+        handle.kill();
+        self.fleet.clear_fault(&fault);
     }
 
     /// A builder over this world's fleet and store, with the test options; tells the
