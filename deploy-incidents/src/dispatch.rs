@@ -23,7 +23,6 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::hash::Hasher;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use deploy_core::retry::RetryPolicy;
 use deploy_core::time::{ClockExt, DynClock};
 use deploy_core::{DynNotifier, IdempotencyKey, Notification, NotificationAction, Severity};
@@ -34,7 +33,7 @@ use crate::error::AlertError;
 use crate::labels::{Fingerprint, Labels};
 use crate::route::Route;
 use crate::rule::{Alert, AlertState};
-use crate::suppress::{InhibitRule, Silence};
+use crate::suppress::{InhibitRule, Inhibitions, Silence, Silences};
 
 /// What one flush sent (or failed to send).
 #[derive(Debug, Clone, PartialEq)]
@@ -61,13 +60,6 @@ struct Group {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct SilenceMemo {
-    version: u64,
-    valid_until: DateTime<Utc>,
-    muted: bool,
-}
-
-#[derive(Debug, Clone, Copy)]
 struct LogEntry {
     firing: u64,
     sent_at: Instant,
@@ -82,11 +74,8 @@ pub struct Dispatcher {
     routes: Vec<Route>,
     tree: Route,
     receivers: HashMap<String, Arc<DynNotifier>>,
-    silences: Vec<Silence>,
-    /// Bumped whenever silences change, invalidating `silence_cache`.
-    silences_version: u64,
-    silence_cache: FxHashMap<Fingerprint, SilenceMemo>,
-    inhibitions: Vec<InhibitRule>,
+    silences: Silences,
+    inhibitions: Inhibitions,
     /// Wall time, for silences.
     clock: Arc<DynClock>,
     retry: RetryPolicy,
@@ -138,10 +127,8 @@ impl Dispatcher {
             routes,
             tree,
             receivers,
-            silences: Vec::new(),
-            silences_version: 0,
-            silence_cache: FxHashMap::default(),
-            inhibitions: Vec::new(),
+            silences: Silences::default(),
+            inhibitions: Inhibitions::default(),
             clock,
             retry: default_retry(),
             alerts: FxHashMap::default(),
@@ -165,30 +152,18 @@ impl Dispatcher {
 
     /// Adds an inhibition rule.
     pub fn add_inhibition(&mut self, rule: InhibitRule) {
-        self.inhibitions.push(rule);
+        self.inhibitions.add(rule, self.alerts.iter());
     }
 
     /// Adds a silence.
     pub fn add_silence(&mut self, silence: Silence) {
-        self.silences.push(silence);
-        self.silences_version += 1;
+        self.silences.add(silence);
     }
 
     /// Ends a silence now (it is dropped); `false` if there is none with that id (an
     /// expired silence is dropped at the next flush).
     pub fn expire_silence(&mut self, id: &str) -> bool {
-        self.drop_silences(|silence| silence.id == id)
-    }
-
-    /// Drops the silences `gone` selects; whether there were any.
-    fn drop_silences(&mut self, gone: impl Fn(&Silence) -> bool) -> bool {
-        let before = self.silences.len();
-        self.silences.retain(|silence| !gone(silence));
-        let dropped = self.silences.len() != before;
-        if dropped {
-            self.silences_version += 1;
-        }
-        dropped
+        self.silences.drop_where(|silence| silence.id == id)
     }
 
     /// Takes in an alert update (from a rule evaluation or an external source). An update
@@ -196,13 +171,25 @@ impl Dispatcher {
     /// is due `group_wait` from now.
     pub fn receive(&mut self, alert: &Alert) {
         let fingerprint = alert.fingerprint();
-        let changed = self.alerts.get(&fingerprint).is_none_or(|known| {
-            known.state != alert.state
-                || known.value.to_bits() != alert.value.to_bits()
-                || known.annotations != alert.annotations
-        });
-        if changed {
-            self.alerts.insert(fingerprint, alert.clone());
+        match self.alerts.get_mut(&fingerprint) {
+            None => {
+                self.alerts.insert(fingerprint, alert.clone());
+                self.inhibitions.update(fingerprint, None, Some(alert));
+            }
+            // A new value (what rule evaluations mostly send) is taken in place: the labels
+            // stay, nothing is allocated and inhibition does not change.
+            Some(known) if known.state == alert.state && known.labels == alert.labels => {
+                if known.value.to_bits() != alert.value.to_bits() || known.annotations != alert.annotations {
+                    known.value = alert.value;
+                    known.annotations.clone_from(&alert.annotations);
+                    known.fired_at = alert.fired_at;
+                    known.resolved_at = alert.resolved_at;
+                }
+            }
+            Some(known) => {
+                let before = std::mem::replace(known, alert.clone());
+                self.inhibitions.update(fingerprint, Some(&before), Some(alert));
+            }
         }
         let Self {
             tree, groups, routes, ..
@@ -229,19 +216,13 @@ impl Dispatcher {
     /// Whether an alert is silenced or inhibited now.
     pub fn is_muted(&self, alert: &Alert) -> bool {
         let now = self.clock.now_utc();
-        self.silences
-            .iter()
-            .any(|silence| silence.mutes(&alert.labels, now))
-            || self
-                .inhibitions
-                .iter()
-                .any(|rule| rule.inhibits(alert, self.alerts.values()))
+        self.silences.mute(&alert.labels, now) || self.inhibitions.inhibits(alert, &self.alerts)
     }
 
     /// Flushes every group that is due now, after dropping expired silences.
     pub async fn flush_due(&mut self) -> Vec<DeliveryRecord> {
         let wall = self.clock.now_utc();
-        self.drop_silences(|silence| silence.ends_at <= wall);
+        self.silences.drop_where(|silence| silence.ends_at <= wall);
         let now = Instant::now();
         let mut due: Vec<(Instant, u64)> = self
             .groups
@@ -258,59 +239,24 @@ impl Dispatcher {
         records
     }
 
-    /// Whether an alert is silenced now, remembered per alert until the silences change or
-    /// the next silence starts or ends.
-    fn silenced(&mut self, fingerprint: Fingerprint, labels: &Labels) -> bool {
-        let now = self.clock.now_utc();
-        if let Some(cached) = self.silence_cache.get(&fingerprint)
-            && cached.version == self.silences_version
-            && now < cached.valid_until
-        {
-            return cached.muted;
-        }
-        let muted = self.silences.iter().any(|silence| silence.mutes(labels, now));
-        let valid_until = self
-            .silences
-            .iter()
-            .flat_map(|silence| [silence.starts_at, silence.ends_at])
-            .filter(|boundary| *boundary > now)
-            .min()
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        self.silence_cache.insert(
-            fingerprint,
-            SilenceMemo {
-                version: self.silences_version,
-                valid_until,
-                muted,
-            },
-        );
-        muted
-    }
-
     async fn flush(&mut self, hash: u64, now: Instant) -> Option<DeliveryRecord> {
         let group = self.groups.get(&hash)?;
         let key = group.key.clone();
         let route = self.routes[group.route].clone();
         let mut fingerprints: Vec<Fingerprint> = group.alerts.iter().copied().collect();
         fingerprints.sort_unstable();
-        // Mutable phase: which members are muted (silences cached, inhibition fresh).
+        // Mutable phase: which members are muted (which silences match is remembered).
+        let wall = self.clock.now_utc();
         let mut visible = Vec::with_capacity(fingerprints.len());
         for fingerprint in &fingerprints {
-            let Some(labels) = self.alerts.get(fingerprint).map(|alert| alert.labels.clone()) else {
+            let Some(alert) = self.alerts.get(fingerprint) else {
                 continue;
             };
-            if self.silenced(*fingerprint, &labels) {
-                continue;
-            }
-            let alert = &self.alerts[fingerprint];
-            if self
-                .inhibitions
-                .iter()
-                .any(|rule| rule.inhibits(alert, self.alerts.values()))
+            if !self.silences.mute_stored(*fingerprint, &alert.labels, wall)
+                && !self.inhibitions.inhibits(alert, &self.alerts)
             {
-                continue;
+                visible.push(*fingerprint);
             }
-            visible.push(*fingerprint);
         }
         // Shared phase: what to say.
         let firing: Vec<(Fingerprint, &Alert)> = visible
@@ -394,8 +340,9 @@ impl Dispatcher {
                 .values()
                 .any(|group| group.alerts.contains(&fingerprint))
             {
-                self.alerts.remove(&fingerprint);
-                self.silence_cache.remove(&fingerprint);
+                let removed = self.alerts.remove(&fingerprint);
+                self.inhibitions.update(fingerprint, removed.as_ref(), None);
+                self.silences.forget(fingerprint);
             }
         }
         record

@@ -616,3 +616,114 @@ proptest::proptest! {
         }
     }
 }
+
+const LABEL_NAMES: [&str; 4] = ["alertname", "severity", "team", "cluster"];
+
+/// A matcher over the names and values the inhibition property draws from.
+fn small_matcher() -> impl proptest::strategy::Strategy<Value = Matcher> {
+    use proptest::prelude::*;
+    (
+        0..LABEL_NAMES.len(),
+        prop_oneof![
+            Just(MatchOp::Equal),
+            Just(MatchOp::NotEqual),
+            Just(MatchOp::Regex)
+        ],
+        prop_oneof![Just("a"), Just("b"), Just(""), Just("a|b")],
+    )
+        .prop_map(|(name, op, value)| Matcher::new(LABEL_NAMES[name], op, value).unwrap())
+}
+
+fn small_rule() -> impl proptest::strategy::Strategy<Value = InhibitRule> {
+    use proptest::prelude::*;
+    (
+        proptest::collection::vec(small_matcher(), 0..3),
+        proptest::collection::vec(small_matcher(), 0..3),
+        proptest::collection::vec(0..LABEL_NAMES.len(), 0..3),
+    )
+        .prop_map(|(source, target, equal)| InhibitRule {
+            source,
+            target,
+            equal: equal
+                .into_iter()
+                .map(|name| LABEL_NAMES[name].to_owned())
+                .collect(),
+        })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Issue 15: the dispatcher's indexed inhibition (sources indexed per rule as alerts
+    /// change state, are resolved and removed by flushes, and for rules added while alerts
+    /// are stored) mutes exactly the alerts that `InhibitRule::inhibits`, scanning every
+    /// stored alert, mutes: after every update, for every alert of the pool.
+    #[test]
+    fn indexed_inhibition_agrees_with_scanning_every_alert(
+        pool in proptest::collection::vec(
+            proptest::collection::vec(proptest::option::of(proptest::prelude::prop_oneof!["a", "b"]), 4),
+            1..10,
+        ),
+        updates in proptest::collection::vec((0..10usize, 0..3usize, proptest::bool::ANY), 0..40),
+        rules in proptest::collection::vec(small_rule(), 1..5),
+        added_first in 0..5usize,
+    ) {
+        let pool: Vec<Alert> = pool
+            .iter()
+            .map(|values| Alert {
+                labels: LABEL_NAMES
+                    .iter()
+                    .zip(values)
+                    .filter_map(|(name, value)| value.as_ref().map(|value| (name.to_string(), value.clone())))
+                    .collect(),
+                ..alert("", &[], AlertState::Firing)
+            })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let config = RouteConfig {
+                receiver: Some("default".into()),
+                group_by: Some(vec!["alertname".into()]),
+                ..RouteConfig::default()
+            };
+            let receivers: HashMap<String, Arc<DynNotifier>> =
+                [("default".to_owned(), Arc::new(RecordingNotifier::new()) as Arc<DynNotifier>)].into();
+            let tree = Route::compile(&config, &["default".into()]).unwrap();
+            let mut dispatcher = Dispatcher::new(tree, receivers, TokioClock::new().shared());
+            let added_first = added_first.min(rules.len());
+            for rule in &rules[..added_first] {
+                dispatcher.add_inhibition(rule.clone());
+            }
+            // What was received last per fingerprint: the dispatcher's alerts, but for
+            // resolved ones a flush removed (a resolved alert mutes nothing).
+            let mut received: HashMap<deploy_incidents::Fingerprint, Alert> = HashMap::new();
+            let check = |dispatcher: &Dispatcher, received: &HashMap<_, Alert>, rules: &[InhibitRule]| {
+                for target in &pool {
+                    let scanned = rules.iter().any(|rule| rule.inhibits(target, received.values()));
+                    proptest::prop_assert_eq!(dispatcher.is_muted(target), scanned, "{:?}", target);
+                }
+                Ok(())
+            };
+            for (step, (which, state, flush)) in updates.into_iter().enumerate() {
+                let mut alert = pool[which % pool.len()].clone();
+                alert.state = [AlertState::Pending, AlertState::Firing, AlertState::Resolved][state];
+                alert.value = step as f64;
+                dispatcher.receive(&alert);
+                received.insert(alert.fingerprint(), alert);
+                if flush {
+                    tokio::time::advance(Duration::from_secs(60)).await;
+                    dispatcher.flush_due().await;
+                }
+                check(&dispatcher, &received, &rules[..added_first])?;
+            }
+            for rule in &rules[added_first..] {
+                dispatcher.add_inhibition(rule.clone());
+            }
+            check(&dispatcher, &received, &rules)
+        })?;
+    }
+}
