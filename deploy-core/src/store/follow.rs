@@ -1,8 +1,8 @@
 //! [`RecordStoreExt::follow`](super::RecordStoreExt::follow): watch, list, skip what the
 //! list already showed, re-list after a lag, written once (kube's `watcher`).
 
-use futures::{FutureExt, StreamExt};
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 
 use super::{Record, RecordStore, RecordVersion, WatchEvent, WatchStream};
 use crate::error::StoreError;
