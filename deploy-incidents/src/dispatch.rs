@@ -59,6 +59,14 @@ struct Group {
     next_flush: Instant,
 }
 
+#[derive(Debug)]
+struct Stored {
+    alert: Alert,
+    /// In the group of every route it matches: until a flush takes it out of one, an update
+    /// in the same state needs no routing.
+    grouped: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct LogEntry {
     firing: u64,
@@ -80,7 +88,7 @@ pub struct Dispatcher {
     clock: Arc<DynClock>,
     retry: RetryPolicy,
     // Keys are hashes already: FxHash is enough.
-    alerts: FxHashMap<Fingerprint, Alert>,
+    alerts: FxHashMap<Fingerprint, Stored>,
     /// By group hash (route and grouping labels).
     groups: FxHashMap<u64, Group>,
     /// Per group (a group has one route, so one receiver).
@@ -152,7 +160,12 @@ impl Dispatcher {
 
     /// Adds an inhibition rule.
     pub fn add_inhibition(&mut self, rule: InhibitRule) {
-        self.inhibitions.add(rule, self.alerts.iter());
+        self.inhibitions.add(
+            rule,
+            self.alerts
+                .iter()
+                .map(|(fingerprint, stored)| (fingerprint, &stored.alert)),
+        );
     }
 
     /// Adds a silence.
@@ -166,33 +179,44 @@ impl Dispatcher {
         self.silences.drop_where(|silence| silence.id == id)
     }
 
-    /// Takes in an alert update (from a rule evaluation or an external source). An update
-    /// that repeats what is known is only routed (nothing is stored again). A new group
-    /// is due `group_wait` from now.
+    /// Takes in an alert update (from a rule evaluation or an external source). A new
+    /// value or annotations of a known alert in the same state are taken in place, and the
+    /// alert is only routed again if a flush took it out of a group. A new group is due
+    /// `group_wait` from now.
     pub fn receive(&mut self, alert: &Alert) {
         let fingerprint = alert.fingerprint();
-        match self.alerts.get_mut(&fingerprint) {
-            None => {
-                self.alerts.insert(fingerprint, alert.clone());
-                self.inhibitions.update(fingerprint, None, Some(alert));
+        if let Some(known) = self.alerts.get_mut(&fingerprint)
+            && known.alert.state == alert.state
+        {
+            // What rule evaluations mostly send: nothing allocated, inhibition unchanged.
+            let stored = &mut known.alert;
+            if stored.value.to_bits() != alert.value.to_bits() || stored.annotations != alert.annotations {
+                stored.value = alert.value;
+                stored.annotations.clone_from(&alert.annotations);
+                stored.fired_at = alert.fired_at;
+                stored.resolved_at = alert.resolved_at;
             }
-            // A new value (what rule evaluations mostly send) is taken in place: the labels
-            // stay, nothing is allocated and inhibition does not change.
-            Some(known) if known.state == alert.state && known.labels == alert.labels => {
-                if known.value.to_bits() != alert.value.to_bits() || known.annotations != alert.annotations {
-                    known.value = alert.value;
-                    known.annotations.clone_from(&alert.annotations);
-                    known.fired_at = alert.fired_at;
-                    known.resolved_at = alert.resolved_at;
-                }
+            if known.grouped {
+                return;
             }
-            Some(known) => {
-                let before = std::mem::replace(known, alert.clone());
-                self.inhibitions.update(fingerprint, Some(&before), Some(alert));
-            }
+        } else {
+            let stored = Stored {
+                alert: alert.clone(),
+                grouped: false,
+            };
+            let before = self.alerts.insert(fingerprint, stored);
+            self.inhibitions.update(
+                fingerprint,
+                before.as_ref().map(|before| &before.alert),
+                Some(alert),
+            );
         }
         let Self {
-            tree, groups, routes, ..
+            tree,
+            groups,
+            routes,
+            alerts,
+            ..
         } = self;
         // Read once, and only when a group is new: most updates join a known group.
         let mut now = None;
@@ -206,6 +230,9 @@ impl Dispatcher {
             });
             group.alerts.insert(fingerprint);
         });
+        if let Some(stored) = alerts.get_mut(&fingerprint) {
+            stored.grouped = true;
+        }
     }
 
     /// When the next group is due, if any.
@@ -216,7 +243,10 @@ impl Dispatcher {
     /// Whether an alert is silenced or inhibited now.
     pub fn is_muted(&self, alert: &Alert) -> bool {
         let now = self.clock.now_utc();
-        self.silences.mute(&alert.labels, now) || self.inhibitions.inhibits(alert, &self.alerts)
+        self.silences.mute(&alert.labels, now)
+            || self.inhibitions.inhibits(alert, |fingerprint| {
+                self.alerts.get(fingerprint).map(|stored| &stored.alert)
+            })
     }
 
     /// Flushes every group that is due now, after dropping expired silences.
@@ -248,12 +278,14 @@ impl Dispatcher {
         // Mutable phase: which members are muted (which silences match is remembered).
         let wall = self.clock.now_utc();
         let mut visible = Vec::with_capacity(fingerprints.len());
+        let alerts = &self.alerts;
+        let stored = |fingerprint: &Fingerprint| alerts.get(fingerprint).map(|stored| &stored.alert);
         for fingerprint in &fingerprints {
-            let Some(alert) = self.alerts.get(fingerprint) else {
+            let Some(alert) = stored(fingerprint) else {
                 continue;
             };
             if !self.silences.mute_stored(*fingerprint, &alert.labels, wall)
-                && !self.inhibitions.inhibits(alert, &self.alerts)
+                && !self.inhibitions.inhibits(alert, stored)
             {
                 visible.push(*fingerprint);
             }
@@ -261,12 +293,12 @@ impl Dispatcher {
         // Shared phase: what to say.
         let firing: Vec<(Fingerprint, &Alert)> = visible
             .iter()
-            .filter_map(|fingerprint| self.alerts.get(fingerprint).map(|alert| (*fingerprint, alert)))
+            .filter_map(|fingerprint| stored(fingerprint).map(|alert| (*fingerprint, alert)))
             .filter(|(_, alert)| alert.state == AlertState::Firing)
             .collect();
         let resolved: Vec<&Alert> = visible
             .iter()
-            .filter_map(|fingerprint| self.alerts.get(fingerprint))
+            .filter_map(stored)
             .filter(|alert| alert.state == AlertState::Resolved)
             .collect();
         let firing_hash = set_hash(firing.iter().map(|(fingerprint, _)| fingerprint));
@@ -317,15 +349,16 @@ impl Dispatcher {
             .iter()
             .copied()
             .filter(|fingerprint| {
-                self.alerts
-                    .get(fingerprint)
-                    .is_some_and(|alert| alert.state == AlertState::Resolved)
+                stored(fingerprint).is_some_and(|alert| alert.state == AlertState::Resolved)
             })
             .collect();
         if let Some(group) = self.groups.get_mut(&hash) {
             if delivered {
                 for fingerprint in &resolved_members {
                     group.alerts.remove(fingerprint);
+                    if let Some(stored) = self.alerts.get_mut(fingerprint) {
+                        stored.grouped = false;
+                    }
                 }
             }
             group.next_flush = now + route.group_interval;
@@ -341,7 +374,8 @@ impl Dispatcher {
                 .any(|group| group.alerts.contains(&fingerprint))
             {
                 let removed = self.alerts.remove(&fingerprint);
-                self.inhibitions.update(fingerprint, removed.as_ref(), None);
+                self.inhibitions
+                    .update(fingerprint, removed.as_ref().map(|removed| &removed.alert), None);
                 self.silences.forget(fingerprint);
             }
         }

@@ -216,7 +216,11 @@ impl Inhibitions {
     }
 
     /// Whether `target` is muted by one of the `stored` alerts (those `update` was told of).
-    pub(crate) fn inhibits(&self, target: &Alert, stored: &FxHashMap<Fingerprint, Alert>) -> bool {
+    pub(crate) fn inhibits<'a>(
+        &self,
+        target: &Alert,
+        stored: impl Fn(&Fingerprint) -> Option<&'a Alert>,
+    ) -> bool {
         self.rules.iter().any(|(rule, sources)| {
             all_match(&rule.target, &target.labels)
                 && rule
@@ -226,11 +230,59 @@ impl Inhibitions {
                         // Colliding hashes aside, every member agrees on `equal`: at most the
                         // target itself is passed over.
                         bucket.iter().any(|fingerprint| {
-                            stored
-                                .get(fingerprint)
+                            stored(fingerprint)
                                 .is_some_and(|source| rule.agree(&source.labels, &target.labels))
                         })
                     })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::labels::MatchOp;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Issue 15: what `Silences::mute_stored` remembers per alert gives the verdicts of
+        /// matching every silence (`mute`), as silences are added, expired, start and end,
+        /// and alerts are forgotten.
+        #[test]
+        fn remembered_silence_verdicts_are_those_of_every_silence(
+            steps in proptest::collection::vec((0..4usize, 0..3usize, 0..3usize, 0i64..20, 0i64..20), 1..60),
+        ) {
+            let base = DateTime::<Utc>::UNIX_EPOCH;
+            let minutes = chrono::Duration::minutes;
+            let alerts: Vec<Labels> = (0..3).map(|n| [("instance".to_owned(), format!("h{n}"))].into()).collect();
+            let mut silences = Silences::default();
+            let mut now = base;
+            for (op, a, b, from, length) in steps {
+                match op {
+                    0 => silences.add(Silence {
+                        id: format!("s{a}"),
+                        matchers: vec![Matcher::new("instance", MatchOp::Regex, format!("h{a}|h{b}")).unwrap()],
+                        starts_at: base + minutes(from),
+                        ends_at: base + minutes(from + length),
+                        created_by: String::new(),
+                        comment: String::new(),
+                    }),
+                    1 => {
+                        silences.drop_where(|silence| silence.id == format!("s{a}"));
+                    }
+                    2 => now = base + minutes(from),
+                    _ => silences.forget(Fingerprint(a as u64)),
+                }
+                for (n, labels) in alerts.iter().enumerate() {
+                    prop_assert_eq!(
+                        silences.mute_stored(Fingerprint(n as u64), labels, now),
+                        silences.mute(labels, now)
+                    );
+                }
+            }
+        }
     }
 }
