@@ -416,6 +416,43 @@ async fn inhibition_needs_equal_labels_present_on_both() {
     );
 }
 
+/// Issue 15: a known alert updated in the same state is not routed again, except when a
+/// flush took it out of one of its groups: here the team group announced the resolve (and
+/// went away) while the pager failed to, so the resolved alert is still stored; when it is
+/// sent again, it rejoins a new team group, due after `group_wait`.
+#[tokio::test(start_paused = true)]
+async fn an_alert_a_flush_took_out_of_a_group_rejoins_it_when_sent_again() {
+    let mut s = setup();
+    let mut disk = alert(
+        "DiskFull",
+        &[("severity", "critical"), ("team", "api")],
+        AlertState::Firing,
+    );
+    s.dispatcher.receive(&disk);
+    run_for(&mut s.dispatcher, Duration::from_secs(31)).await;
+    assert_eq!((s.pager.delivered().len(), s.team.delivered().len()), (1, 1));
+    disk.state = AlertState::Resolved;
+    s.dispatcher.receive(&disk);
+    s.pager.fail_next(1, false);
+    run_for(&mut s.dispatcher, Duration::from_secs(301)).await;
+    assert_eq!((s.pager.delivered().len(), s.team.delivered().len()), (1, 2));
+    let pager_due = s.dispatcher.next_deadline().unwrap();
+    assert!(pager_due > Instant::now() + Duration::from_secs(200));
+    disk.value = 2.0;
+    s.dispatcher.receive(&disk);
+    assert_eq!(
+        s.dispatcher.next_deadline(),
+        Some(Instant::now() + Duration::from_secs(30))
+    );
+    // A second update in the same state finds it in both groups: nothing moves.
+    s.dispatcher.receive(&disk);
+    assert!(
+        format!("{:?}", s.dispatcher).contains("groups: 2"),
+        "{:?}",
+        s.dispatcher
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn deliveries_retry_retryable_failures_only() {
     let mut s = setup();
