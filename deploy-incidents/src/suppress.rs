@@ -125,7 +125,7 @@ pub struct InhibitRule {
 
 impl InhibitRule {
     /// Whether `target` is muted by one of `firing` (alerts that fire), looking at each.
-    /// The dispatcher gets the same verdict from an index instead (see [`Inhibitions`]).
+    /// The dispatcher gets the same verdict from an index of the firing sources.
     pub fn inhibits<'a>(&self, target: &Alert, mut firing: impl Iterator<Item = &'a Alert>) -> bool {
         all_match(&self.target, &target.labels)
             && firing.any(|source| self.is_source(source) && self.agree(&source.labels, &target.labels))
