@@ -33,7 +33,7 @@ use crate::http::{SMALL_BODY_LIMIT, certificates, client, describe, excerpt, rea
 ///     .build()?;
 /// # Ok::<(), deploy_core::BackendError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpHealthChecker {
     client: reqwest::Client,
     scheme: &'static str,
@@ -41,6 +41,22 @@ pub struct HttpHealthChecker {
     status: u16,
     body: Option<String>,
     timeout: Duration,
+}
+
+/// Shows the path without its query, which may carry a token (security review M8).
+impl std::fmt::Debug for HttpHealthChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self
+            .path
+            .split_once('?')
+            .map_or(self.path.as_str(), |(path, _)| path);
+        f.debug_struct("HttpHealthChecker")
+            .field("scheme", &self.scheme)
+            .field("path", &path)
+            .field("status", &self.status)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Configures an [`HttpHealthChecker`].

@@ -126,6 +126,14 @@ async fn transport_errors_debug_and_logs_carry_no_credentials_or_path_tokens() {
     let status = checker.check(&instance).await.unwrap();
     tracing::warn!(?status, "probe");
     assert_no_secret("health status", &format!("{status:?}"));
+    // A token in the check's query string stays out of the checker's Debug.
+    let with_query = HttpHealthChecker::builder()
+        .path("/health?token=T0K3N-path-token")
+        .build()
+        .unwrap();
+    let shown = format!("{with_query:?}");
+    assert!(shown.contains("/health"), "{shown}");
+    assert_no_secret("the health checker", &shown);
 
     let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(
