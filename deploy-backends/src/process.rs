@@ -5,8 +5,10 @@ use std::io::{Read, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -395,7 +397,6 @@ impl ProcessInfra {
     ) -> Result<Arc<tokio::sync::Mutex<Slot>>, BackendError> {
         self.apps
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(app)
             .and_then(|slots| slots.get(instance))
             .cloned()
@@ -408,7 +409,6 @@ impl ProcessInfra {
     fn slots(&self, app: &AppId) -> Vec<Arc<tokio::sync::Mutex<Slot>>> {
         self.apps
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(app)
             .map(|slots| slots.values().cloned().collect())
             .unwrap_or_default()
@@ -522,10 +522,7 @@ impl ProcessInfra {
         };
         let _one_writer = self.file_sd.lock().await;
         let slots: Vec<_> = {
-            let apps = self
-                .apps
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let apps = self.apps.lock();
             apps.values().flat_map(|slots| slots.values().cloned()).collect()
         };
         let mut groups = Vec::new();
@@ -592,7 +589,6 @@ impl ProcessInfra {
         }));
         self.apps
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(app.clone())
             .or_default()
             .insert(id.clone(), slot);
@@ -829,11 +825,7 @@ impl InfraManager for ProcessInfra {
             slot.stop().await;
             slot.dir.clone()
         };
-        self.apps
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(app)
-            .map(|slots| slots.remove(instance));
+        self.apps.lock().get_mut(app).map(|slots| slots.remove(instance));
         let _ = tokio::fs::remove_dir_all(&dir).await;
         self.write_targets().await
     }

@@ -19,8 +19,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -539,7 +541,7 @@ impl LoadGenerator {
                             Ok(response) => Err(format!("HTTP {}", response.status())),
                             Err(err) => Err(error_chain(&err)),
                         };
-                        let mut tally = tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut tally = tally.lock();
                         match outcome {
                             Ok(body) => {
                                 succeeded.fetch_add(1, Ordering::Relaxed);
@@ -615,12 +617,7 @@ impl LoadRun {
         for worker in self.workers {
             let _ = worker.await;
         }
-        let tally = std::mem::take(
-            &mut *self
-                .tally
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let tally = std::mem::take(&mut *self.tally.lock());
         let (succeeded, failed) = (
             self.succeeded.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),

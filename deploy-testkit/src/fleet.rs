@@ -1,6 +1,8 @@
 //! [`SimFleet`]: one simulated fleet behind the four backend traits.
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -177,9 +179,7 @@ impl SimFleet {
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, FleetState> {
-        // Every mutation validates first and then applies, so state behind a poisoned lock
-        // is consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock()
     }
 
     /// A handle on the same fleet whose every call is recorded under `caller`, with its
@@ -434,7 +434,7 @@ async fn check_on_time(state: Weak<Mutex<FleetState>>, mut changes: tokio::sync:
     loop {
         let next = {
             let Some(state) = state.upgrade() else { return };
-            let state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let state = state.lock();
             state.next_transition(Instant::now())
         };
         let sleep = async {
@@ -447,7 +447,7 @@ async fn check_on_time(state: Weak<Mutex<FleetState>>, mut changes: tokio::sync:
             changed = changes.changed() => if changed.is_err() { return },
             () = sleep => {
                 let Some(state) = state.upgrade() else { return };
-                state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).check_invariants();
+                state.lock().check_invariants();
             }
         }
     }

@@ -1,7 +1,9 @@
 //! [`RecordingNotifier`]: an in-memory [`Notifier`] that keeps what it was sent.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use deploy_core::{BackendError, Delivery, IdempotencyKey, Notification, NotificationAction, Notifier};
@@ -45,7 +47,7 @@ impl RecordingNotifier {
     }
 
     fn recorded(&self) -> MutexGuard<'_, Recorded> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock()
     }
 
     /// Makes the next `count` calls fail, retryably (receiver down) or not (payload

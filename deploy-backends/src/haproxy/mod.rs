@@ -5,7 +5,9 @@ mod weights;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,13 +80,7 @@ impl HaproxyLoadBalancer {
 
     /// Waits for, and holds, the right to change `backend`.
     async fn change(&self, backend: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = Arc::clone(
-            self.changes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(backend.to_owned())
-                .or_default(),
-        );
+        let lock = Arc::clone(self.changes.lock().entry(backend.to_owned()).or_default());
         lock.lock_owned().await
     }
 
@@ -105,11 +101,7 @@ impl HaproxyLoadBalancer {
     }
 
     fn target_of(&self, app: &AppId) -> Option<TrafficSplit> {
-        self.targets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(app)
-            .cloned()
+        self.targets.lock().get(app).cloned()
     }
 
     /// Servers of the backend with their pool and instance parsed from the name; servers
@@ -333,10 +325,7 @@ impl LoadBalancer for HaproxyLoadBalancer {
     async fn set_routing(&self, app: &AppId, split: &TrafficSplit) -> Result<(), BackendError> {
         let _change = self.change(self.backend_of(app)).await;
         let servers = self.servers(app).await?;
-        self.targets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(app.clone(), split.clone());
+        self.targets.lock().insert(app.clone(), split.clone());
         self.apply_weights(app, &servers).await
     }
 }

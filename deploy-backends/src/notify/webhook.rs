@@ -1,8 +1,8 @@
 //! [`WebhookNotifier`]: JSON POSTs signed with HMAC-SHA256 over a timestamp and the body.
 
+use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -96,10 +96,8 @@ impl WebhookNotifier {
         Ok(self)
     }
 
-    fn remembered(&self) -> std::sync::MutexGuard<'_, Remembered> {
-        self.delivered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn remembered(&self) -> parking_lot::MutexGuard<'_, Remembered> {
+        self.delivered.lock()
     }
 
     /// Claims `id` for one delivery: `None` when it is delivered or in flight already.

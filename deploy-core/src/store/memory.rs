@@ -1,7 +1,9 @@
 //! [`MemoryStore`]: the embedded default behind [`RecordStore`] and [`LeaseStore`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -131,9 +133,7 @@ impl MemoryStore {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave `State` half-written (every mutation
-        // is checked first, then applied), so a poisoned lock is safe to reuse.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock()
     }
 
     /// Publishes a change. Called with the state lock held, so watchers see changes in
