@@ -12,6 +12,15 @@ use deploy_flags::{
     ManagerOptions, Operator, PercentageRollout, Prerequisite, Rule, StaleReason, Stickiness,
 };
 
+/// A manager with default options over a fresh memory store.
+async fn fresh_manager() -> (Arc<DynStore>, FeatureFlagManager) {
+    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
+    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+        .await
+        .unwrap();
+    (store, manager)
+}
+
 /// Options whose wall clock reads `start` now and moves with tokio's (paused) clock.
 fn clock_at(start: DateTime<Utc>) -> ManagerOptions {
     ManagerOptions {
@@ -84,10 +93,7 @@ async fn changes_are_audited_persisted_and_reloaded() {
 
 #[tokio::test]
 async fn invalid_or_impossible_changes_write_nothing() {
-    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
-        .await
-        .unwrap();
+    let (store, manager) = fresh_manager().await;
     manager
         .create_flag("ann", FlagDefinition::new("base", true))
         .await
@@ -229,10 +235,7 @@ async fn sync_follows_changes_made_elsewhere() {
 
 #[tokio::test]
 async fn a_crash_between_flag_and_audit_writes_is_repaired_on_load() {
-    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
-        .await
-        .unwrap();
+    let (store, manager) = fresh_manager().await;
     manager
         .create_flag("ann", FlagDefinition::new("f", true))
         .await
@@ -250,10 +253,7 @@ async fn a_crash_between_flag_and_audit_writes_is_repaired_on_load() {
 
 #[tokio::test]
 async fn a_record_that_does_not_decode_is_a_codec_error_naming_its_key() {
-    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
-        .await
-        .unwrap();
+    let (store, manager) = fresh_manager().await;
     manager
         .create_flag("ann", FlagDefinition::new("f", true))
         .await
@@ -401,10 +401,7 @@ fn depends_on(name: &str, parent: &str) -> FlagDefinition {
 /// a record whose name is not a valid flag name.
 #[tokio::test]
 async fn invalid_stored_flags_are_quarantined_and_the_rest_serve() {
-    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
-        .await
-        .unwrap();
+    let (store, manager) = fresh_manager().await;
     manager
         .create_flag("ann", FlagDefinition::new("good", true))
         .await
@@ -548,10 +545,7 @@ async fn racing_changes_to_related_flags_never_store_an_invalid_set() {
 /// records written before the restriction).
 #[tokio::test]
 async fn flag_names_cannot_reach_another_flags_audit_log() {
-    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
-    let manager = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
-        .await
-        .unwrap();
+    let (store, manager) = fresh_manager().await;
     for name in ["x/0000000001", "", "a b", "é"] {
         let error = manager
             .create_flag("eve", FlagDefinition::new(name, true))
