@@ -70,6 +70,7 @@
 
 pub mod analysis;
 mod converge;
+pub mod control;
 mod error;
 mod handle;
 mod hooks;
