@@ -168,6 +168,17 @@ impl Dispatcher {
         );
     }
 
+    /// The alerts it holds (the last update of each, resolved ones until a flush drops
+    /// them), in no particular order.
+    pub fn alerts(&self) -> impl Iterator<Item = &Alert> + '_ {
+        self.alerts.values().map(|stored| &stored.alert)
+    }
+
+    /// The silences it holds (expired ones until the next flush drops them), oldest first.
+    pub fn silences(&self) -> impl Iterator<Item = &Silence> + '_ {
+        self.silences.iter()
+    }
+
     /// Adds a silence.
     pub fn add_silence(&mut self, silence: Silence) {
         self.silences.add(silence);

@@ -63,6 +63,11 @@ impl Silences {
         self.silences.len() != before
     }
 
+    /// Every silence, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Silence> + '_ {
+        self.silences.iter().map(|(_, silence)| silence)
+    }
+
     /// How many there are.
     pub(crate) fn len(&self) -> usize {
         self.silences.len()

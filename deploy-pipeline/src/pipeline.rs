@@ -467,6 +467,35 @@ impl PipelineRunner {
             .ok_or_else(|| PipelineError::UnknownRun(id.to_owned()))
     }
 
+    /// Every run on record, running ones included, oldest first (by start, then id).
+    ///
+    /// # Errors
+    /// Store errors; [`StoreError::Codec`] naming a run record that does not decode.
+    pub async fn runs(&self) -> Result<Vec<RunRecord>, PipelineError> {
+        // Run records are `<pipeline>/runs/<id>`; logs (`<id>/logs/<stage>`) are left out.
+        let mut runs = self
+            .store
+            .list_json::<serde_json::Value>("")
+            .await?
+            .into_iter()
+            .filter(|(key, _, _)| {
+                let mut parts = key.split('/');
+                matches!(
+                    (parts.next(), parts.next(), parts.next(), parts.next()),
+                    (Some(_), Some("runs"), Some(_), None)
+                )
+            })
+            .map(|(key, value, _)| {
+                serde_json::from_value::<RunRecord>(value).map_err(|error| StoreError::Codec {
+                    key,
+                    source: Box::new(error),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        runs.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(runs)
+    }
+
     /// A run's logs by stage: live while it runs, from the store afterwards.
     ///
     /// # Errors

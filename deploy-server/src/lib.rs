@@ -1,9 +1,101 @@
-//! deploykit's control plane (being built in this session; see ../shared/ARCHITECTURE.md).
+//! deploykit's control plane: an [`axum::Router`] an application mounts to let people and
+//! tools operate rollouts, flags, incidents, alerts, pipelines and infrastructure from
+//! outside the deployer process, over the same store the deployers use.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use axum::body::Body;
+//! use axum::http::{Request, StatusCode};
+//! use deploy_core::MemoryStore;
+//! use deploy_flags::{FeatureFlagManager, FlagDefinition};
+//! use deploy_server::ServerBuilder;
+//! use tower::ServiceExt;
+//!
+//! let store = Arc::new(MemoryStore::new());
+//! let flags = Arc::new(FeatureFlagManager::open(store.clone(), Default::default()).await?);
+//! flags.create_flag("ann", FlagDefinition::new("search-v2", true)).await?;
+//! let admin = "dk_bootstrap-secret-from-the-configuration";
+//! let router = ServerBuilder::new(store).flags(flags).bootstrap_token("root", admin).build()?;
+//!
+//! // No token, no answer.
+//! let anonymous = Request::get("/api/flags/search-v2").body(Body::empty())?;
+//! assert_eq!(router.clone().oneshot(anonymous).await?.status(), StatusCode::UNAUTHORIZED);
+//!
+//! let request = Request::get("/api/flags/search-v2")
+//!     .header("authorization", format!("Bearer {admin}"))
+//!     .body(Body::empty())?;
+//! let response = router.oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(response.headers()["etag"], "\"1\""); // the flag's revision, for If-Match
+//! # Ok(()) }
+//! ```
+//!
+//! # Pieces
+//! - [`ServerBuilder`]: the store, the sections to serve (each optional: one not configured
+//!   answers 404 `not_configured`), the bootstrap token; [`serve`] (and `serve_tls` with
+//!   the `tls` feature) runs it.
+//! - [`auth`]: bearer tokens with a [`Role`] and a [`Scope`], stored hashed (SHA-256),
+//!   compared in constant time; every mutation is audited with the token's name
+//!   ([`AuditEntry`], `GET /api/audit`).
+//! - [`error`]: every refusal is JSON `{"code", "message", "field"}` ([`ApiError`]).
+//! - `/metrics` ([`ServerMetrics`]), `/openapi.json` ([`openapi()`]), `/healthz`, `/readyz`.
+//!
+//! # Routes
+//! Roles: V viewer, O operator, A admin. Every route under `/api` and `/metrics` needs a
+//! token unless [`ServerBuilder::allow_anonymous_reads`] lets `GET`s in.
+//!
+//! | route | role |
+//! |---|---|
+//! | `GET /healthz`, `GET /readyz`, `GET /openapi.json` | none |
+//! | `GET /metrics` | V |
+//! | `GET /api/flags`, `GET /api/flags/{name}` (ETag), `GET /api/flags/{name}/audit`, `GET /api/flags-stale`, `POST /api/flags/{name}/evaluate` | V |
+//! | `POST /api/flags`, `PUT /api/flags/{name}` (If-Match), `POST /api/flags/{name}/enable`, `POST /api/flags/{name}/disable`, `PUT /api/flags/{name}/rollout` | O |
+//! | `GET /api/incidents`, `GET /api/incidents/{id}` | V |
+//! | `POST /api/incidents/{id}/acknowledge`, `POST /api/incidents/{id}/resolve`, `POST /api/incidents/{id}/notes` | O |
+//! | `GET /api/alerts`, `GET /api/silences` | V |
+//! | `POST /api/silences`, `DELETE /api/silences/{id}` | O |
+//! | `GET /api/pipelines/runs`, `GET /api/pipelines/runs/{id}`, `GET /api/pipelines/runs/{id}/logs` (SSE) | V |
+//! | `GET /api/infra/state` | V |
+//! | `POST /api/infra/plan` | O |
+//! | `POST /api/infra/apply` | A |
+//! | `GET /api/tokens`, `POST /api/tokens`, `DELETE /api/tokens/{name}`, `GET /api/audit` | A |
+//!
+//! The rollout routes (`/api/rollouts...`) are described in their module.
 
-mod auth;
-mod error;
+pub mod auth;
+pub mod error;
 mod metrics;
 mod openapi;
 mod routes;
 mod sse;
 mod state;
+
+use axum::Router;
+
+pub use auth::{Caller, NewToken, Role, Scope, TokenInfo, TokenRecord, TokenStore};
+pub use error::{ApiError, ErrorBody, ServerError};
+pub use metrics::ServerMetrics;
+pub use openapi::openapi;
+pub use state::{
+    AUDIT_PREFIX, AppState, AuditEntry, DEFAULT_AUDIT_LIMIT, InfraSection, ServerBuilder, serve,
+};
+#[cfg(feature = "tls")]
+pub use state::{TlsConfig, serve_tls};
+
+/// The router over a built state: every section's routes, the probes, `/metrics` and
+/// `/openapi.json`, with request counting and a 1 MiB body limit.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(routes::router())
+        .merge(metrics::router())
+        .merge(openapi::router())
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .with_state(state)
+}

@@ -1,1 +1,261 @@
-//! (being written)
+//! `/metrics` in the Prometheus text format ([`prometheus_client`]): deploykit's own state,
+//! read from the sections at scrape time (the server keeps no state of its own), and the
+//! HTTP requests this server answered.
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `deploykit_rollout_phase` | `app`, `phase` | 1 for the app's current phase, 0 for the others |
+//! | `deploykit_rollout_weight_percent` | `app`, `pool` | current traffic weights |
+//! | `deploykit_rollout_step` | `app` | index of the current step in its phase |
+//! | `deploykit_rollouts_total` | `app`, `outcome` | rollouts in the kept history, by outcome |
+//! | `deploykit_rollout_steps_total` | `app` | steps completed by the rollouts in the kept history |
+//! | `deploykit_rollout_analyses_total` | `app`, `verdict` | analyses of the kept history, by verdict |
+//! | `deploykit_flag_evaluations_total` | `flag`, `result` | evaluations in this process (`enabled`/`disabled`) |
+//! | `deploykit_alerts` | `state` | alerts the dispatcher holds, by state (`firing`, `pending`, ...) |
+//! | `deploykit_incidents_open` | `severity` | open incidents |
+//! | `deploykit_http_requests_total` | `method`, `route`, `status` | requests answered |
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The server's metrics registry.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    inner: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ServerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerMetrics { .. }")
+    }
+}
+
+struct Metrics {
+    registry: Registry,
+    /// One scrape refreshes and encodes at a time, so two cannot interleave clearing and
+    /// filling the families.
+    scrape: tokio::sync::Mutex<()>,
+    http_requests: Family<Labels, Counter>,
+    rollout_phase: Family<Labels, Gauge>,
+    rollout_weight: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    rollout_step: Family<Labels, Gauge>,
+    rollouts: Family<Labels, Counter>,
+    rollout_steps: Family<Labels, Counter>,
+    analyses: Family<Labels, Counter>,
+    flag_evaluations: Family<Labels, Counter>,
+    alerts: Family<Labels, Gauge>,
+    incidents_open: Family<Labels, Gauge>,
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerMetrics {
+    /// A registry with every metric of the table above.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            scrape: tokio::sync::Mutex::new(()),
+            http_requests: Family::default(),
+            rollout_phase: Family::default(),
+            rollout_weight: Family::default(),
+            rollout_step: Family::default(),
+            rollouts: Family::default(),
+            rollout_steps: Family::default(),
+            analyses: Family::default(),
+            flag_evaluations: Family::default(),
+            alerts: Family::default(),
+            incidents_open: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "deploykit_http_requests",
+            "HTTP requests answered, by method, route and status",
+            metrics.http_requests.clone(),
+        );
+        registry.register(
+            "deploykit_rollout_phase",
+            "1 for the rollout's current phase, 0 for the others",
+            metrics.rollout_phase.clone(),
+        );
+        registry.register(
+            "deploykit_rollout_weight_percent",
+            "Current traffic weight per app and pool",
+            metrics.rollout_weight.clone(),
+        );
+        registry.register(
+            "deploykit_rollout_step",
+            "Index of the current step in the rollout's phase",
+            metrics.rollout_step.clone(),
+        );
+        registry.register(
+            "deploykit_rollouts",
+            "Rollouts in the kept history, by outcome",
+            metrics.rollouts.clone(),
+        );
+        registry.register(
+            "deploykit_rollout_steps",
+            "Steps completed by the rollouts in the kept history",
+            metrics.rollout_steps.clone(),
+        );
+        registry.register(
+            "deploykit_rollout_analyses",
+            "Analyses of the rollouts in the kept history, by verdict",
+            metrics.analyses.clone(),
+        );
+        registry.register(
+            "deploykit_flag_evaluations",
+            "Flag evaluations in this process, by flag and result",
+            metrics.flag_evaluations.clone(),
+        );
+        registry.register(
+            "deploykit_alerts",
+            "Alerts the dispatcher holds, by state",
+            metrics.alerts.clone(),
+        );
+        registry.register(
+            "deploykit_incidents_open",
+            "Open incidents, by severity",
+            metrics.incidents_open.clone(),
+        );
+        Self {
+            inner: Arc::new(Metrics { registry, ..metrics }),
+        }
+    }
+
+    /// Counts an answered request.
+    pub fn count_request(&self, method: &str, route: &str, status: u16) {
+        self.inner
+            .http_requests
+            .get_or_create(&vec![
+                ("method", method.to_owned()),
+                ("route", route.to_owned()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Reads the sections' state into the gauges and counters, then encodes the registry.
+    ///
+    /// # Errors
+    /// A section that cannot be read (the store is down).
+    pub async fn render(&self, state: &AppState) -> Result<String, ApiError> {
+        let _scrape = self.inner.scrape.lock().await;
+        self.refresh(state).await?;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
+            .map_err(ApiError::internal)?;
+        Ok(text)
+    }
+
+    async fn refresh(&self, state: &AppState) -> Result<(), ApiError> {
+        let metrics = &self.inner;
+        if let Ok(flags) = state.flags() {
+            metrics.flag_evaluations.clear();
+            for flag in flags.engine().all_metrics() {
+                for (result, count) in [("enabled", flag.enabled), ("disabled", flag.disabled)] {
+                    metrics
+                        .flag_evaluations
+                        .get_or_create(&vec![("flag", flag.flag.clone()), ("result", result.to_owned())])
+                        .inc_by(count);
+                }
+            }
+        }
+        if let Ok(dispatcher) = state.dispatcher() {
+            let dispatcher = dispatcher.lock().await;
+            metrics.alerts.clear();
+            for state in ["inactive", "pending", "firing", "resolved"] {
+                metrics
+                    .alerts
+                    .get_or_create(&vec![("state", state.to_owned())])
+                    .set(0);
+            }
+            for alert in dispatcher.alerts() {
+                let state = crate::routes::alerts::state_name(alert.state);
+                metrics
+                    .alerts
+                    .get_or_create(&vec![("state", state.to_owned())])
+                    .inc();
+            }
+        }
+        if let Ok(incidents) = state.incidents() {
+            let open = incidents
+                .list()
+                .await
+                .map_err(crate::routes::incidents::incident_error)?;
+            metrics.incidents_open.clear();
+            for incident in open.iter().filter(|incident| incident.status.is_open()) {
+                let severity = format!("{:?}", incident.severity).to_lowercase();
+                metrics
+                    .incidents_open
+                    .get_or_create(&vec![("severity", severity)])
+                    .inc();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `GET /metrics` (viewer).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "metrics",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, description = "No valid token", body = crate::error::ErrorBody),
+    )
+)]
+pub(crate) async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let text = state.metrics().render(&state).await?;
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// Counts every answered request by its route template (never the raw path, which would
+/// give a label per flag name or incident id).
+pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    state
+        .metrics()
+        .count_request(&method, &route, response.status().as_u16());
+    response
+}
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(metrics))]
+pub(crate) struct MetricsApi;
