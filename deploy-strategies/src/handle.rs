@@ -1,6 +1,7 @@
 //! Live control of a running rollout: [`RolloutHandle`], [`RolloutStatus`] and the final
 //! [`RolloutReport`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{AppId, ChannelSink, DeploymentEvent, Revision, TrafficSplit, Version};
@@ -19,6 +20,20 @@ pub(crate) enum Control {
     Resume,
     Abort,
     Promote,
+    PromoteFull,
+}
+
+/// What the control plane publishes besides [`RolloutStatus`]: the phase's step names, the
+/// last analysis and what goes out.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Detail {
+    pub(crate) version: Version,
+    pub(crate) previous: Option<Version>,
+    pub(crate) strategy: String,
+    pub(crate) steps: Arc<Vec<String>>,
+    pub(crate) last_analysis: Option<AnalysisRecord>,
+    /// Whether `steps` is the rollback plan.
+    pub(crate) rolling_back: bool,
 }
 
 /// Operator commands for one running rollout; cheap to clone. Commands sent after the
@@ -52,6 +67,11 @@ impl RolloutControl {
     /// See [`RolloutHandle::promote`].
     pub fn promote(&self) {
         self.send(Control::Promote);
+    }
+
+    /// See [`RolloutHandle::promote_full`].
+    pub fn promote_full(&self) {
+        self.send(Control::PromoteFull);
     }
 }
 
@@ -179,6 +199,7 @@ pub struct RolloutHandle {
     pub(crate) revision: Revision,
     pub(crate) control: RolloutControl,
     pub(crate) status: watch::Receiver<RolloutStatus>,
+    pub(crate) detail: watch::Receiver<Detail>,
     pub(crate) events: ChannelSink,
     pub(crate) first_events: Option<broadcast::Receiver<DeploymentEvent>>,
     pub(crate) task: JoinHandle<Result<RolloutReport, RolloutError>>,
@@ -240,6 +261,16 @@ impl RolloutHandle {
     /// an inconclusive analysis.
     pub fn promote(&self) {
         self.control.promote();
+    }
+
+    /// Full promotion (Argo's `promote --full`): ends the current pause step, hold or
+    /// analysis, and skips every remaining pause, analysis and partial traffic step of the
+    /// forward plan, so the new version goes straight to all traffic (hooks still run; a
+    /// blue-green rollout still waits its scale-down delay before retiring the old pool).
+    /// Kept in the journal, so a resumed rollout goes on promoting fully. Ignored while
+    /// rolling back.
+    pub fn promote_full(&self) {
+        self.control.promote_full();
     }
 
     /// Stops the deployer at once, as if its process died: no rollback, no cleanup; the

@@ -120,6 +120,10 @@ pub(crate) struct Journal {
     /// Failures of the current rollback step in a row.
     #[serde(default)]
     pub(crate) rollback_failures: u32,
+    /// An operator asked for full promotion: the forward plan's remaining pauses, analyses
+    /// and partial traffic steps are skipped.
+    #[serde(default)]
+    pub(crate) full_promotion: bool,
 }
 
 /// What the runner does after [`Journal::apply`] (it journals the change first).
@@ -207,6 +211,7 @@ impl Journal {
             timeline: Vec::new(),
             analyses: Vec::new(),
             rollback_failures: 0,
+            full_promotion: false,
         })
     }
 

@@ -308,6 +308,22 @@ impl Journal {
         steps
     }
 
+    /// Whether full promotion skips `step`: once asked for, while going forward, every
+    /// pause and analysis, and the canary's partial steps (a traffic split short of all to
+    /// the new pool, a new pool smaller than the replica count). Hooks, the full pool, the
+    /// switch of all traffic and the clean-up still run.
+    pub(crate) fn skipped_by_full_promotion(&self, step: &Step) -> bool {
+        if !self.full_promotion || self.phase != Phase::Progressing {
+            return false;
+        }
+        match step {
+            Step::Pause { .. } | Step::Analyze { .. } => true,
+            Step::Route { split } => *split != TrafficSplit::all_to(self.target.clone()),
+            Step::EnsurePool { pool, count, .. } => *pool == self.target && *count < self.replicas,
+            _ => false,
+        }
+    }
+
     /// The analysis a step of `kind` runs, with what it compares.
     pub(crate) fn analysis(&self, kind: AnalysisKind) -> Option<(&AnalysisSpec, AnalysisTargets)> {
         self.analysis_spec(kind)

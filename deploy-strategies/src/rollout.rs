@@ -18,7 +18,7 @@ use crate::hooks::{Hook, HookPoint, RegisteredHook};
 use crate::journal::{InstanceList, Journal, Start, instances_key, journal_key, lease_name};
 use crate::lease::LeaseKeeper;
 use crate::options::{RolloutBackends, RolloutOptions};
-use crate::runner::{Runner, status_of};
+use crate::runner::{Runner, detail_of, status_of};
 use crate::spec::Strategy;
 
 /// What `resume` does with an interrupted rollout that was going forward.
@@ -117,7 +117,7 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<DynStore>,
     pub(crate) sink: Option<Arc<DynEventSink>>,
     pub(crate) hooks: Vec<RegisteredHook>,
-    holder: String,
+    pub(crate) holder: String,
 }
 
 /// A strategy composed with backends, a store, an event sink and hooks: starts and resumes
@@ -149,7 +149,7 @@ pub(crate) struct Shared {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Rollout {
-    inner: Arc<Shared>,
+    pub(crate) inner: Arc<Shared>,
 }
 
 impl Rollout {
@@ -408,6 +408,7 @@ impl Rollout {
     fn spawn(&self, journal: Journal, record: RecordVersion, lease: Lease, sent: Instant) -> RolloutHandle {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(status_of(&journal, None));
+        let (detail_tx, detail_rx) = watch::channel(detail_of(&journal));
         let events = ChannelSink::new(1024);
         let first_events = events.subscribe();
         let (app, revision) = (journal.app.clone(), journal.revision);
@@ -419,6 +420,7 @@ impl Rollout {
             keeper,
             control_rx,
             status_tx,
+            detail_tx,
             events.clone(),
         );
         let task = tokio::spawn(runner.run());
@@ -427,6 +429,7 @@ impl Rollout {
             revision,
             control: RolloutControl { sender: control_tx },
             status: status_rx,
+            detail: detail_rx,
             events,
             first_events: Some(first_events),
             task,

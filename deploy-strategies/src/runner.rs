@@ -16,7 +16,9 @@ use tokio::time::Instant;
 
 use crate::analysis::run_analysis;
 use crate::error::RolloutError;
-use crate::handle::{Control, PauseReason, PauseStatus, RolloutOutcome, RolloutReport, RolloutStatus};
+use crate::handle::{
+    Control, Detail, PauseReason, PauseStatus, RolloutOutcome, RolloutReport, RolloutStatus,
+};
 use crate::hooks::{HookContext, HookOutcome, HookPoint, run_hooks};
 use crate::journal::{AnalysisRecord, Journal, Phase, Transition, batch_out_of_range, journal_key};
 use crate::lease::LeaseKeeper;
@@ -36,6 +38,18 @@ pub(crate) fn status_of(journal: &Journal, paused: Option<PauseStatus>) -> Rollo
             .map_or_else(|| "done".to_owned(), Step::describe),
         paused,
         routing: journal.current_split(),
+    }
+}
+
+/// What the control plane publishes besides the status, from the journal.
+pub(crate) fn detail_of(journal: &Journal) -> Detail {
+    Detail {
+        version: journal.version.clone(),
+        previous: journal.previous.clone(),
+        strategy: journal.strategy.name().to_owned(),
+        steps: Arc::new(journal.plan().iter().map(Step::describe).collect()),
+        last_analysis: journal.analyses.last().cloned(),
+        rolling_back: matches!(journal.phase, Phase::RollingBack { .. }),
     }
 }
 
@@ -76,6 +90,8 @@ enum Mode {
     AwaitingPromotion,
     /// A promote, or the lifting of a pause, ends it (waiting for a human).
     Decision,
+    /// Only a full promotion ends it early (an analysis).
+    Analysis,
 }
 
 impl Mode {
@@ -106,6 +122,7 @@ pub(crate) struct Runner {
     /// Whether any handle can still send commands.
     control_open: bool,
     status: watch::Sender<RolloutStatus>,
+    detail: watch::Sender<Detail>,
     events: ChannelSink,
     started: Instant,
     /// A hold in force: an operator's pause or an inconclusive analysis.
@@ -123,6 +140,7 @@ impl Runner {
         keeper: LeaseKeeper,
         control: mpsc::UnboundedReceiver<Control>,
         status: watch::Sender<RolloutStatus>,
+        detail: watch::Sender<Detail>,
         events: ChannelSink,
     ) -> Self {
         Self {
@@ -133,6 +151,7 @@ impl Runner {
             control,
             control_open: true,
             status,
+            detail,
             events,
             started: Instant::now(),
             held: None,
@@ -156,6 +175,16 @@ impl Runner {
     fn publish_status(&self) {
         let paused = self.held.clone().or_else(|| self.step_pause.clone());
         self.status.send_replace(status_of(&self.journal, paused));
+        // The step names change with the phase's plan only.
+        let rolling_back = matches!(self.journal.phase, Phase::RollingBack { .. });
+        let last_analysis = self.journal.analyses.last();
+        if rolling_back != self.detail.borrow().rolling_back {
+            self.detail.send_replace(detail_of(&self.journal));
+        } else if self.detail.borrow().last_analysis.as_ref() != last_analysis {
+            let last_analysis = last_analysis.cloned();
+            self.detail
+                .send_modify(|detail| detail.last_analysis = last_analysis);
+        }
     }
 
     /// Holds the rollout after the current step, for `reason`.
@@ -238,6 +267,7 @@ impl Runner {
                 self.publish_status();
             }
             Control::Abort if forward => return Err(Interrupt::Aborted),
+            Control::PromoteFull if forward => self.journal.full_promotion = true,
             _ => {}
         }
         Ok(())
@@ -277,7 +307,12 @@ impl Runner {
                             return Ok(Driven::Resumed);
                         }
                     }
-                    if control == Control::Promote && mode != Mode::Work {
+                    let promoted = match control {
+                        Control::Promote => !matches!(mode, Mode::Work | Mode::Analysis),
+                        Control::PromoteFull => self.journal.full_promotion && mode != Mode::Work,
+                        _ => false,
+                    };
+                    if promoted {
                         return Ok(Driven::Promoted);
                     }
                 }
@@ -446,6 +481,7 @@ impl Runner {
         let outcome = outcome?;
         self.emit(DeploymentEventKind::Resumed);
         Ok(match outcome {
+            Driven::Promoted if self.journal.full_promotion => FULL_PROMOTION_NOTE.into(),
             Driven::Promoted => "skipped by promote".into(),
             _ => "ok".to_owned(),
         })
@@ -463,9 +499,21 @@ impl Runner {
             });
         };
         let metrics = Arc::clone(&self.shared.converger.backends.metrics);
-        let result = self
-            .drive_to_end(run_analysis(&spec, &targets, metrics.as_ref()), None)
-            .await?;
+        let result = match self
+            .drive(
+                run_analysis(&spec, &targets, metrics.as_ref()),
+                None,
+                Mode::Analysis,
+            )
+            .await?
+        {
+            Driven::Done(result) => result,
+            Driven::Promoted | Driven::Resumed => {
+                return Ok(StepOutcome::Done {
+                    note: FULL_PROMOTION_NOTE.into(),
+                });
+            }
+        };
         let summary = result.summary();
         let step = self.journal.cursor;
         self.emit(DeploymentEventKind::AnalysisCompleted {
@@ -521,6 +569,12 @@ impl Runner {
                     step.describe(),
                     Ok(StepOutcome::Done {
                         note: format!("inconclusive, accepted by promote: {summary}"),
+                    }),
+                ),
+                Ok(_) if self.journal.skipped_by_full_promotion(&step) => (
+                    step.describe(),
+                    Ok(StepOutcome::Done {
+                        note: FULL_PROMOTION_NOTE.into(),
                     }),
                 ),
                 Ok(_) => (step.describe(), self.run_step(&step).await),
@@ -613,6 +667,9 @@ impl Runner {
         }
     }
 }
+
+/// The timeline note of a step that full promotion skipped or cut short.
+const FULL_PROMOTION_NOTE: &str = "skipped by full promotion";
 
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until_or_never(at: Option<Instant>) {

@@ -49,7 +49,7 @@
 //! ```
 
 mod client;
-// mod deployer;
+mod deployer;
 mod watch;
 
 use std::fmt;
@@ -62,7 +62,7 @@ use deploy_core::{
 use serde::{Deserialize, Serialize};
 
 pub use client::RolloutClient;
-// pub use deployer::Deployer;
+pub use deployer::Deployer;
 
 use crate::error::RolloutError;
 use crate::handle::RolloutReport;
