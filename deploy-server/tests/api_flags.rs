@@ -1,0 +1,446 @@
+//! `/api/flags`: every endpoint's happy path, bad input naming the field, 401 without a
+//! token, 403 for a weaker role, 409 for a stale `If-Match`, and the audit trail.
+
+mod api_support;
+
+use std::sync::Arc;
+
+use api_support::{ADMIN, Api, expect};
+use axum::http::{Method, StatusCode};
+use deploy_core::DynRecordStore;
+use deploy_flags::FeatureFlagManager;
+use deploy_server::{Role, Scope};
+use serde_json::json;
+
+async fn server() -> Api {
+    let store = Arc::new(deploy_core::MemoryStore::new());
+    let flags = Arc::new(
+        FeatureFlagManager::open(store.clone() as Arc<DynRecordStore>, Default::default())
+            .await
+            .expect("manager"),
+    );
+    let api = Api::new(|builder, _| builder.flags(flags));
+    // The manager keeps its records in its own store; the server's is for tokens and audit.
+    drop(store);
+    api
+}
+
+#[tokio::test]
+async fn a_flag_goes_through_its_life_with_etags_and_an_audit_trail() {
+    let api = server().await;
+    let operator = api.token("ops", Role::Operator).await;
+    let viewer = api.token("eyes", Role::Viewer).await;
+
+    let created = api
+        .post(
+            "/api/flags",
+            Some(&operator),
+            json!({"name": "search-v2", "enabled": false}),
+        )
+        .await;
+    expect(&created, StatusCode::CREATED);
+    assert_eq!(created.headers["etag"], "\"1\"");
+    assert_eq!(created.body["name"], "search-v2");
+
+    let fetched = api.get("/api/flags/search-v2", Some(&viewer)).await;
+    expect(&fetched, StatusCode::OK);
+    assert_eq!(fetched.headers["etag"], "\"1\"");
+    assert_eq!(fetched.body["enabled"], false);
+
+    let enabled = api
+        .call(Method::POST, "/api/flags/search-v2/enable", Some(&operator), None)
+        .await;
+    expect(&enabled, StatusCode::OK);
+    assert_eq!(enabled.body["enabled"], true);
+    assert_eq!(enabled.headers["etag"], "\"2\"");
+
+    let rolled = api
+        .call_with(
+            Method::PUT,
+            "/api/flags/search-v2/rollout",
+            Some(&operator),
+            Some(json!({"percentage": 0})),
+            &[("if-match", "\"2\"")],
+        )
+        .await;
+    expect(&rolled, StatusCode::OK);
+    assert_eq!(rolled.body["rules"][0]["rollout"]["percentage"], 0);
+    // 0%: off for everyone; then 100%: on for everyone.
+    let evaluated = api
+        .post(
+            "/api/flags/search-v2/evaluate",
+            Some(&viewer),
+            json!({"context": {"userId": "ann"}}),
+        )
+        .await;
+    expect(&evaluated, StatusCode::OK);
+    assert_eq!(evaluated.body["enabled"], false);
+    assert_eq!(evaluated.body["reason"], "DEFAULT");
+    let full = api
+        .call(
+            Method::PUT,
+            "/api/flags/search-v2/rollout",
+            Some(&operator),
+            Some(json!({"percentage": 100})),
+        )
+        .await;
+    expect(&full, StatusCode::OK);
+    assert_eq!(
+        full.body["rules"].as_array().map(Vec::len),
+        Some(1),
+        "the rollout rule is reused"
+    );
+    let evaluated = api
+        .post(
+            "/api/flags/search-v2/evaluate",
+            Some(&viewer),
+            json!({"context": {"userId": "ann"}}),
+        )
+        .await;
+    assert_eq!(evaluated.body["enabled"], true);
+    assert_eq!(evaluated.body["reason"], "TARGETING_MATCH");
+
+    let updated = api
+        .call_with(
+            Method::PUT,
+            "/api/flags/search-v2",
+            Some(&operator),
+            Some(json!({"name": "search-v2", "enabled": true, "description": "new search"})),
+            &[("if-match", "\"4\"")],
+        )
+        .await;
+    expect(&updated, StatusCode::OK);
+    assert_eq!(updated.headers["etag"], "\"5\"");
+    assert_eq!(updated.body["description"], "new search");
+
+    let disabled = api
+        .call(
+            Method::POST,
+            "/api/flags/search-v2/disable",
+            Some(&operator),
+            None,
+        )
+        .await;
+    expect(&disabled, StatusCode::OK);
+    assert_eq!(disabled.body["enabled"], false);
+
+    let listed = api.get("/api/flags", Some(&viewer)).await;
+    expect(&listed, StatusCode::OK);
+    assert_eq!(listed.body.as_array().map(Vec::len), Some(1));
+    assert_eq!(listed.body[0]["name"], "search-v2");
+
+    let log = api.get("/api/flags/search-v2/audit", Some(&viewer)).await;
+    expect(&log, StatusCode::OK);
+    let actions: Vec<_> = log
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        actions,
+        ["create", "enable", "update", "update", "update", "disable"]
+    );
+    assert!(
+        log.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|entry| entry["actor"] == "ops")
+    );
+
+    let stale = api.get("/api/flags-stale?days=0", Some(&viewer)).await;
+    expect(&stale, StatusCode::OK);
+    assert!(stale.body.is_array());
+
+    // The server's own audit log names the token for every mutation.
+    let audit = api.audit().await;
+    let mutations: Vec<_> = audit
+        .iter()
+        .map(|entry| {
+            (
+                entry.actor.as_str(),
+                entry.action.as_str(),
+                entry.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mutations,
+        [
+            ("ops", "flags.create", "ok"),
+            ("ops", "flags.enable", "ok"),
+            ("ops", "flags.rollout", "ok"),
+            ("ops", "flags.rollout", "ok"),
+            ("ops", "flags.update", "ok"),
+            ("ops", "flags.disable", "ok"),
+        ]
+    );
+    assert!(audit.iter().all(|entry| entry.target == "search-v2"));
+}
+
+#[tokio::test]
+async fn a_stale_if_match_is_a_conflict_and_changes_nothing() {
+    let api = server().await;
+    let operator = api.token("ops", Role::Operator).await;
+    expect(
+        &api.post(
+            "/api/flags",
+            Some(&operator),
+            json!({"name": "f", "enabled": false}),
+        )
+        .await,
+        StatusCode::CREATED,
+    );
+    expect(
+        &api.call(Method::POST, "/api/flags/f/enable", Some(&operator), None)
+            .await,
+        StatusCode::OK,
+    );
+
+    // Someone read revision 1; the flag is at 2 now.
+    let stale = api
+        .call_with(
+            Method::PUT,
+            "/api/flags/f",
+            Some(&operator),
+            Some(json!({"name": "f", "enabled": false, "description": "stale"})),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    expect(&stale, StatusCode::CONFLICT);
+    assert_eq!(stale.code(), "conflict");
+    assert_eq!(stale.field(), "If-Match");
+    let rollout = api
+        .call_with(
+            Method::PUT,
+            "/api/flags/f/rollout",
+            Some(&operator),
+            Some(json!({"percentage": 5})),
+            &[("if-match", "W/\"1\"")],
+        )
+        .await;
+    expect(&rollout, StatusCode::CONFLICT);
+    let current = api.get("/api/flags/f", Some(ADMIN)).await;
+    assert_eq!(current.headers["etag"], "\"2\"");
+    assert_eq!(current.body["enabled"], true);
+    assert!(current.body.get("description").is_none());
+    assert!(current.body.get("rules").is_none());
+
+    // Creating a flag that exists is a conflict too.
+    let again = api
+        .post("/api/flags", Some(&operator), json!({"name": "f"}))
+        .await;
+    expect(&again, StatusCode::CONFLICT);
+    assert_eq!(again.field(), "name");
+    // The refusals are audited.
+    let audit = api.audit().await;
+    assert!(
+        audit
+            .iter()
+            .any(|entry| entry.action == "flags.update" && entry.outcome == "conflict")
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_a_400_naming_the_field() {
+    let api = server().await;
+    let operator = api.token("ops", Role::Operator).await;
+    expect(
+        &api.post("/api/flags", Some(&operator), json!({"name": "f"}))
+            .await,
+        StatusCode::CREATED,
+    );
+
+    let cases = [
+        (Method::POST, "/api/flags", json!({"enabled": true}), "name"),
+        (
+            Method::POST,
+            "/api/flags",
+            json!({"name": "g", "enabled": "yes"}),
+            "enabled",
+        ),
+        (
+            Method::POST,
+            "/api/flags",
+            json!({"name": "g", "rules": [{"rollout": {"percentage": 101}}]}),
+            "rules[0].rollout.percentage",
+        ),
+        (Method::POST, "/api/flags", json!({"name": "bad/name"}), "name"),
+        (Method::PUT, "/api/flags/f", json!({"name": "other"}), "name"),
+        (
+            Method::PUT,
+            "/api/flags/f/rollout",
+            json!({"percentage": 150}),
+            "percentage",
+        ),
+        (
+            Method::PUT,
+            "/api/flags/f/rollout",
+            json!({"percent": 10}),
+            "percent",
+        ),
+        (
+            Method::POST,
+            "/api/flags/f/evaluate",
+            json!({"context": {"userId": 7}}),
+            "context.userId",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let answer = api
+            .call(method.clone(), path, Some(&operator), Some(body.clone()))
+            .await;
+        expect(&answer, StatusCode::BAD_REQUEST);
+        assert_eq!(answer.field(), field, "{method} {path} {body}: {answer:?}");
+    }
+    let not_json = api
+        .call_with(
+            Method::PUT,
+            "/api/flags/f",
+            Some(&operator),
+            None,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    expect(&not_json, StatusCode::BAD_REQUEST);
+    assert_eq!(not_json.code(), "bad_request");
+    let bad_etag = api
+        .call_with(
+            Method::PUT,
+            "/api/flags/f",
+            Some(&operator),
+            Some(json!({"name": "f"})),
+            &[("if-match", "yesterday")],
+        )
+        .await;
+    expect(&bad_etag, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_etag.field(), "If-Match");
+    let bad_days = api.get("/api/flags-stale?days=soon", Some(&operator)).await;
+    expect(&bad_days, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_days.field(), "days");
+    let unknown = api.get("/api/flags/nope", Some(&operator)).await;
+    expect(&unknown, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.code(), "not_found");
+    expect(
+        &api.call(Method::POST, "/api/flags/nope/enable", Some(&operator), None)
+            .await,
+        StatusCode::NOT_FOUND,
+    );
+}
+
+#[tokio::test]
+async fn every_endpoint_needs_a_token_and_mutations_need_an_operator() {
+    let api = server().await;
+    let viewer = api.token("eyes", Role::Viewer).await;
+    expect(
+        &api.post("/api/flags", Some(ADMIN), json!({"name": "f"})).await,
+        StatusCode::CREATED,
+    );
+    let reads = [
+        (Method::GET, "/api/flags", None),
+        (Method::GET, "/api/flags/f", None),
+        (Method::GET, "/api/flags/f/audit", None),
+        (Method::GET, "/api/flags-stale", None),
+        (
+            Method::POST,
+            "/api/flags/f/evaluate",
+            Some(json!({"context": {}})),
+        ),
+    ];
+    let writes = [
+        (Method::POST, "/api/flags", Some(json!({"name": "g"}))),
+        (Method::PUT, "/api/flags/f", Some(json!({"name": "f"}))),
+        (Method::POST, "/api/flags/f/enable", None),
+        (Method::POST, "/api/flags/f/disable", None),
+        (
+            Method::PUT,
+            "/api/flags/f/rollout",
+            Some(json!({"percentage": 5})),
+        ),
+    ];
+    for (method, path, body) in reads.iter().chain(&writes) {
+        let answer = api.call(method.clone(), path, None, body.clone()).await;
+        expect(&answer, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.code(), "unauthenticated");
+        assert_eq!(answer.headers["www-authenticate"], "Bearer");
+        let forged = api
+            .call(
+                method.clone(),
+                path,
+                Some("dk_not-a-token-anyone-was-given"),
+                body.clone(),
+            )
+            .await;
+        expect(&forged, StatusCode::UNAUTHORIZED);
+    }
+    for (method, path, body) in &reads {
+        expect(
+            &api.call(method.clone(), path, Some(&viewer), body.clone()).await,
+            StatusCode::OK,
+        );
+    }
+    for (method, path, body) in &writes {
+        let answer = api.call(method.clone(), path, Some(&viewer), body.clone()).await;
+        expect(&answer, StatusCode::FORBIDDEN);
+        assert_eq!(answer.code(), "forbidden");
+    }
+    // Each refusal of a known caller is in the audit log.
+    let refused = api
+        .audit()
+        .await
+        .into_iter()
+        .filter(|entry| entry.outcome == "forbidden")
+        .count();
+    assert_eq!(refused, writes.len());
+}
+
+#[tokio::test]
+async fn a_token_scoped_to_environments_evaluates_in_them_and_changes_no_flag() {
+    let api = server().await;
+    let scope = Scope {
+        environments: vec!["staging".into()],
+        apps: vec![],
+    };
+    let staging = api.scoped_token("staging-ops", Role::Operator, scope).await;
+    expect(
+        &api.post("/api/flags", Some(ADMIN), json!({"name": "f", "enabled": true}))
+            .await,
+        StatusCode::CREATED,
+    );
+
+    let inside = api
+        .post(
+            "/api/flags/f/evaluate",
+            Some(&staging),
+            json!({"context": {"environment": "staging"}}),
+        )
+        .await;
+    expect(&inside, StatusCode::OK);
+    assert_eq!(inside.body["enabled"], true);
+    for context in [json!({"environment": "production"}), json!({})] {
+        let outside = api
+            .post(
+                "/api/flags/f/evaluate",
+                Some(&staging),
+                json!({"context": context}),
+            )
+            .await;
+        expect(&outside, StatusCode::FORBIDDEN);
+    }
+    expect(
+        &api.call(Method::POST, "/api/flags/f/disable", Some(&staging), None)
+            .await,
+        StatusCode::FORBIDDEN,
+    );
+    expect(&api.get("/api/flags/f", Some(&staging)).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_server_without_flags_says_so() {
+    let api = Api::new(|builder, _| builder);
+    let answer = api.get("/api/flags", Some(ADMIN)).await;
+    expect(&answer, StatusCode::NOT_FOUND);
+    assert_eq!(answer.code(), "not_configured");
+}
