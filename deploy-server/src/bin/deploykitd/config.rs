@@ -1,0 +1,1027 @@
+//! The daemon's configuration: one file (TOML, YAML or JSON) under `DEPLOYKITD_*` environment
+//! variables, read through deploy-config so every error names the key and where it was set
+//! (`file:line`, or the variable).
+//!
+//! Reading happens in two passes. [`RawConfig`] is what serde can check (types, unknown keys);
+//! [`DaemonConfig::from_raw`] then checks what serde cannot (durations, names, strategies,
+//! references between sections) against the merged tree, so those errors carry provenance
+//! too.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deploy_config::{
+    ConfigError, ConfigErrors, ConfigSource, EnvVars, Format, Layers, MergePolicy, Node, Scope, Secret,
+    known_paths,
+};
+use deploy_core::{AppId, MetricName, MetricQuery, MetricTarget, Pool, Version, Weight};
+use deploy_incidents::{Comparison, RouteConfig};
+use deploy_strategies::{
+    AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity, RollingSpec,
+    RolloutOptions, Strategy,
+};
+use serde::Deserialize;
+
+/// The prefix of environment variables that override the file (`DEPLOYKITD_LISTEN`,
+/// `DEPLOYKITD_TOKENS__BOOTSTRAP_SECRET`, ...).
+pub(crate) const ENV_PREFIX: &str = "DEPLOYKITD";
+
+/// Shortest bootstrap token accepted (the server's own floor).
+pub(crate) const MIN_SECRET_LEN: usize = 24;
+
+/// The default listen address.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+// ---------------------------------------------------------------------------------------
+// What serde checks.
+
+/// The file as serde reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    /// `host:port` to serve on.
+    #[serde(default)]
+    listen: Option<String>,
+    /// Lets requests without a token read (GET) the API.
+    #[serde(default)]
+    allow_anonymous_reads: bool,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    tokens: RawTokens,
+    #[serde(default)]
+    backends: RawBackends,
+    #[serde(default)]
+    control: RawControl,
+    #[serde(default)]
+    apps: Vec<RawApp>,
+    #[serde(default)]
+    flags: RawFlags,
+    #[serde(default)]
+    alerts: RawAlerts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    /// `sqlite` (default), `postgres` or `memory`.
+    #[serde(default)]
+    kind: Option<String>,
+    /// The SQLite file (default `deploykit.db`, relative to the configuration file).
+    #[serde(default)]
+    path: Option<String>,
+    /// The PostgreSQL URL (may carry a password: kept secret).
+    #[serde(default)]
+    url: Option<Secret<String>>,
+    /// The PostgreSQL schema.
+    #[serde(default)]
+    schema: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    #[serde(default)]
+    bootstrap_name: Option<String>,
+    #[serde(default)]
+    bootstrap_secret: Option<Secret<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackends {
+    /// `simulated` (the only kind this daemon drives).
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    seed: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    #[serde(default)]
+    history_limit: Option<usize>,
+    #[serde(default)]
+    events_per_revision: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: String,
+    /// The version the simulated fleet serves at start.
+    version: String,
+    #[serde(default)]
+    replicas: Option<usize>,
+    /// Simulated requests per second.
+    #[serde(default)]
+    traffic: Option<u64>,
+    strategy: RawStrategy,
+    #[serde(default)]
+    analysis: Option<RawAnalysis>,
+    #[serde(default)]
+    rollout: RawRolloutOptions,
+    /// Simulated behaviour of versions (error rate, latency).
+    #[serde(default)]
+    versions: Vec<RawVersionProfile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStrategy {
+    /// `canary`, `blue_green` or `rolling`.
+    kind: String,
+    // canary
+    #[serde(default)]
+    steps: Option<Vec<f64>>,
+    #[serde(default)]
+    pause: Option<String>,
+    #[serde(default)]
+    until_promoted: bool,
+    // blue-green
+    #[serde(default)]
+    manual_promotion: bool,
+    #[serde(default)]
+    scale_down_delay: Option<String>,
+    // rolling
+    #[serde(default)]
+    batch: Option<String>,
+    #[serde(default)]
+    max_unavailable: Option<String>,
+    #[serde(default)]
+    max_surge: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnalysis {
+    /// Highest mean error rate (0..=1) of the new version's traffic.
+    #[serde(default)]
+    max_error_rate: Option<f64>,
+    /// Highest mean p99 latency in milliseconds.
+    #[serde(default)]
+    max_p99_ms: Option<f64>,
+    #[serde(default)]
+    window: Option<String>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    count: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRolloutOptions {
+    #[serde(default)]
+    drain: Option<String>,
+    #[serde(default)]
+    health_timeout: Option<String>,
+    #[serde(default)]
+    poll_interval: Option<String>,
+    #[serde(default)]
+    progress_deadline: Option<String>,
+    #[serde(default)]
+    lease_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVersionProfile {
+    version: String,
+    #[serde(default)]
+    error_rate: f64,
+    #[serde(default)]
+    p50: Option<String>,
+    #[serde(default)]
+    p99: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlags {
+    /// A flag set (JSON or YAML) created in the store at start (flags already there are kept).
+    #[serde(default)]
+    file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    /// How often rules are evaluated.
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    route: Option<RawRoute>,
+    #[serde(default)]
+    receivers: Vec<RawReceiver>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    app: String,
+    /// `stable`, `canary`, `blue`, `green` (or `version` instead).
+    #[serde(default)]
+    pool: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+    /// `error_rate`, `latency_p50_ms`, `latency_p99_ms`, `requests`.
+    metric: String,
+    #[serde(default)]
+    window: Option<String>,
+    /// `>`, `>=`, `<` or `<=`.
+    #[serde(default)]
+    op: Option<String>,
+    threshold: f64,
+    #[serde(default, rename = "for")]
+    for_duration: Option<String>,
+    #[serde(default)]
+    keep_firing_for: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(default)]
+    receiver: Option<String>,
+    #[serde(default)]
+    matchers: Vec<String>,
+    #[serde(default, rename = "continue")]
+    continue_matching: bool,
+    #[serde(default)]
+    group_by: Option<Vec<String>>,
+    #[serde(default)]
+    group_wait: Option<String>,
+    #[serde(default)]
+    group_interval: Option<String>,
+    #[serde(default)]
+    repeat_interval: Option<String>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReceiver {
+    name: String,
+    /// `log` (one line on standard error per notification).
+    kind: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// What the daemon runs on.
+
+/// The configuration, checked.
+#[derive(Debug)]
+pub(crate) struct DaemonConfig {
+    /// Where to serve.
+    pub(crate) listen: SocketAddr,
+    /// Whether GETs need no token.
+    pub(crate) allow_anonymous_reads: bool,
+    /// The record store.
+    pub(crate) store: StoreConfig,
+    /// The bootstrap admin token's name and secret (generated at start when not configured).
+    pub(crate) bootstrap: Option<(String, Secret<String>)>,
+    /// The name of the bootstrap token.
+    pub(crate) bootstrap_name: String,
+    /// Seed of the simulated fleet.
+    pub(crate) seed: u64,
+    /// Revisions kept per app.
+    pub(crate) history_limit: usize,
+    /// Events kept per revision.
+    pub(crate) events_per_revision: usize,
+    /// The apps deployed.
+    pub(crate) apps: Vec<AppConfig>,
+    /// A flag set to seed the store with.
+    pub(crate) flags_file: Option<PathBuf>,
+    /// Alerting.
+    pub(crate) alerts: AlertsConfig,
+}
+
+/// Where records live.
+#[derive(Debug)]
+pub(crate) enum StoreConfig {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database.
+    Postgres {
+        /// Its URL.
+        url: Secret<String>,
+        /// Its schema, if not the default.
+        schema: Option<String>,
+    },
+    /// In memory (lost at exit).
+    Memory,
+}
+
+/// One app the daemon deploys.
+#[derive(Debug, Clone)]
+pub(crate) struct AppConfig {
+    /// Its name.
+    pub(crate) name: AppId,
+    /// The version served at start.
+    pub(crate) version: Version,
+    /// Instances per pool.
+    pub(crate) replicas: usize,
+    /// Simulated requests per second.
+    pub(crate) traffic: u64,
+    /// How it is rolled out.
+    pub(crate) strategy: Strategy,
+    /// Timing of its rollouts.
+    pub(crate) options: RolloutOptions,
+    /// Simulated behaviour per version: (error rate, p50, p99).
+    pub(crate) profiles: Vec<(Version, f64, Duration, Duration)>,
+}
+
+/// Alert rules and where their notifications go.
+#[derive(Debug, Clone)]
+pub(crate) struct AlertsConfig {
+    /// Evaluation interval.
+    pub(crate) interval: Duration,
+    /// The rules.
+    pub(crate) rules: Vec<deploy_incidents::AlertRule>,
+    /// The routing tree.
+    pub(crate) route: RouteConfig,
+    /// Receiver names (all `log` receivers).
+    pub(crate) receivers: Vec<String>,
+}
+
+/// Reads `path` (its format from its extension) under the `DEPLOYKITD_*` variables of `env`.
+///
+/// # Errors
+/// Every problem, each naming the key and its source.
+pub(crate) async fn load(
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<DaemonConfig, ConfigErrors> {
+    let file = path.display().to_string();
+    let one = |error: ConfigError| ConfigErrors(vec![error]);
+    let format = Format::of(&file).ok_or_else(|| {
+        one(ConfigError::Source {
+            source_name: file.clone(),
+            message: "unknown format: the file name must end in .toml, .yaml, .yml or .json".into(),
+        })
+    })?;
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        one(ConfigError::Source {
+            source_name: file.clone(),
+            message: error.to_string(),
+        })
+    })?;
+    let tree = deploy_config::parse(&text, format, "config", &file).map_err(one)?;
+    let scope = Scope::new("deploykitd", "deploykitd").map_err(one)?;
+    let known = known_paths::<RawConfig>();
+    let env_layers = EnvVars::from_map(ENV_PREFIX, env)
+        .load(&scope, &known)
+        .await
+        .map_err(one)?;
+    let mut layers = Layers::new();
+    layers.push(tree, MergePolicy::default());
+    for layer in env_layers {
+        layers.push(layer.tree, layer.policy);
+    }
+    let merged = layers.merge()?;
+    let raw: RawConfig = deploy_config::extract(&merged)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    DaemonConfig::from_raw(raw, &merged, base)
+}
+
+/// Collects errors with the origin of the key they are about.
+struct Checker<'a> {
+    tree: &'a Node,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn origin(&self, path: &str) -> String {
+        self.tree.get(path).map_or_else(
+            || "no source (the key is missing)".to_owned(),
+            |node| node.origin.to_string(),
+        )
+    }
+
+    fn invalid(&mut self, path: &str, message: impl Into<String>) {
+        let origin = self.origin(path);
+        self.errors.push(ConfigError::Invalid {
+            path: path.to_owned(),
+            message: message.into(),
+            origin,
+        });
+    }
+
+    fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
+        match text {
+            None => default,
+            Some(text) => match parse_duration(text) {
+                Ok(duration) => duration,
+                Err(message) => {
+                    self.invalid(path, message);
+                    default
+                }
+            },
+        }
+    }
+
+    fn app_id(&mut self, path: &str, text: &str) -> Option<AppId> {
+        AppId::new(text)
+            .map_err(|error| self.invalid(path, format!("is not an app name: {error}")))
+            .ok()
+    }
+
+    fn version(&mut self, path: &str, text: &str) -> Option<Version> {
+        Version::new(text)
+            .map_err(|error| self.invalid(path, format!("is not a version: {error}")))
+            .ok()
+    }
+}
+
+impl DaemonConfig {
+    /// Checks what serde could not; relative paths are taken from `base` (the file's
+    /// directory).
+    fn from_raw(raw: RawConfig, tree: &Node, base: &Path) -> Result<Self, ConfigErrors> {
+        let mut check = Checker {
+            tree,
+            errors: Vec::new(),
+        };
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|error| {
+            check.invalid("listen", format!("is not a host:port address ({error})"));
+            SocketAddr::from(([127, 0, 0, 1], 7070))
+        });
+
+        let store = match raw.store.kind.as_deref().unwrap_or("sqlite") {
+            "sqlite" => StoreConfig::Sqlite(base.join(raw.store.path.as_deref().unwrap_or("deploykit.db"))),
+            "postgres" => match raw.store.url {
+                Some(url) => StoreConfig::Postgres {
+                    url,
+                    schema: raw.store.schema,
+                },
+                None => {
+                    check.invalid("store.url", "is required for a postgres store");
+                    StoreConfig::Memory
+                }
+            },
+            "memory" => StoreConfig::Memory,
+            other => {
+                check.invalid(
+                    "store.kind",
+                    format!("is {other:?}; expected \"sqlite\", \"postgres\" or \"memory\""),
+                );
+                StoreConfig::Memory
+            }
+        };
+
+        let bootstrap_name = raw.tokens.bootstrap_name.unwrap_or_else(|| "admin".to_owned());
+        if bootstrap_name.is_empty() {
+            check.invalid("tokens.bootstrap_name", "must not be empty");
+        }
+        let bootstrap = raw.tokens.bootstrap_secret.map(|secret| {
+            if secret.expose().len() < MIN_SECRET_LEN {
+                check.invalid(
+                    "tokens.bootstrap_secret",
+                    format!("must be at least {MIN_SECRET_LEN} characters"),
+                );
+            }
+            (bootstrap_name.clone(), secret)
+        });
+
+        match raw.backends.kind.as_deref().unwrap_or("simulated") {
+            "simulated" => {}
+            other => check.invalid(
+                "backends.kind",
+                format!(
+                    "is {other:?}; this daemon drives the simulated fleet only (\"simulated\"): \
+                     HAProxy, process and Prometheus backends are not wired into deploykitd yet"
+                ),
+            ),
+        }
+
+        let history_limit = raw.control.history_limit.unwrap_or(10);
+        if history_limit == 0 {
+            check.invalid("control.history_limit", "must be at least 1");
+        }
+        let events_per_revision = raw.control.events_per_revision.unwrap_or(1000);
+        if events_per_revision == 0 {
+            check.invalid("control.events_per_revision", "must be at least 1");
+        }
+
+        let mut apps = Vec::new();
+        for (index, app) in raw.apps.into_iter().enumerate() {
+            if let Some(app) = app_config(&mut check, index, app) {
+                if apps.iter().any(|known: &AppConfig| known.name == app.name) {
+                    check.invalid(
+                        &format!("apps.{index}.name"),
+                        format!("{} is configured twice", app.name),
+                    );
+                }
+                apps.push(app);
+            }
+        }
+
+        let flags_file = raw.flags.file.map(|file| base.join(file));
+        let alerts = alerts_config(&mut check, raw.alerts, &apps);
+
+        if !check.errors.is_empty() {
+            return Err(ConfigErrors(check.errors));
+        }
+        Ok(Self {
+            listen,
+            allow_anonymous_reads: raw.allow_anonymous_reads,
+            store,
+            bootstrap,
+            bootstrap_name,
+            seed: raw.backends.seed.unwrap_or(0),
+            history_limit,
+            events_per_revision,
+            apps,
+            flags_file,
+            alerts,
+        })
+    }
+}
+
+fn app_config(check: &mut Checker<'_>, index: usize, raw: RawApp) -> Option<AppConfig> {
+    let at = |key: &str| format!("apps.{index}.{key}");
+    let name = check.app_id(&at("name"), &raw.name);
+    let version = check.version(&at("version"), &raw.version);
+    let replicas = raw.replicas.unwrap_or(4);
+    if replicas == 0 {
+        check.invalid(&at("replicas"), "must be at least 1");
+    }
+    let analysis = raw
+        .analysis
+        .map(|analysis| analysis_spec(check, &at("analysis"), analysis));
+    let strategy = strategy(check, &at("strategy"), raw.strategy, analysis);
+    let defaults = RolloutOptions::default();
+    let options = RolloutOptions {
+        replicas: Some(replicas.max(1)),
+        drain: check.duration(
+            &at("rollout.drain"),
+            raw.rollout.drain.as_deref(),
+            Duration::from_secs(2),
+        ),
+        health_timeout: check.duration(
+            &at("rollout.health_timeout"),
+            raw.rollout.health_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        poll_interval: check.duration(
+            &at("rollout.poll_interval"),
+            raw.rollout.poll_interval.as_deref(),
+            Duration::from_millis(500),
+        ),
+        progress_deadline: check.duration(
+            &at("rollout.progress_deadline"),
+            raw.rollout.progress_deadline.as_deref(),
+            defaults.progress_deadline,
+        ),
+        lease_ttl: check.duration(
+            &at("rollout.lease_ttl"),
+            raw.rollout.lease_ttl.as_deref(),
+            defaults.lease_ttl,
+        ),
+        ..defaults
+    };
+    if let Err(error) = options.validate() {
+        let field = error
+            .field
+            .strip_prefix("options.")
+            .unwrap_or(&error.field)
+            .to_owned();
+        check.invalid(&at(&format!("rollout.{field}")), error.reason.clone());
+    }
+    let mut profiles = Vec::new();
+    for (position, profile) in raw.versions.into_iter().enumerate() {
+        let here = |key: &str| at(&format!("versions.{position}.{key}"));
+        let version = check.version(&here("version"), &profile.version);
+        if !(0.0..=1.0).contains(&profile.error_rate) {
+            check.invalid(&here("error_rate"), "must be within 0..=1");
+        }
+        let p50 = check.duration(&here("p50"), profile.p50.as_deref(), Duration::from_millis(20));
+        let p99 = check.duration(&here("p99"), profile.p99.as_deref(), Duration::from_millis(80));
+        if p50.is_zero() || p99 < p50 {
+            check.invalid(&here("p99"), "p50 must be above zero and p99 at least p50");
+        }
+        if let Some(version) = version {
+            profiles.push((version, profile.error_rate, p50, p99));
+        }
+    }
+    Some(AppConfig {
+        name: name?,
+        version: version?,
+        replicas: replicas.max(1),
+        traffic: raw.traffic.unwrap_or(200),
+        strategy: strategy?,
+        options,
+        profiles,
+    })
+}
+
+fn analysis_spec(check: &mut Checker<'_>, at: &str, raw: RawAnalysis) -> AnalysisSpec {
+    let window = check.duration(
+        &format!("{at}.window"),
+        raw.window.as_deref(),
+        Duration::from_secs(30),
+    );
+    let interval = check.duration(
+        &format!("{at}.interval"),
+        raw.interval.as_deref(),
+        Duration::from_secs(10),
+    );
+    let mut metrics = Vec::new();
+    if let Some(max) = raw.max_error_rate {
+        metrics.push(AnalysisMetric::max_mean(
+            "error_rate",
+            MetricName::error_rate(),
+            window,
+            max,
+        ));
+    }
+    if let Some(max) = raw.max_p99_ms {
+        metrics.push(AnalysisMetric::max_mean(
+            "latency_p99",
+            MetricName::latency_p99_ms(),
+            window,
+            max,
+        ));
+    }
+    if metrics.is_empty() {
+        check.invalid(at, "needs max_error_rate or max_p99_ms");
+    }
+    let spec = AnalysisSpec::new(metrics, interval, raw.count.unwrap_or(1));
+    if let Err(error) = spec.validate() {
+        check.invalid(at, format!("{}: {}", error.field, error.reason));
+    }
+    spec
+}
+
+fn strategy(
+    check: &mut Checker<'_>,
+    at: &str,
+    raw: RawStrategy,
+    analysis: Option<AnalysisSpec>,
+) -> Option<Strategy> {
+    let key = |name: &str| format!("{at}.{name}");
+    let strategy = match raw.kind.as_str() {
+        "canary" => {
+            let pause = if raw.until_promoted {
+                Pause::UntilPromoted
+            } else {
+                let pause = check.duration(&key("pause"), raw.pause.as_deref(), Duration::from_secs(30));
+                if pause.is_zero() {
+                    Pause::None
+                } else {
+                    Pause::For(pause)
+                }
+            };
+            let percents = raw.steps.unwrap_or_else(|| vec![10.0, 25.0, 50.0, 100.0]);
+            let mut steps = Vec::new();
+            for percent in percents {
+                match Weight::from_percent(percent) {
+                    Ok(weight) => steps.push(CanaryStep {
+                        weight,
+                        pause,
+                        analyze: analysis.is_some(),
+                    }),
+                    Err(error) => check.invalid(&key("steps"), format!("{percent}: {error}")),
+                }
+            }
+            Strategy::Canary(CanarySpec { steps, analysis })
+        }
+        "blue_green" => Strategy::BlueGreen(BlueGreenSpec {
+            pre_promotion: analysis.clone(),
+            post_promotion: analysis,
+            manual_promotion: raw.manual_promotion,
+            scale_down_delay: check.duration(
+                &key("scale_down_delay"),
+                raw.scale_down_delay.as_deref(),
+                Duration::from_secs(30),
+            ),
+        }),
+        "rolling" => {
+            let defaults = RollingSpec::default();
+            let mut quantity = |name: &str, text: Option<&str>, default: Quantity| match text {
+                None => default,
+                Some(text) => parse_quantity(text).unwrap_or_else(|message| {
+                    check.invalid(&key(name), message);
+                    default
+                }),
+            };
+            Strategy::Rolling(RollingSpec {
+                batch: quantity("batch", raw.batch.as_deref(), defaults.batch),
+                max_unavailable: quantity(
+                    "max_unavailable",
+                    raw.max_unavailable.as_deref(),
+                    defaults.max_unavailable,
+                ),
+                max_surge: quantity("max_surge", raw.max_surge.as_deref(), defaults.max_surge),
+                analysis,
+            })
+        }
+        other => {
+            check.invalid(
+                &key("kind"),
+                format!("is {other:?}; expected \"canary\", \"blue_green\" or \"rolling\""),
+            );
+            return None;
+        }
+    };
+    match strategy.validate() {
+        Ok(()) => Some(strategy),
+        Err(error) => {
+            // The spec's field names its own structure (`canary.steps`); report it under the
+            // app's strategy key, whose origin is known.
+            check.invalid(at, format!("{}: {}", error.field, error.reason));
+            None
+        }
+    }
+}
+
+fn alerts_config(check: &mut Checker<'_>, raw: RawAlerts, apps: &[AppConfig]) -> AlertsConfig {
+    let interval = check.duration("alerts.interval", raw.interval.as_deref(), Duration::from_secs(5));
+    if interval.is_zero() {
+        check.invalid("alerts.interval", "must be longer than zero");
+    }
+    let mut receivers = Vec::new();
+    for (index, receiver) in raw.receivers.iter().enumerate() {
+        if receiver.kind != "log" {
+            check.invalid(
+                &format!("alerts.receivers.{index}.kind"),
+                format!(
+                    "is {:?}; deploykitd has the \"log\" receiver only (webhook, PagerDuty and \
+                     Alertmanager notifiers are not wired into it yet)",
+                    receiver.kind
+                ),
+            );
+        }
+        receivers.push(receiver.name.clone());
+    }
+    if receivers.is_empty() {
+        receivers.push("log".to_owned());
+    }
+    let route = match raw.route {
+        Some(route) => route_config(check, "alerts.route", route),
+        None => RouteConfig {
+            receiver: Some(receivers[0].clone()),
+            group_by: Some(vec!["alertname".into(), "app".into()]),
+            ..RouteConfig::default()
+        },
+    };
+    if let Err(error) = deploy_incidents::Route::compile(&route, &receivers) {
+        check.invalid("alerts.route", error.to_string());
+    }
+    let mut rules = Vec::new();
+    for (index, rule) in raw.rules.into_iter().enumerate() {
+        let at = |key: &str| format!("alerts.rules.{index}.{key}");
+        let Some(app) = check.app_id(&at("app"), &rule.app) else {
+            continue;
+        };
+        if !apps.iter().any(|known| known.name == app) {
+            check.invalid(&at("app"), format!("{app} is not one of the configured apps"));
+        }
+        let target = match (rule.pool.as_deref(), rule.version.as_deref()) {
+            (Some(pool), None) => match Pool::new(pool) {
+                Ok(pool) => MetricTarget::Pool { app, pool },
+                Err(error) => {
+                    check.invalid(&at("pool"), error.to_string());
+                    continue;
+                }
+            },
+            (None, Some(version)) => match check.version(&at("version"), version) {
+                Some(version) => MetricTarget::Version { app, version },
+                None => continue,
+            },
+            (None, None) => MetricTarget::Pool {
+                app,
+                pool: Pool::stable(),
+            },
+            (Some(_), Some(_)) => {
+                check.invalid(&at("version"), "give pool or version, not both");
+                continue;
+            }
+        };
+        let metric = match rule.metric.as_str() {
+            "error_rate" => MetricName::error_rate(),
+            "latency_p50_ms" => MetricName::latency_p50_ms(),
+            "latency_p99_ms" => MetricName::latency_p99_ms(),
+            "requests" => MetricName::requests(),
+            other => {
+                check.invalid(
+                    &at("metric"),
+                    format!("is {other:?}; expected error_rate, latency_p50_ms, latency_p99_ms or requests"),
+                );
+                continue;
+            }
+        };
+        let window = check.duration(&at("window"), rule.window.as_deref(), Duration::from_secs(30));
+        let query = match MetricQuery::new(metric, target, window) {
+            Ok(query) => query,
+            Err(error) => {
+                check.invalid(&at("window"), error.to_string());
+                continue;
+            }
+        };
+        let comparison = match rule.op.as_deref().unwrap_or(">") {
+            ">" => Comparison::Above,
+            ">=" => Comparison::AtOrAbove,
+            "<" => Comparison::Below,
+            "<=" => Comparison::AtOrBelow,
+            other => {
+                check.invalid(&at("op"), format!("is {other:?}; expected >, >=, < or <="));
+                continue;
+            }
+        };
+        let alert = deploy_incidents::AlertRule {
+            name: rule.name,
+            query,
+            comparison,
+            threshold: rule.threshold,
+            for_duration: check.duration(&at("for"), rule.for_duration.as_deref(), Duration::ZERO),
+            keep_firing_for: check.duration(
+                &at("keep_firing_for"),
+                rule.keep_firing_for.as_deref(),
+                Duration::ZERO,
+            ),
+            labels: rule.labels,
+            annotations: rule.annotations,
+        };
+        if let Err(error) = alert.validate() {
+            check.invalid(&at("name"), error.to_string());
+            continue;
+        }
+        rules.push(alert);
+    }
+    AlertsConfig {
+        interval,
+        rules,
+        route,
+        receivers,
+    }
+}
+
+fn route_config(check: &mut Checker<'_>, at: &str, raw: RawRoute) -> RouteConfig {
+    let key = |name: &str| format!("{at}.{name}");
+    RouteConfig {
+        receiver: raw.receiver,
+        matchers: raw.matchers,
+        continue_matching: raw.continue_matching,
+        group_by: raw.group_by,
+        group_wait: raw
+            .group_wait
+            .as_deref()
+            .map(|text| check.duration(&key("group_wait"), Some(text), Duration::ZERO)),
+        group_interval: raw
+            .group_interval
+            .as_deref()
+            .map(|text| check.duration(&key("group_interval"), Some(text), Duration::ZERO)),
+        repeat_interval: raw
+            .repeat_interval
+            .as_deref()
+            .map(|text| check.duration(&key("repeat_interval"), Some(text), Duration::ZERO)),
+        routes: raw
+            .routes
+            .into_iter()
+            .enumerate()
+            .map(|(index, child)| route_config(check, &key(&format!("routes.{index}")), child))
+            .collect(),
+    }
+}
+
+/// `250ms`, `10s`, `5m`, `2h`, `1d`, and sums of them (`1m30s`); `0` is zero.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let refuse = || format!("{text:?} is not a duration (such as 500ms, 30s, 5m, 2h or 1m30s)");
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(refuse());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(refuse());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| refuse())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.checked_mul(60).ok_or_else(refuse)?),
+            "h" => Duration::from_secs(number.checked_mul(3600).ok_or_else(refuse)?),
+            "d" => Duration::from_secs(number.checked_mul(86_400).ok_or_else(refuse)?),
+            _ => return Err(refuse()),
+        };
+        total = total.checked_add(unit).ok_or_else(refuse)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// `3` (instances) or `25%`.
+fn parse_quantity(text: &str) -> Result<Quantity, String> {
+    let text = text.trim();
+    let refuse = || format!("{text:?} is not a count (3) or a percentage (25%)");
+    match text.strip_suffix('%') {
+        Some(percent) => {
+            let percent: f64 = percent.trim().parse().map_err(|_| refuse())?;
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(refuse());
+            }
+            Ok(Quantity::Percent(percent))
+        }
+        None => text.parse().map(Quantity::Count).map_err(|_| refuse()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_sums() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "10", "10x", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn quantities_are_counts_or_percentages() {
+        assert_eq!(parse_quantity("3"), Ok(Quantity::Count(3)));
+        assert_eq!(parse_quantity("25%"), Ok(Quantity::Percent(25.0)));
+        assert!(parse_quantity("150%").is_err());
+        assert!(parse_quantity("many").is_err());
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write the config");
+        path
+    }
+
+    #[tokio::test]
+    async fn a_bad_duration_names_its_key_file_and_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = "listen = \"127.0.0.1:0\"\n\n[[apps]]\nname = \"web\"\nversion = \"1.0.0\"\n\
+                    [apps.strategy]\nkind = \"canary\"\npause = \"ten seconds\"\n";
+        let path = write(dir.path(), "d.toml", text);
+        let errors = load(&path, []).await.expect_err("a bad pause");
+        let message = errors.to_string();
+        assert!(message.contains("apps.0.strategy.pause"), "{message}");
+        assert!(message.contains("d.toml:8"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_type_and_an_environment_override_are_reported_with_their_source() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = write(dir.path(), "d.toml", "listen = 7070\n");
+        let errors = load(&path, []).await.expect_err("a number for the address");
+        assert!(errors.to_string().contains("`listen`"), "{errors}");
+        assert!(errors.to_string().contains("d.toml:1"), "{errors}");
+
+        let path = write(dir.path(), "e.toml", "listen = \"127.0.0.1:7070\"\n");
+        let env = [("DEPLOYKITD_LISTEN".to_owned(), "nowhere".to_owned())];
+        let errors = load(&path, env).await.expect_err("a bad variable");
+        assert!(errors.to_string().contains("env DEPLOYKITD_LISTEN"), "{errors}");
+    }
+
+    #[tokio::test]
+    async fn the_example_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/deploykitd.toml");
+        let config = load(&path, []).await.expect("the example is valid");
+        assert_eq!(config.apps.len(), 2);
+        assert_eq!(config.alerts.rules.len(), 1);
+        assert!(matches!(config.store, StoreConfig::Sqlite(_)));
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_never_quoted_in_errors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = write(
+            dir.path(),
+            "s.toml",
+            "[tokens]\nbootstrap_secret = \"short-secret-1234\"\n",
+        );
+        let errors = load(&path, []).await.expect_err("too short");
+        let message = errors.to_string();
+        assert!(message.contains("tokens.bootstrap_secret"), "{message}");
+        assert!(!message.contains("short-secret-1234"), "{message}");
+    }
+}

@@ -1,0 +1,222 @@
+//! The real `deploykitd` binary: `--demo` serves the API with the demo apps, a bad
+//! configuration exits 2 naming the key and where it was set, SIGTERM stops it cleanly.
+//! Every wait is bounded.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_deploykitd");
+
+/// Kills the daemon if a test fails before stopping it.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn demo() -> Self {
+        let mut child = Command::new(DAEMON)
+            .args(["--demo", "--listen", "127.0.0.1:0", "--demo-interval", "1s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("deploykitd starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The value after `prefix` on the first printed line that has it, waiting at most
+    /// `within`.
+    fn printed(&self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(value) = line.trim().strip_prefix(prefix) {
+                        return value.trim().to_owned();
+                    }
+                }
+                Err(error) => panic!("deploykitd printed no line starting with {prefix:?}: {error}"),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits at most `within` for the exit status.
+    fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait on the daemon") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deploykitd did not exit within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_the_api_with_its_apps_and_stops_on_sigterm() {
+    let mut daemon = Daemon::demo();
+    let url = daemon.printed("deploykitd: serving ", Duration::from_secs(120));
+    let exported = daemon.printed("export DEPLOYCTL_SERVER=", Duration::from_secs(5));
+    assert_eq!(url, exported);
+    let token = daemon.printed("export DEPLOYCTL_TOKEN=", Duration::from_secs(5));
+    assert!(
+        token.starts_with("dk_"),
+        "a token in the documented format: {token}"
+    );
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client");
+    let health = http
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .expect("GET /healthz");
+    assert_eq!(health.status(), 200);
+
+    let anonymous = http
+        .get(format!("{url}/api/rollouts"))
+        .send()
+        .await
+        .expect("GET without a token");
+    assert_eq!(anonymous.status(), 401, "no endpoint under /api without a token");
+
+    // The demo rolls out a release of each app at once; the list shows both.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = http
+            .get(format!("{url}/api/rollouts"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("GET /api/rollouts");
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        let text = body.to_string();
+        let wanted = ["\"web\"", "\"api\"", "1.1.0", "2.1.0"];
+        if wanted.iter().all(|needle| text.contains(needle)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the demo apps never showed up: {text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let app = http
+        .get(format!("{url}/api/rollouts/web"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET /api/rollouts/web");
+    assert_eq!(app.status(), 200);
+    let app: serde_json::Value = app.json().await.expect("JSON");
+    assert!(
+        app.to_string().contains("canary"),
+        "web rolls out by canary: {app}"
+    );
+
+    let status = daemon.terminate(Duration::from_secs(30));
+    assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
+}
+
+fn bad_config(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("deploykitd.toml");
+    std::fs::write(&path, text).expect("write the config");
+    (dir, path)
+}
+
+/// Runs the daemon on `path`, which must fail at once; its exit code and standard error.
+fn run_bad(path: &std::path::Path) -> (Option<i32>, String) {
+    let mut child = Command::new(DAEMON)
+        .arg("--config")
+        .arg(path)
+        .env_remove("DEPLOYKITD_LISTEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("deploykitd starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("deploykitd kept running on a bad configuration");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read");
+    (status.code(), stderr)
+}
+
+#[test]
+fn a_bad_configuration_exits_2_naming_the_key_and_its_line() {
+    let (_dir, path) = bad_config(
+        "listen = \"127.0.0.1:0\"\n\
+         [store]\n\
+         kind = \"memory\"\n\
+         [[apps]]\n\
+         name = \"web\"\n\
+         version = \"1.0.0\"\n\
+         [apps.strategy]\n\
+         kind = \"canary\"\n\
+         pause = \"soon\"\n",
+    );
+    let (code, stderr) = run_bad(&path);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("apps.0.strategy.pause"),
+        "names the key: {stderr}"
+    );
+    assert!(
+        stderr.contains("deploykitd.toml:9"),
+        "names the file and line: {stderr}"
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_and_an_unknown_key_exit_2() {
+    let (_dir, path) = bad_config("[store]\nkind = \"memory\"\nsize = 3\n");
+    let (code, stderr) = run_bad(&path);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("size"), "names the unknown key: {stderr}");
+
+    let (_dir, path) = bad_config("listen = 7070\n");
+    let (code, stderr) = run_bad(&path);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`listen`") && stderr.contains("deploykitd.toml:1"),
+        "{stderr}"
+    );
+}
