@@ -650,12 +650,22 @@ async fn follow(inner: Weak<Inner>, mut watch: deploy_core::WatchStream, mut see
                     all.remove(name);
                 }
             }
-            WatchEvent::Lagged => match inner.relist().await {
-                Ok(newest) => seen = newest,
-                Err(error) => {
-                    tracing::warn!(%error, "re-reading tokens after a lagged watch failed; known tokens kept")
+            WatchEvent::Lagged => {
+                // Until the re-read works, a revoked token may still be accepted here: retry
+                // rather than carry on with what may be stale.
+                loop {
+                    match inner.relist().await {
+                        Ok(newest) => {
+                            seen = newest;
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "re-reading tokens after a lagged watch failed; retrying");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
                 }
-            },
+            }
             _ => {}
         }
     }
