@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::AnalysisResult;
 use crate::error::RolloutError;
 use crate::handle::PauseReason;
+use crate::options::MAX_REPLICAS;
 use crate::outcome::{StepError, StepOutcome};
 use crate::plan::Step;
 use crate::spec::Strategy;
@@ -213,6 +214,35 @@ impl Journal {
             rollback_failures: 0,
             full_promotion: false,
         })
+    }
+
+    /// Why a journal read back from the store cannot be resumed, if it cannot: a strategy
+    /// that fails validation, or counts no fleet has (over [`MAX_REPLICAS`]), which would
+    /// make the resumed deployer provision or plan billions of instances.
+    pub(crate) fn implausible(&self) -> Option<String> {
+        if let Err(err) = self.strategy.validate() {
+            return Some(format!("its strategy is invalid: {err}"));
+        }
+        let pending = match &self.pending {
+            Some(Step::EnsurePool { count, .. }) => *count,
+            Some(
+                Step::RemoveExtras { keep_at_least: n, .. }
+                | Step::RetirePool {
+                    serving_at_least: n, ..
+                },
+            ) => *n,
+            Some(Step::UpdateBatch { from, to }) => (*from).max(*to),
+            _ => 0,
+        };
+        [
+            ("replicas", self.replicas),
+            ("instance_count", self.instance_count),
+            ("the pending step's count", pending),
+        ]
+        .into_iter()
+        .find(|(_, n)| *n > MAX_REPLICAS)
+        .map(|(what, n)| format!("{what} is {n}, over the limit of {MAX_REPLICAS}"))
+        .or_else(|| (self.replicas == 0).then(|| "replicas is 0".to_owned()))
     }
 
     /// Moves the rollout on by the `outcome` of the step called `name`, at `at` since the

@@ -94,13 +94,17 @@ impl Default for RolloutOptions {
     }
 }
 
+/// The most instances one rollout provisions or updates. A journal asking for more is
+/// refused on resume: the number came from a corrupted record, not from a fleet.
+pub const MAX_REPLICAS: usize = 100_000;
+
 impl RolloutOptions {
     /// Checks every field.
     ///
     /// # Errors
     /// [`SpecError`] naming the field: zero durations where time must pass (the lease TTL,
     /// the progress deadline, the health timeout, the poll interval), a lease TTL over 24
-    /// hours, and zero counts. Other durations may be as long as `Duration::MAX` ("never").
+    /// hours, zero counts and more than [`MAX_REPLICAS`] replicas. Other durations may be as long as `Duration::MAX` ("never").
     pub fn validate(&self) -> Result<(), SpecError> {
         let positive = [
             ("options.lease_ttl", self.lease_ttl),
@@ -126,10 +130,10 @@ impl RolloutOptions {
         if self.max_parallel == 0 {
             return Err(SpecError::new("options.max_parallel", "must be at least 1"));
         }
-        if self.replicas == Some(0) {
+        if self.replicas.is_some_and(|n| n == 0 || n > MAX_REPLICAS) {
             return Err(SpecError::new(
                 "options.replicas",
-                "must be at least 1 when given",
+                format!("must be from 1 to {MAX_REPLICAS} when given"),
             ));
         }
         Ok(())

@@ -401,6 +401,12 @@ impl Rollout {
         else {
             return Err(RolloutError::NothingToResume { app: app.clone() });
         };
+        if let Some(reason) = journal.implausible() {
+            return Err(RolloutError::JournalInconsistent {
+                app: app.clone(),
+                reason,
+            });
+        }
         self.attach_instances(&mut journal).await?;
         Ok((journal, record))
     }

@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use common::*;
 use deploy_core::{LeaseStore, RecordStore, RecordStoreExt};
-use deploy_strategies::{ResumePolicy, RolloutError, Strategy as RolloutStrategy};
+use deploy_strategies::{PauseReason, ResumePolicy, RolloutError, Strategy as RolloutStrategy};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
 /// Simulated time after which a resumed rollout counts as hung.
 const HANG: Duration = Duration::from_secs(6 * 3600);
+/// Simulated time after which the test's operator aborts a resumed rollout.
+const GIVE_UP: Duration = Duration::from_secs(3600);
 const JOURNAL: &str = "rollouts/shop/journal";
 const INSTANCES: &str = "rollouts/shop/instances";
 
@@ -242,9 +244,28 @@ fn resume_over(journal: &Stored, instances: &Stored, policy: ResumePolicy) -> bo
         let outcome = tokio::time::timeout(HANG, async {
             match rollout.resume(&world.app, policy).await {
                 Ok(handle) => {
-                    // An operator answers every hold (a hold is an answer, not a hang).
+                    // An operator answers every hold (a hold is an answer, not a hang) and
+                    // ends timed pauses early; a rollout still going after GIVE_UP (a
+                    // journal may ask for days of valid analysis) is aborted, and the
+                    // abort must end it.
+                    let (control, mut status) = (handle.control(), handle.watch_status());
+                    let timed = tokio::spawn(async move {
+                        while status.changed().await.is_ok() {
+                            let paused = status.borrow_and_update().paused.clone();
+                            if paused.is_some_and(|p| p.reason == PauseReason::Timed) {
+                                control.promote();
+                            }
+                        }
+                    });
+                    let control = handle.control();
+                    let give_up = tokio::spawn(async move {
+                        tokio::time::sleep(GIVE_UP).await;
+                        control.abort();
+                    });
                     operate_until_done(&handle).await;
-                    Ok(handle.wait().await)
+                    let ended = handle.wait().await;
+                    (timed.abort(), give_up.abort());
+                    Ok(ended)
                 }
                 Err(refused) => Err(refused),
             }
@@ -310,5 +331,32 @@ fn the_unedited_records_resume() {
             edits: Vec::new(),
         };
         assert!(resume_over(&real, &real, ResumePolicy::Continue), "base {base}");
+    }
+}
+
+/// A journal asking for more instances than any fleet has (a corrupted count) is refused
+/// on resume, before the deployer plans or provisions them (it used to exhaust memory).
+#[test]
+fn counts_no_fleet_has_are_refused() {
+    for (base, field) in [(0, "replicas"), (1, "instance_count"), (1, "replicas")] {
+        let (mut journal, _) = interrupted()[base].clone();
+        journal[field] = json!(1u64 << 32);
+        let refused = paused_runtime().block_on(async {
+            let world = world(0).await;
+            world
+                .store
+                .put(JOURNAL, serde_json::to_vec(&journal).unwrap().into())
+                .await
+                .unwrap();
+            world
+                .rollout(canary())
+                .resume(&world.app, ResumePolicy::Continue)
+                .await
+                .expect_err("an implausible journal is refused")
+        });
+        assert!(
+            matches!(&refused, RolloutError::JournalInconsistent { reason, .. } if reason.contains(field)),
+            "base {base}, {field}: {refused:?}"
+        );
     }
 }
