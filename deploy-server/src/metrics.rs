@@ -28,6 +28,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use deploy_core::AnalysisOutcome;
+use deploy_strategies::control::{ControlError, RolloutClient};
+use deploy_strategies::{Phase, RolloutOutcome};
+
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -169,6 +173,9 @@ impl ServerMetrics {
 
     async fn refresh(&self, state: &AppState) -> Result<(), ApiError> {
         let metrics = &self.inner;
+        if let Ok(rollouts) = state.rollouts() {
+            self.refresh_rollouts(rollouts).await?;
+        }
         if let Ok(flags) = state.flags() {
             metrics.flag_evaluations.clear();
             for flag in flags.engine().all_metrics() {
@@ -212,6 +219,97 @@ impl ServerMetrics {
             }
         }
         Ok(())
+    }
+}
+
+impl ServerMetrics {
+    async fn refresh_rollouts(&self, rollouts: &RolloutClient) -> Result<(), ApiError> {
+        let metrics = &self.inner;
+        let control = |error: ControlError| ApiError::internal(error);
+        let apps = rollouts.apps().await.map_err(control)?;
+        let mut statuses = Vec::with_capacity(apps.len());
+        let mut histories = Vec::with_capacity(apps.len());
+        for app in &apps {
+            statuses.push(rollouts.status(app).await.map_err(control)?);
+            histories.push(rollouts.history(app).await.map_err(control)?);
+        }
+        for family in [&metrics.rollout_phase, &metrics.rollout_step] {
+            family.clear();
+        }
+        for family in [&metrics.rollouts, &metrics.rollout_steps, &metrics.analyses] {
+            family.clear();
+        }
+        metrics.rollout_weight.clear();
+        for ((app, status), history) in apps.iter().zip(statuses).zip(histories) {
+            let app_label = || ("app", app.to_string());
+            if let Some(status) = status {
+                let current = phase_name(&status.phase);
+                for phase in PHASES {
+                    metrics
+                        .rollout_phase
+                        .get_or_create(&vec![app_label(), ("phase", phase.to_owned())])
+                        .set(i64::from(phase == current));
+                }
+                metrics
+                    .rollout_step
+                    .get_or_create(&vec![app_label()])
+                    .set(i64::try_from(status.step).unwrap_or(i64::MAX));
+                for (pool, weight) in status.routing.iter().flat_map(|split| split.iter()) {
+                    metrics
+                        .rollout_weight
+                        .get_or_create(&vec![app_label(), ("pool", pool.to_string())])
+                        .set(f64::from(weight.basis_points()) / 100.0);
+                }
+            }
+            for entry in &history {
+                let report = &entry.report;
+                let outcome = match report.outcome {
+                    RolloutOutcome::Completed => "completed",
+                    RolloutOutcome::RolledBack { .. } => "rolled_back",
+                    RolloutOutcome::Failed { .. } => "failed",
+                };
+                metrics
+                    .rollouts
+                    .get_or_create(&vec![app_label(), ("outcome", outcome.to_owned())])
+                    .inc();
+                metrics
+                    .rollout_steps
+                    .get_or_create(&vec![app_label()])
+                    .inc_by(report.timeline.len() as u64);
+                for analysis in &report.analyses {
+                    let verdict = match analysis.result.outcome {
+                        AnalysisOutcome::Successful => "successful",
+                        AnalysisOutcome::Failed => "failed",
+                        AnalysisOutcome::Inconclusive => "inconclusive",
+                        AnalysisOutcome::Error => "error",
+                    };
+                    metrics
+                        .analyses
+                        .get_or_create(&vec![app_label(), ("verdict", verdict.to_owned())])
+                        .inc();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every phase a rollout can be in, as labelled.
+const PHASES: [&str; 5] = [
+    "progressing",
+    "rolling_back",
+    "completed",
+    "rolled_back",
+    "failed",
+];
+
+fn phase_name(phase: &Phase) -> &'static str {
+    match phase {
+        Phase::Progressing => "progressing",
+        Phase::RollingBack { .. } => "rolling_back",
+        Phase::Completed => "completed",
+        Phase::RolledBack { .. } => "rolled_back",
+        Phase::Failed { .. } => "failed",
     }
 }
 
