@@ -286,20 +286,28 @@ fn key_value(flag: &str, text: &str) -> Result<(String, String), CliError> {
     }
 }
 
-/// Checks a silence duration: a number and a unit (`s`, `m`, `h`, `d`).
-fn check_duration(text: &str) -> Result<(), CliError> {
+/// A silence duration in seconds: a positive number and a unit (`s`, `m`, `h`, `d`).
+fn parse_duration(text: &str) -> Result<u64, CliError> {
     let unit_at = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(unit_at);
-    let valid = !number.is_empty()
-        && number.parse::<u64>().is_ok_and(|n| n > 0)
-        && matches!(unit, "s" | "m" | "h" | "d");
-    if valid {
-        Ok(())
-    } else {
-        Err(CliError::Usage(format!(
-            "--duration must be a positive number with a unit (90s, 15m, 2h, 1d), got '{text}'"
-        )))
-    }
+    let scale = match unit {
+        "s" => Some(1),
+        "m" => Some(60),
+        "h" => Some(3600),
+        "d" => Some(86_400),
+        _ => None,
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .zip(scale)
+        .and_then(|(n, scale)| n.checked_mul(scale))
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "--duration must be a positive number with a unit (90s, 15m, 2h, 1d), got '{text}'"
+            ))
+        })
 }
 
 /// Checks a matcher's form: a label name, an operator, a value.
@@ -448,8 +456,8 @@ async fn silences(api: &Api, printer: &Printer, command: Silences) -> Result<(),
             for matcher in &matchers {
                 check_matcher(matcher)?;
             }
-            check_duration(&duration)?;
-            let body = json!({ "matchers": matchers, "duration": duration, "comment": comment });
+            let seconds = parse_duration(&duration)?;
+            let body = json!({ "matchers": matchers, "duration_seconds": seconds, "comment": comment });
             api.call(Method::POST, "/api/silences", Some(&body)).await?
         }
         Silences::Expire { id } => {
@@ -473,11 +481,11 @@ async fn tokens(api: &Api, printer: &Printer, command: Tokens) -> Result<(), Cli
             apps,
             environments,
         } => {
-            let body = json!({
-                "name": name,
-                "role": role.name(),
-                "scope": { "apps": apps, "environments": environments },
-            });
+            let mut body = json!({ "name": name, "role": role.name() });
+            // Without a scope the token reaches what the creating token reaches.
+            if !apps.is_empty() || !environments.is_empty() {
+                body["scope"] = json!({ "apps": apps, "environments": environments });
+            }
             api.call(Method::POST, "/api/tokens", Some(&body)).await?
         }
         Tokens::Revoke { name } => {
@@ -558,11 +566,12 @@ mod tests {
 
     #[test]
     fn silence_arguments_are_checked() {
-        assert!(check_duration("2h").is_ok());
-        assert!(check_duration("90s").is_ok());
-        assert!(check_duration("0m").is_err());
-        assert!(check_duration("2 hours").is_err());
-        assert!(check_duration("").is_err());
+        assert_eq!(parse_duration("2h").ok(), Some(7200));
+        assert_eq!(parse_duration("90s").ok(), Some(90));
+        assert_eq!(parse_duration("1d").ok(), Some(86_400));
+        assert!(parse_duration("0m").is_err());
+        assert!(parse_duration("2 hours").is_err());
+        assert!(parse_duration("").is_err());
         for ok in ["env=prod", "env!=prod", "svc=~api.*", "svc!~x"] {
             assert!(check_matcher(ok).is_ok(), "{ok}");
         }

@@ -1,0 +1,364 @@
+//! The real `deployctl` binary against a real server on 127.0.0.1 (a port the system picks),
+//! with a deployer rolling `shop` out on a simulated fleet. Real time, so the canary's
+//! pauses are short (200 ms) and every wait is bounded (a few seconds).
+
+mod rollouts_common;
+
+use std::process::Output;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use deploy_core::SystemClock;
+use rollouts_common::{
+    ADMIN, Harness, canary_unattended, canary_with_manual_step, pause_kind, phase, revision,
+};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Longest any one command may take.
+const COMMAND_LIMIT: Duration = Duration::from_secs(20);
+/// Longest a wait for the rollout may take.
+const WAIT_LIMIT: Duration = Duration::from_secs(15);
+
+/// A harness served over TCP.
+struct Served {
+    harness: Harness,
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Served {
+    async fn new(strategy: deploy_strategies::Strategy) -> Self {
+        let harness = Harness::new(strategy, SystemClock::shared()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = harness.router.clone();
+        tokio::spawn(async move {
+            deploy_server::serve(listener, router, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        Self {
+            harness,
+            url,
+            stop: Some(stop),
+        }
+    }
+
+    /// Runs `deployctl args` with `token` (through the environment, as a user would set it).
+    async fn run(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut command = Command::cargo_bin("deployctl").expect("the deployctl binary");
+        command
+            .env_remove("DEPLOYCTL_TOKEN")
+            .env("DEPLOYCTL_SERVER", &self.url)
+            .args(args)
+            .timeout(COMMAND_LIMIT);
+        if let Some(token) = token {
+            command.env("DEPLOYCTL_TOKEN", token);
+        }
+        tokio::task::spawn_blocking(move || command.output().expect("deployctl runs"))
+            .await
+            .expect("blocking task")
+    }
+
+    /// Runs and expects success; returns stdout.
+    async fn ok(&self, token: Option<&str>, args: &[&str]) -> String {
+        let output = self.run(token, args).await;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "deployctl {args:?} failed ({:?}): stdout {stdout}; stderr {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// Runs and expects failure with status 1; returns stderr.
+    async fn fails(&self, token: Option<&str>, args: &[&str]) -> String {
+        let output = self.run(token, args).await;
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "deployctl {args:?} should fail: stdout {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.harness.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_get_promote_list_history_and_intents_through_the_binary() {
+    let served = Served::new(canary_with_manual_step(Duration::from_millis(200))).await;
+    let op = Some(served.harness.tokens.operator.as_str());
+
+    let out = served.ok(op, &["rollouts", "start", "shop", "2.0"]).await;
+    assert!(out.contains("shop: #1 start 2.0 by ops"), "{out}");
+    assert!(out.contains("pending"), "{out}");
+
+    served
+        .harness
+        .until(WAIT_LIMIT, "the manual step", |v| {
+            pause_kind(v) == Some("awaiting_promotion")
+        })
+        .await;
+    let out = served.ok(op, &["rollouts", "get", "shop"]).await;
+    for expected in [
+        "app:       shop",
+        "version:   2.0 (from 1.0)",
+        "phase:     progressing",
+        "waiting for promotion",
+        "█",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in {out}");
+    }
+    let json: Value = serde_json::from_str(
+        &served
+            .ok(op, &["--output", "json", "rollouts", "get", "shop"])
+            .await,
+    )
+    .expect("--output json is JSON");
+    assert_eq!(json["status"]["paused"]["kind"], "awaiting_promotion");
+
+    let out = served.ok(op, &["rollouts", "promote", "shop"]).await;
+    assert!(out.contains("promote by ops"), "{out}");
+    served
+        .harness
+        .until(WAIT_LIMIT, "completion", |v| phase(v) == "completed")
+        .await;
+
+    let out = served.ok(op, &["rollouts", "list"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("APP"), "{out}");
+    assert!(
+        lines[1].starts_with("shop") && lines[1].contains("completed"),
+        "{out}"
+    );
+
+    let out = served.ok(op, &["rollouts", "intents", "shop"]).await;
+    assert!(
+        out.contains("#1 start 2.0 by ops") && out.contains("#2 promote by ops"),
+        "{out}"
+    );
+    assert!(out.contains("applied by"), "{out}");
+
+    // The history entry is written once the rollout has ended.
+    let started = std::time::Instant::now();
+    loop {
+        let out = served.ok(op, &["rollouts", "history", "shop"]).await;
+        if out
+            .lines()
+            .nth(1)
+            .is_some_and(|line| line.starts_with('1') && line.contains("completed"))
+        {
+            assert!(
+                out.contains("2.0") && out.contains("1.0") && out.contains("canary"),
+                "{out}"
+            );
+            break;
+        }
+        assert!(started.elapsed() < WAIT_LIMIT, "no history entry: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_full_and_abort_and_undo_through_the_binary() {
+    let served = Served::new(canary_with_manual_step(Duration::from_secs(30))).await;
+    let op = Some(served.harness.tokens.operator.as_str());
+    served.ok(op, &["rollouts", "start", "shop", "2.0"]).await;
+    served
+        .harness
+        .until(WAIT_LIMIT, "the first step's 30 s pause", |v| {
+            pause_kind(v) == Some("timed")
+        })
+        .await;
+    // Promote --full skips the 30 s pause and the manual step.
+    let out = served.ok(op, &["rollouts", "promote", "shop", "--full"]).await;
+    assert!(out.contains("promote_full by ops"), "{out}");
+    served
+        .harness
+        .until(WAIT_LIMIT, "completion", |v| phase(v) == "completed")
+        .await;
+
+    // Undo: back to 1.0 as revision 2; abort it at its first step: 2.0 stays.
+    wait_history(&served, 1).await;
+    served.ok(op, &["rollouts", "undo", "shop"]).await;
+    let undoing = served
+        .harness
+        .until(WAIT_LIMIT, "the undo's rollout", |v| {
+            revision(v) == 2 && pause_kind(v) == Some("timed")
+        })
+        .await;
+    assert_eq!(undoing["status"]["version"], "1.0");
+    served.ok(op, &["rollouts", "abort", "shop"]).await;
+    let aborted = served
+        .harness
+        .until(WAIT_LIMIT, "the rollback", |v| phase(v) == "rolled_back")
+        .await;
+    assert_eq!(revision(&aborted), 2);
+    served.shutdown().await;
+}
+
+async fn wait_history(served: &Served, entries: usize) {
+    let started = std::time::Instant::now();
+    while served
+        .harness
+        .client
+        .history(&rollouts_common::app())
+        .await
+        .expect("history")
+        .len()
+        < entries
+    {
+        assert!(started.elapsed() < WAIT_LIMIT, "history never reached {entries}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_each_event_as_a_line_when_not_a_terminal_and_exits_at_the_end() {
+    let served = Served::new(canary_unattended(Duration::from_millis(200))).await;
+    let op = Some(served.harness.tokens.operator.as_str());
+    served.ok(op, &["rollouts", "start", "shop", "2.0"]).await;
+    // Started right after the intent: it waits for the new revision, then follows it.
+    let started = std::time::Instant::now();
+    let out = served.ok(op, &["rollouts", "watch", "shop"]).await;
+    assert!(started.elapsed() < COMMAND_LIMIT);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("[1-1] started 2.0 (canary)")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("completed: 2.0 serves all traffic")),
+        "{out}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some("rollout of shop revision 1 (2.0) ended: completed"),
+        "{out}"
+    );
+    assert!(!out.contains('\x1b'), "no terminal escapes in a pipe: {out:?}");
+    // Every event once, in order.
+    let ids: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_once(" [")?.1.split_once(']').map(|(id, _)| id))
+        .collect();
+    let stored: Vec<String> = served
+        .harness
+        .client
+        .events(&rollouts_common::app(), None)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.id().to_string())
+        .collect();
+    assert_eq!(ids, stored, "{out}");
+
+    // Watching an app whose rollout has ended prints its end at once.
+    let json = served
+        .ok(op, &["--output", "json", "rollouts", "watch", "shop"])
+        .await;
+    let last: Value = serde_json::from_str(json.lines().last().expect("a line")).expect("JSON lines");
+    assert_eq!(last["ended"]["phase"]["phase"], "completed", "{json}");
+    served.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_print_the_code_and_field_and_exit_1() {
+    let served = Served::new(canary_with_manual_step(Duration::from_millis(200))).await;
+    let viewer = Some(served.harness.tokens.viewer.as_str());
+    let op = Some(served.harness.tokens.operator.as_str());
+
+    let err = served.fails(None, &["rollouts", "list"]).await;
+    assert!(err.contains("401 unauthenticated"), "{err}");
+    let err = served.fails(viewer, &["rollouts", "start", "shop", "2.0"]).await;
+    assert!(err.contains("403 forbidden"), "{err}");
+    let err = served
+        .fails(
+            Some(&served.harness.tokens.other_app),
+            &["rollouts", "get", "shop"],
+        )
+        .await;
+    assert!(err.contains("403 forbidden") && err.contains("shop"), "{err}");
+    let err = served.fails(op, &["rollouts", "start", "shop", ""]).await;
+    assert!(
+        err.contains("400 invalid_field") && err.contains("(field: version)"),
+        "{err}"
+    );
+    let err = served.fails(op, &["rollouts", "pause", "shop"]).await;
+    assert!(err.contains("422 invalid_transition"), "{err}");
+    let err = served.fails(op, &["rollouts", "get", "nothing"]).await;
+    assert!(err.contains("404 not_found"), "{err}");
+
+    // The flags override the environment.
+    let output = served
+        .run(
+            Some("dk_wrong-token-from-the-environment-000000000"),
+            &["--token", ADMIN, "--server", &served.url, "rollouts", "list"],
+        )
+        .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // No server there: a clear message, status 1.
+    let output = served
+        .run(op, &["--server", "http://127.0.0.1:9", "rollouts", "list"])
+        .await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("GET http://127.0.0.1:9/api/rollouts"));
+
+    // A command line clap refuses: status 2.
+    let output = served.run(op, &["rollouts", "promote"]).await;
+    assert_eq!(output.status.code(), Some(2));
+    served.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_created_listed_used_and_revoked_through_the_binary() {
+    let served = Served::new(canary_with_manual_step(Duration::from_millis(200))).await;
+    let admin = Some(ADMIN);
+    let json = served
+        .ok(
+            admin,
+            &[
+                "--output", "json", "tokens", "create", "ci-bot", "--role", "viewer", "--app", "shop",
+            ],
+        )
+        .await;
+    let created: Value = serde_json::from_str(&json).expect("JSON");
+    let secret = created["secret"].as_str().expect("the secret, once").to_owned();
+    assert!(secret.starts_with("dk_"), "{created}");
+
+    let out = served.ok(admin, &["tokens", "list"]).await;
+    assert!(out.contains("ci-bot"), "{out}");
+    assert!(!out.contains(&secret), "never the secret again: {out}");
+
+    // The new token reads its app and is refused a mutation.
+    served.ok(Some(&secret), &["rollouts", "list"]).await;
+    let err = served.fails(Some(&secret), &["rollouts", "undo", "shop"]).await;
+    assert!(err.contains("403 forbidden"), "{err}");
+
+    served.ok(admin, &["tokens", "revoke", "ci-bot"]).await;
+    let err = served.fails(Some(&secret), &["rollouts", "list"]).await;
+    assert!(err.contains("401 unauthenticated"), "{err}");
+    served.shutdown().await;
+}
