@@ -221,7 +221,7 @@ impl AppState {
                 Err(error) => return Err(error),
             }
         }
-        if writes % PRUNE_EVERY == 0 {
+        if writes.is_multiple_of(PRUNE_EVERY) {
             let records = store.list(AUDIT_PREFIX).await?;
             let excess = records.len().saturating_sub(self.0.audit_limit);
             for record in &records[..excess] {

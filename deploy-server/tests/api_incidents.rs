@@ -228,7 +228,7 @@ async fn incident_requests_are_checked_and_need_the_right_role() {
         StatusCode::NOT_FOUND,
     );
 
-    let reads = [format!("/api/incidents"), format!("/api/incidents/{id}")];
+    let reads = ["/api/incidents".to_owned(), format!("/api/incidents/{id}")];
     for path in &reads {
         expect(&api.get(path, None).await, StatusCode::UNAUTHORIZED);
         expect(&api.get(path, Some(&viewer)).await, StatusCode::OK);
