@@ -699,7 +699,9 @@ fn strategy(
             Strategy::Canary(CanarySpec { steps, analysis })
         }
         "blue_green" => Strategy::BlueGreen(BlueGreenSpec {
-            pre_promotion: analysis.clone(),
+            // The idle pool serves no traffic before the switch: analysing it then would find
+            // no data (inconclusive, a hold for a human). The analysis runs after the switch.
+            pre_promotion: None,
             post_promotion: analysis,
             manual_promotion: raw.manual_promotion,
             scale_down_delay: check.duration(

@@ -14,7 +14,7 @@ use deploy_incidents::{Dispatcher, IncidentManager, IncidentOptions, Route};
 use deploy_store::postgres::{PostgresOptions, PostgresStore};
 use deploy_store::sqlite::{SqliteOptions, SqliteStore};
 use deploy_strategies::control::{ControlOptions, Deployer, RolloutClient};
-use deploy_strategies::{Rollout, RolloutBackends};
+use deploy_strategies::{Rollout, RolloutBackends, Strategy};
 use deploy_testkit::{SimFleet, TrafficHandle, VersionProfile};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -150,6 +150,15 @@ async fn seed_flags(
     Ok(created)
 }
 
+/// The pool an app is first served from: blue for blue-green (whose rollouts alternate
+/// blue and green), stable otherwise.
+fn first_pool(strategy: &Strategy) -> Pool {
+    match strategy {
+        Strategy::BlueGreen(_) => Pool::blue(),
+        _ => Pool::stable(),
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves: prints where it serves (and, in demo mode,
 /// the token and the commands to try), then serves.
 pub(crate) async fn run(
@@ -174,7 +183,7 @@ pub(crate) async fn run(
             fleet.set_version_profile(&app.name, version, profile);
         }
         fleet
-            .serve(&app.name, &Pool::stable(), &app.version, app.replicas)
+            .serve(&app.name, &first_pool(&app.strategy), &app.version, app.replicas)
             .await
             .map_err(|source| DaemonError::Fleet {
                 app: app.name.to_string(),

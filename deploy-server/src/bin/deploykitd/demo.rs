@@ -78,7 +78,8 @@ pub(crate) fn config(dir: &Path, listen: SocketAddr, token: String) -> DaemonCon
         replicas: 3,
         traffic: 100,
         strategy: Strategy::BlueGreen(BlueGreenSpec {
-            pre_promotion: Some(analysis(3)),
+            // The idle pool has no traffic before the switch: analyse after it.
+            pre_promotion: None,
             post_promotion: Some(analysis(3)),
             manual_promotion: false,
             scale_down_delay: Duration::from_secs(10),
@@ -86,28 +87,31 @@ pub(crate) fn config(dir: &Path, listen: SocketAddr, token: String) -> DaemonCon
         options: options(3),
         profiles: Vec::new(),
     };
-    let canary_errors = AlertRule {
-        name: "CanaryErrorRate".into(),
+    // A canary runs in a pool named after its revision, so pool rules watch api's blue and
+    // green pools: a bad release serves all of api's traffic between the switch and the
+    // analysis that switches back.
+    let pool_errors = |pool: Pool| AlertRule {
+        name: "ApiErrorRate".into(),
         query: MetricQuery::new(
             MetricName::error_rate(),
             MetricTarget::Pool {
-                app: app("web"),
-                pool: Pool::canary(),
+                app: app("api"),
+                pool: pool.clone(),
             },
-            Duration::from_secs(5),
+            Duration::from_secs(3),
         )
-        .unwrap_or_else(|_| unreachable!("a 5 s window is valid")),
+        .unwrap_or_else(|_| unreachable!("a 3 s window is valid")),
         comparison: Comparison::Above,
         threshold: 0.1,
-        for_duration: Duration::from_secs(2),
+        for_duration: Duration::from_secs(1),
         keep_firing_for: Duration::from_secs(5),
-        labels: [("severity", "critical"), ("app", "web")]
+        labels: [("severity", "critical"), ("app", "api"), ("pool", pool.as_str())]
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value.to_owned()))
             .collect(),
         annotations: [(
             "summary".to_owned(),
-            "web's canary fails more than 10% of requests".to_owned(),
+            format!("api's {pool} pool fails more than 10% of requests"),
         )]
         .into_iter()
         .collect(),
@@ -125,7 +129,7 @@ pub(crate) fn config(dir: &Path, listen: SocketAddr, token: String) -> DaemonCon
         flags_file: None,
         alerts: AlertsConfig {
             interval: Duration::from_secs(1),
-            rules: vec![canary_errors],
+            rules: vec![pool_errors(Pool::blue()), pool_errors(Pool::green())],
             route: RouteConfig {
                 receiver: Some("log".into()),
                 group_by: Some(vec!["alertname".into(), "app".into()]),
@@ -186,15 +190,16 @@ pub(crate) async fn drive(
 ) {
     let poll = Duration::from_millis(500);
     let mut n = 0u64;
+    // A refused release is asked for again, later and later (up to a minute).
+    let mut retry: Option<Version> = None;
+    let mut backoff = interval;
     loop {
         // Wait for the app to be idle: no active rollout and no pending intent.
         loop {
             let busy = match (client.status(&app).await, client.intents(&app).await) {
                 (Ok(status), Ok(intents)) => {
                     status.is_some_and(|status| status.phase.is_active())
-                        || intents
-                            .iter()
-                            .any(|intent| matches!(intent.state, IntentState::Pending))
+                        || intents.iter().any(|intent| intent.state.is_pending())
                 }
                 (Err(error), _) | (_, Err(error)) => {
                     eprintln!("deploykitd: demo: reading {app}: {error}");
@@ -211,23 +216,29 @@ pub(crate) async fn drive(
         let wait = if n == 0 {
             Duration::from_millis(200)
         } else {
-            interval
+            backoff
         };
         if sleep_or_stop(wait, &mut shutdown).await {
             return;
         }
-        n += 1;
-        let next = release(&first, n);
-        if is_bad(n)
-            && let Ok(profile) = VersionProfile::new(
-                BAD_ERROR_RATE,
-                Duration::from_millis(20),
-                Duration::from_millis(80),
-            )
-        {
-            fleet.set_version_profile(&app, &next, profile);
-        }
-        if let Err(error) = client
+        let next = match retry.take() {
+            Some(version) => version,
+            None => {
+                n += 1;
+                let next = release(&first, n);
+                if is_bad(n)
+                    && let Ok(profile) = VersionProfile::new(
+                        BAD_ERROR_RATE,
+                        Duration::from_millis(20),
+                        Duration::from_millis(80),
+                    )
+                {
+                    fleet.set_version_profile(&app, &next, profile);
+                }
+                next
+            }
+        };
+        let refused = match client
             .request(
                 &app,
                 Intent::Start {
@@ -237,7 +248,42 @@ pub(crate) async fn drive(
             )
             .await
         {
-            eprintln!("deploykitd: demo: could not start {app} {next}: {error}");
+            Ok(record) => match decided(&client, &app, record.id, &mut shutdown).await {
+                None => return,
+                Some(IntentState::Refused { reason, .. }) => Some(reason),
+                Some(_) => None,
+            },
+            Err(error) => Some(error.to_string()),
+        };
+        match refused {
+            Some(reason) => {
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                eprintln!(
+                    "deploykitd: demo: starting {app} {next} was refused ({reason}); again in {backoff:?}"
+                );
+                retry = Some(next);
+            }
+            None => backoff = interval,
+        }
+    }
+}
+
+/// The state of intent `id` once a deployer has decided it; `None` at shutdown.
+async fn decided(
+    client: &RolloutClient,
+    app: &AppId,
+    id: u64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<IntentState> {
+    loop {
+        if let Ok(intents) = client.intents(app).await
+            && let Some(intent) = intents.into_iter().find(|intent| intent.id == id)
+            && !intent.state.is_pending()
+        {
+            return Some(intent.state);
+        }
+        if sleep_or_stop(Duration::from_millis(250), shutdown).await {
+            return None;
         }
     }
 }
