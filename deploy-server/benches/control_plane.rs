@@ -18,6 +18,9 @@
 //!
 //! `cargo bench -p deploy-server --bench control_plane`
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -161,7 +161,7 @@ fn version(text: &str) -> Version {
 
 /// Whether the `n`th demo release (from 1) is a bad build.
 pub(crate) fn is_bad(n: u64) -> bool {
-    n % 3 == 0
+    n.is_multiple_of(3)
 }
 
 /// The `n`th demo release of an app first serving `first` (`1.0.0` → `1.1.0`, `1.2.0`,
