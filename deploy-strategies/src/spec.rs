@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::AnalysisSpec;
 use crate::error::SpecError;
+use crate::options::MAX_REPLICAS;
 
 /// How long a canary step holds before the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,10 +149,12 @@ pub enum Quantity {
 
 impl Quantity {
     /// Resolves against a fleet of `total`, rounding up (batch sizes, max surge) or down
-    /// (max unavailable), as Kubernetes does.
+    /// (max unavailable), as Kubernetes does; never more than `total`.
     pub fn resolve(self, total: usize, round_up: bool) -> usize {
         match self {
-            Self::Count(n) => n,
+            // More than the whole fleet means the whole fleet (and keeps a corrupted count
+            // from provisioning billions of surge instances).
+            Self::Count(n) => n.min(total),
             Self::Percent(p) => {
                 let exact = total as f64 * p / 100.0;
                 let rounded = if round_up { exact.ceil() } else { exact.floor() };
@@ -165,6 +168,10 @@ impl Quantity {
             Self::Percent(p) if !(0.0..=100.0).contains(&p) => {
                 Err(SpecError::new(field, format!("{p}% is outside 0..=100%")))
             }
+            Self::Count(n) if n > MAX_REPLICAS => Err(SpecError::new(
+                field,
+                format!("{n} instances is over the limit of {MAX_REPLICAS}"),
+            )),
             _ => Ok(()),
         }
     }
@@ -209,7 +216,7 @@ impl RollingSpec {
         let surge = self.max_surge.resolve(total, true);
         let unavailable = self.max_unavailable.resolve(total, false);
         // With no unavailability allowed, the surge carries the batch.
-        let concurrency = (unavailable + surge).max(1);
+        let concurrency = unavailable.saturating_add(surge).max(1);
         let batch = self.batch.resolve(total, true).clamp(1, concurrency.max(1));
         RollingPlan {
             batch,
@@ -286,5 +293,29 @@ impl Strategy {
                 spec.analysis.as_ref().map_or(Ok(()), AnalysisSpec::validate)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_resolve_to_at_most_the_fleet_and_huge_ones_are_refused() {
+        assert_eq!(Quantity::Count(usize::MAX).resolve(4, true), 4);
+        assert_eq!(Quantity::Count(2).resolve(4, false), 2);
+        let spec = RollingSpec {
+            max_surge: Quantity::Count(usize::MAX),
+            max_unavailable: Quantity::Count(usize::MAX),
+            ..RollingSpec::default()
+        };
+        let plan = spec.resolve(4);
+        assert_eq!(
+            (plan.surge, plan.unavailable),
+            (4, 4),
+            "no overflow, the whole fleet at most"
+        );
+        let err = Strategy::Rolling(spec).validate().unwrap_err();
+        assert!(err.to_string().contains("rolling.max_unavailable"), "{err}");
     }
 }
