@@ -50,6 +50,8 @@
 //! |---|---|
 //! | `GET /healthz`, `GET /readyz`, `GET /openapi.json` | none |
 //! | `GET /metrics` | V |
+//! | `GET /api/rollouts`, `GET /api/rollouts/{app}`, `.../history`, `.../intents`, `.../events` (SSE) | V |
+//! | `POST /api/rollouts/{app}/start` `{"version"}`, `.../pause`, `.../resume`, `.../abort`, `.../promote`, `.../promote-full`, `.../undo` (202, the intent) | O |
 //! | `GET /api/flags`, `GET /api/flags/{name}` (ETag), `GET /api/flags/{name}/audit`, `GET /api/flags-stale`, `POST /api/flags/{name}/evaluate` | V |
 //! | `POST /api/flags`, `PUT /api/flags/{name}` (If-Match), `POST /api/flags/{name}/enable`, `POST /api/flags/{name}/disable`, `PUT /api/flags/{name}/rollout` | O |
 //! | `GET /api/incidents`, `GET /api/incidents/{id}` | V |
@@ -62,7 +64,9 @@
 //! | `POST /api/infra/apply` | A |
 //! | `GET /api/tokens`, `POST /api/tokens`, `DELETE /api/tokens/{name}`, `GET /api/audit` | A |
 //!
-//! The rollout routes (`/api/rollouts...`) are described in their module.
+//! A token scoped to apps sees and steers only those apps' rollouts; one scoped to
+//! environments reaches only those infrastructure environments and evaluation contexts, and
+//! changes no flag (flags are not per environment).
 
 pub mod auth;
 pub mod error;

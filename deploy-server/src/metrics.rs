@@ -14,6 +14,7 @@
 //! | `deploykit_alerts` | `state` | alerts the dispatcher holds, by state (`firing`, `pending`, ...) |
 //! | `deploykit_incidents_open` | `severity` | open incidents |
 //! | `deploykit_http_requests_total` | `method`, `route`, `status` | requests answered |
+//! | `deploykit_metrics_refresh_failed` | `section` | 1 when this scrape could not read the section (its values are the last read) |
 
 use std::sync::Arc;
 
@@ -65,6 +66,7 @@ struct Metrics {
     flag_evaluations: Family<Labels, Counter>,
     alerts: Family<Labels, Gauge>,
     incidents_open: Family<Labels, Gauge>,
+    refresh_failed: Family<Labels, Gauge>,
 }
 
 impl Default for ServerMetrics {
@@ -89,6 +91,7 @@ impl ServerMetrics {
             flag_evaluations: Family::default(),
             alerts: Family::default(),
             incidents_open: Family::default(),
+            refresh_failed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +144,11 @@ impl ServerMetrics {
             "Open incidents, by severity",
             metrics.incidents_open.clone(),
         );
+        registry.register(
+            "deploykit_metrics_refresh_failed",
+            "1 when the last scrape could not read the section (its values are from an earlier one)",
+            metrics.refresh_failed.clone(),
+        );
         Self {
             inner: Arc::new(Metrics { registry, ..metrics }),
         }
@@ -161,20 +169,24 @@ impl ServerMetrics {
     /// Reads the sections' state into the gauges and counters, then encodes the registry.
     ///
     /// # Errors
-    /// A section that cannot be read (the store is down).
+    /// The registry does not encode (it always does).
     pub async fn render(&self, state: &AppState) -> Result<String, ApiError> {
         let _scrape = self.inner.scrape.lock().await;
-        self.refresh(state).await?;
+        self.refresh(state).await;
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
             .map_err(ApiError::internal)?;
         Ok(text)
     }
 
-    async fn refresh(&self, state: &AppState) -> Result<(), ApiError> {
+    /// Refreshes every configured section; one that cannot be read keeps its previous values
+    /// and is flagged in `deploykit_metrics_refresh_failed`, so one failing section does not
+    /// fail the whole scrape.
+    async fn refresh(&self, state: &AppState) {
         let metrics = &self.inner;
         if let Ok(rollouts) = state.rollouts() {
-            self.refresh_rollouts(rollouts).await?;
+            let result = self.refresh_rollouts(rollouts).await;
+            self.record_refresh("rollouts", result);
         }
         if let Ok(flags) = state.flags() {
             metrics.flag_evaluations.clear();
@@ -205,20 +217,31 @@ impl ServerMetrics {
             }
         }
         if let Ok(incidents) = state.incidents() {
-            let open = incidents
-                .list()
-                .await
-                .map_err(crate::routes::incidents::incident_error)?;
-            metrics.incidents_open.clear();
-            for incident in open.iter().filter(|incident| incident.status.is_open()) {
-                let severity = format!("{:?}", incident.severity).to_lowercase();
-                metrics
-                    .incidents_open
-                    .get_or_create(&vec![("severity", severity)])
-                    .inc();
-            }
+            let result = incidents.list().await.map(|open| {
+                metrics.incidents_open.clear();
+                for incident in open.iter().filter(|incident| incident.status.is_open()) {
+                    let severity = format!("{:?}", incident.severity).to_lowercase();
+                    metrics
+                        .incidents_open
+                        .get_or_create(&vec![("severity", severity)])
+                        .inc();
+                }
+            });
+            self.record_refresh(
+                "incidents",
+                result.map_err(crate::routes::incidents::incident_error),
+            );
         }
-        Ok(())
+    }
+
+    fn record_refresh(&self, section: &'static str, result: Result<(), ApiError>) {
+        if let Err(error) = &result {
+            tracing::warn!(section, %error, "metrics: section not read; its previous values are served");
+        }
+        self.inner
+            .refresh_failed
+            .get_or_create(&vec![("section", section.to_owned())])
+            .set(i64::from(result.is_err()));
     }
 }
 

@@ -325,6 +325,8 @@ async fn metrics_show_rollouts_flags_alerts_incidents_and_requests() {
         r#"deploykit_incidents_open{severity="critical"} 1"#,
         r#"deploykit_http_requests_total{method="POST",route="/api/flags/{name}/evaluate",status="200"} 2"#,
         r#"deploykit_http_requests_total{method="GET",route="/metrics",status="401"} 1"#,
+        r#"deploykit_metrics_refresh_failed{section="rollouts"} 0"#,
+        r#"deploykit_metrics_refresh_failed{section="incidents"} 0"#,
     ] {
         assert!(
             text.lines().any(|got| got == line),
@@ -398,4 +400,44 @@ async fn the_router_serves_over_a_real_tcp_listener_and_shuts_down() {
         client.get(format!("{base}/healthz")).send().await.is_err(),
         "still serving after shutdown"
     );
+}
+
+#[tokio::test]
+async fn a_section_that_cannot_be_read_is_flagged_and_the_scrape_still_answers() {
+    let store = Arc::new(deploy_testkit::FaultyStore::in_memory());
+    let notifier: Arc<DynNotifier> = Arc::new(RecordingNotifier::new());
+    let incidents = Arc::new(
+        IncidentManager::new(store.clone() as Arc<DynRecordStore>, notifier, Default::default()).unwrap(),
+    );
+    let router = ServerBuilder::new(store.clone() as Arc<DynStore>)
+        .rollouts(RolloutClient::new(store.clone() as Arc<DynStore>))
+        .incidents(incidents)
+        .bootstrap_token("root", ADMIN)
+        .build()
+        .unwrap();
+    let scrape = |router: axum::Router| async move {
+        let request = Request::get("/metrics").header("authorization", format!("Bearer {ADMIN}"));
+        let response = router
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+    // The first request loads the tokens; then the store goes down.
+    let healthy = scrape(router.clone()).await;
+    assert!(
+        healthy.contains(r#"deploykit_metrics_refresh_failed{section="rollouts"} 0"#),
+        "{healthy}"
+    );
+    store.fail_for(Duration::from_secs(3600));
+    let degraded = scrape(router).await;
+    for section in ["rollouts", "incidents"] {
+        let line = format!(r#"deploykit_metrics_refresh_failed{{section="{section}"}} 1"#);
+        assert!(
+            degraded.lines().any(|got| got == line),
+            "missing `{line}` in:\n{degraded}"
+        );
+    }
 }
