@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable: `bad_request`, `invalid_field`, `unauthenticated`, `forbidden`,
-    /// `not_found`, `not_configured`, `conflict`, `invalid_transition`, `unavailable`,
-    /// `internal`.
+    /// `not_found`, `not_configured`, `method_not_allowed`, `conflict`, `invalid_transition`,
+    /// `apply_failed`, `unavailable`, `internal`.
     pub code: String,
     /// For people.
     pub message: String,
@@ -32,8 +32,10 @@ pub struct ErrorBody {
 /// | 401 | `unauthenticated` (no token, or one that is not valid) |
 /// | 403 | `forbidden` (a weaker role, or outside the token's scope) |
 /// | 404 | `not_found`; `not_configured` (the section is not part of this server) |
+/// | 405 | `method_not_allowed` |
 /// | 409 | `conflict` (a compare-and-swap lost, an `If-Match` that is stale, a name taken) |
 /// | 422 | `invalid_transition` (the thing exists but refuses that change now) |
+/// | 502 | `apply_failed` (infrastructure provider calls failed) |
 /// | 503 | `unavailable` (the store cannot be reached) |
 /// | 500 | `internal` |
 #[derive(Debug, Clone, PartialEq, Eq)]

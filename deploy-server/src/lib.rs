@@ -96,6 +96,13 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

@@ -127,6 +127,11 @@ async fn every_section_not_configured_says_so_and_unknown_routes_are_json_404s()
     let unknown = api.get("/api/nothing-here", Some(ADMIN)).await;
     expect(&unknown, StatusCode::NOT_FOUND);
     assert_eq!(unknown.code(), "not_found");
+    let wrong_method = api
+        .call(axum::http::Method::PATCH, "/api/tokens", Some(ADMIN), None)
+        .await;
+    expect(&wrong_method, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.code(), "method_not_allowed");
 }
 
 fn status(app: &AppId) -> PublishedStatus {
