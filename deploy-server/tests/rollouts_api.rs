@@ -685,3 +685,20 @@ async fn an_sse_client_that_reconnects_with_last_event_id_misses_no_event_and_se
     assert_eq!(message.id.as_deref(), stored.last().map(String::as_str));
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_openapi_document_lists_every_rollout_route() {
+    let mut h = harness().await;
+    let doc = h.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let paths = doc.json["paths"].as_object().expect("paths");
+    for (method, path, _) in routes() {
+        let template = path.replace("/shop", "/{app}");
+        let operation = &paths
+            .get(&template)
+            .unwrap_or_else(|| panic!("{template} is documented"))[method.to_lowercase()];
+        assert!(operation.is_object(), "{method} {template}");
+        assert_eq!(operation["tags"][0], "rollouts", "{method} {template}");
+    }
+    h.stop().await;
+}

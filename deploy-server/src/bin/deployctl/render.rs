@@ -161,9 +161,8 @@ pub(crate) fn rollout(view: &RolloutView, now_ms: i64, steps: bool) -> Vec<Strin
     ));
     if steps {
         for (index, name) in status.steps.iter().enumerate() {
-            let mark = if !status.phase.is_active() && matches!(status.phase, Phase::Completed) {
-                "✓"
-            } else if index < status.step {
+            let done = matches!(status.phase, Phase::Completed) || index < status.step;
+            let mark = if done {
                 "✓"
             } else if index == status.step && status.phase.is_active() {
                 "▶"
@@ -379,6 +378,51 @@ mod tests {
             ["checkout".to_owned(), "completed".to_owned()],
         ];
         assert_eq!(table(&rows), vec!["APP       PHASE", "checkout  completed"]);
+    }
+
+    #[test]
+    fn a_rollout_shows_its_steps_weights_and_pause_with_the_time_left() {
+        let view: RolloutView = serde_json::from_value(serde_json::json!({
+            "app": "shop",
+            "status": {
+                "app": "shop", "revision": 3, "version": "2.0", "previous": "1.0", "strategy": "canary",
+                "phase": { "phase": "progressing" }, "step": 1, "step_name": "pause 60s",
+                "steps": ["route 25%", "pause 60s", "route 100%"],
+                "routing": { "rev-3": 2500, "stable": 7500 },
+                "paused": { "reason": "timed pause", "kind": "timed", "since_ms": 0, "until_ms": 60_000 },
+                "last_analysis": null, "holder": "deployer-1", "updated_at_ms": 0
+            },
+            "pending": [{ "id": 7, "app": "shop", "intent": { "intent": "pause" }, "actor": "alice",
+                          "requested_at_ms": 0, "state": { "state": "pending" } }]
+        }))
+        .expect("a rollout view");
+        let lines = rollout(&view, 18_000, true);
+        let expected = [
+            "app:       shop",
+            "revision:  3 (canary)",
+            "version:   2.0 (from 1.0)",
+            "phase:     progressing",
+            "step:      2/3 pause 60s",
+            "  ✓ route 25%",
+            "  ▶ pause 60s",
+            "  · route 100%",
+        ];
+        assert_eq!(&lines[..expected.len()], expected);
+        let rest = lines[expected.len()..].join("\n");
+        assert!(
+            rest.contains(&format!("weights:   rev-3   {}  25.00%", bar(0.25))),
+            "{rest}"
+        );
+        assert!(
+            rest.contains(&format!("           stable  {}  75.00%", bar(0.75))),
+            "{rest}"
+        );
+        assert!(rest.contains("paused:    timed pause (42s left)"), "{rest}");
+        assert!(rest.contains("deployer:  deployer-1"), "{rest}");
+        assert!(
+            rest.contains("pending:   #7 pause by alice at 1970-01-01 00:00:00, pending"),
+            "{rest}"
+        );
     }
 
     #[test]
