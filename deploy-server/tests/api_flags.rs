@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use api_support::{ADMIN, Api, expect};
 use axum::http::{Method, StatusCode};
-use deploy_core::DynRecordStore;
+use bytes::Bytes;
+use deploy_core::{
+    DynRecordStore, Record, RecordStore, RecordVersion, StoreError, WatchStream, WriteOptions,
+};
 use deploy_flags::FeatureFlagManager;
 use deploy_server::{Role, Scope};
 use serde_json::json;
@@ -443,4 +446,100 @@ async fn a_server_without_flags_says_so() {
     let answer = api.get("/api/flags", Some(ADMIN)).await;
     expect(&answer, StatusCode::NOT_FOUND);
     assert_eq!(answer.code(), "not_configured");
+}
+
+/// A memory store that lets other tasks run before every call, so concurrent requests
+/// interleave between their store calls as they would over a network store.
+#[derive(Debug, Default)]
+struct YieldingStore(deploy_core::MemoryStore);
+
+#[async_trait::async_trait]
+impl RecordStore for YieldingStore {
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.get(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Record>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.list(prefix).await
+    }
+
+    async fn put_opts(
+        &self,
+        key: &str,
+        value: Bytes,
+        opts: WriteOptions,
+    ) -> Result<RecordVersion, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.put_opts(key, value, opts).await
+    }
+
+    async fn delete_opts(&self, key: &str, opts: WriteOptions) -> Result<bool, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.delete_opts(key, opts).await
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
+        self.0.watch(prefix).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_concurrent_updates_with_one_if_match_exactly_one_wins() {
+    let flags = Arc::new(
+        FeatureFlagManager::open(
+            Arc::new(YieldingStore::default()) as Arc<DynRecordStore>,
+            Default::default(),
+        )
+        .await
+        .expect("manager"),
+    );
+    let api = Arc::new(Api::new(|builder, _| builder.flags(flags)));
+    let operator = api.token("ops", Role::Operator).await;
+    expect(
+        &api.post("/api/flags", Some(&operator), json!({"name": "f"}))
+            .await,
+        StatusCode::CREATED,
+    );
+    let writers: Vec<_> = (0..8)
+        .map(|n| {
+            let (api, operator) = (Arc::clone(&api), operator.clone());
+            tokio::spawn(async move {
+                api.call_with(
+                    Method::PUT,
+                    "/api/flags/f",
+                    Some(&operator),
+                    Some(json!({"name": "f", "description": format!("writer {n}")})),
+                    &[("if-match", "\"1\"")],
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for writer in writers {
+        statuses.push(writer.await.unwrap());
+    }
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|status| **status == StatusCode::OK)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|status| **status == StatusCode::CONFLICT)
+            .count(),
+        7,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        api.get("/api/flags/f", Some(ADMIN)).await.headers["etag"],
+        "\"2\""
+    );
 }

@@ -4,7 +4,10 @@
 //!
 //! A flag's `ETag` is its revision (`"3"`): the manager counts every change of a flag. An
 //! `If-Match` that is not the current revision is refused with 409 `conflict`; without
-//! `If-Match` the change applies to whatever is current.
+//! `If-Match` the change applies to whatever is current. The check and the change are one
+//! step for every change made through this server (they hold its flag-write lock); the
+//! manager has no conditional update, so a change made elsewhere (another replica, the
+//! manager used directly) between the two is not detected.
 //!
 //! Flags have no environments, so a token scoped to environments may read and evaluate
 //! flags (evaluation contexts must then name one of its environments) but not change them.
@@ -192,6 +195,7 @@ pub(crate) async fn create(
         .map_or_else(|_| String::new(), |ApiJson(flag)| flag.name.clone());
     audited(&state, &caller, "flags.create", &target, async {
         require_writer(&caller)?;
+        let _writing = state.flag_writes().lock().await;
         let ApiJson(definition) = body?;
         let entry = state
             .flags()?
@@ -229,6 +233,7 @@ pub(crate) async fn update(
 ) -> Result<Response, ApiError> {
     audited(&state, &caller, "flags.update", &name, async {
         require_writer(&caller)?;
+        let _writing = state.flag_writes().lock().await;
         let ApiJson(definition) = body?;
         if definition.name != name {
             return Err(ApiError::bad_request(
@@ -263,6 +268,7 @@ pub(crate) async fn enable(
 ) -> Result<Response, ApiError> {
     audited(&state, &caller, "flags.enable", &name, async {
         require_writer(&caller)?;
+        let _writing = state.flag_writes().lock().await;
         let entry = state
             .flags()?
             .enable_flag(&caller.name, &name, None)
@@ -289,6 +295,7 @@ pub(crate) async fn disable(
 ) -> Result<Response, ApiError> {
     audited(&state, &caller, "flags.disable", &name, async {
         require_writer(&caller)?;
+        let _writing = state.flag_writes().lock().await;
         let entry = state
             .flags()?
             .disable_flag(&caller.name, &name)
@@ -332,6 +339,7 @@ pub(crate) async fn rollout(
 ) -> Result<Response, ApiError> {
     audited(&state, &caller, "flags.rollout", &name, async {
         require_writer(&caller)?;
+        let _writing = state.flag_writes().lock().await;
         let ApiJson(RolloutBody { percentage }) = body?;
         if percentage > 100 {
             return Err(ApiError::bad_request(
