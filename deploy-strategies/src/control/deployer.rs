@@ -42,7 +42,9 @@ const WRITE_ATTEMPTS: u32 = 5;
 /// - applies pending intents in order, marking each applied or refused (with the reason):
 ///   with no rollout running, `start` starts one and `undo` starts one of the previous
 ///   revision's version with this deployer's strategy; while one runs, `pause`, `resume`,
-///   `abort`, `promote` and `promote_full` go to its handle and `undo` aborts it (a
+///   `abort`, `promote` and `promote_full` go to its handle (a `promote` with no pause in
+///   force stays pending until the next pause begins, and is refused if the rollout ends
+///   first) and `undo` aborts it (a
 ///   blue-green rollout still in its scale-down delay switches straight back to the old
 ///   pool, which still serves the previous version);
 /// - publishes the rollout's status on every change, its events (numbered per revision,
@@ -77,6 +79,12 @@ struct Running {
     events: broadcast::Receiver<deploy_core::DeploymentEvent>,
     next_seq: u64,
     started_at_ms: i64,
+    /// Whether the runner's status channels are open.
+    watching: bool,
+    /// Whether the event channel is open.
+    events_open: bool,
+    /// Whether an abort was sent.
+    aborted: bool,
 }
 
 impl Drop for Running {
@@ -105,11 +113,10 @@ impl Running {
             handle: Some(handle),
             next_seq,
             started_at_ms,
+            watching: true,
+            events_open: true,
+            aborted: false,
         }
-    }
-
-    fn handle(&self) -> Option<&RolloutHandle> {
-        self.handle.as_ref()
     }
 
     async fn next(&mut self) -> Wake {
@@ -119,14 +126,26 @@ impl Running {
         tokio::select! {
             biased;
             // Events before the end, so none is left behind.
-            event = self.events.recv() => Wake::Event(event),
-            changed = self.status.changed() => match changed {
+            event = self.events.recv(), if self.events_open => {
+                if matches!(event, Err(broadcast::error::RecvError::Closed)) {
+                    self.events_open = false;
+                }
+                Wake::Event(event)
+            }
+            changed = self.status.changed(), if self.watching => match changed {
                 Ok(()) => Wake::Status,
-                Err(_) => std::future::pending().await,
+                // The runner is gone; its end comes next.
+                Err(_) => {
+                    self.watching = false;
+                    Wake::Status
+                }
             },
-            changed = self.detail.changed() => match changed {
+            changed = self.detail.changed(), if self.watching => match changed {
                 Ok(()) => Wake::Status,
-                Err(_) => std::future::pending().await,
+                Err(_) => {
+                    self.watching = false;
+                    Wake::Status
+                }
             },
             joined = &mut handle.task => {
                 self.handle = None;
@@ -194,10 +213,37 @@ fn published_pause(pause: &PauseStatus, now_ms: i64) -> PublishedPause {
     }
 }
 
+/// What became of an intent for a running rollout.
+enum Steered {
+    Applied,
+    Refused(String),
+    /// A promote with no pause in force yet: it waits for the next one (or is refused
+    /// once the rollout ends or rolls back).
+    Waiting,
+}
+
 /// Sends `intent` to a running rollout, or says why it does not apply.
-fn steer(handle: &RolloutHandle, intent: &Intent) -> Result<(), String> {
+fn steer(running: &mut Running, intent: &Intent) -> Steered {
+    let Some(handle) = running.handle.as_ref() else {
+        return Steered::Refused("the rollout has ended".to_owned());
+    };
+    let aborted = running.aborted;
+    let outcome = steer_now(handle, intent, aborted);
+    if outcome.is_ok() && matches!(intent, Intent::Abort | Intent::Undo) {
+        running.aborted = true;
+    }
+    match outcome {
+        Ok(()) => Steered::Applied,
+        Err(reason) if reason.is_empty() => Steered::Waiting,
+        Err(reason) => Steered::Refused(reason),
+    }
+}
+
+/// `Err("")` means: not yet.
+fn steer_now(handle: &RolloutHandle, intent: &Intent, aborted: bool) -> Result<(), String> {
     let status = handle.status();
-    let forward = status.phase == Phase::Progressing;
+    // An abort already sent counts, though the rollout may not have seen it yet.
+    let forward = status.phase == Phase::Progressing && !aborted;
     let revision = handle.revision().get();
     match intent {
         Intent::Start { .. } => Err(format!(
@@ -207,6 +253,7 @@ fn steer(handle: &RolloutHandle, intent: &Intent) -> Result<(), String> {
             handle.pause();
             Ok(())
         }
+        Intent::Resume if aborted => Err("the rollout is being rolled back".to_owned()),
         Intent::Resume => match status.paused.map(|pause| pause.reason) {
             Some(PauseReason::Operator | PauseReason::InconclusiveAnalysis { .. }) => {
                 handle.resume();
@@ -219,16 +266,16 @@ fn steer(handle: &RolloutHandle, intent: &Intent) -> Result<(), String> {
             handle.abort();
             Ok(())
         }
-        Intent::Promote if status.paused.is_some() => {
+        Intent::Promote if forward && status.paused.is_some() => {
             handle.promote();
             Ok(())
         }
-        Intent::Promote => Err("nothing to promote: no pause step or hold is in force".to_owned()),
+        Intent::Promote if forward => Err(String::new()),
         Intent::PromoteFull if forward => {
             handle.promote_full();
             Ok(())
         }
-        Intent::Pause | Intent::Abort | Intent::Undo | Intent::PromoteFull => Err(format!(
+        Intent::Pause | Intent::Abort | Intent::Undo | Intent::Promote | Intent::PromoteFull => Err(format!(
             "revision {revision} is rolling back; a rollback is neither held, aborted nor promoted"
         )),
     }
@@ -352,6 +399,8 @@ impl Deployer {
         let mut resume_due = true;
         let mut intents_due = true;
         let mut retry_at: Option<Instant> = None;
+        // A promote waits for a pause: intents are looked at again on every status change.
+        let mut waiting = false;
         loop {
             let now = Instant::now();
             if retry_at.is_some_and(|at| now >= at) {
@@ -382,7 +431,10 @@ impl Deployer {
             }
             if intents_due && !resume_due && !failed {
                 match self.apply_intents(lease, &mut running).await {
-                    Ok(()) => intents_due = false,
+                    Ok(waits) => {
+                        intents_due = false;
+                        waiting = waits;
+                    }
                     Err(Failure::LeaseLost) => return Served::LeaseLost,
                     Err(Failure::Store(err)) => {
                         tracing::warn!(app = %self.app, err = %chain(&err), "cannot apply intents; retrying");
@@ -399,10 +451,13 @@ impl Deployer {
                 () = keeper.lost() => return Served::LeaseLost,
                 wake = next_wake(running.as_mut()) => {
                     let result = match wake {
-                        Wake::Status => match running.as_ref() {
-                            Some(run) => self.publish(lease, run, false).await,
-                            None => Ok(()),
-                        },
+                        Wake::Status => {
+                            intents_due |= waiting;
+                            match running.as_ref() {
+                                Some(run) => self.publish(lease, run, false).await,
+                                None => Ok(()),
+                            }
+                        }
                         Wake::Event(Ok(event)) => match running.as_mut() {
                             Some(run) => self.store_event(lease, run, event).await,
                             None => Ok(()),
@@ -629,10 +684,12 @@ impl Deployer {
         Ok(())
     }
 
-    /// Applies every pending intent, oldest first, and prunes resolved ones.
-    async fn apply_intents(&self, lease: &Lease, running: &mut Option<Running>) -> Result<(), Failure> {
+    /// Applies every pending intent, oldest first, and prunes resolved ones; returns
+    /// whether one waits for the rollout to reach a pause.
+    async fn apply_intents(&self, lease: &Lease, running: &mut Option<Running>) -> Result<bool, Failure> {
         let records = self.list(&keys::intents(&self.app)).await?;
         let mut resolved = Vec::new();
+        let mut waiting = false;
         for record in &records {
             let intent = match decode::<IntentRecord>(record) {
                 Ok(intent) => intent,
@@ -645,25 +702,29 @@ impl Deployer {
                 resolved.push(record.key.clone());
                 continue;
             }
-            let outcome = match running.as_ref().and_then(Running::handle) {
-                Some(handle) => steer(handle, &intent.intent),
+            let outcome = match running.as_mut().filter(|run| run.handle.is_some()) {
+                Some(run) => steer(run, &intent.intent),
                 None => match self.start_for(&intent.intent).await? {
                     Ok(handle) => {
                         *running = Some(self.track(lease, handle).await?);
-                        Ok(())
+                        Steered::Applied
                     }
-                    Err(reason) => Err(reason),
+                    Err(reason) => Steered::Refused(reason),
                 },
             };
             let state = match outcome {
-                Ok(()) => IntentState::Applied {
+                Steered::Applied => IntentState::Applied {
                     at_ms: self.now_ms(),
                     holder: self.holder().to_owned(),
                 },
-                Err(reason) => IntentState::Refused {
+                Steered::Refused(reason) => IntentState::Refused {
                     at_ms: self.now_ms(),
                     reason,
                 },
+                Steered::Waiting => {
+                    waiting = true;
+                    continue;
+                }
             };
             tracing::info!(app = %self.app, id = intent.id, intent = %intent.intent, actor = %intent.actor, ?state, "intent");
             self.mark(lease, &record.key, state).await?;
@@ -672,7 +733,7 @@ impl Deployer {
         for key in &resolved[..resolved.len().saturating_sub(INTENTS_KEPT)] {
             self.delete(lease, key).await?;
         }
-        Ok(())
+        Ok(waiting)
     }
 
     /// Starts the rollout an intent asks for with nothing running, or says why not.
