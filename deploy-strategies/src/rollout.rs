@@ -425,8 +425,7 @@ impl Rollout {
             record,
             keeper,
             control_rx,
-            status_tx,
-            detail_tx,
+            (status_tx, detail_tx),
             events.clone(),
         );
         let task = tokio::spawn(runner.run());

@@ -139,8 +139,7 @@ impl Runner {
         record: RecordVersion,
         keeper: LeaseKeeper,
         control: mpsc::UnboundedReceiver<Control>,
-        status: watch::Sender<RolloutStatus>,
-        detail: watch::Sender<Detail>,
+        (status, detail): (watch::Sender<RolloutStatus>, watch::Sender<Detail>),
         events: ChannelSink,
     ) -> Self {
         Self {

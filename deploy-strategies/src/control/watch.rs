@@ -65,9 +65,7 @@ impl Follower {
                 WatchEvent::Lagged => {
                     // What is buffered is older than the listing to come.
                     while let Some(event) = futures::FutureExt::now_or_never(self.watch.next()) {
-                        if event.is_none() {
-                            return None;
-                        }
+                        event.as_ref()?;
                     }
                     self.list_next = true;
                 }
