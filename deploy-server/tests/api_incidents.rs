@@ -227,6 +227,20 @@ async fn incident_requests_are_checked_and_need_the_right_role() {
             .await,
         StatusCode::NOT_FOUND,
     );
+    // An id that would reach into another record's key.
+    let escaping = api.get("/api/incidents/..%2Fby-key%2Fdb", Some(ADMIN)).await;
+    expect(&escaping, StatusCode::BAD_REQUEST);
+    assert_eq!(escaping.field(), "id");
+    let escaping = api
+        .call(
+            Method::POST,
+            "/api/incidents/a%2Fb/acknowledge",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    expect(&escaping, StatusCode::BAD_REQUEST);
+    assert_eq!(escaping.field(), "id");
 
     let reads = ["/api/incidents".to_owned(), format!("/api/incidents/{id}")];
     for path in &reads {

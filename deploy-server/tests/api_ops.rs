@@ -188,6 +188,9 @@ async fn pipeline_requests_are_checked_and_need_a_token() {
         &api.get("/api/pipelines/runs/nope/logs", Some(ADMIN)).await,
         StatusCode::NOT_FOUND,
     );
+    let escaping = api.get("/api/pipelines/runs/shop%2Fruns", Some(ADMIN)).await;
+    expect(&escaping, StatusCode::BAD_REQUEST);
+    assert_eq!(escaping.field(), "id");
     for path in [
         "/api/pipelines/runs",
         "/api/pipelines/runs/x",

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
-use crate::routes::{ApiJson, audited};
+use crate::routes::{ApiJson, audited, check_id};
 use crate::state::AppState;
 
 pub(crate) fn router() -> Router<AppState> {
@@ -108,6 +108,7 @@ pub(crate) async fn get_incident(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Incident>, ApiError> {
     caller.require(Role::Viewer)?;
+    check_id("id", &id)?;
     Ok(axum::Json(
         state.incidents()?.get(&id).await.map_err(incident_error)?,
     ))
@@ -129,6 +130,7 @@ pub(crate) async fn acknowledge(
 ) -> Result<axum::Json<Incident>, ApiError> {
     audited(&state, &caller, "incidents.acknowledge", &id, async {
         caller.require(Role::Operator)?;
+        check_id("id", &id)?;
         let incident = state
             .incidents()?
             .update_incident(&caller.name, &id, IncidentUpdate::Acknowledge)
@@ -165,6 +167,7 @@ pub(crate) async fn resolve(
 ) -> Result<axum::Json<Incident>, ApiError> {
     audited(&state, &caller, "incidents.resolve", &id, async {
         caller.require(Role::Operator)?;
+        check_id("id", &id)?;
         let ApiJson(ResolveBody { summary }) = body?;
         let summary = non_empty("summary", &summary)?;
         let incidents = state.incidents()?;
@@ -210,6 +213,7 @@ pub(crate) async fn note(
 ) -> Result<axum::Json<Incident>, ApiError> {
     audited(&state, &caller, "incidents.note", &id, async {
         caller.require(Role::Operator)?;
+        check_id("id", &id)?;
         let ApiJson(NoteBody { text }) = body?;
         let text = non_empty("text", &text)?;
         let incident = state

@@ -136,6 +136,15 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// Refuses (400 naming `field`) an id from the path that is not one store-key segment (the
+/// app-id rule: ASCII letters, digits, `-`, `_`, `.`, starting with a letter or digit), so a
+/// path cannot reach into another record's key.
+pub(crate) fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
+    deploy_core::AppId::new(id)
+        .map(drop)
+        .map_err(|error| ApiError::bad_request(field, error.to_string().replace("app id", field)))
+}
+
 /// Runs a mutation and records it in the audit log with its outcome (refusals included).
 pub(crate) async fn audited<T>(
     state: &AppState,

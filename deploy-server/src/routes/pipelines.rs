@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
+use crate::routes::check_id;
 use crate::sse::{SseMessage, last_event_id, sse_response};
 use crate::state::AppState;
 
@@ -76,6 +77,7 @@ pub(crate) async fn runs(
 }
 
 async fn find(runner: &PipelineRunner, id: &str) -> Result<RunRecord, ApiError> {
+    check_id("id", id)?;
     runner
         .runs()
         .await
