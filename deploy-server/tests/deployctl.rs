@@ -362,3 +362,67 @@ async fn tokens_are_created_listed_used_and_revoked_through_the_binary() {
     assert!(err.contains("401 unauthenticated"), "{err}");
     served.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_redraws_in_place_on_a_terminal() {
+    // `script` gives the binary a pseudo-terminal as standard output.
+    if !std::path::Path::new("/usr/bin/script").exists() {
+        deploy_testkit::real::skip(
+            "util-linux `script` (a pseudo-terminal for the live view) is not installed",
+        );
+        return;
+    }
+    let served = Served::new(canary_unattended(Duration::from_millis(200))).await;
+    let op = served.harness.tokens.operator.clone();
+    served.ok(Some(&op), &["rollouts", "start", "shop", "2.0"]).await;
+    let binary = assert_cmd::cargo::cargo_bin("deployctl");
+    let mut command = std::process::Command::new("/usr/bin/script");
+    command
+        .args([
+            "-qefc",
+            &format!("{} rollouts watch shop", binary.display()),
+            "/dev/null",
+        ])
+        .env("DEPLOYCTL_SERVER", &served.url)
+        .env("DEPLOYCTL_TOKEN", &op)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().expect("script runs");
+        let started = std::time::Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if started.elapsed() > COMMAND_LIMIT {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("output");
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                let last = stdout.rsplit("\x1b[J").next().unwrap_or_default();
+                panic!(
+                    "watch did not end in {COMMAND_LIMIT:?}; its last frame: {last}; stderr: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("output")
+    })
+    .await
+    .expect("blocking task");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(out.contains("F\x1b[J"), "redrawn in place: {out:?}");
+    // The last frame: the rollout done, its steps all checked, the weights as a bar.
+    let last = out.rsplit("\x1b[J").next().expect("a frame");
+    assert!(last.contains("phase:     completed"), "{last}");
+    assert!(last.contains(&format!("[{}]  100.00%", "█".repeat(20))), "{last}");
+    assert!(!last.contains('▶'), "{last}");
+    assert!(
+        last.contains("completed: 2.0 serves all traffic"),
+        "the recent events: {last}"
+    );
+    served.shutdown().await;
+}

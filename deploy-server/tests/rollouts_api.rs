@@ -286,7 +286,7 @@ async fn abort_rolls_back_and_undo_goes_back_to_the_previous_version() {
         ),
         4
     );
-    // The deployer takes a start once the rollout has ended: when its history entry is in.
+    // The rolled-back revision is in the history.
     until_history(&h, 1).await;
 
     // Roll 2.0 out for good, then undo: 1.0 again, as a new revision.

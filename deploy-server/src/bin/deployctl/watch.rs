@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::time::Duration;
 
+use deploy_core::DeploymentEventKind;
 use deploy_strategies::control::{EventRecord, Intent};
 use futures::StreamExt;
 use reqwest::Method;
@@ -23,6 +24,10 @@ const RECENT_EVENTS: usize = 8;
 
 /// How often the status is read again (the time left of a pause counts down with it).
 const REFRESH: Duration = Duration::from_secs(1);
+
+/// How long, once the status shows the end, to wait for the events that end the rollout
+/// (they may arrive after the status).
+const LAST_EVENTS_GRACE: Duration = Duration::from_secs(3);
 
 /// Reconnection attempts in a row before giving up on the event stream.
 const RECONNECTS: u32 = 10;
@@ -170,6 +175,16 @@ async fn follow(
     }
 }
 
+/// Whether `record` is the last event of its rollout.
+fn ends(record: &EventRecord) -> bool {
+    matches!(
+        record.event.kind,
+        DeploymentEventKind::Completed { .. }
+            | DeploymentEventKind::RollbackFinished
+            | DeploymentEventKind::Failed { .. }
+    )
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -197,6 +212,14 @@ pub(crate) async fn watch(api: &Api, app: &str, mode: Mode) -> Result<(), CliErr
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stream_open = true;
+    // The revision whose last event (completed, rolled back, failed) was read.
+    // A rollout that had already ended when the watch began: nothing more to wait for.
+    let mut last_event_of: Option<u64> = if rule.ended(&view) {
+        view.status.as_ref().map(|s| s.revision.get())
+    } else {
+        None
+    };
+    let mut end_seen_at: Option<tokio::time::Instant> = None;
     let result = loop {
         if mode == Mode::Live {
             let lines = frame(&view, &recent);
@@ -211,11 +234,18 @@ pub(crate) async fn watch(api: &Api, app: &str, mode: Mode) -> Result<(), CliErr
             drawn = lines.len();
         }
         if rule.ended(&view) {
-            break Ok(());
+            let revision = view.status.as_ref().map(|s| s.revision.get());
+            let seen_at = *end_seen_at.get_or_insert_with(tokio::time::Instant::now);
+            if !stream_open || last_event_of == revision || seen_at.elapsed() >= LAST_EVENTS_GRACE {
+                break Ok(());
+            }
         }
         tokio::select! {
             event = events.recv(), if stream_open => match event {
                 Some(Ok(record)) => {
+                    if ends(&record) {
+                        last_event_of = Some(record.revision.get());
+                    }
                     match mode {
                         Mode::Json => {
                             writeln!(stdout, "{}", serde_json::to_string(&record).unwrap_or_default())?;
