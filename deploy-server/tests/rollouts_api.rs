@@ -12,9 +12,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use deploy_core::{MemoryStore, TokioClock};
+use std::sync::atomic::Ordering::SeqCst;
+
+use deploy_core::{
+    DynStore, Lease, LeaseStore, MemoryStore, Record, RecordStore, RecordVersion, StoreError, TokioClock,
+    WatchStream, WriteOptions,
+};
 use deploy_server::ServerBuilder;
-use deploy_strategies::control::EventRecord;
+use deploy_strategies::control::{EventRecord, RolloutClient};
 use rollouts_common::{
     ADMIN, Harness, SseReader, canary_unattended, canary_with_manual_step, pause_kind, phase, revision,
 };
@@ -701,4 +706,148 @@ async fn the_openapi_document_lists_every_rollout_route() {
         assert_eq!(operation["tags"][0], "rollouts", "{method} {template}");
     }
     h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_intents_each_get_their_own_id() {
+    let mut h = harness().await;
+    started_and_awaiting_promotion(&h).await;
+    let requests =
+        (0..12).map(|_| h.call("POST", "/api/rollouts/shop/pause", Some(&h.tokens.operator), None));
+    let answers = futures::future::join_all(requests).await;
+    let mut ids: Vec<u64> = answers
+        .iter()
+        .map(|answer| {
+            assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.json);
+            answer.json["id"].as_u64().expect("an id")
+        })
+        .collect();
+    ids.sort_unstable();
+    // Intent 1 is the start; the twelve pauses took 2..=13, none overwritten.
+    assert_eq!(ids, (2..=13).collect::<Vec<u64>>());
+    let stored = h.client.intents(&rollouts_common::app()).await.expect("intents");
+    assert_eq!(stored.len(), 13);
+    h.stop().await;
+}
+
+/// A store where another writer wins the race for the next `races` intent ids: just before
+/// an intent is created, the same record lands at its key first.
+#[derive(Debug)]
+struct RacingStore {
+    inner: MemoryStore,
+    races: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl RecordStore for RacingStore {
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        self.inner.get(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Record>, StoreError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn put_opts(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        opts: WriteOptions,
+    ) -> Result<RecordVersion, StoreError> {
+        let race = key.contains("/intents/")
+            && self
+                .races
+                .fetch_update(SeqCst, SeqCst, |left| left.checked_sub(1))
+                .is_ok();
+        if race {
+            self.inner
+                .put_opts(key, value.clone(), WriteOptions::default())
+                .await?;
+        }
+        self.inner.put_opts(key, value, opts).await
+    }
+
+    async fn delete_opts(&self, key: &str, opts: WriteOptions) -> Result<bool, StoreError> {
+        self.inner.delete_opts(key, opts).await
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
+        self.inner.watch(prefix).await
+    }
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for RacingStore {
+    async fn acquire(&self, name: &str, holder: &str, ttl: Duration) -> Result<Lease, StoreError> {
+        self.inner.acquire(name, holder, ttl).await
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<Lease, StoreError> {
+        self.inner.renew(lease).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.inner.release(lease).await
+    }
+
+    async fn holder(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        self.inner.holder(name).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_compare_and_swap_is_retried_and_one_lost_every_time_is_409() {
+    let racing = Arc::new(RacingStore {
+        inner: MemoryStore::new(),
+        races: std::sync::atomic::AtomicUsize::new(1),
+    });
+    let store: Arc<DynStore> = racing.clone();
+    let router = ServerBuilder::new(Arc::clone(&store))
+        .rollouts(RolloutClient::new(Arc::clone(&store)))
+        .bootstrap_token("root", ADMIN)
+        .build()
+        .expect("router");
+    let post = |path: &'static str, body: Option<Value>| {
+        let router = router.clone();
+        async move {
+            let request = Request::post(path).header("authorization", format!("Bearer {ADMIN}"));
+            let request = match body {
+                Some(body) => request
+                    .header("content-type", "application/json")
+                    .body(Body::from(body.to_string())),
+                None => request.body(Body::empty()),
+            }
+            .expect("request");
+            let response = router.oneshot(request).await.expect("answer");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            (status, serde_json::from_slice::<Value>(&body).expect("json"))
+        }
+    };
+
+    // Another writer took id 1 first: the intent is written again as id 2.
+    let (status, json) = post("/api/rollouts/shop/start", Some(json!({ "version": "2.0" }))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    assert_eq!(json["id"], 2, "{json}");
+
+    // Losing every attempt: 409 conflict, nothing of ours written.
+    racing.races.store(1000, SeqCst);
+    let (status, json) = post("/api/rollouts/shop/pause", None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{json}");
+    assert_eq!(json["code"], "conflict", "{json}");
+    let client = RolloutClient::new(store);
+    let ours = client
+        .intents(&rollouts_common::app())
+        .await
+        .expect("intents")
+        .into_iter()
+        .filter(|i| i.intent == deploy_strategies::control::Intent::Pause)
+        .count();
+    let theirs = 1000 - racing.races.load(SeqCst);
+    assert_eq!(
+        ours, theirs,
+        "every pause stored is one the other writer put there"
+    );
 }
