@@ -1,5 +1,6 @@
 //! Unleash compatibility: import the client-features format (`/api/client/features`) and the
-//! delta API (`/api/client/delta`) with Unleash's exact semantics.
+//! delta API (`/api/client/delta`) with Unleash's exact semantics, and export deploykit
+//! definitions back to the client-features format ([`export_client_features`]).
 //!
 //! Unleash is lenient where deploykit's own format is strict: a strategy it cannot compile
 //! switches its whole flag off, an unknown strategy never matches, an invalid regex or a
@@ -22,11 +23,13 @@
 //! # Ok::<(), deploy_flags::FlagError>(())
 //! ```
 
+mod export;
 mod spec;
 mod state;
 mod translate;
 mod wire;
 
+pub use export::{EXPORT_PROJECT, ExportWarning, UnleashExport, export_client_features};
 pub use spec::{SpecCase, SpecOutcome, SpecReport, run_spec_file};
 pub use state::UnleashState;
 pub use translate::{ImportWarning, UnleashImport};

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Unleash's client-features document.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientFeatures {
     /// Format version (1 or 2).
@@ -21,14 +21,17 @@ pub struct ClientFeatures {
 }
 
 /// One Unleash feature toggle.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Feature {
     /// Name.
     pub name: String,
     /// Description.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The Unleash project it belongs to (deploykit's exports say `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// The switch.
     #[serde(default)]
     pub enabled: bool,
@@ -39,24 +42,24 @@ pub struct Feature {
     #[serde(default)]
     pub variants: Option<Vec<UnleashVariant>>,
     /// Parent features.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dependencies: Option<Vec<Dependency>>,
 }
 
 /// An activation strategy.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Strategy {
     /// `default`, `flexibleRollout`, `userWithId`, ... or a custom name.
     pub name: String,
     /// Parameters, as strings (numbers are accepted and turned into strings).
-    #[serde(default, deserialize_with = "string_map")]
+    #[serde(default, deserialize_with = "string_map", serialize_with = "sorted_map")]
     pub parameters: HashMap<String, String>,
     /// Constraints.
     #[serde(default)]
     pub constraints: Option<Vec<UnleashConstraint>>,
     /// Ids of global segments.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segments: Option<Vec<i64>>,
     /// Strategy variants.
     #[serde(default)]
@@ -64,7 +67,7 @@ pub struct Strategy {
 }
 
 /// A constraint as Unleash writes it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnleashConstraint {
     /// The context field.
@@ -75,7 +78,7 @@ pub struct UnleashConstraint {
     #[serde(default)]
     pub values: Option<Vec<String>>,
     /// Single operand.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     /// Negation.
     #[serde(default)]
@@ -86,7 +89,7 @@ pub struct UnleashConstraint {
 }
 
 /// A variant as Unleash writes it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnleashVariant {
     /// Name.
@@ -95,18 +98,18 @@ pub struct UnleashVariant {
     #[serde(default)]
     pub weight: u32,
     /// Stickiness of the split (first variant's counts).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stickiness: Option<String>,
     /// Payload.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<UnleashPayload>,
     /// Pinned callers.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrides: Option<Vec<UnleashOverride>>,
 }
 
 /// A variant payload.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct UnleashPayload {
     /// `string`, `json`, `csv` or `number`.
     #[serde(rename = "type")]
@@ -116,7 +119,7 @@ pub struct UnleashPayload {
 }
 
 /// A variant override.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnleashOverride {
     /// The context field.
@@ -126,20 +129,20 @@ pub struct UnleashOverride {
 }
 
 /// A dependency on a parent feature.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Dependency {
     /// The parent.
     pub feature: String,
     /// Required state of the parent (default on).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// Allowed variants of the parent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variants: Option<Vec<String>>,
 }
 
 /// A global segment.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct UnleashSegment {
     /// Id strategies refer to.
     pub id: i64,
@@ -231,4 +234,11 @@ fn string_map<'de, D: Deserializer<'de>>(deserializer: D) -> Result<HashMap<Stri
             (key, text)
         })
         .collect())
+}
+
+/// Parameters go out sorted by name, so the same state always serialises to the same bytes.
+fn sorted_map<S: serde::Serializer>(map: &HashMap<String, String>, serializer: S) -> Result<S::Ok, S::Error> {
+    map.iter()
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .serialize(serializer)
 }
