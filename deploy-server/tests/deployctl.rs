@@ -426,3 +426,191 @@ async fn watch_redraws_in_place_on_a_terminal() {
     );
     served.shutdown().await;
 }
+
+/// Any router served over TCP, for the commands of the other sections.
+struct ServedRouter {
+    url: String,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), deploy_server::ServerError>>,
+}
+
+impl ServedRouter {
+    async fn new(router: axum::Router) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(deploy_server::serve(listener, router, async {
+            let _ = stopped.await;
+        }));
+        Self { url, stop, task }
+    }
+
+    /// `deployctl args` as the admin; stdout, asserting success.
+    async fn run(&self, args: &[&str]) -> String {
+        let mut command = Command::cargo_bin("deployctl").expect("the deployctl binary");
+        command
+            .args(["--server", &self.url, "--token", ADMIN])
+            .args(args)
+            .timeout(COMMAND_LIMIT);
+        let output = tokio::task::spawn_blocking(move || command.output().expect("deployctl runs"))
+            .await
+            .expect("blocking task");
+        assert!(
+            output.status.success(),
+            "deployctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let args: Vec<&str> = ["--output", "json"].iter().chain(args).copied().collect();
+        serde_json::from_str(&self.run(&args).await).expect("JSON")
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("server task").expect("server");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_commands_through_the_binary() {
+    use deploy_flags::{FeatureFlagManager, FlagDefinition};
+    let store: std::sync::Arc<deploy_core::DynStore> = std::sync::Arc::new(deploy_core::MemoryStore::new());
+    let flags = std::sync::Arc::new(
+        FeatureFlagManager::open(store.clone(), Default::default())
+            .await
+            .expect("flag manager"),
+    );
+    flags
+        .create_flag("root", FlagDefinition::new("search-v2", true))
+        .await
+        .expect("flag created");
+    let served = ServedRouter::new(
+        deploy_server::ServerBuilder::new(store)
+            .flags(flags)
+            .bootstrap_token("root", ADMIN)
+            .build()
+            .expect("router"),
+    )
+    .await;
+
+    let out = served.run(&["flags", "list"]).await;
+    assert!(
+        out.contains("name=search-v2") && out.contains("enabled=true"),
+        "{out}"
+    );
+    served.run(&["flags", "disable", "search-v2"]).await;
+    let flag = served.json(&["flags", "get", "search-v2"]).await;
+    assert_eq!(flag["enabled"], false, "{flag}");
+    served.run(&["flags", "enable", "search-v2"]).await;
+    served.run(&["flags", "rollout", "search-v2", "0"]).await;
+    let out = served
+        .run(&[
+            "flags",
+            "eval",
+            "search-v2",
+            "--context",
+            "userId=42",
+            "-c",
+            "plan=pro",
+        ])
+        .await;
+    assert!(
+        out.contains("enabled:") && out.contains("false"),
+        "0% rollout: {out}"
+    );
+    served.run(&["flags", "rollout", "search-v2", "100"]).await;
+    let evaluated = served
+        .json(&["flags", "eval", "search-v2", "-c", "userId=42"])
+        .await;
+    assert_eq!(evaluated["enabled"], true, "{evaluated}");
+    served.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_and_silences_commands_through_the_binary() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use deploy_core::{DynNotifier, DynRecordStore, MemoryStore, Severity};
+    use deploy_incidents::{Dispatcher, IncidentManager, NewIncident, Route, RouteConfig};
+
+    let store = Arc::new(MemoryStore::new());
+    let notifier: Arc<DynNotifier> = Arc::new(deploy_testkit::RecordingNotifier::new());
+    let incidents = Arc::new(
+        IncidentManager::new(
+            store.clone() as Arc<DynRecordStore>,
+            notifier.clone(),
+            Default::default(),
+        )
+        .expect("incident manager"),
+    );
+    let route = Route::compile(
+        &RouteConfig {
+            receiver: Some("team".into()),
+            ..RouteConfig::default()
+        },
+        &["team".to_owned()],
+    )
+    .expect("route");
+    let dispatcher = Arc::new(tokio::sync::Mutex::new(Dispatcher::new(
+        route,
+        HashMap::from([("team".to_owned(), notifier)]),
+        SystemClock::shared(),
+    )));
+    let id = incidents
+        .create_incident(
+            "monitor",
+            NewIncident {
+                dedup_key: "db".into(),
+                title: "db is down".into(),
+                severity: Severity::Critical,
+                escalation_policy: None,
+            },
+        )
+        .await
+        .expect("incident")
+        .id;
+    let served = ServedRouter::new(
+        deploy_server::ServerBuilder::new(store)
+            .incidents(incidents)
+            .dispatcher(dispatcher)
+            .bootstrap_token("root", ADMIN)
+            .build()
+            .expect("router"),
+    )
+    .await;
+
+    let out = served.run(&["incidents", "list"]).await;
+    assert!(out.contains(&id) && out.contains("db is down"), "{out}");
+    served.run(&["incidents", "ack", &id]).await;
+    served
+        .run(&["incidents", "resolve", &id, "--summary", "restarted the primary"])
+        .await;
+    let resolved = served.json(&["incidents", "list", "--status", "resolved"]).await;
+    assert!(resolved.to_string().contains(&id), "{resolved}");
+    let open = served.json(&["incidents", "list", "--status", "open"]).await;
+    assert_eq!(open, serde_json::json!([]), "{open}");
+
+    let created = served
+        .json(&[
+            "silences",
+            "add",
+            "--matcher",
+            "service=db",
+            "-m",
+            "env=~prod.*",
+            "--duration",
+            "2h",
+            "--comment",
+            "maintenance",
+        ])
+        .await;
+    let silence = created["id"].as_str().expect("a silence id").to_owned();
+    let out = served.run(&["silences", "list"]).await;
+    assert!(out.contains(&silence) && out.contains("maintenance"), "{out}");
+    served.run(&["silences", "expire", &silence]).await;
+    served.shutdown().await;
+}
