@@ -265,7 +265,7 @@ where
             (1, v("2.0"), RolloutOutcome::Completed)
         ]
     );
-    assert_eq!(client.apps().await.expect("apps"), [app.clone()]);
+    assert_eq!(client.apps().await.expect("apps"), [app]);
     let _ = second.stop.send(());
     bounded("deployer shutdown", second.task)
         .await
