@@ -51,6 +51,20 @@ pub enum FlagError {
     /// An operation would create a flag that exists already.
     #[error("flag `{0}` exists already")]
     FlagExists(String),
+    /// A conditional change ([`FeatureFlagManager::update_flag_if`]) was made against a
+    /// revision of the flag that is no longer the stored one: someone changed the flag
+    /// since it was read. Nothing was written; read the flag again and retry.
+    ///
+    /// [`FeatureFlagManager::update_flag_if`]: crate::FeatureFlagManager::update_flag_if
+    #[error("flag `{flag}` is at revision {actual}, the change was made against revision {expected}")]
+    Conflict {
+        /// The flag.
+        flag: String,
+        /// The revision the caller expected.
+        expected: u64,
+        /// The flag's stored revision.
+        actual: u64,
+    },
     /// The record store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -81,7 +95,7 @@ impl FlagError {
     pub fn flag(&self) -> Option<&str> {
         match self {
             Self::InvalidFlag { flag, .. } | Self::PrerequisiteCycle { flag, .. } => Some(flag),
-            Self::UnknownFlag(flag) | Self::FlagExists(flag) => Some(flag),
+            Self::UnknownFlag(flag) | Self::FlagExists(flag) | Self::Conflict { flag, .. } => Some(flag),
             _ => None,
         }
     }

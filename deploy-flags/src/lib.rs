@@ -84,6 +84,7 @@ pub use eval::{ErrorCode, Evaluation, Reason};
 pub use file_source::{FileFormat, FileSource, ReloadStatus};
 pub use manager::{
     AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, QuarantinedFlag, StaleFlag, StaleReason,
+    VersionedFlag,
 };
 pub use metrics::FlagMetrics;
 pub use model::{

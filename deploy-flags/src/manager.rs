@@ -120,6 +120,22 @@ pub struct AuditEntry {
     pub after: Option<FlagDefinition>,
 }
 
+/// A stored flag with its revision, as [`FeatureFlagManager::get_flag`] reads it from the
+/// store.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionedFlag {
+    /// The definition.
+    pub definition: FlagDefinition,
+    /// The flag's revision: 1 at its creation, one more with each change (a flag deleted and
+    /// created again continues counting, so a revision never names two states). Give it to
+    /// [`FeatureFlagManager::update_flag_if`] to change the flag only if it is still this.
+    pub revision: u64,
+    /// When it was created (last created, for a flag deleted and created again).
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Kinds of change in the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -342,7 +358,7 @@ impl FeatureFlagManager {
         definition: FlagDefinition,
     ) -> Result<AuditEntry, FlagError> {
         let name = definition.name.clone();
-        self.change(actor, &name, AuditAction::Create, |current| match current {
+        self.change(actor, &name, AuditAction::Create, None, |current| match current {
             Some(_) => Err(FlagError::FlagExists(definition.name.clone())),
             None => Ok(Some(definition.clone())),
         })
@@ -359,7 +375,7 @@ impl FeatureFlagManager {
         name: &str,
         targeting: Option<Vec<Rule>>,
     ) -> Result<AuditEntry, FlagError> {
-        self.change(actor, name, AuditAction::Enable, |current| {
+        self.change(actor, name, AuditAction::Enable, None, |current| {
             let mut flag = current
                 .cloned()
                 .ok_or_else(|| FlagError::UnknownFlag(name.to_owned()))?;
@@ -377,7 +393,7 @@ impl FeatureFlagManager {
     /// # Errors
     /// [`FlagError::UnknownFlag`]; store errors.
     pub async fn disable_flag(&self, actor: &str, name: &str) -> Result<AuditEntry, FlagError> {
-        self.change(actor, name, AuditAction::Disable, |current| {
+        self.change(actor, name, AuditAction::Disable, None, |current| {
             let mut flag = current
                 .cloned()
                 .ok_or_else(|| FlagError::UnknownFlag(name.to_owned()))?;
@@ -396,12 +412,107 @@ impl FeatureFlagManager {
         actor: &str,
         definition: FlagDefinition,
     ) -> Result<AuditEntry, FlagError> {
+        self.replace(actor, definition, None).await
+    }
+
+    /// Replaces a flag's definition only if the flag is still at revision `expected` (its
+    /// [`VersionedFlag::revision`] when it was read): an HTTP `If-Match`. The check is part
+    /// of the store's compare-and-swap of the flag's record, so it holds across every
+    /// manager sharing the store, in this process or another.
+    ///
+    /// # Errors
+    /// [`FlagError::Conflict`] with the stored revision when it is not `expected` (nothing
+    /// is written, the audit log included); [`FlagError::UnknownFlag`]; an invalid
+    /// definition; store errors.
+    pub async fn update_flag_if(
+        &self,
+        actor: &str,
+        definition: FlagDefinition,
+        expected: u64,
+    ) -> Result<AuditEntry, FlagError> {
+        self.replace(actor, definition, Some(expected)).await
+    }
+
+    async fn replace(
+        &self,
+        actor: &str,
+        definition: FlagDefinition,
+        expected: Option<u64>,
+    ) -> Result<AuditEntry, FlagError> {
         let name = definition.name.clone();
-        self.change(actor, &name, AuditAction::Update, |current| match current {
-            Some(_) => Ok(Some(definition.clone())),
-            None => Err(FlagError::UnknownFlag(name.clone())),
+        self.change(
+            actor,
+            &name,
+            AuditAction::Update,
+            expected,
+            |current| match current {
+                Some(_) => Ok(Some(definition.clone())),
+                None => Err(FlagError::UnknownFlag(name.clone())),
+            },
+        )
+        .await
+    }
+
+    /// Changes a flag's definition in place: `edit` gets the stored definition and the
+    /// result is written (an `update` in the audit log) if the flag has not changed
+    /// meanwhile; on a concurrent change, `edit` runs again on the new definition, so it
+    /// must only depend on its argument. With `expected`, the flag must be at that
+    /// revision, as for [`FeatureFlagManager::update_flag_if`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), deploy_flags::FlagError> {
+    /// use std::sync::Arc;
+    /// use deploy_core::MemoryStore;
+    /// use deploy_flags::{FeatureFlagManager, FlagDefinition, FlagError};
+    ///
+    /// let manager = FeatureFlagManager::open(Arc::new(MemoryStore::new()), Default::default()).await?;
+    /// manager.create_flag("ann", FlagDefinition::new("search-v2", false)).await?;
+    /// let read = manager.get_flag("search-v2").await?.expect("created");
+    /// manager.edit_flag("bob", "search-v2", None, |flag| flag.description = "v2".into()).await?;
+    /// // Ann's change was made against the revision she read: refused.
+    /// let stale = manager.edit_flag("ann", "search-v2", Some(read.revision), |flag| flag.enabled = true).await;
+    /// assert!(matches!(stale, Err(FlagError::Conflict { expected: 1, actual: 2, .. })));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`FeatureFlagManager::update_flag_if`].
+    pub async fn edit_flag(
+        &self,
+        actor: &str,
+        name: &str,
+        expected: Option<u64>,
+        mut edit: impl FnMut(&mut FlagDefinition) + Send,
+    ) -> Result<AuditEntry, FlagError> {
+        self.change(actor, name, AuditAction::Update, expected, |current| {
+            let mut flag = current
+                .cloned()
+                .ok_or_else(|| FlagError::UnknownFlag(name.to_owned()))?;
+            edit(&mut flag);
+            Ok(Some(flag))
         })
         .await
+    }
+
+    /// A flag as stored now, with its revision; `None` when there is no such flag (or it
+    /// was deleted). Read from the store, not the engine: a change made through another
+    /// manager shows at once, and a stored flag the engine quarantined is shown too.
+    ///
+    /// # Errors
+    /// [`FlagError::InvalidFlag`] for a name that is not a valid flag name; the store's
+    /// errors; a record that does not decode ([`StoreError::Codec`]).
+    pub async fn get_flag(&self, name: &str) -> Result<Option<VersionedFlag>, FlagError> {
+        check_name(name)?;
+        let stored = self.store.get_json::<StoredFlag>(&Self::flag_key(name)).await?;
+        Ok(stored.and_then(|(flag, _)| {
+            Some(VersionedFlag {
+                definition: flag.definition?,
+                revision: flag.revision,
+                created_at: flag.created_at,
+                updated_at: flag.updated_at,
+            })
+        }))
     }
 
     /// Deletes a flag.
@@ -409,7 +520,7 @@ impl FeatureFlagManager {
     /// # Errors
     /// [`FlagError::UnknownFlag`]; a flag that others list as a prerequisite; store errors.
     pub async fn delete_flag(&self, actor: &str, name: &str) -> Result<AuditEntry, FlagError> {
-        self.change(actor, name, AuditAction::Delete, |current| match current {
+        self.change(actor, name, AuditAction::Delete, None, |current| match current {
             Some(_) => Ok(None),
             None => Err(FlagError::UnknownFlag(name.to_owned())),
         })
@@ -420,11 +531,16 @@ impl FeatureFlagManager {
     /// (core's `update_json`, which retries on a concurrent change), validate again against
     /// the set as stored now (undoing the write if a concurrent change to another flag made
     /// it break one), then write the audit entry and swap the engine.
+    ///
+    /// With `expected`, an existing flag must be at that revision: checked against the
+    /// record each attempt of the compare-and-swap reads, so a change landing between the
+    /// read and the write (from any manager) fails the write, and the retry sees it.
     async fn change(
         &self,
         actor: &str,
         name: &str,
         action: AuditAction,
+        expected: Option<u64>,
         mut next: impl FnMut(Option<&FlagDefinition>) -> Result<Option<FlagDefinition>, FlagError> + Send,
     ) -> Result<AuditEntry, FlagError> {
         check_name(name)?;
@@ -435,6 +551,16 @@ impl FeatureFlagManager {
             .store
             .update_json::<StoredFlag, FlagError>(&Self::flag_key(name), WriteOptions::default(), |current| {
                 previous = current.clone();
+                if let Some(expected) = expected
+                    && let Some(flag) = current.as_ref().filter(|flag| flag.definition.is_some())
+                    && flag.revision != expected
+                {
+                    return Err(FlagError::Conflict {
+                        flag: name.to_owned(),
+                        expected,
+                        actual: flag.revision,
+                    });
+                }
                 let before = current.as_ref().and_then(|flag| flag.definition.clone());
                 let after = next(before.as_ref())?;
                 self.check_change(&unchanged, name, before.clone(), after.clone())?;
