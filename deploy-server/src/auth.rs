@@ -12,6 +12,11 @@
 //! an admin token held in memory only, neither listed as stored nor revocable through the
 //! API.
 //!
+//! Unleash tokens ([`TokenKind::Client`], [`TokenKind::Frontend`]) live in the same store,
+//! hashed the same way, in Unleash's format `project:environment.secret`
+//! ([`TokenStore::create_unleash`]); they reach Unleash's APIs only ([`crate::unleash`]),
+//! and the control plane's API refuses them (403).
+//!
 //! [`ServerBuilder::bootstrap_token`]: crate::ServerBuilder::bootstrap_token
 
 use std::collections::BTreeMap;
@@ -88,6 +93,38 @@ impl FromStr for Role {
     }
 }
 
+/// What a token is for: the control plane's API, or one of Unleash's APIs. Each kind is
+/// accepted by its own API only: a control-plane token does not read Unleash features, an
+/// Unleash token steers nothing, and a frontend token never reads the client API's full state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// The control plane's `/api` (with a [`Role`] and a [`Scope`]).
+    #[default]
+    ControlPlane,
+    /// Unleash's client API (`/api/client/...`), for server-side SDKs.
+    Client,
+    /// Unleash's frontend API (`/api/frontend`), for browsers and mobile apps.
+    Frontend,
+}
+
+impl TokenKind {
+    /// The name (`control_plane`, `client`, `frontend`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ControlPlane => "control_plane",
+            Self::Client => "client",
+            Self::Frontend => "frontend",
+        }
+    }
+}
+
+impl fmt::Display for TokenKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a token may see and steer. An empty list means all: a token with no apps listed
 /// reaches every app's rollouts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -150,6 +187,11 @@ pub struct Caller {
     pub role: Role,
     /// Its scope.
     pub scope: Scope,
+    /// What the token is for ([`TokenKind::ControlPlane`] for every caller the control
+    /// plane's handlers see).
+    pub kind: TokenKind,
+    /// Unleash projects an Unleash token reaches (empty: all, Unleash's `*`).
+    pub projects: Vec<String>,
 }
 
 impl Caller {
@@ -213,6 +255,8 @@ impl FromRequestParts<AppState> for Caller {
                     name: Self::ANONYMOUS.to_owned(),
                     role: Role::Viewer,
                     scope: Scope::all(),
+                    kind: TokenKind::ControlPlane,
+                    projects: Vec::new(),
                 });
             }
             return Err(ApiError::unauthenticated());
@@ -225,11 +269,18 @@ impl FromRequestParts<AppState> for Caller {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             })
             .ok_or_else(ApiError::unauthenticated)?;
-        state
+        let caller = state
             .tokens()
             .authenticate(presented)
             .await?
-            .ok_or_else(ApiError::unauthenticated)
+            .ok_or_else(ApiError::unauthenticated)?;
+        if caller.kind != TokenKind::ControlPlane {
+            return Err(ApiError::forbidden(format!(
+                "token `{}` is an Unleash {} token: it reaches Unleash's API only",
+                caller.name, caller.kind
+            )));
+        }
+        Ok(caller)
     }
 }
 
@@ -243,6 +294,12 @@ pub struct TokenRecord {
     /// Its scope.
     #[serde(default)]
     pub scope: Scope,
+    /// What the token is for (records written before kinds existed are control-plane tokens).
+    #[serde(default, skip_serializing_if = "is_control_plane")]
+    pub kind: TokenKind,
+    /// Unleash projects an Unleash token reaches (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<String>,
     /// SHA-256 of the token, lowercase hex.
     pub sha256: String,
     /// When it was created (unix milliseconds).
@@ -266,6 +323,16 @@ pub struct TokenInfo {
     pub created_by: String,
     /// Whether it is the bootstrap token from the configuration (not revocable here).
     pub bootstrap: bool,
+    /// What the token is for.
+    #[serde(default, skip_serializing_if = "is_control_plane")]
+    pub kind: TokenKind,
+    /// Unleash projects an Unleash token reaches (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<String>,
+}
+
+fn is_control_plane(kind: &TokenKind) -> bool {
+    *kind == TokenKind::ControlPlane
 }
 
 impl From<&TokenRecord> for TokenInfo {
@@ -277,6 +344,8 @@ impl From<&TokenRecord> for TokenInfo {
             created_at_ms: record.created_at_ms,
             created_by: record.created_by.clone(),
             bootstrap: false,
+            kind: record.kind,
+            projects: record.projects.clone(),
         }
     }
 }
@@ -438,6 +507,8 @@ impl TokenStore {
                 name: name.clone(),
                 role: Role::Admin,
                 scope: Scope::all(),
+                kind: TokenKind::ControlPlane,
+                projects: Vec::new(),
             });
         }
         // Every hash is compared, whatever matched: no early exit to time.
@@ -447,6 +518,8 @@ impl TokenStore {
                     name: known.record.name.clone(),
                     role: known.record.role,
                     scope: known.record.scope.clone(),
+                    kind: known.record.kind,
+                    projects: known.record.projects.clone(),
                 });
             }
         }
@@ -465,6 +538,89 @@ impl TokenStore {
         role: Role,
         scope: Scope,
     ) -> Result<NewToken, ApiError> {
+        self.create_record(
+            creator,
+            name,
+            role,
+            scope,
+            TokenKind::ControlPlane,
+            Vec::new(),
+            generate_secret(),
+        )
+        .await
+    }
+
+    /// Creates an Unleash token of `kind` ([`TokenKind::Client`] or [`TokenKind::Frontend`])
+    /// for one environment and some projects (empty: all), in Unleash's format
+    /// `project:environment.secret` (`*` for all projects, `[]` for several); its secret is
+    /// in the answer and nowhere else.
+    ///
+    /// # Errors
+    /// 400 for a bad name, kind, environment or project; 409 `conflict` when the name is
+    /// taken; store errors.
+    pub async fn create_unleash(
+        &self,
+        creator: &str,
+        name: &str,
+        kind: TokenKind,
+        environment: &str,
+        projects: Vec<String>,
+    ) -> Result<NewToken, ApiError> {
+        if kind == TokenKind::ControlPlane {
+            return Err(ApiError::bad_request(
+                "type",
+                "an Unleash token is `client` or `frontend`",
+            ));
+        }
+        let valid = |text: &str| {
+            !text.is_empty()
+                && text.len() <= 128
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        };
+        if !valid(environment) {
+            return Err(ApiError::bad_request(
+                "environment",
+                format!("environment {environment:?} must be 1..=128 ASCII letters, digits, `-`, `_`"),
+            ));
+        }
+        let mut projects: Vec<String> = projects.into_iter().filter(|project| project != "*").collect();
+        projects.sort();
+        projects.dedup();
+        if let Some(bad) = projects.iter().find(|project| !valid(project)) {
+            return Err(ApiError::bad_request(
+                "projects",
+                format!("project {bad:?} must be 1..=128 ASCII letters, digits, `-`, `_`"),
+            ));
+        }
+        let project = match projects.as_slice() {
+            [] => "*",
+            [one] => one.as_str(),
+            _ => "[]",
+        };
+        let mut random = [0_u8; 32];
+        rand::rng().fill_bytes(&mut random);
+        let secret = format!("{project}:{environment}.{}", hex(&random));
+        let scope = Scope {
+            environments: vec![environment.to_owned()],
+            apps: Vec::new(),
+        };
+        self.create_record(creator, name, Role::Viewer, scope, kind, projects, secret)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)] // one private constructor of every kind of record
+    async fn create_record(
+        &self,
+        creator: &str,
+        name: &str,
+        role: Role,
+        scope: Scope,
+        kind: TokenKind,
+        projects: Vec<String>,
+        secret: String,
+    ) -> Result<NewToken, ApiError> {
         check_token_name(name)?;
         if self
             .inner
@@ -477,12 +633,13 @@ impl TokenStore {
             );
         }
         self.load().await?;
-        let secret = generate_secret();
         let hash = digest(&secret);
         let record = TokenRecord {
             name: name.to_owned(),
             role,
             scope,
+            kind,
+            projects,
             sha256: hex(&hash),
             created_at_ms: self.inner.clock.unix_millis(),
             created_by: creator.to_owned(),
@@ -552,6 +709,8 @@ impl TokenStore {
             created_at_ms: 0,
             created_by: "configuration".to_owned(),
             bootstrap: true,
+            kind: TokenKind::ControlPlane,
+            projects: Vec::new(),
         });
         let known = self.inner.known.read();
         Ok(bootstrap

@@ -63,6 +63,10 @@
 //! | `POST /api/infra/plan` | O |
 //! | `POST /api/infra/apply` | A |
 //! | `GET /api/tokens`, `POST /api/tokens`, `DELETE /api/tokens/{name}`, `GET /api/audit` | A |
+//! | `POST /api/admin/api-tokens` (an Unleash client or frontend token) | A |
+//! | `GET /api/unleash/metrics` (counts reported by Unleash SDKs) | V |
+//! | `GET /api/client/features` (ETag), `POST /api/client/register`, `POST /api/client/metrics` | Unleash client token |
+//! | `GET`/`POST /api/frontend`, `POST /api/frontend/client/metrics` (CORS) | Unleash frontend token |
 //!
 //! A token scoped to apps sees and steers only those apps' rollouts; one scoped to
 //! environments reaches only those infrastructure environments and evaluation contexts, and
@@ -75,10 +79,11 @@ mod openapi;
 mod routes;
 mod sse;
 mod state;
+pub mod unleash;
 
 use axum::Router;
 
-pub use auth::{Caller, NewToken, Role, Scope, TokenInfo, TokenRecord, TokenStore};
+pub use auth::{Caller, NewToken, Role, Scope, TokenInfo, TokenKind, TokenRecord, TokenStore};
 pub use error::{ApiError, ErrorBody, ServerError};
 pub use metrics::ServerMetrics;
 pub use openapi::openapi;
@@ -91,8 +96,15 @@ pub use state::{TlsConfig, serve_tls};
 /// The router over a built state: every section's routes, the probes, `/metrics` and
 /// `/openapi.json`, with request counting and a 1 MiB body limit.
 pub fn router(state: AppState) -> Router {
+    router_with_unleash(state, unleash::UnleashConfig::default())
+}
+
+/// [`router`] with the Unleash APIs ([`unleash`]) configured: the environment the flags are
+/// served as, the origins the frontend API allows.
+pub fn router_with_unleash(state: AppState, unleash: unleash::UnleashConfig) -> Router {
     Router::new()
         .merge(routes::router())
+        .merge(unleash::router(unleash))
         .merge(metrics::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::not_found("route") })

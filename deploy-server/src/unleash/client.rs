@@ -1,0 +1,199 @@
+//! Unleash's client API: the full state for server-side SDKs, their registration and their
+//! metrics.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use bytes::Bytes;
+use deploy_flags::FeatureFlagManager;
+use deploy_flags::model::FlagSet;
+use deploy_flags::unleash::export_client_features;
+use parking_lot::RwLock;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::Shared;
+use super::metrics::{self, MetricsReport};
+use super::tokens::UnleashCaller;
+use crate::auth::TokenKind;
+use crate::error::ApiError;
+use crate::routes::ApiJson;
+use crate::state::AppState;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/client/features", get(features))
+        .route("/api/client/register", post(register))
+        .route("/api/client/metrics", post(client_metrics))
+}
+
+/// A serialised client-features document and its entity tag.
+#[derive(Debug)]
+pub(super) struct Cached {
+    /// The engine snapshot it was made from.
+    version: u64,
+    body: Bytes,
+    etag: HeaderValue,
+}
+
+impl Cached {
+    fn of(version: u64, set: &FlagSet) -> Result<Self, ApiError> {
+        let export = export_client_features(set);
+        for warning in &export.warnings {
+            tracing::debug!(flag = %warning.flag, message = %warning.message, "unleash export approximated");
+        }
+        let body = serde_json::to_vec(&export.features).map_err(ApiError::internal)?;
+        // From the bytes: replicas serving the same flags give the same tag.
+        let digest = Sha256::digest(&body);
+        let tag: String = digest[..12].iter().map(|byte| format!("{byte:02x}")).collect();
+        let etag = HeaderValue::from_str(&format!("\"{tag}\"")).map_err(ApiError::internal)?;
+        Ok(Self {
+            version,
+            body: Bytes::from(body),
+            etag,
+        })
+    }
+
+    fn respond(&self, headers: &HeaderMap) -> Response {
+        let fresh = headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(|tag| tag.trim().trim_start_matches("W/"))
+            .any(|tag| tag == "*" || tag.as_bytes() == self.etag.as_bytes());
+        if fresh {
+            return (StatusCode::NOT_MODIFIED, [(header::ETAG, self.etag.clone())]).into_response();
+        }
+        (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (header::ETAG, self.etag.clone()),
+            ],
+            self.body.clone(),
+        )
+            .into_response()
+    }
+}
+
+/// The manager's flags as client features, serialised once per engine snapshot: a request
+/// for unchanged flags copies no byte and serialises nothing.
+#[derive(Debug, Default)]
+pub(super) struct FeaturesCache {
+    current: RwLock<Option<Arc<Cached>>>,
+    empty: std::sync::OnceLock<Arc<Cached>>,
+}
+
+impl FeaturesCache {
+    /// The document for the manager's current snapshot, made on the first request after a
+    /// change.
+    pub(super) fn current(&self, manager: &FeatureFlagManager) -> Result<Arc<Cached>, ApiError> {
+        let snapshot = manager.engine().snapshot();
+        if let Some(cached) = self.current.read().as_ref()
+            && cached.version == snapshot.version()
+        {
+            return Ok(Arc::clone(cached));
+        }
+        let cached = Arc::new(Cached::of(snapshot.version(), &snapshot.to_flag_set())?);
+        let mut current = self.current.write();
+        // A concurrent request may have made a newer one meanwhile: keep the newest.
+        if current
+            .as_ref()
+            .is_none_or(|existing| existing.version < cached.version)
+        {
+            *current = Some(Arc::clone(&cached));
+        }
+        Ok(cached)
+    }
+
+    /// The document of a token that sees no flag.
+    fn empty(&self) -> Result<Arc<Cached>, ApiError> {
+        if let Some(empty) = self.empty.get() {
+            return Ok(Arc::clone(empty));
+        }
+        let empty = Arc::new(Cached::of(0, &FlagSet::default())?);
+        Ok(Arc::clone(self.empty.get_or_init(|| empty)))
+    }
+}
+
+/// Filters of `GET /api/client/features` that SDKs may send.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FeaturesQuery {
+    /// Only features whose name starts with this.
+    #[serde(default)]
+    name_prefix: Option<String>,
+}
+
+/// `GET /api/client/features` (client token): every flag the token sees, as Unleash client
+/// features, with an `ETag`; a matching `If-None-Match` answers 304 with no body.
+async fn features(
+    State(state): State<AppState>,
+    Extension(shared): Extension<Arc<Shared>>,
+    caller: UnleashCaller,
+    Query(query): Query<FeaturesQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.require(TokenKind::Client)?;
+    let manager = state.flags()?;
+    if !caller.sees_flags(&shared) {
+        return Ok(shared.features.empty()?.respond(&headers));
+    }
+    match query.name_prefix.filter(|prefix| !prefix.is_empty()) {
+        None => Ok(shared.features.current(manager)?.respond(&headers)),
+        Some(prefix) => {
+            let snapshot = manager.engine().snapshot();
+            let mut set = snapshot.to_flag_set();
+            set.flags.retain(|flag| flag.name.starts_with(&prefix));
+            Ok(Cached::of(snapshot.version(), &set)?.respond(&headers))
+        }
+    }
+}
+
+/// The body of `POST /api/client/register`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Registration {
+    app_name: String,
+    #[serde(default)]
+    instance_id: String,
+    #[serde(default)]
+    sdk_version: String,
+}
+
+/// `POST /api/client/register` (client token): an SDK announces itself; 202.
+async fn register(
+    caller: UnleashCaller,
+    body: Result<ApiJson<Registration>, ApiError>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(TokenKind::Client)?;
+    let ApiJson(registration) = body?;
+    tracing::info!(
+        token = %caller.name,
+        app = %registration.app_name,
+        instance = %registration.instance_id,
+        sdk = %registration.sdk_version,
+        "unleash client registered"
+    );
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /api/client/metrics` (client token): an SDK's counts of one time bucket; 202.
+async fn client_metrics(
+    State(state): State<AppState>,
+    Extension(shared): Extension<Arc<Shared>>,
+    caller: UnleashCaller,
+    body: Result<ApiJson<MetricsReport>, ApiError>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(TokenKind::Client)?;
+    let ApiJson(report) = body?;
+    if caller.sees_flags(&shared) {
+        metrics::record(&state, &shared, report)?;
+    }
+    Ok(StatusCode::ACCEPTED)
+}
