@@ -12,7 +12,8 @@
 //! flight.
 //!
 //! Real processes and real time: the canary's first step holds 30 s (time to act on it),
-//! every wait is bounded. PostgreSQL runs in a fresh schema per run (emptied at the end);
+//! every wait is bounded. PostgreSQL runs in a schema of its own per test, emptied before
+//! and after;
 //! without `DEPLOYKIT_PG_URL` it is skipped with a message, and fails under
 //! `DEPLOYKIT_REQUIRE_REAL=1`.
 
@@ -404,14 +405,15 @@ fn sqlite_store() -> (tempfile::TempDir, String) {
     (dir, spec)
 }
 
-/// A fresh schema for a PostgreSQL run, or `None` (skipped) without `DEPLOYKIT_PG_URL`.
-fn postgres_store() -> Option<String> {
+/// The PostgreSQL schema of one test (`schema`), emptied of what an earlier run may have
+/// left, or `None` (skipped) without `DEPLOYKIT_PG_URL`. One fixed schema per test, so runs
+/// do not pile schemas up in the database.
+fn postgres_store(schema: &str) -> Option<String> {
     match std::env::var("DEPLOYKIT_PG_URL") {
         Ok(url) if !url.is_empty() => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            Some(format!("postgres:dk_cp_{}_{nanos}", std::process::id()))
+            let spec = format!("postgres:{schema}");
+            empty_postgres(&spec);
+            Some(spec)
         }
         _ => {
             deploy_testkit::real::skip(
@@ -450,14 +452,18 @@ fn sqlite_a_killed_deployers_pending_intent_is_applied_by_the_one_that_resumes()
 
 #[test]
 fn postgres_operator_intents_take_effect_across_processes() {
-    let Some(store) = postgres_store() else { return };
+    let Some(store) = postgres_store("dk_test_cross_process_intents") else {
+        return;
+    };
     operator_intents_take_effect(&store);
     empty_postgres(&store);
 }
 
 #[test]
 fn postgres_a_killed_deployers_pending_intent_is_applied_by_the_one_that_resumes() {
-    let Some(store) = postgres_store() else { return };
+    let Some(store) = postgres_store("dk_test_cross_process_takeover") else {
+        return;
+    };
     a_pending_intent_goes_to_the_deployer_that_resumes(&store);
     empty_postgres(&store);
 }
