@@ -611,3 +611,169 @@ async fn watch_status_sees_the_current_status_then_each_change() {
     assert_eq!(client.status(&app).await.unwrap(), Some(last));
     deployer.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_deployer_leaves_no_holder_and_its_successor_resumes() {
+    let world = world(REPLICAS).await;
+    let client = client(&world);
+    let app = world.app.clone();
+    let first = deployer(&world, manual_canary(), "deployer-a", control_options());
+    request(&client, &app, Intent::Start { version: v("2.0") }).await;
+    wait_status(&client, &app, |s| s.paused.is_some()).await;
+    first.stop().await;
+    let stopped = client.status(&app).await.unwrap().unwrap();
+    assert_eq!(
+        (stopped.phase.clone(), stopped.holder.clone()),
+        (Phase::Progressing, None)
+    );
+    assert_eq!(
+        stopped.paused.map(|p| p.kind),
+        Some("awaiting_promotion".to_owned())
+    );
+    let held = routing(&world).await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(
+        routing(&world).await,
+        held,
+        "the stopped deployer's rollout stays where it was"
+    );
+
+    let second = deployer(&world, manual_canary(), "deployer-b", control_options());
+    wait_status(&client, &app, |s| {
+        s.holder.as_deref() == Some("deployer-b") && s.paused.is_some()
+    })
+    .await;
+    let promote = request(&client, &app, Intent::Promote).await;
+    assert!(applied_by(
+        &resolved(&client, &app, promote.id).await,
+        "deployer-b"
+    ));
+    assert_eq!(wait_ended(&client, &app).await.phase, Phase::Completed);
+    let history = client.history(&app).await.unwrap();
+    world.assert_settled_on(&world.v2, &history).await;
+    second.stop().await;
+}
+
+/// Whether the journal records a full promotion, read as another process would.
+async fn journal_promotes_fully(world: &World) -> bool {
+    let store = store(world);
+    let record = store
+        .get(&format!("rollouts/{}/journal", world.app))
+        .await
+        .unwrap()
+        .unwrap();
+    let journal: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+    journal["full_promotion"] == serde_json::Value::Bool(true)
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_promotion_is_journaled_and_survives_a_resume() {
+    let world = world(REPLICAS).await;
+    let first_step = Weight::from_percent(20.0).unwrap();
+    let handle = world
+        .rollout_as(slow_canary(), "deployer-a")
+        .start(&world.app, &world.v2)
+        .await
+        .unwrap();
+    world
+        .fleet
+        .set_exposure_steps(&world.app, Pool::stable(), vec![first_step, Weight::FULL]);
+    common::wait_for(&handle, |s| s.paused.is_some()).await;
+    assert!(!journal_promotes_fully(&world).await);
+    handle.promote_full();
+    // Killed as soon as the decision is journaled, before the promotion is done.
+    let journaled = async {
+        while !journal_promotes_fully(&world).await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(600), journaled)
+        .await
+        .expect("the full promotion is journaled");
+    handle.kill();
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let resumed_at = tokio::time::Instant::now();
+    let report = world
+        .rollout_as(slow_canary(), "deployer-b")
+        .resume(&world.app, deploy_strategies::ResumePolicy::Continue)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RolloutOutcome::Completed);
+    assert!(
+        resumed_at.elapsed() < Duration::from_secs(15 * 60),
+        "{:?}",
+        resumed_at.elapsed()
+    );
+    assert!(report.analyses.is_empty(), "{:#?}", report.analyses);
+    assert!(
+        report
+            .timeline
+            .iter()
+            .any(|e| e.result == "skipped by full promotion"),
+        "{:#?}",
+        report.timeline
+    );
+    world.assert_settled(&report).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_promotion_skips_blue_green_judgment_and_analyses_but_not_rolling_batches() {
+    // Blue-green: pre-promotion analysis and a manual judgment, both skipped.
+    let world = world(REPLICAS).await;
+    let strategy = Strategy::BlueGreen(BlueGreenSpec {
+        pre_promotion: Some(common::analysis()),
+        post_promotion: Some(common::analysis()),
+        manual_promotion: true,
+        scale_down_delay: Duration::from_secs(30),
+    });
+    let handle = world
+        .rollout(strategy)
+        .start(&world.app, &world.v2)
+        .await
+        .unwrap();
+    common::wait_for(&handle, |s| s.step_name == "pre-promotion analysis").await;
+    handle.promote_full();
+    let report = tokio::time::timeout(Duration::from_secs(600), handle.wait())
+        .await
+        .expect("no analysis or judgment left to wait for")
+        .unwrap();
+    assert_eq!(report.outcome, RolloutOutcome::Completed);
+    assert!(report.analyses.is_empty(), "{:#?}", report.analyses);
+    let skipped: Vec<&str> = report
+        .timeline
+        .iter()
+        .filter(|e| e.result == "skipped by full promotion")
+        .map(|e| e.step.as_str())
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            "pre-promotion analysis",
+            "pause until promoted",
+            "post-promotion analysis"
+        ]
+    );
+    world.assert_settled(&report).await;
+
+    // Rolling: every batch is still updated; only the batch analyses go.
+    let world = common::world(REPLICAS - 1).await;
+    let handle = world
+        .rollout(common::rolling())
+        .start(&world.app, &world.v2)
+        .await
+        .unwrap();
+    handle.promote_full();
+    let report = handle.wait().await.unwrap();
+    assert_eq!(report.outcome, RolloutOutcome::Completed);
+    assert!(report.analyses.is_empty(), "{:#?}", report.analyses);
+    let batches = report
+        .timeline
+        .iter()
+        .filter(|e| e.step.starts_with("update instances"))
+        .count();
+    assert_eq!(batches, REPLICAS);
+    world.assert_settled(&report).await;
+}

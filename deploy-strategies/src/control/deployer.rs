@@ -54,7 +54,9 @@ const WRITE_ATTEMPTS: u32 = 5;
 /// Intents written while no deployer runs stay pending; the next deployer to take the
 /// control lease applies them after resuming. Shutting down (or dropping the future)
 /// stops a running rollout where it is, as if the process died: the journal keeps its
-/// place and the next deployer resumes it once the leases lapse.
+/// place and the next deployer resumes it once the rollout's lease lapses. A shutdown
+/// publishes the status without a holder and releases the control lease; a dropped
+/// deployer leaves both to lapse.
 #[derive(Debug)]
 pub struct Deployer {
     app: AppId,
@@ -159,6 +161,17 @@ impl Running {
             }
         }
     }
+}
+
+/// Which status to publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// While the rollout runs under this deployer.
+    Live,
+    /// The deployer stopped with the rollout unfinished: no holder.
+    Stopped,
+    /// The rollout ended: no holder, no pause.
+    Ended,
 }
 
 /// Why a control write did not land.
@@ -447,14 +460,26 @@ impl Deployer {
             }
             tokio::select! {
                 biased;
-                () = &mut shutdown => return Served::Shutdown,
+                () = &mut shutdown => {
+                    if let Some(mut run) = running.take() {
+                        // Stopped where it is; nobody applies intents until a deployer
+                        // takes over.
+                        if let Some(handle) = run.handle.take() {
+                            handle.kill();
+                        }
+                        if let Err(Failure::Store(err)) = self.publish(lease, &run, Publish::Stopped).await {
+                            tracing::warn!(app = %self.app, err = %chain(&err), "last status not written");
+                        }
+                    }
+                    return Served::Shutdown;
+                }
                 () = keeper.lost() => return Served::LeaseLost,
                 wake = next_wake(running.as_mut()) => {
                     let result = match wake {
                         Wake::Status => {
                             intents_due |= waiting;
                             match running.as_ref() {
-                                Some(run) => self.publish(lease, run, false).await,
+                                Some(run) => self.publish(lease, run, Publish::Live).await,
                                 None => Ok(()),
                             }
                         }
@@ -576,12 +601,12 @@ impl Deployer {
         let started_at_ms = first.map_or_else(|| self.now_ms(), |event| event.at_ms);
         let next_seq = last.map_or(1, |event| event.seq.saturating_add(1));
         let running = Running::new(handle, next_seq, started_at_ms);
-        self.publish(lease, &running, false).await?;
+        self.publish(lease, &running, Publish::Live).await?;
         Ok(running)
     }
 
-    /// Publishes the rollout's status; `ended` leaves out the holder and any pause.
-    async fn publish(&self, lease: &Lease, running: &Running, ended: bool) -> Result<(), Failure> {
+    /// Publishes the rollout's status.
+    async fn publish(&self, lease: &Lease, running: &Running, how: Publish) -> Result<(), Failure> {
         let status = running.status.borrow().clone();
         let detail = running.detail.borrow().clone();
         let now_ms = self.now_ms();
@@ -598,10 +623,10 @@ impl Deployer {
             routing: status.routing,
             paused: status
                 .paused
-                .filter(|_| !ended)
+                .filter(|_| how != Publish::Ended)
                 .map(|pause| published_pause(&pause, now_ms)),
             last_analysis: detail.last_analysis,
-            holder: (!ended).then(|| self.holder().to_owned()),
+            holder: (how == Publish::Live).then(|| self.holder().to_owned()),
             updated_at_ms: now_ms,
         };
         self.put(lease, &keys::status(&self.app), &published).await
@@ -653,7 +678,7 @@ impl Deployer {
                 Err(_) => break,
             }
         }
-        self.publish(lease, &running, true).await?;
+        self.publish(lease, &running, Publish::Ended).await?;
         let entry = HistoryEntry {
             revision: report.revision,
             version: report.version.clone(),
