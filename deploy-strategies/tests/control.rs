@@ -582,7 +582,7 @@ async fn events_follow_without_gap_or_repeat_and_stay_bounded() {
         history.iter().map(|h| h.revision.get()).collect::<Vec<_>>(),
         [3, 2]
     );
-    assert_eq!(client.apps().await.unwrap(), [app.clone()]);
+    assert_eq!(client.apps().await.unwrap(), std::slice::from_ref(&app));
     deployer.stop().await;
 }
 
