@@ -1,5 +1,6 @@
 //! `/api/flags`: every endpoint's happy path, bad input naming the field, 401 without a
-//! token, 403 for a weaker role, 409 for a stale `If-Match`, and the audit trail.
+//! token, 403 for a weaker role, 409 for a stale `If-Match` (also when another replica over
+//! the same store, memory or SQLite, moved the flag), and the audit trail.
 
 mod api_support;
 
@@ -542,4 +543,178 @@ async fn of_concurrent_updates_with_one_if_match_exactly_one_wins() {
         api.get("/api/flags/f", Some(ADMIN)).await.headers["etag"],
         "\"2\""
     );
+}
+
+/// Two servers (replicas) whose flag managers share `store`: what one changes, the other's
+/// `If-Match` check sees.
+async fn replicas_over(first: Arc<DynRecordStore>, second: Arc<DynRecordStore>) -> (Api, Api) {
+    let replica = |flags| Api::new(|builder, _| builder.flags(flags));
+    let open = |store| async move {
+        Arc::new(
+            FeatureFlagManager::open(store, Default::default())
+                .await
+                .expect("manager"),
+        )
+    };
+    (replica(open(first).await), replica(open(second).await))
+}
+
+/// Through replica `a`, a change against revision 1 after replica `b` moved the flag to 2:
+/// 409 naming `If-Match`, and nothing changes (the flag, its ETag, its audit log).
+async fn a_change_through_another_replica_makes_if_match_stale(a: &Api, b: &Api) {
+    let created = a
+        .post("/api/flags", Some(ADMIN), json!({"name": "f", "enabled": false}))
+        .await;
+    expect(&created, StatusCode::CREATED);
+    assert_eq!(created.headers["etag"], "\"1\"");
+    assert_eq!(b.get("/api/flags/f", Some(ADMIN)).await.headers["etag"], "\"1\"");
+
+    let moved = b
+        .call_with(
+            Method::PUT,
+            "/api/flags/f",
+            Some(ADMIN),
+            Some(json!({"name": "f", "enabled": true, "description": "through b"})),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    expect(&moved, StatusCode::OK);
+    assert_eq!(moved.headers["etag"], "\"2\"");
+
+    // Replica a has not reloaded its engine: the check is the store's, not its memory's.
+    let stale = a
+        .call_with(
+            Method::PUT,
+            "/api/flags/f",
+            Some(ADMIN),
+            Some(json!({"name": "f", "enabled": false, "description": "through a"})),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    expect(&stale, StatusCode::CONFLICT);
+    assert_eq!(stale.code(), "conflict");
+    assert_eq!(stale.field(), "If-Match");
+    assert!(
+        stale.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("revision 2"),
+        "{:?}",
+        stale.body
+    );
+    let rollout = a
+        .call_with(
+            Method::PUT,
+            "/api/flags/f/rollout",
+            Some(ADMIN),
+            Some(json!({"percentage": 5})),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    expect(&rollout, StatusCode::CONFLICT);
+    assert_eq!(rollout.field(), "If-Match");
+
+    for replica in [a, b] {
+        let current = replica.get("/api/flags/f", Some(ADMIN)).await;
+        expect(&current, StatusCode::OK);
+        assert_eq!(current.headers["etag"], "\"2\"");
+        assert_eq!(current.body["description"], "through b");
+        assert!(current.body.get("rules").is_none());
+        let audit = replica.get("/api/flags/f/audit", Some(ADMIN)).await;
+        assert_eq!(
+            audit.body.as_array().map(Vec::len),
+            Some(2),
+            "refused changes leave no audit entry: {:?}",
+            audit.body
+        );
+    }
+
+    // With the ETag read again, replica a's change goes through.
+    let rolled = a
+        .call_with(
+            Method::PUT,
+            "/api/flags/f/rollout",
+            Some(ADMIN),
+            Some(json!({"percentage": 5})),
+            &[("if-match", "\"2\"")],
+        )
+        .await;
+    expect(&rolled, StatusCode::OK);
+    assert_eq!(rolled.headers["etag"], "\"3\"");
+    assert_eq!(
+        rolled.body["description"], "through b",
+        "the rollout edits what is stored"
+    );
+    assert_eq!(rolled.body["rules"][0]["rollout"]["percentage"], 5);
+}
+
+#[tokio::test]
+async fn a_change_through_a_second_replica_over_one_memory_store_is_a_conflict() {
+    let store: Arc<DynRecordStore> = Arc::new(deploy_core::MemoryStore::new());
+    let (a, b) = replicas_over(store.clone(), store).await;
+    a_change_through_another_replica_makes_if_match_stale(&a, &b).await;
+}
+
+#[tokio::test]
+async fn a_change_through_a_second_replica_over_one_sqlite_file_is_a_conflict() {
+    use deploy_store::sqlite::{SqliteOptions, SqliteStore};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("flags.db");
+    // Two connections to one file, as two server processes would have.
+    let mut stores = Vec::new();
+    for _ in 0..2 {
+        let store = SqliteStore::open(SqliteOptions::new(&path))
+            .await
+            .expect("open sqlite");
+        stores.push(Arc::new(store) as Arc<DynRecordStore>);
+    }
+    let second = stores.pop().expect("two stores");
+    let first = stores.pop().expect("two stores");
+    let (a, b) = replicas_over(first, second).await;
+    a_change_through_another_replica_makes_if_match_stale(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_concurrent_updates_through_two_replicas_with_one_if_match_exactly_one_wins() {
+    let store: Arc<DynRecordStore> = Arc::new(YieldingStore::default());
+    let (a, b) = replicas_over(store.clone(), store).await;
+    let replicas = [Arc::new(a), Arc::new(b)];
+    expect(
+        &replicas[0]
+            .post("/api/flags", Some(ADMIN), json!({"name": "f"}))
+            .await,
+        StatusCode::CREATED,
+    );
+    let writers: Vec<_> = (0..8)
+        .map(|n| {
+            let api = Arc::clone(&replicas[n % 2]);
+            tokio::spawn(async move {
+                api.call_with(
+                    Method::PUT,
+                    "/api/flags/f",
+                    Some(ADMIN),
+                    Some(json!({"name": "f", "description": format!("writer {n}")})),
+                    &[("if-match", "\"1\"")],
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for writer in writers {
+        statuses.push(writer.await.unwrap());
+    }
+    let count = |wanted: StatusCode| statuses.iter().filter(|status| **status == wanted).count();
+    assert_eq!(
+        (count(StatusCode::OK), count(StatusCode::CONFLICT)),
+        (1, 7),
+        "{statuses:?}"
+    );
+    for replica in &replicas {
+        assert_eq!(
+            replica.get("/api/flags/f", Some(ADMIN)).await.headers["etag"],
+            "\"2\""
+        );
+    }
 }

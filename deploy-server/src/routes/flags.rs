@@ -2,12 +2,12 @@
 //! `If-Match`), enable, disable, set the rollout percentage, evaluate for a context, a flag's
 //! audit log, and the stale-flag report, over a [`FeatureFlagManager`].
 //!
-//! A flag's `ETag` is its revision (`"3"`): the manager counts every change of a flag. An
-//! `If-Match` that is not the current revision is refused with 409 `conflict`; without
-//! `If-Match` the change applies to whatever is current. The check and the change are one
-//! step for every change made through this server (they hold its flag-write lock); the
-//! manager has no conditional update, so a change made elsewhere (another replica, the
-//! manager used directly) between the two is not detected.
+//! A flag's `ETag` is its stored revision (`"3"`): the manager counts every change of a
+//! flag. An `If-Match` that is not the current revision is refused with 409 `conflict`
+//! (field `If-Match`); without `If-Match` the change applies to whatever is current. The
+//! check is the manager's (`update_flag_if`, `edit_flag`): part of the compare-and-swap of
+//! the flag's record, so it holds against changes made anywhere, through another replica
+//! or the manager used directly.
 //!
 //! Flags have no environments, so a token scoped to environments may read and evaluate
 //! flags (evaluation contexts must then name one of its environments) but not change them.
@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use deploy_flags::{
     AuditEntry, Context, FeatureFlagManager, FlagDefinition, FlagError, PercentageRollout, Rule, StaleFlag,
-    Stickiness,
+    Stickiness, VersionedFlag,
 };
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +63,9 @@ pub(crate) fn flag_error(error: FlagError) -> ApiError {
         FlagError::InvalidSegment { .. } | FlagError::Parse { .. } => ApiError::malformed(error.to_string()),
         FlagError::UnknownFlag(name) => ApiError::not_found(format!("flag `{name}`")),
         FlagError::FlagExists(_) => ApiError::conflict(error.to_string()).with_field("name"),
+        FlagError::Conflict { .. } => {
+            ApiError::conflict(format!("{error}: read it again")).with_field("If-Match")
+        }
         FlagError::Store(error) => error.into(),
         other => ApiError::internal(other),
     }
@@ -92,18 +95,13 @@ fn with_etag(status: StatusCode, definition: &FlagDefinition, revision: u64) -> 
     response
 }
 
-/// The stored definition and revision of a flag: its newest audit entry, which the manager
-/// writes with every change.
-async fn current(flags: &FeatureFlagManager, name: &str) -> Result<(FlagDefinition, u64), ApiError> {
-    let log = flags.audit_log(name).await.map_err(flag_error)?;
-    match log.last() {
-        Some(AuditEntry {
-            after: Some(definition),
-            revision,
-            ..
-        }) => Ok((definition.clone(), *revision)),
-        _ => Err(ApiError::not_found(format!("flag `{name}`"))),
-    }
+/// The stored definition and revision of a flag.
+async fn current(flags: &FeatureFlagManager, name: &str) -> Result<VersionedFlag, ApiError> {
+    flags
+        .get_flag(name)
+        .await
+        .map_err(flag_error)?
+        .ok_or_else(|| ApiError::not_found(format!("flag `{name}`")))
 }
 
 /// The revision `If-Match` requires, if it is there (`*`: any).
@@ -125,22 +123,6 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
                 format!("{text:?} is not an ETag of this API (\"<revision>\")"),
             )
         })
-}
-
-/// Refuses (409) a change whose `If-Match` is not the flag's current revision.
-async fn check_if_match(
-    flags: &FeatureFlagManager,
-    name: &str,
-    headers: &HeaderMap,
-) -> Result<(FlagDefinition, u64), ApiError> {
-    let (definition, revision) = current(flags, name).await?;
-    match if_match(headers)? {
-        Some(expected) if expected != revision => Err(ApiError::conflict(format!(
-            "flag `{name}` is at revision {revision}, the request was made against revision {expected}: read it again"
-        ))
-        .with_field("If-Match")),
-        _ => Ok((definition, revision)),
-    }
 }
 
 /// `GET /api/flags`: every flag the engine serves, by name.
@@ -172,8 +154,8 @@ pub(crate) async fn get_flag(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
-    let (definition, revision) = current(state.flags()?, &name).await?;
-    Ok(with_etag(StatusCode::OK, &definition, revision))
+    let flag = current(state.flags()?, &name).await?;
+    Ok(with_etag(StatusCode::OK, &flag.definition, flag.revision))
 }
 
 /// `POST /api/flags`: creates a flag from its definition.
@@ -195,7 +177,6 @@ pub(crate) async fn create(
         .map_or_else(|_| String::new(), |ApiJson(flag)| flag.name.clone());
     audited(&state, &caller, "flags.create", &target, async {
         require_writer(&caller)?;
-        let _writing = state.flag_writes().lock().await;
         let ApiJson(definition) = body?;
         let entry = state
             .flags()?
@@ -233,7 +214,6 @@ pub(crate) async fn update(
 ) -> Result<Response, ApiError> {
     audited(&state, &caller, "flags.update", &name, async {
         require_writer(&caller)?;
-        let _writing = state.flag_writes().lock().await;
         let ApiJson(definition) = body?;
         if definition.name != name {
             return Err(ApiError::bad_request(
@@ -242,11 +222,11 @@ pub(crate) async fn update(
             ));
         }
         let flags = state.flags()?;
-        check_if_match(flags, &name, &headers).await?;
-        let entry = flags
-            .update_flag(&caller.name, definition)
-            .await
-            .map_err(flag_error)?;
+        let entry = match if_match(&headers)? {
+            Some(expected) => flags.update_flag_if(&caller.name, definition, expected).await,
+            None => flags.update_flag(&caller.name, definition).await,
+        }
+        .map_err(flag_error)?;
         let definition = entry.after.unwrap_or_else(|| FlagDefinition::new(&name, false));
         Ok(with_etag(StatusCode::OK, &definition, entry.revision))
     })
@@ -268,7 +248,6 @@ pub(crate) async fn enable(
 ) -> Result<Response, ApiError> {
     audited(&state, &caller, "flags.enable", &name, async {
         require_writer(&caller)?;
-        let _writing = state.flag_writes().lock().await;
         let entry = state
             .flags()?
             .enable_flag(&caller.name, &name, None)
@@ -295,7 +274,6 @@ pub(crate) async fn disable(
 ) -> Result<Response, ApiError> {
     audited(&state, &caller, "flags.disable", &name, async {
         require_writer(&caller)?;
-        let _writing = state.flag_writes().lock().await;
         let entry = state
             .flags()?
             .disable_flag(&caller.name, &name)
@@ -339,7 +317,6 @@ pub(crate) async fn rollout(
 ) -> Result<Response, ApiError> {
     audited(&state, &caller, "flags.rollout", &name, async {
         require_writer(&caller)?;
-        let _writing = state.flag_writes().lock().await;
         let ApiJson(RolloutBody { percentage }) = body?;
         if percentage > 100 {
             return Err(ApiError::bad_request(
@@ -347,11 +324,12 @@ pub(crate) async fn rollout(
                 format!("{percentage} is not a percentage (0..=100)"),
             ));
         }
-        let flags = state.flags()?;
-        let (mut definition, _) = check_if_match(flags, &name, &headers).await?;
-        set_rollout(&mut definition, percentage);
-        let entry = flags
-            .update_flag(&caller.name, definition)
+        let expected = if_match(&headers)?;
+        let entry = state
+            .flags()?
+            .edit_flag(&caller.name, &name, expected, |definition| {
+                set_rollout(definition, percentage)
+            })
             .await
             .map_err(flag_error)?;
         let definition = entry.after.unwrap_or_else(|| FlagDefinition::new(&name, false));
