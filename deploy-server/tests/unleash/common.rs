@@ -1,0 +1,214 @@
+//! What the Unleash tests share: the specification files, a server per file with the file's
+//! flags loaded through a `FeatureFlagManager`, Unleash tokens, and the spec's comparison.
+
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use deploy_core::MemoryStore;
+use deploy_flags::unleash::{ClientFeatures, ClientFeaturesDelta, UnleashState};
+use deploy_flags::{FeatureFlagManager, FlagDefinition};
+use deploy_server::ServerBuilder;
+use deploy_server::unleash::UnleashConfig;
+use serde_json::{Value, json};
+
+/// The bootstrap admin token of every test server.
+pub(crate) const ADMIN: &str = "dk_unleash-tests-bootstrap-admin-token";
+
+/// The environment the test servers serve the flags as.
+pub(crate) const ENVIRONMENT: &str = "development";
+
+/// One specification file.
+pub(crate) struct SpecFile {
+    pub(crate) path: PathBuf,
+    pub(crate) name: String,
+    pub(crate) json: Value,
+}
+
+impl SpecFile {
+    pub(crate) fn tests(&self) -> &[Value] {
+        self.json["tests"].as_array().map_or(&[], Vec::as_slice)
+    }
+
+    pub(crate) fn variant_tests(&self) -> &[Value] {
+        self.json["variantTests"].as_array().map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Every file of ../shared/unleash-spec, sorted; empty (with a skip line) when it is absent.
+pub(crate) fn spec_files() -> Vec<SpecFile> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/unleash-spec");
+    if !dir.is_dir() {
+        deploy_testkit::real::skip(format_args!(
+            "the Unleash specification is not at {}",
+            dir.display()
+        ));
+        return Vec::new();
+    }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "json"))
+        .collect();
+    paths.sort();
+    assert!(
+        paths.len() >= 17,
+        "expected the specification files in {}",
+        dir.display()
+    );
+    paths
+        .into_iter()
+        .map(|path| {
+            let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let name = json["name"].as_str().unwrap().to_owned();
+            SpecFile { path, name, json }
+        })
+        .collect()
+}
+
+/// A running server with one file's flags.
+pub(crate) struct SpecServer {
+    /// `http://127.0.0.1:port`.
+    pub(crate) base: String,
+    pub(crate) client_token: String,
+    pub(crate) frontend_token: String,
+    pub(crate) manager: Arc<FeatureFlagManager>,
+    /// Flags the manager refused, with why.
+    pub(crate) refused: Vec<(String, String)>,
+    /// Flags it serves.
+    pub(crate) features: usize,
+    pub(crate) http: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SpecServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The file's state imported as deploykit definitions (what a migration from Unleash does).
+pub(crate) fn imported(spec: &Value) -> Vec<FlagDefinition> {
+    let mut state = UnleashState::default();
+    let raw = spec["state"].clone();
+    if raw.get("events").is_some() {
+        state.apply_delta(serde_json::from_value::<ClientFeaturesDelta>(raw).unwrap());
+    } else {
+        state.hydrate(serde_json::from_value::<ClientFeatures>(raw).unwrap());
+    }
+    state.to_flag_set().flags.flags
+}
+
+/// Creates `flags` through the manager, parents before the flags that depend on them;
+/// returns the flags it refused, with the reason.
+pub(crate) async fn load(
+    manager: &FeatureFlagManager,
+    mut flags: Vec<FlagDefinition>,
+) -> Vec<(String, String)> {
+    let mut refused = Vec::new();
+    while !flags.is_empty() {
+        let ready: Vec<FlagDefinition>;
+        (ready, flags) = flags.into_iter().partition(|flag| {
+            flag.prerequisites.iter().all(|prerequisite| {
+                manager
+                    .engine()
+                    .snapshot()
+                    .definition(&prerequisite.flag)
+                    .is_some()
+            })
+        });
+        if ready.is_empty() {
+            refused.extend(
+                flags
+                    .drain(..)
+                    .map(|flag| (flag.name, "its prerequisite was refused".to_owned())),
+            );
+            break;
+        }
+        for flag in ready {
+            let name = flag.name.clone();
+            if let Err(error) = manager.create_flag("spec", flag).await {
+                refused.push((name, error.to_string()));
+            }
+        }
+    }
+    refused
+}
+
+/// Starts a server over a memory store with `spec`'s flags loaded through the manager, and
+/// creates a client and a frontend token for [`ENVIRONMENT`].
+pub(crate) async fn serve_spec(spec: &Value, config: UnleashConfig) -> SpecServer {
+    let store = Arc::new(MemoryStore::new());
+    let manager = Arc::new(
+        FeatureFlagManager::open(store.clone(), Default::default())
+            .await
+            .unwrap(),
+    );
+    let refused = load(&manager, imported(spec)).await;
+    let features = manager.engine().snapshot().len();
+    let state = ServerBuilder::new(store)
+        .flags(Arc::clone(&manager))
+        .bootstrap_token("root", ADMIN)
+        .build_state()
+        .unwrap();
+    let router = deploy_server::router_with_unleash(state, config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    let http = reqwest::Client::new();
+    let client_token = create_token(&http, &base, "spec-client", "client", ENVIRONMENT, &["*"]).await;
+    let frontend_token = create_token(&http, &base, "spec-frontend", "frontend", ENVIRONMENT, &["*"]).await;
+    SpecServer {
+        base,
+        client_token,
+        frontend_token,
+        manager,
+        refused,
+        features,
+        http,
+        task,
+    }
+}
+
+/// Creates an Unleash token through `POST /api/admin/api-tokens`; returns its secret.
+pub(crate) async fn create_token(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    kind: &str,
+    environment: &str,
+    projects: &[&str],
+) -> String {
+    let response = http
+        .post(format!("{base}/api/admin/api-tokens"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"tokenName": name, "type": kind, "environment": environment, "projects": projects}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let body: Value = response.json().await.unwrap();
+    body["secret"].as_str().unwrap().to_owned()
+}
+
+/// The specification's comparison: for variant objects every key the file states must match
+/// (older files omit `feature_enabled`), and a payload the file does not state must be absent.
+pub(crate) fn matches(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Object(want), Value::Object(got)) => {
+            want.iter().all(|(key, value)| got.get(key) == Some(value))
+                && (want.contains_key("payload") || got.get("payload").is_none_or(Value::is_null))
+        }
+        _ => expected == actual,
+    }
+}
+
+/// Where the build tree is (`target/`), for virtualenvs and node_modules.
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
