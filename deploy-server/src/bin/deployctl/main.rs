@@ -351,7 +351,7 @@ async fn rollouts(api: &Api, printer: &Printer, command: Rollouts) -> Result<(),
             let answer = api.get(&path).await?;
             let view: RolloutView = decode(&format!("GET {path}"), answer.clone())?;
             printer.lines(&answer, || {
-                render::rollout(&view, chrono::Utc::now().timestamp_millis(), true)
+                render::rollout(&view, chrono::Utc::now().timestamp_millis(), usize::MAX)
             })
         }
         Rollouts::Watch(AppArg { app }) => {

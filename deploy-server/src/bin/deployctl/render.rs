@@ -132,8 +132,9 @@ fn outcome(outcome: AnalysisOutcome) -> &'static str {
     }
 }
 
-/// A rollout's status as `key: value` lines, with the steps as a timeline when `steps`.
-pub(crate) fn rollout(view: &RolloutView, now_ms: i64, steps: bool) -> Vec<String> {
+/// A rollout's status as `key: value` lines, with at most `steps` of its steps as a
+/// timeline (a window around the current one; `0`: none).
+pub(crate) fn rollout(view: &RolloutView, now_ms: i64, steps: usize) -> Vec<String> {
     let mut lines = Vec::new();
     let Some(status) = &view.status else {
         lines.push(format!("app:       {}", view.app));
@@ -159,8 +160,12 @@ pub(crate) fn rollout(view: &RolloutView, now_ms: i64, steps: bool) -> Vec<Strin
         status.steps.len(),
         status.step_name
     ));
-    if steps {
-        for (index, name) in status.steps.iter().enumerate() {
+    if steps > 0 {
+        let (first, last) = window(status.steps.len(), status.step, steps);
+        if first > 0 {
+            lines.push(format!("  ✓ ... {first} earlier"));
+        }
+        for (index, name) in status.steps.iter().enumerate().take(last).skip(first) {
             let done = matches!(status.phase, Phase::Completed) || index < status.step;
             let mark = if done {
                 "✓"
@@ -170,6 +175,9 @@ pub(crate) fn rollout(view: &RolloutView, now_ms: i64, steps: bool) -> Vec<Strin
                 "·"
             };
             lines.push(format!("  {mark} {name}"));
+        }
+        if last < status.steps.len() {
+            lines.push(format!("  · ... {} more", status.steps.len() - last));
         }
     }
     match &status.routing {
@@ -195,6 +203,18 @@ pub(crate) fn rollout(view: &RolloutView, now_ms: i64, steps: bool) -> Vec<Strin
     lines.push(format!("updated:   {}", time_ms(status.updated_at_ms)));
     lines.extend(view.pending.iter().map(|i| format!("pending:   {}", intent(i))));
     lines
+}
+
+/// The steps `first..last` to show of `total`: at most `max` (when more, one line each side
+/// says how many are left out), the current one with two before it.
+fn window(total: usize, current: usize, max: usize) -> (usize, usize) {
+    if total <= max {
+        return (0, total);
+    }
+    // Room for the "earlier" and "more" lines.
+    let shown = max.saturating_sub(2).max(1);
+    let first = current.saturating_sub(2).min(total - shown);
+    (first, first + shown)
 }
 
 /// `GET /api/rollouts` as a table.
@@ -396,7 +416,7 @@ mod tests {
                           "requested_at_ms": 0, "state": { "state": "pending" } }]
         }))
         .expect("a rollout view");
-        let lines = rollout(&view, 18_000, true);
+        let lines = rollout(&view, 18_000, usize::MAX);
         let expected = [
             "app:       shop",
             "revision:  3 (canary)",
@@ -423,6 +443,14 @@ mod tests {
             rest.contains("pending:   #7 pause by alice at 1970-01-01 00:00:00, pending"),
             "{rest}"
         );
+    }
+
+    #[test]
+    fn a_long_timeline_is_shown_as_a_window_around_the_current_step() {
+        assert_eq!(window(5, 3, 10), (0, 5));
+        assert_eq!(window(20, 0, 9), (0, 7));
+        assert_eq!(window(20, 10, 9), (8, 15));
+        assert_eq!(window(20, 19, 9), (13, 20));
     }
 
     #[test]

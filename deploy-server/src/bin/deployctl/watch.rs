@@ -19,8 +19,12 @@ use crate::client::{Api, CliError, path_segment};
 use crate::render::{self, RolloutView};
 use crate::sse::SseParser;
 
+/// Steps of the timeline on screen in the live view (a window around the current one), so
+/// a frame fits a small terminal and can be redrawn in place.
+const STEPS_SHOWN: usize = 7;
+
 /// Events kept on screen in the live view.
-const RECENT_EVENTS: usize = 8;
+const RECENT_EVENTS: usize = 5;
 
 /// How often the status is read again (the time left of a pause counts down with it).
 const REFRESH: Duration = Duration::from_secs(1);
@@ -191,7 +195,7 @@ fn now_ms() -> i64 {
 
 /// The live view's lines.
 fn frame(view: &RolloutView, recent: &VecDeque<EventRecord>) -> Vec<String> {
-    let mut lines = render::rollout(view, now_ms(), true);
+    let mut lines = render::rollout(view, now_ms(), STEPS_SHOWN);
     if !recent.is_empty() {
         lines.push("events:".into());
         lines.extend(recent.iter().map(|e| format!("  {}", render::event(e))));
