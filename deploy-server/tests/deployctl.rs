@@ -209,6 +209,15 @@ async fn promote_full_and_abort_and_undo_through_the_binary() {
         .until(WAIT_LIMIT, "the rollback", |v| phase(v) == "rolled_back")
         .await;
     assert_eq!(revision(&aborted), 2);
+    // A watch of a rollout that rolled back says so and exits with 3.
+    let output = served.run(op, &["rollouts", "watch", "shop"]).await;
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.trim_end()
+            .ends_with("ended: rolled back (aborted by operator)"),
+        "{out}"
+    );
     served.shutdown().await;
 }
 

@@ -41,6 +41,8 @@ pub(crate) enum CliError {
     Usage(String),
     /// Writing to standard output failed.
     Io(std::io::Error),
+    /// A watched rollout ended without completing (rolled back or failed).
+    NotCompleted,
 }
 
 impl fmt::Display for CliError {
@@ -70,6 +72,7 @@ impl fmt::Display for CliError {
             Self::Decode { what, reason } => write!(f, "unexpected answer to {what}: {reason}"),
             Self::Usage(message) => f.write_str(message),
             Self::Io(err) => write!(f, "writing output: {err}"),
+            Self::NotCompleted => f.write_str("the rollout did not complete"),
         }
     }
 }

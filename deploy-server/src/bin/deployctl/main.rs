@@ -10,7 +10,8 @@
 //!
 //! Every command prints the server's answer as text, or verbatim with `--output json`.
 //! Errors go to standard error with the server's code and the offending field, and the exit
-//! status is 1 (2 for a command line clap rejects).
+//! status is 1 (2 for a command line clap rejects). `rollouts watch` exits when the rollout
+//! ends: 0 when it completed, 3 when it rolled back or failed (so a script can gate on it).
 
 mod client;
 mod render;
@@ -356,7 +357,11 @@ async fn rollouts(api: &Api, printer: &Printer, command: Rollouts) -> Result<(),
         }
         Rollouts::Watch(AppArg { app }) => {
             let mode = watch::Mode::new(printer.output, std::io::stdout().is_terminal());
-            watch::watch(api, &app, mode).await
+            if watch::watch(api, &app, mode).await? {
+                Ok(())
+            } else {
+                Err(CliError::NotCompleted)
+            }
         }
         Rollouts::Start { app, version } => {
             intent(api, printer, &app, "start", Some(json!({ "version": version }))).await
@@ -525,6 +530,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`deployctl ... | head`) is not an error worth a message.
         Err(CliError::Io(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        // The watch already said how the rollout ended.
+        Err(CliError::NotCompleted) => ExitCode::from(3),
         Err(err) => {
             eprintln!("deployctl: {err}");
             ExitCode::FAILURE

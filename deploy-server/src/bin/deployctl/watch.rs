@@ -203,8 +203,9 @@ fn frame(view: &RolloutView, recent: &VecDeque<EventRecord>) -> Vec<String> {
     lines
 }
 
-/// Runs the watch until the rollout ends (or the stream fails).
-pub(crate) async fn watch(api: &Api, app: &str, mode: Mode) -> Result<(), CliError> {
+/// Runs the watch until the rollout ends (or the stream fails); whether it completed (as
+/// opposed to rolled back or failed).
+pub(crate) async fn watch(api: &Api, app: &str, mode: Mode) -> Result<bool, CliError> {
     let path = format!("/api/rollouts/{}", path_segment(app));
     let mut view: RolloutView = api.get_as(&path).await?;
     let rule = EndRule::new(&view);
@@ -300,7 +301,9 @@ pub(crate) async fn watch(api: &Api, app: &str, mode: Mode) -> Result<(), CliErr
         Mode::Live => {}
     }
     stdout.flush()?;
-    Ok(())
+    Ok(view
+        .status
+        .is_some_and(|status| status.phase == deploy_strategies::Phase::Completed))
 }
 
 #[cfg(test)]
