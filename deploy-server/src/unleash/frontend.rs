@@ -24,8 +24,16 @@ use crate::state::AppState;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/frontend", get(evaluate_query).post(evaluate_body))
-        .route("/api/frontend/client/metrics", post(frontend_metrics))
+        // `OPTIONS` routed, so the CORS layer around the routes answers preflights (the
+        // server's 405 fallback would otherwise take them).
+        .route(
+            "/api/frontend",
+            get(evaluate_query).post(evaluate_body).options(preflight),
+        )
+        .route(
+            "/api/frontend/client/metrics",
+            post(frontend_metrics).options(preflight),
+        )
 }
 
 /// CORS of the frontend API: the configured origins (`*`: any), `GET` and `POST`, any
@@ -50,6 +58,11 @@ pub(super) fn cors(origins: &[String]) -> CorsLayer {
         })
         .collect();
     layer.allow_origin(AllowOrigin::list(allowed))
+}
+
+/// An `OPTIONS` that is not a CORS preflight (those the CORS layer answers).
+async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 /// The names of the manager's flags, listed once per engine snapshot.
