@@ -4,7 +4,9 @@
 //! A [`Rollout`] composes a [`Strategy`] with [`RolloutBackends`] (`Arc<dyn>` load balancer,
 //! infrastructure, health checker and metrics source), a record store and hooks.
 //! [`Rollout::start`] returns a [`RolloutHandle`] for status, events, pause, resume, abort
-//! and promote, and [`RolloutHandle::wait`] gives the [`RolloutReport`].
+//! and promote, and [`RolloutHandle::wait`] gives the [`RolloutReport`]. Across processes,
+//! [`control`] carries operator intents, status, events and history through the store: a
+//! [`Deployer`] per app applies what any [`RolloutClient`] asks.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -69,8 +71,8 @@
 //!   surge instances first checks that what keeps serving is at its floor.
 
 pub mod analysis;
-mod converge;
 pub mod control;
+mod converge;
 mod error;
 mod handle;
 mod hooks;
@@ -86,6 +88,10 @@ mod spec;
 pub use analysis::{
     AnalysisMetric, AnalysisResult, AnalysisSpec, AnalysisTargets, Check, Direction, Judge, NoDataPolicy,
     Threshold, run_analysis,
+};
+pub use control::{
+    ControlError, ControlOptions, Deployer, EventId, EventRecord, HistoryEntry, Intent, IntentRecord,
+    IntentState, PublishedPause, PublishedStatus, RolloutClient,
 };
 pub use error::{RolloutError, SpecError};
 pub use handle::{
