@@ -10,13 +10,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_config::{
     ConfigError, ConfigErrors, ConfigSource, EnvVars, Format, Layers, MergePolicy, Node, Scope, Secret,
     known_paths,
 };
-use deploy_core::{AppId, MetricName, MetricQuery, MetricTarget, Pool, Version, Weight};
+use deploy_core::{AppId, MemoryStore, MetricName, MetricQuery, MetricTarget, Pool, Version, Weight};
 use deploy_incidents::{Comparison, RouteConfig};
 use deploy_strategies::{
     AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity, RollingSpec,
@@ -27,9 +28,6 @@ use serde::Deserialize;
 /// The prefix of environment variables that override the file (`DEPLOYKITD_LISTEN`,
 /// `DEPLOYKITD_TOKENS__BOOTSTRAP_SECRET`, ...).
 pub(crate) const ENV_PREFIX: &str = "DEPLOYKITD";
-
-/// Shortest bootstrap token accepted (the server's own floor).
-pub(crate) const MIN_SECRET_LEN: usize = 24;
 
 /// The default listen address.
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -482,18 +480,26 @@ impl DaemonConfig {
         };
 
         let bootstrap_name = raw.tokens.bootstrap_name.unwrap_or_else(|| "admin".to_owned());
-        if bootstrap_name.is_empty() {
-            check.invalid("tokens.bootstrap_name", "must not be empty");
+        // The server's own check, so the rules live in one place; a generated token stands
+        // in for a secret that is not configured.
+        let stand_in = Secret::new(crate::token::generate());
+        let secret = raw.tokens.bootstrap_secret.as_ref().unwrap_or(&stand_in);
+        let refused = deploy_server::ServerBuilder::new(Arc::new(MemoryStore::new()))
+            .bootstrap_token(bootstrap_name.clone(), secret.expose().clone())
+            .build_state()
+            .err();
+        if let Some(deploy_server::ServerError::InvalidSetting { setting, reason }) = refused {
+            let key = if setting.ends_with("name") {
+                "tokens.bootstrap_name"
+            } else {
+                "tokens.bootstrap_secret"
+            };
+            check.invalid(key, reason);
         }
-        let bootstrap = raw.tokens.bootstrap_secret.map(|secret| {
-            if secret.expose().len() < MIN_SECRET_LEN {
-                check.invalid(
-                    "tokens.bootstrap_secret",
-                    format!("must be at least {MIN_SECRET_LEN} characters"),
-                );
-            }
-            (bootstrap_name.clone(), secret)
-        });
+        let bootstrap = raw
+            .tokens
+            .bootstrap_secret
+            .map(|secret| (bootstrap_name.clone(), secret));
 
         match raw.backends.kind.as_deref().unwrap_or("simulated") {
             "simulated" => {}
@@ -1014,7 +1020,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_secret_is_never_quoted_in_errors() {
+    async fn bootstrap_token_errors_name_the_key_and_never_quote_the_secret() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = write(
             dir.path(),
@@ -1025,5 +1031,10 @@ mod tests {
         let message = errors.to_string();
         assert!(message.contains("tokens.bootstrap_secret"), "{message}");
         assert!(!message.contains("short-secret-1234"), "{message}");
+
+        let path = write(dir.path(), "n.toml", "[tokens]\nbootstrap_name = \"the admin\"\n");
+        let errors = load(&path, []).await.expect_err("a name with a space");
+        assert!(errors.to_string().contains("tokens.bootstrap_name"), "{errors}");
+        assert!(errors.to_string().contains("n.toml:2"), "{errors}");
     }
 }
