@@ -387,6 +387,7 @@ fn response_times_of_extreme_records_are_values() {
         created_at: DateTime::<Utc>::MIN_UTC,
         acknowledged_at: Some(DateTime::<Utc>::MAX_UTC),
         resolved_at: Some(DateTime::<Utc>::MAX_UTC),
+        resolution: None,
         roles: Default::default(),
         timeline: Vec::new(),
         escalation: None,

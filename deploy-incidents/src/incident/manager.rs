@@ -263,6 +263,7 @@ impl IncidentManager {
             created_at: now,
             acknowledged_at: None,
             resolved_at: None,
+            resolution: None,
             roles: BTreeMap::new(),
             timeline: vec![IncidentTimelineEntry::new(now, actor, "triggered")],
             escalation,
@@ -332,9 +333,15 @@ impl IncidentManager {
                     transition(incident, IncidentStatus::Mitigated)?;
                     ("mitigated".to_owned(), None)
                 }
-                IncidentUpdate::Resolve => {
+                IncidentUpdate::Resolve | IncidentUpdate::ResolveWithSummary(_) => {
                     transition(incident, IncidentStatus::Resolved)?;
                     incident.resolved_at = Some(now);
+                    incident.resolution = match &update {
+                        IncidentUpdate::ResolveWithSummary(summary) if !summary.trim().is_empty() => {
+                            Some(summary.trim().to_owned())
+                        }
+                        _ => None,
+                    };
                     if let Some(escalation) = &mut incident.escalation {
                         escalation.next_at = None;
                     }
@@ -345,7 +352,11 @@ impl IncidentManager {
                             action_items: Vec::new(),
                         });
                     }
-                    ("resolved".to_owned(), Some(NotificationAction::Resolve))
+                    let what = match &incident.resolution {
+                        Some(summary) => format!("resolved: {summary}"),
+                        None => "resolved".to_owned(),
+                    };
+                    (what, Some(NotificationAction::Resolve))
                 }
                 IncidentUpdate::Close => {
                     transition(incident, IncidentStatus::Closed)?;
@@ -354,6 +365,7 @@ impl IncidentManager {
                 IncidentUpdate::Reopen => {
                     transition(incident, IncidentStatus::Triggered)?;
                     incident.resolved_at = None;
+                    incident.resolution = None;
                     ("reopened".to_owned(), Some(NotificationAction::Trigger))
                 }
                 IncidentUpdate::Severity(severity) => {
@@ -402,6 +414,22 @@ impl IncidentManager {
     /// As [`IncidentManager::update_incident`].
     pub async fn resolve_incident(&self, actor: &str, id: &str) -> Result<Incident, IncidentError> {
         self.update_incident(actor, id, IncidentUpdate::Resolve).await
+    }
+
+    /// Resolves an incident with a summary of what was done
+    /// ([`IncidentUpdate::ResolveWithSummary`]): kept as [`Incident::resolution`] and written
+    /// in the timeline.
+    ///
+    /// # Errors
+    /// As [`IncidentManager::update_incident`].
+    pub async fn resolve_with_summary(
+        &self,
+        actor: &str,
+        id: &str,
+        summary: &str,
+    ) -> Result<Incident, IncidentError> {
+        self.update_incident(actor, id, IncidentUpdate::ResolveWithSummary(summary.to_owned()))
+            .await
     }
 
     /// An incident by id.

@@ -143,6 +143,10 @@ pub struct Incident {
     pub acknowledged_at: Option<DateTime<Utc>>,
     /// Last resolved.
     pub resolved_at: Option<DateTime<Utc>>,
+    /// What was done, as given when it was last resolved
+    /// ([`IncidentUpdate::ResolveWithSummary`]); cleared by a reopen. Also in the timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
     /// Role -> person (incident commander, scribe...).
     pub roles: BTreeMap<String, String>,
     /// Every change, in order.
@@ -164,6 +168,10 @@ pub enum IncidentUpdate {
     Mitigate,
     /// Over.
     Resolve,
+    /// Over, with a summary of what was done: kept as [`Incident::resolution`] and written
+    /// in the timeline entry (`resolved: <summary>`) and the resolve notification. The
+    /// summary is trimmed; a blank one is no summary (as [`IncidentUpdate::Resolve`]).
+    ResolveWithSummary(String),
     /// Reviewed.
     Close,
     /// Back to triggered.
