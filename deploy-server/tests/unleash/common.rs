@@ -212,3 +212,126 @@ pub(crate) fn target_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
+
+/// Runs an SDK script with `entries` on its standard input; its parsed answer.
+pub(crate) fn run_script(mut command: std::process::Command, entries: &Value) -> Value {
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    serde_json::to_writer(child.stdin.take().unwrap(), entries).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the SDK script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "the SDK script's output is not JSON ({error}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// One server per file (flag names repeat across files), all up at once, and what the SDK
+/// scripts read: each file's server, client token, feature count and cases.
+pub(crate) async fn serve_all(files: &[SpecFile]) -> (Vec<SpecServer>, Value) {
+    let mut servers = Vec::new();
+    for file in files {
+        servers.push(serve_spec(&file.json, UnleashConfig::default()).await);
+    }
+    let entries = files
+        .iter()
+        .zip(&servers)
+        .map(|(file, server)| {
+            json!({
+                "name": file.name,
+                "url": format!("{}/api", server.base),
+                "token": server.client_token,
+                "features": server.features,
+                "tests": file.tests(),
+                "variantTests": file.variant_tests(),
+            })
+        })
+        .collect();
+    (servers, Value::Array(entries))
+}
+
+/// Checks an SDK script's answers against every case of every file: each file's features
+/// all loaded, every case the expected answer. Flags the manager refused are not served; the
+/// only ones are file 18's UTF-8 names (the manager keeps names to ASCII letters, digits,
+/// `.`, `_`, `-`, as store keys). Returns the number of cases passed.
+pub(crate) fn assert_sdk_answers(
+    sdk: &str,
+    files: &[SpecFile],
+    servers: &[SpecServer],
+    answer: &Value,
+) -> usize {
+    let mut failures = Vec::new();
+    let mut passed = 0;
+    let mut not_served = Vec::new();
+    let results = answer["files"].as_array().unwrap();
+    assert_eq!(results.len(), files.len(), "{sdk}: one result per file");
+    for ((file, server), result) in files.iter().zip(servers).zip(results) {
+        let loaded: Vec<&str> = result["loaded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            loaded.len(),
+            server.features,
+            "{sdk} / {}: the SDK loaded {loaded:?}",
+            file.name
+        );
+        let refused = |toggle: &str| server.refused.iter().any(|(name, _)| name == toggle);
+        let cases = file
+            .tests()
+            .iter()
+            .zip(result["tests"].as_array().unwrap())
+            .chain(
+                file.variant_tests()
+                    .iter()
+                    .zip(result["variantTests"].as_array().unwrap()),
+            );
+        for (case, actual) in cases {
+            let toggle = case["toggleName"].as_str().unwrap();
+            if refused(toggle) {
+                not_served.push(format!("{} / {}", file.name, case["description"]));
+            } else if matches(&case["expectedResult"], actual) {
+                passed += 1;
+            } else {
+                failures.push(format!(
+                    "{} / {}: expected {}, the SDK said {actual}",
+                    file.name, case["description"], case["expectedResult"]
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{sdk}: {} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(passed > 150, "{sdk}: only {passed} cases ran");
+    let refused: Vec<&str> = servers
+        .iter()
+        .flat_map(|server| server.refused.iter().map(|(name, _)| name.as_str()))
+        .collect();
+    assert_eq!(
+        refused,
+        ["Feature.UTF-8.Hellø_Wørld", "Feature.UTF-8.😊_φriend_你好_🌍"],
+        "flags the manager refused"
+    );
+    eprintln!(
+        "{sdk}: {passed} cases passed; not served (refused by the manager): {}",
+        not_served.join(", ")
+    );
+    passed
+}

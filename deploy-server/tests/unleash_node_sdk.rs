@@ -1,0 +1,76 @@
+//! Unleash's official Node SDK (`unleash-client` from npm, installed into node_modules in
+//! the build tree) against deploykit's server: for every case of every file of Unleash's
+//! client specification, the SDK's `isEnabled` / `getVariant` answer, evaluated locally from
+//! what `GET /api/client/features` served, equals the file's expected answer.
+
+#[path = "unleash/common.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::{assert_sdk_answers, run_script, serve_all, spec_files, target_dir};
+
+/// The SDK version the tests pin.
+const SDK: &str = "unleash-client@6.12.1";
+
+/// The node_modules holding the SDK, installing it on first use; `Err` with the reason when
+/// Node, npm (or the network) is not available.
+fn node_modules_with_sdk() -> Result<PathBuf, String> {
+    let prefix = target_dir().join("unleash-node");
+    let modules = prefix.join("node_modules");
+    let run = |command: &mut Command, what: &str| -> Result<(), String> {
+        let output = command
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|error| format!("{what}: {error}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+            ))
+        }
+    };
+    run(Command::new("node").arg("--version"), "node --version")?;
+    if !modules.join("unleash-client/package.json").exists() {
+        std::fs::create_dir_all(&prefix).map_err(|error| format!("{}: {error}", prefix.display()))?;
+        run(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&prefix)
+                .arg(SDK),
+            &format!("npm install {SDK}"),
+        )?;
+    }
+    Ok(modules)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_sdk_passes_every_specification_case() {
+    let files = spec_files();
+    if files.is_empty() {
+        return;
+    }
+    let modules = match tokio::task::spawn_blocking(node_modules_with_sdk).await.unwrap() {
+        Ok(modules) => modules,
+        Err(reason) => {
+            deploy_testkit::real::skip(format_args!("the Unleash Node SDK is not available: {reason}"));
+            return;
+        }
+    };
+    let (servers, entries) = serve_all(&files).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/unleash/spec_client.js");
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new("node");
+        command.arg(script).env("NODE_PATH", modules);
+        run_script(command, &entries)
+    })
+    .await
+    .unwrap();
+    assert_sdk_answers("node SDK", &files, &servers, &answer);
+}
