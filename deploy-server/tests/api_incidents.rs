@@ -129,6 +129,7 @@ async fn an_incident_is_listed_acknowledged_annotated_and_resolved_with_a_summar
         .await;
     expect(&done, StatusCode::OK);
     assert_eq!(done.body["status"], "resolved");
+    assert_eq!(done.body["resolution"], "replica promoted");
 
     let fetched = api.get(&format!("/api/incidents/{id}"), Some(&viewer)).await;
     expect(&fetched, StatusCode::OK);
@@ -143,18 +144,21 @@ async fn an_incident_is_listed_acknowledged_annotated_and_resolved_with_a_summar
             )
         })
         .collect();
-    let tail = &timeline[timeline.len() - 4..];
+    let tail = &timeline[timeline.len() - 3..];
     assert_eq!(
         tail,
         [
             ("oncall".to_owned(), "acknowledged".to_owned()),
             ("oncall".to_owned(), "note: failing over".to_owned()),
-            ("oncall".to_owned(), "resolved".to_owned()),
-            (
-                "oncall".to_owned(),
-                "note: resolution: replica promoted".to_owned()
-            ),
-        ]
+            ("oncall".to_owned(), "resolved: replica promoted".to_owned()),
+        ],
+        "the summary is in the resolve's own entry"
+    );
+    assert_eq!(fetched.body["resolution"], "replica promoted");
+    assert_eq!(
+        incidents.get(&id).await.unwrap().resolution.as_deref(),
+        Some("replica promoted"),
+        "kept on the incident in the store"
     );
     let audit: Vec<_> = api
         .audit()
@@ -194,6 +198,11 @@ async fn an_incident_is_listed_acknowledged_annotated_and_resolved_with_a_summar
         )
         .await;
     expect(&twice, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        api.get(&format!("/api/incidents/{id}"), Some(&viewer)).await.body["resolution"],
+        "replica promoted",
+        "a refused resolve leaves the summary alone"
+    );
 }
 
 #[tokio::test]

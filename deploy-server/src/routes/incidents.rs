@@ -1,9 +1,9 @@
 //! `/api/incidents`: list (by status), get, acknowledge, resolve with a summary, add notes,
 //! over an [`IncidentManager`](deploy_incidents::IncidentManager).
 //!
-//! A resolution summary is written as a note (`resolution: ...`) in the incident's timeline
-//! right after the resolve: the manager has no summary field. A status change the incident
-//! refuses (acknowledging a resolved incident) is 422 `invalid_transition`.
+//! A resolution summary is kept on the incident (`resolution`) and shown in the timeline
+//! entry of the resolve (`resolved: ...`), one change. A status change the incident refuses
+//! (acknowledging a resolved incident) is 422 `invalid_transition`.
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -145,11 +145,11 @@ pub(crate) async fn acknowledge(
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ResolveBody {
-    /// What was done; written in the timeline.
+    /// What was done; kept as the incident's `resolution` and written in the timeline.
     summary: String,
 }
 
-/// `POST /api/incidents/{id}/resolve`: resolves with a summary (a timeline note).
+/// `POST /api/incidents/{id}/resolve`: resolves with a summary of what was done.
 #[utoipa::path(post, path = "/api/incidents/{id}/resolve", tag = "incidents", security(("bearer" = [])),
     params(("id" = String, Path, description = "The incident")),
     request_body = ResolveBody,
@@ -170,17 +170,9 @@ pub(crate) async fn resolve(
         check_id("id", &id)?;
         let ApiJson(ResolveBody { summary }) = body?;
         let summary = non_empty("summary", &summary)?;
-        let incidents = state.incidents()?;
-        incidents
-            .update_incident(&caller.name, &id, IncidentUpdate::Resolve)
-            .await
-            .map_err(incident_error)?;
-        let incident = incidents
-            .update_incident(
-                &caller.name,
-                &id,
-                IncidentUpdate::Note(format!("resolution: {summary}")),
-            )
+        let incident = state
+            .incidents()?
+            .resolve_with_summary(&caller.name, &id, summary)
             .await
             .map_err(incident_error)?;
         Ok(axum::Json(incident))
