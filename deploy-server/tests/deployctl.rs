@@ -623,3 +623,127 @@ async fn incidents_and_silences_commands_through_the_binary() {
     served.run(&["silences", "expire", &silence]).await;
     served.shutdown().await;
 }
+
+/// A TCP proxy in front of `target` whose open connections can be cut at once.
+struct CuttingProxy {
+    url: String,
+    connections: std::sync::Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttingProxy {
+    async fn new(target: &str) -> Self {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let connections = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let open = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                open.lock().push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Self {
+            url,
+            connections,
+            accept,
+        }
+    }
+
+    /// Drops every connection open now (both sides see it closed).
+    fn cut(&self) -> usize {
+        let open: Vec<_> = self.connections.lock().drain(..).collect();
+        let count = open.len();
+        for connection in open {
+            connection.abort();
+        }
+        count
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reconnects_with_the_last_event_id_when_the_connection_drops() {
+    use std::io::BufRead as _;
+
+    let served = Served::new(canary_unattended(Duration::from_millis(300))).await;
+    let proxy = CuttingProxy::new(&served.url).await;
+    let op = served.harness.tokens.operator.clone();
+    served.ok(Some(&op), &["rollouts", "start", "shop", "2.0"]).await;
+
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("deployctl"))
+        .args(["rollouts", "watch", "shop"])
+        .env("DEPLOYCTL_SERVER", &proxy.url)
+        .env("DEPLOYCTL_TOKEN", &op)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("deployctl runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_in, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_in.send(line);
+        }
+    });
+    let mut out = Vec::new();
+    let mut cuts = 0;
+    let started = std::time::Instant::now();
+    loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                out.push(line);
+                // Cut the event stream twice mid-rollout.
+                if (out.len() == 4 || out.len() == 16) && proxy.cut() > 0 {
+                    cuts += 1;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if started.elapsed() > COMMAND_LIMIT {
+            let _ = child.kill();
+            panic!("watch did not end in {COMMAND_LIMIT:?}: {out:#?}");
+        }
+    }
+    let status = child.wait().expect("deployctl exits");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(status.success(), "{status:?}: {stderr}; {out:#?}");
+    assert_eq!(cuts, 2, "both cuts dropped a connection");
+
+    let ids: Vec<&str> = out
+        .iter()
+        .filter_map(|l| l.split_once(" [")?.1.split_once(']').map(|(id, _)| id))
+        .collect();
+    let stored: Vec<String> = served
+        .harness
+        .client
+        .events(&rollouts_common::app(), None)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.id().to_string())
+        .collect();
+    assert_eq!(
+        ids, stored,
+        "every event once, in order, across the reconnections: {out:#?}"
+    );
+    assert_eq!(
+        out.last().map(String::as_str),
+        Some("rollout of shop revision 1 (2.0) ended: completed")
+    );
+    drop(proxy);
+    served.shutdown().await;
+}

@@ -225,6 +225,9 @@ pub(crate) async fn watch(api: &Api, app: &str, mode: Mode) -> Result<bool, CliE
         None
     };
     let mut end_seen_at: Option<tokio::time::Instant> = None;
+    // Status reads that failed in a row for want of a connection (the server restarting):
+    // the watch carries on until there are too many.
+    let mut unreachable = 0u32;
     let result = loop {
         if mode == Mode::Live {
             let lines = frame(&view, &recent);
@@ -267,15 +270,20 @@ pub(crate) async fn watch(api: &Api, app: &str, mode: Mode) -> Result<bool, CliE
                             }
                         }
                     }
-                    view = api.get_as(&path).await?;
                 }
                 Some(Err(err)) => break Err(err),
                 // The stream gave up reconnecting: keep polling the status.
                 None => stream_open = false,
             },
-            _ = refresh.tick() => {
-                view = api.get_as(&path).await?;
+            _ = refresh.tick() => {}
+        }
+        match api.get_as::<RolloutView>(&path).await {
+            Ok(read) => {
+                view = read;
+                unreachable = 0;
             }
+            Err(CliError::Http { .. }) if unreachable + 1 < RECONNECTS => unreachable += 1,
+            Err(err) => break Err(err),
         }
     };
     follower.abort();
