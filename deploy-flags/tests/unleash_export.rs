@@ -164,3 +164,33 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn a_delta_between_two_exports_turns_one_into_the_other() {
+    use deploy_flags::unleash::delta_between;
+    let files = spec_files();
+    let exports: Vec<ClientFeatures> = files
+        .iter()
+        .map(|file| {
+            let spec: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+            export_client_features(&import(&spec).to_flag_set().flags).features
+        })
+        .collect();
+    for pair in exports.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        let events = delta_between(before, after, 10);
+        assert!(!events.is_empty());
+        // Through text, as a streaming SDK receives it.
+        let json = serde_json::to_string(&ClientFeaturesDelta { events }).unwrap();
+        let mut state = UnleashState::default();
+        state.hydrate(before.clone());
+        state.apply_delta_json(&json).unwrap();
+        let mut expected = UnleashState::default();
+        expected.hydrate(after.clone());
+        assert_eq!(
+            export_client_features(&state.to_flag_set().flags).features,
+            export_client_features(&expected.to_flag_set().flags).features
+        );
+        assert!(delta_between(after, after, 1).is_empty());
+    }
+}

@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 
 use super::wire::{
-    ClientFeatures, Dependency, Feature, Strategy, UnleashConstraint, UnleashOverride, UnleashPayload,
-    UnleashSegment, UnleashVariant,
+    ClientFeatures, DeltaEvent, Dependency, Feature, Strategy, UnleashConstraint, UnleashOverride,
+    UnleashPayload, UnleashSegment, UnleashVariant,
 };
 use crate::model::{
     Constraint, FlagDefinition, FlagSet, Operator, PayloadKind, Rule, Stickiness, VariantDefinition,
@@ -346,4 +346,81 @@ fn export_variant(variant: &VariantDefinition, warn: &mut impl FnMut(String)) ->
                 .collect()
         }),
     }
+}
+
+/// The delta events that turn `previous` into `next` (what Unleash's delta API and streaming
+/// send), numbered from `first_id`: changed segments, then changed and removed features, then
+/// removed segments, so no event refers to a segment that is not there yet. Empty when
+/// nothing changed.
+///
+/// ```
+/// use deploy_flags::model::{FlagDefinition, FlagSet};
+/// use deploy_flags::unleash::{ClientFeaturesDelta, UnleashState, delta_between, export_client_features};
+///
+/// let before = export_client_features(&FlagSet { flags: vec![FlagDefinition::new("a", true)], segments: vec![] });
+/// let after = export_client_features(&FlagSet { flags: vec![FlagDefinition::new("b", true)], segments: vec![] });
+/// let events = delta_between(&before.features, &after.features, 2);
+/// assert_eq!(events.len(), 2); // `b` updated, `a` removed
+///
+/// let mut state = UnleashState::default();
+/// state.hydrate(before.features);
+/// state.apply_delta(ClientFeaturesDelta { events });
+/// assert_eq!(state.to_flag_set().flags.flags[0].name, "b");
+/// ```
+pub fn delta_between(previous: &ClientFeatures, next: &ClientFeatures, first_id: u64) -> Vec<DeltaEvent> {
+    let mut ids = first_id..;
+    let mut events = Vec::new();
+    let before_segments: HashMap<i64, _> = previous
+        .segments
+        .iter()
+        .map(|segment| (segment.id, segment))
+        .collect();
+    let after_segments: HashMap<i64, _> = next
+        .segments
+        .iter()
+        .map(|segment| (segment.id, segment))
+        .collect();
+    for segment in &next.segments {
+        if before_segments.get(&segment.id) != Some(&segment) {
+            events.push(DeltaEvent::SegmentUpdated {
+                event_id: ids.next().unwrap_or(u64::MAX),
+                segment: segment.clone(),
+            });
+        }
+    }
+    let before: HashMap<&str, &Feature> = previous
+        .features
+        .iter()
+        .map(|feature| (feature.name.as_str(), feature))
+        .collect();
+    let after: HashMap<&str, &Feature> = next
+        .features
+        .iter()
+        .map(|feature| (feature.name.as_str(), feature))
+        .collect();
+    for feature in &next.features {
+        if before.get(feature.name.as_str()) != Some(&feature) {
+            events.push(DeltaEvent::FeatureUpdated {
+                event_id: ids.next().unwrap_or(u64::MAX),
+                feature: feature.clone(),
+            });
+        }
+    }
+    for feature in &previous.features {
+        if !after.contains_key(feature.name.as_str()) {
+            events.push(DeltaEvent::FeatureRemoved {
+                event_id: ids.next().unwrap_or(u64::MAX),
+                feature_name: feature.name.clone(),
+            });
+        }
+    }
+    for segment in &previous.segments {
+        if !after_segments.contains_key(&segment.id) {
+            events.push(DeltaEvent::SegmentRemoved {
+                event_id: ids.next().unwrap_or(u64::MAX),
+                segment_id: segment.id,
+            });
+        }
+    }
+    events
 }

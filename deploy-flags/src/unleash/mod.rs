@@ -29,7 +29,7 @@ mod state;
 mod translate;
 mod wire;
 
-pub use export::{EXPORT_PROJECT, ExportWarning, UnleashExport, export_client_features};
+pub use export::{EXPORT_PROJECT, ExportWarning, UnleashExport, delta_between, export_client_features};
 pub use spec::{SpecCase, SpecOutcome, SpecReport, run_spec_file};
 pub use state::UnleashState;
 pub use translate::{ImportWarning, UnleashImport};

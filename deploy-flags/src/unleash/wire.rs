@@ -152,7 +152,7 @@ pub struct UnleashSegment {
 }
 
 /// One event of the delta API.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum DeltaEvent {
     /// The complete state.
@@ -214,7 +214,7 @@ impl DeltaEvent {
 }
 
 /// A delta API response.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct ClientFeaturesDelta {
     /// Events in order.
     pub events: Vec<DeltaEvent>,
