@@ -69,9 +69,6 @@ struct Inner {
     anonymous_reads: bool,
     audit_limit: usize,
     audit_writes: AtomicU64,
-    /// Flag changes through this server, one at a time: an `If-Match` check and the change
-    /// it guards cannot interleave with another change made here.
-    flag_writes: tokio::sync::Mutex<()>,
 }
 
 /// What every handler shares: the store, the configured sections, the tokens, the clock
@@ -142,11 +139,6 @@ impl AppState {
             .flags
             .as_ref()
             .ok_or_else(|| ApiError::not_configured("flags"))
-    }
-
-    /// Held while a flag is changed through this server (see `routes::flags`).
-    pub(crate) fn flag_writes(&self) -> &tokio::sync::Mutex<()> {
-        &self.0.flag_writes
     }
 
     /// The incident manager.
@@ -411,7 +403,6 @@ impl ServerBuilder {
             anonymous_reads: self.anonymous_reads,
             audit_limit: self.audit_limit,
             audit_writes: AtomicU64::new(0),
-            flag_writes: tokio::sync::Mutex::new(()),
         })))
     }
 
