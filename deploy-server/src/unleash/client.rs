@@ -11,7 +11,8 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use deploy_flags::FeatureFlagManager;
 use deploy_flags::model::FlagSet;
-use deploy_flags::unleash::export_client_features;
+use deploy_flags::unleash::{ClientFeatures, DeltaEvent, delta_between, export_client_features};
+use futures::StreamExt as _;
 use parking_lot::RwLock;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -22,11 +23,13 @@ use super::tokens::UnleashCaller;
 use crate::auth::TokenKind;
 use crate::error::ApiError;
 use crate::routes::ApiJson;
+use crate::sse::{SseMessage, sse_response};
 use crate::state::AppState;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/client/features", get(features))
+        .route("/api/client/streaming", get(streaming))
         .route("/api/client/register", post(register))
         .route("/api/client/metrics", post(client_metrics))
 }
@@ -36,6 +39,7 @@ pub(super) fn router() -> Router<AppState> {
 pub(super) struct Cached {
     /// The engine snapshot it was made from.
     version: u64,
+    document: Arc<ClientFeatures>,
     body: Bytes,
     etag: HeaderValue,
 }
@@ -53,6 +57,7 @@ impl Cached {
         let etag = HeaderValue::from_str(&format!("\"{tag}\"")).map_err(ApiError::internal)?;
         Ok(Self {
             version,
+            document: Arc::new(export.features),
             body: Bytes::from(body),
             etag,
         })
@@ -153,6 +158,79 @@ async fn features(
             Ok(Cached::of(snapshot.version(), &set)?.respond(&headers))
         }
     }
+}
+
+/// `GET /api/client/streaming` (client token): Server-Sent Events as Unleash's streaming
+/// SDKs and Unleash Edge read them. First `unleash-connected` with a hydration of the full
+/// state, then, after every change of the manager's flags, `unleash-updated` with the delta
+/// events from the state last sent ([`delta_between`]): a change reaches connected SDKs at
+/// once. Event ids count up per connection; a reconnecting SDK gets a new hydration.
+async fn streaming(
+    State(state): State<AppState>,
+    Extension(shared): Extension<Arc<Shared>>,
+    caller: UnleashCaller,
+) -> Result<Response, ApiError> {
+    caller.require(TokenKind::Client)?;
+    let manager = Arc::clone(state.flags()?);
+    // Subscribed before reading the state, so no change falls between the two.
+    let changes = manager.subscribe();
+    let sees = caller.sees_flags(&shared);
+    let first = match sees {
+        true => shared.features.current(&manager)?,
+        false => shared.features.empty()?,
+    };
+    let hydration = DeltaEvent::Hydration {
+        event_id: 1,
+        features: first.document.features.clone(),
+        segments: first.document.segments.clone(),
+    };
+    let connected: Result<SseMessage, String> = Ok((
+        "1".to_owned(),
+        "unleash-connected",
+        serde_json::json!({ "events": [hydration] }),
+    ));
+    let updates = futures::stream::unfold(
+        (first, changes, 2_u64),
+        move |(mut last, mut changes, next_id)| {
+            let manager = Arc::clone(&manager);
+            let shared = Arc::clone(&shared);
+            async move {
+                if !sees {
+                    // Nothing of this environment reaches the token: keep-alives only.
+                    std::future::pending::<()>().await;
+                }
+                loop {
+                    match changes.recv().await {
+                        // Lagged: the diff from the state last sent covers what was missed.
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                    let current = match shared.features.current(&manager) {
+                        Ok(current) => current,
+                        Err(error) => return Some((Err(error.message), (last, changes, next_id))),
+                    };
+                    if current.version == last.version {
+                        continue;
+                    }
+                    let events = delta_between(&last.document, &current.document, next_id);
+                    last = current;
+                    if events.is_empty() {
+                        continue;
+                    }
+                    let after = next_id + events.len() as u64;
+                    let message = (
+                        (after - 1).to_string(),
+                        "unleash-updated",
+                        serde_json::json!({ "events": events }),
+                    );
+                    return Some((Ok(message), (last, changes, after)));
+                }
+            }
+        },
+    );
+    Ok(sse_response(
+        futures::stream::once(async move { connected }).chain(updates),
+    ))
 }
 
 /// The body of `POST /api/client/register`.
