@@ -662,7 +662,7 @@ impl Deployer {
         Ok(())
     }
 
-    /// A rollout ended: its last events and status, its history entry, then pruning.
+    /// A rollout ended: its last events, its history entry (then pruning), its last status.
     async fn finish(
         &self,
         lease: &Lease,
@@ -678,7 +678,6 @@ impl Deployer {
                 Err(_) => break,
             }
         }
-        self.publish(lease, &running, Publish::Ended).await?;
         let entry = HistoryEntry {
             revision: report.revision,
             version: report.version.clone(),
@@ -706,7 +705,8 @@ impl Deployer {
             }
             self.delete(lease, &record.key).await?;
         }
-        Ok(())
+        // Last: whoever sees the rollout ended finds its history entry.
+        self.publish(lease, &running, Publish::Ended).await
     }
 
     /// Applies every pending intent, oldest first, and prunes resolved ones; returns
