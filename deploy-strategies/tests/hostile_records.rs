@@ -264,7 +264,8 @@ fn resume_over(journal: &Stored, instances: &Stored, policy: ResumePolicy) -> bo
                     });
                     operate_until_done(&handle).await;
                     let ended = handle.wait().await;
-                    (timed.abort(), give_up.abort());
+                    timed.abort();
+                    give_up.abort();
                     Ok(ended)
                 }
                 Err(refused) => Err(refused),
