@@ -422,13 +422,27 @@ async fn sdk_registrations_and_metrics_are_taken_and_counted_per_flag() {
         json!({"appName": app, "instanceId": "i-1", "bucket": {"start": "2026-11-30T10:00:00Z", "stop": "2026-11-30T10:01:00Z",
             "toggles": {flag.clone(): {"yes": yes, "no": 2, "variants": {"blue": 1}}, "not-a-flag": {"yes": 9, "no": 9}}}})
     };
-    for (path, token, app, yes) in [
-        ("/api/client/metrics", &server.client_token, "checkout", 3),
-        ("/api/frontend/client/metrics", &server.frontend_token, "web", 4),
+    // A second server over the same store (another process of the deployment): the sums
+    // are in the store, so reports to either add up.
+    let manager = std::sync::Arc::new(
+        deploy_flags::FeatureFlagManager::open(server.store.clone(), Default::default())
+            .await
+            .unwrap(),
+    );
+    let (other, task) = common::serve_store(server.store.clone(), manager, UnleashConfig::default()).await;
+    for (at, path, token, app, yes) in [
+        (base, "/api/client/metrics", &server.client_token, "checkout", 3),
+        (
+            &other,
+            "/api/frontend/client/metrics",
+            &server.frontend_token,
+            "web",
+            4,
+        ),
     ] {
         let sent = server
             .http
-            .post(format!("{base}{path}"))
+            .post(format!("{at}{path}"))
             .header("authorization", token)
             .json(&report(app, yes))
             .send()
@@ -445,6 +459,17 @@ async fn sdk_registrations_and_metrics_are_taken_and_counted_per_flag() {
         .await
         .unwrap();
     assert_eq!(wrong_kind.status(), 403);
+    let listed_by_other: Value = server
+        .http
+        .get(format!("{other}/api/unleash/metrics"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    task.abort();
     let metrics: Value = server
         .http
         .get(format!("{base}/api/unleash/metrics"))
@@ -464,4 +489,5 @@ async fn sdk_registrations_and_metrics_are_taken_and_counted_per_flag() {
         metrics["flags"].get("not-a-flag").is_none(),
         "unknown flags are not counted"
     );
+    assert_eq!(listed_by_other, metrics, "every server lists the same sums");
 }

@@ -271,7 +271,7 @@ async fn client_metrics(
     caller.require(TokenKind::Client)?;
     let ApiJson(report) = body?;
     if caller.sees_flags(&shared) {
-        metrics::record(&state, &shared, report)?;
+        metrics::record(&state, report).await?;
     }
     Ok(StatusCode::ACCEPTED)
 }

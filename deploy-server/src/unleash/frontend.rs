@@ -195,7 +195,7 @@ async fn frontend_metrics(
     caller.require(TokenKind::Frontend)?;
     let ApiJson(report) = body?;
     if caller.sees_flags(&shared) {
-        metrics::record(&state, &shared, report)?;
+        metrics::record(&state, report).await?;
     }
     Ok(StatusCode::ACCEPTED)
 }

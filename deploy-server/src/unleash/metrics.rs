@@ -1,20 +1,20 @@
 //! What SDKs report on `POST /api/client/metrics` and `POST /api/frontend/client/metrics`:
 //! yes/no and variant counts per flag per time bucket, summed per flag here.
 //!
-//! The counts are kept in this process (the flag manager has no entry point for counts made
-//! elsewhere) and listed by `GET /api/unleash/metrics`.
+//! The sums are kept in the store (one record per flag under [`METRICS_PREFIX`], updated by
+//! compare-and-swap), so every server process of a deployment adds to the same sums and
+//! `GET /api/unleash/metrics` lists them from any of them. The flag manager has no entry
+//! point for counts made elsewhere, so its own metrics and stale report do not see these.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use axum::{Extension, Router};
 use deploy_core::time::ClockExt;
-use parking_lot::Mutex;
+use deploy_core::{RecordStoreExt, WriteOptions};
 use serde::{Deserialize, Serialize};
 
-use super::Shared;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -74,68 +74,76 @@ pub struct ReportedMetrics {
     pub flags: BTreeMap<String, ReportedCounts>,
 }
 
-/// The sums, per flag.
-#[derive(Debug, Default)]
-pub(super) struct MetricsSink {
-    flags: Mutex<BTreeMap<String, ReportedCounts>>,
-}
+/// Where the sums live in the store: one record per flag, `server/unleash/metrics/{flag}`.
+pub const METRICS_PREFIX: &str = "server/unleash/metrics/";
 
-impl MetricsSink {
-    /// Adds a report's counts of the flags `known` says exist; returns how many flags counted.
-    pub(super) fn record(&self, report: MetricsReport, now_ms: i64, known: impl Fn(&str) -> bool) -> usize {
-        let mut flags = self.flags.lock();
-        let mut counted = 0;
-        for (flag, counts) in report.bucket.toggles {
-            if !known(&flag) {
-                continue;
-            }
-            counted += 1;
-            let entry = flags.entry(flag).or_default();
-            entry.yes = entry.yes.saturating_add(counts.yes);
-            entry.no = entry.no.saturating_add(counts.no);
-            for (variant, count) in counts.variants {
-                let room = entry.variants.len() < MAX_VARIANTS_PER_FLAG;
-                match entry.variants.get_mut(&variant) {
-                    Some(total) => *total = total.saturating_add(count),
-                    None if room => {
-                        entry.variants.insert(variant, count);
-                    }
-                    None => {}
+impl ReportedCounts {
+    /// Adds one report's counts of this flag.
+    fn add(&mut self, counts: &ToggleCounts, app: &str, now_ms: i64) {
+        self.yes = self.yes.saturating_add(counts.yes);
+        self.no = self.no.saturating_add(counts.no);
+        for (variant, count) in &counts.variants {
+            let room = self.variants.len() < MAX_VARIANTS_PER_FLAG;
+            match self.variants.get_mut(variant) {
+                Some(total) => *total = total.saturating_add(*count),
+                None if room => {
+                    self.variants.insert(variant.clone(), *count);
                 }
-            }
-            entry.last_reported_ms = now_ms;
-            if !report.app_name.is_empty()
-                && !entry.apps.contains(&report.app_name)
-                && entry.apps.len() < MAX_VARIANTS_PER_FLAG
-            {
-                entry.apps.push(report.app_name.clone());
+                None => {}
             }
         }
-        counted
-    }
-
-    fn snapshot(&self) -> ReportedMetrics {
-        ReportedMetrics {
-            flags: self.flags.lock().clone(),
+        self.last_reported_ms = self.last_reported_ms.max(now_ms);
+        if !app.is_empty()
+            && !self.apps.iter().any(|known| known == app)
+            && self.apps.len() < MAX_VARIANTS_PER_FLAG
+        {
+            self.apps.push(app.to_owned());
         }
     }
 }
 
-/// Counts a report against the manager's flags.
-pub(super) fn record(state: &AppState, shared: &Shared, report: MetricsReport) -> Result<usize, ApiError> {
+/// Adds a report's counts of the manager's flags to their records in the store
+/// (compare-and-swap, so reports arriving at several servers at once all count); returns
+/// how many flags counted. Flags the manager does not know are not counted.
+pub(super) async fn record(state: &AppState, report: MetricsReport) -> Result<usize, ApiError> {
     let snapshot = state.flags()?.engine().snapshot();
-    Ok(shared
-        .metrics
-        .record(report, state.clock().unix_millis(), |flag| {
-            snapshot.definition(flag).is_some()
-        }))
+    let now_ms = state.clock().unix_millis();
+    let mut counted = 0;
+    for (flag, counts) in &report.bucket.toggles {
+        if snapshot.definition(flag).is_none()
+            || (counts.yes == 0 && counts.no == 0 && counts.variants.is_empty())
+        {
+            continue;
+        }
+        state
+            .store()
+            .update_json::<ReportedCounts, ApiError>(
+                &format!("{METRICS_PREFIX}{flag}"),
+                WriteOptions::default(),
+                |current| {
+                    let mut sums = current.unwrap_or_default();
+                    sums.add(counts, &report.app_name, now_ms);
+                    Ok(Some(sums))
+                },
+            )
+            .await?;
+        counted += 1;
+    }
+    Ok(counted)
 }
 
+/// `GET /api/unleash/metrics` (control plane, viewer): the sums of every report, from the
+/// store (so every server of a deployment answers the same).
 async fn list(
-    State(_state): State<AppState>,
-    Extension(shared): Extension<Arc<Shared>>,
+    State(state): State<AppState>,
     caller: Caller,
 ) -> Result<axum::Json<ReportedMetrics>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(axum::Json(shared.metrics.snapshot()))
+    let records = state.store().list_json::<ReportedCounts>(METRICS_PREFIX).await?;
+    Ok(axum::Json(ReportedMetrics {
+        flags: records
+            .into_iter()
+            .map(|(key, counts, _)| (key[METRICS_PREFIX.len()..].to_owned(), counts))
+            .collect(),
+    }))
 }

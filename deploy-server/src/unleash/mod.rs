@@ -15,7 +15,7 @@
 //!   `default` (every exported feature's project), sees no flag; a frontend token is refused
 //!   (403) on the client API; control-plane tokens are refused on both.
 //! - `GET /api/unleash/metrics` (control plane, viewer): the yes/no and variant counts SDKs
-//!   reported, per flag, since this process started.
+//!   reported, per flag, summed in the store across every server process.
 //!
 //! [`FeatureFlagManager`]: deploy_flags::FeatureFlagManager
 //! [`export_client_features`]: deploy_flags::unleash::export_client_features
@@ -34,7 +34,7 @@ use axum::{Extension, Router};
 
 use crate::state::AppState;
 
-pub use metrics::{ReportedCounts, ReportedMetrics};
+pub use metrics::{METRICS_PREFIX, ReportedCounts, ReportedMetrics};
 pub use tokens::{ApiTokenRequest, ApiTokenResponse};
 
 /// How the Unleash APIs serve.
@@ -76,7 +76,6 @@ pub(crate) struct Shared {
     config: UnleashConfig,
     features: client::FeaturesCache,
     names: frontend::FlagNames,
-    metrics: metrics::MetricsSink,
 }
 
 /// The Unleash routes (paths absolute).
@@ -86,7 +85,6 @@ pub(crate) fn router(config: UnleashConfig) -> Router<AppState> {
         config,
         features: client::FeaturesCache::default(),
         names: frontend::FlagNames::default(),
-        metrics: metrics::MetricsSink::default(),
     });
     Router::new()
         .merge(client::router())

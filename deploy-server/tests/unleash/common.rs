@@ -79,6 +79,8 @@ pub(crate) struct SpecServer {
     /// Flags it serves.
     pub(crate) features: usize,
     pub(crate) http: reqwest::Client,
+    /// The store it serves from.
+    pub(crate) store: Arc<MemoryStore>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -147,17 +149,7 @@ pub(crate) async fn serve_spec(spec: &Value, config: UnleashConfig) -> SpecServe
     );
     let refused = load(&manager, imported(spec)).await;
     let features = manager.engine().snapshot().len();
-    let state = ServerBuilder::new(store)
-        .flags(Arc::clone(&manager))
-        .bootstrap_token("root", ADMIN)
-        .build_state()
-        .unwrap();
-    let router = deploy_server::router_with_unleash(state, config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
+    let (base, task) = serve_store(store.clone(), Arc::clone(&manager), config).await;
     let http = reqwest::Client::new();
     let client_token = create_token(&http, &base, "spec-client", "client", ENVIRONMENT, &["*"]).await;
     let frontend_token = create_token(&http, &base, "spec-frontend", "frontend", ENVIRONMENT, &["*"]).await;
@@ -169,8 +161,29 @@ pub(crate) async fn serve_spec(spec: &Value, config: UnleashConfig) -> SpecServe
         refused,
         features,
         http,
+        store,
         task,
     }
+}
+
+/// Serves a router over `store` and `manager` on 127.0.0.1; its base URL and task.
+pub(crate) async fn serve_store(
+    store: Arc<MemoryStore>,
+    manager: Arc<FeatureFlagManager>,
+    config: UnleashConfig,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let state = ServerBuilder::new(store)
+        .flags(manager)
+        .bootstrap_token("root", ADMIN)
+        .build_state()
+        .unwrap();
+    let router = deploy_server::router_with_unleash(state, config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    (base, task)
 }
 
 /// Creates an Unleash token through `POST /api/admin/api-tokens`; returns its secret.
