@@ -491,3 +491,49 @@ async fn sdk_registrations_and_metrics_are_taken_and_counted_per_flag() {
     );
     assert_eq!(listed_by_other, metrics, "every server lists the same sums");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_by_another_process_is_served_once_the_manager_syncs() {
+    let server = serve_spec(&spec("01-simple-examples"), UnleashConfig::default()).await;
+    // The server's manager follows the store; another "process" (its own manager over the
+    // same store) changes a flag.
+    let sync = server.manager.spawn_sync().await.unwrap();
+    let elsewhere = deploy_flags::FeatureFlagManager::open(server.store.clone(), Default::default())
+        .await
+        .unwrap();
+    elsewhere
+        .create_flag(
+            "elsewhere",
+            deploy_flags::FlagDefinition::new("made-elsewhere", true),
+        )
+        .await
+        .unwrap();
+    let url = format!("{}/api/client/features", server.base);
+    let served = async {
+        loop {
+            let body: Value = server
+                .http
+                .get(&url)
+                .header("authorization", &server.client_token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if body["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|feature| feature["name"] == "made-elsewhere")
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), served)
+        .await
+        .expect("the other process's flag was not served within 5 s");
+    sync.abort();
+}
