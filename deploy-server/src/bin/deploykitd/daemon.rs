@@ -193,16 +193,14 @@ pub(crate) async fn run(
         traffic.push(fleet.generate_traffic(&app.name, app.traffic.div_ceil(10), Duration::from_millis(100)));
     }
 
-    // One deployer per app.
+    // The control records' limits and clock, shared by the deployers and the server.
     let control = ControlOptions {
         history_limit: config.history_limit,
         events_per_revision: config.events_per_revision,
         clock: Arc::clone(&clock),
     };
-    let mut deployers: Vec<(
-        String,
-        JoinHandle<Result<(), deploy_strategies::control::ControlError>>,
-    )> = Vec::new();
+    // Built now, started once the server is bound: a setup error leaves every app alone.
+    let mut rollouts_by_app = Vec::new();
     for app in &config.apps {
         let rollout = Rollout::builder(
             app.strategy.clone(),
@@ -215,12 +213,7 @@ pub(crate) async fn run(
             app: app.name.to_string(),
             source,
         })?;
-        let deployer = Deployer::new(app.name.clone(), rollout, control.clone());
-        let mut stopped = stopped.clone();
-        let task = tokio::spawn(deployer.run(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }));
-        deployers.push((app.name.to_string(), task));
+        rollouts_by_app.push((app.name.clone(), rollout));
     }
     let rollouts = RolloutClient::with_options(Arc::clone(&store), control.clone());
 
@@ -288,16 +281,15 @@ pub(crate) async fn run(
         .incidents(Arc::clone(&incidents))
         .dispatcher(Arc::clone(&dispatcher))
         .allow_anonymous_reads(config.allow_anonymous_reads);
-    let generated;
     let token = match &config.bootstrap {
         Some((name, secret)) => {
             builder = builder.bootstrap_token(name.clone(), secret.expose().clone());
             demo.as_ref().map(|demo| demo.token.clone())
         }
         None => {
-            generated = crate::token::generate();
+            let generated = crate::token::generate();
             builder = builder.bootstrap_token(config.bootstrap_name.clone(), generated.clone());
-            Some(generated.clone())
+            Some(generated)
         }
     };
     let router = builder
@@ -314,6 +306,16 @@ pub(crate) async fn run(
         addr: config.listen,
         source,
     })?;
+    // One deployer per app.
+    let mut deployers = Vec::new();
+    for (app, rollout) in rollouts_by_app {
+        let mut stopped = stopped.clone();
+        let deployer = Deployer::new(app.clone(), rollout, control.clone());
+        let task = tokio::spawn(deployer.run(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+        deployers.push((app, task));
+    }
     announce(local, &config, token.as_deref(), demo.is_some());
 
     let demo_drivers: Vec<JoinHandle<()>> = match &demo {
