@@ -74,6 +74,34 @@ where
     response
 }
 
+/// A layer for [`serve`](crate::serve): event streams end once `closing` turns true, so a
+/// graceful shutdown is not held open by clients that follow events (their connections
+/// would otherwise never finish). Other responses pass through untouched.
+pub(crate) fn end_streams_on(
+    router: axum::Router,
+    closing: tokio::sync::watch::Receiver<bool>,
+) -> axum::Router {
+    router.layer(axum::middleware::map_response(move |response: Response| {
+        let mut closing = closing.clone();
+        async move {
+            let streaming = response
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
+            if !streaming {
+                return response;
+            }
+            let (parts, body) = response.into_parts();
+            let closed = async move {
+                // A dropped sender (the server is gone) closes the streams too.
+                let _ = closing.wait_for(|closing| *closing).await;
+            };
+            let body = body.into_data_stream().take_until(Box::pin(closed));
+            Response::from_parts(parts, axum::body::Body::from_stream(body))
+        }
+    }))
+}
+
 /// The `Last-Event-ID` a reconnecting client sent: trimmed, `None` when absent, empty or not
 /// text.
 pub(crate) fn last_event_id(headers: &HeaderMap) -> Option<String> {

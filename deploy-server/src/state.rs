@@ -417,7 +417,7 @@ impl ServerBuilder {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets requests in flight
-/// finish.
+/// finish; event streams (SSE) end at once, so followers do not hold the shutdown open.
 ///
 /// # Errors
 /// [`ServerError::Io`] when serving fails.
@@ -426,10 +426,25 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let (router, shutdown) = closing_streams(router, shutdown);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ServerError::Io)
+}
+
+/// `router` with its event streams ending when `shutdown` completes, and the shutdown
+/// future that ends them.
+fn closing_streams(
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (Router, impl Future<Output = ()> + Send + 'static) {
+    let (close, closing) = tokio::sync::watch::channel(false);
+    let router = crate::sse::end_streams_on(router, closing);
+    (router, async move {
+        shutdown.await;
+        let _ = close.send(true);
+    })
 }
 
 #[cfg(feature = "tls")]
@@ -566,6 +581,7 @@ mod tls {
                 });
             }
         });
+        let (router, shutdown) = super::closing_streams(router, shutdown);
         let served = axum::serve(TlsListener { local, ready }, router)
             .with_graceful_shutdown(shutdown)
             .await;

@@ -446,3 +446,45 @@ async fn a_section_that_cannot_be_read_is_flagged_and_the_scrape_still_answers()
         );
     }
 }
+
+/// A client following events does not hold a graceful shutdown open: its stream ends when
+/// the shutdown starts, and `serve` returns.
+#[tokio::test]
+async fn shutdown_ends_open_event_streams() {
+    let store = Arc::new(MemoryStore::new());
+    let router = ServerBuilder::new(store.clone())
+        .rollouts(RolloutClient::new(store))
+        .bootstrap_token("root", ADMIN)
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(deploy_server::serve(listener, router, async {
+        let _ = stopped.await;
+    }));
+    let events = reqwest::Client::new()
+        .get(format!("http://{address}/api/rollouts/shop/events"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), reqwest::StatusCode::OK);
+    assert!(
+        events.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+
+    stop.send(()).unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(5), events.text())
+        .await
+        .expect("the event stream ends at shutdown");
+    assert!(body.is_ok(), "the stream ends cleanly: {body:?}");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns with a follower connected")
+        .unwrap()
+        .unwrap();
+}
