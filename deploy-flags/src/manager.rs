@@ -72,18 +72,25 @@ impl QuarantinedFlag {
     }
 }
 
-/// Refuses a name that is empty or has a character other than ASCII letters, digits, `.`,
-/// `_` and `-`: names become store keys, and a `/` would reach into another flag's keys.
+/// The longest flag name the manager stores, in bytes.
+const MAX_FLAG_NAME_LEN: usize = 255;
+
+/// Refuses a name that could not be a single store key segment: empty, `.` or `..`, longer
+/// than 255 bytes, or with a `/`, `\`, whitespace or a control character (a `/` would reach
+/// into another flag's keys). Any other Unicode is a name, as in Unleash
+/// (`Feature.UTF-8.Hellø_Wørld`).
 fn check_name(name: &str) -> Result<(), FlagError> {
+    let bad_char = |c: char| c == '/' || c == '\\' || c.is_whitespace() || c.is_control();
     if name.is_empty()
-        || !name
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))
+        || name == "."
+        || name == ".."
+        || name.len() > MAX_FLAG_NAME_LEN
+        || name.chars().any(bad_char)
     {
         return Err(FlagError::invalid(
             name,
             "name",
-            "must be non-empty ASCII letters, digits, `.`, `_` or `-`",
+            "must be 1 to 255 bytes without `/`, `\\`, whitespace or control characters, and not `.` or `..`",
         ));
     }
     Ok(())

@@ -541,12 +541,20 @@ async fn racing_changes_to_related_flags_never_store_an_invalid_set() {
 }
 
 /// M18: a flag named `x/0000000001` had its audit entries listed as `x`'s history. Names
-/// are now restricted to `[A-Za-z0-9._-]`, and `audit_log` lists one key depth only (for
-/// records written before the restriction).
+/// are now one key segment (no `/`, `\\`, whitespace, control characters, `.` or `..`), and
+/// `audit_log` lists one key depth only (for records written before the restriction).
 #[tokio::test]
 async fn flag_names_cannot_reach_another_flags_audit_log() {
     let (store, manager) = fresh_manager().await;
-    for name in ["x/0000000001", "", "a b", "é"] {
+    for name in [
+        "x/0000000001",
+        "",
+        "a b",
+        "..",
+        "a\\b",
+        "a\u{0}b",
+        &"x".repeat(256),
+    ] {
         let error = manager
             .create_flag("eve", FlagDefinition::new(name, true))
             .await
@@ -600,4 +608,19 @@ async fn audit_entries_beyond_the_retention_are_pruned_on_write() {
         [9, 10, 11]
     );
     assert_eq!(store.list("flags/audit/").await.unwrap().len(), 3);
+}
+
+/// Unleash's names are any Unicode (its client specification has
+/// `Feature.UTF-8.😊_φriend_你好_🌍`): the manager stores them too.
+#[tokio::test]
+async fn unicode_flag_names_are_stored_and_audited() {
+    let (_store, manager) = fresh_manager().await;
+    for name in ["Feature.UTF-8.Hellø_Wørld", "Feature.UTF-8.😊_φriend_你好_🌍"] {
+        manager
+            .create_flag("ann", FlagDefinition::new(name, true))
+            .await
+            .unwrap();
+        assert_eq!(manager.get_flag(name).await.unwrap().unwrap().revision, 1);
+        assert_eq!(manager.audit_log(name).await.unwrap().len(), 1, "{name}");
+    }
 }
