@@ -220,3 +220,120 @@ fn a_value_of_the_wrong_type_and_an_unknown_key_exit_2() {
         "{stderr}"
     );
 }
+
+/// Drops a test's PostgreSQL schema with `psql`, when it is installed (best effort: a schema
+/// left behind has a unique name and harms nothing).
+struct DropSchema {
+    url: String,
+    schema: String,
+}
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(&self.url)
+            .args([
+                "-q",
+                "-c",
+                &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_daemon_runs_a_rollout_over_postgres_with_secrets_from_the_environment() {
+    let Ok(url) = std::env::var("DEPLOYKIT_PG_URL") else {
+        deploy_testkit::real::skip("DEPLOYKIT_PG_URL is not set");
+        return;
+    };
+    let schema = format!(
+        "deploykitd_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis())
+    );
+    let _drop = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("deploykitd.yaml");
+    let config = format!(
+        "store:\n  kind: postgres\n  schema: {schema}\n\
+         apps:\n  - name: shop\n    version: 1.0.0\n    replicas: 2\n    traffic: 50\n\
+         \x20   strategy:\n      kind: canary\n      steps: [50, 100]\n      pause: 200ms\n\
+         \x20   rollout:\n      drain: 100ms\n      poll_interval: 50ms\n"
+    );
+    std::fs::write(&path, config).expect("write the config");
+    let secret = "dk_test-bootstrap-secret-0123456789";
+    let mut child = Command::new(DAEMON)
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("DEPLOYKITD_STORE__URL", &url)
+        .env("DEPLOYKITD_TOKENS__BOOTSTRAP_SECRET", secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("deploykitd starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut daemon = Daemon { child, lines };
+    let server = daemon.printed("deploykitd: serving ", Duration::from_secs(60));
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client");
+    let ready = http
+        .get(format!("{server}/readyz"))
+        .send()
+        .await
+        .expect("GET /readyz");
+    assert_eq!(ready.status(), 200, "the PostgreSQL store answers");
+
+    let started = http
+        .post(format!("{server}/api/rollouts/shop/start"))
+        .bearer_auth(secret)
+        .json(&serde_json::json!({ "version": "1.1.0" }))
+        .send()
+        .await
+        .expect("POST start");
+    assert_eq!(
+        started.status(),
+        202,
+        "the configured bootstrap token is an admin"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let history: serde_json::Value = http
+            .get(format!("{server}/api/rollouts/shop/history"))
+            .bearer_auth(secret)
+            .send()
+            .await
+            .expect("GET history")
+            .json()
+            .await
+            .expect("JSON");
+        let text = history.to_string();
+        if text.contains("1.1.0") && text.contains("completed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rollout never completed: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = daemon.terminate(Duration::from_secs(30));
+    assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
+}
