@@ -31,7 +31,7 @@ use clap::Parser;
 /// deploykit's reference daemon: the control plane (HTTP API) over a store, with a deployer
 /// per configured app.
 #[derive(Debug, Parser)]
-#[command(name = "deploykitd", version, about)]
+#[command(name = "deploykitd", version)]
 struct Args {
     /// The configuration file (.toml, .yaml, .yml or .json); `DEPLOYKITD_*` variables
     /// override its keys (`DEPLOYKITD_TOKENS__BOOTSTRAP_SECRET`).
