@@ -65,7 +65,7 @@
 //! | `GET /api/tokens`, `POST /api/tokens`, `DELETE /api/tokens/{name}`, `GET /api/audit` | A |
 //! | `POST /api/admin/api-tokens` (an Unleash client or frontend token) | A |
 //! | `GET /api/unleash/metrics` (counts reported by Unleash SDKs) | V |
-//! | `GET /api/client/features` (ETag), `POST /api/client/register`, `POST /api/client/metrics` | Unleash client token |
+//! | `GET /api/client/features` (ETag), `GET /api/client/streaming` (SSE), `POST /api/client/register`, `POST /api/client/metrics` | Unleash client token |
 //! | `GET`/`POST /api/frontend`, `POST /api/frontend/client/metrics` (CORS) | Unleash frontend token |
 //!
 //! A token scoped to apps sees and steers only those apps' rollouts; one scoped to

@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::{assert_sdk_answers, run_script, serve_all, spec_files, target_dir};
+use common::{assert_sdk_answers, propagation, run_script, serve_all, spec_files, target_dir};
 
 /// The SDK version the tests pin.
 const SDK: &str = "unleash-client@6.12.1";
@@ -73,4 +73,27 @@ async fn node_sdk_passes_every_specification_case() {
     .await
     .unwrap();
     assert_sdk_answers("node SDK", &files, &servers, &answer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_sdk_sees_a_manager_change_by_polling_and_streaming() {
+    let modules = match tokio::task::spawn_blocking(node_modules_with_sdk).await.unwrap() {
+        Ok(modules) => modules,
+        Err(reason) => {
+            deploy_testkit::real::skip(format_args!("the Unleash Node SDK is not available: {reason}"));
+            return;
+        }
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/unleash/watch_client.js");
+    let watch = || {
+        let mut command = Command::new("node");
+        command.arg(&script).env("NODE_PATH", &modules);
+        command
+    };
+    // Polling every second: within the interval (and a margin for a loaded machine).
+    let polled = propagation("node SDK", watch(), "polling").await;
+    assert!(polled < 5_000, "polling took {polled} ms");
+    // Streaming: pushed at once, no interval to wait for.
+    let pushed = propagation("node SDK", watch(), "streaming").await;
+    assert!(pushed < 1_000, "streaming took {pushed} ms");
 }

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{assert_sdk_answers, run_script, serve_all, spec_files, target_dir};
+use common::{assert_sdk_answers, propagation, run_script, serve_all, spec_files, target_dir};
 
 /// The SDK version the tests pin.
 const SDK: &str = "UnleashClient==6.9.0";
@@ -83,51 +83,6 @@ async fn python_sdk_passes_every_specification_case() {
     assert_sdk_answers("python SDK", &files, &servers, &answer);
 }
 
-/// Changes a flag through the manager while the SDK watches it; milliseconds until the SDK
-/// saw the change.
-async fn propagation(python: PathBuf, mode: &'static str) -> u64 {
-    use std::io::{BufRead as _, BufReader, Write as _};
-    let spec = serde_json::json!({"state": {"version": 2, "features": [
-        {"name": "watched", "enabled": true, "strategies": [{"name": "default"}]}]}});
-    let server = common::serve_spec(&spec, deploy_server::unleash::UnleashConfig::default()).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/unleash/watch_client.py");
-    let mut child = Command::new(python)
-        .arg(script)
-        .args([
-            &format!("{}/api", server.base),
-            &server.client_token,
-            "watched",
-            mode,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = tokio::task::spawn_blocking(move || {
-        let line = lines.next().unwrap().unwrap();
-        (line, lines)
-    })
-    .await
-    .unwrap();
-    let (line, mut lines) = ready;
-    assert_eq!(line, "ready true", "{mode}");
-    server.manager.disable_flag("test", "watched").await.unwrap();
-    writeln!(stdin, "changed").unwrap();
-    let seen = tokio::task::spawn_blocking(move || lines.next().unwrap().unwrap())
-        .await
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let millis = seen
-        .strip_prefix("seen ")
-        .unwrap_or_else(|| panic!("{mode}: the SDK never saw the change: {seen}"))
-        .parse()
-        .unwrap();
-    eprintln!("python SDK ({mode}): a change through the manager reached the SDK in {millis} ms");
-    millis
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_sees_a_manager_change_by_polling_and_streaming() {
     let python = match tokio::task::spawn_blocking(python_with_sdk).await.unwrap() {
@@ -138,9 +93,17 @@ async fn python_sdk_sees_a_manager_change_by_polling_and_streaming() {
         }
     };
     // Polling every second: within the interval (and a margin for a loaded machine).
-    let polled = propagation(python.clone(), "polling").await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/unleash/watch_client.py");
+    let watch = |mode: &str| {
+        let mut command = Command::new(&python);
+        command.arg(&script);
+        (command, mode.to_owned())
+    };
+    let (command, mode) = watch("polling");
+    let polled = propagation("python SDK", command, &mode).await;
     assert!(polled < 5_000, "polling took {polled} ms");
     // Streaming: pushed at once, no interval to wait for.
-    let pushed = propagation(python, "streaming").await;
+    let (command, mode) = watch("streaming");
+    let pushed = propagation("python SDK", command, &mode).await;
     assert!(pushed < 1_000, "streaming took {pushed} ms");
 }

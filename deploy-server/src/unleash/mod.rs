@@ -4,7 +4,9 @@
 //! - Client API, for server-side SDKs that evaluate locally: `GET /api/client/features`
 //!   (the manager's flags exported with [`export_client_features`], served from bytes cached
 //!   per snapshot of the engine, with an `ETag`; `If-None-Match` answers 304),
-//!   `POST /api/client/register`, `POST /api/client/metrics`.
+//!   `GET /api/client/streaming` (Server-Sent Events: a hydration, then the delta events of
+//!   every change, as Unleash's streaming SDKs read them), `POST /api/client/register`,
+//!   `POST /api/client/metrics`.
 //! - Frontend API, for browsers and mobile apps, evaluated here: `GET /api/frontend` (the
 //!   context in the query), `POST /api/frontend` (the context in the body),
 //!   `POST /api/frontend/client/metrics`; CORS for the configured origins.

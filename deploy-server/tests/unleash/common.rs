@@ -369,3 +369,48 @@ pub(crate) fn assert_sdk_answers_except(
     eprintln!("{sdk}: {passed} cases passed");
     (passed, left_out)
 }
+
+/// Starts a server with one flag, `watched` (on), runs `command` (a watch script, given the
+/// client API's URL, a client token, the flag and `mode` as arguments), changes the flag
+/// through the manager once the script is ready, and returns the milliseconds the script took
+/// to see the change.
+pub(crate) async fn propagation(sdk: &str, mut command: std::process::Command, mode: &str) -> u64 {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::Stdio;
+    let spec = json!({"state": {"version": 2, "features": [
+        {"name": "watched", "enabled": true, "strategies": [{"name": "default"}]}]}});
+    let server = serve_spec(&spec, UnleashConfig::default()).await;
+    let mut child = command
+        .args([
+            &format!("{}/api", server.base),
+            &server.client_token,
+            "watched",
+            mode,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (line, mut lines) = tokio::task::spawn_blocking(move || {
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        (line, lines)
+    })
+    .await
+    .unwrap();
+    assert_eq!(line, "ready true", "{sdk} ({mode}) did not get ready");
+    server.manager.disable_flag("test", "watched").await.unwrap();
+    writeln!(stdin, "changed").unwrap();
+    let seen = tokio::task::spawn_blocking(move || lines.next().and_then(Result::ok).unwrap_or_default())
+        .await
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{sdk} ({mode}) failed");
+    let millis = seen
+        .strip_prefix("seen ")
+        .unwrap_or_else(|| panic!("{sdk} ({mode}) never saw the change: {seen:?}"))
+        .parse()
+        .unwrap();
+    eprintln!("{sdk} ({mode}): a change through the manager reached the SDK in {millis} ms");
+    millis
+}
