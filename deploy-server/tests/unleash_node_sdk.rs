@@ -52,6 +52,16 @@ fn node_modules_with_sdk() -> Result<PathBuf, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_sdk_passes_every_specification_case() {
+    run_specification("full").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_sdk_polling_the_delta_api_passes_every_specification_case() {
+    run_specification("delta").await;
+}
+
+/// Every case through the SDK, polling `/client/features` (`full`) or `/client/delta`.
+async fn run_specification(format: &str) {
     let files = spec_files();
     if files.is_empty() {
         return;
@@ -63,7 +73,10 @@ async fn node_sdk_passes_every_specification_case() {
             return;
         }
     };
-    let (servers, entries) = serve_all(&files).await;
+    let (servers, mut entries) = serve_all(&files).await;
+    for entry in entries.as_array_mut().unwrap() {
+        entry["format"] = format.into();
+    }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/unleash/spec_client.js");
     let answer = tokio::task::spawn_blocking(move || {
         let mut command = Command::new("node");
@@ -72,7 +85,7 @@ async fn node_sdk_passes_every_specification_case() {
     })
     .await
     .unwrap();
-    assert_sdk_answers("node SDK", &files, &servers, &answer);
+    assert_sdk_answers(&format!("node SDK ({format})"), &files, &servers, &answer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,4 +109,7 @@ async fn node_sdk_sees_a_manager_change_by_polling_and_streaming() {
     // Streaming: pushed at once, no interval to wait for.
     let pushed = propagation("node SDK", watch(), "streaming").await;
     assert!(pushed < 1_000, "streaming took {pushed} ms");
+    // Polling the delta API every second.
+    let deltas = propagation("node SDK", watch(), "delta").await;
+    assert!(deltas < 5_000, "delta polling took {deltas} ms");
 }

@@ -11,7 +11,9 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use deploy_flags::FeatureFlagManager;
 use deploy_flags::model::FlagSet;
-use deploy_flags::unleash::{ClientFeatures, DeltaEvent, delta_between, export_client_features};
+use deploy_flags::unleash::{
+    ClientFeatures, ClientFeaturesDelta, DeltaEvent, delta_between, export_client_features,
+};
 use futures::StreamExt as _;
 use parking_lot::RwLock;
 use serde::Deserialize;
@@ -29,35 +31,27 @@ use crate::state::AppState;
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/client/features", get(features))
+        .route("/api/client/delta", get(delta))
         .route("/api/client/streaming", get(streaming))
         .route("/api/client/register", post(register))
         .route("/api/client/metrics", post(client_metrics))
 }
 
-/// A serialised client-features document and its entity tag.
+/// A serialised document and its entity tag.
 #[derive(Debug)]
-pub(super) struct Cached {
-    /// The engine snapshot it was made from.
-    version: u64,
-    document: Arc<ClientFeatures>,
+struct Tagged {
     body: Bytes,
     etag: HeaderValue,
 }
 
-impl Cached {
-    fn of(version: u64, set: &FlagSet) -> Result<Self, ApiError> {
-        let export = export_client_features(set);
-        for warning in &export.warnings {
-            tracing::debug!(flag = %warning.flag, message = %warning.message, "unleash export approximated");
-        }
-        let body = serde_json::to_vec(&export.features).map_err(ApiError::internal)?;
-        // From the bytes: replicas serving the same flags give the same tag.
+impl Tagged {
+    /// `body` tagged by its digest (so replicas serving the same flags give the same tag),
+    /// the tag prefixed with `kind`.
+    fn of(kind: &str, body: Vec<u8>) -> Result<Self, ApiError> {
         let digest = Sha256::digest(&body);
         let tag: String = digest[..12].iter().map(|byte| format!("{byte:02x}")).collect();
-        let etag = HeaderValue::from_str(&format!("\"{tag}\"")).map_err(ApiError::internal)?;
+        let etag = HeaderValue::from_str(&format!("\"{kind}{tag}\"")).map_err(ApiError::internal)?;
         Ok(Self {
-            version,
-            document: Arc::new(export.features),
             body: Bytes::from(body),
             etag,
         })
@@ -83,6 +77,48 @@ impl Cached {
             self.body.clone(),
         )
             .into_response()
+    }
+}
+
+/// The flags of one engine snapshot as client features: the document, and its serialised
+/// forms for `/api/client/features` (full) and `/api/client/delta` (a hydration event).
+#[derive(Debug)]
+pub(super) struct Cached {
+    /// The engine snapshot it was made from.
+    version: u64,
+    document: Arc<ClientFeatures>,
+    full: Tagged,
+    delta: Tagged,
+}
+
+impl Cached {
+    fn of(version: u64, set: &FlagSet) -> Result<Self, ApiError> {
+        let export = export_client_features(set);
+        for warning in &export.warnings {
+            tracing::debug!(flag = %warning.flag, message = %warning.message, "unleash export approximated");
+        }
+        let full = Tagged::of(
+            "",
+            serde_json::to_vec(&export.features).map_err(ApiError::internal)?,
+        )?;
+        let hydration = ClientFeaturesDelta {
+            events: vec![DeltaEvent::Hydration {
+                event_id: version,
+                features: export.features.features.clone(),
+                segments: export.features.segments.clone(),
+            }],
+        };
+        let delta = Tagged::of("d", serde_json::to_vec(&hydration).map_err(ApiError::internal)?)?;
+        Ok(Self {
+            version,
+            document: Arc::new(export.features),
+            full,
+            delta,
+        })
+    }
+
+    fn respond(&self, headers: &HeaderMap) -> Response {
+        self.full.respond(headers)
     }
 }
 
@@ -158,6 +194,25 @@ async fn features(
             Ok(Cached::of(snapshot.version(), &set)?.respond(&headers))
         }
     }
+}
+
+/// `GET /api/client/delta` (client token): the delta API as Unleash's SDKs poll it
+/// (`format: delta`): the state as one hydration event whose id is the engine's snapshot
+/// version, from cached bytes with an `ETag`; a matching `If-None-Match` answers 304. A
+/// hydration is always a valid answer, whatever state the SDK holds.
+async fn delta(
+    State(state): State<AppState>,
+    Extension(shared): Extension<Arc<Shared>>,
+    caller: UnleashCaller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.require(TokenKind::Client)?;
+    let manager = state.flags()?;
+    let cached = match caller.sees_flags(&shared) {
+        true => shared.features.current(manager)?,
+        false => shared.features.empty()?,
+    };
+    Ok(cached.delta.respond(&headers))
 }
 
 /// `GET /api/client/streaming` (client token): Server-Sent Events as Unleash's streaming

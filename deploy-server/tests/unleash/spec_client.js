@@ -1,7 +1,7 @@
 // Runs Unleash client-specification cases through the official Node SDK (`unleash-client`).
 //
 // Reads a JSON list from stdin: [{"name", "url", "token", "features": N, "tests": [...],
-// "variantTests": [...]}], one entry per specification file, each with its own server. For
+// "variantTests": [...], "format": "full" or "delta" (optional)}], one entry per specification file, each with its own server. For
 // each entry it starts an SDK client against `url`, waits until it has loaded N features,
 // evaluates every case with isEnabled / getVariant, and prints one JSON object on stdout:
 // {"files": [{"name", "loaded": [...], "tests": [...], "variantTests": [...]}]}.
@@ -30,6 +30,8 @@ async function runFile(entry) {
     metricsInterval: 1000,
     storageProvider: new InMemStorageProvider(),
     timeout: 5000,
+    // `delta`: poll /client/delta instead of /client/features.
+    experimentalMode: { type: 'polling', format: entry.format || 'full' },
   });
   client.on('error', (error) => process.stderr.write(`${entry.name}: ${error}\n`));
   try {

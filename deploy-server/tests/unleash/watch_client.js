@@ -1,6 +1,7 @@
 // Measures how long a flag change takes to reach the official Node SDK (`unleash-client`).
 //
-// Arguments: URL TOKEN FLAG MODE (MODE: polling, with a 1 s refresh interval, or streaming).
+// Arguments: URL TOKEN FLAG MODE (MODE: polling, with a 1 s refresh interval; delta, polling
+// /client/delta every second; or streaming).
 // Prints "ready <true|false>" once the SDK has loaded FLAG, then waits for a line on stdin
 // (sent right after the server changed the flag), then prints "seen <milliseconds>" when
 // isEnabled(FLAG) has flipped, or "timeout" after 15 s. Run with NODE_PATH pointing at the
@@ -21,7 +22,7 @@ async function main() {
     refreshInterval: 1000,
     disableMetrics: true,
     storageProvider: new InMemStorageProvider(),
-    experimentalMode: { type: mode, format: 'full' },
+    experimentalMode: mode === 'delta' ? { type: 'polling', format: 'delta' } : { type: mode, format: 'full' },
   });
   client.on('error', (error) => process.stderr.write(`${error}\n`));
   const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
