@@ -337,3 +337,81 @@ async fn a_configured_daemon_runs_a_rollout_over_postgres_with_secrets_from_the_
     let status = daemon.terminate(Duration::from_secs(30));
     assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
 }
+
+/// Throwaway test material, the same as `tests/api_tls.rs`' (a CA and a `localhost` /
+/// 127.0.0.1 leaf it signed, valid for 100 years, made with openssl for tests only).
+#[cfg(feature = "tls")]
+const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBjjCCATWgAwIBAgIUeFKGFIyp4cWJ4BxJgftemy7rzWIwCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRZGVwbG95a2l0IHRlc3QgQ0EwIBcNMjYxMTMwMTQ1MTQ4WhgP\nMjEyNjExMDYxNDUxNDhaMBwxGjAYBgNVBAMMEWRlcGxveWtpdCB0ZXN0IENBMFkw\nEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEV0DglGt0v0qWRBzLbWoNNPrC7Bl9UY1j\nxgzJIZHVu9nu7CTnDShlUGM9ILn8C3/uCkoGP9h9X55QEEXSD5gzSqNTMFEwHQYD\nVR0OBBYEFKNc4bvRw/Ra/N9R4XyNnPU3z3GrMB8GA1UdIwQYMBaAFKNc4bvRw/Ra\n/N9R4XyNnPU3z3GrMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIg\nRURnTC12DK/MYgc2/QWuVy98a0ZaxQJWhuJmWAMAiJgCIFAC5K9UThgYcLdls3eX\nVJqvqs57UyB//rRVFx/tGcom\n-----END CERTIFICATE-----\n";
+#[cfg(feature = "tls")]
+const TEST_CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----\nMIIBwTCCAWegAwIBAgIUb08P4EDDWS/RI4fTqWPP/E3h+rMwCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRZGVwbG95a2l0IHRlc3QgQ0EwIBcNMjYxMTMwMTQ1MTQ4WhgP\nMjEyNjExMDYxNDUxNDhaMBQxEjAQBgNVBAMMCWxvY2FsaG9zdDBZMBMGByqGSM49\nAgEGCCqGSM49AwEHA0IABPZxeFx3vJxb/qmxo23zNW2F6K+XgdTTAeAh1CrZwGc0\nlmJOm+vquG4eelm8Br0kPdXmmEenJvtKZfeEP4H6a1KjgYwwgYkwGgYDVR0RBBMw\nEYIJbG9jYWxob3N0hwR/AAABMAkGA1UdEwQCMAAwCwYDVR0PBAQDAgeAMBMGA1Ud\nJQQMMAoGCCsGAQUFBwMBMB0GA1UdDgQWBBRMFmFJ4x1/vvkQbTiygP0P3T1IOTAf\nBgNVHSMEGDAWgBSjXOG70cP0WvzfUeF8jZz1N89xqzAKBggqhkjOPQQDAgNIADBF\nAiA18cGMgUtgnzogDAmshwEKpWzSoQ2UOnkoZMCH1WmwggIhAIo5AUY684Sqi49K\nX3UvWrjS31NyUKuVOxjbJoduzHTc\n-----END CERTIFICATE-----\n";
+#[cfg(feature = "tls")]
+const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgUUSsNX5aPjIysbtc\nvTBDG4L49uFikmHL+D4iVu3lIX2hRANCAAT2cXhcd7ycW/6psaNt8zVtheivl4HU\n0wHgIdQq2cBnNJZiTpvr6rhuHnpZvAa9JD3V5phHpyb7SmX3hD+B+mtS\n-----END PRIVATE KEY-----\n";
+
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_with_a_tls_section_serves_https() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("cert.pem"), TEST_CERTIFICATE).expect("write the certificate");
+    std::fs::write(dir.path().join("key.pem"), TEST_KEY).expect("write the key");
+    let path = dir.path().join("deploykitd.toml");
+    std::fs::write(
+        &path,
+        "[store]\nkind = \"memory\"\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
+    )
+    .expect("write the config");
+    let secret = "dk_test-bootstrap-secret-0123456789";
+    let mut child = Command::new(DAEMON)
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("DEPLOYKITD_TOKENS__BOOTSTRAP_SECRET", secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("deploykitd starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut daemon = Daemon { child, lines };
+    let server = daemon.printed("deploykitd: serving ", Duration::from_secs(60));
+    assert!(server.starts_with("https://"), "{server}");
+
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(TEST_CA.as_bytes()).expect("the CA"))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client");
+    let health = http
+        .get(format!("{server}/healthz"))
+        .send()
+        .await
+        .expect("GET /healthz over TLS");
+    assert_eq!(health.status(), 200);
+    let rollouts = http
+        .get(format!("{server}/api/rollouts"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .expect("GET /api/rollouts over TLS");
+    assert_eq!(rollouts.status(), 200);
+    let status = daemon.terminate(Duration::from_secs(30));
+    assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
+}
+
+#[cfg(not(feature = "tls"))]
+#[test]
+fn a_tls_section_needs_the_tls_feature() {
+    let (_dir, path) = bad_config("[store]\nkind = \"memory\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n");
+    let (code, stderr) = run_bad(&path);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`tls`") && stderr.contains("deploykitd.toml:3"),
+        "{stderr}"
+    );
+}

@@ -59,6 +59,18 @@ pub(crate) struct RawConfig {
     flags: RawFlags,
     #[serde(default)]
     alerts: RawAlerts,
+    /// Serve HTTPS (feature `tls`).
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    /// The certificate chain (PEM), relative to the configuration file.
+    cert: String,
+    /// The private key (PEM), relative to the configuration file.
+    key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -304,6 +316,8 @@ pub(crate) struct DaemonConfig {
     pub(crate) flags_file: Option<PathBuf>,
     /// Alerting.
     pub(crate) alerts: AlertsConfig,
+    /// HTTPS: the certificate chain and the key (PEM files).
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where records live.
@@ -536,6 +550,13 @@ impl DaemonConfig {
 
         let flags_file = raw.flags.file.map(|file| base.join(file));
         let alerts = alerts_config(&mut check, raw.alerts, &apps);
+        let tls = raw.tls.map(|tls| (base.join(tls.cert), base.join(tls.key)));
+        if tls.is_some() && !cfg!(feature = "tls") {
+            check.invalid(
+                "tls",
+                "needs a deploykitd built with the `tls` feature (cargo install --path deploy-server --features tls)",
+            );
+        }
 
         if !check.errors.is_empty() {
             return Err(ConfigErrors(check.errors));
@@ -552,6 +573,7 @@ impl DaemonConfig {
             apps,
             flags_file,
             alerts,
+            tls,
         })
     }
 }

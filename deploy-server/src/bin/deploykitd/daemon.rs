@@ -296,6 +296,15 @@ pub(crate) async fn run(
         .build()
         .map_err(|error| DaemonError::Server(error.to_string()))?;
 
+    #[cfg(feature = "tls")]
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(
+            deploy_server::TlsConfig::from_pem_files(cert, key)
+                .map_err(|error| DaemonError::Server(error.to_string()))?,
+        ),
+        None => None,
+    };
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| DaemonError::Bind {
@@ -338,13 +347,16 @@ pub(crate) async fn run(
 
     let server = {
         let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .await
-        })
+        let stopping = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        #[cfg(feature = "tls")]
+        match tls {
+            Some(tls) => tokio::spawn(deploy_server::serve_tls(listener, router, tls, stopping)),
+            None => tokio::spawn(deploy_server::serve(listener, router, stopping)),
+        }
+        #[cfg(not(feature = "tls"))]
+        tokio::spawn(deploy_server::serve(listener, router, stopping))
     };
 
     shutdown.await;
@@ -360,8 +372,11 @@ pub(crate) async fn run(
         }
     }
     // Open event streams never end by themselves: give connections a bounded time.
-    if tokio::time::timeout_at(deadline, server).await.is_err() {
-        eprintln!("deploykitd: closing connections still open after {SHUTDOWN_GRACE:?}");
+    match tokio::time::timeout_at(deadline, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => eprintln!("deploykitd: serving ended with: {error}"),
+        Ok(Err(error)) => eprintln!("deploykitd: the server task failed: {error}"),
+        Err(_) => eprintln!("deploykitd: closing connections still open after {SHUTDOWN_GRACE:?}"),
     }
     for driver in demo_drivers {
         driver.abort();
@@ -374,7 +389,8 @@ pub(crate) async fn run(
 
 /// Prints where the daemon serves, and what to try.
 fn announce(local: SocketAddr, config: &DaemonConfig, token: Option<&str>, demo: bool) {
-    let url = format!("http://{local}");
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{local}");
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "deploykitd: serving {url}");
     let apps: Vec<String> = config.apps.iter().map(|app| app.name.to_string()).collect();

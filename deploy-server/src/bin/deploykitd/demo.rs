@@ -140,6 +140,7 @@ pub(crate) fn config(dir: &Path, listen: SocketAddr, token: String) -> DaemonCon
             },
             receivers: vec!["log".into()],
         },
+        tls: None,
     }
 }
 
