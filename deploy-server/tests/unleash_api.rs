@@ -537,3 +537,27 @@ async fn a_change_made_by_another_process_is_served_once_the_manager_syncs() {
         .expect("the other process's flag was not served within 5 s");
     sync.abort();
 }
+
+#[test]
+fn the_openapi_description_lists_every_unleash_route() {
+    use utoipa::OpenApi as _;
+    let doc = serde_json::to_value(deploy_server::unleash::UnleashApi::openapi()).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/client/features", "get"),
+        ("/api/client/delta", "get"),
+        ("/api/client/streaming", "get"),
+        ("/api/client/register", "post"),
+        ("/api/client/metrics", "post"),
+        ("/api/frontend", "get"),
+        ("/api/frontend", "post"),
+        ("/api/frontend/client/metrics", "post"),
+        ("/api/admin/api-tokens", "post"),
+        ("/api/unleash/metrics", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|item| item.get(method)).is_some(),
+            "{method} {path}"
+        );
+    }
+}

@@ -173,6 +173,16 @@ struct FeaturesQuery {
 
 /// `GET /api/client/features` (client token): every flag the token sees, as Unleash client
 /// features, with an `ETag`; a matching `If-None-Match` answers 304 with no body.
+#[utoipa::path(get, path = "/api/client/features", tag = "unleash",
+    description = "Unleash client API (`Authorization: <client token>`): every flag the token sees, as Unleash client features.",
+    params(("namePrefix" = Option<String>, Query, description = "Only features whose name starts with this"),
+           ("If-None-Match" = Option<String>, Header, description = "The ETag of the state held")),
+    responses(
+        (status = 200, description = "Client features, with an ETag", body = Object),
+        (status = 304, description = "Unchanged since the ETag sent"),
+        (status = 401, description = "No valid token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not an Unleash client token", body = crate::error::ErrorBody),
+    ))]
 async fn features(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<Shared>>,
@@ -200,6 +210,14 @@ async fn features(
 /// (`format: delta`): the state as one hydration event whose id is the engine's snapshot
 /// version, from cached bytes with an `ETag`; a matching `If-None-Match` answers 304. A
 /// hydration is always a valid answer, whatever state the SDK holds.
+#[utoipa::path(get, path = "/api/client/delta", tag = "unleash",
+    description = "Unleash delta API (`Authorization: <client token>`): the state as a hydration event.",
+    params(("If-None-Match" = Option<String>, Header, description = "The ETag of the state held")),
+    responses(
+        (status = 200, description = "Delta events, with an ETag", body = Object),
+        (status = 304, description = "Unchanged since the ETag sent"),
+        (status = 403, description = "Not an Unleash client token", body = crate::error::ErrorBody),
+    ))]
 async fn delta(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<Shared>>,
@@ -220,6 +238,12 @@ async fn delta(
 /// state, then, after every change of the manager's flags, `unleash-updated` with the delta
 /// events from the state last sent ([`delta_between`]): a change reaches connected SDKs at
 /// once. Event ids count up per connection; a reconnecting SDK gets a new hydration.
+#[utoipa::path(get, path = "/api/client/streaming", tag = "unleash",
+    description = "Unleash streaming (`Authorization: <client token>`): Server-Sent Events `unleash-connected` (hydration), then `unleash-updated` (delta events) after every change.",
+    responses(
+        (status = 200, description = "An event stream (text/event-stream)", body = String),
+        (status = 403, description = "Not an Unleash client token", body = crate::error::ErrorBody),
+    ))]
 async fn streaming(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<Shared>>,
@@ -300,6 +324,14 @@ struct Registration {
 }
 
 /// `POST /api/client/register` (client token): an SDK announces itself; 202.
+#[utoipa::path(post, path = "/api/client/register", tag = "unleash",
+    description = "Unleash client API (`Authorization: <client token>`): an SDK announces itself.",
+    request_body = Object,
+    responses(
+        (status = 202, description = "Taken"),
+        (status = 400, description = "Not a registration (`appName` is required)", body = crate::error::ErrorBody),
+        (status = 403, description = "Not an Unleash client token", body = crate::error::ErrorBody),
+    ))]
 async fn register(
     caller: UnleashCaller,
     body: Result<ApiJson<Registration>, ApiError>,
@@ -317,6 +349,14 @@ async fn register(
 }
 
 /// `POST /api/client/metrics` (client token): an SDK's counts of one time bucket; 202.
+#[utoipa::path(post, path = "/api/client/metrics", tag = "unleash",
+    description = "Unleash client API (`Authorization: <client token>`): yes/no and variant counts of one time bucket.",
+    request_body = Object,
+    responses(
+        (status = 202, description = "Counted"),
+        (status = 400, description = "Not a metrics report", body = crate::error::ErrorBody),
+        (status = 403, description = "Not an Unleash client token", body = crate::error::ErrorBody),
+    ))]
 async fn client_metrics(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<Shared>>,

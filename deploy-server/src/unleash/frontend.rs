@@ -159,6 +159,12 @@ fn evaluate(
 }
 
 /// `GET /api/frontend` (frontend token): the flags on for the context in the query.
+#[utoipa::path(get, path = "/api/frontend", tag = "unleash",
+    description = "Unleash frontend API (`Authorization: <frontend token>`): the flags on for the context in the query (`userId=..`, `properties[name]=..`), with their variants.",
+    responses(
+        (status = 200, description = "`{\"toggles\": [...]}`", body = Object),
+        (status = 403, description = "Not an Unleash frontend token", body = crate::error::ErrorBody),
+    ))]
 async fn evaluate_query(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<Shared>>,
@@ -171,6 +177,13 @@ async fn evaluate_query(
 
 /// `POST /api/frontend` (frontend token): the flags on for the context in the body
 /// (`{"context": {...}}`, or the context itself).
+#[utoipa::path(post, path = "/api/frontend", tag = "unleash",
+    description = "Unleash frontend API (`Authorization: <frontend token>`): the flags on for the context in the body (`{\"context\": {...}}`).",
+    request_body = Object,
+    responses(
+        (status = 200, description = "`{\"toggles\": [...]}`", body = Object),
+        (status = 403, description = "Not an Unleash frontend token", body = crate::error::ErrorBody),
+    ))]
 async fn evaluate_body(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<Shared>>,
@@ -186,6 +199,13 @@ async fn evaluate_body(
 }
 
 /// `POST /api/frontend/client/metrics` (frontend token): a frontend SDK's counts; 202.
+#[utoipa::path(post, path = "/api/frontend/client/metrics", tag = "unleash",
+    description = "Unleash frontend API (`Authorization: <frontend token>`): a frontend SDK's counts.",
+    request_body = Object,
+    responses(
+        (status = 202, description = "Counted"),
+        (status = 403, description = "Not an Unleash frontend token", body = crate::error::ErrorBody),
+    ))]
 async fn frontend_metrics(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<Shared>>,

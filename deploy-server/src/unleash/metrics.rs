@@ -134,6 +134,11 @@ pub(super) async fn record(state: &AppState, report: MetricsReport) -> Result<us
 
 /// `GET /api/unleash/metrics` (control plane, viewer): the sums of every report, from the
 /// store (so every server of a deployment answers the same).
+#[utoipa::path(get, path = "/api/unleash/metrics", tag = "unleash", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Counts SDKs reported, per flag", body = Object),
+        (status = 403, description = "Not a control-plane token", body = crate::error::ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,

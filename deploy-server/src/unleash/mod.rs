@@ -72,6 +72,23 @@ impl UnleashConfig {
     }
 }
 
+/// The Unleash routes' OpenAPI description (`UnleashApi::openapi()`, with
+/// `utoipa::OpenApi` in scope), for merging into the server's document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    client::features,
+    client::delta,
+    client::streaming,
+    client::register,
+    client::client_metrics,
+    frontend::evaluate_query,
+    frontend::evaluate_body,
+    frontend::frontend_metrics,
+    tokens::create,
+    metrics::list,
+))]
+pub struct UnleashApi;
+
 /// What the Unleash handlers share.
 #[derive(Debug)]
 pub(crate) struct Shared {

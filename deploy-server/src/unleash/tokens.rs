@@ -131,6 +131,15 @@ pub struct ApiTokenResponse {
 
 /// `POST /api/admin/api-tokens` (control-plane admin): creates an Unleash client or frontend
 /// token.
+#[utoipa::path(post, path = "/api/admin/api-tokens", tag = "unleash", security(("bearer" = [])),
+    description = "Creates an Unleash client or frontend token (`{\"tokenName\", \"type\", \"environment\", \"projects\"}`); the secret is in the answer, once.",
+    request_body = Object,
+    responses(
+        (status = 201, description = "Created", body = Object),
+        (status = 400, description = "A bad name, type, environment or project", body = crate::error::ErrorBody),
+        (status = 403, description = "Not an admin", body = crate::error::ErrorBody),
+        (status = 409, description = "The name is taken", body = crate::error::ErrorBody),
+    ))]
 async fn create(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<Shared>>,
