@@ -561,3 +561,32 @@ fn the_openapi_description_lists_every_unleash_route() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_answers_carry_an_etag_and_304_when_unchanged() {
+    let server = serve_spec(&spec("01-simple-examples"), UnleashConfig::default()).await;
+    let url = format!("{}/api/frontend", server.base);
+    let get = |etag: Option<&str>| {
+        let mut request = server
+            .http
+            .get(&url)
+            .query(&[("userId", "123")])
+            .header("authorization", &server.frontend_token);
+        if let Some(etag) = etag {
+            request = request.header("if-none-match", etag);
+        }
+        request.send()
+    };
+    let first = get(None).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(get(Some(&etag)).await.unwrap().status(), 304);
+    // Another context with other answers, or a change, gives another tag.
+    let name = server.manager.engine().snapshot().to_flag_set().flags[0]
+        .name
+        .clone();
+    server.manager.delete_flag("test", &name).await.unwrap();
+    let changed = get(Some(&etag)).await.unwrap();
+    assert_eq!(changed.status(), 200);
+    assert_ne!(changed.headers()["etag"].to_str().unwrap(), etag);
+}

@@ -39,7 +39,7 @@ pub(super) fn router() -> Router<AppState> {
 
 /// A serialised document and its entity tag.
 #[derive(Debug)]
-struct Tagged {
+pub(super) struct Tagged {
     body: Bytes,
     etag: HeaderValue,
 }
@@ -47,7 +47,7 @@ struct Tagged {
 impl Tagged {
     /// `body` tagged by its digest (so replicas serving the same flags give the same tag),
     /// the tag prefixed with `kind`.
-    fn of(kind: &str, body: Vec<u8>) -> Result<Self, ApiError> {
+    pub(super) fn of(kind: &str, body: Vec<u8>) -> Result<Self, ApiError> {
         let digest = Sha256::digest(&body);
         let tag: String = digest[..12].iter().map(|byte| format!("{byte:02x}")).collect();
         let etag = HeaderValue::from_str(&format!("\"{kind}{tag}\"")).map_err(ApiError::internal)?;
@@ -57,7 +57,7 @@ impl Tagged {
         })
     }
 
-    fn respond(&self, headers: &HeaderMap) -> Response {
+    pub(super) fn respond(&self, headers: &HeaderMap) -> Response {
         let fresh = headers
             .get_all(header::IF_NONE_MATCH)
             .iter()

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use deploy_flags::{Context, FeatureFlagManager};
@@ -14,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
+use super::client::Tagged;
 use super::metrics::{self, MetricsReport};
 use super::tokens::UnleashCaller;
 use super::{Shared, context};
@@ -119,11 +121,12 @@ fn evaluate(
     shared: &Shared,
     caller: &UnleashCaller,
     context: &Context,
-) -> Result<axum::Json<Toggles>, ApiError> {
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     caller.require(TokenKind::Frontend)?;
     let manager = state.flags()?;
     if !caller.sees_flags(shared) {
-        return Ok(axum::Json(Toggles { toggles: Vec::new() }));
+        return respond(&Toggles { toggles: Vec::new() }, headers);
     }
     let engine = manager.engine();
     let toggles = shared
@@ -155,7 +158,14 @@ fn evaluate(
             })
         })
         .collect();
-    Ok(axum::Json(Toggles { toggles }))
+    respond(&Toggles { toggles }, headers)
+}
+
+/// The answer with an `ETag` of its bytes; 304 when the SDK holds it already
+/// (`If-None-Match`).
+fn respond(toggles: &Toggles, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(toggles).map_err(ApiError::internal)?;
+    Ok(Tagged::of("f", body)?.respond(headers))
 }
 
 /// `GET /api/frontend` (frontend token): the flags on for the context in the query.
@@ -169,10 +179,11 @@ async fn evaluate_query(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<Shared>>,
     caller: UnleashCaller,
+    headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<axum::Json<Toggles>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(pairs) = query.map_err(|rejection| ApiError::malformed(rejection.body_text()))?;
-    evaluate(&state, &shared, &caller, &context::from_query(&pairs))
+    evaluate(&state, &shared, &caller, &context::from_query(&pairs), &headers)
 }
 
 /// `POST /api/frontend` (frontend token): the flags on for the context in the body
@@ -188,14 +199,15 @@ async fn evaluate_body(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<Shared>>,
     caller: UnleashCaller,
+    headers: HeaderMap,
     body: Result<ApiJson<Value>, ApiError>,
-) -> Result<axum::Json<Toggles>, ApiError> {
+) -> Result<Response, ApiError> {
     let ApiJson(body) = body?;
     let context = match body.get("context") {
         Some(context) if context.is_object() => context::from_json(context),
         _ => context::from_json(&body),
     };
-    evaluate(&state, &shared, &caller, &context)
+    evaluate(&state, &shared, &caller, &context, &headers)
 }
 
 /// `POST /api/frontend/client/metrics` (frontend token): a frontend SDK's counts; 202.
