@@ -74,6 +74,7 @@
 
 pub mod auth;
 pub mod error;
+mod fanout;
 mod metrics;
 mod openapi;
 mod routes;

@@ -28,23 +28,43 @@ pub(crate) const ERROR_EVENT: &str = "error";
 /// One message: its id (resumption point), its event type and its JSON data.
 pub(crate) type SseMessage = (String, &'static str, serde_json::Value);
 
+/// A message's JSON data: a value, or text encoded once for many watchers.
+pub(crate) trait SseData: Send + 'static {
+    /// The JSON text.
+    fn json(&self) -> std::borrow::Cow<'_, str>;
+}
+
+impl SseData for serde_json::Value {
+    fn json(&self) -> std::borrow::Cow<'_, str> {
+        self.to_string().into()
+    }
+}
+
+impl SseData for std::sync::Arc<str> {
+    fn json(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
 /// An SSE response over `messages`, kept alive every [`KEEP_ALIVE`].
 ///
 /// Each `Ok((id, event, data))` becomes `id: <id>`, `event: <event>`, `data: <json>`. An
 /// `Err` ends the stream with an `error` event whose data is `{"message": <error>}` and
 /// no id (a client resuming after it resumes after the last good message).
-pub(crate) fn sse_response<S, E>(messages: S) -> Response
+pub(crate) fn sse_response<S, E, D>(messages: S) -> Response
 where
-    S: Stream<Item = Result<SseMessage, E>> + Send + 'static,
+    S: Stream<Item = Result<(String, &'static str, D), E>> + Send + 'static,
+    D: SseData,
     E: Display + Send + 'static,
 {
     sse_response_with(messages, KEEP_ALIVE)
 }
 
 /// [`sse_response`] with a keep-alive interval of `keep_alive`.
-pub(crate) fn sse_response_with<S, E>(messages: S, keep_alive: Duration) -> Response
+pub(crate) fn sse_response_with<S, E, D>(messages: S, keep_alive: Duration) -> Response
 where
-    S: Stream<Item = Result<SseMessage, E>> + Send + 'static,
+    S: Stream<Item = Result<(String, &'static str, D), E>> + Send + 'static,
+    D: SseData,
     E: Display + Send + 'static,
 {
     let events = stream::unfold(
@@ -54,7 +74,7 @@ where
                 return None;
             }
             let (event, ended) = match messages.next().await? {
-                Ok((id, kind, data)) => (Event::default().id(id).event(kind).data(data.to_string()), false),
+                Ok((id, kind, data)) => (Event::default().id(id).event(kind).data(data.json()), false),
                 Err(err) => {
                     let data = serde_json::json!({ "message": err.to_string() });
                     (Event::default().event(ERROR_EVENT).data(data.to_string()), true)

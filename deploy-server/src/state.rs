@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{Caller, TokenStore};
 use crate::error::{ApiError, ServerError};
+use crate::fanout::EventFanout;
 use crate::metrics::ServerMetrics;
 
 /// Audit entries kept unless told otherwise ([`ServerBuilder::audit_limit`]).
@@ -69,6 +70,7 @@ struct Inner {
     anonymous_reads: bool,
     audit_limit: usize,
     audit_writes: AtomicU64,
+    events: EventFanout,
 }
 
 /// What every handler shares: the store, the configured sections, the tokens, the clock
@@ -128,6 +130,11 @@ impl AppState {
             .rollouts
             .as_ref()
             .ok_or_else(|| ApiError::not_configured("rollouts"))
+    }
+
+    /// The shared followers of the apps' rollout events.
+    pub(crate) fn event_fanout(&self) -> &EventFanout {
+        &self.0.events
     }
 
     /// The flag manager.
@@ -403,6 +410,7 @@ impl ServerBuilder {
             anonymous_reads: self.anonymous_reads,
             audit_limit: self.audit_limit,
             audit_writes: AtomicU64::new(0),
+            events: EventFanout::default(),
         })))
     }
 

@@ -259,18 +259,13 @@ pub(crate) async fn events(
         (None, Some(id)) if !id.trim().is_empty() => Some(parse_event_id("after", id.trim())?),
         (None, _) => None,
     };
+    // One store follower and one encoding per event for all of the app's watchers.
     let stream = state
-        .rollouts()?
-        .follow_events(&app, after)
+        .event_fanout()
+        .follow(state.rollouts()?, &app, after)
         .await
         .map_err(control_error)?;
-    let messages = stream.map(|event| {
-        event.map(|record| {
-            let id = record.id().to_string();
-            let data = serde_json::to_value(&record).unwrap_or(serde_json::Value::Null);
-            (id, EVENT_TYPE, data)
-        })
-    });
+    let messages = stream.map(|event| event.map(|event| (event.id.to_string(), EVENT_TYPE, event.json)));
     Ok(sse_response(messages))
 }
 
