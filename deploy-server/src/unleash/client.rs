@@ -127,6 +127,7 @@ impl Cached {
 #[derive(Debug, Default)]
 pub(super) struct FeaturesCache {
     current: RwLock<Option<Arc<Cached>>>,
+    building: parking_lot::Mutex<()>,
     empty: std::sync::OnceLock<Arc<Cached>>,
 }
 
@@ -137,6 +138,14 @@ impl FeaturesCache {
         let snapshot = manager.engine().snapshot();
         if let Some(cached) = self.current.read().as_ref()
             && cached.version == snapshot.version()
+        {
+            return Ok(Arc::clone(cached));
+        }
+        // One request makes it; the others that missed wait for it rather than each
+        // serialising the same flags.
+        let _building = self.building.lock();
+        if let Some(cached) = self.current.read().as_ref()
+            && cached.version >= snapshot.version()
         {
             return Ok(Arc::clone(cached));
         }
