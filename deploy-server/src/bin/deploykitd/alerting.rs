@@ -229,4 +229,139 @@ mod tests {
             "the firing alert was routed and flushed"
         );
     }
+
+    /// A constant metric: every query answers one sample of the value held.
+    #[derive(Debug)]
+    struct Constant(f64);
+
+    #[async_trait::async_trait]
+    impl deploy_core::MetricsSource for Constant {
+        async fn query(
+            &self,
+            _query: &MetricQuery,
+        ) -> Result<deploy_core::Series, deploy_core::BackendError> {
+            let sample = deploy_core::Sample {
+                at: std::time::SystemTime::now(),
+                value: self.0,
+            };
+            Ok(deploy_core::Series::new(vec![sample]).expect("a finite sample"))
+        }
+    }
+
+    /// A firing alert reaches a webhook receiver built from the daemon's configuration,
+    /// over real HTTP, signed with the configured secret.
+    #[tokio::test]
+    async fn a_firing_alert_reaches_a_configured_webhook_signed_with_its_secret() {
+        use axum::http::HeaderMap;
+        use deploy_config::Secret;
+
+        use crate::config::{ReceiverConfig, ReceiverKind};
+
+        let (sent, mut received) = tokio::sync::mpsc::unbounded_channel::<(HeaderMap, axum::body::Bytes)>();
+        let hook = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let sent = sent.clone();
+                async move {
+                    let _ = sent.send((headers, body));
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let address = listener.local_addr().expect("its address");
+        let server = tokio::spawn(async move { axum::serve(listener, hook).await });
+
+        let secret = "webhook-signing-secret";
+        let receiver = ReceiverConfig {
+            name: "hook".into(),
+            kind: ReceiverKind::Webhook {
+                url: format!("http://{address}/hook"),
+                secret: Secret::new(secret.to_owned()),
+                timeout: Some(Duration::from_secs(5)),
+            },
+        };
+        let receivers: HashMap<String, Arc<DynNotifier>> = [(
+            "hook".to_owned(),
+            receiver.notifier().expect("a webhook notifier"),
+        )]
+        .into_iter()
+        .collect();
+        let route = RouteConfig {
+            receiver: Some("hook".into()),
+            group_wait: Some(Duration::ZERO),
+            ..RouteConfig::default()
+        };
+        let route = Route::compile(&route, &["hook".to_owned()]).expect("a route");
+        let clock = deploy_core::SystemClock::shared();
+        let dispatcher = Arc::new(Mutex::new(Dispatcher::new(route, receivers, Arc::clone(&clock))));
+        let incidents = Arc::new(
+            IncidentManager::new(
+                Arc::new(deploy_core::MemoryStore::new()),
+                Arc::new(RecordingNotifier::new()),
+                IncidentOptions {
+                    clock,
+                    ..IncidentOptions::default()
+                },
+            )
+            .expect("a manager"),
+        );
+        let rule = AlertRule {
+            name: "StableErrorRate".into(),
+            query: MetricQuery::new(
+                MetricName::error_rate(),
+                MetricTarget::Pool {
+                    app: AppId::new("web").expect("a name"),
+                    pool: Pool::stable(),
+                },
+                Duration::from_secs(30),
+            )
+            .expect("a query"),
+            comparison: deploy_incidents::Comparison::Above,
+            threshold: 0.1,
+            for_duration: Duration::ZERO,
+            keep_firing_for: Duration::ZERO,
+            labels: [("severity".to_owned(), "warning".to_owned())]
+                .into_iter()
+                .collect(),
+            annotations: Default::default(),
+        };
+        let mut alerting = Alerting::new(
+            Arc::new(Constant(0.4)),
+            &[rule],
+            Arc::clone(&dispatcher),
+            Arc::clone(&incidents),
+        )
+        .expect("valid rules");
+
+        let opened = alerting.pass(Instant::now()).await;
+        assert!(opened.is_empty(), "a warning opens no incident");
+        let (headers, body) = tokio::time::timeout(Duration::from_secs(10), received.recv())
+            .await
+            .expect("the webhook was called within 10 s")
+            .expect("a delivery");
+        let signature = headers
+            .get(deploy_backends::SIGNATURE_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .expect("a signature header");
+        let now = std::time::SystemTime::now();
+        let tolerance = Duration::from_secs(300);
+        assert!(deploy_backends::verify_signature_fresh(
+            secret.as_bytes(),
+            &body,
+            signature,
+            now,
+            tolerance
+        ));
+        assert!(
+            !deploy_backends::verify_signature_fresh(b"another secret", &body, signature, now, tolerance),
+            "the signature is the configured secret's"
+        );
+        let payload: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+        assert!(payload.to_string().contains("StableErrorRate"), "{payload}");
+        assert_eq!(payload["action"], "trigger", "{payload}");
+        server.abort();
+    }
 }

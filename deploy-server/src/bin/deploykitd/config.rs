@@ -13,11 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploy_backends::{AlertmanagerNotifier, PagerDutyNotifier, WebhookNotifier};
 use deploy_config::{
     ConfigError, ConfigErrors, ConfigSource, EnvVars, Format, Layers, MergePolicy, Node, Scope, Secret,
     known_paths,
 };
-use deploy_core::{AppId, MemoryStore, MetricName, MetricQuery, MetricTarget, Pool, Version, Weight};
+use deploy_core::{
+    AppId, BackendError, DynNotifier, MemoryStore, MetricName, MetricQuery, MetricTarget, Pool, Version,
+    Weight,
+};
 use deploy_incidents::{Comparison, RouteConfig};
 use deploy_strategies::{
     AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity, RollingSpec,
@@ -284,9 +288,37 @@ struct RawRoute {
 #[serde(deny_unknown_fields)]
 struct RawReceiver {
     name: String,
-    /// `log` (one line on standard error per notification).
+    /// `log` (one line on standard error per notification), `webhook`, `pagerduty` or
+    /// `alertmanager`.
     kind: String,
+    /// Webhook: where to post; Alertmanager: its base URL (`http://host:9093`).
+    #[serde(default)]
+    url: Option<String>,
+    /// Webhook: the HMAC signing secret.
+    #[serde(default)]
+    secret: Option<Secret<String>>,
+    /// Webhook: a `DEPLOYKITD_*` environment variable holding the signing secret.
+    #[serde(default)]
+    secret_env: Option<String>,
+    /// PagerDuty: the integration's routing key.
+    #[serde(default)]
+    routing_key: Option<Secret<String>>,
+    /// PagerDuty: a `DEPLOYKITD_*` environment variable holding the routing key.
+    #[serde(default)]
+    routing_key_env: Option<String>,
+    /// PagerDuty: the Events API v2 endpoint (default PagerDuty's own).
+    #[serde(default)]
+    events_url: Option<String>,
+    /// PagerDuty: the events' source (default `deploykitd`).
+    #[serde(default)]
+    source: Option<String>,
+    /// How long one delivery may take.
+    #[serde(default)]
+    timeout: Option<String>,
 }
+
+/// The keys of a receiver that name an environment variable holding its secret.
+const SECRET_ENV_KEYS: [&str; 2] = ["secret_env", "routing_key_env"];
 
 // ---------------------------------------------------------------------------------------
 // What the daemon runs on.
@@ -364,8 +396,125 @@ pub(crate) struct AlertsConfig {
     pub(crate) rules: Vec<deploy_incidents::AlertRule>,
     /// The routing tree.
     pub(crate) route: RouteConfig,
-    /// Receiver names (all `log` receivers).
-    pub(crate) receivers: Vec<String>,
+    /// The receivers, by name.
+    pub(crate) receivers: Vec<ReceiverConfig>,
+}
+
+impl AlertsConfig {
+    /// The receivers' names, in configuration order.
+    pub(crate) fn receiver_names(&self) -> Vec<String> {
+        self.receivers
+            .iter()
+            .map(|receiver| receiver.name.clone())
+            .collect()
+    }
+}
+
+/// One alert receiver.
+#[derive(Debug, Clone)]
+pub(crate) struct ReceiverConfig {
+    /// Its name, as routes refer to it.
+    pub(crate) name: String,
+    /// Where its notifications go.
+    pub(crate) kind: ReceiverKind,
+}
+
+/// Where a receiver's notifications go.
+#[derive(Debug, Clone)]
+pub(crate) enum ReceiverKind {
+    /// A line on standard error.
+    Log,
+    /// An HMAC-signed JSON POST (deploy-backends' `WebhookNotifier`).
+    Webhook {
+        /// Where to post.
+        url: String,
+        /// The signing secret.
+        secret: Secret<String>,
+        /// How long one delivery may take.
+        timeout: Option<Duration>,
+    },
+    /// PagerDuty's Events API v2 (deploy-backends' `PagerDutyNotifier`).
+    PagerDuty {
+        /// The integration's routing key.
+        routing_key: Secret<String>,
+        /// The endpoint, when not PagerDuty's own.
+        events_url: Option<String>,
+        /// The events' source.
+        source: String,
+        /// How long one delivery may take.
+        timeout: Option<Duration>,
+    },
+    /// Alertmanager's API (deploy-backends' `AlertmanagerNotifier`).
+    Alertmanager {
+        /// Its base URL.
+        url: String,
+        /// How long one delivery may take.
+        timeout: Option<Duration>,
+    },
+}
+
+impl ReceiverConfig {
+    /// The notifier this receiver sends through.
+    ///
+    /// # Errors
+    /// What deploy-backends refuses (a URL that is not http(s), an empty secret), naming the
+    /// setting; never the secret.
+    pub(crate) fn notifier(&self) -> Result<Arc<DynNotifier>, (&'static str, BackendError)> {
+        Ok(match &self.kind {
+            ReceiverKind::Log => Arc::new(crate::notifier::LogNotifier {
+                name: self.name.clone(),
+            }),
+            ReceiverKind::Webhook { url, secret, timeout } => {
+                let mut notifier = WebhookNotifier::new(url.clone(), secret.expose().as_bytes().to_vec())
+                    .map_err(|error| {
+                        (
+                            if secret.expose().is_empty() {
+                                "secret"
+                            } else {
+                                "url"
+                            },
+                            error,
+                        )
+                    })?;
+                if let Some(timeout) = timeout {
+                    notifier = notifier.timeout(*timeout);
+                }
+                Arc::new(notifier)
+            }
+            ReceiverKind::PagerDuty {
+                routing_key,
+                events_url,
+                source,
+                timeout,
+            } => {
+                let mut notifier = PagerDutyNotifier::new(routing_key.expose().clone(), source.clone())
+                    .map_err(|error| {
+                        let key = if routing_key.expose().is_empty() {
+                            "routing_key"
+                        } else {
+                            "source"
+                        };
+                        (key, error)
+                    })?;
+                if let Some(url) = events_url {
+                    notifier = notifier
+                        .endpoint(url.clone())
+                        .map_err(|error| ("events_url", error))?;
+                }
+                if let Some(timeout) = timeout {
+                    notifier = notifier.timeout(*timeout);
+                }
+                Arc::new(notifier)
+            }
+            ReceiverKind::Alertmanager { url, timeout } => {
+                let mut notifier = AlertmanagerNotifier::new(url.clone()).map_err(|error| ("url", error))?;
+                if let Some(timeout) = timeout {
+                    notifier = notifier.timeout(*timeout);
+                }
+                Arc::new(notifier)
+            }
+        })
+    }
 }
 
 /// Reads `path` (its format from its extension) under the `DEPLOYKITD_*` variables of `env`.
@@ -393,6 +542,19 @@ pub(crate) async fn load(
     let tree = deploy_config::parse(&text, format, "config", &file).map_err(one)?;
     let scope = Scope::new("deploykitd", "deploykitd").map_err(one)?;
     let known = known_paths::<RawConfig>();
+    // Variables that receivers name as holding their secrets are read by those receivers,
+    // not placed into the tree (where they would be unknown keys).
+    let mut secrets = BTreeMap::new();
+    let mut env: Vec<(String, String)> = env.into_iter().collect();
+    let named = secret_variables(&tree);
+    env.retain(|(name, value)| {
+        if named.contains(name) {
+            secrets.insert(name.clone(), Secret::new(value.clone()));
+            false
+        } else {
+            true
+        }
+    });
     let env_layers = EnvVars::from_map(ENV_PREFIX, env)
         .load(&scope, &known)
         .await
@@ -405,7 +567,28 @@ pub(crate) async fn load(
     let merged = layers.merge()?;
     let raw: RawConfig = deploy_config::extract(&merged)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    DaemonConfig::from_raw(raw, &merged, base)
+    DaemonConfig::from_raw(raw, &merged, base, &secrets)
+}
+
+/// The variables the file's receivers name in `secret_env` / `routing_key_env`.
+fn secret_variables(tree: &Node) -> Vec<String> {
+    let mut names = Vec::new();
+    for index in 0.. {
+        let at = format!("alerts.receivers.{index}");
+        if tree.get(&at).is_none() {
+            break;
+        }
+        for key in SECRET_ENV_KEYS {
+            if let Some(Node {
+                value: deploy_config::Value::String(name),
+                ..
+            }) = tree.get(&format!("{at}.{key}"))
+            {
+                names.push(name.clone());
+            }
+        }
+    }
+    names
 }
 
 /// Collects errors with the origin of the key they are about.
@@ -424,6 +607,17 @@ impl Checker<'_> {
 
     fn invalid(&mut self, path: &str, message: impl Into<String>) {
         let origin = self.origin(path);
+        self.errors.push(ConfigError::Invalid {
+            path: path.to_owned(),
+            message: message.into(),
+            origin,
+        });
+    }
+
+    /// A required key that is missing: reported at `path`, with the origin of `near` (a key
+    /// of the same table that is there), so the message still points into the file.
+    fn missing(&mut self, path: &str, near: &str, message: impl Into<String>) {
+        let origin = self.origin(near);
         self.errors.push(ConfigError::Invalid {
             path: path.to_owned(),
             message: message.into(),
@@ -460,7 +654,12 @@ impl Checker<'_> {
 impl DaemonConfig {
     /// Checks what serde could not; relative paths are taken from `base` (the file's
     /// directory).
-    fn from_raw(raw: RawConfig, tree: &Node, base: &Path) -> Result<Self, ConfigErrors> {
+    fn from_raw(
+        raw: RawConfig,
+        tree: &Node,
+        base: &Path,
+        secrets: &BTreeMap<String, Secret<String>>,
+    ) -> Result<Self, ConfigErrors> {
         let mut check = Checker {
             tree,
             errors: Vec::new(),
@@ -549,7 +748,7 @@ impl DaemonConfig {
         }
 
         let flags_file = raw.flags.file.map(|file| base.join(file));
-        let alerts = alerts_config(&mut check, raw.alerts, &apps);
+        let alerts = alerts_config(&mut check, raw.alerts, &apps, secrets);
         let tls = raw.tls.map(|tls| (base.join(tls.cert), base.join(tls.key)));
         if tls.is_some() && !cfg!(feature = "tls") {
             check.invalid(
@@ -777,37 +976,45 @@ fn strategy(
     }
 }
 
-fn alerts_config(check: &mut Checker<'_>, raw: RawAlerts, apps: &[AppConfig]) -> AlertsConfig {
+fn alerts_config(
+    check: &mut Checker<'_>,
+    raw: RawAlerts,
+    apps: &[AppConfig],
+    secrets: &BTreeMap<String, Secret<String>>,
+) -> AlertsConfig {
     let interval = check.duration("alerts.interval", raw.interval.as_deref(), Duration::from_secs(5));
     if interval.is_zero() {
         check.invalid("alerts.interval", "must be longer than zero");
     }
-    let mut receivers = Vec::new();
-    for (index, receiver) in raw.receivers.iter().enumerate() {
-        if receiver.kind != "log" {
+    let mut receivers: Vec<ReceiverConfig> = Vec::new();
+    for (index, raw) in raw.receivers.into_iter().enumerate() {
+        let at = format!("alerts.receivers.{index}");
+        if receivers.iter().any(|known| known.name == raw.name) {
             check.invalid(
-                &format!("alerts.receivers.{index}.kind"),
-                format!(
-                    "is {:?}; deploykitd has the \"log\" receiver only (webhook, PagerDuty and \
-                     Alertmanager notifiers are not wired into it yet)",
-                    receiver.kind
-                ),
+                &format!("{at}.name"),
+                format!("{:?} is configured twice", raw.name),
             );
         }
-        receivers.push(receiver.name.clone());
+        if let Some(receiver) = receiver_config(check, &at, raw, secrets) {
+            receivers.push(receiver);
+        }
     }
     if receivers.is_empty() {
-        receivers.push("log".to_owned());
+        receivers.push(ReceiverConfig {
+            name: "log".to_owned(),
+            kind: ReceiverKind::Log,
+        });
     }
+    let receivers_names: Vec<String> = receivers.iter().map(|receiver| receiver.name.clone()).collect();
     let route = match raw.route {
         Some(route) => route_config(check, "alerts.route", route),
         None => RouteConfig {
-            receiver: Some(receivers[0].clone()),
+            receiver: Some(receivers_names[0].clone()),
             group_by: Some(vec!["alertname".into(), "app".into()]),
             ..RouteConfig::default()
         },
     };
-    if let Err(error) = deploy_incidents::Route::compile(&route, &receivers) {
+    if let Err(error) = deploy_incidents::Route::compile(&route, &receivers_names) {
         check.invalid("alerts.route", error.to_string());
     }
     let mut rules = Vec::new();
@@ -897,6 +1104,154 @@ fn alerts_config(check: &mut Checker<'_>, raw: RawAlerts, apps: &[AppConfig]) ->
         route,
         receivers,
     }
+}
+
+/// One receiver: its keys checked against its kind, its secret from the file or the named
+/// variable, and its notifier built once so a bad URL is reported here, with its origin.
+fn receiver_config(
+    check: &mut Checker<'_>,
+    at: &str,
+    raw: RawReceiver,
+    secrets: &BTreeMap<String, Secret<String>>,
+) -> Option<ReceiverConfig> {
+    let key = |name: &str| format!("{at}.{name}");
+    let allowed: &[&str] = match raw.kind.as_str() {
+        "log" => &[],
+        "webhook" => &["url", "secret", "secret_env", "timeout"],
+        "pagerduty" => &[
+            "routing_key",
+            "routing_key_env",
+            "events_url",
+            "source",
+            "timeout",
+        ],
+        "alertmanager" => &["url", "timeout"],
+        other => {
+            check.invalid(
+                &key("kind"),
+                format!("is {other:?}; expected \"log\", \"webhook\", \"pagerduty\" or \"alertmanager\""),
+            );
+            return None;
+        }
+    };
+    let given = [
+        ("url", raw.url.is_some()),
+        ("secret", raw.secret.is_some()),
+        ("secret_env", raw.secret_env.is_some()),
+        ("routing_key", raw.routing_key.is_some()),
+        ("routing_key_env", raw.routing_key_env.is_some()),
+        ("events_url", raw.events_url.is_some()),
+        ("source", raw.source.is_some()),
+        ("timeout", raw.timeout.is_some()),
+    ];
+    let mut refused = false;
+    for (name, present) in given {
+        if present && !allowed.contains(&name) {
+            check.invalid(
+                &key(name),
+                format!("is not a setting of a {:?} receiver", raw.kind),
+            );
+            refused = true;
+        }
+    }
+    let timeout = raw
+        .timeout
+        .as_deref()
+        .map(|text| check.duration(&key("timeout"), Some(text), Duration::from_secs(5)));
+    if timeout.is_some_and(|timeout| timeout.is_zero()) {
+        check.invalid(&key("timeout"), "must be longer than zero");
+    }
+    let secret = |check: &mut Checker<'_>,
+                  name: &str,
+                  inline: Option<Secret<String>>,
+                  env: Option<String>| {
+        match (inline, env) {
+            (Some(_), Some(_)) => {
+                check.invalid(
+                    &key(&format!("{name}_env")),
+                    format!("give {name} or {name}_env, not both"),
+                );
+                None
+            }
+            (Some(secret), None) => Some(secret),
+            (None, Some(variable)) => {
+                if !variable.starts_with(&format!("{ENV_PREFIX}_")) {
+                    check.invalid(
+                        &key(&format!("{name}_env")),
+                        format!("{variable:?} does not start with {ENV_PREFIX}_ (deploykitd reads only those variables)"),
+                    );
+                    return None;
+                }
+                match secrets.get(&variable) {
+                    Some(secret) => Some(secret.clone()),
+                    None => {
+                        check.invalid(
+                            &key(&format!("{name}_env")),
+                            format!("the variable {variable} is not set"),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, None) => {
+                check.missing(
+                    &key(name),
+                    &key("kind"),
+                    format!(
+                        "is required for a {:?} receiver (or {name}_env naming a variable)",
+                        raw.kind
+                    ),
+                );
+                None
+            }
+        }
+    };
+    let kind = match raw.kind.as_str() {
+        "log" => ReceiverKind::Log,
+        "webhook" => {
+            let secret = secret(check, "secret", raw.secret, raw.secret_env);
+            let Some(url) = raw.url else {
+                check.missing(
+                    &key("url"),
+                    &key("kind"),
+                    "is required for a \"webhook\" receiver",
+                );
+                return None;
+            };
+            ReceiverKind::Webhook {
+                url,
+                secret: secret?,
+                timeout,
+            }
+        }
+        "pagerduty" => ReceiverKind::PagerDuty {
+            routing_key: secret(check, "routing_key", raw.routing_key, raw.routing_key_env)?,
+            events_url: raw.events_url,
+            source: raw.source.unwrap_or_else(|| "deploykitd".to_owned()),
+            timeout,
+        },
+        _ => {
+            let Some(url) = raw.url else {
+                check.missing(
+                    &key("url"),
+                    &key("kind"),
+                    "is required for an \"alertmanager\" receiver",
+                );
+                return None;
+            };
+            ReceiverKind::Alertmanager { url, timeout }
+        }
+    };
+    if refused {
+        return None;
+    }
+    let receiver = ReceiverConfig { name: raw.name, kind };
+    if let Err((setting, error)) = receiver.notifier() {
+        // deploy-backends' reasons name URLs and hosts, never secrets.
+        check.invalid(&key(setting), error.to_string());
+        return None;
+    }
+    Some(receiver)
 }
 
 fn route_config(check: &mut Checker<'_>, at: &str, raw: RawRoute) -> RouteConfig {
@@ -1058,5 +1413,97 @@ mod tests {
         let errors = load(&path, []).await.expect_err("a name with a space");
         assert!(errors.to_string().contains("tokens.bootstrap_name"), "{errors}");
         assert!(errors.to_string().contains("n.toml:2"), "{errors}");
+    }
+
+    #[tokio::test]
+    async fn receivers_are_built_from_their_settings_with_secrets_from_named_variables() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = "[[alerts.receivers]]\nname = \"hook\"\nkind = \"webhook\"\n\
+                    url = \"http://127.0.0.1:9/hook\"\nsecret_env = \"DEPLOYKITD_HOOK_SECRET\"\n\n\
+                    [[alerts.receivers]]\nname = \"pager\"\nkind = \"pagerduty\"\n\
+                    routing_key = \"0123456789abcdef0123456789abcdef\"\n\
+                    events_url = \"http://127.0.0.1:9/enqueue\"\n\n\
+                    [[alerts.receivers]]\nname = \"am\"\nkind = \"alertmanager\"\n\
+                    url = \"http://127.0.0.1:9093\"\ntimeout = \"2s\"\n";
+        let path = write(dir.path(), "r.toml", text);
+        let env = [(
+            "DEPLOYKITD_HOOK_SECRET".to_owned(),
+            "hook-secret-value".to_owned(),
+        )];
+        let config = load(&path, env).await.expect("valid receivers");
+        assert_eq!(config.alerts.receiver_names(), ["hook", "pager", "am"]);
+        match &config.alerts.receivers[0].kind {
+            ReceiverKind::Webhook { url, secret, timeout } => {
+                assert_eq!(url, "http://127.0.0.1:9/hook");
+                assert_eq!(secret.expose(), "hook-secret-value");
+                assert_eq!(*timeout, None);
+            }
+            other => panic!("not a webhook: {other:?}"),
+        }
+        match &config.alerts.receivers[1].kind {
+            ReceiverKind::PagerDuty {
+                events_url, source, ..
+            } => {
+                assert_eq!(events_url.as_deref(), Some("http://127.0.0.1:9/enqueue"));
+                assert_eq!(source, "deploykitd");
+            }
+            other => panic!("not PagerDuty: {other:?}"),
+        }
+        assert!(matches!(
+            &config.alerts.receivers[2].kind,
+            ReceiverKind::Alertmanager { timeout: Some(timeout), .. } if *timeout == Duration::from_secs(2)
+        ));
+        // The default route sends to the first receiver.
+        assert_eq!(config.alerts.route.receiver.as_deref(), Some("hook"));
+        for receiver in &config.alerts.receivers {
+            assert!(receiver.notifier().is_ok(), "{} builds", receiver.name);
+        }
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hook-secret-value"), "{shown}");
+        assert!(!shown.contains("0123456789abcdef0123456789abcdef"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn receiver_errors_name_the_key_and_line_and_never_quote_a_secret() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Lines: 1-5 the webhook, 7-9 the PagerDuty receiver, 11-14 the Alertmanager one,
+        // 16-20 a webhook whose variable is not set, 22-26 one whose variable is not ours.
+        let text = "[[alerts.receivers]]\nname = \"hook\"\nkind = \"webhook\"\n\
+                    url = \"ftp://example.com/hook\"\nsecret = \"s3cret-value-1\"\n\n\
+                    [[alerts.receivers]]\nname = \"pager\"\nkind = \"pagerduty\"\n\n\
+                    [[alerts.receivers]]\nname = \"am\"\nkind = \"alertmanager\"\n\
+                    secret = \"s3cret-value-2\"\n\n\
+                    [[alerts.receivers]]\nname = \"unset\"\nkind = \"webhook\"\n\
+                    url = \"http://127.0.0.1:9/\"\nsecret_env = \"DEPLOYKITD_NOT_SET\"\n\n\
+                    [[alerts.receivers]]\nname = \"foreign\"\nkind = \"webhook\"\n\
+                    url = \"http://127.0.0.1:9/\"\nsecret_env = \"HOME\"\n";
+        let path = write(dir.path(), "r.toml", text);
+        let errors = load(&path, []).await.expect_err("bad receivers");
+        let message = errors.to_string();
+        for (key, line) in [
+            ("alerts.receivers.0.url", "r.toml:4"),
+            ("alerts.receivers.1.routing_key", "r.toml:9"),
+            ("alerts.receivers.2.secret", "r.toml:14"),
+            ("alerts.receivers.2.url", "r.toml:13"),
+            ("alerts.receivers.3.secret_env", "r.toml:20"),
+            ("alerts.receivers.4.secret_env", "r.toml:26"),
+        ] {
+            let reported = errors
+                .0
+                .iter()
+                .any(|error| error.to_string().contains(key) && error.to_string().contains(line));
+            assert!(reported, "{key} at {line} in:\n{message}");
+        }
+        assert!(message.contains("DEPLOYKITD_NOT_SET is not set"), "{message}");
+        assert!(!message.contains("s3cret-value"), "{message}");
+
+        let path = write(
+            dir.path(),
+            "k.toml",
+            "[[alerts.receivers]]\nname = \"x\"\nkind = \"email\"\n",
+        );
+        let errors = load(&path, []).await.expect_err("an unknown kind");
+        assert!(errors.to_string().contains("alerts.receivers.0.kind"), "{errors}");
+        assert!(errors.to_string().contains("k.toml:3"), "{errors}");
     }
 }

@@ -234,15 +234,13 @@ pub(crate) async fn run(
     let flag_sync = flags.spawn_sync().await.map_err(DaemonError::Flags)?;
 
     // Alerting and incidents.
-    let receivers: HashMap<String, Arc<DynNotifier>> = config
-        .alerts
-        .receivers
-        .iter()
-        .map(|name| {
-            let notifier: Arc<DynNotifier> = Arc::new(LogNotifier { name: name.clone() });
-            (name.clone(), notifier)
-        })
-        .collect();
+    let mut receivers: HashMap<String, Arc<DynNotifier>> = HashMap::new();
+    for receiver in &config.alerts.receivers {
+        let notifier = receiver.notifier().map_err(|(setting, error)| {
+            DaemonError::Alerts(format!("receiver {:?} ({setting}): {error}", receiver.name))
+        })?;
+        receivers.insert(receiver.name.clone(), notifier);
+    }
     let incident_notifier: Arc<DynNotifier> = Arc::new(LogNotifier {
         name: "incidents".into(),
     });
@@ -257,7 +255,7 @@ pub(crate) async fn run(
         )
         .map_err(|error| DaemonError::Alerts(error.to_string()))?,
     );
-    let route = Route::compile(&config.alerts.route, &config.alerts.receivers)
+    let route = Route::compile(&config.alerts.route, &config.alerts.receiver_names())
         .map_err(|error| DaemonError::Alerts(error.to_string()))?;
     let dispatcher = Arc::new(tokio::sync::Mutex::new(Dispatcher::new(
         route,

@@ -14,7 +14,7 @@ use deploy_strategies::{AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec,
 use deploy_testkit::{SimFleet, VersionProfile};
 use tokio::sync::watch;
 
-use crate::config::{AlertsConfig, AppConfig, DaemonConfig, StoreConfig};
+use crate::config::{AlertsConfig, AppConfig, DaemonConfig, ReceiverConfig, ReceiverKind, StoreConfig};
 
 /// The name of the demo's admin token.
 pub(crate) const DEMO_TOKEN_NAME: &str = "demo-admin";
@@ -138,7 +138,10 @@ pub(crate) fn config(dir: &Path, listen: SocketAddr, token: String) -> DaemonCon
                 repeat_interval: Some(Duration::from_secs(600)),
                 ..RouteConfig::default()
             },
-            receivers: vec!["log".into()],
+            receivers: vec![ReceiverConfig {
+                name: "log".into(),
+                kind: ReceiverKind::Log,
+            }],
         },
         tls: None,
     }
@@ -319,7 +322,9 @@ mod tests {
             app.strategy.validate().expect("a valid strategy");
             app.options.validate().expect("valid options");
         }
-        assert!(deploy_incidents::Route::compile(&config.alerts.route, &config.alerts.receivers).is_ok());
+        assert!(
+            deploy_incidents::Route::compile(&config.alerts.route, &config.alerts.receiver_names()).is_ok()
+        );
         assert_eq!(flags().flags.len(), 3);
     }
 }
