@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploy_backends::{AlertmanagerNotifier, PagerDutyNotifier, WebhookNotifier};
+use deploy_backends::{
+    AlertmanagerNotifier, PagerDutyNotifier, PrometheusMetrics, QueryTemplate, WebhookNotifier,
+};
 use deploy_config::{
     ConfigError, ConfigErrors, ConfigSource, EnvVars, Format, Layers, MergePolicy, Node, Scope, Secret,
     known_paths,
@@ -111,6 +113,34 @@ struct RawBackends {
     kind: Option<String>,
     #[serde(default)]
     seed: Option<u64>,
+    /// Where analysis and alert rules read metrics (default: the simulated fleet).
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    /// `simulated` (the fleet's own) or `prometheus`.
+    kind: String,
+    /// Prometheus's base URL (`http://host:9090`).
+    #[serde(default)]
+    url: Option<String>,
+    /// `demo_service`: the four well-known metrics over the demo service's metric names.
+    #[serde(default)]
+    preset: Option<String>,
+    /// PromQL templates by metric name (`error_rate`, ...), with `$selector` and `$interval`.
+    #[serde(default)]
+    queries: BTreeMap<String, String>,
+    /// One point per step when a query sets none.
+    #[serde(default)]
+    step: Option<String>,
+    /// The shortest `$interval`.
+    #[serde(default)]
+    min_interval: Option<String>,
+    /// How long one request may take.
+    #[serde(default)]
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -338,6 +368,8 @@ pub(crate) struct DaemonConfig {
     pub(crate) bootstrap_name: String,
     /// Seed of the simulated fleet.
     pub(crate) seed: u64,
+    /// Where analysis and alert rules read metrics.
+    pub(crate) metrics: MetricsConfig,
     /// Revisions kept per app.
     pub(crate) history_limit: usize,
     /// Events kept per revision.
@@ -350,6 +382,67 @@ pub(crate) struct DaemonConfig {
     pub(crate) alerts: AlertsConfig,
     /// HTTPS: the certificate chain and the key (PEM files).
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where analysis and alert rules read metrics.
+#[derive(Debug, Clone)]
+pub(crate) enum MetricsConfig {
+    /// The simulated fleet's own.
+    Simulated,
+    /// A Prometheus server (deploy-backends' `PrometheusMetrics`).
+    Prometheus(PrometheusConfig),
+}
+
+/// A Prometheus server and the queries that answer each metric.
+#[derive(Debug, Clone)]
+pub(crate) struct PrometheusConfig {
+    /// Its base URL.
+    pub(crate) url: String,
+    /// Whether the demo service's templates come first.
+    pub(crate) demo_service: bool,
+    /// Templates by metric, over the preset's.
+    pub(crate) queries: Vec<(MetricName, QueryTemplate)>,
+    /// The default step.
+    pub(crate) step: Option<Duration>,
+    /// The shortest `$interval`.
+    pub(crate) min_interval: Option<Duration>,
+    /// The request timeout.
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// The metrics the demo service preset answers.
+const DEMO_SERVICE_METRICS: [&str; 4] = ["requests", "error_rate", "latency_p50_ms", "latency_p99_ms"];
+
+impl PrometheusConfig {
+    /// The metrics source.
+    ///
+    /// # Errors
+    /// deploy-backends' refusal of the URL.
+    pub(crate) fn build(&self) -> Result<PrometheusMetrics, BackendError> {
+        let mut metrics = PrometheusMetrics::new(self.url.clone())?;
+        if self.demo_service {
+            metrics = metrics.for_demo_service();
+        }
+        for (metric, template) in &self.queries {
+            metrics = metrics.template(metric.clone(), template.clone());
+        }
+        if let Some(step) = self.step {
+            metrics = metrics.default_step(step);
+        }
+        if let Some(interval) = self.min_interval {
+            metrics = metrics.min_interval(interval);
+        }
+        if let Some(timeout) = self.timeout {
+            metrics = metrics.timeout(timeout);
+        }
+        Ok(metrics)
+    }
+
+    /// Whether `metric` has a query.
+    fn answers(&self, metric: &MetricName) -> bool {
+        (self.demo_service && DEMO_SERVICE_METRICS.contains(&metric.as_str()))
+            || self.queries.iter().any(|(known, _)| known == metric)
+    }
 }
 
 /// Where records live.
@@ -725,6 +818,11 @@ impl DaemonConfig {
             ),
         }
 
+        let metrics = match raw.backends.metrics {
+            None => MetricsConfig::Simulated,
+            Some(raw) => metrics_config(&mut check, raw),
+        };
+
         let history_limit = raw.control.history_limit.unwrap_or(10);
         if history_limit == 0 {
             check.invalid("control.history_limit", "must be at least 1");
@@ -749,6 +847,9 @@ impl DaemonConfig {
 
         let flags_file = raw.flags.file.map(|file| base.join(file));
         let alerts = alerts_config(&mut check, raw.alerts, &apps, secrets);
+        if let MetricsConfig::Prometheus(prometheus) = &metrics {
+            check_metrics_answered(&mut check, prometheus, &apps, &alerts);
+        }
         let tls = raw.tls.map(|tls| (base.join(tls.cert), base.join(tls.key)));
         if tls.is_some() && !cfg!(feature = "tls") {
             check.invalid(
@@ -767,6 +868,7 @@ impl DaemonConfig {
             bootstrap,
             bootstrap_name,
             seed: raw.backends.seed.unwrap_or(0),
+            metrics,
             history_limit,
             events_per_revision,
             apps,
@@ -774,6 +876,124 @@ impl DaemonConfig {
             alerts,
             tls,
         })
+    }
+}
+
+fn metrics_config(check: &mut Checker<'_>, raw: RawMetrics) -> MetricsConfig {
+    let at = |name: &str| format!("backends.metrics.{name}");
+    match raw.kind.as_str() {
+        "simulated" => {
+            let given = [
+                ("url", raw.url.is_some()),
+                ("preset", raw.preset.is_some()),
+                ("queries", !raw.queries.is_empty()),
+                ("step", raw.step.is_some()),
+                ("min_interval", raw.min_interval.is_some()),
+                ("timeout", raw.timeout.is_some()),
+            ];
+            for (name, present) in given {
+                if present {
+                    check.invalid(
+                        &at(name),
+                        "is a setting of prometheus metrics, not simulated ones",
+                    );
+                }
+            }
+            return MetricsConfig::Simulated;
+        }
+        "prometheus" => {}
+        other => {
+            check.invalid(
+                &at("kind"),
+                format!("is {other:?}; expected \"simulated\" or \"prometheus\""),
+            );
+            return MetricsConfig::Simulated;
+        }
+    }
+    let Some(url) = raw.url else {
+        check.missing(&at("url"), &at("kind"), "is required for prometheus metrics");
+        return MetricsConfig::Simulated;
+    };
+    let demo_service = match raw.preset.as_deref() {
+        None => false,
+        Some("demo_service") => true,
+        Some(other) => {
+            check.invalid(
+                &at("preset"),
+                format!("is {other:?}; the one preset is \"demo_service\""),
+            );
+            false
+        }
+    };
+    let mut queries = Vec::new();
+    for (name, promql) in raw.queries {
+        let key = at(&format!("queries.{name}"));
+        let metric = match MetricName::new(name.as_str()) {
+            Ok(metric) => metric,
+            Err(error) => {
+                check.invalid(&key, format!("is not a metric name: {error}"));
+                continue;
+            }
+        };
+        match QueryTemplate::new(promql) {
+            Ok(template) => queries.push((metric, template)),
+            Err(error) => check.invalid(&key, error.to_string()),
+        }
+    }
+    let mut duration = |name: &str, text: Option<String>| {
+        let duration = text.map(|text| check.duration(&at(name), Some(&text), Duration::from_secs(5)))?;
+        if duration.is_zero() {
+            check.invalid(&at(name), "must be longer than zero");
+        }
+        Some(duration)
+    };
+    let config = PrometheusConfig {
+        url,
+        demo_service,
+        queries,
+        step: duration("step", raw.step),
+        min_interval: duration("min_interval", raw.min_interval),
+        timeout: duration("timeout", raw.timeout),
+    };
+    if let Err(error) = config.build() {
+        check.invalid(&at("url"), error.to_string());
+    }
+    MetricsConfig::Prometheus(config)
+}
+
+/// Every metric that analysis or an alert rule reads has a query: otherwise it would fail
+/// at its first reading, in the middle of a rollout.
+fn check_metrics_answered(
+    check: &mut Checker<'_>,
+    prometheus: &PrometheusConfig,
+    apps: &[AppConfig],
+    alerts: &AlertsConfig,
+) {
+    let mut unanswered = |used_at: String, metric: &MetricName| {
+        if !prometheus.answers(metric) {
+            check.invalid(
+                &used_at,
+                format!(
+                    "reads {metric}, which backends.metrics has no query for (add \
+                     backends.metrics.queries.{metric}, or preset = \"demo_service\")"
+                ),
+            );
+        }
+    };
+    for (index, app) in apps.iter().enumerate() {
+        let analyses = match &app.strategy {
+            Strategy::Canary(spec) => vec![spec.analysis.as_ref()],
+            Strategy::BlueGreen(spec) => vec![spec.pre_promotion.as_ref(), spec.post_promotion.as_ref()],
+            Strategy::Rolling(spec) => vec![spec.analysis.as_ref()],
+        };
+        for analysis in analyses.into_iter().flatten() {
+            for metric in &analysis.metrics {
+                unanswered(format!("apps.{index}.analysis"), &metric.metric);
+            }
+        }
+    }
+    for (index, rule) in alerts.rules.iter().enumerate() {
+        unanswered(format!("alerts.rules.{index}.metric"), rule.query.metric());
     }
 }
 
@@ -1505,5 +1725,123 @@ mod tests {
         let errors = load(&path, []).await.expect_err("an unknown kind");
         assert!(errors.to_string().contains("alerts.receivers.0.kind"), "{errors}");
         assert!(errors.to_string().contains("k.toml:3"), "{errors}");
+    }
+
+    /// An app with a canary analysis on error rate and p99, and one alert rule on p50.
+    const APP_WITH_ANALYSIS: &str = "[[apps]]\nname = \"web\"\nversion = \"1.0.0\"\n\
+        [apps.strategy]\nkind = \"canary\"\n[apps.analysis]\nmax_error_rate = 0.05\nmax_p99_ms = 300\n\
+        [[alerts.rules]]\nname = \"SlowStable\"\napp = \"web\"\nmetric = \"latency_p50_ms\"\nthreshold = 100\n";
+
+    #[tokio::test]
+    async fn prometheus_metrics_are_configured_and_the_built_source_queries_the_templates() {
+        let dir = tempfile::tempdir().expect("temp dir");
+
+        // A stand-in Prometheus that records each range query and answers one point.
+        let (asked, mut queries) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let prometheus = axum::Router::new().route(
+            "/api/v1/query_range",
+            axum::routing::get(
+                move |axum::extract::Query(params): axum::extract::Query<BTreeMap<String, String>>| {
+                    let asked = asked.clone();
+                    async move {
+                        let _ = asked.send(params.get("query").cloned().unwrap_or_default());
+                        axum::Json(serde_json::json!({
+                            "status": "success",
+                            "data": {"resultType": "matrix", "result": [
+                                {"metric": {}, "values": [[1_700_000_000.0, "0.25"]]}
+                            ]}
+                        }))
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let address = listener.local_addr().expect("its address");
+        let server = tokio::spawn(async move { axum::serve(listener, prometheus).await });
+
+        let text = format!(
+            "[backends.metrics]\nkind = \"prometheus\"\nurl = \"http://{address}\"\nstep = \"10s\"\n\
+             timeout = \"2s\"\n\
+             [backends.metrics.queries]\n\
+             error_rate = 'sum(rate(errors_total{{$selector}}[$interval])) / sum(rate(requests_total{{$selector}}[$interval]))'\n\
+             latency_p99_ms = 'max(p99_ms{{$selector}})'\n\
+             latency_p50_ms = 'max(p50_ms{{$selector}})'\n{APP_WITH_ANALYSIS}"
+        );
+        let path = write(dir.path(), "p.toml", &text);
+        let config = load(&path, []).await.expect("valid prometheus metrics");
+        let MetricsConfig::Prometheus(prometheus) = &config.metrics else {
+            panic!("not prometheus: {:?}", config.metrics);
+        };
+        assert_eq!(prometheus.step, Some(Duration::from_secs(10)));
+        assert_eq!(prometheus.queries.len(), 3);
+        let source = prometheus.build().expect("a source");
+        let query = MetricQuery::new(
+            MetricName::error_rate(),
+            MetricTarget::Pool {
+                app: AppId::new("web").expect("a name"),
+                pool: Pool::canary(),
+            },
+            Duration::from_secs(60),
+        )
+        .expect("a query");
+        let series = deploy_core::MetricsSource::query(&source, &query)
+            .await
+            .expect("an answer");
+        assert_eq!(series.mean(), Some(0.25));
+        let promql = queries.recv().await.expect("the query sent");
+        // $interval is the step (at least min_interval), in milliseconds.
+        assert_eq!(
+            promql,
+            "sum(rate(errors_total{app=\"web\",pool=\"canary\"}[10000ms])) / \
+             sum(rate(requests_total{app=\"web\",pool=\"canary\"}[10000ms]))"
+        );
+        server.abort();
+
+        // The demo service preset answers every well-known metric.
+        let text = format!(
+            "[backends.metrics]\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:9090\"\n\
+             preset = \"demo_service\"\n{APP_WITH_ANALYSIS}"
+        );
+        let path = write(dir.path(), "d.toml", &text);
+        let config = load(&path, []).await.expect("the preset answers everything");
+        assert!(matches!(config.metrics, MetricsConfig::Prometheus(ref p) if p.demo_service));
+    }
+
+    #[tokio::test]
+    async fn prometheus_metric_errors_name_the_key_and_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Only error_rate has a query: the analysis's p99 and the rule's p50 have none.
+        let text = format!(
+            "[backends.metrics]\nkind = \"prometheus\"\nurl = \"ftp://127.0.0.1:9090\"\n\
+             [backends.metrics.queries]\nerror_rate = 'sum(errors_total)'\n{APP_WITH_ANALYSIS}"
+        );
+        let path = write(dir.path(), "m.toml", &text);
+        let errors = load(&path, []).await.expect_err("bad metrics");
+        let message = errors.to_string();
+        for (key, line) in [
+            ("backends.metrics.url", "m.toml:3"),
+            ("backends.metrics.queries.error_rate", "m.toml:5"),
+            ("apps.0.analysis", "m.toml:"),
+            ("alerts.rules.0.metric", "m.toml:17"),
+        ] {
+            let reported = errors
+                .0
+                .iter()
+                .any(|error| error.to_string().contains(key) && error.to_string().contains(line));
+            assert!(reported, "{key} at {line} in:\n{message}");
+        }
+        assert!(message.contains("$selector"), "{message}");
+        assert!(message.contains("latency_p99_ms"), "{message}");
+
+        let path = write(
+            dir.path(),
+            "u.toml",
+            "[backends.metrics]\nkind = \"prometheus\"\n",
+        );
+        let errors = load(&path, []).await.expect_err("no url");
+        assert!(errors.to_string().contains("backends.metrics.url"), "{errors}");
+        assert!(errors.to_string().contains("u.toml:2"), "{errors}");
     }
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploy_core::{DynClock, DynNotifier, DynRecordStore, DynStore, MemoryStore, Pool};
+use deploy_core::{DynClock, DynMetricsSource, DynNotifier, DynRecordStore, DynStore, MemoryStore, Pool};
 use deploy_flags::{FeatureFlagManager, FileFormat, FlagError, ManagerOptions};
 use deploy_incidents::{Dispatcher, IncidentManager, IncidentOptions, Route};
 use deploy_store::postgres::{PostgresOptions, PostgresStore};
@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::alerting::Alerting;
-use crate::config::{DaemonConfig, StoreConfig};
+use crate::config::{DaemonConfig, MetricsConfig, StoreConfig};
 use crate::notifier::LogNotifier;
 
 /// How long shutdown waits for the deployers and open connections.
@@ -71,6 +71,9 @@ pub(crate) enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The metrics source could not be set up.
+    #[error("metrics: {0}")]
+    Metrics(String),
     /// Alerting or incidents could not be set up.
     #[error("alerting: {0}")]
     Alerts(String),
@@ -193,6 +196,16 @@ pub(crate) async fn run(
         traffic.push(fleet.generate_traffic(&app.name, app.traffic.div_ceil(10), Duration::from_millis(100)));
     }
 
+    // Metrics for analysis and alert rules: the fleet's own, or Prometheus's.
+    let metrics: Arc<DynMetricsSource> = match &config.metrics {
+        MetricsConfig::Simulated => Arc::new(fleet.clone()),
+        MetricsConfig::Prometheus(prometheus) => Arc::new(
+            prometheus
+                .build()
+                .map_err(|error| DaemonError::Metrics(error.to_string()))?,
+        ),
+    };
+
     // The control records' limits and clock, shared by the deployers and the server.
     let control = ControlOptions {
         history_limit: config.history_limit,
@@ -204,7 +217,10 @@ pub(crate) async fn run(
     for app in &config.apps {
         let rollout = Rollout::builder(
             app.strategy.clone(),
-            RolloutBackends::from_one(fleet.clone()),
+            RolloutBackends {
+                metrics: Arc::clone(&metrics),
+                ..RolloutBackends::from_one(fleet.clone())
+            },
             Arc::clone(&store),
         )
         .options(app.options.clone())
@@ -263,7 +279,7 @@ pub(crate) async fn run(
         Arc::clone(&clock),
     )));
     let alerting = Alerting::new(
-        Arc::new(fleet.clone()),
+        Arc::clone(&metrics),
         &config.alerts.rules,
         Arc::clone(&dispatcher),
         Arc::clone(&incidents),

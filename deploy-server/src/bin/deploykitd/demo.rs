@@ -14,7 +14,9 @@ use deploy_strategies::{AnalysisMetric, AnalysisSpec, BlueGreenSpec, CanarySpec,
 use deploy_testkit::{SimFleet, VersionProfile};
 use tokio::sync::watch;
 
-use crate::config::{AlertsConfig, AppConfig, DaemonConfig, ReceiverConfig, ReceiverKind, StoreConfig};
+use crate::config::{
+    AlertsConfig, AppConfig, DaemonConfig, MetricsConfig, ReceiverConfig, ReceiverKind, StoreConfig,
+};
 
 /// The name of the demo's admin token.
 pub(crate) const DEMO_TOKEN_NAME: &str = "demo-admin";
@@ -123,6 +125,7 @@ pub(crate) fn config(dir: &Path, listen: SocketAddr, token: String) -> DaemonCon
         bootstrap: Some((DEMO_TOKEN_NAME.to_owned(), Secret::new(token))),
         bootstrap_name: DEMO_TOKEN_NAME.to_owned(),
         seed: 17,
+        metrics: MetricsConfig::Simulated,
         history_limit: 10,
         events_per_revision: 1000,
         apps: vec![web, api],
