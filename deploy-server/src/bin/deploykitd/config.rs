@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_backends::{
-    AlertmanagerNotifier, PagerDutyNotifier, PrometheusMetrics, QueryTemplate, WebhookNotifier,
+    AlertmanagerNotifier, HaproxyLoadBalancer, HttpHealthChecker, PagerDutyNotifier, ProcessSpec,
+    PrometheusMetrics, QueryTemplate, WebhookNotifier,
 };
 use deploy_config::{
     ConfigError, ConfigErrors, ConfigSource, EnvVars, Format, Layers, MergePolicy, Node, Scope, Secret,
@@ -116,6 +117,68 @@ struct RawBackends {
     /// Where analysis and alert rules read metrics (default: the simulated fleet).
     #[serde(default)]
     metrics: Option<RawMetrics>,
+    /// `kind = "haproxy"`: HAProxy's runtime API.
+    #[serde(default)]
+    haproxy: Option<RawHaproxy>,
+    /// `kind = "haproxy"`: instances as local processes.
+    #[serde(default)]
+    process: Option<RawProcess>,
+    /// `kind = "haproxy"`: HTTP health checks of instances.
+    #[serde(default)]
+    health: Option<RawHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHaproxy {
+    /// The runtime API's unix socket (relative to the configuration file).
+    socket: String,
+    /// HAProxy backend per app (default: the app's name).
+    #[serde(default)]
+    backends: BTreeMap<String, String>,
+    /// How often a draining server's sessions are polled.
+    #[serde(default)]
+    drain_poll: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    /// The program each instance runs (placeholders `{port}`, `{artifact}`, ...).
+    program: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Versions are the directories `<artifacts>/<app>/<version>` (relative to the file).
+    artifacts: String,
+    /// Instances' working directories and logs (relative to the file).
+    work: String,
+    #[serde(default)]
+    ready_timeout: Option<String>,
+    #[serde(default)]
+    stop_timeout: Option<String>,
+    /// Counts an instance as running once spawned (for programs that do not listen).
+    #[serde(default)]
+    ready_when_started: bool,
+    /// A Prometheus `file_sd` target file kept up to date (relative to the file).
+    #[serde(default)]
+    prometheus_targets: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    status: Option<u16>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    https: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -370,6 +433,8 @@ pub(crate) struct DaemonConfig {
     pub(crate) seed: u64,
     /// Where analysis and alert rules read metrics.
     pub(crate) metrics: MetricsConfig,
+    /// HAProxy, processes and HTTP health checks instead of the simulated fleet.
+    pub(crate) real: Option<RealBackends>,
     /// Revisions kept per app.
     pub(crate) history_limit: usize,
     /// Events kept per revision.
@@ -408,6 +473,123 @@ pub(crate) struct PrometheusConfig {
     pub(crate) min_interval: Option<Duration>,
     /// The request timeout.
     pub(crate) timeout: Option<Duration>,
+}
+
+/// Real backends: apps' instances are local processes behind HAProxy, checked over HTTP.
+#[derive(Debug, Clone)]
+pub(crate) struct RealBackends {
+    /// HAProxy's runtime API socket.
+    pub(crate) socket: PathBuf,
+    /// HAProxy backend per app, where not the app's name.
+    pub(crate) backends: Vec<(AppId, String)>,
+    /// How often draining servers are polled.
+    pub(crate) drain_poll: Option<Duration>,
+    /// How instances run.
+    pub(crate) process: ProcessConfig,
+    /// How instances are checked.
+    pub(crate) health: HealthConfig,
+}
+
+/// How instances run (deploy-backends' `ProcessSpec`).
+#[derive(Debug, Clone)]
+pub(crate) struct ProcessConfig {
+    /// The program.
+    pub(crate) program: String,
+    /// Its arguments.
+    pub(crate) args: Vec<String>,
+    /// Its environment.
+    pub(crate) env: BTreeMap<String, String>,
+    /// The artifact root.
+    pub(crate) artifacts: PathBuf,
+    /// The working root.
+    pub(crate) work: PathBuf,
+    /// How long a start may take to listen.
+    pub(crate) ready_timeout: Option<Duration>,
+    /// How long a stop may take before SIGKILL.
+    pub(crate) stop_timeout: Option<Duration>,
+    /// Running once spawned.
+    pub(crate) ready_when_started: bool,
+    /// A Prometheus target file.
+    pub(crate) prometheus_targets: Option<PathBuf>,
+}
+
+/// How instances are checked (deploy-backends' `HttpHealthChecker`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HealthConfig {
+    /// The path to GET.
+    pub(crate) path: Option<String>,
+    /// The healthy status.
+    pub(crate) status: Option<u16>,
+    /// Text a healthy body contains.
+    pub(crate) body: Option<String>,
+    /// How long one check may take.
+    pub(crate) timeout: Option<Duration>,
+    /// Probe over HTTPS.
+    pub(crate) https: bool,
+}
+
+impl RealBackends {
+    /// The load balancer.
+    pub(crate) fn load_balancer(&self) -> HaproxyLoadBalancer {
+        let mut balancer = HaproxyLoadBalancer::new(&self.socket);
+        for (app, backend) in &self.backends {
+            balancer = balancer.backend(app.clone(), backend.clone());
+        }
+        if let Some(every) = self.drain_poll {
+            balancer = balancer.drain_poll(every);
+        }
+        balancer
+    }
+}
+
+impl ProcessConfig {
+    /// The process specification.
+    pub(crate) fn spec(&self) -> ProcessSpec {
+        let mut spec =
+            ProcessSpec::new(self.program.clone(), &self.artifacts, &self.work).args(self.args.clone());
+        for (name, value) in &self.env {
+            spec = spec.env(name.clone(), value.clone());
+        }
+        if let Some(timeout) = self.ready_timeout {
+            spec = spec.ready_timeout(timeout);
+        }
+        if let Some(timeout) = self.stop_timeout {
+            spec = spec.stop_timeout(timeout);
+        }
+        if self.ready_when_started {
+            spec = spec.ready_when_started();
+        }
+        if let Some(path) = &self.prometheus_targets {
+            spec = spec.prometheus_targets(path);
+        }
+        spec
+    }
+}
+
+impl HealthConfig {
+    /// The health checker.
+    ///
+    /// # Errors
+    /// deploy-backends' refusal (a path not starting with `/`, a status outside 100..=599).
+    pub(crate) fn build(&self) -> Result<HttpHealthChecker, BackendError> {
+        let mut builder = HttpHealthChecker::builder();
+        if let Some(path) = &self.path {
+            builder = builder.path(path.clone());
+        }
+        if let Some(status) = self.status {
+            builder = builder.expect_status(status);
+        }
+        if let Some(body) = &self.body {
+            builder = builder.expect_body(body.clone());
+        }
+        if let Some(timeout) = self.timeout {
+            builder = builder.timeout(timeout);
+        }
+        if self.https {
+            builder = builder.https();
+        }
+        builder.build()
+    }
 }
 
 /// The metrics the demo service preset answers.
@@ -807,20 +989,53 @@ impl DaemonConfig {
             .bootstrap_secret
             .map(|secret| (bootstrap_name.clone(), secret));
 
-        match raw.backends.kind.as_deref().unwrap_or("simulated") {
-            "simulated" => {}
-            other => check.invalid(
-                "backends.kind",
-                format!(
-                    "is {other:?}; this daemon drives the simulated fleet only (\"simulated\"): \
-                     HAProxy, process and Prometheus backends are not wired into deploykitd yet"
-                ),
-            ),
-        }
-
+        let simulated = match raw.backends.kind.as_deref().unwrap_or("simulated") {
+            "simulated" => true,
+            "haproxy" => false,
+            other => {
+                check.invalid(
+                    "backends.kind",
+                    format!("is {other:?}; expected \"simulated\" or \"haproxy\""),
+                );
+                true
+            }
+        };
         let metrics = match raw.backends.metrics {
             None => MetricsConfig::Simulated,
             Some(raw) => metrics_config(&mut check, raw),
+        };
+        let real = if simulated {
+            for (name, given) in [
+                ("haproxy", raw.backends.haproxy.is_some()),
+                ("process", raw.backends.process.is_some()),
+                ("health", raw.backends.health.is_some()),
+            ] {
+                if given {
+                    check.invalid(
+                        &format!("backends.{name}"),
+                        "is a setting of kind = \"haproxy\" backends, not the simulated fleet",
+                    );
+                }
+            }
+            None
+        } else {
+            if raw.backends.seed.is_some() {
+                check.invalid("backends.seed", "is a setting of the simulated fleet");
+            }
+            if matches!(metrics, MetricsConfig::Simulated) {
+                check.missing(
+                    "backends.metrics",
+                    "backends.kind",
+                    "must be kind = \"prometheus\" with haproxy backends (there is no simulated fleet to read)",
+                );
+            }
+            real_backends(
+                &mut check,
+                raw.backends.haproxy,
+                raw.backends.process,
+                raw.backends.health,
+                base,
+            )
         };
 
         let history_limit = raw.control.history_limit.unwrap_or(10);
@@ -832,6 +1047,11 @@ impl DaemonConfig {
             check.invalid("control.events_per_revision", "must be at least 1");
         }
 
+        let simulated_settings: Vec<(bool, bool)> = raw
+            .apps
+            .iter()
+            .map(|app| (app.traffic.is_some(), !app.versions.is_empty()))
+            .collect();
         let mut apps = Vec::new();
         for (index, app) in raw.apps.into_iter().enumerate() {
             if let Some(app) = app_config(&mut check, index, app) {
@@ -847,6 +1067,32 @@ impl DaemonConfig {
 
         let flags_file = raw.flags.file.map(|file| base.join(file));
         let alerts = alerts_config(&mut check, raw.alerts, &apps, secrets);
+        if let Some(real) = &real {
+            for (app, _) in &real.backends {
+                if !apps.iter().any(|known| &known.name == app) {
+                    check.invalid(
+                        &format!("backends.haproxy.backends.{app}"),
+                        format!("{app} is not one of the configured apps"),
+                    );
+                }
+            }
+        }
+        if !simulated {
+            for (index, (traffic, profiles)) in simulated_settings.iter().enumerate() {
+                if *traffic {
+                    check.invalid(
+                        &format!("apps.{index}.traffic"),
+                        "is a setting of the simulated fleet",
+                    );
+                }
+                if *profiles {
+                    check.invalid(
+                        &format!("apps.{index}.versions"),
+                        "is a setting of the simulated fleet",
+                    );
+                }
+            }
+        }
         if let MetricsConfig::Prometheus(prometheus) = &metrics {
             check_metrics_answered(&mut check, prometheus, &apps, &alerts);
         }
@@ -869,6 +1115,7 @@ impl DaemonConfig {
             bootstrap_name,
             seed: raw.backends.seed.unwrap_or(0),
             metrics,
+            real,
             history_limit,
             events_per_revision,
             apps,
@@ -877,6 +1124,113 @@ impl DaemonConfig {
             tls,
         })
     }
+}
+
+fn real_backends(
+    check: &mut Checker<'_>,
+    haproxy: Option<RawHaproxy>,
+    process: Option<RawProcess>,
+    health: Option<RawHealth>,
+    base: &Path,
+) -> Option<RealBackends> {
+    let Some(haproxy) = haproxy else {
+        check.missing(
+            "backends.haproxy",
+            "backends.kind",
+            "is required with kind = \"haproxy\" (its socket)",
+        );
+        return None;
+    };
+    let Some(process) = process else {
+        check.missing(
+            "backends.process",
+            "backends.kind",
+            "is required with kind = \"haproxy\" (how instances run)",
+        );
+        return None;
+    };
+    let mut backends = Vec::new();
+    for (app, backend) in haproxy.backends {
+        let key = format!("backends.haproxy.backends.{app}");
+        if backend.is_empty() {
+            check.invalid(&key, "is empty");
+        }
+        if let Some(app) = check.app_id(&key, &app) {
+            backends.push((app, backend));
+        }
+    }
+    let drain_poll = haproxy.drain_poll.as_deref().map(|text| {
+        check.duration(
+            "backends.haproxy.drain_poll",
+            Some(text),
+            Duration::from_millis(250),
+        )
+    });
+    if drain_poll.is_some_and(|every| every.is_zero()) {
+        check.invalid("backends.haproxy.drain_poll", "must be longer than zero");
+    }
+
+    if process.program.trim().is_empty() {
+        check.invalid("backends.process.program", "is empty");
+    }
+    let artifacts = base.join(&process.artifacts);
+    if !artifacts.is_dir() {
+        check.invalid(
+            "backends.process.artifacts",
+            format!("{} is not a directory", artifacts.display()),
+        );
+    }
+    let mut optional = |name: &str, text: Option<String>| {
+        let key = format!("backends.process.{name}");
+        let duration = text.map(|text| check.duration(&key, Some(&text), Duration::from_secs(5)))?;
+        if duration.is_zero() {
+            check.invalid(&key, "must be longer than zero");
+        }
+        Some(duration)
+    };
+    let process = ProcessConfig {
+        program: process.program,
+        args: process.args,
+        env: process.env,
+        artifacts,
+        work: base.join(process.work),
+        ready_timeout: optional("ready_timeout", process.ready_timeout),
+        stop_timeout: optional("stop_timeout", process.stop_timeout),
+        ready_when_started: process.ready_when_started,
+        prometheus_targets: process.prometheus_targets.map(|path| base.join(path)),
+    };
+
+    let health = health.unwrap_or_default();
+    let timeout = health
+        .timeout
+        .as_deref()
+        .map(|text| check.duration("backends.health.timeout", Some(text), Duration::from_secs(1)));
+    let health = HealthConfig {
+        path: health.path,
+        status: health.status,
+        body: health.body,
+        timeout,
+        https: health.https,
+    };
+    if let Err(error) = health.build() {
+        // The checker names what it refused: path, status or timeout.
+        let message = error.to_string();
+        let key = ["path", "status", "timeout"]
+            .into_iter()
+            .find(|name| message.contains(name))
+            .map_or_else(
+                || "backends.health".to_owned(),
+                |name| format!("backends.health.{name}"),
+            );
+        check.invalid(&key, message);
+    }
+    Some(RealBackends {
+        socket: base.join(haproxy.socket),
+        backends,
+        drain_poll,
+        process,
+        health,
+    })
 }
 
 fn metrics_config(check: &mut Checker<'_>, raw: RawMetrics) -> MetricsConfig {
@@ -1843,5 +2197,137 @@ mod tests {
         let errors = load(&path, []).await.expect_err("no url");
         assert!(errors.to_string().contains("backends.metrics.url"), "{errors}");
         assert!(errors.to_string().contains("u.toml:2"), "{errors}");
+    }
+
+    /// HAProxy backends with processes and HTTP health checks, over Prometheus metrics.
+    fn haproxy_config(process: &str, health: &str) -> String {
+        format!(
+            "[backends]\nkind = \"haproxy\"\n\
+             [backends.haproxy]\nsocket = \"haproxy.sock\"\ndrain_poll = \"100ms\"\n\
+             [backends.haproxy.backends]\nweb = \"web_backend\"\n\
+             [backends.process]\n{process}\n\
+             [backends.health]\n{health}\n\
+             [backends.metrics]\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:9090\"\n\
+             preset = \"demo_service\"\n\
+             [[apps]]\nname = \"web\"\nversion = \"1.0.0\"\nreplicas = 2\n[apps.strategy]\nkind = \"canary\"\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn haproxy_process_and_health_backends_are_configured_and_built() {
+        use deploy_core::InfraManager;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("artifacts/web/1.0.0")).expect("an artifact");
+        let process = "program = \"sh\"\n\
+                       args = [\"-c\", \"echo {app} {version} {port} $GREETING > {dir}/started; exec sleep 30\"]\n\
+                       env = { GREETING = \"hello-{pool}\" }\n\
+                       artifacts = \"artifacts\"\nwork = \"work\"\nready_when_started = true\n\
+                       stop_timeout = \"2s\"";
+        let health = "path = \"/healthz\"\nstatus = 204\ntimeout = \"500ms\"";
+        let path = write(dir.path(), "h.toml", &haproxy_config(process, health));
+        let config = load(&path, []).await.expect("valid haproxy backends");
+        let real = config.real.as_ref().expect("real backends");
+        assert_eq!(real.socket, dir.path().join("haproxy.sock"));
+        assert_eq!(
+            real.backends,
+            [(AppId::new("web").expect("a name"), "web_backend".to_owned())]
+        );
+        assert_eq!(real.drain_poll, Some(Duration::from_millis(100)));
+        assert_eq!(real.process.artifacts, dir.path().join("artifacts"));
+        assert_eq!(real.health.path.as_deref(), Some("/healthz"));
+        assert_eq!(real.health.status, Some(204));
+        assert!(real.health.build().is_ok());
+        let _balancer = real.load_balancer();
+
+        // The process settings reach the instances: program, arguments with placeholders,
+        // environment, artifact and working directories.
+        let infra = deploy_backends::ProcessInfra::new(real.process.spec()).expect("process infra");
+        let app = AppId::new("web").expect("a name");
+        let version = Version::new("1.0.0").expect("a version");
+        let instances = infra
+            .provision(&app, &Pool::stable(), &version, 1)
+            .await
+            .expect("one instance");
+        let instance = &instances[0];
+        let port = instance
+            .address
+            .as_deref()
+            .and_then(|address| address.rsplit(':').next())
+            .expect("a port")
+            .to_owned();
+        let marker = dir
+            .path()
+            .join("work/web")
+            .join(instance.id.as_str())
+            .join("started");
+        let mut written = String::new();
+        for _ in 0..100 {
+            written = std::fs::read_to_string(&marker).unwrap_or_default();
+            if written.ends_with('\n') {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(written, format!("web 1.0.0 {port} hello-stable\n"));
+        infra
+            .decommission(&app, &instance.id)
+            .await
+            .expect("decommissioned");
+    }
+
+    #[tokio::test]
+    async fn haproxy_backend_errors_name_the_key_and_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // No artifact directory, a health path without its slash.
+        let process = "program = \"demo\"\nartifacts = \"missing\"\nwork = \"work\"";
+        let path = write(
+            dir.path(),
+            "e.toml",
+            &haproxy_config(process, "path = \"healthz\""),
+        );
+        let errors = load(&path, []).await.expect_err("bad backends");
+        let message = errors.to_string();
+        for (key, line) in [
+            ("backends.process.artifacts", "e.toml:10"),
+            ("backends.health.path", "e.toml:13"),
+        ] {
+            let reported = errors
+                .0
+                .iter()
+                .any(|error| error.to_string().contains(key) && error.to_string().contains(line));
+            assert!(reported, "{key} at {line} in:\n{message}");
+        }
+
+        // Simulated-only settings, a missing process section and simulated metrics.
+        let text = "[backends]\nkind = \"haproxy\"\nseed = 3\n[backends.haproxy]\nsocket = \"s\"\n\
+                    [backends.haproxy.backends]\napi = \"api\"\n\
+                    [[apps]]\nname = \"web\"\nversion = \"1.0.0\"\ntraffic = 50\n[apps.strategy]\nkind = \"canary\"\n";
+        let path = write(dir.path(), "s.toml", text);
+        let errors = load(&path, []).await.expect_err("incomplete backends");
+        let message = errors.to_string();
+        for (key, line) in [
+            ("backends.seed", "s.toml:3"),
+            ("backends.process", "s.toml:2"),
+            ("backends.metrics", "s.toml:2"),
+            ("apps.0.traffic", "s.toml:11"),
+        ] {
+            let reported = errors
+                .0
+                .iter()
+                .any(|error| error.to_string().contains(key) && error.to_string().contains(line));
+            assert!(reported, "{key} at {line} in:\n{message}");
+        }
+
+        // HAProxy settings under the simulated fleet, and an unknown kind.
+        let path = write(dir.path(), "k.toml", "[backends]\nkind = \"nomad\"\n");
+        let errors = load(&path, []).await.expect_err("an unknown kind");
+        assert!(errors.to_string().contains("backends.kind"), "{errors}");
+        assert!(errors.to_string().contains("k.toml:2"), "{errors}");
+        let path = write(dir.path(), "x.toml", "[backends.haproxy]\nsocket = \"s\"\n");
+        let errors = load(&path, [])
+            .await
+            .expect_err("haproxy settings for the simulated fleet");
+        assert!(errors.to_string().contains("backends.haproxy"), "{errors}");
     }
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploy_backends::ProcessInfra;
 use deploy_core::{DynClock, DynMetricsSource, DynNotifier, DynRecordStore, DynStore, MemoryStore, Pool};
 use deploy_flags::{FeatureFlagManager, FileFormat, FlagError, ManagerOptions};
 use deploy_incidents::{Dispatcher, IncidentManager, IncidentOptions, Route};
@@ -71,6 +72,9 @@ pub(crate) enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// HAProxy, process or health-check backends could not be set up.
+    #[error("backends: {0}")]
+    Backends(String),
     /// The metrics source could not be set up.
     #[error("metrics: {0}")]
     Metrics(String),
@@ -176,7 +180,14 @@ pub(crate) async fn run(
     // The simulated fleet: every app served at its configured version, with traffic.
     let fleet = SimFleet::builder().seed(config.seed).build();
     let mut traffic: Vec<TrafficHandle> = Vec::new();
-    for app in &config.apps {
+    // With real backends the fleet is not used: nothing is served at start, and the first
+    // rollout of each app deploys it.
+    let simulated_apps = if config.real.is_none() {
+        &config.apps[..]
+    } else {
+        &[]
+    };
+    for app in simulated_apps {
         for (version, error_rate, p50, p99) in &app.profiles {
             let profile =
                 VersionProfile::new(*error_rate, *p50, *p99).map_err(|source| DaemonError::Profile {
@@ -206,6 +217,28 @@ pub(crate) async fn run(
         ),
     };
 
+    // HAProxy, processes and HTTP health checks, shared by every app.
+    let backends = match &config.real {
+        None => RolloutBackends {
+            metrics: Arc::clone(&metrics),
+            ..RolloutBackends::from_one(fleet.clone())
+        },
+        Some(real) => {
+            let infra = ProcessInfra::new(real.process.spec())
+                .map_err(|error| DaemonError::Backends(format!("processes: {error}")))?;
+            let health = real
+                .health
+                .build()
+                .map_err(|error| DaemonError::Backends(format!("health checks: {error}")))?;
+            RolloutBackends {
+                load_balancer: Arc::new(real.load_balancer()),
+                infra: Arc::new(infra),
+                health: Arc::new(health),
+                metrics: Arc::clone(&metrics),
+            }
+        }
+    };
+
     // The control records' limits and clock, shared by the deployers and the server.
     let control = ControlOptions {
         history_limit: config.history_limit,
@@ -215,20 +248,13 @@ pub(crate) async fn run(
     // Built now, started once the server is bound: a setup error leaves every app alone.
     let mut rollouts_by_app = Vec::new();
     for app in &config.apps {
-        let rollout = Rollout::builder(
-            app.strategy.clone(),
-            RolloutBackends {
-                metrics: Arc::clone(&metrics),
-                ..RolloutBackends::from_one(fleet.clone())
-            },
-            Arc::clone(&store),
-        )
-        .options(app.options.clone())
-        .build()
-        .map_err(|source| DaemonError::Rollout {
-            app: app.name.to_string(),
-            source,
-        })?;
+        let rollout = Rollout::builder(app.strategy.clone(), backends.clone(), Arc::clone(&store))
+            .options(app.options.clone())
+            .build()
+            .map_err(|source| DaemonError::Rollout {
+                app: app.name.to_string(),
+                source,
+            })?;
         rollouts_by_app.push((app.name.clone(), rollout));
     }
     let rollouts = RolloutClient::with_options(Arc::clone(&store), control.clone());

@@ -126,6 +126,7 @@ pub(crate) fn config(dir: &Path, listen: SocketAddr, token: String) -> DaemonCon
         bootstrap_name: DEMO_TOKEN_NAME.to_owned(),
         seed: 17,
         metrics: MetricsConfig::Simulated,
+        real: None,
         history_limit: 10,
         events_per_revision: 1000,
         apps: vec![web, api],
