@@ -93,7 +93,7 @@ for scenario in ${SCENARIOS:-frontend client}; do
   if [ $scenario = frontend ]; then
     run "deploykitd: frontend evaluation, $n flags" "$base/frontend?$CONTEXT" "$frontend"
   else
-    etag=$(curl -sfI -H "authorization: $client" "$base/client/features" | awk 'tolower($1) == "etag:" {print $2}' | tr -d '\r')
+    etag=$(curl -sf -D - -o /dev/null -H "authorization: $client" "$base/client/features" | awk 'tolower($1) == "etag:" {print $2}' | tr -d '\r')
     run "deploykitd: client state, $n flags" "$base/client/features" "$client"
     run "deploykitd: client state, $n flags, If-None-Match" "$base/client/features" "$client" "if-none-match: $etag"
   fi
@@ -111,7 +111,7 @@ for scenario in ${SCENARIOS:-frontend client}; do
     if [ $scenario = frontend ]; then
       run "Unleash Edge: frontend evaluation, $n flags" "$edgebase/frontend?$CONTEXT" '*:development.bench-frontend'
     else
-      etag=$(curl -sfI -H 'authorization: *:development.bench-client' "$edgebase/client/features" | awk 'tolower($1) == "etag:" {print $2}' | tr -d '\r')
+      etag=$(curl -sf -D - -o /dev/null -H 'authorization: *:development.bench-client' "$edgebase/client/features" | awk 'tolower($1) == "etag:" {print $2}' | tr -d '\r')
       run "Unleash Edge: client state, $n flags" "$edgebase/client/features" '*:development.bench-client'
       run "Unleash Edge: client state, $n flags, If-None-Match" "$edgebase/client/features" '*:development.bench-client' "if-none-match: $etag"
     fi
