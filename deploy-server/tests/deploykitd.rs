@@ -415,3 +415,111 @@ fn a_tls_section_needs_the_tls_feature() {
         "{stderr}"
     );
 }
+
+/// A configured daemon whose stable version fails half its requests fires its alert rule,
+/// and the alert reaches a webhook receiver (served here) signed with the secret the
+/// daemon read from the variable its configuration names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_alert_reaches_a_configured_webhook_signed_with_the_secret_from_the_environment() {
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+
+    let (sent, mut received) = tokio::sync::mpsc::unbounded_channel::<(HeaderMap, Bytes)>();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let sent = sent.clone();
+            async move {
+                let _ = sent.send((headers, body));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("its address");
+    let server = tokio::spawn(async move { axum::serve(listener, hook).await });
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("deploykitd.toml");
+    let config = format!(
+        "[store]\nkind = \"memory\"\n\
+         [[apps]]\nname = \"web\"\nversion = \"1.0.0\"\nreplicas = 2\ntraffic = 100\n\
+         [apps.strategy]\nkind = \"canary\"\n\
+         [[apps.versions]]\nversion = \"1.0.0\"\nerror_rate = 0.5\n\
+         [alerts]\ninterval = \"200ms\"\n\
+         [[alerts.rules]]\nname = \"StableErrorRate\"\napp = \"web\"\nmetric = \"error_rate\"\n\
+         window = \"2s\"\nthreshold = 0.1\nlabels = {{ severity = \"warning\" }}\n\
+         [[alerts.receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://{address}/hook\"\n\
+         secret_env = \"DEPLOYKITD_HOOK_SECRET\"\n\
+         [alerts.route]\nreceiver = \"hook\"\ngroup_wait = \"0\"\n"
+    );
+    std::fs::write(&path, config).expect("write the config");
+    let secret = "webhook-secret-from-the-environment";
+    let mut child = Command::new(DAEMON)
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("DEPLOYKITD_HOOK_SECRET", secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("deploykitd starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (sender, lines) = mpsc::channel();
+    let errors = sender.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if errors.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut daemon = Daemon { child, lines };
+    daemon.printed("deploykitd: serving ", Duration::from_secs(60));
+
+    let (headers, body) = tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("the webhook was called within 30 s")
+        .expect("a delivery");
+    let signature = headers
+        .get(deploy_backends::SIGNATURE_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .expect("a signature header")
+        .to_owned();
+    let now = std::time::SystemTime::now();
+    let tolerance = Duration::from_secs(300);
+    assert!(deploy_backends::verify_signature_fresh(
+        secret.as_bytes(),
+        &body,
+        &signature,
+        now,
+        tolerance
+    ));
+    assert!(!deploy_backends::verify_signature_fresh(
+        b"some other secret",
+        &body,
+        &signature,
+        now,
+        tolerance
+    ));
+    let payload: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+    assert_eq!(payload["action"], "trigger", "{payload}");
+    assert!(payload.to_string().contains("StableErrorRate"), "{payload}");
+
+    let status = daemon.terminate(Duration::from_secs(20));
+    assert!(status.success(), "deploykitd exited with {status}");
+    // Nothing the daemon printed, on either stream, holds the secret.
+    let printed: Vec<String> = daemon.lines.try_iter().collect();
+    assert!(printed.iter().all(|line| !line.contains(secret)), "{printed:?}");
+    server.abort();
+}
