@@ -94,15 +94,11 @@ pub use state::{
 #[cfg(feature = "tls")]
 pub use state::{TlsConfig, serve_tls};
 
-/// The router over a built state: every section's routes, the probes, `/metrics` and
+/// The router over a built state: every section's routes, the Unleash client and frontend
+/// APIs (as [`ServerBuilder::unleash`] configured them), the probes, `/metrics` and
 /// `/openapi.json`, with request counting and a 1 MiB body limit.
 pub fn router(state: AppState) -> Router {
-    router_with_unleash(state, unleash::UnleashConfig::default())
-}
-
-/// [`router`] with the Unleash APIs ([`unleash`]) configured: the environment the flags are
-/// served as, the origins the frontend API allows.
-pub fn router_with_unleash(state: AppState, unleash: unleash::UnleashConfig) -> Router {
+    let unleash = state.unleash_config().clone();
     Router::new()
         .merge(routes::router())
         .merge(unleash::router(unleash))

@@ -31,6 +31,7 @@ use crate::state::AppState;
         (name = "pipelines", description = "Pipeline runs and logs"),
         (name = "infra", description = "Infrastructure plan, apply and state"),
         (name = "tokens", description = "Tokens and the audit log"),
+        (name = "unleash", description = "Unleash-compatible client and frontend APIs"),
     )
 )]
 struct ApiDoc;
@@ -57,6 +58,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         crate::routes::pipelines::PipelinesApi::openapi(),
         crate::routes::infra::InfraApi::openapi(),
         crate::routes::tokens::TokensApi::openapi(),
+        crate::unleash::UnleashApi::openapi(),
     ] {
         doc.merge(section);
     }

@@ -20,6 +20,7 @@ use crate::auth::{Caller, TokenStore};
 use crate::error::{ApiError, ServerError};
 use crate::fanout::EventFanout;
 use crate::metrics::ServerMetrics;
+use crate::unleash::UnleashConfig;
 
 /// Audit entries kept unless told otherwise ([`ServerBuilder::audit_limit`]).
 pub const DEFAULT_AUDIT_LIMIT: usize = 10_000;
@@ -71,6 +72,7 @@ struct Inner {
     audit_limit: usize,
     audit_writes: AtomicU64,
     events: EventFanout,
+    unleash: UnleashConfig,
 }
 
 /// What every handler shares: the store, the configured sections, the tokens, the clock
@@ -130,6 +132,11 @@ impl AppState {
             .rollouts
             .as_ref()
             .ok_or_else(|| ApiError::not_configured("rollouts"))
+    }
+
+    /// How the Unleash APIs serve the flags.
+    pub(crate) fn unleash_config(&self) -> &UnleashConfig {
+        &self.0.unleash
     }
 
     /// The shared followers of the apps' rollout events.
@@ -281,6 +288,7 @@ pub struct ServerBuilder {
     bootstrap: Option<(String, String)>,
     anonymous_reads: bool,
     audit_limit: usize,
+    unleash: UnleashConfig,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -309,6 +317,7 @@ impl ServerBuilder {
             bootstrap: None,
             anonymous_reads: false,
             audit_limit: DEFAULT_AUDIT_LIMIT,
+            unleash: UnleashConfig::default(),
         }
     }
 
@@ -370,6 +379,13 @@ impl ServerBuilder {
         self
     }
 
+    /// How the Unleash client and frontend APIs serve the flags: the environment they are
+    /// served as, the origins the frontend API allows (default: `development`, none).
+    pub fn unleash(mut self, unleash: UnleashConfig) -> Self {
+        self.unleash = unleash;
+        self
+    }
+
     /// Audit entries kept (default [`DEFAULT_AUDIT_LIMIT`]; pruned every few writes, so the
     /// log may briefly hold a few more).
     pub fn audit_limit(mut self, limit: usize) -> Self {
@@ -411,6 +427,7 @@ impl ServerBuilder {
             audit_limit: self.audit_limit,
             audit_writes: AtomicU64::new(0),
             events: EventFanout::default(),
+            unleash: self.unleash,
         })))
     }
 

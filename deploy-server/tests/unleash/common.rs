@@ -175,9 +175,10 @@ pub(crate) async fn serve_store(
     let state = ServerBuilder::new(store)
         .flags(manager)
         .bootstrap_token("root", ADMIN)
+        .unleash(config)
         .build_state()
         .unwrap();
-    let router = deploy_server::router_with_unleash(state, config);
+    let router = deploy_server::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
