@@ -130,18 +130,24 @@ async fn demo_serves_the_api_with_its_apps_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    let app = http
-        .get(format!("{url}/api/rollouts/web"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("GET /api/rollouts/web");
-    assert_eq!(app.status(), 200);
-    let app: serde_json::Value = app.json().await.expect("JSON");
-    assert!(
-        app.to_string().contains("canary"),
-        "web rolls out by canary: {app}"
-    );
+    // The list shows a pending start before the deployer has taken it up and published a
+    // status: wait for the status.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let app = http
+            .get(format!("{url}/api/rollouts/web"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("GET /api/rollouts/web");
+        assert_eq!(app.status(), 200);
+        let app: serde_json::Value = app.json().await.expect("JSON");
+        if app.to_string().contains("canary") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "web never rolled out by canary: {app}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let status = daemon.terminate(Duration::from_secs(30));
     assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
@@ -522,4 +528,167 @@ async fn a_firing_alert_reaches_a_configured_webhook_signed_with_the_secret_from
     let printed: Vec<String> = daemon.lines.try_iter().collect();
     assert!(printed.iter().all(|line| !line.contains(secret)), "{printed:?}");
     server.abort();
+}
+
+/// Finds `program` on `PATH`.
+fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}
+
+/// Stops the HAProxy this test started.
+struct Stop(Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free 127.0.0.1 port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// `backends.kind = "haproxy"` end to end: a real HAProxy (started here), instances as
+/// processes (Python's static file server over each version's artifact directory) checked
+/// over HTTP; a first rollout deploys 1.0.0 from nothing, a second replaces it with 1.1.0,
+/// and HAProxy's frontend serves each in turn. Skipped without `haproxy` or `python3`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_with_haproxy_and_process_backends_deploys_versions_behind_haproxy() {
+    let (Some(haproxy), Some(python)) = (on_path("haproxy"), on_path("python3")) else {
+        deploy_testkit::real::skip("haproxy or python3 is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for version in ["1.0.0", "1.1.0"] {
+        let artifact = dir.path().join("artifacts/web").join(version);
+        std::fs::create_dir_all(&artifact).expect("an artifact directory");
+        std::fs::write(artifact.join("index.html"), format!("web {version}\n")).expect("its page");
+    }
+    let socket = dir.path().join("admin.sock");
+    let frontend = free_port();
+    let haproxy_config = format!(
+        "global\n  stats socket {} mode 600 level admin\n\
+         defaults\n  mode http\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\
+         \x20 option http-server-close\n\
+         frontend fe_web\n  bind 127.0.0.1:{frontend}\n  default_backend web\n\
+         backend web\n  balance roundrobin\n",
+        socket.display()
+    );
+    let haproxy_path = dir.path().join("haproxy.cfg");
+    std::fs::write(&haproxy_path, haproxy_config).expect("write haproxy.cfg");
+    let _haproxy = Stop(
+        Command::new(haproxy)
+            .arg("-db")
+            .arg("-f")
+            .arg(&haproxy_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy starts"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "haproxy made no runtime socket within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let config = format!(
+        "[store]\nkind = \"memory\"\n\
+         [backends]\nkind = \"haproxy\"\n\
+         [backends.haproxy]\nsocket = \"admin.sock\"\ndrain_poll = \"50ms\"\n\
+         [backends.process]\nprogram = \"{}\"\n\
+         args = [\"-m\", \"http.server\", \"{{port}}\", \"--bind\", \"127.0.0.1\", \"--directory\", \"{{artifact}}\"]\n\
+         artifacts = \"artifacts\"\nwork = \"work\"\nstop_timeout = \"2s\"\n\
+         [backends.health]\npath = \"/index.html\"\nbody = \"web\"\n\
+         [backends.metrics]\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:9\"\npreset = \"demo_service\"\n\
+         [[apps]]\nname = \"web\"\nversion = \"1.0.0\"\nreplicas = 2\n\
+         [apps.strategy]\nkind = \"rolling\"\nbatch = \"1\"\n\
+         [apps.rollout]\ndrain = \"100ms\"\npoll_interval = \"100ms\"\nhealth_timeout = \"20s\"\n",
+        python.display()
+    );
+    let path = dir.path().join("deploykitd.toml");
+    std::fs::write(&path, config).expect("write the config");
+    let secret = "dk_test-haproxy-bootstrap-secret-0123";
+    let mut child = Command::new(DAEMON)
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("DEPLOYKITD_TOKENS__BOOTSTRAP_SECRET", secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("deploykitd starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut daemon = Daemon { child, lines };
+    let server = daemon.printed("deploykitd: serving ", Duration::from_secs(60));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client");
+
+    for version in ["1.0.0", "1.1.0"] {
+        let started = http
+            .post(format!("{server}/api/rollouts/web/start"))
+            .bearer_auth(secret)
+            .json(&serde_json::json!({ "version": version }))
+            .send()
+            .await
+            .expect("POST start");
+        assert_eq!(started.status(), 202, "{version}: {:?}", started.text().await);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let history: serde_json::Value = http
+                .get(format!("{server}/api/rollouts/web/history"))
+                .bearer_auth(secret)
+                .send()
+                .await
+                .expect("GET history")
+                .json()
+                .await
+                .expect("JSON");
+            let text = history.to_string();
+            if text.contains(version) && text.contains("completed") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the rollout of {version} never completed: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Every request through HAProxy now reaches the new version.
+        for _ in 0..4 {
+            let page = http
+                .get(format!("http://127.0.0.1:{frontend}/index.html"))
+                .send()
+                .await
+                .expect("GET through haproxy")
+                .text()
+                .await
+                .expect("a page");
+            assert_eq!(page, format!("web {version}\n"));
+        }
+    }
+    let status = daemon.terminate(Duration::from_secs(30));
+    assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
 }
