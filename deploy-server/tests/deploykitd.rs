@@ -692,3 +692,104 @@ async fn a_daemon_with_haproxy_and_process_backends_deploys_versions_behind_hapr
     let status = daemon.terminate(Duration::from_secs(30));
     assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
 }
+
+/// Prometheus's metrics read by the daemon's alert loop: a real Prometheus (started here)
+/// scrapes itself under the labels `app="web",pool="stable"`; a rule `requests < 1.5`, whose
+/// configured query is `max(up{$selector})`, fires and reaches a webhook. The simulated
+/// fleet's own `requests` (hundreds a step at 200 requests/s) would never fire it, nor would
+/// a Prometheus without data. Skipped without `prometheus`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_read_a_real_prometheus_through_the_configured_queries() {
+    use axum::body::Bytes;
+
+    let Some(prometheus) = on_path("prometheus") else {
+        deploy_testkit::real::skip("prometheus is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = free_port();
+    let prometheus_config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n  - job_name: self\n    static_configs:\n\
+         \x20     - targets: ['127.0.0.1:{port}']\n        labels: {{app: web, pool: stable}}\n"
+    );
+    let prometheus_path = dir.path().join("prometheus.yml");
+    std::fs::write(&prometheus_path, prometheus_config).expect("write prometheus.yml");
+    let _prometheus = Stop(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", prometheus_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts"),
+    );
+
+    let (sent, mut received) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: Bytes| {
+            let sent = sent.clone();
+            async move {
+                let _ = sent.send(body);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("its address");
+    let server = tokio::spawn(async move { axum::serve(listener, hook).await });
+
+    let config = format!(
+        "[store]\nkind = \"memory\"\n\
+         [backends.metrics]\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:{port}\"\nstep = \"1s\"\n\
+         [backends.metrics.queries]\nrequests = 'max(up{{$selector}})'\n\
+         [[apps]]\nname = \"web\"\nversion = \"1.0.0\"\nreplicas = 1\ntraffic = 200\n[apps.strategy]\nkind = \"canary\"\n\
+         [alerts]\ninterval = \"500ms\"\n\
+         [[alerts.rules]]\nname = \"StableScraped\"\napp = \"web\"\nmetric = \"requests\"\n\
+         window = \"10s\"\nop = \"<\"\nthreshold = 1.5\n\
+         [[alerts.receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://{address}/hook\"\n\
+         secret = \"prometheus-test-secret\"\n\
+         [alerts.route]\nreceiver = \"hook\"\ngroup_wait = \"0\"\n"
+    );
+    let path = dir.path().join("deploykitd.toml");
+    std::fs::write(&path, config).expect("write the config");
+    let mut child = Command::new(DAEMON)
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("deploykitd starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut daemon = Daemon { child, lines };
+    daemon.printed("deploykitd: serving ", Duration::from_secs(60));
+
+    // Prometheus starts, scrapes, and the rule sees `up` = 1 for the stable pool.
+    let body = tokio::time::timeout(Duration::from_secs(60), received.recv())
+        .await
+        .expect("the alert reached the webhook within 60 s")
+        .expect("a delivery");
+    let payload: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+    assert_eq!(payload["action"], "trigger", "{payload}");
+    assert!(payload.to_string().contains("StableScraped"), "{payload}");
+
+    let status = daemon.terminate(Duration::from_secs(20));
+    assert!(status.success(), "deploykitd exited with {status}");
+    server.abort();
+}
