@@ -278,7 +278,7 @@ mod tests {
         let receiver = ReceiverConfig {
             name: "hook".into(),
             kind: ReceiverKind::Webhook {
-                url: format!("http://{address}/hook"),
+                url: Secret::new(format!("http://{address}/hook")),
                 secret: Secret::new(secret.to_owned()),
                 timeout: Some(Duration::from_secs(5)),
             },

@@ -701,8 +701,8 @@ pub(crate) enum ReceiverKind {
     Log,
     /// An HMAC-signed JSON POST (deploy-backends' `WebhookNotifier`).
     Webhook {
-        /// Where to post.
-        url: String,
+        /// Where to post (kept secret: hook URLs often carry a token).
+        url: Secret<String>,
         /// The signing secret.
         secret: Secret<String>,
         /// How long one delivery may take.
@@ -740,17 +740,19 @@ impl ReceiverConfig {
                 name: self.name.clone(),
             }),
             ReceiverKind::Webhook { url, secret, timeout } => {
-                let mut notifier = WebhookNotifier::new(url.clone(), secret.expose().as_bytes().to_vec())
-                    .map_err(|error| {
-                        (
-                            if secret.expose().is_empty() {
-                                "secret"
-                            } else {
-                                "url"
-                            },
-                            error,
-                        )
-                    })?;
+                let mut notifier =
+                    WebhookNotifier::new(url.expose().clone(), secret.expose().as_bytes().to_vec()).map_err(
+                        |error| {
+                            (
+                                if secret.expose().is_empty() {
+                                    "secret"
+                                } else {
+                                    "url"
+                                },
+                                error,
+                            )
+                        },
+                    )?;
                 if let Some(timeout) = timeout {
                     notifier = notifier.timeout(*timeout);
                 }
@@ -1793,7 +1795,7 @@ fn receiver_config(
                 return None;
             };
             ReceiverKind::Webhook {
-                url,
+                url: Secret::new(url),
                 secret: secret?,
                 timeout,
             }
@@ -2008,7 +2010,7 @@ mod tests {
         assert_eq!(config.alerts.receiver_names(), ["hook", "pager", "am"]);
         match &config.alerts.receivers[0].kind {
             ReceiverKind::Webhook { url, secret, timeout } => {
-                assert_eq!(url, "http://127.0.0.1:9/hook");
+                assert_eq!(url.expose(), "http://127.0.0.1:9/hook");
                 assert_eq!(secret.expose(), "hook-secret-value");
                 assert_eq!(*timeout, None);
             }
@@ -2034,6 +2036,7 @@ mod tests {
         }
         let shown = format!("{config:?}");
         assert!(!shown.contains("hook-secret-value"), "{shown}");
+        assert!(!shown.contains("/hook"), "the hook's URL is kept secret: {shown}");
         assert!(!shown.contains("0123456789abcdef0123456789abcdef"), "{shown}");
     }
 
