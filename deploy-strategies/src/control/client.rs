@@ -4,13 +4,13 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use deploy_core::{
-    AppId, ClockExt, DynStore, Precondition, Record, RecordStoreExt, StoreError, Version, WriteOptions,
+    AppId, ClockExt, DynStore, FollowEvent, FollowStream, Precondition, Record, RecordStoreExt, StoreError,
+    Version, WriteOptions,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::de::DeserializeOwned;
 
-use super::watch::{Seen, follow};
 use super::{
     ControlError, ControlOptions, EventId, EventRecord, HistoryEntry, Intent, IntentRecord, IntentState,
     PublishedStatus, keys,
@@ -288,7 +288,9 @@ impl RolloutClient {
         after: Option<EventId>,
     ) -> Result<BoxStream<'static, Result<EventRecord, ControlError>>, ControlError> {
         let prefix = keys::events(app);
-        let seen = follow(Arc::clone(&self.store), prefix.clone())
+        let seen = self
+            .store
+            .follow(&prefix)
             .await
             .map_err(ControlError::store(&prefix))?;
         let state = EventFollower {
@@ -314,14 +316,13 @@ impl RolloutClient {
         app: &AppId,
     ) -> Result<BoxStream<'static, Result<PublishedStatus, ControlError>>, ControlError> {
         let key = keys::status(app);
-        let seen = follow(Arc::clone(&self.store), key.clone())
-            .await
-            .map_err(ControlError::store(&key))?;
+        let seen = self.store.follow(&key).await.map_err(ControlError::store(&key))?;
         Ok(seen
             .filter_map(move |seen| {
                 let record = match seen {
-                    Ok(Seen::Listed(records)) => records.into_iter().find(|r| r.key == key),
-                    Ok(Seen::Put(record)) => Some(record).filter(|r| r.key == key),
+                    Ok(FollowEvent::Snapshot(records)) => records.into_iter().find(|r| r.key == key),
+                    Ok(FollowEvent::Put(record)) => Some(record).filter(|r| r.key == key),
+                    Ok(FollowEvent::Delete { .. }) => None,
                     Err(source) => {
                         return std::future::ready(Some(Err(ControlError::Store {
                             key: key.clone(),
@@ -337,7 +338,7 @@ impl RolloutClient {
 
 /// The state of a [`RolloutClient::follow_events`] stream.
 struct EventFollower {
-    seen: BoxStream<'static, Result<Seen, StoreError>>,
+    seen: FollowStream,
     prefix: String,
     /// The newest event yielded (or the caller's starting point).
     last: Option<EventId>,
@@ -351,8 +352,10 @@ impl EventFollower {
                 return Some(next);
             }
             let records = match self.seen.next().await? {
-                Ok(Seen::Listed(records)) => records,
-                Ok(Seen::Put(record)) => vec![record],
+                Ok(FollowEvent::Snapshot(records)) => records,
+                Ok(FollowEvent::Put(record)) => vec![record],
+                // Events are pruned, never edited: a delete brings nothing to follow.
+                Ok(FollowEvent::Delete { .. }) => Vec::new(),
                 Err(source) => {
                     return Some(Err(ControlError::Store {
                         key: self.prefix.clone(),

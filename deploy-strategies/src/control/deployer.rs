@@ -7,16 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
-    AppId, ClockExt, DynStore, Lease, RecordStoreExt, Revision, StoreError, Version, WriteOptions,
+    AppId, ClockExt, DynStore, FollowEvent, FollowStream, Lease, RecordStoreExt, Revision, StoreError,
+    Version, WriteOptions,
 };
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use super::client::{decode, undo_target};
-use super::watch::{Seen, follow};
 use super::{
     ControlError, ControlOptions, EventId, EventRecord, HistoryEntry, Intent, IntentRecord, IntentState,
     PublishedPause, PublishedStatus, keys,
@@ -308,9 +307,7 @@ async fn next_wake(running: Option<&mut Running>) -> Wake {
     }
 }
 
-async fn next_seen(
-    stream: Option<&mut BoxStream<'static, Result<Seen, StoreError>>>,
-) -> Option<Result<Seen, StoreError>> {
+async fn next_seen(stream: Option<&mut FollowStream>) -> Option<Result<FollowEvent, StoreError>> {
     match stream {
         Some(stream) => stream.next().await,
         None => std::future::pending().await,
@@ -406,7 +403,7 @@ impl Deployer {
     ) -> Served {
         let lease = keeper.lease();
         let prefix = keys::intents(&self.app);
-        let mut intents: Option<BoxStream<'static, Result<Seen, StoreError>>> = None;
+        let mut intents: Option<FollowStream> = None;
         let mut running: Option<Running> = None;
         // An interrupted rollout is resumed before any intent is applied.
         let mut resume_due = true;
@@ -434,7 +431,7 @@ impl Deployer {
                 }
             }
             if intents.is_none() && !failed {
-                match follow(Arc::clone(self.store()), prefix.clone()).await {
+                match self.store().follow(&prefix).await {
                     Ok(stream) => intents = Some(stream),
                     Err(err) => {
                         tracing::warn!(app = %self.app, %err, "cannot watch intents; retrying");

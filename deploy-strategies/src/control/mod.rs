@@ -50,7 +50,6 @@
 
 mod client;
 mod deployer;
-mod watch;
 
 use std::fmt;
 use std::str::FromStr;
