@@ -65,6 +65,33 @@ pub enum FlagError {
         /// The flag's stored revision.
         actual: u64,
     },
+    /// A flag's rule refers to a segment that is not defined
+    /// ([`FeatureFlagManager::create_segment`] defines one). Nothing was written.
+    ///
+    /// [`FeatureFlagManager::create_segment`]: crate::FeatureFlagManager::create_segment
+    #[error("flag `{flag}`: {field}: no segment with id `{segment}`")]
+    MissingSegment {
+        /// The flag.
+        flag: String,
+        /// Where the reference is, e.g. `rules[0].segments[1]`.
+        field: String,
+        /// The segment id it names.
+        segment: String,
+    },
+    /// An operation named a segment that does not exist.
+    #[error("no segment with id `{0}`")]
+    UnknownSegment(String),
+    /// An operation would create a segment that exists already.
+    #[error("segment `{0}` exists already")]
+    SegmentExists(String),
+    /// A segment cannot be deleted while flags refer to it. Nothing was written.
+    #[error("segment `{segment}` is used by {}", flags.iter().map(|flag| format!("`{flag}`")).collect::<Vec<_>>().join(", "))]
+    SegmentInUse {
+        /// The segment.
+        segment: String,
+        /// The flags whose rules refer to it, sorted.
+        flags: Vec<String>,
+    },
     /// The record store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -83,8 +83,8 @@ pub use error::FlagError;
 pub use eval::{ErrorCode, Evaluation, Reason};
 pub use file_source::{FileFormat, FileSource, ReloadStatus};
 pub use manager::{
-    AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, QuarantinedFlag, StaleFlag, StaleReason,
-    VersionedFlag,
+    AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, QuarantinedFlag, QuarantinedSegment,
+    SegmentAuditEntry, StaleFlag, StaleReason, VersionedFlag,
 };
 pub use metrics::FlagMetrics;
 pub use model::{

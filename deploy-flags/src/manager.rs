@@ -21,7 +21,7 @@ use crate::context::Context;
 use crate::engine::{FlagEngine, FlagsChanged};
 use crate::error::FlagError;
 use crate::metrics::FlagMetrics;
-use crate::model::{FlagDefinition, FlagSet, Rule};
+use crate::model::{FlagDefinition, FlagSet, Rule, Segment};
 
 /// How a [`FeatureFlagManager`] stores and times things.
 #[derive(Debug, Clone)]
@@ -80,20 +80,35 @@ const MAX_FLAG_NAME_LEN: usize = 255;
 /// into another flag's keys). Any other Unicode is a name, as in Unleash
 /// (`Feature.UTF-8.Hellø_Wørld`).
 fn check_name(name: &str) -> Result<(), FlagError> {
+    match is_key_segment(name) {
+        true => Ok(()),
+        false => Err(FlagError::invalid(name, "name", KEY_SEGMENT_RULE)),
+    }
+}
+
+const KEY_SEGMENT_RULE: &str =
+    "must be 1 to 255 bytes without `/`, `\\`, whitespace or control characters, and not `.` or `..`";
+
+fn is_key_segment(name: &str) -> bool {
     let bad_char = |c: char| c == '/' || c == '\\' || c.is_whitespace() || c.is_control();
-    if name.is_empty()
+    !(name.is_empty()
         || name == "."
         || name == ".."
         || name.len() > MAX_FLAG_NAME_LEN
-        || name.chars().any(bad_char)
-    {
-        return Err(FlagError::invalid(
-            name,
-            "name",
-            "must be 1 to 255 bytes without `/`, `\\`, whitespace or control characters, and not `.` or `..`",
-        ));
+        || name.chars().any(bad_char))
+}
+
+/// Refuses a segment id that could not be a single store key segment (the rule of flag
+/// names).
+fn check_segment_id(id: &str) -> Result<(), FlagError> {
+    match is_key_segment(id) {
+        true => Ok(()),
+        false => Err(FlagError::InvalidSegment {
+            segment: id.to_owned(),
+            field: "id".into(),
+            reason: KEY_SEGMENT_RULE.into(),
+        }),
     }
-    Ok(())
 }
 
 /// A flag as stored: the definition (absent once deleted) with its history counters.
@@ -143,6 +158,48 @@ pub struct VersionedFlag {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A segment as stored: the definition (absent once deleted) with its history counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StoredSegment {
+    definition: Option<Segment>,
+    revision: u64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// The change that produced this revision (repaired into the audit log on reload).
+    last_change: SegmentAuditEntry,
+}
+
+/// One change to one segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentAuditEntry {
+    /// The segment's id.
+    pub segment: String,
+    /// The segment's revision this change produced (1 for its creation).
+    pub revision: u64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// What kind of change: [`AuditAction::Create`], [`AuditAction::Update`] or
+    /// [`AuditAction::Delete`].
+    pub action: AuditAction,
+    /// The segment before (`None` for a creation).
+    pub before: Option<Segment>,
+    /// The segment after (`None` for a deletion).
+    pub after: Option<Segment>,
+}
+
+/// A stored segment that the manager leaves out of its engine: its record does not decode,
+/// its id is not valid, or its constraints do not compile. Flags that refer to it are
+/// quarantined too ([`FeatureFlagManager::quarantined`]); fix or delete it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedSegment {
+    /// The segment (its key under `segments/`).
+    pub segment: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
 /// Kinds of change in the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -180,7 +237,9 @@ pub struct StaleFlag {
 /// Flags with persistence, an audit log, analytics and a stale-flag report.
 ///
 /// Records live under `flags/` of the store given ([`FeatureFlagManager::PREFIX`]):
-/// `flags/defs/<name>` and `flags/audit/<name>/<revision>`; to keep several managers apart
+/// `flags/defs/<name>` and `flags/audit/<name>/<revision>`, and for segments
+/// ([`FeatureFlagManager::create_segment`]) `flags/segments/<id>` and
+/// `flags/segment-audit/<id>/<revision>`; to keep several managers apart
 /// in one store, give each a [`Prefixed`] view (`Prefixed::new(store, "tenant-a/")`).
 ///
 /// Every change is validated by compiling the complete new flag set before anything is
@@ -215,6 +274,7 @@ pub struct FeatureFlagManager {
     store: Prefixed<Arc<DynRecordStore>>,
     options: ManagerOptions,
     quarantined: Mutex<Vec<QuarantinedFlag>>,
+    quarantined_segments: Mutex<Vec<QuarantinedSegment>>,
 }
 
 impl FeatureFlagManager {
@@ -233,6 +293,7 @@ impl FeatureFlagManager {
             store: Prefixed::new(store, Self::PREFIX),
             options,
             quarantined: Mutex::new(Vec::new()),
+            quarantined_segments: Mutex::new(Vec::new()),
         };
         manager.reload().await?;
         Ok(manager)
@@ -246,6 +307,86 @@ impl FeatureFlagManager {
     /// The stored flags the last reload left out, with what is wrong with each.
     pub fn quarantined(&self) -> Vec<QuarantinedFlag> {
         self.quarantined.lock().clone()
+    }
+
+    /// The stored segments the last reload left out, with what is wrong with each.
+    pub fn quarantined_segments(&self) -> Vec<QuarantinedSegment> {
+        self.quarantined_segments.lock().clone()
+    }
+
+    fn segment_key(id: &str) -> String {
+        format!("segments/{id}")
+    }
+
+    fn segment_audit_prefix(id: &str) -> String {
+        format!("segment-audit/{id}/")
+    }
+
+    fn segment_audit_key(entry: &SegmentAuditEntry) -> String {
+        format!(
+            "{}{:010}",
+            Self::segment_audit_prefix(&entry.segment),
+            entry.revision
+        )
+    }
+
+    /// Every stored segment that decodes under a valid id, and the records that do not.
+    async fn stored_segments(&self) -> Result<(Vec<StoredSegment>, Vec<QuarantinedSegment>), StoreError> {
+        let mut segments = Vec::new();
+        let mut quarantined = Vec::new();
+        for record in self.store.list("segments/").await? {
+            let id = record.key.strip_prefix("segments/").unwrap_or(&record.key);
+            let bad = |reason: String| QuarantinedSegment {
+                segment: id.to_owned(),
+                reason,
+            };
+            if let Err(error) = check_segment_id(id) {
+                quarantined.push(bad(error.to_string()));
+                continue;
+            }
+            match serde_json::from_slice::<StoredSegment>(&record.value) {
+                Err(error) => quarantined.push(bad(format!("does not decode: {error}"))),
+                Ok(segment)
+                    if segment.last_change.segment != id
+                        || segment.definition.as_ref().is_some_and(|found| found.id != id) =>
+                {
+                    quarantined.push(bad("the record is about another segment".into()));
+                }
+                Ok(segment) => segments.push(segment),
+            }
+        }
+        Ok((segments, quarantined))
+    }
+
+    /// The stored segments that compile on their own (what flags may refer to), and the
+    /// others.
+    fn usable_segments(&self, stored: &[StoredSegment]) -> (Vec<Segment>, Vec<QuarantinedSegment>) {
+        let mut usable = Vec::new();
+        let mut quarantined = Vec::new();
+        for segment in stored.iter().filter_map(|segment| segment.definition.as_ref()) {
+            match self.check_segment(segment) {
+                Ok(()) => usable.push(segment.clone()),
+                Err(error) => quarantined.push(QuarantinedSegment {
+                    segment: segment.id.clone(),
+                    reason: error.to_string(),
+                }),
+            }
+        }
+        (usable, quarantined)
+    }
+
+    /// Whether a segment compiles on its own.
+    fn check_segment(&self, segment: &Segment) -> Result<(), FlagError> {
+        check_segment_id(&segment.id)?;
+        self.engine
+            .check(
+                FlagSet {
+                    flags: Vec::new(),
+                    segments: vec![segment.clone()],
+                },
+                false,
+            )
+            .map(drop)
     }
 
     fn flag_key(name: &str) -> String {
@@ -305,30 +446,46 @@ impl FeatureFlagManager {
     /// The store's errors.
     pub async fn reload(&self) -> Result<u64, FlagError> {
         let (stored, quarantined) = self.stored().await?;
+        let (segments, bad_segments) = self.stored_segments().await?;
+        let absent = WriteOptions::when(Precondition::Absent);
         for flag in &stored {
             let entry = &flag.last_change;
             if self.store.get(&Self::audit_key(entry)).await?.is_none() {
-                self.write_audit(entry, WriteOptions::when(Precondition::Absent))
+                self.write_audit(&Self::audit_key(entry), entry, absent.clone())
                     .await?;
             }
         }
-        self.serve(&stored, quarantined)
+        for segment in &segments {
+            let entry = &segment.last_change;
+            let key = Self::segment_audit_key(entry);
+            if self.store.get(&key).await?.is_none() {
+                self.write_audit(&key, entry, absent.clone()).await?;
+            }
+        }
+        self.serve(&stored, quarantined, &segments, bad_segments)
     }
 
-    /// Swaps in the stored flags that compile.
-    fn serve(&self, stored: &[StoredFlag], mut quarantined: Vec<QuarantinedFlag>) -> Result<u64, FlagError> {
+    /// Swaps in the stored segments and flags that compile.
+    fn serve(
+        &self,
+        stored: &[StoredFlag],
+        mut quarantined: Vec<QuarantinedFlag>,
+        segments: &[StoredSegment],
+        mut bad_segments: Vec<QuarantinedSegment>,
+    ) -> Result<u64, FlagError> {
         let flags = stored.iter().filter_map(|flag| flag.definition.clone()).collect();
-        let (version, errors) = self.engine.update(true, |_| {
-            Ok(FlagSet {
-                flags,
-                segments: Vec::new(),
-            })
-        })?;
+        let (segments, uncompiled) = self.usable_segments(segments);
+        bad_segments.extend(uncompiled);
+        let (version, errors) = self.engine.update(true, |_| Ok(FlagSet { flags, segments }))?;
         quarantined.extend(errors.iter().map(QuarantinedFlag::of));
+        for bad in &bad_segments {
+            tracing::warn!(segment = %bad.segment, reason = %bad.reason, "stored segment quarantined; flags using it are left out");
+        }
         for bad in &quarantined {
             tracing::warn!(flag = %bad.flag, field = %bad.field, reason = %bad.reason, "stored flag quarantined; the other flags serve");
         }
         *self.quarantined.lock() = quarantined;
+        *self.quarantined_segments.lock() = bad_segments;
         Ok(version)
     }
 
@@ -338,7 +495,9 @@ impl FeatureFlagManager {
     /// # Errors
     /// The store refuses to watch.
     pub async fn spawn_sync(self: &Arc<Self>) -> Result<JoinHandle<()>, FlagError> {
-        let mut events = self.store.watch("defs/").await?;
+        let flags = self.store.watch("defs/").await?;
+        let segments = self.store.watch("segments/").await?;
+        let mut events = futures::stream::select(flags, segments);
         let manager = Arc::clone(self);
         // Changes between `open` and the watch starting are picked up by this first reload.
         manager.reload().await?;
@@ -552,6 +711,7 @@ impl FeatureFlagManager {
     ) -> Result<AuditEntry, FlagError> {
         check_name(name)?;
         let (stored, _) = self.stored().await?;
+        let (segments, _) = self.usable_segments(&self.stored_segments().await?.0);
         let unchanged = others(&stored, name);
         let mut previous = None;
         let written = self
@@ -570,7 +730,8 @@ impl FeatureFlagManager {
                 }
                 let before = current.as_ref().and_then(|flag| flag.definition.clone());
                 let after = next(before.as_ref())?;
-                self.check_change(&unchanged, name, before.clone(), after.clone())?;
+                check_references(after.as_ref(), &segments)?;
+                self.check_change(&unchanged, &segments, name, before.clone(), after.clone())?;
                 let now = self.now();
                 let revision = current.as_ref().map_or(0, |flag| flag.revision) + 1;
                 Ok(Some(StoredFlag {
@@ -598,20 +759,27 @@ impl FeatureFlagManager {
             return Err(FlagError::UnknownFlag(name.to_owned()));
         };
         let (stored, quarantined) = self.stored().await?;
+        let (stored_segments, bad_segments) = self.stored_segments().await?;
+        let (segments, _) = self.usable_segments(&stored_segments);
         let change = &written.last_change;
-        if let Err(error) = self.check_change(
-            &others(&stored, name),
-            name,
-            change.before.clone(),
-            change.after.clone(),
-        ) {
-            self.undo(name, previous, version).await;
+        let checked = check_references(change.after.as_ref(), &segments).and_then(|()| {
+            self.check_change(
+                &others(&stored, name),
+                &segments,
+                name,
+                change.before.clone(),
+                change.after.clone(),
+            )
+        });
+        if let Err(error) = checked {
+            self.undo(&Self::flag_key(name), previous, version).await;
             return Err(error);
         }
         // Overwrites an entry a reload wrote for a change that was undone.
-        self.write_audit(change, WriteOptions::default()).await?;
-        self.prune_audit(name).await?;
-        self.serve(&stored, quarantined)?;
+        self.write_audit(&Self::audit_key(change), change, WriteOptions::default())
+            .await?;
+        self.prune_audit(&Self::audit_prefix(name)).await?;
+        self.serve(&stored, quarantined, &stored_segments, bad_segments)?;
         Ok(written.last_change)
     }
 
@@ -620,6 +788,7 @@ impl FeatureFlagManager {
     fn check_change(
         &self,
         others: &[FlagDefinition],
+        segments: &[Segment],
         name: &str,
         before: Option<FlagDefinition>,
         after: Option<FlagDefinition>,
@@ -630,7 +799,7 @@ impl FeatureFlagManager {
             self.engine.check(
                 FlagSet {
                     flags,
-                    segments: Vec::new(),
+                    segments: segments.to_vec(),
                 },
                 true,
             )
@@ -649,37 +818,277 @@ impl FeatureFlagManager {
         }
     }
 
-    /// Puts back the record a refused change replaced, unless it changed again since.
-    async fn undo(&self, name: &str, previous: Option<StoredFlag>, written: RecordVersion) {
-        let key = Self::flag_key(name);
+    /// Puts back the record (of a flag or a segment) a refused change replaced, unless it
+    /// changed again since.
+    async fn undo<T: Serialize + Sync>(&self, key: &str, previous: Option<T>, written: RecordVersion) {
         let unchanged = WriteOptions::when(Precondition::Version(written));
         let undone = match previous {
-            Some(record) => self.store.put_json(&key, &record, unchanged).await.map(drop),
-            None => self.store.delete_opts(&key, unchanged).await.map(drop),
+            Some(record) => self.store.put_json(key, &record, unchanged).await.map(drop),
+            None => self.store.delete_opts(key, unchanged).await.map(drop),
         };
         if let Err(error) = undone {
-            tracing::warn!(flag = name, %error, "could not undo a refused flag change; the next reload quarantines what it broke");
+            tracing::warn!(key, %error, "could not undo a refused change; the next reload quarantines what it broke");
         }
     }
 
-    /// Writes an audit entry: with [`Precondition::Absent`] to repair, unconditionally for a
-    /// change.
-    async fn write_audit(&self, entry: &AuditEntry, options: WriteOptions) -> Result<(), FlagError> {
-        match self.store.put_json(&Self::audit_key(entry), entry, options).await {
+    /// Writes an audit entry (of a flag or a segment) at `key`: with
+    /// [`Precondition::Absent`] to repair, unconditionally for a change.
+    async fn write_audit<T: Serialize + Sync>(
+        &self,
+        key: &str,
+        entry: &T,
+        options: WriteOptions,
+    ) -> Result<(), FlagError> {
+        match self.store.put_json(key, entry, options).await {
             // Already written (by us before a crash, or by a reload racing us): same content.
             Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
             Err(error) => Err(error.into()),
         }
     }
 
-    /// Deletes a flag's audit entries beyond the newest `audit_retention`.
-    async fn prune_audit(&self, name: &str) -> Result<(), FlagError> {
-        let entries = self.store.list(&Self::audit_prefix(name)).await?;
+    /// Deletes the audit entries under `prefix` (one flag's or one segment's) beyond the
+    /// newest `audit_retention`.
+    async fn prune_audit(&self, prefix: &str) -> Result<(), FlagError> {
+        let entries = self.store.list(prefix).await?;
         let excess = entries.len().saturating_sub(self.options.audit_retention.max(1));
         for entry in &entries[..excess] {
             self.store.delete(&entry.key).await?;
         }
         Ok(())
+    }
+
+    /// Defines a segment: a reusable set of constraints that flag rules refer to by id
+    /// ([`Rule::segments`]). Recorded in the segment's audit log
+    /// ([`FeatureFlagManager::segment_audit_log`]) and served by every manager sharing the
+    /// store once it syncs.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), deploy_flags::FlagError> {
+    /// use std::sync::Arc;
+    /// use deploy_core::MemoryStore;
+    /// use deploy_flags::{Constraint, Context, FeatureFlagManager, FlagDefinition, FlagError, Operator, Rule, Segment};
+    ///
+    /// let manager = FeatureFlagManager::open(Arc::new(MemoryStore::new()), Default::default()).await?;
+    /// let beta = Segment { id: "beta".into(), constraints: vec![Constraint::list("plan", Operator::In, &["beta"])] };
+    /// manager.create_segment("ann", beta).await?;
+    /// let rule = Rule { segments: vec!["beta".into()], ..Rule::default() };
+    /// manager.create_flag("ann", FlagDefinition::new("search-v2", true).with_rule(rule)).await?;
+    ///
+    /// assert!(manager.is_enabled("search-v2", &Context::new().property("plan", "beta")));
+    /// assert!(!manager.is_enabled("search-v2", &Context::new().property("plan", "free")));
+    /// // In use: refused.
+    /// assert!(matches!(manager.delete_segment("bob", "beta").await, Err(FlagError::SegmentInUse { .. })));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`FlagError::SegmentExists`]; [`FlagError::InvalidSegment`] for an id that is not a
+    /// valid name or constraints that do not compile (nothing is written); store errors.
+    pub async fn create_segment(
+        &self,
+        actor: &str,
+        segment: Segment,
+    ) -> Result<SegmentAuditEntry, FlagError> {
+        let id = segment.id.clone();
+        self.change_segment(actor, &id, AuditAction::Create, |current| match current {
+            Some(_) => Err(FlagError::SegmentExists(segment.id.clone())),
+            None => Ok(Some(segment.clone())),
+        })
+        .await
+    }
+
+    /// Replaces a segment's constraints (the segment of the same id): every flag referring
+    /// to it evaluates by the new ones.
+    ///
+    /// # Errors
+    /// [`FlagError::UnknownSegment`]; [`FlagError::InvalidSegment`]; a flag the change would
+    /// leave invalid (nothing is written, the previous segment keeps serving); store errors.
+    pub async fn update_segment(
+        &self,
+        actor: &str,
+        segment: Segment,
+    ) -> Result<SegmentAuditEntry, FlagError> {
+        let id = segment.id.clone();
+        self.change_segment(actor, &id, AuditAction::Update, |current| match current {
+            Some(_) => Ok(Some(segment.clone())),
+            None => Err(FlagError::UnknownSegment(segment.id.clone())),
+        })
+        .await
+    }
+
+    /// Deletes a segment no flag refers to.
+    ///
+    /// # Errors
+    /// [`FlagError::SegmentInUse`] naming the flags that refer to it;
+    /// [`FlagError::UnknownSegment`]; store errors.
+    pub async fn delete_segment(&self, actor: &str, id: &str) -> Result<SegmentAuditEntry, FlagError> {
+        self.change_segment(actor, id, AuditAction::Delete, |current| match current {
+            Some(_) => Ok(None),
+            None => Err(FlagError::UnknownSegment(id.to_owned())),
+        })
+        .await
+    }
+
+    /// Every stored segment, sorted by id. Read from the store, not the engine: a segment
+    /// defined through another manager shows at once (a quarantined one too).
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub async fn segments(&self) -> Result<Vec<Segment>, FlagError> {
+        Ok(self
+            .stored_segments()
+            .await?
+            .0
+            .into_iter()
+            .filter_map(|segment| segment.definition)
+            .collect())
+    }
+
+    /// The changes to a segment, oldest first: the newest
+    /// [`ManagerOptions::audit_retention`].
+    ///
+    /// # Errors
+    /// [`FlagError::InvalidSegment`] for an id that is not valid; the store's errors; an
+    /// entry that does not decode ([`StoreError::Codec`]).
+    pub async fn segment_audit_log(&self, id: &str) -> Result<Vec<SegmentAuditEntry>, FlagError> {
+        check_segment_id(id)?;
+        let prefix = Self::segment_audit_prefix(id);
+        let records = self.store.list_json::<SegmentAuditEntry>(&prefix).await?;
+        Ok(records
+            .into_iter()
+            .filter(|(key, _, _)| !key[prefix.len()..].contains('/'))
+            .map(|(_, entry, _)| entry)
+            .collect())
+    }
+
+    /// Read-modify-write of one segment, as [`FeatureFlagManager::change`] for a flag:
+    /// validated against the stored flags before the compare-and-swap and again after it
+    /// (undone if a concurrent flag change made it break one).
+    async fn change_segment(
+        &self,
+        actor: &str,
+        id: &str,
+        action: AuditAction,
+        mut next: impl FnMut(Option<&Segment>) -> Result<Option<Segment>, FlagError> + Send,
+    ) -> Result<SegmentAuditEntry, FlagError> {
+        check_segment_id(id)?;
+        let (stored, _) = self.stored().await?;
+        let flags = definitions(&stored);
+        let (segments, _) = self.usable_segments(&self.stored_segments().await?.0);
+        let others = other_segments(&segments, id);
+        let mut previous = None;
+        let written = self
+            .store
+            .update_json::<StoredSegment, FlagError>(
+                &Self::segment_key(id),
+                WriteOptions::default(),
+                |current| {
+                    previous = current.clone();
+                    let before = current.as_ref().and_then(|segment| segment.definition.clone());
+                    let after = next(before.as_ref())?;
+                    self.check_segment_change(&flags, &others, id, before.as_ref(), after.as_ref())?;
+                    let now = self.now();
+                    let revision = current.as_ref().map_or(0, |segment| segment.revision) + 1;
+                    Ok(Some(StoredSegment {
+                        revision,
+                        created_at: match &current {
+                            Some(segment) if segment.definition.is_some() => segment.created_at,
+                            _ => now,
+                        },
+                        updated_at: now,
+                        last_change: SegmentAuditEntry {
+                            segment: id.to_owned(),
+                            revision,
+                            at: now,
+                            actor: actor.to_owned(),
+                            action,
+                            before,
+                            after: after.clone(),
+                        },
+                        definition: after,
+                    }))
+                },
+            )
+            .await?;
+        let Some((written, version)) = written else {
+            return Err(FlagError::UnknownSegment(id.to_owned()));
+        };
+        let (stored, quarantined) = self.stored().await?;
+        let (stored_segments, bad_segments) = self.stored_segments().await?;
+        let (segments, _) = self.usable_segments(&stored_segments);
+        let change = &written.last_change;
+        if let Err(error) = self.check_segment_change(
+            &definitions(&stored),
+            &other_segments(&segments, id),
+            id,
+            change.before.as_ref(),
+            change.after.as_ref(),
+        ) {
+            self.undo(&Self::segment_key(id), previous, version).await;
+            return Err(error);
+        }
+        self.write_audit(&Self::segment_audit_key(change), change, WriteOptions::default())
+            .await?;
+        self.prune_audit(&Self::segment_audit_prefix(id)).await?;
+        self.serve(&stored, quarantined, &stored_segments, bad_segments)?;
+        Ok(written.last_change)
+    }
+
+    /// Refuses the change of segment `id` from `before` to `after` (among the `others`)
+    /// when the segment does not compile, when it is deleted while `flags` refer to it, or
+    /// when it breaks a flag that was not broken before.
+    fn check_segment_change(
+        &self,
+        flags: &[FlagDefinition],
+        others: &[Segment],
+        id: &str,
+        before: Option<&Segment>,
+        after: Option<&Segment>,
+    ) -> Result<(), FlagError> {
+        match after {
+            Some(segment) => self.check_segment(segment)?,
+            None => {
+                let users: Vec<String> = flags
+                    .iter()
+                    .filter(|flag| {
+                        flag.rules
+                            .iter()
+                            .any(|rule| rule.segments.iter().any(|used| used == id))
+                    })
+                    .map(|flag| flag.name.clone())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(FlagError::SegmentInUse {
+                        segment: id.to_owned(),
+                        flags: users,
+                    });
+                }
+            }
+        }
+        let broken = |segment: Option<&Segment>| {
+            let mut segments = others.to_vec();
+            segments.extend(segment.cloned());
+            self.engine.check(
+                FlagSet {
+                    flags: flags.to_vec(),
+                    segments,
+                },
+                true,
+            )
+        };
+        // A stored segment that did not compile counts as absent.
+        let was: HashSet<String> = broken(before.filter(|segment| self.check_segment(segment).is_ok()))?
+            .iter()
+            .filter_map(|error| error.flag().map(str::to_owned))
+            .collect();
+        match broken(after)?
+            .into_iter()
+            .find(|error| error.flag().is_none_or(|flag| !was.contains(flag)))
+        {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Whether `name` is on for the caller (unknown flags are off).
@@ -756,6 +1165,39 @@ impl FeatureFlagManager {
     fn now(&self) -> DateTime<Utc> {
         self.options.clock.now().into()
     }
+}
+
+/// The definitions of every stored flag.
+fn definitions(stored: &[StoredFlag]) -> Vec<FlagDefinition> {
+    stored.iter().filter_map(|flag| flag.definition.clone()).collect()
+}
+
+/// Every segment but `id`.
+fn other_segments(segments: &[Segment], id: &str) -> Vec<Segment> {
+    segments
+        .iter()
+        .filter(|segment| segment.id != id)
+        .cloned()
+        .collect()
+}
+
+/// Refuses a flag whose rules refer to a segment that is not among `segments`.
+fn check_references(flag: Option<&FlagDefinition>, segments: &[Segment]) -> Result<(), FlagError> {
+    let Some(flag) = flag else {
+        return Ok(());
+    };
+    for (index, rule) in flag.rules.iter().enumerate() {
+        for (position, id) in rule.segments.iter().enumerate() {
+            if !segments.iter().any(|segment| &segment.id == id) {
+                return Err(FlagError::MissingSegment {
+                    flag: flag.name.clone(),
+                    field: format!("rules[{index}].segments[{position}]"),
+                    segment: id.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The definitions of every stored flag but `name`.
