@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploy_core::{DynStore, MemoryStore};
+use deploy_core::{DynStore, MemoryStore, RecordStoreExt};
 use deploy_flags::{
     AuditAction, Constraint, Context, FeatureFlagManager, FlagDefinition, FlagError, ManagerOptions,
     Operator, Rule, Segment,
@@ -270,4 +270,97 @@ async fn another_manager_over_the_same_store_sees_the_segment_after_sync() {
     assert!(reopened.is_enabled("reports", &on_plan("team")));
     assert!(reopened.quarantined().is_empty() && reopened.quarantined_segments().is_empty());
     sync.abort();
+}
+
+#[tokio::test]
+async fn a_stored_segment_that_does_not_compile_is_quarantined_with_its_flags_until_fixed() {
+    let (store, manager) = fresh_manager().await;
+    let modern = Segment {
+        id: "modern".into(),
+        constraints: vec![Constraint::single("appVersion", Operator::SemverGte, "2.0.0")],
+    };
+    manager.create_segment("ann", modern.clone()).await.unwrap();
+    manager
+        .create_flag("ann", flag_using("reports", "modern"))
+        .await
+        .unwrap();
+    manager
+        .create_flag("ann", FlagDefinition::new("plain", true))
+        .await
+        .unwrap();
+    // Damaged in the store (another tool, a bad migration), plus a record that is no segment.
+    let key = "flags/segments/modern";
+    let (mut record, _) = store.get_json::<serde_json::Value>(key).await.unwrap().unwrap();
+    record["definition"]["constraints"][0]["value"] = "not a version".into();
+    store.put_json(key, &record, Default::default()).await.unwrap();
+    store.put("flags/segments/junk", "{".into()).await.unwrap();
+
+    let reopened = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+        .await
+        .unwrap();
+    let mut bad: Vec<_> = reopened
+        .quarantined_segments()
+        .into_iter()
+        .map(|segment| segment.segment)
+        .collect();
+    bad.sort();
+    assert_eq!(bad, ["junk", "modern"]);
+    let flags: Vec<_> = reopened.quarantined().into_iter().map(|flag| flag.flag).collect();
+    assert_eq!(
+        flags,
+        ["reports"],
+        "the flag using the broken segment is left out"
+    );
+    assert!(reopened.is_enabled("plain", &Context::new()), "the others serve");
+    let modern_app = Context::new().property("appVersion", "2.1.0");
+    assert!(!reopened.is_enabled("reports", &modern_app));
+
+    // Fixing the segment through the manager brings the flag back.
+    reopened.update_segment("bob", modern).await.unwrap();
+    assert!(reopened.is_enabled("reports", &modern_app));
+    assert!(!reopened.is_enabled("reports", &Context::new().property("appVersion", "1.9.0")));
+    assert!(reopened.quarantined().is_empty());
+    assert_eq!(
+        reopened
+            .quarantined_segments()
+            .into_iter()
+            .map(|segment| segment.segment)
+            .collect::<Vec<_>>(),
+        ["junk"]
+    );
+}
+
+/// A segment deleted by one manager while another creates a flag that uses it: never both
+/// (which would leave a flag pointing at nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_delete_racing_a_flag_that_uses_it_never_leaves_a_dangling_reference() {
+    for round in 0..20 {
+        let (store, first) = fresh_manager().await;
+        let second = FeatureFlagManager::open(store.clone(), ManagerOptions::default())
+            .await
+            .unwrap();
+        first
+            .create_segment("ann", plans("paying", &["pro"]))
+            .await
+            .unwrap();
+        let name = format!("reports-{round}");
+        let (deleted, created) = tokio::join!(
+            first.delete_segment("ann", "paying"),
+            second.create_flag("bob", flag_using(&name, "paying")),
+        );
+        assert!(
+            !(deleted.is_ok() && created.is_ok()),
+            "round {round}: both the delete and the flag were accepted"
+        );
+        let reopened = FeatureFlagManager::open(store, ManagerOptions::default())
+            .await
+            .unwrap();
+        let segment_there = !reopened.segments().await.unwrap().is_empty();
+        let flag_there = reopened.get_flag(&name).await.unwrap().is_some();
+        assert!(
+            segment_there || !flag_there,
+            "round {round}: the flag refers to a deleted segment"
+        );
+        assert!(reopened.quarantined().is_empty(), "round {round}");
+    }
 }
