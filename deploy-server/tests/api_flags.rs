@@ -272,6 +272,12 @@ async fn bad_input_is_a_400_naming_the_field() {
             "rules[0].rollout.percentage",
         ),
         (Method::POST, "/api/flags", json!({"name": "bad/name"}), "name"),
+        (
+            Method::POST,
+            "/api/flags",
+            json!({"name": "g", "rules": [{"segments": ["no-such-segment"]}]}),
+            "rules[0].segments[0]",
+        ),
         (Method::PUT, "/api/flags/f", json!({"name": "other"}), "name"),
         (
             Method::PUT,

@@ -61,8 +61,13 @@ pub(crate) fn flag_error(error: FlagError) -> ApiError {
         FlagError::InvalidFlag { ref field, .. } => ApiError::bad_request(field.clone(), error.to_string()),
         FlagError::PrerequisiteCycle { .. } => ApiError::bad_request("prerequisites", error.to_string()),
         FlagError::InvalidSegment { .. } | FlagError::Parse { .. } => ApiError::malformed(error.to_string()),
+        FlagError::MissingSegment { ref field, .. } => {
+            ApiError::bad_request(field.clone(), error.to_string())
+        }
         FlagError::UnknownFlag(name) => ApiError::not_found(format!("flag `{name}`")),
+        FlagError::UnknownSegment(id) => ApiError::not_found(format!("segment `{id}`")),
         FlagError::FlagExists(_) => ApiError::conflict(error.to_string()).with_field("name"),
+        FlagError::SegmentExists(_) | FlagError::SegmentInUse { .. } => ApiError::conflict(error.to_string()),
         FlagError::Conflict { .. } => {
             ApiError::conflict(format!("{error}: read it again")).with_field("If-Match")
         }
