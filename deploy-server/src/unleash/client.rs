@@ -1,6 +1,7 @@
 //! Unleash's client API: the full state for server-side SDKs, their registration and their
 //! metrics.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -25,7 +26,7 @@ use super::tokens::UnleashCaller;
 use crate::auth::TokenKind;
 use crate::error::ApiError;
 use crate::routes::ApiJson;
-use crate::sse::{SseMessage, sse_response};
+use crate::sse::{SseMessage, last_event_id, sse_response};
 use crate::state::AppState;
 
 pub(super) fn router() -> Router<AppState> {
@@ -86,6 +87,9 @@ impl Tagged {
 pub(super) struct Cached {
     /// The engine snapshot it was made from.
     version: u64,
+    /// The streaming event id of this state: the id of the last delta event that led to it
+    /// in the [`EventLog`] (0 for a document made for one request).
+    event_id: u64,
     document: Arc<ClientFeatures>,
     full: Tagged,
     delta: Tagged,
@@ -111,6 +115,7 @@ impl Cached {
         let delta = Tagged::of("d", serde_json::to_vec(&hydration).map_err(ApiError::internal)?)?;
         Ok(Self {
             version,
+            event_id: 0,
             document: Arc::new(export.features),
             full,
             delta,
@@ -129,6 +134,72 @@ pub(super) struct FeaturesCache {
     current: RwLock<Option<Arc<Cached>>>,
     building: parking_lot::Mutex<()>,
     empty: std::sync::OnceLock<Arc<Cached>>,
+    log: parking_lot::Mutex<EventLog>,
+}
+
+/// How many delta events the server keeps for streams that reconnect.
+const LOG_EVENTS: usize = 4096;
+
+/// The delta events between the documents the cache made, with ids counting up across the
+/// server's life, for streams that reconnect with a `Last-Event-ID`.
+///
+/// Ids start at the time the first document was made, in milliseconds since the Unix epoch,
+/// so an id from before a restart is not mistaken for one of this process (it is older than
+/// the log and gets the full state).
+#[derive(Debug, Default)]
+struct EventLog {
+    /// The event id of the oldest state the kept events lead on from; `None` before the
+    /// first document.
+    floor: Option<u64>,
+    /// The events after `floor`, oldest first, with their ids.
+    events: VecDeque<(u64, DeltaEvent)>,
+}
+
+impl EventLog {
+    /// The id of the newest state.
+    fn latest(&self) -> Option<u64> {
+        self.events.back().map(|(id, _)| *id).or(self.floor)
+    }
+
+    /// Records the change from the newest state to `next` and gives `next`'s event id.
+    fn record(&mut self, previous: Option<&ClientFeatures>, next: &ClientFeatures) -> u64 {
+        let (Some(latest), Some(previous)) = (self.latest(), previous) else {
+            let start = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |since| u64::try_from(since.as_millis()).unwrap_or(1).max(1));
+            self.floor = Some(start);
+            self.events.clear();
+            return start;
+        };
+        let events = delta_between(previous, next, latest + 1);
+        for (offset, event) in (latest + 1..).zip(events) {
+            self.events.push_back((offset, event));
+        }
+        while self.events.len() > LOG_EVENTS {
+            if let Some((id, _)) = self.events.pop_front() {
+                self.floor = Some(id);
+            }
+        }
+        self.latest().unwrap_or(latest)
+    }
+
+    /// The events after `id` and the id of the newest state, when this log still has all of
+    /// them (an id of the newest state gives none); `None` for an id older than the log or
+    /// not of this log.
+    fn since(&self, id: u64) -> Option<(Vec<DeltaEvent>, u64)> {
+        let (floor, latest) = (self.floor?, self.latest()?);
+        if id < floor || id > latest {
+            return None;
+        }
+        Some((
+            self.events
+                .iter()
+                .filter(|(event_id, _)| *event_id > id)
+                .map(|(_, event)| event.clone())
+                .collect(),
+            latest,
+        ))
+    }
 }
 
 impl FeaturesCache {
@@ -149,7 +220,13 @@ impl FeaturesCache {
         {
             return Ok(Arc::clone(cached));
         }
-        let cached = Arc::new(Cached::of(snapshot.version(), &snapshot.to_flag_set())?);
+        let mut cached = Cached::of(snapshot.version(), &snapshot.to_flag_set())?;
+        let previous = self.current.read().clone();
+        cached.event_id = self.log.lock().record(
+            previous.as_ref().map(|previous| &*previous.document),
+            &cached.document,
+        );
+        let cached = Arc::new(cached);
         let mut current = self.current.write();
         // A concurrent request may have made a newer one meanwhile: keep the newest.
         if current
@@ -159,6 +236,12 @@ impl FeaturesCache {
             *current = Some(Arc::clone(&cached));
         }
         Ok(cached)
+    }
+
+    /// The delta events after the streaming event id `id` and the newest id, when they are
+    /// all still kept.
+    fn since(&self, id: u64) -> Option<(Vec<DeltaEvent>, u64)> {
+        self.log.lock().since(id)
     }
 
     /// The document of a token that sees no flag.
@@ -245,10 +328,15 @@ async fn delta(
 /// `GET /api/client/streaming` (client token): Server-Sent Events as Unleash's streaming
 /// SDKs and Unleash Edge read them. First `unleash-connected` with a hydration of the full
 /// state, then, after every change of the manager's flags, `unleash-updated` with the delta
-/// events from the state last sent ([`delta_between`]): a change reaches connected SDKs at
-/// once. Event ids count up per connection; a reconnecting SDK gets a new hydration.
+/// events since the state last sent: a change reaches connected SDKs at once.
+///
+/// Event ids count up across the server's life (the SSE `id` is the last event's). An SDK
+/// that reconnects with a `Last-Event-ID` whose deltas the server still keeps (the last
+/// 4096 events of this process) gets only the events after it, as `unleash-updated` (nothing
+/// when it missed nothing), as Unleash Edge does; otherwise the full state again.
 #[utoipa::path(get, path = "/api/client/streaming", tag = "unleash",
-    description = "Unleash streaming (`Authorization: <client token>`): Server-Sent Events `unleash-connected` (hydration), then `unleash-updated` (delta events) after every change.",
+    description = "Unleash streaming (`Authorization: <client token>`): Server-Sent Events `unleash-connected` (hydration), then `unleash-updated` (delta events) after every change; with a `Last-Event-ID` still known, only the events after it.",
+    params(("Last-Event-ID" = Option<String>, Header, description = "The id of the last event the SDK applied")),
     responses(
         (status = 200, description = "An event stream (text/event-stream)", body = String),
         (status = 403, description = "Not an Unleash client token", body = crate::error::ErrorBody),
@@ -257,68 +345,103 @@ async fn streaming(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<Shared>>,
     caller: UnleashCaller,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require(TokenKind::Client)?;
     let manager = Arc::clone(state.flags()?);
     // Subscribed before reading the state, so no change falls between the two.
     let changes = manager.subscribe();
     let sees = caller.sees_flags(&shared);
-    let first = match sees {
-        true => shared.features.current(&manager)?,
-        false => shared.features.empty()?,
+    if !sees {
+        // Nothing of this environment reaches the token: an empty state, then keep-alives.
+        let empty = shared.features.empty()?;
+        let hydration = DeltaEvent::Hydration {
+            event_id: 1,
+            features: empty.document.features.clone(),
+            segments: empty.document.segments.clone(),
+        };
+        let connected: Result<SseMessage, String> = Ok((
+            "1".to_owned(),
+            "unleash-connected",
+            serde_json::json!({ "events": [hydration] }),
+        ));
+        return Ok(sse_response(
+            futures::stream::once(async move { connected }).chain(futures::stream::pending()),
+        ));
+    }
+    let first = shared.features.current(&manager)?;
+    let resumed = last_event_id(&headers)
+        .and_then(|id| id.parse::<u64>().ok())
+        .and_then(|id| shared.features.since(id));
+    let (opening, sent) = match resumed {
+        Some((missed, latest)) if missed.is_empty() => (None, latest),
+        Some((missed, latest)) => {
+            let message = (
+                latest.to_string(),
+                "unleash-updated",
+                serde_json::json!({ "events": missed }),
+            );
+            (Some(message), latest)
+        }
+        None => {
+            let hydration = hydration_of(&first);
+            let message = (
+                first.event_id.to_string(),
+                "unleash-connected",
+                serde_json::json!({ "events": [hydration] }),
+            );
+            (Some(message), first.event_id)
+        }
     };
-    let hydration = DeltaEvent::Hydration {
-        event_id: 1,
-        features: first.document.features.clone(),
-        segments: first.document.segments.clone(),
-    };
-    let connected: Result<SseMessage, String> = Ok((
-        "1".to_owned(),
-        "unleash-connected",
-        serde_json::json!({ "events": [hydration] }),
-    ));
-    let updates = futures::stream::unfold(
-        (first, changes, 2_u64),
-        move |(mut last, mut changes, next_id)| {
-            let manager = Arc::clone(&manager);
-            let shared = Arc::clone(&shared);
-            async move {
-                if !sees {
-                    // Nothing of this environment reaches the token: keep-alives only.
-                    std::future::pending::<()>().await;
+    let updates = futures::stream::unfold((sent, changes), move |(mut sent, mut changes)| {
+        let manager = Arc::clone(&manager);
+        let shared = Arc::clone(&shared);
+        async move {
+            loop {
+                match changes.recv().await {
+                    // Lagged: the events since the state last sent cover what was missed.
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
-                loop {
-                    match changes.recv().await {
-                        // Lagged: the diff from the state last sent covers what was missed.
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                let current = match shared.features.current(&manager) {
+                    Ok(current) => current,
+                    Err(error) => return Some((Err(error.message), (sent, changes))),
+                };
+                let message = match shared.features.since(sent) {
+                    Some((events, _)) if events.is_empty() => continue,
+                    Some((events, latest)) => {
+                        sent = latest;
+                        (
+                            sent.to_string(),
+                            "unleash-updated",
+                            serde_json::json!({ "events": events }),
+                        )
                     }
-                    let current = match shared.features.current(&manager) {
-                        Ok(current) => current,
-                        Err(error) => return Some((Err(error.message), (last, changes, next_id))),
-                    };
-                    if current.version == last.version {
-                        continue;
+                    // The events since the state last sent are no longer kept: the full state.
+                    None => {
+                        sent = current.event_id;
+                        (
+                            sent.to_string(),
+                            "unleash-updated",
+                            serde_json::json!({ "events": [hydration_of(&current)] }),
+                        )
                     }
-                    let events = delta_between(&last.document, &current.document, next_id);
-                    last = current;
-                    if events.is_empty() {
-                        continue;
-                    }
-                    let after = next_id + events.len() as u64;
-                    let message = (
-                        (after - 1).to_string(),
-                        "unleash-updated",
-                        serde_json::json!({ "events": events }),
-                    );
-                    return Some((Ok(message), (last, changes, after)));
-                }
+                };
+                return Some((Ok(message), (sent, changes)));
             }
-        },
-    );
-    Ok(sse_response(
-        futures::stream::once(async move { connected }).chain(updates),
-    ))
+        }
+    });
+    let opening: Option<Result<SseMessage, String>> = opening.map(Ok);
+    Ok(sse_response(futures::stream::iter(opening).chain(updates)))
+}
+
+/// The hydration event of a cached state, with its streaming event id.
+fn hydration_of(cached: &Cached) -> DeltaEvent {
+    DeltaEvent::Hydration {
+        event_id: cached.event_id,
+        features: cached.document.features.clone(),
+        segments: cached.document.segments.clone(),
+    }
 }
 
 /// The body of `POST /api/client/register`.
@@ -378,4 +501,53 @@ async fn client_metrics(
         metrics::record(&state, report).await?;
     }
     Ok(StatusCode::ACCEPTED)
+}
+
+#[cfg(test)]
+mod tests {
+    use deploy_flags::FlagDefinition;
+
+    use super::*;
+
+    fn features(flags: &[(&str, bool)]) -> ClientFeatures {
+        let set = FlagSet {
+            flags: flags
+                .iter()
+                .map(|(name, enabled)| FlagDefinition::new(*name, *enabled))
+                .collect(),
+            segments: Vec::new(),
+        };
+        export_client_features(&set).features
+    }
+
+    #[test]
+    fn the_log_answers_ids_it_keeps_and_only_those() {
+        let mut log = EventLog::default();
+        assert!(log.since(1).is_none(), "an empty log knows no id");
+        let mut previous = features(&[("a", false)]);
+        let start = log.record(None, &previous);
+        assert_eq!(
+            log.since(start).map(|(events, latest)| (events.len(), latest)),
+            Some((0, start))
+        );
+        // Each change turns `a` over: one event each.
+        for round in 1..=LOG_EVENTS as u64 + 10 {
+            let next = features(&[("a", round % 2 == 1)]);
+            assert_eq!(log.record(Some(&previous), &next), start + round);
+            previous = next;
+        }
+        let latest = start + LOG_EVENTS as u64 + 10;
+        assert_eq!(log.events.len(), LOG_EVENTS);
+        let (events, newest) = log.since(latest - 3).unwrap();
+        assert_eq!((events.len(), newest), (3, latest));
+        assert!(matches!(&events[2], DeltaEvent::FeatureUpdated { event_id, .. } if *event_id == latest));
+        // The oldest kept state still resumes; older ones and future ones do not.
+        let floor = latest - LOG_EVENTS as u64;
+        assert_eq!(log.since(floor).unwrap().0.len(), LOG_EVENTS);
+        assert!(log.since(floor - 1).is_none());
+        assert!(log.since(start).is_none());
+        assert!(log.since(latest + 1).is_none());
+        // An unchanged document adds no event and keeps the id.
+        assert_eq!(log.record(Some(&previous), &previous.clone()), latest);
+    }
 }
