@@ -73,6 +73,7 @@ mod manager;
 mod matchers;
 mod metrics;
 mod pattern;
+mod reported;
 mod semver;
 mod yaml;
 
@@ -92,3 +93,4 @@ pub use model::{
     Prerequisite, Rule, Segment, Stickiness, VariantDefinition, VariantOverride,
 };
 pub use pattern::{MAX_PATTERN_LEN, MAX_REGEXES};
+pub use reported::{EvaluationReport, MAX_REPORTED_SOURCES, MAX_REPORTED_VARIANTS, ReportedEvaluations};

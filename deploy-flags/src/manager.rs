@@ -1,7 +1,7 @@
 //! The flag manager: flags persisted in a core record store, changed through validated
 //! operations that leave an audit trail, served by a [`FlagEngine`].
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use crate::engine::{FlagEngine, FlagsChanged};
 use crate::error::FlagError;
 use crate::metrics::FlagMetrics;
 use crate::model::{FlagDefinition, FlagSet, Rule, Segment};
+use crate::reported::{EvaluationReport, ReportedEvaluations};
 
 /// How a [`FeatureFlagManager`] stores and times things.
 #[derive(Debug, Clone)]
@@ -216,7 +217,8 @@ pub enum AuditAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StaleReason {
-    /// Not evaluated by this process since it started, though older than the threshold.
+    /// Older than the threshold, and neither evaluated by this process since it started nor
+    /// reported evaluated by anyone within the threshold.
     NeverEvaluated,
     /// On for everyone, unchanged since `since`.
     FullyRolledOut {
@@ -239,7 +241,8 @@ pub struct StaleFlag {
 /// Records live under `flags/` of the store given ([`FeatureFlagManager::PREFIX`]):
 /// `flags/defs/<name>` and `flags/audit/<name>/<revision>`, and for segments
 /// ([`FeatureFlagManager::create_segment`]) `flags/segments/<id>` and
-/// `flags/segment-audit/<id>/<revision>`; to keep several managers apart
+/// `flags/segment-audit/<id>/<revision>`, and evaluations reported from elsewhere
+/// ([`FeatureFlagManager::record_evaluations`]) `flags/evaluations/<name>`; to keep several managers apart
 /// in one store, give each a [`Prefixed`] view (`Prefixed::new(store, "tenant-a/")`).
 ///
 /// Every change is validated by compiling the complete new flag set before anything is
@@ -276,6 +279,9 @@ pub struct FeatureFlagManager {
     quarantined: Mutex<Vec<QuarantinedFlag>>,
     quarantined_segments: Mutex<Vec<QuarantinedSegment>>,
 }
+
+/// Where reported evaluations are summed, one record per flag (under the manager's prefix).
+const EVALUATIONS: &str = "evaluations/";
 
 impl FeatureFlagManager {
     /// The part of the store the manager keeps its records in.
@@ -1118,8 +1124,61 @@ impl FeatureFlagManager {
             .collect())
     }
 
-    /// Flags older than `threshold` that this process never evaluated, and flags on for
-    /// everyone that have not changed for `threshold`.
+    /// Adds evaluations counted elsewhere (an Unleash SDK's metrics report to a flag server,
+    /// another process) to the per-flag sums in the store, by compare-and-swap, so reports
+    /// arriving at several processes at once all count. Flags the manager does not hold and
+    /// empty counts are skipped; returns how many flags counted.
+    ///
+    /// # Errors
+    /// The store's errors (the flags counted before the failure keep their counts).
+    pub async fn record_evaluations(
+        &self,
+        source: &str,
+        reports: &[(String, EvaluationReport)],
+    ) -> Result<usize, FlagError> {
+        let snapshot = self.engine.snapshot();
+        let now = self.now();
+        let mut counted = 0;
+        for (flag, report) in reports {
+            if report.is_empty() || snapshot.definition(flag).is_none() || check_name(flag).is_err() {
+                continue;
+            }
+            self.store
+                .update_json::<ReportedEvaluations, FlagError>(
+                    &Self::evaluations_key(flag),
+                    WriteOptions::default(),
+                    |current| {
+                        let mut sums = current.unwrap_or_else(|| ReportedEvaluations::new(now));
+                        sums.add(report, source, now);
+                        Ok(Some(sums))
+                    },
+                )
+                .await?;
+            counted += 1;
+        }
+        Ok(counted)
+    }
+
+    /// The sums of every evaluation reported through [`record_evaluations`](Self::record_evaluations),
+    /// by flag, from the store (so every process of a deployment reads the same).
+    ///
+    /// # Errors
+    /// The store's errors, or a record that does not decode.
+    pub async fn reported_evaluations(&self) -> Result<BTreeMap<String, ReportedEvaluations>, FlagError> {
+        let records = self.store.list_json::<ReportedEvaluations>(EVALUATIONS).await?;
+        Ok(records
+            .into_iter()
+            .map(|(key, sums, _)| (key[EVALUATIONS.len()..].to_owned(), sums))
+            .collect())
+    }
+
+    fn evaluations_key(name: &str) -> String {
+        format!("{EVALUATIONS}{name}")
+    }
+
+    /// Flags older than `threshold` that neither this process evaluated nor anyone reported
+    /// evaluating within `threshold` ([`record_evaluations`](Self::record_evaluations)), and
+    /// flags on for everyone that have not changed for `threshold`.
     ///
     /// # Errors
     /// The store's errors.
@@ -1131,6 +1190,7 @@ impl FeatureFlagManager {
             .ok()
             .and_then(|threshold| now.checked_sub_signed(threshold))
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let reported = self.reported_evaluations().await?;
         let mut stale = Vec::new();
         for flag in self.stored().await?.0 {
             let Some(definition) = flag.definition else {
@@ -1139,7 +1199,10 @@ impl FeatureFlagManager {
             let evaluated = self
                 .engine
                 .metrics(&definition.name)
-                .is_some_and(|metrics| metrics.evaluations > 0);
+                .is_some_and(|metrics| metrics.evaluations > 0)
+                || reported
+                    .get(&definition.name)
+                    .is_some_and(|sums| sums.evaluations() > 0 && sums.last_reported > cutoff);
             let reason = if !evaluated && flag.created_at <= cutoff {
                 StaleReason::NeverEvaluated
             } else if fully_rolled_out(&definition) && flag.updated_at <= cutoff {

@@ -8,8 +8,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use deploy_core::time::TokioClock;
 use deploy_core::{DynStore, MemoryStore, RecordStoreExt, StoreError};
 use deploy_flags::{
-    AuditAction, Constraint, Context, FeatureFlagManager, FileSource, FlagDefinition, FlagError,
-    ManagerOptions, Operator, PercentageRollout, Prerequisite, Rule, StaleReason, Stickiness,
+    AuditAction, Constraint, Context, EvaluationReport, FeatureFlagManager, FileSource, FlagDefinition,
+    FlagError, ManagerOptions, Operator, PercentageRollout, Prerequisite, Rule, StaleReason, Stickiness,
 };
 
 /// A manager with default options over a fresh memory store.
@@ -623,4 +623,64 @@ async fn unicode_flag_names_are_stored_and_audited() {
         assert_eq!(manager.get_flag(name).await.unwrap().unwrap().revision, 1);
         assert_eq!(manager.audit_log(name).await.unwrap().len(), 1, "{name}");
     }
+}
+
+/// Evaluations counted elsewhere (an SDK reporting to a flag server in another process)
+/// are summed in the store: every manager over it reads the same sums, and a flag reported
+/// within the threshold is not stale, though this process never evaluated it.
+#[tokio::test(start_paused = true)]
+async fn reported_evaluations_are_shared_and_keep_a_flag_out_of_the_stale_report() {
+    let store: Arc<DynStore> = Arc::new(MemoryStore::new());
+    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let here = FeatureFlagManager::open(store.clone(), clock_at(start))
+        .await
+        .unwrap();
+    for name in ["used-by-sdks", "unused"] {
+        here.create_flag("ann", FlagDefinition::new(name, false))
+            .await
+            .unwrap();
+    }
+    let server = FeatureFlagManager::open(store.clone(), clock_at(start))
+        .await
+        .unwrap();
+    let month = Duration::from_secs(30 * 24 * 3600);
+    tokio::time::advance(Duration::from_secs(59 * 24 * 3600)).await;
+    let report = EvaluationReport {
+        yes: 3,
+        no: 4,
+        variants: [("blue".to_owned(), 2)].into(),
+    };
+    let counted = server
+        .record_evaluations(
+            "checkout-web",
+            &[
+                ("used-by-sdks".to_owned(), report.clone()),
+                ("unknown-flag".to_owned(), report.clone()),
+                ("unused".to_owned(), EvaluationReport::default()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(counted, 1, "unknown flags and empty counts are not recorded");
+    server
+        .record_evaluations("checkout-api", &[("used-by-sdks".to_owned(), report)])
+        .await
+        .unwrap();
+
+    let sums = here.reported_evaluations().await.unwrap();
+    let used = &sums["used-by-sdks"];
+    assert_eq!((used.yes, used.no, used.variants["blue"]), (6, 8, 4));
+    assert_eq!(used.sources, ["checkout-web", "checkout-api"]);
+    assert_eq!(sums.len(), 1);
+    let stale = here.stale_flags(month).await.unwrap();
+    assert_eq!(
+        stale.iter().map(|flag| flag.flag.as_str()).collect::<Vec<_>>(),
+        ["unused"],
+        "a flag SDKs evaluate is not stale"
+    );
+
+    // Two quiet months later the old report no longer counts.
+    tokio::time::advance(Duration::from_secs(61 * 24 * 3600)).await;
+    let stale = here.stale_flags(month).await.unwrap();
+    assert_eq!(stale.len(), 2, "{stale:?}");
 }

@@ -484,7 +484,7 @@ async fn sdk_registrations_and_metrics_are_taken_and_counted_per_flag() {
     assert_eq!(counts["yes"], 7);
     assert_eq!(counts["no"], 4);
     assert_eq!(counts["variants"]["blue"], 2);
-    assert_eq!(counts["apps"], json!(["checkout", "web"]));
+    assert_eq!(counts["sources"], json!(["checkout", "web"]));
     assert!(
         metrics["flags"].get("not-a-flag").is_none(),
         "unknown flags are not counted"

@@ -36,7 +36,7 @@ use axum::{Extension, Router};
 
 use crate::state::AppState;
 
-pub use metrics::{METRICS_PREFIX, ReportedCounts, ReportedMetrics};
+pub use metrics::ReportedMetrics;
 pub use tokens::{ApiTokenRequest, ApiTokenResponse};
 
 /// How the Unleash APIs serve.
