@@ -143,9 +143,11 @@ const LOG_EVENTS: usize = 4096;
 /// The delta events between the documents the cache made, with ids counting up across the
 /// server's life, for streams that reconnect with a `Last-Event-ID`.
 ///
-/// Ids start at the time the first document was made, in milliseconds since the Unix epoch,
-/// so an id from before a restart is not mistaken for one of this process (it is older than
-/// the log and gets the full state).
+/// Ids start at the time the first document was made, in seconds since the Unix epoch, so
+/// an id from before a restart is not mistaken for one of this process (it is older than the
+/// log and gets the full state) unless that process sent more events than seconds passed.
+/// Seconds, not milliseconds: ids must stay within 32 bits (the Python SDK never loads a
+/// stream whose ids are milliseconds; `tests/unleash_python_sdk.rs` fails with them).
 #[derive(Debug, Default)]
 struct EventLog {
     /// The event id of the oldest state the kept events lead on from; `None` before the
@@ -166,7 +168,7 @@ impl EventLog {
         let (Some(latest), Some(previous)) = (self.latest(), previous) else {
             let start = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |since| u64::try_from(since.as_millis()).unwrap_or(1).max(1));
+                .map_or(1, |since| since.as_secs().max(1));
             self.floor = Some(start);
             self.events.clear();
             return start;
