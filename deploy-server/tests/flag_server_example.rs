@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flag_server::{FlagServer, Options};
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 /// How long a reload may take to show (the file is polled every 20 ms).
@@ -112,6 +113,29 @@ async fn serves_the_file_follows_its_changes_and_keeps_the_last_good_flags() {
         .unwrap();
     assert_eq!(refused.status(), 403);
 
+    // A streaming SDK's connection, open across the rewrite.
+    let streaming = http
+        .get(format!("http://{}/api/client/streaming", server.addr))
+        .header("authorization", &server.client_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streaming.status(), 200);
+    let mut stream = streaming.bytes_stream();
+    let mut received = String::new();
+    let mut read_until = async |needle: &str, received: &mut String| {
+        tokio::time::timeout(WAIT, async {
+            while !received.contains(needle) {
+                let chunk = stream.next().await.expect("the stream ended").unwrap();
+                received.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {needle} in time: {received}"));
+    };
+    read_until("event: unleash-connected", &mut received).await;
+    received.clear();
+
     // Rewritten as a plain client-features document: Feature.B on, Feature.C gone, Feature.D new.
     let rewritten = json!({"version": 2, "features": [
         {"name": "Feature.A", "enabled": true, "strategies": [{"name": "default"}]},
@@ -130,6 +154,10 @@ async fn serves_the_file_follows_its_changes_and_keeps_the_last_good_flags() {
         .unwrap();
     assert_eq!(reloads.borrow().last_error, None);
     assert_eq!(served(&http, &server).await, changed);
+    // The streaming SDK got the changes pushed, as delta events.
+    read_until("\"featureName\":\"Feature.C\"", &mut received).await;
+    assert!(received.contains("event: unleash-updated"), "{received}");
+    assert!(received.contains("\"type\":\"feature-removed\""), "{received}");
     let audit = server.manager.audit_log("Feature.C").await.unwrap();
     assert!(
         audit
