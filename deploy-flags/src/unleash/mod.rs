@@ -23,12 +23,14 @@
 //! # Ok::<(), deploy_flags::FlagError>(())
 //! ```
 
+mod context;
 mod export;
 mod spec;
 mod state;
 mod translate;
 mod wire;
 
+pub use context::context_from_json;
 pub use export::{EXPORT_PROJECT, ExportWarning, UnleashExport, delta_between, export_client_features};
 pub use spec::{SpecCase, SpecOutcome, SpecReport, run_spec_file};
 pub use state::UnleashState;

@@ -6,8 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ClientFeatures, ClientFeaturesDelta, UnleashState};
-use crate::context::Context;
+use super::{ClientFeatures, ClientFeaturesDelta, UnleashState, context_from_json};
 use crate::engine::FlagEngine;
 use crate::error::FlagError;
 
@@ -97,12 +96,12 @@ pub fn run_spec_file(path: &Path) -> Result<SpecReport, FlagError> {
 
     let mut outcomes = Vec::new();
     for case in spec.tests {
-        let context = context_of(&case.context);
+        let context = context_from_json(&case.context);
         let actual = Value::Bool(engine.is_enabled(&case.toggle_name, &context));
         outcomes.push(outcome(case, actual));
     }
     for case in spec.variant_tests {
-        let context = context_of(&case.context);
+        let context = context_from_json(&case.context);
         let snapshot = engine.snapshot();
         let evaluation = snapshot.evaluate(&case.toggle_name, &context);
         let mut actual = serde_json::json!({
@@ -145,28 +144,4 @@ fn outcome(case: SpecCase, actual: Value) -> SpecOutcome {
         expected,
         actual,
     }
-}
-
-fn context_of(json: &Value) -> Context {
-    let mut context = Context::new();
-    let Some(fields) = json.as_object() else {
-        return context;
-    };
-    let text = |value: &Value| match value {
-        Value::String(text) => Some(text.clone()),
-        Value::Null => None,
-        other => Some(other.to_string()),
-    };
-    for (name, value) in fields {
-        if name == "properties" {
-            for (property, value) in value.as_object().into_iter().flatten() {
-                if let Some(value) = text(value) {
-                    context.set(property.clone(), value);
-                }
-            }
-        } else if let Some(value) = text(value) {
-            context.set(name.clone(), value);
-        }
-    }
-    context
 }

@@ -204,8 +204,8 @@ async fn evaluate_body(
 ) -> Result<Response, ApiError> {
     let ApiJson(body) = body?;
     let context = match body.get("context") {
-        Some(context) if context.is_object() => context::from_json(context),
-        _ => context::from_json(&body),
+        Some(context) if context.is_object() => deploy_flags::unleash::context_from_json(context),
+        _ => deploy_flags::unleash::context_from_json(&body),
     };
     evaluate(&state, &shared, &caller, &context, &headers)
 }
