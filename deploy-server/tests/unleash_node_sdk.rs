@@ -7,47 +7,16 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{assert_sdk_answers, propagation, run_script, serve_all, spec_files, target_dir};
+use common::{assert_sdk_answers, node_modules_with, propagation, run_script, serve_all, spec_files};
 
 /// The SDK version the tests pin.
 const SDK: &str = "unleash-client@6.12.1";
 
-/// The node_modules holding the SDK, installing it on first use; `Err` with the reason when
-/// Node, npm (or the network) is not available.
+/// The node_modules holding the SDK, installing it on first use.
 fn node_modules_with_sdk() -> Result<PathBuf, String> {
-    let prefix = target_dir().join("unleash-node");
-    let modules = prefix.join("node_modules");
-    let run = |command: &mut Command, what: &str| -> Result<(), String> {
-        let output = command
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|error| format!("{what}: {error}"))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{what} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-            ))
-        }
-    };
-    run(Command::new("node").arg("--version"), "node --version")?;
-    if !modules.join("unleash-client/package.json").exists() {
-        std::fs::create_dir_all(&prefix).map_err(|error| format!("{}: {error}", prefix.display()))?;
-        run(
-            Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--prefix"])
-                .arg(&prefix)
-                .arg(SDK),
-            &format!("npm install {SDK}"),
-        )?;
-    }
-    Ok(modules)
+    node_modules_with("unleash-client", SDK)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

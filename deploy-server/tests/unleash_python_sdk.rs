@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{assert_sdk_answers, propagation, run_script, serve_all, spec_files, target_dir};
+use common::{assert_sdk_answers, propagation, run_quietly, run_script, serve_all, spec_files, target_dir};
 
 /// The SDK version the tests pin.
 const SDK: &str = "UnleashClient==6.9.0";
@@ -19,37 +19,20 @@ const SDK: &str = "UnleashClient==6.9.0";
 fn python_with_sdk() -> Result<PathBuf, String> {
     let venv = target_dir().join("unleash-venv");
     let python = venv.join("bin/python");
-    let run = |command: &mut Command, what: &str| -> Result<(), String> {
-        let output = command
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|error| format!("{what}: {error}"))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{what} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-            ))
-        }
-    };
     if !python.exists() {
-        run(
+        run_quietly(
             Command::new("python3").args(["-m", "venv"]).arg(&venv),
             "python3 -m venv",
         )?;
     }
     let importable = |python: &Path| {
-        run(
+        run_quietly(
             Command::new(python).args(["-c", "import UnleashClient"]),
             "import UnleashClient",
         )
     };
     if importable(&python).is_err() {
-        run(
+        run_quietly(
             Command::new(&python).args(["-m", "pip", "install", "--quiet", "--timeout", "60", SDK]),
             &format!("pip install {SDK}"),
         )?;

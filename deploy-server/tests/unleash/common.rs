@@ -227,6 +227,48 @@ pub(crate) fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
+/// Runs `command` to its end with no input; `Err` naming `what` and the last line of its
+/// standard error when it cannot start or fails (an SDK install without network, say).
+pub(crate) fn run_quietly(command: &mut std::process::Command, what: &str) -> Result<(), String> {
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|error| format!("{what}: {error}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        ))
+    }
+}
+
+/// The build tree's node_modules with `package` installed from `spec` (`name@version`),
+/// installing it on first use; `Err` with the reason when Node, npm (or the network) is not
+/// available.
+#[allow(dead_code)] // Not every test binary that includes this module runs Node.
+pub(crate) fn node_modules_with(package: &str, spec: &str) -> Result<PathBuf, String> {
+    use std::process::Command;
+    let prefix = target_dir().join("unleash-node");
+    let modules = prefix.join("node_modules");
+    run_quietly(Command::new("node").arg("--version"), "node --version")?;
+    if !modules.join(package).join("package.json").exists() {
+        std::fs::create_dir_all(&prefix).map_err(|error| format!("{}: {error}", prefix.display()))?;
+        run_quietly(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&prefix)
+                .arg(spec),
+            &format!("npm install {spec}"),
+        )?;
+    }
+    Ok(modules)
+}
+
 /// Runs an SDK script with `entries` on its standard input; its parsed answer.
 pub(crate) fn run_script(mut command: std::process::Command, entries: &Value) -> Value {
     use std::process::Stdio;
