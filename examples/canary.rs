@@ -58,6 +58,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let strategy = Strategy::Canary(CanarySpec {
         steps,
         analysis: Some(analysis),
+        background: None,
+        baseline: false,
+        sticky: false,
     });
 
     let (backends, store, options) = common::parts(&fleet);

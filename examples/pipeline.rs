@@ -110,6 +110,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Strategy::Canary(CanarySpec {
                 steps,
                 analysis: None,
+                background: None,
+                baseline: false,
+                sticky: false,
             }),
             RolloutBackends::from_one(fleet.clone()),
             store.clone(),

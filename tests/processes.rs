@@ -294,6 +294,9 @@ fn canary() -> Strategy {
     Strategy::Canary(CanarySpec {
         steps,
         analysis: Some(analysis),
+        background: None,
+        baseline: false,
+        sticky: false,
     })
 }
 

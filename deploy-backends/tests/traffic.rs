@@ -341,6 +341,9 @@ async fn canary_ramp_under_load_drops_nothing() {
     let strategy = Strategy::Canary(CanarySpec {
         steps,
         analysis: None,
+        background: None,
+        baseline: false,
+        sticky: false,
     });
     let rollout = stage
         .rollout(strategy, Arc::new(stage.metrics()))
@@ -484,6 +487,9 @@ async fn a_bad_canary_is_caught_by_prometheus_and_rolled_back() {
     let strategy = Strategy::Canary(CanarySpec {
         steps,
         analysis: Some(analysis),
+        background: None,
+        baseline: false,
+        sticky: false,
     });
     let rollout = stage
         .rollout(strategy, Arc::new(stage.metrics()))

@@ -13,11 +13,13 @@ use bytes::Bytes;
 use crate::balancer::LoadBalancer;
 use crate::error::{BackendError, StoreError};
 use crate::events::{DeploymentEvent, EventSink};
+use crate::guard::{DeploymentGuard, FiringAlert, GuardScope};
 use crate::health::{HealthChecker, HealthStatus};
 use crate::ids::{AppId, InstanceId, Pool, Version};
 use crate::infra::{Artifact, InfraManager, Instance};
 use crate::metrics::{MetricQuery, MetricsSource, Series};
 use crate::notify::{Delivery, Notification, Notifier};
+use crate::routing::{RequestPolicy, RequestRouting};
 use crate::store::{Lease, LeaseStore, Record, RecordStore, RecordVersion, WatchStream, WriteOptions};
 use crate::time::Clock;
 
@@ -80,6 +82,17 @@ forward!(async HealthChecker {
 
 forward!(async MetricsSource {
     fn query(&self, query: &MetricQuery) -> Result<Series, BackendError>;
+});
+
+forward!(async DeploymentGuard {
+    fn check(&self, scope: &GuardScope) -> Result<Vec<FiringAlert>, BackendError>;
+    fn rolled_back(&self, scope: &GuardScope, alert: &FiringAlert) -> Result<(), BackendError>;
+    fn release(&self, scope: &GuardScope) -> Result<(), BackendError>;
+});
+
+forward!(async RequestRouting {
+    fn set_request_policy(&self, app: &AppId, policy: &RequestPolicy) -> Result<(), BackendError>;
+    fn request_policy(&self, app: &AppId) -> Result<Option<RequestPolicy>, BackendError>;
 });
 
 forward!(async Notifier {

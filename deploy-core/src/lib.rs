@@ -60,12 +60,14 @@ mod balancer;
 mod error;
 mod events;
 mod forward;
+mod guard;
 mod health;
 mod ids;
 mod infra;
 mod metrics;
 mod notify;
 pub mod retry;
+mod routing;
 pub mod store;
 pub mod time;
 mod traffic;
@@ -78,6 +80,7 @@ pub use error::{BackendError, BoxError, StoreError, ValidationError};
 pub use events::{
     AnalysisOutcome, ChannelSink, DeploymentEvent, DeploymentEventKind, DynEventSink, EventSink, EventSinkExt,
 };
+pub use guard::{DeploymentGuard, DynDeploymentGuard, FiringAlert, GuardScope};
 pub use health::{DynHealthChecker, HealthChecker, HealthStatus};
 pub use ids::{AppId, InstanceId, MAX_NAME_LEN, MetricName, Pool, Revision, Version};
 pub use infra::{Artifact, DynInfraManager, InfraManager, Instance, InstanceState};
@@ -87,6 +90,9 @@ pub use notify::{
     Notifier, Severity,
 };
 pub use retry::{Backoff, Retry, RetryPolicy};
+pub use routing::{
+    DynRequestRouting, MAX_MATCH_LEN, RequestMatch, RequestPolicy, RequestRoute, RequestRouting,
+};
 pub use store::{
     DynLeaseStore, DynRecordStore, DynStore, Fence, FencingToken, FollowEvent, FollowStream, Lease,
     LeaseStore, MemoryStore, Precondition, Prefixed, Record, RecordStore, RecordStoreExt, RecordVersion,
@@ -97,6 +103,7 @@ pub use traffic::{TrafficSplit, Weight};
 
 #[cfg(feature = "mock")]
 pub use {
-    balancer::MockLoadBalancer, events::MockEventSink, health::MockHealthChecker, infra::MockInfraManager,
-    metrics::MockMetricsSource, notify::MockNotifier, store::MockLeaseStore, store::MockRecordStore,
+    balancer::MockLoadBalancer, events::MockEventSink, guard::MockDeploymentGuard, health::MockHealthChecker,
+    infra::MockInfraManager, metrics::MockMetricsSource, notify::MockNotifier, routing::MockRequestRouting,
+    store::MockLeaseStore, store::MockRecordStore,
 };

@@ -366,6 +366,9 @@ async fn the_deploy_stage_runs_a_rollout_and_records_its_report() {
         Strategy::Canary(CanarySpec {
             steps,
             analysis: None,
+            background: None,
+            baseline: false,
+            sticky: false,
         }),
         RolloutBackends::from_one(fleet.clone()),
         store.clone(),
@@ -443,6 +446,9 @@ async fn deploy_world() -> DeployWorld {
         Strategy::Canary(CanarySpec {
             steps,
             analysis: None,
+            background: None,
+            baseline: false,
+            sticky: false,
         }),
         RolloutBackends::from_one(fleet.clone()),
         store.clone(),

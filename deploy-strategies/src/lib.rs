@@ -101,4 +101,6 @@ pub use hooks::{Hook, HookContext, HookFn, HookOutcome, HookPoint, hook_fn};
 pub use journal::{AnalysisRecord, Phase, TimelineEntry};
 pub use options::{MAX_REPLICAS, RolloutBackends, RolloutOptions};
 pub use rollout::{ResumePolicy, Rollout, RolloutBuilder};
-pub use spec::{BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity, RollingSpec, Strategy};
+pub use spec::{
+    BackgroundAnalysis, BlueGreenSpec, CanarySpec, CanaryStep, Pause, Quantity, RollingSpec, Strategy,
+};

@@ -459,6 +459,9 @@ mod tests {
                 CanaryStep::percent(100.0, Pause::UntilPromoted).unwrap(),
             ],
             analysis: Some(analysis()),
+            background: None,
+            baseline: false,
+            sticky: false,
         });
         let journal = journal(strategy, Some(Pool::stable()), 4);
         assert_eq!(journal.target, Pool::new("rev-1").unwrap());

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use deploy_core::Weight;
+use deploy_core::{RequestMatch, Weight};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::AnalysisSpec;
@@ -32,6 +32,11 @@ pub struct CanaryStep {
     pub pause: Pause,
     /// Whether the canary's analysis runs at this step.
     pub analyze: bool,
+    /// Requests that match any of these go to the canary whatever the weight (Argo's
+    /// `setHeaderRoute`), while this step holds; needs a backend with
+    /// [`RequestRouting`](deploy_core::RequestRouting).
+    #[serde(default)]
+    pub routes: Vec<RequestMatch>,
 }
 
 impl CanaryStep {
@@ -46,6 +51,7 @@ impl CanaryStep {
             weight,
             pause,
             analyze: true,
+            routes: Vec::new(),
         })
     }
 }
@@ -58,6 +64,31 @@ pub struct CanarySpec {
     pub steps: Vec<CanaryStep>,
     /// Analysis run at steps that ask for it.
     pub analysis: Option<AnalysisSpec>,
+    /// Analysis that runs continuously from a step on, beside the steps and pauses.
+    #[serde(default)]
+    pub background: Option<BackgroundAnalysis>,
+    /// Judge the canary against a fresh baseline pool of the stable version, as large as
+    /// the canary and given the same share of traffic, instead of the long-running stable
+    /// pool (Kayenta's and Argo's practice).
+    #[serde(default)]
+    pub baseline: bool,
+    /// Weighted routing is sticky per client while a step holds; needs a backend with
+    /// [`RequestRouting`](deploy_core::RequestRouting).
+    #[serde(default)]
+    pub sticky: bool,
+}
+
+/// An analysis that runs for the rest of the rollout from a canary step on, at its
+/// interval, in parallel with pauses and steps; reaching its failure limit rolls back at
+/// once, an inconclusive result holds for a human.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackgroundAnalysis {
+    /// The metrics, interval and limits.
+    pub analysis: AnalysisSpec,
+    /// The canary step (index into `steps`) whose traffic starts it; 0 for the whole
+    /// rollout.
+    #[serde(default)]
+    pub from_step: usize,
 }
 
 impl CanarySpec {
@@ -106,9 +137,16 @@ impl CanarySpec {
                     Pause::For(pause)
                 },
                 analyze: analysis.is_some(),
+                routes: Vec::new(),
             })
             .collect();
-        Self { steps, analysis }
+        Self {
+            steps,
+            analysis,
+            background: None,
+            baseline: false,
+            sticky: false,
+        }
     }
 }
 

@@ -134,6 +134,9 @@ fn slow_canary() -> Strategy {
     Strategy::Canary(CanarySpec {
         steps,
         analysis: Some(common::analysis()),
+        background: None,
+        baseline: false,
+        sticky: false,
     })
 }
 
@@ -144,6 +147,9 @@ fn manual_canary() -> Strategy {
     Strategy::Canary(CanarySpec {
         steps,
         analysis: None,
+        background: None,
+        baseline: false,
+        sticky: false,
     })
 }
 

@@ -40,6 +40,9 @@ fn strategy() -> Strategy {
     Strategy::Canary(CanarySpec {
         steps: vec![step],
         analysis: None,
+        background: None,
+        baseline: false,
+        sticky: false,
     })
 }
 

@@ -199,14 +199,19 @@ async fn manual_judgment_holds_until_promoted_and_promote_skips_a_timed_pause() 
                 weight: deploy_core::Weight::from_percent(25.0).unwrap(),
                 pause: Pause::UntilPromoted,
                 analyze: false,
+                routes: Vec::new(),
             },
             CanaryStep {
                 weight: deploy_core::Weight::from_percent(50.0).unwrap(),
                 pause: Pause::For(Duration::from_secs(3600)),
                 analyze: false,
+                routes: Vec::new(),
             },
         ],
         analysis: None,
+        background: None,
+        baseline: false,
+        sticky: false,
     });
     let handle = world
         .rollout(strategy)
@@ -394,6 +399,9 @@ async fn the_judge_catches_a_latency_regression_that_a_loose_threshold_misses() 
     let strategy = Strategy::Canary(CanarySpec {
         steps: vec![CanaryStep::percent(50.0, Pause::None).unwrap()],
         analysis: Some(spec),
+        background: None,
+        baseline: false,
+        sticky: false,
     });
     let report = world.run(strategy).await;
     let analysis = &report.analyses[0].result;
@@ -427,6 +435,9 @@ async fn dry_run_metrics_are_reported_but_never_fail_a_rollout() {
     let strategy = Strategy::Canary(CanarySpec {
         steps: vec![CanaryStep::percent(50.0, Pause::None).unwrap()],
         analysis: Some(spec),
+        background: None,
+        baseline: false,
+        sticky: false,
     });
     let report = world.run(strategy).await;
     assert_eq!(report.outcome, RolloutOutcome::Completed);
@@ -452,6 +463,9 @@ async fn bad_input_is_refused_before_anything_is_touched() {
     let empty = Strategy::Canary(CanarySpec {
         steps: vec![],
         analysis: None,
+        background: None,
+        baseline: false,
+        sticky: false,
     });
     assert_eq!(field(build(empty)), "canary.steps");
     let over = CanaryStep::percent(101.0, Pause::None).unwrap_err();
@@ -496,6 +510,9 @@ async fn bad_input_is_refused_before_anything_is_touched() {
     let no_analysis = Strategy::Canary(CanarySpec {
         steps: vec![CanaryStep::percent(10.0, Pause::None).unwrap()],
         analysis: None,
+        background: None,
+        baseline: false,
+        sticky: false,
     });
     assert_eq!(field(build(no_analysis)), "canary.analysis");
 

@@ -28,6 +28,9 @@ fn canary_with(pauses: &[(f64, Pause)]) -> Strategy {
     Strategy::Canary(CanarySpec {
         steps,
         analysis: None,
+        background: None,
+        baseline: false,
+        sticky: false,
     })
 }
 

@@ -49,6 +49,9 @@ pub fn canary_with_manual_step(first: Duration) -> Strategy {
     Strategy::Canary(CanarySpec {
         steps,
         analysis: None,
+        background: None,
+        baseline: false,
+        sticky: false,
     })
 }
 

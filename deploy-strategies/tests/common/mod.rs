@@ -304,6 +304,9 @@ pub fn canary() -> Strategy {
     Strategy::Canary(CanarySpec {
         steps,
         analysis: Some(analysis()),
+        background: None,
+        baseline: false,
+        sticky: false,
     })
 }
 

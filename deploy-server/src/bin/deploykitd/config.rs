@@ -1495,11 +1495,18 @@ fn strategy(
                         weight,
                         pause,
                         analyze: analysis.is_some(),
+                        routes: Vec::new(),
                     }),
                     Err(error) => check.invalid(&key("steps"), format!("{percent}: {error}")),
                 }
             }
-            Strategy::Canary(CanarySpec { steps, analysis })
+            Strategy::Canary(CanarySpec {
+                steps,
+                analysis,
+                background: None,
+                baseline: false,
+                sticky: false,
+            })
         }
         "blue_green" => Strategy::BlueGreen(BlueGreenSpec {
             // The idle pool serves no traffic before the switch: analysing it then would find
