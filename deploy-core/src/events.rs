@@ -73,6 +73,13 @@ pub enum DeploymentEventKind {
     },
     /// The deployment resumed.
     Resumed,
+    /// An operator's promote took effect: a pause step or an inconclusive analysis was
+    /// accepted (`full: false`), or full promotion skips every remaining pause, analysis and
+    /// partial step (`full: true`).
+    Promoted {
+        /// Whether it was a full promotion.
+        full: bool,
+    },
     /// Rolling back started.
     RollbackStarted {
         /// Why.
@@ -115,6 +122,7 @@ impl DeploymentEvent {
             }
             DeploymentEventKind::Paused { reason } => tracing::info!(app, revision, reason, "paused"),
             DeploymentEventKind::Resumed => tracing::info!(app, revision, "resumed"),
+            DeploymentEventKind::Promoted { full } => tracing::info!(app, revision, full, "promoted"),
             DeploymentEventKind::RollbackStarted { reason } => {
                 tracing::warn!(app, revision, reason, "rollback started");
             }
