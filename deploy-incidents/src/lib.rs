@@ -16,7 +16,9 @@
 //! [`IncidentManager`] runs the incident lifecycle (triggered → acknowledged → mitigated →
 //! resolved → closed, reopen) with dedup keys, a timeline, roles, escalation policies,
 //! post-mortems and MTTA / MTTR, persisted through any core record store. The
-//! [`OperationalMonitor`] ties rules, dispatcher and incidents together.
+//! [`OperationalMonitor`] ties rules, dispatcher and incidents together, and an
+//! [`AlertGuard`] lends its rules to a rollout (a core `DeploymentGuard`): a critical alert on
+//! the new pool rolls it back, and the incident's timeline names the rollout.
 //!
 //! Timers run on `tokio::time` and wall time comes from a `deploy_core::time::Clock`, so
 //! everything here runs on a paused test runtime with a `TokioClock`. Notifications are
@@ -25,6 +27,7 @@
 mod delivery;
 mod dispatch;
 mod error;
+mod guard;
 mod incident;
 mod labels;
 mod monitor;
@@ -34,6 +37,7 @@ mod suppress;
 
 pub use dispatch::{DeliveryRecord, Dispatcher};
 pub use error::{AlertError, IncidentError};
+pub use guard::AlertGuard;
 pub use incident::{
     ActionItem, EscalationLevel, EscalationPolicy, EscalationState, Incident, IncidentManager,
     IncidentOptions, IncidentStatus, IncidentTimelineEntry, IncidentUpdate, NewIncident, Postmortem,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use deploy_core::{
     AppId, DynHealthChecker, DynMetricsSource, HealthStatus, Instance, MetricQuery, MetricTarget, Pool,
-    Severity,
+    Severity, Version,
 };
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -37,16 +37,18 @@ pub struct OperationalMonitor {
     metrics: Arc<DynMetricsSource>,
     health: Arc<DynHealthChecker>,
     rules: Mutex<Vec<RuleEvaluator>>,
-    /// Per `app/pool` watched by [`monitor_deployment`](Self::monitor_deployment), until
-    /// [`end_deployment`](Self::end_deployment).
-    deployment_rules: Mutex<Vec<(String, RuleEvaluator)>>,
+    /// Per deployment watched by [`monitor_deployment`](Self::monitor_deployment) (until
+    /// [`end_deployment`](Self::end_deployment)) or by an [`AlertGuard`](crate::AlertGuard)
+    /// (until it is released).
+    deployment_rules: Mutex<Vec<(DeploymentWatch, RuleEvaluator)>>,
     /// Instances found unhealthy with their alert's labels, so their recovery (or their
     /// leaving the fleet) resolves the alert.
     unhealthy: Mutex<HashMap<Fingerprint, Labels>>,
     dispatcher: Mutex<Dispatcher>,
-    /// Alerts firing at the last pass: an incident opens when one starts firing, not at
-    /// every evaluation while it fires.
-    firing: Mutex<HashSet<Fingerprint>>,
+    /// Alerts firing at the last pass, with the incident opened when each started firing
+    /// (none for a warning or a muted alert): an incident opens when an alert starts firing,
+    /// not at every evaluation while it fires, and a guard can name it at every check.
+    firing: Mutex<HashMap<Fingerprint, Option<String>>>,
     incidents: Arc<IncidentManager>,
     escalation_policy: Option<String>,
 }
@@ -77,7 +79,7 @@ impl OperationalMonitor {
             deployment_rules: Mutex::new(Vec::new()),
             unhealthy: Mutex::new(HashMap::new()),
             dispatcher: Mutex::new(dispatcher),
-            firing: Mutex::new(HashSet::new()),
+            firing: Mutex::new(HashMap::new()),
             incidents,
             escalation_policy,
         }
@@ -103,7 +105,7 @@ impl OperationalMonitor {
         let now = Instant::now();
         let mut alerts = self.evaluate(self.rules.lock().await.iter_mut(), now).await;
         alerts.extend(self.health_pass(instances, now).await);
-        self.finish(alerts).await
+        self.finish(alerts).await.into_result()
     }
 
     /// One pass of the rules over a running deployment: each rule's metric is read for
@@ -113,57 +115,102 @@ impl OperationalMonitor {
     /// # Errors
     /// As [`monitor_system`](Self::monitor_system).
     pub async fn monitor_deployment(&self, app: &AppId, pool: &Pool) -> Result<MonitorReport, IncidentError> {
+        let watch = DeploymentWatch::pool(app.clone(), pool.clone());
+        self.deployment_pass(&watch, RuleSelection::All)
+            .await
+            .into_result()
+    }
+
+    /// Stops watching `pool` of `app` (the deployment ended): its rules are dropped, and
+    /// their firing alerts resolve in this pass. Rollouts of the pool watched by an
+    /// [`AlertGuard`](crate::AlertGuard) are ended by the guard's `release`.
+    ///
+    /// # Errors
+    /// As [`monitor_system`](Self::monitor_system).
+    pub async fn end_deployment(&self, app: &AppId, pool: &Pool) -> Result<MonitorReport, IncidentError> {
+        self.end_watch(&DeploymentWatch::pool(app.clone(), pool.clone()))
+            .await
+            .into_result()
+    }
+
+    /// One pass of the `selected` rules over `watch`, the one code path of
+    /// [`monitor_deployment`](Self::monitor_deployment) and the guard: each rule is scoped to
+    /// the watched pool once (its metric read for the pool, its alerts labelled with the
+    /// watch's labels) and kept until [`end_watch`](Self::end_watch). A name that is not a
+    /// rule of the monitor selects nothing (see [`unknown_rule`](Self::unknown_rule)).
+    pub(crate) async fn deployment_pass(&self, watch: &DeploymentWatch, selected: RuleSelection<'_>) -> Pass {
         let now = Instant::now();
-        let scope = format!("{app}/{pool}");
         let mut deployment_rules = self.deployment_rules.lock().await;
-        for evaluator in self.rules.lock().await.iter() {
-            let exists = deployment_rules
+        {
+            let rules = self.rules.lock().await;
+            for evaluator in rules
                 .iter()
-                .any(|(at, existing)| *at == scope && existing.rule().name == evaluator.rule().name);
-            if !exists {
-                let mut rule = evaluator.rule().clone();
-                let target = MetricTarget::Pool {
-                    app: app.clone(),
-                    pool: pool.clone(),
-                };
-                let Ok(query) = MetricQuery::new(rule.query.metric().clone(), target, rule.query.window())
-                else {
+                .filter(|evaluator| selected.includes(&evaluator.rule().name))
+            {
+                let name = &evaluator.rule().name;
+                let exists = deployment_rules
+                    .iter()
+                    .any(|(at, existing)| at == watch && existing.rule().name == *name);
+                if exists {
                     continue;
-                };
-                rule.query = query;
-                rule.labels.insert("app".into(), app.to_string());
-                rule.labels.insert("pool".into(), pool.to_string());
-                if let Ok(evaluator) = RuleEvaluator::new(rule) {
-                    deployment_rules.push((scope.clone(), evaluator));
+                }
+                match watch.scope(evaluator.rule()) {
+                    Ok(scoped) => deployment_rules.push((watch.clone(), scoped)),
+                    // Rules are validated when added and keep their window: not expected.
+                    Err(error) => {
+                        tracing::warn!(%error, rule = %name, "cannot scope the rule to the deployment")
+                    }
                 }
             }
         }
         let evaluators = deployment_rules
             .iter_mut()
-            .filter(|(at, _)| *at == scope)
+            .filter(|(at, evaluator)| at == watch && selected.includes(&evaluator.rule().name))
             .map(|(_, evaluator)| evaluator);
         let alerts = self.evaluate(evaluators, now).await;
         drop(deployment_rules);
         self.finish(alerts).await
     }
 
-    /// Stops watching `pool` of `app` (the deployment ended): its rules are dropped, and
-    /// their firing alerts resolve in this pass.
-    ///
-    /// # Errors
-    /// As [`monitor_system`](Self::monitor_system).
-    pub async fn end_deployment(&self, app: &AppId, pool: &Pool) -> Result<MonitorReport, IncidentError> {
+    /// The first of `names` that is not a rule of the monitor (rules are only ever added,
+    /// so a name known now stays known).
+    pub(crate) async fn unknown_rule<'a>(&self, names: &'a [String]) -> Option<&'a String> {
+        let rules = self.rules.lock().await;
+        names
+            .iter()
+            .find(|name| !rules.iter().any(|evaluator| evaluator.rule().name == **name))
+    }
+
+    /// Drops `watch`'s rules; their firing alerts resolve in this pass. Ending a watch that
+    /// is not there is an empty pass.
+    pub(crate) async fn end_watch(&self, watch: &DeploymentWatch) -> Pass {
         let now = Instant::now();
-        let scope = format!("{app}/{pool}");
         let mut alerts = Vec::new();
         self.deployment_rules.lock().await.retain_mut(|(at, evaluator)| {
-            let ended = *at == scope;
+            let ended = at == watch;
             if ended {
                 alerts.extend(evaluator.end(now));
             }
             !ended
         });
         self.finish(alerts).await
+    }
+
+    /// The incident opened for `rule`'s alert in `watch` while it fires, if any.
+    pub(crate) async fn incident_of(&self, watch: &DeploymentWatch, rule: &str) -> Option<String> {
+        let fingerprint = self
+            .deployment_rules
+            .lock()
+            .await
+            .iter()
+            .find(|(at, evaluator)| at == watch && evaluator.rule().name == rule)
+            .map(|(_, evaluator)| Fingerprint::of(&evaluator.rule().alert_labels()))?;
+        self.firing.lock().await.get(&fingerprint).cloned().flatten()
+    }
+
+    /// The incident manager alerts open incidents in.
+    pub(crate) fn incidents(&self) -> &IncidentManager {
+        &self.incidents
     }
 
     /// Feeds each rule its metric's mean over the rule's window (a failed query is no data).
@@ -226,9 +273,10 @@ impl OperationalMonitor {
     /// Routes the pass's alerts, opens incidents for critical alerts that started firing,
     /// then flushes the dispatcher. An incident that cannot be opened (the store is down)
     /// does not stop the pass: the alert is not remembered as firing, so the next pass tries
-    /// again, and the first such error is returned once the dispatcher has flushed.
-    async fn finish(&self, alerts: Vec<Alert>) -> Result<MonitorReport, IncidentError> {
+    /// again, and the first such error is kept in the pass once the dispatcher has flushed.
+    async fn finish(&self, alerts: Vec<Alert>) -> Pass {
         let mut incidents = Vec::new();
+        let mut incident_of = HashMap::new();
         let mut failure = None;
         let mut dispatcher = self.dispatcher.lock().await;
         let mut firing = self.firing.lock().await;
@@ -242,9 +290,13 @@ impl OperationalMonitor {
                 firing.remove(&fingerprint);
                 continue;
             }
-            if firing.contains(&fingerprint) {
+            if let Some(known) = firing.get(&fingerprint) {
+                if let Some(id) = known {
+                    incident_of.insert(fingerprint, id.clone());
+                }
                 continue;
             }
+            let mut opened_id = None;
             let critical = alert
                 .labels
                 .get("severity")
@@ -264,7 +316,11 @@ impl OperationalMonitor {
                     )
                     .await;
                 match opened {
-                    Ok(incident) => incidents.push(incident.id),
+                    Ok(incident) => {
+                        incident_of.insert(fingerprint, incident.id.clone());
+                        opened_id = Some(incident.id.clone());
+                        incidents.push(incident.id);
+                    }
                     Err(error) => {
                         tracing::warn!(%error, alert = %fingerprint, "cannot open an incident; retrying at the next pass");
                         failure.get_or_insert(error);
@@ -272,17 +328,18 @@ impl OperationalMonitor {
                     }
                 }
             }
-            firing.insert(fingerprint);
+            firing.insert(fingerprint, opened_id);
         }
         let deliveries = dispatcher.flush_due().await;
-        if let Some(error) = failure {
-            return Err(error);
+        Pass {
+            report: MonitorReport {
+                alerts,
+                incidents,
+                deliveries,
+            },
+            incident_of,
+            failure,
         }
-        Ok(MonitorReport {
-            alerts,
-            incidents,
-            deliveries,
-        })
     }
 
     /// When the dispatcher next has a group due (drive passes until then).
@@ -293,6 +350,103 @@ impl OperationalMonitor {
     /// Flushes due groups without evaluating rules.
     pub async fn flush_due(&self) -> Vec<DeliveryRecord> {
         self.dispatcher.lock().await.flush_due().await
+    }
+}
+
+/// Which deployment a set of deployment rules watches: a pool of an app and, for a guarded
+/// rollout, the rollout, so two rollouts of one pool keep their own alerts and incidents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeploymentWatch {
+    app: AppId,
+    pool: Pool,
+    /// The new version and `<app>#<revision>`, labelled on a guarded rollout's alerts.
+    rollout: Option<(Version, String)>,
+}
+
+impl DeploymentWatch {
+    /// A pool, as [`OperationalMonitor::monitor_deployment`] watches it.
+    pub(crate) fn pool(app: AppId, pool: Pool) -> Self {
+        Self {
+            app,
+            pool,
+            rollout: None,
+        }
+    }
+
+    /// A rollout of `version` into `pool`; `rollout` names it (`<app>#<revision>`).
+    pub(crate) fn rollout(app: AppId, pool: Pool, version: Version, rollout: String) -> Self {
+        Self {
+            app,
+            pool,
+            rollout: Some((version, rollout)),
+        }
+    }
+
+    /// `rule` reading its metric for the watched pool, its alerts labelled `app`, `pool`
+    /// (and `version`, `rollout` for a rollout). The rule's window and step are kept.
+    fn scope(&self, rule: &AlertRule) -> Result<RuleEvaluator, AlertError> {
+        let invalid = |error: deploy_core::ValidationError| AlertError::InvalidRule {
+            rule: rule.name.clone(),
+            reason: error.to_string(),
+        };
+        let mut rule = rule.clone();
+        let target = MetricTarget::Pool {
+            app: self.app.clone(),
+            pool: self.pool.clone(),
+        };
+        let mut query =
+            MetricQuery::new(rule.query.metric().clone(), target, rule.query.window()).map_err(invalid)?;
+        if let Some(step) = rule.query.step() {
+            query = query.with_step(step).map_err(invalid)?;
+        }
+        rule.query = query;
+        rule.labels.insert("app".into(), self.app.to_string());
+        rule.labels.insert("pool".into(), self.pool.to_string());
+        if let Some((version, rollout)) = &self.rollout {
+            rule.labels.insert("version".into(), version.to_string());
+            rule.labels.insert("rollout".into(), rollout.clone());
+        }
+        RuleEvaluator::new(rule)
+    }
+}
+
+/// Which of the monitor's rules a deployment pass evaluates.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RuleSelection<'a> {
+    /// Every rule (`monitor_deployment`).
+    All,
+    /// These, by name (a guard's scope).
+    Named(&'a [String]),
+}
+
+impl RuleSelection<'_> {
+    fn includes(&self, name: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Named(names) => names.iter().any(|named| named == name),
+        }
+    }
+}
+
+/// What one pass saw and did, with what the public report leaves out.
+#[derive(Debug)]
+pub(crate) struct Pass {
+    /// The report `monitor_*` return.
+    pub(crate) report: MonitorReport,
+    /// The incident of each alert firing in this pass that has one (opened now or when it
+    /// started firing).
+    pub(crate) incident_of: HashMap<Fingerprint, String>,
+    /// The first incident that could not be opened (tried again at the next pass).
+    pub(crate) failure: Option<IncidentError>,
+}
+
+impl Pass {
+    /// The report, or the pass's incident failure.
+    fn into_result(self) -> Result<MonitorReport, IncidentError> {
+        match self.failure {
+            Some(error) => Err(error),
+            None => Ok(self.report),
+        }
     }
 }
 
