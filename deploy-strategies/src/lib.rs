@@ -78,6 +78,7 @@ mod handle;
 mod hooks;
 mod journal;
 mod lease;
+pub mod notifications;
 mod options;
 mod outcome;
 mod plan;
@@ -99,6 +100,9 @@ pub use handle::{
 };
 pub use hooks::{Hook, HookContext, HookFn, HookOutcome, HookPoint, hook_fn};
 pub use journal::{AnalysisRecord, Phase, TimelineEntry};
+pub use notifications::{
+    DeliveryStatus, NotificationDelivery, NotificationError, RolloutNotifications, RolloutNotificationsBuilder,
+};
 pub use options::{MAX_REPLICAS, RolloutBackends, RolloutOptions};
 pub use rollout::{ResumePolicy, Rollout, RolloutBuilder};
 pub use spec::{
