@@ -192,6 +192,7 @@ fn history(
             })
             .collect(),
         rolled_back: vec![],
+        alerts: vec![],
     };
     HistoryEntry {
         revision: report.revision,

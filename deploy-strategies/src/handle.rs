@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::RolloutError;
-use crate::journal::{AnalysisRecord, Phase, TimelineEntry};
+use crate::journal::{AlertRecord, AnalysisRecord, Phase, TimelineEntry};
 
 /// An operator's command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +187,10 @@ pub struct RolloutReport {
     pub analyses: Vec<AnalysisRecord>,
     /// What the rollback undid, step by step (empty when nothing was rolled back).
     pub rolled_back: Vec<String>,
+    /// Alerts the guard saw firing on the new pool, each once, with the incident opened for
+    /// it and whether it rolled the rollout back (empty without a guard).
+    #[serde(default)]
+    pub alerts: Vec<AlertRecord>,
 }
 
 /// Controls one running rollout. Dropping the handle (and every [`RolloutControl`]) does

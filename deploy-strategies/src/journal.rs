@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use deploy_core::{AppId, InstanceId, Pool, Revision, Version};
+use deploy_core::{AppId, FiringAlert, InstanceId, Pool, Revision, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::AnalysisResult;
@@ -89,6 +89,17 @@ pub struct AnalysisRecord {
     pub result: AnalysisResult,
 }
 
+/// An alert a rollout's guard saw firing on its new pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    /// When it was first seen, since the rollout (or its resumption) started.
+    pub at: Duration,
+    /// The alert, with the incident opened for it, if any.
+    pub alert: FiringAlert,
+    /// Whether it rolled the rollout back (only critical alerts do).
+    pub rolled_back: bool,
+}
+
 /// The persisted state of one rollout: enough to resume it in another process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Journal {
@@ -118,6 +129,9 @@ pub(crate) struct Journal {
     pub(crate) pending: Option<Step>,
     pub(crate) timeline: Vec<TimelineEntry>,
     pub(crate) analyses: Vec<AnalysisRecord>,
+    /// Alerts the guard saw firing, each once.
+    #[serde(default)]
+    pub(crate) alerts: Vec<AlertRecord>,
     /// Failures of the current rollback step in a row.
     #[serde(default)]
     pub(crate) rollback_failures: u32,
@@ -211,6 +225,7 @@ impl Journal {
             pending: None,
             timeline: Vec::new(),
             analyses: Vec::new(),
+            alerts: Vec::new(),
             rollback_failures: 0,
             full_promotion: false,
         })

@@ -85,6 +85,7 @@ mod plan;
 mod rollout;
 mod runner;
 mod spec;
+mod watch;
 
 pub use analysis::{
     AnalysisMetric, AnalysisResult, AnalysisSpec, AnalysisTargets, Check, Direction, Judge, NoDataPolicy,
@@ -99,7 +100,7 @@ pub use handle::{
     PauseReason, PauseStatus, RolloutControl, RolloutHandle, RolloutOutcome, RolloutReport, RolloutStatus,
 };
 pub use hooks::{Hook, HookContext, HookFn, HookOutcome, HookPoint, hook_fn};
-pub use journal::{AnalysisRecord, Phase, TimelineEntry};
+pub use journal::{AlertRecord, AnalysisRecord, Phase, TimelineEntry};
 pub use notifications::{
     DeliveryStatus, NotificationDelivery, NotificationError, RolloutNotifications, RolloutNotificationsBuilder,
 };

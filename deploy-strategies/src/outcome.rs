@@ -55,6 +55,13 @@ pub(crate) enum StepError {
         outcome: AnalysisOutcome,
         summary: String,
     },
+    /// A critical alert fired on the new version's pool.
+    #[error("critical alert '{rule}' firing{}: {summary}", incident.as_deref().map(|i| format!(" (incident {i})")).unwrap_or_default())]
+    Alert {
+        rule: String,
+        incident: Option<String>,
+        summary: String,
+    },
     /// The rollout waits for a human, and no handle is left to send a decision.
     #[error("waiting for an operator, but every control handle was dropped: nobody can decide")]
     NobodyToDecide,

@@ -340,7 +340,7 @@ impl Journal {
         }
     }
 
-    fn analysis_targets(&self) -> AnalysisTargets {
+    pub(crate) fn analysis_targets(&self) -> AnalysisTargets {
         let app = self.app.clone();
         match (&self.strategy, &self.stable) {
             (Strategy::Rolling(_), _) => AnalysisTargets {

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
-    AppId, ChannelSink, DynEventSink, DynStore, InstanceState, Lease, Pool, Precondition, RecordStoreExt,
-    RecordVersion, Revision, StoreError, TrafficSplit, Version, WriteOptions,
+    AppId, ChannelSink, DynDeploymentGuard, DynEventSink, DynStore, InstanceState, Lease, Pool, Precondition,
+    RecordStoreExt, RecordVersion, Revision, StoreError, TrafficSplit, Version, WriteOptions,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::converge::Converger;
-use crate::error::RolloutError;
+use crate::error::{RolloutError, SpecError};
 use crate::handle::{RolloutControl, RolloutHandle};
 use crate::hooks::{Hook, HookPoint, RegisteredHook};
 use crate::journal::{InstanceList, Journal, Start, instances_key, journal_key, lease_name};
@@ -20,6 +20,7 @@ use crate::lease::LeaseKeeper;
 use crate::options::{RolloutBackends, RolloutOptions};
 use crate::runner::{Runner, detail_of, status_of};
 use crate::spec::Strategy;
+use crate::watch::GuardConfig;
 
 /// What `resume` does with an interrupted rollout that was going forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,9 +51,25 @@ pub struct RolloutBuilder {
     hooks: Vec<RegisteredHook>,
     options: RolloutOptions,
     holder: String,
+    guard: Option<GuardConfig>,
 }
 
 impl RolloutBuilder {
+    /// Watches the rollout with `guard`: from the first traffic to the new version's pool
+    /// until the rollout ends, its alert `rules` are checked every `every`, scoped to that
+    /// pool. A firing critical alert rolls back at once (the reason names the rule and the
+    /// incident) and the guard is told ([`DeploymentGuard::rolled_back`]); other alerts are
+    /// recorded in the report, not acted on. A failed check is logged and tried again at the
+    /// next interval: it never fails the rollout. The guard is released when the rollout
+    /// ends. Works with every strategy (blue-green's post-promotion window included).
+    ///
+    /// [`DeploymentGuard::rolled_back`]: deploy_core::DeploymentGuard::rolled_back
+    #[must_use]
+    pub fn guard(mut self, guard: Arc<DynDeploymentGuard>, rules: Vec<String>, every: Duration) -> Self {
+        self.guard = Some(GuardConfig { guard, rules, every });
+        self
+    }
+
     /// Sends events to `sink` too (they always go to `tracing` and to each handle).
     #[must_use]
     pub fn event_sink(mut self, sink: Arc<DynEventSink>) -> Self {
@@ -94,6 +111,32 @@ impl RolloutBuilder {
     pub fn build(self) -> Result<Rollout, RolloutError> {
         self.strategy.validate()?;
         self.options.validate()?;
+        // Header and cookie routes and sticky weights need a backend that can do them.
+        if let Strategy::Canary(spec) = &self.strategy
+            && self.backends.request_routing.is_none()
+        {
+            if let Some(index) = spec.steps.iter().position(|step| !step.routes.is_empty()) {
+                return Err(SpecError::new(
+                    "canary.steps.routes",
+                    format!(
+                        "step {} routes requests by header or cookie, but no request-routing backend \
+                         was given (RolloutBackends::with_request_routing)",
+                        index + 1
+                    ),
+                )
+                .into());
+            }
+            if spec.sticky {
+                return Err(SpecError::new(
+                    "canary.sticky",
+                    "sticky routing needs a request-routing backend (RolloutBackends::with_request_routing)",
+                )
+                .into());
+            }
+        }
+        if let Some(guard) = &self.guard {
+            validate_guard(guard)?;
+        }
         Ok(Rollout {
             inner: Arc::new(Shared {
                 strategy: self.strategy,
@@ -105,6 +148,7 @@ impl RolloutBuilder {
                 sink: self.sink,
                 hooks: self.hooks,
                 holder: self.holder,
+                guard: self.guard,
             }),
         })
     }
@@ -118,6 +162,24 @@ pub(crate) struct Shared {
     pub(crate) sink: Option<Arc<DynEventSink>>,
     pub(crate) hooks: Vec<RegisteredHook>,
     pub(crate) holder: String,
+    pub(crate) guard: Option<GuardConfig>,
+}
+
+/// A guard needs rules to check, by name, and an interval.
+fn validate_guard(guard: &GuardConfig) -> Result<(), SpecError> {
+    if guard.rules.is_empty() {
+        return Err(SpecError::new("guard.rules", "name at least one alert rule"));
+    }
+    if let Some(index) = guard.rules.iter().position(|rule| rule.trim().is_empty()) {
+        return Err(SpecError::new(
+            format!("guard.rules[{index}]"),
+            "a rule name cannot be empty",
+        ));
+    }
+    if guard.every.is_zero() {
+        return Err(SpecError::new("guard.every", "must be longer than zero"));
+    }
+    Ok(())
 }
 
 /// A strategy composed with backends, a store, an event sink and hooks: starts and resumes
@@ -163,6 +225,7 @@ impl Rollout {
             hooks: Vec::new(),
             options: RolloutOptions::default(),
             holder: unique_holder(),
+            guard: None,
         }
     }
 

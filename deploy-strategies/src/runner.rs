@@ -25,7 +25,8 @@ use crate::lease::LeaseKeeper;
 use crate::outcome::{StepError, StepOutcome};
 use crate::plan::{AnalysisKind, Step};
 use crate::rollout::Shared;
-use crate::spec::Pause;
+use crate::spec::{Pause, Strategy};
+use crate::watch::{Verdict, Watchers, background_name};
 
 /// A rollout's status from its journal and any pause in force.
 pub(crate) fn status_of(journal: &Journal, paused: Option<PauseStatus>) -> RolloutStatus {
@@ -71,6 +72,9 @@ enum Interrupt {
     Aborted,
     /// Stop acting at once.
     Halt(Halt),
+    /// A watcher (background analysis, alert guard) found the new version bad: the rollout
+    /// fails as if the step called `name` had.
+    Watched { name: String, error: StepError },
 }
 
 impl From<Halt> for Interrupt {
@@ -130,6 +134,8 @@ pub(crate) struct Runner {
     /// A pause step in progress (shown in status; an operator's hold shows first).
     step_pause: Option<PauseStatus>,
     rolled_back: Vec<String>,
+    /// The background analysis and the alert guard.
+    watchers: Watchers,
 }
 
 impl Runner {
@@ -142,6 +148,7 @@ impl Runner {
         (status, detail): (watch::Sender<RolloutStatus>, watch::Sender<Detail>),
         events: ChannelSink,
     ) -> Self {
+        let journal_alerts = journal.alerts.clone();
         Self {
             shared,
             journal,
@@ -156,6 +163,7 @@ impl Runner {
             held: None,
             step_pause: None,
             rolled_back: Vec::new(),
+            watchers: Watchers::new(journal_alerts),
         }
     }
 
@@ -202,6 +210,7 @@ impl Runner {
     /// Writes the journal under the lease. Transient store errors are retried while the
     /// lease is still good; once its local deadline passes, the runner halts.
     async fn save(&mut self) -> Result<(), Halt> {
+        self.journal.alerts = self.watchers.alerts();
         let key = journal_key(&self.journal.app);
         let ttl = self.keeper.lease().ttl;
         // No attempt limit: the lease's local deadline bounds the retries.
@@ -266,7 +275,12 @@ impl Runner {
                 self.publish_status();
             }
             Control::Abort if forward => return Err(Interrupt::Aborted),
-            Control::PromoteFull if forward => self.journal.full_promotion = true,
+            Control::PromoteFull if forward => {
+                if !self.journal.full_promotion {
+                    self.emit(DeploymentEventKind::Promoted { full: true });
+                }
+                self.journal.full_promotion = true;
+            }
             _ => {}
         }
         Ok(())
@@ -312,8 +326,14 @@ impl Runner {
                         _ => false,
                     };
                     if promoted {
+                        if control == Control::Promote {
+                            self.emit(DeploymentEventKind::Promoted { full: false });
+                        }
                         return Ok(Driven::Promoted);
                     }
+                }
+                verdict = self.watchers.next(), if self.journal.phase == Phase::Progressing => {
+                    self.on_verdict(verdict).await?;
                 }
                 () = sleep_until_or_never(expiry) => {
                     return Err(Interrupt::Failed(StepError::Deadline(deadline.unwrap_or_default())));
@@ -348,6 +368,71 @@ impl Runner {
             .map_err(Interrupt::Failed)
     }
 
+    /// Acts on a watcher's verdict: a failed analysis or a critical alert fails the rollout
+    /// now; an inconclusive analysis holds it for a human after the current step.
+    async fn on_verdict(&mut self, verdict: Verdict) -> Result<(), Interrupt> {
+        match verdict {
+            Verdict::Analysis(result) => {
+                let name = match &self.journal.strategy {
+                    Strategy::Canary(spec) => spec.background.as_ref().map(background_name),
+                    _ => None,
+                }
+                .unwrap_or_else(|| "background analysis".to_owned());
+                let summary = result.summary();
+                self.emit(DeploymentEventKind::AnalysisCompleted {
+                    step: self.journal.cursor,
+                    outcome: result.outcome,
+                    summary: summary.clone(),
+                });
+                let outcome = result.outcome;
+                self.journal.analyses.push(AnalysisRecord {
+                    step: name.clone(),
+                    result,
+                });
+                match outcome {
+                    AnalysisOutcome::Failed | AnalysisOutcome::Error => Err(Interrupt::Watched {
+                        name,
+                        error: StepError::Analysis { outcome, summary },
+                    }),
+                    AnalysisOutcome::Inconclusive => {
+                        // Like a step analysis: a human decides; the next step waits.
+                        self.hold(PauseReason::InconclusiveAnalysis { summary });
+                        self.watchers.background_held = true;
+                        self.save().await?;
+                        Ok(())
+                    }
+                    AnalysisOutcome::Successful => Ok(()),
+                }
+            }
+            Verdict::Alert(alert) => {
+                self.watchers.rolled_back_by(&alert, self.shared.guard.as_ref());
+                Err(Interrupt::Watched {
+                    name: "alert guard".to_owned(),
+                    error: StepError::Alert {
+                        rule: alert.rule,
+                        incident: alert.incident,
+                        summary: alert.summary,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Starts and stops the watchers as the journal now says; a background analysis it
+    /// stops goes into the journal (written with the next save).
+    fn sync_watchers(&mut self) {
+        if self.held.is_none() {
+            self.watchers.background_held = false;
+        }
+        let metrics = &self.shared.converger.backends.metrics;
+        if let Some(record) =
+            self.watchers
+                .sync(&self.journal, self.shared.guard.as_ref(), metrics, self.started)
+        {
+            self.journal.analyses.push(record);
+        }
+    }
+
     /// Holds until an operator lifts the hold in force (resume or promote); returns the
     /// hold's reason when a promote lifted it.
     async fn hold_while_paused(&mut self) -> Result<Option<PauseReason>, Interrupt> {
@@ -363,6 +448,11 @@ impl Runner {
         self.held = None;
         self.emit(DeploymentEventKind::Resumed);
         self.publish_status();
+        if self.watchers.background_held {
+            // The background analysis' hold is lifted: the step it held back runs, and
+            // the analysis starts measuring again.
+            return Ok(None);
+        }
         Ok(Some(held.reason))
     }
 
@@ -380,6 +470,10 @@ impl Runner {
             Step::Route { split } => {
                 self.drive_work(converger.route(&app, split)).await?;
                 self.emit(DeploymentEventKind::TrafficShifted { split: split.clone() });
+                "ok".to_owned()
+            }
+            Step::RouteRequests { policy } => {
+                self.drive_work(converger.route_requests(&app, policy)).await?;
                 "ok".to_owned()
             }
             Step::Pause { pause } => self.pause(*pause).await?,
@@ -545,6 +639,7 @@ impl Runner {
         let app = self.journal.app.clone();
         match self.steps().await {
             Ok(()) => {
+                self.watchers.release(self.shared.guard.as_ref()).await;
                 self.keeper.release(self.shared.store.as_ref()).await;
                 Ok(self.report())
             }
@@ -556,6 +651,7 @@ impl Runner {
     /// Runs the plan to its end (forward, then rollback if needed).
     async fn steps(&mut self) -> Result<(), Halt> {
         loop {
+            self.sync_watchers();
             let plan = self.journal.plan();
             let Some(step) = plan.get(self.journal.cursor).cloned() else {
                 return self.finish().await;
@@ -563,7 +659,7 @@ impl Runner {
             // A hold in force (an operator's pause, an inconclusive analysis) is served
             // before the step runs; what ends it (abort, nobody left to decide) counts as the
             // step's outcome.
-            let (name, outcome) = match self.hold_while_paused().await {
+            let (mut name, outcome) = match self.hold_while_paused().await {
                 Ok(Some(PauseReason::InconclusiveAnalysis { summary })) => (
                     step.describe(),
                     Ok(StepOutcome::Done {
@@ -576,7 +672,11 @@ impl Runner {
                         note: FULL_PROMOTION_NOTE.into(),
                     }),
                 ),
-                Ok(_) => (step.describe(), self.run_step(&step).await),
+                Ok(_) => {
+                    // A lifted hold may restart the background analysis.
+                    self.sync_watchers();
+                    (step.describe(), self.run_step(&step).await)
+                }
                 Err(interrupt) => ("operator pause".to_owned(), Err(interrupt)),
             };
             let outcome = match outcome {
@@ -584,6 +684,10 @@ impl Runner {
                 Err(Interrupt::Halt(halt)) => return Err(halt),
                 Err(Interrupt::Aborted) => StepOutcome::Aborted,
                 Err(Interrupt::Failed(error)) => StepOutcome::Failed(error),
+                Err(Interrupt::Watched { name: by, error }) => {
+                    name = by;
+                    StepOutcome::Failed(error)
+                }
             };
             let attempts = self.shared.converger.options.rollback_attempts;
             match self
@@ -663,6 +767,7 @@ impl Runner {
             timeline: self.journal.timeline.clone(),
             analyses: self.journal.analyses.clone(),
             rolled_back: self.rolled_back.clone(),
+            alerts: self.watchers.alerts(),
         }
     }
 }

@@ -296,6 +296,24 @@ impl Strategy {
                 if spec.steps.is_empty() {
                     return Err(SpecError::new("canary.steps", "the schedule is empty"));
                 }
+                if let Some(background) = &spec.background {
+                    if background.from_step >= spec.steps.len() {
+                        return Err(SpecError::new(
+                            "canary.background.from_step",
+                            format!(
+                                "step {} does not exist: the schedule has {} steps",
+                                background.from_step,
+                                spec.steps.len()
+                            ),
+                        ));
+                    }
+                    // A background analysis runs until the rollout ends: its count does not apply.
+                    let mut analysis = background.analysis.clone();
+                    analysis.count = analysis.count.max(1);
+                    analysis
+                        .validate()
+                        .map_err(|err| SpecError::new(format!("canary.background.{}", err.field), err.reason))?;
+                }
                 let wants_analysis = spec.steps.iter().any(|s| s.analyze);
                 match (&spec.analysis, wants_analysis) {
                     (Some(analysis), _) => analysis.validate(),

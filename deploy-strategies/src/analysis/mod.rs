@@ -365,7 +365,8 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, spec: &AnalysisSpec, measurement: Measurement) {
+    /// Counts `measurement`, keeping the latest `keep` measurements.
+    fn record(&mut self, spec: &AnalysisSpec, measurement: Measurement, keep: usize) {
         match measurement.outcome {
             AnalysisOutcome::Failed => self.failed += 1,
             AnalysisOutcome::Inconclusive => self.inconclusive += 1,
@@ -376,6 +377,9 @@ impl Tally {
             self.consecutive_errors = 0;
         }
         self.measurements.push(measurement);
+        if self.measurements.len() > keep.max(1) {
+            self.measurements.remove(0);
+        }
         if self.failed > spec.failure_limit {
             self.verdict = Some(AnalysisOutcome::Failed);
         } else if self.consecutive_errors > spec.consecutive_error_limit {
@@ -411,6 +415,82 @@ fn severity(outcome: AnalysisOutcome) -> u8 {
     }
 }
 
+/// An analysis run in progress, fed one round of measurements at a time: the one piece of
+/// bookkeeping behind both step analyses ([`run_analysis`]) and background analyses.
+#[derive(Debug)]
+pub(crate) struct Run<'a> {
+    spec: &'a AnalysisSpec,
+    tallies: Vec<Tally>,
+    /// Measurements kept per metric (the latest ones), so an endless run stays bounded.
+    keep: usize,
+}
+
+impl<'a> Run<'a> {
+    /// A run of `spec` that keeps the latest `keep` measurements of each metric.
+    pub(crate) fn new(spec: &'a AnalysisSpec, keep: usize) -> Self {
+        Self {
+            spec,
+            tallies: spec.metrics.iter().map(|_| Tally::default()).collect(),
+            keep,
+        }
+    }
+
+    /// Measures, once, every metric that has no verdict yet.
+    pub(crate) async fn measure(&mut self, targets: &AnalysisTargets, source: &dyn MetricsSource) {
+        for (metric, tally) in self.spec.metrics.iter().zip(&mut self.tallies) {
+            if tally.verdict.is_none() {
+                let measurement = measure(metric, targets, source).await;
+                tally.record(self.spec, measurement, self.keep);
+            }
+        }
+    }
+
+    /// The decisive metrics (not dry runs) with their tallies.
+    fn decisive(&self) -> impl Iterator<Item = &Tally> {
+        self.spec
+            .metrics
+            .iter()
+            .zip(&self.tallies)
+            .filter(|(metric, _)| !metric.dry_run)
+            .map(|(_, tally)| tally)
+    }
+
+    /// Whether a decisive metric has failed or errored past its limit: the run's verdict
+    /// cannot get better.
+    pub(crate) fn failed(&self) -> bool {
+        self.decisive().any(|tally| tally.verdict.is_some())
+    }
+
+    /// Whether a decisive metric is past its inconclusive limit.
+    pub(crate) fn inconclusive(&self) -> bool {
+        self.decisive()
+            .any(|tally| tally.inconclusive > self.spec.inconclusive_limit)
+    }
+
+    /// The result so far.
+    pub(crate) fn result(&self) -> AnalysisResult {
+        let metrics: Vec<MetricResult> = self
+            .spec
+            .metrics
+            .iter()
+            .zip(&self.tallies)
+            .map(|(metric, tally)| MetricResult {
+                name: metric.name.clone(),
+                outcome: tally.finish(self.spec),
+                dry_run: metric.dry_run,
+                measurements: tally.measurements.clone(),
+            })
+            .collect();
+        let outcome = metrics
+            .iter()
+            .filter(|m| !m.dry_run)
+            .map(|m| m.outcome)
+            .max_by_key(|o| severity(*o))
+            .unwrap_or(AnalysisOutcome::Successful);
+        AnalysisResult { outcome, metrics }
+    }
+}
+
 /// Runs `spec` against `source`: waits `interval`, measures every metric, and repeats
 /// `count` times, stopping early once a (non-dry-run) metric has failed or errored past its
 /// limit. All waiting uses `tokio::time`.
@@ -419,42 +499,15 @@ pub async fn run_analysis(
     targets: &AnalysisTargets,
     source: &dyn MetricsSource,
 ) -> AnalysisResult {
-    let mut tallies: Vec<Tally> = spec.metrics.iter().map(|_| Tally::default()).collect();
+    let mut run = Run::new(spec, usize::try_from(spec.count).unwrap_or(usize::MAX));
     for _ in 0..spec.count {
         tokio::time::sleep(spec.interval).await;
-        for (metric, tally) in spec.metrics.iter().zip(&mut tallies) {
-            if tally.verdict.is_none() {
-                let measurement = measure(metric, targets, source).await;
-                tally.record(spec, measurement);
-            }
-        }
-        let decided = spec
-            .metrics
-            .iter()
-            .zip(&tallies)
-            .any(|(metric, tally)| !metric.dry_run && tally.verdict.is_some());
-        if decided {
+        run.measure(targets, source).await;
+        if run.failed() {
             break;
         }
     }
-    let metrics: Vec<MetricResult> = spec
-        .metrics
-        .iter()
-        .zip(tallies)
-        .map(|(metric, tally)| MetricResult {
-            name: metric.name.clone(),
-            outcome: tally.finish(spec),
-            dry_run: metric.dry_run,
-            measurements: tally.measurements,
-        })
-        .collect();
-    let outcome = metrics
-        .iter()
-        .filter(|m| !m.dry_run)
-        .map(|m| m.outcome)
-        .max_by_key(|o| severity(*o))
-        .unwrap_or(AnalysisOutcome::Successful);
-    AnalysisResult { outcome, metrics }
+    run.result()
 }
 
 async fn fetch(
