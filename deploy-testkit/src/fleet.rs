@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::fault::{Fault, Operation};
 use crate::invariants::{Exposure, Violation, evaluate_end};
-use crate::profile::VersionProfile;
+use crate::profile::{AgeEffect, VersionProfile};
 use crate::state::{BACKEND, FleetState, Membership, SimInstance};
 use crate::traffic::TrafficReport;
 
@@ -102,6 +102,14 @@ impl SimFleetBuilder {
         self.state
             .profiles
             .insert((app.clone(), version.clone()), profile);
+        self
+    }
+
+    /// How the age of `app`'s instances changes how they serve (default: not at all):
+    /// instances provisioned from now on start cold and warm up (see [`AgeEffect`]).
+    #[must_use]
+    pub fn age_effect(mut self, app: &AppId, effect: AgeEffect) -> Self {
+        self.state.age_effects.insert(app.clone(), effect);
         self
     }
 
@@ -317,6 +325,16 @@ impl SimFleet {
         self.state()
             .profiles
             .insert((app.clone(), version.clone()), profile);
+    }
+
+    /// Changes how the age of `app`'s instances changes how they serve (`None`: not at
+    /// all), from now on; ages count from each instance's provisioning.
+    pub fn set_age_effect(&self, app: &AppId, effect: Option<AgeEffect>) {
+        let mut state = self.state();
+        match effect {
+            Some(effect) => state.age_effects.insert(app.clone(), effect),
+            None => state.age_effects.remove(app),
+        };
     }
 
     /// Changes how long `operation` takes from now on.
@@ -574,6 +592,7 @@ impl InfraManager for SimFleet {
                         state: InstanceState::Running,
                         address: format!("sim://{app}/{id}"),
                         busy_until: None,
+                        born: Some(Instant::now()),
                     };
                     state.app_mut(app).instances.insert(id.clone(), sim);
                     state.describe(app, &id)

@@ -163,6 +163,7 @@ impl SimFleet {
                             state: instance.state,
                             address: instance.address,
                             busy_until: None,
+                            born: None,
                         },
                     );
                 }

@@ -54,5 +54,5 @@ pub use fleet::{CallRecord, SIM_EPOCH_SECS, SimFleet, SimFleetBuilder, TrafficHa
 pub use image::{AppImage, FleetImage, InstanceImage};
 pub use invariants::{Violation, ViolationKind};
 pub use notifier::RecordingNotifier;
-pub use profile::{ProfileError, VersionProfile};
+pub use profile::{AgeEffect, ProfileError, VersionProfile};
 pub use traffic::{PoolTraffic, TrafficReport};

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::fault::{Fault, FaultPlan};
 use crate::idmap::IdMap;
 use crate::invariants::{AppLimits, InvariantChecker, ViolationKind};
-use crate::profile::VersionProfile;
+use crate::profile::{AgeEffect, VersionProfile};
 use crate::traffic::TrafficLog;
 
 /// Backend name used in errors.
@@ -29,6 +29,9 @@ pub(crate) struct SimInstance {
     /// Until when requests routed to it may still be running (the last one plus its
     /// version's p99 latency).
     pub(crate) busy_until: Option<Instant>,
+    /// When it was provisioned, for the app's [`AgeEffect`]; `None` when unknown (restored
+    /// from a fleet image), which counts as warm.
+    pub(crate) born: Option<Instant>,
 }
 
 /// Whether a member takes new traffic.
@@ -79,6 +82,8 @@ impl AppState {
 pub(crate) struct FleetState {
     pub(crate) apps: BTreeMap<AppId, AppState>,
     pub(crate) profiles: HashMap<(AppId, Version), VersionProfile>,
+    /// How instances' ages change how they serve, per app (not part of a fleet image).
+    pub(crate) age_effects: HashMap<AppId, AgeEffect>,
     pub(crate) faults: FaultPlan,
     pub(crate) latencies: HashMap<crate::Operation, Duration>,
     pub(crate) installs: u32,
@@ -103,6 +108,7 @@ impl FleetState {
         Self {
             apps: BTreeMap::new(),
             profiles: HashMap::new(),
+            age_effects: HashMap::new(),
             faults: FaultPlan::default(),
             latencies: HashMap::new(),
             installs: 0,
@@ -165,6 +171,21 @@ impl FleetState {
             .get(&(app.clone(), version.clone()))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// One request served by instance `id` of `app` running `version`: `(failed,
+    /// latency_ms)` by its version's profile, made worse while the instance is young by the
+    /// app's age effect.
+    pub(crate) fn sample(&mut self, app: &AppId, id: &InstanceId, version: &Version) -> (bool, f64) {
+        let sample = self.profile(app, version).sample(&mut self.rng);
+        let born = self.instance(app, id).ok().and_then(|sim| sim.born);
+        match (self.age_effects.get(app).copied(), born) {
+            (Some(effect), Some(born)) => {
+                let age = Instant::now().saturating_duration_since(born);
+                effect.apply(age, sample, &mut self.rng)
+            }
+            _ => sample,
+        }
     }
 
     /// The ground truth of an instance's health, as a check at `now` would see it.

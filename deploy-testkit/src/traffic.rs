@@ -154,7 +154,7 @@ impl FleetState {
                 // `targets` is not empty here, so the modulo is defined.
                 let target = &targets[(i % targets.len() as u64) as usize];
                 let (failed, latency) = if target.healthy {
-                    self.profile(app, &target.version).sample(&mut self.rng)
+                    self.sample(app, &target.id, &target.version)
                 } else {
                     (true, FAST_FAILURE_MS)
                 };
