@@ -190,6 +190,7 @@ async fn orchestrate() -> Result<(), Box<dyn std::error::Error>> {
                 .build()?,
         ),
         metrics,
+        request_routing: None,
     };
     let strategy = Strategy::BlueGreen(BlueGreenSpec {
         pre_promotion: None,

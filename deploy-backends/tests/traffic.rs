@@ -123,6 +123,7 @@ impl Stage {
                     .unwrap(),
             ),
             metrics,
+            request_routing: None,
         };
         Rollout::builder(strategy, backends, Arc::new(MemoryStore::new())).options(options())
     }

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use deploy_core::{
-    AppId, BackendError, HealthStatus, Instance, InstanceId, InstanceState, LoadBalancerExt, Pool, Retry,
-    TrafficSplit, Version,
+    AppId, BackendError, HealthStatus, Instance, InstanceId, InstanceState, LoadBalancerExt, Pool,
+    RequestPolicy, Retry, TrafficSplit, Version,
 };
 
 use crate::options::{RolloutBackends, RolloutOptions};
@@ -149,6 +149,34 @@ impl Converger {
         let lb = &self.backends.load_balancer;
         self.retry("set routing", || lb.set_routing_verified(app, split))
             .await
+    }
+
+    /// Makes `policy` the app's request routing, verified by read-back. Without a request
+    /// router, clearing is a no-op (nothing could have been set) and anything else is
+    /// refused.
+    pub(crate) async fn route_requests(&self, app: &AppId, policy: &RequestPolicy) -> StepResult {
+        let Some(router) = &self.backends.request_routing else {
+            if *policy == RequestPolicy::default() {
+                return Ok(());
+            }
+            return Err(StepError::Refused {
+                action: "route requests".to_owned(),
+                reason: "the rollout has no request-routing backend".to_owned(),
+            });
+        };
+        self.retry("set request routing", || async {
+            router.set_request_policy(app, policy).await?;
+            match router.request_policy(app).await? {
+                Some(now) if now == *policy => Ok(()),
+                // Never set and asked to clear: plain weighted routing either way.
+                None if *policy == RequestPolicy::default() => Ok(()),
+                other => Err(BackendError::unavailable(
+                    "request routing",
+                    format!("set {policy:?} but read back {other:?}"),
+                )),
+            }
+        })
+        .await
     }
 
     /// Takes a whole pool out of rotation and decommissions it, once the load balancer

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
-    Backoff, DynHealthChecker, DynInfraManager, DynLoadBalancer, DynMetricsSource, RetryPolicy,
+    Backoff, DynHealthChecker, DynInfraManager, DynLoadBalancer, DynMetricsSource, DynRequestRouting,
+    RetryPolicy,
 };
 
 use crate::error::SpecError;
@@ -20,6 +21,10 @@ pub struct RolloutBackends {
     pub health: Arc<DynHealthChecker>,
     /// Metrics for analysis.
     pub metrics: Arc<DynMetricsSource>,
+    /// Header and cookie routes and sticky weights, for canaries whose steps have `routes`
+    /// or whose spec is `sticky`; a rollout asking for them without one is refused at build
+    /// time.
+    pub request_routing: Option<Arc<DynRequestRouting>>,
 }
 
 impl RolloutBackends {
@@ -38,7 +43,29 @@ impl RolloutBackends {
             infra: Arc::new(backend.clone()),
             health: Arc::new(backend.clone()),
             metrics: Arc::new(backend),
+            request_routing: None,
         }
+    }
+
+    /// As [`from_one`](Self::from_one), with `backend` routing requests too.
+    pub fn from_one_routing<T>(backend: T) -> Self
+    where
+        T: deploy_core::LoadBalancer
+            + deploy_core::RequestRouting
+            + deploy_core::InfraManager
+            + deploy_core::HealthChecker
+            + deploy_core::MetricsSource
+            + Clone,
+    {
+        Self::from_one(backend.clone()).with_request_routing(Arc::new(backend))
+    }
+
+    /// Routes requests by header, cookie and client through `routing` (usually the load
+    /// balancer, seen through its other trait).
+    #[must_use]
+    pub fn with_request_routing(mut self, routing: Arc<DynRequestRouting>) -> Self {
+        self.request_routing = Some(routing);
+        self
     }
 }
 

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use deploy_core::{MetricTarget, Pool, TrafficSplit, Version, Weight};
+use deploy_core::{MetricTarget, Pool, RequestPolicy, RequestRoute, TrafficSplit, Version, Weight};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{AnalysisSpec, AnalysisTargets};
 use crate::hooks::HookPoint;
 use crate::journal::{Journal, Phase};
-use crate::spec::{Pause, Strategy};
+use crate::spec::{CanarySpec, Pause, Strategy};
 
 /// Which analysis of the strategy a step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,9 @@ pub(crate) enum Step {
     },
     /// Route traffic exactly so, verified by read-back.
     Route { split: TrafficSplit },
+    /// Make `policy` the app's request routing (header and cookie routes, stickiness),
+    /// verified by read-back; the default policy clears it.
+    RouteRequests { policy: RequestPolicy },
     /// Hold.
     Pause { pause: Pause },
     /// Run an analysis; failure rolls back, inconclusive pauses for a human.
@@ -80,6 +83,15 @@ impl Step {
         match self {
             Self::EnsurePool { pool, version, count } => format!("ensure {count} x {version} in pool {pool}"),
             Self::Route { split } => format!("route {split}"),
+            Self::RouteRequests { policy } if *policy == RequestPolicy::default() => {
+                "clear request routes".to_owned()
+            }
+            Self::RouteRequests { policy } => format!(
+                "route requests ({} routes{}, epoch {})",
+                policy.routes.len(),
+                if policy.sticky { ", sticky" } else { "" },
+                policy.epoch
+            ),
             Self::Pause { pause } => match pause {
                 Pause::None => "no pause".to_owned(),
                 Pause::For(d) => format!("pause {d:?}"),
@@ -153,6 +165,9 @@ impl Journal {
                     let split = TrafficSplit::canary(stable.clone(), self.target.clone(), step.weight)
                         .unwrap_or_else(|_| TrafficSplit::all_to(self.target.clone()));
                     steps.push(Step::Route { split });
+                    if routes_requests(spec) {
+                        steps.push(self.request_policy(spec, index));
+                    }
                     if index == 0 {
                         steps.push(Step::Hook {
                             point: HookPoint::AfterTraffic,
@@ -164,6 +179,13 @@ impl Journal {
                             kind: AnalysisKind::Canary,
                         });
                     }
+                }
+                // Request routes and sticky placements end before any pool leaves or takes
+                // everything: a route to a pool being torn down would fail its requests.
+                if routes_requests(spec) {
+                    steps.push(Step::RouteRequests {
+                        policy: RequestPolicy::default(),
+                    });
                 }
                 steps.push(self.ensure_target(self.replicas));
                 steps.push(Step::Hook {
@@ -251,6 +273,26 @@ impl Journal {
         }
     }
 
+    /// The request routing of canary step `index`: its routes to the canary pool, the
+    /// spec's stickiness, and the step's index as the epoch (a new step places every client
+    /// again).
+    fn request_policy(&self, spec: &CanarySpec, index: usize) -> Step {
+        let routes = spec.steps.get(index).map_or(&[][..], |step| &step.routes[..]);
+        Step::RouteRequests {
+            policy: RequestPolicy {
+                routes: routes
+                    .iter()
+                    .map(|matches| RequestRoute {
+                        matches: matches.clone(),
+                        pool: self.target.clone(),
+                    })
+                    .collect(),
+                sticky: spec.sticky,
+                epoch: index as u64,
+            },
+        }
+    }
+
     /// Retires `pool` once the other pool carries all traffic with every replica.
     fn retire(&self, pool: Pool) -> Step {
         Step::RetirePool {
@@ -273,6 +315,14 @@ impl Journal {
             ];
         };
         let previous = self.previous.clone().unwrap_or_else(|| self.version.clone());
+        // Routed requests leave the canary before anything else: they would follow no
+        // weight back to the stable pool.
+        let clear_routes = match &self.strategy {
+            Strategy::Canary(spec) if routes_requests(spec) => Some(Step::RouteRequests {
+                policy: RequestPolicy::default(),
+            }),
+            _ => None,
+        };
         let mut steps = match &self.strategy {
             Strategy::Rolling(spec) => {
                 let rolling = spec.resolve(self.instances.len());
@@ -302,6 +352,7 @@ impl Journal {
                 self.retire(self.target.clone()),
             ],
         };
+        steps.splice(0..0, clear_routes);
         steps.push(Step::Hook {
             point: HookPoint::AfterRollback,
         });
@@ -319,6 +370,8 @@ impl Journal {
         match step {
             Step::Pause { .. } | Step::Analyze { .. } => true,
             Step::Route { split } => *split != TrafficSplit::all_to(self.target.clone()),
+            // A step's routes go with its weight; clearing them still runs.
+            Step::RouteRequests { policy } => *policy != RequestPolicy::default(),
             Step::EnsurePool { pool, count, .. } => *pool == self.target && *count < self.replicas,
             _ => false,
         }
@@ -396,6 +449,11 @@ fn rolling_floor(total: usize, unavailable: usize) -> usize {
 
 fn one() -> usize {
     1
+}
+
+/// Whether a canary asks for request routing: a step with routes, or sticky weights.
+pub(crate) fn routes_requests(spec: &CanarySpec) -> bool {
+    spec.sticky || spec.steps.iter().any(|step| !step.routes.is_empty())
 }
 
 #[cfg(test)]

@@ -33,6 +33,10 @@ pub enum Operation {
     ReadRouting,
     /// `LoadBalancer::set_routing`.
     SetRouting,
+    /// `RequestRouting::request_policy`.
+    ReadRequestPolicy,
+    /// `RequestRouting::set_request_policy`.
+    SetRequestPolicy,
     /// `HealthChecker::check`.
     HealthCheck,
     /// `MetricsSource::query`.
@@ -63,6 +67,8 @@ pub enum Fault {
     SetRoutingFails,
     /// `set_routing` reports success and changes nothing.
     SetRoutingIgnored,
+    /// `set_request_policy` fails with a retryable error and changes nothing.
+    SetRequestPolicyFails,
     /// Metric queries succeed with empty series.
     MetricsNoData,
     /// Metric queries fail with a retryable error (the source is down).

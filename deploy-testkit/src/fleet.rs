@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use deploy_core::{
     AppId, Artifact, BackendError, HealthChecker, HealthStatus, InfraManager, Instance, InstanceId,
-    InstanceState, LoadBalancer, MetricQuery, MetricsSource, Pool, Series, TrafficSplit, Version, Weight,
+    InstanceState, LoadBalancer, MetricQuery, MetricsSource, Pool, RequestPolicy, RequestRouting, Series,
+    TrafficSplit, Version, Weight,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -19,7 +20,7 @@ use crate::fault::{Fault, Operation};
 use crate::invariants::{Exposure, Violation, evaluate_end};
 use crate::profile::{AgeEffect, VersionProfile};
 use crate::state::{BACKEND, FleetState, Membership, SimInstance};
-use crate::traffic::TrafficReport;
+use crate::traffic::{ServedRequest, SimRequest, TrafficReport};
 
 /// Seconds after the Unix epoch where simulated wall-clock time starts: metric samples are
 /// stamped `epoch + (tokio time since the fleet was built)`, so runs are reproducible. It is
@@ -358,6 +359,19 @@ impl SimFleet {
         report
     }
 
+    /// Sends one request to `app` now and tells where it went: a request matching one of the
+    /// app's request routes goes to that route's pool whatever the weights (and fails if the
+    /// pool has no member in rotation); otherwise a sticky policy keeps a client on the pool
+    /// it was placed in during the current epoch, as long as the weights still give that
+    /// pool traffic; otherwise the weights decide, at random. The metrics source reports it
+    /// like batch traffic.
+    pub fn send_request(&self, app: &AppId, request: &SimRequest) -> ServedRequest {
+        let mut state = self.state();
+        let served = state.serve_one(app, request);
+        state.check_invariants();
+        served
+    }
+
     /// Sends `requests_per_tick` requests to `app` every `tick` in a background task, until
     /// the returned handle is dropped or stopped.
     pub fn generate_traffic(&self, app: &AppId, requests_per_tick: u64, tick: Duration) -> TrafficHandle {
@@ -542,6 +556,50 @@ impl LoadBalancer for SimFleet {
             state.app_mut(app).routing = Some(split.clone());
             Ok(())
         })
+    }
+}
+
+#[async_trait]
+impl RequestRouting for SimFleet {
+    async fn set_request_policy(&self, app: &AppId, policy: &RequestPolicy) -> Result<(), BackendError> {
+        self.delay(Operation::SetRequestPolicy).await;
+        self.mutate(|state| {
+            if state.faults.fire(|f| *f == Fault::SetRequestPolicyFails) {
+                return Err(BackendError::unavailable(
+                    BACKEND,
+                    "injected fault: set_request_policy fails",
+                ));
+            }
+            let app_state = state.app_mut(app);
+            if let Some(route) = policy
+                .routes
+                .iter()
+                .find(|route| !app_state.instances.values().any(|i| i.pool == route.pool))
+            {
+                return Err(BackendError::Rejected {
+                    operation: "set_request_policy",
+                    reason: format!(
+                        "route {} goes to pool '{}', which has no instance",
+                        route.matches, route.pool
+                    ),
+                });
+            }
+            let same_epoch = app_state
+                .request_policy
+                .as_ref()
+                .is_some_and(|old| old.sticky && old.epoch == policy.epoch);
+            // A new epoch (or stickiness turned off) lets every client be placed again.
+            if !(policy.sticky && same_epoch) {
+                app_state.placements.clear();
+            }
+            app_state.request_policy = Some(policy.clone());
+            Ok(())
+        })
+    }
+
+    async fn request_policy(&self, app: &AppId) -> Result<Option<RequestPolicy>, BackendError> {
+        self.delay(Operation::ReadRequestPolicy).await;
+        Ok(self.state().app(app).and_then(|a| a.request_policy.clone()))
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use deploy_core::{AppId, InstanceId, InstanceState, Pool, TrafficSplit, Version};
+use deploy_core::{AppId, InstanceId, InstanceState, Pool, RequestPolicy, TrafficSplit, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::SimFleet;
@@ -41,6 +41,10 @@ pub struct AppImage {
     pub instances: Vec<InstanceImage>,
     /// Its routing.
     pub routing: Option<TrafficSplit>,
+    /// Its request routing (routes and stickiness), if one was set. Sticky placements are
+    /// traffic history and are not included.
+    #[serde(default)]
+    pub request_policy: Option<RequestPolicy>,
     /// Healthy instances in rotation it must keep once reached.
     pub capacity_floor: usize,
     /// Whether the floor has been reached (and is enforced).
@@ -93,6 +97,7 @@ impl SimFleet {
                     app: app.clone(),
                     instances,
                     routing: app_state.routing.clone(),
+                    request_policy: app_state.request_policy.clone(),
                     capacity_floor: app_state.capacity_floor,
                     floor_reached: app_state.floor_reached,
                 }
@@ -142,6 +147,7 @@ impl SimFleet {
             .map(|app| {
                 let mut app_state = AppState {
                     routing: app.routing,
+                    request_policy: app.request_policy,
                     capacity_floor: app.capacity_floor,
                     floor_reached: app.floor_reached,
                     ..AppState::default()

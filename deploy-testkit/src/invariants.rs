@@ -85,6 +85,14 @@ pub enum ViolationKind {
         /// The most the schedule allowed.
         allowed: Weight,
     },
+    /// A request route sends requests to a pool with no healthy member in rotation: every
+    /// request it matches fails (a route left behind when its pool was torn down).
+    RouteWithoutHealthyMember {
+        /// The route's pool.
+        pool: Pool,
+        /// What the route matches, as text.
+        route: String,
+    },
     /// At the end (at rest): one pool runs more than one version.
     MixedVersions {
         /// The pool.
@@ -142,6 +150,12 @@ impl fmt::Display for ViolationKind {
                     "{weight} of traffic off the baseline, above the step's {allowed}"
                 )
             }
+            Self::RouteWithoutHealthyMember { pool, route } => {
+                write!(
+                    f,
+                    "requests with {route} go to pool '{pool}', which has no healthy member in rotation"
+                )
+            }
             Self::MixedVersions { pool, versions } => {
                 write!(f, "pool '{pool}' runs {versions:?} at rest")
             }
@@ -164,6 +178,7 @@ impl ViolationKind {
             Self::UnhealthyInRotation { instance, .. } => format!("unhealthy:{instance}"),
             Self::TooManyInstances { .. } => "too-many-instances".to_owned(),
             Self::Overexposed { .. } => "overexposed".to_owned(),
+            Self::RouteWithoutHealthyMember { pool, route } => format!("route:{route}:{pool}"),
             Self::MixedVersions { pool, .. } => format!("mixed:{pool}"),
         }
     }
@@ -319,10 +334,10 @@ pub(crate) struct AppLimits {
     pub(crate) exposure: Option<Exposure>,
 }
 
-/// The continuous rules: routing sums to 100%, weighted pools have a healthy member in
-/// rotation, capacity stays at or above the floor once it has been reached, no member in
-/// rotation or draining is down, none stays unhealthy past the grace, and the instance
-/// limit holds.
+/// The continuous rules: routing sums to 100%, weighted pools and request routes' pools have
+/// a healthy member in rotation, capacity stays at or above the floor once it has been
+/// reached, no member in rotation or draining is down, none stays unhealthy past the grace,
+/// and the instance limit holds.
 pub(crate) fn evaluate(state: &FleetState, now: Instant) -> Vec<(AppId, ViolationKind)> {
     let mut findings = Vec::new();
     for (app, app_state) in &state.apps {
@@ -340,6 +355,15 @@ pub(crate) fn evaluate(state: &FleetState, now: Instant) -> Vec<(AppId, Violatio
                         weight,
                     });
                 }
+            }
+        }
+        for route in app_state.request_policy.iter().flat_map(|policy| &policy.routes) {
+            let members = app_state.active_members(&route.pool);
+            if !members.iter().any(|id| state.is_healthy(app, id, now)) {
+                found(ViolationKind::RouteWithoutHealthyMember {
+                    pool: route.pool.clone(),
+                    route: route.matches.to_string(),
+                });
             }
         }
         let floor = app_state.capacity_floor;

@@ -2,6 +2,7 @@
 //! test harnesses.
 //!
 //! [`SimFleet`] implements [`LoadBalancer`](deploy_core::LoadBalancer),
+//! [`RequestRouting`](deploy_core::RequestRouting),
 //! [`InfraManager`](deploy_core::InfraManager), [`HealthChecker`](deploy_core::HealthChecker)
 //! and [`MetricsSource`](deploy_core::MetricsSource) over one shared state. It behaves
 //! rather than returning canned values: traffic is spread by the routing weights, each
@@ -55,4 +56,4 @@ pub use image::{AppImage, FleetImage, InstanceImage};
 pub use invariants::{Violation, ViolationKind};
 pub use notifier::RecordingNotifier;
 pub use profile::{AgeEffect, ProfileError, VersionProfile};
-pub use traffic::{PoolTraffic, TrafficReport};
+pub use traffic::{PoolTraffic, ServedRequest, SimRequest, TrafficReport};

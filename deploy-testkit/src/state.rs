@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use deploy_core::{
-    AppId, BackendError, HealthStatus, Instance, InstanceId, InstanceState, Pool, TrafficSplit, Version,
+    AppId, BackendError, HealthStatus, Instance, InstanceId, InstanceState, Pool, RequestPolicy,
+    TrafficSplit, Version,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -53,6 +54,12 @@ pub(crate) struct AppState {
     /// floor is enforced from then on, so bringing an app up is not a violation.
     pub(crate) floor_reached: bool,
     pub(crate) traffic: TrafficLog,
+    /// Request routes and stickiness on top of `routing` (`None` before the first set).
+    pub(crate) request_policy: Option<RequestPolicy>,
+    /// Where each sticky client was placed, and in which epoch.
+    pub(crate) placements: HashMap<String, (u64, Pool)>,
+    /// Turns the round-robin over a pool's members for single requests.
+    pub(crate) next_target: u64,
 }
 
 impl AppState {

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use deploy_core::{
     AppId, BackendError, InstanceId, MetricName, MetricQuery, MetricTarget, Pool, Sample, Series, Version,
 };
+use rand::Rng;
 use tokio::time::Instant;
 
 use crate::state::FleetState;
@@ -37,6 +38,67 @@ pub struct PoolTraffic {
     pub requests: u64,
     /// Of those, failed.
     pub errors: u64,
+}
+
+/// One simulated request: who sends it and what it carries, for
+/// [`SimFleet::send_request`](crate::SimFleet::send_request).
+///
+/// ```
+/// use deploy_testkit::SimRequest;
+/// let request = SimRequest::new().client("user-7").header("X-Canary", "always").cookie("team", "qa");
+/// assert_eq!(request.headers, [("X-Canary".to_owned(), "always".to_owned())]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimRequest {
+    /// Who sends it, for sticky routing; `None` for a client that keeps no identity.
+    pub client: Option<String>,
+    /// Its headers (name, value); names compare case-insensitively.
+    pub headers: Vec<(String, String)>,
+    /// Its cookies (name, value).
+    pub cookies: Vec<(String, String)>,
+}
+
+impl SimRequest {
+    /// An anonymous request with no headers or cookies.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sent by `client`.
+    #[must_use]
+    pub fn client(mut self, client: impl Into<String>) -> Self {
+        self.client = Some(client.into());
+        self
+    }
+
+    /// Carrying header `name: value`.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Carrying cookie `name=value`.
+    #[must_use]
+    pub fn cookie(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.cookies.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// What happened to one [`SimRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedRequest {
+    /// The pool it was sent to; `None` when the app has no routing and no route matched.
+    pub pool: Option<Pool>,
+    /// The version that served it; `None` when it reached no member.
+    pub version: Option<Version>,
+    /// Whether it failed.
+    pub failed: bool,
+    /// Whether a request route (not the weights) chose its pool.
+    pub routed: bool,
+    /// Whether a sticky placement from earlier in the epoch chose its pool.
+    pub sticky: bool,
 }
 
 /// What one pool/version pair served at one moment.
@@ -188,6 +250,100 @@ impl FleetState {
             log.buckets.pop_front();
         }
         report
+    }
+
+    /// Sends one request to `app`: the first request route it matches chooses its pool; else,
+    /// with a sticky policy, the pool its client was placed in during this epoch (while the
+    /// weights still give that pool traffic); else the weights, at random (and a sticky
+    /// client is placed there). Within the pool it goes round-robin over the members in
+    /// rotation, and it is recorded in the metrics like batch traffic.
+    pub(crate) fn serve_one(&mut self, app: &AppId, request: &SimRequest) -> ServedRequest {
+        let now = Instant::now();
+        let mut served = ServedRequest {
+            pool: None,
+            version: None,
+            failed: true,
+            routed: false,
+            sticky: false,
+        };
+        let (policy, split) = match self.app(app) {
+            Some(a) => (a.request_policy.clone().unwrap_or_default(), a.routing.clone()),
+            None => return served,
+        };
+        let headers = || request.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let cookies = || request.cookies.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let routed = policy
+            .routes
+            .iter()
+            .find(|route| route.matches.matches(headers(), cookies()));
+        let pool = if let Some(route) = routed {
+            served.routed = true;
+            route.pool.clone()
+        } else {
+            let Some(split) = split else {
+                return served;
+            };
+            let client = request.client.as_ref().filter(|_| policy.sticky);
+            let placed = client
+                .and_then(|client| self.app(app)?.placements.get(client))
+                .filter(|(epoch, pool)| *epoch == policy.epoch && !split.weight_of(pool).is_zero())
+                .map(|(_, pool)| pool.clone());
+            if let Some(pool) = placed {
+                served.sticky = true;
+                pool
+            } else {
+                let pick = self
+                    .rng
+                    .random_range(0..u32::from(deploy_core::Weight::MAX_BASIS_POINTS));
+                let mut passed = 0u32;
+                let chosen = split
+                    .iter()
+                    .find(|(_, weight)| {
+                        passed += u32::from(weight.basis_points());
+                        pick < passed
+                    })
+                    .or_else(|| split.iter().last())
+                    .map(|(pool, _)| pool.clone());
+                let Some(pool) = chosen else {
+                    return served;
+                };
+                if let Some(client) = client {
+                    let placement = (policy.epoch, pool.clone());
+                    self.app_mut(app).placements.insert(client.clone(), placement);
+                }
+                pool
+            }
+        };
+        served.pool = Some(pool.clone());
+        let targets = self.targets(app, &pool, now);
+        let bucket = if targets.is_empty() {
+            let mut bucket = Bucket::new(now, &pool, None);
+            bucket.add(true, FAST_FAILURE_MS);
+            bucket
+        } else {
+            let app_state = self.app_mut(app);
+            let turn = app_state.next_target;
+            app_state.next_target = turn.wrapping_add(1);
+            let target = &targets[(turn % targets.len() as u64) as usize];
+            let (failed, latency) = if target.healthy {
+                self.sample(app, &target.id, &target.version)
+            } else {
+                (true, FAST_FAILURE_MS)
+            };
+            if target.healthy {
+                let until = now + self.profile(app, &target.version).p99();
+                if let Some(sim) = self.app_mut(app).instances.get_mut(&target.id) {
+                    sim.busy_until = Some(until);
+                }
+            }
+            served.version = Some(target.version.clone());
+            served.failed = failed;
+            let mut bucket = Bucket::new(now, &pool, Some(&target.version));
+            bucket.add(failed, latency);
+            bucket
+        };
+        self.app_mut(app).traffic.buckets.push_back(bucket);
+        served
     }
 
     fn targets(&self, app: &AppId, pool: &Pool, now: Instant) -> Vec<Target> {

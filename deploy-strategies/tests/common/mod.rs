@@ -149,7 +149,7 @@ impl World {
     /// fleet's checker the strategy's limits.
     pub fn builder(&self, strategy: Strategy) -> RolloutBuilder {
         self.guard(&strategy);
-        self.builder_over(strategy, RolloutBackends::from_one(self.fleet.clone()))
+        self.builder_over(strategy, RolloutBackends::from_one_routing(self.fleet.clone()))
     }
 
     /// A builder over `backends` (the fleet behind a wrapper) and this world's store, with

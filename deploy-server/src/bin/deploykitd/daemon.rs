@@ -235,6 +235,7 @@ pub(crate) async fn run(
                 infra: Arc::new(infra),
                 health: Arc::new(health),
                 metrics: Arc::clone(&metrics),
+                request_routing: None,
             }
         }
     };
