@@ -150,20 +150,29 @@ impl Journal {
         match &self.strategy {
             Strategy::Canary(spec) => {
                 let mut steps = Vec::new();
+                let baseline = self.baseline_pool();
+                let mut last_partial = None;
                 for (index, step) in spec.steps.iter().enumerate() {
                     if step.weight == Weight::FULL {
                         break;
                     }
+                    last_partial = Some(step.weight);
                     let canaries = ((self.replicas as f64) * step.weight.fraction()).ceil().max(1.0) as usize;
                     steps.push(self.ensure_target(canaries));
+                    if let Some(baseline) = &baseline {
+                        steps.push(self.ensure_baseline(baseline, canaries));
+                    }
                     if index == 0 {
                         steps.push(Step::Hook {
                             point: HookPoint::BeforeTraffic,
                         });
                     }
-                    // Weight 0 and 100% are one-pool splits; anything between is a valid split.
-                    let split = TrafficSplit::canary(stable.clone(), self.target.clone(), step.weight)
-                        .unwrap_or_else(|_| TrafficSplit::all_to(self.target.clone()));
+                    let split = match &baseline {
+                        Some(baseline) => self.baseline_split(&stable, baseline, step.weight),
+                        // Weight 0 and 100% are one-pool splits; anything between is a valid split.
+                        None => TrafficSplit::canary(stable.clone(), self.target.clone(), step.weight)
+                            .unwrap_or_else(|_| TrafficSplit::all_to(self.target.clone())),
+                    };
                     steps.push(Step::Route { split });
                     if routes_requests(spec) {
                         steps.push(self.request_policy(spec, index));
@@ -187,6 +196,17 @@ impl Journal {
                         policy: RequestPolicy::default(),
                     });
                 }
+                // The baseline goes before the canary grows to full size (so the promotion's
+                // peak is two pools, as without one): its traffic back to the stable pool,
+                // then the pool.
+                let baseline = baseline.zip(last_partial);
+                if let Some((baseline, weight)) = &baseline {
+                    steps.push(Step::Route {
+                        split: TrafficSplit::canary(stable.clone(), self.target.clone(), *weight)
+                            .unwrap_or_else(|_| TrafficSplit::all_to(stable.clone())),
+                    });
+                    steps.push(self.retire(baseline.clone()));
+                }
                 steps.push(self.ensure_target(self.replicas));
                 steps.push(Step::Hook {
                     point: HookPoint::BeforePromotion,
@@ -194,6 +214,12 @@ impl Journal {
                 steps.push(Step::Route {
                     split: TrafficSplit::all_to(self.target.clone()),
                 });
+                // Again, after the switch, which took any traffic off it: a full promotion
+                // skips the partial route above and so the retirement after it; otherwise
+                // there is nothing left to retire.
+                if let Some((baseline, _)) = baseline {
+                    steps.push(self.retire(baseline));
+                }
                 // The final step's pause and analysis, at 100%, if the schedule ends there.
                 if let Some(last) = spec.steps.last().filter(|s| s.weight == Weight::FULL) {
                     steps.push(Step::Pause { pause: last.pause });
@@ -273,6 +299,50 @@ impl Journal {
         }
     }
 
+    /// The pool of a canary's baseline (`spec.baseline`): the target pool's name with
+    /// `-baseline` (`rev-7-baseline`), so each revision's baseline is its own pool and a
+    /// baseline left by an earlier revision is never taken for this one's. `None` without
+    /// a baseline, or with nothing to compare with (a first deployment, or no known
+    /// previous version).
+    pub(crate) fn baseline_pool(&self) -> Option<Pool> {
+        let Strategy::Canary(spec) = &self.strategy else {
+            return None;
+        };
+        let stable = self.stable.as_ref()?;
+        if !spec.baseline || self.previous.is_none() {
+            return None;
+        }
+        Pool::new(format!("{}-baseline", self.target))
+            .ok()
+            .filter(|pool| pool != stable && *pool != self.target)
+    }
+
+    /// `count` instances of the previous version in `baseline`: as many as the canary has.
+    fn ensure_baseline(&self, baseline: &Pool, count: usize) -> Step {
+        Step::EnsurePool {
+            pool: baseline.clone(),
+            version: self.previous.clone().unwrap_or_else(|| self.version.clone()),
+            count,
+        }
+    }
+
+    /// `weight` to the canary, as much to the baseline, the rest to `stable` (validation
+    /// keeps `weight` at or under 50%; a journal that does not is clamped so that the
+    /// split stays valid, the baseline then getting what is left).
+    fn baseline_split(&self, stable: &Pool, baseline: &Pool, weight: Weight) -> TrafficSplit {
+        let twin = weight.min(weight.complement());
+        let rest = Weight::from_basis_points(u32::from(
+            weight.complement().basis_points() - twin.basis_points(),
+        ))
+        .unwrap_or(Weight::ZERO);
+        TrafficSplit::new([
+            (self.target.clone(), weight),
+            (baseline.clone(), twin),
+            (stable.clone(), rest),
+        ])
+        .unwrap_or_else(|_| TrafficSplit::all_to(stable.clone()))
+    }
+
     /// The request routing of canary step `index`: its routes to the canary pool, the
     /// spec's stickiness, and the step's index as the epoch (a new step places every client
     /// again).
@@ -338,19 +408,24 @@ impl Journal {
                     },
                 ]
             }
-            Strategy::Canary(_) | Strategy::BlueGreen(_) => vec![
-                // Capacity first: the stable pool is made whole and healthy before traffic
-                // goes back to it.
-                Step::EnsurePool {
-                    pool: stable.clone(),
-                    version: previous,
-                    count: self.replicas,
-                },
-                Step::Route {
-                    split: TrafficSplit::all_to(stable),
-                },
-                self.retire(self.target.clone()),
-            ],
+            Strategy::Canary(_) | Strategy::BlueGreen(_) => {
+                let mut steps = vec![
+                    // Capacity first: the stable pool is made whole and healthy before traffic
+                    // goes back to it.
+                    Step::EnsurePool {
+                        pool: stable.clone(),
+                        version: previous,
+                        count: self.replicas,
+                    },
+                    Step::Route {
+                        split: TrafficSplit::all_to(stable),
+                    },
+                    self.retire(self.target.clone()),
+                ];
+                // The route above took its traffic; retiring a pool never made is a no-op.
+                steps.extend(self.baseline_pool().map(|baseline| self.retire(baseline)));
+                steps
+            }
         };
         steps.splice(0..0, clear_routes);
         steps.push(Step::Hook {
@@ -372,7 +447,17 @@ impl Journal {
             Step::Route { split } => *split != TrafficSplit::all_to(self.target.clone()),
             // A step's routes go with its weight; clearing them still runs.
             Step::RouteRequests { policy } => *policy != RequestPolicy::default(),
-            Step::EnsurePool { pool, count, .. } => *pool == self.target && *count < self.replicas,
+            Step::EnsurePool { pool, count, .. } => {
+                (*pool == self.target && *count < self.replicas)
+                    || Some(pool) == self.baseline_pool().as_ref()
+            }
+            // The baseline's retirement before the switch: its traffic stays where the last
+            // route left it (the route that takes it off is partial, so skipped); the
+            // retirement after the switch does it.
+            Step::RetirePool { pool, .. } if Some(pool) == self.baseline_pool().as_ref() => self
+                .plan()
+                .get(self.cursor.saturating_add(1)..)
+                .is_some_and(|rest| rest.contains(step)),
             _ => false,
         }
     }
@@ -414,13 +499,22 @@ impl Journal {
                         .as_ref()
                         .is_none_or(|split| !split.weight_of(pool).is_zero())
                 };
+                // A canary's own baseline, while it takes its share: same size, same
+                // traffic, as young as the canary; else the stable pool.
+                let stable = self
+                    .baseline_pool()
+                    .filter(|pool| {
+                        routing
+                            .as_ref()
+                            .is_some_and(|split| !split.weight_of(pool).is_zero())
+                    })
+                    .or_else(|| stable.clone());
                 AnalysisTargets {
                     canary: MetricTarget::Pool {
                         app: app.clone(),
                         pool: self.target.clone(),
                     },
                     baseline: stable
-                        .clone()
                         .filter(serving)
                         .map(|pool| MetricTarget::Pool { app, pool }),
                 }
@@ -550,6 +644,154 @@ mod tests {
                 "AfterRollback hooks",
             ]
         );
+    }
+
+    fn baseline_canary() -> Strategy {
+        Strategy::Canary(CanarySpec {
+            steps: vec![
+                CanaryStep::percent(25.0, Pause::For(Duration::from_secs(60))).unwrap(),
+                CanaryStep::percent(50.0, Pause::For(Duration::from_secs(60))).unwrap(),
+                CanaryStep::percent(100.0, Pause::None).unwrap(),
+            ],
+            analysis: Some(analysis()),
+            background: None,
+            baseline: true,
+            sticky: false,
+        })
+    }
+
+    #[test]
+    fn canary_plans_with_a_baseline() {
+        let journal = journal(baseline_canary(), Some(Pool::stable()), 4);
+        assert_eq!(
+            journal.baseline_pool(),
+            Some(Pool::new("rev-1-baseline").unwrap())
+        );
+        assert_eq!(
+            names(&journal.plan()),
+            [
+                "ensure 1 x 2.0 in pool rev-1",
+                "ensure 1 x 1.0 in pool rev-1-baseline",
+                "BeforeTraffic hooks",
+                "route rev-1=25.00%, rev-1-baseline=25.00%, stable=50.00%",
+                "AfterTraffic hooks",
+                "pause 60s",
+                "canary analysis",
+                "ensure 2 x 2.0 in pool rev-1",
+                "ensure 2 x 1.0 in pool rev-1-baseline",
+                "route rev-1=50.00%, rev-1-baseline=50.00%",
+                "pause 60s",
+                "canary analysis",
+                "route rev-1=50.00%, stable=50.00%",
+                "retire pool rev-1-baseline",
+                "ensure 4 x 2.0 in pool rev-1",
+                "BeforePromotion hooks",
+                "route rev-1=100.00%",
+                "retire pool rev-1-baseline",
+                "no pause",
+                "canary analysis",
+                "AfterPromotion hooks",
+                "retire pool stable",
+            ]
+        );
+        assert_eq!(
+            rolled_back(journal),
+            [
+                "ensure 4 x 1.0 in pool stable",
+                "route stable=100.00%",
+                "retire pool rev-1",
+                "retire pool rev-1-baseline",
+                "AfterRollback hooks",
+            ]
+        );
+    }
+
+    #[test]
+    fn judges_read_the_baseline_while_it_takes_its_share() {
+        let mut journal = journal(baseline_canary(), Some(Pool::stable()), 4);
+        let plan = journal.plan();
+        let pool = |name: &str| MetricTarget::Pool {
+            app: journal.app.clone(),
+            pool: Pool::new(name).unwrap(),
+        };
+        let analyses: Vec<usize> = (0..plan.len())
+            .filter(|i| matches!(plan[*i], Step::Analyze { .. }))
+            .collect();
+        let mut seen = Vec::new();
+        for at in analyses {
+            journal.cursor = at;
+            let (_, targets) = journal.analysis(AnalysisKind::Canary).unwrap();
+            assert_eq!(targets.canary, pool("rev-1"));
+            seen.push(targets.baseline);
+        }
+        // Both partial steps against the baseline; at 100% nothing old serves.
+        let baseline = Some(pool("rev-1-baseline"));
+        assert_eq!(seen, [baseline.clone(), baseline, None]);
+        // Without a baseline, the same steps judge against the stable pool.
+        let Strategy::Canary(mut spec) = baseline_canary() else {
+            unreachable!()
+        };
+        spec.baseline = false;
+        let mut plain = self::journal(Strategy::Canary(spec), Some(Pool::stable()), 4);
+        plain.cursor = 5;
+        assert_eq!(
+            plain.analysis(AnalysisKind::Canary).unwrap().1.baseline,
+            Some(pool("stable"))
+        );
+    }
+
+    #[test]
+    fn a_full_promotion_keeps_the_baseline_until_the_switch() {
+        let mut journal = journal(baseline_canary(), Some(Pool::stable()), 4);
+        journal.full_promotion = true;
+        let plan = journal.plan();
+        let mut ran = Vec::new();
+        for (at, step) in plan.iter().enumerate() {
+            journal.cursor = at;
+            if !journal.skipped_by_full_promotion(step) {
+                ran.push(step.describe());
+            }
+        }
+        assert_eq!(
+            ran,
+            [
+                "BeforeTraffic hooks",
+                "AfterTraffic hooks",
+                "ensure 4 x 2.0 in pool rev-1",
+                "BeforePromotion hooks",
+                "route rev-1=100.00%",
+                "retire pool rev-1-baseline",
+                "AfterPromotion hooks",
+                "retire pool stable",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_baseline_without_a_previous_version_or_when_not_asked() {
+        let mut unknown = journal(baseline_canary(), Some(Pool::stable()), 4);
+        unknown.previous = None;
+        assert_eq!(unknown.baseline_pool(), None);
+        assert!(!names(&unknown.plan()).iter().any(|s| s.contains("baseline")));
+        let first = journal(baseline_canary(), None, 0);
+        assert_eq!(first.baseline_pool(), None);
+    }
+
+    #[test]
+    fn a_baseline_split_never_exceeds_all_traffic() {
+        let journal = journal(baseline_canary(), Some(Pool::stable()), 4);
+        let baseline = journal.baseline_pool().unwrap();
+        for percent in [0.0, 1.0, 33.33, 50.0, 60.0, 99.99] {
+            let weight = Weight::from_percent(percent).unwrap();
+            let split = journal.baseline_split(&Pool::stable(), &baseline, weight);
+            assert_eq!(split.total_basis_points(), 10_000);
+            assert_eq!(split.weight_of(&journal.target), weight, "{split}");
+            assert_eq!(
+                split.weight_of(&baseline),
+                weight.min(weight.complement()),
+                "{split}"
+            );
+        }
     }
 
     #[test]

@@ -296,6 +296,7 @@ impl Strategy {
                 if spec.steps.is_empty() {
                     return Err(SpecError::new("canary.steps", "the schedule is empty"));
                 }
+                spec.validate_baseline()?;
                 if let Some(background) = &spec.background {
                     if background.from_step >= spec.steps.len() {
                         return Err(SpecError::new(
@@ -349,6 +350,47 @@ impl Strategy {
                 spec.analysis.as_ref().map_or(Ok(()), AnalysisSpec::validate)
             }
         }
+    }
+}
+
+impl CanarySpec {
+    /// With `baseline`, the steps before promotion give the canary at most 50% (the
+    /// baseline takes as much again; the steady pool the rest), and some analysis judges
+    /// against it (a baseline nobody compares with only costs instances).
+    fn validate_baseline(&self) -> Result<(), SpecError> {
+        if !self.baseline {
+            return Ok(());
+        }
+        let partial = self.steps.iter().take_while(|s| s.weight != Weight::FULL);
+        if let Some((index, step)) = partial
+            .enumerate()
+            // The canary's share and the baseline's, as large, must fit in 100%.
+            .find(|(_, s)| s.weight > s.weight.complement())
+        {
+            return Err(SpecError::new(
+                "canary.baseline",
+                format!(
+                    "step {index} gives the canary {}, but with a baseline of the same share a step may \
+                     give it at most 50% (use steps up to 50%, then 100%)",
+                    step.weight
+                ),
+            ));
+        }
+        let judged = |analysis: &AnalysisSpec| {
+            analysis
+                .metrics
+                .iter()
+                .any(|m| matches!(m.check, crate::analysis::Check::Judge(_)))
+        };
+        let background = self.background.as_ref().map(|b| &b.analysis);
+        if !self.analysis.iter().chain(background).any(judged) {
+            return Err(SpecError::new(
+                "canary.baseline",
+                "no analysis judges the canary against a baseline (add a judge metric to `analysis` \
+                 or `background`), so the baseline pool would only cost instances",
+            ));
+        }
+        Ok(())
     }
 }
 
