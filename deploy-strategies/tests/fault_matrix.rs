@@ -8,9 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use deploy_core::LoadBalancer;
+use deploy_core::{LoadBalancer, RequestMatch, RequestPolicy, RequestRouting, Weight};
 use deploy_strategies::{ResumePolicy, RolloutOutcome, Strategy};
-use deploy_testkit::Fault;
+use deploy_testkit::{Fault, SimRequest};
 
 /// What goes wrong, and when.
 #[derive(Debug, Clone)]
@@ -26,6 +26,7 @@ enum Scenario {
     AbortAfter(Duration),
     PauseThenResume,
     BadVersion,
+    RequestRoutingFails(u32),
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -73,6 +74,7 @@ async fn run(strategy: Strategy, scenario: Scenario) {
         Scenario::MetricsNoData => fleet.inject(Fault::MetricsNoData),
         Scenario::MetricsDown => fleet.inject(Fault::MetricsDown),
         Scenario::BadVersion => world.make_v2_bad(),
+        Scenario::RequestRoutingFails(n) => fleet.inject_times(Fault::SetRequestPolicyFails, *n),
         Scenario::Clean | Scenario::AbortAfter(_) | Scenario::PauseThenResume => {}
     }
     let handle = world
@@ -113,7 +115,11 @@ async fn run(strategy: Strategy, scenario: Scenario) {
     }
     if matches!(
         scenario,
-        Scenario::Clean | Scenario::RoutingFails(2) | Scenario::RoutingIgnored | Scenario::PauseThenResume
+        Scenario::Clean
+            | Scenario::RoutingFails(2)
+            | Scenario::RoutingIgnored
+            | Scenario::PauseThenResume
+            | Scenario::RequestRoutingFails(2)
     ) {
         assert_eq!(
             report.outcome,
@@ -123,6 +129,56 @@ async fn run(strategy: Strategy, scenario: Scenario) {
         );
     }
     world.assert_settled(&report).await;
+    assert_no_request_routes(&world).await;
+}
+
+/// A canary whose partial steps send `X-Canary: always` and an internal cookie to the
+/// canary, with sticky weights.
+fn canary_with_header_routes() -> Strategy {
+    let Strategy::Canary(mut spec) = canary() else {
+        unreachable!("canary() is a canary")
+    };
+    for step in spec.steps.iter_mut().filter(|step| step.weight != Weight::FULL) {
+        step.routes = vec![
+            RequestMatch::header("X-Canary", "always").unwrap(),
+            RequestMatch::cookie("team", "internal").unwrap(),
+        ];
+    }
+    spec.sticky = true;
+    Strategy::Canary(spec)
+}
+
+/// At the end, whatever happened, no request route or stickiness is left: routed requests
+/// follow the weights to the one pool left.
+async fn assert_no_request_routes(world: &World) {
+    let policy = world.fleet.request_policy(&world.app).await.unwrap();
+    assert!(
+        policy.is_none_or(|policy| policy == RequestPolicy::default()),
+        "request routes left behind"
+    );
+    let request = SimRequest::new().client("user-1").header("x-canary", "always");
+    let served = world.fleet.send_request(&world.app, &request);
+    assert!(!served.routed && !served.sticky && !served.failed, "{served:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn canary_with_header_routes_under_every_fault() {
+    let extra = [Scenario::RequestRoutingFails(2), Scenario::RequestRoutingFails(8)];
+    for scenario in scenarios().into_iter().chain(extra) {
+        run(canary_with_header_routes(), scenario).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn canary_with_header_routes_survives_a_crash_after_any_journal_write() {
+    crash_everywhere(canary_with_header_routes(), ResumePolicy::Continue).await;
+    crash_everywhere(canary_with_header_routes(), ResumePolicy::RollBack).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn canary_with_header_routes_survives_a_crash_mid_step() {
+    crash_mid_step_everywhere(canary_with_header_routes(), ResumePolicy::Continue).await;
+    crash_mid_step_everywhere(canary_with_header_routes(), ResumePolicy::RollBack).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -193,6 +249,7 @@ async fn crash_everywhere(strategy: Strategy, policy: ResumePolicy) {
             );
         }
         world.assert_settled(&report).await;
+        assert_no_request_routes(&world).await;
     }
 }
 
@@ -251,6 +308,7 @@ async fn crash_mid_step_everywhere(strategy: Strategy, policy: ResumePolicy) {
             );
         }
         world.assert_settled(&report).await;
+        assert_no_request_routes(&world).await;
     }
 }
 
