@@ -75,12 +75,12 @@
 //! |---|---|
 //! | `trigger` | the trigger's name |
 //! | `app`, `revision`, `version`, `strategy` | the rollout (`version` and `strategy` are empty when the rollout was resumed by another process) |
-//! | `step`, `step_name` | the plan step (index from 0, `none` before the first) and what it does |
+//! | `step`, `step_name` | the plan step (index from 0, `none` before the first; an analysis' own step for analysis triggers) and what it does |
 //! | `reason` | why it paused, rolled back or failed; empty otherwise |
 //! | `analysis`, `outcome` | the last analysis' summary and verdict (`failed`, `error`, `inconclusive`, `successful`); empty before one |
 //! | `full` | a `promoted` that skipped every remaining step |
 //! | `weights` | the routing in effect: a list of `{pool, percent}` |
-//! | `traffic` | the same as text (`canary 20.00%, stable 80.00%`); empty before the first shift |
+//! | `traffic` | the same as text (`rev-7=20.00%, stable=80.00%`); empty before the first shift |
 //!
 //! # Delivery
 //!
@@ -632,7 +632,14 @@ impl RolloutState {
         }
     }
 
-    fn context(&self, trigger: Trigger, reason: String, kind: &DeploymentEventKind) -> Context {
+    /// What templates see; `step` is the event's own step (an analysis'), else the current one.
+    fn context(
+        &self,
+        trigger: Trigger,
+        step: Option<usize>,
+        reason: String,
+        kind: &DeploymentEventKind,
+    ) -> Context {
         let weights = self.split.as_ref().map_or_else(Vec::new, |split| {
             split
                 .iter()
@@ -645,7 +652,7 @@ impl RolloutState {
             revision: self.revision.get(),
             version: self.version.clone(),
             strategy: self.strategy.clone(),
-            step: self.step,
+            step: step.or(self.step),
             step_name: self.step_name.clone(),
             reason,
             analysis: self.analysis.clone(),
@@ -840,7 +847,7 @@ impl RolloutNotifications {
                 tracing::warn!(app = %event.app, %trigger, "notification key invalid; not sent");
                 return;
             };
-            let context = state.context(trigger, reason, &event.kind);
+            let context = state.context(trigger, step, reason, &event.kind);
             let rendered = inner.templates.render(trigger, &context);
             let severity = inner
                 .severities

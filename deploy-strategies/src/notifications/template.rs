@@ -42,26 +42,26 @@ pub(crate) fn defaults(trigger: Trigger) -> (&'static str, &'static str) {
             "Revision {{ revision }} of {{ app }} started rolling out {{ version }} with a {{ strategy }} strategy.",
         ),
         Trigger::StepReached => (
-            "{{ app }} {{ version }}: step {{ step }}, {{ step_name }}",
+            "{{ app }}{% if version %} {{ version }}{% endif %}: step {{ step }}, {{ step_name }}",
             "Revision {{ revision }} of {{ app }} reached step {{ step }} ({{ step_name }}).\
              {% if traffic %} Traffic: {{ traffic }}.{% endif %}",
         ),
         Trigger::Paused => (
-            "{{ app }} {{ version }}: paused, {{ reason }}",
+            "{{ app }}{% if version %} {{ version }}{% endif %}: paused, {{ reason }}",
             "Revision {{ revision }} of {{ app }} paused at step {{ step }} ({{ step_name }}): {{ reason }}.\
              {% if traffic %} Traffic: {{ traffic }}.{% endif %}",
         ),
         Trigger::Promoted => (
-            "{{ app }} {{ version }}: promoted{% if full %} to all traffic{% endif %}",
+            "{{ app }}{% if version %} {{ version }}{% endif %}: promoted{% if full %} to all traffic{% endif %}",
             "Revision {{ revision }} of {{ app }} was promoted at step {{ step }} ({{ step_name }})\
              {% if full %}, straight to all traffic{% endif %}.",
         ),
         Trigger::AnalysisFailed => (
-            "{{ app }} {{ version }}: analysis {{ outcome }} at step {{ step }}",
+            "{{ app }}{% if version %} {{ version }}{% endif %}: analysis {{ outcome }} at step {{ step }}",
             "Analysis of revision {{ revision }} of {{ app }} ({{ version }}) at step {{ step }}: {{ analysis }}",
         ),
         Trigger::AnalysisInconclusive => (
-            "{{ app }} {{ version }}: analysis inconclusive at step {{ step }}",
+            "{{ app }}{% if version %} {{ version }}{% endif %}: analysis inconclusive at step {{ step }}",
             "Analysis of revision {{ revision }} of {{ app }} ({{ version }}) at step {{ step }} could not \
              decide; the rollout waits for a human: {{ analysis }}",
         ),
@@ -115,8 +115,8 @@ impl Context {
             analysis: "error-rate: 0.01 <= 0.05".into(),
             outcome: "failed".into(),
             full: false,
-            weights: vec![("canary".into(), 20.0), ("stable".into(), 80.0)],
-            traffic: "canary 20.00%, stable 80.00%".into(),
+            weights: vec![("rev-7".into(), 20.0), ("stable".into(), 80.0)],
+            traffic: "rev-7=20.00%, stable=80.00%".into(),
         }
     }
 
