@@ -196,6 +196,9 @@ impl Runner {
 
     /// Holds the rollout after the current step, for `reason`.
     fn hold(&mut self, reason: PauseReason) {
+        // Whatever held before, this hold is not the background analysis' (that one says
+        // so after calling this).
+        self.watchers.background_held = false;
         self.emit(DeploymentEventKind::Paused {
             reason: reason.to_string(),
         });
@@ -639,7 +642,9 @@ impl Runner {
         let app = self.journal.app.clone();
         match self.steps().await {
             Ok(()) => {
-                self.watchers.release(self.shared.guard.as_ref()).await;
+                self.watchers
+                    .release(&self.journal, self.shared.guard.as_ref())
+                    .await;
                 self.keeper.release(self.shared.store.as_ref()).await;
                 Ok(self.report())
             }

@@ -175,13 +175,7 @@ impl Watchers {
     }
 
     fn start_guard(&mut self, journal: &Journal, config: &GuardConfig, started: Instant) {
-        let scope = GuardScope {
-            app: journal.app.clone(),
-            pool: journal.target.clone(),
-            version: journal.version.clone(),
-            revision: journal.revision,
-            rules: config.rules.clone(),
-        };
+        let scope = scope_of(journal, config);
         self.scope = Some(scope.clone());
         self.guard = Some(tokio::spawn(watch_alerts(
             Arc::clone(&config.guard),
@@ -274,16 +268,18 @@ impl Watchers {
         }));
     }
 
-    /// Stops every watcher and, if the guard watched, releases it (after any `rolled_back`
-    /// call in flight). Errors are logged: the rollout has ended either way.
-    pub(crate) async fn release(&mut self, config: Option<&GuardConfig>) {
+    /// Stops every watcher and releases the guard (after any `rolled_back` call in
+    /// flight), whether it watched in this process or in a deployer that crashed before
+    /// the rollout of `journal` ended. Errors are logged: the rollout has ended either way.
+    pub(crate) async fn release(&mut self, journal: &Journal, config: Option<&GuardConfig>) {
         self.stop();
         for notice in self.notices.drain(..) {
             let _ = notice.await;
         }
-        let (Some(config), Some(scope)) = (config, self.scope.take()) else {
+        let Some(config) = config else {
             return;
         };
+        let scope = self.scope.take().unwrap_or_else(|| scope_of(journal, config));
         let timeout = check_timeout(config.every);
         match tokio::time::timeout(timeout, config.guard.release(&scope)).await {
             Ok(Ok(())) => {}
@@ -328,6 +324,17 @@ async fn run_background(
         if run.failed() || run.inconclusive() {
             return result;
         }
+    }
+}
+
+/// What a guard watches for the rollout of `journal`: its new pool.
+fn scope_of(journal: &Journal, config: &GuardConfig) -> GuardScope {
+    GuardScope {
+        app: journal.app.clone(),
+        pool: journal.target.clone(),
+        version: journal.version.clone(),
+        revision: journal.revision,
+        rules: config.rules.clone(),
     }
 }
 

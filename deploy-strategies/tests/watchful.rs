@@ -543,3 +543,41 @@ async fn bad_background_and_guard_settings_are_refused_by_name() {
         "guard.every"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_background_analysis_from_a_later_step_starts_with_that_steps_traffic() {
+    let world = world(REPLICAS).await;
+    world.make_v2_bad();
+    let Strategy::Canary(mut spec) = canary(true) else {
+        unreachable!()
+    };
+    for step in &mut spec.steps {
+        step.analyze = false;
+    }
+    spec.analysis = None;
+    spec.background.as_mut().unwrap().from_step = 1;
+    let mut handle = world
+        .rollout(Strategy::Canary(spec))
+        .start(&world.app, &world.v2)
+        .await
+        .unwrap();
+    let events = record_events(&mut handle);
+    let report = handle.wait().await.unwrap();
+    world.assert_settled(&report).await;
+    assert!(
+        reason(&report).contains("background analysis from step 1"),
+        "{report:#?}"
+    );
+    let second_step = first(&events, |k| {
+        matches!(k, DeploymentEventKind::TrafficShifted { split }
+            if split.weight_of(&deploy_core::Pool::stable()).fraction() == 0.75)
+    })
+    .expect("the 25% step");
+    let rollback = first(&events, |k| {
+        matches!(k, DeploymentEventKind::RollbackStarted { .. })
+    })
+    .unwrap();
+    // Nothing measured at 5%; at 25% the first measurement fails.
+    assert!(rollback > second_step && rollback - second_step <= 2 * INTERVAL);
+    assert_eq!(rollback - second_step, INTERVAL);
+}
