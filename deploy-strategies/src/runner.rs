@@ -74,7 +74,7 @@ enum Interrupt {
     Halt(Halt),
     /// A watcher (background analysis, alert guard) found the new version bad: the rollout
     /// fails as if the step called `name` had.
-    Watched { name: String, error: StepError },
+    Watched { name: String, error: Box<StepError> },
 }
 
 impl From<Halt> for Interrupt {
@@ -395,7 +395,7 @@ impl Runner {
                 match outcome {
                     AnalysisOutcome::Failed | AnalysisOutcome::Error => Err(Interrupt::Watched {
                         name,
-                        error: StepError::Analysis { outcome, summary },
+                        error: Box::new(StepError::Analysis { outcome, summary }),
                     }),
                     AnalysisOutcome::Inconclusive => {
                         // Like a step analysis: a human decides; the next step waits.
@@ -411,11 +411,11 @@ impl Runner {
                 self.watchers.rolled_back_by(&alert, self.shared.guard.as_ref());
                 Err(Interrupt::Watched {
                     name: "alert guard".to_owned(),
-                    error: StepError::Alert {
+                    error: Box::new(StepError::Alert {
                         rule: alert.rule,
                         incident: alert.incident,
                         summary: alert.summary,
-                    },
+                    }),
                 })
             }
         }
@@ -691,7 +691,7 @@ impl Runner {
                 Err(Interrupt::Failed(error)) => StepOutcome::Failed(error),
                 Err(Interrupt::Watched { name: by, error }) => {
                     name = by;
-                    StepOutcome::Failed(error)
+                    StepOutcome::Failed(*error)
                 }
             };
             let attempts = self.shared.converger.options.rollback_attempts;
