@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deploy_core::time::TokioClock;
+use deploy_core::time::{ClockExt, TokioClock};
 use deploy_core::{
     AppId, BackendError, DeploymentGuard, DynHealthChecker, DynMetricsSource, DynNotifier, DynRecordStore,
     DynStore, FiringAlert, GuardScope, InfraManager, LoadBalancer, MemoryStore, MetricName, MetricQuery,
@@ -17,7 +17,7 @@ use deploy_core::{
 };
 use deploy_incidents::{
     AlertGuard, AlertRule, Comparison, Dispatcher, Fingerprint, IncidentManager, IncidentOptions, Labels,
-    OperationalMonitor, Route, RouteConfig,
+    Matcher, OperationalMonitor, Route, RouteConfig, Silence,
 };
 use deploy_testkit::{FaultyStore, RecordingNotifier, SimFleet, TrafficHandle, VersionProfile};
 
@@ -84,6 +84,11 @@ fn rule(name: &str, metric: MetricName, threshold: f64, severity: &str, summary:
 }
 
 async fn setup(fleet: &SimFleet, store: Arc<DynRecordStore>) -> Setup {
+    setup_silenced(fleet, store, None).await
+}
+
+/// As [`setup`], with alerts matching `silenced` silenced for a day.
+async fn setup_silenced(fleet: &SimFleet, store: Arc<DynRecordStore>, silenced: Option<Matcher>) -> Setup {
     let notifier = Arc::new(RecordingNotifier::new());
     let tree = Route::compile(
         &RouteConfig {
@@ -113,10 +118,22 @@ async fn setup(fleet: &SimFleet, store: Arc<DynRecordStore>) -> Setup {
         fleet: fleet.clone(),
         queries: Mutex::new(Vec::new()),
     });
+    let mut dispatcher = Dispatcher::new(tree, receivers, wall.clone());
+    if let Some(matcher) = silenced {
+        let now = wall.now_utc();
+        dispatcher.add_silence(Silence {
+            id: "maintenance".into(),
+            matchers: vec![matcher],
+            starts_at: now,
+            ends_at: now + chrono::Duration::days(1),
+            created_by: "ops".into(),
+            comment: "known issue".into(),
+        });
+    }
     let monitor = OperationalMonitor::new(
         metrics.clone() as Arc<DynMetricsSource>,
         Arc::new(fleet.clone()) as Arc<DynHealthChecker>,
-        Dispatcher::new(tree, receivers, wall),
+        dispatcher,
         incidents.clone(),
         None,
     );
@@ -486,5 +503,21 @@ async fn the_pools_deployment_and_a_guarded_rollout_are_watched_apart() {
     setup.guard.release(&canary).await.unwrap();
     let ended = monitor.end_deployment(&setup.app, &Pool::canary()).await.unwrap();
     assert!(ended.alerts.is_empty(), "{:?}", ended.alerts);
+    traffic.stop();
+}
+
+/// A silence mutes notifications and keeps the incident closed, but the guard still sees the
+/// alert: a rollout is rolled back by what its rules measure, not by who is being paged.
+#[tokio::test(start_paused = true)]
+async fn a_silenced_critical_alert_still_comes_back_without_an_incident() {
+    let (fleet, traffic) = fleet_with_canary(&Version::new("2.0").unwrap()).await;
+    let silenced = Matcher::parse(r#"rollout="shop#3""#).unwrap();
+    let setup = setup_silenced(&fleet, memory(), Some(silenced)).await;
+    let canary = scope(Pool::canary(), "2.0", 3, &["CanaryErrors"]);
+    let firing = check_until_firing(&setup.guard, &canary, 6).await;
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    assert_eq!(firing[0].severity, Severity::Critical);
+    assert_eq!(firing[0].incident, None);
+    assert!(setup.incidents.list().await.unwrap().is_empty());
     traffic.stop();
 }
