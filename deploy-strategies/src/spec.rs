@@ -69,7 +69,9 @@ pub struct CanarySpec {
     pub background: Option<BackgroundAnalysis>,
     /// Judge the canary against a fresh baseline pool of the stable version, as large as
     /// the canary and given the same share of traffic, instead of the long-running stable
-    /// pool (Kayenta's and Argo's practice).
+    /// pool (Kayenta's and Argo's practice). The pool is `<canary pool>-baseline`, retired
+    /// before promotion and on rollback. Needs steps of at most 50% before 100% and a judge
+    /// metric in `analysis` or `background`.
     #[serde(default)]
     pub baseline: bool,
     /// Weighted routing is sticky per client while a step holds; needs a backend with
