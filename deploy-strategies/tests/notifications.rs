@@ -789,3 +789,56 @@ async fn memory_is_bounded_per_rollout_and_in_rollouts() {
         1
     );
 }
+
+/// Never answers its first call; delivers the rest to `inner`.
+#[derive(Debug, Default)]
+struct HangsFirst {
+    inner: RecordingNotifier,
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl Notifier for HangsFirst {
+    async fn notify(&self, notification: &Notification) -> Result<Delivery, BackendError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            std::future::pending::<()>().await;
+        }
+        self.inner.notify(notification).await
+    }
+}
+
+#[test]
+fn deliveries_cut_by_a_runtime_shutdown_are_recorded_and_the_next_runtime_delivers() {
+    let receiver = Arc::new(HangsFirst::default());
+    let notifications = with_receiver("chat", receiver.clone()).build().unwrap();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    first.block_on(async {
+        notifications.emit(&started("shop", 1));
+        notifications.emit(&step("shop", 1, 0));
+        // The first attempt is in flight (its timeout is 10 s), the second queued.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    drop(first);
+    let shop = AppId::new("shop").unwrap();
+    for delivery in notifications.deliveries(&shop, Revision::FIRST) {
+        assert!(
+            matches!(&delivery.status, DeliveryStatus::Failed { error, .. } if error.contains("cancelled")),
+            "{delivery:?}"
+        );
+    }
+    runtime().block_on(async {
+        notifications.emit(&step("shop", 1, 1));
+        settle(&notifications).await;
+    });
+    let deliveries = notifications.deliveries(&shop, Revision::FIRST);
+    assert_eq!(deliveries.len(), 3);
+    assert_eq!(deliveries[2].status, DeliveryStatus::Delivered);
+    assert_eq!(receiver.inner.delivered().len(), 1);
+}

@@ -73,7 +73,8 @@ pub(crate) fn enqueue(inner: &Arc<Inner>, index: usize, job: Job) -> Result<(), 
 }
 
 /// Ends the drain when its task is dropped mid-way (its runtime shut down): the job in
-/// flight is recorded as failed and the queue is left for the next emit to drain.
+/// flight and those still queued are recorded as failed, so no record stays pending with
+/// nobody to deliver it.
 struct DrainGuard {
     inner: Arc<Inner>,
     index: usize,
@@ -86,19 +87,24 @@ impl Drop for DrainGuard {
         if self.finished {
             return;
         }
-        lock(&self.inner.receivers[self.index].queue).draining = false;
-        if let Some((app, revision, notification)) = self.current.take() {
+        let receiver = &self.inner.receivers[self.index];
+        let queued: Vec<Job> = {
+            let mut queue = lock(&receiver.queue);
+            queue.draining = false;
+            queue.jobs.drain(..).collect()
+        };
+        let dropped = self.current.take().into_iter().chain(
+            queued
+                .into_iter()
+                .map(|job| (job.app, job.revision, job.notification)),
+        );
+        for (app, revision, notification) in dropped {
             let status = DeliveryStatus::Failed {
                 error: "delivery cancelled: its runtime shut down".into(),
                 attempts: 0,
             };
-            self.inner.settle(
-                &app,
-                revision,
-                &self.inner.receivers[self.index].name,
-                &notification,
-                status,
-            );
+            self.inner
+                .settle(&app, revision, &receiver.name, &notification, status);
         }
     }
 }
