@@ -58,7 +58,7 @@ mod process;
 mod prometheus;
 
 #[cfg(feature = "haproxy")]
-pub use haproxy::{HaproxyLoadBalancer, HaproxyRuntime, ServerState};
+pub use haproxy::{HaproxyLoadBalancer, HaproxyRequestRouting, HaproxyRuntime, ServerState};
 #[cfg(feature = "http-health")]
 pub use health::{HttpHealthChecker, HttpHealthCheckerBuilder};
 #[cfg(feature = "notifiers")]

@@ -57,6 +57,13 @@ pub enum LaunchError {
         #[source]
         source: deploy_core::ValidationError,
     },
+    /// A header or cookie name to route on that cannot go into haproxy.cfg.
+    #[error("request routing cannot be configured: {source}")]
+    InvalidRouting {
+        /// The rule it breaks.
+        #[source]
+        source: deploy_core::BackendError,
+    },
     /// A program of this workspace could not be built.
     #[error("cannot build {program}: {output}")]
     Build {
@@ -310,12 +317,22 @@ async fn http_ok(url: &str) -> bool {
 /// rotation cannot pass a zero-drop test on HAProxy's retries (review F1). Production
 /// configurations usually add `retries 3`, `option redispatch` and `retry-on
 /// conn-failure empty-response response-timeout`, which hide such drops from clients.
+///
+/// Started with [`start_with_request_routing`](Self::start_with_request_routing), each
+/// backend also routes requests by the given headers and cookies through a map file of its
+/// own, with sticky weights keyed on the `x-client-id` header (the lines
+/// [`HaproxyRequestRouting::config_lines`](deploy_backends::HaproxyRequestRouting::config_lines)
+/// gives); [`request_routing`](Self::request_routing) hands the balancer its side.
 #[derive(Debug)]
 pub struct Haproxy {
     daemon: Daemon,
     socket: PathBuf,
     frontends: BTreeMap<String, SocketAddr>,
+    routing: BTreeMap<String, deploy_backends::HaproxyRequestRouting>,
 }
+
+/// The request header that names a client for sticky weights in the lab's configuration.
+pub const CLIENT_ID_HEADER: &str = "x-client-id";
 
 impl Haproxy {
     /// Starts HAProxy with a frontend on a free 127.0.0.1 port for each of `apps`.
@@ -325,6 +342,22 @@ impl Haproxy {
     /// [`AppId`](deploy_core::AppId) (checked before anything is written);
     /// [`LaunchError::Missing`] when `haproxy` is not installed; others when it does not start.
     pub async fn start(apps: &[&str]) -> Result<Self, LaunchError> {
+        Self::start_with_request_routing(apps, &[], &[]).await
+    }
+
+    /// As [`start`](Self::start), each backend also routing requests that carry one of
+    /// `headers` or `cookies` as its map says, and sticky per [`CLIENT_ID_HEADER`] when
+    /// the map turns stickiness on. With no header and no cookie the configuration is
+    /// exactly `start`'s.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start); [`LaunchError::InvalidRouting`] for a name that is not an
+    /// HTTP token.
+    pub async fn start_with_request_routing(
+        apps: &[&str],
+        headers: &[&str],
+        cookies: &[&str],
+    ) -> Result<Self, LaunchError> {
         for app in apps {
             deploy_core::AppId::new(*app).map_err(|source| LaunchError::InvalidApp {
                 app: (*app).to_owned(),
@@ -347,6 +380,7 @@ impl Haproxy {
             socket.display()
         );
         let mut frontends = BTreeMap::new();
+        let mut routing = BTreeMap::new();
         for app in apps {
             let port = free_port()?;
             let _ = write!(
@@ -354,6 +388,21 @@ impl Haproxy {
                 "frontend fe_{app}\n  bind 127.0.0.1:{port}\n  default_backend {app}\nbackend {app}\n  balance roundrobin\n"
             );
             frontends.insert((*app).to_owned(), SocketAddr::from(([127, 0, 0, 1], port)));
+            if headers.is_empty() && cookies.is_empty() {
+                continue;
+            }
+            let map = dir.path().join(format!("{app}.map"));
+            std::fs::write(&map, "").map_err(io("writing a map file"))?;
+            let invalid = |source| LaunchError::InvalidRouting { source };
+            let mut app_routing = deploy_backends::HaproxyRequestRouting::new(&map).map_err(invalid)?;
+            for header in headers {
+                app_routing = app_routing.header(header).map_err(invalid)?;
+            }
+            for cookie in cookies {
+                app_routing = app_routing.cookie(cookie).map_err(invalid)?;
+            }
+            config.push_str(&app_routing.config_lines(&format!("req.hdr({CLIENT_ID_HEADER})")));
+            routing.insert((*app).to_owned(), app_routing);
         }
         let config_path = dir.path().join("haproxy.cfg");
         std::fs::write(&config_path, config).map_err(io("writing haproxy.cfg"))?;
@@ -376,7 +425,15 @@ impl Haproxy {
             daemon,
             socket,
             frontends,
+            routing,
         })
+    }
+
+    /// The request routing of `app`'s backend, for
+    /// [`HaproxyLoadBalancer::request_routing`](deploy_backends::HaproxyLoadBalancer::request_routing);
+    /// `None` unless started with request routing.
+    pub fn request_routing(&self, app: &str) -> Option<deploy_backends::HaproxyRequestRouting> {
+        self.routing.get(app).cloned()
     }
 
     /// The runtime API socket.

@@ -1,5 +1,6 @@
 //! [`HaproxyLoadBalancer`]: pools and routing as servers and weights of an HAProxy backend.
 
+mod routing;
 mod runtime;
 mod weights;
 
@@ -11,8 +12,11 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deploy_core::{AppId, BackendError, Instance, InstanceId, LoadBalancer, Pool, TrafficSplit};
+use deploy_core::{
+    AppId, BackendError, Instance, InstanceId, LoadBalancer, Pool, RequestPolicy, TrafficSplit,
+};
 
+pub use routing::HaproxyRequestRouting;
 use runtime::{Address, ServerRow};
 pub use runtime::{HaproxyRuntime, ServerState};
 
@@ -51,6 +55,10 @@ pub struct HaproxyLoadBalancer {
     /// One change at a time per backend: weights depend on every server of a backend.
     changes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     drain_poll: Duration,
+    /// Per app, how its backend routes requests (see [`HaproxyRequestRouting`]).
+    routing: HashMap<AppId, HaproxyRequestRouting>,
+    /// The last request policy set per app, to report it as set.
+    policies: Mutex<HashMap<AppId, RequestPolicy>>,
 }
 
 impl HaproxyLoadBalancer {
@@ -67,7 +75,18 @@ impl HaproxyLoadBalancer {
             targets: Mutex::new(HashMap::new()),
             changes: Mutex::new(HashMap::new()),
             drain_poll: Duration::from_millis(250),
+            routing: HashMap::new(),
+            policies: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Routes `app`'s requests by header, cookie and client as `routing` says (its
+    /// [`RequestRouting`](deploy_core::RequestRouting) implementation); the backend's
+    /// configuration must contain [`HaproxyRequestRouting::config_lines`].
+    #[must_use]
+    pub fn request_routing(mut self, app: AppId, routing: HaproxyRequestRouting) -> Self {
+        self.routing.insert(app, routing);
+        self
     }
 
     /// How often a draining server's sessions are polled (default 250 ms; each poll is one
@@ -252,7 +271,12 @@ impl LoadBalancer for HaproxyLoadBalancer {
         // Weights first, so the server enters rotation with its share and its pool mates
         // give up theirs in the same change.
         self.apply_weights(app, &servers).await?;
-        self.runtime.set_state(backend, &name, ServerState::Ready).await
+        self.runtime.set_state(backend, &name, ServerState::Ready).await?;
+        // A route to its pool now reaches it too.
+        if let Some(server) = servers.iter_mut().find(|s| s.row.name == name) {
+            server.row.admin = 0;
+        }
+        self.refresh_slots(app, &servers).await
     }
 
     async fn deregister(
@@ -268,6 +292,9 @@ impl LoadBalancer for HaproxyLoadBalancer {
             return Ok(());
         };
         let leaving = servers.remove(at);
+        // Routed requests leave it before it drains: a draining server takes no new
+        // requests from the weights, but `use-server` would still send them.
+        self.refresh_slots(app, &servers).await?;
         if leaving.in_rotation() {
             self.runtime
                 .set_state(backend, &leaving.row.name, ServerState::Drain)

@@ -206,6 +206,56 @@ impl HaproxyRuntime {
         }
     }
 
+    /// `show map <file>`: the map's entries (key, value), in HAProxy's order.
+    pub(crate) async fn map_entries(&self, map: &str) -> Result<Vec<(String, String)>, BackendError> {
+        let command = Words::new("show map").map_path(map)?.done();
+        let answer = self.command(&command).await?;
+        if answer.starts_with("Unknown map identifier") {
+            return Err(BackendError::NotFound {
+                kind: "haproxy map",
+                name: map.to_owned(),
+            });
+        }
+        parse_map(&answer).map_err(|why| garbage(&command, &why))
+    }
+
+    /// `add map <file> <key> <value>` (a new key) or `set map <file> <key> <value>`.
+    pub(crate) async fn put_map_entry(
+        &self,
+        map: &str,
+        key: &str,
+        value: &str,
+        exists: bool,
+    ) -> Result<(), BackendError> {
+        let verb = if exists { "set map" } else { "add map" };
+        let command = Words::new(verb)
+            .map_path(map)?
+            .map_word("map key", key)?
+            .map_word("map value", value)?
+            .done();
+        self.command_quiet(&command).await
+    }
+
+    /// `del map <file> <key>`; a key already gone is fine.
+    pub(crate) async fn delete_map_entry(&self, map: &str, key: &str) -> Result<(), BackendError> {
+        let command = Words::new("del map")
+            .map_path(map)?
+            .map_word("map key", key)?
+            .done();
+        let answer = self.command(&command).await?;
+        if answer.trim().is_empty() || answer.trim() == "Key not found." {
+            Ok(())
+        } else {
+            Err(refusal(&command, &answer))
+        }
+    }
+
+    /// `clear table <table>`: forgets every sticky placement.
+    pub(crate) async fn clear_table(&self, table: &str) -> Result<(), BackendError> {
+        let command = Words::new("clear table").name("table", table)?.done();
+        self.command_quiet(&command).await
+    }
+
     /// `del server <backend>/<server>`; `Ok(false)` when HAProxy keeps it for now (it still
     /// has connections).
     pub(crate) async fn delete_server(&self, backend: &str, server: &str) -> Result<bool, BackendError> {
@@ -356,6 +406,57 @@ pub(crate) fn validate_name(kind: &str, name: &str) -> Result<(), BackendError> 
     }
 }
 
+/// The longest map file path accepted.
+const MAX_MAP_PATH: usize = 256;
+/// The longest map key or value accepted (a route key is `h:` + name + `=` + value).
+const MAX_MAP_WORD: usize = 300;
+
+/// Checks a map file path: absolute, 2..=256 bytes of `A-Z a-z 0-9 / . _ -`, without `..`
+/// parts, so it is one argument naming a file and never a `#<id>` or an option.
+pub(crate) fn validate_map_path(path: &str) -> Result<(), BackendError> {
+    let why = if !path.starts_with('/') || path.len() < 2 {
+        Some("is not an absolute path".to_owned())
+    } else if path.len() > MAX_MAP_PATH {
+        Some(format!("is longer than {MAX_MAP_PATH} bytes"))
+    } else if path.split('/').any(|part| part == "..") {
+        Some("has a '..' part".to_owned())
+    } else {
+        path.char_indices()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-')))
+            .map(|(at, bad)| format!("has {bad:?} at byte {at} (allowed: A-Z a-z 0-9 / . _ -)"))
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(BackendError::Rejected {
+            operation: "haproxy command",
+            reason: format!("map path {:?} {why}", shorten(path)),
+        }),
+    }
+}
+
+/// Checks a map key or value: 1..=300 bytes of HTTP token characters (RFC 9110's `tchar`)
+/// and `: = @`, so it is exactly one argument of the runtime API (no space, quote,
+/// backslash or `;`).
+pub(crate) fn validate_map_word(kind: &str, word: &str) -> Result<(), BackendError> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:=@".contains(c);
+    let why = if word.is_empty() {
+        Some("is empty".to_owned())
+    } else if word.len() > MAX_MAP_WORD {
+        Some(format!("is longer than {MAX_MAP_WORD} bytes"))
+    } else {
+        word.char_indices()
+            .find(|(_, c)| !tchar(*c))
+            .map(|(at, bad)| format!("has {bad:?} at byte {at} (allowed: HTTP token characters and : = @)"))
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(BackendError::Rejected {
+            operation: "haproxy command",
+            reason: format!("{kind} {:?} {why}", shorten(word)),
+        }),
+    }
+}
+
 /// A runtime command built word by word from keywords and validated tokens.
 struct Words(String);
 
@@ -374,6 +475,20 @@ impl Words {
         validate_name(kind, name)?;
         self.0.push(' ');
         self.0.push_str(name);
+        Ok(self)
+    }
+
+    fn map_path(mut self, path: &str) -> Result<Self, BackendError> {
+        validate_map_path(path)?;
+        self.0.push(' ');
+        self.0.push_str(path);
+        Ok(self)
+    }
+
+    fn map_word(mut self, kind: &str, word: &str) -> Result<Self, BackendError> {
+        validate_map_word(kind, word)?;
+        self.0.push(' ');
+        self.0.push_str(word);
         Ok(self)
     }
 
@@ -531,6 +646,28 @@ pub(crate) fn parse_servers_state(answer: &str) -> Result<Vec<ServerRow>, String
         });
     }
     Ok(rows)
+}
+
+/// Parses `show map` rows: `<entry id> <key> <value>`.
+pub(crate) fn parse_map(answer: &str) -> Result<Vec<(String, String)>, String> {
+    let mut entries = Vec::new();
+    for (index, line) in answer.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields[..] {
+            [id, key, value] if id.starts_with("0x") => entries.push((key.to_owned(), value.to_owned())),
+            _ => {
+                return Err(format!(
+                    "row {} is not '<id> <key> <value>': {:?}",
+                    index + 1,
+                    shorten(line)
+                ));
+            }
+        }
+    }
+    Ok(entries)
 }
 
 /// Finds `scur` for one server in `show stat` CSV.
