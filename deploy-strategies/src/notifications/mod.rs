@@ -934,6 +934,33 @@ mod tests {
     }
 
     #[test]
+    fn deliveries_serialize_for_the_report() {
+        let delivery = NotificationDelivery {
+            trigger: Trigger::RolledBack,
+            receiver: "pager".into(),
+            key: IdempotencyKey::new("rollout/shop/3/rolled_back").unwrap(),
+            sequence: 0,
+            summary: "shop: 2.0 rolled back".into(),
+            status: DeliveryStatus::Failed {
+                error: "pagerduty unavailable: 503".into(),
+                attempts: 8,
+            },
+        };
+        let json = serde_json::to_value(&delivery).unwrap();
+        assert_eq!(json["trigger"], "rolled_back");
+        assert_eq!(json["status"]["status"], "failed");
+        assert_eq!(json["status"]["attempts"], 8);
+        assert_eq!(
+            serde_json::from_value::<NotificationDelivery>(json).unwrap(),
+            delivery
+        );
+        assert_eq!(
+            serde_json::to_value(DeliveryStatus::Duplicate).unwrap(),
+            serde_json::json!({"status": "duplicate"})
+        );
+    }
+
+    #[test]
     fn trigger_names_round_trip() {
         for trigger in Trigger::ALL {
             assert_eq!(trigger.name().parse::<Trigger>(), Ok(trigger));
