@@ -56,7 +56,7 @@ async fn wait_for_step(world: &World, percent: f64) -> Pool {
 }
 
 fn routed_request(i: usize) -> SimRequest {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         SimRequest::new().header("x-canary", "always")
     } else {
         SimRequest::new()
@@ -91,7 +91,7 @@ async fn header_and_cookie_routes_reach_only_the_canary_while_a_step_holds_and_e
         // The header value must match exactly; other requests follow the weights.
         let others = spread(&world, 4_000, |i| {
             SimRequest::new()
-                .header("x-canary", if i % 2 == 0 { "never" } else { "Always" })
+                .header("x-canary", if i.is_multiple_of(2) { "never" } else { "Always" })
                 .cookie("team", "external")
         });
         let share = others.get(&canary).copied().unwrap_or(0) as f64 / 4_000.0;
