@@ -22,6 +22,10 @@ use crate::spec::{BackgroundAnalysis, Strategy};
 /// for days stays small in the journal.
 pub(crate) const BACKGROUND_KEEP: usize = 50;
 
+/// Distinct alerts a rollout records; later ones are logged, and a critical one still
+/// rolls back.
+const MAX_ALERTS: usize = 100;
+
 /// The shortest time a guard's `check` may take before it counts as failed.
 const MIN_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -378,6 +382,9 @@ async fn watch_alerts(
                 if !seen.iter().any(|r| same_alert(&r.alert, alert)) {
                     tracing::warn!(app = %scope.app, rule = alert.rule, severity = ?alert.severity,
                         summary = alert.summary, "alert firing on the new pool");
+                    if seen.len() >= MAX_ALERTS {
+                        continue;
+                    }
                     seen.push(AlertRecord {
                         at: started.elapsed(),
                         alert: alert.clone(),
@@ -428,4 +435,121 @@ fn background_from(journal: &Journal, plan: &[Step], from_step: usize) -> Option
             .map(|(index, _)| index)
     };
     route.map(|index| index + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Where the watchers start in each strategy's plan.
+
+    use std::time::Duration;
+
+    use deploy_core::{AppId, MetricName, Pool, Revision, TrafficSplit, Version};
+
+    use super::*;
+    use crate::analysis::AnalysisMetric;
+    use crate::journal::Start;
+    use crate::spec::{BlueGreenSpec, CanarySpec, CanaryStep, Pause, RollingSpec};
+
+    fn new_journal(strategy: Strategy, stable: Option<Pool>) -> Journal {
+        Journal::new(
+            strategy,
+            Start {
+                app: AppId::new("shop").unwrap(),
+                revision: Revision::FIRST,
+                version: Version::new("2.0").unwrap(),
+                previous: stable.as_ref().map(|_| Version::new("1.0").unwrap()),
+                members: stable
+                    .iter()
+                    .map(|_| deploy_core::InstanceId::new("i-1").unwrap())
+                    .collect(),
+                stable,
+                replicas: 4,
+            },
+        )
+        .unwrap()
+    }
+
+    fn canary(baseline: bool) -> Strategy {
+        let judged = AnalysisSpec::new(
+            vec![AnalysisMetric::judged(
+                "p50",
+                MetricName::latency_p50_ms(),
+                Duration::from_secs(60),
+                crate::analysis::Judge::increase(5.0),
+            )],
+            Duration::from_secs(60),
+            1,
+        );
+        Strategy::Canary(CanarySpec {
+            steps: [10.0, 50.0, 100.0]
+                .into_iter()
+                .map(|p| CanaryStep::percent(p, Pause::For(Duration::from_secs(60))).unwrap())
+                .collect(),
+            analysis: Some(judged.clone()),
+            background: Some(BackgroundAnalysis {
+                analysis: judged,
+                from_step: 0,
+            }),
+            baseline,
+            sticky: false,
+        })
+    }
+
+    /// The route step just before `index`.
+    fn route_before(plan: &[Step], index: usize) -> TrafficSplit {
+        match &plan[index - 1] {
+            Step::Route { split } => split.clone(),
+            other => panic!("not a route: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_background_analysis_starts_after_its_steps_route_with_or_without_a_baseline() {
+        for baseline in [false, true] {
+            let journal = new_journal(canary(baseline), Some(Pool::stable()));
+            let plan = journal.plan();
+            let target = journal.target.clone();
+            let weights: Vec<f64> = (0..3)
+                .map(|step| {
+                    let at = background_from(&journal, &plan, step).unwrap();
+                    route_before(&plan, at).weight_of(&target).fraction()
+                })
+                .collect();
+            assert_eq!(weights, [0.10, 0.50, 1.0], "baseline: {baseline}");
+        }
+    }
+
+    #[test]
+    fn the_guard_starts_at_the_first_traffic_to_the_new_version() {
+        let journal = new_journal(canary(true), Some(Pool::stable()));
+        let plan = journal.plan();
+        let at = first_traffic(&journal, &plan).unwrap();
+        assert!(
+            matches!(&plan[at], Step::Route { split } if split.weight_of(&journal.target).fraction() == 0.10)
+        );
+        assert!(plan[..at].iter().all(|s| !matches!(s, Step::Route { .. })));
+
+        let journal = journal_of(Strategy::BlueGreen(BlueGreenSpec::default()));
+        let plan = journal.plan();
+        let at = first_traffic(&journal, &plan).unwrap();
+        assert_eq!(
+            plan[at],
+            Step::Route {
+                split: TrafficSplit::all_to(journal.target.clone())
+            }
+        );
+
+        let journal = journal_of(Strategy::Rolling(RollingSpec::default()));
+        assert_eq!(first_traffic(&journal, &journal.plan()), Some(0));
+
+        // A first deployment: its one route.
+        let journal = new_journal(canary(false), None);
+        let plan = journal.plan();
+        let at = first_traffic(&journal, &plan).unwrap();
+        assert_eq!(background_from(&journal, &plan, 0), Some(at + 1));
+    }
+
+    fn journal_of(strategy: Strategy) -> Journal {
+        new_journal(strategy, Some(Pool::stable()))
+    }
 }
