@@ -193,6 +193,7 @@ fn history(
             .collect(),
         rolled_back: vec![],
         alerts: vec![],
+        notifications: vec![],
     };
     HistoryEntry {
         revision: report.revision,

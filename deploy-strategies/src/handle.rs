@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::error::RolloutError;
 use crate::journal::{AlertRecord, AnalysisRecord, Phase, TimelineEntry};
+use crate::notifications::NotificationDelivery;
 
 /// An operator's command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +192,11 @@ pub struct RolloutReport {
     /// it and whether it rolled the rollout back (empty without a guard).
     #[serde(default)]
     pub alerts: Vec<AlertRecord>,
+    /// The notifications for this revision as they stood when the rollout ended: delivered,
+    /// failed (with the error and attempts) or still pending, since delivery goes on in the
+    /// background (empty without [`RolloutBuilder::notifications`](crate::RolloutBuilder::notifications)).
+    #[serde(default)]
+    pub notifications: Vec<NotificationDelivery>,
 }
 
 /// Controls one running rollout. Dropping the handle (and every [`RolloutControl`]) does

@@ -17,6 +17,7 @@ use crate::handle::{RolloutControl, RolloutHandle};
 use crate::hooks::{Hook, HookPoint, RegisteredHook};
 use crate::journal::{InstanceList, Journal, Start, instances_key, journal_key, lease_name};
 use crate::lease::LeaseKeeper;
+use crate::notifications::RolloutNotifications;
 use crate::options::{RolloutBackends, RolloutOptions};
 use crate::runner::{Runner, detail_of, status_of};
 use crate::spec::Strategy;
@@ -52,9 +53,21 @@ pub struct RolloutBuilder {
     options: RolloutOptions,
     holder: String,
     guard: Option<GuardConfig>,
+    notifications: Option<RolloutNotifications>,
 }
 
 impl RolloutBuilder {
+    /// Tells `notifications`' subscribers what the rollout does (started, step reached,
+    /// paused, promoted, analysis failed or inconclusive, rolled back, completed, failed).
+    /// Delivery happens in the background and never holds up or fails the rollout; each
+    /// report lists the deliveries for its revision as they stood when the rollout ended
+    /// ([`RolloutReport::notifications`](crate::RolloutReport::notifications)).
+    #[must_use]
+    pub fn notifications(mut self, notifications: RolloutNotifications) -> Self {
+        self.notifications = Some(notifications);
+        self
+    }
+
     /// Watches the rollout with `guard`: from the first traffic to the new version's pool
     /// until the rollout ends, its alert `rules` are checked every `every`, scoped to that
     /// pool. A firing critical alert rolls back at once (the reason names the rule and the
@@ -149,6 +162,7 @@ impl RolloutBuilder {
                 hooks: self.hooks,
                 holder: self.holder,
                 guard: self.guard,
+                notifications: self.notifications,
             }),
         })
     }
@@ -163,6 +177,7 @@ pub(crate) struct Shared {
     pub(crate) hooks: Vec<RegisteredHook>,
     pub(crate) holder: String,
     pub(crate) guard: Option<GuardConfig>,
+    pub(crate) notifications: Option<RolloutNotifications>,
 }
 
 /// A guard needs rules to check, by name, and an interval.
@@ -226,6 +241,7 @@ impl Rollout {
             options: RolloutOptions::default(),
             holder: unique_holder(),
             guard: None,
+            notifications: None,
         }
     }
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use deploy_core::retry::retry;
 use deploy_core::{
-    AnalysisOutcome, Backoff, ChannelSink, DeploymentEvent, DeploymentEventKind, DynStore, EventSinkExt,
-    InstanceId, Precondition, RecordStoreExt, RecordVersion, Retry, RetryPolicy, StoreError, WriteOptions,
+    AnalysisOutcome, Backoff, ChannelSink, DeploymentEvent, DeploymentEventKind, DynStore, EventSink,
+    EventSinkExt, InstanceId, Precondition, RecordStoreExt, RecordVersion, Retry, RetryPolicy, StoreError,
+    WriteOptions,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -176,6 +177,9 @@ impl Runner {
         self.events.publish(&event);
         if let Some(sink) = &self.shared.sink {
             sink.emit(&event);
+        }
+        if let Some(notifications) = &self.shared.notifications {
+            notifications.emit(&event);
         }
     }
 
@@ -773,6 +777,13 @@ impl Runner {
             analyses: self.journal.analyses.clone(),
             rolled_back: self.rolled_back.clone(),
             alerts: self.watchers.alerts(),
+            notifications: self
+                .shared
+                .notifications
+                .as_ref()
+                .map_or_else(Vec::new, |notifications| {
+                    notifications.deliveries(&self.journal.app, self.journal.revision)
+                }),
         }
     }
 }

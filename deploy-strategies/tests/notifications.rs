@@ -135,7 +135,7 @@ async fn run_with(
 ) -> (RolloutReport, Duration) {
     let mut builder = world.builder(strategy).holder("deployer-a");
     if let Some(notifications) = notifications {
-        builder = builder.event_sink(Arc::new(notifications.clone()));
+        builder = builder.notifications(notifications.clone());
     }
     let rollout: Rollout = builder.build().unwrap();
     let started = tokio::time::Instant::now();
@@ -220,6 +220,17 @@ async fn a_canary_tells_its_subscribers_each_trigger_in_order() {
         delivered.len() as u64,
         "nothing retried, nothing sent twice"
     );
+    // The report lists the deliveries as they stood when the rollout ended: the same keys,
+    // in order, each delivered or (the last ones) still on their way.
+    assert!(!report.notifications.is_empty());
+    assert_eq!(report.notifications[0].trigger, Trigger::Started);
+    for (listed, record) in report.notifications.iter().zip(&deliveries) {
+        assert_eq!((&listed.key, listed.sequence), (&record.key, record.sequence));
+        assert!(
+            matches!(listed.status, DeliveryStatus::Delivered | DeliveryStatus::Pending),
+            "{listed:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -5,7 +5,9 @@
 //! PagerDuty, Alertmanager) in the background, after Argo Notifications' triggers,
 //! templates and subscriptions.
 //!
-//! It is an [`EventSink`]: give it to [`RolloutBuilder::event_sink`](crate::RolloutBuilder::event_sink).
+//! Give it to [`RolloutBuilder::notifications`](crate::RolloutBuilder::notifications): the
+//! rollout's events reach it, and [`RolloutReport::notifications`](crate::RolloutReport::notifications)
+//! lists the deliveries. It is an [`EventSink`] too, for events from elsewhere.
 //!
 //! ```
 //! use std::sync::Arc;
