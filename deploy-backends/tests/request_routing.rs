@@ -133,6 +133,32 @@ fn policy(sticky: bool, epoch: u64) -> RequestPolicy {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_passes_the_request_routing_suite() {
+    let haproxy =
+        launch_or_skip!(Haproxy::start_with_request_routing(&["shop"], &["x-canary"], &["team"]).await);
+    let artifacts = Artifacts::new(&[("2.0", 0.0)]);
+    let infra = artifacts.infra();
+    let routing = haproxy
+        .request_routing("shop")
+        .expect("started with request routing");
+    let lb = HaproxyLoadBalancer::new(haproxy.socket()).request_routing(app(), routing);
+    for instance in infra
+        .provision(&app(), &pool("canary"), &version("2.0"), 1)
+        .await
+        .unwrap()
+    {
+        lb.register(&instance).await.unwrap();
+    }
+    deploy_core::conformance::request_routing(&lb, &app(), &pool("canary")).await;
+    // An app without a map is refused, not ignored.
+    let other = deploy_core::AppId::new("other").unwrap();
+    assert!(matches!(
+        lb.set_request_policy(&other, &RequestPolicy::default()).await,
+        Err(BackendError::Rejected { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_routes_reach_only_the_canary_and_the_rest_follow_the_weights_under_load() {
     let haproxy =
         launch_or_skip!(Haproxy::start_with_request_routing(&["shop"], &["x-canary"], &["team"]).await);

@@ -36,6 +36,18 @@ async fn load_balancer_contract() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn request_routing_contract() {
+    let fleet = SimFleet::new();
+    fleet.serve(&app(), &Pool::canary(), &v("2.0"), 1).await.unwrap();
+    conformance::request_routing(&fleet, &app(), &Pool::canary()).await;
+
+    let fleet = SimFleet::new();
+    fleet.serve(&app(), &Pool::canary(), &v("2.0"), 1).await.unwrap();
+    let shared: Arc<deploy_core::DynRequestRouting> = Arc::new(fleet);
+    conformance::request_routing(shared.as_ref(), &app(), &Pool::canary()).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn infra_manager_contract() {
     let fleet = SimFleet::new();
     conformance::infra_manager(&fleet, &app(), &Pool::stable(), &v("1.0"), &v("2.0")).await;

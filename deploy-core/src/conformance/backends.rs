@@ -9,6 +9,7 @@ use crate::ids::{AppId, InstanceId, MetricName, Pool, Version};
 use crate::infra::{DynInfraManager, Instance, InstanceState};
 use crate::metrics::{DynMetricsSource, MetricQuery};
 use crate::notify::{Delivery, DynNotifier, IdempotencyKey, Notification, NotificationAction, Severity};
+use crate::routing::{DynRequestRouting, RequestMatch, RequestPolicy, RequestRoute};
 use crate::traffic::{TrafficSplit, Weight};
 
 /// Instances a [`load_balancer`] run may register: two pools of running, routable
@@ -304,5 +305,76 @@ pub async fn notifier(notifier: &DynNotifier, key_prefix: &str) {
         notifier.notify(&resolve).await.expect("resolve"),
         Delivery::Delivered,
         "a new action on the same key is a new notification"
+    );
+}
+
+/// Absolute request policies with read-back, idempotence, clearing, and refusal of a route
+/// to an unknown pool. `pool` must be a pool of `app` the router knows (with instances in
+/// rotation); routes match header `x-canary` and cookie `team`.
+///
+/// # Panics
+/// When the router breaks [`RequestRouting`](crate::RequestRouting)'s contract.
+pub async fn request_routing(router: &DynRequestRouting, app: &AppId, pool: &Pool) {
+    let routes = |value: &str| {
+        vec![
+            RequestRoute {
+                matches: RequestMatch::header("X-Canary", value).expect("a valid header"),
+                pool: pool.clone(),
+            },
+            RequestRoute {
+                matches: RequestMatch::cookie("team", "internal").expect("a valid cookie"),
+                pool: pool.clone(),
+            },
+        ]
+    };
+    let first = RequestPolicy {
+        routes: routes("always"),
+        sticky: false,
+        epoch: 1,
+    };
+    let second = RequestPolicy {
+        routes: routes("beta"),
+        sticky: true,
+        epoch: 2,
+    };
+    for policy in [&first, &first, &second] {
+        router
+            .set_request_policy(app, policy)
+            .await
+            .unwrap_or_else(|err| panic!("set_request_policy({policy:?}): {err}"));
+        let read = router.request_policy(app).await.expect("request_policy");
+        assert_eq!(
+            read.as_ref(),
+            Some(policy),
+            "the policy set reads back (absolute, idempotent)"
+        );
+    }
+    // The old routes are gone, not merged.
+    router
+        .set_request_policy(app, &RequestPolicy::default())
+        .await
+        .expect("clearing the policy");
+    assert_eq!(
+        router.request_policy(app).await.expect("request_policy"),
+        Some(RequestPolicy::default()),
+        "cleared: plain weighted routing"
+    );
+    let unknown = Pool::new("conformance-unknown-pool").expect("a valid pool name");
+    let to_unknown = RequestPolicy {
+        routes: vec![RequestRoute {
+            matches: RequestMatch::header("x-canary", "always").expect("a valid header"),
+            pool: unknown,
+        }],
+        sticky: false,
+        epoch: 3,
+    };
+    match router.set_request_policy(app, &to_unknown).await {
+        Err(BackendError::Rejected { .. }) => {}
+        other => panic!("a route to an unknown pool must be Rejected, got {other:?}"),
+    }
+    assert_eq!(
+        router.request_policy(app).await.expect("request_policy"),
+        Some(RequestPolicy::default()),
+        "a refused policy changes nothing"
     );
 }

@@ -24,7 +24,9 @@
 mod backends;
 mod store;
 
-pub use backends::{BalancerFixture, health_checker, infra_manager, load_balancer, metrics_source, notifier};
+pub use backends::{
+    BalancerFixture, health_checker, infra_manager, load_balancer, metrics_source, notifier, request_routing,
+};
 pub use store::{
     lease_expiry, lease_expiry_with, lease_store, record_store, record_store_concurrency,
     record_store_follow, record_store_watch, store, store_with,
