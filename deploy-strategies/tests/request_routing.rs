@@ -316,3 +316,95 @@ async fn routes_or_stickiness_without_a_request_router_are_refused_at_build_time
             .is_err()
     );
 }
+
+/// The timeline's step names.
+fn steps(report: &deploy_strategies::RolloutReport) -> Vec<String> {
+    report.timeline.iter().map(|entry| entry.step.clone()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn routes_follow_each_canary_route_and_are_cleared_before_promotion_and_first_in_a_rollback() {
+    let world = world(REPLICAS).await;
+    let report = world.run(canary_with(vec![canary_header()], true)).await;
+    let names = steps(&report);
+    let at = |name: &str| {
+        names
+            .iter()
+            .position(|step| step.starts_with(name))
+            .unwrap_or_else(|| panic!("no step {name:?} in {names:#?}"))
+    };
+    // Each partial route is followed by its step's request routes, the epoch counting steps.
+    assert_eq!(
+        at("route requests (1 routes, sticky, epoch 0)"),
+        at("route rev-1=20.00%") + 1
+    );
+    assert_eq!(
+        at("route requests (1 routes, sticky, epoch 1)"),
+        at("route rev-1=50.00%") + 1
+    );
+    // Cleared after the last partial step, before the canary grows and takes everything.
+    assert!(at("clear request routes") > at("route requests (1 routes, sticky, epoch 1)"));
+    assert!(at("clear request routes") < at("ensure 4 x 2.0"));
+    assert!(at("clear request routes") < at("route rev-1=100.00%"));
+
+    // Rolled back: clearing is the rollback's first step.
+    let world = common::world(REPLICAS).await;
+    world.make_v2_bad();
+    let report = world.run(canary_with(vec![canary_header()], true)).await;
+    assert!(
+        matches!(report.outcome, RolloutOutcome::RolledBack { .. }),
+        "{report:#?}"
+    );
+    let names = steps(&report);
+    let analysis = names
+        .iter()
+        .position(|step| step == "canary analysis")
+        .expect("an analysis");
+    assert_eq!(names[analysis + 1], "clear request routes", "{names:#?}");
+    assert!(
+        names[analysis + 2].starts_with("ensure 4 x 1.0 in pool stable"),
+        "{names:#?}"
+    );
+
+    // A plain canary has no request-routing step at all.
+    let world = common::world(REPLICAS).await;
+    let report = world.run(canary()).await;
+    assert!(
+        !steps(&report).iter().any(|step| step.contains("request")),
+        "{report:#?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_promotion_skips_the_step_routes_but_still_clears_them() {
+    let world = world(REPLICAS).await;
+    let handle = world
+        .rollout(canary_with(vec![canary_header()], true))
+        .start(&world.app, &world.v2)
+        .await
+        .unwrap();
+    let canary = wait_for_step(&world, 20.0).await;
+    assert_eq!(
+        spread(&world, 50, |_| routed_request(0)),
+        BTreeMap::from([(canary, 50)])
+    );
+    // The operator's full promotion may take the canary from 20% straight to 100%.
+    let first = Weight::from_percent(20.0).unwrap();
+    world
+        .fleet
+        .set_exposure_steps(&world.app, Pool::stable(), vec![first, Weight::FULL]);
+    handle.promote_full();
+    let report = handle.wait().await.unwrap();
+    assert_eq!(report.outcome, RolloutOutcome::Completed, "{report:#?}");
+    world.assert_settled(&report).await;
+    let cleared = report
+        .timeline
+        .iter()
+        .find(|entry| entry.step == "clear request routes")
+        .expect("routes cleared");
+    assert_eq!(cleared.result, "ok");
+    assert_eq!(
+        world.fleet.request_policy(&world.app).await.unwrap(),
+        Some(RequestPolicy::default())
+    );
+}
