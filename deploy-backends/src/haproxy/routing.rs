@@ -160,6 +160,8 @@ impl HaproxyRequestRouting {
                 )));
             }
             validate_name("pool", route.pool.as_str())?;
+            // Checked again here, whatever built the match: these words go into commands.
+            validate_map_word("map key", &route_key(&route.matches))?;
         }
         Ok(())
     }
@@ -356,9 +358,6 @@ impl RequestRouting for HaproxyLoadBalancer {
             routes
                 .entry(route_key(&route.matches))
                 .or_insert_with(|| route.pool.to_string());
-        }
-        for key in routes.keys() {
-            validate_map_word("map key", key)?;
         }
         let is_route = |key: &str| key.starts_with("h:") || key.starts_with("c:");
         self.apply_entries(map, &mut current, &routes, is_route).await?;
