@@ -420,6 +420,30 @@ mod tests {
     }
 
     #[test]
+    fn map_words_are_single_arguments() {
+        for bad in [
+            "",
+            "a b",
+            "a;b",
+            "a\"b",
+            "a\\b",
+            "a\nb",
+            "a\tb",
+            "é",
+            &"x".repeat(301),
+        ] {
+            assert!(validate_map_word("map key", bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "h:x-canary=always",
+            "c:team=a'b#c|d$e%f&g*h+i^j`k~l!m",
+            "s:canary@23",
+        ] {
+            assert!(validate_map_word("map key", good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
     fn a_map_reads_back_as_the_policy_written() {
         let entries = BTreeMap::from([
             ("epoch".to_owned(), "3".to_owned()),
