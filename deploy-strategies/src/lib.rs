@@ -102,7 +102,8 @@ pub use handle::{
 pub use hooks::{Hook, HookContext, HookFn, HookOutcome, HookPoint, hook_fn};
 pub use journal::{AlertRecord, AnalysisRecord, Phase, TimelineEntry};
 pub use notifications::{
-    DeliveryStatus, NotificationDelivery, NotificationError, RolloutNotifications, RolloutNotificationsBuilder,
+    DeliveryStatus, NotificationDelivery, NotificationError, RolloutNotifications,
+    RolloutNotificationsBuilder,
 };
 pub use options::{MAX_REPLICAS, RolloutBackends, RolloutOptions};
 pub use rollout::{ResumePolicy, Rollout, RolloutBuilder};

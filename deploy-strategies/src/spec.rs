@@ -313,9 +313,9 @@ impl Strategy {
                     // A background analysis runs until the rollout ends: its count does not apply.
                     let mut analysis = background.analysis.clone();
                     analysis.count = analysis.count.max(1);
-                    analysis
-                        .validate()
-                        .map_err(|err| SpecError::new(format!("canary.background.{}", err.field), err.reason))?;
+                    analysis.validate().map_err(|err| {
+                        SpecError::new(format!("canary.background.{}", err.field), err.reason)
+                    })?;
                 }
                 let wants_analysis = spec.steps.iter().any(|s| s.analyze);
                 match (&spec.analysis, wants_analysis) {
