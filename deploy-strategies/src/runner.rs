@@ -309,14 +309,21 @@ impl Runner {
                 return Err(Interrupt::Failed(StepError::NobodyToDecide));
             }
             let held_since = self.held.as_ref().map(|held| held.since);
-            let expiry = deadline_at.filter(|_| held_since.is_none());
+            // Time held does not count towards the deadline, unless nobody is left to lift
+            // the hold: then the work must still end (a hung backend call would otherwise
+            // hold the rollout forever).
+            let expiry = deadline_at.filter(|_| held_since.is_none() || !self.control_open);
             tokio::select! {
                 biased;
                 () = self.keeper.lost() => return Err(Halt::LeaseLost.into()),
                 control = self.control.recv(), if self.control_open => {
                     let Some(control) = control else {
-                        // Every handle is gone: run on without commands.
+                        // Every handle is gone: run on without commands. The time held so
+                        // far still does not count.
                         self.control_open = false;
+                        if let Some(since) = held_since {
+                            deadline_at = deadline_at.and_then(|at| at.checked_add(since.elapsed()));
+                        }
                         continue;
                     };
                     self.handle_control(control)?;

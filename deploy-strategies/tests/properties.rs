@@ -271,3 +271,18 @@ fn a_rollback_step_that_keeps_failing_gives_up_without_harm() {
         ],
     );
 }
+
+/// Found by the property test: an operator's pause while routing is failing, then every
+/// handle dropped, must end (rolled back, since nobody is left to decide), not hang.
+#[test]
+fn a_paused_canary_whose_handles_are_dropped_during_routing_faults_ends() {
+    run(
+        all_strategies().swap_remove(0),
+        vec![
+            (57, Event::Hang(Operation::HealthCheck)),
+            (252, Event::RoutingFails(3)),
+            (358, Event::Pause),
+            (632, Event::DropHandle),
+        ],
+    );
+}
