@@ -9,7 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_sdk_answers, propagation, run_quietly, run_script, serve_all, spec_files, target_dir};
+use common::{
+    assert_sdk_answers, installing, propagation, run_quietly, run_script, serve_all, spec_files, target_dir,
+};
 
 /// The SDK version the tests pin.
 const SDK: &str = "UnleashClient==6.9.0";
@@ -17,11 +19,13 @@ const SDK: &str = "UnleashClient==6.9.0";
 /// The virtualenv's python with the SDK importable, installing it on first use; `Err` with
 /// the reason when Python, venv or pip (or the network) is not available.
 fn python_with_sdk() -> Result<PathBuf, String> {
+    let _one_at_a_time = installing();
     let venv = target_dir().join("unleash-venv");
     let python = venv.join("bin/python");
     if !python.exists() {
+        // `--clear`: a virtualenv left half made by an interrupted run is made again.
         run_quietly(
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv),
             "python3 -m venv",
         )?;
     }

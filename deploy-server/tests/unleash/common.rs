@@ -247,12 +247,22 @@ pub(crate) fn run_quietly(command: &mut std::process::Command, what: &str) -> Re
     }
 }
 
+/// Holds installers (a virtualenv, node_modules) to one at a time: the tests of one binary
+/// run in parallel, and two installers in one directory trip over each other (`venv`
+/// fails with "File exists").
+#[allow(dead_code)] // Not every test binary that includes this module installs anything.
+pub(crate) fn installing() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The build tree's node_modules with `package` installed from `spec` (`name@version`),
 /// installing it on first use; `Err` with the reason when Node, npm (or the network) is not
 /// available.
 #[allow(dead_code)] // Not every test binary that includes this module runs Node.
 pub(crate) fn node_modules_with(package: &str, spec: &str) -> Result<PathBuf, String> {
     use std::process::Command;
+    let _one_at_a_time = installing();
     let prefix = target_dir().join("unleash-node");
     let modules = prefix.join("node_modules");
     run_quietly(Command::new("node").arg("--version"), "node --version")?;
