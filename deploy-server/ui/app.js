@@ -1,0 +1,1 @@
+// deploykit dashboard script (written by the dashboard work in progress)
