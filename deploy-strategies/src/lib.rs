@@ -88,8 +88,9 @@ mod spec;
 mod watch;
 
 pub use analysis::{
-    AnalysisMetric, AnalysisResult, AnalysisSpec, AnalysisTargets, Check, Direction, Judge, NoDataPolicy,
-    Threshold, run_analysis,
+    AnalysisMetric, AnalysisResult, AnalysisSpec, AnalysisTargets, Check, Direction, Judge,
+    MAX_SERIES_POINTS, MeasuredSeries, Measurement, NoDataPolicy, SeriesPoint, ShiftEstimate, Threshold,
+    run_analysis,
 };
 pub use control::{
     ControlError, ControlOptions, Deployer, EventId, EventRecord, HistoryEntry, Intent, IntentRecord,

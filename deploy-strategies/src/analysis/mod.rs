@@ -13,7 +13,11 @@
 //!
 //! The run's outcome is the worst of its metrics, except that `dry_run` metrics are measured
 //! and reported but never decide anything.
+//!
+//! Every measurement that read data keeps what it read in [`Measurement::series`] (a
+//! [`MeasuredSeries`], downsampled to [`MAX_SERIES_POINTS`] per series) for charts.
 
+mod series;
 mod stats;
 
 use std::time::Duration;
@@ -21,6 +25,7 @@ use std::time::Duration;
 use deploy_core::{AnalysisOutcome, MetricName, MetricQuery, MetricTarget, MetricsSource, Series};
 use serde::{Deserialize, Serialize};
 
+pub use series::{MAX_SERIES_POINTS, MeasuredSeries, SeriesPoint, ShiftEstimate, downsample};
 pub use stats::Comparison;
 
 use crate::error::SpecError;
@@ -302,6 +307,10 @@ pub struct Measurement {
     pub outcome: AnalysisOutcome,
     /// What was seen ("mean 0.081 > max 0.02", "shift +12.0 [9.1, 14.8], p=0.0001").
     pub detail: String,
+    /// The data it read and what it was checked against, for charts; `None` when it read
+    /// none (an error, no data, a skipped judge) and in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<MeasuredSeries>,
 }
 
 /// One metric's result over a run.
@@ -529,6 +538,7 @@ fn no_data(metric: &AnalysisMetric, what: &str) -> Measurement {
     Measurement {
         outcome,
         detail: format!("no data: {what}"),
+        series: None,
     }
 }
 
@@ -536,6 +546,7 @@ fn error(detail: String) -> Measurement {
     Measurement {
         outcome: AnalysisOutcome::Error,
         detail,
+        series: None,
     }
 }
 
@@ -565,6 +576,7 @@ async fn measure(
                 return Measurement {
                     outcome: AnalysisOutcome::Successful,
                     detail: "skipped: no baseline serving traffic".into(),
+                    series: None,
                 };
             };
             let baseline = match fetch(metric, baseline_target, source).await {
@@ -577,11 +589,12 @@ async fn measure(
                     &format!("{} of {min} samples from the baseline", baseline.len()),
                 );
             }
-            let baseline: Vec<f64> = baseline.values().collect();
-            let canary: Vec<f64> = canary.values().collect();
-            let (outcome, c) = judge.evaluate(&baseline, &canary);
+            let baseline_values: Vec<f64> = baseline.values().collect();
+            let canary_values: Vec<f64> = canary.values().collect();
+            let (outcome, c) = judge.evaluate(&baseline_values, &canary_values);
             Measurement {
                 outcome,
+                series: Some(MeasuredSeries::judged(&baseline, &canary, &c, judge.tolerance)),
                 detail: format!(
                     "shift {:+.4} [{:+.4}, {:+.4}] vs tolerance {}, p(two-sided) {:.4}, n={}/{}",
                     c.shift,
@@ -589,8 +602,8 @@ async fn measure(
                     c.shift_high,
                     judge.tolerance,
                     c.p_two_sided(),
-                    baseline.len(),
-                    canary.len()
+                    baseline_values.len(),
+                    canary_values.len()
                 ),
             }
         }
@@ -605,25 +618,18 @@ fn check_threshold(threshold: &Threshold, series: &Series) -> Measurement {
     }
     .unwrap_or(f64::NAN);
     let name = format!("{:?}", threshold.aggregation).to_lowercase();
-    if let Some(max) = threshold.max
-        && value > max
-    {
-        return Measurement {
-            outcome: AnalysisOutcome::Failed,
-            detail: format!("{name} {value:.4} > max {max}"),
-        };
-    }
-    if let Some(min) = threshold.min
-        && value < min
-    {
-        return Measurement {
-            outcome: AnalysisOutcome::Failed,
-            detail: format!("{name} {value:.4} < min {min}"),
-        };
-    }
+    let (outcome, detail) = match (threshold.max, threshold.min) {
+        (Some(max), _) if value > max => (AnalysisOutcome::Failed, format!("{name} {value:.4} > max {max}")),
+        (_, Some(min)) if value < min => (AnalysisOutcome::Failed, format!("{name} {value:.4} < min {min}")),
+        _ => (
+            AnalysisOutcome::Successful,
+            format!("{name} {value:.4} within bounds"),
+        ),
+    };
     Measurement {
-        outcome: AnalysisOutcome::Successful,
-        detail: format!("{name} {value:.4} within bounds"),
+        outcome,
+        detail,
+        series: Some(MeasuredSeries::threshold(series, threshold)),
     }
 }
 
@@ -792,6 +798,131 @@ mod tests {
             verdict(judge(Direction::Increase), &[103.0, 110.0, 99.0]),
             AnalysisOutcome::Inconclusive
         );
+    }
+
+    /// Answers with `n` samples a second apart: `canary_value` for the canary's pool and
+    /// `baseline_value` for anything else.
+    #[derive(Debug)]
+    struct Steady {
+        n: usize,
+        canary_value: f64,
+        baseline_value: f64,
+    }
+
+    #[async_trait]
+    impl MetricsSource for Steady {
+        async fn query(&self, query: &MetricQuery) -> Result<Series, BackendError> {
+            let value = if *query.target() == targets().canary {
+                self.canary_value
+            } else {
+                self.baseline_value
+            };
+            let samples = (0..self.n)
+                .map(|i| Sample {
+                    at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 + i as u64),
+                    // A little spread so the judge has ranks to work with.
+                    value: value + (i % 7) as f64 * 0.001,
+                })
+                .collect();
+            Ok(Series::new(samples).unwrap())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn threshold_measurements_keep_the_canary_series_and_bounds() {
+        let source = Steady {
+            n: 300,
+            canary_value: 0.01,
+            baseline_value: 0.0,
+        };
+        let result = run_analysis(&spec(1), &targets(), &source).await;
+        let measurement = &result.metrics[0].measurements[0];
+        let series = measurement
+            .series
+            .as_ref()
+            .expect("a measurement that read data keeps it");
+        assert_eq!(series.canary.len(), MAX_SERIES_POINTS, "300 samples downsampled");
+        assert_eq!(series.canary[0].at_ms, 1_000_000);
+        assert_eq!(series.canary[MAX_SERIES_POINTS - 1].at_ms, 1_299_000);
+        assert!(series.baseline.is_empty());
+        assert_eq!(
+            (series.min, series.max, series.comparison),
+            (None, Some(0.05), None)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn judged_measurements_keep_both_series_and_the_shift() {
+        let mut spec = spec(1);
+        spec.metrics[0].check = Check::Judge(Judge::increase(0.5));
+        let mut targets = targets();
+        targets.baseline = Some(MetricTarget::Pool {
+            app: AppId::new("shop").unwrap(),
+            pool: Pool::stable(),
+        });
+        let source = Steady {
+            n: 40,
+            canary_value: 3.0,
+            baseline_value: 1.0,
+        };
+        let result = run_analysis(&spec, &targets, &source).await;
+        let measurement = &result.metrics[0].measurements[0];
+        assert_eq!(
+            measurement.outcome,
+            AnalysisOutcome::Failed,
+            "{}",
+            measurement.detail
+        );
+        let series = measurement.series.as_ref().expect("series");
+        assert_eq!((series.canary.len(), series.baseline.len()), (40, 40));
+        assert!(series.canary.iter().all(|p| p.value >= 3.0));
+        assert!(series.baseline.iter().all(|p| p.value < 1.01));
+        let shift = series.comparison.expect("a bounded shift from 40 samples a side");
+        assert!((shift.shift - 2.0).abs() < 0.01, "{shift:?}");
+        assert!(shift.low <= shift.shift && shift.shift <= shift.high, "{shift:?}");
+        assert_eq!(shift.tolerance, 0.5);
+        assert_eq!((series.min, series.max), (None, None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_and_missing_data_keep_no_series() {
+        let result = run(&spec(2), &[Some(-1.0), None]).await;
+        let measurements = &result.metrics[0].measurements;
+        assert_eq!(measurements.len(), 2);
+        assert!(
+            measurements.iter().all(|m| m.series.is_none()),
+            "{measurements:?}"
+        );
+        let json = serde_json::to_value(&measurements[0]).unwrap();
+        assert!(json.get("series").is_none(), "left out, not null: {json}");
+    }
+
+    #[test]
+    fn measurements_written_before_series_existed_still_decode() {
+        let old: Measurement =
+            serde_json::from_str(r#"{"outcome": "successful", "detail": "mean 0.0100 within bounds"}"#)
+                .unwrap();
+        assert_eq!(old.series, None);
+        assert_eq!(old.detail, "mean 0.0100 within bounds");
+        let new = Measurement {
+            series: Some(MeasuredSeries {
+                canary: vec![SeriesPoint {
+                    at_ms: 5,
+                    value: 0.25,
+                }],
+                baseline: vec![],
+                comparison: None,
+                min: Some(0.1),
+                max: None,
+            }),
+            ..old
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(
+            json.contains(r#""series":{"canary":[{"at_ms":5,"value":0.25}]"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Measurement>(&json).unwrap(), new);
     }
 
     #[test]
