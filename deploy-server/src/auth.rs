@@ -25,8 +25,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Weak};
 
 use axum::extract::FromRequestParts;
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{Method, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -176,9 +176,12 @@ impl Scope {
 }
 
 /// Who is calling: the token's name, role and scope. Extracted from the `Authorization:
-/// Bearer` header of every request a handler takes it in (401 without a valid token, unless
+/// Bearer` header of every request a handler takes it in or, without one, from the
+/// dashboard's session cookie ([`crate::ui::session`]): a session's request that is not a
+/// `GET` or `HEAD` must carry the session's CSRF token in `X-CSRF-Token` (403 `csrf_failed`
+/// otherwise). 401 without a valid token, unless
 /// [anonymous reads](crate::ServerBuilder::allow_anonymous_reads) are allowed and the request
-/// is a `GET`).
+/// is a `GET`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// The token's name (the actor in audit entries, intents and flag changes).
@@ -249,8 +252,12 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            let read = parts.method == Method::GET || parts.method == Method::HEAD;
-            if read && state.anonymous_reads() {
+            // A bearer token wins over a cookie: only a cookie is sent by the browser on its
+            // own, so only a cookie needs the CSRF token.
+            if let Some(session) = crate::ui::session::from_headers(&parts.headers) {
+                return crate::ui::session::api_caller(state, &parts.method, &parts.headers, &session).await;
+            }
+            if crate::ui::session::is_read(&parts.method) && state.anonymous_reads() {
                 return Ok(Self {
                     name: Self::ANONYMOUS.to_owned(),
                     role: Role::Viewer,
@@ -274,13 +281,7 @@ impl FromRequestParts<AppState> for Caller {
             .authenticate(presented)
             .await?
             .ok_or_else(ApiError::unauthenticated)?;
-        if caller.kind != TokenKind::ControlPlane {
-            return Err(ApiError::forbidden(format!(
-                "token `{}` is an Unleash {} token: it reaches Unleash's API only",
-                caller.name, caller.kind
-            )));
-        }
-        Ok(caller)
+        crate::ui::session::refuse_unleash(caller)
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable: `bad_request`, `invalid_field`, `unauthenticated`, `forbidden`,
-    /// `not_found`, `not_configured`, `method_not_allowed`, `conflict`, `invalid_transition`,
+    /// `csrf_failed`, `not_found`, `not_configured`, `method_not_allowed`, `conflict`, `invalid_transition`,
     /// `apply_failed`, `unavailable`, `internal`.
     pub code: String,
     /// For people.
@@ -30,7 +30,7 @@ pub struct ErrorBody {
 /// |---|---|
 /// | 400 | `bad_request` (the request as a whole), `invalid_field` (one field) |
 /// | 401 | `unauthenticated` (no token, or one that is not valid) |
-/// | 403 | `forbidden` (a weaker role, or outside the token's scope) |
+/// | 403 | `forbidden` (a weaker role, or outside the token's scope); `csrf_failed` (a dashboard session's mutation without its `X-CSRF-Token`) |
 /// | 404 | `not_found`; `not_configured` (the section is not part of this server) |
 /// | 405 | `method_not_allowed` |
 /// | 409 | `conflict` (a compare-and-swap lost, an `If-Match` that is stale, a name taken) |
@@ -105,6 +105,18 @@ impl ApiError {
     /// 403 `forbidden`.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 403 `csrf_failed`: a request authenticated by the dashboard's session cookie changes
+    /// something without the session's CSRF token in `X-CSRF-Token` (or with another one).
+    pub fn csrf_failed() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "a dashboard session's request that changes something needs the session's CSRF token \
+             in the X-CSRF-Token header (the page's <meta name=\"csrf-token\">)",
+        )
+        .with_field("X-CSRF-Token")
     }
 
     /// 401 `unauthenticated`: no bearer token, or one that is not valid (which of the two is

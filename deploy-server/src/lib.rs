@@ -41,10 +41,15 @@
 //!   ([`AuditEntry`], `GET /api/audit`).
 //! - [`error`]: every refusal is JSON `{"code", "message", "field"}` ([`ApiError`]).
 //! - `/metrics` ([`ServerMetrics`]), `/openapi.json` ([`openapi()`]), `/healthz`, `/readyz`.
+//! - [`ui`]: the dashboard under `/ui`, a client of the same `/api`, signed in with a token
+//!   kept in an HttpOnly, SameSite=Strict cookie.
 //!
 //! # Routes
 //! Roles: V viewer, O operator, A admin. Every route under `/api` and `/metrics` needs a
-//! token unless [`ServerBuilder::allow_anonymous_reads`] lets `GET`s in.
+//! token unless [`ServerBuilder::allow_anonymous_reads`] lets `GET`s in. The token comes as
+//! `Authorization: Bearer <token>` or, from the dashboard, in the `dk_session` cookie; a
+//! cookie-authenticated request other than `GET`/`HEAD` must also carry the session's CSRF
+//! token in `X-CSRF-Token` (the page's `<meta name="csrf-token">`), else 403 `csrf_failed`.
 //!
 //! | route | role |
 //! |---|---|
@@ -67,6 +72,9 @@
 //! | `GET /api/unleash/metrics` (counts reported by Unleash SDKs) | V |
 //! | `GET /api/client/features` (ETag), `GET /api/client/streaming` (SSE), `POST /api/client/register`, `POST /api/client/metrics` | Unleash client token |
 //! | `GET`/`POST /api/frontend`, `POST /api/frontend/client/metrics` (CORS) | Unleash frontend token |
+//! | `GET /ui` (303 to `/ui/rollouts`), `GET /ui/login`, `POST /ui/login` (form `token`, `next`), `GET /ui/assets/{app.js,app.css}` | none |
+//! | `GET /ui/rollouts`, `/ui/rollouts/{app}`, `/ui/flags`, `/ui/flags/{name}`, `/ui/incidents` (page shells; 303 to `/ui/login?next=` without a session) | V (session) |
+//! | `POST /ui/logout` (form `csrf`) | session |
 //!
 //! A token scoped to apps sees and steers only those apps' rollouts; one scoped to
 //! environments reaches only those infrastructure environments and evaluation contexts, and
@@ -80,6 +88,7 @@ mod openapi;
 mod routes;
 mod sse;
 mod state;
+pub mod ui;
 pub mod unleash;
 
 use axum::Router;
@@ -95,8 +104,8 @@ pub use state::{
 pub use state::{TlsConfig, serve_tls};
 
 /// The router over a built state: every section's routes, the Unleash client and frontend
-/// APIs (as [`ServerBuilder::unleash`] configured them), the probes, `/metrics` and
-/// `/openapi.json`, with request counting and a 1 MiB body limit.
+/// APIs (as [`ServerBuilder::unleash`] configured them), the dashboard under `/ui`, the
+/// probes, `/metrics` and `/openapi.json`, with request counting and a 1 MiB body limit.
 pub fn router(state: AppState) -> Router {
     let unleash = state.unleash_config().clone();
     Router::new()
@@ -104,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .merge(unleash::router(unleash))
         .merge(metrics::router())
         .merge(openapi::router())
+        .merge(ui::router())
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

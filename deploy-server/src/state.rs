@@ -73,6 +73,10 @@ struct Inner {
     audit_writes: AtomicU64,
     events: EventFanout,
     unleash: UnleashConfig,
+    /// Key of the dashboard's CSRF tokens (HMAC-SHA256 of a session's token); random per
+    /// process, never logged.
+    csrf_key: [u8; 32],
+    secure_cookies: bool,
 }
 
 /// What every handler shares: the store, the configured sections, the tokens, the clock
@@ -93,6 +97,7 @@ impl std::fmt::Debug for AppState {
             .field("pipelines", &inner.pipelines.is_some())
             .field("infra", &inner.infra.is_some())
             .field("anonymous_reads", &inner.anonymous_reads)
+            .field("secure_cookies", &inner.secure_cookies)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +126,16 @@ impl AppState {
     /// Whether `GET` requests without a token are let in as a viewer.
     pub fn anonymous_reads(&self) -> bool {
         self.0.anonymous_reads
+    }
+
+    /// Whether the dashboard's session cookie is marked `Secure` (sent over HTTPS only).
+    pub fn secure_cookies(&self) -> bool {
+        self.0.secure_cookies
+    }
+
+    /// The key the dashboard's CSRF tokens are made with.
+    pub(crate) fn csrf_key(&self) -> &[u8; 32] {
+        &self.0.csrf_key
     }
 
     /// The rollouts' reader and writer of intents.
@@ -289,6 +304,7 @@ pub struct ServerBuilder {
     anonymous_reads: bool,
     audit_limit: usize,
     unleash: UnleashConfig,
+    secure_cookies: bool,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -297,6 +313,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("store", &self.store)
             .field("bootstrap", &self.bootstrap.as_ref().map(|(name, _)| name))
             .field("anonymous_reads", &self.anonymous_reads)
+            .field("secure_cookies", &self.secure_cookies)
             .finish_non_exhaustive()
     }
 }
@@ -318,6 +335,7 @@ impl ServerBuilder {
             anonymous_reads: false,
             audit_limit: DEFAULT_AUDIT_LIMIT,
             unleash: UnleashConfig::default(),
+            secure_cookies: false,
         }
     }
 
@@ -386,6 +404,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Marks the dashboard's session cookie `Secure`, so browsers send it over HTTPS only
+    /// (default: off; turn it on when the server, or a proxy in front of it, serves HTTPS).
+    pub fn secure_cookies(mut self, secure: bool) -> Self {
+        self.secure_cookies = secure;
+        self
+    }
+
     /// Audit entries kept (default [`DEFAULT_AUDIT_LIMIT`]; pruned every few writes, so the
     /// log may briefly hold a few more).
     pub fn audit_limit(mut self, limit: usize) -> Self {
@@ -412,6 +437,8 @@ impl ServerBuilder {
             .map(|(name, secret)| TokenStore::bootstrap(name, secret))
             .transpose()?;
         let tokens = TokenStore::with_bootstrap(Arc::clone(&self.store), Arc::clone(&self.clock), bootstrap);
+        let mut csrf_key = [0_u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut csrf_key);
         Ok(AppState(Arc::new(Inner {
             store: self.store,
             clock: self.clock,
@@ -428,11 +455,13 @@ impl ServerBuilder {
             audit_writes: AtomicU64::new(0),
             events: EventFanout::default(),
             unleash: self.unleash,
+            csrf_key,
+            secure_cookies: self.secure_cookies,
         })))
     }
 
-    /// The router: every section's routes, `/healthz`, `/readyz`, `/metrics`,
-    /// `/openapi.json`.
+    /// The router: every section's routes, the dashboard under `/ui`, `/healthz`, `/readyz`,
+    /// `/metrics`, `/openapi.json`.
     ///
     /// # Errors
     /// As [`ServerBuilder::build_state`].
