@@ -41,8 +41,8 @@
 //! - [`FlagEngine`]: compiles definitions into a [`Snapshot`] (regexes, versions, dates,
 //!   networks and hash prefixes prepared once), swaps snapshots atomically (whole or delta),
 //!   keeps the old one when an update is invalid, counts evaluations.
-//! - [`FeatureFlagManager`]: flags persisted in a core record store, an audit log, analytics
-//!   and a stale-flag report.
+//! - [`FeatureFlagManager`]: flags persisted in a core record store, an audit log, analytics,
+//!   evaluation counts over time ([`FlagUsage`]) and a stale-flag report.
 //! - [`FileSource`]: a JSON or YAML file that hot-reloads.
 //! - [`unleash`]: Unleash client-features and delta import with Unleash's exact bucketing.
 //! - `openfeature` (feature): an OpenFeature provider.
@@ -75,6 +75,7 @@ mod metrics;
 mod pattern;
 mod reported;
 mod semver;
+mod usage;
 mod yaml;
 
 pub use compile::{MAX_PREREQUISITE_DEPTH, MAX_PREREQUISITES, Snapshot, Variant, VariantPayload};
@@ -94,3 +95,4 @@ pub use model::{
 };
 pub use pattern::{MAX_PATTERN_LEN, MAX_REGEXES};
 pub use reported::{EvaluationReport, MAX_REPORTED_SOURCES, MAX_REPORTED_VARIANTS, ReportedEvaluations};
+pub use usage::{FlagUsage, UsagePoint};

@@ -23,6 +23,7 @@ use crate::error::FlagError;
 use crate::metrics::FlagMetrics;
 use crate::model::{FlagDefinition, FlagSet, Rule, Segment};
 use crate::reported::{EvaluationReport, ReportedEvaluations};
+use crate::usage::{FlagUsage, UsageSampler};
 
 /// How a [`FeatureFlagManager`] stores and times things.
 #[derive(Debug, Clone)]
@@ -33,6 +34,13 @@ pub struct ManagerOptions {
     /// Audit entries kept per flag (default 100, at least 1): each change prunes the older
     /// ones.
     pub audit_retention: usize,
+    /// How often a task the manager owns samples each flag's evaluation counts for
+    /// [`FeatureFlagManager::usage`] (default 10 s; `None` turns sampling off). The task
+    /// waits on `tokio::time`, dates samples with `clock`, and stops with the manager.
+    pub usage_interval: Option<Duration>,
+    /// Sampling intervals kept per flag (default 60, at least 1): with the default interval,
+    /// the last ten minutes.
+    pub usage_points: usize,
 }
 
 impl Default for ManagerOptions {
@@ -40,6 +48,8 @@ impl Default for ManagerOptions {
         Self {
             clock: SystemClock::shared(),
             audit_retention: 100,
+            usage_interval: Some(Duration::from_secs(10)),
+            usage_points: 60,
         }
     }
 }
@@ -278,6 +288,8 @@ pub struct FeatureFlagManager {
     options: ManagerOptions,
     quarantined: Mutex<Vec<QuarantinedFlag>>,
     quarantined_segments: Mutex<Vec<QuarantinedSegment>>,
+    /// Evaluation counts over time; `None` when sampling is off or there was no runtime.
+    usage: Option<UsageSampler>,
 }
 
 /// Where reported evaluations are summed, one record per flag (under the manager's prefix).
@@ -300,8 +312,19 @@ impl FeatureFlagManager {
             options,
             quarantined: Mutex::new(Vec::new()),
             quarantined_segments: Mutex::new(Vec::new()),
+            usage: None,
         };
         manager.reload().await?;
+        let mut manager = manager;
+        // Started after the first load, so the stored flags' first interval starts now.
+        manager.usage = manager.options.usage_interval.and_then(|interval| {
+            UsageSampler::start(
+                &manager.engine,
+                Arc::clone(&manager.options.clock),
+                interval,
+                manager.options.usage_points,
+            )
+        });
         Ok(manager)
     }
 
@@ -1105,6 +1128,28 @@ impl FeatureFlagManager {
     /// Evaluation counts of a flag in this process.
     pub fn get_flag_metrics(&self, name: &str) -> Option<FlagMetrics> {
         self.engine.metrics(name)
+    }
+
+    /// A flag's evaluations in this process per sampling interval
+    /// ([`ManagerOptions::usage_interval`]), oldest first: `None` when the engine does not
+    /// serve `name` (unknown, or quarantined). With sampling off, no points and an
+    /// `interval_ms` of 0.
+    ///
+    /// # Errors
+    /// [`FlagError::InvalidFlag`] for a name that is not a valid flag name.
+    pub fn usage(&self, name: &str) -> Result<Option<FlagUsage>, FlagError> {
+        check_name(name)?;
+        if self.engine.snapshot().definition(name).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(match &self.usage {
+            Some(sampler) => sampler.usage(name),
+            None => FlagUsage {
+                flag: name.to_owned(),
+                interval_ms: 0,
+                points: Vec::new(),
+            },
+        }))
     }
 
     /// The changes to a flag, oldest first: the newest [`ManagerOptions::audit_retention`].
