@@ -1,6 +1,7 @@
 //! `/api/flags`: list, get (with an `ETag`), create, update (compare-and-swap with
 //! `If-Match`), enable, disable, set the rollout percentage, evaluate for a context, a flag's
-//! audit log, and the stale-flag report, over a [`FeatureFlagManager`].
+//! audit log, its evaluation counts over time, and the stale-flag report, over a
+//! [`FeatureFlagManager`].
 //!
 //! A flag's `ETag` is its stored revision (`"3"`): the manager counts every change of a
 //! flag. An `If-Match` that is not the current revision is refused with 409 `conflict`
@@ -23,8 +24,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use deploy_flags::{
-    AuditEntry, Context, FeatureFlagManager, FlagDefinition, FlagError, PercentageRollout, Rule, StaleFlag,
-    Stickiness, VersionedFlag,
+    AuditEntry, Context, FeatureFlagManager, FlagDefinition, FlagError, FlagUsage, PercentageRollout, Rule,
+    StaleFlag, Stickiness, VersionedFlag,
 };
 use serde::{Deserialize, Serialize};
 
@@ -43,12 +44,13 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/flags/{name}/rollout", put(rollout))
         .route("/api/flags/{name}/evaluate", post(evaluate))
         .route("/api/flags/{name}/audit", get(audit))
+        .route("/api/flags/{name}/usage", get(usage))
 }
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(
-        list, create, stale, get_flag, update, enable, disable, rollout, evaluate, audit
+        list, create, stale, get_flag, update, enable, disable, rollout, evaluate, audit, usage
     ),
     components(schemas(RolloutBody, EvaluateBody, Evaluated, EvaluatedVariant))
 )]
@@ -478,6 +480,29 @@ pub(crate) async fn audit(
         return Err(ApiError::not_found(format!("flag `{name}`")));
     }
     Ok(axum::Json(log))
+}
+
+/// `GET /api/flags/{name}/usage`: the flag's evaluations in this server per sampling interval
+/// (10 s by default), oldest first, for sparklines.
+#[utoipa::path(get, path = "/api/flags/{name}/usage", tag = "flags", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The flag")),
+    responses(
+        (status = 200, description = "`{\"flag\", \"interval_ms\", \"points\": [{\"at_ms\", \"evaluations\", \"enabled\"}]}`: \
+            evaluations in each interval (not cumulative) and how many found the flag on, oldest first; \
+            `interval_ms` 0 when the server samples no usage", body = Object),
+        (status = 400, description = "Not a flag name", body = crate::error::ErrorBody),
+        (status = 404, description = "No such flag", body = crate::error::ErrorBody),
+    ))]
+pub(crate) async fn usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<axum::Json<FlagUsage>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let usage = state.flags()?.usage(&name).map_err(flag_error)?;
+    Ok(axum::Json(
+        usage.ok_or_else(|| ApiError::not_found(format!("flag `{name}`")))?,
+    ))
 }
 
 /// Query of `GET /api/flags-stale`.

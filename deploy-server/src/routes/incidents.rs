@@ -1,5 +1,6 @@
 //! `/api/incidents`: list (by status), get, acknowledge, resolve with a summary, add notes,
-//! over an [`IncidentManager`](deploy_incidents::IncidentManager).
+//! and counts with response times (`/api/incidents/stats`), over an
+//! [`IncidentManager`](deploy_incidents::IncidentManager).
 //!
 //! A resolution summary is kept on the incident (`resolution`) and shown in the timeline
 //! entry of the resolve (`resolved: ...`), one change. A status change the incident refuses
@@ -8,8 +9,8 @@
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
-use deploy_incidents::{Incident, IncidentError, IncidentStatus, IncidentUpdate};
-use serde::Deserialize;
+use deploy_incidents::{Incident, IncidentError, IncidentStatus, IncidentUpdate, response_times};
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
@@ -19,6 +20,7 @@ use crate::state::AppState;
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/incidents", get(list))
+        .route("/api/incidents/stats", get(stats))
         .route("/api/incidents/{id}", get(get_incident))
         .route("/api/incidents/{id}/acknowledge", post(acknowledge))
         .route("/api/incidents/{id}/resolve", post(resolve))
@@ -27,8 +29,8 @@ pub(crate) fn router() -> Router<AppState> {
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(list, get_incident, acknowledge, resolve, note),
-    components(schemas(ResolveBody, NoteBody))
+    paths(list, stats, get_incident, acknowledge, resolve, note),
+    components(schemas(ResolveBody, NoteBody, IncidentStats))
 )]
 pub(crate) struct IncidentsApi;
 
@@ -93,6 +95,49 @@ pub(crate) async fn list(
             .filter(|incident| keep(incident.status))
             .collect(),
     ))
+}
+
+/// Incident counts and response times, for a dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub(crate) struct IncidentStats {
+    /// Incidents not over yet: triggered, acknowledged or mitigated (as `?status=open`).
+    open: usize,
+    /// Of the open ones, those someone acknowledged and nobody mitigated yet (status
+    /// `acknowledged`).
+    acknowledged: usize,
+    /// Incidents over: resolved or closed.
+    resolved: usize,
+    /// Mean time to acknowledge, in milliseconds, over the incidents acknowledged; `null`
+    /// when none was.
+    mtta_ms: Option<u64>,
+    /// Mean time to resolve, in milliseconds, over the incidents resolved; `null` when none
+    /// was.
+    mttr_ms: Option<u64>,
+}
+
+/// `GET /api/incidents/stats`: how many incidents are open, acknowledged and resolved, with
+/// the mean times to acknowledge and to resolve over every incident kept.
+#[utoipa::path(get, path = "/api/incidents/stats", tag = "incidents", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Counts and mean response times", body = IncidentStats),
+        (status = 401, description = "No valid token", body = crate::error::ErrorBody),
+    ))]
+pub(crate) async fn stats(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<IncidentStats>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let incidents = state.incidents()?.list().await.map_err(incident_error)?;
+    let count = |keep: fn(IncidentStatus) -> bool| incidents.iter().filter(|i| keep(i.status)).count();
+    let times = response_times(&incidents);
+    let ms = |span: std::time::Duration| u64::try_from(span.as_millis()).unwrap_or(u64::MAX);
+    Ok(axum::Json(IncidentStats {
+        open: count(IncidentStatus::is_open),
+        acknowledged: count(|status| status == IncidentStatus::Acknowledged),
+        resolved: count(|status| matches!(status, IncidentStatus::Resolved | IncidentStatus::Closed)),
+        mtta_ms: times.mtta.map(ms),
+        mttr_ms: times.mttr.map(ms),
+    }))
 }
 
 /// `GET /api/incidents/{id}`.
