@@ -305,6 +305,7 @@ pub struct ServerBuilder {
     audit_limit: usize,
     unleash: UnleashConfig,
     secure_cookies: bool,
+    csrf_key: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -336,6 +337,7 @@ impl ServerBuilder {
             audit_limit: DEFAULT_AUDIT_LIMIT,
             unleash: UnleashConfig::default(),
             secure_cookies: false,
+            csrf_key: None,
         }
     }
 
@@ -411,6 +413,15 @@ impl ServerBuilder {
         self
     }
 
+    /// The key the dashboard's CSRF tokens are derived with (default: 32 random bytes made
+    /// when the state is built). Replicas behind one load balancer need the same key, or a
+    /// page served by one is refused (403 `csrf_failed`) by another; keep it as secret as a
+    /// token.
+    pub fn csrf_key(mut self, key: [u8; 32]) -> Self {
+        self.csrf_key = Some(key);
+        self
+    }
+
     /// Audit entries kept (default [`DEFAULT_AUDIT_LIMIT`]; pruned every few writes, so the
     /// log may briefly hold a few more).
     pub fn audit_limit(mut self, limit: usize) -> Self {
@@ -437,8 +448,11 @@ impl ServerBuilder {
             .map(|(name, secret)| TokenStore::bootstrap(name, secret))
             .transpose()?;
         let tokens = TokenStore::with_bootstrap(Arc::clone(&self.store), Arc::clone(&self.clock), bootstrap);
-        let mut csrf_key = [0_u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut csrf_key);
+        let csrf_key = self.csrf_key.unwrap_or_else(|| {
+            let mut key = [0_u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+            key
+        });
         Ok(AppState(Arc::new(Inner {
             store: self.store,
             clock: self.clock,

@@ -6,8 +6,10 @@
 //! stored. The CSRF token is the lowercase hex HMAC-SHA256 of the token under a random key
 //! made when the process starts: pages carry it in `<meta name="csrf-token">`, scripts send
 //! it back in `X-CSRF-Token`, and a cross-site page can neither read it nor compute it. It
-//! is compared in constant time ([`subtle`]). A server restart changes the key, so an open
-//! page then needs a reload (its requests answer 403 `csrf_failed`).
+//! is compared in constant time ([`subtle`]). Unless one is given
+//! ([`ServerBuilder::csrf_key`](crate::ServerBuilder::csrf_key)), the key is random per
+//! process: after a restart an open page needs a reload (its requests answer 403
+//! `csrf_failed`).
 
 use std::fmt;
 

@@ -321,7 +321,8 @@ pub(crate) async fn run(
         .flags(Arc::clone(&flags))
         .incidents(Arc::clone(&incidents))
         .dispatcher(Arc::clone(&dispatcher))
-        .allow_anonymous_reads(config.allow_anonymous_reads);
+        .allow_anonymous_reads(config.allow_anonymous_reads)
+        .secure_cookies(config.tls.is_some());
     let token = match &config.bootstrap {
         Some((name, secret)) => {
             builder = builder.bootstrap_token(name.clone(), secret.expose().clone());
@@ -434,6 +435,7 @@ fn announce(local: SocketAddr, config: &DaemonConfig, token: Option<&str>, demo:
     let url = format!("{scheme}://{local}");
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "deploykitd: serving {url}");
+    let _ = writeln!(out, "deploykitd: dashboard {url}/ui (sign in with a token)");
     let apps: Vec<String> = config.apps.iter().map(|app| app.name.to_string()).collect();
     let _ = writeln!(out, "deploykitd: apps: {}", apps.join(", "));
     if let Some(token) = token {
