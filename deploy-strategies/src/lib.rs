@@ -89,8 +89,8 @@ mod watch;
 
 pub use analysis::{
     AnalysisMetric, AnalysisResult, AnalysisSpec, AnalysisTargets, Check, Direction, Judge,
-    MAX_SERIES_POINTS, MeasuredSeries, Measurement, NoDataPolicy, SeriesPoint, ShiftEstimate, Threshold,
-    run_analysis,
+    MAX_CHARTED_MEASUREMENTS, MAX_SERIES_POINTS, MeasuredSeries, Measurement, NoDataPolicy, SeriesPoint,
+    ShiftEstimate, Threshold, run_analysis,
 };
 pub use control::{
     ControlError, ControlOptions, Deployer, EventId, EventRecord, HistoryEntry, Intent, IntentRecord,

@@ -15,7 +15,9 @@
 //! and reported but never decide anything.
 //!
 //! Every measurement that read data keeps what it read in [`Measurement::series`] (a
-//! [`MeasuredSeries`], downsampled to [`MAX_SERIES_POINTS`] per series) for charts.
+//! [`MeasuredSeries`], downsampled to [`MAX_SERIES_POINTS`] per series) for charts; only the
+//! latest [`MAX_CHARTED_MEASUREMENTS`] of each metric keep it, so a long run's record stays
+//! small.
 
 mod series;
 mod stats;
@@ -25,7 +27,9 @@ use std::time::Duration;
 use deploy_core::{AnalysisOutcome, MetricName, MetricQuery, MetricTarget, MetricsSource, Series};
 use serde::{Deserialize, Serialize};
 
-pub use series::{MAX_SERIES_POINTS, MeasuredSeries, SeriesPoint, ShiftEstimate, downsample};
+pub use series::{
+    MAX_CHARTED_MEASUREMENTS, MAX_SERIES_POINTS, MeasuredSeries, SeriesPoint, ShiftEstimate, downsample,
+};
 pub use stats::Comparison;
 
 use crate::error::SpecError;
@@ -388,6 +392,10 @@ impl Tally {
         self.measurements.push(measurement);
         if self.measurements.len() > keep.max(1) {
             self.measurements.remove(0);
+        }
+        // Charts show the latest measurements; older ones keep their verdict and detail.
+        if let Some(old) = self.measurements.len().checked_sub(MAX_CHARTED_MEASUREMENTS + 1) {
+            self.measurements[old].series = None;
         }
         if self.failed > spec.failure_limit {
             self.verdict = Some(AnalysisOutcome::Failed);
@@ -895,6 +903,18 @@ mod tests {
         );
         let json = serde_json::to_value(&measurements[0]).unwrap();
         assert!(json.get("series").is_none(), "left out, not null: {json}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_latest_measurements_keep_their_series() {
+        let count = MAX_CHARTED_MEASUREMENTS + 3;
+        let script = vec![Some(0.01); count];
+        let result = run(&spec(u32::try_from(count).unwrap()), &script).await;
+        let measurements = &result.metrics[0].measurements;
+        assert_eq!(measurements.len(), count, "every verdict is kept");
+        let charted: Vec<bool> = measurements.iter().map(|m| m.series.is_some()).collect();
+        assert_eq!(charted[..3], [false; 3], "{charted:?}");
+        assert!(charted[3..].iter().all(|c| *c), "{charted:?}");
     }
 
     #[test]

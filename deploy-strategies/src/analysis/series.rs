@@ -13,6 +13,10 @@ use super::{Comparison, Threshold};
 /// (first and last kept, the rest evenly spaced) so the journal stays bounded.
 pub const MAX_SERIES_POINTS: usize = 60;
 
+/// The most measurements per metric of a run that keep their [`MeasuredSeries`] (the
+/// latest): a long or endless run's record stays a few tens of kilobytes per metric.
+pub const MAX_CHARTED_MEASUREMENTS: usize = 10;
+
 /// One point of a measured series.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SeriesPoint {
