@@ -665,6 +665,7 @@ async fn every_ui_answer_carries_the_security_headers() {
         Call::get("/ui/assets/nothing.js").send(router).await,
         Call::get("/ui/no/such/page").send(router).await,
         Call::post("/ui/logout").form(&[]).send(router).await,
+        Call::new(Method::DELETE, "/ui/flags").send(router).await,
     ];
     for answer in &answers {
         assert_eq!(
@@ -733,6 +734,17 @@ async fn assets_have_their_types_hashed_urls_immutable_caching_and_gzip() {
             .await;
         gzipped.expect(StatusCode::OK);
         assert_eq!(gzipped.header("content-encoding"), "gzip");
+        assert_eq!(
+            gzipped.header("etag"),
+            format!("\"{version}-gzip\""),
+            "its own validator"
+        );
+        Call::get(&current)
+            .header("accept-encoding", "gzip")
+            .header("if-none-match", gzipped.header("etag"))
+            .send(router)
+            .await
+            .expect(StatusCode::NOT_MODIFIED);
         assert_eq!(gzipped.header("content-type"), content_type);
         let mut unzipped = Vec::new();
         flate2::read::GzDecoder::new(&gzipped.body[..])

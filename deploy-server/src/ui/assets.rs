@@ -84,7 +84,13 @@ impl Asset {
     /// headers: 304 when `If-None-Match` names the current version, else the content,
     /// gzipped when accepted.
     pub(crate) fn respond(&'static self, version: Option<&str>, request: &HeaderMap) -> Response {
-        let etag = format!("\"{}\"", self.hash());
+        let gzip = accepts_gzip(request);
+        // Each representation has its own validator.
+        let etag = if gzip {
+            format!("\"{}-gzip\"", self.hash())
+        } else {
+            format!("\"{}\"", self.hash())
+        };
         let cache = if version == Some(self.hash()) {
             "public, max-age=31536000, immutable"
         } else {
@@ -108,7 +114,7 @@ impl Asset {
             return (StatusCode::NOT_MODIFIED, headers).into_response();
         }
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
-        let body = if accepts_gzip(request) {
+        let body = if gzip {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             Body::from(self.gzip())
         } else {

@@ -24,8 +24,9 @@ pub mod session;
 
 use axum::Router;
 use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde::Deserialize;
@@ -42,7 +43,8 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// Where a session lands when `next` is missing or not a dashboard page.
 const HOME: &str = "/ui/rollouts";
 
-/// The dashboard's routes, each answer with the security headers.
+/// The dashboard's routes (their answers get the security headers from
+/// [`security_headers`], layered over the whole router so a 405 gets them too).
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/ui", get(home))
@@ -56,11 +58,16 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ui/incidents", get(incidents))
         .route("/ui/assets/{name}", get(asset))
         .route("/ui/{*rest}", any(not_found))
-        .layer(axum::middleware::map_response(security_headers))
 }
 
-/// Adds the CSP and its companions to an answer.
-async fn security_headers(mut response: Response) -> Response {
+/// Adds the CSP and its companions to every answer under `/ui`.
+pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let dashboard = path == "/ui" || path.starts_with("/ui/");
+    let mut response = next.run(request).await;
+    if !dashboard {
+        return response;
+    }
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -172,22 +179,31 @@ struct LoginForm {
     next: Option<String>,
 }
 
-/// Whether the request's `Origin`, when it has one, is this server (the `Host` it was sent
-/// to): a page elsewhere must not sign a browser in with the attacker's token.
+/// Whether the request's `Origin`, when it has one, is this server: the `Host` it was sent
+/// to, or the `X-Forwarded-Host` a reverse proxy in front of it names (a cross-site form
+/// cannot set that header). A page elsewhere must not sign a browser in with the
+/// attacker's token.
 fn same_origin(headers: &HeaderMap, uri: &Uri) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .or_else(|| uri.authority().map(|authority| authority.as_str()));
-    let origin_host = origin
+    let Some(origin) = origin
         .to_str()
         .ok()
         .and_then(|origin| origin.split_once("://"))
-        .map(|(_, rest)| rest.trim_end_matches('/'));
-    matches!((origin_host, host), (Some(origin), Some(host)) if origin.eq_ignore_ascii_case(host))
+        .map(|(_, rest)| rest.trim_end_matches('/'))
+    else {
+        return false;
+    };
+    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let host = text(header::HOST.as_str()).or_else(|| uri.authority().map(|authority| authority.as_str()));
+    let forwarded = text("x-forwarded-host")
+        .and_then(|hosts| hosts.split(',').next())
+        .map(str::trim);
+    [host, forwarded]
+        .into_iter()
+        .flatten()
+        .any(|host| origin.eq_ignore_ascii_case(host))
 }
 
 async fn login(
@@ -400,5 +416,16 @@ mod tests {
         assert!(!same_origin(&headers, &uri));
         headers.insert(header::ORIGIN, HeaderValue::from_static("null"));
         assert!(!same_origin(&headers, &uri));
+        // Behind a reverse proxy that rewrites Host, the host the browser used is forwarded.
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://deploy.example.com"),
+        );
+        assert!(!same_origin(&headers, &uri));
+        headers.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("deploy.example.com, inner"),
+        );
+        assert!(same_origin(&headers, &uri));
     }
 }

@@ -161,8 +161,11 @@ pub(crate) fn login(next: &str, error: Option<&str>) -> String {
          <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required autofocus>\n\
          <input type=\"hidden\" name=\"next\" value=\"{}\">\n\
          <button type=\"submit\">Sign in</button>\n</form>\n\
-         <p class=\"hint\">Sign in with a deploykit token (<code>deployctl tokens create</code> makes one).</p>\n\
+         <p class=\"hint\">Sign in with a deploykit token (<code>deployctl tokens create</code> makes one). \
+         Signed in already and came here from a link on another site? \
+         <a href=\"{}\">Continue</a> (the session cookie is only sent along within the site).</p>\n\
          </main>\n</body></html>\n",
+        escape(next),
         escape(next),
     );
     out
