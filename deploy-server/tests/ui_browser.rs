@@ -1,0 +1,629 @@
+//! The dashboard in a real browser: headless Chromium through chromedriver against a real
+//! `deploy-server` on 127.0.0.1 with a deployer of `shop` on the simulated fleet, flags and
+//! incidents. An operator signs in, watches a canary's weights move live (SSE), promotes
+//! and aborts; toggles a flag and changes its rollout (the API's evaluations follow);
+//! acknowledges and resolves an incident. A viewer sees no control and the server refuses
+//! its forged POST; a POST without the CSRF header is refused. Screenshots at 1280 and
+//! 390 px wide; the rollout page's weight.
+//!
+//! Skipped (failing under `DEPLOYKIT_REQUIRE_REAL=1`) without Chromium and chromedriver.
+
+mod ui_support;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use deploy_core::Severity;
+use futures::FutureExt as _;
+use reqwest::StatusCode;
+use serde_json::json;
+use ui_support::rollouts_common;
+use ui_support::{Browser, FIRST_STEP, UiServer, save_screenshot};
+
+/// The longest any one test may take.
+const TEST_LIMIT: Duration = Duration::from_secs(180);
+
+/// Runs `test` for at most [`TEST_LIMIT`]; its panic (or the timeout's), caught so that the
+/// browser can be closed first (see [`finish`]).
+async fn bounded(test: impl Future<Output = ()>) -> std::thread::Result<()> {
+    AssertUnwindSafe(async {
+        tokio::time::timeout(TEST_LIMIT, test)
+            .await
+            .expect("the test ends within its time limit");
+    })
+    .catch_unwind()
+    .await
+}
+
+/// Closes the browser's session (Chromium quits cleanly), then fails as the test did.
+async fn finish(browser: Browser, outcome: std::thread::Result<()>) {
+    browser.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Polls `check` every 50 ms until it holds; fails after 20 s naming `what`.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < ui_support::WAIT,
+            "waited {:?} for {what}",
+            ui_support::WAIT
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The server every test but the last uses: `shop`'s canary goes 25% (for [`FIRST_STEP`]),
+/// 50% until promoted, 100%.
+async fn server() -> UiServer {
+    UiServer::start(rollouts_common::canary_with_manual_step(FIRST_STEP)).await
+}
+
+/// `#weights[data-canary]` once it equals `percent`.
+async fn wait_weights(browser: &Browser, percent: u32) {
+    browser
+        .wait_attr("#weights", "data-canary", &percent.to_string())
+        .await;
+}
+
+/// The index of the step marked current (`li.current[aria-current=step]`), or -1.
+async fn current_step(browser: &Browser) -> i64 {
+    browser
+        .execute(
+            "return [...document.querySelectorAll('ol#steps > li')].findIndex(li => \
+             li.classList.contains('current') && li.getAttribute('aria-current') === 'step');",
+        )
+        .await
+        .as_i64()
+        .unwrap_or(-1)
+}
+
+/// Starts `version` through `form#start`, or through the API (reported) when the page has
+/// no such form.
+async fn start_from_page(browser: &Browser, server: &UiServer, version: &str) {
+    browser
+        .wait_for(
+            "the rollout page rendered (form#start or #phase)",
+            "return !!document.querySelector('form#start, #phase');",
+        )
+        .await;
+    if browser.count("form#start").await == 0 {
+        eprintln!(
+            "DOM CONTRACT: no form#start on the operator's rollout page; started {version} through the API"
+        );
+        server.start_rollout(version).await;
+        return;
+    }
+    browser.fill("form#start input#start-version", version).await;
+    browser.click("form#start [type=submit]").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_aborts_the_next() {
+    let Some(browser) = Browser::start(1280, 800).await else {
+        return;
+    };
+    let outcome = bounded(async {
+        let server = server().await;
+        // An unauthenticated page leads to the login form, which leads back to it.
+        browser.goto(&server.url("/ui/rollouts/shop")).await;
+        assert_eq!(browser.path().await, "/ui/login");
+        browser.login(&server.base, &server.tokens.operator).await;
+        assert_eq!(browser.path().await, "/ui/rollouts/shop");
+        assert_eq!(browser.attr("body", "data-role").await.as_deref(), Some("operator"));
+        // Set on this document: still there at the end proves the page never reloaded.
+        browser.execute("window.__notReloaded = true; return true;").await;
+
+        start_from_page(&browser, &server, "2.0").await;
+        wait_weights(&browser, 25).await;
+        browser.wait_attr("#phase", "data-phase", "progressing").await;
+        assert!(browser.text("#version").await.contains("2.0"));
+        let view = server.rollout_until("a status", |view| !view["status"].is_null()).await;
+        let steps = view["status"]["steps"].as_array().map_or(0, Vec::len) as u64;
+        assert_eq!(browser.count("ol#steps > li").await, steps, "one item per step: {view}");
+        assert!(current_step(&browser).await >= 0, "a step is marked current");
+        // The 25% step ends by itself; the page follows through the event stream.
+        wait_weights(&browser, 50).await;
+        let held = server
+            .rollout_until("held at 50%", |view| {
+                rollouts_common::pause_kind(view) == Some("awaiting_promotion")
+            })
+            .await;
+        let step = held["status"]["step"].as_u64().expect("step");
+        browser
+            .wait_for(
+                &format!("step {step} current, the ones before done"),
+                &format!(
+                    "const li = [...document.querySelectorAll('ol#steps > li')]; const at = {step}; \
+                     return li.length > at && li[at].classList.contains('current') \
+                       && li[at].getAttribute('aria-current') === 'step' \
+                       && li.slice(0, at).every(e => e.classList.contains('done'));"
+                ),
+            )
+            .await;
+        assert_eq!(current_step(&browser).await, step as i64);
+        browser
+            .wait_for(
+                "#pause shown (held until promoted)",
+                "const p = document.querySelector('#pause'); return !!p && !p.hidden && p.textContent.trim().length > 0;",
+            )
+            .await;
+
+        browser.click("#controls button[data-action=promote]").await;
+        browser.wait_attr("#phase", "data-phase", "completed").await;
+        wait_weights(&browser, 100).await;
+        let view = server
+            .rollout_until("2.0 completed", |view| rollouts_common::phase(view) == "completed")
+            .await;
+        assert_eq!(view["status"]["version"], "2.0");
+
+        // The next version, aborted from the page with a confirmation.
+        start_from_page(&browser, &server, "3.0").await;
+        browser
+            .wait_for(
+                "3.0 progressing on the page",
+                "const p = document.querySelector('#phase'); const v = document.querySelector('#version'); \
+                 return !!p && p.dataset.phase === 'progressing' && !!v && v.textContent.includes('3.0');",
+            )
+            .await;
+        wait_weights(&browser, 25).await;
+        browser.click("#controls button[data-action=abort]").await;
+        browser
+            .wait_for("dialog#confirm open", "const d = document.querySelector('dialog#confirm'); return !!d && d.open;")
+            .await;
+        browser.click("dialog#confirm button#confirm-yes").await;
+        browser.wait_attr("#phase", "data-phase", "rolled_back").await;
+        wait_weights(&browser, 0).await;
+        let view = server
+            .rollout_until("3.0 rolled back", |view| rollouts_common::phase(view) == "rolled_back")
+            .await;
+        assert_eq!(view["status"]["version"], "3.0");
+        assert_eq!(
+            browser.execute("return window.__notReloaded === true;").await,
+            json!(true),
+            "the page followed the rollout without reloading"
+        );
+    })
+    .await;
+    finish(browser, outcome).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toggling_a_flag_and_setting_its_rollout_in_the_page_changes_what_the_api_evaluates() {
+    let Some(browser) = Browser::start(1280, 800).await else {
+        return;
+    };
+    let outcome = bounded(async {
+        let server = server().await;
+        browser.goto(&server.url("/ui/flags")).await;
+        browser.login(&server.base, &server.tokens.operator).await;
+        assert_eq!(browser.path().await, "/ui/flags");
+        let toggle = "table#flags tr[data-flag=\"new-checkout\"] input.toggle[type=checkbox][role=switch]";
+        browser.wait_present(toggle).await;
+        assert_eq!(browser.attr(toggle, "aria-label").await.as_deref(), Some("Enable new-checkout"));
+        assert!(server.evaluate("new-checkout", "ann").await, "on before the toggle");
+
+        browser.click(toggle).await;
+        eventually("new-checkout off through the API", || async {
+            !server.evaluate("new-checkout", "ann").await
+        })
+        .await;
+        browser
+            .wait_for(
+                "the row shows the flag off",
+                &format!(
+                    "const t = document.querySelector({toggle}); \
+                     const s = document.querySelector('tr[data-flag=\"new-checkout\"] .state'); \
+                     return !!t && !t.checked && !!s && /\\boff\\b/i.test(s.textContent);",
+                    toggle = json!(toggle)
+                ),
+            )
+            .await;
+        browser.click(toggle).await;
+        eventually("new-checkout on again through the API", || async {
+            server.evaluate("new-checkout", "ann").await
+        })
+        .await;
+
+        // The search box filters rows by name.
+        browser.fill("input#flag-search", "dark").await;
+        browser
+            .wait_for(
+                "only dark-mode listed",
+                "const rows = [...document.querySelectorAll('table#flags tr[data-flag]')]\
+                   .filter(r => r.offsetParent !== null && !r.hidden); \
+                 return rows.length === 1 && rows[0].dataset.flag === 'dark-mode';",
+            )
+            .await;
+
+        // The rollout percentage, on the flag's page.
+        browser.goto(&server.url("/ui/flags/new-checkout")).await;
+        browser.wait_attr("#flag-state", "data-enabled", "true").await;
+        let users: Vec<String> = (0..20).map(|n| format!("user-{n}")).collect();
+        for (percent, on) in [(0, false), (100, true)] {
+            browser
+                .fill("form#rollout-form input#rollout-percentage", &percent.to_string())
+                .await;
+            browser.click("form#rollout-form [type=submit]").await;
+            eventually(&format!("a {percent}% rollout through the API"), || async {
+                let (_, flag) = server
+                    .api("GET", "/api/flags/new-checkout", &server.tokens.viewer, None)
+                    .await;
+                flag["rules"][0]["rollout"]["percentage"] == percent
+            })
+            .await;
+            for user in &users {
+                assert_eq!(server.evaluate("new-checkout", user).await, on, "{user} at {percent}%");
+            }
+        }
+
+        // An evaluation from the page.
+        browser.fill("form#evaluate-form input#evaluate-user", "ann").await;
+        browser.click("form#evaluate-form [type=submit]").await;
+        browser
+            .wait_for(
+                "#evaluate-result says on",
+                "const r = document.querySelector('#evaluate-result'); return !!r && /^\\s*on\\b/i.test(r.textContent);",
+            )
+            .await;
+    })
+    .await;
+    finish(browser, outcome).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_is_acknowledged_and_resolved_with_a_summary_in_the_page() {
+    let Some(browser) = Browser::start(1280, 800).await else {
+        return;
+    };
+    let outcome = bounded(async {
+        let server = server().await;
+        let id = server
+            .open_incident("db-primary", "Primary database unreachable", Severity::Critical)
+            .await;
+        browser.goto(&server.url("/ui/incidents")).await;
+        browser.login(&server.base, &server.tokens.operator).await;
+        let row = format!("table#incidents tr[data-incident=\"{id}\"]");
+        browser.wait_present(&row).await;
+        assert!(browser.text(&format!("{row} .title")).await.contains("Primary database unreachable"));
+        assert!(!browser.text(&format!("{row} .severity")).await.trim().is_empty());
+        browser.wait_present("#mtta").await;
+        browser.wait_present("#mttr").await;
+
+        browser
+            .click(&format!("{row} button[data-action=acknowledge]"))
+            .await;
+        browser
+            .wait_for(
+                "the row acknowledged",
+                &format!(
+                    "const s = document.querySelector({}); return !!s && /acknowledged/i.test(s.textContent);",
+                    json!(format!("{row} .status"))
+                ),
+            )
+            .await;
+        let (_, incident) = server
+            .api("GET", &format!("/api/incidents/{id}"), &server.tokens.viewer, None)
+            .await;
+        assert_eq!(incident["status"], "acknowledged", "{incident}");
+
+        let summary = "Failed over to the replica; the primary's disk was full";
+        browser.click(&format!("{row} button[data-action=resolve]")).await;
+        browser
+            .wait_for(
+                "dialog#resolve-dialog open",
+                "const d = document.querySelector('dialog#resolve-dialog'); return !!d && d.open;",
+            )
+            .await;
+        assert!(
+            browser.count("label[for=resolution]").await > 0
+                || browser.attr("textarea#resolution", "aria-label").await.is_some(),
+            "the resolution summary has a label"
+        );
+        browser.fill("dialog#resolve-dialog textarea#resolution", summary).await;
+        browser.click("dialog#resolve-dialog button#resolve-confirm").await;
+        // Resolved: shown as such, or gone from a list of open incidents.
+        browser
+            .wait_for(
+                "the row resolved",
+                &format!(
+                    "const s = document.querySelector({}); return !s || /resolved/i.test(s.textContent);",
+                    json!(format!("{row} .status"))
+                ),
+            )
+            .await;
+        let (status, incident) = server
+            .api("GET", &format!("/api/incidents/{id}"), &server.tokens.viewer, None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(incident["status"], "resolved", "{incident}");
+        assert_eq!(incident["resolution"], summary, "{incident}");
+    })
+    .await;
+    finish(browser, outcome).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_sees_no_control_and_the_server_refuses_forged_and_csrf_less_posts() {
+    let Some(browser) = Browser::start(1280, 800).await else {
+        return;
+    };
+    let outcome = bounded(async {
+        let server = server().await;
+        server.start_rollout("2.0").await;
+        server
+            .rollout_until("2.0 progressing", |view| {
+                rollouts_common::phase(view) == "progressing"
+            })
+            .await;
+        let id = server
+            .open_incident("cache", "Cache hit ratio below 80%", Severity::Warning)
+            .await;
+
+        browser.goto(&server.url("/ui/login")).await;
+        browser.login(&server.base, &server.tokens.viewer).await;
+        let pages = [
+            ("/ui/rollouts", "table#rollouts tr[data-app=shop]"),
+            ("/ui/rollouts/shop", "#phase[data-phase]"),
+            ("/ui/flags", "table#flags tr[data-flag]"),
+            ("/ui/flags/new-checkout", "#flag-state[data-enabled]"),
+            (
+                "/ui/incidents",
+                &format!("table#incidents tr[data-incident=\"{id}\"]"),
+            ),
+        ];
+        for (path, rendered) in pages {
+            browser.goto(&server.url(path)).await;
+            browser.wait_present(rendered).await;
+            assert_eq!(
+                browser.attr("body", "data-role").await.as_deref(),
+                Some("viewer"),
+                "{path}"
+            );
+            for control in ["button[data-action]", "input.toggle", "form#start", "#controls"] {
+                assert_eq!(
+                    browser.count(control).await,
+                    0,
+                    "{path} shows {control} to a viewer"
+                );
+            }
+        }
+
+        // A forged abort from the viewer's page, with its valid CSRF token: the role refuses.
+        browser.goto(&server.url("/ui/rollouts/shop")).await;
+        browser.wait_present("#phase[data-phase]").await;
+        let csrf = browser.csrf().await;
+        let (status, body) = browser
+            .fetch(
+                "POST",
+                "/api/rollouts/shop/abort",
+                json!({"X-CSRF-Token": csrf, "Content-Type": "application/json"}),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["code"], "forbidden", "{body}");
+        let view = server.rollout_until("the rollout", |_| true).await;
+        assert_eq!(
+            rollouts_common::phase(&view),
+            "progressing",
+            "not aborted: {view}"
+        );
+        assert!(
+            view["pending"].as_array().is_none_or(Vec::is_empty),
+            "no intent recorded: {view}"
+        );
+
+        // Signed out, then in as an operator: a POST without the CSRF header is refused for
+        // that reason alone (the same POST with it passes).
+        browser
+            .click("header form[action=\"/ui/logout\"] [type=submit]")
+            .await;
+        browser
+            .wait_for(
+                "the login form after signing out",
+                "return location.pathname === '/ui/login';",
+            )
+            .await;
+        let (status, _) = browser.fetch("GET", "/api/rollouts/shop", json!({}), None).await;
+        assert_eq!(status, 401, "the session cookie is gone");
+        browser.login(&server.base, &server.tokens.operator).await;
+        browser.goto(&server.url("/ui/flags")).await;
+        browser.wait_present("table#flags tr[data-flag]").await;
+        let (status, body) = browser
+            .fetch(
+                "POST",
+                "/api/flags/dark-mode/enable",
+                json!({"Content-Type": "application/json"}),
+                None,
+            )
+            .await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["code"], "csrf_failed", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("X-CSRF-Token"),
+            "the message names the header: {body}"
+        );
+        assert!(!server.evaluate("dark-mode", "ann").await, "still off");
+        let csrf = browser.csrf().await;
+        let (status, body) = browser
+            .fetch(
+                "POST",
+                "/api/flags/dark-mode/enable",
+                json!({"X-CSRF-Token": csrf, "Content-Type": "application/json"}),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            server.evaluate("dark-mode", "ann").await,
+            "on with the CSRF header"
+        );
+    })
+    .await;
+    finish(browser, outcome).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshots_of_the_rollout_flags_and_incidents_pages_at_1280_and_390_pixels() {
+    let Some(browser) = Browser::start(1280, 800).await else {
+        return;
+    };
+    let outcome = bounded(async {
+        let server = server().await;
+        // Something to look at: a canary held at 50%, flags in use, incidents and alerts.
+        server.start_rollout("2.0").await;
+        server
+            .rollout_until("2.0 held at 50%", |view| {
+                rollouts_common::pause_kind(view) == Some("awaiting_promotion")
+            })
+            .await;
+        for n in 0..40 {
+            server.evaluate("new-checkout", &format!("user-{n}")).await;
+            server.evaluate("search-v2", &format!("user-{n}")).await;
+        }
+        let acknowledged = server
+            .open_incident("checkout-errors", "Checkout error rate above 5%", Severity::Critical)
+            .await;
+        server
+            .open_incident("latency", "p99 latency above 800 ms on shop", Severity::Warning)
+            .await;
+        let (status, body) = server
+            .api(
+                "POST",
+                &format!("/api/incidents/{acknowledged}/acknowledge"),
+                &server.tokens.operator,
+                None,
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+        server
+            .fire_alert("HighErrorRate", "critical", "5xx ratio 7% on shop")
+            .await;
+        server
+            .fire_alert("SlowResponses", "warning", "p99 above 800 ms on shop")
+            .await;
+
+        browser.goto(&server.url("/ui/login")).await;
+        browser.login(&server.base, &server.tokens.operator).await;
+        let pages = [
+            ("rollout", "/ui/rollouts/shop", "#weights[data-canary=\"50\"]"),
+            ("flags", "/ui/flags", "table#flags tr[data-flag=\"search-v2\"]"),
+            ("incidents", "/ui/incidents", "table#incidents tr[data-incident]"),
+        ];
+        let mut saved = Vec::new();
+        for (width, height) in [(1280, 800), (390, 844)] {
+            browser.resize(width, height).await;
+            for (name, path, rendered) in pages {
+                browser.goto(&server.url(path)).await;
+                browser.wait_present(rendered).await;
+                // Let a pending render and layout settle before the picture.
+                browser
+                    .client()
+                    .execute_async(
+                        "const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));",
+                        Vec::new(),
+                    )
+                    .await
+                    .expect("two animation frames");
+                let size = browser
+                    .execute("return [window.innerWidth, document.documentElement.scrollWidth];")
+                    .await;
+                assert_eq!(size[0], width, "{name}: the viewport is {width} px wide");
+                if width < 600 {
+                    let scroll_width = size[1].as_u64().unwrap_or(u64::MAX);
+                    assert!(
+                        scroll_width <= u64::from(width) + 1,
+                        "{name} at {width} px overflows horizontally: {scroll_width} px wide"
+                    );
+                }
+                let png = browser.screenshot().await;
+                saved.extend(save_screenshot(&format!("{name}-{width}.png"), &png));
+            }
+        }
+        for path in &saved {
+            println!("screenshot {}", path.display());
+        }
+    })
+    .await;
+    finish(browser, outcome).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_page_weighs_under_200_kb_compressed() {
+    let Some(browser) = Browser::start(1280, 800).await else {
+        return;
+    };
+    let outcome = bounded(async {
+        let server = server().await;
+        server.start_rollout("2.0").await;
+        browser.goto(&server.url("/ui/login")).await;
+        browser.login(&server.base, &server.tokens.operator).await;
+        browser.goto(&server.url("/ui/rollouts/shop")).await;
+        browser.wait_present("#phase[data-phase]").await;
+        // What the browser loaded for the page: the document and its scripts and styles.
+        let loaded = browser
+            .execute(
+                "const nav = performance.getEntriesByType('navigation')[0]; \
+                 const assets = performance.getEntriesByType('resource') \
+                   .filter(r => r.initiatorType === 'script' || r.initiatorType === 'link' || r.initiatorType === 'css'); \
+                 return [nav, ...assets].map(e => ({url: e.name, encoded: e.encodedBodySize, \
+                   decoded: e.decodedBodySize, transfer: e.transferSize}));",
+            )
+            .await;
+        let entries = loaded.as_array().expect("performance entries");
+        assert!(
+            entries.iter().any(|e| e["url"].as_str().is_some_and(|u| u.contains(".js"))),
+            "the page loads a script: {loaded}"
+        );
+        assert!(
+            entries.iter().any(|e| e["url"].as_str().is_some_and(|u| u.contains(".css"))),
+            "the page loads a stylesheet: {loaded}"
+        );
+        let browser_bytes: u64 = entries.iter().filter_map(|e| e["encoded"].as_u64()).sum();
+        let raw_bytes: u64 = entries.iter().filter_map(|e| e["decoded"].as_u64()).sum();
+
+        // The same URLs fetched asking for gzip: the bytes on the wire.
+        let http = reqwest::Client::new();
+        let mut wire = 0u64;
+        for entry in entries {
+            let url = entry["url"].as_str().expect("url");
+            let answer = http
+                .get(url)
+                .header("accept-encoding", "gzip")
+                .header("cookie", format!("dk_session={}", server.tokens.operator))
+                .send()
+                .await
+                .expect("answer");
+            assert_eq!(answer.status(), StatusCode::OK, "{url}");
+            let encoding = answer
+                .headers()
+                .get("content-encoding")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("identity")
+                .to_owned();
+            let bytes = answer.bytes().await.expect("body").len() as u64;
+            println!("{url}: {bytes} bytes ({encoding}), {} decoded in the browser", entry["decoded"]);
+            wire += bytes;
+        }
+        println!(
+            "rollout page (HTML + JS + CSS): {raw_bytes} bytes raw, {browser_bytes} bytes as the browser \
+             received them, {wire} bytes with gzip asked for"
+        );
+        assert!(wire < 200 * 1024, "{wire} bytes over the wire");
+        assert!(browser_bytes < 200 * 1024, "{browser_bytes} bytes in the browser");
+    })
+    .await;
+    finish(browser, outcome).await;
+}
