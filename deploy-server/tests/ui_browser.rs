@@ -113,8 +113,14 @@ async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_ab
     };
     let outcome = bounded(async {
         let server = server().await;
-        // An unauthenticated page leads to the login form, which leads back to it.
+        browser.record_event_sources().await;
+        // An unauthenticated page leads to the login form, which leads back to it; a wrong
+        // token is refused there.
         browser.goto(&server.url("/ui/rollouts/shop")).await;
+        assert_eq!(browser.path().await, "/ui/login");
+        browser.fill("#token", "dk_not-a-token").await;
+        browser.click("form button[type=submit]").await;
+        browser.wait_present("p.error[role=alert]").await;
         assert_eq!(browser.path().await, "/ui/login");
         browser.login(&server.base, &server.tokens.operator).await;
         assert_eq!(browser.path().await, "/ui/rollouts/shop");
@@ -132,6 +138,11 @@ async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_ab
         assert!(current_step(&browser).await >= 0, "a step is marked current");
         // The 25% step ends by itself; the page follows through the event stream.
         wait_weights(&browser, 50).await;
+        let (open, events) = browser
+            .event_source("/api/rollouts/shop/events")
+            .await
+            .expect("the page follows the rollout's event stream");
+        assert!(open && events > 0, "stream open: {open}, {events} events received");
         let held = server
             .rollout_until("held at 50%", |view| {
                 rollouts_common::pause_kind(view) == Some("awaiting_promotion")

@@ -376,6 +376,33 @@ impl Browser {
         (answer[0].as_u64().unwrap_or(0) as u16, answer[1].clone())
     }
 
+    /// From the next page on, records the event streams (`EventSource`) pages open; see
+    /// [`Browser::event_source`].
+    pub async fn record_event_sources(&self) {
+        self.client
+            .issue_cmd(Cdp {
+                command: "Page.addScriptToEvaluateOnNewDocument",
+                params: json!({"source": RECORD_EVENT_SOURCES}),
+            })
+            .await
+            .expect("a script for every new document (Chrome DevTools Protocol)");
+    }
+
+    /// The stream the page opened whose URL ends with `path`: whether it is open and how
+    /// many events reached the page's listeners; `None` when the page opened none.
+    pub async fn event_source(&self, path: &str) -> Option<(bool, u64)> {
+        let found = self
+            .execute_with(
+                "const r = (window.__eventSources || []).find(r => r.url.endsWith(arguments[0])); \
+                 return r ? [r.source.readyState === 1, r.events] : null;",
+                vec![json!(path)],
+            )
+            .await;
+        found
+            .as_array()
+            .map(|pair| (pair[0] == true, pair[1].as_u64().unwrap_or(0)))
+    }
+
     /// The page's CSRF token (`<meta name="csrf-token">`).
     pub async fn csrf(&self) -> String {
         self.attr("meta[name=csrf-token]", "content")
@@ -388,6 +415,61 @@ impl Browser {
         self.client.screenshot().await.expect("screenshot")
     }
 }
+
+/// A Chrome DevTools Protocol command sent through chromedriver's
+/// `POST /session/{id}/goog/cdp/execute`.
+#[derive(Debug)]
+struct Cdp {
+    command: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base: &reqwest::Url,
+        session: Option<&str>,
+    ) -> Result<reqwest::Url, <reqwest::Url as std::str::FromStr>::Err> {
+        base.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _url: &reqwest::Url) -> (axum::http::Method, Option<String>) {
+        let body = json!({"cmd": self.command, "params": self.params});
+        (axum::http::Method::POST, Some(body.to_string()))
+    }
+}
+
+/// Run before any script of every later document: wraps `EventSource` so that the test can
+/// see which streams a page opened and how many events reached its listeners
+/// (`window.__eventSources`: `[{url, events}]`, the live object as `source`).
+const RECORD_EVENT_SOURCES: &str = r"
+(() => {
+  const Native = window.EventSource;
+  if (typeof Native !== 'function') return;
+  window.__eventSources = [];
+  window.EventSource = class extends Native {
+    constructor(url, init) {
+      super(url, init);
+      const record = { url: String(url), events: 0, source: this };
+      const seen = new WeakSet();
+      const count = (event) => { if (!seen.has(event)) { seen.add(event); record.events += 1; } };
+      this.__record = count;
+      window.__eventSources.push(record);
+    }
+    addEventListener(type, listener, options) {
+      const count = this.__record;
+      super.addEventListener(type, function (event) {
+        if (type !== 'open' && type !== 'error') count(event);
+        return typeof listener === 'function' ? listener.call(this, event) : listener.handleEvent(event);
+      }, options);
+    }
+    set onmessage(listener) { this.addEventListener('message', listener); }
+  };
+})();
+";
 
 /// Whether a script's value counts as "yes" (as JavaScript's truthiness).
 fn truthy(value: &Value) -> bool {
