@@ -14,6 +14,7 @@ use deploy_core::{
 };
 use futures::StreamExt;
 use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -122,16 +123,80 @@ fn check_segment_id(id: &str) -> Result<(), FlagError> {
     }
 }
 
-/// A flag as stored: the definition (absent once deleted) with its history counters.
+/// A flag or a segment as stored: the definition (absent once deleted) with its history
+/// counters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct StoredFlag {
-    definition: Option<FlagDefinition>,
+struct Stored<D, E> {
+    definition: Option<D>,
     revision: u64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
-    /// The change that produced this revision, so a crash between writing the flag and its
+    /// The change that produced this revision, so a crash between writing the record and its
     /// audit entry is repaired on the next load.
-    last_change: AuditEntry,
+    last_change: E,
+}
+
+type StoredFlag = Stored<FlagDefinition, AuditEntry>;
+type StoredSegment = Stored<Segment, SegmentAuditEntry>;
+
+impl<D, E> Stored<D, E> {
+    /// The record after `current` once a change at `now` leaves `after`; `entry` makes the
+    /// audit entry of the new revision.
+    fn next(
+        current: Option<&Self>,
+        after: Option<D>,
+        now: DateTime<Utc>,
+        entry: impl FnOnce(u64) -> E,
+    ) -> Self {
+        let revision = current.map_or(0, |stored| stored.revision) + 1;
+        Self {
+            definition: after,
+            revision,
+            // Deleted and created again: created now.
+            created_at: match current {
+                Some(stored) if stored.definition.is_some() => stored.created_at,
+                _ => now,
+            },
+            updated_at: now,
+            last_change: entry(revision),
+        }
+    }
+}
+
+/// Where the records of one kind live, under the manager's prefix.
+struct Folders {
+    /// The records, by id: `defs/<name>` or `segments/<id>`.
+    records: &'static str,
+    /// The audit entries, by id and revision: `audit/<name>/<revision>`.
+    audit: &'static str,
+    /// What one record is, in messages.
+    noun: &'static str,
+}
+
+const FLAGS: Folders = Folders {
+    records: "defs/",
+    audit: "audit/",
+    noun: "flag",
+};
+
+const SEGMENTS: Folders = Folders {
+    records: "segments/",
+    audit: "segment-audit/",
+    noun: "segment",
+};
+
+impl Folders {
+    fn record(&self, id: &str) -> String {
+        format!("{}{id}", self.records)
+    }
+
+    fn audit(&self, id: &str) -> String {
+        format!("{}{id}/", self.audit)
+    }
+
+    fn audit_entry(&self, id: &str, revision: u64) -> String {
+        format!("{}{id}/{revision:010}", self.audit)
+    }
 }
 
 /// One change to one flag.
@@ -167,17 +232,6 @@ pub struct VersionedFlag {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
-}
-
-/// A segment as stored: the definition (absent once deleted) with its history counters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct StoredSegment {
-    definition: Option<Segment>,
-    revision: u64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    /// The change that produced this revision (repaired into the audit log on reload).
-    last_change: SegmentAuditEntry,
 }
 
 /// One change to one segment.
@@ -343,48 +397,47 @@ impl FeatureFlagManager {
         self.quarantined_segments.lock().clone()
     }
 
-    fn segment_key(id: &str) -> String {
-        format!("segments/{id}")
-    }
-
-    fn segment_audit_prefix(id: &str) -> String {
-        format!("segment-audit/{id}/")
-    }
-
-    fn segment_audit_key(entry: &SegmentAuditEntry) -> String {
-        format!(
-            "{}{:010}",
-            Self::segment_audit_prefix(&entry.segment),
-            entry.revision
-        )
-    }
-
     /// Every stored segment that decodes under a valid id, and the records that do not.
     async fn stored_segments(&self) -> Result<(Vec<StoredSegment>, Vec<QuarantinedSegment>), StoreError> {
-        let mut segments = Vec::new();
-        let mut quarantined = Vec::new();
-        for record in self.store.list("segments/").await? {
-            let id = record.key.strip_prefix("segments/").unwrap_or(&record.key);
-            let bad = |reason: String| QuarantinedSegment {
-                segment: id.to_owned(),
-                reason,
+        let (segments, bad) = self
+            .load(&SEGMENTS, check_segment_id, |segment: &StoredSegment, id| {
+                segment.last_change.segment == id
+                    && segment.definition.as_ref().is_none_or(|found| found.id == id)
+            })
+            .await?;
+        let bad = bad
+            .into_iter()
+            .map(|(segment, _, reason)| QuarantinedSegment { segment, reason });
+        Ok((segments, bad.collect()))
+    }
+
+    /// Every record under `folders.records` that decodes under an id `check_id` accepts and
+    /// is about that id (`about`: its definition and its last change), and the others as
+    /// (id, field at fault, reason).
+    async fn load<D: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        folders: &Folders,
+        check_id: fn(&str) -> Result<(), FlagError>,
+        about: fn(&Stored<D, E>, &str) -> bool,
+    ) -> Result<(Vec<Stored<D, E>>, Vec<(String, &'static str, String)>), StoreError> {
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for record in self.store.list(folders.records).await? {
+            let id = record.key.strip_prefix(folders.records).unwrap_or(&record.key);
+            let decoded = match check_id(id) {
+                Err(error) => Err(("name", error.to_string())),
+                Ok(()) => match serde_json::from_slice::<Stored<D, E>>(&record.value) {
+                    Err(error) => Err(("record", format!("does not decode: {error}"))),
+                    Ok(stored) if about(&stored, id) => Ok(stored),
+                    Ok(_) => Err(("name", format!("the record is about another {}", folders.noun))),
+                },
             };
-            if let Err(error) = check_segment_id(id) {
-                quarantined.push(bad(error.to_string()));
-                continue;
-            }
-            match serde_json::from_slice::<StoredSegment>(&record.value) {
-                Err(error) => quarantined.push(bad(format!("does not decode: {error}"))),
-                Ok(segment)
-                    if segment.last_change.segment != id
-                        || segment.definition.as_ref().is_some_and(|found| found.id != id) =>
-                {
-                    quarantined.push(bad("the record is about another segment".into()));
-                }
-                Ok(segment) => segments.push(segment),
+            match decoded {
+                Ok(stored) => good.push(stored),
+                Err((field, reason)) => bad.push((id.to_owned(), field, reason)),
             }
         }
-        Ok((segments, quarantined))
+        Ok((good, bad))
     }
 
     /// The stored segments that compile on their own (what flags may refer to), and the
@@ -418,53 +471,20 @@ impl FeatureFlagManager {
             .map(drop)
     }
 
-    fn flag_key(name: &str) -> String {
-        format!("defs/{name}")
-    }
-
-    fn audit_prefix(name: &str) -> String {
-        format!("audit/{name}/")
-    }
-
-    fn audit_key(entry: &AuditEntry) -> String {
-        format!("{}{:010}", Self::audit_prefix(&entry.flag), entry.revision)
-    }
-
     /// Every stored flag that decodes under a valid name, and the records that do not.
     async fn stored(&self) -> Result<(Vec<StoredFlag>, Vec<QuarantinedFlag>), StoreError> {
-        let mut flags = Vec::new();
-        let mut quarantined = Vec::new();
-        for record in self.store.list("defs/").await? {
-            let name = record.key.strip_prefix("defs/").unwrap_or(&record.key);
-            let decoded = check_name(name)
-                .map_err(|error| QuarantinedFlag::of(&error))
-                .and_then(|()| {
-                    serde_json::from_slice::<StoredFlag>(&record.value).map_err(|error| QuarantinedFlag {
-                        flag: name.to_owned(),
-                        field: "record".into(),
-                        reason: format!("does not decode: {error}"),
-                    })
-                })
-                .and_then(|flag| {
-                    let named = flag
-                        .definition
-                        .as_ref()
-                        .map_or(name, |definition| &definition.name);
-                    match named == name && flag.last_change.flag == name {
-                        true => Ok(flag),
-                        false => Err(QuarantinedFlag {
-                            flag: name.to_owned(),
-                            field: "name".into(),
-                            reason: "the record is about another flag".into(),
-                        }),
-                    }
-                });
-            match decoded {
-                Ok(flag) => flags.push(flag),
-                Err(bad) => quarantined.push(bad),
-            }
-        }
-        Ok((flags, quarantined))
+        let (flags, bad) = self
+            .load(&FLAGS, check_name, |flag: &StoredFlag, name| {
+                flag.last_change.flag == name
+                    && flag.definition.as_ref().is_none_or(|found| found.name == name)
+            })
+            .await?;
+        let bad = bad.into_iter().map(|(flag, field, reason)| QuarantinedFlag {
+            flag,
+            field: field.into(),
+            reason,
+        });
+        Ok((flags, bad.collect()))
     }
 
     /// Re-reads every flag from the store and swaps them in, quarantining those that do not
@@ -476,20 +496,15 @@ impl FeatureFlagManager {
     pub async fn reload(&self) -> Result<u64, FlagError> {
         let (stored, quarantined) = self.stored().await?;
         let (segments, bad_segments) = self.stored_segments().await?;
-        let absent = WriteOptions::when(Precondition::Absent);
         for flag in &stored {
             let entry = &flag.last_change;
-            if self.store.get(&Self::audit_key(entry)).await?.is_none() {
-                self.write_audit(&Self::audit_key(entry), entry, absent.clone())
-                    .await?;
-            }
+            self.repair_audit(FLAGS.audit_entry(&entry.flag, entry.revision), entry)
+                .await?;
         }
         for segment in &segments {
             let entry = &segment.last_change;
-            let key = Self::segment_audit_key(entry);
-            if self.store.get(&key).await?.is_none() {
-                self.write_audit(&key, entry, absent.clone()).await?;
-            }
+            self.repair_audit(SEGMENTS.audit_entry(&entry.segment, entry.revision), entry)
+                .await?;
         }
         self.serve(&stored, quarantined, &segments, bad_segments)
     }
@@ -699,7 +714,7 @@ impl FeatureFlagManager {
     /// errors; a record that does not decode ([`StoreError::Codec`]).
     pub async fn get_flag(&self, name: &str) -> Result<Option<VersionedFlag>, FlagError> {
         check_name(name)?;
-        let stored = self.store.get_json::<StoredFlag>(&Self::flag_key(name)).await?;
+        let stored = self.store.get_json::<StoredFlag>(&FLAGS.record(name)).await?;
         Ok(stored.and_then(|(flag, _)| {
             Some(VersionedFlag {
                 definition: flag.definition?,
@@ -742,72 +757,83 @@ impl FeatureFlagManager {
         let (stored, _) = self.stored().await?;
         let (segments, _) = self.usable_segments(&self.stored_segments().await?.0);
         let unchanged = others(&stored, name);
+        let attempt = |current: Option<&StoredFlag>| {
+            if let Some(expected) = expected
+                && let Some(flag) = current.filter(|flag| flag.definition.is_some())
+                && flag.revision != expected
+            {
+                return Err(FlagError::Conflict {
+                    flag: name.to_owned(),
+                    expected,
+                    actual: flag.revision,
+                });
+            }
+            let before = current.and_then(|flag| flag.definition.clone());
+            let after = next(before.as_ref())?;
+            check_references(after.as_ref(), &segments)?;
+            self.check_change(&unchanged, &segments, name, before.clone(), after.clone())?;
+            let now = self.now();
+            Ok(Stored::next(current, after.clone(), now, |revision| AuditEntry {
+                flag: name.to_owned(),
+                revision,
+                at: now,
+                actor: actor.to_owned(),
+                action,
+                before,
+                after,
+            }))
+        };
+        let recheck = |stored: &[StoredFlag], segments: &[Segment], change: &AuditEntry| {
+            check_references(change.after.as_ref(), segments)?;
+            let (before, after) = (change.before.clone(), change.after.clone());
+            self.check_change(&others(stored, name), segments, name, before, after)
+        };
+        let missing = FlagError::UnknownFlag(name.to_owned());
+        self.commit(&FLAGS, name, missing, attempt, recheck).await
+    }
+
+    /// Writes one change to the record of `id` by compare-and-swap (`attempt` makes the new
+    /// record from the current one, again after a concurrent change), checks it again with
+    /// `recheck` against the flags and usable segments as stored after the write (undoing it
+    /// if a concurrent change made it break a flag), then writes its audit entry, prunes the
+    /// old ones and swaps the engine. `missing` is the error should nothing be written.
+    async fn commit<D, E>(
+        &self,
+        folders: &Folders,
+        id: &str,
+        missing: FlagError,
+        mut attempt: impl FnMut(Option<&Stored<D, E>>) -> Result<Stored<D, E>, FlagError> + Send,
+        recheck: impl FnOnce(&[StoredFlag], &[Segment], &E) -> Result<(), FlagError>,
+    ) -> Result<E, FlagError>
+    where
+        D: Serialize + DeserializeOwned + Send + Sync,
+        E: Serialize + DeserializeOwned + Send + Sync,
+    {
+        let key = folders.record(id);
         let mut previous = None;
         let written = self
             .store
-            .update_json::<StoredFlag, FlagError>(&Self::flag_key(name), WriteOptions::default(), |current| {
-                previous = current.clone();
-                if let Some(expected) = expected
-                    && let Some(flag) = current.as_ref().filter(|flag| flag.definition.is_some())
-                    && flag.revision != expected
-                {
-                    return Err(FlagError::Conflict {
-                        flag: name.to_owned(),
-                        expected,
-                        actual: flag.revision,
-                    });
-                }
-                let before = current.as_ref().and_then(|flag| flag.definition.clone());
-                let after = next(before.as_ref())?;
-                check_references(after.as_ref(), &segments)?;
-                self.check_change(&unchanged, &segments, name, before.clone(), after.clone())?;
-                let now = self.now();
-                let revision = current.as_ref().map_or(0, |flag| flag.revision) + 1;
-                Ok(Some(StoredFlag {
-                    revision,
-                    created_at: match &current {
-                        Some(flag) if flag.definition.is_some() => flag.created_at,
-                        _ => now,
-                    },
-                    updated_at: now,
-                    last_change: AuditEntry {
-                        flag: name.to_owned(),
-                        revision,
-                        at: now,
-                        actor: actor.to_owned(),
-                        action,
-                        before,
-                        after: after.clone(),
-                    },
-                    definition: after,
-                }))
+            .update_json::<Stored<D, E>, FlagError>(&key, WriteOptions::default(), |current| {
+                let next = attempt(current.as_ref())?;
+                previous = current;
+                Ok(Some(next))
             })
             .await?;
-        // The update always returns a record to write; without one, the flag is not there.
         let Some((written, version)) = written else {
-            return Err(FlagError::UnknownFlag(name.to_owned()));
+            return Err(missing);
         };
         let (stored, quarantined) = self.stored().await?;
         let (stored_segments, bad_segments) = self.stored_segments().await?;
         let (segments, _) = self.usable_segments(&stored_segments);
-        let change = &written.last_change;
-        let checked = check_references(change.after.as_ref(), &segments).and_then(|()| {
-            self.check_change(
-                &others(&stored, name),
-                &segments,
-                name,
-                change.before.clone(),
-                change.after.clone(),
-            )
-        });
-        if let Err(error) = checked {
-            self.undo(&Self::flag_key(name), previous, version).await;
+        if let Err(error) = recheck(&stored, &segments, &written.last_change) {
+            self.undo(&key, previous, version).await;
             return Err(error);
         }
         // Overwrites an entry a reload wrote for a change that was undone.
-        self.write_audit(&Self::audit_key(change), change, WriteOptions::default())
+        let audit_key = folders.audit_entry(id, written.revision);
+        self.write_audit(&audit_key, &written.last_change, WriteOptions::default())
             .await?;
-        self.prune_audit(&Self::audit_prefix(name)).await?;
+        self.prune_audit(&folders.audit(id)).await?;
         self.serve(&stored, quarantined, &stored_segments, bad_segments)?;
         Ok(written.last_change)
     }
@@ -822,29 +848,28 @@ impl FeatureFlagManager {
         before: Option<FlagDefinition>,
         after: Option<FlagDefinition>,
     ) -> Result<(), FlagError> {
-        let broken = |flag: Option<FlagDefinition>| {
-            let mut flags = others.to_vec();
-            flags.extend(flag);
-            self.engine.check(
-                FlagSet {
-                    flags,
-                    segments: segments.to_vec(),
-                },
-                true,
-            )
+        let set = |flag: Option<FlagDefinition>| FlagSet {
+            flags: others.iter().cloned().chain(flag).collect(),
+            segments: segments.to_vec(),
         };
-        let was: HashSet<String> = broken(before)?
+        self.check_breaks(set(before), set(after), Some(name))
+    }
+
+    /// Refuses a change that breaks a flag: an error of the set `after` about no flag in
+    /// particular, about the flag `changed`, or about a flag the set `before` did not break.
+    fn check_breaks(&self, before: FlagSet, after: FlagSet, changed: Option<&str>) -> Result<(), FlagError> {
+        let was: HashSet<String> = self
+            .engine
+            .check(before, true)?
             .iter()
             .filter_map(|error| error.flag().map(str::to_owned))
             .collect();
-        match broken(after)?.into_iter().find(|error| {
+        let broken = self.engine.check(after, true)?.into_iter().find(|error| {
             error
                 .flag()
-                .is_none_or(|flag| flag == name || !was.contains(flag))
-        }) {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
+                .is_none_or(|flag| Some(flag) == changed || !was.contains(flag))
+        });
+        broken.map_or(Ok(()), Err)
     }
 
     /// Puts back the record (of a flag or a segment) a refused change replaced, unless it
@@ -873,6 +898,26 @@ impl FeatureFlagManager {
             Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Writes the audit entry of a stored change at `key` if a crash left it out.
+    async fn repair_audit<T: Serialize + Sync>(&self, key: String, entry: &T) -> Result<(), FlagError> {
+        if self.store.get(&key).await?.is_none() {
+            self.write_audit(&key, entry, WriteOptions::when(Precondition::Absent))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The audit entries under `prefix` (one flag's or one segment's), oldest first.
+    async fn audit_entries<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, FlagError> {
+        let records = self.store.list_json::<T>(prefix).await?;
+        Ok(records
+            .into_iter()
+            // This one's entries only: `<prefix><revision>`, nothing deeper.
+            .filter(|(key, _, _)| !key[prefix.len()..].contains('/'))
+            .map(|(_, entry, _)| entry)
+            .collect())
     }
 
     /// Deletes the audit entries under `prefix` (one flag's or one segment's) beyond the
@@ -982,13 +1027,7 @@ impl FeatureFlagManager {
     /// entry that does not decode ([`StoreError::Codec`]).
     pub async fn segment_audit_log(&self, id: &str) -> Result<Vec<SegmentAuditEntry>, FlagError> {
         check_segment_id(id)?;
-        let prefix = Self::segment_audit_prefix(id);
-        let records = self.store.list_json::<SegmentAuditEntry>(&prefix).await?;
-        Ok(records
-            .into_iter()
-            .filter(|(key, _, _)| !key[prefix.len()..].contains('/'))
-            .map(|(_, entry, _)| entry)
-            .collect())
+        self.audit_entries(&SEGMENTS.audit(id)).await
     }
 
     /// Read-modify-write of one segment, as [`FeatureFlagManager::change`] for a flag:
@@ -1006,62 +1045,29 @@ impl FeatureFlagManager {
         let flags = definitions(&stored);
         let (segments, _) = self.usable_segments(&self.stored_segments().await?.0);
         let others = other_segments(&segments, id);
-        let mut previous = None;
-        let written = self
-            .store
-            .update_json::<StoredSegment, FlagError>(
-                &Self::segment_key(id),
-                WriteOptions::default(),
-                |current| {
-                    previous = current.clone();
-                    let before = current.as_ref().and_then(|segment| segment.definition.clone());
-                    let after = next(before.as_ref())?;
-                    self.check_segment_change(&flags, &others, id, before.as_ref(), after.as_ref())?;
-                    let now = self.now();
-                    let revision = current.as_ref().map_or(0, |segment| segment.revision) + 1;
-                    Ok(Some(StoredSegment {
-                        revision,
-                        created_at: match &current {
-                            Some(segment) if segment.definition.is_some() => segment.created_at,
-                            _ => now,
-                        },
-                        updated_at: now,
-                        last_change: SegmentAuditEntry {
-                            segment: id.to_owned(),
-                            revision,
-                            at: now,
-                            actor: actor.to_owned(),
-                            action,
-                            before,
-                            after: after.clone(),
-                        },
-                        definition: after,
-                    }))
-                },
-            )
-            .await?;
-        let Some((written, version)) = written else {
-            return Err(FlagError::UnknownSegment(id.to_owned()));
+        let attempt = |current: Option<&StoredSegment>| {
+            let before = current.and_then(|segment| segment.definition.clone());
+            let after = next(before.as_ref())?;
+            self.check_segment_change(&flags, &others, id, before.as_ref(), after.as_ref())?;
+            let now = self.now();
+            Ok(Stored::next(current, after.clone(), now, |revision| {
+                SegmentAuditEntry {
+                    segment: id.to_owned(),
+                    revision,
+                    at: now,
+                    actor: actor.to_owned(),
+                    action,
+                    before,
+                    after,
+                }
+            }))
         };
-        let (stored, quarantined) = self.stored().await?;
-        let (stored_segments, bad_segments) = self.stored_segments().await?;
-        let (segments, _) = self.usable_segments(&stored_segments);
-        let change = &written.last_change;
-        if let Err(error) = self.check_segment_change(
-            &definitions(&stored),
-            &other_segments(&segments, id),
-            id,
-            change.before.as_ref(),
-            change.after.as_ref(),
-        ) {
-            self.undo(&Self::segment_key(id), previous, version).await;
-            return Err(error);
-        }
-        self.write_audit(&Self::segment_audit_key(change), change, WriteOptions::default())
-            .await?;
-        self.prune_audit(&Self::segment_audit_prefix(id)).await?;
-        self.serve(&stored, quarantined, &stored_segments, bad_segments)?;
-        Ok(written.last_change)
+        let recheck = |stored: &[StoredFlag], segments: &[Segment], change: &SegmentAuditEntry| {
+            let (flags, others) = (definitions(stored), other_segments(segments, id));
+            self.check_segment_change(&flags, &others, id, change.before.as_ref(), change.after.as_ref())
+        };
+        let missing = FlagError::UnknownSegment(id.to_owned());
+        self.commit(&SEGMENTS, id, missing, attempt, recheck).await
     }
 
     /// Refuses the change of segment `id` from `before` to `after` (among the `others`)
@@ -1095,29 +1101,13 @@ impl FeatureFlagManager {
                 }
             }
         }
-        let broken = |segment: Option<&Segment>| {
-            let mut segments = others.to_vec();
-            segments.extend(segment.cloned());
-            self.engine.check(
-                FlagSet {
-                    flags: flags.to_vec(),
-                    segments,
-                },
-                true,
-            )
+        let set = |segment: Option<&Segment>| FlagSet {
+            flags: flags.to_vec(),
+            segments: others.iter().chain(segment).cloned().collect(),
         };
         // A stored segment that did not compile counts as absent.
-        let was: HashSet<String> = broken(before.filter(|segment| self.check_segment(segment).is_ok()))?
-            .iter()
-            .filter_map(|error| error.flag().map(str::to_owned))
-            .collect();
-        match broken(after)?
-            .into_iter()
-            .find(|error| error.flag().is_none_or(|flag| !was.contains(flag)))
-        {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
+        let before = before.filter(|segment| self.check_segment(segment).is_ok());
+        self.check_breaks(set(before), set(after), None)
     }
 
     /// Whether `name` is on for the caller (unknown flags are off).
@@ -1159,14 +1149,7 @@ impl FeatureFlagManager {
     /// errors; an entry that does not decode ([`StoreError::Codec`]).
     pub async fn audit_log(&self, name: &str) -> Result<Vec<AuditEntry>, FlagError> {
         check_name(name)?;
-        let prefix = Self::audit_prefix(name);
-        let records = self.store.list_json::<AuditEntry>(&prefix).await?;
-        Ok(records
-            .into_iter()
-            // This flag's entries only: `audit/<name>/<revision>`, nothing deeper.
-            .filter(|(key, _, _)| !key[prefix.len()..].contains('/'))
-            .map(|(_, entry, _)| entry)
-            .collect())
+        self.audit_entries(&FLAGS.audit(name)).await
     }
 
     /// Adds evaluations counted elsewhere (an Unleash SDK's metrics report to a flag server,
