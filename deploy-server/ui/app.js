@@ -173,8 +173,14 @@
     return { data, etag: res.headers.get('ETag') };
   }
   const get = (path) => request('GET', path).then((r) => r.data);
-  // GET that yields null where the endpoint or record is missing (optional data).
-  const maybe = (path) => get(path).catch((e) => (e.status === 404 || e.status === 405 ? null : Promise.reject(e)));
+  // GET that yields null where the endpoint or record is missing (optional data); with
+  // `remember`, a route this server does not have is not asked for again.
+  const absent = new Set();
+  const maybe = (path, remember) => (absent.has(path) ? Promise.resolve(null) : get(path).catch((e) => {
+    if (e.status !== 404 && e.status !== 405) throw e;
+    if (remember) absent.add(path);
+    return null;
+  }));
   // A mutation: the outcome goes to #flash; resolves to the response or null on failure.
   async function mutate(method, path, bodyJson, done, headers) {
     try {
@@ -847,6 +853,7 @@
     const name = body.dataset.flag || decodeURIComponent(location.pathname.split('/').pop());
     const base = '/api/flags/' + enc(name);
     let etag = null;
+    let refresh = () => {};
     const stateEl = h('span', { id: 'flag-state', 'data-enabled': 'false', class: 'badge', text: 'off' });
     const desc = h('p', { class: 'desc' });
     const envs = h('span', { class: 'envs' });
@@ -860,7 +867,7 @@
     main.append(
       h('p', { class: 'crumbs' }, h('a', { href: '/ui/flags', text: 'Flags' }), ' / ' + name),
       h('h1', null, 'Flag ', h('span', { class: 'flag-name', text: name })), desc);
-    const sw = CAN ? toggle(name, (r) => { etag = r.etag || etag; render(r.data); }) : null;
+    const sw = CAN ? toggle(name, (r) => { etag = r.etag || etag; render(r.data); refresh(); }) : null;
     const head = h('section', { class: 'card', 'aria-label': 'State' },
       h('p', { class: 'state-line' }, 'State: ', stateEl, ' ', envs, sw ? h('span', { class: 'switch' }, ' ', sw) : null),
       h('h2', { text: 'Rules' }), rules);
@@ -873,7 +880,7 @@
         const v = Number(pct.value);
         if (!Number.isInteger(v) || v < 0 || v > 100) { flash('The rollout percentage is a whole number from 0 to 100', true); return; }
         const r = await mutate('PUT', base + '/rollout', { percentage: v }, name + ' rolls out to ' + v + '% of callers', etag ? { 'If-Match': etag } : null);
-        if (r) { delete pct.dataset.dirty; etag = r.etag || etag; render(r.data); }
+        if (r) { delete pct.dataset.dirty; etag = r.etag || etag; render(r.data); refresh(); }
       } }, h('label', { for: 'rollout-percentage', text: 'Rollout percentage' }), pct, h('button', { type: 'submit', text: 'Set rollout' }));
       head.append(form);
     }
@@ -926,13 +933,17 @@
           x.payload ? h('code', { text: ' ' + x.payload.type + ': ' + x.payload.value }) : null))) : h('p', { class: 'note', text: 'No variants: callers get on or off.' }),
         def.off_variant ? h('p', { class: 'note', text: 'Off variant: ' + def.off_variant }) : null);
       }
-      if (pct && !pct.dataset.dirty && document.activeElement !== pct) {
-        const p = rollouts(def);
-        pct.value = p.length ? String(p[0]) : '100';
+      // The field follows the flag only when the flag's percentage changed and nobody is
+      // typing in it.
+      const p = rollouts(def);
+      const shown = p.length ? String(p[0]) : '100';
+      if (pct && pct.dataset.shown !== shown && !pct.dataset.dirty && document.activeElement !== pct) {
+        pct.value = shown;
+        pct.dataset.shown = shown;
       }
     }
     async function loadUsage() {
-      const u = await maybe(base + '/usage');
+      const u = await maybe(base + '/usage', true);
       const pts = u && Array.isArray(u.points) ? u.points : null;
       usage.hidden = !pts;
       if (!pts) return;
@@ -941,7 +952,7 @@
       setText(evals, total + ' evaluations in the last ' + fmtDur(pts.length * (u.interval_ms || 0)) + (total ? ', ' + on + ' on' : ''));
       fill(spark, sparkline(pts, u.interval_ms) || h('p', { class: 'note', text: 'No evaluations recorded yet.' }));
     }
-    poll(async () => {
+    refresh = poll(async () => {
       const [flag, log] = await Promise.all([request('GET', base), maybe(base + '/audit')]);
       etag = flag.etag || etag;
       render(flag.data);
@@ -1132,7 +1143,7 @@
 
     const refresh = poll(async () => {
       const [incidents, st, alerts, silences] = await Promise.all([
-        get('/api/incidents'), maybe('/api/incidents/stats'), maybe('/api/alerts'), maybe('/api/silences')]);
+        get('/api/incidents'), maybe('/api/incidents/stats', true), maybe('/api/alerts'), maybe('/api/silences')]);
       renderIncidents(incidents || []);
       if (st) {
         setText($('#open-count'), st.open);
@@ -1156,7 +1167,9 @@
   // ---- start ----
   const PAGES = { rollouts: pageRollouts, rollout: pageRollout, flags: pageFlags, flag: pageFlag, incidents: pageIncidents };
   function start() {
-    if (!main) return;
+    const page = PAGES[PAGE];
+    // Pages without a data-page (sign-in, errors) are the server's alone.
+    if (!main || !page) return;
     clear(main);
     // The section the page belongs to is the current one in the navigation.
     const section = { rollout: 'rollouts', flag: 'flags' }[PAGE] || PAGE;
@@ -1164,9 +1177,7 @@
       if (a.getAttribute('href') === '/ui/' + section) a.setAttribute('aria-current', 'page');
       else a.removeAttribute('aria-current');
     }
-    const page = PAGES[PAGE];
-    if (page) page();
-    else main.append(h('p', { class: 'empty', text: 'Unknown page.' }));
+    page();
   }
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
   else start();
