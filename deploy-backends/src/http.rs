@@ -22,6 +22,8 @@ pub(crate) struct HttpTarget {
     pub(crate) endpoint: String,
     pub(crate) timeout: Duration,
     roots: Vec<reqwest::Certificate>,
+    /// Who sends, in errors (`webhook notifier`).
+    component: &'static str,
 }
 
 impl fmt::Debug for HttpTarget {
@@ -43,19 +45,16 @@ impl HttpTarget {
             endpoint,
             timeout,
             roots: Vec::new(),
+            component,
         })
     }
 
     /// Also trusts the root certificates in `pem` (one or more PEM certificates), for a
     /// receiver with a private CA.
     ///
-    /// [`BackendError::Rejected`], naming `component`, when `pem` holds no certificate.
-    pub(crate) fn add_root_certificate(
-        &mut self,
-        component: &'static str,
-        pem: &[u8],
-    ) -> Result<(), BackendError> {
-        self.roots.extend(certificates(component, pem)?);
+    /// [`BackendError::Rejected`], naming the component, when `pem` holds no certificate.
+    pub(crate) fn add_root_certificate(&mut self, pem: &[u8]) -> Result<(), BackendError> {
+        self.roots.extend(certificates(self.component, pem)?);
         self.client = client(&self.roots)?;
         Ok(())
     }
@@ -68,6 +67,32 @@ impl HttpTarget {
             .timeout(self.timeout)
     }
 }
+
+/// The `timeout` and `root_certificate` builder methods of an adapter that sends to the
+/// [`HttpTarget`] in its `target` field: `$default` is its timeout, `$peer` what it sends
+/// to, in the docs.
+#[cfg(any(feature = "prometheus", feature = "notifiers"))]
+macro_rules! http_target_options {
+    ($default:literal, $peer:literal) => {
+        #[doc = concat!("How long one request may take (default ", $default, ").")]
+        #[must_use]
+        pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.target.timeout = timeout;
+            self
+        }
+
+        #[doc = concat!("Also trusts the root certificates in `pem`, for ", $peer, " with a private CA.")]
+        ///
+        /// # Errors
+        /// [`BackendError::Rejected`] when `pem` holds no PEM certificate.
+        pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BackendError> {
+            self.target.add_root_certificate(pem.as_ref())?;
+            Ok(self)
+        }
+    };
+}
+#[cfg(any(feature = "prometheus", feature = "notifiers"))]
+pub(crate) use http_target_options;
 
 /// The certificates in `pem`; [`BackendError::Rejected`] naming `component` when there are none.
 pub(crate) fn certificates(

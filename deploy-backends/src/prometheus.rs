@@ -161,21 +161,7 @@ impl PrometheusMetrics {
         self
     }
 
-    /// How long one HTTP request may take (default 5 s).
-    #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.target.timeout = timeout;
-        self
-    }
-
-    /// Also trusts the root certificates in `pem`, for a Prometheus with a private CA.
-    ///
-    /// # Errors
-    /// [`BackendError::Rejected`] when `pem` holds no PEM certificate.
-    pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BackendError> {
-        self.target.add_root_certificate("prometheus", pem.as_ref())?;
-        Ok(self)
-    }
+    crate::http::http_target_options!("5 s", "a Prometheus");
 
     /// Runs an instant query and returns each series' labels and value.
     ///

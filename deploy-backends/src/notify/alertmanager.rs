@@ -54,22 +54,7 @@ impl AlertmanagerNotifier {
         self
     }
 
-    /// How long one request may take (default 5 s).
-    #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.target.timeout = timeout;
-        self
-    }
-
-    /// Also trusts the root certificates in `pem`, for an Alertmanager with a private CA.
-    ///
-    /// # Errors
-    /// [`BackendError::Rejected`] when `pem` holds no PEM certificate.
-    pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BackendError> {
-        self.target
-            .add_root_certificate("alertmanager notifier", pem.as_ref())?;
-        Ok(self)
-    }
+    crate::http::http_target_options!("5 s", "an Alertmanager");
 
     /// The API path and body for `notification`.
     fn request(&self, notification: &Notification) -> (&'static str, serde_json::Value) {

@@ -80,22 +80,7 @@ impl PagerDutyNotifier {
         Ok(self)
     }
 
-    /// Also trusts the root certificates in `pem`, for an endpoint with a private CA.
-    ///
-    /// # Errors
-    /// [`BackendError::Rejected`] when `pem` holds no PEM certificate.
-    pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BackendError> {
-        self.target
-            .add_root_certificate("pagerduty notifier", pem.as_ref())?;
-        Ok(self)
-    }
-
-    /// How long one request may take (default 10 s).
-    #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.target.timeout = timeout;
-        self
-    }
+    crate::http::http_target_options!("10 s", "an endpoint");
 
     fn event(&self, notification: &Notification) -> serde_json::Value {
         let mut event = serde_json::json!({

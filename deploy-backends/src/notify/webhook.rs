@@ -79,22 +79,7 @@ impl WebhookNotifier {
         })
     }
 
-    /// How long one request may take (default 5 s).
-    #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.target.timeout = timeout;
-        self
-    }
-
-    /// Also trusts the root certificates in `pem`, for a receiver with a private CA.
-    ///
-    /// # Errors
-    /// [`BackendError::Rejected`] when `pem` holds no PEM certificate.
-    pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BackendError> {
-        self.target
-            .add_root_certificate("webhook notifier", pem.as_ref())?;
-        Ok(self)
-    }
+    crate::http::http_target_options!("5 s", "a receiver");
 
     fn remembered(&self) -> parking_lot::MutexGuard<'_, Remembered> {
         self.delivered.lock()
