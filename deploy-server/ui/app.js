@@ -57,6 +57,10 @@
     const t = String(text);
     if (el.textContent !== t) el.textContent = t;
   }
+  // A card section headed by an h2 it is labelled by.
+  function card(key, title, attrs, ...kids) {
+    return h('section', Object.assign({ class: 'card', 'aria-labelledby': key + '-h' }, attrs), h('h2', { id: key + '-h', text: title }), kids);
+  }
   function wrapTable(table) {
     return h('div', { class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': table.getAttribute('aria-label') || 'Table' }, table);
   }
@@ -112,12 +116,12 @@
     if (m) return m + 'm ' + pad(t) + 's';
     return t + 's';
   }
-  function fmtNum(v) {
+  function fmtNum(v, digits) {
     if (v == null || !isFinite(v)) return '—';
     if (v === 0) return '0';
     const a = Math.abs(v);
     if (a >= 1e5 || a < 1e-3) return v.toExponential(2);
-    return String(Number(v.toPrecision(4)));
+    return String(Number(v.toPrecision(digits || 4)));
   }
   const signed = (v) => (v > 0 ? '+' : '') + fmtNum(v);
   const words = (x) => String(x).replace(/_/g, ' ');
@@ -394,7 +398,7 @@
     const cmp = series.comparison;
     const base = baseline.length ? mean(baseline) : null;
     // Drawn at the width it is shown at, so its text stays readable on a phone.
-    const W = Math.round(Math.max(300, Math.min(760, width || 640))), L = 58, R = 12, B = 28;
+    const W = Math.round(Math.max(300, Math.min(760, width || 640))), L = 62, R = 12, B = 28;
     const legend = [];
     if (canary.length) legend.push(['canary', 'canary (new)']);
     if (baseline.length) legend.push(['baseline', 'baseline (old)']);
@@ -423,8 +427,8 @@
     svg.append(s('rect', { class: 'plot', x: L, y: T, width: W - L - R, height: H - T - B }));
     // Axis labels: value range and time range.
     svg.append(
-      s('text', { class: 'axis', x: L - 6, y: T + 4, 'text-anchor': 'end' }, fmtNum(y1)),
-      s('text', { class: 'axis', x: L - 6, y: H - B, 'text-anchor': 'end' }, fmtNum(y0)),
+      s('text', { class: 'axis', x: L - 6, y: T + 4, 'text-anchor': 'end' }, fmtNum(y1, 3)),
+      s('text', { class: 'axis', x: L - 6, y: H - B, 'text-anchor': 'end' }, fmtNum(y0, 3)),
       s('text', { class: 'axis', x: L, y: H - 8 }, fmtClock(x0)),
       s('text', { class: 'axis', x: W - R, y: H - 8, 'text-anchor': 'end' }, fmtClock(x1)));
     const hline = (v, cls, label, left) => {
@@ -487,7 +491,7 @@
     const paused = st && st.paused;
     switch (action) {
       case 'pause': return running && !(paused && paused.kind === 'operator');
-      case 'resume': return running && !!paused;
+      case 'resume': return running && !!paused && (paused.kind === 'operator' || paused.kind === 'inconclusive_analysis');
       case 'promote':
       case 'promote-full':
       case 'abort': return running;
@@ -511,8 +515,7 @@
     const weights = weightBar('weights');
     const pendingEl = h('ul', { id: 'pending', class: 'pending', hidden: true });
     const pauseEl = h('div', { id: 'pause', class: 'pause', hidden: true, role: 'status' },
-      h('strong', { text: 'Paused: ' }), h('span', { id: 'pause-reason' }), ' ',
-      h('span', { id: 'pause-kind', class: 'note' }), ' · ', h('span', { id: 'time-left' }));
+      h('strong', { text: 'Paused: ' }), h('span', { id: 'pause-reason' }), ' · ', h('span', { id: 'time-left' }));
     const steps = h('ol', { id: 'steps', class: 'steps' });
     const outcome = h('p', { id: 'analysis-outcome', 'data-outcome': 'none' });
     const metrics = h('div', { class: 'metrics' });
@@ -520,11 +523,12 @@
       h('h2', { id: 'analysis-h', text: 'Analysis' }), outcome, metrics);
     const hist = table('history', 'Revision history', ['Revision', 'Version', 'Previous', 'Strategy', 'Outcome', 'Started', 'Took']);
     const histEmpty = h('p', { class: 'empty-history note', text: 'No finished rollout yet.' });
+    let summary;
 
     main.append(
       h('p', { class: 'crumbs' }, h('a', { href: '/ui/rollouts', text: 'Rollouts' }), ' / ' + app),
       h('h1', null, 'Rollout of ', h('span', { class: 'app-name', text: app })),
-      h('section', { class: 'card summary', 'aria-label': 'Status' },
+      summary = h('section', { class: 'card summary', 'aria-label': 'Status' },
         h('dl', { class: 'facts' },
           h('div', null, h('dt', { text: 'Phase' }), h('dd', null, phaseEl, ' ', reasonEl)),
           h('div', null, h('dt', { text: 'Version' }), h('dd', null, versionEl, ' ', previousEl)),
@@ -552,13 +556,13 @@
         btn.disabled = false;
         if (r) { input.value = ''; refresh(); }
       } }, h('label', { for: 'start-version', text: 'Roll out version' }), input, h('button', { type: 'submit', text: 'Start' }));
-      main.append(h('section', { class: 'card', 'aria-label': 'Controls' }, controls, startForm));
+      summary.append(h('div', { class: 'act-row' }, controls, startForm));
     }
     main.append(
       h('div', { class: 'split' },
-        h('section', { class: 'card', 'aria-labelledby': 'steps-h' }, h('h2', { id: 'steps-h', text: 'Steps' }), steps),
+        card('steps', 'Steps', null, steps),
         h('div', { class: 'card' }, analysis)),
-      h('section', { class: 'card', 'aria-labelledby': 'history-h' }, h('h2', { id: 'history-h', text: 'History' }), histEmpty, wrapTable(hist)));
+      card('history', 'History', null, histEmpty, wrapTable(hist)));
 
     async function act(action, label) {
       if (action === 'abort' || action === 'undo') {
@@ -602,7 +606,7 @@
       const out = result ? result.outcome : 'none';
       outcome.dataset.outcome = out;
       fill(outcome, result
-        ? [badge('outcome', out), ' at step ', h('span', { class: 'step-ref', text: rec.step })]
+        ? [badge('outcome', out), ' · ', h('span', { class: 'step-ref', text: rec.step })]
         : 'No analysis has run in this rollout yet.');
       // Charts are rebuilt only when the data changed (keeps scroll and avoids flicker).
       const key = JSON.stringify(result || null);
@@ -656,7 +660,6 @@
       pauseEl.hidden = !pause;
       if (pause) {
         setText($('#pause-reason', pauseEl), pause.reason);
-        setText($('#pause-kind', pauseEl), '(' + words(pause.kind) + ')');
         pauseEl.dataset.kind = pause.kind;
       }
       pauseUntil = pause && pause.until_ms != null ? pause.until_ms : null;
@@ -785,8 +788,7 @@
     main.append(
       h('div', { class: 'search' }, h('label', { for: 'flag-search', text: 'Search flags' }), search),
       none, nomatch, wrapTable(t),
-      h('section', { id: 'stale', class: 'card', 'aria-labelledby': 'stale-h' },
-        h('h2', { id: 'stale-h', text: 'Stale flags' }),
+      card('stale', 'Stale flags', { id: 'stale' },
         h('p', { class: 'note', text: 'Probably safe to remove from code: never evaluated in 30 days, or on for everyone and unchanged since.' }),
         staleList));
     const filter = () => {
@@ -861,8 +863,7 @@
     const variants = h('div', { id: 'variants' });
     const evals = h('span', { id: 'evaluations', text: '—' });
     const spark = h('div', { class: 'spark' });
-    const usage = h('section', { id: 'usage', class: 'card', 'aria-labelledby': 'usage-h', hidden: true },
-      h('h2', { id: 'usage-h', text: 'Evaluations' }), spark, h('p', null, evals));
+    const usage = card('usage', 'Evaluations', { id: 'usage', hidden: true }, spark, h('p', null, evals));
     const audit = table('audit', 'Audit trail', ['Revision', 'When', 'Who', 'Action', 'Change']);
     main.append(
       h('p', { class: 'crumbs' }, h('a', { href: '/ui/flags', text: 'Flags' }), ' / ' + name),
@@ -908,10 +909,10 @@
     h('button', { type: 'submit', text: 'Evaluate' }), h('span', { class: 'result' }, 'Result: ', result, reason));
     main.append(head,
       h('div', { class: 'split' },
-        h('section', { class: 'card', 'aria-labelledby': 'variants-h' }, h('h2', { id: 'variants-h', text: 'Variants' }), variants),
+        card('variants', 'Variants', null, variants),
         usage),
-      h('section', { class: 'card', 'aria-labelledby': 'eval-h' }, h('h2', { id: 'eval-h', text: 'Try it' }), evalForm),
-      h('section', { class: 'card', 'aria-labelledby': 'audit-h' }, h('h2', { id: 'audit-h', text: 'Audit trail' }), wrapTable(audit)));
+      card('eval', 'Try it', null, evalForm),
+      card('audit', 'Audit trail', null, wrapTable(audit)));
 
     function render(def) {
       if (!def) return;
@@ -990,9 +991,9 @@
     const sil = table('silence-list', 'Silences', ['Matchers', 'State', 'Until', 'By', 'Comment'].concat(CAN ? ['Action'] : []));
     const noSil = h('p', { class: 'note', hidden: true, text: 'No silences.' });
     main.append(h('section', { class: 'card', 'aria-label': 'Statistics' }, stats),
-      h('section', { class: 'card', 'aria-labelledby': 'inc-h' }, h('h2', { id: 'inc-h', text: 'Incidents' }), noInc, wrapTable(t)),
-      h('section', { id: 'alerts', class: 'card', 'aria-labelledby': 'alerts-h' }, h('h2', { id: 'alerts-h', text: 'Firing alerts' }), groups));
-    const silSection = h('section', { id: 'silences', class: 'card', 'aria-labelledby': 'sil-h' }, h('h2', { id: 'sil-h', text: 'Silences' }), noSil, wrapTable(sil));
+      card('inc', 'Incidents', null, noInc, wrapTable(t)),
+      card('alerts', 'Firing alerts', { id: 'alerts' }, groups));
+    const silSection = card('sil', 'Silences', { id: 'silences' }, noSil, wrapTable(sil));
     main.append(silSection);
 
     let resolveDialog = null;
