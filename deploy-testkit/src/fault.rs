@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
-use deploy_core::{InstanceId, Version};
+use deploy_core::{BackendError, InstanceId, Version};
 use tokio::time::Instant;
+
+use crate::state::BACKEND;
 
 /// A fleet operation, for latency settings and hangs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -150,5 +152,17 @@ impl FaultPlan {
             None => {}
         }
         true
+    }
+
+    /// Fires `fault` if it is in force: the sim fleet's unavailability, `what` saying what
+    /// failed.
+    pub(crate) fn fail(&mut self, fault: Fault, what: &str) -> Result<(), BackendError> {
+        match self.fire(|f| *f == fault) {
+            true => Err(BackendError::unavailable(
+                BACKEND,
+                format!("injected fault: {what}"),
+            )),
+            false => Ok(()),
+        }
     }
 }

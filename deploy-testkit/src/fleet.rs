@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::fault::{Fault, Operation};
 use crate::invariants::{Exposure, Violation, evaluate_end};
 use crate::profile::{AgeEffect, VersionProfile};
-use crate::state::{BACKEND, FleetState, Membership, SimInstance};
+use crate::state::{FleetState, Membership, SimInstance};
 use crate::traffic::{ServedRequest, SimRequest, TrafficReport};
 
 /// Seconds after the Unix epoch where simulated wall-clock time starts: metric samples are
@@ -543,12 +543,7 @@ impl LoadBalancer for SimFleet {
     async fn set_routing(&self, app: &AppId, split: &TrafficSplit) -> Result<(), BackendError> {
         self.delay(Operation::SetRouting).await;
         self.mutate(|state| {
-            if state.faults.fire(|f| *f == Fault::SetRoutingFails) {
-                return Err(BackendError::unavailable(
-                    BACKEND,
-                    "injected fault: set_routing fails",
-                ));
-            }
+            state.faults.fail(Fault::SetRoutingFails, "set_routing fails")?;
             if state.faults.fire(|f| *f == Fault::SetRoutingIgnored) {
                 tracing::debug!(%app, %split, "injected fault: set_routing silently ignored");
                 return Ok(());
@@ -564,12 +559,9 @@ impl RequestRouting for SimFleet {
     async fn set_request_policy(&self, app: &AppId, policy: &RequestPolicy) -> Result<(), BackendError> {
         self.delay(Operation::SetRequestPolicy).await;
         self.mutate(|state| {
-            if state.faults.fire(|f| *f == Fault::SetRequestPolicyFails) {
-                return Err(BackendError::unavailable(
-                    BACKEND,
-                    "injected fault: set_request_policy fails",
-                ));
-            }
+            state
+                .faults
+                .fail(Fault::SetRequestPolicyFails, "set_request_policy fails")?;
             let app_state = state.app_mut(app);
             if let Some(route) = policy
                 .routes
@@ -749,12 +741,7 @@ impl MetricsSource for SimFleet {
     async fn query(&self, query: &MetricQuery) -> Result<Series, BackendError> {
         self.delay(Operation::MetricsQuery).await;
         let mut state = self.state();
-        if state.faults.fire(|f| *f == Fault::MetricsDown) {
-            return Err(BackendError::unavailable(
-                BACKEND,
-                "injected fault: metrics source is down",
-            ));
-        }
+        state.faults.fail(Fault::MetricsDown, "metrics source is down")?;
         if state.faults.fire(|f| *f == Fault::MetricsNoData) {
             return Ok(Series::empty());
         }
