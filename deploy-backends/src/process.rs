@@ -661,16 +661,21 @@ fn free_port(host: &str) -> Result<u16, BackendError> {
         })
 }
 
+/// The instances of `slots`, each refreshed from its process first.
+async fn refreshed(slots: Vec<Arc<tokio::sync::Mutex<Slot>>>) -> Vec<Instance> {
+    let mut instances = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let mut slot = slot.lock().await;
+        slot.refresh();
+        instances.push(slot.instance.clone());
+    }
+    instances
+}
+
 #[async_trait]
 impl InfraManager for ProcessInfra {
     async fn list_instances(&self, app: &AppId) -> Result<Vec<Instance>, BackendError> {
-        let mut instances = Vec::new();
-        for slot in self.slots(app) {
-            let mut slot = slot.lock().await;
-            slot.refresh();
-            instances.push(slot.instance.clone());
-        }
-        Ok(instances)
+        Ok(refreshed(self.slots(app)).await)
     }
 
     async fn describe_instances(
@@ -678,15 +683,8 @@ impl InfraManager for ProcessInfra {
         app: &AppId,
         ids: &[InstanceId],
     ) -> Result<Vec<Instance>, BackendError> {
-        let mut instances = Vec::new();
-        for id in ids {
-            if let Ok(slot) = self.slot(app, id) {
-                let mut slot = slot.lock().await;
-                slot.refresh();
-                instances.push(slot.instance.clone());
-            }
-        }
-        Ok(instances)
+        let slots = ids.iter().filter_map(|id| self.slot(app, id).ok());
+        Ok(refreshed(slots.collect()).await)
     }
 
     async fn provision(
