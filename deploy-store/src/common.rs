@@ -147,6 +147,15 @@ pub(crate) fn unavailable(backend: &str, error: sqlx::Error) -> StoreError {
     }
 }
 
+/// A put whose write reported no version (a write with a value always has one).
+pub(crate) fn no_version(backend: &str, key: &str) -> StoreError {
+    StoreError::Unavailable {
+        backend: backend.to_owned(),
+        message: format!("a put of {key} reported no version"),
+        source: None,
+    }
+}
+
 /// A lease row.
 #[derive(Debug, Clone)]
 pub(crate) struct Holding {

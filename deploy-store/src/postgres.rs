@@ -17,7 +17,8 @@ use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::common::{
     Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, change_of, check_fence, check_live, check_tables,
-    check_version, create_schema, granted, holding_of, record_of, refuse_if_held, ttl_ms, unavailable,
+    check_version, create_schema, granted, holding_of, no_version, record_of, refuse_if_held, ttl_ms,
+    unavailable,
 };
 use crate::feed::{self, Change, ChangeLog, Feed, Signals};
 
@@ -402,13 +403,8 @@ impl RecordStore for PostgresStore {
         value: Bytes,
         opts: WriteOptions,
     ) -> Result<RecordVersion, StoreError> {
-        self.write(key, Some(value), opts)
-            .await?
-            .ok_or_else(|| StoreError::Unavailable {
-                backend: BACKEND.into(),
-                message: format!("a put of {key} reported no version"),
-                source: None,
-            })
+        let version = self.write(key, Some(value), opts).await?;
+        version.ok_or_else(|| no_version(BACKEND, key))
     }
 
     async fn delete_opts(&self, key: &str, opts: WriteOptions) -> Result<bool, StoreError> {

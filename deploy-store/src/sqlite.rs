@@ -19,8 +19,8 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::common::{
     Holding, LOG_RETENTION, OpenError, SCHEMA_VERSION, change_of, check_fence, check_live, check_tables,
-    check_version, create_schema, granted, holding_of, prefix_end, record_of, refuse_if_held, ttl_ms,
-    unavailable,
+    check_version, create_schema, granted, holding_of, no_version, prefix_end, record_of, refuse_if_held,
+    ttl_ms, unavailable,
 };
 use crate::feed::{self, Change, ChangeLog, Feed};
 
@@ -326,7 +326,7 @@ impl RecordStore for SqliteStore {
         opts: WriteOptions,
     ) -> Result<RecordVersion, StoreError> {
         let version = self.write(key, Some(value), opts).await?;
-        version.ok_or_else(|| unreachable_state(key))
+        version.ok_or_else(|| no_version(BACKEND, key))
     }
 
     async fn delete_opts(&self, key: &str, opts: WriteOptions) -> Result<bool, StoreError> {
@@ -336,14 +336,6 @@ impl RecordStore for SqliteStore {
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
         // Other processes' writes are found by polling: no signals.
         feed::watch(self.inner.clone(), || futures::stream::empty().boxed(), prefix).await
-    }
-}
-
-fn unreachable_state(key: &str) -> StoreError {
-    StoreError::Unavailable {
-        backend: BACKEND.into(),
-        message: format!("a put of {key} reported no version"),
-        source: None,
     }
 }
 
