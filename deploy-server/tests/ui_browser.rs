@@ -14,12 +14,14 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use deploy_core::Severity;
+use deploy_core::{MetricName, Severity};
+use deploy_strategies::{AnalysisMetric, AnalysisSpec, CanarySpec, CanaryStep, Judge, Pause, Strategy};
+use deploy_testkit::VersionProfile;
 use futures::FutureExt as _;
 use reqwest::StatusCode;
 use serde_json::json;
 use ui_support::rollouts_common;
-use ui_support::{Browser, FIRST_STEP, UiServer, save_screenshot};
+use ui_support::{Browser, FIRST_STEP, USAGE_INTERVAL, UiServer, save_screenshot};
 
 /// The longest any one test may take.
 const TEST_LIMIT: Duration = Duration::from_secs(180);
@@ -67,10 +69,74 @@ async fn server() -> UiServer {
     UiServer::start(rollouts_common::canary_with_manual_step(FIRST_STEP)).await
 }
 
-/// `#weights[data-canary]` once it equals `percent`.
+/// A canary whose 25% step is analysed (error rate at most 5%, median latency judged against
+/// stable within 15 ms over 4 s windows, twice a second apart), then held at 50% until promoted.
+fn canary_with_analysis() -> Strategy {
+    let window = Duration::from_secs(4);
+    let analysis = AnalysisSpec::new(
+        vec![
+            AnalysisMetric::max_mean("error-rate", MetricName::error_rate(), window, 0.05),
+            AnalysisMetric::judged(
+                "p50-latency",
+                MetricName::latency_p50_ms(),
+                window,
+                Judge::increase(15.0),
+            ),
+        ],
+        Duration::from_secs(1),
+        2,
+    );
+    let step = |percent, pause, analyze| CanaryStep {
+        analyze,
+        ..CanaryStep::percent(percent, pause).expect("step")
+    };
+    Strategy::Canary(CanarySpec {
+        steps: vec![
+            step(25.0, Pause::For(Duration::from_secs(1)), true),
+            step(50.0, Pause::UntilPromoted, false),
+            step(100.0, Pause::None, false),
+        ],
+        analysis: Some(analysis),
+        background: None,
+        baseline: false,
+        sticky: false,
+    })
+}
+
+/// Waits for a pending render, layout and the page's transitions (the weight bar's) to end,
+/// at most 5 s.
+async fn settle(browser: &Browser) {
+    browser
+        .client()
+        .execute_async(
+            "const done = arguments[0]; \
+             requestAnimationFrame(() => requestAnimationFrame(() => \
+               Promise.race([ \
+                 Promise.all(document.getAnimations().map(a => a.finished.catch(() => null))), \
+                 new Promise(r => setTimeout(r, 5000)), \
+               ]).then(() => done(true))));",
+            Vec::new(),
+        )
+        .await
+        .expect("the page settles");
+}
+
+/// `#weights[data-canary]` once it equals `percent`, and the bar's new part once it is
+/// drawn that wide (within a percent, after its transition).
 async fn wait_weights(browser: &Browser, percent: u32) {
     browser
         .wait_attr("#weights", "data-canary", &percent.to_string())
+        .await;
+    browser
+        .wait_for(
+            &format!("the bar's new part {percent}% wide"),
+            &format!(
+                "const n = document.querySelector('#weights .bar-new'); \
+                 if (!n || !n.parentElement) return false; \
+                 const share = 100 * n.getBoundingClientRect().width / n.parentElement.getBoundingClientRect().width; \
+                 return Math.abs(share - {percent}) <= 1;"
+            ),
+        )
         .await;
 }
 
@@ -487,25 +553,61 @@ async fn a_viewer_sees_no_control_and_the_server_refuses_forged_and_csrf_less_po
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn screenshots_of_the_rollout_flags_and_incidents_pages_at_1280_and_390_pixels() {
+async fn screenshots_of_the_rollout_flags_flag_and_incidents_pages_at_1280_and_390_pixels() {
     let Some(browser) = Browser::start(1280, 800).await else {
         return;
     };
     let outcome = bounded(async {
-        let server = server().await;
-        // Something to look at: a canary held at 50%, flags in use, incidents and alerts.
-        server.start_rollout("2.0").await;
+        // Something to look at: a canary held at 50% after an analysis (charts), flags in
+        // use, incidents and routed alerts.
+        let server = UiServer::start(canary_with_analysis()).await;
+        // A little noise so the charts have a shape: 1% errors on 1.0, 2% and a slower
+        // median on 2.0 (well within the analysis' bounds).
+        let profile = |errors, p50, p99| {
+            VersionProfile::new(errors, Duration::from_millis(p50), Duration::from_millis(p99))
+                .expect("profile")
+        };
+        let app = rollouts_common::app();
         server
-            .rollout_until("2.0 held at 50%", |view| {
+            .fleet
+            .set_version_profile(&app, &rollouts_common::v1(), profile(0.01, 20, 80));
+        server
+            .fleet
+            .set_version_profile(&app, &rollouts_common::v2(), profile(0.02, 22, 90));
+        let _traffic = server
+            .fleet
+            .generate_traffic(&rollouts_common::app(), 40, Duration::from_millis(100));
+        server.start_rollout("2.0").await;
+        let view = server
+            .rollout_until("2.0 held at 50% after its analysis", |view| {
                 rollouts_common::pause_kind(view) == Some("awaiting_promotion")
+                    || !matches!(rollouts_common::phase(view), "" | "progressing")
             })
             .await;
-        for n in 0..40 {
-            server.evaluate("new-checkout", &format!("user-{n}")).await;
-            server.evaluate("search-v2", &format!("user-{n}")).await;
+        assert_eq!(rollouts_common::phase(&view), "progressing", "{view}");
+        assert_eq!(
+            view["status"]["last_analysis"]["result"]["outcome"], "successful",
+            "{view}"
+        );
+        // Evaluations in bursts of changing size, one per usage interval: a sparkline's shape.
+        for burst in 0..12u32 {
+            for n in 0..(3 + (burst * 7) % 11) {
+                server
+                    .evaluate_for(
+                        "search-v2",
+                        json!({"userId": format!("user-{burst}-{n}"), "environment": "production"}),
+                    )
+                    .await;
+                server.evaluate("new-checkout", &format!("user-{n}")).await;
+            }
+            tokio::time::sleep(USAGE_INTERVAL).await;
         }
         let acknowledged = server
-            .open_incident("checkout-errors", "Checkout error rate above 5%", Severity::Critical)
+            .open_incident(
+                "checkout-errors",
+                "Checkout error rate above 5%",
+                Severity::Critical,
+            )
             .await;
         server
             .open_incident("latency", "p99 latency above 800 ms on shop", Severity::Warning)
@@ -529,25 +631,46 @@ async fn screenshots_of_the_rollout_flags_and_incidents_pages_at_1280_and_390_pi
         browser.goto(&server.url("/ui/login")).await;
         browser.login(&server.base, &server.tokens.operator).await;
         let pages = [
-            ("rollout", "/ui/rollouts/shop", "#weights[data-canary=\"50\"]"),
-            ("flags", "/ui/flags", "table#flags tr[data-flag=\"search-v2\"]"),
-            ("incidents", "/ui/incidents", "table#incidents tr[data-incident]"),
+            (
+                "rollout",
+                "/ui/rollouts/shop",
+                &[
+                    "#weights[data-canary=\"50\"]",
+                    "section#analysis figure.metric svg.chart",
+                ][..],
+            ),
+            (
+                "flags",
+                "/ui/flags",
+                &["table#flags tr[data-flag=\"search-v2\"]"][..],
+            ),
+            (
+                "flag",
+                "/ui/flags/search-v2",
+                &[
+                    "#flag-state[data-enabled=true]",
+                    "svg.sparkline",
+                    "table#audit tr",
+                ][..],
+            ),
+            (
+                "incidents",
+                "/ui/incidents",
+                &[
+                    "table#incidents tr[data-incident]",
+                    "section#alerts div.alert-group",
+                ][..],
+            ),
         ];
         let mut saved = Vec::new();
         for (width, height) in [(1280, 800), (390, 844)] {
             browser.resize(width, height).await;
             for (name, path, rendered) in pages {
                 browser.goto(&server.url(path)).await;
-                browser.wait_present(rendered).await;
-                // Let a pending render and layout settle before the picture.
-                browser
-                    .client()
-                    .execute_async(
-                        "const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));",
-                        Vec::new(),
-                    )
-                    .await
-                    .expect("two animation frames");
+                for selector in rendered {
+                    browser.wait_present(selector).await;
+                }
+                settle(&browser).await;
                 let size = browser
                     .execute("return [window.innerWidth, document.documentElement.scrollWidth];")
                     .await;

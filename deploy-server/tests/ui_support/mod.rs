@@ -12,4 +12,4 @@ mod server;
 
 pub use browser::{Browser, WAIT};
 pub use screenshots::save_screenshot;
-pub use server::{FIRST_STEP, UiServer};
+pub use server::{FIRST_STEP, USAGE_INTERVAL, UiServer};

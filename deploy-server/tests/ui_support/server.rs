@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deploy_core::{DynNotifier, DynRecordStore, DynStore, MemoryStore, Pool, Severity, SystemClock};
-use deploy_flags::{FeatureFlagManager, FlagDefinition};
+use deploy_flags::{FeatureFlagManager, FlagDefinition, ManagerOptions};
 use deploy_incidents::{Alert, AlertState, Dispatcher, IncidentManager, NewIncident, Route, RouteConfig};
 use deploy_server::{AppState, ServerBuilder};
 use deploy_strategies::control::{ControlOptions, Deployer, RolloutClient};
@@ -20,6 +20,9 @@ use super::rollouts_common::{self, ADMIN, Tokens};
 
 /// How long the first canary step (25%) holds before the next (50%, until promoted).
 pub const FIRST_STEP: Duration = Duration::from_secs(3);
+
+/// How often flag usage is sampled (the flag page's sparkline).
+pub const USAGE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A dashboard server on a free local port.
 pub struct UiServer {
@@ -64,7 +67,11 @@ impl UiServer {
         let flags = Arc::new(
             FeatureFlagManager::open(
                 Arc::new(MemoryStore::new()) as Arc<DynRecordStore>,
-                Default::default(),
+                // Usage sampled often, so that a few seconds of evaluations draw a sparkline.
+                ManagerOptions {
+                    usage_interval: Some(USAGE_INTERVAL),
+                    ..ManagerOptions::default()
+                },
             )
             .await
             .expect("flag manager"),
@@ -226,12 +233,18 @@ impl UiServer {
 
     /// Whether flag `name` is on for user `user`, evaluated through the API by the viewer.
     pub async fn evaluate(&self, name: &str, user: &str) -> bool {
+        self.evaluate_for(name, json!({"userId": user})).await
+    }
+
+    /// Whether flag `name` is on for `context` (Unleash attribute names), evaluated through
+    /// the API by the viewer.
+    pub async fn evaluate_for(&self, name: &str, context: Value) -> bool {
         let (status, body) = self
             .api(
                 "POST",
                 &format!("/api/flags/{name}/evaluate"),
                 &self.tokens.viewer,
-                Some(json!({"context": {"userId": user}})),
+                Some(json!({ "context": context })),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "evaluate {name}: {body}");
