@@ -64,8 +64,9 @@
   function wrapTable(table) {
     return h('div', { class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': table.getAttribute('aria-label') || 'Table' }, table);
   }
-  function table(id, label, heads) {
-    const t = h('table', { id, 'aria-label': label },
+  // A table; `stack` ones turn into one block per row on narrow screens (the others scroll).
+  function table(id, label, heads, stack) {
+    const t = h('table', { id, 'aria-label': label, class: stack ? 'stack' : null },
       h('thead', null, h('tr', null, heads.map((x) => h('th', { scope: 'col', text: x })))),
       h('tbody'));
     return t;
@@ -81,6 +82,9 @@
       if (!tr) {
         tr = make(item);
         tr.setAttribute(attr, key);
+        // Column names for stacked rows.
+        const heads = tbody.parentNode.tHead ? tbody.parentNode.tHead.rows[0].cells : [];
+        Array.from(tr.cells).forEach((td, c) => { if (heads[c]) td.dataset.label = heads[c].textContent; });
       }
       update(tr, item);
       const at = tbody.children[i];
@@ -348,7 +352,7 @@
   // ---- page: rollouts ----
   function pageRollouts() {
     main.append(h('h1', { text: 'Rollouts' }));
-    const t = table('rollouts', 'Rollouts by app', ['App', 'Phase', 'Version', 'Strategy', 'Weights', 'Updated']);
+    const t = table('rollouts', 'Rollouts by app', ['App', 'Phase', 'Version', 'Strategy', 'Weights', 'Updated'], true);
     const empty = h('p', { class: 'empty', text: 'No app has a rollout yet.', hidden: true });
     const wrap = wrapTable(t);
     main.append(empty, wrap);
@@ -523,6 +527,7 @@
       h('h2', { id: 'analysis-h', text: 'Analysis' }), outcome, metrics);
     const hist = table('history', 'Revision history', ['Revision', 'Version', 'Previous', 'Strategy', 'Outcome', 'Started', 'Took']);
     const histEmpty = h('p', { class: 'empty-history note', text: 'No finished rollout yet.' });
+    const histWrap = wrapTable(hist);
     let summary;
 
     main.append(
@@ -562,7 +567,7 @@
       h('div', { class: 'split' },
         card('steps', 'Steps', null, steps),
         h('div', { class: 'card' }, analysis)),
-      card('history', 'History', null, histEmpty, wrapTable(hist)));
+      card('history', 'History', null, histEmpty, histWrap));
 
     async function act(action, label) {
       if (action === 'abort' || action === 'undo') {
@@ -678,6 +683,7 @@
 
     function renderHistory() {
       histEmpty.hidden = history.length > 0;
+      histWrap.hidden = !history.length;
       syncRows($('tbody', hist), history, (e) => e.revision, 'data-revision', () => h('tr', null,
         h('td', { class: 'revision' }), h('td', { class: 'version' }), h('td', { class: 'previous' }), h('td', { class: 'strategy' }),
         h('td', { class: 'outcome' }), h('td', { class: 'started' }), h('td', { class: 'took' })), (tr, e) => {
@@ -781,7 +787,7 @@
     const search = h('input', { type: 'search', id: 'flag-search', autocomplete: 'off', placeholder: 'name or description' });
     const heads = ['Name', 'State', 'Rollout', 'Variants'];
     if (CAN) heads.push('Enabled');
-    const t = table('flags', 'Feature flags', heads);
+    const t = table('flags', 'Feature flags', heads, true);
     const none = h('p', { class: 'empty', hidden: true, text: 'No flags.' });
     const nomatch = h('p', { class: 'note', hidden: true, text: 'No flag matches the search.' });
     const staleList = h('ul', { class: 'stale-list' });
@@ -896,6 +902,7 @@
       if (env.value.trim()) context.environment = env.value.trim();
       try {
         const r = (await request('POST', base + '/evaluate', { context })).data;
+        result.parentNode.hidden = false;
         result.className = 'badge state-' + (r.enabled ? 'on' : 'off');
         result.textContent = (r.enabled ? 'on' : 'off') + (r.variant ? ' (variant ' + r.variant.name + ')' : '');
         setText(reason, ' reason: ' + r.reason + (r.variant && r.variant.payload ? ', payload ' + r.variant.payload : ''));
@@ -906,7 +913,7 @@
         flash(err.message, true);
       }
     } }, h('label', { for: 'evaluate-user', text: 'User id' }), user, h('label', { for: 'evaluate-env', text: 'Environment (optional)' }), env,
-    h('button', { type: 'submit', text: 'Evaluate' }), h('span', { class: 'result' }, 'Result: ', result, reason));
+    h('button', { type: 'submit', text: 'Evaluate' }), h('span', { class: 'result', hidden: true }, 'Result: ', result, reason));
     main.append(head,
       h('div', { class: 'split' },
         card('variants', 'Variants', null, variants),
@@ -985,15 +992,17 @@
       h('div', null, h('dt', null, h('abbr', { title: 'Mean time to resolve', text: 'MTTR' })), h('dd', { id: 'mttr', text: '—' })));
     const heads = ['Severity', 'Status', 'Incident'];
     if (CAN) heads.push('Actions');
-    const t = table('incidents', 'Incidents', heads);
-    const noInc = h('p', { class: 'empty', hidden: true, text: 'No incidents.' });
+    const t = table('incidents', 'Incidents', heads, true);
+    const noInc = h('p', { class: 'note', hidden: true, text: 'No incidents.' });
+    const incWrap = wrapTable(t);
     const groups = h('div', { class: 'groups' });
-    const sil = table('silence-list', 'Silences', ['Matchers', 'State', 'Until', 'By', 'Comment'].concat(CAN ? ['Action'] : []));
+    const sil = table('silence-list', 'Silences', ['Matchers', 'State', 'Until', 'By', 'Comment'].concat(CAN ? ['Action'] : []), true);
     const noSil = h('p', { class: 'note', hidden: true, text: 'No silences.' });
+    const silWrap = wrapTable(sil);
     main.append(h('section', { class: 'card', 'aria-label': 'Statistics' }, stats),
-      card('inc', 'Incidents', null, noInc, wrapTable(t)),
+      card('inc', 'Incidents', null, noInc, incWrap),
       card('alerts', 'Firing alerts', { id: 'alerts' }, groups));
-    const silSection = card('sil', 'Silences', { id: 'silences' }, noSil, wrapTable(sil));
+    const silSection = card('sil', 'Silences', { id: 'silences' }, noSil, silWrap);
     main.append(silSection);
 
     let resolveDialog = null;
@@ -1060,6 +1069,7 @@
         return oa - ob || (SEVERITY_ORDER[a.severity] - SEVERITY_ORDER[b.severity]) || String(b.created_at).localeCompare(String(a.created_at));
       });
       noInc.hidden = sorted.length > 0;
+      incWrap.hidden = !sorted.length;
       syncRows($('tbody', t), sorted, (i) => i.id, 'data-incident', (i) => h('tr', null,
         h('td', { class: 'severity' }), h('td', { class: 'status' }),
         h('td', { class: 'title' }, h('span', { class: 'title-text' }), h('div', { class: 'meta note' }), h('p', { class: 'resolution' }),
@@ -1125,6 +1135,7 @@
 
     function renderSilences(list) {
       noSil.hidden = list.length > 0;
+      silWrap.hidden = !list.length;
       const now = Date.now() + skewMs;
       syncRows($('tbody', sil), list, (x) => x.id, 'data-silence', (x) => h('tr', null,
         h('td', { class: 'matchers' }), h('td', { class: 'state' }), h('td', { class: 'until' }), h('td', { class: 'by' }), h('td', { class: 'comment' }),
