@@ -195,9 +195,19 @@ async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_ab
         browser.execute("window.__notReloaded = true; return true;").await;
 
         start_from_page(&browser, &server, "2.0").await;
+        browser
+            .wait_for(
+                "25% with the timed pause and its time left shown",
+                "const w = document.querySelector('#weights'); const p = document.querySelector('#pause'); \
+                 const left = document.querySelector('#pause #time-left'); \
+                 return !!w && w.dataset.canary === '25' && !!p && !p.hidden && !!left \
+                   && /\\d/.test(left.textContent);",
+            )
+            .await;
         wait_weights(&browser, 25).await;
         browser.wait_attr("#phase", "data-phase", "progressing").await;
         assert!(browser.text("#version").await.contains("2.0"));
+        assert!(browser.text("#strategy").await.contains("canary"));
         let view = server.rollout_until("a status", |view| !view["status"].is_null()).await;
         let steps = view["status"]["steps"].as_array().map_or(0, Vec::len) as u64;
         assert_eq!(browser.count("ol#steps > li").await, steps, "one item per step: {view}");
@@ -241,6 +251,13 @@ async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_ab
             .rollout_until("2.0 completed", |view| rollouts_common::phase(view) == "completed")
             .await;
         assert_eq!(view["status"]["version"], "2.0");
+        browser
+            .wait_for(
+                "2.0 in the revision history",
+                "const t = document.querySelector('table#history'); \
+                 return !!t && [...t.querySelectorAll('tbody tr')].some(r => r.textContent.includes('2.0'));",
+            )
+            .await;
 
         // The next version, aborted from the page with a confirmation.
         start_from_page(&browser, &server, "3.0").await;
@@ -252,9 +269,34 @@ async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_ab
             )
             .await;
         wait_weights(&browser, 25).await;
+        // Abort asks first; "no" changes nothing.
         browser.click("#controls button[data-action=abort]").await;
         browser
-            .wait_for("dialog#confirm open", "const d = document.querySelector('dialog#confirm'); return !!d && d.open;")
+            .wait_for(
+                "dialog#confirm open",
+                "const d = document.querySelector('dialog#confirm'); return !!d && d.open;",
+            )
+            .await;
+        browser.click("dialog#confirm button#confirm-no").await;
+        browser
+            .wait_for(
+                "dialog#confirm closed",
+                "const d = document.querySelector('dialog#confirm'); return !!d && !d.open;",
+            )
+            .await;
+        let (_, intents) = server
+            .api("GET", "/api/rollouts/shop/intents", &server.tokens.viewer, None)
+            .await;
+        assert!(
+            !intents.to_string().contains("\"abort\""),
+            "no abort requested after 'no': {intents}"
+        );
+        browser.click("#controls button[data-action=abort]").await;
+        browser
+            .wait_for(
+                "dialog#confirm open",
+                "const d = document.querySelector('dialog#confirm'); return !!d && d.open;",
+            )
             .await;
         browser.click("dialog#confirm button#confirm-yes").await;
         browser.wait_attr("#phase", "data-phase", "rolled_back").await;
@@ -287,6 +329,16 @@ async fn toggling_a_flag_and_setting_its_rollout_in_the_page_changes_what_the_ap
         browser.wait_present(toggle).await;
         assert_eq!(browser.attr(toggle, "aria-label").await.as_deref(), Some("Enable new-checkout"));
         assert!(server.evaluate("new-checkout", "ann").await, "on before the toggle");
+        let search = "table#flags tr[data-flag=\"search-v2\"]";
+        assert_eq!(
+            browser.count(&format!("{search} .state span.env[data-env=production]")).await,
+            1,
+            "search-v2's production badge"
+        );
+        assert!(browser.text(&format!("{search} .rollout")).await.contains("30%"));
+        assert!(browser.text(&format!("{search} .variants")).await.contains("blue"));
+        assert!(browser.text(&format!("{search} .name a")).await.contains("search-v2"));
+        browser.wait_present("section#stale").await;
 
         browser.click(toggle).await;
         eventually("new-checkout off through the API", || async {
@@ -342,6 +394,16 @@ async fn toggling_a_flag_and_setting_its_rollout_in_the_page_changes_what_the_ap
             }
         }
 
+        // The changes in the flag's audit trail; its usage drawn.
+        browser
+            .wait_for(
+                "the toggles and rollouts in table#audit",
+                "return document.querySelectorAll('table#audit tbody tr').length >= 5;",
+            )
+            .await;
+        browser.wait_present("svg.sparkline").await;
+        browser.wait_present("#evaluations").await;
+
         // An evaluation from the page.
         browser.fill("form#evaluate-form input#evaluate-user", "ann").await;
         browser.click("form#evaluate-form [type=submit]").await;
@@ -372,6 +434,7 @@ async fn an_incident_is_acknowledged_and_resolved_with_a_summary_in_the_page() {
         browser.wait_present(&row).await;
         assert!(browser.text(&format!("{row} .title")).await.contains("Primary database unreachable"));
         assert!(!browser.text(&format!("{row} .severity")).await.trim().is_empty());
+        browser.wait_present(&format!("{row} details.timeline")).await;
         browser.wait_present("#mtta").await;
         browser.wait_present("#mttr").await;
 
@@ -662,6 +725,27 @@ async fn screenshots_of_the_rollout_flags_flag_and_incidents_pages_at_1280_and_3
                 ][..],
             ),
         ];
+        // The analysis as drawn: its verdict, a chart per metric, the judge's interval written.
+        browser.goto(&server.url("/ui/rollouts/shop")).await;
+        browser
+            .wait_attr("#analysis-outcome", "data-outcome", "successful")
+            .await;
+        browser
+            .wait_for(
+                "two charted metrics",
+                "return document.querySelectorAll('section#analysis figure.metric svg.chart').length === 2;",
+            )
+            .await;
+        let captions = browser
+            .execute(
+                "return [...document.querySelectorAll('section#analysis figure.metric figcaption')]\
+                 .map(c => c.textContent);",
+            )
+            .await;
+        assert!(
+            captions.to_string().contains("p50-latency") && captions.to_string().contains("15"),
+            "the judge's caption names the metric and its tolerance: {captions}"
+        );
         let mut saved = Vec::new();
         for (width, height) in [(1280, 800), (390, 844)] {
             browser.resize(width, height).await;
