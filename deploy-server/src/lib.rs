@@ -57,9 +57,9 @@
 //! | `GET /metrics` | V |
 //! | `GET /api/rollouts`, `GET /api/rollouts/{app}`, `.../history`, `.../intents`, `.../events` (SSE) | V |
 //! | `POST /api/rollouts/{app}/start` `{"version"}`, `.../pause`, `.../resume`, `.../abort`, `.../promote`, `.../promote-full`, `.../undo` (202, the intent) | O |
-//! | `GET /api/flags`, `GET /api/flags/{name}` (ETag), `GET /api/flags/{name}/audit`, `GET /api/flags-stale`, `POST /api/flags/{name}/evaluate` | V |
+//! | `GET /api/flags`, `GET /api/flags/{name}` (ETag), `GET /api/flags/{name}/audit`, `GET /api/flags/{name}/usage` (evaluations per interval), `GET /api/flags-stale`, `POST /api/flags/{name}/evaluate` | V |
 //! | `POST /api/flags`, `PUT /api/flags/{name}` (If-Match), `POST /api/flags/{name}/enable`, `POST /api/flags/{name}/disable`, `PUT /api/flags/{name}/rollout` | O |
-//! | `GET /api/incidents`, `GET /api/incidents/{id}` | V |
+//! | `GET /api/incidents`, `GET /api/incidents/{id}`, `GET /api/incidents/stats` (counts, MTTA, MTTR) | V |
 //! | `POST /api/incidents/{id}/acknowledge`, `POST /api/incidents/{id}/resolve`, `POST /api/incidents/{id}/notes` | O |
 //! | `GET /api/alerts`, `GET /api/silences` | V |
 //! | `POST /api/silences`, `DELETE /api/silences/{id}` | O |
