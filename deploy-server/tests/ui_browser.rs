@@ -2,9 +2,9 @@
 //! `deploy-server` on 127.0.0.1 with a deployer of `shop` on the simulated fleet, flags and
 //! incidents. An operator signs in, watches a canary's weights move live (SSE), promotes
 //! and aborts; toggles a flag and changes its rollout (the API's evaluations follow);
-//! acknowledges and resolves an incident. A viewer sees no control and the server refuses
-//! its forged POST; a POST without the CSRF header is refused. Screenshots at 1280 and
-//! 390 px wide; the rollout page's weight.
+//! acknowledges and resolves an incident; silences a firing alert and expires the silence.
+//! A viewer sees no control and the server refuses its forged POST; a POST without the CSRF
+//! header is refused. Screenshots at 1280 and 390 px wide; the rollout page's weight.
 //!
 //! Skipped (failing under `DEPLOYKIT_REQUIRE_REAL=1`) without Chromium and chromedriver.
 
@@ -528,7 +528,15 @@ async fn a_viewer_sees_no_control_and_the_server_refuses_forged_and_csrf_less_po
                 Some("viewer"),
                 "{path}"
             );
-            for control in ["button[data-action]", "input.toggle", "form#start", "#controls"] {
+            for control in [
+                "button[data-action]",
+                "input.toggle",
+                "form#start",
+                "#controls",
+                "form#rollout-form",
+                "form#silence-form",
+                "dialog#resolve-dialog",
+            ] {
                 assert_eq!(
                     browser.count(control).await,
                     0,
@@ -841,6 +849,89 @@ async fn the_rollout_page_weighs_under_200_kb_compressed() {
         );
         assert!(wire < 200 * 1024, "{wire} bytes over the wire");
         assert!(browser_bytes < 200 * 1024, "{browser_bytes} bytes in the browser");
+    })
+    .await;
+    finish(browser, outcome).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_is_created_for_a_firing_alert_and_expired_in_the_page() {
+    let Some(browser) = Browser::start(1280, 800).await else {
+        return;
+    };
+    let outcome = bounded(async {
+        let server = server().await;
+        server
+            .fire_alert("HighErrorRate", "critical", "5xx ratio 7% on shop")
+            .await;
+        browser.goto(&server.url("/ui/incidents")).await;
+        browser.login(&server.base, &server.tokens.operator).await;
+        browser
+            .wait_for(
+                "the alert in its routed group",
+                "return [...document.querySelectorAll('section#alerts div.alert-group')]\
+                 .some(g => g.textContent.includes('HighErrorRate'));",
+            )
+            .await;
+
+        browser
+            .fill(
+                "form#silence-form #silence-matchers",
+                "alertname=HighErrorRate,app=shop",
+            )
+            .await;
+        browser.fill("form#silence-form #silence-duration", "30").await;
+        browser
+            .fill("form#silence-form #silence-comment", "deploying the fix")
+            .await;
+        browser.click("form#silence-form [type=submit]").await;
+        browser.wait_present("table#silence-list tr[data-silence]").await;
+        let id = browser
+            .attr("table#silence-list tr[data-silence]", "data-silence")
+            .await
+            .expect("the silence's id");
+        let (_, silences) = server
+            .api("GET", "/api/silences", &server.tokens.viewer, None)
+            .await;
+        let silence = silences
+            .as_array()
+            .and_then(|list| list.iter().find(|s| s["id"] == id.as_str()))
+            .unwrap_or_else(|| panic!("silence {id} through the API: {silences}"));
+        assert_eq!(silence["comment"], "deploying the fix");
+        assert_eq!(silence["active"], true);
+        let (_, alerts) = server
+            .api("GET", "/api/alerts", &server.tokens.viewer, None)
+            .await;
+        assert_eq!(alerts[0]["muted"], true, "the alert is muted: {alerts}");
+
+        browser
+            .click(&format!(
+                "table#silence-list tr[data-silence=\"{id}\"] button[data-action=expire]"
+            ))
+            .await;
+        eventually("the silence expired through the API", || async {
+            let (_, silences) = server
+                .api("GET", "/api/silences", &server.tokens.viewer, None)
+                .await;
+            silences.as_array().is_some_and(|list| {
+                list.iter()
+                    .all(|s| s["id"] != id.as_str() || s["active"] == false)
+            })
+        })
+        .await;
+        let (_, alerts) = server
+            .api("GET", "/api/alerts", &server.tokens.viewer, None)
+            .await;
+        assert_eq!(alerts[0]["muted"], false, "the alert is heard again: {alerts}");
+        browser
+            .wait_for(
+                "the row shows the silence expired (or is gone)",
+                &format!(
+                    "const r = document.querySelector('table#silence-list tr[data-silence=\"{id}\"]'); \
+                     return !r || /expired/i.test(r.textContent);"
+                ),
+            )
+            .await;
     })
     .await;
     finish(browser, outcome).await;
