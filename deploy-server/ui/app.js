@@ -57,6 +57,7 @@
     const t = String(text);
     if (el.textContent !== t) el.textContent = t;
   }
+  const td = (cls, ...kids) => h('td', { class: cls }, kids);
   // A card section headed by an h2 it is labelled by.
   function card(key, title, attrs, ...kids) {
     return h('section', Object.assign({ class: 'card', 'aria-labelledby': key + '-h' }, attrs), h('h2', { id: key + '-h', text: title }), kids);
@@ -206,8 +207,10 @@
   function poll(load, every) {
     let failing = false;
     let busy = false;
+    let again = false;
+    // Asked while a load runs (right after a change): one more load once it ends.
     const run = async () => {
-      if (busy) return;
+      if (busy) { again = true; return; }
       busy = true;
       try {
         await load();
@@ -218,6 +221,7 @@
         failing = true;
       } finally {
         busy = false;
+        if (again) { again = false; run(); }
       }
     };
     run();
@@ -233,15 +237,11 @@
     return d;
   }
   function openDialog(d) {
-    if (typeof d.showModal === 'function') d.showModal();
-    else d.setAttribute('open', '');
+    d.showModal();
     const first = $('textarea, input, button', d);
     if (first) first.focus();
   }
-  function closeDialog(d) {
-    if (typeof d.close === 'function') d.close();
-    else d.removeAttribute('open');
-  }
+  const closeDialog = (d) => d.close();
   // A yes/no dialog built once; `ask` resolves to true when confirmed.
   let confirmDialog = null;
   function ask(text, yesLabel) {
@@ -361,9 +361,9 @@
       empty.hidden = views.length > 0;
       wrap.hidden = views.length === 0;
       syncRows($('tbody', t), views, (v) => v.app, 'data-app', (v) => h('tr', null,
-        h('td', { class: 'app' }, h('a', { href: '/ui/rollouts/' + enc(v.app), text: v.app })),
-        h('td', { class: 'phase' }), h('td', { class: 'version' }), h('td', { class: 'strategy' }),
-        h('td', { class: 'weights' }, weightBar()), h('td', { class: 'updated' })), (tr, v) => {
+        td('app', h('a', { href: '/ui/rollouts/' + enc(v.app), text: v.app })),
+        td('phase'), td('version'), td('strategy'),
+        td('weights', weightBar()), td('updated')), (tr, v) => {
         const st = v.status;
         const phase = phaseOf(st);
         const cell = $('.phase', tr);
@@ -685,8 +685,8 @@
       histEmpty.hidden = history.length > 0;
       histWrap.hidden = !history.length;
       syncRows($('tbody', hist), history, (e) => e.revision, 'data-revision', () => h('tr', null,
-        h('td', { class: 'revision' }), h('td', { class: 'version' }), h('td', { class: 'previous' }), h('td', { class: 'strategy' }),
-        h('td', { class: 'outcome' }), h('td', { class: 'started' }), h('td', { class: 'took' })), (tr, e) => {
+        td('revision'), td('version'), td('previous'), td('strategy'),
+        td('outcome'), td('started'), td('took')), (tr, e) => {
         const o = e.report && e.report.outcome ? e.report.outcome : {};
         setText($('.revision', tr), '#' + e.revision);
         setText($('.version', tr), e.version);
@@ -812,9 +812,9 @@
       const [defs, stale] = await Promise.all([get('/api/flags'), maybe('/api/flags-stale')]);
       none.hidden = (defs || []).length > 0;
       syncRows($('tbody', t), defs || [], (d) => d.name, 'data-flag', (d) => h('tr', null,
-        h('td', { class: 'name' }, h('a', { href: '/ui/flags/' + enc(d.name), text: d.name }), h('div', { class: 'desc note' })),
-        h('td', { class: 'state' }), h('td', { class: 'rollout' }), h('td', { class: 'variants' }),
-        CAN ? h('td', { class: 'switch' }, toggle(d.name, () => load().catch(() => {}))) : null), (tr, d) => {
+        td('name', h('a', { href: '/ui/flags/' + enc(d.name), text: d.name }), h('div', { class: 'desc note' })),
+        td('state'), td('rollout'), td('variants'),
+        CAN ? td('switch', toggle(d.name, () => load().catch(() => {}))) : null), (tr, d) => {
         tr.dataset.search = (d.name + ' ' + (d.description || '')).toLowerCase();
         setText($('.desc', tr), d.description || '');
         stateCell($('.state', tr), d);
@@ -965,7 +965,7 @@
       etag = flag.etag || etag;
       render(flag.data);
       syncRows($('tbody', audit), (log || []).slice().reverse(), (e) => e.revision, 'data-revision', () => h('tr', null,
-        h('td', { class: 'revision' }), h('td', { class: 'at' }), h('td', { class: 'actor' }), h('td', { class: 'action' }), h('td', { class: 'change' })), (tr, e) => {
+        td('revision'), td('at'), td('actor'), td('action'), td('change')), (tr, e) => {
         setText($('.revision', tr), e.revision);
         fill($('.at', tr), timeEl(e.at));
         setText($('.actor', tr), e.actor);
@@ -1071,8 +1071,8 @@
       noInc.hidden = sorted.length > 0;
       incWrap.hidden = !sorted.length;
       syncRows($('tbody', t), sorted, (i) => i.id, 'data-incident', (i) => h('tr', null,
-        h('td', { class: 'severity' }), h('td', { class: 'status' }),
-        h('td', { class: 'title' }, h('span', { class: 'title-text' }), h('div', { class: 'meta note' }), h('p', { class: 'resolution' }),
+        td('severity'), td('status'),
+        td('title', h('span', { class: 'title-text' }), h('div', { class: 'meta note' }), h('p', { class: 'resolution' }),
           h('details', { class: 'timeline' }, h('summary'), h('ol'))),
         CAN ? h('td', { class: 'actions' },
           h('button', { type: 'button', 'data-action': 'acknowledge', text: 'Acknowledge', onclick: () => incidentAction(i.id, 'acknowledge') }),
@@ -1138,7 +1138,7 @@
       silWrap.hidden = !list.length;
       const now = Date.now() + skewMs;
       syncRows($('tbody', sil), list, (x) => x.id, 'data-silence', (x) => h('tr', null,
-        h('td', { class: 'matchers' }), h('td', { class: 'state' }), h('td', { class: 'until' }), h('td', { class: 'by' }), h('td', { class: 'comment' }),
+        td('matchers'), td('state'), td('until'), td('by'), td('comment'),
         CAN ? h('td', null, h('button', { type: 'button', 'data-action': 'expire', text: 'Expire', onclick: async () => {
           if (await mutate('DELETE', '/api/silences/' + enc(x.id), undefined, 'Silence expired')) refresh();
         } })) : null), (tr, x) => {
@@ -1163,11 +1163,6 @@
         setText($('#resolved-count'), st.resolved);
         setText($('#mtta'), st.mtta_ms == null ? '—' : fmtDur(st.mtta_ms));
         setText($('#mttr'), st.mttr_ms == null ? '—' : fmtDur(st.mttr_ms));
-      } else {
-        const list = incidents || [];
-        setText($('#open-count'), list.filter((i) => i.status === 'triggered').length);
-        setText($('#ack-count'), list.filter((i) => i.status === 'acknowledged').length);
-        setText($('#resolved-count'), list.filter((i) => i.status === 'resolved' || i.status === 'closed').length);
       }
       $('#alerts').hidden = alerts == null;
       if (alerts) renderAlerts(alerts);
