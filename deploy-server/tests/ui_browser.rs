@@ -775,7 +775,9 @@ async fn screenshots_of_the_rollout_flags_flag_and_incidents_pages_at_1280_and_3
                     );
                 }
                 let png = browser.screenshot().await;
-                saved.extend(save_screenshot(&format!("{name}-{width}.png"), &png));
+                // docs/ keeps a handful: every page on a desktop, the rollout on a phone.
+                let checked_in = width == 1280 || name == "rollout";
+                saved.extend(save_screenshot(&format!("{name}-{width}.png"), &png, checked_in));
             }
         }
         for path in &saved {

@@ -12,17 +12,19 @@ fn artifacts() -> PathBuf {
 }
 
 /// The checked-in screenshots, `docs/screenshots/` at the workspace's root.
-fn checked_in() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots")
+fn docs_dir() -> PathBuf {
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir.parent().unwrap_or(crate_dir).join("docs/screenshots")
 }
 
-/// Writes the PNG `png` as `name` into the artifacts directory, and into
-/// `docs/screenshots/` when [`UPDATE_SCREENSHOTS`] is `1`; the paths written.
-pub fn save_screenshot(name: &str, png: &[u8]) -> Vec<PathBuf> {
+/// Writes the PNG `png` as `name` into the artifacts directory, and, when it is one to be
+/// `checked_in`, into `docs/screenshots/` when [`UPDATE_SCREENSHOTS`] is `1`; the paths
+/// written.
+pub fn save_screenshot(name: &str, png: &[u8], checked_in: bool) -> Vec<PathBuf> {
     assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
     let mut dirs = vec![artifacts()];
-    if std::env::var(UPDATE_SCREENSHOTS).is_ok_and(|value| value == "1") {
-        dirs.push(checked_in());
+    if checked_in && std::env::var(UPDATE_SCREENSHOTS).is_ok_and(|value| value == "1") {
+        dirs.push(docs_dir());
     }
     dirs.into_iter()
         .map(|dir| {
