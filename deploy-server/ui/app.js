@@ -869,7 +869,8 @@
     const variants = h('div', { id: 'variants' });
     const evals = h('span', { id: 'evaluations', text: '—' });
     const spark = h('div', { class: 'spark' });
-    const usage = card('usage', 'Evaluations', { id: 'usage', hidden: true }, spark, h('p', null, evals));
+    const usage = card('usage', 'Evaluations', { id: 'usage', hidden: true }, spark, h('p', null, evals),
+      h('p', { class: 'note', text: 'Solid line: evaluations per interval; dashed: those that found the flag on.' }));
     const audit = table('audit', 'Audit trail', ['Revision', 'When', 'Who', 'Action', 'Change']);
     main.append(
       h('p', { class: 'crumbs' }, h('a', { href: '/ui/flags', text: 'Flags' }), ' / ' + name),
