@@ -315,7 +315,8 @@
     let bp = 0;
     let known = false;
     for (const p of pools) if (fresh.has(p)) { bp += Number(routing[p]); known = true; }
-    if (!known) {
+    // Pools no step names: new only while going forward (a rollback routes to the old).
+    if (!known && !back) {
       for (const p of pools) {
         if (!old.has(p) && p !== 'stable' && !p.endsWith('-baseline')) bp += Number(routing[p]);
       }
@@ -336,7 +337,7 @@
     const n = $('.bar-new', box);
     const o = $('.bar-old', box);
     n.style.width = p + '%';
-    o.style.width = 100 - p + '%';
+    o.style.width = st ? 100 - p + '%' : '0';
     setText($('.bar-label', box), weightText(st, pct));
     const track = $('.bar', box);
     track.setAttribute('aria-valuenow', String(Math.round(p)));
@@ -521,6 +522,7 @@
     const pauseEl = h('div', { id: 'pause', class: 'pause', hidden: true, role: 'status' },
       h('strong', { text: 'Paused: ' }), h('span', { id: 'pause-reason' }), ' · ', h('span', { id: 'time-left' }));
     const steps = h('ol', { id: 'steps', class: 'steps' });
+    const noSteps = h('p', { class: 'note', text: 'No steps published yet.' });
     const outcome = h('p', { id: 'analysis-outcome', 'data-outcome': 'none' });
     const metrics = h('div', { class: 'metrics' });
     const analysis = h('section', { id: 'analysis', 'aria-labelledby': 'analysis-h' },
@@ -565,7 +567,7 @@
     }
     main.append(
       h('div', { class: 'split' },
-        card('steps', 'Steps', null, steps),
+        card('steps', 'Steps', null, steps, noSteps),
         h('div', { class: 'card' }, analysis)),
       card('history', 'History', null, histEmpty, histWrap));
 
@@ -602,7 +604,7 @@
         setText($('.step-name', li), name);
       });
       lis.slice(names.length).forEach((li) => li.remove());
-      if (!names.length) fill(steps, h('li', { class: 'todo' }, h('span', { class: 'step-name', text: 'No steps published.' })));
+      noSteps.hidden = names.length > 0;
     }
 
     function renderAnalysis(st) {
