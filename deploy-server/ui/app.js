@@ -512,6 +512,7 @@
     let lastPhase = '';
     let pauseUntil = null;
 
+    const liveEl = h('span', { class: 'live' });
     const phaseEl = h('span', { id: 'phase', 'data-phase': 'none', class: 'badge', text: 'none' });
     const reasonEl = h('span', { id: 'phase-reason', class: 'note' });
     const versionEl = h('span', { id: 'version', text: '—' });
@@ -533,7 +534,7 @@
     let summary;
 
     main.append(
-      h('p', { class: 'crumbs' }, h('a', { href: '/ui/rollouts', text: 'Rollouts' }), ' / ' + app),
+      h('p', { class: 'crumbs' }, h('a', { href: '/ui/rollouts', text: 'Rollouts' }), ' / ' + app, ' ', liveEl),
       h('h1', null, 'Rollout of ', h('span', { class: 'app-name', text: app })),
       summary = h('section', { class: 'card summary', 'aria-label': 'Status' },
         h('dl', { class: 'facts' },
@@ -674,7 +675,7 @@
       const pending = view.pending || [];
       pendingEl.hidden = !pending.length;
       fill(pendingEl, pending.map((p) => h('li', null, 'Pending: ' + words(p.intent.intent) + (p.intent.version ? ' ' + p.intent.version : '') +
-        ' by ' + p.actor + ' at ' + fmtTime(p.requested_at_ms) + (st && st.holder ? '' : ' (no deployer holds this app now)'))));
+        ' by ' + p.actor + ' at ' + fmtTime(p.requested_at_ms) + ', waiting for the deployer')));
       renderSteps(st);
       renderAnalysis(st);
       if (controls) {
@@ -700,20 +701,27 @@
       });
     }
 
-    async function loadStatus() {
+    // The history changes when a rollout ends: read it on each poll and when the phase moves.
+    let asked = 0;
+    let shown = 0;
+    async function loadStatus(withHistory) {
+      // An SSE refetch and a poll may cross: never render an older answer over a newer one.
+      const mine = ++asked;
       const view = await get(base);
+      if (mine < shown) return;
+      shown = mine;
       render(view);
       const phase = phaseOf(view.status) + ':' + (view.status ? view.status.revision : '');
-      if (phase !== lastPhase) {
+      if (phase !== lastPhase || withHistory) {
         lastPhase = phase;
-        loadHistory().catch(() => {});
+        await loadHistory();
       }
     }
     async function loadHistory() {
       history = (await get(base + '/history')) || [];
       renderHistory();
     }
-    const refresh = poll(async () => { await loadStatus(); await loadHistory(); });
+    const refresh = poll(() => loadStatus(true));
     setInterval(tick, 1000);
     // Live: each stored event means a new status; a burst is one refetch.
     let debounce = 0;
@@ -725,8 +733,13 @@
       const es = new EventSource(base + '/events');
       es.addEventListener('deployment', soon);
       es.onmessage = soon;
-      es.onopen = () => body.setAttribute('data-live', 'true');
-      es.onerror = () => body.setAttribute('data-live', 'false');
+      const live = (on) => {
+        body.dataset.live = String(on);
+        setText(liveEl, on ? 'live' : 'reconnecting (refreshing every 5 s)');
+        liveEl.className = 'live badge ' + (on ? 'state-on' : 'state-off');
+      };
+      es.onopen = () => live(true);
+      es.onerror = () => live(false);
     }
   }
 
