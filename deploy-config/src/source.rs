@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use deploy_core::store::Prefixed;
-use deploy_core::{DynRecordStore, RecordStore, WatchEvent};
+use deploy_core::{DynRecordStore, RecordStore, ValidationError, WatchEvent};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -58,37 +58,27 @@ impl Scope {
     }
 }
 
+/// Core's id rule (that of [`AppId`](deploy_core::AppId)), its refusal in the scope's words.
 fn check_segment(field: &'static str, value: &str) -> Result<(), ConfigError> {
-    let refuse = |reason: String| {
-        Err(ConfigError::InvalidScope {
-            field,
-            value: value.to_owned(),
-            reason,
-        })
-    };
-    let len = value.chars().count();
-    if len == 0 {
-        return refuse("it is empty".into());
-    }
-    if len > deploy_core::MAX_NAME_LEN {
-        return refuse(format!(
-            "it has {len} characters, at most {} are allowed",
-            deploy_core::MAX_NAME_LEN
-        ));
-    }
-    for (position, character) in value.chars().enumerate() {
-        let allowed =
-            character.is_ascii_alphanumeric() || (position > 0 && matches!(character, '-' | '_' | '.'));
-        if !allowed {
-            return refuse(format!(
-                "character {character:?} at position {position} (a name is one path segment: ASCII \
-                 letters, digits, `-`, `_` and `.`, starting with a letter or digit)"
-            ));
+    let reason = match deploy_core::AppId::new(value) {
+        Ok(_) => return Ok(()),
+        Err(ValidationError::Empty { .. }) => "it is empty".to_owned(),
+        Err(ValidationError::TooLong { len, max, .. }) => {
+            format!("it has {len} characters, at most {max} are allowed")
         }
-    }
-    // The same rule as `AppId`, kept in step by this check.
-    debug_assert!(deploy_core::AppId::new(value).is_ok());
-    Ok(())
+        Err(ValidationError::InvalidCharacter {
+            character, position, ..
+        }) => format!(
+            "character {character:?} at position {position} (a name is one path segment: ASCII \
+             letters, digits, `-`, `_` and `.`, starting with a letter or digit)"
+        ),
+        Err(error) => error.to_string(),
+    };
+    Err(ConfigError::InvalidScope {
+        field,
+        value: value.to_owned(),
+        reason,
+    })
 }
 
 /// One layer a source contributes.
