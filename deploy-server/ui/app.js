@@ -762,7 +762,7 @@
     for (const rule of def.rules || []) {
       for (const c of rule.constraints || []) {
         if (c.contextName !== 'environment' || c.inverted) continue;
-        if (c.operator !== 'IN' && c.operator !== 'STR_CONTAINS') continue;
+        if (c.operator !== 'IN') continue;
         for (const e of c.values || []) {
           const on = def.enabled && !rule.disabled && (!rule.rollout || rule.rollout.percentage > 0);
           envs.set(e, (envs.get(e) || false) || on);
@@ -771,13 +771,9 @@
     }
     return envs;
   }
-  function stateCell(cell, def) {
-    const kids = [badge('state', def.enabled ? 'on' : 'off', def.enabled ? 'on' : 'off')];
-    for (const [env, on] of environments(def)) {
-      kids.push(' ', h('span', { class: 'env ' + (on ? 'env-on' : 'env-off'), 'data-env': env, text: env + ': ' + (on ? 'on' : 'off') }));
-    }
-    fill(cell, kids);
-  }
+  const envBadges = (def) => Array.from(environments(def), ([env, on]) =>
+    [' ', h('span', { class: 'env env-' + (on ? 'on' : 'off'), 'data-env': env, text: env + ': ' + (on ? 'on' : 'off') })]);
+  const stateCell = (cell, def) => fill(cell, badge('state', def.enabled ? 'on' : 'off'), envBadges(def));
   // The on/off switch of a flag; `after` gets the new definition and ETag.
   function toggle(name, after) {
     const input = h('input', { type: 'checkbox', class: 'toggle', role: 'switch', 'aria-label': 'Enable ' + name });
@@ -791,9 +787,9 @@
     });
     return input;
   }
+  // Follows the flag unless a change from this page is under way.
   function setToggle(input, on) {
-    if (input && !input.disabled && input.checked !== on) input.checked = on;
-    if (input) input.setAttribute('aria-checked', String(input.checked));
+    if (input && !input.disabled) input.checked = on;
   }
 
   // ---- page: flags ----
@@ -903,7 +899,8 @@
         const v = Number(pct.value);
         if (!Number.isInteger(v) || v < 0 || v > 100) { flash('The rollout percentage is a whole number from 0 to 100', true); return; }
         const r = await mutate('PUT', base + '/rollout', { percentage: v }, name + ' rolls out to ' + v + '% of callers', etag ? { 'If-Match': etag } : null);
-        if (r) { delete pct.dataset.dirty; etag = r.etag || etag; render(r.data); refresh(); }
+        if (r) { delete pct.dataset.dirty; etag = r.etag || etag; render(r.data); }
+        refresh(); // after a refusal too: a 409 means the flag changed, read it again
       } }, h('label', { for: 'rollout-percentage', text: 'Rollout percentage' }), pct, h('button', { type: 'submit', text: 'Set rollout' }));
       head.append(form);
     }
@@ -943,7 +940,7 @@
       stateEl.className = 'badge state-' + (def.enabled ? 'on' : 'off');
       setText(stateEl, def.enabled ? 'on' : 'off');
       setText(desc, def.description || '');
-      fill(envs, Array.from(environments(def)).map(([e, on]) => [h('span', { class: 'env ' + (on ? 'env-on' : 'env-off'), 'data-env': e, text: e + ': ' + (on ? 'on' : 'off') }), ' ']));
+      fill(envs, envBadges(def));
       setToggle(sw, !!def.enabled);
       const rl = def.rules || [];
       const key = JSON.stringify([rl, def.variants || [], def.off_variant || null]);
