@@ -268,7 +268,14 @@ async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_ab
                  return !!p && p.dataset.phase === 'progressing' && !!v && v.textContent.includes('3.0');",
             )
             .await;
-        wait_weights(&browser, 25).await;
+        // On its first or second step (the first passes by itself): either is abortable.
+        browser
+            .wait_for(
+                "3.0 taking part of the traffic",
+                "const w = document.querySelector('#weights'); \
+                 return !!w && (w.dataset.canary === '25' || w.dataset.canary === '50');",
+            )
+            .await;
         // Abort asks first; "no" changes nothing.
         browser.click("#controls button[data-action=abort]").await;
         browser

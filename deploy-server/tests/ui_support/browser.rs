@@ -17,24 +17,36 @@ pub const CHROMIUM_ENV: &str = "DEPLOYKIT_CHROMIUM";
 /// The environment variable naming a chromedriver binary to use instead of the one on `PATH`.
 pub const CHROMEDRIVER_ENV: &str = "DEPLOYKIT_CHROMEDRIVER";
 
-/// A program named by `env`, else the first of `names` found on `PATH`.
-fn program(env: &str, names: &[&str]) -> Option<PathBuf> {
+/// A program named by `env`, else the first of `names` found on `PATH`; `missing` says what
+/// to install.
+fn program(env: &str, names: &[&str], missing: &str) -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os(env) {
         let path = PathBuf::from(path);
-        return path.is_file().then_some(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("{env}={} is not a file", path.display()))
+        };
     }
-    let paths = std::env::var_os("PATH")?;
+    let paths = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&paths)
         .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
         .find(|candidate| candidate.is_file())
+        .ok_or_else(|| format!("no {} on PATH ({missing}, or set {env})", names[0]))
 }
 
 /// Chromium and chromedriver, or why they cannot be used.
 fn programs() -> Result<(PathBuf, PathBuf), String> {
-    let chromium = program(CHROMIUM_ENV, &["chromium", "chromium-browser", "google-chrome"])
-        .ok_or("no chromium on PATH (apt-get install chromium chromium-driver, or set DEPLOYKIT_CHROMIUM)")?;
-    let driver = program(CHROMEDRIVER_ENV, &["chromedriver"])
-        .ok_or("no chromedriver on PATH (apt-get install chromium-driver, or set DEPLOYKIT_CHROMEDRIVER)")?;
+    let chromium = program(
+        CHROMIUM_ENV,
+        &["chromium", "chromium-browser", "google-chrome"],
+        "apt-get install chromium chromium-driver",
+    )?;
+    let driver = program(
+        CHROMEDRIVER_ENV,
+        &["chromedriver"],
+        "apt-get install chromium-driver",
+    )?;
     Ok((chromium, driver))
 }
 

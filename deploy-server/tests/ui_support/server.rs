@@ -19,7 +19,8 @@ use tokio::sync::{Mutex, oneshot};
 use super::rollouts_common::{self, ADMIN, Tokens};
 
 /// How long the first canary step (25%) holds before the next (50%, until promoted).
-pub const FIRST_STEP: Duration = Duration::from_secs(3);
+/// Long enough for a loaded machine's page to show it (and its time left) before it ends.
+pub const FIRST_STEP: Duration = Duration::from_secs(5);
 
 /// How often flag usage is sampled (the flag page's sparkline).
 pub const USAGE_INTERVAL: Duration = Duration::from_millis(250);
