@@ -172,6 +172,24 @@ fn build_demo_program() -> Result<PathBuf, String> {
         .ok_or_else(|| "cargo reported no deploykit-demo executable".to_owned())
 }
 
+/// The first of `names` installed and a fresh temp dir to run it in, or
+/// [`LaunchError::Missing`] naming `program` with the install `hint`.
+fn prepare(
+    names: &[&str],
+    program: &'static str,
+    hint: &'static str,
+) -> Result<(PathBuf, tempfile::TempDir), LaunchError> {
+    let path = names
+        .iter()
+        .find_map(|name| find_program(name))
+        .ok_or(LaunchError::Missing { program, hint })?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("deploykit-{program}"))
+        .tempdir()
+        .map_err(io("creating a temp dir"))?;
+    Ok((path, dir))
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
     let what = what.into();
     move |source| LaunchError::Io { what, source }
@@ -364,14 +382,7 @@ impl Haproxy {
                 source,
             })?;
         }
-        let path = find_program("haproxy").ok_or(LaunchError::Missing {
-            program: "haproxy",
-            hint: "apt-get install -y haproxy",
-        })?;
-        let dir = tempfile::Builder::new()
-            .prefix("deploykit-haproxy")
-            .tempdir()
-            .map_err(io("creating a temp dir"))?;
+        let (path, dir) = prepare(&["haproxy"], "haproxy", "apt-get install -y haproxy")?;
         let socket = dir.path().join("admin.sock");
         let mut config = format!(
             "global\n  stats socket {} mode 600 level admin\n  maxconn 4096\n\
@@ -469,14 +480,7 @@ impl Prometheus {
     /// [`LaunchError::Missing`] when `prometheus` is not installed; others when it does not
     /// start.
     pub async fn start() -> Result<Self, LaunchError> {
-        let path = find_program("prometheus").ok_or(LaunchError::Missing {
-            program: "prometheus",
-            hint: "apt-get install -y prometheus",
-        })?;
-        let dir = tempfile::Builder::new()
-            .prefix("deploykit-prometheus")
-            .tempdir()
-            .map_err(io("creating a temp dir"))?;
+        let (path, dir) = prepare(&["prometheus"], "prometheus", "apt-get install -y prometheus")?;
         let targets = dir.path().join("targets.json");
         std::fs::write(&targets, "[]").map_err(io("writing targets.json"))?;
         let config = format!(
@@ -535,16 +539,12 @@ impl Alertmanager {
     /// [`LaunchError::Missing`] when Debian's `prometheus-alertmanager` (or `alertmanager`) is
     /// not installed; others when it does not start.
     pub async fn start() -> Result<Self, LaunchError> {
-        let path = find_program("prometheus-alertmanager")
-            .or_else(|| find_program("alertmanager"))
-            .ok_or(LaunchError::Missing {
-                program: "alertmanager",
-                hint: "apt-get install -y prometheus-alertmanager",
-            })?;
-        let dir = tempfile::Builder::new()
-            .prefix("deploykit-alertmanager")
-            .tempdir()
-            .map_err(io("creating a temp dir"))?;
+        let names = ["prometheus-alertmanager", "alertmanager"];
+        let (path, dir) = prepare(
+            &names,
+            "alertmanager",
+            "apt-get install -y prometheus-alertmanager",
+        )?;
         let config = "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n";
         let config_path = dir.path().join("alertmanager.yml");
         std::fs::write(&config_path, config).map_err(io("writing alertmanager.yml"))?;
