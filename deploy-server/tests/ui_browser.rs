@@ -194,6 +194,23 @@ async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_ab
         // Set on this document: still there at the end proves the page never reloaded.
         browser.execute("window.__notReloaded = true; return true;").await;
 
+        // A version the API refuses: its message in #flash, marked as an error.
+        start_from_page(&browser, &server, "not a version!").await;
+        browser
+            .wait_for(
+                "the refusal in #flash.error",
+                "const f = document.querySelector('#flash'); \
+                 return !!f && f.classList.contains('error') && /version/i.test(f.textContent);",
+            )
+            .await;
+        let (_, intents) = server
+            .api("GET", "/api/rollouts/shop/intents", &server.tokens.viewer, None)
+            .await;
+        assert!(
+            intents.as_array().is_none_or(Vec::is_empty),
+            "nothing requested: {intents}"
+        );
+
         start_from_page(&browser, &server, "2.0").await;
         browser
             .wait_for(
@@ -212,8 +229,17 @@ async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_ab
         let steps = view["status"]["steps"].as_array().map_or(0, Vec::len) as u64;
         assert_eq!(browser.count("ol#steps > li").await, steps, "one item per step: {view}");
         assert!(current_step(&browser).await >= 0, "a step is marked current");
-        // The 25% step ends by itself; the page follows through the event stream.
+        // The 25% step ends by itself; the page follows through the event stream, re-rendering
+        // without taking the focus or the text from someone typing.
+        browser.fill("form#start input#start-version", "9.9").await;
         wait_weights(&browser, 50).await;
+        assert_eq!(
+            browser
+                .execute("const a = document.activeElement; return [a && a.id, a && a.value];")
+                .await,
+            json!(["start-version", "9.9"]),
+            "the focused input kept its focus and text through the live update"
+        );
         let (open, events) = browser
             .event_source("/api/rollouts/shop/events")
             .await
@@ -551,6 +577,24 @@ async fn a_viewer_sees_no_control_and_the_server_refuses_forged_and_csrf_less_po
                 );
             }
         }
+
+        // The list of rollouts: one row per app with its cells.
+        browser.goto(&server.url("/ui/rollouts")).await;
+        let row = "table#rollouts tr[data-app=shop]";
+        browser.wait_present(row).await;
+        assert_eq!(
+            browser.attr(&format!("{row} .app a"), "href").await.as_deref(),
+            Some("/ui/rollouts/shop")
+        );
+        assert!(
+            browser
+                .text(&format!("{row} .phase"))
+                .await
+                .contains("progressing")
+        );
+        assert!(browser.text(&format!("{row} .version")).await.contains("2.0"));
+        assert!(browser.text(&format!("{row} .strategy")).await.contains("canary"));
+        assert!(browser.text(&format!("{row} .weights")).await.contains('%'));
 
         // A forged abort from the viewer's page, with its valid CSRF token: the role refuses.
         browser.goto(&server.url("/ui/rollouts/shop")).await;
