@@ -63,14 +63,15 @@ where
     }
 }
 
-/// The server every test but the last uses: `shop`'s canary goes 25% (for [`FIRST_STEP`]),
-/// 50% until promoted, 100%.
+/// The server of every test but the screenshots': `shop`'s canary goes 25% (for
+/// [`FIRST_STEP`]), 50% until promoted, 100%.
 async fn server() -> UiServer {
     UiServer::start(rollouts_common::canary_with_manual_step(FIRST_STEP)).await
 }
 
 /// A canary whose 25% step is analysed (error rate at most 5%, median latency judged against
-/// stable within 15 ms over 4 s windows, twice a second apart), then held at 50% until promoted.
+/// stable within 15 ms, over 4 s windows, twice, a second apart), then held at 50% until
+/// promoted.
 fn canary_with_analysis() -> Strategy {
     let window = Duration::from_secs(4);
     let analysis = AnalysisSpec::new(
@@ -152,22 +153,8 @@ async fn current_step(browser: &Browser) -> i64 {
         .unwrap_or(-1)
 }
 
-/// Starts `version` through `form#start`, or through the API (reported) when the page has
-/// no such form.
-async fn start_from_page(browser: &Browser, server: &UiServer, version: &str) {
-    browser
-        .wait_for(
-            "the rollout page rendered (form#start or #phase)",
-            "return !!document.querySelector('form#start, #phase');",
-        )
-        .await;
-    if browser.count("form#start").await == 0 {
-        eprintln!(
-            "DOM CONTRACT: no form#start on the operator's rollout page; started {version} through the API"
-        );
-        server.start_rollout(version).await;
-        return;
-    }
+/// Asks for `version` through the rollout page's `form#start`.
+async fn start_from_page(browser: &Browser, version: &str) {
     browser.fill("form#start input#start-version", version).await;
     browser.click("form#start [type=submit]").await;
 }
@@ -195,7 +182,7 @@ async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_ab
         browser.execute("window.__notReloaded = true; return true;").await;
 
         // A version the API refuses: its message in #flash, marked as an error.
-        start_from_page(&browser, &server, "not a version!").await;
+        start_from_page(&browser, "not a version!").await;
         browser
             .wait_for(
                 "the refusal in #flash.error",
@@ -211,7 +198,7 @@ async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_ab
             "nothing requested: {intents}"
         );
 
-        start_from_page(&browser, &server, "2.0").await;
+        start_from_page(&browser, "2.0").await;
         browser
             .wait_for(
                 "25% with the timed pause and its time left shown",
@@ -286,7 +273,7 @@ async fn an_operator_signs_in_watches_a_canary_move_live_then_promotes_it_and_ab
             .await;
 
         // The next version, aborted from the page with a confirmation.
-        start_from_page(&browser, &server, "3.0").await;
+        start_from_page(&browser, "3.0").await;
         browser
             .wait_for(
                 "3.0 progressing on the page",
