@@ -90,10 +90,9 @@ impl HaproxyRuntime {
     /// something that is not text, [`BackendError::Timeout`] when it does not answer in time.
     pub async fn command(&self, command: &str) -> Result<String, BackendError> {
         if command.contains(['\n', '\r', ';']) {
-            return Err(BackendError::Rejected {
-                operation: "haproxy command",
-                reason: format!("one command per call, without separators: {command:?}"),
-            });
+            return Err(refused(format!(
+                "one command per call, without separators: {command:?}"
+            )));
         }
         let exchange = async {
             let mut stream = UnixStream::connect(&self.socket).await?;
@@ -388,21 +387,32 @@ fn validate_host_name(host: &str) -> Result<(), String> {
 /// Checks a backend or server name: 1..=128 of `A-Z a-z 0-9 - _ . :`, so it is one
 /// argument and cannot carry a `/`, an option or a command separator.
 pub(crate) fn validate_name(kind: &str, name: &str) -> Result<(), BackendError> {
-    let why = if name.is_empty() {
-        Some("is empty".to_owned())
-    } else if name.len() > MAX_NAME {
-        Some(format!("is longer than {MAX_NAME} bytes"))
-    } else {
-        name.char_indices()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
-            .map(|(at, bad)| format!("has {bad:?} at byte {at} (allowed: A-Z a-z 0-9 - _ . :)"))
-    };
-    match why {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+    match word_problem(name, MAX_NAME, allowed, "A-Z a-z 0-9 - _ . :") {
         None => Ok(()),
-        Some(why) => Err(BackendError::Rejected {
-            operation: "haproxy command",
-            reason: format!("{kind} name {:?} {why}", shorten(name)),
-        }),
+        Some(why) => Err(refused(format!("{kind} name {:?} {why}", shorten(name)))),
+    }
+}
+
+/// Why `word` is not 1..=`max` bytes of characters that are `allowed` (`shown` in the
+/// reason), if it is not.
+fn word_problem(word: &str, max: usize, allowed: impl Fn(char) -> bool, shown: &str) -> Option<String> {
+    if word.is_empty() {
+        Some("is empty".to_owned())
+    } else if word.len() > max {
+        Some(format!("is longer than {max} bytes"))
+    } else {
+        word.char_indices()
+            .find(|(_, c)| !allowed(*c))
+            .map(|(at, bad)| format!("has {bad:?} at byte {at} (allowed: {shown})"))
+    }
+}
+
+/// A command argument refused before anything is sent.
+fn refused(reason: String) -> BackendError {
+    BackendError::Rejected {
+        operation: "haproxy command",
+        reason,
     }
 }
 
@@ -414,23 +424,17 @@ const MAX_MAP_WORD: usize = 300;
 /// Checks a map file path: absolute, 2..=256 bytes of `A-Z a-z 0-9 / . _ -`, without `..`
 /// parts, so it is one argument naming a file and never a `#<id>` or an option.
 pub(crate) fn validate_map_path(path: &str) -> Result<(), BackendError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-');
     let why = if !path.starts_with('/') || path.len() < 2 {
         Some("is not an absolute path".to_owned())
-    } else if path.len() > MAX_MAP_PATH {
-        Some(format!("is longer than {MAX_MAP_PATH} bytes"))
-    } else if path.split('/').any(|part| part == "..") {
+    } else if path.len() <= MAX_MAP_PATH && path.split('/').any(|part| part == "..") {
         Some("has a '..' part".to_owned())
     } else {
-        path.char_indices()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-')))
-            .map(|(at, bad)| format!("has {bad:?} at byte {at} (allowed: A-Z a-z 0-9 / . _ -)"))
+        word_problem(path, MAX_MAP_PATH, allowed, "A-Z a-z 0-9 / . _ -")
     };
     match why {
         None => Ok(()),
-        Some(why) => Err(BackendError::Rejected {
-            operation: "haproxy command",
-            reason: format!("map path {:?} {why}", shorten(path)),
-        }),
+        Some(why) => Err(refused(format!("map path {:?} {why}", shorten(path)))),
     }
 }
 
@@ -439,21 +443,9 @@ pub(crate) fn validate_map_path(path: &str) -> Result<(), BackendError> {
 /// backslash or `;`).
 pub(crate) fn validate_map_word(kind: &str, word: &str) -> Result<(), BackendError> {
     let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:=@".contains(c);
-    let why = if word.is_empty() {
-        Some("is empty".to_owned())
-    } else if word.len() > MAX_MAP_WORD {
-        Some(format!("is longer than {MAX_MAP_WORD} bytes"))
-    } else {
-        word.char_indices()
-            .find(|(_, c)| !tchar(*c))
-            .map(|(at, bad)| format!("has {bad:?} at byte {at} (allowed: HTTP token characters and : = @)"))
-    };
-    match why {
+    match word_problem(word, MAX_MAP_WORD, tchar, "HTTP token characters and : = @") {
         None => Ok(()),
-        Some(why) => Err(BackendError::Rejected {
-            operation: "haproxy command",
-            reason: format!("{kind} {:?} {why}", shorten(word)),
-        }),
+        Some(why) => Err(refused(format!("{kind} {:?} {why}", shorten(word)))),
     }
 }
 
@@ -584,10 +576,7 @@ fn refusal(command: &str, answer: &str) -> BackendError {
             name: command.split_whitespace().nth(2).unwrap_or_default().to_owned(),
         };
     }
-    BackendError::Rejected {
-        operation: "haproxy command",
-        reason: format!("`{command}`: {}", shorten(answer)),
-    }
+    refused(format!("`{command}`: {}", shorten(answer)))
 }
 
 fn shorten(text: &str) -> String {
@@ -704,6 +693,45 @@ mod tests {
     use super::*;
 
     const STATE: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 shop 1 blue:shop-1 127.0.0.1 2 0 10 0 0 1 0 0 0 0 0 0 - 9999 - 0 0 - - 0\n3 shop 2 green:shop-2 127.0.0.1 2 8 0 0 0 1 0 0 0 0 0 0 - 9998 - 0 0 - - 0\n\n";
+
+    fn reason(result: Result<(), BackendError>) -> String {
+        match result {
+            Err(BackendError::Rejected { operation, reason }) if operation == "haproxy command" => reason,
+            other => panic!("expected a refused argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_arguments_say_what_is_wrong_with_them() {
+        assert_eq!(reason(validate_name("server", "")), "server name \"\" is empty");
+        let long = "a".repeat(MAX_NAME + 1);
+        assert!(reason(validate_name("server", &long)).ends_with("is longer than 128 bytes"));
+        assert_eq!(
+            reason(validate_name("backend", "shop/x")),
+            "backend name \"shop/x\" has '/' at byte 4 (allowed: A-Z a-z 0-9 - _ . :)"
+        );
+        assert_eq!(
+            reason(validate_map_word("map key", "a b")),
+            "map key \"a b\" has ' ' at byte 1 (allowed: HTTP token characters and : = @)"
+        );
+        assert_eq!(
+            reason(validate_map_path("m.map")),
+            "map path \"m.map\" is not an absolute path"
+        );
+        assert_eq!(
+            reason(validate_map_path("/a/../b")),
+            "map path \"/a/../b\" has a '..' part"
+        );
+        assert_eq!(
+            reason(validate_map_path("/a b")),
+            "map path \"/a b\" has ' ' at byte 2 (allowed: A-Z a-z 0-9 / . _ -)"
+        );
+        let long = format!("/{}/..", "a".repeat(MAX_MAP_PATH));
+        assert!(reason(validate_map_path(&long)).ends_with("is longer than 256 bytes"));
+        assert!(validate_name("server", "blue:shop-1").is_ok());
+        assert!(validate_map_word("map key", "h:x-user=42").is_ok());
+        assert!(validate_map_path("/tmp/routes.map").is_ok());
+    }
 
     #[test]
     fn servers_state_parses_names_weights_and_admin_states() {
