@@ -696,7 +696,10 @@ mod tests {
 
     fn reason(result: Result<(), BackendError>) -> String {
         match result {
-            Err(BackendError::Rejected { operation, reason }) if operation == "haproxy command" => reason,
+            Err(BackendError::Rejected {
+                operation: "haproxy command",
+                reason,
+            }) => reason,
             other => panic!("expected a refused argument, got {other:?}"),
         }
     }
