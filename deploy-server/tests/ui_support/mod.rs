@@ -1,7 +1,7 @@
 //! What the browser tests share: a headless Chromium through chromedriver ([`Browser`]),
 //! a real dashboard server with a deployer on the simulated fleet, flags and incidents
 //! ([`UiServer`]), and where screenshots go.
-#![allow(dead_code, unreachable_pub)]
+#![allow(unreachable_pub)]
 
 #[path = "../rollouts_common/mod.rs"]
 pub mod rollouts_common;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use deploy_core::{DynNotifier, DynRecordStore, DynStore, MemoryStore, Pool, Severity, SystemClock};
 use deploy_flags::{FeatureFlagManager, FlagDefinition, ManagerOptions};
 use deploy_incidents::{Alert, AlertState, Dispatcher, IncidentManager, NewIncident, Route, RouteConfig};
-use deploy_server::{AppState, ServerBuilder};
+use deploy_server::ServerBuilder;
 use deploy_strategies::control::{ControlOptions, Deployer, RolloutClient};
 use deploy_strategies::{Rollout, RolloutBackends, Strategy};
 use deploy_testkit::{RecordingNotifier, SimFleet};
@@ -29,9 +29,7 @@ pub const USAGE_INTERVAL: Duration = Duration::from_millis(250);
 pub struct UiServer {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    pub state: AppState,
     pub tokens: Tokens,
-    pub flags: Arc<FeatureFlagManager>,
     pub incidents: Arc<IncidentManager>,
     pub dispatcher: Arc<Mutex<Dispatcher>>,
     pub fleet: SimFleet,
@@ -119,7 +117,7 @@ impl UiServer {
 
         let state = ServerBuilder::new(Arc::clone(&store))
             .rollouts(client.clone())
-            .flags(Arc::clone(&flags))
+            .flags(flags)
             .incidents(Arc::clone(&incidents))
             .dispatcher(Arc::clone(&dispatcher))
             .bootstrap_token("root", ADMIN)
@@ -161,9 +159,7 @@ impl UiServer {
 
         Self {
             base,
-            state,
             tokens,
-            flags,
             incidents,
             dispatcher,
             fleet,
