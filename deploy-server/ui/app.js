@@ -62,8 +62,12 @@
   function card(key, title, attrs, ...kids) {
     return h('section', Object.assign({ class: 'card', 'aria-labelledby': key + '-h' }, attrs), h('h2', { id: key + '-h', text: title }), kids);
   }
+  // Tables scroll sideways in their wrapper; one that does is focusable, to scroll by keyboard.
   function wrapTable(table) {
-    return h('div', { class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': table.getAttribute('aria-label') || 'Table' }, table);
+    const wrap = h('div', { class: 'table-wrap', role: 'region', 'aria-label': table.getAttribute('aria-label') || 'Table' }, table);
+    const check = () => (wrap.scrollWidth > wrap.clientWidth + 1 ? wrap.setAttribute('tabindex', '0') : wrap.removeAttribute('tabindex'));
+    if (typeof ResizeObserver === 'function') new ResizeObserver(check).observe(table);
+    return wrap;
   }
   // A table; `stack` ones turn into one block per row on narrow screens (the others scroll).
   function table(id, label, heads, stack) {
@@ -513,7 +517,8 @@
     let pauseUntil = null;
 
     const liveEl = h('span', { class: 'live' });
-    const phaseEl = h('span', { id: 'phase', 'data-phase': 'none', class: 'badge', text: 'none' });
+    // Screen readers hear the phase change as the rollout moves.
+    const phaseEl = h('span', { id: 'phase', 'data-phase': 'none', class: 'badge', text: 'none', 'aria-live': 'polite' });
     const reasonEl = h('span', { id: 'phase-reason', class: 'note' });
     const versionEl = h('span', { id: 'version', text: '—' });
     const previousEl = h('span', { id: 'previous', class: 'note' });
