@@ -70,7 +70,8 @@ pub(crate) enum StepError {
     Journal(String),
 }
 
-fn verdict(outcome: AnalysisOutcome) -> &'static str {
+/// An analysis verdict in words, as it serializes.
+pub(crate) fn verdict(outcome: AnalysisOutcome) -> &'static str {
     match outcome {
         AnalysisOutcome::Successful => "successful",
         AnalysisOutcome::Failed => "failed",

@@ -122,6 +122,8 @@ use deploy_core::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::outcome::verdict;
+
 pub use delivery::MAX_QUEUED_PER_RECEIVER;
 pub use template::{MAX_BODY_CHARS, MAX_SUMMARY_CHARS};
 
@@ -603,7 +605,7 @@ impl RolloutState {
                 summary,
             } => {
                 self.analysis.clone_from(summary);
-                self.outcome = outcome_name(*outcome).to_owned();
+                self.outcome = verdict(*outcome).to_owned();
                 match outcome {
                     AnalysisOutcome::Failed | AnalysisOutcome::Error => {
                         Some((Trigger::AnalysisFailed, Some(*step), String::new()))
@@ -677,15 +679,6 @@ impl RolloutState {
             self.records.remove(oldest);
         }
         self.records.push_back(record);
-    }
-}
-
-fn outcome_name(outcome: AnalysisOutcome) -> &'static str {
-    match outcome {
-        AnalysisOutcome::Successful => "successful",
-        AnalysisOutcome::Failed => "failed",
-        AnalysisOutcome::Inconclusive => "inconclusive",
-        AnalysisOutcome::Error => "error",
     }
 }
 
