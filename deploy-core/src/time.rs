@@ -156,6 +156,15 @@ impl Clock for TokioClock {
     }
 }
 
+/// Sleeps until `at` on tokio's clock; forever when there is no such instant (a deadline
+/// beyond what tokio's clock can hold): the arm of a `select!` that never fires.
+pub async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

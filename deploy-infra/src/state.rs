@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deploy_core::time::{ClockExt, DynClock};
+use deploy_core::time::{ClockExt, DynClock, sleep_until_or_never};
 use deploy_core::{
     DynStore, Fence, Lease, LeaseStore, Precondition, Prefixed, RecordStore, RecordStoreExt, StoreError,
     WriteOptions,
@@ -493,14 +493,6 @@ where
                 last_error = Some(error);
             }
         }
-    }
-}
-
-/// Sleeps until `at`; forever when there is no such instant (beyond tokio's clock).
-async fn sleep_until_or_never(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::retry::retry;
+use deploy_core::time::sleep_until_or_never;
 use deploy_core::{
     AnalysisOutcome, Backoff, ChannelSink, DeploymentEvent, DeploymentEventKind, DynStore, EventSink,
     EventSinkExt, InstanceId, Precondition, RecordStoreExt, RecordVersion, Retry, RetryPolicy, StoreError,
@@ -797,14 +798,6 @@ impl Runner {
 
 /// The timeline note of a step that full promotion skipped or cut short.
 const FULL_PROMOTION_NOTE: &str = "skipped by full promotion";
-
-/// Sleeps until `at`, or forever without one.
-async fn sleep_until_or_never(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// The version of the journal record at `key` if it holds exactly `journal`.
 async fn landed(store: &DynStore, key: &str, journal: &Journal) -> Option<RecordVersion> {

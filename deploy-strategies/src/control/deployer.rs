@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploy_core::time::sleep_until_or_never;
 use deploy_core::{
     AppId, ClockExt, DynStore, FollowEvent, FollowStream, Lease, RecordStoreExt, Revision, StoreError,
     Version, WriteOptions,
@@ -290,13 +291,6 @@ fn steer_now(handle: &RolloutHandle, intent: &Intent, aborted: bool) -> Result<(
         Intent::Pause | Intent::Abort | Intent::Undo | Intent::Promote | Intent::PromoteFull => Err(format!(
             "revision {revision} is rolling back; a rollback is neither held, aborted nor promoted"
         )),
-    }
-}
-
-async fn sleep_until_or_never(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
