@@ -4,7 +4,9 @@
 //! and aborts; toggles a flag and changes its rollout (the API's evaluations follow);
 //! acknowledges and resolves an incident; silences a firing alert and expires the silence.
 //! A viewer sees no control and the server refuses its forged POST; a POST without the CSRF
-//! header is refused. Screenshots at 1280 and 390 px wide; the rollout page's weight.
+//! header is refused. Every input is labelled and every button named; a flag's switch is
+//! reached with Tab and flipped with Space. Screenshots at 1280 and 390 px wide; the rollout
+//! page's weight.
 //!
 //! Skipped (failing under `DEPLOYKIT_REQUIRE_REAL=1`) without Chromium and chromedriver.
 
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use deploy_core::{MetricName, Severity};
 use deploy_strategies::{AnalysisMetric, AnalysisSpec, CanarySpec, CanaryStep, Judge, Pause, Strategy};
 use deploy_testkit::VersionProfile;
+use fantoccini::key::Key;
 use futures::FutureExt as _;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -970,6 +973,75 @@ async fn a_silence_is_created_for_a_firing_alert_and_expired_in_the_page() {
                     "const r = document.querySelector('table#silence-list tr[data-silence=\"{id}\"]'); \
                      return !r || /expired/i.test(r.textContent);"
                 ),
+            )
+            .await;
+    })
+    .await;
+    finish(browser, outcome).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_control_is_labelled_and_a_flag_switch_works_from_the_keyboard() {
+    let Some(browser) = Browser::start(1280, 800).await else {
+        return;
+    };
+    let outcome = bounded(async {
+        let server = server().await;
+        server.start_rollout("2.0").await;
+        let id = server
+            .open_incident("disk", "Disk 90% full on db-1", Severity::Warning)
+            .await;
+        server
+            .fire_alert("HighErrorRate", "critical", "5xx ratio 7% on shop")
+            .await;
+        browser.goto(&server.url("/ui/login")).await;
+        browser.login(&server.base, &server.tokens.operator).await;
+        let pages = [
+            ("/ui/rollouts", "table#rollouts tr[data-app=shop]"),
+            ("/ui/rollouts/shop", "#controls button[data-action]"),
+            ("/ui/flags", "table#flags tr[data-flag] input.toggle"),
+            ("/ui/flags/search-v2", "form#rollout-form"),
+            ("/ui/incidents", &format!("tr[data-incident=\"{id}\"] button[data-action]")),
+        ];
+        for (path, rendered) in pages {
+            browser.goto(&server.url(path)).await;
+            browser.wait_present(rendered).await;
+            assert_eq!(browser.count("a.skip[href=\"#main\"]").await, 1, "{path}: a skip link");
+            let unnamed = browser
+                .execute(
+                    "const unlabelled = [...document.querySelectorAll('input:not([type=hidden]), textarea, select')] \
+                       .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') \
+                         && !e.getAttribute('aria-labelledby')) \
+                       .map(e => e.outerHTML.slice(0, 120)); \
+                     const nameless = [...document.querySelectorAll('button, a[href]')] \
+                       .filter(b => !(b.textContent.trim() || b.getAttribute('aria-label'))) \
+                       .map(b => b.outerHTML.slice(0, 120)); \
+                     return unlabelled.concat(nameless);",
+                )
+                .await;
+            assert_eq!(unnamed, json!([]), "{path}: controls without a label or a name");
+        }
+
+        // From the top of the flags page, Tab reaches dark-mode's switch; Space turns it on.
+        browser.goto(&server.url("/ui/flags")).await;
+        let toggle = "tr[data-flag=\"dark-mode\"] input.toggle";
+        browser.wait_present(toggle).await;
+        assert!(!server.evaluate("dark-mode", "ann").await);
+        let mut presses = 0;
+        while !browser.focused(toggle).await {
+            presses += 1;
+            assert!(presses <= 60, "Tab never reached {toggle}");
+            browser.press(Key::Tab).await;
+        }
+        browser.press(Key::Space).await;
+        eventually("dark-mode on, switched from the keyboard", || async {
+            server.evaluate("dark-mode", "ann").await
+        })
+        .await;
+        browser
+            .wait_for(
+                "the switch shown on",
+                &format!("const t = document.querySelector({}); return !!t && t.checked;", json!(toggle)),
             )
             .await;
     })

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource as _, KeyAction, KeyActions};
+use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -325,6 +327,25 @@ impl Browser {
             .click()
             .await
             .unwrap_or_else(|error| panic!("clicking {selector}: {error}"));
+    }
+
+    /// Presses and releases `key` on the keyboard (to whatever has the focus).
+    pub async fn press(&self, key: Key) {
+        let key = char::from(key);
+        let actions = KeyActions::new("keyboard".to_owned())
+            .then(KeyAction::Down { value: key })
+            .then(KeyAction::Up { value: key });
+        self.client.perform_actions(actions).await.expect("a key pressed");
+    }
+
+    /// Whether the focused element matches `selector`.
+    pub async fn focused(&self, selector: &str) -> bool {
+        self.execute_with(
+            "const a = document.activeElement; return !!a && a.matches(arguments[0]);",
+            vec![json!(selector)],
+        )
+        .await
+            == json!(true)
     }
 
     /// Replaces the value of the input `selector` by typing `text` into it.
