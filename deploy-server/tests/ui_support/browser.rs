@@ -79,8 +79,20 @@ impl Drop for Driver {
     }
 }
 
-/// Starts chromedriver on a free port and waits for its `/status` to say ready.
+/// Starts chromedriver on a free port and waits for its `/status` to say ready; tries
+/// another port when the one picked was taken before chromedriver could bind it.
 async fn start_driver(driver: &Path) -> Result<(Driver, u16), String> {
+    let mut last_error = String::new();
+    for _ in 0..3 {
+        match start_driver_once(driver).await {
+            Ok(started) => return Ok(started),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
+}
+
+async fn start_driver_once(driver: &Path) -> Result<(Driver, u16), String> {
     let port = free_port();
     let child = {
         use std::os::unix::process::CommandExt as _;
@@ -93,11 +105,15 @@ async fn start_driver(driver: &Path) -> Result<(Driver, u16), String> {
             .spawn()
             .map_err(|error| format!("starting {}: {error}", driver.display()))?
     };
-    let driver = Driver { child };
+    let mut driver = Driver { child };
     let http = reqwest::Client::new();
     let status = format!("http://127.0.0.1:{port}/status");
     let started = Instant::now();
     loop {
+        // An exited chromedriver could not bind the port: whoever answers there is not ours.
+        if let Ok(Some(exit)) = driver.child.try_wait() {
+            return Err(format!("chromedriver on port {port} exited: {exit}"));
+        }
         if let Ok(answer) = http.get(&status).send().await
             && let Ok(body) = answer.json::<Value>().await
             && body["value"]["ready"] == true
@@ -135,7 +151,7 @@ impl Browser {
                 "binary": chromium,
                 "args": [
                     "--headless=new",
-                    // Everything runs as root here: Chromium's sandbox needs a user.
+                    // Tests may run as root, where Chromium refuses to start with its sandbox.
                     "--no-sandbox",
                     "--disable-gpu",
                     "--disable-dev-shm-usage",
