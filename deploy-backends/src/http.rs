@@ -207,14 +207,7 @@ pub(crate) fn require_http_url(component: &'static str, url: &str) -> Result<(),
 /// The cap on a health check's or a notifier receiver's answer body: 64 KiB.
 pub(crate) const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
-/// At most 200 characters of a response body, for error messages.
-pub(crate) fn excerpt(body: &str) -> String {
-    const MAX: usize = 200;
-    match body.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}...", &body[..cut]),
-        None => body.to_owned(),
-    }
-}
+pub(crate) use crate::excerpt;
 
 /// A response body read up to a cap.
 #[derive(Debug)]

@@ -57,6 +57,22 @@ mod process;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 
+/// At most 200 characters of `text` (a response body, a refused argument), `...` marking
+/// a cut: for error messages.
+#[cfg(any(
+    feature = "haproxy",
+    feature = "http-health",
+    feature = "prometheus",
+    feature = "notifiers"
+))]
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 200;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 #[cfg(feature = "haproxy")]
 pub use haproxy::{HaproxyLoadBalancer, HaproxyRequestRouting, HaproxyRuntime, ServerState};
 #[cfg(feature = "http-health")]

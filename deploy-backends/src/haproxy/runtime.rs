@@ -9,6 +9,8 @@ use deploy_core::BackendError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::excerpt;
+
 const BACKEND: &str = "haproxy";
 /// Longest answer read from the socket; anything longer is not an answer we asked for.
 const MAX_ANSWER: u64 = 16 << 20;
@@ -390,7 +392,7 @@ pub(crate) fn validate_name(kind: &str, name: &str) -> Result<(), BackendError> 
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
     match word_problem(name, MAX_NAME, allowed, "A-Z a-z 0-9 - _ . :") {
         None => Ok(()),
-        Some(why) => Err(refused(format!("{kind} name {:?} {why}", shorten(name)))),
+        Some(why) => Err(refused(format!("{kind} name {:?} {why}", excerpt(name)))),
     }
 }
 
@@ -434,7 +436,7 @@ pub(crate) fn validate_map_path(path: &str) -> Result<(), BackendError> {
     };
     match why {
         None => Ok(()),
-        Some(why) => Err(refused(format!("map path {:?} {why}", shorten(path)))),
+        Some(why) => Err(refused(format!("map path {:?} {why}", excerpt(path)))),
     }
 }
 
@@ -445,7 +447,7 @@ pub(crate) fn validate_map_word(kind: &str, word: &str) -> Result<(), BackendErr
     let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:=@".contains(c);
     match word_problem(word, MAX_MAP_WORD, tchar, "HTTP token characters and : = @") {
         None => Ok(()),
-        Some(why) => Err(refused(format!("{kind} {:?} {why}", shorten(word)))),
+        Some(why) => Err(refused(format!("{kind} {:?} {why}", excerpt(word)))),
     }
 }
 
@@ -576,15 +578,7 @@ fn refusal(command: &str, answer: &str) -> BackendError {
             name: command.split_whitespace().nth(2).unwrap_or_default().to_owned(),
         };
     }
-    refused(format!("`{command}`: {}", shorten(answer)))
-}
-
-fn shorten(text: &str) -> String {
-    const MAX: usize = 200;
-    match text.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
-    }
+    refused(format!("`{command}`: {}", excerpt(answer)))
 }
 
 /// Parses `show servers state` (format version 1).
@@ -592,7 +586,7 @@ pub(crate) fn parse_servers_state(answer: &str) -> Result<Vec<ServerRow>, String
     let mut lines = answer.lines();
     match lines.next().map(str::trim) {
         Some("1") => {}
-        other => return Err(format!("expected format version 1, got {:?}", other.map(shorten))),
+        other => return Err(format!("expected format version 1, got {:?}", other.map(excerpt))),
     }
     let header = lines.next().ok_or("no header line")?;
     let columns: Vec<&str> = header.trim_start_matches('#').split_whitespace().collect();
@@ -624,7 +618,7 @@ pub(crate) fn parse_servers_state(answer: &str) -> Result<Vec<ServerRow>, String
         let number = |at: usize| -> Result<u32, String> {
             let text = field(at)?;
             text.parse()
-                .map_err(|_| format!("row {}: {:?} is not a number", index + 1, shorten(text)))
+                .map_err(|_| format!("row {}: {:?} is not a number", index + 1, excerpt(text)))
         };
         rows.push(ServerRow {
             name: field(name)?.to_owned(),
@@ -651,7 +645,7 @@ pub(crate) fn parse_map(answer: &str) -> Result<Vec<(String, String)>, String> {
                 return Err(format!(
                     "row {} is not '<id> <key> <value>': {:?}",
                     index + 1,
-                    shorten(line)
+                    excerpt(line)
                 ));
             }
         }
@@ -665,7 +659,7 @@ fn parse_current_sessions(answer: &str, backend: &str, server: &str) -> Result<O
     let header = lines.next().ok_or("empty answer")?;
     let columns: Vec<&str> = header
         .strip_prefix("# ")
-        .ok_or_else(|| format!("not a stat header: {:?}", shorten(header)))?
+        .ok_or_else(|| format!("not a stat header: {:?}", excerpt(header)))?
         .split(',')
         .collect();
     let at = |name: &str| {
@@ -682,7 +676,7 @@ fn parse_current_sessions(answer: &str, backend: &str, server: &str) -> Result<O
             return value
                 .parse()
                 .map(Some)
-                .map_err(|_| format!("scur {:?} is not a number", shorten(value)));
+                .map_err(|_| format!("scur {:?} is not a number", excerpt(value)));
         }
     }
     Ok(None)
