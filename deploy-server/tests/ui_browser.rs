@@ -686,9 +686,10 @@ async fn screenshots_of_the_rollout_flags_flag_and_incidents_pages_at_1280_and_3
         server
             .fleet
             .set_version_profile(&app, &rollouts_common::v2(), profile(0.02, 22, 90));
-        let _traffic = server
-            .fleet
-            .generate_traffic(&rollouts_common::app(), 40, Duration::from_millis(100));
+        let _traffic =
+            server
+                .fleet
+                .generate_traffic(&rollouts_common::app(), 400, Duration::from_millis(200));
         server.start_rollout("2.0").await;
         let view = server
             .rollout_until("2.0 held at 50% after its analysis", |view| {
