@@ -1045,6 +1045,13 @@ async fn every_control_is_labelled_and_a_flag_switch_works_from_the_keyboard() {
                 &format!("const t = document.querySelector({}); return !!t && t.checked;", json!(toggle)),
             )
             .await;
+        // The switch keeps the focus through its request, so the keyboard user stays in place.
+        browser
+            .wait_for(
+                "the switch still focused",
+                &format!("return document.activeElement === document.querySelector({});", json!(toggle)),
+            )
+            .await;
     })
     .await;
     finish(browser, outcome).await;

@@ -784,11 +784,14 @@
     const input = h('input', { type: 'checkbox', class: 'toggle', role: 'switch', 'aria-label': 'Enable ' + name });
     input.addEventListener('change', async () => {
       const on = input.checked;
+      // Disabling the switch during the request drops its focus: give it back after.
+      const focused = document.activeElement === input;
       input.disabled = true;
       const r = await mutate('POST', '/api/flags/' + enc(name) + '/' + (on ? 'enable' : 'disable'), undefined, name + (on ? ' enabled' : ' disabled'));
       input.disabled = false;
       if (!r) input.checked = !on;
       else if (after) after(r);
+      if (focused && input.isConnected) input.focus();
     });
     return input;
   }
