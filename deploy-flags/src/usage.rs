@@ -357,7 +357,10 @@ mod tests {
             let manager = manager(ManagerOptions::default()).await;
             assert_eq!(manager.usage("nope").unwrap(), None);
             let error = manager.usage("not a flag name").unwrap_err();
-            assert!(matches!(&error, FlagError::InvalidFlag { field, .. } if field == "name"), "{error:?}");
+            assert!(
+                matches!(&error, FlagError::InvalidFlag { field, .. } if field == "name"),
+                "{error:?}"
+            );
             manager.delete_flag("ann", "search").await.unwrap();
             assert_eq!(manager.usage("search").unwrap(), None, "deleted");
 

@@ -77,7 +77,10 @@ async fn a_canary_publishes_its_analysis_series_for_charts() {
     );
 
     let errors = &result.metrics[0];
-    assert_eq!((errors.name.as_str(), errors.measurements.len()), ("error-rate", 2));
+    assert_eq!(
+        (errors.name.as_str(), errors.measurements.len()),
+        ("error-rate", 2)
+    );
     for measurement in &errors.measurements {
         let series = measurement
             .series
