@@ -86,7 +86,7 @@ pub use eval::{ErrorCode, Evaluation, Reason};
 pub use file_source::{FileFormat, FileSource, ReloadStatus};
 pub use manager::{
     AuditAction, AuditEntry, FeatureFlagManager, ManagerOptions, QuarantinedFlag, QuarantinedSegment,
-    SegmentAuditEntry, StaleFlag, StaleReason, VersionedFlag,
+    SegmentAuditEntry, StaleFlag, StaleReason, VersionedFlag, check_flag_name,
 };
 pub use metrics::FlagMetrics;
 pub use model::{

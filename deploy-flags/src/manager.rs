@@ -90,8 +90,12 @@ const MAX_FLAG_NAME_LEN: usize = 255;
 /// Refuses a name that could not be a single store key segment: empty, `.` or `..`, longer
 /// than 255 bytes, or with a `/`, `\`, whitespace or a control character (a `/` would reach
 /// into another flag's keys). Any other Unicode is a name, as in Unleash
-/// (`Feature.UTF-8.Hellø_Wørld`).
-fn check_name(name: &str) -> Result<(), FlagError> {
+/// (`Feature.UTF-8.Hellø_Wørld`). Callers outside the manager (a server validating a path)
+/// use it to refuse what the manager would.
+///
+/// # Errors
+/// [`FlagError::InvalidFlag`] on `name`, saying the rule.
+pub fn check_flag_name(name: &str) -> Result<(), FlagError> {
     match is_key_segment(name) {
         true => Ok(()),
         false => Err(FlagError::invalid(name, "name", KEY_SEGMENT_RULE)),
@@ -474,7 +478,7 @@ impl FeatureFlagManager {
     /// Every stored flag that decodes under a valid name, and the records that do not.
     async fn stored(&self) -> Result<(Vec<StoredFlag>, Vec<QuarantinedFlag>), StoreError> {
         let (flags, bad) = self
-            .load(&FLAGS, check_name, |flag: &StoredFlag, name| {
+            .load(&FLAGS, check_flag_name, |flag: &StoredFlag, name| {
                 flag.last_change.flag == name
                     && flag.definition.as_ref().is_none_or(|found| found.name == name)
             })
@@ -713,7 +717,7 @@ impl FeatureFlagManager {
     /// [`FlagError::InvalidFlag`] for a name that is not a valid flag name; the store's
     /// errors; a record that does not decode ([`StoreError::Codec`]).
     pub async fn get_flag(&self, name: &str) -> Result<Option<VersionedFlag>, FlagError> {
-        check_name(name)?;
+        check_flag_name(name)?;
         let stored = self.store.get_json::<StoredFlag>(&FLAGS.record(name)).await?;
         Ok(stored.and_then(|(flag, _)| {
             Some(VersionedFlag {
@@ -753,7 +757,7 @@ impl FeatureFlagManager {
         expected: Option<u64>,
         mut next: impl FnMut(Option<&FlagDefinition>) -> Result<Option<FlagDefinition>, FlagError> + Send,
     ) -> Result<AuditEntry, FlagError> {
-        check_name(name)?;
+        check_flag_name(name)?;
         let (stored, _) = self.stored().await?;
         let (segments, _) = self.usable_segments(&self.stored_segments().await?.0);
         let unchanged = others(&stored, name);
@@ -1128,7 +1132,7 @@ impl FeatureFlagManager {
     /// # Errors
     /// [`FlagError::InvalidFlag`] for a name that is not a valid flag name.
     pub fn usage(&self, name: &str) -> Result<Option<FlagUsage>, FlagError> {
-        check_name(name)?;
+        check_flag_name(name)?;
         if self.engine.snapshot().definition(name).is_none() {
             return Ok(None);
         }
@@ -1148,7 +1152,7 @@ impl FeatureFlagManager {
     /// [`FlagError::InvalidFlag`] for a name that is not a valid flag name; the store's
     /// errors; an entry that does not decode ([`StoreError::Codec`]).
     pub async fn audit_log(&self, name: &str) -> Result<Vec<AuditEntry>, FlagError> {
-        check_name(name)?;
+        check_flag_name(name)?;
         self.audit_entries(&FLAGS.audit(name)).await
     }
 
@@ -1168,7 +1172,7 @@ impl FeatureFlagManager {
         let now = self.now();
         let mut counted = 0;
         for (flag, report) in reports {
-            if report.is_empty() || snapshot.definition(flag).is_none() || check_name(flag).is_err() {
+            if report.is_empty() || snapshot.definition(flag).is_none() || check_flag_name(flag).is_err() {
                 continue;
             }
             self.store

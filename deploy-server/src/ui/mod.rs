@@ -322,20 +322,17 @@ async fn flags(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> R
     page(&state, &headers, &uri, Page::Flags).await
 }
 
-/// Whether `name` follows the flag-name rule: 1..=255 bytes, no `/`, `\`, whitespace or
-/// control character, not `.` or `..`.
-fn is_flag_name(name: &str) -> bool {
-    let bad = |c: char| c == '/' || c == '\\' || c.is_whitespace() || c.is_control();
-    !name.is_empty() && name.len() <= 255 && name != "." && name != ".." && !name.chars().any(bad)
-}
-
 async fn flag(
     State(state): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
     name: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let Some(name) = name.ok().map(|Path(name)| name).filter(|name| is_flag_name(name)) else {
+    let Some(name) = name
+        .ok()
+        .map(|Path(name)| name)
+        .filter(|name| deploy_flags::check_flag_name(name).is_ok())
+    else {
         return not_found_page("That is not a flag name.");
     };
     let Some((caller, session)) = session::page_caller(&state, &headers).await else {
