@@ -387,7 +387,8 @@ pub fn hash_secret(secret: &str) -> String {
     hex(&digest(secret))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes` (token hashes, CSRF tokens, asset hashes).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use fmt::Write as _;
     bytes
         .iter()

@@ -216,7 +216,7 @@ pub(crate) async fn create_silence(
 ) -> Result<Response, ApiError> {
     let mut id = [0_u8; 8];
     rand::rng().fill_bytes(&mut id);
-    let id: String = id.iter().map(|byte| format!("{byte:02x}")).collect();
+    let id = crate::auth::hex(&id);
     audited(&state, &caller, "silences.create", &id, async {
         caller.require(Role::Operator)?;
         let ApiJson(new) = body?;

@@ -55,7 +55,7 @@ impl Asset {
     pub(crate) fn hash(&self) -> &str {
         self.hash.get_or_init(|| {
             let digest = Sha256::digest(self.body.as_bytes());
-            digest[..8].iter().map(|byte| format!("{byte:02x}")).collect()
+            crate::auth::hex(&digest[..8])
         })
     }
 

@@ -69,12 +69,7 @@ pub(crate) fn csrf_token(state: &AppState, secret: &str) -> String {
     // A key of any length is valid for HMAC: this cannot fail.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(state.csrf_key()).expect("HMAC takes any key length");
     mac.update(secret.as_bytes());
-    let bytes = mac.finalize().into_bytes();
-    bytes.iter().fold(String::with_capacity(64), |mut out, byte| {
-        use fmt::Write as _;
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
+    crate::auth::hex(&mac.finalize().into_bytes())
 }
 
 /// The session a request's `Cookie` header carries, if any.

@@ -50,7 +50,7 @@ impl Tagged {
     /// the tag prefixed with `kind`.
     pub(super) fn of(kind: &str, body: Vec<u8>) -> Result<Self, ApiError> {
         let digest = Sha256::digest(&body);
-        let tag: String = digest[..12].iter().map(|byte| format!("{byte:02x}")).collect();
+        let tag = crate::auth::hex(&digest[..12]);
         let etag = HeaderValue::from_str(&format!("\"{kind}{tag}\"")).map_err(ApiError::internal)?;
         Ok(Self {
             body: Bytes::from(body),
